@@ -1,0 +1,250 @@
+"""
+Build a L{GatewayConfig} from a TOML file, command-line overrides and the environment.
+
+Precedence: built-in defaults < TOML file < command-line options.  Everything is validated
+here, before any port is bound, and every problem is one L{ConfigError} naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from typing import Any, Mapping, Optional
+
+from gateway.config import sections as feature_sections
+from gateway.config.errors import ConfigError
+from gateway.config.model import (
+    DEFAULT_LISTEN, DEFAULT_STATE_DIR, CaptureConfig, GatewayConfig, Limits, ListenerConfig,
+    PolicyRef, QueueConfig, SpoolConfig,
+)
+from gateway.config.reader import TableReader
+
+_TLS_MODES = ("none", "starttls", "implicit")
+_AUTH_MODES = ("none", "optional", "required")
+_TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+_MECHANISMS = ("PLAIN", "LOGIN")
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML file, turning every way it can go wrong into one ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
+
+
+def load_config(
+    path: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    environ: Mapping[str, str] = os.environ,
+) -> GatewayConfig:
+    """
+    The one entry point: read ``path`` (if any), apply ``overrides`` (from twistd options:
+    ``listen``, ``state_dir``, ``spool``, ``outbox``, ``hostname``, ``deliverer``) and validate.
+    """
+    data = load_toml(path) if path else {}
+    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    return build_config(data, overrides or {}, environ, base_dir)
+
+
+def build_config(
+    data: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    environ: Mapping[str, str],
+    base_dir: str,
+) -> GatewayConfig:
+    root = TableReader(data, "")
+
+    def resolve(p: str) -> str:
+        return os.path.normpath(os.path.join(base_dir, os.path.expanduser(p)))
+
+    gw = root.table_at("gateway")
+    hostname = overrides.get("hostname") or gw.string("hostname") or socket.gethostname()
+    _check_hostname(hostname, "gateway.hostname")
+    state_dir = resolve(overrides.get("state_dir") or gw.string("state_dir", DEFAULT_STATE_DIR))
+    add_message_id = gw.boolean("add_message_id", True)
+    add_date = gw.boolean("add_date", True)
+    gw.finish()
+
+    default_limits = parse_limits(root.table_at("limits"), Limits())
+
+    listeners = _parse_listeners(root, overrides, default_limits)
+
+    sp = root.table_at("spool")
+    spool = SpoolConfig(
+        directory=resolve(overrides.get("spool") or sp.string("directory", os.path.join(state_dir, "spool"))),
+        threads=sp.integer("threads", 4, 1, 64),
+        archive_delivered=sp.boolean("archive_delivered", False),
+    )
+    sp.finish()
+
+    q = root.table_at("queue")
+    schedule = q.raw("retry_schedule", None)
+    if schedule is None:
+        retry_schedule = QueueConfig().retry_schedule
+    else:
+        if not isinstance(schedule, list) or not schedule:
+            raise ConfigError("queue.retry_schedule", "must be a non-empty list of durations")
+        from gateway.config.reader import parse_duration
+        retry_schedule = tuple(parse_duration(v, f"queue.retry_schedule[{i}]") for i, v in enumerate(schedule))
+    queue = QueueConfig(
+        concurrency=q.integer("concurrency", 16, 1, 1000),
+        retry_schedule=retry_schedule,
+        jitter=q.number("jitter", 0.2),
+        max_lifetime=q.duration("max_lifetime", 5 * 86400.0),
+        shutdown_grace=q.duration("shutdown_grace", 30.0),
+    )
+    if queue.jitter > 1:
+        raise ConfigError("queue.jitter", "must be a fraction from 0 to 1")
+    q.finish()
+
+    dl = root.table_at("delivery")
+    requested = overrides.get("deliverer") or dl.string("deliverer", "auto", ("auto", "capture", "graph"))
+    cap = dl.table_at("capture")
+    capture = CaptureConfig(outbox=resolve(overrides.get("outbox") or cap.string("outbox", os.path.join(state_dir, "outbox"))))
+    cap.finish()
+    dl.finish()
+
+    graph = feature_sections.parse_graph(root, environ, resolve)
+    if requested == "graph" and graph is None:
+        raise ConfigError("delivery.deliverer", "is \"graph\" but no [graph] tenant_id/client_id/credentials are configured")
+    deliverer = "capture" if requested == "capture" or graph is None else "graph"
+
+    sections = feature_sections.parse_all(root, environ, resolve)
+    root.finish()
+    return GatewayConfig(
+        hostname=hostname,
+        state_dir=state_dir,
+        listeners=listeners,
+        spool=spool,
+        queue=queue,
+        capture=capture,
+        deliverer=deliverer,
+        graph=graph,
+        add_message_id=add_message_id,
+        add_date=add_date,
+        sections=sections,
+    )
+
+
+def parse_limits(table: TableReader, base: Limits) -> Limits:
+    """Limits from a table, each unset key falling back to ``base`` (the global defaults)."""
+    values = dict(
+        max_message_size=table.size("max_message_size", base.max_message_size),
+        max_recipients=table.integer("max_recipients", base.max_recipients, 1, 100000),
+        max_command_line=table.integer("max_command_line", base.max_command_line, 512, 65536),
+        max_data_line=table.integer("max_data_line", base.max_data_line, 1000, 16 * 1024 * 1024),
+        max_header_size=table.size("max_header_size", base.max_header_size),
+        idle_timeout=table.duration("idle_timeout", base.idle_timeout),
+        data_timeout=table.duration("data_timeout", base.data_timeout),
+        session_timeout=table.duration("session_timeout", base.session_timeout),
+        max_connections=table.integer("max_connections", base.max_connections, 1, 1000000),
+        max_connections_per_ip=table.integer("max_connections_per_ip", base.max_connections_per_ip, 1, 1000000),
+        max_errors=table.integer("max_errors", base.max_errors, 1, 10000),
+        max_commands_before_mail=table.integer("max_commands_before_mail", base.max_commands_before_mail, 1, 100000),
+        max_messages_per_session=table.integer("max_messages_per_session", base.max_messages_per_session, 1, 1000000),
+    )
+    table.finish()
+    if values["max_message_size"] < 1024:
+        raise ConfigError(table.key("max_message_size"), "must be at least 1024 bytes")
+    for name in ("idle_timeout", "data_timeout", "session_timeout"):
+        if values[name] <= 0:
+            raise ConfigError(table.key(name), "must be more than 0 seconds")
+    return Limits(**values)
+
+
+def _parse_listeners(root: TableReader, overrides: Mapping[str, Any], default_limits: Limits) -> tuple[ListenerConfig, ...]:
+    listen_override = overrides.get("listen")
+    raw = root.raw("listener", [])
+    if listen_override:
+        # --listen replaces the configured listeners with plain, closed ones: the quick way to
+        # move the port without editing the file.
+        endpoints = [listen_override] if isinstance(listen_override, str) else list(listen_override)
+        raw = [
+            {"name": f"listen{i}" if i else "default", "endpoint": e, "trusted_networks": ["127.0.0.0/8", "::1/128"]}
+            for i, e in enumerate(endpoints)
+        ]
+    if not isinstance(raw, list):
+        raise ConfigError("listener", "must be an array of tables: [[listener]]")
+    if not raw:
+        # With no listener configured the gateway serves this machine only: loopback, and
+        # loopback clients may relay (there is nobody else who could reach it).
+        raw = [{"name": "default", "endpoint": DEFAULT_LISTEN, "trusted_networks": ["127.0.0.0/8", "::1/128"]}]
+    listeners = []
+    names = set()
+    for i, table in enumerate(raw):
+        name = table.get("name") if isinstance(table, Mapping) else None
+        where = f"listener.{name}" if isinstance(name, str) and name else f"listener[{i}]"
+        listener = parse_listener(TableReader(table, where), default_limits)
+        if listener.name in names:
+            raise ConfigError(f"{where}.name", f"duplicate listener name {listener.name!r}")
+        names.add(listener.name)
+        listeners.append(listener)
+    return tuple(listeners)
+
+
+def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
+    name = t.string("name")
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(t.key("name"), "is required: letters, digits, - and _")
+    endpoint = t.string("endpoint")
+    if not endpoint:
+        raise ConfigError(t.key("endpoint"), "is required, e.g. \"tcp:587:interface=0.0.0.0\"")
+    tls = t.string("tls", "none", _TLS_MODES)
+    tls_cert = t.string("tls_cert")
+    tls_key = t.string("tls_key")
+    if tls != "none" and not tls_cert:
+        raise ConfigError(t.key("tls_cert"), f"is required when tls = \"{tls}\"")
+    if tls_key and not tls_cert:
+        raise ConfigError(t.key("tls_cert"), "is required when tls_key is set")
+    auth = t.string("auth", "none", _AUTH_MODES)
+    mechanisms = tuple(m.upper() for m in t.strings("auth_mechanisms", ("PLAIN", "LOGIN")))
+    for m in mechanisms:
+        if m not in _MECHANISMS:
+            raise ConfigError(t.key("auth_mechanisms"), f"{m!r} is not supported; use PLAIN and/or LOGIN")
+    allow_plaintext_auth = t.boolean("allow_plaintext_auth", False)
+    if auth == "required" and tls == "none" and not allow_plaintext_auth:
+        raise ConfigError(t.key("auth"), "is \"required\" but the listener has no TLS; set tls or allow_plaintext_auth = true (loopback only)")
+    policies_raw = t.raw("policies", [])
+    if not isinstance(policies_raw, list):
+        raise ConfigError(t.key("policies"), "must be a list of tables like { use = \"sender-allowlist\", ... }")
+    policies = []
+    for i, p in enumerate(policies_raw):
+        if not isinstance(p, Mapping) or not isinstance(p.get("use"), str) or not p.get("use"):
+            raise ConfigError(f"{t.key('policies')}[{i}]", "must be a table with use = \"<policy name>\"")
+        policies.append(PolicyRef(use=p["use"], options={k: v for k, v in p.items() if k != "use"}))
+    listener = ListenerConfig(
+        name=name,
+        endpoint=endpoint,
+        limits=parse_limits(t.table_at("limits"), default_limits),
+        tls=tls,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_min_version=t.string("tls_min_version", "1.2", _TLS_VERSIONS),
+        auth=auth,
+        auth_mechanisms=mechanisms,
+        allow_plaintext_auth=allow_plaintext_auth,
+        trusted_networks=t.networks("trusted_networks"),
+        trusted_senders=t.strings("trusted_senders"),
+        proxy_protocol=t.boolean("proxy_protocol", False),
+        policies=tuple(policies),
+    )
+    t.finish()
+    return listener
+
+
+def _check_hostname(name: str, key: str) -> None:
+    labels = name.rstrip(".").split(".")
+    if not name or len(name) > 253 or not all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels
+    ):
+        raise ConfigError(key, f"{name!r} is not a valid host name")
+
+
+__all__ = ["load_config", "build_config", "load_toml", "parse_limits", "parse_listener"]

@@ -1,0 +1,129 @@
+"""
+The typed, immutable configuration the whole gateway runs on.
+
+Everything is validated when it is built (gateway.config.loader), so code that receives these
+values never re-checks them.  Defaults are the safe ones: loopback only, closed relay, durable
+spool, capture outbox until Graph credentials are configured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Mapping, Optional, Union
+
+import attrs
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
+DEFAULT_STATE_DIR = "graphsmtp-data"
+
+
+@attrs.frozen
+class Limits:
+    """
+    Per-listener protocol limits.  The defaults follow Exchange Online where it has a figure
+    (35 MB message, 500 recipients, 256 KB of headers) and RFC 5321 §4.5.3.2 for timeouts.
+    """
+
+    max_message_size: int = 35 * 1000 * 1000
+    max_recipients: int = 500
+    max_command_line: int = 2048
+    max_data_line: int = 64 * 1024
+    max_header_size: int = 256 * 1024
+    idle_timeout: float = 300.0
+    data_timeout: float = 600.0
+    session_timeout: float = 3600.0
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    max_errors: int = 10
+    max_commands_before_mail: int = 50
+    max_messages_per_session: int = 1000
+
+
+@attrs.frozen
+class PolicyRef:
+    """One entry of a policy chain: the plugin name and its options table."""
+
+    use: str
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    One SMTP listener.  ``endpoint`` is a Twisted server endpoint description (``tcp:``,
+    ``ssl:``, ``systemd:``, ``haproxy:``...).  ``tls`` says how TLS is offered: ``"none"``,
+    ``"starttls"`` (needs a certificate) or ``"implicit"`` (TLS from the first byte, port 465
+    style; the certificate comes from ``tls_cert``/``tls_key``).
+    """
+
+    name: str
+    endpoint: str
+    limits: Limits = attrs.field(factory=Limits)
+    tls: str = "none"
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_min_version: str = "1.2"
+    auth: str = "none"
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    allow_plaintext_auth: bool = False
+    trusted_networks: tuple[IPNetwork, ...] = ()
+    trusted_senders: tuple[str, ...] = ()
+    proxy_protocol: bool = False
+    policies: tuple[PolicyRef, ...] = ()
+
+
+@attrs.frozen
+class SpoolConfig:
+    """Where accepted mail lives until it is delivered; see gateway.spool for the layout."""
+
+    directory: str
+    threads: int = 4
+    archive_delivered: bool = False
+
+
+@attrs.frozen
+class QueueConfig:
+    """How the queue runner retries: backoff schedule (seconds), jitter fraction, lifetime."""
+
+    concurrency: int = 16
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
+    jitter: float = 0.2
+    max_lifetime: float = 5 * 86400.0
+    shutdown_grace: float = 30.0
+
+
+@attrs.frozen
+class CaptureConfig:
+    """The local Maildir outbox used when no Graph credentials are configured."""
+
+    outbox: str
+
+
+@attrs.frozen
+class GatewayConfig:
+    """
+    The whole configuration.  ``graph`` is ``None`` until Graph credentials are configured;
+    ``deliverer`` is then ``"graph"``, otherwise ``"capture"``.  ``sections`` keeps the parsed
+    values of sections owned by optional features (auth, redis, observers, status) keyed by
+    section name, so adding a feature does not widen this class for everyone.
+    """
+
+    hostname: str
+    state_dir: str
+    listeners: tuple[ListenerConfig, ...]
+    spool: SpoolConfig
+    queue: QueueConfig
+    capture: CaptureConfig
+    deliverer: str = "capture"
+    graph: Any = None
+    add_message_id: bool = True
+    add_date: bool = True
+    sections: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+__all__ = [
+    "DEFAULT_LISTEN", "DEFAULT_STATE_DIR", "Limits", "PolicyRef", "ListenerConfig",
+    "SpoolConfig", "QueueConfig", "CaptureConfig", "GatewayConfig",
+]

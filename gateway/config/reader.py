@@ -1,0 +1,150 @@
+"""
+A small typed reader over a TOML table that names the exact key in every error.
+
+Each configuration section module uses it, so every bad value stops start-up with one line of
+the form ``listener.submission.max_recipients: must be an integer from 1 to 10000``, and an
+unknown key (usually a typo) is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Iterable, Mapping, Optional
+
+from gateway.config.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "k": 1000, "K": 1024, "KB": 1000, "KiB": 1024,
+    "M": 1024**2, "MB": 1000**2, "MiB": 1024**2, "G": 1024**3, "GB": 1000**3, "GiB": 1024**3,
+}
+
+
+class TableReader:
+    """Reads values out of one TOML table, remembering which keys were used."""
+
+    def __init__(self, table: Mapping[str, Any], where: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigError(where, "must be a table")
+        self.table = table
+        self.where = where
+        self._used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def has(self, name: str) -> bool:
+        return name in self.table
+
+    def mark_used(self, *names: str) -> None:
+        self._used.update(names)
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self._used.add(name)
+        return self.table.get(name, default)
+
+    def string(self, name: str, default: Optional[str] = None, choices: Optional[Iterable[str]] = None) -> Optional[str]:
+        value = self.raw(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(self.key(name), "must be a string")
+        if choices is not None:
+            allowed = list(choices)
+            if value not in allowed:
+                raise ConfigError(self.key(name), f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), "must be true or false")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: Optional[int] = None) -> int:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.key(name), "must be an integer")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" to {maximum}" if maximum is not None else " or more"
+            raise ConfigError(self.key(name), f"must be an integer from {minimum}{upper}, not {value}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(self.key(name), "must be a number")
+        if value < minimum:
+            raise ConfigError(self.key(name), f"must be at least {minimum}, not {value}")
+        return float(value)
+
+    def duration(self, name: str, default: float) -> float:
+        """Seconds; accepts a number or a string such as ``"90s"``, ``"5m"``, ``"5d"``."""
+        value = self.raw(name, default)
+        return parse_duration(value, self.key(name))
+
+    def size(self, name: str, default: int) -> int:
+        """Bytes; accepts an integer or a string such as ``"25MiB"``."""
+        value = self.raw(name, default)
+        return parse_size(value, self.key(name))
+
+    def strings(self, name: str, default: Iterable[str] = ()) -> tuple[str, ...]:
+        value = self.raw(name, list(default))
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(self.key(name), "must be a list of strings")
+        return tuple(value)
+
+    def networks(self, name: str, default: Iterable[str] = ()) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        result = []
+        for text in self.strings(name, default):
+            try:
+                result.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise ConfigError(self.key(name), f"{text!r} is not an IPv4/IPv6 address or CIDR network") from None
+        return tuple(result)
+
+    def table_at(self, name: str) -> "TableReader":
+        value = self.raw(name, {})
+        return TableReader(value, self.key(name))
+
+    def finish(self) -> None:
+        """Refuse keys nobody asked for: they are almost always typos."""
+        unknown = sorted(set(self.table) - self._used)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "unknown setting (check the spelling against etc/graphsmtp.toml)")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, "must be a duration such as 30, \"90s\", \"5m\" or \"5d\"")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(key, "must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ConfigError(key, f"must be a duration such as 30, \"90s\", \"5m\" or \"5d\", not {value!r}")
+
+
+def parse_size(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, "must be a size such as 1048576 or \"25MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(key, "must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    raise ConfigError(key, f"must be a size such as 1048576 or \"25MiB\", not {value!r}")
+
+
+__all__ = ["TableReader", "parse_duration", "parse_size"]

@@ -1,0 +1,85 @@
+"""
+The delivery side's contract: how a queued message leaves the gateway, and who hears about it.
+
+A deliverer knows nothing about SMTP sessions; it gets a spool entry (message file + envelope)
+and answers with an outcome.  The queue runner applies the outcome to the spool.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import attrs
+from zope.interface import Interface
+
+
+@attrs.frozen
+class Delivered:
+    """The next hop took responsibility for the message (Graph answered 202, capture wrote it)."""
+
+    detail: str = ""
+
+
+@attrs.frozen
+class Transient:
+    """
+    Try again later.  ``retry_at`` is an absolute POSIX time the deliverer wants honoured
+    (for example from Graph's Retry-After); ``None`` lets the queue runner's backoff decide.
+    ``possibly_delivered`` marks ambiguous failures (timeout after the request body was sent):
+    a retry may duplicate the message, and that is counted and logged.
+    """
+
+    reason: str
+    retry_at: Optional[float] = None
+    possibly_delivered: bool = False
+
+
+@attrs.frozen
+class Permanent:
+    """
+    Never going to work (mailbox not found, send-as denied, message too large).
+
+    ``status`` is an RFC 3463 enhanced status code such as ``"5.1.1"``, used in the failure
+    record and in any delivery status notification.  ``remote_code`` keeps the next hop's own
+    error code (for example Graph's ``ErrorSendAsDenied``) for the log and the failure record.
+    """
+
+    reason: str
+    status: str = "5.0.0"
+    remote_code: Optional[str] = None
+
+
+Outcome = Union[Delivered, Transient, Permanent]
+
+
+class IDeliverer(Interface):
+    """Hands one spool entry to the next hop."""
+
+    def deliver(entry):
+        """
+        Deliver ``entry`` (a L{gateway.spool.entry.SpoolEntry}).
+
+        Returns a Deferred that fires with L{Delivered}, L{Transient} or L{Permanent}.  It
+        must not errback for expected trouble: an unexpected exception is treated by the queue
+        runner as L{Transient}, so nothing is ever lost to a bug in a deliverer.
+        """
+
+
+class IDeliveryObserver(Interface):
+    """
+    Told about every outcome, for audit logs, notifications and webhooks.
+
+    Exceptions (and failed Deferreds) from observers are logged and never affect delivery.
+    """
+
+    def delivered(entry, outcome) -> None:
+        """The message left the gateway."""
+
+    def deferred(entry, outcome) -> None:
+        """A transient failure; the message stays queued for another attempt."""
+
+    def failed(entry, outcome) -> None:
+        """A permanent failure or queue lifetime expiry; the message moved to failed/."""
+
+
+__all__ = ["Delivered", "Transient", "Permanent", "Outcome", "IDeliverer", "IDeliveryObserver"]

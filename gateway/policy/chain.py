@@ -1,0 +1,85 @@
+"""
+Runs an ordered list of policies for one step of an SMTP session and combines their verdicts.
+
+Rules: the first L{Reject} or L{TempFail} ends the step with that verdict; L{Accept} ends the
+step successfully without asking the rest; header edits from every policy that returns
+L{EditHeaders} are collected in chain order.  A policy that raises (or whose Deferred fails) is
+logged and turned into a L{TempFail} — a bug in a policy must never bounce mail permanently,
+and must never let it through unchecked either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+
+from gateway.policy.interfaces import (
+    Accept, Continue, EditHeaders, HeaderEdit, IPolicy, MessageView, Reject, SessionView, TempFail,
+)
+
+
+@attrs.frozen
+class StepResult:
+    """
+    What the chain decided for one step: ``verdict`` is L{Continue} (go ahead), L{Reject} or
+    L{TempFail}; ``edits`` are the header edits to apply (message step only).
+    """
+
+    verdict: Any
+    edits: tuple[HeaderEdit, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return not isinstance(self.verdict, (Reject, TempFail))
+
+
+ALLOWED = StepResult(Continue())
+
+
+@attrs.define
+class PolicyChain:
+    """The configured chain of one listener; immutable after start-up."""
+
+    policies: Sequence[IPolicy] = ()
+    log = Logger()
+
+    def on_connect(self, session: SessionView) -> Deferred:
+        return self._run("on_connect", lambda p: p.on_connect(session))
+
+    def on_mail_from(self, session: SessionView, sender: str) -> Deferred:
+        return self._run("on_mail_from", lambda p: p.on_mail_from(session, sender))
+
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Deferred:
+        return self._run("on_rcpt_to", lambda p: p.on_rcpt_to(session, recipient))
+
+    def on_message(self, session: SessionView, message: MessageView) -> Deferred:
+        return self._run("on_message", lambda p: p.on_message(session, message))
+
+    @inlineCallbacks
+    def _run(self, step: str, ask: Callable[[IPolicy], Any]):
+        edits: list[HeaderEdit] = []
+        for policy in self.policies:
+            try:
+                verdict = yield maybeDeferred(ask, policy)
+            except Exception:
+                self.log.failure("policy {policy!r} failed at {step}", policy=policy, step=step)
+                return StepResult(TempFail(451, "4.3.0", "Temporary policy failure, try again later"))
+            if isinstance(verdict, (Reject, TempFail)):
+                return StepResult(verdict, tuple(edits))
+            if isinstance(verdict, Accept):
+                break
+            if isinstance(verdict, EditHeaders):
+                if step != "on_message":
+                    self.log.error("policy {policy!r} returned header edits at {step}; ignored", policy=policy, step=step)
+                else:
+                    edits.extend(verdict.edits)
+            elif not isinstance(verdict, Continue):
+                self.log.error("policy {policy!r} returned {verdict!r} at {step}", policy=policy, verdict=verdict, step=step)
+                return StepResult(TempFail(451, "4.3.0", "Temporary policy failure, try again later"))
+        return StepResult(Continue(), tuple(edits))
+
+
+__all__ = ["StepResult", "ALLOWED", "PolicyChain"]

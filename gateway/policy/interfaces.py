@@ -1,0 +1,166 @@
+"""
+The policy extension point: decisions taken during an SMTP session, before a message is spooled.
+
+A policy sees an immutable view of the session and answers with a verdict (or a Deferred of
+one).  Policies never touch the transport; the SMTP layer turns verdicts into replies.  The
+chain runner (gateway.policy.chain) runs the configured policies in order for each step.
+
+Third-party policies are ``IPolicyFactory`` plugins in any ``twisted/plugins`` directory on
+``sys.path``; they are enabled by name in the configuration, never merely by being installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Union
+
+import attrs
+from zope.interface import Attribute, Interface
+
+
+@attrs.frozen
+class Identity:
+    """
+    An authenticated login and what it may do.
+
+    ``allowed_senders`` are patterns (exact address, ``*@domain``, glob) for the envelope sender
+    and the header From/Sender; an empty tuple means no restriction from the login itself.
+    ``credential_ref`` names non-default delivery credentials (Entra pass-through).
+    """
+
+    login: str
+    allowed_senders: tuple[str, ...] = ()
+    credential_ref: Optional[str] = None
+
+
+@attrs.frozen
+class SessionView:
+    """What a policy may know about the session at the moment it is asked."""
+
+    listener: str
+    client_address: str
+    client_port: int
+    client_name: Optional[str] = None
+    tls: bool = False
+    identity: Optional[Identity] = None
+    trusted_network: bool = False
+    sender: Optional[str] = None
+    recipients: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class MessageView:
+    """
+    The message at end of data, before it is spooled.
+
+    ``headers`` is the header section parsed with the ``email`` package
+    (``email.message.Message`` built by ``email.parser.BytesHeaderParser`` with
+    ``email.policy.SMTP``); ``header_bytes`` is the raw header section.  ``open_body`` is a
+    zero-argument callable returning a new binary file object positioned at the body
+    (blocking: read it in a thread for anything large).  ``size`` is the whole message length.
+    """
+
+    headers: Any
+    header_bytes: bytes
+    size: int
+    open_body: Any
+
+
+@attrs.frozen
+class Continue:
+    """No objection; ask the next policy."""
+
+
+@attrs.frozen
+class Accept:
+    """Accept this step without asking the remaining policies."""
+
+
+@attrs.frozen
+class Reject:
+    """Permanent refusal: ``code`` 5xx, ``status`` an RFC 3463 code such as ``"5.7.1"``."""
+
+    code: int = 550
+    status: str = "5.7.1"
+    text: str = "Rejected by policy"
+
+
+@attrs.frozen
+class TempFail:
+    """Temporary refusal: ``code`` 4xx, ``status`` such as ``"4.7.1"``; the client retries."""
+
+    code: int = 451
+    status: str = "4.7.1"
+    text: str = "Try again later"
+
+
+@attrs.frozen
+class HeaderEdit:
+    """
+    One header change at the message step.  ``action`` is ``"add"``, ``"remove"`` (all
+    occurrences of ``name``) or ``"replace"`` (remove all, then add one).  ``value`` is the
+    unfolded header value as text; the SMTP layer encodes non-ASCII as RFC 2047 words.
+    """
+
+    action: str
+    name: str
+    value: Optional[str] = None
+
+
+@attrs.frozen
+class EditHeaders:
+    """Continue, applying these header edits (message step only)."""
+
+    edits: tuple[HeaderEdit, ...]
+
+
+Verdict = Union[Continue, Accept, Reject, TempFail, EditHeaders]
+
+
+class IPolicy(Interface):
+    """
+    A decision-maker in the SMTP session.  Every method returns a Verdict or a Deferred firing
+    with one.  A policy that does not care about a step returns L{Continue}.
+    """
+
+    def on_connect(session: SessionView):
+        """At EHLO/HELO (after any PROXY header, so the client address is the real one)."""
+
+    def on_mail_from(session: SessionView, sender: str):
+        """At MAIL FROM; ``sender`` is the reverse-path (``""`` for the null sender)."""
+
+    def on_rcpt_to(session: SessionView, recipient: str):
+        """At each RCPT TO; ``session.recipients`` holds those accepted so far."""
+
+    def on_message(session: SessionView, message: MessageView):
+        """At end of data, before spooling; may return L{EditHeaders}."""
+
+
+class IPolicyFactory(Interface):
+    """
+    A plugin that builds policies from configuration.
+
+    Provided (together with ``twisted.plugin.IPlugin``) by module-level instances in
+    ``twisted/plugins/*.py``.
+    """
+
+    name = Attribute("The name used in configuration: ``use = \"<name>\"`` (str).")
+    description = Attribute("One line for ``graphsmtp-config --list-policies`` (str).")
+
+    def build(options: Mapping[str, Any], context: Any) -> IPolicy:
+        """
+        Return a policy for these options (the table from the configuration, without ``use``).
+
+        Raise L{PolicyConfigError} naming the option for anything invalid; it stops start-up.
+        ``context`` gives shared services (a clock, the Redis connection when configured).
+        """
+
+
+class PolicyConfigError(ValueError):
+    """A policy's options are invalid; the message names the option and the problem."""
+
+
+__all__ = [
+    "Identity", "SessionView", "MessageView",
+    "Continue", "Accept", "Reject", "TempFail", "HeaderEdit", "EditHeaders", "Verdict",
+    "IPolicy", "IPolicyFactory", "PolicyConfigError",
+]

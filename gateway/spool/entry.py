@@ -1,0 +1,80 @@
+"""
+Values that describe one accepted message: its envelope, where it came from, and its delivery state.
+
+These are the meeting point of the intake side (SMTP, sendmail) and the delivery side (capture,
+Graph): neither side imports the other, both import this module.  Everything here is immutable;
+a state change produces a new value that the spool persists atomically.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import attrs
+
+
+@attrs.frozen
+class Envelope:
+    """
+    The SMTP envelope as accepted.
+
+    ``sender`` is the reverse-path without angle brackets; the null reverse-path (bounces) is
+    ``""``.  ``recipients`` are exactly the forward-paths the gateway answered 250 to, in order,
+    without duplicates.  Delivery must reach these and only these (ARCHITECTURE invariant 3).
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+
+
+@attrs.frozen
+class Provenance:
+    """
+    Who handed the message over and how; recorded for the Received header, logs and policies.
+
+    ``auth_identity`` is the authenticated login (``None`` when the client did not
+    authenticate).  ``listener`` is the configured listener name (``"sendmail"`` for the
+    command-line path).  ``credential_ref`` names the delivery credentials to use when they are
+    not the gateway's default tenant (Entra pass-through logins); ``None`` means the default.
+    """
+
+    client_address: str
+    client_name: str
+    listener: str
+    tls: bool = False
+    auth_identity: Optional[str] = None
+    credential_ref: Optional[str] = None
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One failed delivery attempt, kept so an admin can see why a message is still queued."""
+
+    at: float
+    reason: str
+
+
+@attrs.frozen
+class SpoolEntry:
+    """
+    One queued message as the queue runner and deliverers see it.
+
+    ``message_path`` is the absolute path of the message file: the RFC 5322 message with CRLF
+    line endings, byte for byte as received apart from the gateway's own headers (Received and,
+    when missing, Message-ID/Date) and any header edits made by policies before spooling.
+    Deliverers open it themselves (in a thread or through a producer), so message bodies are
+    never held in memory whole.  ``size`` is its length in bytes.
+    """
+
+    queue_id: str
+    envelope: Envelope
+    provenance: Provenance
+    received_at: float
+    message_path: str
+    size: int
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    history: tuple[AttemptRecord, ...] = ()
+
+
+__all__ = ["Envelope", "Provenance", "AttemptRecord", "SpoolEntry"]

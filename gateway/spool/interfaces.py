@@ -1,0 +1,105 @@
+"""
+The spool's contract with intake (SMTP, sendmail) and with the queue runner.
+
+Every operation returns a Deferred: blocking file work (write, fsync, rename, directory fsync)
+runs in the spool's own thread pool, never on the reactor thread and never in the reactor's
+default pool (which the DNS resolver shares).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from zope.interface import Attribute, Interface
+
+
+class SpoolError(Exception):
+    """
+    The spool could not do what was asked (disk full, permission, fsync failure).
+
+    Intake maps this to a transient SMTP reply (451 4.3.0, or 452 4.3.1 when
+    ``out_of_space`` is true) — never a 5xx, because the sender must keep the message.
+    """
+
+    def __init__(self, message: str, out_of_space: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_space = out_of_space
+
+
+class ISpoolWriter(Interface):
+    """
+    One message being received; one writer per SMTP transaction (not per recipient).
+
+    Bytes are the message as it will be stored: CRLF line endings, dot-unstuffed, gateway
+    headers already in front.  The writer buffers and hands chunks to its thread pool in
+    order; when too many bytes are waiting for the disk it calls the ``pause`` callback given
+    to ``set_flow_control`` and later ``resume``, so a fast client is slowed to disk speed
+    instead of growing memory.
+    """
+
+    queue_id = Attribute("The queue id this message will have once committed (str).")
+    bytes_written = Attribute("How many bytes were handed to write() so far (int).")
+
+    def set_flow_control(pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Register callbacks used for back-pressure (typically transport.pauseProducing/resumeProducing)."""
+
+    def write(data: bytes) -> None:
+        """Append bytes to the message.  Never blocks; errors surface at commit()."""
+
+    temp_path = Attribute(
+        "Path of the temporary file holding what was written, valid after flush() until "
+        "commit() or abort(); policies read the body from it (str)."
+    )
+
+    def flush():
+        """
+        Deferred that fires once everything written so far is in ``temp_path`` (not yet
+        fsynced), so end-of-data policies can read the message from disk.
+        """
+
+    def commit(envelope, provenance, header_section: Optional[bytes] = None):
+        """
+        Make the message durable and queue it.
+
+        Order: flush, fsync the message file, write the envelope/state record, fsync it,
+        rename both into the queue, fsync the queue directory.  Only when the returned
+        Deferred fires (with the new L{gateway.spool.entry.SpoolEntry}) may the caller say 250.
+
+        ``header_section``, when given, replaces the header section of what was written (the
+        bytes up to and including the first empty line) — this is how policy header edits land
+        on disk before the 250, so the spool holds exactly what will be delivered.
+
+        Fails with L{SpoolError} on any disk trouble, leaving no partial entry in the queue.
+        """
+
+    def abort():
+        """Discard everything written (client vanished, message refused).  Returns a Deferred."""
+
+
+class ISpool(Interface):
+    """The durable message store."""
+
+    def open_writer():
+        """Start a new message; returns a Deferred firing with an L{ISpoolWriter}."""
+
+    def recover():
+        """
+        Bring the spool into a known state at start-up and return a Deferred firing with the
+        queued L{SpoolEntry} values (or an iterator of them): half-written temporary files are
+        removed, unreadable entries are moved to quarantine with a log line, never a crash.
+        """
+
+    def load(queue_id: str):
+        """Deferred firing with the current L{SpoolEntry} for ``queue_id``."""
+
+    def update(entry):
+        """Persist a new state for an entry atomically (write-new + rename); Deferred."""
+
+    def remove(entry):
+        """Delete (or archive, when configured) a delivered entry; Deferred."""
+
+    def fail(entry, reason: str):
+        """Move an entry to the failed/ directory with the reason kept beside it; Deferred."""
+
+
+__all__ = ["SpoolError", "ISpoolWriter", "ISpool"]

@@ -1,0 +1,61 @@
+"""
+The twistd/twist entry point: command-line options and the service they build.
+
+Configuration problems are reported as ``usage.UsageError`` so twistd prints one clear line
+and exits before anything is bound or written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from gateway.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    """Options override the matching keys of the TOML file."""
+
+    synopsis = "[--config FILE] [--listen ENDPOINT] ..."
+    longdesc = (
+        "Accept mail over SMTP, store it durably in a spool and deliver it through Microsoft "
+        "Graph (or, with no Graph credentials configured, into a local capture outbox)."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: none, safe built-in defaults)."],
+        ["listen", "l", None, "Listen on this endpoint instead of the configured listeners, e.g. tcp:2525:interface=127.0.0.1."],
+        ["state-dir", None, None, "Directory for the spool and the capture outbox (default ./graphsmtp-data)."],
+        ["spool", None, None, "Spool directory (default STATE_DIR/spool)."],
+        ["outbox", None, None, "Capture outbox Maildir (default STATE_DIR/outbox)."],
+        ["hostname", None, None, "Host name for the SMTP banner and Received headers."],
+        ["deliverer", None, None, "auto, capture or graph (default auto: graph when [graph] is configured)."],
+    ]
+
+    def postOptions(self) -> None:
+        overrides = {
+            "listen": self["listen"],
+            "state_dir": self["state-dir"],
+            "spool": self["spool"],
+            "outbox": self["outbox"],
+            "hostname": self["hostname"],
+            "deliverer": self["deliverer"],
+        }
+        if overrides["deliverer"] not in (None, "auto", "capture", "graph"):
+            raise usage.UsageError("--deliverer: must be auto, capture or graph")
+        try:
+            self.config = load_config(self["config"], {k: v for k, v in overrides.items() if v})
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration error: {e}") from None
+
+
+def makeService(options: Any) -> IService:
+    from twisted.internet import reactor
+
+    from gateway.service import GatewayService
+
+    return GatewayService(options.config, reactor)
+
+
+__all__ = ["Options", "makeService"]
