@@ -155,6 +155,21 @@ class IPolicyFactory(Interface):
         """
 
 
+class IAuthenticatedIdentity(Interface):
+    """
+    The avatar interface the SMTP layer asks the twisted.cred portal for at AUTH:
+    ``portal.login(credentials, None, IAuthenticatedIdentity)`` fires with
+    ``(IAuthenticatedIdentity, identity, logout)`` where ``identity`` is an L{Identity}.
+    """
+
+
+class LoginThrottled(Exception):
+    """
+    Raised (as a failure of ``portal.login``) when a client has failed too many logins: the
+    SMTP layer answers 421 4.7.0 and disconnects instead of 535.
+    """
+
+
 class PolicyConfigError(ValueError):
     """A policy's options are invalid; the message names the option and the problem."""
 
@@ -162,5 +177,5 @@ class PolicyConfigError(ValueError):
 __all__ = [
     "Identity", "SessionView", "MessageView",
     "Continue", "Accept", "Reject", "TempFail", "HeaderEdit", "EditHeaders", "Verdict",
-    "IPolicy", "IPolicyFactory", "PolicyConfigError",
+    "IPolicy", "IPolicyFactory", "PolicyConfigError", "IAuthenticatedIdentity", "LoginThrottled",
 ]
