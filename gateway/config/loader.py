@@ -66,8 +66,9 @@ def build_config(
 
     gw = root.table_at("gateway")
     hostname = overrides.get("hostname") or gw.string("hostname") or socket.gethostname()
+    gw.mark_used("hostname")
     _check_hostname(hostname, "gateway.hostname")
-    state_dir = resolve(overrides.get("state_dir") or gw.string("state_dir", DEFAULT_STATE_DIR))
+    state_dir = resolve(_pick(overrides, "state_dir", gw.string("state_dir", DEFAULT_STATE_DIR)))
     add_message_id = gw.boolean("add_message_id", True)
     add_date = gw.boolean("add_date", True)
     gw.finish()
@@ -78,7 +79,7 @@ def build_config(
 
     sp = root.table_at("spool")
     spool = SpoolConfig(
-        directory=resolve(overrides.get("spool") or sp.string("directory", os.path.join(state_dir, "spool"))),
+        directory=resolve(_pick(overrides, "spool", sp.string("directory", os.path.join(state_dir, "spool")))),
         threads=sp.integer("threads", 4, 1, 64),
         archive_delivered=sp.boolean("archive_delivered", False),
     )
@@ -105,9 +106,9 @@ def build_config(
     q.finish()
 
     dl = root.table_at("delivery")
-    requested = overrides.get("deliverer") or dl.string("deliverer", "auto", ("auto", "capture", "graph"))
+    requested = _pick(overrides, "deliverer", dl.string("deliverer", "auto", ("auto", "capture", "graph")))
     cap = dl.table_at("capture")
-    capture = CaptureConfig(outbox=resolve(overrides.get("outbox") or cap.string("outbox", os.path.join(state_dir, "outbox"))))
+    capture = CaptureConfig(outbox=resolve(_pick(overrides, "outbox", cap.string("outbox", os.path.join(state_dir, "outbox")))))
     cap.finish()
     dl.finish()
 
@@ -131,6 +132,11 @@ def build_config(
         add_date=add_date,
         sections=sections,
     )
+
+
+def _pick(overrides: Mapping[str, Any], name: str, from_file: Any) -> Any:
+    """A command-line override wins over the (already validated) file value."""
+    return overrides.get(name) or from_file
 
 
 def parse_limits(table: TableReader, base: Limits) -> Limits:

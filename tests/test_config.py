@@ -1,0 +1,185 @@
+"""
+Configuration: defaults are safe, every bad value is one clear error naming its key, secrets
+come from files or the environment without ever showing in a repr.
+"""
+
+from __future__ import annotations
+
+import os
+import ipaddress
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.config import ConfigError, load_config
+from gateway.config.loader import build_config
+from gateway.config.reader import parse_duration, parse_size
+from gateway.config.secrets import Secret, secret_from_table
+
+
+def build(data, overrides=None, environ=None):
+    return build_config(data, overrides or {}, environ or {}, "/base")
+
+
+class DefaultsTests(SynchronousTestCase):
+    def test_no_file_gives_safe_loopback_listener(self):
+        config = build({})
+        [listener] = config.listeners
+        self.assertEqual(listener.endpoint, "tcp:2525:interface=127.0.0.1")
+        self.assertEqual(listener.auth, "none")
+        self.assertEqual(
+            listener.trusted_networks,
+            (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        )
+        self.assertEqual(config.deliverer, "capture")
+        self.assertEqual(config.spool.directory, "/base/graphsmtp-data/spool")
+        self.assertEqual(config.capture.outbox, "/base/graphsmtp-data/outbox")
+
+    def test_configured_listener_is_closed_by_default(self):
+        config = build({"listener": [{"name": "mx", "endpoint": "tcp:25"}]})
+        self.assertEqual(config.listeners[0].trusted_networks, ())
+
+    def test_overrides_beat_the_file(self):
+        config = build(
+            {"gateway": {"state_dir": "/srv/a"}, "listener": [{"name": "mx", "endpoint": "tcp:25"}]},
+            {"listen": "tcp:2600:interface=127.0.0.1", "state_dir": "/srv/b"},
+        )
+        self.assertEqual([l.endpoint for l in config.listeners], ["tcp:2600:interface=127.0.0.1"])
+        self.assertEqual(config.spool.directory, "/srv/b/spool")
+
+    def test_listener_limits_inherit_global_limits(self):
+        config = build({
+            "limits": {"max_recipients": 50, "max_message_size": "10MiB"},
+            "listener": [{"name": "a", "endpoint": "tcp:25", "limits": {"max_recipients": 5}}],
+        })
+        limits = config.listeners[0].limits
+        self.assertEqual(limits.max_recipients, 5)
+        self.assertEqual(limits.max_message_size, 10 * 1024 * 1024)
+
+    def test_example_config_in_etc_loads(self):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = load_config(os.path.join(here, "etc", "graphsmtp.toml"), environ={})
+        self.assertTrue(config.listeners)
+
+
+class ErrorTests(SynchronousTestCase):
+    def assertConfigError(self, data, key, fragment, environ=None):
+        e = self.assertRaises(ConfigError, build, data, None, environ)
+        self.assertEqual(e.key, key)
+        self.assertIn(fragment, str(e))
+        self.assertNotIn("\n", str(e))
+        return e
+
+    def test_unknown_key_is_named(self):
+        self.assertConfigError({"spool": {"directroy": "x"}}, "spool.directroy", "unknown setting")
+
+    def test_bad_integer_is_named(self):
+        self.assertConfigError(
+            {"listener": [{"name": "sub", "endpoint": "tcp:587", "limits": {"max_recipients": 0}}]},
+            "listener.sub.limits.max_recipients", "from 1 to",
+        )
+
+    def test_bad_network(self):
+        self.assertConfigError(
+            {"listener": [{"name": "sub", "endpoint": "tcp:587", "trusted_networks": ["10.0.0.0/33"]}]},
+            "listener.sub.trusted_networks", "not an IPv4/IPv6",
+        )
+
+    def test_tls_needs_certificate(self):
+        self.assertConfigError(
+            {"listener": [{"name": "sub", "endpoint": "tcp:587", "tls": "starttls"}]},
+            "listener.sub.tls_cert", "required",
+        )
+
+    def test_auth_required_without_tls_is_refused(self):
+        self.assertConfigError(
+            {"listener": [{"name": "sub", "endpoint": "tcp:587", "auth": "required"}]},
+            "listener.sub.auth", "no TLS",
+        )
+
+    def test_duplicate_listener_names(self):
+        self.assertConfigError(
+            {"listener": [{"name": "a", "endpoint": "tcp:1"}, {"name": "a", "endpoint": "tcp:2"}]},
+            "listener.a.name", "duplicate",
+        )
+
+    def test_graph_deliverer_without_credentials(self):
+        self.assertConfigError({"delivery": {"deliverer": "graph"}}, "delivery.deliverer", "no [graph]")
+
+    def test_bad_toml_file(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[gateway\n")
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertIn("not valid TOML", str(e))
+
+    def test_missing_file(self):
+        e = self.assertRaises(ConfigError, load_config, "/nonexistent/graphsmtp.toml")
+        self.assertIn("does not exist", str(e))
+
+    def test_bad_hostname(self):
+        self.assertConfigError({"gateway": {"hostname": "bad host\r\nX: y"}}, "gateway.hostname", "not a valid host name")
+
+
+class UnitParsingTests(SynchronousTestCase):
+    def test_durations(self):
+        self.assertEqual(parse_duration("5d", "k"), 432000.0)
+        self.assertEqual(parse_duration("90s", "k"), 90.0)
+        self.assertEqual(parse_duration(2.5, "k"), 2.5)
+        self.assertRaises(ConfigError, parse_duration, "soon", "k")
+        self.assertRaises(ConfigError, parse_duration, True, "k")
+
+    def test_sizes(self):
+        self.assertEqual(parse_size("25MiB", "k"), 25 * 1024 * 1024)
+        self.assertEqual(parse_size("35MB", "k"), 35_000_000)
+        self.assertEqual(parse_size(1024, "k"), 1024)
+        self.assertRaises(ConfigError, parse_size, "big", "k")
+
+
+class SecretTests(SynchronousTestCase):
+    def test_repr_hides_value(self):
+        secret = Secret("hunter2-very-secret")
+        self.assertNotIn("hunter2", repr(secret))
+        self.assertNotIn("hunter2", str(secret))
+        self.assertNotIn("hunter2", repr({"s": secret}))
+        self.assertEqual(secret.reveal(), "hunter2-very-secret")
+
+    def test_from_file(self):
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"s3cret\n")
+        os.close(fd)
+        secret = secret_from_table({"client_secret_file": path}, "client_secret", "graph", {})
+        self.assertEqual(secret.reveal(), "s3cret")
+
+    def test_world_readable_file_refused_with_path(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("s3cret")
+        os.chmod(path, 0o644)
+        e = self.assertRaises(ConfigError, secret_from_table, {"client_secret_file": path}, "client_secret", "graph", {})
+        self.assertIn(path, str(e))
+        self.assertIn("readable by other users", str(e))
+        self.assertNotIn("s3cret", str(e))
+
+    def test_credentials_directory(self):
+        directory = self.mktemp()
+        os.mkdir(directory)
+        fd = os.open(os.path.join(directory, "graph-secret"), os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"from-systemd")
+        os.close(fd)
+        secret = secret_from_table(
+            {"client_secret_file": "graph-secret"}, "client_secret", "graph", {"CREDENTIALS_DIRECTORY": directory}
+        )
+        self.assertEqual(secret.reveal(), "from-systemd")
+
+    def test_from_environment(self):
+        secret = secret_from_table({"client_secret_env": "GS_SECRET"}, "client_secret", "graph", {"GS_SECRET": "e"})
+        self.assertEqual(secret.reveal(), "e")
+        e = self.assertRaises(ConfigError, secret_from_table, {"client_secret_env": "GS_SECRET"}, "client_secret", "graph", {})
+        self.assertEqual(e.key, "graph.client_secret_env")
+
+    def test_only_one_source(self):
+        e = self.assertRaises(
+            ConfigError, secret_from_table, {"client_secret": "a", "client_secret_env": "B"}, "client_secret", "graph", {}
+        )
+        self.assertIn("only one", str(e))
