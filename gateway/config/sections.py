@@ -22,7 +22,11 @@ def parse_graph(root: TableReader, environ: Mapping[str, str], resolve: Resolver
 
 def parse_all(root: TableReader, environ: Mapping[str, str], resolve: Resolver) -> dict[str, Any]:
     """Every other optional section, keyed by name (missing sections parse to their defaults)."""
-    return {}
+    from gateway.config.policy import parse_observers, parse_redis
+    sections: dict[str, Any] = {}
+    sections["redis"] = parse_redis(root, environ, resolve)
+    sections["observers"] = parse_observers(root, environ, resolve)
+    return sections
 
 
 __all__ = ["parse_graph", "parse_all"]

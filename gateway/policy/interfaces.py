@@ -171,7 +171,16 @@ class LoginThrottled(Exception):
 
 
 class PolicyConfigError(ValueError):
-    """A policy's options are invalid; the message names the option and the problem."""
+    """
+    A policy's options are invalid; the message names the option and the problem.
+
+    ``option`` (optional) is the name of the offending option, so start-up can report the full
+    configuration key (``listener.submission.policies[1].messages``) rather than only the text.
+    """
+
+    def __init__(self, message: str, option: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 __all__ = [
