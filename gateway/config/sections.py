@@ -22,10 +22,12 @@ def parse_graph(root: TableReader, environ: Mapping[str, str], resolve: Resolver
 
 def parse_all(root: TableReader, environ: Mapping[str, str], resolve: Resolver) -> dict[str, Any]:
     """Every other optional section, keyed by name (missing sections parse to their defaults)."""
+    from gateway.config.auth import parse_auth_section
     from gateway.config.policy import parse_observers, parse_redis
     sections: dict[str, Any] = {}
     sections["redis"] = parse_redis(root, environ, resolve)
     sections["observers"] = parse_observers(root, environ, resolve)
+    sections["auth"] = parse_auth_section(root, environ, resolve)
     return sections
 
 
