@@ -102,4 +102,41 @@ class ISpool(Interface):
         """Move an entry to the failed/ directory with the reason kept beside it; Deferred."""
 
 
-__all__ = ["SpoolError", "ISpoolWriter", "ISpool"]
+class IQueueSpool(ISpool):
+    """
+    Optional extras a spool can offer the queue runner (added after the first contract; a
+    plain L{ISpool} still works, without these features).  L{gateway.spool.store.DirectorySpool}
+    provides them.
+    """
+
+    def on_commit(callback: Callable[..., None]) -> Callable[[], None]:
+        """
+        Call ``callback(entry)`` on the reactor thread whenever a message is committed, so the
+        runner starts delivering it at once instead of at its next scan.  Returns a function
+        that unregisters the callback.
+        """
+
+    def recover_schedule():
+        """
+        Like L{ISpool.recover}, but scalable: a Deferred firing with a list of
+        ``(due_hint, queue_id)`` pairs instead of loaded entries.  ``due_hint`` is a POSIX time
+        that may be early (never assumed exact): the runner loads the entry when the hint is
+        due and reschedules if its real ``next_attempt_at`` is later.
+        """
+
+    def scan_incoming():
+        """
+        Deferred firing with an object with ``entries`` (L{SpoolEntry} values that arrived
+        from another process, such as the sendmail command, and are now queued) and
+        ``requests`` (admin requests with ``action`` in "retry", "delete", "requeue" and
+        ``target`` a queue id or "all").  Cheap enough to call every few seconds.
+        """
+
+    def delete(queue_id: str):
+        """Drop a queued entry for good (admin); Deferred firing with True if it existed."""
+
+    def requeue(queue_id: str):
+        """Move a failed entry back into the queue, due now; Deferred firing with the entry."""
+
+
+__all__ = ["SpoolError", "ISpoolWriter", "ISpool", "IQueueSpool"]

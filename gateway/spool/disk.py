@@ -1,0 +1,839 @@
+"""
+The spool's on-disk layout and every blocking operation on it, in one place.
+
+The daemon runs these functions in its spool thread pool (through L{gateway.spool.store});
+the sendmail and queue commands run them directly.  Keeping a single implementation is what
+guarantees that all three agree on the formats and on the crash-safety rules below.
+
+Layout (directories 0700, files 0600)::
+
+    <spool>/
+      lock                 flock()ed by the running daemon; holds its pid
+      tmp/                 the daemon's files being written: <tag>.<id>.msg / .env / ...
+      queue/<id>.msg       the message: RFC 5322 bytes with CRLF line ends, exactly as handed
+                           to the spool writer (gateway headers included), nothing added
+      queue/<id>.env       the envelope/state record (format: L{gateway.spool.record});
+                           its mtime is set to the next attempt time (a hint, see below)
+      incoming/            the sendmail command's drop box: .<id>.*.tmp while writing, then
+                           <id>.msg + <id>.env; also control requests <action>-<target>.ctl
+                           from the queue command while the daemon runs
+      failed/<id>.msg/.env/.reason   permanently failed (reason: human-readable text)
+      archive/<id>.msg/.env          delivered, when archive_delivered is on
+      quarantine/          anything unreadable, moved aside with a log line, never deleted
+
+Completeness rule: **the record's presence marks a complete entry.**  Every protocol is
+ordered so that a crash at any instant leaves either no entry or a whole one:
+
+- accept (daemon and sendmail): write the message to a temp file, fsync it; write the record
+  to a temp file, fsync it; rename the message into place, then the record; fsync the
+  directory.  Only then is the message acknowledged (250, or exit status 0).  A message file
+  without a record was never acknowledged and is deleted at recovery.
+- import (sendmail's entries, done by the daemon): write the record into tmp/, rename the
+  message incoming/ → queue/, rename the record into queue/, fsync queue/, unlink the
+  incoming record.  Recovery finishes a half-done import (incoming record + queue message).
+- state change: write a new record to tmp/, fsync, rename over the old one (old or new state
+  survives, never a mix).
+- delivered: unlink the record first, then the message (or rename both into archive/,
+  message first).  A crash in between leaves an orphan message, deleted at recovery — or a
+  second delivery, never a lost one.
+- failed: write failed/<id>.reason, move the message to failed/, write the final record into
+  failed/, unlink the queued record, fsync failed/.  A queued record whose message is in
+  failed/ (or archive/) is a move interrupted by a crash, and recovery completes it.
+- requeue (admin): new record in tmp/, message failed/ → queue/, record into queue/, fsync,
+  then the failed/ leftovers are removed.  A queued message without record whose record is
+  still in failed/ is moved back to failed/ at recovery.
+
+Scheduling hint: a state change sets the record's mtime to ``next_attempt_at``, so start-up
+can build the whole schedule from one ``stat`` per entry instead of parsing 100,000 JSON
+records.  The record stays authoritative: the queue runner loads it when the hint says "due"
+and reschedules if the real time is later, so a wrong mtime costs one early look, nothing more.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import pwd
+import threading
+import time
+from typing import Callable, Iterable, Optional
+
+import attrs
+
+from gateway.spool.dirsync import DirectorySyncer
+from gateway.spool.entry import AttemptRecord, SpoolEntry
+from gateway.spool.fileops import DIR_MODE, FileOps, quietly, spool_error
+from gateway.spool.interfaces import SpoolError
+from gateway.spool.queueid import is_queue_id
+from gateway.spool.record import RecordError, decode_record, encode_record
+
+MSG = ".msg"
+ENV = ".env"
+REASON = ".reason"
+CONTROL = ".ctl"
+CONTROL_ACTIONS = ("retry", "delete", "requeue")
+ALL = "all"
+# A sendmail command may legitimately be half-way through writing into incoming/ while the
+# daemon starts; its leftovers are only treated as abandoned after this long.
+INCOMING_GRACE = 3600.0
+ABANDONED_TEMP_AGE = 86400.0
+
+
+class EntryMissing(KeyError):
+    """The queue has no (readable) entry with this id any more."""
+
+
+class EntryQuarantined(EntryMissing):
+    """The entry was unreadable and has just been moved to quarantine/."""
+
+    def __init__(self, queue_id: str, reason: str) -> None:
+        super().__init__(queue_id)
+        self.queue_id = queue_id
+        self.reason = reason
+
+
+class SpoolBusy(SpoolError):
+    """Another process (a running daemon) holds the spool lock."""
+
+    def __init__(self, message: str, pid: Optional[int]) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+@attrs.frozen
+class SpoolLayout:
+    """Path arithmetic only; no I/O."""
+
+    root: str
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.root, "tmp")
+
+    @property
+    def queue(self) -> str:
+        return os.path.join(self.root, "queue")
+
+    @property
+    def incoming(self) -> str:
+        return os.path.join(self.root, "incoming")
+
+    @property
+    def failed(self) -> str:
+        return os.path.join(self.root, "failed")
+
+    @property
+    def archive(self) -> str:
+        return os.path.join(self.root, "archive")
+
+    @property
+    def quarantine(self) -> str:
+        return os.path.join(self.root, "quarantine")
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.root, "lock")
+
+    def directories(self) -> tuple[str, ...]:
+        return (self.tmp, self.queue, self.incoming, self.failed, self.archive, self.quarantine)
+
+    @staticmethod
+    def path(directory: str, queue_id: str, suffix: str) -> str:
+        return os.path.join(directory, queue_id + suffix)
+
+
+@attrs.define
+class TempMessage:
+    """A message file being written: the open descriptor and what is in it so far."""
+
+    queue_id: str
+    path: str
+    fd: Optional[int]
+    size: int = 0
+
+
+@attrs.frozen
+class ControlRequest:
+    """An admin request dropped by the queue command: ``action`` on ``target`` (id or "all")."""
+
+    action: str
+    target: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.action}-{self.target}{CONTROL}"
+
+    @classmethod
+    def from_file_name(cls, name: str) -> Optional["ControlRequest"]:
+        if not name.endswith(CONTROL) or "-" not in name:
+            return None
+        action, target = name[: -len(CONTROL)].split("-", 1)
+        if action not in CONTROL_ACTIONS or not (is_queue_id(target) or (target == ALL and action == "retry")):
+            return None
+        return cls(action, target)
+
+
+@attrs.frozen
+class Quarantined:
+    """One thing moved to quarantine/, reported so the reactor thread can log it."""
+
+    name: str
+    reason: str
+
+
+@attrs.define
+class IncomingScan:
+    """What one pass over incoming/ found: entries now in the queue, and admin requests."""
+
+    entries: list = attrs.field(factory=list)
+    requests: list = attrs.field(factory=list)
+    quarantined: list = attrs.field(factory=list)
+
+
+@attrs.define
+class RecoveryReport:
+    """
+    What start-up recovery found.  ``schedule`` is ``(due_hint, queue_id)`` for every complete
+    entry, built from names and one stat each — the runner loads records lazily.
+    """
+
+    schedule: list = attrs.field(factory=list)
+    imported: list = attrs.field(factory=list)
+    removed: list = attrs.field(factory=list)
+    completed_moves: list = attrs.field(factory=list)
+    quarantined: list = attrs.field(factory=list)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class SpoolDisk:
+    """
+    Blocking spool operations.  Thread-safe for distinct queue ids; the daemon never works on
+    the same id from two threads at once (one writer per message, one runner task per entry).
+
+    ``tag`` marks this process's temp files in tmp/, so recovery removes only files that no
+    live writer of this process owns.
+    """
+
+    def __init__(self, root: str, ops: Optional[FileOps] = None, tag: Optional[str] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.layout = SpoolLayout(os.path.abspath(root))
+        self.ops = ops if ops is not None else FileOps()
+        self.tag = tag or os.urandom(4).hex()
+        self._now = clock
+        self.queue_sync = DirectorySyncer(self.ops, self.layout.queue)
+        self.incoming_sync = DirectorySyncer(self.ops, self.layout.incoming)
+        self.failed_sync = DirectorySyncer(self.ops, self.layout.failed)
+        self._counter = itertools.count()
+        self._committing: set[str] = set()
+        self._committing_lock = threading.Lock()
+        self._lock_fd: Optional[int] = None
+
+    # -- set-up and locking --------------------------------------------------------------
+
+    def ensure_directories(self) -> None:
+        """Create the layout (0700) if missing.  Existing directories keep their modes."""
+        try:
+            os.makedirs(self.layout.root, mode=DIR_MODE, exist_ok=True)
+            for d in self.layout.directories():
+                os.makedirs(d, mode=DIR_MODE, exist_ok=True)
+        except OSError as e:
+            raise spool_error(e, f"create the spool directories under {self.layout.root}") from None
+
+    def acquire_lock(self) -> None:
+        """Take the daemon lock (non-blocking); L{SpoolBusy} if another process has it."""
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise spool_error(e, f"open {self.layout.lock}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            pid = self._read_pid(fd)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SpoolBusy(
+                    f"spool {self.layout.root} is in use by another graphsmtp process"
+                    + (f" (pid {pid})" if pid else ""), pid,
+                ) from None
+            raise spool_error(e, f"lock {self.layout.lock}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def daemon_pid(self) -> Optional[int]:
+        """The pid of the daemon holding the lock, or None when no daemon runs."""
+        try:
+            fd = os.open(self.layout.lock, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return self._read_pid(fd) or -1
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _read_pid(fd: int) -> Optional[int]:
+        try:
+            return int(os.pread(fd, 32, 0).strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    # -- accepting a message ---------------------------------------------------------------
+
+    def _tmp_path(self, queue_id: str, suffix: str) -> str:
+        return os.path.join(self.layout.tmp, f"{self.tag}.{queue_id}{suffix}")
+
+    def create_temp(self, queue_id: str, incoming: bool = False) -> TempMessage:
+        """Open a new temp message file (tmp/ for the daemon, incoming/ for sendmail)."""
+        path = (os.path.join(self.layout.incoming, f".{queue_id}.msg.tmp") if incoming
+                else self._tmp_path(queue_id, MSG))
+        try:
+            fd = self.ops.open_new(path)
+        except OSError as e:
+            raise spool_error(e, "create a message file") from None
+        return TempMessage(queue_id, path, fd)
+
+    def append(self, temp: TempMessage, chunks: Iterable[bytes]) -> None:
+        data = b"".join(chunks)
+        if not data:
+            return
+        try:
+            self.ops.write(temp.fd, data)
+        except OSError as e:
+            raise spool_error(e, "write the message") from None
+        temp.size += len(data)
+
+    def replace_header_section(self, temp: TempMessage, old_length: int, header_section: bytes) -> None:
+        """
+        Replace the first ``old_length`` bytes of the file with ``header_section``.  Same length:
+        overwritten in place; otherwise a new file gets the new header and a kernel-side copy
+        of the body, so a 20 MB body is not read into memory for a one-line header edit.
+        """
+        try:
+            if len(header_section) == old_length:
+                self.ops.pwrite(temp.fd, header_section, 0)
+                return
+            new_path = temp.path + ".h"
+            new_fd = self.ops.open_new(new_path)
+            try:
+                self.ops.write(new_fd, header_section)
+                self.ops.copy_range(temp.fd, new_fd, old_length, temp.size - old_length)
+            except OSError:
+                quietly(self.ops.close, new_fd)
+                quietly(self.ops.unlink, new_path)
+                raise
+            self.ops.close(temp.fd)
+            quietly(self.ops.unlink, temp.path)
+            temp.fd, temp.path = new_fd, new_path
+            temp.size = len(header_section) + temp.size - old_length
+        except OSError as e:
+            raise spool_error(e, "rewrite the message headers") from None
+
+    def publish(self, temp: TempMessage, entry: SpoolEntry, incoming: bool = False) -> SpoolEntry:
+        """
+        The acceptance protocol (see module docstring).  Returns ``entry`` with its final
+        message path; on any failure removes every trace and raises L{SpoolError}.
+        """
+        if incoming:
+            dest, syncer = self.layout.incoming, self.incoming_sync
+            env_tmp = os.path.join(self.layout.incoming, f".{entry.queue_id}.env.tmp")
+        else:
+            dest, syncer = self.layout.queue, self.queue_sync
+            env_tmp = self._tmp_path(entry.queue_id, ENV)
+        msg_final = SpoolLayout.path(dest, entry.queue_id, MSG)
+        env_final = SpoolLayout.path(dest, entry.queue_id, ENV)
+        entry = attrs.evolve(entry, message_path=msg_final, size=temp.size)
+        stage = "write the message"
+        env_fd = None
+        renamed: list[str] = []
+        with self._committing_lock:
+            self._committing.add(entry.queue_id)
+        try:
+            self.ops.sync_file(temp.fd)
+            self.ops.close(temp.fd)
+            temp.fd = None
+            stage = "write the envelope record"
+            env_fd = self.ops.open_new(env_tmp)
+            self.ops.write(env_fd, encode_record(entry))
+            self.ops.sync_file(env_fd)
+            self.ops.close(env_fd)
+            env_fd = None
+            stage = "move the message into the queue"
+            self.ops.rename(temp.path, msg_final)
+            renamed.append(msg_final)
+            self.ops.rename(env_tmp, env_final)
+            renamed.append(env_final)
+            stage = "sync the queue directory"
+            syncer.sync()
+        except OSError as e:
+            for fd in (temp.fd, env_fd):
+                if fd is not None:
+                    quietly(self.ops.close, fd)
+            temp.fd = None
+            # Record first: without it nothing left behind counts as an entry.
+            for path in reversed(renamed):
+                quietly(self.ops.unlink, path)
+            for path in (temp.path, env_tmp):
+                if path not in renamed:
+                    quietly(self.ops.unlink, path)
+            raise spool_error(e, stage) from None
+        finally:
+            with self._committing_lock:
+                self._committing.discard(entry.queue_id)
+        return entry
+
+    def discard(self, temp: TempMessage) -> None:
+        """Throw away an unfinished message (client vanished, message refused)."""
+        if temp.fd is not None:
+            quietly(self.ops.close, temp.fd)
+            temp.fd = None
+        quietly(self.ops.unlink, temp.path)
+
+    # -- reading and changing entries ------------------------------------------------------
+
+    def load(self, queue_id: str, directory: Optional[str] = None) -> SpoolEntry:
+        """The current entry; L{EntryMissing} if gone, L{EntryQuarantined} if unreadable."""
+        directory = directory or self.layout.queue
+        if not is_queue_id(queue_id):
+            raise EntryMissing(queue_id)
+        env_path = SpoolLayout.path(directory, queue_id, ENV)
+        msg_path = SpoolLayout.path(directory, queue_id, MSG)
+        try:
+            data = self.ops.read_file(env_path)
+        except FileNotFoundError:
+            raise EntryMissing(queue_id) from None
+        except OSError as e:
+            raise spool_error(e, f"read the record of {queue_id}") from None
+        try:
+            entry = decode_record(data, msg_path, queue_id)
+            size = os.stat(msg_path).st_size
+        except RecordError as e:
+            reason = f"unreadable record: {e}"
+        except FileNotFoundError:
+            reason = "message file missing"
+        else:
+            if size == entry.size:
+                return entry
+            reason = f"message file is {size} bytes, record says {entry.size}"
+        if directory == self.layout.queue:
+            self._quarantine_entry(directory, queue_id)
+            raise EntryQuarantined(queue_id, reason)
+        raise EntryMissing(queue_id)
+
+    def write_record(self, entry: SpoolEntry) -> SpoolEntry:
+        """Atomically replace the queued record with ``entry``'s state."""
+        final = SpoolLayout.path(self.layout.queue, entry.queue_id, ENV)
+        if not os.path.exists(entry.message_path):
+            raise EntryMissing(entry.queue_id)
+        self._write_record_file(entry, final, set_mtime=True)
+        try:
+            self.queue_sync.sync()
+        except OSError as e:
+            raise spool_error(e, "sync the queue directory") from None
+        return entry
+
+    def _write_record_file(self, entry: SpoolEntry, final: str, set_mtime: bool) -> None:
+        tmp = self._tmp_path(entry.queue_id, f".{next(self._counter)}{ENV}")
+        fd = None
+        try:
+            fd = self.ops.open_new(tmp)
+            self.ops.write(fd, encode_record(entry))
+            if set_mtime and entry.next_attempt_at > 0:
+                self.ops.set_mtime(fd, entry.next_attempt_at)
+            self.ops.sync_file(fd)
+            self.ops.close(fd)
+            fd = None
+            self.ops.rename(tmp, final)
+        except OSError as e:
+            if fd is not None:
+                quietly(self.ops.close, fd)
+            quietly(self.ops.unlink, tmp)
+            raise spool_error(e, f"write the record of {entry.queue_id}") from None
+
+    def remove(self, entry: SpoolEntry, archive: bool = False) -> None:
+        """Delivered: delete (record first) or move to archive/ (message first)."""
+        q = self.layout.queue
+        try:
+            if archive:
+                self.ops.rename(SpoolLayout.path(q, entry.queue_id, MSG),
+                                SpoolLayout.path(self.layout.archive, entry.queue_id, MSG))
+                self.ops.rename(SpoolLayout.path(q, entry.queue_id, ENV),
+                                SpoolLayout.path(self.layout.archive, entry.queue_id, ENV))
+                return
+            self._unlink_if_present(SpoolLayout.path(q, entry.queue_id, ENV))
+            self._unlink_if_present(SpoolLayout.path(q, entry.queue_id, MSG))
+        except OSError as e:
+            raise spool_error(e, f"remove {entry.queue_id}") from None
+
+    def _unlink_if_present(self, path: str) -> None:
+        try:
+            self.ops.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def fail(self, entry: SpoolEntry, reason: str) -> SpoolEntry:
+        """Move to failed/ with a .reason file; returns the entry as stored in failed/."""
+        f, q, qid = self.layout.failed, self.layout.queue, entry.queue_id
+        failed_entry = attrs.evolve(entry, message_path=SpoolLayout.path(f, qid, MSG))
+        text = (
+            f"queue id: {qid}\n"
+            f"failed at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self._now()))}\n"
+            f"reason: {_one_line(reason)}\n"
+            f"attempts: {entry.attempts}\n"
+        ) + "".join(
+            f"attempt at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(h.at))}: {_one_line(h.reason)}\n"
+            for h in entry.history
+        )
+        reason_tmp = self._tmp_path(qid, f".{next(self._counter)}{REASON}")
+        fd = None
+        try:
+            fd = self.ops.open_new(reason_tmp)
+            self.ops.write(fd, text.encode("utf-8", "replace"))
+            self.ops.sync_file(fd)
+            self.ops.close(fd)
+            fd = None
+            self.ops.rename(reason_tmp, SpoolLayout.path(f, qid, REASON))
+            self.ops.rename(SpoolLayout.path(q, qid, MSG), failed_entry.message_path)
+            self._write_record_file(failed_entry, SpoolLayout.path(f, qid, ENV), set_mtime=False)
+            self._unlink_if_present(SpoolLayout.path(q, qid, ENV))
+            self.failed_sync.sync()
+        except OSError as e:
+            if fd is not None:
+                quietly(self.ops.close, fd)
+            quietly(self.ops.unlink, reason_tmp)
+            raise spool_error(e, f"move {qid} to failed/") from None
+        return failed_entry
+
+    def delete(self, queue_id: str) -> bool:
+        """Admin delete of a queued entry (record first).  False if it was not queued."""
+        if not is_queue_id(queue_id):
+            return False
+        env = SpoolLayout.path(self.layout.queue, queue_id, ENV)
+        try:
+            self.ops.unlink(env)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise spool_error(e, f"delete {queue_id}") from None
+        self._unlink_if_present(SpoolLayout.path(self.layout.queue, queue_id, MSG))
+        return True
+
+    def requeue(self, queue_id: str) -> SpoolEntry:
+        """
+        Put a failed entry back in the queue, due now, with attempts reset and a fresh queue
+        lifetime (the old start is kept in the history line).
+        """
+        f, q = self.layout.failed, self.layout.queue
+        old = self.load(queue_id, directory=f)
+        now = self._now()
+        note = AttemptRecord(now, f"requeued by admin; first received {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(old.received_at))}")
+        entry = attrs.evolve(
+            old, message_path=SpoolLayout.path(q, queue_id, MSG), received_at=now, attempts=0,
+            next_attempt_at=0.0, history=old.history + (note,),
+        )
+        tmp = self._tmp_path(queue_id, f".{next(self._counter)}{ENV}")
+        fd = None
+        try:
+            fd = self.ops.open_new(tmp)
+            self.ops.write(fd, encode_record(entry))
+            self.ops.sync_file(fd)
+            self.ops.close(fd)
+            fd = None
+            self.ops.rename(SpoolLayout.path(f, queue_id, MSG), entry.message_path)
+            self.ops.rename(tmp, SpoolLayout.path(q, queue_id, ENV))
+            self.queue_sync.sync()
+            self._unlink_if_present(SpoolLayout.path(f, queue_id, ENV))
+            self._unlink_if_present(SpoolLayout.path(f, queue_id, REASON))
+        except OSError as e:
+            if fd is not None:
+                quietly(self.ops.close, fd)
+            quietly(self.ops.unlink, tmp)
+            raise spool_error(e, f"requeue {queue_id}") from None
+        return entry
+
+    # -- quarantine ------------------------------------------------------------------------
+
+    def _quarantine_file(self, path: str) -> str:
+        base = os.path.basename(path)
+        target = os.path.join(self.layout.quarantine, base)
+        n = 0
+        while os.path.exists(target):
+            n += 1
+            target = os.path.join(self.layout.quarantine, f"{base}.{n}")
+        self.ops.rename(path, target)
+        return target
+
+    def _quarantine_entry(self, directory: str, queue_id: str) -> None:
+        # Message first: a record left behind alone would be quarantined again at recovery,
+        # a message left alone would be deleted as never acknowledged.
+        for suffix in (MSG, ENV):
+            path = SpoolLayout.path(directory, queue_id, suffix)
+            if os.path.exists(path):
+                quietly(self._quarantine_file, path)
+
+    # -- incoming (sendmail) and control requests ------------------------------------------
+
+    def request_control(self, request: ControlRequest) -> str:
+        """Drop an admin request for the running daemon (queue command)."""
+        path = os.path.join(self.layout.incoming, request.file_name)
+        tmp = os.path.join(self.layout.incoming, f".{request.file_name}.{os.getpid()}.tmp")
+        fd = self.ops.open_new(tmp)
+        self.ops.close(fd)
+        self.ops.rename(tmp, path)
+        return path
+
+    def scan_incoming(self, take_requests: bool = True) -> IncomingScan:
+        """
+        Import complete sendmail entries into the queue and (unless ``take_requests`` is
+        false) collect and consume control requests.  Cheap when incoming/ is empty (one
+        directory listing), so the daemon can poll it.
+        """
+        scan = IncomingScan()
+        inc = self.layout.incoming
+        now = self._now()
+        try:
+            with os.scandir(inc) as it:
+                names = {e.name for e in it}
+        except FileNotFoundError:
+            return scan
+        except OSError as e:
+            raise spool_error(e, "list incoming/") from None
+        for name in sorted(names):
+            path = os.path.join(inc, name)
+            if name.startswith("."):
+                if name.endswith(".tmp") and self._older_than(path, now, ABANDONED_TEMP_AGE):
+                    quietly(self.ops.unlink, path)
+                continue
+            request = ControlRequest.from_file_name(name)
+            if request is not None:
+                if take_requests and quietly(self.ops.unlink, path) is None:
+                    scan.requests.append(request)
+                continue
+            queue_id, _, suffix = name.partition(".")
+            if not is_queue_id(queue_id) or "." + suffix not in (MSG, ENV):
+                if self._older_than(path, now, INCOMING_GRACE):
+                    if quietly(self._quarantine_file, path) is None:
+                        scan.quarantined.append(Quarantined(name, "unknown file in incoming/"))
+                continue
+            if "." + suffix == MSG:
+                if queue_id + ENV not in names and self._older_than(path, now, INCOMING_GRACE):
+                    # sendmail died between its two renames: never acknowledged.
+                    quietly(self.ops.unlink, path)
+                continue
+            result = self._import_one(queue_id, queue_id + MSG in names)
+            if isinstance(result, Quarantined):
+                scan.quarantined.append(result)
+            elif result is not None:
+                scan.entries.append(result)
+        return scan
+
+    def _older_than(self, path: str, now: float, age: float) -> bool:
+        try:
+            return now - os.stat(path).st_mtime > age
+        except OSError:
+            return False
+
+    def _import_one(self, queue_id: str, message_in_incoming: bool):
+        inc, q = self.layout.incoming, self.layout.queue
+        inc_env = SpoolLayout.path(inc, queue_id, ENV)
+        inc_msg = SpoolLayout.path(inc, queue_id, MSG)
+        q_msg = SpoolLayout.path(q, queue_id, MSG)
+        q_env = SpoolLayout.path(q, queue_id, ENV)
+        if not message_in_incoming:
+            if os.path.exists(q_env):
+                quietly(self.ops.unlink, inc_env)  # import finished; only the unlink was lost
+                return None
+            if not os.path.exists(q_msg):
+                quietly(self._quarantine_file, inc_env)
+                return Quarantined(queue_id + ENV, "sendmail record without a message")
+        source_msg = inc_msg if message_in_incoming else q_msg
+        try:
+            st = os.stat(inc_env)
+            entry = decode_record(self.ops.read_file(inc_env), q_msg, queue_id)
+            size = os.stat(source_msg).st_size
+        except (RecordError, OSError) as e:
+            reason = f"unreadable sendmail entry: {e}"
+        else:
+            if size == entry.size:
+                reason = None
+            else:
+                reason = f"sendmail message is {size} bytes, record says {entry.size}"
+        if reason is not None:
+            quietly(self._quarantine_file, inc_env)
+            quietly(self._quarantine_file, source_msg)
+            return Quarantined(queue_id, reason)
+        # The file owner, not what the record claims, says which local user submitted it.
+        entry = attrs.evolve(entry, provenance=attrs.evolve(
+            entry.provenance, listener="sendmail", auth_identity=_owner_name(st.st_uid)))
+        self._write_record_file_tmp_then(entry, source_msg, q_msg, q_env)
+        quietly(self.ops.unlink, inc_env)
+        return entry
+
+    def _write_record_file_tmp_then(self, entry: SpoolEntry, source_msg: str, q_msg: str, q_env: str) -> None:
+        tmp = self._tmp_path(entry.queue_id, f".{next(self._counter)}{ENV}")
+        fd = None
+        try:
+            fd = self.ops.open_new(tmp)
+            self.ops.write(fd, encode_record(entry))
+            self.ops.sync_file(fd)
+            self.ops.close(fd)
+            fd = None
+            if source_msg != q_msg:
+                self.ops.rename(source_msg, q_msg)
+            self.ops.rename(tmp, q_env)
+            self.queue_sync.sync()
+        except OSError as e:
+            if fd is not None:
+                quietly(self.ops.close, fd)
+            quietly(self.ops.unlink, tmp)
+            raise spool_error(e, f"import {entry.queue_id} from incoming/") from None
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """
+        Start-up: lock, create the layout, clear stale temp files, finish interrupted imports
+        and moves, delete never-acknowledged halves, quarantine what cannot be an entry, and
+        return the schedule hints of everything queued.  Reads names and one stat per entry;
+        records are not parsed here (the runner loads them when they are due).
+        """
+        self.ensure_directories()
+        self.acquire_lock()
+        report = RecoveryReport()
+        try:
+            self._clear_tmp(report)
+            # Requests stay in incoming/ for the runner's first scan, after it has a schedule.
+            scan = self.scan_incoming(take_requests=False)
+            report.imported.extend(scan.entries)
+            report.quarantined.extend(scan.quarantined)
+            self._recover_queue(report)
+            self._recover_failed(report)
+        except OSError as e:
+            raise spool_error(e, "recover the spool") from None
+        return report
+
+    def _clear_tmp(self, report: RecoveryReport) -> None:
+        prefix = self.tag + "."
+        with os.scandir(self.layout.tmp) as it:
+            stale = [e.path for e in it if not e.name.startswith(prefix)]
+        for path in stale:
+            if quietly(self.ops.unlink, path) is None:
+                report.removed.append(path)
+
+    def _recover_queue(self, report: RecoveryReport) -> None:
+        q = self.layout.queue
+        messages: set[str] = set()
+        records: dict[str, float] = {}
+        odd: list[str] = []
+        with os.scandir(q) as it:
+            for e in it:
+                queue_id, dot, suffix = e.name.partition(".")
+                if dot and is_queue_id(queue_id) and "." + suffix == MSG:
+                    messages.add(queue_id)
+                elif dot and is_queue_id(queue_id) and "." + suffix == ENV:
+                    try:
+                        records[queue_id] = e.stat(follow_symlinks=False).st_mtime
+                    except OSError:
+                        records[queue_id] = 0.0
+                else:
+                    odd.append(e.name)
+        for name in odd:
+            if quietly(self._quarantine_file, os.path.join(q, name)) is None:
+                report.quarantined.append(Quarantined(name, "not a queue file"))
+        for queue_id in messages - records.keys():
+            self._recover_lone_message(queue_id, report)
+        for queue_id, mtime in records.items():
+            if queue_id in messages:
+                report.schedule.append((mtime, queue_id))
+            else:
+                self._recover_lone_record(queue_id, report)
+
+    def _recover_lone_message(self, queue_id: str, report: RecoveryReport) -> None:
+        q_msg = SpoolLayout.path(self.layout.queue, queue_id, MSG)
+        with self._committing_lock:
+            if queue_id in self._committing:
+                return
+        if os.path.exists(SpoolLayout.path(self.layout.queue, queue_id, ENV)):
+            return  # a commit finished while we were listing
+        if os.path.exists(SpoolLayout.path(self.layout.failed, queue_id, ENV)) and not os.path.exists(
+                SpoolLayout.path(self.layout.failed, queue_id, MSG)):
+            self.ops.rename(q_msg, SpoolLayout.path(self.layout.failed, queue_id, MSG))
+            report.completed_moves.append(f"{queue_id}: interrupted requeue undone, back in failed/")
+            return
+        if quietly(self.ops.unlink, q_msg) is None:
+            report.removed.append(q_msg)
+
+    def _recover_lone_record(self, queue_id: str, report: RecoveryReport) -> None:
+        q_env = SpoolLayout.path(self.layout.queue, queue_id, ENV)
+        for where, label in ((self.layout.failed, "failed/"), (self.layout.archive, "archive/")):
+            if os.path.exists(SpoolLayout.path(where, queue_id, MSG)):
+                target = SpoolLayout.path(where, queue_id, ENV)
+                if os.path.exists(target):
+                    self.ops.unlink(q_env)
+                else:
+                    self.ops.rename(q_env, target)
+                report.completed_moves.append(f"{queue_id}: interrupted move to {label} completed")
+                return
+        if quietly(self._quarantine_file, q_env) is None:
+            report.quarantined.append(Quarantined(queue_id + ENV, "record without a message file"))
+
+    def _recover_failed(self, report: RecoveryReport) -> None:
+        f = self.layout.failed
+        with os.scandir(f) as it:
+            names = {e.name for e in it}
+        for name in names:
+            queue_id, _, suffix = name.partition(".")
+            if "." + suffix == ENV and queue_id + MSG not in names and os.path.exists(
+                    SpoolLayout.path(self.layout.queue, queue_id, ENV)):
+                # requeue finished except for clearing failed/
+                quietly(self.ops.unlink, os.path.join(f, name))
+                quietly(self.ops.unlink, SpoolLayout.path(f, queue_id, REASON))
+
+    # -- listings (queue command) ----------------------------------------------------------
+
+    def queue_ids(self, directory: Optional[str] = None) -> list[str]:
+        """Sorted ids with a record in ``directory`` (default the queue)."""
+        directory = directory or self.layout.queue
+        with os.scandir(directory) as it:
+            ids = [e.name[: -len(ENV)] for e in it if e.name.endswith(ENV) and is_queue_id(e.name[: -len(ENV)])]
+        return sorted(ids)
+
+    def failure_reason(self, queue_id: str) -> str:
+        try:
+            text = self.ops.read_file(SpoolLayout.path(self.layout.failed, queue_id, REASON)).decode("utf-8", "replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            if line.startswith("reason: "):
+                return line[len("reason: "):]
+        return ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+__all__ = [
+    "SpoolDisk", "SpoolLayout", "TempMessage", "ControlRequest", "IncomingScan", "RecoveryReport",
+    "Quarantined", "EntryMissing", "EntryQuarantined", "SpoolBusy", "MSG", "ENV", "REASON",
+]

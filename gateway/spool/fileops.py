@@ -1,0 +1,119 @@
+"""
+The handful of operating-system calls the spool makes, behind one object.
+
+Why an object: durability is a property of the *order* of these calls (data fsynced before
+the rename, the directory fsynced after it, before anyone is told "accepted").  Tests replace
+this object with a recording or failing one to check that order, and to simulate a full disk,
+without touching the real disk's free space.  Everything here is blocking and runs in a
+spool thread (or in the sendmail command), never on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Optional
+
+from gateway.spool.interfaces import SpoolError
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_OPEN_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_sync_data = getattr(os, "fdatasync", os.fsync)
+_OUT_OF_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class FileOps:
+    """The real calls.  Subclass and override to record or to inject failures."""
+
+    def open_new(self, path: str) -> int:
+        """Create ``path`` for writing; fails if it exists (ids never clobber each other)."""
+        return os.open(path, _OPEN_NEW, FILE_MODE)
+
+    def open_read(self, path: str) -> int:
+        return os.open(path, _OPEN_READ)
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def copy_range(self, src_fd: int, dst_fd: int, offset: int, count: int) -> None:
+        """Copy ``count`` bytes from ``src_fd`` at ``offset`` to the end of ``dst_fd``, in the
+        kernel where possible so a 20 MB body never passes through Python memory whole."""
+        copy = getattr(os, "copy_file_range", None)
+        while count > 0:
+            done = 0
+            if copy is not None:
+                try:
+                    done = copy(src_fd, dst_fd, min(count, 1 << 30), offset)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    copy = None
+            if copy is None:
+                chunk = os.pread(src_fd, min(count, 1 << 20), offset)
+                if chunk:
+                    self.write(dst_fd, chunk)
+                done = len(chunk)
+            if done == 0:
+                raise OSError(errno.EIO, "source file shorter than expected")
+            offset += done
+            count -= done
+
+    def sync_file(self, fd: int) -> None:
+        """Make the file's data (and the size needed to read it back) durable."""
+        _sync_data(fd)
+
+    def set_mtime(self, fd: int, when: float) -> None:
+        os.utime(fd, (when, when))
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def sync_dir(self, path: str) -> None:
+        """fsync a directory so the renames/creations in it survive a crash."""
+        fd = os.open(path, _OPEN_DIR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_file(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def spool_error(error: OSError, doing: str) -> SpoolError:
+    """Map an OSError to the L{SpoolError} intake understands (disk full gets its own flag)."""
+    out_of_space = error.errno in _OUT_OF_SPACE
+    reason = error.strerror or str(error)
+    return SpoolError(f"spool could not {doing}: {reason}", out_of_space=out_of_space)
+
+
+def quietly(call, *args) -> Optional[OSError]:
+    """Run a best-effort cleanup call; returns the error instead of raising."""
+    try:
+        call(*args)
+    except OSError as e:
+        return e
+    return None
+
+
+__all__ = ["FileOps", "FILE_MODE", "DIR_MODE", "spool_error", "quietly"]

@@ -1,0 +1,133 @@
+"""
+The envelope/state record: the small JSON file kept beside each message file.
+
+On-disk format (one JSON object, UTF-8, ASCII-only because non-ASCII is escaped)::
+
+    {
+      "format": 1,                      # bumped on incompatible change
+      "queue_id": "0SJ5Q4ZP1A2B3C4D5E6",
+      "sender": "app@example.com",      # reverse-path, "" for the null sender
+      "recipients": ["a@example.com"],  # exactly the accepted forward-paths, in order
+      "received_at": 1700000000.123456, # POSIX time of acceptance (start of queue lifetime)
+      "client_address": "192.0.2.7",
+      "client_name": "printer.example", # HELO/EHLO name as validated by intake
+      "listener": "submission",         # listener name, "sendmail" for the command line
+      "tls": true,
+      "auth_identity": "scanner",       # null when not authenticated
+      "credential_ref": null,           # delivery credentials name, null = default tenant
+      "size": 10240,                    # bytes in the message file
+      "attempts": 2,                    # failed delivery attempts so far
+      "next_attempt_at": 1700000900.0,  # POSIX time; 0 or the past means "due now"
+      "history": [{"at": 1700000060.0, "reason": "Graph 503"}]   # one per failed attempt
+    }
+
+Unknown keys are ignored when reading, so a newer gateway can add fields and an older queue
+tool can still list the spool.  The record holds no secrets: ``credential_ref`` is a name.
+
+Why the record is separate from the message: the message file must stay byte for byte what
+will be delivered, and state changes (attempts, next attempt) must be atomic without rewriting
+a 20 MB message — a new record is written and renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.spool.entry import AttemptRecord, Envelope, Provenance, SpoolEntry
+from gateway.spool.queueid import is_queue_id
+
+RECORD_FORMAT = 1
+
+
+class RecordError(ValueError):
+    """The record cannot be understood; the entry goes to quarantine."""
+
+
+def record_fields(entry: SpoolEntry) -> dict[str, Any]:
+    """The JSON object for ``entry`` (``message_path`` is not stored: it follows from the id)."""
+    env, prov = entry.envelope, entry.provenance
+    return {
+        "format": RECORD_FORMAT,
+        "queue_id": entry.queue_id,
+        "sender": env.sender,
+        "recipients": list(env.recipients),
+        "received_at": entry.received_at,
+        "client_address": prov.client_address,
+        "client_name": prov.client_name,
+        "listener": prov.listener,
+        "tls": prov.tls,
+        "auth_identity": prov.auth_identity,
+        "credential_ref": prov.credential_ref,
+        "size": entry.size,
+        "attempts": entry.attempts,
+        "next_attempt_at": entry.next_attempt_at,
+        "history": [{"at": h.at, "reason": h.reason} for h in entry.history],
+    }
+
+
+def encode_record(entry: SpoolEntry) -> bytes:
+    return json.dumps(record_fields(entry), separators=(",", ":")).encode("ascii")
+
+
+def _typed(data: dict, key: str, kind: Any, optional: bool = False) -> Any:
+    if key not in data:
+        raise RecordError(f"missing {key!r}")
+    value = data[key]
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RecordError(f"{key!r} has the wrong type")
+    return value
+
+
+def decode_record(data: bytes, message_path: str, expected_queue_id: str | None = None) -> SpoolEntry:
+    """
+    Parse a record into a L{SpoolEntry} whose message lives at ``message_path``.
+
+    Raises L{RecordError} for anything that is not a well-formed record of a known format, so
+    the caller can quarantine the entry instead of crashing on it.
+    """
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RecordError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise RecordError("not a JSON object")
+    fmt = obj.get("format")
+    if fmt != RECORD_FORMAT:
+        raise RecordError(f"unknown record format {fmt!r}")
+    queue_id = _typed(obj, "queue_id", str)
+    if not is_queue_id(queue_id) or (expected_queue_id is not None and queue_id != expected_queue_id):
+        raise RecordError(f"queue id {queue_id!r} does not match the file name")
+    recipients = _typed(obj, "recipients", list)
+    if not recipients or not all(isinstance(r, str) for r in recipients):
+        raise RecordError("'recipients' must be a non-empty list of strings")
+    history = []
+    for h in _typed(obj, "history", list):
+        if not isinstance(h, dict):
+            raise RecordError("'history' items must be objects")
+        history.append(AttemptRecord(at=_typed(h, "at", float), reason=_typed(h, "reason", str)))
+    return SpoolEntry(
+        queue_id=queue_id,
+        envelope=Envelope(sender=_typed(obj, "sender", str), recipients=tuple(recipients)),
+        provenance=Provenance(
+            client_address=_typed(obj, "client_address", str),
+            client_name=_typed(obj, "client_name", str),
+            listener=_typed(obj, "listener", str),
+            tls=_typed(obj, "tls", bool),
+            auth_identity=_typed(obj, "auth_identity", str, optional=True),
+            credential_ref=_typed(obj, "credential_ref", str, optional=True),
+        ),
+        received_at=_typed(obj, "received_at", float),
+        message_path=message_path,
+        size=_typed(obj, "size", int),
+        attempts=_typed(obj, "attempts", int),
+        next_attempt_at=_typed(obj, "next_attempt_at", float),
+        history=tuple(history),
+    )
+
+
+__all__ = ["RECORD_FORMAT", "RecordError", "record_fields", "encode_record", "decode_record"]

@@ -1,0 +1,183 @@
+"""
+L{DirectorySpool}: the durable, Deferred-driven spool the daemon runs on.
+
+Every operation is a thread job in the spool's own thread pool (never the reactor thread,
+never the reactor's default pool that DNS shares); this module only schedules those jobs and
+reports on the reactor thread.  The on-disk formats and the crash-safety protocols are
+documented in L{gateway.spool.disk} (layout and protocols) and L{gateway.spool.record} (the
+envelope/state record), which the sendmail and queue commands share.
+
+Cost of accepting one small message: one thread job doing open, write, fdatasync, close of the
+message; open, write, fdatasync, close of the record; two renames; and a share of one
+directory fsync — concurrent commits are group-committed (L{gateway.spool.dirsync}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.spool.disk import EntryMissing, EntryQuarantined, IncomingScan, RecoveryReport, SpoolDisk
+from gateway.spool.entry import SpoolEntry
+from gateway.spool.fileops import FileOps
+from gateway.spool.interfaces import IQueueSpool, ISpool, SpoolError
+from gateway.spool.queueid import new_queue_id
+from gateway.spool.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER, DirectorySpoolWriter
+
+_LOAD_BATCH = 500
+
+
+@implementer(ISpool, IQueueSpool)
+class DirectorySpool:
+    """
+    ``threadpool`` is the spool's dedicated pool (see L{gateway.threads.ThreadPoolService});
+    ``reactor`` must provide IReactorTime and IReactorFromThreads.  ``fileops`` replaces the
+    OS calls (tests: recording order, simulating a full disk).
+    """
+
+    log = Logger()
+
+    def __init__(self, directory: str, threadpool: Any, reactor: Any, archive_delivered: bool = False,
+                 fileops: Optional[FileOps] = None, chunk_size: int = CHUNK_SIZE,
+                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER) -> None:
+        self.disk = SpoolDisk(directory, fileops, clock=reactor.seconds)
+        self.directory = self.disk.layout.root
+        self.clock = reactor
+        self.archive_delivered = archive_delivered
+        self._pool = threadpool
+        self._reactor = reactor
+        self._writer_options = dict(chunk_size=chunk_size, high_water=high_water, low_water=low_water)
+        self._commit_listeners: list[Callable[[SpoolEntry], None]] = []
+        self._directories_ready = False
+
+    def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def open_writer(self) -> Deferred:
+        writer = DirectorySpoolWriter(self, new_queue_id(self._reactor.seconds()), **self._writer_options)
+        if self._directories_ready:
+            return succeed(writer)
+        # First use (intake may start before recovery finishes): make sure tmp/ and queue/ exist.
+        return self._in_pool(self.disk.ensure_directories).addCallback(self._ready, writer)
+
+    def _ready(self, _: Any, writer: DirectorySpoolWriter) -> DirectorySpoolWriter:
+        self._directories_ready = True
+        return writer
+
+    def on_commit(self, callback: Callable[[SpoolEntry], None]) -> Callable[[], None]:
+        self._commit_listeners.append(callback)
+        return lambda: self._commit_listeners.remove(callback) if callback in self._commit_listeners else None
+
+    def _committed(self, entry: SpoolEntry) -> None:
+        for callback in list(self._commit_listeners):
+            try:
+                callback(entry)
+            except Exception:
+                self.log.failure("commit listener failed for {queue_id}", queue_id=entry.queue_id)
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover_schedule(self) -> Deferred:
+        return self._in_pool(self.disk.recover).addCallback(self._report_recovery)
+
+    def _report_recovery(self, report: RecoveryReport) -> list:
+        self._directories_ready = True
+        for item in report.quarantined:
+            self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
+        for note in report.completed_moves:
+            self.log.info("recovery: {note}", note=note)
+        for entry in report.imported:
+            self._log_received(entry)
+        self.log.info(
+            "spool {directory} recovered: {queued} queued, {removed} unfinished files removed, "
+            "{quarantined} quarantined", directory=self.directory, queued=len(report.schedule),
+            removed=len(report.removed), quarantined=len(report.quarantined))
+        return report.schedule
+
+    def recover(self) -> Deferred:
+        """The full contract version: every queued entry loaded (in batches in the pool)."""
+        def load_all(schedule: list) -> Deferred:
+            ids = sorted(queue_id for _, queue_id in schedule)
+            batches = [ids[i:i + _LOAD_BATCH] for i in range(0, len(ids), _LOAD_BATCH)]
+            entries: list[SpoolEntry] = []
+
+            def next_batch(_: Any = None) -> Any:
+                if not batches:
+                    return entries
+                return self._in_pool(self._load_many, batches.pop(0)).addCallback(collect)
+
+            def collect(result: tuple[list, list]) -> Any:
+                loaded, quarantined = result
+                entries.extend(loaded)
+                for q in quarantined:
+                    self._log_quarantine(q)
+                return next_batch()
+
+            return next_batch()
+
+        return self.recover_schedule().addCallback(load_all)
+
+    def _load_many(self, ids: Iterable[str]) -> tuple[list, list]:
+        loaded, quarantined = [], []
+        for queue_id in ids:
+            try:
+                loaded.append(self.disk.load(queue_id))
+            except EntryQuarantined as e:
+                quarantined.append(e)
+            except EntryMissing:
+                pass
+        return loaded, quarantined
+
+    def _log_quarantine(self, e: EntryQuarantined) -> None:
+        self.log.warn("quarantined {queue_id}: {reason}", queue_id=e.queue_id, reason=e.reason)
+
+    def _log_received(self, entry: SpoolEntry) -> None:
+        self.log.info("received {queue_id} via sendmail from local user {user}, {count} recipient(s), {size} bytes",
+                      queue_id=entry.queue_id, user=entry.provenance.auth_identity,
+                      count=len(entry.envelope.recipients), size=entry.size)
+
+    def close(self) -> None:
+        """Release the spool lock (tests, or a second spool on the same directory)."""
+        self.disk.release_lock()
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def load(self, queue_id: str) -> Deferred:
+        def quarantined(f: Any) -> Any:
+            if f.check(EntryQuarantined):
+                self._log_quarantine(f.value)
+            return f
+        return self._in_pool(self.disk.load, queue_id).addErrback(quarantined)
+
+    def update(self, entry: SpoolEntry) -> Deferred:
+        return self._in_pool(self.disk.write_record, entry)
+
+    def remove(self, entry: SpoolEntry) -> Deferred:
+        return self._in_pool(self.disk.remove, entry, self.archive_delivered)
+
+    def fail(self, entry: SpoolEntry, reason: str) -> Deferred:
+        return self._in_pool(self.disk.fail, entry, reason)
+
+    def delete(self, queue_id: str) -> Deferred:
+        return self._in_pool(self.disk.delete, queue_id)
+
+    def requeue(self, queue_id: str) -> Deferred:
+        return self._in_pool(self.disk.requeue, queue_id)
+
+    def scan_incoming(self) -> Deferred:
+        def report(scan: IncomingScan) -> IncomingScan:
+            for item in scan.quarantined:
+                self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
+            for entry in scan.entries:
+                self._log_received(entry)
+            return scan
+        return self._in_pool(self.disk.scan_incoming).addCallback(report)
+
+
+__all__ = ["DirectorySpool", "SpoolError"]
