@@ -5,20 +5,28 @@ Rules: the first L{Reject} or L{TempFail} ends the step with that verdict; L{Acc
 step successfully without asking the rest; header edits from every policy that returns
 L{EditHeaders} are collected in chain order.  A policy that raises (or whose Deferred fails) is
 logged and turned into a L{TempFail} — a bug in a policy must never bounce mail permanently,
-and must never let it through unchecked either.
+and must never let it through unchecked either.  The same goes for a malformed header edit
+(a line break in a value would be header injection).
+
+At the message step each policy sees the headers as the earlier policies' edits left them
+(``MessageView.headers`` is an edited copy; ``header_bytes`` stays as received), so a check
+placed after a rewrite judges what will actually be delivered.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
+from gateway.policy.headers import apply_edits, edit_problem
 from gateway.policy.interfaces import (
     Accept, Continue, EditHeaders, HeaderEdit, IPolicy, MessageView, Reject, SessionView, TempFail,
 )
+
+_POLICY_FAILURE = TempFail(451, "4.3.0", "Temporary policy failure, try again later")
 
 
 @attrs.frozen
@@ -56,29 +64,47 @@ class PolicyChain:
         return self._run("on_rcpt_to", lambda p: p.on_rcpt_to(session, recipient))
 
     def on_message(self, session: SessionView, message: MessageView) -> Deferred:
-        return self._run("on_message", lambda p: p.on_message(session, message))
+        current = [message]
+
+        def edited(edits: tuple[HeaderEdit, ...]) -> None:
+            if current[0].headers is None:
+                return
+            current[0] = attrs.evolve(current[0], headers=apply_edits(current[0].headers, edits))
+
+        return self._run("on_message", lambda p: p.on_message(session, current[0]), edited)
 
     @inlineCallbacks
-    def _run(self, step: str, ask: Callable[[IPolicy], Any]):
+    def _run(self, step: str, ask: Callable[[IPolicy], Any], edited: Optional[Callable[[tuple[HeaderEdit, ...]], None]] = None):
         edits: list[HeaderEdit] = []
         for policy in self.policies:
             try:
                 verdict = yield maybeDeferred(ask, policy)
             except Exception:
                 self.log.failure("policy {policy!r} failed at {step}", policy=policy, step=step)
-                return StepResult(TempFail(451, "4.3.0", "Temporary policy failure, try again later"))
+                return StepResult(_POLICY_FAILURE)
             if isinstance(verdict, (Reject, TempFail)):
                 return StepResult(verdict, tuple(edits))
             if isinstance(verdict, Accept):
                 break
             if isinstance(verdict, EditHeaders):
-                if step != "on_message":
+                if edited is None:
                     self.log.error("policy {policy!r} returned header edits at {step}; ignored", policy=policy, step=step)
-                else:
-                    edits.extend(verdict.edits)
+                    continue
+                problems = [edit_problem(e) for e in verdict.edits]
+                problem = next((p for p in problems if p), None)
+                if problem:
+                    self.log.error("policy {policy!r} returned a bad header edit: {problem}", policy=policy, problem=problem)
+                    return StepResult(_POLICY_FAILURE)
+                edits.extend(verdict.edits)
+                if verdict.edits and edited is not None:
+                    try:
+                        edited(tuple(verdict.edits))
+                    except Exception:
+                        self.log.failure("applying header edits of {policy!r} failed", policy=policy)
+                        return StepResult(_POLICY_FAILURE)
             elif not isinstance(verdict, Continue):
                 self.log.error("policy {policy!r} returned {verdict!r} at {step}", policy=policy, verdict=verdict, step=step)
-                return StepResult(TempFail(451, "4.3.0", "Temporary policy failure, try again later"))
+                return StepResult(_POLICY_FAILURE)
         return StepResult(Continue(), tuple(edits))
 
 

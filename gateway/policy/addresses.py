@@ -1,0 +1,132 @@
+"""
+Address patterns and the addresses a message claims to come from.
+
+Patterns are split at the last ``@`` and the two halves are matched separately, so a glob in
+the local part can never swallow the domain (``*@corp.example`` does not match
+``x@evilcorp.example`` or ``a@corp.example@evil.example``).  Matching ignores case in both
+halves: Exchange Online treats addresses case-insensitively, so ``Scanner@Corp.Example`` and
+``scanner@corp.example`` name the same mailbox and an allowlist must not tell them apart.
+
+Header addresses are read with the ``email`` package's structured headers.  A header that the
+parser had to guess at (an ``InvalidHeaderDefect``) is reported as malformed rather than
+guessed at again: a downstream parser may guess differently, and that difference is exactly
+what From-spoofing exploits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from fnmatch import fnmatchcase
+from typing import Any, Iterable, Optional, Sequence
+
+import attrs
+from email import errors as email_errors
+
+from gateway.policy.interfaces import PolicyConfigError
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """``local@domain`` → (``local``, ``domain``) split at the last ``@``; no ``@`` → (address, "")."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
+    return local, domain
+
+
+@attrs.frozen
+class AddressPattern:
+    """One allow/deny entry: an exact address, ``*@domain``, or any glob such as ``scan-*@*.corp.example``."""
+
+    text: str
+    _local: str = attrs.field(alias="local")
+    _domain: str = attrs.field(alias="domain")
+    _exact: bool = attrs.field(alias="exact")
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> "AddressPattern":
+        if not isinstance(text, str) or not text.strip():
+            raise PolicyConfigError(f"{text!r} is not an address pattern", option)
+        cleaned = text.strip()
+        local, domain = split_address(cleaned)
+        if not local or not domain:
+            raise PolicyConfigError(
+                f"{cleaned!r} is not an address pattern: use an address, \"*@domain\" or a glob such as \"scan-*@corp.example\"",
+                option,
+            )
+        if any(c.isspace() or ord(c) < 32 for c in cleaned) or "<" in cleaned or ">" in cleaned:
+            raise PolicyConfigError(f"{cleaned!r} is not an address pattern (no spaces or angle brackets)", option)
+        exact = not (_GLOB_CHARS & set(cleaned))
+        return cls(text=cleaned, local=local.lower(), domain=domain.lower(), exact=exact)
+
+    def matches(self, address: str) -> bool:
+        local, domain = split_address(address)
+        if not domain:
+            return False
+        local, domain = local.lower(), domain.lower()
+        if self._exact:
+            return local == self._local and domain == self._domain
+        return fnmatchcase(local, self._local) and fnmatchcase(domain, self._domain)
+
+
+def parse_patterns(values: Iterable[str], option: str) -> tuple[AddressPattern, ...]:
+    return tuple(AddressPattern.parse(v, option) for v in values)
+
+
+def matches_any(patterns: Sequence[AddressPattern], address: str) -> bool:
+    return any(p.matches(address) for p in patterns)
+
+
+@attrs.frozen
+class HeaderAddresses:
+    """
+    The addresses in every occurrence of one header.  ``problem`` is set (and ``addresses``
+    should not be trusted) when any occurrence is malformed.
+    """
+
+    present: bool
+    addresses: tuple[str, ...] = ()
+    display_names: tuple[str, ...] = ()
+    problem: Optional[str] = None
+
+
+def header_addresses(headers: Any, name: str) -> HeaderAddresses:
+    """Read the addresses of header ``name`` from a message parsed with ``email.policy.SMTP``."""
+    values = headers.get_all(name) if headers is not None else None
+    if not values:
+        return HeaderAddresses(present=False)
+    addresses: list[str] = []
+    names: list[str] = []
+    for value in values:
+        defects = getattr(value, "defects", ())
+        if any(isinstance(d, (email_errors.InvalidHeaderDefect, email_errors.NonPrintableDefect)) for d in defects):
+            return HeaderAddresses(present=True, problem=f"{name} header is malformed")
+        found = getattr(value, "addresses", None)
+        if found is None:
+            return HeaderAddresses(present=True, problem=f"{name} header is not an address header")
+        for address in found:
+            if not address.username or not address.domain:
+                return HeaderAddresses(present=True, problem=f"{name} header has an incomplete address")
+            addresses.append(address.addr_spec)
+            names.append(address.display_name)
+    if not addresses:
+        return HeaderAddresses(present=True, problem=f"{name} header has no address")
+    return HeaderAddresses(present=True, addresses=tuple(addresses), display_names=tuple(names))
+
+
+def client_ip(text: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The client address as an IP (IPv4-mapped IPv6 unwrapped), or None for non-IP peers."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+__all__ = [
+    "AddressPattern", "parse_patterns", "matches_any", "split_address",
+    "HeaderAddresses", "header_addresses", "client_ip",
+]

@@ -1,0 +1,59 @@
+"""
+Small building blocks for policies and their plugins.
+
+L{PolicyBase} answers L{Continue} at every step, so a policy overrides only the steps it cares
+about.  L{LazyPolicyFactory} is the plugin object the built-ins ship in
+``twisted/plugins/graphsmtp_policies.py``: like twistd's ``ServiceMaker`` it imports the
+policy's module only when the policy is configured, so plugin discovery stays cheap and a
+problem in one built-in cannot stop the others from being listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from gateway.policy.interfaces import Continue, IPolicy, IPolicyFactory, MessageView, SessionView
+
+CONTINUE = Continue()
+
+
+@implementer(IPolicy)
+class PolicyBase:
+    """Continue at every step; subclass and override the hooks you need."""
+
+    def on_connect(self, session: SessionView) -> Any:
+        return CONTINUE
+
+    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+        return CONTINUE
+
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+        return CONTINUE
+
+    def on_message(self, session: SessionView, message: MessageView) -> Any:
+        return CONTINUE
+
+
+@implementer(IPlugin, IPolicyFactory)
+@attrs.frozen
+class LazyPolicyFactory:
+    """
+    A policy plugin whose ``build`` is the function ``function(options, context)`` of
+    ``module``, imported on first use.
+    """
+
+    name: str
+    description: str
+    module: str
+    function: str = "build"
+
+    def build(self, options: Mapping[str, Any], context: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.function)(options, context)
+
+
+__all__ = ["CONTINUE", "PolicyBase", "LazyPolicyFactory"]

@@ -1,0 +1,126 @@
+"""
+``header-rewrite``: make what a device sends look like what the organisation wants delivered.
+
+Typical uses: send a printer's mail as a shared mailbox (``from = "scanner@corp.example"``,
+keeping the device's display name, or ``from = "Scanner <scanner@corp.example>"`` to set one),
+tag subjects (``subject_tag = "[Scan]"``, never twice), and strip headers that reveal internal
+hosts (``strip_internal = true`` removes Received and X-Originating-IP).
+
+Edits are returned as L{EditHeaders} and applied before the message is spooled, so the spool
+holds exactly what is delivered.  Existing values are read decoded (encoded words resolved) and
+written back as text; address headers are produced as ASCII with any non-ASCII display name
+encoded by the ``email`` package, so encoded words stay valid and addresses are never encoded.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from typing import Any, Mapping, Optional
+
+import attrs
+
+from gateway.policy.addresses import header_addresses
+from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.headers import format_address, header_text, is_header_name
+from gateway.policy.interfaces import EditHeaders, HeaderEdit, MessageView, PolicyConfigError, SessionView
+from gateway.policy.options import PolicyOptions, Scope
+
+INTERNAL_HEADERS = ("Received", "X-Originating-IP")
+_ADDRESS_OPTIONS = {"from": "From", "sender": "Sender", "reply_to": "Reply-To"}
+
+
+@attrs.frozen
+class AddressRewrite:
+    """Set header ``header`` to ``address``; ``display_name`` None means keep the original's."""
+
+    header: str
+    address: str
+    display_name: Optional[str] = None
+    keep_display_name: bool = True
+
+    def edit(self, headers: Any) -> HeaderEdit:
+        name = self.display_name
+        if name is None and self.keep_display_name:
+            found = header_addresses(headers, self.header)
+            name = next((n for n in found.display_names if n), "") if not found.problem else ""
+        return HeaderEdit("replace", self.header, format_address(name or "", self.address))
+
+
+@attrs.frozen
+class HeaderRewrite(PolicyBase):
+    scope: Scope = Scope()
+    remove: tuple[str, ...] = ()
+    replace: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    addresses: tuple[AddressRewrite, ...] = ()
+    subject_tag: Optional[str] = None
+
+    def on_message(self, session: SessionView, message: MessageView) -> Any:
+        if not self.scope.applies(session):
+            return CONTINUE
+        edits = [HeaderEdit("remove", name) for name in self.remove]
+        edits += [HeaderEdit("replace", name, value) for name, value in self.replace]
+        edits += [HeaderEdit("add", name, value) for name, value in self.add]
+        edits += [rewrite.edit(message.headers) for rewrite in self.addresses]
+        if self.subject_tag:
+            subject = header_text(message.headers, "Subject")
+            if subject is None:
+                edits.append(HeaderEdit("replace", "Subject", self.subject_tag))
+            elif self.subject_tag not in subject:
+                edits.append(HeaderEdit("replace", "Subject", f"{self.subject_tag} {subject}"))
+        return EditHeaders(tuple(edits)) if edits else CONTINUE
+
+
+def _header_name(name: Any, option: str) -> str:
+    if not isinstance(name, str) or not is_header_name(name):
+        raise PolicyConfigError(f"{name!r} is not a header name", option)
+    return name
+
+
+def _header_value(value: Any, option: str, name: str) -> str:
+    if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
+        raise PolicyConfigError(f"the value for {name} must be one line of text", option)
+    return value
+
+
+def _address_rewrite(text: str, option: str, header: str, keep_display_name: bool) -> AddressRewrite:
+    parsed = email.policy.SMTP.header_factory(header, text)
+    found = getattr(parsed, "addresses", ())
+    if parsed.defects or len(found) != 1 or not found[0].username or not found[0].domain:
+        raise PolicyConfigError(
+            f"{text!r} is not one address such as \"shared@corp.example\" or \"Shared <shared@corp.example>\"", option,
+        )
+    address = found[0]
+    return AddressRewrite(
+        header=header, address=address.addr_spec,
+        display_name=address.display_name or None, keep_display_name=keep_display_name,
+    )
+
+
+def build(options: Mapping[str, Any], context: Any) -> HeaderRewrite:
+    o = PolicyOptions(options)
+    keep = o.boolean("keep_display_name", True)
+    addresses = []
+    for option, header in _ADDRESS_OPTIONS.items():
+        text = o.string(option)
+        if text is not None:
+            addresses.append(_address_rewrite(text, option, header, keep))
+    remove = [_header_name(n, "remove") for n in o.strings("remove")]
+    if o.boolean("strip_internal", False):
+        remove += [n for n in INTERNAL_HEADERS if n.lower() not in {r.lower() for r in remove}]
+    replace = tuple((_header_name(n, "replace"), _header_value(v, "replace", n)) for n, v in o.table("replace").items())
+    add = tuple((_header_name(n, "add"), _header_value(v, "add", n)) for n, v in o.table("add").items())
+    tag = o.string("subject_tag")
+    if tag is not None and (not tag.strip() or any(c in tag for c in "\r\n\x00")):
+        raise PolicyConfigError("must be a non-empty single line", "subject_tag")
+    policy = HeaderRewrite(
+        scope=o.scope(), remove=tuple(remove), replace=replace, add=add,
+        addresses=tuple(addresses), subject_tag=tag.strip() if tag else None,
+    )
+    o.finish()
+    if not (policy.remove or policy.replace or policy.add or policy.addresses or policy.subject_tag):
+        raise PolicyConfigError("nothing to do: set from, sender, reply_to, add, replace, remove, strip_internal or subject_tag", "from")
+    return policy
+
+
+__all__ = ["HeaderRewrite", "AddressRewrite", "INTERNAL_HEADERS", "build"]

@@ -1,0 +1,67 @@
+"""
+``max-recipients`` and ``size-limit``: tighter limits for some listeners, logins or networks.
+
+The listener's own limits (``[listener.limits]``) are enforced by the SMTP layer for everyone;
+these policies can only lower them for a scope, e.g. a shared printer login that should never
+mail more than 5 people at once or send more than 10 MB.  Replies follow RFC 5321: too many
+recipients is a temporary 452 4.5.3 (the client sends the rest in another transaction), an
+oversized message a permanent 552 5.3.4.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+
+from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView, TempFail
+from gateway.policy.options import PolicyOptions, Scope
+
+
+@attrs.frozen
+class MaxRecipients(PolicyBase):
+    maximum: int
+    scope: Scope = Scope()
+    text: str = "Too many recipients"
+
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+        if self.scope.applies(session) and len(session.recipients) >= self.maximum:
+            return TempFail(452, "4.5.3", f"{self.text} (at most {self.maximum} per message)")
+        return CONTINUE
+
+
+@attrs.frozen
+class SizeLimit(PolicyBase):
+    maximum: int
+    scope: Scope = Scope()
+    text: str = "Message too big"
+
+    def on_message(self, session: SessionView, message: MessageView) -> Any:
+        if self.scope.applies(session) and message.size > self.maximum:
+            return Reject(552, "5.3.4", f"{self.text} (at most {self.maximum} bytes)")
+        return CONTINUE
+
+
+def build_max_recipients(options: Mapping[str, Any], context: Any) -> MaxRecipients:
+    o = PolicyOptions(options)
+    policy = MaxRecipients(
+        maximum=o.integer("max", 10, 1, 100000),
+        scope=o.scope(),
+        text=o.reply_text("text", "Too many recipients"),
+    )
+    o.finish()
+    return policy
+
+
+def build_size_limit(options: Mapping[str, Any], context: Any) -> SizeLimit:
+    o = PolicyOptions(options)
+    maximum = o.size("max", None)
+    if maximum is None:
+        raise PolicyConfigError("is required: the largest message in bytes, or a size such as \"10MiB\"", "max")
+    policy = SizeLimit(maximum=maximum, scope=o.scope(), text=o.reply_text("text", "Message too big"))
+    o.finish()
+    return policy
+
+
+__all__ = ["MaxRecipients", "SizeLimit", "build_max_recipients", "build_size_limit"]

@@ -1,0 +1,172 @@
+"""
+Typed reading of one policy's options, for built-in and third-party policies alike.
+
+Every problem becomes a L{PolicyConfigError} that names the option, so start-up can print
+``listener.submission.policies[1].messages: policy 'rate-limit': must be an integer...``.
+Unknown options are errors (``finish()``): a misspelt option in a security policy silently
+doing nothing is worse than refusing to start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from fnmatch import fnmatchcase
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
+
+import attrs
+
+from gateway.config.errors import ConfigError
+from gateway.config.reader import TableReader
+from gateway.policy.addresses import AddressPattern, client_ip, parse_patterns
+from gateway.policy.interfaces import PolicyConfigError, Reject, SessionView
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+T = TypeVar("T")
+
+_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+
+
+class PolicyOptions:
+    """
+    Reads values out of a policy's options table (the ``{ use = ..., ... }`` entry without
+    ``use``).  Methods mirror L{gateway.config.reader.TableReader}.
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        if not isinstance(options, Mapping):
+            raise PolicyConfigError("options must be a table")
+        self._reader = TableReader(options, "")
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except ConfigError as e:
+            raise PolicyConfigError(e.problem, e.key) from None
+
+    def has(self, name: str) -> bool:
+        return self._reader.has(name)
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        return self._reader.raw(name, default)
+
+    def string(self, name: str, default: Optional[str] = None, choices: Optional[Iterable[str]] = None) -> Optional[str]:
+        return self._read(self._reader.string, name, default, choices)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return self._read(self._reader.boolean, name, default)
+
+    def integer(self, name: str, default: Optional[int], minimum: int = 0, maximum: Optional[int] = None) -> Optional[int]:
+        if default is None and not self._reader.has(name):
+            self._reader.mark_used(name)
+            return None
+        return self._read(self._reader.integer, name, default, minimum, maximum)
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        return self._read(self._reader.number, name, default, minimum)
+
+    def duration(self, name: str, default: float) -> float:
+        return self._read(self._reader.duration, name, default)
+
+    def size(self, name: str, default: Optional[int]) -> Optional[int]:
+        if default is None and not self._reader.has(name):
+            self._reader.mark_used(name)
+            return None
+        return self._read(self._reader.size, name, default)
+
+    def strings(self, name: str, default: Iterable[str] = ()) -> tuple[str, ...]:
+        return self._read(self._reader.strings, name, default)
+
+    def networks(self, name: str) -> tuple[IPNetwork, ...]:
+        return self._read(self._reader.networks, name)
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        value = self._reader.raw(name, {})
+        if not isinstance(value, Mapping):
+            raise PolicyConfigError("must be a table such as { \"key\" = [...] }", name)
+        return value
+
+    def patterns(self, name: str) -> tuple[AddressPattern, ...]:
+        """A list of address patterns (exact address, ``*@domain``, glob)."""
+        return parse_patterns(self.strings(name), name)
+
+    def pattern_table(self, name: str) -> dict[str, tuple[AddressPattern, ...]]:
+        """A table mapping a key (a login, a network) to a list of address patterns."""
+        result = {}
+        for key, value in self.table(name).items():
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise PolicyConfigError(f"the entry for {key!r} must be a list of address patterns", name)
+            result[key] = parse_patterns(value, name)
+        return result
+
+    def reply_text(self, name: str, default: str) -> str:
+        """Text for an SMTP reply line: one line of printable ASCII."""
+        text = self.string(name, default)
+        assert text is not None
+        check_reply_text(text, name)
+        return text
+
+    def reject(self, prefix: str, default_text: str, default_code: int = 550, default_status: str = "5.7.1") -> Reject:
+        """A L{Reject} from ``<prefix>_text``, ``<prefix>_code`` and ``<prefix>_status`` options."""
+        text = self.reply_text(f"{prefix}_text", default_text)
+        code = self.integer(f"{prefix}_code", default_code, 500, 599)
+        status = self.string(f"{prefix}_status", default_status)
+        check_status(status, code, f"{prefix}_status")
+        return Reject(code, status, text)
+
+    def scope(self) -> "Scope":
+        """The optional ``logins`` / ``networks`` options that narrow which sessions a policy sees."""
+        logins = self.strings("logins")
+        for login in logins:
+            if not login.strip():
+                raise PolicyConfigError("must not contain empty names", "logins")
+        return Scope(logins=tuple(login.strip().lower() for login in logins), networks=self.networks("networks"))
+
+    def finish(self) -> None:
+        """Refuse options nobody asked for: almost always a typo."""
+        self._read(self._reader.finish)
+
+
+def check_reply_text(text: str, option: str) -> None:
+    if not text or not text.isascii() or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise PolicyConfigError("must be one line of printable ASCII (it is sent as an SMTP reply)", option)
+    if len(text) > 400:
+        raise PolicyConfigError("must be at most 400 characters (SMTP reply lines are limited)", option)
+
+
+def check_status(status: Optional[str], code: Optional[int], option: str) -> None:
+    m = _STATUS.match(status or "")
+    if not m:
+        raise PolicyConfigError(f"{status!r} is not an RFC 3463 status such as \"5.7.1\"", option)
+    if code is not None and str(code)[0] != m.group(1):
+        raise PolicyConfigError(f"{status!r} does not match reply code {code} (both must be {str(code)[0]}xx)", option)
+
+
+@attrs.frozen
+class Scope:
+    """
+    Which sessions a policy applies to.  ``logins`` are globs matched case-insensitively
+    against the authenticated login (an unauthenticated session never matches a login scope);
+    ``networks`` contain the client address.  Both given: both must match.  Neither: everyone.
+    """
+
+    logins: tuple[str, ...] = ()
+    networks: tuple[IPNetwork, ...] = ()
+
+    def applies(self, session: SessionView) -> bool:
+        if self.logins:
+            if session.identity is None:
+                return False
+            login = session.identity.login.lower()
+            if not any(fnmatchcase(login, pattern) for pattern in self.logins):
+                return False
+        if self.networks:
+            ip = client_ip(session.client_address)
+            if ip is None or not any(ip in net for net in self.networks):
+                return False
+        return True
+
+
+__all__ = ["PolicyOptions", "Scope", "check_reply_text", "check_status"]

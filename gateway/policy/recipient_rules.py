@@ -1,0 +1,58 @@
+"""
+``recipient-rules``: which recipients a listener (or a login, or a network) may send to.
+
+The usual use is an internal-only relay: ``allow = ["*@corp.example"]`` lets a scanner mail
+colleagues but not the outside world, whatever the Graph app itself is permitted to do.
+``deny`` wins over ``allow``, so exceptions (``deny = ["all-staff@corp.example"]``) read
+naturally.  Refusals happen at RCPT TO, so a message to a mix of allowed and refused
+recipients goes to the allowed ones only and the client learns exactly which were refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+from twisted.logger import Logger
+
+from gateway.policy.addresses import AddressPattern, matches_any
+from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.interfaces import PolicyConfigError, Reject, SessionView
+from gateway.policy.options import PolicyOptions, Scope
+
+
+@attrs.frozen
+class RecipientRules(PolicyBase):
+    allow: tuple[AddressPattern, ...] = ()
+    deny: tuple[AddressPattern, ...] = ()
+    scope: Scope = Scope()
+    reject: Reject = Reject(550, "5.7.1", "Recipient address not allowed")
+    log = Logger()
+
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+        if not self.scope.applies(session):
+            return CONTINUE
+        if matches_any(self.deny, recipient) or (self.allow and not matches_any(self.allow, recipient)):
+            self.log.info(
+                "recipient-rules refused {recipient} on {listener} (client {client})",
+                recipient=recipient, listener=session.listener, client=session.client_address,
+            )
+            return self.reject
+        return CONTINUE
+
+
+def build(options: Mapping[str, Any], context: Any) -> RecipientRules:
+    o = PolicyOptions(options)
+    policy = RecipientRules(
+        allow=o.patterns("allow"),
+        deny=o.patterns("deny"),
+        scope=o.scope(),
+        reject=o.reject("reject", "Recipient address not allowed"),
+    )
+    o.finish()
+    if not policy.allow and not policy.deny:
+        raise PolicyConfigError("set allow and/or deny (lists of address patterns)", "allow")
+    return policy
+
+
+__all__ = ["RecipientRules", "build"]

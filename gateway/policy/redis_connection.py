@@ -1,0 +1,106 @@
+"""
+The gateway's connection to Redis, shared by every policy that keeps state there.
+
+One Twisted service owns it: connecting starts when the service starts (or on first use,
+whichever comes first), reconnecting with backoff is txredisapi's ``ClientService`` job, and
+stopping the service closes the connection so shutdown leaves nothing behind.  Every command
+gets an overall deadline (connect timeout + reply timeout) from the injected reactor, because
+txredisapi would otherwise queue a command forever while Redis is unreachable — and an SMTP
+client waiting on a policy must get a 451 instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.logger import Logger
+
+from gateway.config.policy import RedisConfig
+
+
+class RedisConnection(Service):
+    """
+    ``RedisConnection(config, reactor)``; add it to the application before the SMTP listeners
+    so it starts first and stops last.  Policies call L{call} with a function of the
+    txredisapi connection handler.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: RedisConfig, reactor: Any) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._factory: Optional[txredisapi.RedisFactory] = None
+
+    def __repr__(self) -> str:
+        return f"<RedisConnection {self.config.describe()}>"
+
+    @property
+    def key_prefix(self) -> str:
+        return self.config.key_prefix
+
+    def _handler(self) -> Any:
+        if self._factory is None:
+            c = self.config
+            factory = txredisapi.RedisFactory(
+                uuid=c.describe(),
+                dbid=c.db or None,
+                poolsize=1,
+                isLazy=True,
+                handler=txredisapi.ConnectionHandler,
+                charset="utf-8",
+                password=c.password.reveal() if c.password is not None else None,
+                replyTimeout=c.reply_timeout,
+                convertNumbers=False,
+                username=c.username,
+            )
+            factory.reconnect = True
+            if c.unix_socket:
+                endpoint = UNIXClientEndpoint(self._reactor, c.unix_socket, timeout=c.connect_timeout)
+            else:
+                endpoint = HostnameEndpoint(self._reactor, c.host, c.port, timeout=c.connect_timeout)
+            self.log.info("connecting to {where}", where=c.describe())
+            factory.startConnecting(endpoint)
+            self._factory = factory
+        return self._factory.handler
+
+    def startService(self) -> None:
+        super().startService()
+        self._handler()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        factory, self._factory = self._factory, None
+        if factory is None:
+            return succeed(None)
+        return factory.disconnect().addErrback(lambda f: self.log.failure("closing the Redis connection failed", f))
+
+    def call(self, command: Callable[[Any], Deferred]) -> Deferred:
+        """
+        Run ``command(handler)`` (e.g. ``lambda r: r.eval(script, keys, args)``) and fire with
+        its result, or fail with ``TimeoutError`` after connect + reply timeouts.
+        """
+        d = maybeDeferred(command, self._handler())
+        d.addTimeout(self.config.connect_timeout + self.config.reply_timeout, self._reactor)
+        return d
+
+
+def redis_service(config: Any, reactor: Any) -> Optional[RedisConnection]:
+    """
+    The Redis service for a L{gateway.config.GatewayConfig} (its ``sections["redis"]``), or
+    None when no ``[redis]`` section is configured.  Pass it as ``redis`` to
+    L{gateway.policy.registry.build_listener_chains}.
+    """
+    redis_config = config.sections.get("redis") if hasattr(config, "sections") else config
+    if redis_config is None:
+        return None
+    service = RedisConnection(redis_config, reactor)
+    service.setName("redis")
+    return service
+
+
+__all__ = ["RedisConnection", "redis_service"]

@@ -1,0 +1,135 @@
+"""
+``sender-allowlist``: which addresses a client may send as, in the envelope and in the header.
+
+A relay that checks only the envelope sender lets any authenticated printer put
+``From: ceo@corp.example`` on a message, and Graph sends it as that mailbox if the app may.
+So the header From and Sender addresses are checked too (every address of every occurrence),
+and a header the ``email`` parser had to guess at is refused rather than judged.
+
+Rules are chosen per session, most specific first: the entry of ``per_login`` matching the
+authenticated login, else the narrowest ``per_network`` entry containing the client address,
+else the global ``allow`` list.  A session no rule covers is not restricted by this policy
+(other listener settings still apply), so ``per_login`` alone restricts only those logins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from fnmatch import fnmatchcase
+from typing import Any, Mapping, Optional, Sequence
+
+import attrs
+from twisted.logger import Logger
+
+from gateway.policy.addresses import AddressPattern, client_ip, header_addresses, matches_any
+from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView
+from gateway.policy.options import IPNetwork, PolicyOptions
+
+CHECKS = ("envelope", "from", "sender")
+_HEADER_NAMES = {"from": "From", "sender": "Sender"}
+
+
+@attrs.frozen
+class SenderAllowlist(PolicyBase):
+    allow: tuple[AddressPattern, ...] = ()
+    per_login: tuple[tuple[str, tuple[AddressPattern, ...]], ...] = ()
+    per_network: tuple[tuple[IPNetwork, tuple[AddressPattern, ...]], ...] = ()
+    check: tuple[str, ...] = CHECKS
+    allow_null_sender: bool = False
+    reject: Reject = Reject(550, "5.7.1", "Sender address not allowed")
+    log = Logger()
+
+    def rules_for(self, session: SessionView) -> Optional[tuple[AddressPattern, ...]]:
+        """The patterns that apply to this session, or None when no rule covers it."""
+        if session.identity is not None and self.per_login:
+            login = session.identity.login.lower()
+            for pattern, rules in self.per_login:
+                if fnmatchcase(login, pattern):
+                    return rules
+        if self.per_network:
+            ip = client_ip(session.client_address)
+            if ip is not None:
+                for network, rules in self.per_network:
+                    if ip in network:
+                        return rules
+        return self.allow or None
+
+    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+        if "envelope" not in self.check:
+            return CONTINUE
+        rules = self.rules_for(session)
+        if rules is None:
+            return CONTINUE
+        if sender == "":
+            return CONTINUE if self.allow_null_sender else self._refuse(session, "envelope", "<>")
+        return CONTINUE if matches_any(rules, sender) else self._refuse(session, "envelope", sender)
+
+    def on_message(self, session: SessionView, message: MessageView) -> Any:
+        headers = [h for h in ("from", "sender") if h in self.check]
+        if not headers:
+            return CONTINUE
+        rules = self.rules_for(session)
+        if rules is None:
+            return CONTINUE
+        for which in headers:
+            found = header_addresses(message.headers, _HEADER_NAMES[which])
+            if found.problem:
+                self._log(session, which, found.problem)
+                return Reject(self.reject.code, self.reject.status, found.problem)
+            for address in found.addresses:
+                if not matches_any(rules, address):
+                    return self._refuse(session, which, address)
+        return CONTINUE
+
+    def _refuse(self, session: SessionView, where: str, address: str) -> Reject:
+        self._log(session, where, f"{address} is not allowed")
+        return self.reject
+
+    def _log(self, session: SessionView, where: str, problem: str) -> None:
+        login = session.identity.login if session.identity else None
+        self.log.info(
+            "sender-allowlist refused {where} sender on {listener} (login {login}, client {client}): {problem}",
+            where=where, listener=session.listener, login=login, client=session.client_address, problem=problem,
+        )
+
+
+def build(options: Mapping[str, Any], context: Any) -> SenderAllowlist:
+    o = PolicyOptions(options)
+    allow = o.patterns("allow")
+    per_login = []
+    for login, rules in o.pattern_table("per_login").items():
+        if not login.strip():
+            raise PolicyConfigError("login names must not be empty", "per_login")
+        per_login.append((login.strip().lower(), rules))
+    # Exact logins win over globs whatever the order in the file.
+    per_login.sort(key=lambda item: any(c in item[0] for c in "*?["))
+    per_network = []
+    for text, rules in o.pattern_table("per_network").items():
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise PolicyConfigError(f"{text!r} is not an IPv4/IPv6 address or CIDR network", "per_network") from None
+        per_network.append((network, rules))
+    per_network.sort(key=lambda item: item[0].prefixlen, reverse=True)
+    check = o.strings("check", CHECKS)
+    for c in check:
+        if c not in CHECKS:
+            raise PolicyConfigError(f"{c!r} is not one of {', '.join(CHECKS)}", "check")
+    if not check:
+        raise PolicyConfigError("must name at least one of " + ", ".join(CHECKS), "check")
+    policy = SenderAllowlist(
+        allow=allow,
+        per_login=tuple(per_login),
+        per_network=tuple(per_network),
+        check=tuple(check),
+        allow_null_sender=o.boolean("allow_null_sender", False),
+        reject=o.reject("reject", "Sender address not allowed"),
+    )
+    o.finish()
+    if not (allow or per_login or per_network):
+        raise PolicyConfigError("set at least one of allow, per_login or per_network", "allow")
+    return policy
+
+
+__all__ = ["SenderAllowlist", "build", "CHECKS"]

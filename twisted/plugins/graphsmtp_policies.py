@@ -1,0 +1,46 @@
+"""
+graphsmtp's built-in policies, discovered exactly like third-party ones.
+
+Each object is an ``IPolicyFactory`` plugin; its module is imported only when a listener's
+``policies`` list names it, so discovery stays cheap (see gateway.policy.base.LazyPolicyFactory).
+"""
+
+from gateway.policy.base import LazyPolicyFactory
+
+senderAllowlist = LazyPolicyFactory(
+    "sender-allowlist",
+    "Allowed envelope senders and header From/Sender addresses, globally, per login or per network",
+    "gateway.policy.sender_allowlist",
+)
+
+recipientRules = LazyPolicyFactory(
+    "recipient-rules",
+    "Allow or deny recipient addresses and domains (e.g. internal-only relays)",
+    "gateway.policy.recipient_rules",
+)
+
+rateLimit = LazyPolicyFactory(
+    "rate-limit",
+    "Messages/recipients per window per login, client IP, sender or mailbox (memory or Redis)",
+    "gateway.policy.rate_limit",
+)
+
+headerRewrite = LazyPolicyFactory(
+    "header-rewrite",
+    "Rewrite From/Sender/Reply-To, add/replace/remove headers, tag subjects, strip internal headers",
+    "gateway.policy.header_rewrite",
+)
+
+maxRecipients = LazyPolicyFactory(
+    "max-recipients",
+    "A lower recipient limit for a listener, login or network (452 4.5.3)",
+    "gateway.policy.limits",
+    "build_max_recipients",
+)
+
+sizeLimit = LazyPolicyFactory(
+    "size-limit",
+    "A lower message size limit for a listener, login or network (552 5.3.4)",
+    "gateway.policy.limits",
+    "build_size_limit",
+)
