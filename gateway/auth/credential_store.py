@@ -41,6 +41,10 @@ from gateway.config.secrets import Secret
 KEY_BYTES = 32
 
 
+class CredentialStoreError(Exception):
+    """Stored credentials exist but cannot be read (wrong key file, corruption): an admin must act."""
+
+
 def load_or_create_key(path: str, key_name: str) -> bytes:
     """
     Read the store key, creating it (0600, O_EXCL) when the file does not exist yet.  A key file
@@ -131,6 +135,10 @@ class EncryptedCredentialStore:
         return d.addCallback(written)
 
     def resolve(self, ref: str) -> Deferred:
+        """
+        Fires with L{EntraAppCredentials}; fails with ``KeyError`` when nothing is stored under
+        ``ref`` and L{CredentialStoreError} when something is but cannot be decrypted.
+        """
         known = self._cache.get(ref)
         if known is not None:
             return succeed(known)
@@ -175,9 +183,9 @@ class EncryptedCredentialStore:
                 inner["tenant_id"], inner["client_id"], Secret(inner["client_secret"], source=f"credential store {ref}"),
             )
         except InvalidTag:
-            raise KeyError(f"{ref}: stored credentials do not decrypt with this key (key file replaced?)") from None
+            raise CredentialStoreError(f"{ref}: stored credentials do not decrypt with this key (key file replaced?)") from None
         except (ValueError, KeyError, TypeError):
-            raise KeyError(f"{ref}: stored credentials are corrupt") from None
+            raise CredentialStoreError(f"{ref}: stored credentials are corrupt") from None
 
     @staticmethod
     def _write(path: str, blob: bytes) -> None:
@@ -207,4 +215,4 @@ class EncryptedCredentialStore:
             return None
 
 
-__all__ = ["EncryptedCredentialStore", "load_or_create_key", "KEY_BYTES"]
+__all__ = ["EncryptedCredentialStore", "CredentialStoreError", "load_or_create_key", "KEY_BYTES"]

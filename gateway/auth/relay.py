@@ -1,0 +1,183 @@
+"""
+Who may relay through a listener, and as whom: the policy the wiring puts first in every
+listener's chain.
+
+Relay access (no open relay, ARCHITECTURE invariant 8):
+
+- an authenticated session may relay;
+- without AUTH, only clients in the listener's ``trusted_networks`` may, and only when the
+  listener's ``auth`` is not ``"required"``;
+- everyone else gets ``530 5.7.0`` when the listener offers AUTH (so the client knows to log
+  in) and ``554 5.7.1`` when it does not.
+
+Sender identity: the patterns of the login (``Identity.allowed_senders``) or, for an
+unauthenticated trusted-network session, the listener's ``trusted_senders``, bound the envelope
+sender (at MAIL FROM) *and* every address in the From and Sender headers (at end of data), so
+a permitted envelope cannot carry a forged From.  Empty patterns mean no restriction from here.
+
+Access is checked again at RCPT and at end of data: if the SMTP layer ever let a refused MAIL
+through, the message would still not get out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from email import errors as email_errors
+from typing import Any, Optional
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.auth.patterns import PatternError, sender_matches, validate_pattern
+from gateway.config.errors import ConfigError
+from gateway.config.model import ListenerConfig
+from gateway.policy.interfaces import Continue, IPolicy, MessageView, Reject, SessionView
+
+_CONTINUE = Continue()
+_CHECKED_HEADERS = ("From", "Sender")
+
+
+def client_ip(text: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The client as an IP address; IPv4-mapped IPv6 (dual-stack sockets) unwrapped."""
+    try:
+        ip = ipaddress.ip_address((text or "").strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def header_addresses(headers: Any, name: str) -> tuple[Optional[list[str]], Optional[str]]:
+    """
+    ``(addresses, problem)`` for header ``name``: ``([], None)`` when absent, ``(None, reason)``
+    when it occurs twice or the parser had to guess (a downstream parser may guess differently,
+    which is exactly what From spoofing exploits).
+    """
+    values = headers.get_all(name) if headers is not None else None
+    if not values:
+        return [], None
+    if len(values) > 1:
+        return None, f"more than one {name} header"
+    value = values[0]
+    defects = getattr(value, "defects", ())
+    if any(isinstance(d, (email_errors.InvalidHeaderDefect, email_errors.NonPrintableDefect)) for d in defects):
+        return None, f"{name} header is malformed"
+    found = getattr(value, "addresses", None)
+    if found is None:
+        return None, f"{name} header is not an address header"
+    addresses = []
+    for address in found:
+        if not address.username or not address.domain:
+            return None, f"{name} header has an incomplete address"
+        addresses.append(address.addr_spec)
+    if not addresses:
+        return None, f"{name} header has no address"
+    return addresses, None
+
+
+def _shown(address: str) -> str:
+    """Client-supplied text in a reply: printable ASCII only, bounded."""
+    text = "".join(c if 32 < ord(c) < 127 else "?" for c in address)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+@implementer(IPolicy)
+class RelayAccessPolicy:
+    """Relay access and sender identity for one listener (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(self, listener: ListenerConfig, log: Optional[Logger] = None) -> None:
+        if log is not None:
+            self.log = log
+        self.listener = listener
+        try:
+            self.trusted_senders = tuple(validate_pattern(p) for p in listener.trusted_senders)
+        except PatternError as e:
+            raise ConfigError(f"listener.{listener.name}.trusted_senders", str(e)) from None
+        self.auth_offered = listener.auth in ("optional", "required")
+
+    def is_trusted(self, address: str) -> bool:
+        ip = client_ip(address)
+        return ip is not None and any(ip in network for network in self.listener.trusted_networks)
+
+    def _access(self, session: SessionView) -> Optional[Reject]:
+        if session.identity is not None:
+            return None
+        if self.listener.auth == "required":
+            return Reject(530, "5.7.0", "Authentication required")
+        if self.is_trusted(session.client_address):
+            return None
+        if self.auth_offered:
+            return Reject(530, "5.7.0", "Authentication required")
+        return Reject(554, "5.7.1", "Relay access denied")
+
+    def _patterns(self, session: SessionView) -> tuple[str, ...]:
+        if session.identity is not None:
+            return tuple(session.identity.allowed_senders)
+        return self.trusted_senders
+
+    def _whose(self, session: SessionView) -> str:
+        if session.identity is not None:
+            return f"login {session.identity.login}"
+        return "this network"
+
+    def _refuse(self, session: SessionView, verdict: Reject, what: str) -> Reject:
+        self.log.info(
+            "listener {listener}: refused {what} from {client} ({identity}): {code} {status} {text}",
+            listener=self.listener.name, what=what, client=session.client_address,
+            identity=session.identity.login if session.identity else "not authenticated",
+            code=verdict.code, status=verdict.status, text=verdict.text,
+        )
+        return verdict
+
+    def on_connect(self, session: SessionView) -> Continue:
+        # Nothing to decide yet: the client may still STARTTLS and AUTH.
+        return _CONTINUE
+
+    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+        refusal = self._access(session)
+        if refusal is not None:
+            return self._refuse(session, refusal, f"MAIL FROM:<{sender}>")
+        patterns = self._patterns(session)
+        if sender and patterns and not sender_matches(sender, patterns):
+            return self._refuse(
+                session, Reject(550, "5.7.1", f"Sender address <{_shown(sender)}> is not allowed for {self._whose(session)}"),
+                f"MAIL FROM:<{sender}>",
+            )
+        return _CONTINUE
+
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+        refusal = self._access(session)
+        if refusal is not None:
+            return self._refuse(session, refusal, f"RCPT TO:<{recipient}>")
+        return _CONTINUE
+
+    def on_message(self, session: SessionView, message: MessageView) -> Any:
+        refusal = self._access(session)
+        if refusal is not None:
+            return self._refuse(session, refusal, "message")
+        patterns = self._patterns(session)
+        if not patterns:
+            return _CONTINUE
+        if session.sender and not sender_matches(session.sender, patterns):
+            return self._refuse(
+                session, Reject(550, "5.7.1", f"Sender address <{_shown(session.sender)}> is not allowed for {self._whose(session)}"),
+                "message",
+            )
+        for name in _CHECKED_HEADERS:
+            addresses, problem = header_addresses(message.headers, name)
+            if problem is not None:
+                return self._refuse(session, Reject(550, "5.7.1", f"Message refused: {problem}"), "message")
+            for address in addresses:
+                if not sender_matches(address, patterns):
+                    return self._refuse(
+                        session,
+                        Reject(550, "5.7.1", f"{name} header address <{_shown(address)}> is not allowed for {self._whose(session)}"),
+                        "message",
+                    )
+        return _CONTINUE
+
+
+__all__ = ["RelayAccessPolicy", "client_ip", "header_addresses"]
