@@ -1,0 +1,147 @@
+"""
+The protocol factory of one SMTP listener: configuration and collaborators for every session,
+plus the bookkeeping that spans sessions — connection limits (total and per client IP) and the
+count of transactions in flight, which graceful shutdown waits for (L{GatewaySMTPFactory.drain}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.mail import smtp
+
+from gateway.config.model import ListenerConfig
+from gateway.smtp.protocol import GatewayESMTP, is_trusted
+
+
+class GatewaySMTPFactory(smtp.SMTPFactory):
+    """
+    Builds L{GatewayESMTP} sessions for one listener.
+
+    ``tls`` is any object whose ``server_options()`` returns the *current* server TLS options
+    (``CertificateOptions`` or an ``IOpenSSLServerConnectionCreator``); it is asked at every
+    STARTTLS, so a reloaded certificate applies to new sessions.  ``portal`` (a twisted.cred
+    portal, or anything with the same ``login``) enables AUTH when the listener's ``auth`` is
+    not ``"none"``.  ``clock`` drives every timeout and the Date/Received timestamps.
+    """
+
+    protocol = GatewayESMTP
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        hostname: str,
+        spool: Any,
+        chain: Any,
+        clock: IReactorTime,
+        portal: Optional[Any] = None,
+        tls: Optional[Any] = None,
+        add_message_id: bool = True,
+        add_date: bool = True,
+    ) -> None:
+        smtp.SMTPFactory.__init__(self, portal)
+        self.listener = listener
+        self.hostname = hostname
+        # The stock factory would otherwise use socket.getfqdn() from import time.
+        self.domain = hostname
+        self.timeout = listener.limits.idle_timeout
+        self.spool = spool
+        self.chain = chain
+        self.clock = clock
+        self.tls = tls
+        self.add_message_id = add_message_id
+        self.add_date = add_date
+        # Only behind PROXY protocol is the client address unknown at connect time.
+        self.proxied = listener.proxy_protocol or listener.endpoint.startswith("haproxy:")
+        self.sessions: set = set()
+        self._per_ip: dict[str, int] = {}
+        self._session_ip: dict[Any, str] = {}
+        self.in_flight = 0
+        self.draining = False
+        self._drain_waiters: list[Deferred] = []
+
+    def buildProtocol(self, addr: Any) -> GatewayESMTP:
+        p = self.protocol(self)
+        p.callLater = self.clock.callLater
+        return p
+
+    # -- sessions and connection limits
+
+    def session_opened(self, proto: Any) -> None:
+        self.sessions.add(proto)
+
+    def admission_problem(self, proto: Any) -> Optional[str]:
+        """Why a new session must be refused (total connections), or None."""
+        if len(self.sessions) > self.listener.limits.max_connections:
+            return "Too many connections"
+        return None
+
+    def address_problem(self, proto: Any, address: str) -> Optional[str]:
+        """Count ``proto`` against ``address``; why it must be refused (too many from there), or None."""
+        if proto in self._session_ip:
+            return None
+        self._session_ip[proto] = address
+        count = self._per_ip.get(address, 0) + 1
+        self._per_ip[address] = count
+        if count > self.listener.limits.max_connections_per_ip:
+            return "Too many connections from your address"
+        return None
+
+    def session_closed(self, proto: Any) -> None:
+        self.sessions.discard(proto)
+        address = self._session_ip.pop(proto, None)
+        if address is not None:
+            left = self._per_ip.get(address, 1) - 1
+            if left > 0:
+                self._per_ip[address] = left
+            else:
+                self._per_ip.pop(address, None)
+
+    def connections_from(self, address: str) -> int:
+        return self._per_ip.get(address, 0)
+
+    def is_trusted(self, address: str) -> bool:
+        return is_trusted(address, self.listener.trusted_networks)
+
+    # -- graceful stop
+
+    def transaction_started(self) -> None:
+        self.in_flight += 1
+
+    def transaction_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self.in_flight = 0
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def drain(self) -> Deferred:
+        """
+        Stop starting new transactions (MAIL gets ``421 4.3.2``) and return a Deferred that
+        fires once no transaction is between DATA and its final reply.  The caller bounds the
+        wait (e.g. ``addTimeout``) and then calls L{close_sessions}.
+        """
+        self.draining = True
+        if self.in_flight == 0:
+            return succeed(None)
+        def cancel(d: Deferred) -> None:
+            if d in self._drain_waiters:
+                self._drain_waiters.remove(d)
+
+        d: Deferred = Deferred(cancel)
+        self._drain_waiters.append(d)
+        return d
+
+    def close_sessions(self) -> None:
+        """Tell every connected client ``421 4.3.2`` and disconnect (partial messages are discarded)."""
+        for proto in list(self.sessions):
+            proto.shutdown()
+
+
+__all__ = ["GatewaySMTPFactory"]
