@@ -375,6 +375,8 @@ class SpoolDisk:
             stage = "write the envelope record"
             env_fd = self.ops.open_new(env_tmp)
             self.ops.write(env_fd, encode_record(entry))
+            # The schedule hint (see module docstring) in the same clock as received_at.
+            self.ops.set_mtime(env_fd, entry.next_attempt_at or entry.received_at)
             self.ops.sync_file(env_fd)
             self.ops.close(env_fd)
             env_fd = None
