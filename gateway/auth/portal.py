@@ -99,9 +99,10 @@ class ThrottledPortal:
 
         def failed(reason: Failure) -> Any:
             if not reason.check(UnauthorizedLogin):
-                self.log.failure(
-                    "AUTH error (not a wrong password) for login {login} from {client} (listener {listener})",
-                    reason, login=login, client=address, listener=self.listener,
+                # Only the type: an exception's text could echo what the client sent.
+                self.log.error(
+                    "AUTH could not be checked for login {login} from {client} (listener {listener}): {error}",
+                    login=login, client=address, listener=self.listener, error=reason.type.__name__,
                 )
                 return reason
             outcome = self.throttle.record_failure(key)
