@@ -1,46 +1,124 @@
 """
-The composition root: builds every component from the configuration and wires them together.
+The running gateway as one twistd service.
 
-This is the only module that decides which concrete classes run; everything else receives its
-collaborators (reactor/clock, thread pools, spool, deliverer, policy chains) as arguments, so
-tests can build the same graph with fakes.  Construction validates everything that can be
-validated without binding a port (certificates, policy options, credentials files), so a
-mistake stops start-up with one line before the gateway listens.
+Start order: thread pools and connections, observers, the queue runner (which recovers the
+spool), then the SMTP listeners.  Stop order is the reverse and *sequential*: stop listening,
+let transactions already in DATA finish (bounded), stop the queue runner (bounded by
+``queue.shutdown_grace``), and only then stop the thread pools — stopping them earlier would
+strand an fsync or a token request half way.  Twisted's MultiService stops children all at
+once, which is why this class orders the stop itself.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import signal
+from typing import Any, Optional
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from gateway.config import GatewayConfig
+from gateway.wiring import Components, build_components
+
+CERTIFICATE_CHECK_INTERVAL = 60.0
 
 
 class GatewayService(MultiService):
-    """Spool + queue runner + deliverer + one SMTP listener service per configured listener."""
+    """Every component of a configured gateway, started and stopped in a safe order."""
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, reactor: Any) -> None:
+    def __init__(self, config: GatewayConfig, reactor: Any, deliverer: Any = None,
+                 components: Optional[Components] = None, install_signal_handlers: bool = True) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
-        from gateway.wiring import build_components
-
-        self.components = build_components(config, reactor)
+        self.components = components or build_components(config, reactor, deliverer)
+        self.install_signal_handlers = install_signal_handlers
+        self._previous_sighup: Any = None
         for child in self.components.services:
             child.setServiceParent(self)
+        if any(part.tls is not None for part in self.components.listeners):
+            certificates = TimerService(CERTIFICATE_CHECK_INTERVAL, self.check_certificates)
+            certificates.clock = reactor
+            certificates.setServiceParent(self)
+        for part in self.components.listeners:
+            part.service.setServiceParent(self)
 
     def startService(self) -> None:
         if self.config.deliverer == "capture":
             self.log.warn(
                 "NO MICROSOFT GRAPH CREDENTIALS CONFIGURED: messages are delivered into the local "
-                "capture outbox {outbox}, not sent anywhere. Configure [graph] to deliver for real.",
+                "capture outbox {outbox} and NOT sent anywhere. Configure [graph] to deliver for real.",
                 outbox=self.config.capture.outbox,
             )
+        for part in self.components.listeners:
+            part.service.when_listening().addCallback(self._announce, part)
+        if self.install_signal_handlers:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
+
+    def _announce(self, port: Any, part: Any) -> None:
+        address = port.getHost()
+        self.log.info(
+            "listener {name} accepting SMTP on {host} port {port} (tls={tls}, auth={auth})",
+            name=part.config.name, host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
+            tls=part.config.tls, auth=part.config.auth,
+        )
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        # Signal handlers run between bytecodes of whatever the reactor was doing: hand the
+        # work to the reactor instead of doing file I/O here.
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read TLS certificates (users files are re-read on change by themselves)."""
+        self.log.info("SIGHUP: reloading certificates")
+        for part in self.components.listeners:
+            if part.tls is not None:
+                part.tls.reload()
+
+    def check_certificates(self) -> None:
+        """Pick up renewed certificate files without a signal (certbot, ACME clients)."""
+        for part in self.components.listeners:
+            if part.tls is None:
+                continue
+            try:
+                part.tls.check_for_changes()
+            except Exception:
+                self.log.failure("checking certificate files of listener {name} failed", name=part.config.name)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        if self.install_signal_handlers and self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        self.running = 0
+        grace = self.config.queue.shutdown_grace
+        listeners = [part for part in self.components.listeners]
+        # 1. Stop accepting connections and new transactions.
+        for part in listeners:
+            yield maybeDeferred(part.service.stopService)
+        drains = [part.factory.drain() for part in listeners]
+        for d in drains:
+            d.addTimeout(grace, self.reactor)
+            try:
+                yield d
+            except Exception:
+                self.log.warn("transactions still open after {grace}s; their clients will retry", grace=grace)
+        for part in listeners:
+            part.factory.close_sessions()
+        # 2. Everything else, one at a time, in reverse start order (runner before pools).
+        others = [s for s in reversed(list(self)) if s not in [p.service for p in listeners]]
+        for service in others:
+            if service.running:
+                try:
+                    yield maybeDeferred(service.stopService)
+                except Exception:
+                    self.log.failure("stopping {service!r} failed", service=service)
+        self.log.info("graphsmtp stopped")
 
 
 __all__ = ["GatewayService"]

@@ -46,16 +46,23 @@ class Options(usage.Options):
             raise usage.UsageError("--deliverer: must be auto, capture or graph")
         try:
             self.config = load_config(self["config"], {k: v for k, v in overrides.items() if v})
+            # Build everything now, not in makeService: certificates, policies and users files
+            # are checked here, so a mistake is one line from twistd and nothing is bound.
+            self.service = build_service(self.config)
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
 
 
-def makeService(options: Any) -> IService:
+def build_service(config: Any) -> IService:
     from twisted.internet import reactor
 
     from gateway.service import GatewayService
 
-    return GatewayService(options.config, reactor)
+    return GatewayService(config, reactor)
+
+
+def makeService(options: Any) -> IService:
+    return options.service
 
 
 __all__ = ["Options", "makeService"]
