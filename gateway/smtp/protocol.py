@@ -276,7 +276,7 @@ class GatewayESMTP(smtp.ESMTP):
         if reason not in self._pause_reasons:
             return
         self._pause_reasons.discard(reason)
-        if not self._pause_reasons and not self._gone:
+        if not self._pause_reasons and not self._gone and not self._done:
             self.transport.resumeProducing()
 
     def _await(
