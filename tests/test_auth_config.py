@@ -116,3 +116,24 @@ class BuildAuthTests(SynchronousTestCase):
     def test_own_threadpool_is_a_service(self):
         auth = build_auth(AuthConfig(), self.dir, reactor=SyncReactor())
         self.assertEqual(len(auth.services), 1)
+
+
+class SecureExampleTests(SynchronousTestCase):
+    """etc/graphsmtp-secure-example.toml is a valid configuration with the documented layout."""
+
+    def test_example_parses(self):
+        import tomllib
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "etc", "graphsmtp-secure-example.toml"), "rb") as f:
+            data = tomllib.load(f)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        data["auth"]["users_file"] = make_users_file(os.path.join(directory, "users.jsonl"), {"crm": ("pw", ["crm@corp.example"])})
+        config = build_config(data, {}, {}, directory)
+        by_name = {l.name: l for l in config.listeners}
+        self.assertEqual((by_name["submission"].tls, by_name["submission"].auth), ("starttls", "required"))
+        self.assertEqual((by_name["submissions"].tls, by_name["submissions"].auth), ("implicit", "required"))
+        self.assertEqual((by_name["devices"].auth, by_name["devices"].tls_min_version), ("none", "1.2"))
+        self.assertTrue(by_name["devices"].trusted_networks)
+        self.assertEqual(config.sections["auth"].throttle.max_failures, 10)
+        self.assertFalse(config.sections["auth"].passthrough.enabled)
