@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import smtplib
 import ssl
-import warnings
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread

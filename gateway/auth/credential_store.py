@@ -25,7 +25,7 @@ import json
 import os
 import stat
 import tempfile
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM

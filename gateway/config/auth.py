@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import attrs
 
