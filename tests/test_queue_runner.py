@@ -330,6 +330,7 @@ class LifecycleTests(RunnerTestBase):
         other = DirectorySpool(self.directory, SynchronousThreadPool(), self.clock)
         self.successResultOf(other.recover_schedule())
         self.addCleanup(other.close)
+        self.spool.disk.lock_wait = 0
         runner = QueueRunner(self.spool, ScriptedDeliverer(), self.config, self.clock)
         runner.startService()
         self.failureResultOf(runner.ready)

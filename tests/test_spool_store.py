@@ -387,6 +387,7 @@ class RecoveryTests(SpoolTestMixin, SynchronousTestCase):
 
     def test_second_daemon_is_refused(self):
         other = DirectorySpool(self.directory, SynchronousThreadPool(), self.clock)
+        other.disk.lock_wait = 0
         failure = self.failureResultOf(other.recover(), SpoolError)
         self.assertIn("in use by another graphsmtp process", str(failure.value))
 

@@ -35,7 +35,7 @@ from typing import BinaryIO, Optional, Sequence
 
 import attrs
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.smtp.headers import HeaderCollector, header_line, missing_headers, split_fields
 from gateway.spool.disk import SpoolDisk, TempMessage
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -229,11 +229,20 @@ def _user() -> tuple[str, str]:
         return str(os.getuid()), ""
 
 
+def load_tool_config(config: Optional[str], spool: Optional[str], environ) -> GatewayConfig:
+    """
+    The configuration the command-line tools use: ``config`` (or $GRAPHSMTP_CONFIG, or
+    /etc/graphsmtp/graphsmtp.toml when it exists and no spool was named) with ``spool``
+    overriding the spool directory.  Raises L{ConfigError}.
+    """
+    config_path = config or environ.get("GRAPHSMTP_CONFIG") or (
+        SYSTEM_CONFIG if not spool and os.path.exists(SYSTEM_CONFIG) else None)
+    return load_config(config_path, {"spool": spool} if spool else {}, environ)
+
+
 def _spool_and_settings(opts: Options, environ) -> tuple[str, str, bool, bool, int]:
-    config_path = opts.config or environ.get("GRAPHSMTP_CONFIG") or (
-        SYSTEM_CONFIG if not opts.spool and os.path.exists(SYSTEM_CONFIG) else None)
     try:
-        config = load_config(config_path, {"spool": opts.spool} if opts.spool else {}, environ)
+        config = load_tool_config(opts.config, opts.spool, environ)
     except ConfigError as e:
         raise SendmailError(EX_CONFIG, f"configuration error: {e}") from None
     max_size = min((listener.limits.max_message_size for listener in config.listeners), default=35_000_000)

@@ -235,6 +235,7 @@ class SpoolDisk:
         self._committing: set[str] = set()
         self._committing_lock = threading.Lock()
         self._lock_fd: Optional[int] = None
+        self.lock_wait = 10.0
 
     # -- set-up and locking --------------------------------------------------------------
 
@@ -247,25 +248,36 @@ class SpoolDisk:
         except OSError as e:
             raise spool_error(e, f"create the spool directories under {self.layout.root}") from None
 
-    def acquire_lock(self) -> None:
-        """Take the daemon lock (non-blocking); L{SpoolBusy} if another process has it."""
+    def acquire_lock(self, wait: float = 0.0) -> None:
+        """
+        Take the spool lock; L{SpoolBusy} if another process keeps it for more than ``wait``
+        seconds (the daemon waits a little: the queue command holds it briefly for offline
+        changes).  Blocking: call from a thread.
+        """
         if self._lock_fd is not None:
             return
         try:
             fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise spool_error(e, f"open {self.layout.lock}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            pid = self._read_pid(fd)
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise SpoolBusy(
-                    f"spool {self.layout.root} is in use by another graphsmtp process"
-                    + (f" (pid {pid})" if pid else ""), pid,
-                ) from None
-            raise spool_error(e, f"lock {self.layout.lock}") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                busy = e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+                if busy and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                pid = self._read_pid(fd)
+                os.close(fd)
+                if busy:
+                    raise SpoolBusy(
+                        f"spool {self.layout.root} is in use by another graphsmtp process"
+                        + (f" (pid {pid})" if pid else ""), pid,
+                    ) from None
+                raise spool_error(e, f"lock {self.layout.lock}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -720,7 +732,7 @@ class SpoolDisk:
         records are not parsed here (the runner loads them when they are due).
         """
         self.ensure_directories()
-        self.acquire_lock()
+        self.acquire_lock(wait=self.lock_wait)
         report = RecoveryReport()
         try:
             self._clear_tmp(report)
