@@ -32,13 +32,41 @@ PASSWORD = b"s3cret-pa55"
 ENHANCED = re.compile(rb"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3} ")
 
 
+class TrackingFactory(GatewaySMTPFactory):
+    """Tells tests when every server-side session has seen connectionLost (clean reactor)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._all_closed: list[Deferred] = []
+        self.opened = 0
+
+    def session_opened(self, proto: Any) -> None:
+        self.opened += 1
+        super().session_opened(proto)
+
+    def session_closed(self, proto: Any) -> None:
+        super().session_closed(proto)
+        if not self.sessions:
+            waiters, self._all_closed = self._all_closed, []
+            for d in waiters:
+                d.callback(None)
+
+    def all_closed(self) -> Deferred:
+        d: Deferred = Deferred()
+        if not self.sessions:
+            d.callback(None)
+        else:
+            self._all_closed.append(d)
+        return d
+
+
 def make_factory(
     policies: tuple = (), portal: Any = None, tls_source: Any = None, spool: Any = None, clock: Any = None,
     add_message_id: bool = True, add_date: bool = True, limits: Optional[dict] = None, **listener: Any,
 ) -> GatewaySMTPFactory:
     config = ListenerConfig(name=listener.pop("name", "test"), endpoint=listener.pop("endpoint", "tcp:0"),
                             limits=Limits(**(limits or {})), **listener)
-    return GatewaySMTPFactory(
+    return TrackingFactory(
         config, HOSTNAME, spool if spool is not None else MemorySpool(), PolicyChain(list(policies)),
         clock if clock is not None else Clock(), portal=portal, tls=tls_source,
         add_message_id=add_message_id, add_date=add_date,
