@@ -44,6 +44,12 @@ class GatewayService(MultiService):
             certificates = TimerService(CERTIFICATE_CHECK_INTERVAL, self.check_certificates)
             certificates.clock = reactor
             certificates.setServiceParent(self)
+        status = config.sections.get("status")
+        if status is not None and status.endpoint:
+            from gateway.status.web import status_service
+
+            self.status = status_service(status.endpoint, self.components, reactor)
+            self.status.setServiceParent(self)
         for part in self.components.listeners:
             part.service.setServiceParent(self)
 

@@ -28,6 +28,8 @@ def parse_all(root: TableReader, environ: Mapping[str, str], resolve: Resolver) 
     sections["redis"] = parse_redis(root, environ, resolve)
     sections["observers"] = parse_observers(root, environ, resolve)
     sections["auth"] = parse_auth_section(root, environ, resolve)
+    from gateway.config.status import parse_status
+    sections["status"] = parse_status(root, environ, resolve)
     return sections
 
 

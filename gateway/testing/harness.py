@@ -95,6 +95,17 @@ class RunningGateway:
                 return part.service.port.getHost().port
         raise KeyError(listener)
 
+    def status_port(self) -> Deferred:
+        """Fires with the TCP port of the ``[status]`` endpoint."""
+        d: Deferred = Deferred()
+
+        def got(port: Any) -> Any:
+            d.callback(port.getHost().port)
+            return port  # the service needs the port back to stop listening later
+
+        self.service.status._waitingForPort.addCallback(got)
+        return d
+
     def delivered(self, count: int) -> Deferred:
         """Fires with the first ``count`` delivered ``SpoolEntry`` values (already removed from the queue)."""
         d = self.recorder.wait_for(count, ("delivered",))
