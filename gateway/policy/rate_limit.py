@@ -128,7 +128,7 @@ class RateLimit(PolicyBase):
         def decided(decision: Decision) -> Any:
             if decision.allowed:
                 return CONTINUE
-            seconds = max(1, math.ceil(decision.retry_after))
+            seconds = max(1, math.ceil(decision.retry_after - 1e-6))
             self.log.info(
                 "rate-limit {name} reached for {key} {subject} on {listener}; retry in {seconds}s",
                 name=self.name, key=self.key, subject=subject, listener=session.listener, seconds=seconds,

@@ -108,7 +108,8 @@ class _RedisProcess(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
-        if not self.ready.called and b"Ready to accept connections" in self.output:
+        # "Ready to accept connections tcp" or "...ready to accept connections at <socket>".
+        if not self.ready.called and b"ready to accept connections" in self.output.lower():
             self.ready.callback(None)
 
     errReceived = outReceived
@@ -138,7 +139,7 @@ def redis_server_path() -> Optional[str]:
 
 
 @inlineCallbacks
-def start_redis_server(reactor: Any, directory: str, port: int = 0):
+def start_redis_server(reactor: Any, directory: str, port: int = 0, extra_args: Iterable[str] = ()):
     """
     Start ``redis-server`` with no persistence, listening on ``directory/redis.sock`` (and on
     127.0.0.1:``port`` when ``port`` is not 0); fires with a L{RedisServer} once it accepts
@@ -151,13 +152,13 @@ def start_redis_server(reactor: Any, directory: str, port: int = 0):
     args = [
         executable, "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", socket_path,
         "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", directory,
-        "--logfile", "", "--daemonize", "no",
+        "--logfile", "", "--daemonize", "no", *extra_args,
     ]
     protocol = _RedisProcess()
     process = reactor.spawnProcess(protocol, executable, args, env={}, path=directory)
     server = RedisServer(socket_path, process, protocol)
     try:
-        yield protocol.ready
+        yield protocol.ready.addTimeout(30, reactor)
     except Exception:
         yield server.stop()
         raise
