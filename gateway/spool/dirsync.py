@@ -12,6 +12,7 @@ before — so batching does not weaken the guarantee.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from gateway.spool.fileops import FileOps
@@ -27,6 +28,7 @@ class DirectorySyncer:
         self._requested = 0
         self._completed = 0
         self._running = False
+        self._fd: int | None = None
         self.fsyncs = 0
 
     def sync(self) -> None:
@@ -44,7 +46,10 @@ class DirectorySyncer:
                 self._cond.wait()
         succeeded = False
         try:
-            self._ops.sync_dir(self.path)
+            # Only the thread running the fsync touches _fd (others wait on the condition).
+            if self._fd is None:
+                self._fd = self._ops.open_dir(self.path)
+            self._ops.sync_dir(self.path, self._fd)
             succeeded = True
         finally:
             with self._cond:
@@ -55,6 +60,13 @@ class DirectorySyncer:
                 # On failure the waiters wake up, find themselves not covered and one of them
                 # tries again; this caller gets the exception.
                 self._cond.notify_all()
+
+    def close(self) -> None:
+        """Close the cached directory descriptor (it is reopened on the next sync)."""
+        with self._cond:
+            if self._fd is not None and not self._running:
+                os.close(self._fd)
+                self._fd = None
 
 
 __all__ = ["DirectorySyncer"]

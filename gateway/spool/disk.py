@@ -24,9 +24,8 @@ Layout (directories 0700, files 0600)::
 Completeness rule: **the record's presence marks a complete entry.**  Every protocol is
 ordered so that a crash at any instant leaves either no entry or a whole one:
 
-- accept (daemon and sendmail): write the message to a temp file, fsync it; write the record
-  to a temp file, fsync it; rename the message into place, then the record; fsync the
-  directory.  Only then is the message acknowledged (250, or exit status 0).  A message file
+- accept (daemon and sendmail): write the message to a temp file and the record to another,
+  fsync both; rename the message into place, then the record; fsync the directory.  Only then is the message acknowledged (250, or exit status 0).  A message file
   without a record was never acknowledged and is deleted at recovery.
 - import (sendmail's entries, done by the daemon): write the record into tmp/, rename the
   message incoming/ → queue/, rename the record into queue/, fsync queue/, unlink the
@@ -286,6 +285,8 @@ class SpoolDisk:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        for syncer in (self.queue_sync, self.incoming_sync, self.failed_sync):
+            syncer.close()
 
     def daemon_pid(self) -> Optional[int]:
         """The pid of the daemon holding the lock, or None when no daemon runs."""
@@ -381,15 +382,18 @@ class SpoolDisk:
         with self._committing_lock:
             self._committing.add(entry.queue_id)
         try:
-            self.ops.sync_file(temp.fd)
-            self.ops.close(temp.fd)
-            temp.fd = None
             stage = "write the envelope record"
             env_fd = self.ops.open_new(env_tmp)
             self.ops.write(env_fd, encode_record(entry))
             # The schedule hint (see module docstring) in the same clock as received_at.
             self.ops.set_mtime(env_fd, entry.next_attempt_at or entry.received_at)
+            # Both files are written before either is synced: the first fdatasync then commits
+            # the journal transaction holding both creations, and the second is cheap.
+            stage = "sync the message to disk"
+            self.ops.sync_file(temp.fd)
             self.ops.sync_file(env_fd)
+            self.ops.close(temp.fd)
+            temp.fd = None
             self.ops.close(env_fd)
             env_fd = None
             stage = "move the message into the queue"

@@ -87,8 +87,16 @@ class FileOps:
     def unlink(self, path: str) -> None:
         os.unlink(path)
 
-    def sync_dir(self, path: str) -> None:
-        """fsync a directory so the renames/creations in it survive a crash."""
+    def open_dir(self, path: str) -> int:
+        return os.open(path, _OPEN_DIR)
+
+    def sync_dir(self, path: str, fd: Optional[int] = None) -> None:
+        """fsync a directory so the renames/creations in it survive a crash.  ``fd`` is an
+        already open descriptor of ``path`` (the spool keeps one per hot directory, saving an
+        open and a close per accepted message)."""
+        if fd is not None:
+            os.fsync(fd)
+            return
         fd = os.open(path, _OPEN_DIR)
         try:
             os.fsync(fd)

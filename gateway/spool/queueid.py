@@ -11,7 +11,7 @@ random part makes a collision negligible and the spool's O_EXCL file creation ma
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from typing import Callable
 
@@ -30,10 +30,14 @@ def _encode(number: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
-def new_queue_id(now: float, randbytes: Callable[[int], bytes] = os.urandom) -> str:
-    """A fresh queue id for a message accepted at POSIX time ``now``."""
+def new_queue_id(now: float, randbits: Callable[[int], int] = random.getrandbits) -> str:
+    """
+    A fresh queue id for a message accepted at POSIX time ``now``.  The random part needs to
+    be unique, not secret, so it comes from the fast PRNG (seeded from the OS per process)
+    rather than a system call on the hot path.
+    """
     micros = int(now * 1_000_000) & ((1 << (5 * _TIME_CHARS)) - 1)
-    random_part = int.from_bytes(randbytes(5), "big")
+    random_part = randbits(40)
     return _encode(micros, _TIME_CHARS) + _encode(random_part, _RANDOM_CHARS)
 
 

@@ -104,8 +104,8 @@ class RecordingFileOps(FileOps):
         super().unlink(path)
         self.events.append(("unlink", path))
 
-    def sync_dir(self, path: str) -> None:
-        super().sync_dir(path)
+    def sync_dir(self, path: str, fd: Optional[int] = None) -> None:
+        super().sync_dir(path, fd)
         self.events.append(("fsync-dir", path))
 
 
