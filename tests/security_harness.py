@@ -91,6 +91,7 @@ class SecureServer:
         tls: str = "starttls",
         throttle: ThrottleSettings = ThrottleSettings(base_delay=0, max_delay=0),
         passthrough: bool = False,
+        token_acquirer: Any = None,
         ca: Optional[TestCA] = None,
         **listener_options: Any,
     ):
@@ -126,7 +127,7 @@ class SecureServer:
             passthrough=PassThroughConfig(enabled=passthrough, allowed_tenants=(TENANT,)),
             throttle=throttle,
         )
-        self.auth = build_auth(config, directory, reactor=reactor, threadpool=pool, token_acquirer=self.entra)
+        self.auth = build_auth(config, directory, reactor=reactor, threadpool=pool, token_acquirer=token_acquirer or self.entra)
         chain = PolicyChain([self.auth.relay_policy(self.listener)])
         self.factory = GatewaySMTPFactory(
             self.listener, "mx.test", self.spool, chain, reactor,
