@@ -113,6 +113,19 @@ class BuildAuthTests(SynchronousTestCase):
         self.assertIs(first.throttle, second.throttle)
         self.assertEqual(auth.services, [])
 
+    def test_plaintext_auth_listener_warned_at_start(self):
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        users = make_users_file(os.path.join(self.dir, "u.jsonl"), {"a": ("pw", ["*"])})
+        auth = build_auth(AuthConfig(users_file=users), self.dir, reactor=SyncReactor(), threadpool=SyncThreadPool())
+        auth.portal_for(ListenerConfig(name="local-apps", endpoint="tcp:0", auth="optional", allow_plaintext_auth=True))
+        auth.portal_for(ListenerConfig(name="secure", endpoint="tcp:0", auth="optional", tls="starttls", tls_cert="x"))
+        warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("local-apps", warnings[0])
+
     def test_own_threadpool_is_a_service(self):
         auth = build_auth(AuthConfig(), self.dir, reactor=SyncReactor())
         self.assertEqual(len(auth.services), 1)

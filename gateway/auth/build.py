@@ -21,6 +21,7 @@ from typing import Any, Optional
 from twisted.application.service import Service
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from gateway.auth.checkers import UsersFileChecker
@@ -55,6 +56,8 @@ class ThreadPoolService(Service):
 class Authentication:
     """What AUTH is made of at run time; see the module docstring for how to wire it."""
 
+    log = Logger()
+
     def __init__(
         self,
         config: AuthConfig,
@@ -83,6 +86,12 @@ class Authentication:
             raise ConfigError(
                 f"listener.{listener.name}.auth",
                 f"is \"{listener.auth}\" but [auth] has no users_file and pass-through is not enabled",
+            )
+        if listener.allow_plaintext_auth:
+            self.log.warn(
+                "listener {listener} accepts AUTH without TLS (allow_plaintext_auth): passwords cross "
+                "the network in clear; use it on loopback only",
+                listener=listener.name,
             )
         return ThrottledPortal(self.portal, self.throttle, listener.name)
 
