@@ -260,15 +260,17 @@ class ObserversService(Service):
     def startService(self) -> None:
         super().startService()
         for observer in self.observers:
-            observer.open()
+            if hasattr(observer, "open"):
+                observer.open()
 
     def stopService(self) -> None:
         super().stopService()
         for observer in self.observers:
             try:
-                observer.close()
+                if hasattr(observer, "close"):
+                    observer.close()
             except Exception:
-                self.log.failure("closing delivery observer {name} failed", name=observer.name)
+                self.log.failure("closing delivery observer {name} failed", name=getattr(observer, "name", observer))
 
 
 __all__ = [
