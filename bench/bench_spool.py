@@ -100,7 +100,7 @@ class _NoSync(FileOps):
     def sync_file(self, fd):
         pass
 
-    def sync_dir(self, path):
+    def sync_dir(self, path, fd=None):
         pass
 
 
@@ -195,8 +195,9 @@ def main() -> None:
 
     reactor.callWhenRunning(lambda: run(args).addBoth(finished))
     reactor.run()
-    if isinstance(result.get("outcome"), Exception) or hasattr(result.get("outcome"), "printTraceback"):
-        result["outcome"].printTraceback()
+    outcome = result.get("outcome")
+    if hasattr(outcome, "printTraceback"):
+        outcome.printTraceback(file=sys.stdout)
         sys.exit(1)
 
 

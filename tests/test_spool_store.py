@@ -375,6 +375,41 @@ class RecoveryTests(SpoolTestMixin, SynchronousTestCase):
                          [entry.queue_id + ".env", entry.queue_id + ".msg"])
         self.assertEqual(os.listdir(os.path.join(self.directory, "quarantine")), [])
 
+    def sendmail_drop(self):
+        disk = SpoolDisk(self.directory)
+        temp = disk.create_temp(new_queue_id(1_700_000_000), incoming=True)
+        disk.append(temp, [MESSAGE])
+        from gateway.spool.entry import SpoolEntry
+        entry = SpoolEntry(temp.queue_id, ENVELOPE, Provenance("127.0.0.1", "localhost", "sendmail"),
+                           1_700_000_000.0, "", temp.size)
+        return disk.publish(temp, entry, incoming=True)
+
+    def test_sendmail_entries_imported_at_recovery(self):
+        dropped = self.sendmail_drop()
+        entries = self.successResultOf(self.restart().recover())
+        self.assertEqual([e.queue_id for e in entries], [dropped.queue_id])
+        self.assertEqual(entries[0].provenance.listener, "sendmail")
+        self.assertEqual(os.listdir(os.path.join(self.directory, "incoming")), [])
+        self.assertEqual(self.read(entries[0].message_path), MESSAGE)
+
+    def test_interrupted_import_is_completed(self):
+        """Crash after the message moved incoming/ → queue/ but before its record followed:
+        the message was acknowledged to the sendmail user and must not be deleted as an orphan."""
+        dropped = self.sendmail_drop()
+        os.rename(dropped.message_path, os.path.join(self.directory, "queue", dropped.queue_id + ".msg"))
+        entries = self.successResultOf(self.restart().recover())
+        self.assertEqual([e.queue_id for e in entries], [dropped.queue_id])
+        self.assertEqual(self.read(entries[0].message_path), MESSAGE)
+        self.assertEqual(os.listdir(os.path.join(self.directory, "incoming")), [])
+
+    def test_unreadable_sendmail_record_quarantined(self):
+        dropped = self.sendmail_drop()
+        with open(dropped.message_path[:-4] + ".env", "wb") as f:
+            f.write(b"garbage")
+        self.assertEqual(self.successResultOf(self.restart().recover()), [])
+        self.assertEqual(sorted(os.listdir(os.path.join(self.directory, "quarantine"))),
+                         [dropped.queue_id + ".env", dropped.queue_id + ".msg"])
+
     def test_live_writer_survives_recovery(self):
         """Intake may start before recovery finishes; recovery must not delete its temp file."""
         writer = self.successResultOf(self.spool.open_writer())

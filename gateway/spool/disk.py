@@ -189,6 +189,7 @@ class IncomingScan:
     entries: list = attrs.field(factory=list)
     requests: list = attrs.field(factory=list)
     quarantined: list = attrs.field(factory=list)
+    errors: list = attrs.field(factory=list)
 
 
 @attrs.define
@@ -203,6 +204,7 @@ class RecoveryReport:
     removed: list = attrs.field(factory=list)
     completed_moves: list = attrs.field(factory=list)
     quarantined: list = attrs.field(factory=list)
+    errors: list = attrs.field(factory=list)
 
 
 def _owner_name(uid: int) -> str:
@@ -658,7 +660,13 @@ class SpoolDisk:
                     # sendmail died between its two renames: never acknowledged.
                     quietly(self.ops.unlink, path)
                 continue
-            result = self._import_one(queue_id, queue_id + MSG in names)
+            try:
+                result = self._import_one(queue_id, queue_id + MSG in names)
+            except SpoolError as e:
+                # Left in incoming/ (or half-imported, which the next scan finishes); the
+                # entries imported so far must still reach the runner.
+                scan.errors.append(f"{queue_id}: {e}")
+                continue
             if isinstance(result, Quarantined):
                 scan.quarantined.append(result)
             elif result is not None:
@@ -744,6 +752,7 @@ class SpoolDisk:
             scan = self.scan_incoming(take_requests=False)
             report.imported.extend(scan.entries)
             report.quarantined.extend(scan.quarantined)
+            report.errors.extend(scan.errors)
             self._recover_queue(report)
             self._recover_failed(report)
         except OSError as e:
@@ -793,6 +802,8 @@ class SpoolDisk:
                 return
         if os.path.exists(SpoolLayout.path(self.layout.queue, queue_id, ENV)):
             return  # a commit finished while we were listing
+        if os.path.exists(SpoolLayout.path(self.layout.incoming, queue_id, ENV)):
+            return  # a half-done import of a sendmail message: the next incoming scan finishes it
         if os.path.exists(SpoolLayout.path(self.layout.failed, queue_id, ENV)) and not os.path.exists(
                 SpoolLayout.path(self.layout.failed, queue_id, MSG)):
             self.ops.rename(q_msg, SpoolLayout.path(self.layout.failed, queue_id, MSG))

@@ -90,6 +90,8 @@ class DirectorySpool:
         self._directories_ready = True
         for item in report.quarantined:
             self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
+        for error in report.errors:
+            self.log.error("could not import from incoming/ (will retry): {error}", error=error)
         for note in report.completed_moves:
             self.log.info("recovery: {note}", note=note)
         for entry in report.imported:
@@ -174,6 +176,8 @@ class DirectorySpool:
         def report(scan: IncomingScan) -> IncomingScan:
             for item in scan.quarantined:
                 self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
+            for error in scan.errors:
+                self.log.error("could not import from incoming/ (will retry): {error}", error=error)
             for entry in scan.entries:
                 self._log_received(entry)
             return scan
