@@ -145,6 +145,26 @@ class DeliveryTests(RunnerTestBase):
         self.assertIn(f"deferred {entry.queue_id} attempt 1 retry in 60s: Graph 503", self.messages())
         self.assertIn(f"deferred {entry.queue_id} attempt 3 retry in 900s: Graph 503", self.messages())
 
+    def test_asynchronous_outcomes_are_rescheduled(self):
+        """Outcomes that arrive later (as from a real network deliverer) schedule the retry while
+        the attempt is still in flight; the retry must still happen."""
+        deliverer = ScriptedDeliverer("wait", "wait", "wait")
+        runner = self.start(deliverer)
+        entry = self.accept()
+        deliverer.pending[0].callback(Transient("slow failure"))
+        self.assertEqual(runner.in_flight, 0)
+        self.assertEqual(runner.queued, 1)
+        self.clock.advance(60)
+        self.assertEqual(len(deliverer.calls), 2)
+        deliverer.pending[1].callback(Transient("throttled", retry_at=self.clock.seconds()))
+        self.clock.advance(0)
+        self.assertEqual(len(deliverer.calls), 3)
+        deliverer.pending[2].callback(Delivered())
+        self.assertEqual(self.queued_ids(), [])
+        self.assertEqual(runner.queued, 0)
+        self.assertEqual([h.reason for h in deliverer.calls[2].history], ["slow failure", "throttled"])
+        self.assertEqual(entry.queue_id, deliverer.calls[2].queue_id)
+
     def test_jitter_bounds(self):
         for r, expected in ((0.0, 48.0), (0.5, 60.0), (0.999999, 72.0)):
             self.assertAlmostEqual(retry_delay(1, (60.0, 300.0), 0.2, lambda: r), expected, places=3)

@@ -84,6 +84,7 @@ class QueueRunner(Service):
         self._seq = itertools.count()
         self._cache: dict[str, SpoolEntry] = {}
         self._in_flight: dict[str, Deferred] = {}
+        self._after_flight: dict[str, float] = {}
         self._force_now: set[str] = set()
         self._delete_requested: set[str] = set()
         self._timer: Optional[IDelayedCall] = None
@@ -179,7 +180,7 @@ class QueueRunner(Service):
     @property
     def queued(self) -> int:
         """Entries known to be waiting or being delivered."""
-        return len(self._due) + len(self._in_flight)
+        return len(self._due) + sum(1 for q in self._in_flight if q not in self._due)
 
     @property
     def in_flight(self) -> int:
@@ -208,7 +209,7 @@ class QueueRunner(Service):
     def _next_valid(self) -> Optional[tuple[float, int, str]]:
         while self._heap:
             top = self._heap[0]
-            if self._due.get(top[2]) == top[0] and top[2] not in self._in_flight:
+            if self._due.get(top[2]) == top[0]:
                 return top
             heapq.heappop(self._heap)
         return None
@@ -223,6 +224,10 @@ class QueueRunner(Service):
                 break
             heapq.heappop(self._heap)
             del self._due[top[2]]
+            if top[2] in self._in_flight:
+                # Scheduled by its own attempt, which is still finishing: run it after that.
+                self._after_flight[top[2]] = top[0]
+                continue
             self._dispatch(top[2])
         self._arm_timer()
 
@@ -263,6 +268,9 @@ class QueueRunner(Service):
 
     def _finished(self, _: Any, queue_id: str) -> None:
         self._in_flight.pop(queue_id, None)
+        due = self._after_flight.pop(queue_id, None)
+        if due is not None and queue_id not in self._due and not self._stopping:
+            self._schedule(queue_id, due)
         if not self._in_flight and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
