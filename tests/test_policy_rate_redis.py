@@ -161,3 +161,14 @@ class RedisTcpPasswordTests(RedisTestBase):
         reply = yield service.call(lambda r: r.ping())
         self.assertEqual(reply, "PONG")
         self.assertIsNone(redis_service(build_config({}, {}, {}, self.directory), reactor))
+
+
+class RedisLifecycleTests(RedisTestBase):
+    @inlineCallbacks
+    def test_stopped_connection_refuses_instead_of_reconnecting(self):
+        connection = self.connect()
+        self.assertEqual((yield connection.call(lambda r: r.ping())), "PONG")
+        yield connection.stopService()
+        failure = yield self.assertFailure(connection.call(lambda r: r.ping()), Exception)
+        self.assertIn("closed", str(failure))
+        self.assertIsNone(connection._factory)

@@ -14,6 +14,7 @@ atomic with respect to other writers of the same file, and compatible with logro
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from datetime import datetime, timezone
@@ -75,7 +76,6 @@ class LazyObserverFactory:
     function: str = "build"
 
     def build(self, options: Mapping[str, Any], context: Any) -> Any:
-        import importlib
         return getattr(importlib.import_module(self.module), self.function)(options, context)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
@@ -35,6 +35,7 @@ class RedisConnection(Service):
         self.config = config
         self._reactor = reactor
         self._factory: Optional[txredisapi.RedisFactory] = None
+        self._stopped = False
 
     def __repr__(self) -> str:
         return f"<RedisConnection {self.config.describe()}>"
@@ -74,6 +75,8 @@ class RedisConnection(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        # A late caller (a session finishing during shutdown) must not reconnect behind our back.
+        self._stopped = True
         factory, self._factory = self._factory, None
         if factory is None:
             return succeed(None)
@@ -84,6 +87,8 @@ class RedisConnection(Service):
         Run ``command(handler)`` (e.g. ``lambda r: r.eval(script, keys, args)``) and fire with
         its result, or fail with ``TimeoutError`` after connect + reply timeouts.
         """
+        if self._stopped:
+            return fail(txredisapi.ConnectionError("the Redis connection has been closed (gateway stopping)"))
         d = maybeDeferred(command, self._handler())
         d.addTimeout(self.config.connect_timeout + self.config.reply_timeout, self._reactor)
         return d
