@@ -12,7 +12,7 @@ from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext
 from gateway.policy.header_rewrite import build
 from gateway.policy.headers import apply_edits, header_line
-from gateway.policy.interfaces import Continue, EditHeaders, HeaderEdit, PolicyConfigError
+from gateway.policy.interfaces import Continue, EditHeaders, PolicyConfigError
 from gateway.policy.testing import make_message, make_session
 
 RAW = (

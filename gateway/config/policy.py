@@ -10,7 +10,6 @@ password inside the URL is accepted and kept as a Secret too), so it never reach
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 

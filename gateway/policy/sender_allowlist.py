@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from fnmatch import fnmatchcase
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import attrs
 from twisted.logger import Logger
