@@ -274,6 +274,19 @@ class BackPressureTests(SpoolTestMixin, SynchronousTestCase):
         pool.run_all()
         self.assertEqual(self.read(self.successResultOf(d).message_path), expected)
 
+    def test_flush_and_commit_without_waiting(self):
+        """Calls that overlap (commit before flush finished) still run one job at a time."""
+        pool = ManualThreadPool()
+        spool = self.make_spool(pool=pool, chunk_size=10, high_water=10**9)
+        writer = self.open_manual(spool, pool)
+        writer.write(MESSAGE)  # a background write is now in flight
+        flushed = writer.flush()
+        committed = writer.commit(ENVELOPE, PROVENANCE)
+        self.assertEqual(len(pool.queue), 1)
+        pool.run_all()
+        self.successResultOf(flushed)
+        self.assertEqual(self.read(self.successResultOf(committed).message_path), MESSAGE)
+
     def test_error_resumes_paused_client(self):
         """A paused client must not hang forever when the disk fails; the error comes at commit."""
         pool = ManualThreadPool()

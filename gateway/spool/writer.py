@@ -177,7 +177,8 @@ class DirectorySpoolWriter:
 
     def _run_exclusive(self, job: Callable[..., Any], *args: Any) -> Deferred:
         """Run ``job`` in the pool; no other job of this writer runs until it finishes."""
-        assert not self._busy
+        if self._busy:
+            return self._idle().addCallback(lambda _: self._run_exclusive(job, *args))
         self._busy = True
 
         def finished(result: Any) -> Any:
@@ -205,10 +206,9 @@ class DirectorySpoolWriter:
             self._paused = False
             if self._resume is not None:
                 self._resume()
-        if not self._busy:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
+        # One waiter at a time: the first may start a job, and the rest must then wait for it.
+        while not self._busy and self._idle_waiters:
+            self._idle_waiters.pop(0).callback(None)
 
     def _idle(self) -> Deferred:
         if not self._busy:
