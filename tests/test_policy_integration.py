@@ -9,11 +9,13 @@ import json
 import os
 import shutil
 import smtplib
+import socket
 import tempfile
 import tomllib
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.policy.testing import redis_server_path, start_redis_server
@@ -187,3 +189,77 @@ class JsonLogEndToEnd(TestCase):
             (line["queue_id"], line["outcome"], line["sender"], line["recipients"]),
             (entry.queue_id, "delivered", "a@corp.example", 2),
         )
+
+
+SLOW_POLICY = '''
+"""Answers every step later (a Deferred fired by the clock), refusing recipients named refuse@."""
+from twisted.internet.task import deferLater
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.interfaces import IPolicyFactory, Reject
+
+
+class Slow(PolicyBase):
+    def __init__(self, clock):
+        self.clock = clock
+
+    def on_mail_from(self, session, sender):
+        return deferLater(self.clock, 0.05, lambda: CONTINUE)
+
+    def on_rcpt_to(self, session, recipient):
+        # Later recipients answer sooner, so out-of-order completion would show.
+        delay = 0.01 if recipient.startswith("b@") else 0.05
+        verdict = Reject(550, "5.7.1", "refused later") if recipient.startswith("refuse@") else CONTINUE
+        return deferLater(self.clock, delay, lambda: verdict)
+
+
+@implementer(IPlugin, IPolicyFactory)
+class SlowFactory:
+    name = "slow-verdicts"
+    description = "test: verdicts that arrive later"
+
+    def build(self, options, context):
+        return Slow(context.clock)
+
+
+slow = SlowFactory()
+'''
+
+
+def pipelined_session(port: int) -> list[bytes]:
+    """A raw client: EHLO, then MAIL, three RCPTs and DATA in one write; returns every reply line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        f = sock.makefile("rb")
+
+        def reply() -> list[bytes]:
+            lines = [f.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(f.readline())
+            return lines
+
+        reply()
+        sock.sendall(b"EHLO client.test\r\n")
+        ehlo = reply()
+        assert any(b"PIPELINING" in line for line in ehlo), ehlo
+        sock.sendall(
+            b"MAIL FROM:<a@corp.example>\r\nRCPT TO:<x@corp.example>\r\nRCPT TO:<refuse@corp.example>\r\n"
+            b"RCPT TO:<b@corp.example>\r\nDATA\r\n"
+        )
+        answers = [reply()[-1] for _ in range(5)]
+        sock.sendall(b"From: a@corp.example\r\nSubject: pipelined\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        answers.append(reply()[-1])
+        answers.append(reply()[-1])
+        return answers
+
+
+class AsyncVerdictsEndToEnd(PluginDirectoryMixin, TestCase):
+    @inlineCallbacks
+    def test_pipelined_commands_get_replies_in_order_while_verdicts_arrive_later(self):
+        write = self.plugin_dir()
+        write("h5test_slow_policy", SLOW_POLICY)
+        gw = yield start_gateway(self, {"listener": [listener({"use": "slow-verdicts"})]})
+        answers = yield deferToThread(pipelined_session, gw.port())
+        self.assertEqual([a[:3] for a in answers], [b"250", b"250", b"550", b"250", b"354", b"250", b"221"])
+        [entry] = yield gw.delivered(1)
+        self.assertEqual(entry.envelope.recipients, ("x@corp.example", "b@corp.example"))
