@@ -2,7 +2,8 @@
 """
 Spool benchmarks: durable acceptance rate and start-up recovery of a large queue.
 
-    python bench/bench_spool.py                     # 10 KB and 1 MB, 10 concurrent writers
+    python bench/bench_spool.py                     # 10 KB and 1 MB, 10 concurrent writers,
+                                                    # plus a 20 MB message against a slow disk
     python bench/bench_spool.py --writers 20 --seconds 10 --threads 8
     python bench/bench_spool.py --recovery 100000   # also: recover a 100k-entry queue
     python bench/bench_spool.py --recovery 100000 --drain   # ...and deliver all of it (null deliverer)
@@ -96,6 +97,51 @@ def accept_rate(spool: DirectorySpool, size: int, writers: int, seconds: float):
           f"max RSS {rss_mb():.0f} MB")
 
 
+class _SlowDisk(FileOps):
+    """A disk that takes ``delay`` seconds per write call (the client is faster than the disk)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def write(self, fd, data):
+        time.sleep(self.delay)
+        super().write(fd, data)
+
+
+@defer.inlineCallbacks
+def big_message(base: str, pool, megabytes: int):
+    """One huge message against a slow disk: back-pressure must keep memory flat."""
+    spool = DirectorySpool(os.path.join(base, "big"), pool, reactor, fileops=_SlowDisk(0.01))
+    yield spool.recover_schedule()
+    rss_before = rss_mb()
+    writer = yield spool.open_writer()
+    state = {"paused": False, "pauses": 0, "max_backlog": 0}
+
+    def pause():
+        state["paused"] = True
+        state["pauses"] += 1
+
+    def resume():
+        state["paused"] = False
+
+    writer.set_flow_control(pause, resume)
+    piece = b"y" * 998 + b"\r\n"
+    chunk = b"Subject: big\r\n\r\n" + piece * 64
+    t = time.monotonic()
+    sent = 0
+    while sent < megabytes * 1024 * 1024:
+        while state["paused"]:
+            yield task.deferLater(reactor, 0.001, lambda: None)
+        writer.write(chunk)
+        sent += len(chunk)
+        state["max_backlog"] = max(state["max_backlog"], writer._pending_bytes)
+    entry = yield writer.commit(ENVELOPE, PROVENANCE)
+    print(f"  {megabytes} MB message, disk 10 ms per write: {time.monotonic() - t:.1f}s, "
+          f"{state['pauses']} pauses, max backlog in memory {state['max_backlog'] / 1024:.0f} KiB, "
+          f"max RSS {rss_before:.0f} -> {rss_mb():.0f} MB, stored {entry.size} bytes")
+    spool.close()
+
+
 class _NoSync(FileOps):
     def sync_file(self, fd):
         pass
@@ -170,6 +216,8 @@ def run(args):
             yield accept_rate(spool, size, args.writers, args.seconds)
             spool.close()
             shutil.rmtree(directory)
+        if args.big:
+            yield big_message(base, pool_service.pool, args.big)
         if args.recovery:
             yield recovery(os.path.join(base, "recovery"), pool_service.pool, args.recovery, args.full, args.drain)
     finally:
@@ -185,6 +233,8 @@ def main() -> None:
     parser.add_argument("--recovery", type=int, default=0, metavar="N", help="also benchmark recovery of N entries")
     parser.add_argument("--full", action="store_true", help="with --recovery: also time the full recover()")
     parser.add_argument("--drain", action="store_true", help="with --recovery: deliver every due entry (null deliverer)")
+    parser.add_argument("--big", type=int, default=20, metavar="MB",
+                        help="also stream one message of this size to a slow disk (0: skip)")
     parser.add_argument("--dir", default=None, help="where to create the spool (default: $TMPDIR)")
     args = parser.parse_args()
     result = {}
