@@ -89,7 +89,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     listeners = []
     for listener in _capped_listeners(config):
         tls = TLSContextSource(listener) if listener.tls != "none" else None
-        chain = PolicyChain((auth.relay_policy(listener), *chains[listener.name].policies))
+        chain = PolicyChain(chains[listener.name].policies, guard=auth.relay_policy(listener))
         factory = GatewaySMTPFactory(
             listener, config.hostname, spool, chain, reactor,
             portal=auth.portal_for(listener), tls=tls,

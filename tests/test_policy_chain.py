@@ -207,3 +207,61 @@ class HeaderHelperTests(SynchronousTestCase):
         self.assertTrue(line.endswith(b"\r\n"))
         parsed = make_message(line + b"\r\n")
         self.assertEqual(str(parsed.headers["Subject"]), "Grüße aus Köln")
+
+
+class GuardTests(SynchronousTestCase):
+    """The gateway's own relay policy cannot be skipped and judges the edited headers."""
+
+    def make(self, policies, guard):
+        from gateway.policy.chain import PolicyChain
+        return PolicyChain(tuple(policies), guard=guard)
+
+    def test_guard_runs_first_and_its_refusal_stops_the_step(self):
+        from gateway.policy.interfaces import Reject, SessionView
+        asked = []
+
+        class Guard:
+            def on_mail_from(self, session, sender):
+                asked.append("guard")
+                return Reject(554, "5.7.1", "Relay access denied")
+
+        class Other:
+            def on_mail_from(self, session, sender):
+                asked.append("other")
+
+        result = self.successResultOf(self.make([Other()], Guard()).on_mail_from(SessionView("l", "1.2.3.4", 1), "a@b.example"))
+        self.assertEqual(result.verdict.status, "5.7.1")
+        self.assertEqual(asked, ["guard"])
+
+    def test_guard_checks_headers_after_edits_even_after_accept(self):
+        import email.parser
+        import email.policy
+        from gateway.policy.interfaces import Accept, Continue, EditHeaders, HeaderEdit, MessageView, Reject, SessionView
+
+        seen = []
+
+        class Rewrite:
+            def on_message(self, session, message):
+                return EditHeaders((HeaderEdit("replace", "From", "shared@corp.example"),))
+
+        class AcceptAll:
+            def on_message(self, session, message):
+                return Accept()
+
+        class Guard:
+            def on_message(self, session, message):
+                seen.append(str(message.headers["From"]))
+                if "shared@corp.example" in str(message.headers["From"]):
+                    return Continue()
+                return Reject(550, "5.7.1", "not yours")
+
+        headers = email.parser.BytesHeaderParser(policy=email.policy.SMTP).parsebytes(b"From: device@corp.example\r\n\r\n")
+        view = MessageView(headers=headers, header_bytes=b"From: device@corp.example\r\n\r\n", size=10, open_body=None)
+        session = SessionView("l", "10.0.0.1", 1)
+        result = self.successResultOf(self.make([Rewrite(), AcceptAll()], Guard()).on_message(session, view))
+        self.assertTrue(result.allowed)
+        self.assertEqual(seen, ["shared@corp.example"])
+        # Without the rewrite, the device's own From is judged — and refused, Accept or not.
+        result = self.successResultOf(self.make([AcceptAll()], Guard()).on_message(session, view))
+        self.assertFalse(result.allowed)
+        self.assertEqual(seen[-1], "device@corp.example")

@@ -11,6 +11,12 @@ and must never let it through unchecked either.  The same goes for a malformed h
 At the message step each policy sees the headers as the earlier policies' edits left them
 (``MessageView.headers`` is an edited copy; ``header_bytes`` stays as received), so a check
 placed after a rewrite judges what will actually be delivered.
+
+The ``guard`` is the gateway's own, non-optional policy (relay access: who may relay and as
+whom).  No configured policy can skip it: it is asked *first* at connect, MAIL FROM and RCPT
+TO, and *last* at the message step — after every header edit, even after an L{Accept} — so it
+judges the From/Sender that will really be delivered (a rewrite to a permitted shared mailbox
+passes, a rewrite to anything else is refused).
 """
 
 from __future__ import annotations
@@ -52,16 +58,40 @@ class PolicyChain:
     """The configured chain of one listener; immutable after start-up."""
 
     policies: Sequence[IPolicy] = ()
+    guard: Optional[IPolicy] = None
     log = Logger()
 
     def on_connect(self, session: SessionView) -> Deferred:
-        return self._run("on_connect", lambda p: p.on_connect(session))
+        return self._guard_first("on_connect", lambda p: p.on_connect(session))
 
     def on_mail_from(self, session: SessionView, sender: str) -> Deferred:
-        return self._run("on_mail_from", lambda p: p.on_mail_from(session, sender))
+        return self._guard_first("on_mail_from", lambda p: p.on_mail_from(session, sender))
 
     def on_rcpt_to(self, session: SessionView, recipient: str) -> Deferred:
-        return self._run("on_rcpt_to", lambda p: p.on_rcpt_to(session, recipient))
+        return self._guard_first("on_rcpt_to", lambda p: p.on_rcpt_to(session, recipient))
+
+    @inlineCallbacks
+    def _guard_first(self, step: str, ask: Callable[[IPolicy], Any]):
+        if self.guard is not None:
+            verdict = yield self._ask_guard(step, ask)
+            if verdict is not None:
+                return verdict
+        return (yield self._run(step, ask))
+
+    @inlineCallbacks
+    def _ask_guard(self, step: str, ask: Callable[[IPolicy], Any]):
+        """The guard's refusal as a StepResult, or None when it lets the step go on."""
+        try:
+            verdict = yield maybeDeferred(ask, self.guard)
+        except Exception:
+            self.log.failure("gateway policy {policy!r} failed at {step}", policy=self.guard, step=step)
+            return StepResult(_POLICY_FAILURE)
+        if isinstance(verdict, (Reject, TempFail)):
+            return StepResult(verdict)
+        if not isinstance(verdict, (Continue, Accept)):
+            self.log.error("gateway policy {policy!r} returned {verdict!r} at {step}", policy=self.guard, verdict=verdict, step=step)
+            return StepResult(_POLICY_FAILURE)
+        return None
 
     def on_message(self, session: SessionView, message: MessageView) -> Deferred:
         current = [message]
@@ -71,7 +101,17 @@ class PolicyChain:
                 return
             current[0] = attrs.evolve(current[0], headers=apply_edits(current[0].headers, edits))
 
-        return self._run("on_message", lambda p: p.on_message(session, current[0]), edited)
+        d = self._run("on_message", lambda p: p.on_message(session, current[0]), edited)
+        if self.guard is None:
+            return d
+
+        def then_guard(result: StepResult) -> Any:
+            if not result.allowed:
+                return result
+            checked = self._ask_guard("on_message", lambda p: p.on_message(session, current[0]))
+            return checked.addCallback(lambda refusal: result if refusal is None else StepResult(refusal.verdict, result.edits))
+
+        return d.addCallback(then_guard)
 
     @inlineCallbacks
     def _run(self, step: str, ask: Callable[[IPolicy], Any], edited: Optional[Callable[[tuple[HeaderEdit, ...]], None]] = None):
