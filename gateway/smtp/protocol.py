@@ -247,9 +247,21 @@ class GatewayESMTP(smtp.ESMTP):
         self._done = True
         self._inbuf = bytearray()
         self.setTimeout(None)
+        self._read_while_closing()
         self.transport.loseConnection()
         # A client that never reads our reply must not keep the connection open.
         self._close_call = self.callLater(CLOSE_GRACE, self._abort_after_grace)
+
+    def _read_while_closing(self) -> None:
+        """
+        A TLS connection closes only once the peer's close_notify (or EOF) has been read; if
+        the transport stayed paused (closing while a portal/policy answer was pending, e.g.
+        421 after too many failed logins) it would hang until the grace abort.  Nothing read
+        now is acted on: the session is done.
+        """
+        if self._pause_reasons and not self._gone:
+            self._pause_reasons.clear()
+            self.transport.resumeProducing()
 
     def _abort_after_grace(self) -> None:
         self._close_call = None
