@@ -128,7 +128,8 @@ class SecureServer:
             throttle=throttle,
         )
         self.auth = build_auth(config, directory, reactor=reactor, threadpool=pool, token_acquirer=token_acquirer or self.entra)
-        chain = PolicyChain([self.auth.relay_policy(self.listener)])
+        # the shape the wiring builds: relay access as the chain's guard, no other policies
+        chain = PolicyChain((), guard=self.auth.relay_policy(self.listener))
         self.factory = GatewaySMTPFactory(
             self.listener, "mx.test", self.spool, chain, reactor,
             portal=self.auth.portal_for(self.listener), tls=self.tls,

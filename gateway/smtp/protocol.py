@@ -769,7 +769,9 @@ class GatewayESMTP(smtp.ESMTP):
         """End-of-data policies, header edits, then the durable commit."""
         writer, intake = tx.writer, tx.intake
         edits: tuple = ()
-        if getattr(self.chain, "policies", True):
+        # Skip the end-of-data step only when nobody would look: the chain's guard (relay
+        # access: header From/Sender) must run even when no other policy is configured.
+        if getattr(self.chain, "policies", True) or getattr(self.chain, "guard", None) is not None:
             yield writer.flush()
             if tx.phase != "checking":
                 return None
