@@ -135,9 +135,10 @@ class ThrottledPortalTests(SynchronousTestCase):
         self.assertNotIn(PASSWORD, text)
 
     def test_client_address_from_address_object_session_or_callable(self):
-        for _ in range(3):
+        for expected in (UnauthorizedLogin, UnauthorizedLogin, LoginThrottled):
             d = self.login(WRONG, mind=IPv4Address("TCP", "192.0.2.9", 4000))
             self.clock.advance(10)
+            self.failureResultOf(d, expected)
         self.failureResultOf(self.login(PASSWORD, mind=SessionView("l", "192.0.2.9", 1)), LoginThrottled)
         # a per-connection portal asks for the address at login time (after a PROXY header)
         peer = {"address": IPv4Address("TCP", "10.0.0.1", 1)}
@@ -146,8 +147,9 @@ class ThrottledPortalTests(SynchronousTestCase):
         self.failureResultOf(per_connection.login(UsernamePassword(b"alice", PASSWORD.encode()), None, IAuthenticatedIdentity), LoginThrottled)
 
     def test_login_name_in_logs_is_sanitised(self):
-        self.login(WRONG, user="evil\r\nFAKE LOG LINE")
+        d = self.login(WRONG, user="evil\r\nFAKE LOG LINE")
         self.clock.advance(10)
+        self.failureResultOf(d, UnauthorizedLogin)
         text = "\n".join(formatEvent(e) for e in self.events)
         self.assertNotIn("\r\nFAKE", text)
         self.assertIn("evil??FAKE LOG LINE", text)
