@@ -57,6 +57,23 @@ class TLSDefaultsTests(SynchronousTestCase):
         for weak in ("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA", "AES128-GCM-SHA256:AES256-SHA"):
             self.assertRaises((ssl.SSLError, SSL.Error), self.handshake, ssl.TLSVersion.TLSv1_2, weak)
 
+    def test_cipher_scan_accepts_only_forward_secret_aead_suites(self):
+        """What testssl.sh/sslyze would report: offer each TLS 1.2 suite alone, see which work."""
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+        suites = [c["name"] for c in probe.get_ciphers() if c["protocol"] != "TLSv1.3"]
+        accepted = []
+        for suite in suites:
+            try:
+                self.handshake(ssl.TLSVersion.TLSv1_2, suite + ":@SECLEVEL=0")
+            except (ssl.SSLError, SSL.Error):
+                continue
+            accepted.append(suite)
+        self.assertTrue(accepted)
+        for suite in accepted:
+            self.assertTrue(suite.startswith("ECDHE-"), suite)
+            self.assertTrue("GCM" in suite or "CHACHA20" in suite, suite)
+
     def test_no_renegotiation_no_compression_server_preference(self):
         options = self.source.server_options().getContext().set_options(0)
         for flag in (SSL.OP_NO_RENEGOTIATION, SSL.OP_NO_COMPRESSION, SSL.OP_CIPHER_SERVER_PREFERENCE, SSL.OP_NO_TLSv1, SSL.OP_NO_TLSv1_1):
