@@ -14,7 +14,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.security_harness import HOST, LogCapture, RawClient, SecureServer, ehlo_keywords
+from gateway.auth.throttle import ThrottleSettings
+from tests.security_harness import ALICE_PASSWORD, HOST, LogCapture, RawClient, SecureServer, ehlo_keywords
 
 TRUSTED = (ipaddress.ip_network("203.0.113.0/24"),)
 
@@ -122,4 +123,35 @@ class ProxyProtocolTests(TestCase):
         self.assertEqual(banner[0], 220)
         self.assertIn("AUTH", ehlo_keywords(ehlo[1]))
         self.assertEqual(mail[0], 250)
+        yield server.sessions_closed()
+
+    @inlineCallbacks
+    def test_login_throttle_counts_the_real_client(self):
+        import base64
+        server = yield self.start(
+            f"haproxy:tcp:0:interface={HOST}", auth="optional", allow_plaintext_auth=True,
+            throttle=ThrottleSettings(max_failures=2, base_delay=0, max_delay=0),
+        )
+
+        def logins(source, *passwords):
+            c = RawClient(server.port)
+            try:
+                c.send(proxy_v1(source))
+                c.reply()
+                c.command("EHLO device.test")
+                codes = []
+                for password in passwords:
+                    token = base64.b64encode(f"\0alice\0{password}".encode()).decode()
+                    code, _ = c.command("AUTH PLAIN " + token)
+                    codes.append(code)
+                    if code in (0, 421):
+                        break
+                return codes
+            finally:
+                c.close()
+
+        self.assertEqual((yield deferToThread(logins, "203.0.113.9", "x1", "x2")), [535, 421])
+        # another client behind the same load balancer is not locked out
+        self.assertEqual((yield deferToThread(logins, "203.0.113.10", ALICE_PASSWORD)), [235])
+        self.assertEqual((yield deferToThread(logins, "203.0.113.9", ALICE_PASSWORD)), [421])
         yield server.sessions_closed()
