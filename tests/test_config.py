@@ -183,3 +183,14 @@ class SecretTests(SynchronousTestCase):
             ConfigError, secret_from_table, {"client_secret": "a", "client_secret_env": "B"}, "client_secret", "graph", {}
         )
         self.assertIn("only one", str(e))
+
+
+class ProxyProtocolTests(SynchronousTestCase):
+    def test_flag_wraps_the_endpoint(self):
+        [listener] = build({"listener": [{"name": "lb", "endpoint": "tcp:2525", "proxy_protocol": True}]}).listeners
+        self.assertEqual(listener.endpoint, "haproxy:tcp:2525")
+        self.assertTrue(listener.proxy_protocol)
+
+    def test_prefix_sets_the_flag(self):
+        [listener] = build({"listener": [{"name": "lb", "endpoint": "haproxy:tcp:2525"}]}).listeners
+        self.assertTrue(listener.proxy_protocol)

@@ -217,6 +217,12 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
     allow_plaintext_auth = t.boolean("allow_plaintext_auth", False)
     if auth == "required" and tls == "none" and not allow_plaintext_auth:
         raise ConfigError(t.key("auth"), "is \"required\" but the listener has no TLS; set tls or allow_plaintext_auth = true (loopback only)")
+    # PROXY protocol is Twisted's haproxy: endpoint wrapper; the flag and the prefix mean the
+    # same thing, so either one turns on the other (a flag that parsed nothing would silently
+    # make every client look like the load balancer).
+    proxy_protocol = t.boolean("proxy_protocol", False) or endpoint.startswith("haproxy:")
+    if proxy_protocol and not endpoint.startswith("haproxy:"):
+        endpoint = "haproxy:" + endpoint
     policies_raw = t.raw("policies", [])
     if not isinstance(policies_raw, list):
         raise ConfigError(t.key("policies"), "must be a list of tables like { use = \"sender-allowlist\", ... }")
@@ -238,7 +244,7 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
         allow_plaintext_auth=allow_plaintext_auth,
         trusted_networks=t.networks("trusted_networks"),
         trusted_senders=t.strings("trusted_senders"),
-        proxy_protocol=t.boolean("proxy_protocol", False),
+        proxy_protocol=proxy_protocol,
         policies=tuple(policies),
     )
     t.finish()
