@@ -23,6 +23,14 @@ class ThreadPoolService(Service):
         self.name = name
         self.pool = ThreadPool(minthreads, maxthreads, name)
 
+    @classmethod
+    def wrapping(cls, pool: ThreadPool) -> "ThreadPoolService":
+        """A service for a pool that already exists (its size and name stay as they are)."""
+        service = cls.__new__(cls)
+        service.name = pool.name
+        service.pool = pool
+        return service
+
     def startService(self) -> None:
         super().startService()
         self.pool.start()

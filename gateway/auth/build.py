@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.application.service import Service
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -36,21 +35,7 @@ from gateway.auth.users import UsersFileError, UsersStore
 from gateway.config.auth import AuthConfig
 from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
-
-
-class ThreadPoolService(Service):
-    """Starts a dedicated ThreadPool with the application and joins it on shutdown."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
+from gateway.threads import ThreadPoolService
 
 
 class Authentication:
@@ -135,7 +120,7 @@ def build_auth(
     services: list = []
     if threadpool is None:
         threadpool = ThreadPool(1, config.hash_threads, "graphsmtp-auth")
-        services.append(ThreadPoolService(threadpool))
+        services.append(ThreadPoolService.wrapping(threadpool))
 
     users = None
     users_checker = None
@@ -159,7 +144,7 @@ def build_auth(
             if token_providers is None:
                 from gateway.delivery.graph.token import TokenProviders
                 msal_pool = ThreadPool(1, 2, "graphsmtp-auth-msal")
-                services.append(ThreadPoolService(msal_pool))
+                services.append(ThreadPoolService.wrapping(msal_pool))
                 verify = getattr(graph_config, "verify", None)
                 token_providers = TokenProviders(reactor, msal_pool, clock=clock, verify=verify)
             token_acquirer = TokenProvidersAcquirer(token_providers, clock, *endpoints)
@@ -197,4 +182,4 @@ def build_portal(
     ).portal_for(listener)
 
 
-__all__ = ["Authentication", "build_auth", "build_portal", "ThreadPoolService"]
+__all__ = ["Authentication", "build_auth", "build_portal"]
