@@ -1,0 +1,471 @@
+"""
+The Graph deliverer: one spool entry in, one outcome out.
+
+For each message: find its credentials (default tenant or a pass-through login), read the
+header section (in a thread) and decide the sending mailbox and the recipient path
+(L{gateway.delivery.graph.mime}), get a token (L{TokenProviders}), get admission for the
+mailbox (L{MailboxScheduler}: concurrency, pacing, pauses), then send:
+
+- **one request** (``POST /users/{m}/sendMail``, MIME, ``Mail.Send``) when the base64 message
+  fits ``max_request_size`` and no draft is needed;
+- **a draft** (``POST /users/{m}/messages`` from MIME, then ``PATCH`` for hidden recipients,
+  attachments cut out of big messages via upload sessions, then ``POST .../send``;
+  ``Mail.ReadWrite`` + ``Mail.Send``) otherwise.
+
+Expected trouble never errbacks; it becomes L{Transient} or L{Permanent}.  Credential trouble
+that an admin must fix pauses the whole tenant with growing backoff (the mail stays queued)
+and is visible through L{GraphDeliverer.health}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.config.graph import GraphConfig
+from gateway.delivery.graph.body import (
+    Base64Of, Concat, DecodedRange, FileRange, Literal, base64_length, decoded_length, read_exactly,
+)
+from gateway.delivery.graph.client import GraphClient, GraphResponse, GraphTransportError
+from gateway.delivery.graph.credentials import ICredentialResolver, TenantCredentials, UnknownCredentials
+from gateway.delivery.graph.mime import (
+    HeaderSection, MessageFormatError, RecipientPlan, choose_mailbox, normalise, plan_recipients,
+    read_header_section,
+)
+from gateway.delivery.graph.outcomes import describe, failure_outcome, is_mailbox_concurrency, transport_outcome
+from gateway.delivery.graph.scheduler import Later, MailboxScheduler
+from gateway.delivery.graph.sizes import single_request_limit
+from gateway.delivery.graph.structure import Part, plan_extraction, scan_structure
+from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
+from gateway.delivery.interfaces import Delivered, IDeliverer, Permanent, Transient
+
+#: Graph refuses upload sessions for attachments under 3 MB (graph-facts §3.2b).
+UPLOAD_SESSION_MINIMUM = 3_000_000
+#: How a MailboxConcurrency 429 without Retry-After pauses the mailbox (it is not time based).
+CONCURRENCY_PAUSE = 2.0
+
+
+@attrs.frozen
+class TenantHealth:
+    """
+    What the deliverer knows about one tenant's credentials, for the status page.
+
+    ``state``: ``"unknown"`` (no token asked for yet), ``"ok"``, ``"config-error"`` (an admin
+    must act; deliveries paused until ``paused_until``) or ``"unreachable"`` (network trouble
+    talking to the login host; deliveries retry normally).
+    """
+
+    label: str
+    state: str
+    detail: str = ""
+    since: float = 0.0
+    paused_until: float = 0.0
+
+
+@attrs.define
+class GraphStats:
+    """Counters since start (for metrics and tests)."""
+
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    possibly_duplicated: int = 0
+    token_retries: int = 0
+    paths: dict = attrs.field(factory=dict)
+
+
+@attrs.define
+class _Tenant:
+    label: str
+    state: str = "unknown"
+    detail: str = ""
+    since: float = 0.0
+    paused_until: float = 0.0
+    failures: int = 0
+
+
+@attrs.frozen
+class PreparedMessage:
+    """What reading the header section decided (built in a thread)."""
+
+    path: str
+    section: HeaderSection
+    plan: RecipientPlan
+    mailbox: str
+    mime: Any  # source of the message as Graph should get it
+    mime_length: int
+
+
+class _TenantAuthFailure(Exception):
+    """Graph refused even a freshly issued token: the app's permissions or tenant are wrong."""
+
+    def __init__(self, response: GraphResponse) -> None:
+        super().__init__(describe(response))
+        self.response = response
+
+
+class _StepFailed(Exception):
+    """A Graph step ended the attempt; ``outcome`` is what to report."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__(getattr(outcome, "reason", ""))
+        self.outcome = outcome
+
+
+@attrs.define
+class _Attempt:
+    entry: Any
+    credentials: TenantCredentials
+    token: AccessToken
+    mailbox: str
+    key: tuple
+    path: str = "sendMail"
+    request_id: Optional[str] = None
+
+
+def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConfig) -> PreparedMessage:
+    """Read the header section and plan mailbox + recipients (blocking: runs in a thread)."""
+    section = read_header_section(path)
+    plan = plan_recipients(section, recipients, config.hidden_recipients)
+    mailbox = choose_mailbox(section, sender, config.send_as)
+    if plan.kind == "plain":
+        mime: Any = FileRange(path, 0, section.size)
+    else:
+        mime = Concat((Literal(plan.header + b"\r\n"), FileRange(path, section.body_offset, section.size)))
+    return PreparedMessage(path, section, plan, mailbox, mime, mime.length)
+
+
+@implementer(IDeliverer)
+class GraphDeliverer:
+    """
+    Delivers spool entries through Microsoft Graph.
+
+    ``client`` is a L{GraphClient}; ``tokens`` a L{TokenProviders}; ``resolver`` an
+    L{ICredentialResolver} (``None`` → credential refs are unknown, default tenant only);
+    ``clock`` drives every wait; ``blocking(f, *args)`` runs file work off the reactor thread
+    (a dedicated ThreadPool in production, a synchronous call in unit tests).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: GraphConfig,
+        client: GraphClient,
+        tokens: TokenProviders,
+        resolver: ICredentialResolver,
+        clock: IReactorTime,
+        scheduler: Optional[MailboxScheduler] = None,
+        blocking: Optional[Callable[..., Deferred]] = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.tokens = tokens
+        self.resolver = resolver
+        self.clock = clock
+        self.scheduler = scheduler or MailboxScheduler(
+            clock, config.mailbox_concurrency, config.mailbox_rate, config.mailbox_burst, config.max_hold)
+        self._blocking = blocking or maybeDeferred
+        self.stats = GraphStats()
+        self.observers: tuple = ()
+        self._tenants: dict[tuple, _Tenant] = {}
+
+    # -- public ---------------------------------------------------------------------------
+
+    def deliver(self, entry: Any) -> "Deferred[Any]":
+        d = Deferred.fromCoroutine(self._deliver(entry))
+        d.addErrback(self._unexpected, entry)
+        return d
+
+    def health(self) -> tuple[TenantHealth, ...]:
+        """One L{TenantHealth} per tenant seen so far (the default tenant once used)."""
+        return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until) for t in self._tenants.values())
+
+    def tenant_health(self, credentials: TenantCredentials) -> TenantHealth:
+        t = self._tenant(credentials)
+        return TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until)
+
+    # -- the flow -------------------------------------------------------------------------
+
+    async def _deliver(self, entry: Any) -> Any:
+        try:
+            credentials = await self.resolver.resolve(entry.provenance.credential_ref)
+        except UnknownCredentials as e:
+            return self._finish(entry, Permanent(str(e), status="5.7.0", remote_code="UnknownCredentials"))
+        except Exception as e:  # noqa: BLE001 - a credential store hiccup must not lose mail
+            return self._finish(entry, Transient(f"delivery credentials unavailable ({type(e).__name__})"))
+
+        tenant = self._tenant(credentials)
+        if tenant.paused_until > self.clock.seconds():
+            return self._finish(entry, Transient(
+                f"tenant {tenant.label} paused after credential trouble: {tenant.detail}",
+                retry_at=tenant.paused_until), quiet=True)
+
+        try:
+            prepared = await self._blocking(
+                prepare_message, entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config)
+        except MessageFormatError as e:
+            return self._finish(entry, Permanent(f"message cannot be sent through Graph: {e}", status="5.6.0"))
+        except OSError as e:
+            return self._finish(entry, Transient(f"cannot read the message file: {e.strerror or e}"))
+
+        if prepared.section.size > self.config.max_message_size and self.config.large_messages:
+            return self._finish(entry, Permanent(
+                f"message of {prepared.section.size} bytes exceeds graph.max_message_size "
+                f"({self.config.max_message_size})", status="5.3.4", remote_code="MessageTooLarge"))
+
+        try:
+            token = await self.tokens.acquire(credentials)
+        except TokenError as e:
+            return self._finish(entry, self._token_failed(tenant, e))
+        self._tenant_ok(tenant)
+
+        key = (credentials.tenant_key, normalise(prepared.mailbox))
+        admission = await self.scheduler.admit(key, entry.queue_id)
+        if isinstance(admission, Later):
+            return self._finish(entry, Transient(f"{admission.reason} ({prepared.mailbox})", retry_at=admission.retry_at),
+                                quiet=True)
+        attempt = _Attempt(entry, credentials, token, prepared.mailbox, key)
+        try:
+            outcome = await self._send(attempt, prepared)
+        except _StepFailed as e:
+            outcome = e.outcome
+        except _TenantAuthFailure as e:
+            outcome = self._tenant_config_trouble(
+                tenant, f"Graph refused a freshly issued token ({describe(e.response)}); "
+                        f"check the app's Mail.Send permission and admin consent")
+        except TokenError as e:
+            outcome = self._token_failed(tenant, e)
+        finally:
+            admission.release()
+        if isinstance(outcome, Delivered):
+            self.scheduler.succeeded(key)
+        return self._finish(entry, outcome, attempt=attempt)
+
+    async def _send(self, attempt: _Attempt, prepared: PreparedMessage) -> Any:
+        limit = self.config.max_request_size
+        fits = base64_length(prepared.mime_length) <= limit
+        if not fits and not self.config.large_messages:
+            return Permanent(
+                f"message of {prepared.section.size} bytes is larger than one Graph request carries "
+                f"({single_request_limit(self.config)} bytes) and graph.large_messages is off",
+                status="5.3.4", remote_code="MessageTooLarge")
+        if fits and prepared.plan.kind != "draft":
+            attempt.path = f"sendMail-{prepared.plan.kind}"
+            response = await self._call(attempt, "sendMail", self.client.send_mime, prepared.mime)
+            if response.code != 413 or not self.config.large_messages:
+                return self._sent(attempt, response, "sendMail")
+            # Graph's real limit was lower than configured: this message needs the large path.
+            self.log.info("graph {queue_id}: 413 for a single request, retrying through the draft path",
+                          queue_id=attempt.entry.queue_id)
+        elif fits:
+            attempt.path = "draft"
+            return await self._send_draft(attempt, prepared, prepared.mime, ())
+        attempt.path = "draft-large"
+        root = await self._blocking(scan_structure, prepared.path, prepared.section.size)
+        header = prepared.plan.header if prepared.plan.kind != "plain" else prepared.section.raw
+        extraction = plan_extraction(root, prepared.path, header, prepared.section.body_offset,
+                                     prepared.section.size, limit)
+        if extraction is None:
+            return Permanent(
+                "message is too large for Graph: even without its attachments it exceeds one request "
+                f"({limit} bytes base64)", status="5.3.4", remote_code="MessageTooLarge")
+        return await self._send_draft(attempt, prepared, extraction.skeleton, extraction.attachments)
+
+    async def _send_draft(self, attempt: _Attempt, prepared: PreparedMessage, mime: Any, attachments: tuple) -> Any:
+        response = await self._call(attempt, "createMessage", self.client.create_mime_draft, mime)
+        if not response.ok:
+            return self._step_failure(attempt, response, "createMessage", hint=True)
+        message_id = (response.json or {}).get("id") if isinstance(response.json, dict) else None
+        if not message_id:
+            return Transient("createMessage: Graph answered without a message id")
+        try:
+            if prepared.plan.kind == "draft" and prepared.plan.hidden:
+                changes = {"bccRecipients": [{"emailAddress": {"address": a}} for a in prepared.plan.hidden]}
+                response = await self._call(attempt, "patchMessage", self.client.patch_message, message_id, changes)
+                if not response.ok:
+                    raise _StepFailed(self._step_failure(attempt, response, "patchMessage", hint=True))
+            for part in attachments:
+                await self._attach(attempt, message_id, prepared.path, part)
+            response = await self._call(attempt, "send", self.client.send_draft, message_id)
+        except _StepFailed as e:
+            if not getattr(e.outcome, "possibly_delivered", False):
+                await self._discard_draft(attempt, message_id)
+            raise
+        except BaseException:
+            await self._discard_draft(attempt, message_id)
+            raise
+        outcome = self._sent(attempt, response, "send")
+        if not isinstance(outcome, Delivered) and not getattr(outcome, "possibly_delivered", False):
+            await self._discard_draft(attempt, message_id)
+        return outcome
+
+    async def _attach(self, attempt: _Attempt, message_id: str, path: str, part: Part) -> None:
+        length = await self._blocking(decoded_length, path, part.body_start, part.body_end, part.encoding)
+        content = DecodedRange(path, part.body_start, part.body_end, part.encoding, length)
+        name = part.filename or _default_name(part)
+        inline = part.is_inline and part.content_id is not None
+        if length < UPLOAD_SESSION_MINIMUM:
+            head = {"@odata.type": "#microsoft.graph.fileAttachment", "name": name,
+                    "contentType": part.content_type, "isInline": inline}
+            if inline:
+                head["contentId"] = part.content_id
+            prefix = json.dumps(head)[:-1].encode("utf-8") + b', "contentBytes": "'
+            source = Concat((Literal(prefix), Base64Of(content), Literal(b'"}')))
+            response = await self._call(attempt, "addAttachment", self.client.add_attachment, message_id, source)
+            if not response.ok:
+                raise _StepFailed(self._step_failure(attempt, response, "addAttachment"))
+            return
+        item: dict[str, Any] = {"attachmentType": "file", "name": name, "size": length, "contentType": part.content_type}
+        if inline:
+            item.update(isInline=True, contentId=part.content_id)
+        response = await self._call(attempt, "createUploadSession", self.client.create_upload_session, message_id, item)
+        upload_url = (response.json or {}).get("uploadUrl") if isinstance(response.json, dict) else None
+        if not response.ok or not upload_url:
+            raise _StepFailed(self._step_failure(attempt, response, "createUploadSession"))
+        reader = content.open()
+        try:
+            position = 0
+            while position < length:
+                chunk = await self._blocking(read_exactly, reader, self.config.upload_chunk_size)
+                if not chunk:
+                    raise _StepFailed(Transient("upload: the attachment ended early (file changed?)"))
+                try:
+                    response = await self.client.upload_chunk(upload_url, chunk, position, length)
+                except GraphTransportError as e:
+                    raise _StepFailed(transport_outcome(e, "upload")) from None
+                if not response.ok:
+                    raise _StepFailed(self._step_failure(attempt, response, "upload"))
+                position += len(chunk)
+        finally:
+            reader.close()
+
+    async def _discard_draft(self, attempt: _Attempt, message_id: str) -> None:
+        """Best effort: an abandoned draft would clutter the mailbox's Drafts folder."""
+        try:
+            await self.client.delete_message(attempt.credentials.graph_url, attempt.mailbox, attempt.token, message_id)
+        except Exception as e:  # noqa: BLE001
+            self.log.info("graph {queue_id}: could not delete draft ({err})", queue_id=attempt.entry.queue_id,
+                          err=type(e).__name__)
+
+    async def _call(self, attempt: _Attempt, step: str, method: Callable, *args: Any) -> GraphResponse:
+        """One authenticated Graph call; a 401 evicts the token and retries exactly once."""
+        graph_url = attempt.credentials.graph_url
+        try:
+            response = await method(graph_url, attempt.mailbox, attempt.token, *args)
+            if response.code != 401:
+                return response
+            self.stats.token_retries += 1
+            self.log.info("graph {queue_id}: token refused ({code}), fetching a new one",
+                          queue_id=attempt.entry.queue_id, code=response.error_code)
+            await self.tokens.evict(attempt.credentials, attempt.token)
+            attempt.token = await self.tokens.acquire(attempt.credentials)
+            response = await method(graph_url, attempt.mailbox, attempt.token, *args)
+        except GraphTransportError as e:
+            raise _StepFailed(transport_outcome(e, step)) from None
+        if response.code == 401:
+            raise _TenantAuthFailure(response)
+        return response
+
+    def _sent(self, attempt: _Attempt, response: GraphResponse, step: str) -> Any:
+        if response.ok:
+            attempt.request_id = response.request_id
+            return Delivered(f"graph {attempt.path} via {attempt.mailbox}"
+                             + (f" request-id {response.request_id}" if response.request_id else ""))
+        return self._step_failure(attempt, response, step)
+
+    def _step_failure(self, attempt: _Attempt, response: GraphResponse, step: str, hint: bool = False) -> Any:
+        outcome = failure_outcome(response, self.clock.seconds(), step)
+        if response.code == 429:
+            seconds = response.retry_after
+            if seconds is None and is_mailbox_concurrency(response):
+                seconds = CONCURRENCY_PAUSE
+            until = self.scheduler.pause(attempt.key, seconds, f"Graph throttled {attempt.mailbox}")
+            outcome = attrs.evolve(outcome, retry_at=until)
+        if hint and response.code == 403 and isinstance(outcome, Permanent):
+            outcome = attrs.evolve(outcome, reason=outcome.reason + " (the draft path needs the Mail.ReadWrite "
+                                   "application permission; or set graph.hidden_recipients = \"bcc-header\")")
+        return outcome
+
+    # -- tenant state ---------------------------------------------------------------------
+
+    def _tenant(self, credentials: TenantCredentials) -> _Tenant:
+        t = self._tenants.get(credentials.tenant_key)
+        if t is None:
+            t = self._tenants[credentials.tenant_key] = _Tenant(credentials.label, since=self.clock.seconds())
+        return t
+
+    def _tenant_ok(self, tenant: _Tenant) -> None:
+        if tenant.state != "ok":
+            if tenant.state == "config-error":
+                self.log.info("Graph credentials for tenant {label} work again; deliveries resume", label=tenant.label)
+            tenant.state, tenant.detail, tenant.since = "ok", "", self.clock.seconds()
+        tenant.failures = 0
+        tenant.paused_until = 0.0
+
+    def _token_failed(self, tenant: _Tenant, error: TokenError) -> Transient:
+        if error.is_config:
+            return self._tenant_config_trouble(tenant, f"token request refused: {error}")
+        if tenant.state != "unreachable":
+            tenant.state, tenant.since = "unreachable", self.clock.seconds()
+        tenant.detail = str(error)
+        self.log.warn("cannot get a Graph token for tenant {label}: {error}; will retry", label=tenant.label,
+                      error=str(error))
+        return Transient(f"no Graph token: {error}")
+
+    def _tenant_config_trouble(self, tenant: _Tenant, detail: str) -> Transient:
+        now = self.clock.seconds()
+        tenant.failures += 1
+        delay = min(self.config.tenant_backoff * 2 ** (tenant.failures - 1), self.config.tenant_backoff_max)
+        if tenant.state != "config-error":
+            tenant.since = now
+        tenant.state, tenant.detail = "config-error", detail
+        tenant.paused_until = now + delay
+        self.log.critical(
+            "GRAPH CONFIGURATION ERROR for tenant {label}: {detail}. Deliveries for this tenant are paused "
+            "for {delay:.0f}s and retried with growing backoff; queued mail is kept.",
+            label=tenant.label, detail=detail, delay=delay)
+        return Transient(f"tenant {tenant.label}: {detail}", retry_at=tenant.paused_until)
+
+    # -- results --------------------------------------------------------------------------
+
+    def _finish(self, entry: Any, outcome: Any, attempt: Optional[_Attempt] = None, quiet: bool = False) -> Any:
+        qid = entry.queue_id
+        if isinstance(outcome, Delivered):
+            self.stats.delivered += 1
+            path = attempt.path if attempt else "?"
+            self.stats.paths[path] = self.stats.paths.get(path, 0) + 1
+            self.log.info("graph delivered {queue_id}: {detail}", queue_id=qid, detail=outcome.detail)
+        elif isinstance(outcome, Transient):
+            self.stats.deferred += 1
+            if outcome.possibly_delivered:
+                self.stats.possibly_duplicated += 1
+                self.log.warn("graph {queue_id} possibly delivered already ({reason}); the retry may send a "
+                              "duplicate", queue_id=qid, reason=outcome.reason)
+            elif quiet:
+                self.log.debug("graph deferred {queue_id}: {reason}", queue_id=qid, reason=outcome.reason)
+            else:
+                self.log.info("graph deferred {queue_id}: {reason}", queue_id=qid, reason=outcome.reason)
+        else:
+            self.stats.failed += 1
+            self.log.warn("graph failed {queue_id}: {reason} [{status}]", queue_id=qid, reason=outcome.reason,
+                          status=outcome.status)
+        return outcome
+
+    def _unexpected(self, failure: Any, entry: Any) -> Transient:
+        self.log.failure("graph delivery of {queue_id} failed unexpectedly", failure, queue_id=entry.queue_id)
+        return self._finish(entry, Transient(f"internal error in Graph delivery ({failure.type.__name__})"))
+
+
+def _default_name(part: Part) -> str:
+    subtype = part.content_type.split("/", 1)[-1] or "bin"
+    return f"attachment.{subtype}"
+
+
+__all__ = ["GraphDeliverer", "TenantHealth", "GraphStats", "PreparedMessage", "prepare_message", "UPLOAD_SESSION_MINIMUM"]

@@ -1,0 +1,118 @@
+"""
+Builds a ready Graph deliverer from configuration: thread pools, HTTP pool, TLS policy, token
+providers, scheduler.  The wiring calls L{build_graph_deliverer} and starts the returned
+services (thread pools first; the HTTP pool's service closes idle connections on stop).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet import ssl
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from gateway.config.graph import GraphConfig
+from gateway.delivery.graph.body import cooperator_for
+from gateway.delivery.graph.client import GraphClient
+from gateway.delivery.graph.credentials import ConfigCredentialResolver, ICredentialResolver, credentials_from_config
+from gateway.delivery.graph.deliverer import GraphDeliverer
+from gateway.delivery.graph.token import TokenProviders
+
+log = Logger(namespace="gateway.delivery.graph.factory")
+
+
+class ThreadPoolService(Service):
+    """Starts a dedicated ThreadPool with the application and stops it (joining) on shutdown."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+        self.setName(f"threadpool-{pool.name}")
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.pool.stop()
+
+
+class HTTPPoolService(Service):
+    """Closes the persistent Graph connections on shutdown."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+        self.setName("graph-http-pool")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+def tls_policy(ca_bundle: Optional[str]) -> BrowserLikePolicyForHTTPS:
+    """Verify servers against ``ca_bundle`` (PEM, may hold several certificates) or the system store."""
+    if not ca_bundle:
+        return BrowserLikePolicyForHTTPS()
+    with open(ca_bundle, "rb") as f:
+        data = f.read()
+    marker = b"-----BEGIN CERTIFICATE-----"
+    certs = [ssl.Certificate.loadPEM(marker + chunk) for chunk in data.split(marker)[1:]]
+    if not certs:
+        raise ValueError(f"{ca_bundle} holds no PEM certificate")
+    return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certs))
+
+
+def build_http_client(config: GraphConfig, reactor: Any) -> tuple[GraphClient, HTTPConnectionPool]:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 8
+    agent = Agent(reactor, contextFactory=tls_policy(config.verify), connectTimeout=config.connect_timeout, pool=pool)
+    client = GraphClient(
+        HTTPClient(agent),
+        reactor,
+        cooperator_for(reactor),
+        request_timeout=config.request_timeout,
+        body_timeout=config.request_timeout,
+        on_unavailable=pool.closeCachedConnections,
+    )
+    return client, pool
+
+
+def build_graph_deliverer(
+    config: GraphConfig,
+    reactor: Any,
+    resolver: Optional[ICredentialResolver] = None,
+) -> tuple[GraphDeliverer, list]:
+    """
+    A L{GraphDeliverer} and the services it needs started (in order) and stopped (in reverse):
+    the MSAL thread pool, the file thread pool and the HTTP connection pool.  ``resolver``
+    defaults to the configured tenant only; pass the auth feature's resolver to add
+    pass-through logins.  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
+    """
+    token_pool = ThreadPool(1, config.token_threads, "graphsmtp-msal")
+    io_pool = ThreadPool(1, config.io_threads, "graphsmtp-graph-io")
+    client, http_pool = build_http_client(config, reactor)
+    tokens = TokenProviders(reactor, token_pool, verify=config.verify, timeout=config.token_timeout)
+    default = credentials_from_config(config)
+    deliverer = GraphDeliverer(
+        config, client, tokens, resolver or ConfigCredentialResolver(default), reactor,
+        blocking=functools.partial(deferToThreadPool, reactor, io_pool),
+    )
+    observers: list = []
+    if config.dsn and config.postmaster:
+        from gateway.delivery.graph.dsn import DSNObserver
+        observers.append(DSNObserver(client, tokens, default, config.postmaster, reactor))
+    deliverer.observers = tuple(observers)
+    if not config.save_to_sent_items:
+        log.warn("graph.save_to_sent_items = false has no effect on MIME sends: Graph's MIME sendMail and draft "
+                 "send always keep a copy in Sent Items (only JSON sends can skip it)")
+    services = [ThreadPoolService(token_pool), ThreadPoolService(io_pool), HTTPPoolService(http_pool)]
+    return deliverer, services
+
+
+__all__ = ["build_graph_deliverer", "build_http_client", "tls_policy", "ThreadPoolService", "HTTPPoolService"]

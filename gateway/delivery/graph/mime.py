@@ -1,0 +1,354 @@
+"""
+Reading a spooled message's header section and deciding how Graph must see it.
+
+Graph's MIME mode has no envelope: it delivers to the To/Cc/Bcc headers (graph-facts §2.1).
+The gateway promises the SMTP envelope instead (ARCHITECTURE invariant 3), so for every
+message this module compares the two and picks the cheapest way to make Graph deliver to
+exactly the envelope recipients:
+
+``plain``
+    Headers already name exactly the envelope recipients: the file goes out byte for byte.
+``rewrite``
+    Header addresses that are not envelope recipients are removed from To/Cc (they must
+    receive nothing), and in ``bcc-header`` mode envelope-only recipients are put in a
+    regenerated ``Bcc:`` header.  Every other header stays byte-identical.
+``draft``
+    ``hidden_recipients = "draft"``: envelope-only recipients never appear in the MIME at all;
+    the message is created as a draft and they are set as the draft's ``bccRecipients``
+    property before it is sent.
+
+Only the header section is ever read into memory (it is capped), never the body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from typing import Iterable, Optional
+
+import attrs
+
+#: Exchange Online's header-section limit is 256 KB; allow generous slack, then refuse.
+MAX_HEADER_SECTION = 1024 * 1024
+_ADDRESS_FIELDS = (b"to", b"cc", b"bcc")
+
+
+class MessageFormatError(Exception):
+    """The spooled message cannot be sent as it is (permanent: retrying changes nothing)."""
+
+
+@attrs.frozen
+class HeaderField:
+    """One header field exactly as in the file: ``raw`` includes folding and the final CRLF."""
+
+    name: bytes
+    raw: bytes
+
+    @property
+    def lname(self) -> bytes:
+        return self.name.lower()
+
+    @property
+    def value(self) -> str:
+        """The unfolded value as text (UTF-8, undecodable bytes replaced)."""
+        value = self.raw.split(b":", 1)[1] if b":" in self.raw else b""
+        value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+        return value.decode("utf-8", "replace").strip()
+
+
+@attrs.frozen
+class HeaderSection:
+    """The message's header fields and where its body starts in the file."""
+
+    fields: tuple[HeaderField, ...]
+    body_offset: int
+    size: int
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower().encode("ascii")
+        return [f.value for f in self.fields if f.lname == lname]
+
+    def get(self, name: str) -> Optional[str]:
+        values = self.get_all(name)
+        return values[0] if values else None
+
+    def addresses(self, name: str) -> list[str]:
+        """The addresses in every ``name`` field, in order (display names dropped)."""
+        out: list[str] = []
+        for value in self.get_all(name):
+            for item in split_address_list(value):
+                out.extend(m.address for m in (item.members if item.group is not None else (item,)) if m.address)
+        return out
+
+    @property
+    def raw(self) -> bytes:
+        return b"".join(f.raw for f in self.fields)
+
+
+def read_header_section(path: str, limit: int = MAX_HEADER_SECTION) -> HeaderSection:
+    """Read and split the header section of the message file (blocking: call it in a thread)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(0)
+        data = f.read(limit + 4)
+    if data.startswith(b"\r\n"):
+        return HeaderSection((), 2, size)
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if size > limit:
+            raise MessageFormatError(f"header section longer than {limit} bytes")
+        header, body_offset = data, size
+        if not header.endswith(b"\r\n"):
+            header += b"\r\n"
+    else:
+        header, body_offset = data[:end + 2], end + 4
+    return HeaderSection(tuple(split_fields(header)), body_offset, size)
+
+
+def split_fields(header: bytes) -> list[HeaderField]:
+    """Split a CRLF header section into fields; continuation lines stay with their field."""
+    fields: list[HeaderField] = []
+    current: list[bytes] = []
+    for line in header.split(b"\r\n")[:-1] if header.endswith(b"\r\n") else header.split(b"\r\n"):
+        line += b"\r\n"
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current:
+            fields.append(_field(current))
+        current = [line]
+    if current:
+        fields.append(_field(current))
+    return fields
+
+
+def _field(lines: list[bytes]) -> HeaderField:
+    raw = b"".join(lines)
+    name = raw.split(b":", 1)[0].strip() if b":" in raw else b""
+    return HeaderField(name, raw)
+
+
+def normalise(address: str) -> str:
+    """Comparison form of an address: no brackets or spaces, case-folded (Exchange ignores case)."""
+    return address.strip().strip("<>").strip().casefold()
+
+
+# -- address lists --------------------------------------------------------------------------
+
+@attrs.frozen
+class AddressItem:
+    """One entry of an address list, with its original text so a rewrite keeps it verbatim."""
+
+    raw: str
+    address: str = ""
+    group: Optional[str] = None
+    members: tuple["AddressItem", ...] = ()
+
+
+def split_address_list(value: str) -> list[AddressItem]:
+    """
+    Split an address-list header value at top-level commas, understanding quoted strings,
+    comments, angle brackets and ``group: a, b;`` syntax (RFC 5322 §3.4).
+    """
+    items: list[AddressItem] = []
+    group_name: Optional[str] = None
+    members: list[AddressItem] = []
+    buf: list[str] = []
+    quote = False
+    escape = False
+    comment = 0
+    angle = False
+
+    def flush() -> None:
+        text = "".join(buf).strip()
+        buf.clear()
+        if not text:
+            return
+        _, addr = email.utils.parseaddr(text)
+        item = AddressItem(text, addr)
+        (members if group_name is not None else items).append(item)
+
+    for ch in value:
+        if escape:
+            buf.append(ch)
+            escape = False
+            continue
+        if ch == "\\" and (quote or comment):
+            buf.append(ch)
+            escape = True
+            continue
+        if quote:
+            buf.append(ch)
+            if ch == '"':
+                quote = False
+            continue
+        if comment:
+            buf.append(ch)
+            if ch == "(":
+                comment += 1
+            elif ch == ")":
+                comment -= 1
+            continue
+        if ch == '"':
+            quote = True
+        elif ch == "(":
+            comment = 1
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch == "," and not angle:
+            flush()
+            continue
+        elif ch == ":" and not angle and group_name is None:
+            group_name = "".join(buf).strip()
+            buf.clear()
+            members = []
+            continue
+        elif ch == ";" and not angle and group_name is not None:
+            flush()
+            items.append(AddressItem(f"{group_name}:", group=group_name, members=tuple(members)))
+            group_name = None
+            members = []
+            continue
+        buf.append(ch)
+    flush()
+    if group_name is not None:  # unterminated group: keep what we understood
+        items.append(AddressItem(f"{group_name}:", group=group_name, members=tuple(members)))
+    return items
+
+
+def filter_address_list(value: str, keep: set[str]) -> tuple[list[str], bool]:
+    """
+    The entries of an address list whose address (normalised) is in ``keep``, each in its
+    original text, and whether anything was removed.  An empty group such as
+    ``undisclosed-recipients:;`` names nobody and is kept.
+    """
+    out: list[str] = []
+    removed = False
+    for item in split_address_list(value):
+        if item.group is not None:
+            kept = [m.raw for m in item.members if m.address and normalise(m.address) in keep]
+            removed |= len(kept) != len(item.members)
+            if kept:
+                out.append(f"{item.group}: {', '.join(kept)};")
+            elif not item.members:
+                out.append(f"{item.group}:;")
+            continue
+        if item.address and normalise(item.address) in keep:
+            out.append(item.raw)
+        else:
+            removed = True
+    return out, removed
+
+
+def fold_address_field(name: str, values: Iterable[str]) -> bytes:
+    """``Name: a, b, c`` folded between entries before 78 columns, CRLF-terminated."""
+    lines: list[str] = []
+    line = f"{name}:"
+    values = list(values)
+    for i, v in enumerate(values):
+        piece = f" {v}" + ("," if i < len(values) - 1 else "")
+        if len(line) + len(piece) > 78 and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += piece
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+@attrs.frozen
+class RecipientPlan:
+    """
+    How Graph will reach exactly the envelope recipients.
+
+    ``kind`` is ``plain``, ``rewrite`` or ``draft``; ``header`` is the header section to send
+    (the original bytes for ``plain``); ``hidden`` are the envelope recipients not visible in
+    To/Cc (Bcc header in ``bcc-header`` mode, draft property in ``draft`` mode); ``removed`` is
+    whether header addresses that are not envelope recipients were taken out.
+    """
+
+    kind: str
+    header: bytes
+    hidden: tuple[str, ...]
+    removed: bool
+
+    @property
+    def permission(self) -> str:
+        return "Mail.ReadWrite + Mail.Send" if self.kind == "draft" else "Mail.Send"
+
+
+def plan_recipients(section: HeaderSection, recipients: Iterable[str], hidden_mode: str = "bcc-header") -> RecipientPlan:
+    """Compare headers with the envelope and choose the cheapest exact path (see module doc)."""
+    envelope = list(recipients)
+    wanted = {normalise(r) for r in envelope}
+    visible = {normalise(a) for a in section.addresses("to") + section.addresses("cc")}
+    header_bcc = [normalise(a) for a in section.addresses("bcc")]
+    hidden = tuple(r for r in envelope if normalise(r) not in visible)
+    hidden_set = {normalise(r) for r in hidden}
+
+    new_fields: list[bytes] = []
+    removed = False
+    for f in section.fields:
+        if f.lname in (b"to", b"cc"):
+            kept, was_removed = filter_address_list(f.value, wanted)
+            removed |= was_removed
+            if not was_removed:
+                new_fields.append(f.raw)
+            elif kept:
+                new_fields.append(fold_address_field(f.name.decode("ascii", "replace"), kept))
+            continue
+        if f.lname == b"bcc":
+            continue
+        new_fields.append(f.raw)
+    bcc_matches = set(header_bcc) == hidden_set and len(header_bcc) == len(set(header_bcc))
+
+    if hidden_mode == "draft":
+        if not hidden and not header_bcc and not removed:
+            return RecipientPlan("plain", section.raw, (), False)
+        kind = "draft" if hidden else "rewrite"
+        return RecipientPlan(kind, b"".join(new_fields), hidden, removed)
+
+    if not removed and bcc_matches:
+        return RecipientPlan("plain", section.raw, hidden, False)
+    if hidden:
+        new_fields.append(fold_address_field("Bcc", hidden))
+    return RecipientPlan("rewrite", b"".join(new_fields), hidden, removed)
+
+
+def choose_mailbox(section: HeaderSection, envelope_sender: str, send_as: str) -> str:
+    """
+    The mailbox Graph sends through (``/users/{mailbox}/sendMail``).
+
+    ``header-from`` (the default) uses the From address (or Sender when From lists several):
+    Exchange then needs no Send As right, because From and mailbox agree.  ``envelope-from``
+    uses the reverse-path.  Either falls back to the other when empty; a fixed mailbox is used
+    as given.  Raises L{MessageFormatError} when there is nothing to send from.
+    """
+    if send_as not in ("header-from", "envelope-from"):
+        return send_as
+    header = _header_sender(section)
+    envelope = envelope_sender.strip() or None
+    choice = (header or envelope) if send_as == "header-from" else (envelope or header)
+    if not choice:
+        raise MessageFormatError("no sending mailbox: the message has no From address and a null reverse-path")
+    return choice
+
+
+def _header_sender(section: HeaderSection) -> Optional[str]:
+    froms = section.addresses("from")
+    if len(froms) == 1:
+        return froms[0]
+    senders = section.addresses("sender")
+    if senders:
+        return senders[0]
+    return froms[0] if froms else None
+
+
+__all__ = [
+    "MessageFormatError", "HeaderField", "HeaderSection", "read_header_section", "split_fields",
+    "normalise", "split_address_list", "filter_address_list", "fold_address_field",
+    "RecipientPlan", "plan_recipients", "choose_mailbox", "MAX_HEADER_SECTION",
+]

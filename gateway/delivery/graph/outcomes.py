@@ -1,0 +1,87 @@
+"""
+Graph answers → delivery outcomes (graph-facts §6), in one place so the table is reviewable.
+
+202 is the only "delivered".  Throttling, 5xx and transport failures are transient, with
+Graph's Retry-After turned into an absolute ``retry_at``.  Client errors are permanent and keep
+Graph's own error code and message for the failure record.  A failure after the request body
+went out completely may have sent the message anyway (Graph has no idempotency key): it is
+transient with ``possibly_delivered`` set, so the runner counts the possible duplicate.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from gateway.delivery.graph.client import GraphResponse, GraphTransportError
+from gateway.delivery.interfaces import Permanent, Transient
+
+#: Status codes after which Graph may already have accepted the message.
+_AMBIGUOUS = frozenset({500, 502, 504})
+
+_BAD_REQUEST_STATUS = {
+    "ErrorInvalidRecipients": "5.1.3",
+    "ErrorInvalidRecipientsException": "5.1.3",
+    "ErrorMimeContentInvalidBase64String": "5.6.0",
+    "ErrorMimeContentInvalid": "5.6.0",
+    "ErrorMimeContentConversionFailed": "5.6.0",
+    "ErrorMessageSizeExceeded": "5.3.4",
+    "InvalidInternetMessageHeader": "5.6.0",
+    "InvalidInternetMessageHeaderCollection": "5.6.0",
+}
+
+
+def describe(response: GraphResponse) -> str:
+    code = response.error_code or "no error code"
+    message = (response.error_message or "").strip()
+    text = f"Graph {response.code} {code}"
+    if message:
+        text += f": {message}"
+    if response.request_id:
+        text += f" (request-id {response.request_id})"
+    return text
+
+
+def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail"):
+    """The outcome for a non-2xx Graph answer to ``step``."""
+    status = response.code
+    reason = f"{step}: {describe(response)}"
+    retry_at: Optional[float] = now + response.retry_after if response.retry_after is not None else None
+    if status == 429 or status == 408 or status >= 500:
+        possibly = status in _AMBIGUOUS and response.body_sent and step in ("sendMail", "send")
+        return Transient(reason, retry_at=retry_at, possibly_delivered=possibly)
+    if status == 413:
+        return Permanent(reason, status="5.3.4", remote_code=response.error_code or "RequestEntityTooLarge")
+    if status == 404:
+        return Permanent(reason, status="5.1.8", remote_code=response.error_code or "NotFound")
+    if status in (401, 403):
+        return Permanent(reason, status="5.7.1", remote_code=response.error_code or "Forbidden")
+    if status == 400:
+        return Permanent(reason, status=_BAD_REQUEST_STATUS.get(response.error_code or "", "5.6.0"),
+                         remote_code=response.error_code or "BadRequest")
+    return Permanent(reason, status="5.0.0", remote_code=response.error_code)
+
+
+def transport_outcome(error: GraphTransportError, step: str = "sendMail") -> Transient:
+    """No answer at all.  Ambiguous only when the whole body of a sending request went out."""
+    possibly = error.body_sent and step in ("sendMail", "send")
+    return Transient(f"{step}: {error.reason}", possibly_delivered=possibly)
+
+
+def is_throttled_by_mailbox(response: GraphResponse) -> bool:
+    """A 429 about this mailbox (RequestRate, MailboxConcurrency, IncomingBytes)."""
+    return response.code == 429
+
+
+def is_mailbox_concurrency(response: GraphResponse) -> bool:
+    text = f"{response.error_code or ''} {response.error_message or ''}"
+    return "MailboxConcurrency" in text
+
+
+def is_expired_token(response: GraphResponse) -> bool:
+    return response.code == 401
+
+
+__all__ = [
+    "failure_outcome", "transport_outcome", "describe", "is_throttled_by_mailbox",
+    "is_mailbox_concurrency", "is_expired_token",
+]
