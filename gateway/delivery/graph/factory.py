@@ -14,7 +14,6 @@ from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from gateway.config.graph import GraphConfig
@@ -23,35 +22,23 @@ from gateway.delivery.graph.client import GraphClient
 from gateway.delivery.graph.credentials import ConfigCredentialResolver, ICredentialResolver, credentials_from_config
 from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.token import TokenProviders
+from gateway.threads import ThreadPoolService
 
 log = Logger(namespace="gateway.delivery.graph.factory")
 
 
-class ThreadPoolService(Service):
-    """Starts a dedicated ThreadPool with the application and stops it (joining) on shutdown."""
+class ConnectionsService(Service):
+    """Closes the persistent Graph connections and MSAL's HTTP sessions on shutdown."""
 
-    def __init__(self, pool: ThreadPool) -> None:
+    def __init__(self, pool: HTTPConnectionPool, tokens: Optional[TokenProviders] = None) -> None:
         self.pool = pool
-        self.setName(f"threadpool-{pool.name}")
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
+        self.tokens = tokens
+        self.setName("graph-connections")
 
     def stopService(self) -> Any:
         super().stopService()
-        self.pool.stop()
-
-
-class HTTPPoolService(Service):
-    """Closes the persistent Graph connections on shutdown."""
-
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self.pool = pool
-        self.setName("graph-http-pool")
-
-    def stopService(self) -> Any:
-        super().stopService()
+        if self.tokens is not None:
+            self.tokens.close()
         return self.pool.closeCachedConnections()
 
 
@@ -94,14 +81,14 @@ def build_graph_deliverer(
     defaults to the configured tenant only; pass the auth feature's resolver to add
     pass-through logins.  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
     """
-    token_pool = ThreadPool(1, config.token_threads, "graphsmtp-msal")
-    io_pool = ThreadPool(1, config.io_threads, "graphsmtp-graph-io")
+    token_pool = ThreadPoolService("graphsmtp-msal", 1, config.token_threads)
+    io_pool = ThreadPoolService("graphsmtp-graph-io", 1, config.io_threads)
     client, http_pool = build_http_client(config, reactor)
-    tokens = TokenProviders(reactor, token_pool, verify=config.verify, timeout=config.token_timeout)
+    tokens = TokenProviders(reactor, token_pool.pool, verify=config.verify, timeout=config.token_timeout)
     default = credentials_from_config(config)
     deliverer = GraphDeliverer(
         config, client, tokens, resolver or ConfigCredentialResolver(default), reactor,
-        blocking=functools.partial(deferToThreadPool, reactor, io_pool),
+        blocking=functools.partial(deferToThreadPool, reactor, io_pool.pool),
     )
     observers: list = []
     if config.dsn and config.postmaster:
@@ -111,8 +98,9 @@ def build_graph_deliverer(
     if not config.save_to_sent_items:
         log.warn("graph.save_to_sent_items = false has no effect on MIME sends: Graph's MIME sendMail and draft "
                  "send always keep a copy in Sent Items (only JSON sends can skip it)")
-    services = [ThreadPoolService(token_pool), ThreadPoolService(io_pool), HTTPPoolService(http_pool)]
+    deliverer.token_providers = tokens
+    services = [token_pool, io_pool, ConnectionsService(http_pool, tokens)]
     return deliverer, services
 
 
-__all__ = ["build_graph_deliverer", "build_http_client", "tls_policy", "ThreadPoolService", "HTTPPoolService"]
+__all__ = ["build_graph_deliverer", "build_http_client", "tls_policy", "ConnectionsService"]

@@ -138,6 +138,7 @@ class TokenProviders:
         self._timeout = timeout
         self._app_factory = app_factory
         self._providers: dict[tuple, _Provider] = {}
+        self._sessions: list = []
 
     def acquire(self, credentials: TenantCredentials) -> "Deferred[AccessToken]":
         """A token for ``credentials``: from memory if still fresh, else from MSAL (single flight)."""
@@ -202,21 +203,34 @@ class TokenProviders:
         raise classify_result(result)
 
     def _build_app(self, credentials: TenantCredentials) -> Any:
-        factory = self._app_factory
-        if factory is None:
-            import msal
-            factory = msal.ConfidentialClientApplication
         host = (urlsplit(credentials.authority).hostname or "").lower()
         kwargs: dict[str, Any] = dict(
             client_credential=msal_credential(credentials),
             authority=credentials.authority,
             timeout=self._timeout,
             azure_region=False,
-            http_client=msal_http_session(self._verify, self._proxies, self._timeout),
         )
         if host not in WELL_KNOWN_HOSTS:
             kwargs["instance_discovery"] = False
-        return factory(credentials.client_id, **kwargs)
+        factory = self._app_factory
+        if factory is not None:
+            # A test's factory gets MSAL's own settings and may build its own session.
+            if self._verify:
+                kwargs["verify"] = self._verify
+            if self._proxies:
+                kwargs["proxies"] = self._proxies
+            return factory(credentials.client_id, **kwargs)
+        import msal
+
+        session = msal_http_session(self._verify, self._proxies, self._timeout)
+        self._sessions.append(session)
+        return msal.ConfidentialClientApplication(credentials.client_id, http_client=session, **kwargs)
+
+    def close(self) -> None:
+        """Close MSAL's HTTP sessions (keep-alive connections to the login host) at shutdown."""
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
 
     # -- back in the reactor ------------------------------------------------------------
 
