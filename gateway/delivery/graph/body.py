@@ -17,7 +17,7 @@ from typing import Any, Optional, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Cooperator, TaskStopped
+from twisted.internet.task import Cooperator, TaskDone, TaskStopped
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -331,12 +331,18 @@ class StreamingBodyProducer:
             self._reader = None
 
     def pauseProducing(self) -> None:
-        if self._task is not None:
-            self._task.pause()
+        if self._task is not None and not self.finished:
+            try:
+                self._task.pause()
+            except (TaskDone, TaskStopped):
+                pass
 
     def resumeProducing(self) -> None:
-        if self._task is not None:
-            self._task.resume()
+        if self._task is not None and not self.finished:
+            try:
+                self._task.resume()
+            except (TaskDone, TaskStopped):
+                pass
 
     def stopProducing(self) -> None:
         if self._task is not None:

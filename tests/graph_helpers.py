@@ -1,0 +1,123 @@
+"""
+Shared helpers for the Graph delivery tests: message files and spool entries built directly
+(no SMTP layer), a fake Graph + the real deliverer started for one test, and a log capture.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import os
+from email.message import EmailMessage
+from typing import Any, Iterable, Optional, Union
+
+import attrs
+from twisted.internet.defer import inlineCallbacks, returnValue
+from twisted.logger import formatEvent, globalLogPublisher
+
+from gateway.delivery.graph.factory import build_graph_deliverer
+from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.testing.fake_graph import start_fake_graph
+
+
+def write_message(directory: str, message: Union[EmailMessage, bytes], name: str = "message.eml") -> str:
+    """Write ``message`` as the spool does: CRLF line endings."""
+    os.makedirs(directory, exist_ok=True)
+    data = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
+    if not isinstance(message, bytes):
+        assert b"\r\n" in data
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def make_entry(path: str, sender: str, recipients: Iterable[str], queue_id: str = "Q0001",
+               credential_ref: Optional[str] = None) -> SpoolEntry:
+    return SpoolEntry(
+        queue_id=queue_id,
+        envelope=Envelope(sender, tuple(recipients)),
+        provenance=Provenance("127.0.0.1", "client.test", "test", credential_ref=credential_ref),
+        received_at=0.0,
+        message_path=path,
+        size=os.path.getsize(path),
+    )
+
+
+def simple_message(sender: str = "alice@contoso.test", to: Iterable[str] = ("bob@fabrikam.test",),
+                   cc: Iterable[str] = (), subject: str = "hello", body: str = "Hello Bob.\n") -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = sender
+    if to:
+        m["To"] = ", ".join(to)
+    if cc:
+        m["Cc"] = ", ".join(cc)
+    m["Subject"] = subject
+    m["Message-ID"] = "<test-1@contoso.test>"
+    m.set_content(body)
+    return m
+
+
+@attrs.define
+class GraphRig:
+    """A fake Graph and a real deliverer (thread pools, HTTP pool, MSAL) pointed at it."""
+
+    server: Any
+    deliverer: Any
+    config: Any
+    directory: str
+    _count: int = 0
+
+    def entry(self, message: Union[EmailMessage, bytes], sender: str, recipients: Iterable[str],
+              credential_ref: Optional[str] = None) -> SpoolEntry:
+        self._count += 1
+        path = write_message(self.directory, message, f"m{self._count}.eml")
+        return make_entry(path, sender, recipients, f"Q{self._count:04d}", credential_ref)
+
+
+@inlineCallbacks
+def start_rig(testcase: Any, reactor: Any, server_options: Optional[dict] = None, **config_overrides: Any):
+    """Start fake + deliverer for ``testcase``; everything is stopped by cleanups."""
+    directory = os.path.abspath(testcase.mktemp())
+    server = yield start_fake_graph(reactor, os.path.join(directory, "ca"), **(server_options or {}))
+    testcase.addCleanup(server.stop)
+    config = server.graph_config(**config_overrides)
+    deliverer, services = build_graph_deliverer(config, reactor)
+    for service in services:
+        service.startService()
+
+    @inlineCallbacks
+    def stop_services():
+        for service in reversed(services):
+            yield service.stopService()
+
+    testcase.addCleanup(stop_services)
+    returnValue(GraphRig(server, deliverer, config, os.path.join(directory, "spool")))
+
+
+class LogCapture:
+    """Every log event while installed; ``text`` holds each formatted event and its raw dict."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+
+    def install(self, testcase: Any) -> "LogCapture":
+        globalLogPublisher.addObserver(self)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self)
+        return self
+
+    @property
+    def text(self) -> str:
+        parts = []
+        for e in self.events:
+            try:
+                parts.append(formatEvent(e) or "")
+            except Exception:  # noqa: BLE001
+                pass
+            parts.append(repr({k: v for k, v in e.items() if k != "log_logger"}))
+        return "\n".join(parts)
+
+    def messages(self) -> list[str]:
+        return [formatEvent(e) or "" for e in self.events]
