@@ -548,7 +548,9 @@ class FakeGraphServer:
                 der = cert.public_bytes(serialization.Encoding.DER)
                 sha1 = base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode()
                 sha256 = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
-                if header.get("x5t") not in (None, sha1) or header.get("x5t#S256") not in (None, sha256):
+                x5t = (header.get("x5t") or "").rstrip("=") or None
+                x5t256 = (header.get("x5t#S256") or "").rstrip("=") or None
+                if x5t not in (None, sha1) or x5t256 not in (None, sha256):
                     continue
                 try:
                     claims = jwt.decode(assertion, cert.public_key(), algorithms=["RS256", "PS256"],

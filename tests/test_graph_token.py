@@ -1,0 +1,255 @@
+"""
+Token providers: single flight, caching, eviction and error classification with a fake MSAL
+application (unit); and real MSAL against the fake Entra over HTTPS with a client secret, a
+certificate (with and without x5c) and a federated assertion file (integration).
+"""
+
+from __future__ import annotations
+
+import os
+
+import requests
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway.config.graph import CertificateConfig
+from gateway.config.secrets import Secret
+from gateway.delivery.graph.credentials import TenantCredentials
+from gateway.delivery.graph.token import (
+    AccessToken, TokenError, TokenProviders, classify_exception, classify_result, msal_credential,
+)
+from gateway.spool.testing import ImmediateReactor
+from gateway.testing.fake_graph import Fault, create_client_certificate, start_fake_graph
+
+SECRET = "client-secret-value-xyz"
+
+
+class ManualPool:
+    """Jobs wait until the test runs them (so concurrent acquires overlap)."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append((on_result, f, args, kwargs))
+
+    def run_all(self):
+        while self.jobs:
+            on_result, f, args, kwargs = self.jobs.pop(0)
+            try:
+                result = f(*args, **kwargs)
+            except BaseException:
+                from twisted.python.failure import Failure
+                on_result(False, Failure())
+            else:
+                on_result(True, result)
+
+
+class FakeApp:
+    def __init__(self, results):
+        self.results = list(results)
+        self.calls = 0
+        self.evictions = 0
+
+    def acquire_token_for_client(self, scopes):
+        self.calls += 1
+        result = self.results.pop(0) if len(self.results) > 1 else self.results[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def remove_tokens_for_client(self):
+        self.evictions += 1
+
+
+def creds(**kw):
+    values = dict(tenant_id="t", client_id="c", authority="https://login.test/t", graph_url="https://graph.test",
+                  client_secret=Secret(SECRET))
+    values.update(kw)
+    return TenantCredentials(**values)
+
+
+class UnitTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = ImmediateReactor()
+        self.reactor.advance(1000)
+        self.pool = ManualPool()
+        self.built = []
+
+    def providers(self, *results):
+        app = FakeApp(results)
+
+        def factory(client_id, **kwargs):
+            self.built.append(kwargs)
+            return app
+        return TokenProviders(self.reactor, self.pool, timeout=5, app_factory=factory), app
+
+    def test_single_flight_and_cached_until_near_expiry(self):
+        providers, app = self.providers({"access_token": "AT1", "expires_in": 3600, "token_source": "identity_provider"})
+        a = providers.acquire(creds())
+        b = providers.acquire(creds())
+        self.pool.run_all()
+        token = self.successResultOf(a)
+        self.assertIs(self.successResultOf(b), token)
+        self.assertEqual((app.calls, token.reveal(), token.expires_at), (1, "AT1", 4600))
+        self.assertIs(self.successResultOf(providers.acquire(creds())), token)  # no thread hop at all
+        self.assertEqual(self.pool.jobs, [])
+        self.reactor.advance(3600 - 299)  # inside the 5-minute margin: ask MSAL again
+        d = providers.acquire(creds())
+        self.pool.run_all()
+        self.successResultOf(d)
+        self.assertEqual(app.calls, 2)
+        kwargs = self.built[0]
+        self.assertEqual((kwargs["instance_discovery"], kwargs["azure_region"], kwargs["timeout"]), (False, False, 5))
+
+    def test_evict_forgets_token_here_and_in_msal(self):
+        providers, app = self.providers({"access_token": "AT1", "expires_in": 3600})
+        d = providers.acquire(creds())
+        self.pool.run_all()
+        token = self.successResultOf(d)
+        stale = AccessToken("older", 0)
+        self.successResultOf(providers.evict(creds(), stale))  # not the current one: no-op
+        self.assertEqual(app.evictions, 0)
+        e = providers.evict(creds(), token)
+        self.pool.run_all()
+        self.successResultOf(e)
+        self.assertEqual(app.evictions, 1)
+        d = providers.acquire(creds())
+        self.pool.run_all()
+        self.successResultOf(d)
+        self.assertEqual(app.calls, 2)
+
+    def test_errors_reach_every_waiter_and_are_classified(self):
+        providers, app = self.providers({"error": "invalid_client", "error_codes": [7000215],
+                                         "error_description": "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x"})
+        a, b = providers.acquire(creds()), providers.acquire(creds())
+        self.pool.run_all()
+        for d in (a, b):
+            error = self.failureResultOf(d, TokenError).value
+            self.assertEqual((error.kind, error.code), ("config", "AADSTS7000215"))
+            self.assertNotIn("Trace ID", error.description)
+
+    def test_classification_table(self):
+        self.assertEqual(classify_result({"error": "temporarily_unavailable"}).kind, "transient")
+        self.assertEqual(classify_result({"error": "unauthorized_client", "error_codes": [700016]}).kind, "config")
+        self.assertEqual(classify_result({"error": "invalid_request", "error_codes": [90002]}).code, "AADSTS90002")
+        self.assertEqual(classify_exception(requests.exceptions.ConnectionError("refused")).kind, "transient")
+        self.assertEqual(classify_exception(requests.exceptions.ReadTimeout("slow")).kind, "transient")
+        self.assertEqual(classify_exception(requests.exceptions.SSLError("bad cert")).kind, "config")
+        self.assertEqual(classify_exception(ValueError("Unable to get authority configuration for x")).code, "authority")
+        self.assertEqual(classify_exception(ValueError("Could not deserialize key data")).kind, "config")
+
+    def test_token_and_error_text_never_show_secrets(self):
+        token = AccessToken("eyJ-secret-token", 5.0)
+        self.assertNotIn("eyJ", repr(token) + str(token))
+        self.assertNotIn(SECRET, repr(creds()))
+
+    def test_msal_credential_shapes(self):
+        self.assertEqual(msal_credential(creds()), SECRET)
+        cert = CertificateConfig("PEMCERT", Secret("PEMKEY"), "ABCD", Secret("pw"), send_x5c=False)
+        value = msal_credential(creds(client_secret=None, certificate=cert))
+        self.assertEqual(value, {"private_key": "PEMKEY", "thumbprint": "ABCD", "passphrase": "pw"})
+        value = msal_credential(creds(client_secret=None, certificate=CertificateConfig("PEMCERT", Secret("K"), "AB", send_x5c=True)))
+        self.assertEqual(value["public_certificate"], "PEMCERT")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("first\n")
+        value = msal_credential(creds(client_secret=None, client_assertion_file=path))
+        self.assertEqual(value["client_assertion"](), "first")
+        with open(path, "w") as f:
+            f.write("rotated\n")
+        self.assertEqual(value["client_assertion"](), "rotated")
+
+    def test_changed_secret_gets_its_own_application(self):
+        self.assertNotEqual(creds().key, creds(client_secret=Secret("other")).key)
+        self.assertEqual(creds().tenant_key, creds(client_secret=Secret("other")).tenant_key)
+
+
+class FakeEntraTests(TestCase):
+    """Real MSAL in a real thread pool against the fake Entra over HTTPS."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.server = yield start_fake_graph(reactor, os.path.abspath(self.mktemp()), client_secret=SECRET)
+        self.addCleanup(self.server.stop)
+        self.pool = ThreadPool(1, 1, "test-msal")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+
+    def providers(self):
+        providers = TokenProviders(reactor, self.pool, verify=self.server.ca_path, timeout=5)
+        self.addCleanup(providers.close)
+        return providers
+
+    def credentials(self, **kw):
+        values = dict(tenant_id=self.server.tenant_id, client_id=self.server.client_id, authority=self.server.authority,
+                      graph_url=self.server.graph_url, client_secret=Secret(SECRET))
+        values.update(kw)
+        return TenantCredentials(**values)
+
+    @inlineCallbacks
+    def test_client_secret(self):
+        providers = self.providers()
+        token = yield providers.acquire(self.credentials())
+        again = yield providers.acquire(self.credentials())
+        self.assertIs(token, again)
+        self.assertEqual((self.server.token_requests, self.server.token_methods), (1, ["secret"]))
+        yield providers.evict(self.credentials(), token)
+        fresh = yield providers.acquire(self.credentials())
+        self.assertNotEqual(fresh.reveal(), token.reveal())
+        self.assertEqual(self.server.token_requests, 2)
+
+    @inlineCallbacks
+    def test_certificate_with_and_without_x5c(self):
+        cert = create_client_certificate(self.mktemp())
+        self.server.register_certificate(cert.cert_pem)
+        with open(cert.key_path) as f:
+            key = Secret(f.read())
+        providers = self.providers()
+        plain = CertificateConfig(cert.cert_pem.decode(), key, cert.thumbprint, send_x5c=False)
+        yield providers.acquire(self.credentials(client_secret=None, certificate=plain))
+        self.assertEqual(self.server.token_methods, ["certificate"])
+        self.assertFalse(self.server.x5c_seen)
+        with_x5c = CertificateConfig(cert.cert_pem.decode(), key, cert.thumbprint, send_x5c=True)
+        yield providers.acquire(self.credentials(client_secret=None, certificate=with_x5c))
+        self.assertTrue(self.server.x5c_seen)
+
+    @inlineCallbacks
+    def test_federated_assertion_file_is_reread(self):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(self.server.federated_assertion(valid=False))
+        providers = self.providers()
+        credentials = self.credentials(client_secret=None, client_assertion_file=path)
+        error = yield self.assertFailure(providers.acquire(credentials), TokenError)
+        self.assertEqual(error.kind, "config")
+        with open(path, "w") as f:  # the workload identity agent rotated the token
+            f.write(self.server.federated_assertion())
+        token = yield providers.acquire(credentials)
+        self.assertTrue(token.reveal())
+        self.assertEqual(self.server.token_methods, ["federated"])
+
+    @inlineCallbacks
+    def test_wrong_secret_and_unknown_tenant_are_config_errors(self):
+        providers = self.providers()
+        error = yield self.assertFailure(providers.acquire(self.credentials(client_secret=Secret("wrong"))), TokenError)
+        self.assertEqual((error.kind, error.code), ("config", "AADSTS7000215"))
+        error = yield self.assertFailure(providers.acquire(self.credentials(
+            tenant_id="nope", authority=f"{self.server.base}/nope")), TokenError)
+        self.assertEqual((error.kind, error.code), ("config", "authority"))
+
+    @inlineCallbacks
+    def test_token_endpoint_down_is_transient(self):
+        self.server.inject(Fault.status_code(503, "temporarily_unavailable"), operation="token", times=None)
+        error = yield self.assertFailure(self.providers().acquire(self.credentials()), TokenError)
+        self.assertEqual(error.kind, "transient")
+
+    @inlineCallbacks
+    def test_unreachable_login_host_is_transient(self):
+        yield self.server.stop()
+        error = yield self.assertFailure(self.providers().acquire(self.credentials()), TokenError)
+        self.assertEqual((error.kind, error.code), ("transient", "network"))
