@@ -487,7 +487,6 @@ class PipeliningTests(SessionTestCase):
         factory = make_factory(policies=(policy,))
         s = self.session(factory)
         self.assertEqual(s.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r1@x.test>\r\nRCPT TO:<r2@x.test>\r\nDATA\r\n"), [])
-        self.assertEqual(s.transport.producerState, "paused")
         replies = []
         while policy.pending:
             # One verdict at a time: nothing after it may be answered before it fires.
@@ -496,7 +495,6 @@ class PipeliningTests(SessionTestCase):
             replies += s.lines()
         codes = [r[:3] for r in replies if not r.startswith(b"250-")]
         self.assertEqual(codes, [b"250", b"250", b"250", b"250", b"354"])
-        self.assertEqual(s.transport.producerState, "producing")
         self.assertEqual([c[0] for c in policy.calls], ["on_connect", "on_mail_from", "on_rcpt_to", "on_rcpt_to"])
         # Each RCPT saw the recipients accepted before it.
         self.assertEqual(policy.calls[3][1].recipients, ("r1@x.test",))
@@ -506,6 +504,17 @@ class PipeliningTests(SessionTestCase):
         self.assertEqual([l[:3] for l in s.lines()], [b"250", b"221"])
         [(entry, _)] = factory.spool.messages
         self.assertEqual(entry.envelope.recipients, ("r1@x.test", "r2@x.test"))
+
+    def test_input_beyond_a_bound_pauses_the_transport_while_a_reply_is_pending(self):
+        policy = DeferredPolicy(steps=("on_mail_from",))
+        s = self.session(make_factory(policies=(policy,)))
+        s.ehlo()
+        s.send(b"MAIL FROM:<a@b.test>\r\n" + b"NOOP\r\n" * 5000)
+        self.assertEqual(s.transport.producerState, "producing")
+        s.send(b"NOOP\r\n" * 10000)
+        self.assertEqual(s.transport.producerState, "paused")
+        policy.fire_all()
+        self.assertEqual(s.transport.producerState, "producing")
 
     def test_refused_recipient_with_async_verdict(self):
         def verdict(session, recipient):
@@ -592,6 +601,24 @@ class PolicyTests(SessionTestCase):
         self.assertTrue(s.send(b"Subject: hello\r\n\r\nthe body\r\n.\r\n")[0].startswith(b"250 2.0.0"))
         [(entry, data)] = factory.spool.messages
         self.assertEqual(seen, {"subject": "hello", "received": True, "body": b"the body\r\n", "size": len(data)})
+
+    def test_message_step_reads_a_large_body_from_the_spool(self):
+        seen = {}
+
+        def on_message(session, message):
+            with message.open_body() as f:
+                seen["body"] = f.read()
+            return Continue()
+
+        factory = make_factory(policies=(ScriptedPolicy(on_message=on_message),))
+        s = self.session(factory)
+        s.ehlo()
+        s.envelope()
+        s.cmd("DATA")
+        body = b"0123456789" * 100 + b"\r\n"
+        self.assertTrue(s.send(b"Subject: big\r\n\r\n" + body * 200 + b".\r\n")[0].startswith(b"250 2.0.0"))
+        self.assertEqual(seen["body"], body * 200)
+        self.assertIsNotNone(factory.spool.writers[0].committed)
 
     def test_message_refusal(self):
         factory = make_factory(policies=(ScriptedPolicy(on_message=Reject(554, "5.7.1", "Spam")),))

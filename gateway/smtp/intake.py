@@ -32,6 +32,11 @@ HEADER_TOO_BIG = Refusal(552, "5.3.4", "Message header section exceeds the size 
 BARE_NEWLINE = Refusal(550, "5.6.0", "Message contains bare CR or LF characters; lines must end with CRLF")
 
 
+# Bodies up to this size are also kept in memory (references to the chunks the writer already
+# holds, no copy), so end-of-data policies can read them without a flush to disk first.
+SMALL_BODY = 128 * 1024
+
+
 class MessageIntake:
     """
     Streams one message into ``writer``.
@@ -57,6 +62,8 @@ class MessageIntake:
         self.refusal: Optional[Refusal] = None
         self.received = b""
         self.header_section: Optional[bytes] = None
+        self._body: Optional[list] = []
+        self._body_size = 0
 
     @property
     def line_too_long(self) -> bool:
@@ -97,7 +104,21 @@ class MessageIntake:
                 return
             self._write_header(*found)
             return
+        self._write_body(content)
+
+    def _write_body(self, content: bytes) -> None:
         self.writer.write(content)
+        if self._body is not None:
+            self._body_size += len(content)
+            if self._body_size <= SMALL_BODY:
+                self._body.append(content)
+            else:
+                self._body = None
+
+    @property
+    def small_body(self) -> Optional[bytes]:
+        """The whole body when it is small (see SMALL_BODY), else None (read it from the spool)."""
+        return None if self._body is None else b"".join(self._body)
 
     def _ended(self) -> None:
         if self.refusal is None and self.header_section is None:
@@ -108,7 +129,7 @@ class MessageIntake:
         self.header_section = self.received + added + header_lines + b"\r\n"
         self.writer.write(self.header_section)
         if body:
-            self.writer.write(body)
+            self._write_body(body)
 
     @property
     def client_header_lines(self) -> bytes:

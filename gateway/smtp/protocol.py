@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import email.parser
 import email.policy
+import io
 import ipaddress
 import re
 from typing import Any, Callable, Optional
@@ -70,8 +71,10 @@ from gateway.spool.interfaces import SpoolError
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
-# Input accepted while a reply is pending, beyond one DATA line; a client that pushes more
-# despite the paused transport is not speaking SMTP.
+# While a reply is pending, input is buffered; beyond PAUSE_PENDING_INPUT the transport is
+# paused, and a client that pushes more than MAX_PENDING_INPUT (plus one DATA line) anyway is
+# not speaking SMTP.
+PAUSE_PENDING_INPUT = 64 * 1024
 MAX_PENDING_INPUT = 1024 * 1024
 
 _COMMAND, _DATA = "command", "data"
@@ -176,6 +179,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._junk = 0
         self._messages = 0
         self._peer_checked = False
+        self._trust_cache: Optional[tuple[str, bool]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
@@ -320,8 +324,9 @@ class GatewayESMTP(smtp.ESMTP):
         d.addErrback(self._internal_error)
         d.addBoth(self._unblock)
         if self._blocked and not self._gone:
-            # Still pending: stop reading, and don't count our own wait against the client.
-            self._pause("busy")
+            # Still pending: don't count our own wait against the client.  Reading goes on
+            # into the buffer; dataReceived pauses the transport if the client sends a lot
+            # (pausing every time would cost two epoll calls per step).
             self.setTimeout(None)
             self._timer_suspended = True
 
@@ -366,9 +371,11 @@ class GatewayESMTP(smtp.ESMTP):
             self._pump()
             return
         self._inbuf += data
-        if self._blocked and len(self._inbuf) > MAX_PENDING_INPUT + self.limits.max_data_line:
-            self._close(421, "4.7.0", "Too much input while a reply is pending")
-            return
+        if self._blocked and len(self._inbuf) > PAUSE_PENDING_INPUT:
+            if len(self._inbuf) > MAX_PENDING_INPUT + self.limits.max_data_line:
+                self._close(421, "4.7.0", "Too much input while a reply is pending")
+                return
+            self._pause("busy")
         self._pump()
 
     def lineReceived(self, line: bytes) -> None:
@@ -518,6 +525,12 @@ class GatewayESMTP(smtp.ESMTP):
     def _auth_allowed_now(self) -> bool:
         return self._secure() or self.listener.allow_plaintext_auth
 
+    def _trusted(self, address: str) -> bool:
+        cached = self._trust_cache
+        if cached is None or cached[0] != address:
+            cached = self._trust_cache = (address, self.factory.is_trusted(address))
+        return cached[1]
+
     def session_view(self) -> SessionView:
         """What policies may know right now (the peer is read now: PROXY changes it after connect)."""
         address, port = peer_address(self.transport.getPeer())
@@ -529,7 +542,7 @@ class GatewayESMTP(smtp.ESMTP):
             client_name=self._client_name,
             tls=self._secure(),
             identity=self._identity,
-            trusted_network=self.factory.is_trusted(address),
+            trusted_network=self._trusted(address),
             sender=tx.sender if tx is not None else None,
             recipients=tuple(tx.recipients) if tx is not None else (),
         )
@@ -772,14 +785,20 @@ class GatewayESMTP(smtp.ESMTP):
         # Skip the end-of-data step only when nobody would look: the chain's guard (relay
         # access: header From/Sender) must run even when no other policy is configured.
         if getattr(self.chain, "policies", True) or getattr(self.chain, "guard", None) is not None:
-            yield writer.flush()
-            if tx.phase != "checking":
-                return None
+            body = intake.small_body
+            if body is None:
+                # Large body: policies read it from the spool's temporary file.
+                yield writer.flush()
+                if tx.phase != "checking":
+                    return None
+                open_body = _body_opener(writer.temp_path, len(intake.header_section))
+            else:
+                open_body = _memory_opener(body)
             view = MessageView(
                 headers=_HEADER_PARSER.parsebytes(intake.header_section),
                 header_bytes=intake.header_section,
                 size=writer.bytes_written,
-                open_body=_body_opener(writer.temp_path, len(intake.header_section)),
+                open_body=open_body,
             )
             result = yield maybeDeferred(self.chain.on_message, self.session_view(), view)
             if tx.phase != "checking":
@@ -1018,6 +1037,10 @@ def _logout_result(result: Any) -> None:
         result[2]()
     except Exception:
         pass
+
+
+def _memory_opener(body: bytes) -> Callable[[], Any]:
+    return lambda: io.BytesIO(body)
 
 
 def _body_opener(path: str, offset: int) -> Callable[[], Any]:
