@@ -372,7 +372,8 @@ class FakeGraphServer:
                 call.cancel()
         self._hanging.clear()
         for proto in list(self._open):
-            transport = getattr(proto, "transport", None)
+            # Site builds a protocol-switching wrapper; the transport sits on its channel.
+            transport = getattr(proto, "transport", None) or getattr(getattr(proto, "_channel", None), "transport", None)
             if transport is not None:
                 transport.abortConnection()
 

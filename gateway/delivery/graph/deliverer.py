@@ -215,10 +215,9 @@ class GraphDeliverer:
         except OSError as e:
             return self._finish(entry, Transient(f"cannot read the message file: {e.strerror or e}"))
 
-        if prepared.section.size > self.config.max_message_size and self.config.large_messages:
-            return self._finish(entry, Permanent(
-                f"message of {prepared.section.size} bytes exceeds graph.max_message_size "
-                f"({self.config.max_message_size})", status="5.3.4", remote_code="MessageTooLarge"))
+        too_large = self._too_large(prepared)
+        if too_large is not None:
+            return self._finish(entry, too_large)
 
         try:
             token = await self.tokens.acquire(credentials)
@@ -248,14 +247,23 @@ class GraphDeliverer:
             self.scheduler.succeeded(key)
         return self._finish(entry, outcome, attempt=attempt)
 
-    async def _send(self, attempt: _Attempt, prepared: PreparedMessage) -> Any:
-        limit = self.config.max_request_size
-        fits = base64_length(prepared.mime_length) <= limit
-        if not fits and not self.config.large_messages:
+    def _too_large(self, prepared: PreparedMessage) -> Optional[Permanent]:
+        """Refuse before asking for a token what no Graph path can carry."""
+        if self.config.large_messages:
+            if prepared.section.size > self.config.max_message_size:
+                return Permanent(f"message of {prepared.section.size} bytes exceeds graph.max_message_size "
+                                 f"({self.config.max_message_size})", status="5.3.4", remote_code="MessageTooLarge")
+            return None
+        if base64_length(prepared.mime_length) > self.config.max_request_size:
             return Permanent(
                 f"message of {prepared.section.size} bytes is larger than one Graph request carries "
                 f"({single_request_limit(self.config)} bytes) and graph.large_messages is off",
                 status="5.3.4", remote_code="MessageTooLarge")
+        return None
+
+    async def _send(self, attempt: _Attempt, prepared: PreparedMessage) -> Any:
+        limit = self.config.max_request_size
+        fits = base64_length(prepared.mime_length) <= limit
         if fits and prepared.plan.kind != "draft":
             attempt.path = f"sendMail-{prepared.plan.kind}"
             response = await self._call(attempt, "sendMail", self.client.send_mime, prepared.mime)
