@@ -332,6 +332,8 @@ class TLSTests(IntakeCase):
         features = yield deferToThread(send)
         self.assertEqual(features, (False, True))
         yield factory.all_closed()
+        # Options are fetched per connection, so a reloaded certificate applies to the next client.
+        self.assertEqual(factory.tls.asked, 1)
         [(entry, data)] = factory.spool.messages
         self.assertTrue(entry.provenance.tls)
         self.assertIn(b"tls=yes; authenticated", data)
