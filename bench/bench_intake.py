@@ -123,6 +123,12 @@ def server(args: argparse.Namespace) -> None:
 
     threadpool = None
     directory = None
+    if not args.memory:
+        try:
+            import gateway.spool.store  # noqa: F401
+        except ImportError as e:
+            print(f"DirectorySpool not available ({e}); using MemorySpool", file=sys.stderr)
+            args.memory = True
     if args.memory:
         from gateway.testing.memory_spool import MemorySpool
 
