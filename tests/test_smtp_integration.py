@@ -8,7 +8,6 @@ real spool.
 
 from __future__ import annotations
 
-import io
 import smtplib
 import socket
 import ssl
