@@ -86,14 +86,13 @@ def build_graph_deliverer(
     client, http_pool = build_http_client(config, reactor)
     tokens = TokenProviders(reactor, token_pool.pool, verify=config.verify, timeout=config.token_timeout)
     default = credentials_from_config(config)
+    blocking = functools.partial(deferToThreadPool, reactor, io_pool.pool)
     deliverer = GraphDeliverer(
-        config, client, tokens, resolver or ConfigCredentialResolver(default), reactor,
-        blocking=functools.partial(deferToThreadPool, reactor, io_pool.pool),
-    )
+        config, client, tokens, resolver or ConfigCredentialResolver(default), reactor, blocking=blocking)
     observers: list = []
     if config.dsn and config.postmaster:
         from gateway.delivery.graph.dsn import DSNObserver
-        observers.append(DSNObserver(client, tokens, default, config.postmaster, reactor))
+        observers.append(DSNObserver(client, tokens, default, config.postmaster, reactor, blocking=blocking))
     deliverer.observers = tuple(observers)
     if not config.save_to_sent_items:
         log.warn("graph.save_to_sent_items = false has no effect on MIME sends: Graph's MIME sendMail and draft "
