@@ -147,16 +147,20 @@ def read_exactly(reader: Reader, n: int) -> bytes:
 
 class _BytesReader:
     def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
+        self._data: Optional[memoryview] = memoryview(data)
         self._pos = 0
 
     def read(self, n: int) -> bytes:
+        if self._data is None:
+            return b""
         chunk = bytes(self._data[self._pos:self._pos + n])
         self._pos += len(chunk)
         return chunk
 
     def close(self) -> None:
-        pass
+        if self._data is not None:
+            self._data.release()
+            self._data = None
 
 
 class _FileRangeReader:
@@ -227,7 +231,7 @@ class _Base64DecodeReader:
 
     def read(self, n: int) -> bytes:
         while True:
-            raw = self._inner.read(max(READ_SIZE, n))
+            raw = self._inner.read(READ_SIZE)  # small reads: big temporaries fragment the heap
             if not raw:
                 data, self._carry = self._carry, b""
                 if not data:
@@ -261,7 +265,7 @@ class _QuotedPrintableReader:
 
     def read(self, n: int) -> bytes:
         while True:
-            raw = self._inner.read(max(READ_SIZE, n))
+            raw = self._inner.read(READ_SIZE)
             if not raw:
                 data, self._carry = self._carry, b""
                 return binascii.a2b_qp(data) if data else b""
@@ -300,6 +304,9 @@ class StreamingBodyProducer:
 
     def startProducing(self, consumer: Any) -> Deferred:
         self._reader = self._source.open()
+        # Twisted's client keeps the request (and so this producer) around after the answer;
+        # dropping the source lets an upload chunk's bytes go as soon as they are written.
+        self._source = None
         self._task = self._cooperator.cooperate(self._write_all(consumer))
         d = self._task.whenDone()
 
