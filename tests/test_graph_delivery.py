@@ -233,6 +233,28 @@ class FaultTests(TestCase):
                 self.assertIsNotNone(outcome.retry_at)
 
     @inlineCallbacks
+    def test_503_makes_the_next_request_use_a_new_connection(self):
+        yield self.deliver()
+        yield self.deliver(sender="dave@contoso.test")
+        reused = self.server.connections
+        self.server.inject(Fault.status_code(503, retry_after="1"))
+        outcome = yield self.deliver(sender="erin@contoso.test")
+        self.assertIsInstance(outcome, Transient)
+        self.assertEqual(self.server.connections, reused)  # persistent connection so far
+        yield self.deliver(sender="frank@contoso.test")
+        self.assertEqual(self.server.connections, reused + 1)  # Graph asks for a fresh one after 503
+
+    @inlineCallbacks
+    def test_json_send_honours_save_to_sent_items(self):
+        token = yield self.deliverer.tokens.acquire(self.deliverer.resolver.default)
+        message = {"subject": "hi", "body": {"contentType": "Text", "content": "hello"},
+                   "toRecipients": [{"emailAddress": {"address": BOB}}]}
+        response = yield self.deliverer.client.send_json(self.server.graph_url, ALICE, token, message, save_to_sent_items=False)
+        self.assertEqual(response.code, 202)
+        [sent] = self.server.sent
+        self.assertEqual((sent.kind, sent.to, sent.save_to_sent_items), ("json", (BOB,), False))
+
+    @inlineCallbacks
     def test_proxy_html_error_is_transient(self):
         outcome = yield self.outcome_for(Fault(action="raw", status=502, body=b"<html>Bad Gateway</html>"))
         self.assertIsInstance(outcome, Transient)

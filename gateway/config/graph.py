@@ -7,6 +7,28 @@ key).  The certificate is read and checked against its private key here, so a wr
 a start-up error, not a midnight token failure.  Secrets (client secret, certificate key and
 passphrase) may be inline, in a ``*_file`` or in a ``*_env`` variable and are kept as
 L{Secret}s so no repr can show them.
+
+Keys (defaults in brackets)::
+
+    tenant_id, client_id            required
+    client_secret[_file|_env]       one credential: a client secret,
+    certificate + certificate_key[_file|_env] (+ certificate_passphrase[_file|_env], send_x5c [false])
+                                    or a certificate (PEM; thumbprint computed; x5c for SNI auth),
+    client_assertion_file           or a federated token file, re-read for every token request
+    cloud ["global"]                "global" | "usgov" (GCC High) | "usgovdod" | "china"
+    authority, graph_url            override the cloud's login host / Graph root (https only)
+    ca_bundle                       PEM bundle to verify Graph and the login host (proxies, tests)
+    send_as ["header-from"]         "header-from" | "envelope-from" | a fixed mailbox address
+    hidden_recipients ["bcc-header"]  "bcc-header" (Mail.Send) | "draft" (Mail.ReadWrite); see
+                                    gateway.delivery.graph.mime for the disclosure trade-off
+    save_to_sent_items [true]       only JSON sends can skip Sent Items; MIME sends always keep a copy
+    large_messages [true]           draft + upload sessions above one request (Mail.ReadWrite);
+                                    false caps the SMTP SIZE to what one request carries
+    max_request_size ["4MB"], upload_chunk_size [3200KiB], max_message_size ["35MB"]
+    mailbox_concurrency [2, max 4], mailbox_rate [30/min], mailbox_burst [1], max_hold ["2s"]
+    connect_timeout ["10s"], request_timeout ["60s"], token_timeout ["30s"]
+    token_threads [1], io_threads [2], tenant_backoff ["60s"], tenant_backoff_max ["1h"]
+    postmaster, dsn [false]         RFC 3464 failure notices from this mailbox to the sender
 """
 
 from __future__ import annotations

@@ -237,6 +237,7 @@ class FakeGraphServer:
         self.x5c_seen = False
         self.drafts: dict[str, _Draft] = {}
         self.deleted_drafts = 0
+        self.connections = 0
         self.max_concurrency: dict[str, int] = {}
         self.on_sent: list[Callable[[SentMessage], None]] = []
         self._in_flight: dict[str, int] = {}
@@ -751,6 +752,7 @@ class _TrackingSite(web_server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         proto = super().buildProtocol(addr)
         fake = self.fake
+        fake.connections += 1
         fake._open.add(proto)
         original = proto.connectionLost
 

@@ -422,9 +422,9 @@ class GraphDeliverer:
             return self._tenant_config_trouble(tenant, f"token request refused: {error}")
         if tenant.state != "unreachable":
             tenant.state, tenant.since = "unreachable", self.clock.seconds()
+            self.log.warn("cannot get a Graph token for tenant {label}: {error}; messages stay queued and "
+                          "are retried", label=tenant.label, error=str(error))
         tenant.detail = str(error)
-        self.log.warn("cannot get a Graph token for tenant {label}: {error}; will retry", label=tenant.label,
-                      error=str(error))
         return Transient(f"no Graph token: {error}")
 
     def _tenant_config_trouble(self, tenant: _Tenant, detail: str) -> Transient:
@@ -444,26 +444,26 @@ class GraphDeliverer:
     # -- results --------------------------------------------------------------------------
 
     def _finish(self, entry: Any, outcome: Any, attempt: Optional[_Attempt] = None, quiet: bool = False) -> Any:
+        """
+        Count the outcome.  The queue runner writes the one info line per state change (with
+        this outcome's detail or reason); the lines here are debug-level detail only.
+        """
         qid = entry.queue_id
         if isinstance(outcome, Delivered):
             self.stats.delivered += 1
             path = attempt.path if attempt else "?"
             self.stats.paths[path] = self.stats.paths.get(path, 0) + 1
-            self.log.info("graph delivered {queue_id}: {detail}", queue_id=qid, detail=outcome.detail)
+            self.log.debug("graph delivered {queue_id}: {detail}", queue_id=qid, detail=outcome.detail)
         elif isinstance(outcome, Transient):
             self.stats.deferred += 1
             if outcome.possibly_delivered:
                 self.stats.possibly_duplicated += 1
-                self.log.warn("graph {queue_id} possibly delivered already ({reason}); the retry may send a "
-                              "duplicate", queue_id=qid, reason=outcome.reason)
-            elif quiet:
-                self.log.debug("graph deferred {queue_id}: {reason}", queue_id=qid, reason=outcome.reason)
-            else:
-                self.log.info("graph deferred {queue_id}: {reason}", queue_id=qid, reason=outcome.reason)
+            self.log.debug("graph deferred {queue_id}: {reason}", queue_id=qid, reason=outcome.reason,
+                           possibly_delivered=outcome.possibly_delivered, quiet=quiet)
         else:
             self.stats.failed += 1
-            self.log.warn("graph failed {queue_id}: {reason} [{status}]", queue_id=qid, reason=outcome.reason,
-                          status=outcome.status)
+            self.log.debug("graph failed {queue_id}: {reason} [{status}]", queue_id=qid, reason=outcome.reason,
+                           status=outcome.status)
         return outcome
 
     def _unexpected(self, failure: Any, entry: Any) -> Transient:

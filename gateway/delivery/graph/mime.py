@@ -6,16 +6,38 @@ The gateway promises the SMTP envelope instead (ARCHITECTURE invariant 3), so fo
 message this module compares the two and picks the cheapest way to make Graph deliver to
 exactly the envelope recipients:
 
-``plain``
-    Headers already name exactly the envelope recipients: the file goes out byte for byte.
-``rewrite``
-    Header addresses that are not envelope recipients are removed from To/Cc (they must
-    receive nothing), and in ``bcc-header`` mode envelope-only recipients are put in a
-    regenerated ``Bcc:`` header.  Every other header stays byte-identical.
-``draft``
-    ``hidden_recipients = "draft"``: envelope-only recipients never appear in the MIME at all;
-    the message is created as a draft and they are set as the draft's ``bccRecipients``
-    property before it is sent.
+=========  ==========================================================  ======================
+path       when                                                        Graph permission
+=========  ==========================================================  ======================
+plain      headers name exactly the envelope recipients: the file      Mail.Send
+           goes out byte for byte (one sendMail request)
+rewrite    header addresses that are not envelope recipients are       Mail.Send
+           removed from To/Cc (they must receive nothing); in
+           ``bcc-header`` mode envelope-only recipients go into a
+           regenerated ``Bcc:`` header.  Every other header stays
+           byte-identical (one sendMail request)
+draft      ``hidden_recipients = "draft"`` and there are envelope-     Mail.ReadWrite +
+           only recipients: the MIME never names them; the message     Mail.Send
+           is created as a draft, they are set as its
+           ``bccRecipients`` property, then it is sent (3 requests)
+=========  ==========================================================  ======================
+
+Messages too big for one request always take a draft (+ upload sessions), so the large path
+needs Mail.ReadWrite too; with it disabled (``large_messages = false``) Mail.Send suffices.
+
+Disclosure of envelope-only recipients (the ``hidden_recipients`` choice).  In the default
+``bcc-header`` mode they appear in a ``Bcc:`` header of the MIME Graph receives.  Exchange
+parses MIME into the item's recipient table with Bcc as a blind recipient (graph-facts §2.1),
+and Exchange has always treated Bcc as an envelope property that is not written into the
+copies other recipients get; that Graph's MIME submission does the same is, however,
+UNCONFIRMED (graph-facts §2.2).  The default was chosen because it needs only Mail.Send and one
+request.  Operators who must not rely on it set ``hidden_recipients = "draft"``: the MIME then
+never names hidden recipients, and Graph's documented ``bccRecipients`` property carries them.
+Either way a hidden recipient is never put in To or Cc, and an address in To/Cc that is not an
+envelope recipient is removed, so it receives nothing (it also disappears from the To/Cc the
+others see: Graph cannot show an address without delivering to it).  Removing addresses or
+adding Bcc changes the header section, which breaks a DKIM signature covering To/Cc; Exchange
+Online signs outgoing mail with the tenant's own key anyway.
 
 Only the header section is ever read into memory (it is capped), never the body.
 """
