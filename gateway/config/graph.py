@@ -18,6 +18,8 @@ Keys (defaults in brackets)::
     cloud ["global"]                "global" | "usgov" (GCC High) | "usgovdod" | "china"
     authority, graph_url            override the cloud's login host / Graph root (https only)
     ca_bundle                       PEM bundle to verify Graph and the login host (proxies, tests)
+    https_proxy                     http://host:port of a proxy; Graph and Entra go through CONNECT
+                                    tunnels (TLS stays end to end)
     send_as ["header-from"]         "header-from" | "envelope-from" | a fixed mailbox address
     hidden_recipients ["bcc-header"]  "bcc-header" (Mail.Send) | "draft" (Mail.ReadWrite); see
                                     gateway.delivery.graph.mime for the disclosure trade-off
@@ -100,6 +102,7 @@ class GraphConfig:
     certificate: Optional[CertificateConfig] = None
     client_assertion_file: Optional[str] = None
     verify: Optional[str] = None
+    https_proxy: Optional[str] = None
     send_as: str = "header-from"
     save_to_sent_items: bool = True
     hidden_recipients: str = "bcc-header"
@@ -165,6 +168,13 @@ def parse_graph_section(
         if not os.path.isfile(verify):
             raise ConfigError(reader.key("ca_bundle"), f"file {verify} does not exist")
 
+    https_proxy = reader.string("https_proxy")
+    if https_proxy:
+        parts = urlsplit(https_proxy)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigError(reader.key("https_proxy"),
+                              f"must be http://host:port of a proxy that allows CONNECT, not {https_proxy!r}")
+
     send_as = reader.string("send_as", "header-from")
     if send_as not in SEND_AS_MODES and not _looks_like_mailbox(send_as):
         raise ConfigError(reader.key("send_as"),
@@ -201,6 +211,7 @@ def parse_graph_section(
         certificate=certificate,
         client_assertion_file=assertion,
         verify=verify,
+        https_proxy=https_proxy or None,
         send_as=send_as,
         save_to_sent_items=reader.boolean("save_to_sent_items", True),
         hidden_recipients=reader.string("hidden_recipients", "bcc-header", HIDDEN_RECIPIENT_MODES),

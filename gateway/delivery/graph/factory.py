@@ -58,7 +58,13 @@ def tls_policy(ca_bundle: Optional[str]) -> BrowserLikePolicyForHTTPS:
 def build_http_client(config: GraphConfig, reactor: Any) -> tuple[GraphClient, HTTPConnectionPool]:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 8
-    agent = Agent(reactor, contextFactory=tls_policy(config.verify), connectTimeout=config.connect_timeout, pool=pool)
+    policy = tls_policy(config.verify)
+    if config.https_proxy:
+        from gateway.delivery.graph.proxy import TunnelingEndpointFactory
+        tunnels = TunnelingEndpointFactory(reactor, config.https_proxy, policy, config.connect_timeout)
+        agent = Agent.usingEndpointFactory(reactor, tunnels, pool=pool)
+    else:
+        agent = Agent(reactor, contextFactory=policy, connectTimeout=config.connect_timeout, pool=pool)
     client = GraphClient(
         HTTPClient(agent),
         reactor,
@@ -84,7 +90,9 @@ def build_graph_deliverer(
     token_pool = ThreadPoolService("graphsmtp-msal", 1, config.token_threads)
     io_pool = ThreadPoolService("graphsmtp-graph-io", 1, config.io_threads)
     client, http_pool = build_http_client(config, reactor)
-    tokens = TokenProviders(reactor, token_pool.pool, verify=config.verify, timeout=config.token_timeout)
+    proxies = {"https": config.https_proxy} if config.https_proxy else None
+    tokens = TokenProviders(reactor, token_pool.pool, verify=config.verify, proxies=proxies,
+                            timeout=config.token_timeout)
     default = credentials_from_config(config)
     blocking = functools.partial(deferToThreadPool, reactor, io_pool.pool)
     deliverer = GraphDeliverer(
