@@ -149,7 +149,8 @@ class GraphDeliverer:
     ``client`` is a L{GraphClient}; ``tokens`` a L{TokenProviders}; ``resolver`` an
     L{ICredentialResolver} (``None`` → credential refs are unknown, default tenant only);
     ``clock`` drives every wait; ``blocking(f, *args)`` runs file work off the reactor thread
-    (a dedicated ThreadPool in production, a synchronous call in unit tests).
+    (a dedicated ThreadPool in production, a synchronous call in unit tests);
+    ``default_credentials`` (the configured tenant) is listed by L{health} from the start.
     """
 
     log = Logger()
@@ -163,6 +164,7 @@ class GraphDeliverer:
         clock: IReactorTime,
         scheduler: Optional[MailboxScheduler] = None,
         blocking: Optional[Callable[..., Deferred]] = None,
+        default_credentials: Optional[TenantCredentials] = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -175,6 +177,9 @@ class GraphDeliverer:
         self.stats = GraphStats()
         self.observers: tuple = ()
         self._tenants: dict[tuple, _Tenant] = {}
+        default = default_credentials or getattr(resolver, "default", None)
+        if isinstance(default, TenantCredentials):
+            self._tenant(default)  # so health() shows the configured tenant from the start
 
     # -- public ---------------------------------------------------------------------------
 

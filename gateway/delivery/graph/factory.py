@@ -96,7 +96,8 @@ def build_graph_deliverer(
     default = credentials_from_config(config)
     blocking = functools.partial(deferToThreadPool, reactor, io_pool.pool)
     deliverer = GraphDeliverer(
-        config, client, tokens, resolver or ConfigCredentialResolver(default), reactor, blocking=blocking)
+        config, client, tokens, resolver or ConfigCredentialResolver(default), reactor, blocking=blocking,
+        default_credentials=default)
     observers: list = []
     if config.dsn and config.postmaster:
         from gateway.delivery.graph.dsn import DSNObserver

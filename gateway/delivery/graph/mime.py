@@ -346,8 +346,10 @@ def choose_mailbox(section: HeaderSection, envelope_sender: str, send_as: str) -
 
     ``header-from`` (the default) uses the From address (or Sender when From lists several):
     Exchange then needs no Send As right, because From and mailbox agree.  ``envelope-from``
-    uses the reverse-path.  Either falls back to the other when empty; a fixed mailbox is used
-    as given.  Raises L{MessageFormatError} when there is nothing to send from.
+    uses the reverse-path.  Either falls back to the other when empty.  A fixed mailbox sends
+    everything through one mailbox; Exchange then needs Send As (or Send on Behalf) rights for
+    every From address that is not that mailbox, else Graph answers 403 ErrorSendAsDenied.
+    Raises L{MessageFormatError} when there is nothing to send from.
     """
     if send_as not in ("header-from", "envelope-from"):
         return send_as
