@@ -342,6 +342,14 @@ class FaultTests(TestCase):
         self.assertEqual(self.server.token_requests, tokens)  # paused: Entra was not asked again
 
     @inlineCallbacks
+    def test_health_shows_the_configured_tenant(self):
+        [health] = self.deliverer.health()
+        self.assertEqual((health.label, health.state), ("default", "unknown"))
+        yield self.deliver()
+        [health] = self.deliverer.health()
+        self.assertEqual(health.state, "ok")
+
+    @inlineCallbacks
     def test_token_endpoint_down_is_transient(self):
         self.server.inject(Fault.status_code(503, "temporarily_unavailable"), operation="token", times=None)
         outcome = yield self.deliver()
