@@ -8,7 +8,8 @@ envelope sender gets a standard multipart/report from ``graph.postmaster``.
 
 Safeguards against mail loops and floods: never to the null reverse-path, never to the
 postmaster itself, never about a message that is itself automatic (Auto-Submitted, or a
-report); at most ``rate`` notices a minute (the rest are logged and dropped).  A notice is
+report); at most ``rate`` notices a minute (the rest are logged and dropped) and two requests
+at a time.  A notice is
 sent once, best effort: if Graph refuses it, that is logged and not retried.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import email.utils
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -47,6 +48,8 @@ class DSNObserver:
         self.reporting_mta = reporting_mta
         self.rate = rate
         self._blocking = blocking or maybeDeferred
+        # The postmaster mailbox is a Graph mailbox like any other: at most 2 requests at once.
+        self._concurrency = DeferredSemaphore(2)
         self._window_start = 0.0
         self._sent_in_window = 0
         self.sent = 0
@@ -69,7 +72,7 @@ class DSNObserver:
             self.log.warn("dsn for {queue_id} suppressed: more than {rate:.0f} notices a minute",
                           queue_id=entry.queue_id, rate=self.rate)
             return None
-        d = Deferred.fromCoroutine(self._send(entry, outcome))
+        d = self._concurrency.run(lambda: Deferred.fromCoroutine(self._send(entry, outcome)))
         d.addErrback(lambda f: self.log.failure("dsn for {queue_id} failed", f, queue_id=entry.queue_id))
         return d
 
