@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from gateway.config import GatewayConfig

@@ -9,11 +9,11 @@ a mistake stops start-up with one line before any port is bound.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config import GatewayConfig
 from gateway.config.model import ListenerConfig
 from gateway.policy.chain import PolicyChain
 

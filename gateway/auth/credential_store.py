@@ -24,7 +24,6 @@ import binascii
 import json
 import os
 import stat
-import tempfile
 from typing import Any, Optional
 
 from cryptography.exceptions import InvalidTag
@@ -34,6 +33,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.private_files import fsync_directory, replace_private_file
 from gateway.auth.entra import EntraAppCredentials, ICredentialSource, parse_credential_ref
 from gateway.config.errors import ConfigError
 from gateway.config.secrets import Secret
@@ -61,7 +61,7 @@ def load_or_create_key(path: str, key_name: str) -> bytes:
             f.write(base64.b64encode(os.urandom(KEY_BYTES)) + b"\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        fsync_directory(os.path.dirname(os.path.abspath(path)))
     try:
         st = os.stat(path)
     except OSError as e:
@@ -78,14 +78,6 @@ def load_or_create_key(path: str, key_name: str) -> bytes:
     if len(key) != KEY_BYTES:
         raise ConfigError(key_name, f"key file {path} must hold {KEY_BYTES} bytes (base64), not {len(key)}")
     return key
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @implementer(ICredentialSource)
@@ -189,22 +181,7 @@ class EncryptedCredentialStore:
 
     @staticmethod
     def _write(path: str, blob: bytes) -> None:
-        directory = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(prefix=".cred-", dir=directory)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(directory)
+        replace_private_file(path, blob)
 
     @staticmethod
     def _read(path: str) -> Optional[bytes]:

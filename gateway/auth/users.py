@@ -26,12 +26,12 @@ import json
 import os
 import re
 import stat
-import tempfile
 from typing import Iterable, Mapping, Optional
 
 import attrs
 from twisted.logger import Logger
 
+from gateway.private_files import replace_private_file
 from gateway.auth.patterns import PatternError, validate_pattern
 
 _BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
@@ -154,34 +154,13 @@ def write_users(path: str, users: Iterable[UserRecord]) -> None:
     keeping the old file's owner when run as root, so the service can still read it.
     """
     data = serialize_users(users).encode("utf-8")
-    directory = os.path.dirname(os.path.abspath(path))
     owner: Optional[tuple[int, int]] = None
     try:
         st = os.stat(path)
         owner = (st.st_uid, st.st_gid)
     except FileNotFoundError:
         pass
-    fd, tmp = tempfile.mkstemp(prefix=".users-", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        if owner is not None and os.geteuid() == 0:
-            os.fchown(fd, *owner)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_private_file(path, data, owner)
 
 
 @attrs.frozen

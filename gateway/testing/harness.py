@@ -25,7 +25,7 @@ import ssl
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
