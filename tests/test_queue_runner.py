@@ -186,6 +186,22 @@ class DeliveryTests(RunnerTestBase):
         self.assertEqual(len(deliverer.calls), 2)
         self.assertEqual(self.queued_ids(), [])
 
+    def test_not_attempted_is_rescheduled_without_counting_an_attempt(self):
+        observer = RecordingObserver()
+        deliverer = ScriptedDeliverer(Transient("mailbox paced", retry_at=START + 2.0, attempted=False))
+        runner = self.start(deliverer, observers=[observer])
+        entry = self.accept()
+        record = self.record(entry.queue_id)
+        self.assertEqual((record.attempts, record.history), (0, ()))
+        self.assertEqual((runner.stats.deferred, observer.events), (0, []))
+        self.clock.advance(1.9)
+        self.assertEqual(len(deliverer.calls), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(deliverer.calls), 2)
+        self.assertEqual(deliverer.calls[1].attempts, 0)
+        self.assertEqual([kind for kind, _, _ in observer.events], ["delivered"])
+        self.assertEqual(self.queued_ids(), [])
+
     def test_possibly_delivered_counted_and_logged(self):
         deliverer = ScriptedDeliverer(Transient("timeout after body sent", possibly_delivered=True))
         runner = self.start(deliverer)

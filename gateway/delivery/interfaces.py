@@ -27,11 +27,15 @@ class Transient:
     (for example from Graph's Retry-After); ``None`` lets the queue runner's backoff decide.
     ``possibly_delivered`` marks ambiguous failures (timeout after the request body was sent):
     a retry may duplicate the message, and that is counted and logged.
+    ``attempted=False`` means the deliverer did not even try (the sending mailbox is being
+    paced or is paused by the next hop): the runner reschedules at ``retry_at`` without
+    counting an attempt, rewriting the spool entry or telling observers.
     """
 
     reason: str
     retry_at: Optional[float] = None
     possibly_delivered: bool = False
+    attempted: bool = True
 
 
 @attrs.frozen

@@ -347,6 +347,16 @@ class QueueRunner(Service):
     @inlineCallbacks
     def _transient(self, entry: SpoolEntry, outcome: Transient) -> Any:
         now = self.clock.seconds()
+        if not outcome.attempted:
+            # Scheduling, not failure: nothing was sent, so no attempt, no spool write, no
+            # observer; after a crash the old next-attempt time simply makes it due sooner.
+            next_at = outcome.retry_at if outcome.retry_at is not None else now + self.config.retry_schedule[0]
+            self.log.debug("{queue_id} waits until {delay}s from now: {reason}",
+                           queue_id=entry.queue_id, delay=round(next_at - now), reason=outcome.reason)
+            if not self._stopping:
+                self._remember(entry)
+                self._schedule(entry.queue_id, max(next_at, now))
+            return
         attempts = entry.attempts + 1
         history = (entry.history + (AttemptRecord(at=now, reason=outcome.reason),))[-HISTORY_LIMIT:]
         if outcome.possibly_delivered:

@@ -233,8 +233,8 @@ class GraphDeliverer:
         key = (credentials.tenant_key, normalise(prepared.mailbox))
         admission = await self.scheduler.admit(key, entry.queue_id)
         if isinstance(admission, Later):
-            return self._finish(entry, Transient(f"{admission.reason} ({prepared.mailbox})", retry_at=admission.retry_at),
-                                quiet=True)
+            return self._finish(entry, Transient(f"{admission.reason} ({prepared.mailbox})", retry_at=admission.retry_at,
+                                                 attempted=False), quiet=True)
         attempt = _Attempt(entry, credentials, token, prepared.mailbox, key)
         try:
             outcome = await self._send(attempt, prepared)
