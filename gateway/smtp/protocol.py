@@ -830,17 +830,19 @@ class GatewayESMTP(smtp.ESMTP):
             # Discarded while the policies ran (shutdown): the session is closing already.
             self._end_transaction(tx)
             return
+        # The final reply goes out before the transaction counts as finished: a graceful stop
+        # waiting for it (factory.drain) closes the session as soon as it is, and must not
+        # get its 421 in ahead of the 250 (the client would send the message again).
         if isinstance(outcome, Refusal):
             self._discard(tx)
-            self._end_transaction(tx)
             self.log.info(
                 "refused message from {client}: {code} {status} {text}",
                 client=self._client_label(), code=outcome.code, status=outcome.status, text=outcome.text,
             )
             self._refuse(outcome)
+            self._end_transaction(tx)
             return
         tx.phase = "done"
-        self._end_transaction(tx)
         self._messages += 1
         queue_id = getattr(outcome, "queue_id", None) or tx.writer.queue_id
         self.log.info(
@@ -849,6 +851,7 @@ class GatewayESMTP(smtp.ESMTP):
             nrcpt=len(tx.recipients), tls=self._secure(), listener=self.listener.name,
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        self._end_transaction(tx)
 
     def _message_after_disconnect(self, tx: Transaction, outcome: Any) -> None:
         """The commit was under way when the client left: the message is queued all the same."""
