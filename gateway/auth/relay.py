@@ -21,13 +21,13 @@ through, the message would still not get out.
 
 from __future__ import annotations
 
-import ipaddress
 from email import errors as email_errors
 from typing import Any, Optional
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.policy.addresses import client_ip, header_addresses
 from gateway.auth.patterns import PatternError, sender_matches, validate_pattern
 from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
@@ -35,45 +35,6 @@ from gateway.policy.interfaces import Continue, IPolicy, MessageView, Reject, Se
 
 _CONTINUE = Continue()
 _CHECKED_HEADERS = ("From", "Sender")
-
-
-def client_ip(text: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The client as an IP address; IPv4-mapped IPv6 (dual-stack sockets) unwrapped."""
-    try:
-        ip = ipaddress.ip_address((text or "").strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def header_addresses(headers: Any, name: str) -> tuple[Optional[list[str]], Optional[str]]:
-    """
-    ``(addresses, problem)`` for header ``name``: ``([], None)`` when absent, ``(None, reason)``
-    when it occurs twice or the parser had to guess (a downstream parser may guess differently,
-    which is exactly what From spoofing exploits).
-    """
-    values = headers.get_all(name) if headers is not None else None
-    if not values:
-        return [], None
-    if len(values) > 1:
-        return None, f"more than one {name} header"
-    value = values[0]
-    defects = getattr(value, "defects", ())
-    if any(isinstance(d, (email_errors.InvalidHeaderDefect, email_errors.NonPrintableDefect)) for d in defects):
-        return None, f"{name} header is malformed"
-    found = getattr(value, "addresses", None)
-    if found is None:
-        return None, f"{name} header is not an address header"
-    addresses = []
-    for address in found:
-        if not address.username or not address.domain:
-            return None, f"{name} header has an incomplete address"
-        addresses.append(address.addr_spec)
-    if not addresses:
-        return None, f"{name} header has no address"
-    return addresses, None
 
 
 def _shown(address: str) -> str:
@@ -167,10 +128,10 @@ class RelayAccessPolicy:
                 "message",
             )
         for name in _CHECKED_HEADERS:
-            addresses, problem = header_addresses(message.headers, name)
-            if problem is not None:
-                return self._refuse(session, Reject(550, "5.7.1", f"Message refused: {problem}"), "message")
-            for address in addresses:
+            found = header_addresses(message.headers, name)
+            if found.problem is not None:
+                return self._refuse(session, Reject(550, "5.7.1", f"Message refused: {found.problem}"), "message")
+            for address in found.addresses:
                 if not sender_matches(address, patterns):
                     return self._refuse(
                         session,
@@ -180,4 +141,4 @@ class RelayAccessPolicy:
         return _CONTINUE
 
 
-__all__ = ["RelayAccessPolicy", "client_ip", "header_addresses"]
+__all__ = ["RelayAccessPolicy"]

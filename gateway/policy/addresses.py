@@ -91,11 +91,17 @@ class HeaderAddresses:
     problem: Optional[str] = None
 
 
+_SINGLE_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
+
+
 def header_addresses(headers: Any, name: str) -> HeaderAddresses:
     """Read the addresses of header ``name`` from a message parsed with ``email.policy.SMTP``."""
     values = headers.get_all(name) if headers is not None else None
     if not values:
         return HeaderAddresses(present=False)
+    if len(values) > 1 and name.lower() in _SINGLE_HEADERS:
+        # RFC 5322 allows one; with two, mail clients show one and a checker may read the other.
+        return HeaderAddresses(present=True, problem=f"more than one {name} header")
     addresses: list[str] = []
     names: list[str] = []
     for value in values:
@@ -118,7 +124,7 @@ def header_addresses(headers: Any, name: str) -> HeaderAddresses:
 def client_ip(text: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """The client address as an IP (IPv4-mapped IPv6 unwrapped), or None for non-IP peers."""
     try:
-        ip = ipaddress.ip_address(text)
+        ip = ipaddress.ip_address((text or "").strip("[]"))
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
