@@ -163,3 +163,20 @@ class SenderAllowlistTests(SynchronousTestCase):
         ]:
             e = self.assertRaises(PolicyConfigError, build, options, context)
             self.assertEqual(e.option, option, (options, str(e)))
+
+
+class DuplicateHeaderTests(SynchronousTestCase):
+    """Two From headers are refused, not judged one by one: readers may pick different ones."""
+
+    def test_second_from_header_is_a_problem(self):
+        import email.parser
+        import email.policy
+
+        from gateway.policy.addresses import header_addresses
+
+        headers = email.parser.BytesHeaderParser(policy=email.policy.SMTP).parsebytes(
+            b"From: alice@corp.example\r\nFrom: ceo@corp.example\r\n\r\n"
+        )
+        found = header_addresses(headers, "From")
+        self.assertEqual(found.problem, "more than one From header")
+        self.assertEqual(found.addresses, ())

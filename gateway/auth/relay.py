@@ -21,7 +21,6 @@ through, the message would still not get out.
 
 from __future__ import annotations
 
-from email import errors as email_errors
 from typing import Any, Optional
 
 from twisted.logger import Logger
