@@ -61,8 +61,9 @@ class ISpoolWriter(Interface):
         """
         Make the message durable and queue it.
 
-        Order: flush, fsync the message file, write the envelope/state record, fsync it,
-        rename both into the queue, fsync the queue directory.  Only when the returned
+        Order: flush the message and write the envelope/state record (both as temporary
+        files), fsync both, rename the message and then the record into the queue, fsync the
+        queue directory.  A record in the queue is what marks an entry complete.  Only when the returned
         Deferred fires (with the new L{gateway.spool.entry.SpoolEntry}) may the caller say 250.
 
         ``header_section``, when given, replaces the header section of what was written (the
