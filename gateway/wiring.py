@@ -59,6 +59,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     from gateway.smtp.tls import TLSContextSource
     from gateway.spool.runner import QueueRunner
     from gateway.spool.store import DirectorySpool
+    from gateway.spool.watch import IncomingWatcher
     from gateway.threads import ThreadPoolService
 
     services: list = []
@@ -84,6 +85,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
 
     runner = QueueRunner(spool, deliverer, config.queue, reactor, observers)
     services.append(runner)
+    services.append(IncomingWatcher(spool.disk.layout.incoming, runner.kick, reactor))
 
     chains = build_listener_chains(config, reactor, redis)
     listeners = []

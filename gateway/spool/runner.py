@@ -91,6 +91,7 @@ class QueueRunner(Service):
         self._timer_at: Optional[float] = None
         self._incoming_loop: Optional[LoopingCall] = None
         self._scanning = False
+        self._scan_again = False
         self._recovered = False
         self._stopping = False
         self._idle_waiters: list[Deferred] = []
@@ -401,14 +402,21 @@ class QueueRunner(Service):
     def _scan_incoming(self) -> Deferred:
         """Never fails (a failing LoopingCall would stop for good)."""
         if self._scanning:
+            # Something may have landed after the running scan listed the directory: look
+            # again as soon as it finishes rather than at the next tick.
+            self._scan_again = True
             return succeed(None)
         self._scanning = True
+        self._scan_again = False
         d = maybeDeferred(self.spool.scan_incoming)
         d.addCallback(self._incoming_found)
         d.addErrback(lambda f: self.log.failure("scanning the spool's incoming directory failed", f))
 
-        def done(_: Any) -> None:
+        def done(_: Any) -> Any:
             self._scanning = False
+            if self._scan_again and self.running and not self._stopping:
+                return self._scan_incoming()
+            return None
         return d.addBoth(done)
 
     @inlineCallbacks

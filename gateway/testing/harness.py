@@ -149,10 +149,11 @@ def gateway_config(case: Any, data: Optional[Mapping[str, Any]] = None, environ:
 
 @inlineCallbacks
 def start_gateway(case: Any, data: Any = None, deliverer: Any = None, reactor: Any = None,
-                  environ: Optional[Mapping[str, str]] = None) -> Any:
+                  environ: Optional[Mapping[str, str]] = None, prepare: Any = None) -> Any:
     """
     Build and start a gateway for ``case`` (a trial TestCase) from ``data`` (TOML structure as
     Python values, or an already built GatewayConfig); stop it in the test's cleanup.
+    ``prepare``, if given, is called with the built components just before they start.
     """
     from gateway.config.model import GatewayConfig
     from gateway.service import GatewayService
@@ -164,6 +165,8 @@ def start_gateway(case: Any, data: Any = None, deliverer: Any = None, reactor: A
     components = build_components(config, reactor, deliverer)
     recorder = RecordingObserver()
     components.runner.observers = (*components.runner.observers, recorder)
+    if prepare is not None:
+        prepare(components)
     service = GatewayService(config, reactor, components=components, install_signal_handlers=False)
     running = RunningGateway(service, config, recorder)
     service.privilegedStartService()
