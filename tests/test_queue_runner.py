@@ -333,7 +333,8 @@ class LifecycleTests(RunnerTestBase):
     def test_graceful_stop_waits_for_in_flight(self):
         deliverer = ScriptedDeliverer("wait", "wait")
         runner = self.start(deliverer, config=attrs.evolve(self.config, concurrency=1))
-        first, second = self.accept(), self.accept()
+        self.accept()
+        second = self.accept()
         stopped = runner.stopService()
         self.assertNoResult(stopped)
         deliverer.pending[0].callback(Delivered())
