@@ -119,7 +119,7 @@ def status_service(endpoint_description: str, components: Any, reactor: Any) -> 
     from twisted.internet.endpoints import serverFromString
     from twisted.web.server import Site
 
-    site = Site(status_root(components, reactor))
+    site = Site(status_root(components, reactor), timeout=60)  # idle clients go after a minute
     site.noisy = False
     site.displayTracebacks = False
     service = StreamServerEndpointService(serverFromString(reactor, endpoint_description), site)
