@@ -131,6 +131,7 @@ class RequestRecord:
     authorization: bool
     content_type: Optional[str]
     length: int
+    at: float = 0.0  # when the request arrived (the fake's reactor clock)
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -407,7 +408,8 @@ class FakeGraphServer:
         request.content.seek(0)
         record = dict(method=method, operation=operation, mailbox=mailbox,
                       authorization=request.getHeader("authorization") is not None,
-                      content_type=request.getHeader("content-type"), length=len(body))
+                      content_type=request.getHeader("content-type"), length=len(body),
+                      at=self.reactor.seconds())
         if mailbox is not None:
             self._in_flight[mailbox] = self._in_flight.get(mailbox, 0) + 1
             self.max_concurrency[mailbox] = max(self.max_concurrency.get(mailbox, 0), self._in_flight[mailbox])
