@@ -374,6 +374,20 @@ class LimitTests(SessionTestCase):
         self.assertEqual(factory.connections_from("192.0.2.10"), 0)
         self.assertEqual(self.session(factory).banner, [b"220 gw.test ESMTP"])
 
+    def test_ipv6_clients_count_per_64(self):
+        from twisted.internet.address import IPv6Address
+
+        def from_v6(address):
+            return self.session(factory, transport=StringTransport(peerAddress=IPv6Address("TCP", address, 40000)))
+
+        factory = make_factory(limits={"max_connections_per_ip": 1})
+        self.assertEqual(from_v6("2001:db8:1:2::10").banner, [b"220 gw.test ESMTP"])
+        # Another address of the same /64 is the same client; another /64 is not.
+        self.assertTrue(from_v6("2001:db8:1:2::99").banner[0].startswith(b"421 4.7.0"))
+        self.assertEqual(from_v6("2001:db8:1:3::10").banner, [b"220 gw.test ESMTP"])
+        self.assertGreaterEqual(factory.connections_from("2001:db8:1:2::abcd"), 1)
+        self.assertEqual(factory.connections_from("2001:db8:1:5::1"), 0)
+
     def test_per_ip_limit_behind_proxy_uses_real_address(self):
         factory = make_factory(limits={"max_connections_per_ip": 1}, endpoint="haproxy:tcp:0", proxy_protocol=True)
         first = self.session(factory, peer="10.0.0.1")

@@ -15,11 +15,12 @@ remembered, expired ones are dropped first.
 from __future__ import annotations
 
 import collections
-import ipaddress
 from typing import Any, Deque, Optional
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+
+from gateway.policy.addresses import client_key
 
 
 @attrs.frozen
@@ -44,17 +45,7 @@ class FailureOutcome:
 
 def throttle_key(address: Optional[str]) -> str:
     """The bucket for a client address: the IPv4 address, the IPv6 /64, or the text as given."""
-    if not address:
-        return "unknown"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    return client_key(address)
 
 
 class LoginThrottle:

@@ -132,7 +132,23 @@ def client_ip(text: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Addre
     return ip
 
 
+def client_key(address: Optional[str], ipv6_prefix: int = 64) -> str:
+    """
+    Who a client is for counting (connections, failed logins, rate limits): the IPv4 address,
+    or the IPv6 network of ``ipv6_prefix`` bits — one IPv6 host usually owns a whole /64, so
+    per-address counting would be trivially evaded — or the text as given for non-IP peers.
+    """
+    if not address:
+        return "unknown"
+    ip = client_ip(address)
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ipv6_prefix < 128:
+        return str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
+    return str(ip)
+
+
 __all__ = [
     "AddressPattern", "parse_patterns", "matches_any", "split_address",
-    "HeaderAddresses", "header_addresses", "client_ip",
+    "HeaderAddresses", "header_addresses", "client_ip", "client_key",
 ]

@@ -16,7 +16,6 @@ time the client gets a 451 as well (or the limit is skipped with ``fail_open = t
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -24,7 +23,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from gateway.policy.addresses import client_ip, header_addresses
+from gateway.policy.addresses import client_key, header_addresses
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, SessionView, TempFail
 from gateway.policy.options import PolicyOptions, Scope
@@ -60,12 +59,7 @@ class RateLimit(PolicyBase):
         if self.key == "login":
             return session.identity.login.lower() if session.identity is not None else None
         if self.key == "client-ip":
-            ip = client_ip(session.client_address)
-            if ip is None:
-                return session.client_address or None
-            if isinstance(ip, ipaddress.IPv6Address) and self.ipv6_prefix < 128:
-                return str(ipaddress.ip_network(f"{ip}/{self.ipv6_prefix}", strict=False))
-            return str(ip)
+            return client_key(session.client_address, self.ipv6_prefix) if session.client_address else None
         if self.key == "sender":
             value = sender if sender is not None else session.sender
             if value is None:

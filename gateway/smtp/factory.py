@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from gateway.config.model import ListenerConfig
+from gateway.policy.addresses import client_key
 from gateway.smtp.protocol import GatewayESMTP, is_trusted
 
 
@@ -85,6 +86,7 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         """Count ``proto`` against ``address``; why it must be refused (too many from there), or None."""
         if proto in self._session_ip:
             return None
+        address = client_key(address)  # an IPv6 client counts per /64, like its login failures
         self._session_ip[proto] = address
         count = self._per_ip.get(address, 0) + 1
         self._per_ip[address] = count
@@ -103,7 +105,7 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
                 self._per_ip.pop(address, None)
 
     def connections_from(self, address: str) -> int:
-        return self._per_ip.get(address, 0)
+        return self._per_ip.get(client_key(address), 0)
 
     def is_trusted(self, address: str) -> bool:
         return is_trusted(address, self.listener.trusted_networks)
