@@ -202,6 +202,21 @@ class DeliveryTests(RunnerTestBase):
         self.assertEqual([kind for kind, _, _ in observer.events], ["delivered"])
         self.assertEqual(self.queued_ids(), [])
 
+    def test_hung_attempt_is_cancelled_and_retried(self):
+        deliverer = ScriptedDeliverer("wait")
+        runner = self.start(deliverer, config=attrs.evolve(self.config, attempt_timeout=600.0))
+        entry = self.accept()
+        self.clock.advance(599)
+        self.assertEqual(runner.in_flight, 1)
+        self.clock.advance(1)
+        self.assertEqual(runner.in_flight, 0)
+        self.assertEqual(runner.stats.possibly_delivered, 1)
+        record = self.record(entry.queue_id)
+        self.assertEqual(record.attempts, 1)
+        self.assertIn("timed out", record.history[-1].reason)
+        self.clock.advance(60)
+        self.assertEqual(len(deliverer.calls), 2)
+
     def test_possibly_delivered_counted_and_logged(self):
         deliverer = ScriptedDeliverer(Transient("timeout after body sent", possibly_delivered=True))
         runner = self.start(deliverer)

@@ -100,7 +100,10 @@ def build_config(
         jitter=q.number("jitter", 0.2),
         max_lifetime=q.duration("max_lifetime", 5 * 86400.0),
         shutdown_grace=q.duration("shutdown_grace", 30.0),
+        attempt_timeout=q.duration("attempt_timeout", 1800.0),
     )
+    if queue.attempt_timeout <= 0:
+        raise ConfigError("queue.attempt_timeout", "must be more than 0 seconds")
     if queue.jitter > 1:
         raise ConfigError("queue.jitter", "must be a fraction from 0 to 1")
     q.finish()

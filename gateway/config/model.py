@@ -85,13 +85,18 @@ class SpoolConfig:
 
 @attrs.frozen
 class QueueConfig:
-    """How the queue runner retries: backoff schedule (seconds), jitter fraction, lifetime."""
+    """
+    How the queue runner retries: backoff schedule (seconds), jitter fraction, lifetime, and
+    ``attempt_timeout``: how long one delivery attempt may take before the runner gives up on
+    it (a safety net under the deliverer's own network timeouts; large uploads need time).
+    """
 
     concurrency: int = 16
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     jitter: float = 0.2
     max_lifetime: float = 5 * 86400.0
     shutdown_grace: float = 30.0
+    attempt_timeout: float = 1800.0
 
 
 @attrs.frozen

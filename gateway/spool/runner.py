@@ -84,6 +84,7 @@ class QueueRunner(Service):
         self._seq = itertools.count()
         self._cache: dict[str, SpoolEntry] = {}
         self._in_flight: dict[str, Deferred] = {}
+        self._attempt_timers: dict[str, IDelayedCall] = {}
         self._after_flight: dict[str, float] = {}
         self._force_now: set[str] = set()
         self._delete_requested: set[str] = set()
@@ -161,6 +162,9 @@ class QueueRunner(Service):
             if not done.called:
                 self.log.warn("shutdown grace expired with {count} delivery(ies) in flight; they stay queued",
                               count=len(self._in_flight))
+                for timer in self._attempt_timers.values():
+                    if timer.active():
+                        timer.cancel()
                 self._idle_waiters.remove(done)
                 done.callback(None)
 
@@ -299,13 +303,31 @@ class QueueRunner(Service):
             self._remember(entry)
             self._schedule(queue_id, entry.next_attempt_at)
             return
+        attempt = maybeDeferred(self.deliverer.deliver, entry)
+        # A safety net, not the deliverer's own timeouts: a hung attempt must not hold a
+        # delivery slot (and the message) forever.  It may have reached the next hop.
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            attempt.cancel()
+
+        self._attempt_timers[queue_id] = self.clock.callLater(self.config.attempt_timeout, expire)
         try:
-            outcome = yield maybeDeferred(self.deliverer.deliver, entry)
+            outcome = yield attempt
         except Exception:
-            failure = Failure()
-            self.stats.deliverer_errors += 1
-            self.log.failure("deliverer raised for {queue_id}; treating as transient", failure, queue_id=queue_id)
-            outcome = Transient(reason=f"internal error in deliverer: {failure.type.__name__}")
+            if expired:
+                self.stats.deliverer_errors += 1
+                self.log.error("delivery attempt for {queue_id} still unfinished after {timeout}s; cancelled",
+                               queue_id=queue_id, timeout=self.config.attempt_timeout)
+                outcome = Transient(reason=f"delivery attempt timed out after {_duration(self.config.attempt_timeout)}",
+                                    possibly_delivered=True)
+            else:
+                outcome = self._deliverer_raised(queue_id, Failure())
+        finally:
+            timer = self._attempt_timers.pop(queue_id, None)
+            if timer is not None and timer.active():
+                timer.cancel()
         if not isinstance(outcome, (Delivered, Transient, Permanent)):
             self.stats.deliverer_errors += 1
             self.log.error("deliverer returned {outcome!r} for {queue_id}; treating as transient",
@@ -389,6 +411,11 @@ class QueueRunner(Service):
         if not self._stopping:
             self._schedule(entry.queue_id, next_at)
         self._notify("deferred", deferred_entry, outcome)
+
+    def _deliverer_raised(self, queue_id: str, failure: Failure) -> Transient:
+        self.stats.deliverer_errors += 1
+        self.log.failure("deliverer raised for {queue_id}; treating as transient", failure, queue_id=queue_id)
+        return Transient(reason=f"internal error in deliverer: {failure.type.__name__}")
 
     def _notify(self, method: str, entry: SpoolEntry, outcome: Any) -> None:
         for observer in self.observers:
