@@ -94,9 +94,24 @@ class HeaderAddresses:
 _SINGLE_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
 
 
+# The email parser skips a field it takes for an mbox "From " line and ends the header section
+# at a field name followed by a tab; the SMTP intake and the Graph deliverer read both as
+# header fields ("From : ceo@..." is From to them), so what the parser missed may be the From.
+_HIDING_DEFECTS = (email_errors.MisplacedEnvelopeHeaderDefect, email_errors.MissingHeaderBodySeparatorDefect)
+
+
 def header_addresses(headers: Any, name: str) -> HeaderAddresses:
     """Read the addresses of header ``name`` from a message parsed with ``email.policy.SMTP``."""
-    values = headers.get_all(name) if headers is not None else None
+    if headers is not None and (
+        getattr(headers, "get_unixfrom", lambda: None)() is not None
+        or any(isinstance(d, _HIDING_DEFECTS) for d in getattr(headers, "defects", ()))
+    ):
+        return HeaderAddresses(present=True, problem="header section is malformed")
+    try:
+        values = headers.get_all(name) if headers is not None else None
+    except (ValueError, TypeError):
+        # e.g. an encoded word in the display name that decodes to a line break.
+        return HeaderAddresses(present=True, problem=f"{name} header is malformed")
     if not values:
         return HeaderAddresses(present=False)
     if len(values) > 1 and name.lower() in _SINGLE_HEADERS:
