@@ -187,6 +187,11 @@ def split_address_list(value: str) -> list[AddressItem]:
         if not text:
             return
         _, addr = email.utils.parseaddr(text)
+        # An entry a lenient parser reads as several addresses (``a@x;b@y``, ``<a@x> <b@y>``:
+        # Outlook and Exchange take ``;`` as a separator) names nobody we can vouch for: it is
+        # treated as unparseable, so a rewrite removes it instead of sending it on verbatim.
+        if len({normalise(a) for _, a in email.utils.getaddresses([text]) if a}) > 1:
+            addr = ""
         item = AddressItem(text, addr)
         (members if group_name is not None else items).append(item)
 
