@@ -64,6 +64,10 @@ class HeaderRewrite(PolicyBase):
         edits += [rewrite.edit(message.headers) for rewrite in self.addresses]
         if self.subject_tag:
             subject = header_text(message.headers, "Subject")
+            if subject is not None:
+                # Decoded encoded words may hold line breaks; as text they would be refused as
+                # header injection, and the message temp-failed for ever.
+                subject = " ".join(subject.replace("\x00", " ").splitlines())
             if subject is None:
                 edits.append(HeaderEdit("replace", "Subject", self.subject_tag))
             elif self.subject_tag not in subject:
