@@ -285,7 +285,11 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
             break
         if collector.overflowed:
             raise SendmailError(EX_DATAERR, f"header section larger than {MAX_HEADER_BYTES} bytes")
-    header_lines, body_start = result if result is not None else collector.finish_at_end()
+    if result is None:
+        # The input ended inside the header section.  Its last line may lack a newline (printf
+        # without \n): end that line, or the collector would drop it as unfinished.
+        result = collector.feed(b"\r\n") or collector.finish_at_end()
+    header_lines, body_start = result
 
     fields = split_fields(header_lines)
     if opts.extract:
