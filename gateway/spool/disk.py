@@ -685,6 +685,8 @@ class SpoolDisk:
         inc_msg = SpoolLayout.path(inc, queue_id, MSG)
         q_msg = SpoolLayout.path(q, queue_id, MSG)
         q_env = SpoolLayout.path(q, queue_id, ENV)
+        if not message_in_incoming and os.path.exists(inc_msg):
+            message_in_incoming = True  # renamed in while incoming/ was being listed
         if not message_in_incoming:
             if os.path.exists(q_env):
                 quietly(self.ops.unlink, inc_env)  # import finished; only the unlink was lost
@@ -790,7 +792,9 @@ class SpoolDisk:
         for queue_id in messages - records.keys():
             self._recover_lone_message(queue_id, report)
         for queue_id, mtime in records.items():
-            if queue_id in messages:
+            # A listing is no snapshot: a commit running meanwhile can show its record but not
+            # the message renamed in just before it.  Look again before calling it lone.
+            if queue_id in messages or os.path.exists(SpoolLayout.path(q, queue_id, MSG)):
                 report.schedule.append((mtime, queue_id))
             else:
                 self._recover_lone_record(queue_id, report)
