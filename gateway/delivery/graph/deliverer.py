@@ -88,6 +88,8 @@ class _Tenant:
     since: float = 0.0
     paused_until: float = 0.0
     failures: int = 0
+    #: Graph refused a fresh token: only a Graph answer (not another token) shows it is fixed.
+    graph_refused: bool = False
 
 
 @attrs.frozen
@@ -127,6 +129,7 @@ class _Attempt:
     key: tuple
     path: str = "sendMail"
     request_id: Optional[str] = None
+    token_accepted: bool = False
 
 
 def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConfig) -> PreparedMessage:
@@ -228,7 +231,8 @@ class GraphDeliverer:
             token = await self.tokens.acquire(credentials)
         except TokenError as e:
             return self._finish(entry, self._token_failed(tenant, e))
-        self._tenant_ok(tenant)
+        if not tenant.graph_refused:
+            self._tenant_ok(tenant)
 
         key = (credentials.tenant_key, normalise(prepared.mailbox))
         admission = await self.scheduler.admit(key, entry.queue_id)
@@ -241,6 +245,7 @@ class GraphDeliverer:
         except _StepFailed as e:
             outcome = e.outcome
         except _TenantAuthFailure as e:
+            tenant.graph_refused = True
             outcome = self._tenant_config_trouble(
                 tenant, f"Graph refused a freshly issued token ({describe(e.response)}); "
                         f"check the app's Mail.Send permission and admin consent")
@@ -248,6 +253,8 @@ class GraphDeliverer:
             outcome = self._token_failed(tenant, e)
         finally:
             admission.release()
+        if attempt.token_accepted and tenant.graph_refused:
+            self._tenant_ok(tenant)
         if isinstance(outcome, Delivered):
             self.scheduler.succeeded(key)
         return self._finish(entry, outcome, attempt=attempt)
@@ -373,6 +380,7 @@ class GraphDeliverer:
         try:
             response = await method(graph_url, attempt.mailbox, attempt.token, *args)
             if response.code != 401:
+                attempt.token_accepted = True
                 return response
             self.stats.token_retries += 1
             self.log.info("graph {queue_id}: token refused ({code}), fetching a new one",
@@ -384,6 +392,7 @@ class GraphDeliverer:
             raise _StepFailed(transport_outcome(e, step)) from None
         if response.code == 401:
             raise _TenantAuthFailure(response)
+        attempt.token_accepted = True
         return response
 
     def _sent(self, attempt: _Attempt, response: GraphResponse, step: str) -> Any:
@@ -421,6 +430,7 @@ class GraphDeliverer:
             tenant.state, tenant.detail, tenant.since = "ok", "", self.clock.seconds()
         tenant.failures = 0
         tenant.paused_until = 0.0
+        tenant.graph_refused = False
 
     def _token_failed(self, tenant: _Tenant, error: TokenError) -> Transient:
         if error.is_config:
