@@ -9,6 +9,7 @@ unknown key (usually a typo) is an error rather than silently ignored.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Any, Iterable, Mapping, Optional
 
@@ -77,6 +78,8 @@ class TableReader:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(self.key(name), "must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(self.key(name), f"must be a finite number, not {value}")
         if value < minimum:
             raise ConfigError(self.key(name), f"must be at least {minimum}, not {value}")
         return float(value)
@@ -123,12 +126,15 @@ def parse_duration(value: Any, key: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(key, "must be a duration such as 30, \"90s\", \"5m\" or \"5d\"")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            # TOML's nan/inf: a nan window disables a rate limit, an inf timeout breaks timers.
+            raise ConfigError(key, f"must be a finite duration, not {value}")
         if value < 0:
             raise ConfigError(key, "must not be negative")
         return float(value)
     if isinstance(value, str):
         m = _DURATION.match(value)
-        if m:
+        if m and math.isfinite(float(m.group(1)) * _DURATION_UNITS[m.group(2)]):
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     raise ConfigError(key, f"must be a duration such as 30, \"90s\", \"5m\" or \"5d\", not {value!r}")
 

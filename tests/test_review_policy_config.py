@@ -1,0 +1,56 @@
+"""
+Review: configuration values TOML can express but that make no sense must be refused with one
+line naming the key: ``nan``/``inf`` durations and numbers (a rate-limit window of ``nan``
+silently disabled the limit; an infinite timeout reaches callLater and the poller).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.config.errors import ConfigError
+from gateway.config.loader import build_config
+from gateway.policy.context import PolicyContext
+from gateway.policy.interfaces import PolicyConfigError
+from gateway.policy.rate_limit import build as build_rate_limit
+from gateway.policy.testing import make_session, run_transaction
+from gateway.policy.chain import PolicyChain
+
+NAN, INF = float("nan"), float("inf")
+
+
+class NonFiniteTests(SynchronousTestCase):
+    def config(self, data):
+        base = self.mktemp()
+        return build_config(data, {}, {}, base)
+
+    def test_durations_refuse_nan_and_inf(self):
+        for value in (NAN, INF, -INF, "9" * 400 + "s"):
+            for data, key in [
+                ({"limits": {"idle_timeout": value}}, "limits.idle_timeout"),
+                ({"queue": {"max_lifetime": value}}, "queue.max_lifetime"),
+                ({"queue": {"attempt_timeout": value}}, "queue.attempt_timeout"),
+            ]:
+                e = self.assertRaises(ConfigError, self.config, data)
+                self.assertEqual(e.key, key)
+
+    def test_numbers_refuse_nan_and_inf(self):
+        for value in (NAN, INF):
+            e = self.assertRaises(ConfigError, self.config, {"queue": {"jitter": value}})
+            self.assertEqual(e.key, "queue.jitter")
+
+    def test_rate_limit_window_nan_is_refused_not_a_disabled_limit(self):
+        context = PolicyContext(clock=Clock())
+        for value in (NAN, INF):
+            e = self.assertRaises(PolicyConfigError, build_rate_limit, {"key": "client-ip", "messages": 1, "per": value}, context)
+            self.assertEqual(e.option, "per")
+
+    def test_finite_values_still_work(self):
+        config = self.config({"limits": {"idle_timeout": 30.5}, "queue": {"jitter": 0.1, "max_lifetime": "2d"}})
+        self.assertEqual(config.listeners[0].limits.idle_timeout, 30.5)
+        self.assertEqual(config.queue.max_lifetime, 2 * 86400.0)
+        policy = build_rate_limit({"key": "client-ip", "messages": 1, "per": 60.0}, PolicyContext(clock=Clock()))
+        chain = PolicyChain([policy])
+        self.assertTrue(self.successResultOf(run_transaction(chain, make_session(), "a@x.example", ["b@x.example"])).allowed)
+        self.assertFalse(self.successResultOf(run_transaction(chain, make_session(), "a@x.example", ["b@x.example"])).allowed)
