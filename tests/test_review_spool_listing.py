@@ -90,3 +90,17 @@ class ListingRaceTests(SynchronousTestCase):
         self.assertEqual(report.quarantined, [])
         self.assertEqual([queue_id for _, queue_id in report.schedule], ["0000000000000000001"])
         self.assertEqual(disk.load("0000000000000000001").envelope.sender, "s@example.com")
+
+    def test_incoming_scan_keeps_old_message_whose_record_it_missed(self):
+        # sendmail's message file keeps the mtime of its last write, which can be long before
+        # the renames (stdin held open); a listing that misses the record must not make the
+        # acknowledged message look like an abandoned half.
+        queue_id = self.sendmail_dropoff()
+        disk = SpoolDisk(self.spool_dir)
+        msg = os.path.join(disk.layout.incoming, queue_id + ".msg")
+        os.utime(msg, (1.0, 1.0))
+        self.hide(disk.layout.incoming, queue_id + ".env")
+        disk.scan_incoming()
+        self.patch(disk_module.os, "scandir", os.scandir)
+        disk.scan_incoming()
+        self.assertEqual(disk.load(queue_id).envelope.recipients, ("a@example.com",))

@@ -656,7 +656,8 @@ class SpoolDisk:
                         scan.quarantined.append(Quarantined(name, "unknown file in incoming/"))
                 continue
             if "." + suffix == MSG:
-                if queue_id + ENV not in names and self._older_than(path, now, INCOMING_GRACE):
+                if (queue_id + ENV not in names and self._older_than(path, now, INCOMING_GRACE)
+                        and not os.path.exists(os.path.join(inc, queue_id + ENV))):
                     # sendmail died between its two renames: never acknowledged.
                     quietly(self.ops.unlink, path)
                 continue
