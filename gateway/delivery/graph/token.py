@@ -14,6 +14,7 @@ the mail queued, pause the tenant) and ``transient`` (network, Entra busy: retry
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
@@ -333,6 +334,10 @@ def classify_exception(e: BaseException) -> TokenError:
         return TokenError("transient", f"http_{status or 'error'}", "the login host answered with an error")
     if requests is not None and isinstance(e, requests.exceptions.RequestException):
         return TokenError("transient", "network", f"cannot reach the login host ({type(e).__name__})")
+    if isinstance(e, json.JSONDecodeError):
+        # MSAL re-raises when the token endpoint answers 4xx with a body that is not JSON: an
+        # HTML 429 or proxy page, a cut-off answer.  Nothing says the credential is wrong.
+        return TokenError("transient", "not_json", "the login host answered with something that is not JSON")
     if isinstance(e, ValueError):
         text = str(e)
         if "authority" in text.lower():
