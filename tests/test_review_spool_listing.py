@@ -20,6 +20,9 @@ from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 
 
+_REAL_SCANDIR = os.scandir
+
+
 class _HidingDirEntries:
     """os.scandir that leaves ``hidden`` names out of listings of ``directory``."""
 
@@ -71,7 +74,7 @@ class ListingRaceTests(SynchronousTestCase):
         self.assertEqual(scan.quarantined, [])
         self.assertEqual(os.listdir(disk.layout.quarantine), [])
         # Imported now (or left for the next scan): either way a complete entry survives.
-        self.patch(disk_module.os, "scandir", os.scandir)
+        self.patch(disk_module.os, "scandir", _REAL_SCANDIR)
         disk.scan_incoming()
         self.assertEqual(disk.load(queue_id).envelope.recipients, ("a@example.com",))
 
@@ -101,6 +104,6 @@ class ListingRaceTests(SynchronousTestCase):
         os.utime(msg, (1.0, 1.0))
         self.hide(disk.layout.incoming, queue_id + ".env")
         disk.scan_incoming()
-        self.patch(disk_module.os, "scandir", os.scandir)
+        self.patch(disk_module.os, "scandir", _REAL_SCANDIR)
         disk.scan_incoming()
         self.assertEqual(disk.load(queue_id).envelope.recipients, ("a@example.com",))
