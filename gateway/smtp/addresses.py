@@ -73,6 +73,10 @@ def valid_address_literal(literal: bytes) -> bool:
     if len(literal) < 3 or literal[:1] != b"[" or literal[-1:] != b"]":
         return False
     inner = literal[1:-1].decode("ascii", "replace")
+    if "%" in inner:
+        # ipaddress takes "fe80::1%<anything>" (a zone id, any text, even a line break); an
+        # RFC 5321 literal has none, and this text goes into Received and DSN headers.
+        return False
     try:
         if inner[:5].upper() == "IPV6:":
             ipaddress.IPv6Address(inner[5:])
