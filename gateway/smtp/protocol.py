@@ -76,6 +76,10 @@ CLOSE_GRACE = 30.0
 # not speaking SMTP.
 PAUSE_PENDING_INPUT = 64 * 1024
 MAX_PENDING_INPUT = 1024 * 1024
+# Recipients beyond max_recipients get 452 4.5.3 (send them in another transaction, RFC 5321
+# §4.5.3.1.10); only this many of those per transaction are free of the error count, so a
+# pipelining client with a long list is not disconnected (Postfix's recipient overshoot limit).
+RECIPIENT_OVERSHOOT = 1000
 
 _COMMAND, _DATA = "command", "data"
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
@@ -142,6 +146,7 @@ class Transaction:
     phase: str = "envelope"
     in_flight: bool = False
     client_address: str = ""
+    overshoot: int = 0
 
 
 class GatewayESMTP(smtp.ESMTP):
@@ -662,7 +667,11 @@ class GatewayESMTP(smtp.ESMTP):
             self._reply(250, "2.1.5", "Recipient ok (duplicate)")
             return
         if len(tx.recipients) >= self.limits.max_recipients:
-            self._reply(452, "4.5.3", "Too many recipients")
+            tx.overshoot += 1
+            if tx.overshoot <= RECIPIENT_OVERSHOOT:
+                self.sendLine(b"452 4.5.3 Too many recipients")
+            else:
+                self._reply(452, "4.5.3", "Too many recipients")
             return
         d = maybeDeferred(self.chain.on_rcpt_to, self.session_view(), recipient)
         self._await(d, lambda result: self._rcpt_result(result, tx, recipient, key))
