@@ -86,3 +86,44 @@ class GraphRefusalBackoffTests(TestCase):
         self.clock.advance(5)  # past the mailbox's pacing interval
         again = self.deliver()
         self.assertEqual(again.retry_at, self.clock.seconds() + 60)  # backoff starts over
+
+
+class _PendingTokens:
+    """Every acquire waits until the test decides (like MSAL's single flight)."""
+
+    def __init__(self) -> None:
+        self.waiting = []
+
+    def acquire(self, credentials):
+        from twisted.internet.defer import Deferred
+        d = Deferred()
+        self.waiting.append(d)
+        return d
+
+    def evict(self, credentials, token=None):
+        return succeed(None)
+
+
+class ConcurrentConfigErrorTests(TestCase):
+    """One bad-credential event seen by many concurrent deliveries is one step of backoff."""
+
+    def test_concurrent_failures_pause_once(self):
+        from gateway.delivery.graph.token import TokenError
+        clock = Clock()
+        clock.advance(1000)
+        config = GraphConfig("tenant", "client", "https://login.example/tenant", "https://graph.example",
+                             client_secret=Secret("s3cret"), tenant_backoff=60.0, tenant_backoff_max=3600.0)
+        tokens = _PendingTokens()
+        deliverer = GraphDeliverer(config, _Client(), tokens,
+                                   ConfigCredentialResolver(credentials_from_config(config)), clock)
+        message = f"From: {ALICE}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nhi\r\n".encode("ascii")
+        directory = self.mktemp()
+        results = [deliverer.deliver(make_entry(write_message(directory, message, f"m{i}.eml"), ALICE, [BOB],
+                                                queue_id=f"Q{i}")) for i in range(6)]
+        self.assertEqual(len(tokens.waiting), 6)
+        for d in tokens.waiting:
+            d.errback(TokenError("config", "AADSTS7000215", "Invalid client secret provided."))
+        outcomes = [self.successResultOf(d) for d in results]
+        self.assertEqual({o.retry_at for o in outcomes}, {clock.seconds() + 60})
+        [health] = deliverer.health()
+        self.assertEqual(health.paused_until, clock.seconds() + 60)

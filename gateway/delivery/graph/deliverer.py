@@ -444,6 +444,10 @@ class GraphDeliverer:
 
     def _tenant_config_trouble(self, tenant: _Tenant, detail: str) -> Transient:
         now = self.clock.seconds()
+        if tenant.state == "config-error" and tenant.paused_until > now:
+            # Deliveries that were already under way when the tenant was paused report the same
+            # trouble: that is one event, not one more step of backoff (nor another alarm).
+            return Transient(f"tenant {tenant.label}: {tenant.detail}", retry_at=tenant.paused_until)
         tenant.failures += 1
         delay = min(self.config.tenant_backoff * 2 ** (tenant.failures - 1), self.config.tenant_backoff_max)
         if tenant.state != "config-error":
