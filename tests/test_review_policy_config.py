@@ -54,3 +54,29 @@ class NonFiniteTests(SynchronousTestCase):
         chain = PolicyChain([policy])
         self.assertTrue(self.successResultOf(run_transaction(chain, make_session(), "a@x.example", ["b@x.example"])).allowed)
         self.assertFalse(self.successResultOf(run_transaction(chain, make_session(), "a@x.example", ["b@x.example"])).allowed)
+
+
+class EndpointTests(SynchronousTestCase):
+    """
+    A listener or status endpoint Twisted cannot parse used to pass the configuration and then
+    crash start-up (and ``graphsmtp-config check`` said OK for the status one) with a
+    traceback instead of one line naming the key.
+    """
+
+    def config(self, data):
+        return build_config(data, {}, {}, self.mktemp())
+
+    def test_bad_listener_endpoint_names_the_key(self):
+        for endpoint in ("tcp:notaport", "bogus:25", "tcp:25:interfac=127.0.0.1", "systemd:domain=INET"):
+            e = self.assertRaises(ConfigError, self.config, {"listener": [{"name": "a", "endpoint": endpoint}]})
+            self.assertEqual(e.key, "listener.a.endpoint", endpoint)
+
+    def test_bad_status_endpoint_names_the_key(self):
+        e = self.assertRaises(ConfigError, self.config, {"status": {"endpoint": "tcp:notaport"}})
+        self.assertEqual(e.key, "status.endpoint")
+
+    def test_good_endpoints_still_load(self):
+        for endpoint in ("tcp:2525:interface=127.0.0.1", "tcp6:2525:interface=\\:\\:1", "haproxy:tcp:25",
+                         "unix:/run/graphsmtp.sock", "systemd:domain=INET:index=0"):
+            config = self.config({"listener": [{"name": "a", "endpoint": endpoint}], "status": {"endpoint": "tcp:0"}})
+            self.assertEqual(config.listeners[0].endpoint, endpoint)

@@ -18,7 +18,7 @@ from gateway.config.model import (
     DEFAULT_LISTEN, DEFAULT_STATE_DIR, CaptureConfig, GatewayConfig, Limits, ListenerConfig,
     PolicyRef, QueueConfig, SpoolConfig,
 )
-from gateway.config.reader import TableReader
+from gateway.config.reader import TableReader, check_endpoint
 
 _TLS_MODES = ("none", "starttls", "implicit")
 _AUTH_MODES = ("none", "optional", "required")
@@ -226,6 +226,7 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
     proxy_protocol = t.boolean("proxy_protocol", False) or endpoint.startswith("haproxy:")
     if proxy_protocol and not endpoint.startswith("haproxy:"):
         endpoint = "haproxy:" + endpoint
+    check_endpoint(endpoint, t.key("endpoint"))
     policies_raw = t.raw("policies", [])
     if not isinstance(policies_raw, list):
         raise ConfigError(t.key("policies"), "must be a list of tables like { use = \"sender-allowlist\", ... }")

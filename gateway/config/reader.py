@@ -122,6 +122,23 @@ class TableReader:
             raise ConfigError(self.key(unknown[0]), "unknown setting (check the spelling against etc/graphsmtp.toml)")
 
 
+def check_endpoint(description: str, key: str) -> None:
+    """
+    Refuse a server endpoint description Twisted cannot parse (unknown type, bad port,
+    misspelt argument), so it is one line naming ``key`` rather than a traceback at start-up.
+    Parsing binds nothing.  Problems that depend on the environment (systemd's inherited
+    sockets, certificate files) are left to the moment the listener is built.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(object(), description)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(key, f"{description!r} is not a valid Twisted endpoint: {e}") from None
+    except Exception:
+        pass
+
+
 def parse_duration(value: Any, key: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(key, "must be a duration such as 30, \"90s\", \"5m\" or \"5d\"")
@@ -153,4 +170,4 @@ def parse_size(value: Any, key: str) -> int:
     raise ConfigError(key, f"must be a size such as 1048576 or \"25MiB\", not {value!r}")
 
 
-__all__ = ["TableReader", "parse_duration", "parse_size"]
+__all__ = ["TableReader", "check_endpoint", "parse_duration", "parse_size"]

@@ -6,7 +6,7 @@ from typing import Mapping, Optional
 
 import attrs
 
-from gateway.config.reader import TableReader
+from gateway.config.reader import TableReader, check_endpoint
 
 
 @attrs.frozen
@@ -20,6 +20,8 @@ def parse_status(root: TableReader, environ: Mapping[str, str], resolve: object)
     table = root.table_at("status")
     config = StatusConfig(endpoint=table.string("endpoint"))
     table.finish()
+    if config.endpoint:
+        check_endpoint(config.endpoint, table.key("endpoint"))
     return config
 
 
