@@ -10,6 +10,7 @@ status; only transport failures raise, as L{GraphTransportError}.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import uuid
@@ -237,6 +238,8 @@ def parse_retry_after(values: Optional[list], now: float) -> Optional[float]:
             return None
         if when is None:
             return None
+        if when.tzinfo is None:  # asctime form: HTTP dates are always GMT, whatever the host's zone
+            when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - now
     if seconds != seconds:  # NaN
         return None
