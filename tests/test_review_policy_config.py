@@ -80,3 +80,16 @@ class EndpointTests(SynchronousTestCase):
                          "unix:/run/graphsmtp.sock", "systemd:domain=INET:index=0"):
             config = self.config({"listener": [{"name": "a", "endpoint": endpoint}], "status": {"endpoint": "tcp:0"}})
             self.assertEqual(config.listeners[0].endpoint, endpoint)
+
+
+class RetryScheduleTests(SynchronousTestCase):
+    """The last retry_schedule value repeats for days: 0 would retry a failing message in a hot loop."""
+
+    def test_repeating_zero_delay_is_refused(self):
+        for schedule, key in ([0], "queue.retry_schedule[0]"), (["1m", "0s"], "queue.retry_schedule[1]"):
+            e = self.assertRaises(ConfigError, build_config, {"queue": {"retry_schedule": schedule}}, {}, {}, self.mktemp())
+            self.assertEqual(e.key, key)
+
+    def test_immediate_first_retry_then_backoff_is_fine(self):
+        config = build_config({"queue": {"retry_schedule": [0, "5m"]}}, {}, {}, self.mktemp())
+        self.assertEqual(config.queue.retry_schedule, (0.0, 300.0))

@@ -94,6 +94,9 @@ def build_config(
             raise ConfigError("queue.retry_schedule", "must be a non-empty list of durations")
         from gateway.config.reader import parse_duration
         retry_schedule = tuple(parse_duration(v, f"queue.retry_schedule[{i}]") for i, v in enumerate(schedule))
+        if retry_schedule[-1] <= 0:
+            # The last value repeats until max_lifetime: 0 would retry in a hot loop for days.
+            raise ConfigError(f"queue.retry_schedule[{len(retry_schedule) - 1}]", "the last value repeats and must be more than 0 seconds")
     queue = QueueConfig(
         concurrency=q.integer("concurrency", 16, 1, 1000),
         retry_schedule=retry_schedule,
