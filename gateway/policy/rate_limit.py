@@ -72,6 +72,14 @@ class RateLimit(PolicyBase):
             # Malformed or missing From: count it under one shared bucket rather than not at
             # all, so a client cannot escape the limit by sending garbage headers.
             return "<unparseable>"
+        if len(found.addresses) > 1:
+            # Graph then sends through the Sender mailbox (delivery.graph.mime.choose_mailbox);
+            # counting the first From would let a client rotate it.
+            sender = header_addresses(message.headers, "Sender")
+            if sender.problem:
+                return "<unparseable>"
+            if sender.addresses:
+                return sender.addresses[0].lower()
         return found.addresses[0].lower()
 
     def _request(self, subject: str, metric: str, capacity: int, cost: float) -> BucketRequest:
