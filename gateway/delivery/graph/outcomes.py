@@ -18,6 +18,9 @@ from gateway.delivery.interfaces import Permanent, Transient
 #: Status codes after which Graph may already have accepted the message.
 _AMBIGUOUS = frozenset({500, 502, 504})
 
+#: Steps that act on a draft (or its upload session) created earlier in the same attempt.
+_DRAFT_STEPS = frozenset({"patchMessage", "addAttachment", "createUploadSession", "upload", "send"})
+
 _BAD_REQUEST_STATUS = {
     "ErrorInvalidRecipients": "5.1.3",
     "ErrorInvalidRecipientsException": "5.1.3",
@@ -49,6 +52,10 @@ def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail")
     if status == 429 or status == 408 or status >= 500:
         possibly = status in _AMBIGUOUS and response.body_sent and step in ("sendMail", "send")
         return Transient(reason, retry_at=retry_at, possibly_delivered=possibly)
+    if status in (404, 416) and step in _DRAFT_STEPS:
+        # The mailbox exists (the draft was just created): the draft or upload session is what
+        # went missing or out of step.  A fresh attempt builds a new one.
+        return Transient(reason, retry_at=retry_at)
     if status == 413:
         return Permanent(reason, status="5.3.4", remote_code=response.error_code or "RequestEntityTooLarge")
     if status == 404:
