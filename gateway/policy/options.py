@@ -122,11 +122,51 @@ class PolicyOptions:
         for login in logins:
             if not login.strip():
                 raise PolicyConfigError("must not contain empty names", "logins")
-        return Scope(logins=tuple(login.strip().lower() for login in logins), networks=self.networks("networks"))
+        return Scope(logins=tuple(login_pattern(login) for login in logins), networks=self.networks("networks"))
 
     def finish(self) -> None:
         """Refuse options nobody asked for: almost always a typo."""
         self._read(self._reader.finish)
+
+
+_PASSTHROUGH_DELIMITERS = ("@", ":", "|")
+
+
+def _app_name(text: str) -> Optional[tuple[str, str]]:
+    """(``<tenant>@<client>``, suffix) when ``text`` is an Entra pass-through login name."""
+    from gateway.auth.passthrough import parse_passthrough_name
+
+    name = parse_passthrough_name(text, _PASSTHROUGH_DELIMITERS)
+    if name is None:
+        return None
+    return f"{name.tenant_id}@{name.client_id}".lower(), (name.suffix or "").lower()
+
+
+def login_names(identity: Any) -> tuple[str, ...]:
+    """
+    The names a login is matched by, most specific first: as typed (lower-cased) and, for an
+    Entra pass-through login (one with a ``credential_ref``), its app ``<tenant>@<client>``
+    with and without the ``.suffix``.  The device chooses the delimiter, the GUID spelling and
+    the suffix, so a rule or budget on the login text alone could be stepped out of.
+    """
+    login = identity.login.lower()
+    app = _app_name(identity.login) if getattr(identity, "credential_ref", None) else None
+    if app is None:
+        return (login,)
+    names = [login]
+    if app[1]:
+        names.append(f"{app[0]}.{app[1]}")
+    names.append(app[0])
+    return tuple(dict.fromkeys(names))
+
+
+def login_pattern(text: str) -> str:
+    """A configured login (or glob) in the form L{login_names} produces."""
+    cleaned = text.strip().lower()
+    app = _app_name(cleaned)
+    if app is None:
+        return cleaned
+    return f"{app[0]}.{app[1]}" if app[1] else app[0]
 
 
 def check_reply_text(text: str, option: str) -> None:
@@ -159,8 +199,8 @@ class Scope:
         if self.logins:
             if session.identity is None:
                 return False
-            login = session.identity.login.lower()
-            if not any(fnmatchcase(login, pattern) for pattern in self.logins):
+            names = login_names(session.identity)
+            if not any(fnmatchcase(name, pattern) for name in names for pattern in self.logins):
                 return False
         if self.networks:
             ip = client_ip(session.client_address)
@@ -169,4 +209,4 @@ class Scope:
         return True
 
 
-__all__ = ["PolicyOptions", "Scope", "check_reply_text", "check_status"]
+__all__ = ["PolicyOptions", "Scope", "check_reply_text", "check_status", "login_names", "login_pattern"]

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from gateway.policy.addresses import client_key, header_addresses
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, SessionView, TempFail
-from gateway.policy.options import PolicyOptions, Scope
+from gateway.policy.options import PolicyOptions, Scope, login_names
 from gateway.policy.rate_backends import BucketRequest, Decision, MemoryBuckets, RedisBuckets
 
 KEYS = ("login", "client-ip", "sender", "mailbox")
@@ -57,7 +57,8 @@ class RateLimit(PolicyBase):
     def subject(self, session: SessionView, sender: Optional[str] = None, message: Optional[MessageView] = None) -> Optional[str]:
         """The value the limit is counted against, or None when it does not apply."""
         if self.key == "login":
-            return session.identity.login.lower() if session.identity is not None else None
+            # Per app for Entra pass-through logins, whatever spelling of the login was used.
+            return login_names(session.identity)[-1] if session.identity is not None else None
         if self.key == "client-ip":
             return client_key(session.client_address, self.ipv6_prefix) if session.client_address else None
         if self.key == "sender":

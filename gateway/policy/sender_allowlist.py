@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from gateway.policy.addresses import AddressPattern, client_ip, header_addresses, matches_any
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView
-from gateway.policy.options import IPNetwork, PolicyOptions
+from gateway.policy.options import IPNetwork, PolicyOptions, login_names, login_pattern
 
 CHECKS = ("envelope", "from", "sender")
 _HEADER_NAMES = {"from": "From", "sender": "Sender"}
@@ -43,10 +43,10 @@ class SenderAllowlist(PolicyBase):
     def rules_for(self, session: SessionView) -> Optional[tuple[AddressPattern, ...]]:
         """The patterns that apply to this session, or None when no rule covers it."""
         if session.identity is not None and self.per_login:
-            login = session.identity.login.lower()
-            for pattern, rules in self.per_login:
-                if fnmatchcase(login, pattern):
-                    return rules
+            for login in login_names(session.identity):
+                for pattern, rules in self.per_login:
+                    if fnmatchcase(login, pattern):
+                        return rules
         if self.per_network:
             ip = client_ip(session.client_address)
             if ip is not None:
@@ -101,7 +101,7 @@ def build(options: Mapping[str, Any], context: Any) -> SenderAllowlist:
     for login, rules in o.pattern_table("per_login").items():
         if not login.strip():
             raise PolicyConfigError("login names must not be empty", "per_login")
-        per_login.append((login.strip().lower(), rules))
+        per_login.append((login_pattern(login), rules))
     # Exact logins win over globs whatever the order in the file.
     per_login.sort(key=lambda item: any(c in item[0] for c in "*?["))
     per_network = []
