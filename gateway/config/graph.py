@@ -171,6 +171,11 @@ def parse_graph_section(
     https_proxy = reader.string("https_proxy")
     if https_proxy:
         parts = urlsplit(https_proxy)
+        if parts.username is not None or parts.password is not None:
+            # Never echo the URL: it holds a password.  The CONNECT tunnel does not send
+            # credentials, so accepting them would only mean endless 407 answers.
+            raise ConfigError(reader.key("https_proxy"),
+                              "must not contain credentials (user:password@): proxy authentication is not supported")
         if parts.scheme != "http" or not parts.hostname:
             raise ConfigError(reader.key("https_proxy"),
                               f"must be http://host:port of a proxy that allows CONNECT, not {https_proxy!r}")
