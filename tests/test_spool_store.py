@@ -461,7 +461,9 @@ class StateChangeTests(SpoolTestMixin, SynchronousTestCase):
         entry = self.accept(spool)
         self.successResultOf(spool.remove(entry))
         self.assertEqual(self.queue_files(), [])
+        spool.close()  # one spool owner at a time (the lock), as two daemons would be
         archiving = DirectorySpool(self.directory, SynchronousThreadPool(), self.clock, archive_delivered=True)
+        self.addCleanup(archiving.close)
         entry = self.accept(archiving)
         self.successResultOf(archiving.remove(entry))
         self.assertEqual(self.queue_files(), [])

@@ -236,6 +236,7 @@ class SpoolDisk:
         self._committing: set[str] = set()
         self._committing_lock = threading.Lock()
         self._lock_fd: Optional[int] = None
+        self._lock_mutex = threading.Lock()  # recovery and the first intake may both lock
         self.lock_wait = 10.0
 
     # -- set-up and locking --------------------------------------------------------------
@@ -255,6 +256,10 @@ class SpoolDisk:
         seconds (the daemon waits a little: the queue command holds it briefly for offline
         changes).  Blocking: call from a thread.
         """
+        with self._lock_mutex:
+            self._acquire_lock(wait)
+
+    def _acquire_lock(self, wait: float) -> None:
         if self._lock_fd is not None:
             return
         try:

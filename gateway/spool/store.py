@@ -63,8 +63,14 @@ class DirectorySpool:
         writer = DirectorySpoolWriter(self, new_queue_id(self._reactor.seconds()), **self._writer_options)
         if self._directories_ready:
             return succeed(writer)
-        # First use (intake may start before recovery finishes): make sure tmp/ and queue/ exist.
-        return self._in_pool(self.disk.ensure_directories).addCallback(self._ready, writer)
+        # First use (intake may start before recovery finishes): make sure tmp/ and queue/ exist,
+        # and that this process owns the spool — a second gateway on a spool another process
+        # runs must answer 451, not acknowledge mail its own (refused) runner never delivers.
+        return self._in_pool(self._prepare_intake).addCallback(self._ready, writer)
+
+    def _prepare_intake(self) -> None:
+        self.disk.ensure_directories()
+        self.disk.acquire_lock(wait=self.disk.lock_wait)
 
     def _ready(self, _: Any, writer: DirectorySpoolWriter) -> DirectorySpoolWriter:
         self._directories_ready = True
