@@ -360,9 +360,16 @@ class GatewayESMTP(smtp.ESMTP):
             # PROXY-protocol listeners: the wrapper has parsed the header by now, so this is
             # the first moment the real client address is known.
             self._peer_checked = True
-            problem = self.factory.address_problem(self, self._client_address())
+            address = self._client_address()
+            if hasattr(self.transport.getPeer(), "host") and not _is_ip_literal(address):
+                # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
+                # it would go into the Received header, the spool and the logs.
+                problem = "Invalid client address in the PROXY header"
+                address = clean_text(address, 60)
+            else:
+                problem = self.factory.address_problem(self, address)
             if problem is not None:
-                self.log.info("refused connection from {client}: {problem}", client=self._client_address(), problem=problem)
+                self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
                 self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
                 return
         if self._state is _DATA and not self._inbuf and not self._blocked and not self._pumping:
@@ -1061,6 +1068,17 @@ def _body_opener(path: str, offset: int) -> Callable[[], Any]:
         f.seek(offset)
         return f
     return open_body
+
+
+def _is_ip_literal(address: str) -> bool:
+    """An IPv4 or IPv6 address and nothing else (a zone id may hold any text)."""
+    if "%" in address:
+        return False
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def is_trusted(address: str, networks: Any) -> bool:
