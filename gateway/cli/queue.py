@@ -87,7 +87,7 @@ class QueueTool:
         entries = []
         for queue_id in self.disk.queue_ids(directory):
             try:
-                entries.append(self.disk.load(queue_id, directory=directory))
+                entries.append(self.disk.load(queue_id, directory=directory, quarantine=False))
             except (EntryMissing, SpoolError):
                 continue  # changed while we were reading, or unreadable (the daemon quarantines)
         return entries
@@ -125,7 +125,7 @@ class QueueTool:
         layout = self.disk.layout
         for directory, state in ((layout.queue, "queued"), (layout.failed, "failed"), (layout.incoming, "arriving from sendmail")):
             try:
-                entry = self.disk.load(queue_id, directory=directory)
+                entry = self.disk.load(queue_id, directory=directory, quarantine=False)
             except EntryMissing:
                 continue
             break

@@ -436,8 +436,12 @@ class SpoolDisk:
 
     # -- reading and changing entries ------------------------------------------------------
 
-    def load(self, queue_id: str, directory: Optional[str] = None) -> SpoolEntry:
-        """The current entry; L{EntryMissing} if gone, L{EntryQuarantined} if unreadable."""
+    def load(self, queue_id: str, directory: Optional[str] = None, quarantine: bool = True) -> SpoolEntry:
+        """
+        The current entry; L{EntryMissing} if gone, L{EntryQuarantined} if unreadable.  Readers
+        that do not own the queue (the queue command while a daemon runs) pass
+        ``quarantine=False``: what looks broken to them may be a move the daemon is making.
+        """
         directory = directory or self.layout.queue
         if not is_queue_id(queue_id):
             raise EntryMissing(queue_id)
@@ -460,7 +464,7 @@ class SpoolDisk:
             if size == entry.size:
                 return entry
             reason = f"message file is {size} bytes, record says {entry.size}"
-        if directory == self.layout.queue:
+        if directory == self.layout.queue and quarantine:
             self._quarantine_entry(directory, queue_id)
             raise EntryQuarantined(queue_id, reason)
         raise EntryMissing(queue_id)
