@@ -16,6 +16,7 @@ what From-spoofing exploits.
 from __future__ import annotations
 
 import ipaddress
+import re
 from fnmatch import fnmatchcase
 from typing import Any, Iterable, Optional, Sequence
 
@@ -33,6 +34,29 @@ def split_address(address: str) -> tuple[str, str]:
     if not at:
         return address, ""
     return local, domain
+
+
+def comparable_parts(address: str) -> tuple[str, str]:
+    """
+    (local, domain) lower-cased, with a quoted local part unquoted (``"bob"@x`` is ``bob@x``,
+    RFC 5321 §4.1.2) and a trailing dot of the domain dropped: spellings that reach the same
+    mailbox must match the same patterns.
+    """
+    local, domain = split_address(address)
+    if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    if domain.endswith(".") and not domain.endswith(".."):
+        domain = domain[:-1]
+    return local.lower(), domain.lower()
+
+
+def without_subaddress(address: str) -> Optional[str]:
+    """``local+tag@domain`` → ``local@domain`` (Exchange Online plus addressing), else None."""
+    local, domain = comparable_parts(address)
+    base, plus, _ = local.partition("+")
+    if not plus or not base or not domain:
+        return None
+    return f"{base}@{domain}"
 
 
 @attrs.frozen
@@ -61,10 +85,9 @@ class AddressPattern:
         return cls(text=cleaned, local=local.lower(), domain=domain.lower(), exact=exact)
 
     def matches(self, address: str) -> bool:
-        local, domain = split_address(address)
+        local, domain = comparable_parts(address)
         if not domain:
             return False
-        local, domain = local.lower(), domain.lower()
         if self._exact:
             return local == self._local and domain == self._domain
         return fnmatchcase(local, self._local) and fnmatchcase(domain, self._domain)
@@ -164,6 +187,6 @@ def client_key(address: Optional[str], ipv6_prefix: int = 64) -> str:
 
 
 __all__ = [
-    "AddressPattern", "parse_patterns", "matches_any", "split_address",
+    "AddressPattern", "parse_patterns", "matches_any", "split_address", "comparable_parts", "without_subaddress",
     "HeaderAddresses", "header_addresses", "client_ip", "client_key",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import attrs
 from twisted.logger import Logger
 
-from gateway.policy.addresses import AddressPattern, matches_any
+from gateway.policy.addresses import AddressPattern, matches_any, without_subaddress
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import PolicyConfigError, Reject, SessionView
 from gateway.policy.options import PolicyOptions, Scope
@@ -32,7 +32,10 @@ class RecipientRules(PolicyBase):
     def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
         if not self.scope.applies(session):
             return CONTINUE
-        if matches_any(self.deny, recipient) or (self.allow and not matches_any(self.allow, recipient)):
+        # Exchange delivers local+tag@domain to local@domain: a deny must catch that spelling too.
+        base = without_subaddress(recipient)
+        denied = matches_any(self.deny, recipient) or (base is not None and matches_any(self.deny, base))
+        if denied or (self.allow and not matches_any(self.allow, recipient)):
             self.log.info(
                 "recipient-rules refused {recipient} on {listener} (client {client})",
                 recipient=recipient, listener=session.listener, client=session.client_address,
