@@ -52,3 +52,15 @@ class MailboxKeyTests(SynchronousTestCase):
         self.assertTrue(self.send(headers("a@corp.example", "shared@corp.example")).allowed)
         self.assertTrue(self.send(headers("b@corp.example", "shared@corp.example")).allowed)
         self.assertFalse(self.send(headers("A@corp.example")).allowed)
+
+
+class SpellingTests(SynchronousTestCase):
+    """Spellings of one mailbox that address patterns treat alike must share one budget."""
+
+    def test_sender_key_counts_equivalent_spellings_together(self):
+        chain = PolicyChain([build({"key": "sender", "messages": 1, "per": "1h"}, PolicyContext(clock=Clock()))])
+        first = self.successResultOf(run_transaction(chain, make_session(), "a@corp.example", ["t@corp.example"]))
+        self.assertTrue(first.allowed)
+        for spelling in ('"a"@corp.example', "A@corp.example.", '"\\a"@Corp.Example'):
+            result = self.successResultOf(run_transaction(chain, make_session(), spelling, ["t@corp.example"]))
+            self.assertFalse(result.allowed, spelling)

@@ -23,7 +23,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from gateway.policy.addresses import client_key, header_addresses
+from gateway.policy.addresses import client_key, comparable_parts, header_addresses
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, SessionView, TempFail
 from gateway.policy.options import PolicyOptions, Scope, login_names
@@ -36,6 +36,12 @@ _KEY_ALIASES = {
     "header-from": "mailbox", "header_from": "mailbox", "from": "mailbox",
 }
 _UNAVAILABLE = TempFail(451, "4.3.0", "Rate limiter unavailable, try again later")
+
+
+def _mailbox(address: str) -> str:
+    """One bucket per mailbox, however it is spelt (see addresses.comparable_parts)."""
+    local, domain = comparable_parts(address)
+    return f"{local}@{domain}" if domain else local
 
 
 @attrs.frozen
@@ -65,7 +71,7 @@ class RateLimit(PolicyBase):
             value = sender if sender is not None else session.sender
             if value is None:
                 return None
-            return value.lower() or "<>"
+            return _mailbox(value) if value else "<>"
         if message is None:
             return None
         found = header_addresses(message.headers, "From")
@@ -80,8 +86,8 @@ class RateLimit(PolicyBase):
             if sender.problem:
                 return "<unparseable>"
             if sender.addresses:
-                return sender.addresses[0].lower()
-        return found.addresses[0].lower()
+                return _mailbox(sender.addresses[0])
+        return _mailbox(found.addresses[0])
 
     def _request(self, subject: str, metric: str, capacity: int, cost: float) -> BucketRequest:
         # The {hash tag} keeps a message's buckets in one Redis Cluster slot, as one script
