@@ -709,8 +709,14 @@ class SpoolDisk:
             st = os.stat(inc_env)
             entry = decode_record(self.ops.read_file(inc_env), q_msg, queue_id)
             size = os.stat(source_msg).st_size
-        except (RecordError, OSError) as e:
+        except FileNotFoundError as e:
             reason = f"unreadable sendmail entry: {e}"
+        except RecordError as e:
+            reason = f"unreadable sendmail entry: {e}"
+        except OSError as e:
+            # Transient (EMFILE, EIO) or fixable (permissions): the drop-off was acknowledged,
+            # so it stays in incoming/ and the next scan tries again.
+            raise spool_error(e, f"read sendmail entry {queue_id}") from None
         else:
             if size == entry.size:
                 reason = None
