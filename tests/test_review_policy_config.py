@@ -93,3 +93,18 @@ class RetryScheduleTests(SynchronousTestCase):
     def test_immediate_first_retry_then_backoff_is_fine(self):
         config = build_config({"queue": {"retry_schedule": [0, "5m"]}}, {}, {}, self.mktemp())
         self.assertEqual(config.queue.retry_schedule, (0.0, 300.0))
+
+
+class HeaderSizeTests(SynchronousTestCase):
+    """max_header_size = 0 (or a few bytes) made every message with headers refused."""
+
+    def test_tiny_header_size_is_refused(self):
+        for data, key in [({"limits": {"max_header_size": 0}}, "limits.max_header_size"),
+                          ({"listener": [{"name": "a", "endpoint": "tcp:0", "limits": {"max_header_size": "100B"}}]},
+                           "listener.a.limits.max_header_size")]:
+            e = self.assertRaises(ConfigError, build_config, data, {}, {}, self.mktemp())
+            self.assertEqual(e.key, key)
+
+    def test_reasonable_header_size_loads(self):
+        config = build_config({"limits": {"max_header_size": "64KiB"}}, {}, {}, self.mktemp())
+        self.assertEqual(config.listeners[0].limits.max_header_size, 65536)

@@ -165,6 +165,9 @@ def parse_limits(table: TableReader, base: Limits) -> Limits:
     table.finish()
     if values["max_message_size"] < 1024:
         raise ConfigError(table.key("max_message_size"), "must be at least 1024 bytes")
+    if values["max_header_size"] < 1024:
+        # Smaller refuses nearly every message (a Received line alone is ~200 bytes).
+        raise ConfigError(table.key("max_header_size"), "must be at least 1024 bytes")
     for name in ("idle_timeout", "data_timeout", "session_timeout"):
         if values[name] <= 0:
             raise ConfigError(table.key(name), "must be more than 0 seconds")
