@@ -78,3 +78,16 @@ class PassThroughLoginTests(SynchronousTestCase):
         limit = PolicyChain([build_rate_limit({"key": "login", "messages": 1, "per": "1h"}, context())])
         self.assertTrue(self.successResultOf(run_transaction(limit, make_session(login="a@corp.example"), "a@corp.example", ["t@corp.example"])).allowed)
         self.assertTrue(self.successResultOf(run_transaction(limit, other, "a@corp.example", ["t@corp.example"])).allowed)
+
+
+class UsersFileLookalikeTests(SynchronousTestCase):
+    """A users-file login spelt like a pass-through name still matches a rule written the same way."""
+
+    def test_rule_written_as_the_login_matches_it(self):
+        login = f"{TENANT.upper()}:{CLIENT}"
+        chain = PolicyChain([build_allowlist({"per_login": {login: ["scanner@corp.example"]}}, context())])
+        result = self.successResultOf(run_transaction(chain, make_session(login=login), "ceo@corp.example", ["t@corp.example"]))
+        self.assertEqual((result.step, result.allowed), ("mail", False))
+        scoped = PolicyChain([build_rewrite({"logins": [login], "subject_tag": "[Dev]"}, context())])
+        result = self.successResultOf(run_transaction(scoped, make_session(login=login), "a@corp.example", ["t@corp.example"], MESSAGE))
+        self.assertTrue(result.result.edits)

@@ -122,7 +122,7 @@ class PolicyOptions:
         for login in logins:
             if not login.strip():
                 raise PolicyConfigError("must not contain empty names", "logins")
-        return Scope(logins=tuple(login_pattern(login) for login in logins), networks=self.networks("networks"))
+        return Scope(logins=tuple(p for login in logins for p in login_patterns(login)), networks=self.networks("networks"))
 
     def finish(self) -> None:
         """Refuse options nobody asked for: almost always a typo."""
@@ -160,13 +160,16 @@ def login_names(identity: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def login_pattern(text: str) -> str:
-    """A configured login (or glob) in the form L{login_names} produces."""
+def login_patterns(text: str) -> tuple[str, ...]:
+    """
+    A configured login (or glob) as written (lower-cased) and, when it is a pass-through name,
+    in the form L{login_names} produces for that app.
+    """
     cleaned = text.strip().lower()
     app = _app_name(cleaned)
     if app is None:
-        return cleaned
-    return f"{app[0]}.{app[1]}" if app[1] else app[0]
+        return (cleaned,)
+    return tuple(dict.fromkeys((cleaned, f"{app[0]}.{app[1]}" if app[1] else app[0])))
 
 
 def check_reply_text(text: str, option: str) -> None:
@@ -209,4 +212,4 @@ class Scope:
         return True
 
 
-__all__ = ["PolicyOptions", "Scope", "check_reply_text", "check_status", "login_names", "login_pattern"]
+__all__ = ["PolicyOptions", "Scope", "check_reply_text", "check_status", "login_names", "login_patterns"]

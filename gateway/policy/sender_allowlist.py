@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from gateway.policy.addresses import AddressPattern, client_ip, header_addresses, matches_any
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView
-from gateway.policy.options import IPNetwork, PolicyOptions, login_names, login_pattern
+from gateway.policy.options import IPNetwork, PolicyOptions, login_names, login_patterns
 
 CHECKS = ("envelope", "from", "sender")
 _HEADER_NAMES = {"from": "From", "sender": "Sender"}
@@ -101,7 +101,7 @@ def build(options: Mapping[str, Any], context: Any) -> SenderAllowlist:
     for login, rules in o.pattern_table("per_login").items():
         if not login.strip():
             raise PolicyConfigError("login names must not be empty", "per_login")
-        per_login.append((login_pattern(login), rules))
+        per_login.extend((pattern, rules) for pattern in login_patterns(login))
     # Exact logins win over globs whatever the order in the file.
     per_login.sort(key=lambda item: any(c in item[0] for c in "*?["))
     per_network = []
