@@ -194,3 +194,36 @@ class ProxyProtocolTests(SynchronousTestCase):
     def test_prefix_sets_the_flag(self):
         [listener] = build({"listener": [{"name": "lb", "endpoint": "haproxy:tcp:2525"}]}).listeners
         self.assertTrue(listener.proxy_protocol)
+
+
+class SecretPathTests(SynchronousTestCase):
+    def write_secret(self, directory: str, name: str, data: bytes) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, data)
+        os.close(fd)
+        return path
+
+    def test_relative_file_is_relative_to_the_config_file(self):
+        config_dir = os.path.abspath(self.mktemp())
+        self.write_secret(config_dir, "redis-password", b"pw-from-config-dir")
+        resolve = lambda p: os.path.join(config_dir, p)  # noqa: E731 - what the loader passes
+        secret = secret_from_table({"password_file": "redis-password"}, "password", "redis", {}, resolve)
+        self.assertEqual(secret.reveal(), "pw-from-config-dir")
+
+    def test_credentials_directory_wins_for_relative_names(self):
+        config_dir = os.path.abspath(self.mktemp())
+        creds = os.path.abspath(self.mktemp())
+        self.write_secret(config_dir, "s", b"wrong")
+        self.write_secret(creds, "s", b"right")
+        secret = secret_from_table({"password_file": "s"}, "password", "redis",
+                                   {"CREDENTIALS_DIRECTORY": creds}, lambda p: os.path.join(config_dir, p))
+        self.assertEqual(secret.reveal(), "right")
+
+    def test_non_utf8_file_error_does_not_quote_the_secret(self):
+        path = self.write_secret(os.path.abspath(self.mktemp()), "s", b"\xffsecret\xfe")
+        e = self.assertRaises(ConfigError, secret_from_table, {"password_file": path}, "password", "redis", {})
+        self.assertIn("not UTF-8", str(e))
+        self.assertNotIn("xff", str(e))
+        self.assertNotIn("secret\\", str(e))

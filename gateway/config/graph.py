@@ -147,7 +147,7 @@ def parse_graph_section(
 
     table = reader.table
     where = reader.where
-    client_secret = secret_from_table(table, "client_secret", where, environ)
+    client_secret = secret_from_table(table, "client_secret", where, environ, resolve)
     reader.mark_used("client_secret", "client_secret_file", "client_secret_env")
     certificate = _certificate(reader, environ, resolve)
     assertion = reader.string("client_assertion_file")
@@ -278,8 +278,8 @@ def _looks_like_mailbox(value: str) -> bool:
 
 def _certificate(reader: TableReader, environ: Mapping[str, str], resolve: Callable[[str], str]) -> Optional[CertificateConfig]:
     cert_path = reader.string("certificate")
-    key = secret_from_table(reader.table, "certificate_key", reader.where, environ)
-    passphrase = secret_from_table(reader.table, "certificate_passphrase", reader.where, environ)
+    key = secret_from_table(reader.table, "certificate_key", reader.where, environ, resolve)
+    passphrase = secret_from_table(reader.table, "certificate_passphrase", reader.where, environ, resolve)
     reader.mark_used(*(f"{n}{s}" for n in ("certificate_key", "certificate_passphrase") for s in ("", "_file", "_env")))
     send_x5c = reader.boolean("send_x5c", False)
     if not cert_path:

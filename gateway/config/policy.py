@@ -77,7 +77,7 @@ def parse_redis(root: TableReader, environ: Mapping[str, str], resolve: Resolver
             values["unix_socket"] = resolve(socket_path)
         values["db"] = t.integer("db", 0, 0, 10000)
         values["username"] = t.string("username")
-    secret = secret_from_table(t.table, "password", t.where, environ)
+    secret = secret_from_table(t.table, "password", t.where, environ, resolve)
     t.mark_used("password", "password_file", "password_env")
     if secret is not None:
         if values.get("password") is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import attrs
 
@@ -34,10 +34,19 @@ class Secret:
     __str__ = __repr__
 
 
-def read_secret_file(path: str, key: str, environ: Mapping[str, str] = os.environ) -> Secret:
-    """Read a secret from ``path``; refuse files readable by group or others."""
-    if not os.path.isabs(path) and environ.get("CREDENTIALS_DIRECTORY"):
-        path = os.path.join(environ["CREDENTIALS_DIRECTORY"], path)
+def read_secret_file(
+    path: str, key: str, environ: Mapping[str, str] = os.environ, resolve: Optional[Callable[[str], str]] = None,
+) -> Secret:
+    """
+    Read a secret from ``path``; refuse files readable by group or others.  A relative path
+    is looked up in systemd's ``$CREDENTIALS_DIRECTORY`` when that is set, otherwise it is
+    resolved like every other path in the configuration (``resolve``: relative to the file).
+    """
+    if not os.path.isabs(path):
+        if environ.get("CREDENTIALS_DIRECTORY"):
+            path = os.path.join(environ["CREDENTIALS_DIRECTORY"], path)
+        elif resolve is not None:
+            path = resolve(path)
     try:
         st = os.stat(path)
     except OSError as e:
@@ -49,8 +58,11 @@ def read_secret_file(path: str, key: str, environ: Mapping[str, str] = os.enviro
     try:
         with open(path, encoding="utf-8") as f:
             value = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(key, f"cannot read secret file {path}: {e}") from None
+    except UnicodeDecodeError:
+        # Not the decoder's message: it quotes the offending byte of the secret.
+        raise ConfigError(key, f"secret file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(key, f"cannot read secret file {path}: {e.strerror}") from None
     if not value:
         raise ConfigError(key, f"secret file {path} is empty")
     return Secret(value, source=f"file {path}")
@@ -61,6 +73,7 @@ def secret_from_table(
     name: str,
     where: str,
     environ: Mapping[str, str] = os.environ,
+    resolve: Optional[Callable[[str], str]] = None,
 ) -> Optional[Secret]:
     """
     Look for ``name``, ``name_file`` or ``name_env`` in ``table``; at most one may be set.
@@ -78,7 +91,7 @@ def secret_from_table(
     if key == name:
         return Secret(value)
     if key.endswith("_file"):
-        return read_secret_file(value, f"{where}.{key}", environ)
+        return read_secret_file(value, f"{where}.{key}", environ, resolve)
     if value not in environ or not environ[value]:
         raise ConfigError(f"{where}.{key}", f"environment variable {value} is not set")
     return Secret(environ[value], source=f"environment {value}")
