@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 
 import attrs
 
+from gateway.policy.headers import header_line
 from gateway.policy.interfaces import HeaderEdit
 
 # RFC 5322 field name (printable ASCII except colon); obsolete syntax allows WSP before ':'.
@@ -125,24 +126,6 @@ def missing_headers(names: set, hostname: str, queue_id: str, when: float, add_m
         date = format_datetime(datetime.datetime.fromtimestamp(when, datetime.timezone.utc))
         lines += b"Date: " + date.encode("ascii") + b"\r\n"
     return lines
-
-
-def header_line(name: str, value: str) -> bytes:
-    """One header line, CRLF-folded, with non-ASCII text as RFC 2047 encoded words."""
-    value = value.replace("\r", " ").replace("\n", " ")
-    return _one_field(_POLICY.fold_binary(name, _POLICY.header_factory(name, value)))
-
-
-def _one_field(folded: bytes) -> bytes:
-    """
-    The ``email`` header factory decodes encoded words in the value it is given, so text such
-    as ``=?utf-8?q?=0D=0A?=`` (a double-encoded client Subject behind a subject tag) comes out
-    as a real line break: a second header, or the end of the header section.  Keep exactly one
-    field: every line break becomes a fold, empty lines and NULs go.
-    """
-    parts = folded.replace(b"\x00", b" ").replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    lines = [part for part in parts if part.strip(b" \t")]
-    return b"\r\n".join([lines[0]] + [line if line[:1] in (b" ", b"\t") else b" " + line for line in lines[1:]]) + b"\r\n"
 
 
 def split_fields(header_lines: bytes) -> list[tuple[bytes, bytes]]:
