@@ -11,7 +11,6 @@ stays byte for byte as the client sent it.
 from __future__ import annotations
 
 import datetime
-import email.policy
 import re
 from email.utils import format_datetime, make_msgid
 from typing import Iterable, Optional
@@ -23,7 +22,6 @@ from gateway.policy.interfaces import HeaderEdit
 
 # RFC 5322 field name (printable ASCII except colon); obsolete syntax allows WSP before ':'.
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
-_POLICY = email.policy.SMTP
 
 
 @attrs.define
