@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from gateway.config import GatewayConfig
@@ -65,6 +65,19 @@ class GatewayService(MultiService):
         if self.install_signal_handlers:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
+        self.components.runner.ready.addErrback(self._recovery_failed)
+
+    def _recovery_failed(self, failure: Any) -> Any:
+        """
+        Without a recovered spool nothing accepted would ever be delivered (or, with the spool
+        locked by another gateway, not even stored): stop listening rather than answer 250.
+        """
+        self.log.critical(
+            "THE SPOOL COULD NOT BE RECOVERED ({error}): graphsmtp stops accepting mail; fix the "
+            "problem and restart", error=failure.getErrorMessage(),
+        )
+        stopping = [part.service.stopService() for part in self.components.listeners if part.service.running]
+        return gatherResults(stopping, consumeErrors=True).addBoth(lambda _: failure)
 
     def _announce(self, port: Any, part: Any) -> None:
         address = port.getHost()
@@ -106,7 +119,8 @@ class GatewayService(MultiService):
         listeners = [part for part in self.components.listeners]
         # 1. Stop accepting connections and new transactions.
         for part in listeners:
-            yield maybeDeferred(part.service.stopService)
+            if part.service.running:
+                yield maybeDeferred(part.service.stopService)
         drains = [part.factory.drain() for part in listeners]
         for d in drains:
             d.addTimeout(grace, self.reactor)

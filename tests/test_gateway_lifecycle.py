@@ -112,3 +112,33 @@ class CertificateReloadTests(TestCase):
 
         after = yield deferToThread(served_certificate)
         self.assertEqual(after, ssl.PEM_cert_to_DER_cert(renewed.cert_pem.decode()))
+
+
+class RecoveryFailureTests(TestCase):
+    @inlineCallbacks
+    def test_second_gateway_on_a_locked_spool_stops_listening(self):
+        first = yield start_gateway(self)
+        built = []
+
+        ports = []
+
+        def no_waiting(components):
+            components.spool.disk.lock_wait = 0.0
+            built.append(components)
+            components.listeners[0].service.when_listening().addCallback(lambda p: ports.append(p.getHost().port))
+
+        second_config = gateway_config(self, {
+            "spool": {"directory": first.config.spool.directory},
+            "listener": [{"name": "default", "endpoint": "tcp:0:interface=127.0.0.1", "trusted_networks": ["127.0.0.0/8"]}],
+        })
+        failure = yield self.assertFailure(start_gateway(self, second_config, prepare=no_waiting), Exception)
+        self.assertIn("in use by another graphsmtp process", str(failure))
+        from gateway.spool.disk import SpoolBusy
+        self.assertTrue(self.flushLoggedErrors(SpoolBusy))
+        [components] = built
+        self.assertFalse(components.listeners[0].service.running)
+        [port] = ports
+        refused = yield self.assertFailure(
+            deferToThread(socket.create_connection, ("127.0.0.1", port), 5), ConnectionRefusedError
+        )
+        self.assertIsNotNone(refused)
