@@ -258,6 +258,18 @@ class DeliveryTests(RunnerTestBase):
         failed = disk.load(entry.queue_id, directory=disk.layout.failed)
         self.assertEqual(failed.attempts, 4)
 
+    def test_mail_that_is_never_attempted_still_expires(self):
+        config = attrs.evolve(self.config, max_lifetime=3600.0)
+        deliverer = ScriptedDeliverer()
+        deliverer.default = Transient("mailbox paused by Graph", retry_at=START + 10 * 3600, attempted=False)
+        self.start(deliverer, config=config)
+        entry = self.accept()
+        self.assertEqual(self.queued_ids(), [entry.queue_id])
+        self.clock.advance(10 * 3600)
+        self.assertEqual(self.queued_ids(), [])
+        disk = SpoolDisk(self.directory)
+        self.assertIn("queue lifetime of 1h expired; last error: mailbox paused by Graph", disk.failure_reason(entry.queue_id))
+
     def test_last_attempt_not_later_than_lifetime(self):
         config = attrs.evolve(self.config, retry_schedule=(3600.0,), max_lifetime=5400.0)
         deliverer = ScriptedDeliverer()

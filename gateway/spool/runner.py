@@ -370,7 +370,8 @@ class QueueRunner(Service):
     @inlineCallbacks
     def _transient(self, entry: SpoolEntry, outcome: Transient) -> Any:
         now = self.clock.seconds()
-        if not outcome.attempted:
+        expires_at = entry.received_at + self.config.max_lifetime
+        if not outcome.attempted and now < expires_at:
             # Scheduling, not failure: nothing was sent, so no attempt, no spool write, no
             # observer; after a crash the old next-attempt time simply makes it due sooner.
             next_at = outcome.retry_at if outcome.retry_at is not None else now + self.config.retry_schedule[0]
@@ -386,7 +387,6 @@ class QueueRunner(Service):
             self.stats.possibly_delivered += 1
             self.log.warn("possibly delivered {queue_id} (attempt {attempt}): the next hop may have it; "
                           "a retry may duplicate it", queue_id=entry.queue_id, attempt=attempts)
-        expires_at = entry.received_at + self.config.max_lifetime
         if now >= expires_at:
             expired = attrs.evolve(entry, attempts=attempts, history=history)
             reason = f"queue lifetime of {_duration(self.config.max_lifetime)} expired; last error: {outcome.reason}"
