@@ -115,3 +115,20 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         service.stopService()
         self.assertTrue(service.pool.joined)
         self.assertFalse(service.running)
+
+
+class OutboxPermissionTests(SynchronousTestCase):
+    def test_new_outbox_is_private(self):
+        import stat
+
+        from gateway.spool.testing import ImmediateReactor, SynchronousThreadPool
+
+        outbox = os.path.join(os.path.abspath(self.mktemp()), "outbox")
+        spool_file = os.path.abspath(self.mktemp())
+        with open(spool_file, "wb") as f:
+            f.write(b"Subject: x\r\n\r\nbody\r\n")
+        entry = SpoolEntry("Q1", Envelope("a@example.com", ("b@example.com",)),
+                           Provenance("127.0.0.1", "c", "default"), 0.0, spool_file, 21)
+        deliverer = CaptureDeliverer(outbox, SynchronousThreadPool(), ImmediateReactor())
+        self.successResultOf(deliverer.deliver(entry))
+        self.assertEqual(stat.S_IMODE(os.stat(outbox).st_mode) & 0o077, 0)

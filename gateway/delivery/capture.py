@@ -81,6 +81,9 @@ class CaptureDeliverer:
     def _write(self, entry: SpoolEntry, n: int) -> str:
         """Blocking: runs in the thread pool."""
         ops = self._ops
+        # The outbox holds whole messages: its own directory is private too (makedirs applies
+        # ``mode`` to the last component only).
+        os.makedirs(self.outbox, mode=DIR_MODE, exist_ok=True)
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(self.outbox, sub), mode=DIR_MODE, exist_ok=True)
         name = self._unique_name(entry, n)
