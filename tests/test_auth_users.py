@@ -167,3 +167,23 @@ class UsersCheckerThreadTests(TestCase):
         self.assertEqual(len(threads), 1)
         self.assertNotEqual(threads[0], threading.current_thread().name)
         self.assertIn("test-auth", threads[0])
+
+    @inlineCallbacks
+    def test_users_file_is_looked_up_in_pool_thread(self):
+        path = make_users_file(self.mktemp(), {"a": ("pw", ["*"])})
+        pool = ThreadPool(1, 1, "test-auth")
+        pool.start()
+        self.addCleanup(pool.stop)
+        store = UsersStore(path)
+        threads = []
+        original = store.lookup
+
+        def spy(login):
+            threads.append(threading.current_thread().name)
+            return original(login)
+
+        store.lookup = spy
+        checker = UsersFileChecker(store, reactor, pool)
+        yield checker.requestAvatarId(UsernamePassword(b"a", b"pw"))
+        self.assertEqual(len(threads), 1)
+        self.assertIn("test-auth", threads[0])

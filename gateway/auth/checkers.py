@@ -9,7 +9,7 @@ dummy hash, so response time does not reveal which logins exist.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import bcrypt
 from twisted.cred.checkers import ICredentialsChecker
@@ -65,17 +65,24 @@ class UsersFileChecker:
         except UnauthorizedLogin:
             return fail(UnauthorizedLogin())
         password = _as_bytes(credentials.password)
-        record = self.store.lookup(login)
-        usable = record is not None and not record.disabled and len(password) <= MAX_PASSWORD_BYTES
-        hashed = record.password_hash.encode("ascii") if usable else self._dummy_hash
-        d = deferToThreadPool(self._reactor, self._threadpool, _verify, password[:MAX_PASSWORD_BYTES], hashed)
 
-        def decided(ok: bool) -> Identity:
+        def check() -> Optional[Identity]:
+            # In the auth thread: the users-file lookup may stat and re-read the file, and the
+            # bcrypt comparison is deliberately slow; neither belongs on the reactor thread.
+            record = self.store.lookup(login)
+            usable = record is not None and not record.disabled and len(password) <= MAX_PASSWORD_BYTES
+            hashed = record.password_hash.encode("ascii") if usable else self._dummy_hash
+            ok = _verify(password[:MAX_PASSWORD_BYTES], hashed)
             if not (ok and usable):
-                raise UnauthorizedLogin()
+                return None
             return Identity(login=record.login, allowed_senders=record.allowed_senders)
 
-        return d.addCallback(decided)
+        def decided(identity: Optional[Identity]) -> Identity:
+            if identity is None:
+                raise UnauthorizedLogin()
+            return identity
+
+        return deferToThreadPool(self._reactor, self._threadpool, check).addCallback(decided)
 
 
 __all__ = ["UsersFileChecker", "decode_login"]

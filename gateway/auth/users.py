@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import re
 import stat
 from typing import Iterable, Mapping, Optional
@@ -187,6 +188,8 @@ class UsersStore:
         self._users: Mapping[str, UserRecord] = load_users(path)
         self._failed_stamp: Optional[_Stamp] = None
         self.reloads = 0
+        # Lookups run in the auth thread pool; one reload at a time.
+        self._reload_lock = threading.Lock()
 
     def _current_stamp(self) -> Optional[_Stamp]:
         try:
@@ -197,6 +200,10 @@ class UsersStore:
 
     def check_for_changes(self) -> bool:
         """Re-read the file if it changed; returns whether new users are in effect.  Never raises."""
+        with self._reload_lock:
+            return self._reload_if_changed()
+
+    def _reload_if_changed(self) -> bool:
         stamp = self._current_stamp()
         if stamp == self._stamp or (stamp is not None and stamp == self._failed_stamp):
             return False
