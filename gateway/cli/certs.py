@@ -16,17 +16,12 @@ replaced with ``--force``).
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import os
 import socket
 import sys
 from typing import Optional, Sequence, TextIO
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from gateway.certificates import server_certificate
 
 WARNING = (
     "graphsmtp-certs: this is a SELF-SIGNED certificate, NOT FOR PRODUCTION: clients cannot "
@@ -42,37 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     p.add_argument("--force", action="store_true", help="replace existing files")
     return p
-
-
-def build_certificate(names: Sequence[str], days: int) -> tuple[bytes, bytes]:
-    """(certificate PEM, private key PEM) for ``names``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt = []
-    for n in names:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            alt.append(x509.DNSName(n))
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, names[0]),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "graphsmtp self-signed (not for production)"),
-    ])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def _write(path: str, data: bytes, mode: int, force: bool) -> None:
@@ -98,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = None, stderr: Te
             if os.path.exists(path):
                 stderr.write(f"graphsmtp-certs: {path} exists; use --force to replace it\n")
                 return 1
-    cert_pem, key_pem = build_certificate(names, args.days)
+    cert_pem, key_pem = server_certificate(names, args.days)
     try:
         _write(args.key, key_pem, 0o600, args.force)
         _write(args.cert, cert_pem, 0o644, args.force)

@@ -6,7 +6,6 @@ certificate from outside.  Public, so plugin authors' trial tests can use it too
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from typing import Iterable
 
@@ -14,17 +13,15 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
+
+from gateway.certificates import server_certificate
 
 
 def _write_private(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 @attrs.frozen
@@ -76,35 +73,13 @@ class TestCA:
 
     def issue(self, names: Iterable[str] = ("localhost", "127.0.0.1"), basename: str = "server") -> IssuedCertificate:
         """A server certificate valid for ``names`` (DNS names and IP addresses)."""
-        names = list(names)
-        key = ec.generate_private_key(ec.SECP256R1())
-        alt = []
-        for n in names:
-            try:
-                alt.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                alt.append(x509.DNSName(n))
-        now = datetime.datetime.now(datetime.timezone.utc)
         self._serial += 1
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
-        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        cert_pem, key_pem = server_certificate(list(names), days=7, issuer=(self._cert, self._key))
         cert_path = os.path.join(self.directory, f"{basename}-{self._serial}.pem")
         key_path = os.path.join(self.directory, f"{basename}-{self._serial}.key")
         with open(cert_path, "wb") as f:
             f.write(cert_pem)
-        _write_private(key_path, _key_pem(key))
+        _write_private(key_path, key_pem)
         return IssuedCertificate(cert_path, key_path, cert_pem)
 
 
