@@ -116,7 +116,8 @@ class GatewayService(MultiService):
             self._previous_sighup = None
         self.running = 0
         grace = self.config.queue.shutdown_grace
-        listeners = [part for part in self.components.listeners]
+        listeners = list(self.components.listeners)
+        listener_services = {id(part.service) for part in listeners}
         # 1. Stop accepting connections and new transactions.
         for part in listeners:
             if part.service.running:
@@ -131,7 +132,7 @@ class GatewayService(MultiService):
         for part in listeners:
             part.factory.close_sessions()
         # 2. Everything else, one at a time, in reverse start order (runner before pools).
-        others = [s for s in reversed(list(self)) if s not in [p.service for p in listeners]]
+        others = [s for s in reversed(list(self)) if id(s) not in listener_services]
         for service in others:
             if service.running:
                 try:

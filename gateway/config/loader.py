@@ -18,7 +18,7 @@ from gateway.config.model import (
     DEFAULT_LISTEN, DEFAULT_STATE_DIR, CaptureConfig, GatewayConfig, Limits, ListenerConfig,
     PolicyRef, QueueConfig, SpoolConfig,
 )
-from gateway.config.reader import TableReader, check_endpoint
+from gateway.config.reader import TableReader, check_endpoint, parse_duration
 
 _TLS_MODES = ("none", "starttls", "implicit")
 _AUTH_MODES = ("none", "optional", "required")
@@ -92,7 +92,6 @@ def build_config(
     else:
         if not isinstance(schedule, list) or not schedule:
             raise ConfigError("queue.retry_schedule", "must be a non-empty list of durations")
-        from gateway.config.reader import parse_duration
         retry_schedule = tuple(parse_duration(v, f"queue.retry_schedule[{i}]") for i, v in enumerate(schedule))
         if retry_schedule[-1] <= 0:
             # The last value repeats until max_lifetime: 0 would retry in a hot loop for days.

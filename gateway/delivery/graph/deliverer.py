@@ -195,10 +195,6 @@ class GraphDeliverer:
         """One L{TenantHealth} per tenant seen so far (the default tenant once used)."""
         return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until) for t in self._tenants.values())
 
-    def tenant_health(self, credentials: TenantCredentials) -> TenantHealth:
-        t = self._tenant(credentials)
-        return TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until)
-
     # -- the flow -------------------------------------------------------------------------
 
     async def _deliver(self, entry: Any) -> Any:

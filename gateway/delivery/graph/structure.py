@@ -52,10 +52,6 @@ class Part:
         return self.content_type.startswith("multipart/")
 
     @property
-    def encoded_size(self) -> int:
-        return self.body_end - self.body_start
-
-    @property
     def is_attachment(self) -> bool:
         """Something a reader sees as a file rather than as the message text."""
         if self.is_multipart or self.depth == 0:
