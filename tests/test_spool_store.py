@@ -15,8 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway.spool.disk import SpoolDisk
-from gateway.spool.entry import Envelope, Provenance
+from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.interfaces import IQueueSpool, ISpool, ISpoolWriter, SpoolError
+from gateway.spool.record import decode_record, encode_record
 from gateway.spool.queueid import is_queue_id, new_queue_id
 from gateway.spool.record import decode_record
 from gateway.spool.store import DirectorySpool
@@ -495,3 +496,21 @@ class StateChangeTests(SpoolTestMixin, SynchronousTestCase):
         self.assertEqual(self.queue_files(), [entry.queue_id + ".env", entry.queue_id + ".msg"])
         self.assertEqual(os.listdir(os.path.join(self.directory, "failed")), [])
         self.assertEqual(self.successResultOf(spool.load(entry.queue_id)), again)
+
+
+class RecordDecisionFieldsTests(SynchronousTestCase):
+    """The intake decision, digest and draft id survive a record round trip; old records read as None."""
+
+    def test_round_trip_and_old_records(self) -> None:
+        entry = SpoolEntry(
+            queue_id="0SJ5Q4ZP1A2B3C4D5E6", envelope=Envelope("a@example.com", ("b@example.com",)),
+            provenance=Provenance("192.0.2.1", "h", "smtp"), received_at=1.0, message_path="/m", size=3,
+            sending_mailbox="a@example.com", message_digest="sha256:00", draft_id="AAMk=")
+        back = decode_record(encode_record(entry), "/m")
+        self.assertEqual((back.sending_mailbox, back.message_digest, back.draft_id),
+                         ("a@example.com", "sha256:00", "AAMk="))
+        old = json.loads(encode_record(entry))
+        for key in ("sending_mailbox", "message_digest", "draft_id"):
+            del old[key]
+        back = decode_record(json.dumps(old).encode(), "/m")
+        self.assertEqual((back.sending_mailbox, back.message_digest, back.draft_id), (None, None, None))

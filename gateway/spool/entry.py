@@ -75,6 +75,16 @@ class SpoolEntry:
     attempts: int = 0
     next_attempt_at: float = 0.0
     history: tuple[AttemptRecord, ...] = ()
+    # Decided once at intake and executed as recorded (ARCHITECTURE "decide once, record,
+    # execute"): the canonical mailbox Graph sends through.  ``None`` only for entries written
+    # by an older gateway, which the deliverer must then judge the old way.
+    sending_mailbox: Optional[str] = None
+    # "sha256:<hex>" of the message file as committed; verified before each send so a file
+    # changed on disk is quarantined instead of delivered garbled.  ``None`` for old entries.
+    message_digest: Optional[str] = None
+    # Graph id of a draft created for a large message, recorded before its first upload so a
+    # retry or a restart can delete (or resume) it instead of leaving it in the mailbox.
+    draft_id: Optional[str] = None
 
 
 __all__ = ["Envelope", "Provenance", "AttemptRecord", "SpoolEntry"]

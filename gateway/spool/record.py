@@ -18,7 +18,10 @@ On-disk format (one JSON object, UTF-8, ASCII-only because non-ASCII is escaped)
       "size": 10240,                    # bytes in the message file
       "attempts": 2,                    # failed delivery attempts so far
       "next_attempt_at": 1700000900.0,  # POSIX time; 0 or the past means "due now"
-      "history": [{"at": 1700000060.0, "reason": "Graph 503"}]   # one per failed attempt
+      "history": [{"at": 1700000060.0, "reason": "Graph 503"}],  # one per failed attempt
+      "sending_mailbox": "app@example.com",  # decided at intake; null in older records
+      "message_digest": "sha256:…",     # of the message file at commit; null in older records
+      "draft_id": null                  # Graph draft of a large message being uploaded
     }
 
 Unknown keys are ignored when reading, so a newer gateway can add fields and an older queue
@@ -63,6 +66,9 @@ def record_fields(entry: SpoolEntry) -> dict[str, Any]:
         "attempts": entry.attempts,
         "next_attempt_at": entry.next_attempt_at,
         "history": [{"at": h.at, "reason": h.reason} for h in entry.history],
+        "sending_mailbox": entry.sending_mailbox,
+        "message_digest": entry.message_digest,
+        "draft_id": entry.draft_id,
     }
 
 
@@ -70,7 +76,9 @@ def encode_record(entry: SpoolEntry) -> bytes:
     return json.dumps(record_fields(entry), separators=(",", ":")).encode("ascii")
 
 
-def _typed(data: dict, key: str, kind: Any, optional: bool = False) -> Any:
+def _typed(data: dict, key: str, kind: Any, optional: bool = False, added_later: bool = False) -> Any:
+    if key not in data and added_later:
+        return None
     if key not in data:
         raise RecordError(f"missing {key!r}")
     value = data[key]
@@ -127,6 +135,9 @@ def decode_record(data: bytes, message_path: str, expected_queue_id: str | None 
         attempts=_typed(obj, "attempts", int),
         next_attempt_at=_typed(obj, "next_attempt_at", float),
         history=tuple(history),
+        sending_mailbox=_typed(obj, "sending_mailbox", str, optional=True, added_later=True),
+        message_digest=_typed(obj, "message_digest", str, optional=True, added_later=True),
+        draft_id=_typed(obj, "draft_id", str, optional=True, added_later=True),
     )
 
 
