@@ -34,9 +34,14 @@ class StatusRealm:
 def guarded(resource: Any, users_file: str, reactor: Any, threadpool: Any) -> HTTPAuthSessionWrapper:
     """``resource`` behind HTTP Basic; logins from ``users_file`` (bcrypt checks run in ``threadpool``)."""
     from gateway.auth.checkers import UsersFileChecker
-    from gateway.auth.users import UsersStore
+    from gateway.auth.users import UsersFileError, UsersStore
+    from gateway.config.errors import ConfigError
 
-    checker = UsersFileChecker(UsersStore(users_file), reactor, threadpool)
+    try:
+        store = UsersStore(users_file)
+    except UsersFileError as e:
+        raise ConfigError("status.users_file", str(e)) from None
+    checker = UsersFileChecker(store, reactor, threadpool)
     portal = Portal(StatusRealm(resource), [checker])
     return HTTPAuthSessionWrapper(portal, [BasicCredentialFactory(REALM)])
 
