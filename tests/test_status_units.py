@@ -126,3 +126,52 @@ class BucketTests(SynchronousTestCase):
     def test_qshape_buckets_double(self):
         self.assertEqual(BUCKET_LABELS[0], "<5m")
         self.assertEqual([bucket_of(s) for s in (0, 299, 300, 599, 600, 1199, 1280 * 60, 10 ** 7)], [0, 0, 1, 1, 2, 2, 9, 9])
+
+
+class QueueScanTests(SynchronousTestCase):
+    """scan_queue on a real spool directory: states, buckets, the oldest-first limit, failed reasons."""
+
+    def put(self, disk, queue_id, received_at, sender, recipients, attempts=0, history=(), mailbox=None):
+        from gateway.spool.entry import AttemptRecord
+
+        temp = disk.create_temp(queue_id)
+        disk.append(temp, [b"Subject: x\r\n\r\nbody\r\n"])
+        entry = SpoolEntry(queue_id, Envelope(sender, tuple(recipients)), Provenance("127.0.0.1", "c", "l"),
+                           received_at, temp.path, 0, attempts=attempts,
+                           history=tuple(AttemptRecord(received_at, r) for r in history), sending_mailbox=mailbox)
+        return disk.publish(temp, entry)
+
+    def test_scan(self):
+        import os
+
+        from gateway.spool.disk import SpoolDisk
+        from gateway.spool.queueid import new_queue_id
+        from gateway.status.queueview import scan_queue
+
+        disk = SpoolDisk(os.path.abspath(self.mktemp()))
+        disk.ensure_directories()
+        now = 1_000_000.0
+        old = new_queue_id(now - 7200)
+        mid = new_queue_id(now - 900)
+        new = new_queue_id(now - 10)
+        self.put(disk, old, now - 7200, "a@x.example", ["u@one.example", "v@two.example"], attempts=3,
+                 history=("Graph 503", "Graph 429 throttled"), mailbox="Shared@X.example")
+        self.put(disk, mid, now - 900, "b@x.example", ["w@one.example"], attempts=1, history=("Graph 429 throttled",))
+        failing = self.put(disk, new, now - 10, "c@x.example", ["z@three.example"])
+        disk.fail(failing, "5.1.1 mailbox not found")
+
+        view = scan_queue(disk, now, in_flight={mid})
+        self.assertEqual(view.counts, {"active": 1, "deferred": 1, "waiting": 0, "failed": 1})
+        self.assertEqual((view.queued, view.examined, view.oldest_age), (2, 2, 7200.0))
+        shape = {row.key: row for row in view.by_mailbox}
+        self.assertEqual(shape["shared@x.example"].counts[view.bucket_labels.index("<160m")], 1)
+        self.assertEqual(shape["b@x.example"].counts[view.bucket_labels.index("<20m")], 1)
+        domains = {row.key: row.total for row in view.by_domain}
+        self.assertEqual(domains, {"one.example": 2, "two.example": 1})
+        self.assertEqual(view.deferral_reasons, (("Graph 429 throttled", 2),))
+        [failed] = view.failed
+        self.assertEqual((failed.queue_id, failed.reason, failed.recipients), (new, "5.1.1 mailbox not found", ("z@three.example",)))
+
+        limited = scan_queue(disk, now, limit=1)
+        self.assertEqual((limited.queued, limited.examined, limited.oldest_age), (2, 1, 7200.0))
+        self.assertEqual(limited.counts["deferred"] + limited.counts["waiting"], 2)

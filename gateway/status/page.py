@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Optional, Sequence
 
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import Element, Tag, XMLString, renderElement, renderer, tags
@@ -246,6 +247,7 @@ class StatusPageResource(Resource):
     """``GET /``: reads the queue (in a thread), then renders L{StatusPage}."""
 
     isLeaf = True
+    log = Logger()
 
     def __init__(self, source: IStatusSource, refresh: int = 0) -> None:
         super().__init__()
@@ -261,10 +263,21 @@ class StatusPageResource(Resource):
         finished.addErrback(lambda _: gone.append(True))
 
         def render(view: Optional[QueueView], error: str = "") -> None:
-            if not gone:
-                renderElement(request, StatusPage(self.source, view, self.refresh, error))
+            if gone:
+                return
+            try:
+                page = StatusPage(self.source, view, self.refresh, error)
+            except Exception:
+                self.log.failure("the status page could not be built")
+                request.setResponseCode(500)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                request.write(b"The status page could not be built; the gateway log has the details.\n")
+                request.finish()
+                return
+            renderElement(request, page)
 
         def failed(failure: Any) -> None:
+            self.log.warn("status page: the spool could not be read: {error}", error=failure.getErrorMessage())
             render(None, failure.getErrorMessage()[:200])
 
         self.source.queue().addCallbacks(render, failed)

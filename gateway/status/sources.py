@@ -76,11 +76,13 @@ class ComponentsStatusSource:
     Answers from ``components`` (L{gateway.wiring.Components}).  ``blocking(f, *args)`` runs
     the spool scan off the reactor thread and returns a Deferred; ``recent`` is a
     L{gateway.status.recent.RecentDeliveries} (or None).  Concurrent queue requests share one
-    scan.
+    scan, and a scan is reused for ``queue_cache`` seconds, so a page reload and a Prometheus
+    scrape arriving together cost one read of the spool.
     """
 
     def __init__(self, components: Any, clock: Any, hostname: str, version: str, started_at: float,
-                 blocking: Callable[..., Deferred], recent: Any = None, scan_limit: int = 2000) -> None:
+                 blocking: Callable[..., Deferred], recent: Any = None, scan_limit: int = 2000,
+                 queue_cache: float = 5.0) -> None:
         self._components = components
         self._clock = clock
         self._hostname = hostname
@@ -90,6 +92,8 @@ class ComponentsStatusSource:
         self._recent = recent
         self._scan_limit = scan_limit
         self._scanning: Optional[list] = None
+        self._queue_cache = queue_cache
+        self._cached: Optional[tuple[float, QueueView]] = None
 
     def gateway(self) -> GatewayInfo:
         return GatewayInfo(self._version, self._hostname, self._started_at, self._clock.seconds())
@@ -137,6 +141,9 @@ class ComponentsStatusSource:
         return self._recent.snapshot() if self._recent is not None else ()
 
     def queue(self) -> Deferred:
+        now = self._clock.seconds()
+        if self._cached is not None and 0 <= now - self._cached[0] < self._queue_cache:
+            return succeed(self._cached[1])
         if self._scanning is not None:
             waiter: Deferred = Deferred()
             self._scanning.append(waiter)
@@ -149,6 +156,7 @@ class ComponentsStatusSource:
         d = self._blocking(scan_queue, disk, self._clock.seconds(), in_flight, self._scan_limit)
 
         def share(result: Any) -> Any:
+            self._cached = (self._clock.seconds(), result)
             waiters, self._scanning = self._scanning or [], None
             for waiter in waiters:
                 waiter.callback(result)
