@@ -116,7 +116,8 @@ class QueueView:
     The queue as the page shows it.  ``counts`` maps a state (``active``, ``deferred``,
     ``waiting``, ``failed``) to a number of messages; ``bucket_labels`` names the age columns
     of ``by_mailbox`` and ``by_domain``.  ``examined`` of ``queued`` records were read for the
-    tables (the oldest first): a very large queue is summarised from its oldest part.
+    tables (the oldest first): a very large queue is summarised from its oldest part, and the
+    records beyond that are counted as ``waiting``.
     """
 
     counts: dict
