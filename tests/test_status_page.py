@@ -212,3 +212,31 @@ def _panels(dashboard):
     for panel in dashboard.get("panels", ()):
         yield panel
         yield from panel.get("panels", ())
+
+
+class NeedsAdminTests(TestCase):
+    """A tenant whose secret Entra refuses reads "needs admin", with the error and the action."""
+
+    timeout = 90
+
+    @inlineCallbacks
+    def test_refused_credentials_show_needs_admin_with_action(self):
+        from gateway.testing.fake_graph import Fault
+
+        gw, fake, base = yield start_status_gateway(self)
+        fake.inject(Fault.invalid_client(), operation="token", times=None)
+        yield send_message(gw.port("local"), DELIVERED_FROM, ["alice@corp.example"],
+                           message(DELIVERED_FROM, "alice@corp.example", "held"))
+        yield gw.outcomes(1, ("deferred",))
+        response, body = yield get(http_client(self), base + "/")
+        self.assertEqual(response.code, 200)
+        [tenant] = read_page(body).rows("tenants")
+        self.assertEqual(tenant["token state"], "needs admin")
+        self.assertIn("AADSTS7000215", tenant["last error"])
+        self.assertIn("Action: Fix the app registration", tenant["last error"])
+        self.assertRegex(tenant["paused until"], r"^in ")
+        self.assertNotIn(fake.client_secret.encode(), body)
+        response, body = yield get(http_client(self), base + "/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        states = {s.labels["state"]: s.value for s in families["graphsmtp_tenant_token_state"].samples}
+        self.assertEqual(states, {"ok": 0, "degraded": 0, "needs admin": 1, "unknown": 0})

@@ -39,6 +39,9 @@ table { border-collapse: collapse; width: 100%; margin-bottom: 6px; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e6eaee; vertical-align: top; }
 th { background: #eef2f5; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.nowrap { white-space: nowrap; }
+table.compact { width: auto; }
+table.compact th, table.compact td { padding: 4px 18px; }
 .empty { color: #6a737d; font-style: italic; }
 .state { display: inline-block; padding: 0 8px; border-radius: 10px; font-weight: 600; font-size: 12px; }
 .s-ok, .s-listening, .s-delivered { background: #dcf5e3; color: #14632f; }
@@ -106,14 +109,19 @@ def badge(state: str) -> Tag:
 
 
 def table(table_id: str, headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = (),
-          empty: str = "nothing to show") -> Tag:
+          empty: str = "nothing to show", nowrap: Sequence[int] = (), compact: bool = False) -> Tag:
     rows = list(rows)
     if not rows:
         return tags.p(empty, class_="empty", id=table_id)
-    head = tags.tr(*[tags.th(h, class_="num") if i in numeric else tags.th(h) for i, h in enumerate(headers)])
-    body = [tags.tr(*[tags.td(c, class_="num") if i in numeric else tags.td(c) for i, c in enumerate(row)])
-            for row in rows]
-    return tags.table(tags.thead(head), tags.tbody(*body), id=table_id)
+
+    def cell(make: Any, i: int, content: Any) -> Tag:
+        classes = " ".join(c for c, on in (("num", i in numeric), ("nowrap", i in nowrap)) if on)
+        return make(content, class_=classes) if classes else make(content)
+
+    head = tags.tr(*[cell(tags.th, i, h) for i, h in enumerate(headers)])
+    body = [tags.tr(*[cell(tags.td, i, c) for i, c in enumerate(row)]) for row in rows]
+    table_tag = tags.table(tags.thead(head), tags.tbody(*body), id=table_id)
+    return table_tag(class_="compact") if compact else table_tag
 
 
 def facts(items: Iterable[tuple[str, Any]]) -> Tag:
@@ -189,7 +197,7 @@ class StatusPage(Element):
             rows.append((t.label, badge(t.state), utc(t.since), expiry, paused, error))
         return [
             table("tenants", ("tenant", "token state", "since", "token expires", "paused until", "last error"),
-                  rows, empty="no Graph tenant (the capture deliverer writes to the local outbox)"),
+                  rows, empty="no Graph tenant (the capture deliverer writes to the local outbox)", nowrap=(1, 2, 3)),
             tags.h3("Sending mailboxes (pacing)"),
             table("mailboxes", ("mailbox", "in flight", "paused until", "reason", "next slot"),
                   [(m.mailbox, str(m.in_flight), relative(m.paused_until, now) if m.paused_until > now else "-",
@@ -209,7 +217,7 @@ class StatusPage(Element):
             table("queue-counts", ("queued", "active", "deferred", "waiting", "failed", "oldest message"),
                   [(str(view.queued), str(counts.get("active", 0)), str(counts.get("deferred", 0)),
                     str(counts.get("waiting", 0)), str(counts.get("failed", 0)), oldest)],
-                  numeric=(0, 1, 2, 3, 4, 5)),
+                  numeric=(0, 1, 2, 3, 4, 5), compact=True),
         ]
         if view.examined < view.queued:
             parts.append(tags.p(f"Tables below summarise the oldest {view.examined} of {view.queued} queued messages.",
@@ -231,7 +239,7 @@ class StatusPage(Element):
             tags.h3("Failed messages"),
             table("failed", ("queue id", "received", "from", "to", "reason"),
                   [(tags.code(f.queue_id), utc(f.received_at), f.sender or "<>", ", ".join(f.recipients), f.reason)
-                   for f in view.failed], empty="no failed message"),
+                   for f in view.failed], empty="no failed message", nowrap=(0, 1)),
         ]
         return parts
 
@@ -240,7 +248,7 @@ class StatusPage(Element):
         return table("recent", ("time", "queue id", "from", "to", "mailbox", "status", "delay", "detail"),
                      [(utc(r.at), tags.code(r.queue_id), r.sender or "<>", ", ".join(r.recipients), r.mailbox or "-",
                        badge(r.status), duration(r.delay), r.detail) for r in self.source.recent()],
-                     numeric=(6,), empty="no delivery since start")
+                     numeric=(6,), empty="no delivery since start", nowrap=(0, 1, 5, 6))
 
 
 class StatusPageResource(Resource):
