@@ -136,7 +136,7 @@ class PageReader(HTMLParser):
     def rows(self, table_id: str) -> list[dict[str, str]]:
         """The table's body rows as dicts keyed by the header texts."""
         header, *body = self.tables[table_id]
-        return [dict(zip(header, row)) for row in body]
+        return [dict(zip(header, row, strict=True)) for row in body]
 
 
 def read_page(body: bytes) -> PageReader:

@@ -17,6 +17,7 @@ import zlib
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
@@ -56,7 +57,7 @@ class _Collect(ProcessProtocol):
     def kill(self) -> None:
         try:
             self.transport.signalProcess("KILL")
-        except Exception:
+        except ProcessExitedAlready:
             pass
 
 

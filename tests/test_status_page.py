@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import smtplib
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
@@ -125,7 +126,7 @@ class MetricsTests(TestCase):
         self.gw, self.fake, self.base = yield start_status_gateway(self)
         self.http = http_client(self)
         self.entries = yield make_traffic(self.gw, self.fake)
-        with self.assertRaises(Exception):
+        with self.assertRaises(smtplib.SMTPRecipientsRefused):
             # Refused at RCPT by the listener's recipient-rules policy.
             yield send_message(self.gw.port("local"), DELIVERED_FROM, ["x@blocked.example"],
                                message(DELIVERED_FROM, "x@blocked.example", "no"))
