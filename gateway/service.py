@@ -48,7 +48,9 @@ class GatewayService(MultiService):
         if status is not None and status.endpoint:
             from gateway.status.web import status_service
 
-            self.status = status_service(status.endpoint, self.components, reactor)
+            parts = status_service(status, self.components, reactor, config.hostname)
+            parts.pool.setServiceParent(self)  # started before the web service, stopped after it
+            self.status = parts.web
             self.status.setServiceParent(self)
         for part in self.components.listeners:
             part.service.setServiceParent(self)

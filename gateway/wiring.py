@@ -43,6 +43,10 @@ class Components:
     services: list
     auth: Any = None
     observers: list = attrs.field(factory=list)
+    #: L{gateway.status.metrics.GatewayMetrics}: the gateway's own prometheus-client registry.
+    metrics: Any = None
+    #: L{gateway.status.recent.RecentDeliveries}: the last outcomes, for the status page.
+    recent: Any = None
 
 
 def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None) -> Components:
@@ -60,8 +64,14 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     from gateway.spool.runner import QueueRunner
     from gateway.spool.store import DirectorySpool
     from gateway.spool.watch import IncomingWatcher
+    from gateway.status.metrics import GatewayMetrics
+    from gateway.status.recent import DeliveryDelayObserver, RecentDeliveries
     from gateway.threads import ThreadPoolService
 
+    # One registry per gateway, made here and handed to whoever counts (never module state).
+    metrics = GatewayMetrics()
+    status = config.sections.get("status")
+    recent = RecentDeliveries(reactor, status.recent if status is not None else 50)
     services: list = []
     disk = ThreadPoolService("graphsmtp-spool", 1, config.spool.threads)
     services.append(disk)
@@ -72,7 +82,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
 
     delivery_observers: list = []
     if deliverer is None:
-        deliverer, delivery_services, delivery_observers = _build_deliverer(config, reactor, disk, auth)
+        deliverer, delivery_services, delivery_observers = _build_deliverer(config, reactor, disk, auth, metrics)
         services.extend(delivery_services)
 
     redis = redis_service(config, reactor)
@@ -82,6 +92,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
     observers.extend(delivery_observers)
     services.append(ObserversService(observers))
+    observers.extend([recent, DeliveryDelayObserver(reactor, metrics.delivered_after)])
 
     runner = QueueRunner(spool, deliverer, config.queue, reactor, observers)
     services.append(runner)
@@ -91,23 +102,38 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     listeners = []
     for listener in _capped_listeners(config):
         tls = TLSContextSource(listener) if listener.tls != "none" else None
-        chain = PolicyChain(chains[listener.name].policies, guard=auth.relay_policy(listener))
+        chain = _counting_chain(listener, chains[listener.name].policies, auth.relay_policy(listener), metrics)
         factory = GatewaySMTPFactory(
             listener, config.hostname, spool, chain, reactor,
             portal=auth.portal_for(listener), tls=tls,
             add_message_id=config.add_message_id, add_date=config.add_date,
+            intake=metrics.intake_for(listener.name),
         )
         listeners.append(ListenerParts(listener, factory, listener_service(reactor, listener, factory), tls))
-    return Components(spool, deliverer, runner, listeners, services, auth, observers)
+    return Components(spool, deliverer, runner, listeners, services, auth, observers, metrics, recent)
 
 
-def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any) -> tuple[Any, list, list]:
+def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics: Any) -> PolicyChain:
+    """The listener's chain with every policy (and the relay guard) counting its refusals."""
+    from gateway.status.policy_counts import CountingPolicy
+
+    def count(name: str, code: Any) -> None:
+        metrics.policy_refused(listener.name, name, code)
+
+    names = [ref.use for ref in listener.policies]
+    wrapped = tuple(CountingPolicy(p, names[i] if i < len(names) else f"policy-{i}", count)
+                    for i, p in enumerate(policies))
+    return PolicyChain(wrapped, guard=CountingPolicy(guard, "relay-access", count) if guard is not None else None)
+
+
+def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, metrics: Any = None) -> tuple[Any, list, list]:
     if config.deliverer == "graph":
         from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
         from gateway.delivery.graph.factory import build_graph_deliverer
 
         resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))
-        deliverer, services = build_graph_deliverer(config.graph, reactor, resolver)
+        deliverer, services = build_graph_deliverer(
+            config.graph, reactor, resolver, on_request=metrics.graph_request if metrics is not None else None)
         return deliverer, services, list(getattr(deliverer, "observers", ()))
     from gateway.delivery.capture import CaptureDeliverer
 

@@ -29,7 +29,7 @@ def parse_all(root: TableReader, environ: Mapping[str, str], resolve: Resolver) 
     sections["observers"] = parse_observers(root, environ, resolve)
     sections["auth"] = parse_auth_section(root, environ, resolve)
     from gateway.config.status import parse_status
-    sections["status"] = parse_status(root, environ, resolve)
+    sections["status"] = parse_status(root, environ, resolve, default_users_file=sections["auth"].users_file)
     return sections
 
 

@@ -44,6 +44,7 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         tls: Optional[Any] = None,
         add_message_id: bool = True,
         add_date: bool = True,
+        intake: Optional[Any] = None,
     ) -> None:
         smtp.SMTPFactory.__init__(self, portal)
         self.listener = listener
@@ -57,6 +58,8 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         self.tls = tls
         self.add_message_id = add_message_id
         self.add_date = add_date
+        # Metrics hooks (message_accepted(size), reply_refused(code)); None counts nothing.
+        self.intake = intake
         # Only behind PROXY protocol is the client address unknown at connect time.
         self.proxied = listener.proxy_protocol or listener.endpoint.startswith("haproxy:")
         self.sessions: set = set()
@@ -70,6 +73,16 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         p = self.protocol(self)
         p.callLater = self.clock.callLater
         return p
+
+    # -- intake counters
+
+    def message_accepted(self, size: int) -> None:
+        if self.intake is not None:
+            self.intake.message_accepted(size)
+
+    def reply_refused(self, code: int) -> None:
+        if self.intake is not None:
+            self.intake.reply_refused(code)
 
     # -- sessions and connection limits
 

@@ -253,6 +253,8 @@ class GatewayESMTP(smtp.ESMTP):
         if self._done:
             return
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
+        if code >= 400:
+            self.factory.reply_refused(code)
         self._done = True
         self._inbuf = bytearray()
         self.setTimeout(None)
@@ -493,6 +495,7 @@ class GatewayESMTP(smtp.ESMTP):
             return
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
         if code >= 400:
+            self.factory.reply_refused(code)
             self._errors += 1
             if self._errors >= self.limits.max_errors:
                 self.log.info("closing session with {client}: too many errors", client=self._client_label())
@@ -677,6 +680,7 @@ class GatewayESMTP(smtp.ESMTP):
             tx.overshoot += 1
             if tx.overshoot <= RECIPIENT_OVERSHOOT:
                 self.sendLine(b"452 4.5.3 Too many recipients")
+                self.factory.reply_refused(452)
             else:
                 self._reply(452, "4.5.3", "Too many recipients")
             return
@@ -867,6 +871,7 @@ class GatewayESMTP(smtp.ESMTP):
             nrcpt=len(tx.recipients), tls=self._secure(), listener=self.listener.name,
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        self.factory.message_accepted(getattr(outcome, "size", tx.writer.bytes_written))
         self._end_transaction(tx)
 
     def _message_after_disconnect(self, tx: Transaction, outcome: Any) -> None:

@@ -191,6 +191,10 @@ class QueueRunner(Service):
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def in_flight_ids(self) -> frozenset:
+        """Queue ids being delivered right now (read-only, for the status page)."""
+        return frozenset(self._in_flight)
+
     # -- scheduling ------------------------------------------------------------------------
 
     def _remember(self, entry: SpoolEntry) -> None:

@@ -1,23 +1,28 @@
 """
-The HTTP status endpoint: what a monitoring system and an admin need to know, and nothing
-more — no addresses, no logins, no secrets.
+The HTTP status endpoint: what a monitoring system and an admin need to know, and no secret.
+``/healthz`` shows no address either; the page and the metrics do (senders, recipients,
+mailboxes), which is why the endpoint belongs on loopback or behind a login.
 
 - ``GET /healthz``: JSON summary; 200 when the gateway can deliver, 503 when an admin must act
   (a tenant's credentials are refused, so mail is piling up in the queue).
-- ``GET /metrics``: Prometheus text format counters and gauges.
+- ``GET /metrics``: prometheus-client exposition (L{gateway.status.metrics}).
+- ``GET /``: the human status page (L{gateway.status.page}).
 
-It reads live objects (the queue runner, the deliverer, the AUTH throttle, the listener
-factories) on each request; it never blocks and never touches the disk.
+``/healthz`` reads live objects on each request and never touches the disk; ``/`` and
+``/metrics`` read the spool's records in the status thread pool, never on the reactor.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any
 
+import attrs
+from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
-PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+_log = Logger(namespace="gateway.status.web")
 
 
 def snapshot(components: Any, clock: Any) -> dict[str, Any]:
@@ -56,33 +61,6 @@ def _innermost(deliverer: Any) -> Any:
     return getattr(deliverer, "inner", deliverer)
 
 
-def prometheus(state: dict[str, Any]) -> str:
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, Any]]) -> None:
-        lines.append(f"# HELP graphsmtp_{name} {help_text}")
-        lines.append(f"# TYPE graphsmtp_{name} {kind}")
-        for labels, value in samples:
-            lines.append(f"graphsmtp_{name}{labels} {value}")
-
-    q = state["queue"]
-    metric("queue_messages", "gauge", "Messages waiting in the spool or being delivered.", [("", q["queued"])])
-    metric("deliveries_in_flight", "gauge", "Deliveries currently in progress.", [("", q["in_flight"])])
-    for key, text in (("delivered", "Messages delivered."), ("deferred", "Transient delivery failures."),
-                      ("failed", "Messages that failed permanently or expired."),
-                      ("possibly_delivered", "Ambiguous attempts that may have been delivered (retries may duplicate).")):
-        metric(f"{key}_total", "counter", text, [("", q[f"{key}_total"])])
-    metric("smtp_sessions", "gauge", "Open SMTP sessions per listener.",
-           [(f'{{listener="{l["name"]}"}}', l["sessions"]) for l in state["listeners"]])
-    metric("tenant_ok", "gauge", "1 when the tenant's credentials work, 0 when an admin must act.",
-           [(f'{{tenant="{t["tenant"]}",state="{t["state"]}"}}', 0 if t["state"] == "config-error" else 1)
-            for t in state["delivery"]["tenants"]])
-    for key, value in sorted(state["auth"].items()):
-        kind = "counter" if key.endswith("_total") else "gauge"
-        metric(f"auth_{key}", kind, f"SMTP AUTH {key.replace('_', ' ')}.", [("", value)])
-    return "\n".join(lines) + "\n"
-
-
 class _Page(Resource):
     isLeaf = True
 
@@ -100,31 +78,114 @@ class HealthPage(_Page):
         return json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
 
 
-class MetricsPage(_Page):
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", PROMETHEUS_TYPE)
-        return prometheus(snapshot(self.components, self.clock)).encode()
+class MetricsPage(Resource):
+    """``GET /metrics``: prometheus-client's text exposition of the gateway's own registry."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, source: Any, registry: Any) -> None:
+        super().__init__()
+        self.source = source
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> Any:
+        from gateway.status.metrics import CONTENT_TYPE, exposition
+
+        request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
+
+        def write(view: Any) -> None:
+            request.write(exposition(self.registry, view))
+            request.finish()
+
+        def without_queue(failure: Any) -> None:
+            self.log.warn("metrics: the spool could not be read: {error}", error=failure.getErrorMessage())
+            write(None)
+
+        finished: list = []
+        request.notifyFinish().addBoth(finished.append)
+        d = self.source.queue().addCallbacks(write, without_queue)
+        d.addErrback(lambda f: None if finished else self.log.failure("metrics scrape failed", f))
+        return NOT_DONE_YET
 
 
-def status_root(components: Any, clock: Any) -> Resource:
+
+def status_root(components: Any, clock: Any, source: Any = None, metrics: Any = None, refresh: int = 0) -> Resource:
+    """
+    ``/`` (the human page), ``/healthz`` (JSON) and ``/metrics`` (Prometheus).  ``source`` is
+    the L{IStatusSource} the page and the metrics read; ``metrics`` the gateway's
+    L{GatewayMetrics} (its registry is what ``/metrics`` serves).
+    """
+    from gateway.status.metrics import GatewayMetrics, StatusCollector
+    from gateway.status.page import StatusPageResource
+
+    if metrics is None:
+        metrics = GatewayMetrics()
+    if source is None:
+        from twisted.internet.defer import maybeDeferred
+        from gateway.status.sources import ComponentsStatusSource
+
+        source = ComponentsStatusSource(components, clock, "localhost", _version(), clock.seconds(), maybeDeferred)
+    metrics.registry.register(StatusCollector(source))
     root = Resource()
+    root.putChild(b"", StatusPageResource(source, refresh))
     root.putChild(b"healthz", HealthPage(components, clock))
-    root.putChild(b"metrics", MetricsPage(components, clock))
+    root.putChild(b"metrics", MetricsPage(source, metrics.registry))
     return root
 
 
-def status_service(endpoint_description: str, components: Any, reactor: Any) -> Any:
-    """The listening service for ``[status] endpoint``."""
+def _version() -> str:
+    from gateway import __version__
+
+    return __version__
+
+
+@attrs.define
+class StatusServices:
+    """The status endpoint's listening service and the thread pool its spool reads and logins use."""
+
+    web: Any
+    pool: Any
+    source: Any
+
+
+def status_service(status: Any, components: Any, reactor: Any, hostname: str = "localhost") -> StatusServices:
+    """
+    The services for ``[status]`` (a L{gateway.config.status.StatusConfig}): start ``pool``
+    before ``web`` and stop it after.
+    """
+    from functools import partial
+
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
+    from twisted.internet.threads import deferToThreadPool
     from twisted.web.server import Site
 
-    site = Site(status_root(components, reactor), timeout=60)  # idle clients go after a minute
+    from gateway.status.sources import ComponentsStatusSource
+    from gateway.threads import ThreadPoolService
+
+    pool = ThreadPoolService("graphsmtp-status", 1, 2)
+    source = ComponentsStatusSource(
+        components, reactor, hostname, _version(), reactor.seconds(), partial(deferToThreadPool, reactor, pool.pool),
+        recent=getattr(components, "recent", None), scan_limit=status.queue_scan_limit)
+    resource: Any = status_root(components, reactor, source, getattr(components, "metrics", None), status.refresh)
+    if status.login:
+        from gateway.status.guard import guarded
+
+        resource = guarded(resource, status.users_file, reactor, pool.pool)
+    else:
+        from gateway.config.status import bind_facts
+
+        if not bind_facts(status.endpoint).local:
+            _log.warn("the status endpoint {endpoint} is reachable beyond this machine without a login; it shows "
+                      "sender and recipient addresses (set [status] login = true, over an ssl: endpoint)",
+                      endpoint=status.endpoint)
+    site = Site(resource, timeout=60)  # idle clients go after a minute
     site.noisy = False
     site.displayTracebacks = False
-    service = StreamServerEndpointService(serverFromString(reactor, endpoint_description), site)
+    service = StreamServerEndpointService(serverFromString(reactor, status.endpoint), site)
     service.setName("status")
-    return service
+    return StatusServices(service, pool, source)
 
 
-__all__ = ["snapshot", "prometheus", "status_root", "status_service"]
+__all__ = ["snapshot", "status_root", "status_service", "StatusServices", "MetricsPage", "HealthPage"]

@@ -70,7 +70,9 @@ class GraphClient:
     """
     Graph calls for one Graph root (``graph_url`` without the version).  ``http`` is a
     ``treq.HTTPClient``; ``clock`` drives timeouts; ``cooperator`` schedules body reads.
-    ``on_unavailable`` is called after a 503 (Graph asks for a new connection then).
+    ``on_unavailable`` is called after a 503 (Graph asks for a new connection then);
+    ``on_request(method, url, status, seconds)``, if given, is told how long each request took
+    (``status`` is the HTTP code, or ``"error"`` when no answer came) — for latency metrics.
     """
 
     log = Logger()
@@ -83,6 +85,7 @@ class GraphClient:
         request_timeout: float = 60.0,
         body_timeout: float = 30.0,
         on_unavailable: Any = None,
+        on_request: Any = None,
     ) -> None:
         self._http = http
         self._clock = clock
@@ -90,6 +93,7 @@ class GraphClient:
         self._request_timeout = request_timeout
         self._body_timeout = body_timeout
         self._on_unavailable = on_unavailable
+        self._on_request = on_request
 
     # -- the calls ------------------------------------------------------------------------
 
@@ -147,6 +151,22 @@ class GraphClient:
 
     async def request(self, method: str, url: str, token: Optional[AccessToken], source: Any,
                       content_type: Optional[bytes], extra: Optional[dict] = None) -> GraphResponse:
+        if self._on_request is None:
+            return await self._request(method, url, token, source, content_type, extra)
+        started = self._clock.seconds()
+        status: Any = "error"
+        try:
+            response = await self._request(method, url, token, source, content_type, extra)
+            status = response.code
+            return response
+        finally:
+            try:
+                self._on_request(method, url, status, self._clock.seconds() - started)
+            except Exception:  # noqa: BLE001 - metrics never change a delivery
+                self.log.failure("Graph request observer failed")
+
+    async def _request(self, method: str, url: str, token: Optional[AccessToken], source: Any,
+                       content_type: Optional[bytes], extra: Optional[dict] = None) -> GraphResponse:
         headers = Headers({b"Accept": [b"application/json"], b"User-Agent": [b"graphsmtp"],
                            b"client-request-id": [str(uuid.uuid4()).encode("ascii")]})
         if token is not None:

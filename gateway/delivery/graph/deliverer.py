@@ -66,6 +66,7 @@ class TenantHealth:
     detail: str = ""
     since: float = 0.0
     paused_until: float = 0.0
+    token_expires_at: float = 0.0  # of the last token issued; 0 before the first one
 
 
 @attrs.define
@@ -90,6 +91,7 @@ class _Tenant:
     failures: int = 0
     #: Graph refused a fresh token: only a Graph answer (not another token) shows it is fixed.
     graph_refused: bool = False
+    token_expires_at: float = 0.0
 
 
 @attrs.frozen
@@ -193,7 +195,8 @@ class GraphDeliverer:
 
     def health(self) -> tuple[TenantHealth, ...]:
         """One L{TenantHealth} per tenant seen so far (the default tenant once used)."""
-        return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until) for t in self._tenants.values())
+        return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until, t.token_expires_at)
+                     for t in self._tenants.values())
 
     # -- the flow -------------------------------------------------------------------------
 
@@ -227,6 +230,7 @@ class GraphDeliverer:
             token = await self.tokens.acquire(credentials)
         except TokenError as e:
             return self._finish(entry, self._token_failed(tenant, e))
+        tenant.token_expires_at = token.expires_at
         if not tenant.graph_refused:
             self._tenant_ok(tenant)
 

@@ -55,7 +55,7 @@ def tls_policy(ca_bundle: Optional[str]) -> BrowserLikePolicyForHTTPS:
     return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certs))
 
 
-def build_http_client(config: GraphConfig, reactor: Any) -> tuple[GraphClient, HTTPConnectionPool]:
+def build_http_client(config: GraphConfig, reactor: Any, on_request: Any = None) -> tuple[GraphClient, HTTPConnectionPool]:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 8
     policy = tls_policy(config.verify)
@@ -72,6 +72,7 @@ def build_http_client(config: GraphConfig, reactor: Any) -> tuple[GraphClient, H
         request_timeout=config.request_timeout,
         body_timeout=config.request_timeout,
         on_unavailable=pool.closeCachedConnections,
+        on_request=on_request,
     )
     return client, pool
 
@@ -80,16 +81,18 @@ def build_graph_deliverer(
     config: GraphConfig,
     reactor: Any,
     resolver: Optional[ICredentialResolver] = None,
+    on_request: Any = None,
 ) -> tuple[GraphDeliverer, list]:
     """
     A L{GraphDeliverer} and the services it needs started (in order) and stopped (in reverse):
     the MSAL thread pool, the file thread pool and the HTTP connection pool.  ``resolver``
     defaults to the configured tenant only; pass the auth feature's resolver to add
-    pass-through logins.  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
+    pass-through logins.  ``on_request(method, url, status, seconds)`` is told about every Graph
+    request (metrics).  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
     """
     token_pool = ThreadPoolService("graphsmtp-msal", 1, config.token_threads)
     io_pool = ThreadPoolService("graphsmtp-graph-io", 1, config.io_threads)
-    client, http_pool = build_http_client(config, reactor)
+    client, http_pool = build_http_client(config, reactor, on_request)
     proxies = {"https": config.https_proxy} if config.https_proxy else None
     tokens = TokenProviders(reactor, token_pool.pool, verify=config.verify, proxies=proxies,
                             timeout=config.token_timeout)

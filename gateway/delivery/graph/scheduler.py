@@ -84,6 +84,17 @@ class MailboxScheduler:
     def state(self, key: Hashable) -> Optional[MailboxState]:
         return self._states.get(key)
 
+    def snapshot(self) -> tuple[tuple[Hashable, int, float, str, float], ...]:
+        """
+        Read-only view for the status page: ``(key, in_flight, paused_until, pause_reason,
+        next_slot)`` per known mailbox, where ``next_slot`` is the earliest time a new message
+        could start under the pacing rate.
+        """
+        return tuple(
+            (key, st.in_flight, st.paused_until, st.pause_reason, max(st.paused_until, st.tat - self.tolerance))
+            for key, st in self._states.items()
+        )
+
     def admit(self, key: Hashable, ticket: str) -> "Deferred[Any]":
         """Fires with a L{Slot} (start now) or a L{Later}; never waits more than ``max_hold``."""
         now = self._clock.seconds()

@@ -1,0 +1,178 @@
+"""
+What the status page and the metrics read, as small read-only values behind one interface.
+
+The page and the Prometheus collector never reach into the queue runner, the deliverer or the
+listener factories themselves: they ask an L{IStatusSource}.  One adapter
+(L{gateway.status.sources.ComponentsStatusSource}) knows where each fact lives today, so a
+component that changes shape (a new tenant-health object, a new scheduler) means changing that
+adapter only — and a test can hand the page a fake source.
+
+Nothing here carries a secret: tenants are named by their configured label, tokens only by
+their expiry time.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import attrs
+from zope.interface import Interface
+
+#: The three token states an admin acts on, plus "unknown" before the first token request.
+TOKEN_OK = "ok"
+TOKEN_DEGRADED = "degraded"
+TOKEN_NEEDS_ADMIN = "needs admin"
+TOKEN_UNKNOWN = "unknown"
+
+
+@attrs.frozen
+class GatewayInfo:
+    version: str
+    hostname: str
+    started_at: float
+    now: float
+
+    @property
+    def uptime(self) -> float:
+        return max(0.0, self.now - self.started_at)
+
+
+@attrs.frozen
+class ListenerStatus:
+    """``state`` is ``listening``, ``starting`` or ``stopped``."""
+
+    name: str
+    endpoint: str
+    tls: str
+    auth: str
+    sessions: int
+    transactions: int
+    state: str
+
+
+@attrs.frozen
+class TenantStatus:
+    """
+    One Graph tenant's credentials.  ``state`` is one of ``ok``, ``degraded`` (the login host
+    cannot be reached; deliveries retry), ``needs admin`` (credentials or consent refused;
+    deliveries paused) or ``unknown``.  ``admin_action`` says what to do about ``last_error``.
+    """
+
+    label: str
+    state: str
+    since: float = 0.0
+    token_expires_at: Optional[float] = None
+    last_error: str = ""
+    admin_action: str = ""
+    paused_until: float = 0.0
+
+
+@attrs.frozen
+class MailboxPacing:
+    """A sending mailbox's admission state: requests in flight, pause, and the next free slot."""
+
+    mailbox: str
+    in_flight: int
+    paused_until: float
+    pause_reason: str
+    next_slot: float
+
+
+@attrs.frozen
+class RecentDelivery:
+    """One delivery outcome as the page lists it (newest first)."""
+
+    at: float
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    mailbox: str
+    status: str  # delivered / deferred / failed
+    delay: float  # seconds from acceptance to this outcome
+    detail: str = ""
+
+
+@attrs.frozen
+class ShapeRow:
+    """One row of a qshape-like table: ``counts[i]`` messages in age bucket ``i``."""
+
+    key: str
+    total: int
+    counts: tuple[int, ...]
+
+
+@attrs.frozen
+class FailedMessage:
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    reason: str
+    received_at: float
+
+
+@attrs.frozen
+class QueueView:
+    """
+    The queue as the page shows it.  ``counts`` maps a state (``active``, ``deferred``,
+    ``waiting``, ``failed``) to a number of messages; ``bucket_labels`` names the age columns
+    of ``by_mailbox`` and ``by_domain``.  ``examined`` of ``queued`` records were read for the
+    tables (the oldest first): a very large queue is summarised from its oldest part, and the
+    records beyond that are counted as ``waiting``.
+    """
+
+    counts: dict
+    oldest_age: Optional[float]
+    bucket_labels: tuple[str, ...]
+    by_mailbox: tuple[ShapeRow, ...]
+    by_domain: tuple[ShapeRow, ...]
+    deferral_reasons: tuple[tuple[str, int], ...]
+    failed: tuple[FailedMessage, ...]
+    queued: int
+    examined: int
+
+
+@attrs.frozen
+class DeliveryTotals:
+    """Counters since start, from the queue runner."""
+
+    delivered: int
+    deferred: int
+    failed: int
+    possibly_delivered: int
+    queued: int
+    in_flight: int
+
+
+class IStatusSource(Interface):
+    """Read-only facts about the running gateway, for the status page and the metrics."""
+
+    def gateway() -> GatewayInfo:
+        """Version, host name, start time and the current time."""
+
+    def listeners() -> "tuple[ListenerStatus, ...]":
+        """Every configured SMTP listener."""
+
+    def tenants() -> "tuple[TenantStatus, ...]":
+        """Every Graph tenant the deliverer knows (empty with the capture deliverer)."""
+
+    def mailboxes() -> "tuple[MailboxPacing, ...]":
+        """Sending mailboxes with pacing state (busy, paused or recently used)."""
+
+    def totals() -> DeliveryTotals:
+        """Delivery counters and the runner's queue size."""
+
+    def auth() -> dict:
+        """AUTH throttle counters (no logins, no addresses); empty without AUTH."""
+
+    def recent() -> "tuple[RecentDelivery, ...]":
+        """The last delivery outcomes, newest first."""
+
+    def queue():
+        """Deferred firing with a L{QueueView} (reads the spool in a thread, never on the reactor)."""
+
+
+__all__ = [
+    "GatewayInfo", "ListenerStatus", "TenantStatus", "MailboxPacing", "RecentDelivery", "ShapeRow",
+    "FailedMessage", "QueueView", "DeliveryTotals", "IStatusSource",
+    "TOKEN_OK", "TOKEN_DEGRADED", "TOKEN_NEEDS_ADMIN", "TOKEN_UNKNOWN",
+]
