@@ -38,7 +38,9 @@ from gateway.delivery.graph.mime import (
     HeaderSection, MessageFormatError, RecipientPlan, choose_mailbox, normalise, plan_recipients,
     read_header_section,
 )
-from gateway.delivery.graph.outcomes import describe, failure_outcome, is_mailbox_concurrency, transport_outcome
+from gateway.delivery.graph.outcomes import (
+    describe, failure_outcome, is_mailbox_concurrency, step_succeeded, transport_outcome,
+)
 from gateway.delivery.graph.scheduler import Later, MailboxScheduler
 from gateway.delivery.graph.sizes import single_request_limit
 from gateway.delivery.graph.structure import Part, plan_extraction, scan_structure
@@ -296,16 +298,18 @@ class GraphDeliverer:
 
     async def _send_draft(self, attempt: _Attempt, prepared: PreparedMessage, mime: Any, attachments: tuple) -> Any:
         response = await self._call(attempt, "createMessage", self.client.create_mime_draft, mime)
-        if not response.ok:
+        message_id = _message_id(response)
+        if not step_succeeded(response, "createMessage"):
+            if message_id and 200 <= response.code < 300:
+                await self._discard_draft(attempt, message_id)  # a draft may exist all the same
             return self._step_failure(attempt, response, "createMessage", hint=True)
-        message_id = (response.json or {}).get("id") if isinstance(response.json, dict) else None
         if not message_id:
             return Transient("createMessage: Graph answered without a message id")
         try:
             if prepared.plan.kind == "draft" and prepared.plan.hidden:
                 changes = {"bccRecipients": [{"emailAddress": {"address": a}} for a in prepared.plan.hidden]}
                 response = await self._call(attempt, "patchMessage", self.client.patch_message, message_id, changes)
-                if not response.ok:
+                if not step_succeeded(response, "patchMessage"):
                     raise _StepFailed(self._step_failure(attempt, response, "patchMessage", hint=True))
             for part in attachments:
                 await self._attach(attempt, message_id, prepared.path, part)
@@ -335,7 +339,7 @@ class GraphDeliverer:
             prefix = json.dumps(head)[:-1].encode("utf-8") + b', "contentBytes": "'
             source = Concat((Literal(prefix), Base64Of(content), Literal(b'"}')))
             response = await self._call(attempt, "addAttachment", self.client.add_attachment, message_id, source)
-            if not response.ok:
+            if not step_succeeded(response, "addAttachment"):
                 raise _StepFailed(self._step_failure(attempt, response, "addAttachment"))
             return
         item: dict[str, Any] = {"attachmentType": "file", "name": name, "size": length, "contentType": part.content_type}
@@ -343,20 +347,23 @@ class GraphDeliverer:
             item.update(isInline=True, contentId=part.content_id)
         response = await self._call(attempt, "createUploadSession", self.client.create_upload_session, message_id, item)
         upload_url = (response.json or {}).get("uploadUrl") if isinstance(response.json, dict) else None
-        if not response.ok or not upload_url:
+        if not step_succeeded(response, "createUploadSession") or not upload_url:
             raise _StepFailed(self._step_failure(attempt, response, "createUploadSession"))
         reader = content.open()
         try:
             position = 0
             while position < length:
-                chunk = await self._blocking(read_exactly, reader, self.config.upload_chunk_size)
+                # Exactly upload_chunk_size bytes per PUT (the last one fewer), never past the
+                # size the session was created with.
+                want = min(self.config.upload_chunk_size, length - position)
+                chunk = await self._blocking(read_exactly, reader, want)
                 if not chunk:
                     raise _StepFailed(Transient("upload: the attachment ended early (file changed?)"))
                 try:
                     response = await self.client.upload_chunk(upload_url, chunk, position, length)
                 except GraphTransportError as e:
                     raise _StepFailed(transport_outcome(e, "upload")) from None
-                if not response.ok:
+                if not step_succeeded(response, "upload"):
                     raise _StepFailed(self._step_failure(attempt, response, "upload"))
                 position += len(chunk)
         finally:
@@ -392,7 +399,8 @@ class GraphDeliverer:
         return response
 
     def _sent(self, attempt: _Attempt, response: GraphResponse, step: str) -> Any:
-        if response.ok:
+        """Only the documented ``202`` is delivered; any other 2xx is transient, possibly delivered."""
+        if step_succeeded(response, step):
             attempt.request_id = response.request_id
             return Delivered(f"graph {attempt.path} via {attempt.mailbox}"
                              + (f" request-id {response.request_id}" if response.request_id else ""))
@@ -484,6 +492,12 @@ class GraphDeliverer:
     def _unexpected(self, failure: Any, entry: Any) -> Transient:
         self.log.failure("graph delivery of {queue_id} failed unexpectedly", failure, queue_id=entry.queue_id)
         return self._finish(entry, Transient(f"internal error in Graph delivery ({failure.type.__name__})"))
+
+
+def _message_id(response: GraphResponse) -> Optional[str]:
+    data = response.json
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _default_name(part: Part) -> str:
