@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.delivery.interfaces import IDraftJournal, IEntryQuarantine
 from gateway.spool.disk import EntryMissing, EntryQuarantined, IncomingScan, RecoveryReport, SpoolDisk
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
@@ -31,9 +33,13 @@ from gateway.spool.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER, DirectorySpo
 _LOAD_BATCH = 500
 
 
-@implementer(ISpool, IQueueSpool)
+@implementer(ISpool, IQueueSpool, IDraftJournal, IEntryQuarantine)
 class DirectorySpool:
     """
+    Also the deliverers' journal (L{IDraftJournal}: Graph draft ids kept in the record before
+    the draft is filled) and quarantine (L{IEntryQuarantine}: entries whose message no longer
+    matches its intake digest), injected into the Graph deliverer by the wiring.
+
     ``threadpool`` is the spool's dedicated pool (see L{gateway.threads.ThreadPoolService});
     ``reactor`` must provide IReactorTime and IReactorFromThreads.  ``fileops`` replaces the
     OS calls (tests: recording order, simulating a full disk).
@@ -53,6 +59,10 @@ class DirectorySpool:
         self._writer_options = dict(chunk_size=chunk_size, high_water=high_water, low_water=low_water)
         self._commit_listeners: list[Callable[[SpoolEntry], None]] = []
         self._directories_ready = False
+        # Draft ids noted by deliverers, by queue id, until the entry leaves the queue: every
+        # state change the runner writes (from its own, possibly older, copy of the entry)
+        # keeps the id noted last instead of reverting it.
+        self._drafts: dict[str, Optional[str]] = {}
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -164,16 +174,37 @@ class DirectorySpool:
         return self._in_pool(self.disk.load, queue_id).addErrback(quarantined)
 
     def update(self, entry: SpoolEntry) -> Deferred:
+        if entry.queue_id in self._drafts:
+            entry = attrs.evolve(entry, draft_id=self._drafts[entry.queue_id])
         return self._in_pool(self.disk.write_record, entry)
 
     def remove(self, entry: SpoolEntry) -> Deferred:
+        self._drafts.pop(entry.queue_id, None)
         return self._in_pool(self.disk.remove, entry, self.archive_delivered)
 
     def fail(self, entry: SpoolEntry, reason: str) -> Deferred:
+        if entry.queue_id in self._drafts:
+            entry = attrs.evolve(entry, draft_id=self._drafts.pop(entry.queue_id))
         return self._in_pool(self.disk.fail, entry, reason)
 
     def delete(self, queue_id: str) -> Deferred:
+        self._drafts.pop(queue_id, None)
         return self._in_pool(self.disk.delete, queue_id)
+
+    # -- IDraftJournal / IEntryQuarantine (for deliverers) ---------------------------------
+
+    def note_draft(self, entry: SpoolEntry, draft_id: Optional[str]) -> Deferred:
+        def noted(stored: SpoolEntry) -> None:
+            self._drafts[entry.queue_id] = draft_id
+
+        return self._in_pool(self.disk.set_draft, entry.queue_id, draft_id).addCallback(noted)
+
+    def draft_of(self, entry: SpoolEntry) -> Optional[str]:
+        return self._drafts.get(entry.queue_id, entry.draft_id)
+
+    def quarantine(self, entry: SpoolEntry, reason: str) -> Deferred:
+        self._drafts.pop(entry.queue_id, None)
+        return self._in_pool(self.disk.quarantine, entry, reason)
 
     def requeue(self, queue_id: str) -> Deferred:
         return self._in_pool(self.disk.requeue, queue_id)
