@@ -82,7 +82,7 @@ class ExactSendTests(TestCase):
         self.assertEqual(r.deliverer.stats.delivered, 0)
 
     @inlineCallbacks
-    def test_draft_created_with_200_is_unexpected_and_cleaned_up(self):
+    def test_draft_created_with_200_is_unexpected(self):
         r = yield start_rig(self, reactor, hidden_recipients="draft")
         r.server.inject(Fault(action="raw", status=200, body=b""), operation="createMessage")
         outcome = yield r.deliverer.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB, ERIN]))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import os
+import time
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import LogLevel, globalLogPublisher
@@ -113,7 +114,6 @@ class VerifyBeforeSendTests(TestCase):
         r.deliverer.journal = journal
         path = write_message(r.directory, simple_message(to=[BOB]), "m.eml")
         entry = make_entry(path, ALICE, [BOB])
-        import attrs
         entry = attrs.evolve(entry, message_digest=sha256_of(path))
         corrupt_in_place(path)
         outcome = yield r.deliverer.deliver(entry)
@@ -130,7 +130,6 @@ class VerifyBeforeSendTests(TestCase):
     @inlineCallbacks
     def test_intact_message_is_sent(self):
         r = yield start_rig(self, reactor)
-        import attrs
         entry = r.entry(simple_message(to=[BOB]), ALICE, [BOB])
         entry = attrs.evolve(entry, message_digest=sha256_of(entry.message_path))
         outcome = yield r.deliverer.deliver(entry)
