@@ -17,7 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config.errors import ConfigError
-from gateway.delivery.graph.body import DecodedRange, read_exactly
+from gateway.delivery.graph.body import Base64Of, Concat, DecodedRange, FileRange, Literal, read_exactly
 from gateway.delivery.interfaces import Delivered
 from tests.graph_helpers import simple_message, start_rig
 from tests.test_graph_config import base, parse
@@ -64,6 +64,36 @@ class ChunkerPropertyTests(SynchronousTestCase):
             self.assertEqual(decoded, data)
         self.assertTrue(all(len(c) == size for c in chunks[:-1]), [len(c) for c in chunks])
         self.assertTrue(not chunks or 0 < len(chunks[-1]) <= size)
+
+
+    @settings(max_examples=40, deadline=None)
+    @given(data=st.binary(min_size=0, max_size=20_000), head=st.binary(max_size=50),
+           sizes=st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=30))
+    def test_every_reader_honours_read_n(self, data, head, sizes):
+        path = self.mktemp()
+        encoded = _encode(data, "base64", 76)
+        with open(path, "wb") as f:
+            f.write(encoded)
+        sources = [
+            (Base64Of(Concat((Literal(head), FileRange(path, 0, len(encoded))))),
+             base64.b64encode(head + encoded)),
+            (DecodedRange(path, 0, len(encoded), "base64", len(data)), data),
+        ]
+        for source, expected in sources:
+            reader = source.open()
+            out = []
+            try:
+                for n in sizes * 50:
+                    chunk = reader.read(n)
+                    self.assertLessEqual(len(chunk), n)
+                    if not chunk:
+                        break
+                    out.append(chunk)
+                else:
+                    out.append(read_exactly(reader, len(expected)))
+            finally:
+                reader.close()
+            self.assertEqual(b"".join(out), expected)
 
 
 class ChunkSizeConfigTests(SynchronousTestCase):

@@ -212,31 +212,11 @@ class _ConcatReader:
         self._parts = []
 
 
-class _Base64Reader:
-    """Encodes in multiples of 3 input bytes so padding only ever appears at the very end."""
-
-    def __init__(self, inner: Reader) -> None:
-        self._inner = inner
-        self._done = False
-
-    def read(self, n: int) -> bytes:
-        if self._done:
-            return b""
-        want = max(3, (n // 4) * 3)
-        raw = read_exactly(self._inner, want)
-        if len(raw) < want:
-            self._done = True
-        return base64.b64encode(raw)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class _DecodedOutput:
+class _BufferedOutput:
     """
-    Hands out a decoder's output at most ``n`` bytes at a time.  A decoder turns one read of
-    encoded input into however many decoded bytes it holds (about 48 KiB for 64 KiB of
-    base64); the surplus waits here for the next read instead of being returned too.
+    Hands out a coder's output at most ``n`` bytes at a time (the L{Reader} contract).  A coder
+    turns one read of its input into however many bytes that gives (about 48 KiB decoded from
+    64 KiB of base64); the surplus waits here for the next read instead of being returned too.
     """
 
     def __init__(self) -> None:
@@ -257,7 +237,28 @@ class _DecodedOutput:
         raise NotImplementedError
 
 
-class _Base64DecodeReader(_DecodedOutput):
+class _Base64Reader(_BufferedOutput):
+    """Encodes in multiples of 3 input bytes so padding only ever appears at the very end."""
+
+    def __init__(self, inner: Reader) -> None:
+        super().__init__()
+        self._inner = inner
+        self._done = False
+
+    def _decode_next(self) -> bytes:
+        if self._done:
+            return b""
+        want = (READ_SIZE // 4) * 3
+        raw = read_exactly(self._inner, want)
+        if len(raw) < want:
+            self._done = True
+        return base64.b64encode(raw)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _Base64DecodeReader(_BufferedOutput):
     def __init__(self, inner: Reader) -> None:
         super().__init__()
         self._inner = inner
@@ -292,7 +293,7 @@ class _Base64DecodeReader(_DecodedOutput):
         self._inner.close()
 
 
-class _QuotedPrintableReader(_DecodedOutput):
+class _QuotedPrintableReader(_BufferedOutput):
     """Decodes line by line, keeping a partial line (and a dangling ``=``) for the next read."""
 
     def __init__(self, inner: Reader) -> None:
