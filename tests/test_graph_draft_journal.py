@@ -181,3 +181,23 @@ def _stop(daemon, sig):
 def _read_record(state_dir: str, queue_id: str) -> dict:
     with open(os.path.join(state_dir, "spool", "queue", queue_id + ".env"), "rb") as f:
         return json.loads(f.read())
+
+
+class LeftoverDraftOfAChangedMessageTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_leftover_draft_deleted_even_when_the_message_is_quarantined(self):
+        from tests.test_spool_integrity import corrupt_in_place, sha256_of
+
+        r = yield start_rig(self, reactor)
+        journal = RecordingJournal()
+        r.deliverer.journal = journal
+        r.server.drafts["draft-orphan"] = _Draft("draft-orphan", ALICE, [BOB], [], [])
+        entry = r.entry(simple_message(to=[BOB]), ALICE, [BOB])
+        entry = attrs.evolve(entry, draft_id="draft-orphan", message_digest=sha256_of(entry.message_path))
+        corrupt_in_place(entry.message_path)
+        outcome = yield r.deliverer.deliver(entry)
+        self.assertIsInstance(outcome, Transient)
+        self.assertEqual(len(journal.quarantined), 1)
+        self.assertEqual((r.server.drafts, r.server.sent), ({}, []))

@@ -309,12 +309,13 @@ class GraphDeliverer:
         return None
 
     async def _send(self, attempt: _Attempt, prepared: PreparedMessage) -> Any:
-        changed = await self._integrity_outcome(attempt.entry)
-        if changed is not None:
-            return changed
+        # Leftover draft first: even a message about to be quarantined must not leave one.
         leftover = await self._delete_leftover_draft(attempt)
         if leftover is not None:
             return leftover
+        changed = await self._integrity_outcome(attempt.entry)
+        if changed is not None:
+            return changed
         limit = self.config.max_request_size
         fits = base64_length(prepared.mime_length) <= limit
         if fits and prepared.plan.kind != "draft":
