@@ -168,7 +168,7 @@ class SigkillMidUploadTests(TestCase):
         self.assertEqual(fake.drafts, {})
         self.assertEqual(len(fake.sent), 1)
         self.assertEqual(fake.deleted_drafts, 1)
-        self.assertIn(b"deleted draft left behind by an earlier attempt", again.output)
+        self.assertIn(b"deleted the draft an earlier attempt left behind", again.output)
 
 
 def _stop(daemon, sig):

@@ -455,25 +455,25 @@ class GraphDeliverer:
         if not draft_id:
             return None
         response = await self._call(attempt, "deleteMessage", self.client.delete_message, draft_id)
-        if step_succeeded(response, "deleteMessage") or response.code == 404:
-            self.log.info("graph {queue_id}: deleted draft left behind by an earlier attempt",
+        if step_succeeded(response, "deleteMessage"):
+            self.log.info("graph {queue_id}: deleted the draft an earlier attempt left behind",
                           queue_id=attempt.entry.queue_id)
-            try:
-                await self.journal.note_draft(attempt.entry, None)
-            except Exception as e:  # noqa: BLE001
-                return Transient(f"deleteMessage: could not clear the draft id in the spool ({e})")
-            return None
-        outcome = self._step_failure(attempt, response, "deleteMessage")
-        if isinstance(outcome, Transient):
-            return attrs.evolve(outcome, reason=f"deleting a leftover draft: {outcome.reason}")
-        # Graph will not delete it (permissions changed?): say so, and do not hold the mail back.
-        self.log.warn("graph {queue_id}: could not delete the draft left by an earlier attempt ({err}); "
-                      "it stays in {mailbox}'s Drafts folder", queue_id=attempt.entry.queue_id,
-                      err=describe(response), mailbox=attempt.mailbox)
+        elif response.code == 404:
+            self.log.debug("graph {queue_id}: the draft an earlier attempt recorded is gone already",
+                           queue_id=attempt.entry.queue_id)
+        else:
+            outcome = self._step_failure(attempt, response, "deleteMessage")
+            if isinstance(outcome, Transient):
+                return attrs.evolve(outcome, reason=f"deleting a leftover draft: {outcome.reason}")
+            # Graph will not delete it (permissions changed?): say so, and do not hold the mail back.
+            self.log.warn("graph {queue_id}: could not delete the draft left by an earlier attempt ({err}); "
+                          "it stays in {mailbox}'s Drafts folder", queue_id=attempt.entry.queue_id,
+                          err=describe(response), mailbox=attempt.mailbox)
         try:
             await self.journal.note_draft(attempt.entry, None)
-        except Exception as e:  # noqa: BLE001
-            return Transient(f"deleteMessage: could not clear the draft id in the spool ({e})")
+        except Exception as e:  # noqa: BLE001 - harmless: a stale id costs the next attempt one 404
+            self.log.debug("graph {queue_id}: could not clear the draft id ({err})",
+                           queue_id=attempt.entry.queue_id, err=str(e))
         return None
 
     # -- integrity ------------------------------------------------------------------------
