@@ -178,4 +178,7 @@ class GatewayQuarantineTests(TestCase):
         self.assertNotIn("sendMail", fake.operations())
         quarantined = os.listdir(os.path.join(spool_dir, "quarantine"))
         self.assertIn(queue_id + ".msg", quarantined)
+        self.assertIn(queue_id + ".env", quarantined)
+        with open(os.path.join(spool_dir, "quarantine", queue_id + ".reason")) as f:
+            self.assertIn("digest mismatch", f.read())
         self.assertNotIn(queue_id + ".msg", os.listdir(os.path.join(spool_dir, "queue")))
