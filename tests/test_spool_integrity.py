@@ -182,3 +182,27 @@ class GatewayQuarantineTests(TestCase):
         with open(os.path.join(spool_dir, "quarantine", queue_id + ".reason")) as f:
             self.assertIn("digest mismatch", f.read())
         self.assertNotIn(queue_id + ".msg", os.listdir(os.path.join(spool_dir, "queue")))
+
+
+class SendmailCommandDigestTests(SynchronousTestCase):
+    def test_graphsmtp_sendmail_records_the_digest_and_the_import_keeps_it(self):
+        import io
+        import sys
+
+        from gateway.cli import sendmail
+
+        spool_dir = os.path.abspath(self.mktemp())
+        stderr, sys.stderr = sys.stderr, io.StringIO()
+        try:
+            status = sendmail.main(["--spool", spool_dir, "a@example.com"],
+                                   stdin=io.BytesIO(b"Subject: cron\n\nall good\n"), environ={})
+        finally:
+            sys.stderr = stderr
+        self.assertEqual(status, 0)
+        disk = SpoolDisk(spool_dir)
+        [queue_id] = disk.queue_ids(disk.layout.incoming)
+        dropped = disk.load(queue_id, directory=disk.layout.incoming)
+        self.assertEqual(dropped.message_digest, sha256_of(dropped.message_path))
+        [imported] = disk.scan_incoming().entries
+        self.assertEqual(imported.message_digest, dropped.message_digest)
+        self.assertEqual(disk.load(queue_id).message_digest, sha256_of(imported.message_path))
