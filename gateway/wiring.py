@@ -84,6 +84,10 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     if deliverer is None:
         deliverer, delivery_services, delivery_observers = _build_deliverer(config, reactor, disk, auth, metrics)
         services.extend(delivery_services)
+    if hasattr(deliverer, "journal"):
+        # The deliverer records Graph draft ids and quarantines changed messages through the
+        # spool's IDraftJournal / IEntryQuarantine, without importing it.
+        deliverer.journal = spool
 
     redis = redis_service(config, reactor)
     if redis is not None:

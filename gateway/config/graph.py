@@ -26,7 +26,7 @@ Keys (defaults in brackets)::
     save_to_sent_items [true]       only JSON sends can skip Sent Items; MIME sends always keep a copy
     large_messages [true]           draft + upload sessions above one request (Mail.ReadWrite);
                                     false caps the SMTP SIZE to what one request carries
-    max_request_size ["4MB"], upload_chunk_size [3200KiB], max_message_size ["35MB"]
+    max_request_size ["4MB"], upload_chunk_size [3200KiB: a multiple of 320KiB, at most 3840KiB], max_message_size ["35MB"]
     mailbox_concurrency [2, max 4], mailbox_rate [30/min], mailbox_burst [1], max_hold ["2s"]
     connect_timeout ["10s"], request_timeout ["60s"], token_timeout ["30s"]
     token_threads [1], io_threads [2], tenant_backoff ["60s"], tenant_backoff_max ["1h"]
@@ -64,6 +64,10 @@ HIDDEN_RECIPIENT_MODES = ("bcc-header", "draft")
 DEFAULT_MAX_REQUEST_SIZE = 4_000_000
 #: Upload-session chunks: 10 × 320 KiB, under the 4 MB per PUT and OneDrive's multiple rule.
 DEFAULT_UPLOAD_CHUNK_SIZE = 10 * 320 * 1024
+#: Upload PUTs are whole multiples of 320 KiB (the rule of OneDrive-style sessions, harmless for
+#: Outlook ones) and at most 4 MiB (graph-facts §3.2c, §3.3): 12 x 320 KiB is the largest.
+UPLOAD_CHUNK_UNIT = 320 * 1024
+MAX_UPLOAD_CHUNK = 12 * UPLOAD_CHUNK_UNIT
 #: Exchange Online's default maximum send size (graph-facts §3.5); admins may raise it to 150 MB.
 DEFAULT_MAX_MESSAGE_SIZE = 35_000_000
 
@@ -196,8 +200,11 @@ def parse_graph_section(
     if not 64 * 1024 <= max_request_size <= 150 * 1000 * 1000:
         raise ConfigError(reader.key("max_request_size"), "must be from 64KiB to 150MB")
     upload_chunk_size = reader.size("upload_chunk_size", DEFAULT_UPLOAD_CHUNK_SIZE)
-    if not 320 * 1024 <= upload_chunk_size <= 4 * 1000 * 1000:
-        raise ConfigError(reader.key("upload_chunk_size"), "must be from 320KiB to 4MB (Graph's limit per PUT)")
+    if not (UPLOAD_CHUNK_UNIT <= upload_chunk_size <= MAX_UPLOAD_CHUNK and upload_chunk_size % UPLOAD_CHUNK_UNIT == 0):
+        raise ConfigError(reader.key("upload_chunk_size"),
+                          f"must be a multiple of 320KiB ({UPLOAD_CHUNK_UNIT} bytes) from 320KiB to 3840KiB "
+                          f"(Graph takes at most 4MiB per upload PUT), not {upload_chunk_size} bytes; "
+                          "for example \"3200KiB\"")
     max_message_size = reader.size("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
     if not 1024 <= max_message_size <= 150 * 1000 * 1000:
         raise ConfigError(reader.key("max_message_size"), "must be from 1KiB to 150MB (Exchange Online's ceiling)")

@@ -52,12 +52,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import itertools
 import os
 import pwd
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import attrs
 
@@ -143,14 +144,30 @@ class SpoolLayout:
         return os.path.join(directory, queue_id + suffix)
 
 
+DIGEST_ALGORITHM = "sha256"
+_DIGEST_READ = 1024 * 1024
+
+
+def file_digest(path: str) -> str:
+    """``"sha256:<hex>"`` of a whole file, read in blocks (blocking: call it in a thread)."""
+    with open(path, "rb") as f:
+        return f"{DIGEST_ALGORITHM}:{hashlib.file_digest(f, DIGEST_ALGORITHM).hexdigest()}"
+
+
 @attrs.define
 class TempMessage:
-    """A message file being written: the open descriptor and what is in it so far."""
+    """
+    A message file being written: the open descriptor, what is in it so far, and the digest of
+    those bytes, updated as they are appended (so intake never reads the message back to
+    digest it).  ``digest_valid`` turns false when bytes already digested are rewritten.
+    """
 
     queue_id: str
     path: str
     fd: Optional[int]
     size: int = 0
+    hasher: Any = attrs.field(factory=lambda: hashlib.new(DIGEST_ALGORITHM), repr=False)
+    digest_valid: bool = True
 
 
 @attrs.frozen
@@ -342,6 +359,7 @@ class SpoolDisk:
         except OSError as e:
             raise spool_error(e, "write the message") from None
         temp.size += len(data)
+        temp.hasher.update(data)
 
     def replace_header_section(self, temp: TempMessage, old_length: int, header_section: bytes) -> None:
         """
@@ -349,6 +367,10 @@ class SpoolDisk:
         overwritten in place; otherwise a new file gets the new header and a kernel-side copy
         of the body, so a 20 MB body is not read into memory for a one-line header edit.
         """
+        # The body was digested with the old header in front; publish() digests the file again.
+        # Only messages both streamed (larger than the writer's chunk) and edited by a policy pay
+        # that second read.
+        temp.digest_valid = False
         try:
             if len(header_section) == old_length:
                 self.ops.pwrite(temp.fd, header_section, 0)
@@ -382,7 +404,8 @@ class SpoolDisk:
             env_tmp = self._tmp_path(entry.queue_id, ENV)
         msg_final = SpoolLayout.path(dest, entry.queue_id, MSG)
         env_final = SpoolLayout.path(dest, entry.queue_id, ENV)
-        entry = attrs.evolve(entry, message_path=msg_final, size=temp.size)
+        entry = attrs.evolve(entry, message_path=msg_final, size=temp.size,
+                             message_digest=entry.message_digest or self._temp_digest(temp))
         stage = "write the message"
         env_fd = None
         renamed: list[str] = []
@@ -426,6 +449,14 @@ class SpoolDisk:
             with self._committing_lock:
                 self._committing.discard(entry.queue_id)
         return entry
+
+    def _temp_digest(self, temp: TempMessage) -> str:
+        if temp.digest_valid:
+            return f"{DIGEST_ALGORITHM}:{temp.hasher.hexdigest()}"
+        try:
+            return file_digest(temp.path)
+        except OSError as e:
+            raise spool_error(e, "digest the message") from None
 
     def discard(self, temp: TempMessage) -> None:
         """Throw away an unfinished message (client vanished, message refused)."""
@@ -602,8 +633,66 @@ class SpoolDisk:
 
     # -- quarantine ------------------------------------------------------------------------
 
-    def _quarantine_file(self, path: str) -> str:
-        base = os.path.basename(path)
+    def quarantine(self, entry: SpoolEntry, reason: str) -> str:
+        """
+        Take a queued entry out of the queue for good, keeping it for an admin: the message,
+        then the record, into quarantine/, with ``<id>.reason`` beside them.  Returns the
+        quarantine directory.  Raises L{SpoolError} if nothing could be moved (it stays queued).
+        """
+        qid = entry.queue_id
+        text = (f"queue id: {qid}\n"
+                f"quarantined at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self._now()))}\n"
+                f"reason: {_one_line(reason)}\n"
+                f"digest at intake: {entry.message_digest}\n")
+        try:
+            self._quarantine_file(SpoolLayout.path(self.layout.queue, qid, MSG))
+        except FileNotFoundError:
+            pass  # already gone: the record alone must still leave the queue
+        except OSError as e:
+            raise spool_error(e, f"quarantine {qid}") from None
+        try:
+            self._quarantine_file(SpoolLayout.path(self.layout.queue, qid, ENV))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            # A record without its message is quarantined by recovery anyway.
+            raise spool_error(e, f"quarantine the record of {qid}") from None
+        # The reason is a courtesy for the admin: failing to write it must not keep the entry queued.
+        tmp = self._tmp_path(qid, f".{next(self._counter)}{REASON}")
+        fd = None
+        try:
+            fd = self.ops.open_new(tmp)
+            self.ops.write(fd, text.encode("utf-8", "replace"))
+            self.ops.close(fd)
+            fd = None
+            self._quarantine_file(tmp, qid + REASON)
+        except OSError:
+            if fd is not None:
+                quietly(self.ops.close, fd)
+            quietly(self.ops.unlink, tmp)
+        quietly(self.queue_sync.sync)
+        return self.layout.quarantine
+
+    def set_draft(self, queue_id: str, draft_id: Optional[str]) -> SpoolEntry:
+        """
+        Record ``draft_id`` in the queued record of ``queue_id`` (read from disk, so no other
+        field is taken from a stale copy); durable when this returns.
+        """
+        path = SpoolLayout.path(self.layout.queue, queue_id, ENV)
+        try:
+            data = self.ops.read_file(path)
+        except FileNotFoundError:
+            raise EntryMissing(queue_id) from None
+        except OSError as e:
+            raise spool_error(e, f"read the record of {queue_id}") from None
+        try:
+            entry = decode_record(data, SpoolLayout.path(self.layout.queue, queue_id, MSG), queue_id)
+        except RecordError as e:
+            raise SpoolError(f"spool could not update the record of {queue_id}: {e}") from None
+        return self.write_record(attrs.evolve(entry, draft_id=draft_id))
+
+    def _quarantine_file(self, path: str, name: Optional[str] = None) -> str:
+        base = name or os.path.basename(path)
         target = os.path.join(self.layout.quarantine, base)
         n = 0
         while os.path.exists(target):
@@ -729,6 +818,13 @@ class SpoolDisk:
         # The file owner, not what the record claims, says which local user submitted it.
         entry = attrs.evolve(entry, provenance=attrs.evolve(
             entry.provenance, listener="sendmail", auth_identity=_owner_name(st.st_uid)))
+        if entry.message_digest is None:
+            # Written by an older sendmail command: digest it now, so what is queued from here
+            # on is protected like everything else.
+            try:
+                entry = attrs.evolve(entry, message_digest=file_digest(source_msg))
+            except OSError as e:
+                raise spool_error(e, f"digest sendmail entry {queue_id}") from None
         self._write_record_file_tmp_then(entry, source_msg, q_msg, q_env)
         quietly(self.ops.unlink, inc_env)
         return entry

@@ -36,7 +36,7 @@ from gateway.config.model import QueueConfig
 from gateway.delivery.interfaces import Delivered, IDeliverer, IDeliveryObserver, Permanent, Transient
 from gateway.spool.backoff import retry_delay
 from gateway.spool.entry import AttemptRecord, SpoolEntry
-from gateway.spool.interfaces import IQueueSpool, ISpool
+from gateway.spool.interfaces import IQueueSpool, ISpool, SpoolError
 
 HISTORY_LIMIT = 50
 EXPIRED_STATUS = "4.4.7"
@@ -354,17 +354,19 @@ class QueueRunner(Service):
         self.log.info("delivered {queue_id}", queue_id=entry.queue_id, detail=outcome.detail)
         try:
             yield self.spool.remove(entry)
-        except Exception:
+        except Exception as e:
             # Left queued on disk: after a restart it may be delivered again (never lost).
-            self.log.failure("could not remove delivered {queue_id} from the spool", queue_id=entry.queue_id)
+            if not isinstance(e, SpoolError):  # disk trouble: the spool logs it once per condition
+                self.log.failure("could not remove delivered {queue_id} from the spool", queue_id=entry.queue_id)
         self._notify("delivered", entry, outcome)
 
     @inlineCallbacks
     def _failed(self, entry: SpoolEntry, outcome: Permanent, reason: str) -> Any:
         try:
             failed_entry = yield self.spool.fail(entry, reason)
-        except Exception:
-            self.log.failure("could not move {queue_id} to failed/; it stays queued", queue_id=entry.queue_id)
+        except Exception as e:
+            if not isinstance(e, SpoolError):  # disk trouble: the spool logs it once per condition
+                self.log.failure("could not move {queue_id} to failed/; it stays queued", queue_id=entry.queue_id)
             self._schedule(entry.queue_id, self.clock.seconds() + self.config.retry_schedule[-1])
             return
         self.stats.failed += 1
@@ -407,8 +409,9 @@ class QueueRunner(Service):
             yield self.spool.update(deferred_entry)
         except KeyError:
             return  # removed while we were delivering
-        except Exception:
-            self.log.failure("could not record the failed attempt of {queue_id}", queue_id=entry.queue_id)
+        except Exception as e:
+            if not isinstance(e, SpoolError):  # disk trouble: the spool logs it once per condition
+                self.log.failure("could not record the failed attempt of {queue_id}", queue_id=entry.queue_id)
         self.stats.deferred += 1
         self.log.info("deferred {queue_id} attempt {attempt} retry in {delay}s: {reason}",
                       queue_id=entry.queue_id, attempt=attempts, delay=round(next_at - now), reason=outcome.reason)

@@ -16,24 +16,32 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.delivery.interfaces import IDraftJournal, IEntryQuarantine
+from gateway.spool.conditions import RepeatedErrors
 from gateway.spool.disk import EntryMissing, EntryQuarantined, IncomingScan, RecoveryReport, SpoolDisk
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
 from gateway.spool.interfaces import IQueueSpool, ISpool, SpoolError
-from gateway.spool.queueid import new_queue_id
+from gateway.spool.queueid import is_queue_id, new_queue_id
 from gateway.spool.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER, DirectorySpoolWriter
 
 _LOAD_BATCH = 500
 
 
-@implementer(ISpool, IQueueSpool)
+@implementer(ISpool, IQueueSpool, IDraftJournal, IEntryQuarantine)
 class DirectorySpool:
     """
+    Also the deliverers' journal (L{IDraftJournal}: Graph draft ids kept in the record before
+    the draft is filled) and quarantine (L{IEntryQuarantine}: entries whose message no longer
+    matches its intake digest), injected into the Graph deliverer by the wiring.
+
     ``threadpool`` is the spool's dedicated pool (see L{gateway.threads.ThreadPoolService});
     ``reactor`` must provide IReactorTime and IReactorFromThreads.  ``fileops`` replaces the
     OS calls (tests: recording order, simulating a full disk).
@@ -53,9 +61,34 @@ class DirectorySpool:
         self._writer_options = dict(chunk_size=chunk_size, high_water=high_water, low_water=low_water)
         self._commit_listeners: list[Callable[[SpoolEntry], None]] = []
         self._directories_ready = False
+        # Draft ids noted by deliverers, by queue id, until the entry leaves the queue: every
+        # state change the runner writes (from its own, possibly older, copy of the entry)
+        # keeps the id noted last instead of reverting it.
+        self._drafts: dict[str, Optional[str]] = {}
+        #: Disk trouble during state changes, logged once per condition (ENOSPC for every
+        #: message must not mean one CRITICAL line per message and attempt).
+        self.conditions = RepeatedErrors(reactor)
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def _state_change(self, kind: str, f: Callable[..., Any], *args: Any) -> Deferred:
+        """
+        Run a state change in the pool; a L{SpoolError} (disk full, read-only, I/O error) is
+        reported to L{conditions} — logged once per condition — and still fails the Deferred,
+        so the caller keeps the message queued.  Callers need not log it again.
+        """
+        def worked(result: Any) -> Any:
+            self.conditions.succeeded(kind)
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(SpoolError):
+                error = failure.value
+                self.conditions.failed(kind, getattr(error, "errno", None), _without_queue_id(str(error)))
+            return failure
+
+        return self._in_pool(f, *args).addCallbacks(worked, failed)
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -164,16 +197,37 @@ class DirectorySpool:
         return self._in_pool(self.disk.load, queue_id).addErrback(quarantined)
 
     def update(self, entry: SpoolEntry) -> Deferred:
-        return self._in_pool(self.disk.write_record, entry)
+        if entry.queue_id in self._drafts:
+            entry = attrs.evolve(entry, draft_id=self._drafts[entry.queue_id])
+        return self._state_change("update", self.disk.write_record, entry)
 
     def remove(self, entry: SpoolEntry) -> Deferred:
-        return self._in_pool(self.disk.remove, entry, self.archive_delivered)
+        self._drafts.pop(entry.queue_id, None)
+        return self._state_change("remove", self.disk.remove, entry, self.archive_delivered)
 
     def fail(self, entry: SpoolEntry, reason: str) -> Deferred:
-        return self._in_pool(self.disk.fail, entry, reason)
+        if entry.queue_id in self._drafts:
+            entry = attrs.evolve(entry, draft_id=self._drafts.pop(entry.queue_id))
+        return self._state_change("fail", self.disk.fail, entry, reason)
 
     def delete(self, queue_id: str) -> Deferred:
+        self._drafts.pop(queue_id, None)
         return self._in_pool(self.disk.delete, queue_id)
+
+    # -- IDraftJournal / IEntryQuarantine (for deliverers) ---------------------------------
+
+    def note_draft(self, entry: SpoolEntry, draft_id: Optional[str]) -> Deferred:
+        def noted(stored: SpoolEntry) -> None:
+            self._drafts[entry.queue_id] = draft_id
+
+        return self._state_change("update", self.disk.set_draft, entry.queue_id, draft_id).addCallback(noted)
+
+    def draft_of(self, entry: SpoolEntry) -> Optional[str]:
+        return self._drafts.get(entry.queue_id, entry.draft_id)
+
+    def quarantine(self, entry: SpoolEntry, reason: str) -> Deferred:
+        self._drafts.pop(entry.queue_id, None)
+        return self._state_change("quarantine", self.disk.quarantine, entry, reason)
 
     def requeue(self, queue_id: str) -> Deferred:
         return self._in_pool(self.disk.requeue, queue_id)
@@ -188,6 +242,11 @@ class DirectorySpool:
                 self._log_received(entry)
             return scan
         return self._in_pool(self.disk.scan_incoming).addCallback(report)
+
+
+def _without_queue_id(text: str) -> str:
+    """The same error for two messages must read the same: drop the queue ids from the text."""
+    return " ".join("<queue id>" if is_queue_id(word.strip(":,.")) else word for word in text.split())
 
 
 __all__ = ["DirectorySpool", "SpoolError"]

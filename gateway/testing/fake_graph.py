@@ -241,6 +241,7 @@ class FakeGraphServer:
         self.connections = 0
         self.max_concurrency: dict[str, int] = {}
         self.on_sent: list[Callable[[SentMessage], None]] = []
+        self._arrival_waiters: list[tuple[str, Deferred]] = []
         self._in_flight: dict[str, int] = {}
         self._faults: list[_FaultRule] = []
         self._tokens: dict[str, float] = {}
@@ -348,6 +349,16 @@ class FakeGraphServer:
         """Messages the given address would receive."""
         return [m for m in self.sent if address.lower() in m.recipients]
 
+    def arrival(self, operation: str) -> Deferred:
+        """
+        Fires (with the mailbox) when the next request for ``operation`` arrives, before it is
+        answered or held by a fault: lets a test act at an exact point of a delivery (for
+        example kill the gateway while an upload is held by ``Fault.hang()``).
+        """
+        d: Deferred = Deferred()
+        self._arrival_waiters.append((operation, d))
+        return d
+
     def operations(self, mailbox: Optional[str] = None) -> list[str]:
         return [r.operation for r in self.requests if mailbox is None or r.mailbox == mailbox.lower()]
 
@@ -419,6 +430,9 @@ class FakeGraphServer:
 
             request.notifyFinish().addBoth(done)
 
+        for waiter in [w for w in self._arrival_waiters if w[0] == operation]:
+            self._arrival_waiters.remove(waiter)
+            waiter[1].callback(mailbox)
         fault = self._take_fault(mailbox, operation)
         if fault is not None and fault.action == "slow":
             call = self.reactor.callLater(fault.delay, self._answer, request, operation, mailbox, params, body, record)

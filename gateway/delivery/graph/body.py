@@ -26,6 +26,8 @@ _WHITESPACE = b" \t\r\n"
 
 
 class Reader(Protocol):
+    """``read(n)`` returns at most ``n`` bytes (fewer is fine), ``b""`` only at the end."""
+
     def read(self, n: int) -> bytes: ...
     def close(self) -> None: ...
 
@@ -133,13 +135,19 @@ def decoded_length(path: str, start: int, end: int, encoding: str) -> int:
 
 
 def read_exactly(reader: Reader, n: int) -> bytes:
-    """Up to ``n`` bytes, fewer only at the end (readers may return short reads)."""
+    """
+    Exactly ``n`` bytes, fewer only at the end.  Readers may return short reads but never more
+    than asked for (the L{Reader} contract); one that does is a bug that would make an upload
+    PUT larger than Graph accepts, so it fails loudly here instead.
+    """
     pieces = []
     wanted = n
     while wanted > 0:
         chunk = reader.read(wanted)
         if not chunk:
             break
+        if len(chunk) > wanted:
+            raise ValueError(f"{type(reader).__name__} returned {len(chunk)} bytes when asked for {wanted}")
         pieces.append(chunk)
         wanted -= len(chunk)
     return b"".join(pieces)
@@ -204,17 +212,43 @@ class _ConcatReader:
         self._parts = []
 
 
-class _Base64Reader:
+class _BufferedOutput:
+    """
+    Hands out a coder's output at most ``n`` bytes at a time (the L{Reader} contract).  A coder
+    turns one read of its input into however many bytes that gives (about 48 KiB decoded from
+    64 KiB of base64); the surplus waits here for the next read instead of being returned too.
+    """
+
+    def __init__(self) -> None:
+        self._out = b""
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        while self._pos >= len(self._out):
+            piece = self._decode_next()
+            if not piece:
+                return b""
+            self._out, self._pos = piece, 0
+        chunk = self._out[self._pos:self._pos + n]
+        self._pos += len(chunk)
+        return chunk
+
+    def _decode_next(self) -> bytes:
+        raise NotImplementedError
+
+
+class _Base64Reader(_BufferedOutput):
     """Encodes in multiples of 3 input bytes so padding only ever appears at the very end."""
 
     def __init__(self, inner: Reader) -> None:
+        super().__init__()
         self._inner = inner
         self._done = False
 
-    def read(self, n: int) -> bytes:
+    def _decode_next(self) -> bytes:
         if self._done:
             return b""
-        want = max(3, (n // 4) * 3)
+        want = (READ_SIZE // 4) * 3
         raw = read_exactly(self._inner, want)
         if len(raw) < want:
             self._done = True
@@ -224,12 +258,13 @@ class _Base64Reader:
         self._inner.close()
 
 
-class _Base64DecodeReader:
+class _Base64DecodeReader(_BufferedOutput):
     def __init__(self, inner: Reader) -> None:
+        super().__init__()
         self._inner = inner
         self._carry = b""
 
-    def read(self, n: int) -> bytes:
+    def _decode_next(self) -> bytes:
         while True:
             raw = self._inner.read(READ_SIZE)  # small reads: big temporaries fragment the heap
             if not raw:
@@ -247,23 +282,26 @@ class _Base64DecodeReader:
             self._carry = data[cut:]
             if cut:
                 try:
-                    return binascii.a2b_base64(data[:cut])
+                    decoded = binascii.a2b_base64(data[:cut])
                 except binascii.Error:
                     # Garbage in a base64 part: decode leniently rather than fail the upload.
-                    return base64.b64decode(data[:cut] + b"==", validate=False)
+                    decoded = base64.b64decode(data[:cut] + b"==", validate=False)
+                if decoded:  # b"" would read as the end of the content
+                    return decoded
 
     def close(self) -> None:
         self._inner.close()
 
 
-class _QuotedPrintableReader:
+class _QuotedPrintableReader(_BufferedOutput):
     """Decodes line by line, keeping a partial line (and a dangling ``=``) for the next read."""
 
     def __init__(self, inner: Reader) -> None:
+        super().__init__()
         self._inner = inner
         self._carry = b""
 
-    def read(self, n: int) -> bytes:
+    def _decode_next(self) -> bytes:
         while True:
             raw = self._inner.read(READ_SIZE)
             if not raw:

@@ -50,6 +50,10 @@ class GraphResponse:
 
     @property
     def ok(self) -> bool:
+        """
+        Any 2xx.  Not "the step worked": Graph answers each step with one documented code
+        (sendMail 202, …), so deciding success is L{gateway.delivery.graph.outcomes.step_succeeded}.
+        """
         return 200 <= self.code < 300
 
 

@@ -19,11 +19,12 @@ and is visible through L{GraphDeliverer.health}.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Callable, Optional
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -38,12 +39,16 @@ from gateway.delivery.graph.mime import (
     HeaderSection, MessageFormatError, RecipientPlan, choose_mailbox, normalise, plan_recipients,
     read_header_section,
 )
-from gateway.delivery.graph.outcomes import describe, failure_outcome, is_mailbox_concurrency, transport_outcome
+from gateway.delivery.graph.outcomes import (
+    describe, failure_outcome, is_mailbox_concurrency, step_succeeded, transport_outcome,
+)
 from gateway.delivery.graph.scheduler import Later, MailboxScheduler
 from gateway.delivery.graph.sizes import single_request_limit
 from gateway.delivery.graph.structure import Part, plan_extraction, scan_structure
 from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
-from gateway.delivery.interfaces import Delivered, IDeliverer, Permanent, Transient
+from gateway.delivery.interfaces import (
+    Delivered, IDeliverer, IDraftJournal, IEntryQuarantine, Permanent, Transient,
+)
 
 #: Graph refuses upload sessions for attachments under 3 MB (graph-facts §3.2b).
 UPLOAD_SESSION_MINIMUM = 3_000_000
@@ -92,6 +97,30 @@ class _Tenant:
     #: Graph refused a fresh token: only a Graph answer (not another token) shows it is fixed.
     graph_refused: bool = False
     token_expires_at: float = 0.0
+
+
+@implementer(IDraftJournal, IEntryQuarantine)
+class NoJournal:
+    """
+    What a deliverer uses when nothing durable was injected (unit tests, tools): drafts are
+    still deleted when an attempt fails, but a crash may leave one behind; nothing can be
+    quarantined, so a changed message is held back (and alarmed about) but stays queued.
+    """
+
+    def note_draft(self, entry: Any, draft_id: Optional[str]) -> Deferred:
+        return succeed(None)
+
+    def draft_of(self, entry: Any) -> Optional[str]:
+        return getattr(entry, "draft_id", None)
+
+    def quarantine(self, entry: Any, reason: str) -> Deferred:
+        return fail(RuntimeError("no quarantine configured"))
+
+
+def message_digest(path: str, algorithm: str) -> str:
+    """``"<algorithm>:<hex>"`` of the file, streamed (blocking: runs in the io thread pool)."""
+    with open(path, "rb") as f:
+        return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
 
 
 @attrs.frozen
@@ -156,6 +185,8 @@ class GraphDeliverer:
     ``clock`` drives every wait; ``blocking(f, *args)`` runs file work off the reactor thread
     (a dedicated ThreadPool in production, a synchronous call in unit tests);
     ``default_credentials`` (the configured tenant) is listed by L{health} from the start.
+    ``journal`` provides L{IDraftJournal} and L{IEntryQuarantine} — the spool in production
+    (set by L{gateway.wiring}), L{NoJournal} otherwise.
     """
 
     log = Logger()
@@ -170,6 +201,7 @@ class GraphDeliverer:
         scheduler: Optional[MailboxScheduler] = None,
         blocking: Optional[Callable[..., Deferred]] = None,
         default_credentials: Optional[TenantCredentials] = None,
+        journal: Any = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -181,7 +213,10 @@ class GraphDeliverer:
         self._blocking = blocking or maybeDeferred
         self.stats = GraphStats()
         self.observers: tuple = ()
+        self.journal: Any = journal if journal is not None else NoJournal()
         self._tenants: dict[tuple, _Tenant] = {}
+        # Entries already alarmed about (integrity): one CRITICAL line per entry, not per attempt.
+        self._alarmed: set[str] = set()
         default = default_credentials or getattr(resolver, "default", None)
         if isinstance(default, TenantCredentials):
             self._tenant(default)  # so health() shows the configured tenant from the start
@@ -218,6 +253,10 @@ class GraphDeliverer:
             prepared = await self._blocking(
                 prepare_message, entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config)
         except MessageFormatError as e:
+            # A file garbled on disk must be quarantined, not bounced as the sender's fault.
+            changed = await self._integrity_outcome(entry)
+            if changed is not None:
+                return self._finish(entry, changed)
             return self._finish(entry, Permanent(f"message cannot be sent through Graph: {e}", status="5.6.0"))
         except OSError as e:
             return self._finish(entry, Transient(f"cannot read the message file: {e.strerror or e}"))
@@ -274,6 +313,13 @@ class GraphDeliverer:
         return None
 
     async def _send(self, attempt: _Attempt, prepared: PreparedMessage) -> Any:
+        # Leftover draft first: even a message about to be quarantined must not leave one.
+        leftover = await self._delete_leftover_draft(attempt)
+        if leftover is not None:
+            return leftover
+        changed = await self._integrity_outcome(attempt.entry)
+        if changed is not None:
+            return changed
         limit = self.config.max_request_size
         fits = base64_length(prepared.mime_length) <= limit
         if fits and prepared.plan.kind != "draft":
@@ -300,16 +346,25 @@ class GraphDeliverer:
 
     async def _send_draft(self, attempt: _Attempt, prepared: PreparedMessage, mime: Any, attachments: tuple) -> Any:
         response = await self._call(attempt, "createMessage", self.client.create_mime_draft, mime)
-        if not response.ok:
+        message_id = _message_id(response)
+        if not step_succeeded(response, "createMessage"):
+            if message_id and 200 <= response.code < 300:
+                await self._discard_draft(attempt, message_id)  # a draft may exist all the same
             return self._step_failure(attempt, response, "createMessage", hint=True)
-        message_id = (response.json or {}).get("id") if isinstance(response.json, dict) else None
         if not message_id:
             return Transient("createMessage: Graph answered without a message id")
+        try:
+            # Durably, before anything is uploaded into it: a crash from here on leaves the id in
+            # the spool record, and the next attempt deletes the draft first.
+            await self.journal.note_draft(attempt.entry, message_id)
+        except Exception as e:  # noqa: BLE001 - without the note, a crash would orphan the draft
+            await self._discard_draft(attempt, message_id)
+            return Transient(f"createMessage: could not record the draft id in the spool ({e})")
         try:
             if prepared.plan.kind == "draft" and prepared.plan.hidden:
                 changes = {"bccRecipients": [{"emailAddress": {"address": a}} for a in prepared.plan.hidden]}
                 response = await self._call(attempt, "patchMessage", self.client.patch_message, message_id, changes)
-                if not response.ok:
+                if not step_succeeded(response, "patchMessage"):
                     raise _StepFailed(self._step_failure(attempt, response, "patchMessage", hint=True))
             for part in attachments:
                 await self._attach(attempt, message_id, prepared.path, part)
@@ -339,7 +394,7 @@ class GraphDeliverer:
             prefix = json.dumps(head)[:-1].encode("utf-8") + b', "contentBytes": "'
             source = Concat((Literal(prefix), Base64Of(content), Literal(b'"}')))
             response = await self._call(attempt, "addAttachment", self.client.add_attachment, message_id, source)
-            if not response.ok:
+            if not step_succeeded(response, "addAttachment"):
                 raise _StepFailed(self._step_failure(attempt, response, "addAttachment"))
             return
         item: dict[str, Any] = {"attachmentType": "file", "name": name, "size": length, "contentType": part.content_type}
@@ -347,32 +402,120 @@ class GraphDeliverer:
             item.update(isInline=True, contentId=part.content_id)
         response = await self._call(attempt, "createUploadSession", self.client.create_upload_session, message_id, item)
         upload_url = (response.json or {}).get("uploadUrl") if isinstance(response.json, dict) else None
-        if not response.ok or not upload_url:
+        if not step_succeeded(response, "createUploadSession") or not upload_url:
             raise _StepFailed(self._step_failure(attempt, response, "createUploadSession"))
         reader = content.open()
         try:
             position = 0
             while position < length:
-                chunk = await self._blocking(read_exactly, reader, self.config.upload_chunk_size)
+                # Exactly upload_chunk_size bytes per PUT (the last one fewer), never past the
+                # size the session was created with.
+                want = min(self.config.upload_chunk_size, length - position)
+                chunk = await self._blocking(read_exactly, reader, want)
                 if not chunk:
                     raise _StepFailed(Transient("upload: the attachment ended early (file changed?)"))
                 try:
                     response = await self.client.upload_chunk(upload_url, chunk, position, length)
                 except GraphTransportError as e:
                     raise _StepFailed(transport_outcome(e, "upload")) from None
-                if not response.ok:
+                if not step_succeeded(response, "upload"):
                     raise _StepFailed(self._step_failure(attempt, response, "upload"))
                 position += len(chunk)
         finally:
             reader.close()
 
-    async def _discard_draft(self, attempt: _Attempt, message_id: str) -> None:
-        """Best effort: an abandoned draft would clutter the mailbox's Drafts folder."""
+    async def _discard_draft(self, attempt: _Attempt, message_id: str) -> bool:
+        """
+        Best effort: an abandoned draft would clutter the mailbox's Drafts folder.  True when
+        it is gone (204, or 404: already gone); the journal then forgets it.  Otherwise its id
+        stays recorded and the next attempt tries again.
+        """
         try:
-            await self.client.delete_message(attempt.credentials.graph_url, attempt.mailbox, attempt.token, message_id)
+            response = await self.client.delete_message(
+                attempt.credentials.graph_url, attempt.mailbox, attempt.token, message_id)
         except Exception as e:  # noqa: BLE001
             self.log.info("graph {queue_id}: could not delete draft ({err})", queue_id=attempt.entry.queue_id,
                           err=type(e).__name__)
+            return False
+        if not (step_succeeded(response, "deleteMessage") or response.code == 404):
+            self.log.info("graph {queue_id}: could not delete draft ({err})", queue_id=attempt.entry.queue_id,
+                          err=describe(response))
+            return False
+        if self.journal.draft_of(attempt.entry) == message_id:
+            try:
+                await self.journal.note_draft(attempt.entry, None)
+            except Exception as e:  # noqa: BLE001 - a stale id only costs the next attempt one 404
+                self.log.debug("graph {queue_id}: could not clear the draft id ({err})",
+                               queue_id=attempt.entry.queue_id, err=str(e))
+        return True
+
+    async def _delete_leftover_draft(self, attempt: _Attempt) -> Any:
+        """
+        An earlier attempt (maybe a process killed mid-upload) recorded a draft it never sent
+        or deleted: delete it before sending again, so the mailbox never keeps an orphan.  If
+        Graph cannot be asked now, the message waits rather than leave a second draft.
+        """
+        draft_id = self.journal.draft_of(attempt.entry)
+        if not draft_id:
+            return None
+        response = await self._call(attempt, "deleteMessage", self.client.delete_message, draft_id)
+        if step_succeeded(response, "deleteMessage"):
+            self.log.info("graph {queue_id}: deleted the draft an earlier attempt left behind",
+                          queue_id=attempt.entry.queue_id)
+        elif response.code == 404:
+            self.log.debug("graph {queue_id}: the draft an earlier attempt recorded is gone already",
+                           queue_id=attempt.entry.queue_id)
+        else:
+            outcome = self._step_failure(attempt, response, "deleteMessage")
+            if isinstance(outcome, Transient):
+                return attrs.evolve(outcome, reason=f"deleting a leftover draft: {outcome.reason}")
+            # Graph will not delete it (permissions changed?): say so, and do not hold the mail back.
+            self.log.warn("graph {queue_id}: could not delete the draft left by an earlier attempt ({err}); "
+                          "it stays in {mailbox}'s Drafts folder", queue_id=attempt.entry.queue_id,
+                          err=describe(response), mailbox=attempt.mailbox)
+        try:
+            await self.journal.note_draft(attempt.entry, None)
+        except Exception as e:  # noqa: BLE001 - harmless: a stale id costs the next attempt one 404
+            self.log.debug("graph {queue_id}: could not clear the draft id ({err})",
+                           queue_id=attempt.entry.queue_id, err=str(e))
+        return None
+
+    # -- integrity ------------------------------------------------------------------------
+
+    async def _integrity_outcome(self, entry: Any) -> Any:
+        """
+        None when the message file still has the digest recorded at intake (or the entry is
+        from a gateway that recorded none).  Otherwise the entry is quarantined — never sent —
+        with one CRITICAL line, and the outcome says so.
+        """
+        expected = getattr(entry, "message_digest", None)
+        if not expected:
+            return None
+        algorithm = expected.split(":", 1)[0]
+        if algorithm not in hashlib.algorithms_guaranteed:
+            self.log.warn("graph {queue_id}: unknown digest {algorithm!r}; not verified", queue_id=entry.queue_id,
+                          algorithm=algorithm)
+            return None
+        try:
+            actual = await self._blocking(message_digest, entry.message_path, algorithm)
+        except OSError as e:
+            return Transient(f"cannot read the message file: {e.strerror or e}")
+        if actual == expected:
+            return None
+        reason = "message file changed on disk since it was accepted (digest mismatch)"
+        try:
+            where = await self.journal.quarantine(entry, reason)
+        except Exception as e:  # noqa: BLE001 - not sent either way; retried (and not re-alarmed)
+            where, fate = None, f"could NOT be quarantined ({e}); it stays queued and is never sent as is"
+        else:
+            fate = f"it was moved to {where}"
+        if entry.queue_id not in self._alarmed:
+            self._alarmed.add(entry.queue_id)
+            self.log.critical(
+                "INTEGRITY ALARM: message {queue_id} changed on disk since it was accepted (recorded {expected}, "
+                "now {actual}); it was NOT sent and {fate}. Check the disk and the spool's permissions.",
+                queue_id=entry.queue_id, expected=expected, actual=actual, fate=fate)
+        return Transient(f"not sent: {reason}; " + ("quarantined" if where is not None else "quarantine failed"))
 
     async def _call(self, attempt: _Attempt, step: str, method: Callable, *args: Any) -> GraphResponse:
         """One authenticated Graph call; a 401 evicts the token and retries exactly once."""
@@ -396,7 +539,8 @@ class GraphDeliverer:
         return response
 
     def _sent(self, attempt: _Attempt, response: GraphResponse, step: str) -> Any:
-        if response.ok:
+        """Only the documented ``202`` is delivered; any other 2xx is transient, possibly delivered."""
+        if step_succeeded(response, step):
             attempt.request_id = response.request_id
             return Delivered(f"graph {attempt.path} via {attempt.mailbox}"
                              + (f" request-id {response.request_id}" if response.request_id else ""))
@@ -488,6 +632,12 @@ class GraphDeliverer:
     def _unexpected(self, failure: Any, entry: Any) -> Transient:
         self.log.failure("graph delivery of {queue_id} failed unexpectedly", failure, queue_id=entry.queue_id)
         return self._finish(entry, Transient(f"internal error in Graph delivery ({failure.type.__name__})"))
+
+
+def _message_id(response: GraphResponse) -> Optional[str]:
+    data = response.json
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _default_name(part: Part) -> str:

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from gateway.delivery.graph.body import Literal
 from gateway.delivery.graph.credentials import TenantCredentials
 from gateway.delivery.graph.mime import HeaderSection, normalise, read_header_section
+from gateway.delivery.graph.outcomes import step_succeeded
 from gateway.delivery.interfaces import IDeliveryObserver
 
 MAX_ORIGINAL_HEADERS = 64 * 1024
@@ -96,7 +97,7 @@ class DSNObserver:
         report = build_report(entry, outcome, self.postmaster, self.reporting_mta, self.clock.seconds(), section)
         token = await self.tokens.acquire(self.credentials)
         response = await self.client.send_mime(self.credentials.graph_url, self.postmaster, token, Literal(report))
-        if response.ok:
+        if step_succeeded(response, "sendMail"):  # 202 only, as for any message
             self.sent += 1
             self.log.info("dsn for {queue_id} sent to {sender}", queue_id=entry.queue_id, sender=entry.envelope.sender)
         else:

@@ -1,7 +1,8 @@
 """
 Graph answers → delivery outcomes (graph-facts §6), in one place so the table is reviewable.
 
-202 is the only "delivered".  Throttling, 5xx and transport failures are transient, with
+202 is the only "delivered"; every step has its documented success code (L{SUCCESS_CODES}) and
+any other 2xx is an unexpected, transient answer (possibly delivered for the sending steps).  Throttling, 5xx and transport failures are transient, with
 Graph's Retry-After turned into an absolute ``retry_at``.  Client errors are permanent and keep
 Graph's own error code and message for the failure record.  A failure after the request body
 went out completely may have sent the message anyway (Graph has no idempotency key): it is
@@ -14,6 +15,24 @@ from typing import Optional
 
 from gateway.delivery.graph.client import GraphResponse, GraphTransportError
 from gateway.delivery.interfaces import Permanent, Transient
+
+#: What Graph answers when a step worked (graph-facts §1.6, §3.2).  Only these count as success:
+#: any other 2xx (a proxy's ``200`` page, a ``204``) is an "unexpected response".  The upload
+#: session is documented as 201 in v1.0 and 200 in beta; chunk PUTs answer 200 while ranges are
+#: missing and 201 for the last one (OneDrive-style sessions answer 202).
+SUCCESS_CODES = {
+    "sendMail": frozenset({202}),
+    "send": frozenset({202}),
+    "createMessage": frozenset({201}),
+    "patchMessage": frozenset({200}),
+    "addAttachment": frozenset({201}),
+    "createUploadSession": frozenset({200, 201}),
+    "upload": frozenset({200, 201, 202}),
+    "deleteMessage": frozenset({204}),
+}
+
+#: Steps whose success means the message left: an unexpected answer to them is ambiguous.
+SENDING_STEPS = frozenset({"sendMail", "send"})
 
 #: Status codes after which Graph may already have accepted the message.
 _AMBIGUOUS = frozenset({500, 502, 504})
@@ -44,9 +63,27 @@ def describe(response: GraphResponse) -> str:
     return text
 
 
+def step_succeeded(response: GraphResponse, step: str) -> bool:
+    """Did Graph answer ``step`` with its documented success code?"""
+    return response.code in SUCCESS_CODES[step]
+
+
+def unexpected_outcome(response: GraphResponse, step: str) -> Transient:
+    """
+    A 2xx that is not the step's success code.  For a sending step Graph (or something in
+    between) may have acted on the request, so it is possibly delivered; a retry may duplicate.
+    """
+    expected = "/".join(str(c) for c in sorted(SUCCESS_CODES[step]))
+    return Transient(f"{step}: unexpected response {response.code} from Graph (expected {expected})"
+                     + (f" (request-id {response.request_id})" if response.request_id else ""),
+                     possibly_delivered=step in SENDING_STEPS)
+
+
 def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail"):
-    """The outcome for a non-2xx Graph answer to ``step``."""
+    """The outcome for a Graph answer to ``step`` that is not its success code."""
     status = response.code
+    if 200 <= status < 300:
+        return unexpected_outcome(response, step)
     reason = f"{step}: {describe(response)}"
     retry_at: Optional[float] = now + response.retry_after if response.retry_after is not None else None
     if status == 429 or status == 408 or status >= 500:
@@ -89,6 +126,6 @@ def is_expired_token(response: GraphResponse) -> bool:
 
 
 __all__ = [
-    "failure_outcome", "transport_outcome", "describe", "is_throttled_by_mailbox",
+    "SUCCESS_CODES", "SENDING_STEPS", "step_succeeded", "unexpected_outcome", "failure_outcome", "transport_outcome", "describe", "is_throttled_by_mailbox",
     "is_mailbox_concurrency", "is_expired_token",
 ]
