@@ -2,8 +2,9 @@
 The HTTP status endpoint: what a monitoring system and an admin need to know, and nothing
 more — no addresses, no logins, no secrets.
 
-- ``GET /healthz``: JSON summary; 200 when the gateway can deliver, 503 when an admin must act
-  (a tenant's credentials are refused, so mail is piling up in the queue).
+- ``GET /healthz``: JSON summary; 200 when the gateway can deliver, 503 when it cannot: a tenant
+  is ``degraded`` (token endpoint unreachable or failing) or ``needs-admin`` (credentials or
+  consent refused).  ``status`` says which; mail keeps being accepted and queued either way.
 - ``GET /metrics``: Prometheus text format counters and gauges.
 
 It reads live objects (the queue runner, the deliverer, the AUTH throttle, the listener
@@ -24,15 +25,13 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
     """A JSON-able picture of the gateway's state right now."""
     runner = components.runner
     stats = runner.stats
-    health_of = getattr(_innermost(components.deliverer), "health", None)
     tenants = [
         {"tenant": t.label, "state": t.state, "detail": t.detail, "since": t.since,
-         "paused_until": getattr(t, "paused_until", 0.0)}
-        for t in (health_of() if health_of else ())
+         "paused_until": getattr(t, "paused_until", 0.0), "action": getattr(t, "action", "")}
+        for t in tenant_health(components.deliverer)
     ]
-    needs_admin = [t for t in tenants if t["state"] == "config-error"]
     return {
-        "status": "degraded" if needs_admin else "ok",
+        "status": overall_status(tenants),
         "time": clock.seconds(),
         "queue": {
             "queued": runner.queued,
@@ -50,6 +49,27 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
         ],
         "auth": components.auth.stats() if components.auth is not None else {},
     }
+
+
+def tenant_health(deliverer: Any) -> tuple:
+    """
+    Per-tenant state: the Graph deliverer's tenant monitor when there is one
+    (L{gateway.delivery.graph.tenant_health}), else whatever ``health()`` the deliverer offers.
+    """
+    inner = _innermost(deliverer)
+    monitor = getattr(inner, "tenant_monitor", None)
+    health_of = monitor.health if monitor is not None else getattr(inner, "health", None)
+    return tuple(health_of()) if health_of else ()
+
+
+def overall_status(tenants: list) -> str:
+    """``needs-admin`` beats ``degraded`` beats ``ok``; anything but ``ok`` answers 503."""
+    states = {t["state"] for t in tenants}
+    if states & {"needs-admin", "config-error"}:
+        return "needs-admin"
+    if states & {"degraded", "unreachable"}:
+        return "degraded"
+    return "ok"
 
 
 def _innermost(deliverer: Any) -> Any:
@@ -74,9 +94,12 @@ def prometheus(state: dict[str, Any]) -> str:
         metric(f"{key}_total", "counter", text, [("", q[f"{key}_total"])])
     metric("smtp_sessions", "gauge", "Open SMTP sessions per listener.",
            [(f'{{listener="{l["name"]}"}}', l["sessions"]) for l in state["listeners"]])
-    metric("tenant_ok", "gauge", "1 when the tenant's credentials work, 0 when an admin must act.",
-           [(f'{{tenant="{t["tenant"]}",state="{t["state"]}"}}', 0 if t["state"] == "config-error" else 1)
+    metric("tenant_ok", "gauge", "1 when the tenant got a Graph token, 0 when degraded or an admin must act.",
+           [(f'{{tenant="{t["tenant"]}",state="{t["state"]}"}}', 1 if t["state"] in ("ok", "unknown") else 0)
             for t in state["delivery"]["tenants"]])
+    metric("tenant_state", "gauge", "1 for the state each tenant is in (ok, degraded, needs-admin, unknown).",
+           [(f'{{tenant="{t["tenant"]}",state="{s}"}}', 1 if t["state"] == s else 0)
+            for t in state["delivery"]["tenants"] for s in ("ok", "degraded", "needs-admin", "unknown")])
     for key, value in sorted(state["auth"].items()):
         kind = "counter" if key.endswith("_total") else "gauge"
         metric(f"auth_{key}", kind, f"SMTP AUTH {key.replace('_', ' ')}.", [("", value)])
