@@ -189,6 +189,16 @@ class TokenProviders:
         if provider is not None and provider.waiters is None:
             del self._providers[credentials.key]
 
+    def acquire_blocking(self, credentials: TenantCredentials, now: Callable[[], float]) -> AccessToken:
+        """
+        A token in the calling thread, for command-line tools without a reactor
+        (``graphsmtp-config check --online``): the same MSAL application, session settings and
+        error classification as L{acquire}.  Raises L{TokenError}.
+        """
+        provider = self._providers.setdefault(credentials.key, _Provider())
+        value, expires_in, source = self._acquire_blocking(provider, credentials)
+        return AccessToken(value, now() + expires_in, source)
+
     # -- in the MSAL thread -------------------------------------------------------------
 
     def _acquire_blocking(self, provider: _Provider, credentials: TenantCredentials) -> tuple[str, float, str]:
