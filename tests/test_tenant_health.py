@@ -216,6 +216,24 @@ class GatewayTenantHealthTests(TestCase):
         self.assertNotIn("MsalServiceError", "\n".join(self.capture.messages()))
 
     @inlineCallbacks
+    def test_token_endpoint_resetting_connections_is_degraded(self):
+        yield self.start(before=lambda fake: fake.inject(Fault.reset(), operation="token", times=None))
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        [tenant] = json.loads(body)["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "degraded")
+        self.assertIn("token endpoint unreachable", tenant["detail"])
+
+    @inlineCallbacks
+    def test_token_endpoint_not_answering_is_degraded_after_the_timeout(self):
+        yield self.start(before=lambda fake: fake.inject(Fault.hang(), operation="token", times=None),
+                         token_timeout="1s")
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        [tenant] = json.loads(body)["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "degraded")
+
+    @inlineCallbacks
     def test_outage_after_start_then_recovery(self):
         yield self.start()
         self.fake.inject(Fault.status_code(503, retry_after="0"), operation="token", times=None)
