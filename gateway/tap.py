@@ -62,7 +62,15 @@ def build_service(config: Any) -> IService:
 
 
 def makeService(options: Any) -> IService:
-    return options.service
+    from twisted.application.app import ServerOptions
+
+    parent = getattr(options, "parent", None)
+    if not isinstance(parent, ServerOptions):
+        return options.service  # `twist` (has its own --log-level) or a direct call
+    # twistd: its usual log observer, with the level filter and per-message fields (gateway.logging).
+    from gateway.logging import LoggingRoot, text_observer_for, twistd_default_observer
+
+    return LoggingRoot(options.service, lambda: text_observer_for(twistd_default_observer(parent)))
 
 
 __all__ = ["Options", "makeService"]

@@ -172,8 +172,8 @@ class MetricsTests(TestCase):
         self.assertEqual(self.value("graphsmtp_mailbox_paused", mailbox=DEFERRED_FROM), 1)
         self.assertEqual(self.value("graphsmtp_mailbox_paused", mailbox=DELIVERED_FROM), 0)
         self.assertEqual(self.value("graphsmtp_mailbox_in_flight", mailbox=DEFERRED_FROM), 0)
-        self.assertEqual(self.value("graphsmtp_tenant_token_state", tenant="default", state="ok"), 1)
-        self.assertEqual(self.value("graphsmtp_tenant_token_state", tenant="default", state="needs admin"), 0)
+        self.assertEqual(self.value("graphsmtp_tenant_state", tenant="default", state="ok"), 1)
+        self.assertEqual(self.value("graphsmtp_tenant_state", tenant="default", state="needs-admin"), 0)
         expiry = self.value("graphsmtp_tenant_token_expiry_timestamp_seconds", tenant="default")
         now = self.gw.service.reactor.seconds()
         self.assertTrue(now + 3000 < expiry < now + 3700, expiry - now)
@@ -234,10 +234,10 @@ class NeedsAdminTests(TestCase):
         [tenant] = read_page(body).rows("tenants")
         self.assertEqual(tenant["token state"], "needs admin")
         self.assertIn("AADSTS7000215", tenant["last error"])
-        self.assertIn("Action: Fix the app registration", tenant["last error"])
+        self.assertIn("Action: put the secret's Value", tenant["last error"])
         self.assertRegex(tenant["paused until"], r"^in ")
         self.assertNotIn(fake.client_secret.encode(), body)
         response, body = yield get(http_client(self), base + "/metrics")
         families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-        states = {s.labels["state"]: s.value for s in families["graphsmtp_tenant_token_state"].samples}
-        self.assertEqual(states, {"ok": 0, "degraded": 0, "needs admin": 1, "unknown": 0})
+        states = {s.labels["state"]: s.value for s in families["graphsmtp_tenant_state"].samples}
+        self.assertEqual(states, {"ok": 0, "degraded": 0, "needs-admin": 1, "unknown": 0})

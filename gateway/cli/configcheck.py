@@ -4,7 +4,8 @@ and observer plugins that can be named in it.
 
 ``check`` builds every component exactly as ``twistd graphsmtp`` would (certificates read,
 policies built, users file opened) but binds no port and starts nothing, so it is safe to run
-next to a live gateway before a reload or restart.
+next to a live gateway before a reload or restart.  ``check --online`` also asks Entra for a
+token (L{gateway.cli.online_check}).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional, Sequence, TextIO
 from gateway.config import ConfigError, load_config
 
 
-def check(path: Optional[str], out: TextIO) -> int:
+def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
     from twisted.internet import reactor
 
     from gateway.wiring import build_components
@@ -42,6 +43,10 @@ def check(path: Optional[str], out: TextIO) -> int:
             f"  listener {listener.name:<8} {listener.endpoint}  tls={listener.tls} auth={listener.auth} "
             f"size={listener.limits.max_message_size} trusted={trusted} policies={policies}\n"
         )
+    if online:
+        from gateway.cli.online_check import check_online
+
+        return check_online(config, out)
     return 0
 
 
@@ -63,11 +68,14 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate a configuration file (binds nothing)")
     p_check.add_argument("config", nargs="?", help="TOML file (default: built-in defaults)")
+    p_check.add_argument("--online", action="store_true",
+                         help="also get a Graph token for the configured tenant and check its Mail.Send permission "
+                              "(exit 78: an admin must act, 75: the token endpoint is unreachable)")
     sub.add_parser("policies", help="list the policy plugins that can be named in `use = ...`")
     sub.add_parser("observers", help="list the delivery observer plugins")
     args = parser.parse_args(argv)
     if args.command == "check":
-        return check(args.config, out)
+        return check(args.config, out, online=args.online)
     return list_plugins(args.command, out)
 
 

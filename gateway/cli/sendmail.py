@@ -79,6 +79,7 @@ class Options:
     full_name: Optional[str] = None
     config: Optional[str] = None
     spool: Optional[str] = None
+    verify: bool = False  # -bv: send a test message and wait for its outcome (gateway.cli.send_test)
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -131,7 +132,8 @@ def parse_args(argv: Sequence[str]) -> Options:
                 opts.ignore_dots = True
             continue  # -odi -odb -oem -oep ...: delivery and error modes, ignored
         if flag == "b":
-            if rest not in ("m", ""):
+            opts.verify |= rest == "v"
+            if rest not in ("m", "", "v"):
                 raise SendmailError(EX_USAGE, f"mode -b{rest} is not supported (only -bm: read a message from standard input)")
             continue
         if flag == "q":
@@ -367,6 +369,11 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts = parse_args(argv)
+        if opts.verify:
+            from gateway.cli.send_test import run as send_test
+
+            return send_test(opts.sender, (opts.recipients or [""])[0], opts.config, opts.spool, out=sys.stdout,
+                             environ=os.environ if environ is None else environ)
         submit(opts, stdin or sys.stdin.buffer, os.environ if environ is None else environ)
     except SendmailError as e:
         stream = sys.stdout if e.status == EX_OK else sys.stderr

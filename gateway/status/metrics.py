@@ -183,21 +183,23 @@ class StatusCollector(Collector):
         yield up
 
         tenants = source.tenants()
-        ok = GaugeMetricFamily("graphsmtp_tenant_ok", "1 when the tenant's credentials work, 0 when an admin must act.",
-                               labels=["tenant", "state"])
-        state = GaugeMetricFamily("graphsmtp_tenant_token_state",
-                                  "1 for the tenant's current token state (ok, degraded, needs admin, unknown).",
-                                  labels=["tenant", "state"])
+        ok = GaugeMetricFamily("graphsmtp_tenant_ok", "1 when the tenant gets Graph tokens (or has not been tried), "
+                               "0 when degraded or an admin must act.", labels=["tenant", "state"])
+        # The states under their /healthz spelling, so alerts and /healthz read alike.
+        health_state = GaugeMetricFamily("graphsmtp_tenant_state",
+                                         "1 for the state each tenant is in (ok, degraded, needs-admin, unknown).",
+                                         labels=["tenant", "state"])
         expiry = GaugeMetricFamily("graphsmtp_tenant_token_expiry_timestamp_seconds",
                                    "When the tenant's current access token expires (POSIX time).", labels=["tenant"])
         for tenant in tenants:
-            ok.add_metric([tenant.label, tenant.state], 0 if tenant.state == TOKEN_NEEDS_ADMIN else 1)
+            ok.add_metric([tenant.label, tenant.state.replace(" ", "-")],
+                          1 if tenant.state in (TOKEN_OK, TOKEN_UNKNOWN) else 0)
             for name in TOKEN_STATES:
-                state.add_metric([tenant.label, name], 1 if tenant.state == name else 0)
+                health_state.add_metric([tenant.label, name.replace(" ", "-")], 1 if tenant.state == name else 0)
             if tenant.token_expires_at:
                 expiry.add_metric([tenant.label], tenant.token_expires_at)
         yield ok
-        yield state
+        yield health_state
         yield expiry
 
         now = info.now

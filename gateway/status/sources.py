@@ -42,6 +42,18 @@ _ACTIONS = {
 }
 
 
+def tenant_health(deliverer: Any) -> tuple:
+    """
+    Per-tenant health values: the Graph deliverer's tenant monitor when there is one
+    (L{gateway.delivery.graph.tenant_health}, which probes tokens before any mail needs them),
+    else whatever ``health()`` the deliverer offers.
+    """
+    inner = getattr(deliverer, "inner", deliverer)
+    monitor = getattr(inner, "tenant_monitor", None)
+    health_of = monitor.health if monitor is not None else getattr(inner, "health", None)
+    return tuple(health_of()) if callable(health_of) else ()
+
+
 def tenant_status(health: Any) -> TenantStatus:
     """
     An admin's view of one tenant-health value.  Understands today's
@@ -51,7 +63,7 @@ def tenant_status(health: Any) -> TenantStatus:
     """
     state = _STATE_NAMES.get(str(health.state), TOKEN_UNKNOWN)
     last_error = str(getattr(health, "last_error", None) or getattr(health, "detail", "") or "")
-    action = str(getattr(health, "admin_action", None) or (_ACTIONS.get(state, "") if last_error or state != TOKEN_OK else ""))
+    action = str(getattr(health, "admin_action", None) or getattr(health, "action", None) or (_ACTIONS.get(state, "") if last_error or state != TOKEN_OK else ""))
     expires = getattr(health, "token_expires_at", None) or None
     return TenantStatus(
         label=str(health.label),
@@ -113,8 +125,7 @@ class ComponentsStatusSource:
         return getattr(deliverer, "inner", deliverer)
 
     def tenants(self) -> tuple[TenantStatus, ...]:
-        health = getattr(self._deliverer(), "health", None)
-        return tuple(tenant_status(h) for h in health()) if callable(health) else ()
+        return tuple(tenant_status(h) for h in tenant_health(self._components.deliverer))
 
     def mailboxes(self) -> tuple[MailboxPacing, ...]:
         scheduler = getattr(self._deliverer(), "scheduler", None)

@@ -3,8 +3,10 @@ The HTTP status endpoint: what a monitoring system and an admin need to know, an
 ``/healthz`` shows no address either; the page and the metrics do (senders, recipients,
 mailboxes), which is why the endpoint belongs on loopback or behind a login.
 
-- ``GET /healthz``: JSON summary; 200 when the gateway can deliver, 503 when an admin must act
-  (a tenant's credentials are refused, so mail is piling up in the queue).
+- ``GET /healthz``: JSON summary; 200 when the gateway can deliver, 503 when it cannot: a tenant
+  is ``degraded`` (token endpoint unreachable or failing) or ``needs-admin`` (credentials or
+  consent refused), or a listener lost its port.  ``status`` says which; mail keeps being
+  accepted and queued either way.
 - ``GET /metrics``: prometheus-client exposition (L{gateway.status.metrics}).
 - ``GET /``: the human status page (L{gateway.status.page}).
 
@@ -22,6 +24,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from gateway.status.sources import tenant_health
+
 _log = Logger(namespace="gateway.status.web")
 
 
@@ -29,16 +33,15 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
     """A JSON-able picture of the gateway's state right now."""
     runner = components.runner
     stats = runner.stats
-    health_of = getattr(_innermost(components.deliverer), "health", None)
     tenants = [
         {"tenant": t.label, "state": t.state, "detail": t.detail, "since": t.since,
-         "paused_until": getattr(t, "paused_until", 0.0)}
-        for t in (health_of() if health_of else ())
+         "paused_until": getattr(t, "paused_until", 0.0), "action": getattr(t, "action", "")}
+        for t in tenant_health(components.deliverer)
     ]
-    needs_admin = [t for t in tenants if t["state"] == "config-error"]
     listeners_down = [part.config.name for part in components.listeners if not _listening(part)]
+    status = overall_status(tenants)
     return {
-        "status": "degraded" if needs_admin or listeners_down else "ok",
+        "status": "degraded" if status == "ok" and listeners_down else status,
         "time": clock.seconds(),
         "queue": {
             "queued": runner.queued,
@@ -63,6 +66,16 @@ def _listening(part: Any) -> bool:
     """Whether the listener's port is open now (a port lost after start-up makes /healthz 503)."""
     port = getattr(part.service, "port", None)
     return port is not None and bool(getattr(port, "connected", True))
+
+
+def overall_status(tenants: list) -> str:
+    """``needs-admin`` beats ``degraded`` beats ``ok``; anything but ``ok`` answers 503."""
+    states = {t["state"] for t in tenants}
+    if states & {"needs-admin", "config-error"}:
+        return "needs-admin"
+    if states & {"degraded", "unreachable"}:
+        return "degraded"
+    return "ok"
 
 
 def _innermost(deliverer: Any) -> Any:

@@ -220,7 +220,7 @@ class FakeGraphServer:
                  client_id: str = "00000000-0000-0000-0000-00000000c11e",
                  client_secret: Optional[str] = None, max_request_size: int = 4_000_000,
                  max_chunk: int = 4 * 1024 * 1024, token_lifetime: int = 3599,
-                 mailboxes: Optional[set] = None) -> None:
+                 mailboxes: Optional[set] = None, roles: tuple[str, ...] = ("Mail.Send", "Mail.ReadWrite")) -> None:
         self.reactor = reactor
         self.ca = ca
         self.ca_path = ca.ca_cert_path
@@ -231,6 +231,9 @@ class FakeGraphServer:
         self.max_chunk = max_chunk
         self.token_lifetime = token_lifetime
         self.mailboxes = {m.lower() for m in mailboxes} if mailboxes is not None else None
+        #: Application permissions an admin consented to: the ``roles`` claim of issued tokens.
+        #: Without ``Mail.Send`` Graph answers sends with 403 ErrorAccessDenied, as Graph does.
+        self.roles = tuple(roles)
         self.sent: list[SentMessage] = []
         self.requests: list[RequestRecord] = []
         self.token_requests = 0
@@ -245,6 +248,7 @@ class FakeGraphServer:
         self._in_flight: dict[str, int] = {}
         self._faults: list[_FaultRule] = []
         self._tokens: dict[str, float] = {}
+        self._token_roles: dict[str, tuple[str, ...]] = {}
         self._client_certs: dict[str, list] = {}
         self._federated: dict[str, set] = {}
         self._uploads: dict[str, _UploadSession] = {}
@@ -490,6 +494,8 @@ class FakeGraphServer:
             return self._upload(request, params, body)
         if not self._authorized(request):
             return 401, {}, _graph_error("InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+        if operation in ("sendMail", "send") and "Mail.Send" not in self._roles_of(request):
+            return 403, {}, _graph_error("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
         if self.mailboxes is not None and mailbox not in self.mailboxes:
             return 404, {}, _graph_error("ErrorInvalidUser", f"The requested user '{mailbox}' is invalid.")
         if len(body) > self.max_request_size:
@@ -503,6 +509,10 @@ class FakeGraphServer:
             return False
         expiry = self._tokens.get(value[len("Bearer "):])
         return expiry is not None and expiry > self._now()
+
+    def _roles_of(self, request: Any) -> tuple[str, ...]:
+        value = request.getHeader("authorization") or ""
+        return self._token_roles.get(value[len("Bearer "):], ())
 
     def _now(self) -> float:
         return datetime.datetime.now(datetime.timezone.utc).timestamp()
@@ -541,18 +551,33 @@ class FakeGraphServer:
             method = "secret"
         elif form.get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
             method = self._check_assertion(client_id, form.get("client_assertion", ""))
+            if method == "expired":
+                return 401, {}, {"error": "invalid_client", "error_codes": [700027],
+                                 "error_description": "AADSTS700027: Client assertion failed signature validation. "
+                                                      "[Reason - The key used is expired.]"}
             if method is None:
                 return 401, {}, {"error": "invalid_client", "error_codes": [700027],
                                  "error_description": "AADSTS700027: Client assertion failed signature validation."}
         else:
             return 401, {}, {"error": "invalid_client", "error_codes": [7000216],
                              "error_description": "AADSTS7000216: client_assertion or client_secret is required."}
-        token = secrets.token_urlsafe(32)
+        token = self._issue_token(client_id, params["tenant"])
         self._tokens[token] = self._now() + self.token_lifetime
+        self._token_roles[token] = self.roles
         self.token_methods.append(method)
         # No "scope" in the reply: MSAL would cache under it (graph-facts §9.4).
         return 200, {}, {"token_type": "Bearer", "expires_in": self.token_lifetime,
                          "ext_expires_in": self.token_lifetime, "access_token": token}
+
+    def _issue_token(self, client_id: str, tenant: str) -> str:
+        """A JWT-shaped app-only token (unsigned: only the fake checks it) with a ``roles`` claim."""
+        def part(value: dict) -> str:
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+        now = int(self._now())
+        claims = {"aud": self.graph_url, "tid": tenant, "appid": client_id, "iat": now,
+                  "exp": now + self.token_lifetime, "roles": list(self.roles), "jti": secrets.token_hex(8)}
+        return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.{secrets.token_urlsafe(16)}"
 
     def _check_assertion(self, client_id: str, assertion: str) -> Optional[str]:
         import jwt
@@ -577,6 +602,8 @@ class FakeGraphServer:
                     return None
                 if claims.get("sub") != client_id:
                     return None
+                if cert.not_valid_after_utc.timestamp() < self._now():
+                    return "expired"  # Entra refuses keys whose certificate has expired
                 if "x5c" in header:
                     self.x5c_seen = True
                 return "certificate"
@@ -878,15 +905,18 @@ class ClientCertificate:
 
 
 def create_client_certificate(directory: str, name: str = "graphsmtp test app",
-                              passphrase: Optional[bytes] = None) -> ClientCertificate:
+                              passphrase: Optional[bytes] = None, valid_days: float = 7) -> ClientCertificate:
+    """``valid_days`` < 0 gives a certificate that expired that many days ago."""
     os.makedirs(directory, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = datetime.datetime.now(datetime.timezone.utc)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    not_after = now + datetime.timedelta(days=valid_days)
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=7)).sign(key, hashes.SHA256())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(min(now, not_after) - datetime.timedelta(days=30 if valid_days < 0 else 0, hours=1))
+        .not_valid_after(not_after).sign(key, hashes.SHA256())
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase

@@ -527,7 +527,7 @@ class GraphDeliverer:
                 return response
             self.stats.token_retries += 1
             self.log.info("graph {queue_id}: token refused ({code}), fetching a new one",
-                          queue_id=attempt.entry.queue_id, code=response.error_code)
+                          queue_id=attempt.entry.queue_id, code=response.error_code or f"HTTP {response.code}")
             await self.tokens.evict(attempt.credentials, attempt.token)
             attempt.token = await self.tokens.acquire(attempt.credentials)
             response = await method(graph_url, attempt.mailbox, attempt.token, *args)
@@ -601,7 +601,7 @@ class GraphDeliverer:
         self.log.critical(
             "GRAPH CONFIGURATION ERROR for tenant {label}: {detail}. Deliveries for this tenant are paused "
             "for {delay:.0f}s and retried with growing backoff; queued mail is kept.",
-            label=tenant.label, detail=detail, delay=delay)
+            label=tenant.label, detail=detail.rstrip("."), delay=delay)
         return Transient(f"tenant {tenant.label}: {detail}", retry_at=tenant.paused_until)
 
     # -- results --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from gateway.delivery.graph.body import cooperator_for
 from gateway.delivery.graph.client import GraphClient
 from gateway.delivery.graph.credentials import ConfigCredentialResolver, ICredentialResolver, credentials_from_config
 from gateway.delivery.graph.deliverer import GraphDeliverer
+from gateway.delivery.graph.tenant_health import MonitoredTokens, TenantHealthMonitor
 from gateway.delivery.graph.token import TokenProviders
 from gateway.threads import ThreadPoolService
 
@@ -85,7 +86,9 @@ def build_graph_deliverer(
 ) -> tuple[GraphDeliverer, list]:
     """
     A L{GraphDeliverer} and the services it needs started (in order) and stopped (in reverse):
-    the MSAL thread pool, the file thread pool and the HTTP connection pool.  ``resolver``
+    the MSAL thread pool, the file thread pool, the HTTP connection pool and the tenant health
+    monitor (``deliverer.tenant_monitor``: a token for every configured tenant at start-up and
+    before expiry).  ``resolver``
     defaults to the configured tenant only; pass the auth feature's resolver to add
     pass-through logins.  ``on_request(method, url, status, seconds)`` is told about every Graph
     request (metrics).  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
@@ -98,9 +101,12 @@ def build_graph_deliverer(
                             timeout=config.token_timeout)
     default = credentials_from_config(config)
     blocking = functools.partial(deferToThreadPool, reactor, io_pool.pool)
+    monitor = TenantHealthMonitor(tokens, [default], reactor, retry=config.tenant_backoff,
+                                  retry_max=config.tenant_backoff_max)
     deliverer = GraphDeliverer(
-        config, client, tokens, resolver or ConfigCredentialResolver(default), reactor, blocking=blocking,
-        default_credentials=default)
+        config, client, MonitoredTokens(tokens, monitor), resolver or ConfigCredentialResolver(default), reactor,
+        blocking=blocking, default_credentials=default)
+    monitor.graph_view = deliverer.health
     observers: list = []
     if config.dsn and config.postmaster:
         from gateway.delivery.graph.dsn import DSNObserver
@@ -110,7 +116,9 @@ def build_graph_deliverer(
         log.warn("graph.save_to_sent_items = false has no effect on MIME sends: Graph's MIME sendMail and draft "
                  "send always keep a copy in Sent Items (only JSON sends can skip it)")
     deliverer.token_providers = tokens
-    services = [token_pool, io_pool, ConnectionsService(http_pool, tokens)]
+    deliverer.tenant_monitor = monitor  # what /healthz and /metrics read (gateway.status)
+    # The monitor starts after the pools (its first probe runs in the MSAL pool) and stops first.
+    services = [token_pool, io_pool, ConnectionsService(http_pool, tokens), monitor]
     return deliverer, services
 
 

@@ -15,6 +15,7 @@ the mail queued, pause the tenant) and ``transient`` (network, Entra busy: retry
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
@@ -54,6 +55,9 @@ CONFIG_ERROR_CODES = frozenset({
 CONFIG_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope", "invalid_tenant", "invalid_grant"})
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 
+#: Codes the gateway itself gives failures Entra did not describe (see classify_exception).
+_OWN_CODES = frozenset({"network", "not_json", "tls", "credential", "authority", "internal", "no_result"})
+
 #: Refresh a token this long before it expires (MSAL uses the same margin).
 EXPIRY_MARGIN = 300.0
 
@@ -67,7 +71,10 @@ class TokenError(Exception):
     """
 
     def __init__(self, kind: str, code: str, description: str) -> None:
-        super().__init__(f"{code}: {description}" if description else code)
+        description = clean_description(code, description)
+        # The gateway's own codes (http_503, network, ...) say nothing the description does not.
+        own = code in _OWN_CODES or code.startswith("http_")
+        super().__init__(description if own and description else f"{code}: {description}" if description else code)
         self.kind = kind
         self.code = code
         self.description = description
@@ -181,6 +188,16 @@ class TokenProviders:
         provider = self._providers.get(credentials.key)
         if provider is not None and provider.waiters is None:
             del self._providers[credentials.key]
+
+    def acquire_blocking(self, credentials: TenantCredentials, now: Callable[[], float]) -> AccessToken:
+        """
+        A token in the calling thread, for command-line tools without a reactor
+        (``graphsmtp-config check --online``): the same MSAL application, session settings and
+        error classification as L{acquire}.  Raises L{TokenError}.
+        """
+        provider = self._providers.setdefault(credentials.key, _Provider())
+        value, expires_in, source = self._acquire_blocking(provider, credentials)
+        return AccessToken(value, now() + expires_in, source)
 
     # -- in the MSAL thread -------------------------------------------------------------
 
@@ -334,6 +351,14 @@ def classify_exception(e: BaseException) -> TokenError:
         return TokenError("transient", f"http_{status or 'error'}", "the login host answered with an error")
     if requests is not None and isinstance(e, requests.exceptions.RequestException):
         return TokenError("transient", "network", f"cannot reach the login host ({type(e).__name__})")
+    status = _msal_http_status(e)
+    if status is not None:
+        # MSAL's own HTTP layer (1.32+) raises MsalServiceError("HTTP Error: 503") for any
+        # error status it cannot parse as an OAuth error: a login host that is down or
+        # overloaded, not a credential problem.
+        if 400 <= status < 500 and status not in (408, 429):
+            return TokenError("config", f"http_{status}", "the login host refused the request")
+        return TokenError("transient", f"http_{status}", f"the login host answered HTTP {status}")
     if isinstance(e, json.JSONDecodeError):
         # MSAL re-raises when the token endpoint answers 4xx with a body that is not JSON: an
         # HTML 429 or proxy page, a cut-off answer.  Nothing says the credential is wrong.
@@ -345,6 +370,28 @@ def classify_exception(e: BaseException) -> TokenError:
                               "tenant discovery failed: unknown tenant or wrong authority")
         return TokenError("config", "credential", "the credential could not be used (wrong key or format)")
     return TokenError("transient", "internal", type(e).__name__)
+
+
+def _msal_http_status(e: BaseException) -> Optional[int]:
+    """The HTTP status of an ``msal.exceptions.MsalServiceError`` raised by MSAL's HTTP layer."""
+    if type(e).__name__ != "MsalServiceError":
+        return None
+    match = re.search(r"HTTP Error: (\d{3})", str(e.args[0]) if e.args else "")
+    return int(match.group(1)) if match else None
+
+
+def clean_description(code: str, description: str) -> str:
+    """
+    Entra's description without what the message around it already says: its own
+    ``AADSTSnnn:`` prefix (the code is printed once, in front), the trailing full stop (the text
+    is embedded in longer sentences) and the trace/correlation ids after the first sentence.
+    """
+    text = _first_line(description)
+    match = re.match(r"(AADSTS\d+)\s*:\s*", text)
+    if match and (match.group(1) == code or code.startswith("AADSTS")):
+        text = text[match.end():]
+    text = re.split(r"\s+Trace ID:", text, maxsplit=1)[0]
+    return text.strip().rstrip(".").strip()
 
 
 def _first_line(text: str) -> str:

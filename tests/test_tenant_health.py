@@ -1,0 +1,268 @@
+"""
+Tenant health (issue 9 item 6): a token for every configured tenant at start-up and before
+expiry; ``ok`` / ``degraded`` / ``needs-admin`` on ``/healthz``, ``/metrics`` and in the log (one
+line per state change); clean error texts.
+
+Integration tests run the whole gateway against the fake Graph + Entra over real HTTPS; unit
+tests drive L{TenantHealthMonitor} with a clock and a scripted token source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from gateway.delivery.graph.credentials import TenantCredentials, credentials_from_config
+from gateway.delivery.graph.tenant_health import (
+    DEGRADED, NEEDS_ADMIN, OK, UNKNOWN, MonitoredTokens, TenantHealthMonitor,
+)
+from gateway.delivery.graph.token import AccessToken, TokenError, classify_exception, classify_result
+from gateway.testing.fake_graph import Fault, start_fake_graph
+from gateway.testing.harness import start_gateway
+from tests.graph_helpers import LogCapture
+
+CREDENTIALS = TenantCredentials("tenant-a", "client-a", "https://login.example/tenant-a", "https://graph.example")
+
+
+def monitor_lines(capture: LogCapture) -> list[str]:
+    return [m for m, e in zip(capture.messages(), capture.events) if e.get("log_namespace", "").endswith("TenantHealthMonitor")]
+
+
+class ScriptedTokens:
+    """A token source whose next answers the test decides; records when it was asked."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.asked: list[float] = []
+        self.next: list = []
+
+    def acquire(self, credentials):
+        self.asked.append(self.clock.seconds())
+        answer = self.next.pop(0) if self.next else AccessToken("t", self.clock.seconds() + 3600)
+        if isinstance(answer, Exception):
+            return fail(answer)
+        if isinstance(answer, Deferred):
+            return answer
+        return succeed(answer)
+
+
+class MonitorUnitTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.tokens = ScriptedTokens(self.clock)
+        self.monitor = TenantHealthMonitor(self.tokens, [CREDENTIALS], self.clock, retry=60.0, retry_max=3600.0)
+        self.capture = LogCapture().install(self)
+
+    def state(self):
+        [status] = self.monitor.health()
+        return status
+
+    def test_probes_at_start_and_before_expiry(self):
+        start = self.clock.seconds()
+        self.monitor.startService()
+        self.addCleanup(self.monitor.stopService)
+        self.assertEqual(self.tokens.asked, [start])
+        self.assertEqual(self.state().state, OK)
+        # The token lives 3600 s; the gateway renews 300 s before expiry: the next probe comes then.
+        self.clock.advance(3600 - 300 + 10 - 1)
+        self.assertEqual(len(self.tokens.asked), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.tokens.asked), 2)
+
+    def test_unknown_until_the_first_answer(self):
+        pending = Deferred()
+        self.tokens.next.append(pending)
+        self.monitor.startService()
+        self.addCleanup(self.monitor.stopService)
+        self.assertEqual(self.state().state, UNKNOWN)
+        pending.callback(AccessToken("t", self.clock.seconds() + 3600))
+        self.assertEqual(self.state().state, OK)
+
+    def test_outage_degrades_logs_once_and_recovers(self):
+        self.monitor.startService()
+        self.addCleanup(self.monitor.stopService)
+        outage_start = self.clock.seconds() + 3310
+        self.tokens.next.extend([TokenError("transient", "http_503", "the login host answered HTTP 503")] * 3)
+        self.clock.advance(3310)
+        status = self.state()
+        self.assertEqual((status.state, status.since), (DEGRADED, outage_start))
+        self.assertIn("token endpoint unreachable (HTTP 503)", status.describe())
+        self.assertIn("since 20", status.describe())
+        # Retries after 60 s, then 120 s; the state (and its start) stays, no new log line.
+        self.clock.advance(60)
+        self.clock.advance(120)
+        self.assertEqual(len(self.tokens.asked), 4)
+        self.assertEqual(self.state().since, outage_start)
+        self.clock.advance(240)  # the fourth probe gets a token
+        self.assertEqual(self.state().state, OK)
+        lines = monitor_lines(self.capture)
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn("ok (Graph token issued)", lines[0])
+        self.assertIn("degraded (token endpoint unreachable (HTTP 503), since", lines[1])
+        self.assertIn("ok again", lines[2])
+
+    def test_degraded_retry_is_capped(self):
+        self.tokens.next.extend([TokenError("transient", "network", "cannot reach the login host")] * 20)
+        self.monitor.startService()
+        self.addCleanup(self.monitor.stopService)
+        for _ in range(10):
+            self.clock.advance(300)
+        self.assertGreaterEqual(len(self.tokens.asked), 8)
+
+    def test_bad_credentials_need_admin_with_code_and_action(self):
+        self.tokens.next.append(classify_result({
+            "error": "invalid_client", "error_codes": [7000215],
+            "error_description": "AADSTS7000215: Invalid client secret provided."}))
+        self.monitor.startService()
+        self.addCleanup(self.monitor.stopService)
+        status = self.state()
+        self.assertEqual(status.state, NEEDS_ADMIN)
+        self.assertEqual(status.describe().count("AADSTS7000215"), 1)
+        self.assertIn("bad client secret", status.detail)
+        self.assertIn("graph.client_secret", status.action)
+        [line] = monitor_lines(self.capture)
+        self.assertIn("NEEDS ADMIN", line)
+        self.assertNotIn("..", line)
+
+    def test_deliveries_feed_the_state(self):
+        self.monitor.startService()
+        self.addCleanup(self.monitor.stopService)
+        wrapped = MonitoredTokens(self.tokens, self.monitor)
+        self.tokens.next.append(TokenError("transient", "http_502", "the login host answered HTTP 502"))
+        failures = []
+        wrapped.acquire(CREDENTIALS).addErrback(failures.append)
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(self.state().state, DEGRADED)
+
+    def test_graph_refusing_tokens_reads_needs_admin(self):
+        seen = type("Seen", (), {"label": "default", "state": "config-error", "since": 5.0, "paused_until": 9.0,
+                                 "detail": "Graph refused a freshly issued token (Graph 401 X)."})()
+        credentials = TenantCredentials("t", "c", "https://login.example/t", "https://graph.example")
+        monitor = TenantHealthMonitor(self.tokens, [credentials], self.clock, graph_view=lambda: [seen])
+        [status] = monitor.health()
+        self.assertEqual((status.state, status.paused_until), (NEEDS_ADMIN, 9.0))
+        self.assertFalse(status.detail.endswith("."))
+
+    def test_stop_cancels_the_next_probe(self):
+        self.monitor.startService()
+        self.monitor.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class GatewayTenantHealthTests(TestCase):
+    """The whole gateway, the fake Entra over HTTPS, ``/healthz`` and ``/metrics`` over HTTP."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def start(self, **graph):
+        self.fake = yield start_fake_graph(reactor, os.path.abspath(self.mktemp()))
+        self.addCleanup(self.fake.stop)
+        self.capture = LogCapture().install(self)
+        if "before" in graph:
+            graph.pop("before")(self.fake)
+        settings = {
+            "tenant_id": self.fake.tenant_id, "client_id": self.fake.client_id,
+            "client_secret": self.fake.client_secret, "authority": self.fake.authority,
+            "graph_url": self.fake.graph_url, "ca_bundle": self.fake.ca_path,
+        }
+        settings.update(graph)
+        self.gw = yield start_gateway(self, {"graph": settings, "status": {"endpoint": "tcp:0:interface=127.0.0.1"}})
+        self.monitor = self.gw.components.deliverer.tenant_monitor
+        port = yield self.gw.status_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        yield self.monitor.probe_all()  # the start-up probe has answered
+
+    @inlineCallbacks
+    def get(self, path):
+        response = yield self.http.get(self.base + path, timeout=10)
+        body = yield response.content()
+        return response.code, body
+
+    @inlineCallbacks
+    def test_start_up_probe_makes_the_tenant_ok(self):
+        yield self.start()
+        self.assertGreaterEqual(self.fake.token_requests, 1)
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 200)
+        [tenant] = json.loads(body)["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "ok")
+
+    @inlineCallbacks
+    def test_token_endpoint_5xx_at_start_is_degraded_on_healthz_metrics_and_log(self):
+        yield self.start(before=lambda fake: fake.inject(Fault.status_code(503), operation="token", times=None))
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        state = json.loads(body)
+        self.assertEqual(state["status"], "degraded")
+        [tenant] = state["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "degraded")
+        self.assertIn("token endpoint unreachable (HTTP 503)", tenant["detail"])
+        code, metrics = yield self.get("/metrics")
+        self.assertIn('graphsmtp_tenant_ok{state="degraded",tenant="default"} 0.0', metrics.decode())
+        self.assertIn('graphsmtp_tenant_state{state="degraded",tenant="default"} 1.0', metrics.decode())
+        lines = monitor_lines(self.capture)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("degraded (token endpoint unreachable (HTTP 503), since", lines[0])
+        self.assertNotIn("MsalServiceError", "\n".join(self.capture.messages()))
+
+    @inlineCallbacks
+    def test_token_endpoint_resetting_connections_is_degraded(self):
+        yield self.start(before=lambda fake: fake.inject(Fault.reset(), operation="token", times=None))
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        [tenant] = json.loads(body)["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "degraded")
+        self.assertIn("token endpoint unreachable", tenant["detail"])
+
+    @inlineCallbacks
+    def test_token_endpoint_not_answering_is_degraded_after_the_timeout(self):
+        yield self.start(before=lambda fake: fake.inject(Fault.hang(), operation="token", times=None),
+                         token_timeout="1s")
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        [tenant] = json.loads(body)["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "degraded")
+
+    @inlineCallbacks
+    def test_outage_after_start_then_recovery(self):
+        yield self.start()
+        self.fake.inject(Fault.status_code(503, retry_after="0"), operation="token", times=None)
+        # The cached token reaching its renewal time, as the monitor's timer would find it.
+        yield self.monitor.tokens.evict(credentials_from_config(self.gw.config.graph))
+        [status] = yield self.monitor.probe_all()
+        self.assertEqual(status.state, "degraded")
+        code, _ = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        self.fake.clear_faults()
+        [status] = yield self.monitor.probe_all()
+        self.assertEqual(status.state, "ok")
+        code, _ = yield self.get("/healthz")
+        self.assertEqual(code, 200)
+        lines = monitor_lines(self.capture)
+        self.assertEqual(len(lines), 3, lines)
+
+    @inlineCallbacks
+    def test_bad_secret_needs_admin_without_the_secret(self):
+        wrong = "not-the-secret-Zq8"
+        yield self.start(client_secret=wrong)
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        state = json.loads(body)
+        self.assertEqual(state["status"], "needs-admin")
+        [tenant] = state["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "needs-admin")
+        self.assertEqual(tenant["detail"].count("AADSTS7000215"), 1)
+        self.assertIn("graph.client_secret", tenant["action"])
+        self.assertNotIn(wrong.encode(), body)
+        self.assertNotIn(wrong, self.capture.text)
+        self.assertNotIn(self.fake.client_secret, self.capture.text)
