@@ -8,14 +8,13 @@ renames, directory fsync), and exits 0 only once the message is durable.  The da
 it into the queue at its next scan of incoming/ (every few seconds) — or at start-up if it is
 not running now — so nothing is lost when the daemon is down.
 
-Where the spool is: ``--spool DIR``; else the configuration from ``--config FILE`` (or the
-``GRAPHSMTP_CONFIG`` environment variable, or /etc/graphsmtp/graphsmtp.toml when it exists),
-else the daemon's defaults (./graphsmtp-data/spool).  ``-C PATH`` is accepted for sendmail
-compatibility: a directory is taken as the spool, a file as the configuration.
-
-The command must be able to write into the spool: run it as the gateway's user (or give that
-user's group write access to incoming/).  Run as root, it hands its files to the spool's owner
-so the daemon can read them.
+Where the spool is: the configuration is found the way the daemon finds it
+(L{gateway.config.locate}: ``--config FILE``, else ``$GRAPHSMTP_CONFIG``, else
+/etc/graphsmtp/graphsmtp.toml); ``--spool DIR`` overrides its spool directory.  ``-C PATH`` is
+accepted for sendmail compatibility: a directory is taken as the spool, a file as the
+configuration.  With no configuration at all, or a spool no daemon has ever set up (no
+``lock`` file, no ``incoming/``), the command exits 78 (EX_CONFIG) with one line and writes
+nothing: queueing into a directory nobody reads would strand the mail while reporting success.
 
 Exit status follows sysexits.h: 0 accepted, 64 usage, 65 bad message or address, 73 cannot
 create the spool files, 75 temporary failure (disk full, I/O error: try again), 77 permission
@@ -36,6 +35,7 @@ from typing import BinaryIO, Optional, Sequence
 import attrs
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.locate import ENVIRONMENT_VARIABLE, SYSTEM_CONFIG, locate_config
 from gateway.smtp.headers import HeaderCollector, header_line, missing_headers, split_fields
 from gateway.spool.disk import SpoolDisk, TempMessage
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -51,7 +51,6 @@ EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
 
-SYSTEM_CONFIG = "/etc/graphsmtp/graphsmtp.toml"
 MAX_HEADER_BYTES = 1024 * 1024
 _WRITE_BATCH = 256 * 1024
 # Options that take a value (as the next argument or glued: -fuser@example.com).
@@ -229,22 +228,58 @@ def _user() -> tuple[str, str]:
         return str(os.getuid()), ""
 
 
-def load_tool_config(config: Optional[str], spool: Optional[str], environ) -> GatewayConfig:
+class NoConfiguration(ConfigError):
+    """Neither --config, $GRAPHSMTP_CONFIG nor the system configuration file exists."""
+
+    def __init__(self, system_config: str) -> None:
+        super().__init__("--config", f"no configuration found (give --config FILE, set GRAPHSMTP_CONFIG "
+                                     f"or create {system_config})")
+
+
+def load_tool_config(config: Optional[str], spool: Optional[str], environ,
+                     system_config: str = SYSTEM_CONFIG, required: bool = False) -> GatewayConfig:
     """
-    The configuration the command-line tools use: ``config`` (or $GRAPHSMTP_CONFIG, or
-    /etc/graphsmtp/graphsmtp.toml when it exists and no spool was named) with ``spool``
-    overriding the spool directory.  Raises L{ConfigError}.
+    The configuration the command-line tools use, found as the daemon finds it
+    (L{locate_config}), with ``spool`` overriding the spool directory.  The system file is
+    not consulted when a spool is named.  ``required``: no file at all (and no spool named)
+    is L{NoConfiguration} rather than the built-in defaults.  Raises L{ConfigError}.
     """
-    config_path = config or environ.get("GRAPHSMTP_CONFIG") or (
-        SYSTEM_CONFIG if not spool and os.path.exists(SYSTEM_CONFIG) else None)
+    if spool and not config:
+        config_path = environ.get(ENVIRONMENT_VARIABLE) or None
+    else:
+        config_path = locate_config(config, environ, system_config)
+    if config_path is None and required and not spool:
+        raise NoConfiguration(system_config)
     return load_config(config_path, {"spool": spool} if spool else {}, environ)
 
 
-def _spool_and_settings(opts: Options, environ) -> tuple[str, str, bool, bool, int]:
+def daemon_spool_problem(spool_dir: str) -> Optional[str]:
+    """
+    Why ``spool_dir`` is not a spool a daemon reads, or None when it is.  A daemon that ever
+    started on it left its ``lock`` file and ``incoming/`` directory; without them nothing
+    would ever import what is dropped there.
+    """
+    root = os.path.abspath(spool_dir)
     try:
-        config = load_tool_config(opts.config, opts.spool, environ)
+        present = os.path.isdir(os.path.join(root, "incoming")) and os.path.exists(os.path.join(root, "lock"))
+    except OSError:
+        present = False
+    if present:
+        return None
+    if os.path.isdir(root) and not os.access(root, os.X_OK):
+        return None  # not ours to inspect: writing into it reports the permission problem
+    return (f"{root} is not the spool of a graphsmtp daemon (start the daemon once, or point "
+            "--config/GRAPHSMTP_CONFIG at its configuration)")
+
+
+def _spool_and_settings(opts: Options, environ, system_config: str = SYSTEM_CONFIG) -> tuple[str, str, bool, bool, int]:
+    try:
+        config = load_tool_config(opts.config, opts.spool, environ, system_config, required=True)
     except ConfigError as e:
         raise SendmailError(EX_CONFIG, f"configuration error: {e}") from None
+    problem = daemon_spool_problem(config.spool.directory)
+    if problem is not None:
+        raise SendmailError(EX_CONFIG, f"message not accepted: {problem}")
     max_size = min((listener.limits.max_message_size for listener in config.listeners), default=35_000_000)
     return config.spool.directory, config.hostname, config.add_message_id, config.add_date, max_size
 
@@ -262,9 +297,10 @@ def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> 
     return SendmailError(EX_TEMPFAIL, f"{e}; message not accepted, try again later")
 
 
-def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[float] = None) -> str:
+def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[float] = None,
+           system_config: str = SYSTEM_CONFIG) -> str:
     """Read the message from ``stdin`` and queue it durably; returns the queue id."""
-    spool_dir, hostname, add_message_id, add_date, max_size = _spool_and_settings(opts, environ)
+    spool_dir, hostname, add_message_id, add_date, max_size = _spool_and_settings(opts, environ, system_config)
     user, gecos = _user()
     now = time.time() if now is None else now
     sender = "" if opts.sender in ("<>", "") else _check_address(opts.sender or user, hostname, "-f")
@@ -320,7 +356,6 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
         ops = (_OwnerFileOps(spool_stat.st_uid, spool_stat.st_gid)
                if os.geteuid() == 0 and spool_stat is not None and spool_stat.st_uid != 0 else None)
         disk = SpoolDisk(spool_dir, ops)
-        disk.ensure_directories()
         temp = disk.create_temp(queue_id, incoming=True)
     except (OSError, SpoolError) as e:
         raise _spool_failure(e, spool_dir, creating=True) from None
@@ -363,11 +398,13 @@ def _write_message(disk: SpoolDisk, temp: TempMessage, header_section: bytes, bo
     disk.append(temp, batch)
 
 
-def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None, environ=None) -> int:
+def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None, environ=None,
+         system_config: str = SYSTEM_CONFIG) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts = parse_args(argv)
-        submit(opts, stdin or sys.stdin.buffer, os.environ if environ is None else environ)
+        submit(opts, stdin or sys.stdin.buffer, os.environ if environ is None else environ,
+               system_config=system_config)
     except SendmailError as e:
         stream = sys.stdout if e.status == EX_OK else sys.stderr
         print(("" if e.status == EX_OK else "graphsmtp-sendmail: ") + str(e), file=stream)
