@@ -22,8 +22,9 @@ Interplay with the running daemon (safe either way):
   the change with the same atomic protocols as the daemon, and releases it; a daemon starting
   meanwhile waits for the lock.
 
-Exit status: 0 done, 1 no such message, 64 usage, 75 spool trouble (try again), 78
-configuration error.
+Exit status (sysexits.h), with a one-line message on standard error: 0 done, 64 usage, 66 no
+such message, 70 internal error, 75 spool trouble (try again), 78 configuration error (no
+spool at the configured place).
 """
 
 from __future__ import annotations
@@ -43,13 +44,21 @@ from gateway.spool.entry import SpoolEntry
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import is_queue_id
 
-EX_OK, EX_NOTFOUND, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 64, 75, 78
+EX_OK, EX_USAGE, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 66, 70, 75, 78
+EX_NOTFOUND = EX_NOINPUT  # no such message
 
 
 class QueueToolError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line (not usage text plus a message)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise QueueToolError(EX_USAGE, f"{message} (see graphsmtp-queue --help)")
 
 
 def _age(seconds: float) -> str:
@@ -240,7 +249,7 @@ class QueueTool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphsmtp-queue", description="Inspect and manage the graphsmtp spool.")
+    parser = _Parser(prog="graphsmtp-queue", description="Inspect and manage the graphsmtp spool.")
     parser.add_argument("--config", "-c", help="TOML configuration (default: $GRAPHSMTP_CONFIG, /etc/graphsmtp/graphsmtp.toml, built-in defaults)")
     parser.add_argument("--spool", help="spool directory (overrides the configuration)")
     parser.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the running daemon to pick up a request")
@@ -259,41 +268,53 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None, environ=None, out: Callable[[str], None] = print) -> int:
+    try:
+        return _run(argv, os.environ if environ is None else environ, out)
+    except QueueToolError as e:
+        _complain(str(e))
+        return e.status
+    except (SpoolError, OSError) as e:
+        _complain(f"spool problem: {e}")
+        return EX_TEMPFAIL
+    except KeyboardInterrupt:
+        _complain("interrupted")
+        return EX_TEMPFAIL
+    except Exception as e:  # a bug: still one line and a sysexits status, never a traceback
+        _complain(f"internal error: {type(e).__name__}: {e}")
+        return EX_SOFTWARE
+
+
+def _complain(message: str) -> None:
+    print("graphsmtp-queue: " + " ".join(message.split()), file=sys.stderr)
+
+
+def _run(argv: Optional[Sequence[str]], environ, out: Callable[[str], None]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:
+    except SystemExit as e:  # --help
         return EX_OK if e.code == 0 else EX_USAGE
     try:
-        config = load_tool_config(args.config, args.spool, os.environ if environ is None else environ)
+        config = load_tool_config(args.config, args.spool, environ)
     except ConfigError as e:
-        print(f"graphsmtp-queue: configuration error: {e}", file=sys.stderr)
-        return EX_CONFIG
+        raise QueueToolError(EX_CONFIG, f"configuration error: {e}") from None
     spool_dir = config.spool.directory
     if not os.path.isdir(os.path.join(spool_dir, "queue")):
-        print(f"graphsmtp-queue: no spool at {spool_dir} (wrong --config or --spool?)", file=sys.stderr)
-        return EX_TEMPFAIL
+        raise QueueToolError(EX_CONFIG, f"no spool at {spool_dir} (wrong --config or --spool?)")
     tool = QueueTool(SpoolDisk(spool_dir), out, wait=args.wait)
-    try:
-        if args.command == "list":
-            return tool.list()
-        if args.command == "failed":
-            return tool.failed()
-        if args.command == "show":
-            return tool.show(args.queue_id)
-        if args.command == "delete":
-            return tool.delete(args.queue_id)
-        if args.command == "requeue":
-            return tool.requeue(args.queue_id)
-        if args.command == "flush":
-            return tool.retry(None)
-        return tool.retry(None if args.all else args.queue_id)
-    except QueueToolError as e:
-        print(f"graphsmtp-queue: {e}", file=sys.stderr)
-        return e.status
-    except (SpoolError, OSError) as e:
-        print(f"graphsmtp-queue: spool problem: {e}", file=sys.stderr)
-        return EX_TEMPFAIL
+    if args.command == "list":
+        return tool.list()
+    if args.command == "failed":
+        return tool.failed()
+    if args.command == "show":
+        return tool.show(args.queue_id)
+    if args.command == "delete":
+        return tool.delete(args.queue_id)
+    if args.command == "requeue":
+        return tool.requeue(args.queue_id)
+    if args.command == "flush":
+        return tool.retry(None)
+    return tool.retry(None if args.all else args.queue_id)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
             if name not in ("config", "spool"):
-                raise SendmailError(EX_USAGE, f"unknown option {arg}\n{_USAGE}")
+                raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
             if not eq:
                 if i >= len(args):
                     raise SendmailError(EX_USAGE, f"option --{name} needs a value")
@@ -140,7 +140,7 @@ def parse_args(argv: Sequence[str]) -> Options:
             opts.extract |= "t" in letters
             opts.ignore_dots |= "i" in letters
             continue
-        raise SendmailError(EX_USAGE, f"unknown option {arg}\n{_USAGE}")
+        raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
     return opts
 
 

@@ -569,15 +569,16 @@ class SpoolDisk:
 
     def requeue(self, queue_id: str) -> SpoolEntry:
         """
-        Put a failed entry back in the queue, due now, with attempts reset and a fresh queue
-        lifetime (the old start is kept in the history line).
+        Put a failed entry back in the queue, due now, with a fresh queue lifetime (the old
+        start is kept in the history line).  The attempt count is kept: it is the message's
+        history, and an admin reading "attempts: 0" would think it was never tried.
         """
         f, q = self.layout.failed, self.layout.queue
         old = self.load(queue_id, directory=f)
         now = self._now()
         note = AttemptRecord(now, f"requeued by admin; first received {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(old.received_at))}")
         entry = attrs.evolve(
-            old, message_path=SpoolLayout.path(q, queue_id, MSG), received_at=now, attempts=0,
+            old, message_path=SpoolLayout.path(q, queue_id, MSG), received_at=now,
             next_attempt_at=0.0, history=old.history + (note,),
         )
         tmp = self._tmp_path(queue_id, f".{next(self._counter)}{ENV}")

@@ -340,7 +340,9 @@ class QueueRunner(Service):
             yield self._delivered(entry, outcome)
         elif isinstance(outcome, Permanent):
             reason = f"{outcome.status} {outcome.reason}" + (f" ({outcome.remote_code})" if outcome.remote_code else "")
-            yield self._failed(entry, outcome, reason)
+            # The refused attempt counts: a message failed on its first try shows 1 attempt.
+            history = (entry.history + (AttemptRecord(at=self.clock.seconds(), reason=reason),))[-HISTORY_LIMIT:]
+            yield self._failed(attrs.evolve(entry, attempts=entry.attempts + 1, history=history), outcome, reason)
         else:
             yield self._transient(entry, outcome)
 
