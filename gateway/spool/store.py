@@ -178,6 +178,22 @@ class DirectorySpool:
     def requeue(self, queue_id: str) -> Deferred:
         return self._in_pool(self.disk.requeue, queue_id)
 
+    def hold(self, queue_id: str) -> Deferred:
+        """Admin hold: queue/ → held/ (never attempted, never expires); fails with KeyError if not queued."""
+        return self._in_pool(self.disk.hold, queue_id)
+
+    def release(self, queue_id: str) -> Deferred:
+        """Admin release: held/ → queue/; fires with the entry as queued again."""
+        return self._in_pool(self.disk.release, queue_id)
+
+    def held_ids(self) -> Deferred:
+        def listing() -> list:
+            try:
+                return self.disk.queue_ids(self.disk.layout.held)
+            except FileNotFoundError:
+                return []
+        return self._in_pool(listing)
+
     def scan_incoming(self) -> Deferred:
         def report(scan: IncomingScan) -> IncomingScan:
             for item in scan.quarantined:
