@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import datetime
 import errno
+import itertools
 import os
 import pwd
 import sys
 import time
 from email.utils import format_datetime, getaddresses
-from typing import BinaryIO, Optional, Sequence
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 import attrs
 
+from gateway.cli import local_submit
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.locate import ENVIRONMENT_VARIABLE, SYSTEM_CONFIG, locate_config
 from gateway.smtp.headers import HeaderCollector, header_line, missing_headers, split_fields
@@ -46,6 +48,7 @@ from gateway.spool.queueid import new_queue_id
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
@@ -272,16 +275,28 @@ def daemon_spool_problem(spool_dir: str) -> Optional[str]:
             "--config/GRAPHSMTP_CONFIG at its configuration)")
 
 
-def _spool_and_settings(opts: Options, environ, system_config: str = SYSTEM_CONFIG) -> tuple[str, str, bool, bool, int]:
+@attrs.frozen
+class Settings:
+    """What the command needs from the gateway's configuration."""
+
+    spool_dir: str
+    hostname: str
+    add_message_id: bool
+    add_date: bool
+    max_size: int
+    socket: Optional[str] = None
+
+
+def _settings(opts: Options, environ, system_config: str = SYSTEM_CONFIG) -> Settings:
     try:
         config = load_tool_config(opts.config, opts.spool, environ, system_config, required=True)
     except ConfigError as e:
         raise SendmailError(EX_CONFIG, f"configuration error: {e}") from None
-    problem = daemon_spool_problem(config.spool.directory)
-    if problem is not None:
-        raise SendmailError(EX_CONFIG, f"message not accepted: {problem}")
-    max_size = min((listener.limits.max_message_size for listener in config.listeners), default=35_000_000)
-    return config.spool.directory, config.hostname, config.add_message_id, config.add_date, max_size
+    local = config.sections.get("local")
+    listeners = list(config.listeners) + ([local.listener()] if local is not None and local.socket else [])
+    max_size = min((listener.limits.max_message_size for listener in listeners), default=35_000_000)
+    return Settings(config.spool.directory, config.hostname, config.add_message_id, config.add_date, max_size,
+                    local.socket if local is not None else None)
 
 
 def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> SendmailError:
@@ -297,12 +312,46 @@ def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> 
     return SendmailError(EX_TEMPFAIL, f"{e}; message not accepted, try again later")
 
 
+@attrs.define
+class Message:
+    """The message as read from standard input: envelope, header fields, and the body to come."""
+
+    sender: str
+    recipients: list
+    fields: list  # (lower-case name, raw field bytes) in order
+    body_start: bytes
+    rest: Iterator[bytes]
+
+    @property
+    def names(self) -> set:
+        return {name for name, _ in self.fields}
+
+
 def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[float] = None,
            system_config: str = SYSTEM_CONFIG) -> str:
-    """Read the message from ``stdin`` and queue it durably; returns the queue id."""
-    spool_dir, hostname, add_message_id, add_date, max_size = _spool_and_settings(opts, environ, system_config)
+    """
+    Read the message from ``stdin`` and hand it over durably; returns the queue id.  Through
+    the daemon's ``[local]`` socket when configured (the daemon judges it as it would an SMTP
+    client); else — or when the daemon is down and we are the gateway's own user — into the
+    spool's drop-off directory.
+    """
+    settings = _settings(opts, environ, system_config)
     user, gecos = _user()
     now = time.time() if now is None else now
+    message = read_message(opts, stdin, settings.hostname, user)
+    from_field = _from_field(message, opts, settings.hostname, user, gecos)
+    if settings.socket:
+        try:
+            return submit_to_daemon(settings, message, from_field)
+        except local_submit.NotRunning as e:
+            if not may_drop_off(settings.spool_dir):
+                raise SendmailError(EX_TEMPFAIL, f"the graphsmtp daemon is not running ({e}); message not "
+                                                 "accepted, try again later") from None
+    return drop_off(settings, message, from_field, user, now)
+
+
+def read_message(opts: Options, stdin: BinaryIO, hostname: str, user: str) -> Message:
+    """Envelope from the options (and, with -t, the headers), the header section, the body to come."""
     sender = "" if opts.sender in ("<>", "") else _check_address(opts.sender or user, hostname, "-f")
     recipients = [_check_address(r, hostname, "the argument list") for r in opts.recipients]
 
@@ -338,18 +387,54 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
     recipients = _unique(recipients)
     if not recipients:
         raise SendmailError(EX_USAGE, "no recipients: name them as arguments or use -t")
+    return Message(sender, recipients, fields, body_start, iterator)
 
+
+def _from_field(message: Message, opts: Options, hostname: str, user: str, gecos: str) -> bytes:
+    """A From field naming the user (``-F`` or the passwd name), when the message has none."""
+    if b"from" in message.names:
+        return b""
+    display = opts.full_name if opts.full_name is not None else gecos
+    address = message.sender or f"{user}@{hostname}"
+    return header_line("From", f"{display} <{address}>" if display else address)
+
+
+def may_drop_off(spool_dir: str) -> bool:
+    """
+    Whether this process may use the drop-off directory when the daemon is down: only the
+    gateway's own user (the spool's owner) or root.  Anyone else's mail must go through the
+    daemon, which identifies them and applies the ``[local]`` chain.
+    """
+    try:
+        return os.geteuid() == 0 or os.stat(spool_dir).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+def submit_to_daemon(settings: Settings, message: Message, from_field: bytes) -> str:
+    """Over the ``[local]`` socket: 0 only after the daemon's 250 (spool commit)."""
+    header_section = from_field + b"".join(raw for _, raw in message.fields) + b"\r\n"
+    try:
+        client = local_submit.connect(settings.socket, "localhost")
+        reply = local_submit.send(client, message.sender, message.recipients,
+                                  itertools.chain((header_section, message.body_start), message.rest))
+    except local_submit.Refused as e:
+        raise SendmailError(e.status, f"message not accepted: {e}") from None
+    return local_submit.queue_id_of(reply) or ""
+
+
+def drop_off(settings: Settings, message: Message, from_field: bytes, user: str, now: float) -> str:
+    """Into the spool's incoming/ directory, for the daemon to import (it need not run now)."""
+    spool_dir = settings.spool_dir
+    problem = daemon_spool_problem(spool_dir)
+    if problem is not None:
+        raise SendmailError(EX_CONFIG, f"message not accepted: {problem}")
     queue_id = new_queue_id(now)
-    names = {name for name, _ in fields}
     date = format_datetime(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
-    prefix = (f"Received: by {hostname} (graphsmtp-sendmail, from userid {os.getuid()})\r\n"
-              f"\tid {queue_id}; {date}\r\n").encode("ascii")
-    if b"from" not in names:
-        display = opts.full_name if opts.full_name is not None else gecos
-        address = sender or f"{user}@{hostname}"
-        prefix += header_line("From", f"{display} <{address}>" if display else address)
-    prefix += missing_headers(names, hostname, queue_id, now, add_message_id, add_date)
-    header_section = prefix + b"".join(raw for _, raw in fields) + b"\r\n"
+    prefix = (f"Received: by {settings.hostname} (graphsmtp-sendmail, from userid {os.getuid()})\r\n"
+              f"\tid {queue_id}; {date}\r\n").encode("ascii") + from_field
+    prefix += missing_headers(message.names, settings.hostname, queue_id, now, settings.add_message_id, settings.add_date)
+    header_section = prefix + b"".join(raw for _, raw in message.fields) + b"\r\n"
 
     try:
         spool_stat = os.stat(spool_dir) if os.path.isdir(spool_dir) else None
@@ -360,9 +445,9 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
     except (OSError, SpoolError) as e:
         raise _spool_failure(e, spool_dir, creating=True) from None
     try:
-        _write_message(disk, temp, header_section, body_start, iterator, max_size)
+        _write_message(disk, temp, header_section, message.body_start, message.rest, settings.max_size)
         entry = SpoolEntry(
-            queue_id=queue_id, envelope=Envelope(sender, tuple(recipients)),
+            queue_id=queue_id, envelope=Envelope(message.sender, tuple(message.recipients)),
             provenance=Provenance(client_address="127.0.0.1", client_name="localhost", listener="sendmail",
                                   auth_identity=user),
             received_at=now, message_path="", size=temp.size,
@@ -412,6 +497,10 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     except KeyboardInterrupt:
         print("graphsmtp-sendmail: interrupted; message not accepted", file=sys.stderr)
         return EX_TEMPFAIL
+    except Exception as e:  # a bug: still one line and a sysexits status, never a traceback
+        text = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"graphsmtp-sendmail: internal error ({text}); message not accepted", file=sys.stderr)
+        return EX_SOFTWARE
     return EX_OK
 
 
