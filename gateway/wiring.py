@@ -116,7 +116,7 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
     from gateway.policy.context import PolicyContext
     from gateway.policy.registry import build_chain
     from gateway.smtp.listener import listener_service
-    from gateway.smtp.local import LocalSubmissionFactory
+    from gateway.smtp.local import DropOffJudge, LocalSubmissionFactory
 
     [listener] = _capped_listeners(attrs.evolve(config, listeners=(local.listener(),)))
     context = PolicyContext(clock=reactor, listener=listener.name, redis=redis, hostname=config.hostname,
@@ -124,6 +124,8 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
     chain = PolicyChain(build_chain(local.policies, context).policies, guard=auth.relay_policy(listener))
     factory = LocalSubmissionFactory(local, config.hostname, spool, chain, reactor, listener=listener,
                                      add_message_id=config.add_message_id, add_date=config.add_date)
+    if hasattr(spool, "import_judge"):
+        spool.import_judge = DropOffJudge(chain, local)
     return ListenerParts(listener, factory, listener_service(reactor, listener, factory))
 
 

@@ -212,3 +212,54 @@ class ProtocolPieceTests(SynchronousTestCase):
         self.assertEqual(build_config({"local": {"socket": ""}}, {}, {}, "/tmp").sections["local"].socket, None)
         e = self.assertRaises(ConfigError, build_config, {"local": {"mode": "rw"}}, {}, {}, "/tmp")
         self.assertIn("local.mode", str(e))
+
+
+class DropOffJudgedAtImportTests(PluginDirectoryMixin, TestCase):
+    """The gateway's own user's drop-offs (daemon down) meet the [local] chain when imported."""
+
+    timeout = 60
+
+    def setUp(self):
+        write = self.plugin_dir()
+        with open(os.path.join(DOCS, "example_policy.py"), encoding="utf-8") as f:
+            write("h5test_example_policy", f.read())
+        directory = short_directory(self)
+        self.spool = daemon_spool(self, os.path.join(directory, "spool"))
+        self.gateway_data = {"spool": {"directory": self.spool},
+                             "local": {"socket": os.path.join(directory, "submit.sock"), "policies": [SUBJECT_FILTER]}}
+        # sendmail's view: a socket nobody listens on, so the spool owner falls back to the drop-off
+        self.sendmail_config = write_config(directory, f'[spool]\ndirectory = "{self.spool}"\n[local]\n'
+                                                       f'socket = "{os.path.join(directory, "down.sock")}"\n')
+
+    def drop_off(self, subject: bytes) -> int:
+        import io
+        return sendmail.main(["--config", self.sendmail_config, "ops@corp.example"],
+                             stdin=io.BytesIO(b"Subject: " + subject + b"\n\nx\n"), environ={})
+
+    @inlineCallbacks
+    def test_drop_offs_made_while_down_are_judged_at_start(self):
+        self.assertEqual(self.drop_off(b"Password Reset"), 0)
+        self.assertEqual(self.drop_off(b"backup done"), 0)
+        gw = yield start_gateway(self, self.gateway_data)
+        [delivered] = yield gw.delivered(1)
+        [message] = gw.outbox_messages()
+        self.assertEqual(message["Subject"], "backup done")
+        disk = SpoolDisk(self.spool)
+        [refused] = disk.queue_ids(disk.layout.failed)
+        self.assertIn("refused by the [local] policy chain at import: 550 5.7.1 Subject not allowed",
+                      disk.failure_reason(refused))
+        self.assertNotEqual(refused, delivered.queue_id)
+
+    @inlineCallbacks
+    def test_drop_off_arriving_while_running_is_judged(self):
+        gw = yield start_gateway(self, self.gateway_data)
+        from twisted.internet.threads import deferToThread
+        status = yield deferToThread(self.drop_off, b"your password reset link")
+        self.assertEqual(status, 0)
+        gw.components.runner.kick()
+        status = yield deferToThread(self.drop_off, b"fine")
+        self.assertEqual(status, 0)
+        [delivered] = yield gw.delivered(1)
+        self.assertEqual(gw.outbox_messages()[0]["Subject"], "fine")
+        disk = SpoolDisk(self.spool)
+        self.assertEqual(len(disk.queue_ids(disk.layout.failed)), 1)

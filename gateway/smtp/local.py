@@ -12,19 +12,24 @@ policy chain sees the identity like any listener's chain does.
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import pwd
 import socket
 import struct
 from typing import Any, Optional
 
 import attrs
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 
 from gateway.auth.patterns import PatternError, validate_pattern
 from gateway.config.errors import ConfigError
 from gateway.config.local import LOGIN_PREFIX, LocalConfig
-from gateway.policy.interfaces import Identity, SessionView
+from gateway.policy.interfaces import Identity, MessageView, SessionView, TempFail
 from gateway.smtp.factory import GatewaySMTPFactory
-from gateway.smtp.protocol import GatewayESMTP
+from gateway.smtp.protocol import GatewayESMTP, verdict_refusal
 
 # What the Received header and the provenance record as the client's address: the user's
 # name stays out of the message (as an SMTP login does), the identity is in the spool record.
@@ -106,4 +111,79 @@ class LocalSubmissionFactory(GatewaySMTPFactory):
         return False  # a local user is who the kernel says, never "a trusted network"
 
 
-__all__ = ["LocalSubmissionESMTP", "LocalSubmissionFactory", "peer_uid", "user_name", "LOCAL_ADDRESS"]
+_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.SMTP)
+_HEADER_LIMIT = 1024 * 1024
+
+
+def _read_header_section(path: str) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_LIMIT)
+    end = head.find(b"\r\n\r\n")
+    return head if end < 0 else head[: end + 4]
+
+
+class DropOffJudge:
+    """
+    Judges a message the gateway's own user dropped into incoming/ while the daemon was down
+    with the same ``[local]`` chain (relay guard included) a socket submission meets, when the
+    daemon imports it.  The command exited 0 long ago, so a refusal cannot be answered: the
+    entry goes to failed/ with the reason instead of being delivered.  Header edits of the
+    chain are not applied to drop-offs, and a temporary refusal lets the message through (it
+    was accepted already; delaying it again would not make it more acceptable).
+    """
+
+    log = Logger()
+
+    def __init__(self, chain: Any, local: LocalConfig) -> None:
+        self.chain = chain
+        self.local = local
+
+    @inlineCallbacks
+    def __call__(self, entry: Any) -> Any:
+        """Fires with None (deliver) or the refusal as one line ("550 5.7.1 …")."""
+        user = entry.provenance.auth_identity or "unknown"
+        session = SessionView(
+            listener=self.local.listener().name, client_address=LOCAL_ADDRESS, client_port=0,
+            client_name="localhost", identity=Identity(login=LOGIN_PREFIX + user, allowed_senders=self.local.senders_for(user)),
+        )
+        result = yield maybeDeferred(self.chain.on_connect, session)
+        refusal = self._refusal(result, entry)
+        if refusal is None:
+            result = yield maybeDeferred(self.chain.on_mail_from, session, entry.envelope.sender)
+            refusal = self._refusal(result, entry)
+        session = attrs.evolve(session, sender=entry.envelope.sender)
+        for recipient in entry.envelope.recipients:
+            if refusal is not None:
+                break
+            result = yield maybeDeferred(self.chain.on_rcpt_to, session, recipient)
+            refusal = self._refusal(result, entry)
+        if refusal is None:
+            session = attrs.evolve(session, recipients=tuple(entry.envelope.recipients))
+            header_section = yield deferToThread(_read_header_section, entry.message_path)
+            view = MessageView(headers=_HEADER_PARSER.parsebytes(header_section), header_bytes=header_section,
+                               size=entry.size, open_body=_opener(entry.message_path, len(header_section)))
+            result = yield maybeDeferred(self.chain.on_message, session, view)
+            refusal = self._refusal(result, entry)
+        return refusal
+
+    def _refusal(self, result: Any, entry: Any) -> Optional[str]:
+        refusal = verdict_refusal(result)
+        if refusal is None:
+            return None
+        if isinstance(getattr(result, "verdict", result), TempFail):
+            self.log.warn("sendmail drop-off {queue_id}: the [local] chain answered {code} {status} {text}; "
+                          "delivering it anyway (it was accepted while the daemon was down)",
+                          queue_id=entry.queue_id, code=refusal.code, status=refusal.status, text=refusal.text)
+            return None
+        return f"{refusal.code} {refusal.status} {refusal.text}"
+
+
+def _opener(path: str, offset: int) -> Any:
+    def open_body() -> Any:
+        f = open(path, "rb")
+        f.seek(offset)
+        return f
+    return open_body
+
+
+__all__ = ["LocalSubmissionESMTP", "LocalSubmissionFactory", "DropOffJudge", "peer_uid", "user_name", "LOCAL_ADDRESS"]
