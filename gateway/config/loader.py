@@ -245,6 +245,7 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_min_version=t.string("tls_min_version", "1.2", _TLS_VERSIONS),
+        tls_ciphers=_cipher_string(t),
         auth=auth,
         auth_mechanisms=mechanisms,
         allow_plaintext_auth=allow_plaintext_auth,
@@ -255,6 +256,16 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
     )
     t.finish()
     return listener
+
+
+def _cipher_string(t: TableReader) -> Optional[str]:
+    """``tls_ciphers``: checked for shape here; OpenSSL judges the suites when the listener is built."""
+    value = t.string("tls_ciphers")
+    if value is None:
+        return None
+    if not value.strip() or not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(t.key("tls_ciphers"), "must be an OpenSSL cipher string such as \"ECDHE+AESGCM:!aNULL\"")
+    return value
 
 
 def parse_policy_refs(t: TableReader) -> tuple[PolicyRef, ...]:
