@@ -109,7 +109,7 @@ class SocketSubmissionTests(PluginDirectoryMixin, TestCase):
         self.assertEqual(err, b"")
         [entry] = yield self.gw.delivered(1)
         self.assertEqual(entry.provenance.auth_identity, "unix:nobody")
-        self.assertEqual(entry.provenance.listener, "local")
+        self.assertEqual(entry.provenance.listener, "sendmail")
         self.assertEqual(entry.envelope.sender, "nobody@corp.example")
         [message] = self.gw.outbox_messages()
         self.assertEqual(message["Subject"], "nightly")
@@ -202,13 +202,16 @@ class ProtocolPieceTests(SynchronousTestCase):
         self.assertEqual(status_for(451, "4.3.0 Local error"), EX_TEMPFAIL)
         self.assertEqual(queue_id_of("2.0.0 Ok: queued as 1GA4GC1WG00VV189N6C"), "1GA4GC1WG00VV189N6C")
 
-    def test_listener_name_local_is_reserved_with_a_socket(self):
+    def test_listener_name_sendmail_is_reserved_with_a_socket(self):
         from gateway.config import ConfigError
         from gateway.config.loader import build_config
 
-        data = {"listener": [{"name": "local", "endpoint": "tcp:2525"}], "local": {"socket": "/tmp/x.sock"}}
+        data = {"listener": [{"name": "sendmail", "endpoint": "tcp:2525"}], "local": {"socket": "/tmp/x.sock"}}
         e = self.assertRaises(ConfigError, build_config, data, {}, {}, "/tmp")
-        self.assertIn("listener.local.name", str(e))
+        self.assertIn("listener.sendmail.name", str(e))
+        # the reference configuration's listener is called "local": no clash with [local]
+        data = {"listener": [{"name": "local", "endpoint": "tcp:2525"}], "local": {"socket": "/tmp/x.sock"}}
+        self.assertEqual(build_config(data, {}, {}, "/tmp").sections["local"].listener().name, "sendmail")
         self.assertEqual(build_config({"local": {"socket": ""}}, {}, {}, "/tmp").sections["local"].socket, None)
         e = self.assertRaises(ConfigError, build_config, {"local": {"mode": "rw"}}, {}, {}, "/tmp")
         self.assertIn("local.mode", str(e))

@@ -125,8 +125,8 @@ def build_config(
     sections = feature_sections.parse_all(root, environ, resolve)
     from gateway.config.local import parse_local
     sections["local"] = parse_local(root, default_limits, resolve)
-    if sections["local"].socket and any(listener.name == "local" for listener in listeners):
-        raise ConfigError("listener.local.name", "\"local\" is the name of the [local] socket; choose another")
+    if sections["local"].socket and any(listener.name == "sendmail" for listener in listeners):
+        raise ConfigError("listener.sendmail.name", "\"sendmail\" is the name of the [local] socket; choose another")
     root.finish()
     return GatewayConfig(
         hostname=hostname,

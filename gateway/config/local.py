@@ -32,7 +32,9 @@ from gateway.config.reader import TableReader
 
 DEFAULT_SOCKET = "/run/graphsmtp/submit.sock"
 DEFAULT_MODE = 0o666
-LISTENER_NAME = "local"
+# The name the socket has wherever listeners are named (provenance, logs, status): the same
+# as sendmail's drop-offs, so "listener sendmail" means "came through graphsmtp-sendmail".
+LISTENER_NAME = "sendmail"
 LOGIN_PREFIX = "unix:"
 EVERYONE = "*"
 
