@@ -506,6 +506,7 @@ class QueueRunner(Service):
         a held entry is invisible to the runner, so it is never attempted and never expires.
         """
         self._hold_requested.discard(queue_id)
+        self._force_now.discard(queue_id)
         self._due.pop(queue_id, None)
         self._cache.pop(queue_id, None)
         d = self.spool.hold(queue_id)
