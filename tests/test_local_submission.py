@@ -266,3 +266,23 @@ class DropOffJudgedAtImportTests(PluginDirectoryMixin, TestCase):
         self.assertEqual(gw.outbox_messages()[0]["Subject"], "fine")
         disk = SpoolDisk(self.spool)
         self.assertEqual(len(disk.queue_ids(disk.layout.failed)), 1)
+
+
+class PeerCredentialTests(SynchronousTestCase):
+    def test_peer_uid_is_the_kernels_word(self):
+        import socket
+
+        from gateway.smtp.local import peer_uid, user_name
+
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+
+        class Transport:
+            def getHandle(self):
+                return a
+
+        self.assertEqual(peer_uid(Transport()), os.getuid())
+        self.assertIsNone(peer_uid(object()))
+        self.assertEqual(user_name(0), "root")
+        self.assertEqual(user_name(4_000_000_000), "4000000000")  # no passwd entry: the number

@@ -59,17 +59,38 @@ def user_name(uid: int) -> str:
 class LocalSubmissionESMTP(GatewayESMTP):
     """A session whose identity comes from the socket's peer credentials, not from AUTH."""
 
+    _started = False
+    _lost_early = False
+
     def connectionMade(self) -> None:
         uid = peer_uid(self.transport)
         if uid is None:
             self.log.error("local submission socket: cannot read the peer's credentials; refused")
+            self._started = True
             self.factory.session_opened(self)
             self._close(421, "4.7.0", f"{self._hostname} cannot identify the local user")
             return
-        name = user_name(uid)
+        # The passwd lookup may ask NSS (LDAP, sssd): not on the reactor thread.  The client
+        # waits for the banner, which comes once the user is known.
+        self.transport.pauseProducing()
+        d = deferToThread(user_name, uid)
+        d.addErrback(lambda _: str(uid))
+        d.addCallback(self._identified)
+
+    def _identified(self, name: str) -> None:
+        if self._lost_early:
+            return
+        self._started = True
         self._identity = Identity(login=LOGIN_PREFIX + name, allowed_senders=self.factory.senders_for(name))
         self.authenticated = True
+        self.transport.resumeProducing()
         super().connectionMade()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self._started:
+            self._lost_early = True  # gone before the banner: no session was opened
+            return
+        super().connectionLost(reason)
 
     def _logout_identity(self) -> None:
         # Nothing to log out of, and the identity must survive anything that would reset an
