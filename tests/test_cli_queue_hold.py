@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli import queue as queue_cli
 from gateway.config.model import QueueConfig
-from gateway.delivery.interfaces import Delivered, Transient
+from gateway.delivery.interfaces import Transient
 from gateway.spool.disk import ControlRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.runner import QueueRunner

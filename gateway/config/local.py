@@ -22,7 +22,7 @@ gateway's own user only.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Optional
 
 import attrs
 
