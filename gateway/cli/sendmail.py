@@ -1,12 +1,18 @@
 """
-graphsmtp-sendmail: a sendmail-compatible command (usable as /usr/sbin/sendmail) that drops a
-message into the gateway's spool for the running daemon to deliver.
+graphsmtp-sendmail: a sendmail-compatible command (usable as /usr/sbin/sendmail) for every
+local user.
 
-It writes into the spool's ``incoming/`` directory with the same formats and the same
-acceptance protocol as the daemon (L{gateway.spool.disk}: temp file, fsync, record, fsync,
-renames, directory fsync), and exits 0 only once the message is durable.  The daemon imports
-it into the queue at its next scan of incoming/ (every few seconds) — or at start-up if it is
-not running now — so nothing is lost when the daemon is down.
+Two ways in, both exiting 0 only once the message is durable in the spool:
+
+- Through the daemon (L{gateway.cli.local_submit}), when the configuration has a ``[local]``
+  socket: SMTP over that UNIX socket.  The daemon identifies the user by the socket's peer
+  credentials and applies the per-user allowed senders and the ``[local]`` policy chain as on
+  any listener; a refusal exits 77 (EX_NOPERM, 5.7.x) or 65 (EX_DATAERR) with the reason.
+- The drop-off directory: the spool's ``incoming/`` with the same formats and acceptance
+  protocol as the daemon (L{gateway.spool.disk}: temp file, fsync, record, fsync, renames,
+  directory fsync).  The daemon imports it at once (inotify) or at start-up, so nothing is lost
+  when it is down.  Used without a ``[local]`` socket, or when the daemon is down — then only by
+  the gateway's own user (the spool's owner) or root; anyone else gets 75 and tries later.
 
 Where the spool is: the configuration is found the way the daemon finds it
 (L{gateway.config.locate}: ``--config FILE``, else ``$GRAPHSMTP_CONFIG``, else
@@ -16,9 +22,10 @@ configuration.  With no configuration at all, or a spool no daemon has ever set 
 ``lock`` file, no ``incoming/``), the command exits 78 (EX_CONFIG) with one line and writes
 nothing: queueing into a directory nobody reads would strand the mail while reporting success.
 
-Exit status follows sysexits.h: 0 accepted, 64 usage, 65 bad message or address, 73 cannot
-create the spool files, 75 temporary failure (disk full, I/O error: try again), 77 permission
-denied, 78 configuration error.
+Exit status follows sysexits.h, with one line on standard error: 0 accepted, 64 usage, 65 bad
+message or address (or refused by the daemon), 70 internal error, 73 cannot create the spool
+files, 75 temporary failure (disk full, daemon down, 4xx: try again), 77 permission denied
+(refused by a 5.7.x policy or sender check), 78 configuration error.
 """
 
 from __future__ import annotations
