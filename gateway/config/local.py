@@ -28,7 +28,7 @@ import attrs
 
 from gateway.config.errors import ConfigError
 from gateway.config.model import Limits, ListenerConfig, PolicyRef
-from gateway.config.reader import TableReader
+from gateway.config.reader import TableReader, check_endpoint
 
 DEFAULT_SOCKET = "/run/graphsmtp/submit.sock"
 DEFAULT_MODE = 0o666
@@ -87,8 +87,11 @@ def parse_local(root: TableReader, default_limits: Limits, resolve) -> LocalConf
     t.finish()
     # Connections are counted per client address, and every local user is one address.
     limits = attrs.evolve(limits, max_connections_per_ip=limits.max_connections)
-    return LocalConfig(socket=resolve(socket) if socket else None, mode=mode, policies=policies,
-                       allowed_senders=tuple(allowed), limits=limits)
+    local = LocalConfig(socket=resolve(socket) if socket else None, mode=mode, policies=policies,
+                        allowed_senders=tuple(allowed), limits=limits)
+    if local.socket:
+        check_endpoint(local.listener().endpoint, t.key("socket"))
+    return local
 
 
 def _mode(value: object, key: str) -> int:
