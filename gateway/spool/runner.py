@@ -490,8 +490,12 @@ class QueueRunner(Service):
                 else:
                     yield self._hold_now(queue_id)
         elif action == "release":
-            targets = (yield self.spool.held_ids()) if target == "all" else [target]
+            targets = (list((yield self.spool.held_ids())) + sorted(self._hold_requested)
+                       if target == "all" else [target])
             for queue_id in targets:
+                if queue_id in self._hold_requested:
+                    self._hold_requested.discard(queue_id)  # released before its hold took effect
+                    continue
                 try:
                     entry = yield self.spool.release(queue_id)
                 except KeyError:
