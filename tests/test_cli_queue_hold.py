@@ -123,6 +123,19 @@ class HoldTests(SynchronousTestCase):
         self.clock.advance(2 * HOUR)
         self.assertEqual(len(deliverer.calls), 1)
 
+    def test_release_before_an_in_flight_hold_took_effect_cancels_it(self):
+        deliverer = ScriptedDeliverer("wait")
+        deliverer.default = Transient("down")
+        runner = self.start_runner(deliverer)
+        entry = self.accept()
+        self.assertEqual(self.run_tool("hold", entry.queue_id), 0)
+        runner.kick()
+        self.assertEqual(self.run_tool("release", "--all"), 0)
+        runner.kick()
+        deliverer.pending[0].callback(Transient("Graph 503"))
+        self.assertEqual(self.held_ids(), [])
+        self.assertEqual(self.disk.queue_ids(), [entry.queue_id])
+
     def test_hold_and_release_by_mailbox(self):
         deliverer = ScriptedDeliverer()
         deliverer.default = Transient("down")
@@ -196,19 +209,3 @@ class HoldRecoveryTests(SynchronousTestCase):
         self.assertEqual(self.recover(), [qid])
         self.assertEqual(os.listdir(self.h), [])
 
-
-class HoldThenReleaseInFlightTests(HoldTests):
-    """(Inherits the fixtures; only adds the one case.)"""
-
-    def test_release_before_an_in_flight_hold_took_effect_cancels_it(self):
-        deliverer = ScriptedDeliverer("wait")
-        deliverer.default = Transient("down")
-        runner = self.start_runner(deliverer)
-        entry = self.accept()
-        self.assertEqual(self.run_tool("hold", entry.queue_id), 0)
-        runner.kick()
-        self.assertEqual(self.run_tool("release", "--all"), 0)
-        runner.kick()
-        deliverer.pending[0].callback(Transient("Graph 503"))
-        self.assertEqual(self.held_ids(), [])
-        self.assertEqual(self.disk.queue_ids(), [entry.queue_id])
