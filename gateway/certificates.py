@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SELF_SIGNED_ORGANIZATION = "graphsmtp self-signed (not for production)"
+KEY_TYPES = ("ecdsa", "rsa")
+# 2048 bits: what old printers and scanners (the reason to choose RSA) can still handle.
+RSA_KEY_BITS = 2048
 
 
 def subject_alt_names(names: Sequence[str]) -> x509.SubjectAlternativeName:
@@ -29,7 +32,16 @@ def subject_alt_names(names: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def new_private_key(key_type: str = "ecdsa") -> Any:
+    """An ECDSA P-256 key (the default) or an RSA key for devices that know only RSA suites."""
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    if key_type == "ecdsa":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"key type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
+
+
+def private_key_pem(key: Any) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
@@ -37,13 +49,15 @@ def server_certificate(
     names: Sequence[str],
     days: int,
     issuer: Optional[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]] = None,
+    key_type: str = "ecdsa",
 ) -> tuple[bytes, bytes]:
     """
     ``(certificate PEM, private key PEM)`` for ``names`` (the first is the common name), an
-    ECDSA P-256 key, valid from five minutes ago (clock skew) for ``days``.  Signed by
-    ``issuer`` (certificate, key) when given, else self-signed and labelled not for production.
+    ECDSA P-256 key (or RSA with ``key_type="rsa"``), valid from five minutes ago (clock skew)
+    for ``days``.  Signed by ``issuer`` (certificate, key) when given, else self-signed and
+    labelled not for production.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_private_key(key_type)
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])]
     if issuer is None:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, SELF_SIGNED_ORGANIZATION))
@@ -66,4 +80,5 @@ def server_certificate(
     return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
 
 
-__all__ = ["server_certificate", "subject_alt_names", "private_key_pem", "SELF_SIGNED_ORGANIZATION"]
+__all__ = ["server_certificate", "subject_alt_names", "private_key_pem", "new_private_key", "KEY_TYPES",
+           "SELF_SIGNED_ORGANIZATION"]

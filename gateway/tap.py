@@ -7,12 +7,14 @@ and exits before anything is bound or written.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from gateway.config import ConfigError, load_config
+from gateway.config.locate import locate_config
 
 
 class Options(usage.Options):
@@ -24,7 +26,7 @@ class Options(usage.Options):
         "Graph (or, with no Graph credentials configured, into a local capture outbox)."
     )
     optParameters = [
-        ["config", "c", None, "TOML configuration file (default: none, safe built-in defaults)."],
+        ["config", "c", None, "TOML configuration file (default: $GRAPHSMTP_CONFIG, else /etc/graphsmtp/graphsmtp.toml when it exists, else safe built-in defaults)."],
         ["listen", "l", None, "Listen on this endpoint instead of the configured listeners, e.g. tcp:2525:interface=127.0.0.1."],
         ["state-dir", None, None, "Directory for the spool and the capture outbox (default ./graphsmtp-data)."],
         ["spool", None, None, "Spool directory (default STATE_DIR/spool)."],
@@ -45,7 +47,8 @@ class Options(usage.Options):
         if overrides["deliverer"] not in (None, "auto", "capture", "graph"):
             raise usage.UsageError("--deliverer: must be auto, capture or graph")
         try:
-            self.config = load_config(self["config"], {k: v for k, v in overrides.items() if v})
+            path = locate_config(self["config"], os.environ)
+            self.config = load_config(path, {k: v for k, v in overrides.items() if v}, os.environ)
             # Build everything now, not in makeService: certificates, policies and users files
             # are checked here, so a mistake is one line from twistd and nothing is bound.
             self.service = build_service(self.config)

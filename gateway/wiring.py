@@ -114,6 +114,9 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
             intake=metrics.intake_for(listener.name),
         )
         listeners.append(ListenerParts(listener, factory, listener_service(reactor, listener, factory), tls))
+    local = _local_submission(config, reactor, spool, auth, redis)
+    if local is not None:
+        listeners.append(local)
     return Components(spool, deliverer, runner, listeners, services, auth, observers, metrics, recent)
 
 
@@ -128,6 +131,31 @@ def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics
     wrapped = tuple(CountingPolicy(p, names[i] if i < len(names) else f"policy-{i}", count)
                     for i, p in enumerate(policies))
     return PolicyChain(wrapped, guard=CountingPolicy(guard, "relay-access", count) if guard is not None else None)
+
+
+def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any, redis: Any) -> Any:
+    """
+    The ``[local]`` UNIX socket for graphsmtp-sendmail (None when not configured): an SMTP
+    listener whose sessions are logged in by the kernel's peer credentials, guarded by the
+    same relay policy and running the ``[local]`` chain.
+    """
+    local = config.sections.get("local")
+    if local is None or not local.socket:
+        return None
+    from gateway.policy.context import PolicyContext
+    from gateway.policy.registry import build_chain
+    from gateway.smtp.listener import listener_service
+    from gateway.smtp.local import DropOffJudge, LocalSubmissionFactory
+
+    [listener] = _capped_listeners(attrs.evolve(config, listeners=(local.listener(),)))
+    context = PolicyContext(clock=reactor, listener=listener.name, redis=redis, hostname=config.hostname,
+                            limits=listener.limits)
+    chain = PolicyChain(build_chain(local.policies, context).policies, guard=auth.relay_policy(listener))
+    factory = LocalSubmissionFactory(local, config.hostname, spool, chain, reactor, listener=listener,
+                                     add_message_id=config.add_message_id, add_date=config.add_date)
+    if hasattr(spool, "import_judge"):
+        spool.import_judge = DropOffJudge(chain, local)
+    return ListenerParts(listener, factory, listener_service(reactor, listener, factory))
 
 
 def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, metrics: Any = None) -> tuple[Any, list, list]:

@@ -128,7 +128,7 @@ class CertsCLITests(SynchronousTestCase):
         self.run_cli("--name", "a.test")
         before = open(self.key, "rb").read()
         code, _, err = self.run_cli("--name", "a.test")
-        self.assertEqual(code, 1)
+        self.assertEqual(code, certs_cli.EX_CANTCREAT)
         self.assertIn("--force", err)
         self.assertEqual(open(self.key, "rb").read(), before)
         self.assertEqual(self.run_cli("--name", "a.test", "--force")[0], 0)

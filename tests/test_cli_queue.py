@@ -121,7 +121,7 @@ class QueueToolTests(SynchronousTestCase):
     def test_no_spool(self):
         self.lines = []
         status = queue_cli.main(["--spool", self.mktemp(), "list"], environ={}, out=self.lines.append)
-        self.assertEqual(status, queue_cli.EX_TEMPFAIL)
+        self.assertEqual(status, queue_cli.EX_CONFIG)
 
     def test_subprocess_entry_point(self):
         self.stop_daemon()

@@ -14,6 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
+
+from tests.sendmail_helpers import daemon_spool
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.testing import make_test_spool
 
@@ -30,7 +32,7 @@ def run_subprocess(args, stdin: bytes, env=None):
 
 class EndToEndTests(SynchronousTestCase):
     def setUp(self):
-        self.spool_dir = os.path.abspath(self.mktemp())
+        self.spool_dir = daemon_spool(self, os.path.abspath(self.mktemp()))
 
     def recovered(self):
         spool = make_test_spool(self.spool_dir)
@@ -95,7 +97,7 @@ class EndToEndTests(SynchronousTestCase):
 
 class InProcessTests(SynchronousTestCase):
     def setUp(self):
-        self.spool_dir = os.path.abspath(self.mktemp())
+        self.spool_dir = daemon_spool(self, os.path.abspath(self.mktemp()))
 
     def run_main(self, args, data: bytes, environ=None):
         self.stderr = io.StringIO()
@@ -170,7 +172,7 @@ class InProcessTests(SynchronousTestCase):
         with open(blocker, "w") as f:
             f.write("a file, not a directory")
         status = self.run_main(["--spool", os.path.join(blocker, "spool"), "a@example.com"], b"x\n")
-        self.assertEqual(status, sendmail.EX_CANTCREAT)
+        self.assertEqual(status, sendmail.EX_CONFIG)
         self.assertIn("spool", self.stderr.getvalue())
 
     def test_too_large(self):

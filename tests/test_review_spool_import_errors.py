@@ -18,6 +18,8 @@ from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.fileops import FileOps
 
+from tests.sendmail_helpers import daemon_spool
+
 
 class _NoMoreFiles(FileOps):
     def read_file(self, path: str) -> bytes:
@@ -26,7 +28,7 @@ class _NoMoreFiles(FileOps):
 
 class TransientImportErrorTests(SynchronousTestCase):
     def setUp(self):
-        self.spool_dir = os.path.abspath(self.mktemp())
+        self.spool_dir = daemon_spool(self, os.path.abspath(self.mktemp()))
         stderr, sys.stderr = sys.stderr, io.StringIO()
         try:
             status = sendmail.main(["--spool", self.spool_dir, "a@example.com"],

@@ -19,6 +19,8 @@ from gateway.spool import disk as disk_module
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 
+from tests.sendmail_helpers import daemon_spool
+
 
 _REAL_SCANDIR = os.scandir
 
@@ -50,7 +52,7 @@ class _Listing(list):
 
 class ListingRaceTests(SynchronousTestCase):
     def setUp(self):
-        self.spool_dir = os.path.abspath(self.mktemp())
+        self.spool_dir = daemon_spool(self, os.path.abspath(self.mktemp()))
 
     def hide(self, directory: str, *names: str) -> None:
         self.patch(disk_module.os, "scandir", _HidingDirEntries(directory, set(names)))

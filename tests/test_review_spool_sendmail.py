@@ -13,12 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
 
+from tests.sendmail_helpers import daemon_spool
+
 
 class NoTrailingNewlineTests(SynchronousTestCase):
     """Input that ends inside the header section without a final newline keeps its last line."""
 
     def setUp(self):
-        self.spool_dir = os.path.abspath(self.mktemp())
+        self.spool_dir = daemon_spool(self, os.path.abspath(self.mktemp()))
 
     def submit(self, data: bytes) -> bytes:
         stderr, sys.stderr = sys.stderr, io.StringIO()

@@ -191,7 +191,9 @@ class SendmailCommandDigestTests(SynchronousTestCase):
 
         from gateway.cli import sendmail
 
-        spool_dir = os.path.abspath(self.mktemp())
+        from tests.sendmail_helpers import daemon_spool
+
+        spool_dir = daemon_spool(self, os.path.abspath(self.mktemp()))
         stderr, sys.stderr = sys.stderr, io.StringIO()
         try:
             status = sendmail.main(["--spool", spool_dir, "a@example.com"],

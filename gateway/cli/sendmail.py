@@ -1,41 +1,50 @@
 """
-graphsmtp-sendmail: a sendmail-compatible command (usable as /usr/sbin/sendmail) that drops a
-message into the gateway's spool for the running daemon to deliver.
+graphsmtp-sendmail: a sendmail-compatible command (usable as /usr/sbin/sendmail) for every
+local user.
 
-It writes into the spool's ``incoming/`` directory with the same formats and the same
-acceptance protocol as the daemon (L{gateway.spool.disk}: temp file, fsync, record, fsync,
-renames, directory fsync), and exits 0 only once the message is durable.  The daemon imports
-it into the queue at its next scan of incoming/ (every few seconds) — or at start-up if it is
-not running now — so nothing is lost when the daemon is down.
+Two ways in, both exiting 0 only once the message is durable in the spool:
 
-Where the spool is: ``--spool DIR``; else the configuration from ``--config FILE`` (or the
-``GRAPHSMTP_CONFIG`` environment variable, or /etc/graphsmtp/graphsmtp.toml when it exists),
-else the daemon's defaults (./graphsmtp-data/spool).  ``-C PATH`` is accepted for sendmail
-compatibility: a directory is taken as the spool, a file as the configuration.
+- Through the daemon (L{gateway.cli.local_submit}), when the configuration has a ``[local]``
+  socket: SMTP over that UNIX socket.  The daemon identifies the user by the socket's peer
+  credentials and applies the per-user allowed senders and the ``[local]`` policy chain as on
+  any listener; a refusal exits 77 (EX_NOPERM, 5.7.x) or 65 (EX_DATAERR) with the reason.
+- The drop-off directory: the spool's ``incoming/`` with the same formats and acceptance
+  protocol as the daemon (L{gateway.spool.disk}: temp file, fsync, record, fsync, renames,
+  directory fsync).  The daemon imports it at once (inotify) or at start-up, so nothing is lost
+  when it is down.  Used without a ``[local]`` socket, or when the daemon is down — then only by
+  the gateway's own user (the spool's owner) or root; anyone else gets 75 and tries later.
 
-The command must be able to write into the spool: run it as the gateway's user (or give that
-user's group write access to incoming/).  Run as root, it hands its files to the spool's owner
-so the daemon can read them.
+Where the spool is: the configuration is found the way the daemon finds it
+(L{gateway.config.locate}: ``--config FILE``, else ``$GRAPHSMTP_CONFIG``, else
+/etc/graphsmtp/graphsmtp.toml); ``--spool DIR`` overrides its spool directory.  ``-C PATH`` is
+accepted for sendmail compatibility: a directory is taken as the spool, a file as the
+configuration.  With no configuration at all, or a spool no daemon has ever set up (no
+``lock`` file, no ``incoming/``), the command exits 78 (EX_CONFIG) with one line and writes
+nothing: queueing into a directory nobody reads would strand the mail while reporting success.
 
-Exit status follows sysexits.h: 0 accepted, 64 usage, 65 bad message or address, 73 cannot
-create the spool files, 75 temporary failure (disk full, I/O error: try again), 77 permission
-denied, 78 configuration error.
+Exit status follows sysexits.h, with one line on standard error: 0 accepted, 64 usage, 65 bad
+message or address (or refused by the daemon), 70 internal error, 73 cannot create the spool
+files, 75 temporary failure (disk full, daemon down, 4xx: try again), 77 permission denied
+(refused by a 5.7.x policy or sender check), 78 configuration error.
 """
 
 from __future__ import annotations
 
 import datetime
 import errno
+import itertools
 import os
 import pwd
 import sys
 import time
 from email.utils import format_datetime, getaddresses
-from typing import BinaryIO, Optional, Sequence
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 import attrs
 
+from gateway.cli import local_submit
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.locate import ENVIRONMENT_VARIABLE, SYSTEM_CONFIG, locate_config
 from gateway.smtp.headers import HeaderCollector, header_line, missing_headers, split_fields
 from gateway.spool.disk import SpoolDisk, TempMessage
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -46,12 +55,12 @@ from gateway.spool.queueid import new_queue_id
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
 
-SYSTEM_CONFIG = "/etc/graphsmtp/graphsmtp.toml"
 MAX_HEADER_BYTES = 1024 * 1024
 _WRITE_BATCH = 256 * 1024
 # Options that take a value (as the next argument or glued: -fuser@example.com).
@@ -97,7 +106,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
             if name not in ("config", "spool"):
-                raise SendmailError(EX_USAGE, f"unknown option {arg}\n{_USAGE}")
+                raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
             if not eq:
                 if i >= len(args):
                     raise SendmailError(EX_USAGE, f"option --{name} needs a value")
@@ -143,7 +152,7 @@ def parse_args(argv: Sequence[str]) -> Options:
             opts.extract |= "t" in letters
             opts.ignore_dots |= "i" in letters
             continue
-        raise SendmailError(EX_USAGE, f"unknown option {arg}\n{_USAGE}")
+        raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
     return opts
 
 
@@ -231,24 +240,72 @@ def _user() -> tuple[str, str]:
         return str(os.getuid()), ""
 
 
-def load_tool_config(config: Optional[str], spool: Optional[str], environ) -> GatewayConfig:
+class NoConfiguration(ConfigError):
+    """Neither --config, $GRAPHSMTP_CONFIG nor the system configuration file exists."""
+
+    def __init__(self, system_config: str) -> None:
+        super().__init__("--config", f"no configuration found (give --config FILE, set GRAPHSMTP_CONFIG "
+                                     f"or create {system_config})")
+
+
+def load_tool_config(config: Optional[str], spool: Optional[str], environ,
+                     system_config: str = SYSTEM_CONFIG, required: bool = False) -> GatewayConfig:
     """
-    The configuration the command-line tools use: ``config`` (or $GRAPHSMTP_CONFIG, or
-    /etc/graphsmtp/graphsmtp.toml when it exists and no spool was named) with ``spool``
-    overriding the spool directory.  Raises L{ConfigError}.
+    The configuration the command-line tools use, found as the daemon finds it
+    (L{locate_config}), with ``spool`` overriding the spool directory.  The system file is
+    not consulted when a spool is named.  ``required``: no file at all (and no spool named)
+    is L{NoConfiguration} rather than the built-in defaults.  Raises L{ConfigError}.
     """
-    config_path = config or environ.get("GRAPHSMTP_CONFIG") or (
-        SYSTEM_CONFIG if not spool and os.path.exists(SYSTEM_CONFIG) else None)
+    if spool and not config:
+        config_path = environ.get(ENVIRONMENT_VARIABLE) or None
+    else:
+        config_path = locate_config(config, environ, system_config)
+    if config_path is None and required and not spool:
+        raise NoConfiguration(system_config)
     return load_config(config_path, {"spool": spool} if spool else {}, environ)
 
 
-def _spool_and_settings(opts: Options, environ) -> tuple[str, str, bool, bool, int]:
+def daemon_spool_problem(spool_dir: str) -> Optional[str]:
+    """
+    Why ``spool_dir`` is not a spool a daemon reads, or None when it is.  A daemon that ever
+    started on it left its ``lock`` file and ``incoming/`` directory; without them nothing
+    would ever import what is dropped there.
+    """
+    root = os.path.abspath(spool_dir)
     try:
-        config = load_tool_config(opts.config, opts.spool, environ)
+        present = os.path.isdir(os.path.join(root, "incoming")) and os.path.exists(os.path.join(root, "lock"))
+    except OSError:
+        present = False
+    if present:
+        return None
+    if os.path.isdir(root) and not os.access(root, os.X_OK):
+        return None  # not ours to inspect: writing into it reports the permission problem
+    return (f"{root} is not the spool of a graphsmtp daemon (start the daemon once, or point "
+            "--config/GRAPHSMTP_CONFIG at its configuration)")
+
+
+@attrs.frozen
+class Settings:
+    """What the command needs from the gateway's configuration."""
+
+    spool_dir: str
+    hostname: str
+    add_message_id: bool
+    add_date: bool
+    max_size: int
+    socket: Optional[str] = None
+
+
+def _settings(opts: Options, environ, system_config: str = SYSTEM_CONFIG) -> Settings:
+    try:
+        config = load_tool_config(opts.config, opts.spool, environ, system_config, required=True)
     except ConfigError as e:
         raise SendmailError(EX_CONFIG, f"configuration error: {e}") from None
-    max_size = min((listener.limits.max_message_size for listener in config.listeners), default=35_000_000)
-    return config.spool.directory, config.hostname, config.add_message_id, config.add_date, max_size
+    local = config.sections.get("local")
+    listeners = list(config.listeners) + ([local.listener()] if local is not None and local.socket else [])
+    max_size = min((listener.limits.max_message_size for listener in listeners), default=35_000_000)
+    return Settings(config.spool.directory, config.hostname, config.add_message_id, config.add_date, max_size,
+                    local.socket if local is not None else None)
 
 
 def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> SendmailError:
@@ -264,11 +321,46 @@ def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> 
     return SendmailError(EX_TEMPFAIL, f"{e}; message not accepted, try again later")
 
 
-def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[float] = None) -> str:
-    """Read the message from ``stdin`` and queue it durably; returns the queue id."""
-    spool_dir, hostname, add_message_id, add_date, max_size = _spool_and_settings(opts, environ)
+@attrs.define
+class Message:
+    """The message as read from standard input: envelope, header fields, and the body to come."""
+
+    sender: str
+    recipients: list
+    fields: list  # (lower-case name, raw field bytes) in order
+    body_start: bytes
+    rest: Iterator[bytes]
+
+    @property
+    def names(self) -> set:
+        return {name for name, _ in self.fields}
+
+
+def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[float] = None,
+           system_config: str = SYSTEM_CONFIG) -> str:
+    """
+    Read the message from ``stdin`` and hand it over durably; returns the queue id.  Through
+    the daemon's ``[local]`` socket when configured (the daemon judges it as it would an SMTP
+    client); else — or when the daemon is down and we are the gateway's own user — into the
+    spool's drop-off directory.
+    """
+    settings = _settings(opts, environ, system_config)
     user, gecos = _user()
     now = time.time() if now is None else now
+    message = read_message(opts, stdin, settings.hostname, user)
+    from_field = _from_field(message, opts, settings.hostname, user, gecos)
+    if settings.socket:
+        try:
+            return submit_to_daemon(settings, message, from_field)
+        except local_submit.NotRunning as e:
+            if not may_drop_off(settings.spool_dir):
+                raise SendmailError(EX_TEMPFAIL, f"the graphsmtp daemon is not running ({e}); message not "
+                                                 "accepted, try again later") from None
+    return drop_off(settings, message, from_field, user, now)
+
+
+def read_message(opts: Options, stdin: BinaryIO, hostname: str, user: str) -> Message:
+    """Envelope from the options (and, with -t, the headers), the header section, the body to come."""
     sender = "" if opts.sender in ("<>", "") else _check_address(opts.sender or user, hostname, "-f")
     recipients = [_check_address(r, hostname, "the argument list") for r in opts.recipients]
 
@@ -304,32 +396,67 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
     recipients = _unique(recipients)
     if not recipients:
         raise SendmailError(EX_USAGE, "no recipients: name them as arguments or use -t")
+    return Message(sender, recipients, fields, body_start, iterator)
 
+
+def _from_field(message: Message, opts: Options, hostname: str, user: str, gecos: str) -> bytes:
+    """A From field naming the user (``-F`` or the passwd name), when the message has none."""
+    if b"from" in message.names:
+        return b""
+    display = opts.full_name if opts.full_name is not None else gecos
+    address = message.sender or f"{user}@{hostname}"
+    return header_line("From", f"{display} <{address}>" if display else address)
+
+
+def may_drop_off(spool_dir: str) -> bool:
+    """
+    Whether this process may use the drop-off directory when the daemon is down: only the
+    gateway's own user (the spool's owner) or root.  Anyone else's mail must go through the
+    daemon, which identifies them and applies the ``[local]`` chain.
+    """
+    try:
+        return os.geteuid() == 0 or os.stat(spool_dir).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+def submit_to_daemon(settings: Settings, message: Message, from_field: bytes) -> str:
+    """Over the ``[local]`` socket: 0 only after the daemon's 250 (spool commit)."""
+    header_section = from_field + b"".join(raw for _, raw in message.fields) + b"\r\n"
+    try:
+        client = local_submit.connect(settings.socket, "localhost")
+        reply = local_submit.send(client, message.sender, message.recipients,
+                                  itertools.chain((header_section, message.body_start), message.rest))
+    except local_submit.Refused as e:
+        raise SendmailError(e.status, f"message not accepted: {e}") from None
+    return local_submit.queue_id_of(reply) or ""
+
+
+def drop_off(settings: Settings, message: Message, from_field: bytes, user: str, now: float) -> str:
+    """Into the spool's incoming/ directory, for the daemon to import (it need not run now)."""
+    spool_dir = settings.spool_dir
+    problem = daemon_spool_problem(spool_dir)
+    if problem is not None:
+        raise SendmailError(EX_CONFIG, f"message not accepted: {problem}")
     queue_id = new_queue_id(now)
-    names = {name for name, _ in fields}
     date = format_datetime(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
-    prefix = (f"Received: by {hostname} (graphsmtp-sendmail, from userid {os.getuid()})\r\n"
-              f"\tid {queue_id}; {date}\r\n").encode("ascii")
-    if b"from" not in names:
-        display = opts.full_name if opts.full_name is not None else gecos
-        address = sender or f"{user}@{hostname}"
-        prefix += header_line("From", f"{display} <{address}>" if display else address)
-    prefix += missing_headers(names, hostname, queue_id, now, add_message_id, add_date)
-    header_section = prefix + b"".join(raw for _, raw in fields) + b"\r\n"
+    prefix = (f"Received: by {settings.hostname} (graphsmtp-sendmail, from userid {os.getuid()})\r\n"
+              f"\tid {queue_id}; {date}\r\n").encode("ascii") + from_field
+    prefix += missing_headers(message.names, settings.hostname, queue_id, now, settings.add_message_id, settings.add_date)
+    header_section = prefix + b"".join(raw for _, raw in message.fields) + b"\r\n"
 
     try:
         spool_stat = os.stat(spool_dir) if os.path.isdir(spool_dir) else None
         ops = (_OwnerFileOps(spool_stat.st_uid, spool_stat.st_gid)
                if os.geteuid() == 0 and spool_stat is not None and spool_stat.st_uid != 0 else None)
         disk = SpoolDisk(spool_dir, ops)
-        disk.ensure_directories()
         temp = disk.create_temp(queue_id, incoming=True)
     except (OSError, SpoolError) as e:
         raise _spool_failure(e, spool_dir, creating=True) from None
     try:
-        _write_message(disk, temp, header_section, body_start, iterator, max_size)
+        _write_message(disk, temp, header_section, message.body_start, message.rest, settings.max_size)
         entry = SpoolEntry(
-            queue_id=queue_id, envelope=Envelope(sender, tuple(recipients)),
+            queue_id=queue_id, envelope=Envelope(message.sender, tuple(message.recipients)),
             provenance=Provenance(client_address="127.0.0.1", client_name="localhost", listener="sendmail",
                                   auth_identity=user),
             received_at=now, message_path="", size=temp.size,
@@ -365,7 +492,8 @@ def _write_message(disk: SpoolDisk, temp: TempMessage, header_section: bytes, bo
     disk.append(temp, batch)
 
 
-def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None, environ=None) -> int:
+def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None, environ=None,
+         system_config: str = SYSTEM_CONFIG) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts = parse_args(argv)
@@ -374,7 +502,8 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
 
             return send_test(opts.sender, (opts.recipients or [""])[0], opts.config, opts.spool, out=sys.stdout,
                              environ=os.environ if environ is None else environ)
-        submit(opts, stdin or sys.stdin.buffer, os.environ if environ is None else environ)
+        submit(opts, stdin or sys.stdin.buffer, os.environ if environ is None else environ,
+               system_config=system_config)
     except SendmailError as e:
         stream = sys.stdout if e.status == EX_OK else sys.stderr
         print(("" if e.status == EX_OK else "graphsmtp-sendmail: ") + str(e), file=stream)
@@ -382,6 +511,10 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     except KeyboardInterrupt:
         print("graphsmtp-sendmail: interrupted; message not accepted", file=sys.stderr)
         return EX_TEMPFAIL
+    except Exception as e:  # a bug: still one line and a sysexits status, never a traceback
+        text = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"graphsmtp-sendmail: internal error ({text}); message not accepted", file=sys.stderr)
+        return EX_SOFTWARE
     return EX_OK
 
 

@@ -123,6 +123,10 @@ def build_config(
     deliverer = "capture" if requested == "capture" or graph is None else "graph"
 
     sections = feature_sections.parse_all(root, environ, resolve)
+    from gateway.config.local import parse_local
+    sections["local"] = parse_local(root, default_limits, resolve)
+    if sections["local"].socket and any(listener.name == "sendmail" for listener in listeners):
+        raise ConfigError("listener.sendmail.name", "\"sendmail\" is the name of the [local] socket; choose another")
     root.finish()
     return GatewayConfig(
         hostname=hostname,
@@ -232,14 +236,7 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
     if proxy_protocol and not endpoint.startswith("haproxy:"):
         endpoint = "haproxy:" + endpoint
     check_endpoint(endpoint, t.key("endpoint"))
-    policies_raw = t.raw("policies", [])
-    if not isinstance(policies_raw, list):
-        raise ConfigError(t.key("policies"), "must be a list of tables like { use = \"sender-allowlist\", ... }")
-    policies = []
-    for i, p in enumerate(policies_raw):
-        if not isinstance(p, Mapping) or not isinstance(p.get("use"), str) or not p.get("use"):
-            raise ConfigError(f"{t.key('policies')}[{i}]", "must be a table with use = \"<policy name>\"")
-        policies.append(PolicyRef(use=p["use"], options={k: v for k, v in p.items() if k != "use"}))
+    policies = parse_policy_refs(t)
     listener = ListenerConfig(
         name=name,
         endpoint=endpoint,
@@ -248,16 +245,40 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_min_version=t.string("tls_min_version", "1.2", _TLS_VERSIONS),
+        tls_ciphers=_cipher_string(t),
         auth=auth,
         auth_mechanisms=mechanisms,
         allow_plaintext_auth=allow_plaintext_auth,
         trusted_networks=t.networks("trusted_networks"),
         trusted_senders=t.strings("trusted_senders"),
         proxy_protocol=proxy_protocol,
-        policies=tuple(policies),
+        policies=policies,
     )
     t.finish()
     return listener
+
+
+def _cipher_string(t: TableReader) -> Optional[str]:
+    """``tls_ciphers``: checked for shape here; OpenSSL judges the suites when the listener is built."""
+    value = t.string("tls_ciphers")
+    if value is None:
+        return None
+    if not value.strip() or not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(t.key("tls_ciphers"), "must be an OpenSSL cipher string such as \"ECDHE+AESGCM:!aNULL\"")
+    return value
+
+
+def parse_policy_refs(t: TableReader) -> tuple[PolicyRef, ...]:
+    """A ``policies = [{ use = "...", ... }, ...]`` list (a listener's, or ``[local]``'s)."""
+    policies_raw = t.raw("policies", [])
+    if not isinstance(policies_raw, list):
+        raise ConfigError(t.key("policies"), "must be a list of tables like { use = \"sender-allowlist\", ... }")
+    policies = []
+    for i, p in enumerate(policies_raw):
+        if not isinstance(p, Mapping) or not isinstance(p.get("use"), str) or not p.get("use"):
+            raise ConfigError(f"{t.key('policies')}[{i}]", "must be a table with use = \"<policy name>\"")
+        policies.append(PolicyRef(use=p["use"], options={k: v for k, v in p.items() if k != "use"}))
+    return tuple(policies)
 
 
 def _check_hostname(name: str, key: str) -> None:
@@ -268,4 +289,4 @@ def _check_hostname(name: str, key: str) -> None:
         raise ConfigError(key, f"{name!r} is not a valid host name")
 
 
-__all__ = ["load_config", "build_config", "load_toml", "parse_limits", "parse_listener"]
+__all__ = ["load_config", "build_config", "load_toml", "parse_limits", "parse_listener", "parse_policy_refs"]

@@ -65,6 +65,9 @@ class ListenerConfig:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_min_version: str = "1.2"
+    # OpenSSL cipher string for TLS ≤ 1.2 suites; None: the safe default for tls_min_version
+    # (gateway.smtp.tls).  TLS 1.3 suites are not affected.
+    tls_ciphers: Optional[str] = None
     auth: str = "none"
     auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     allow_plaintext_auth: bool = False

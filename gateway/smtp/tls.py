@@ -9,9 +9,18 @@ old certificate: an expiring certificate is better than a listener that cannot d
 
 Hardening on top of Twisted's defaults (which already set no compression, server cipher
 preference, no session tickets and TLS 1.2 minimum): forward-secret AEAD suites only, and no
-renegotiation.  ``tls_min_version`` may go down to 1.0 for old printers; OpenSSL 3 refuses
-TLS < 1.2 at its default security level, so such a listener runs at security level 0 with
-CBC suites added, and start-up logs a warning naming the listener.
+renegotiation.
+
+Old devices, on purpose: ``tls_min_version`` may go down to 1.0 for old printers.  OpenSSL 3
+refuses TLS < 1.2 at its default security level, so such a listener runs at security level 0
+(``@SECLEVEL=0``) with CBC suites and RSA key exchange suites (``AES128-SHA`` and friends, no
+forward secrecy: what printers of that age offer) added *after* the forward-secret ones — with
+server preference, a client that can do ECDHE still gets it — and start-up logs a warning
+naming the listener.  RSA key exchange needs an RSA certificate (``graphsmtp-certs --key-type
+rsa``); the warning says so when the listener's key is not RSA.
+
+``tls_ciphers`` replaces the default suite list (TLS 1.2 and below; TLS 1.3 suites are
+always OpenSSL's) with any OpenSSL cipher string; one OpenSSL cannot use is a start-up error.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ from gateway.config.model import ListenerConfig
 
 # Forward secrecy and AEAD only for TLS 1.2 (TLS 1.3 suites are all fine and set by OpenSSL).
 MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!PSK:!SRP"
-# TLS 1.0/1.1 have no AEAD suites: old clients need ECDHE with CBC.  Still no RSA key exchange.
-LEGACY_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL:!MD5:!DSS:!PSK:!SRP:!3DES"
+# TLS 1.0/1.1 have no AEAD suites: old clients need ECDHE with CBC, and the oldest ones only
+# know RSA key exchange (kRSA, no forward secrecy), offered last.  Never 3DES, RC4 or export.
+LEGACY_CIPHERS = ("ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES:kRSA+AESGCM:kRSA+AES"
+                  ":!aNULL:!eNULL:!MD5:!DSS:!PSK:!SRP:!3DES:!RC4:!EXP")
 
 _VERSIONS = {
     "1.0": ssl.TLSVersion.TLSv1_0,
@@ -62,7 +73,7 @@ class HardenedCertificateOptions(ssl.CertificateOptions):
         if self._context is None:
             ctx = super().getContext()
             ctx.set_options(SSL.OP_NO_RENEGOTIATION)
-            if self._legacy:
+            if self._legacy and "@SECLEVEL" not in self._hardening_cipher_string:
                 # The cipher list is where OpenSSL takes the security level from.
                 ctx.set_cipher_list(self._hardening_cipher_string.encode("ascii") + b":@SECLEVEL=0")
         return self._context
@@ -129,13 +140,15 @@ def load_server_options(listener: ListenerConfig) -> HardenedCertificateOptions:
         del key_pem
 
     legacy = _VERSIONS[listener.tls_min_version] < ssl.TLSVersion.TLSv1_2
+    ciphers = cipher_string(listener)
+    _check_cipher_string(ciphers, f"{where}.tls_ciphers")
     try:
         options = HardenedCertificateOptions(
             privateKey=key,
             certificate=certs[0],
             extraCertChain=certs[1:],
             insecurelyLowerMinimumTo=_VERSIONS[listener.tls_min_version],
-            cipher_string=LEGACY_CIPHERS if legacy else MODERN_CIPHERS,
+            cipher_string=ciphers,
             legacy=legacy,
         )
         # Build the context now: a key that does not match the certificate fails here, at
@@ -146,6 +159,30 @@ def load_server_options(listener: ListenerConfig) -> HardenedCertificateOptions:
     except ValueError as e:
         raise TLSLoadError(cert_key, f"cannot build TLS options: {e}") from None
     return options
+
+
+def cipher_string(listener: ListenerConfig) -> str:
+    """The listener's ``tls_ciphers``, else the default for its ``tls_min_version``."""
+    if listener.tls_ciphers:
+        return listener.tls_ciphers
+    return LEGACY_CIPHERS if _VERSIONS[listener.tls_min_version] < ssl.TLSVersion.TLSv1_2 else MODERN_CIPHERS
+
+
+def _check_cipher_string(ciphers: str, key: str) -> None:
+    """OpenSSL must be able to use at least one suite of ``ciphers`` (a typo selects none)."""
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise TLSLoadError(key, f"OpenSSL can use no cipher suite of {ciphers!r}") from None
+
+
+def key_kind(listener: ListenerConfig) -> Optional[str]:
+    """"RSA", "EC", ... for the listener's private key (read again: nothing of it is kept), or None."""
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, _read(listener.tls_key or listener.tls_cert or "", ""))
+    except (TLSLoadError, crypto.Error):
+        return None
+    return {crypto.TYPE_RSA: "RSA", crypto.TYPE_EC: "EC", crypto.TYPE_DSA: "DSA"}.get(key.type(), "other")
 
 
 def _stat(path: str, key: str) -> os.stat_result:
@@ -199,10 +236,15 @@ class TLSContextSource:
         self.reloads = 0
         self.failed_reloads = 0
         if self.legacy:
+            kind = key_kind(listener)
             self.log.warn(
-                "listener {listener} allows TLS {version}: old TLS versions and CBC ciphers are "
-                "enabled for this listener only (tls_min_version); move its clients to TLS 1.2",
-                listener=listener.name, version=listener.tls_min_version,
+                "listener {listener} allows TLS {version}: old TLS versions, CBC ciphers and RSA key "
+                "exchange (no forward secrecy) are enabled for this listener only, at OpenSSL security "
+                "level 0 (tls_min_version, ciphers {ciphers}); move its clients to TLS 1.2{advice}",
+                listener=listener.name, version=listener.tls_min_version, ciphers=cipher_string(listener),
+                advice="" if kind in ("RSA", None) else (
+                    f". Its certificate has an {kind} key, so clients offering only RSA suites cannot "
+                    "connect: use an RSA certificate (graphsmtp-certs --key-type rsa)"),
             )
 
     @property
@@ -260,5 +302,5 @@ class TLSContextSource:
 
 __all__ = [
     "TLSContextSource", "HardenedCertificateOptions", "load_server_options", "TLSLoadError",
-    "MODERN_CIPHERS", "LEGACY_CIPHERS",
+    "MODERN_CIPHERS", "LEGACY_CIPHERS", "cipher_string", "key_kind",
 ]

@@ -19,6 +19,8 @@ Layout (directories 0700, files 0600)::
                            from the queue command while the daemon runs
       failed/<id>.msg/.env/.reason   permanently failed (reason: human-readable text)
       archive/<id>.msg/.env          delivered, when archive_delivered is on
+      held/<id>.msg/.env   put on hold by the admin (graphsmtp-queue hold): outside queue/, so
+                           the runner never sees, attempts or expires it until released
       quarantine/          anything unreadable, moved aside with a log line, never deleted
 
 Completeness rule: **the record's presence marks a complete entry.**  Every protocol is
@@ -41,6 +43,12 @@ ordered so that a crash at any instant leaves either no entry or a whole one:
 - requeue (admin): new record in tmp/, message failed/ → queue/, record into queue/, fsync,
   then the failed/ leftovers are removed.  A queued message without record whose record is
   still in failed/ is moved back to failed/ at recovery.
+- hold (admin): message queue/ → held/, record written into held/, queued record unlinked,
+  fsync held/.  A queued record whose message is in held/ is a hold interrupted by a crash,
+  and recovery completes it (as for failed/).
+- release (admin): new record in tmp/ (queue lifetime extended by the time held), message
+  held/ → queue/, record into queue/, fsync, then the held/ record is removed.  A queued
+  message without record whose record is still in held/ goes back to held/ at recovery.
 
 Scheduling hint: a state change sets the record's mtime to ``next_attempt_at``, so start-up
 can build the whole schedule from one ``stat`` per entry instead of parsing 100,000 JSON
@@ -73,8 +81,13 @@ MSG = ".msg"
 ENV = ".env"
 REASON = ".reason"
 CONTROL = ".ctl"
-CONTROL_ACTIONS = ("retry", "delete", "requeue")
+CONTROL_ACTIONS = ("retry", "delete", "requeue", "hold", "release")
+# Actions whose target may be "all" as well as one queue id.
+_ALL_ACTIONS = ("retry", "hold", "release")
 ALL = "all"
+HOLD_NOTE = "held by admin"
+RELEASE_NOTE = "released by admin"
+_HISTORY_LIMIT = 50
 # A sendmail command may legitimately be half-way through writing into incoming/ while the
 # daemon starts; its leftovers are only treated as abandoned after this long.
 INCOMING_GRACE = 3600.0
@@ -133,11 +146,15 @@ class SpoolLayout:
         return os.path.join(self.root, "quarantine")
 
     @property
+    def held(self) -> str:
+        return os.path.join(self.root, "held")
+
+    @property
     def lock(self) -> str:
         return os.path.join(self.root, "lock")
 
     def directories(self) -> tuple[str, ...]:
-        return (self.tmp, self.queue, self.incoming, self.failed, self.archive, self.quarantine)
+        return (self.tmp, self.queue, self.incoming, self.failed, self.archive, self.quarantine, self.held)
 
     @staticmethod
     def path(directory: str, queue_id: str, suffix: str) -> str:
@@ -186,7 +203,7 @@ class ControlRequest:
         if not name.endswith(CONTROL) or "-" not in name:
             return None
         action, target = name[: -len(CONTROL)].split("-", 1)
-        if action not in CONTROL_ACTIONS or not (is_queue_id(target) or (target == ALL and action == "retry")):
+        if action not in CONTROL_ACTIONS or not (is_queue_id(target) or (target == ALL and action in _ALL_ACTIONS)):
             return None
         return cls(action, target)
 
@@ -249,6 +266,7 @@ class SpoolDisk:
         self.queue_sync = DirectorySyncer(self.ops, self.layout.queue)
         self.incoming_sync = DirectorySyncer(self.ops, self.layout.incoming)
         self.failed_sync = DirectorySyncer(self.ops, self.layout.failed)
+        self.held_sync = DirectorySyncer(self.ops, self.layout.held)
         self._counter = itertools.count()
         self._committing: set[str] = set()
         self._committing_lock = threading.Lock()
@@ -309,7 +327,7 @@ class SpoolDisk:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        for syncer in (self.queue_sync, self.incoming_sync, self.failed_sync):
+        for syncer in (self.queue_sync, self.incoming_sync, self.failed_sync, self.held_sync):
             syncer.close()
 
     def daemon_pid(self) -> Optional[int]:
@@ -600,15 +618,16 @@ class SpoolDisk:
 
     def requeue(self, queue_id: str) -> SpoolEntry:
         """
-        Put a failed entry back in the queue, due now, with attempts reset and a fresh queue
-        lifetime (the old start is kept in the history line).
+        Put a failed entry back in the queue, due now, with a fresh queue lifetime (the old
+        start is kept in the history line).  The attempt count is kept: it is the message's
+        history, and an admin reading "attempts: 0" would think it was never tried.
         """
         f, q = self.layout.failed, self.layout.queue
         old = self.load(queue_id, directory=f)
         now = self._now()
         note = AttemptRecord(now, f"requeued by admin; first received {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(old.received_at))}")
         entry = attrs.evolve(
-            old, message_path=SpoolLayout.path(q, queue_id, MSG), received_at=now, attempts=0,
+            old, message_path=SpoolLayout.path(q, queue_id, MSG), received_at=now,
             next_attempt_at=0.0, history=old.history + (note,),
         )
         tmp = self._tmp_path(queue_id, f".{next(self._counter)}{ENV}")
@@ -629,6 +648,64 @@ class SpoolDisk:
                 quietly(self.ops.close, fd)
             quietly(self.ops.unlink, tmp)
             raise spool_error(e, f"requeue {queue_id}") from None
+        return entry
+
+    # -- hold (admin) ----------------------------------------------------------------------
+
+    def hold(self, queue_id: str) -> SpoolEntry:
+        """
+        Move a queued entry to held/ (protocol in the module docstring).  L{EntryMissing} if
+        it is not queued.  The caller must own the queue (the daemon, or the queue command
+        holding the lock): the runner must not be delivering it meanwhile.
+        """
+        q, h = self.layout.queue, self.layout.held
+        old = self.load(queue_id)
+        entry = attrs.evolve(old, message_path=SpoolLayout.path(h, queue_id, MSG),
+                             history=(old.history + (AttemptRecord(self._now(), HOLD_NOTE),))[-_HISTORY_LIMIT:])
+        try:
+            os.makedirs(h, mode=DIR_MODE, exist_ok=True)  # spools made before held/ existed
+            self.ops.rename(SpoolLayout.path(q, queue_id, MSG), entry.message_path)
+            self._write_record_file(entry, SpoolLayout.path(h, queue_id, ENV), set_mtime=False)
+            self._unlink_if_present(SpoolLayout.path(q, queue_id, ENV))
+            self.held_sync.sync()
+        except OSError as e:
+            raise spool_error(e, f"hold {queue_id}") from None
+        return entry
+
+    def release(self, queue_id: str) -> SpoolEntry:
+        """
+        Put a held entry back in the queue with its schedule and attempt count, and its queue
+        lifetime extended by the time it was held (a held message never expires while held).
+        L{EntryMissing} if it is not held.
+        """
+        q, h = self.layout.queue, self.layout.held
+        old = self.load(queue_id, directory=h)
+        now = self._now()
+        held_at = next((r.at for r in reversed(old.history) if r.reason == HOLD_NOTE), now)
+        held_for = max(0.0, now - held_at)
+        note = AttemptRecord(now, f"{RELEASE_NOTE} after {int(held_for)}s on hold; queue lifetime extended by as much")
+        entry = attrs.evolve(old, message_path=SpoolLayout.path(q, queue_id, MSG),
+                             received_at=old.received_at + held_for,
+                             history=(old.history + (note,))[-_HISTORY_LIMIT:])
+        tmp = self._tmp_path(queue_id, f".{next(self._counter)}{ENV}")
+        fd = None
+        try:
+            fd = self.ops.open_new(tmp)
+            self.ops.write(fd, encode_record(entry))
+            if entry.next_attempt_at > 0:
+                self.ops.set_mtime(fd, entry.next_attempt_at)
+            self.ops.sync_file(fd)
+            self.ops.close(fd)
+            fd = None
+            self.ops.rename(SpoolLayout.path(h, queue_id, MSG), entry.message_path)
+            self.ops.rename(tmp, SpoolLayout.path(q, queue_id, ENV))
+            self.queue_sync.sync()
+            self._unlink_if_present(SpoolLayout.path(h, queue_id, ENV))
+        except OSError as e:
+            if fd is not None:
+                quietly(self.ops.close, fd)
+            quietly(self.ops.unlink, tmp)
+            raise spool_error(e, f"release {queue_id}") from None
         return entry
 
     # -- quarantine ------------------------------------------------------------------------
@@ -920,17 +997,19 @@ class SpoolDisk:
             return  # a commit finished while we were listing
         if os.path.exists(SpoolLayout.path(self.layout.incoming, queue_id, ENV)):
             return  # a half-done import of a sendmail message: the next incoming scan finishes it
-        if os.path.exists(SpoolLayout.path(self.layout.failed, queue_id, ENV)) and not os.path.exists(
-                SpoolLayout.path(self.layout.failed, queue_id, MSG)):
-            self.ops.rename(q_msg, SpoolLayout.path(self.layout.failed, queue_id, MSG))
-            report.completed_moves.append(f"{queue_id}: interrupted requeue undone, back in failed/")
-            return
+        for where, label, what in ((self.layout.failed, "failed/", "requeue"), (self.layout.held, "held/", "release")):
+            if os.path.exists(SpoolLayout.path(where, queue_id, ENV)) and not os.path.exists(
+                    SpoolLayout.path(where, queue_id, MSG)):
+                self.ops.rename(q_msg, SpoolLayout.path(where, queue_id, MSG))
+                report.completed_moves.append(f"{queue_id}: interrupted {what} undone, back in {label}")
+                return
         if quietly(self.ops.unlink, q_msg) is None:
             report.removed.append(q_msg)
 
     def _recover_lone_record(self, queue_id: str, report: RecoveryReport) -> None:
         q_env = SpoolLayout.path(self.layout.queue, queue_id, ENV)
-        for where, label in ((self.layout.failed, "failed/"), (self.layout.archive, "archive/")):
+        for where, label in ((self.layout.failed, "failed/"), (self.layout.archive, "archive/"),
+                             (self.layout.held, "held/")):
             if os.path.exists(SpoolLayout.path(where, queue_id, MSG)):
                 target = SpoolLayout.path(where, queue_id, ENV)
                 if os.path.exists(target):
@@ -943,16 +1022,16 @@ class SpoolDisk:
             report.quarantined.append(Quarantined(queue_id + ENV, "record without a message file"))
 
     def _recover_failed(self, report: RecoveryReport) -> None:
-        f = self.layout.failed
-        with os.scandir(f) as it:
-            names = {e.name for e in it}
-        for name in names:
-            queue_id, _, suffix = name.partition(".")
-            if "." + suffix == ENV and queue_id + MSG not in names and os.path.exists(
-                    SpoolLayout.path(self.layout.queue, queue_id, ENV)):
-                # requeue finished except for clearing failed/
-                quietly(self.ops.unlink, os.path.join(f, name))
-                quietly(self.ops.unlink, SpoolLayout.path(f, queue_id, REASON))
+        for f in (self.layout.failed, self.layout.held):
+            with os.scandir(f) as it:
+                names = {e.name for e in it}
+            for name in names:
+                queue_id, _, suffix = name.partition(".")
+                if "." + suffix == ENV and queue_id + MSG not in names and os.path.exists(
+                        SpoolLayout.path(self.layout.queue, queue_id, ENV)):
+                    # requeue/release finished except for clearing failed/ or held/
+                    quietly(self.ops.unlink, os.path.join(f, name))
+                    quietly(self.ops.unlink, SpoolLayout.path(f, queue_id, REASON))
 
     # -- listings (queue command) ----------------------------------------------------------
 

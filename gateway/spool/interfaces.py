@@ -129,8 +129,8 @@ class IQueueSpool(ISpool):
         """
         Deferred firing with an object with ``entries`` (L{SpoolEntry} values that arrived
         from another process, such as the sendmail command, and are now queued) and
-        ``requests`` (admin requests with ``action`` in "retry", "delete", "requeue" and
-        ``target`` a queue id or "all").  Cheap enough to call every few seconds.
+        ``requests`` (admin requests with ``action`` in "retry", "delete", "requeue", "hold",
+        "release" and ``target`` a queue id or "all").  Cheap enough to call every few seconds.
         """
 
     def delete(queue_id: str):
@@ -138,6 +138,18 @@ class IQueueSpool(ISpool):
 
     def requeue(queue_id: str):
         """Move a failed entry back into the queue, due now; Deferred firing with the entry."""
+
+    def hold(queue_id: str):
+        """
+        Take a queued entry out of the queue (admin hold): never attempted, never expired,
+        until released.  Deferred firing with the held entry; fails with KeyError if not queued.
+        """
+
+    def release(queue_id: str):
+        """Put a held entry back in the queue (schedule kept); Deferred firing with the entry."""
+
+    def held_ids():
+        """Deferred firing with the ids of the held entries."""
 
 
 __all__ = ["SpoolError", "ISpoolWriter", "ISpool", "IQueueSpool"]

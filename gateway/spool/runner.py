@@ -88,6 +88,7 @@ class QueueRunner(Service):
         self._after_flight: dict[str, float] = {}
         self._force_now: set[str] = set()
         self._delete_requested: set[str] = set()
+        self._hold_requested: set[str] = set()
         self._timer: Optional[IDelayedCall] = None
         self._timer_at: Optional[float] = None
         self._incoming_loop: Optional[LoopingCall] = None
@@ -277,6 +278,9 @@ class QueueRunner(Service):
 
     def _finished(self, _: Any, queue_id: str) -> None:
         self._in_flight.pop(queue_id, None)
+        if queue_id in self._hold_requested:
+            self._after_flight.pop(queue_id, None)
+            self._hold_now(queue_id)
         due = self._after_flight.pop(queue_id, None)
         if due is not None and queue_id not in self._due and not self._stopping:
             self._schedule(queue_id, due)
@@ -344,7 +348,9 @@ class QueueRunner(Service):
             yield self._delivered(entry, outcome)
         elif isinstance(outcome, Permanent):
             reason = f"{outcome.status} {outcome.reason}" + (f" ({outcome.remote_code})" if outcome.remote_code else "")
-            yield self._failed(entry, outcome, reason)
+            # The refused attempt counts: a message failed on its first try shows 1 attempt.
+            history = (entry.history + (AttemptRecord(at=self.clock.seconds(), reason=reason),))[-HISTORY_LIMIT:]
+            yield self._failed(attrs.evolve(entry, attempts=entry.attempts + 1, history=history), outcome, reason)
         else:
             yield self._transient(entry, outcome)
 
@@ -483,7 +489,42 @@ class QueueRunner(Service):
             entry = yield self.spool.requeue(target)
             self.log.info("requeued {queue_id} from failed/ by admin request", queue_id=target)
             self._committed(entry)
+        elif action == "hold":
+            targets = list(self._due) + list(self._in_flight) if target == "all" else [target]
+            for queue_id in targets:
+                if queue_id in self._in_flight:
+                    self._hold_requested.add(queue_id)  # held once its attempt is recorded
+                else:
+                    yield self._hold_now(queue_id)
+        elif action == "release":
+            targets = (list((yield self.spool.held_ids())) + sorted(self._hold_requested)
+                       if target == "all" else [target])
+            for queue_id in targets:
+                if queue_id in self._hold_requested:
+                    self._hold_requested.discard(queue_id)  # released before its hold took effect
+                    continue
+                try:
+                    entry = yield self.spool.release(queue_id)
+                except KeyError:
+                    continue
+                self.log.info("released {queue_id} from hold by admin request", queue_id=queue_id)
+                self._committed(entry)
         self._pump()
+
+    def _hold_now(self, queue_id: str) -> Deferred:
+        """
+        Out of the schedule at once (so nothing dispatches it meanwhile), then out of queue/:
+        a held entry is invisible to the runner, so it is never attempted and never expires.
+        """
+        self._hold_requested.discard(queue_id)
+        self._force_now.discard(queue_id)
+        self._due.pop(queue_id, None)
+        self._cache.pop(queue_id, None)
+        d = self.spool.hold(queue_id)
+        d.addCallback(lambda _: self.log.info("held {queue_id} by admin request", queue_id=queue_id))
+        d.addErrback(lambda f: None if f.check(KeyError) else self.log.failure(
+            "could not hold {queue_id}", f, queue_id=queue_id))
+        return d
 
     @inlineCallbacks
     def _delete_now(self, queue_id: str) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -68,6 +68,9 @@ class DirectorySpool:
         #: Disk trouble during state changes, logged once per condition (ENOSPC for every
         #: message must not mean one CRITICAL line per message and attempt).
         self.conditions = RepeatedErrors(reactor)
+        # Judges sendmail drop-offs as they are imported (the [local] policy chain): a callable
+        # entry → Deferred firing None (deliver) or a refusal line (to failed/).  None: no judge.
+        self.import_judge: Optional[Callable[[SpoolEntry], Deferred]] = None
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -123,7 +126,38 @@ class DirectorySpool:
     # -- recovery --------------------------------------------------------------------------
 
     def recover_schedule(self) -> Deferred:
-        return self._in_pool(self.disk.recover).addCallback(self._report_recovery)
+        return self._in_pool(self.disk.recover).addCallback(self._judge_recovered).addCallback(self._report_recovery)
+
+    def _judge_recovered(self, report: RecoveryReport) -> Deferred:
+        def judged(refused: set) -> RecoveryReport:
+            report.imported = [e for e in report.imported if e.queue_id not in refused]
+            report.schedule = [item for item in report.schedule if item[1] not in refused]
+            return report
+        return self._judge_imports(report.imported).addCallback(judged)
+
+    @inlineCallbacks
+    def _judge_imports(self, entries: list) -> Any:
+        """Run the import judge over freshly imported drop-offs; fail the refused ones.  Fires with their ids."""
+        refused: set = set()
+        if self.import_judge is None:
+            return refused
+        for entry in entries:
+            try:
+                reason = yield self.import_judge(entry)
+            except Exception:
+                self.log.failure("judging sendmail drop-off {queue_id} failed; delivering it", queue_id=entry.queue_id)
+                continue
+            if reason is None:
+                continue
+            try:
+                yield self.fail(entry, f"refused by the [local] policy chain at import: {reason}")
+            except Exception:
+                self.log.failure("could not move refused drop-off {queue_id} to failed/", queue_id=entry.queue_id)
+                continue
+            refused.add(entry.queue_id)
+            self.log.warn("sendmail drop-off {queue_id} from local user {user} refused by the [local] chain: {reason}",
+                          queue_id=entry.queue_id, user=entry.provenance.auth_identity, reason=reason)
+        return refused
 
     def _report_recovery(self, report: RecoveryReport) -> list:
         self._directories_ready = True
@@ -232,6 +266,22 @@ class DirectorySpool:
     def requeue(self, queue_id: str) -> Deferred:
         return self._in_pool(self.disk.requeue, queue_id)
 
+    def hold(self, queue_id: str) -> Deferred:
+        """Admin hold: queue/ → held/ (never attempted, never expires); fails with KeyError if not queued."""
+        return self._in_pool(self.disk.hold, queue_id)
+
+    def release(self, queue_id: str) -> Deferred:
+        """Admin release: held/ → queue/; fires with the entry as queued again."""
+        return self._in_pool(self.disk.release, queue_id)
+
+    def held_ids(self) -> Deferred:
+        def listing() -> list:
+            try:
+                return self.disk.queue_ids(self.disk.layout.held)
+            except FileNotFoundError:
+                return []
+        return self._in_pool(listing)
+
     def scan_incoming(self) -> Deferred:
         def report(scan: IncomingScan) -> IncomingScan:
             for item in scan.quarantined:
@@ -240,6 +290,10 @@ class DirectorySpool:
                 self.log.error("could not import from incoming/ (will retry): {error}", error=error)
             for entry in scan.entries:
                 self._log_received(entry)
+            return self._judge_imports(scan.entries).addCallback(judged, scan)
+
+        def judged(refused: set, scan: IncomingScan) -> IncomingScan:
+            scan.entries = [e for e in scan.entries if e.queue_id not in refused]
             return scan
         return self._in_pool(self.disk.scan_incoming).addCallback(report)
 

@@ -71,10 +71,11 @@ class TestCA:
             f.write(cert.public_bytes(serialization.Encoding.PEM))
         return cls(directory, ca_path, key, cert)
 
-    def issue(self, names: Iterable[str] = ("localhost", "127.0.0.1"), basename: str = "server") -> IssuedCertificate:
-        """A server certificate valid for ``names`` (DNS names and IP addresses)."""
+    def issue(self, names: Iterable[str] = ("localhost", "127.0.0.1"), basename: str = "server",
+              key_type: str = "ecdsa") -> IssuedCertificate:
+        """A server certificate valid for ``names`` (DNS names and IP addresses); ``key_type`` ecdsa or rsa."""
         self._serial += 1
-        cert_pem, key_pem = server_certificate(list(names), days=7, issuer=(self._cert, self._key))
+        cert_pem, key_pem = server_certificate(list(names), days=7, issuer=(self._cert, self._key), key_type=key_type)
         cert_path = os.path.join(self.directory, f"{basename}-{self._serial}.pem")
         key_path = os.path.join(self.directory, f"{basename}-{self._serial}.key")
         with open(cert_path, "wb") as f:
