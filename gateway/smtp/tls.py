@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.callback_free_tls import CallbackFreeCertificateOptions
 from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
 
@@ -45,7 +46,7 @@ _VERSIONS = {
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-class HardenedCertificateOptions(ssl.CertificateOptions):
+class HardenedCertificateOptions(CallbackFreeCertificateOptions):
     """
     ``CertificateOptions`` plus what it cannot express: renegotiation off and, for legacy
     listeners, the OpenSSL security level lowered so TLS 1.0/1.1 can actually be negotiated.
