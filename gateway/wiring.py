@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import ListenerConfig
 from gateway.policy.chain import PolicyChain
 
@@ -45,17 +45,18 @@ class Components:
     observers: list = attrs.field(factory=list)
 
 
-def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None) -> Components:
+def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
     """
     Wire spool → runner → deliverer, AUTH, policies and one SMTP listener per configured
     listener.  ``deliverer`` replaces the configured one (tests deliver into a fake).
+    ``listen=False`` (graphsmtp-config check) builds no listening service: endpoints are only
+    validated, so a ``systemd:`` listener can be checked outside systemd.
     """
     from gateway.auth.build import build_auth
     from gateway.delivery.observers import ObserversService, build_observers
     from gateway.policy.redis_connection import redis_service
     from gateway.policy.registry import build_listener_chains
     from gateway.smtp.factory import GatewaySMTPFactory
-    from gateway.smtp.listener import listener_service
     from gateway.smtp.tls import TLSContextSource
     from gateway.spool.runner import QueueRunner
     from gateway.spool.store import DirectorySpool
@@ -97,8 +98,26 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
             portal=auth.portal_for(listener), tls=tls,
             add_message_id=config.add_message_id, add_date=config.add_date,
         )
-        listeners.append(ListenerParts(listener, factory, listener_service(reactor, listener, factory), tls))
+        service = _listening_service(reactor, listener, factory) if listen else None
+        listeners.append(ListenerParts(listener, factory, service, tls))
     return Components(spool, deliverer, runner, listeners, services, auth, observers)
+
+
+def _listening_service(reactor: Any, listener: ListenerConfig, factory: Any) -> Any:
+    """
+    The listener's service; an endpoint that cannot even be set up (a ``systemd:`` socket the
+    unit did not pass) is one configuration error naming the listener, not a traceback.
+    """
+    from gateway.smtp.listener import listener_service
+
+    try:
+        return listener_service(reactor, listener, factory)
+    except KeyError as e:
+        raise ConfigError(f"listener.{listener.name}.endpoint",
+                          f"{listener.endpoint!r}: systemd passed no socket named {e.args[0]!r} "
+                          "(start graphsmtp through its .socket unit, or use a tcp: endpoint)") from None
+    except (IndexError, ValueError) as e:
+        raise ConfigError(f"listener.{listener.name}.endpoint", f"{listener.endpoint!r}: {e}") from None
 
 
 def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any) -> tuple[Any, list, list]:

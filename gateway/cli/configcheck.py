@@ -23,7 +23,7 @@ def check(path: Optional[str], out: TextIO) -> int:
 
     try:
         config = load_config(path)
-        components = build_components(config, reactor)
+        components = build_components(config, reactor, listen=False)
     except ConfigError as e:
         out.write(f"graphsmtp-config: {path or '(defaults)'}: {e}\n")
         return 1
@@ -42,6 +42,8 @@ def check(path: Optional[str], out: TextIO) -> int:
             f"  listener {listener.name:<8} {listener.endpoint}  tls={listener.tls} auth={listener.auth} "
             f"size={listener.limits.max_message_size} trusted={trusted} policies={policies}\n"
         )
+        if "systemd:" in listener.endpoint:
+            out.write(f"  {'':<17} socket passed by systemd (checked, not bound: see graphsmtp-smtp.socket)\n")
     return 0
 
 

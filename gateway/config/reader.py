@@ -131,12 +131,48 @@ def check_endpoint(description: str, key: str) -> None:
     """
     from twisted.internet.endpoints import serverFromString
 
+    inner = description
+    while inner.startswith("haproxy:"):
+        inner = inner[len("haproxy:"):]
+    if inner.split(":", 1)[0] == "systemd":
+        # Twisted's systemd parser looks the socket up in the environment while parsing, so
+        # outside systemd (graphsmtp-config check, a test run) it cannot be used to validate.
+        _check_systemd_endpoint(inner, key)
+        return
     try:
         serverFromString(object(), description)
     except (ValueError, TypeError) as e:
         raise ConfigError(key, f"{description!r} is not a valid Twisted endpoint: {e}") from None
     except Exception:
         pass
+
+
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def _check_systemd_endpoint(description: str, key: str) -> None:
+    """
+    ``systemd:domain=INET6:name=smtp`` (or ``index=N``), checked without the inherited sockets:
+    the syntax, the address family and exactly one of ``name``/``index``.  Whether systemd
+    really passes that socket is only known when the daemon starts under the unit.
+    """
+    from twisted.internet.endpoints import _parse
+
+    try:
+        args, kwargs = _parse(description)
+    except Exception:
+        raise ConfigError(key, f"{description!r} is not a valid Twisted endpoint") from None
+    usage = "use systemd:domain=INET6:name=<FileDescriptorName> (or index=N)"
+    if len(args) != 1 or set(kwargs) - {"domain", "index", "name"}:
+        raise ConfigError(key, f"{description!r}: unexpected arguments; {usage}")
+    if kwargs.get("domain") not in _SYSTEMD_DOMAINS:
+        raise ConfigError(key, f"{description!r}: domain must be one of {', '.join(_SYSTEMD_DOMAINS)}; {usage}")
+    if ("index" in kwargs) == ("name" in kwargs):
+        raise ConfigError(key, f"{description!r}: give exactly one of name= and index=; {usage}")
+    if "index" in kwargs and not kwargs["index"].isdigit():
+        raise ConfigError(key, f"{description!r}: index must be a number; {usage}")
+    if "name" in kwargs and not kwargs["name"]:
+        raise ConfigError(key, f"{description!r}: name must not be empty; {usage}")
 
 
 def parse_duration(value: Any, key: str) -> float:
