@@ -9,10 +9,10 @@ next to a live gateway before a reload or restart.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence, TextIO
 
+from gateway.cli.sysexits import EX_CONFIG, EX_SOFTWARE, SysexitsArgumentParser
 from gateway.config import ConfigError, load_config
 
 
@@ -26,7 +26,10 @@ def check(path: Optional[str], out: TextIO) -> int:
         components = build_components(config, reactor, listen=False)
     except ConfigError as e:
         out.write(f"graphsmtp-config: {path or '(defaults)'}: {e}\n")
-        return 1
+        return EX_CONFIG
+    except Exception as e:  # a bug, not the admin's mistake: still one line (no secrets in it)
+        out.write(f"graphsmtp-config: {path or '(defaults)'}: internal error while checking ({type(e).__name__})\n")
+        return EX_SOFTWARE
     out.write(f"{path or '(built-in defaults)'}: OK\n")
     out.write(f"  host name      {config.hostname}\n")
     out.write(f"  spool          {config.spool.directory}\n")
@@ -61,7 +64,7 @@ def list_plugins(kind: str, out: TextIO) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
-    parser = argparse.ArgumentParser(prog="graphsmtp-config", description=__doc__.strip().splitlines()[0])
+    parser = SysexitsArgumentParser(prog="graphsmtp-config", description=__doc__.strip().splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate a configuration file (binds nothing)")
     p_check.add_argument("config", nargs="?", help="TOML file (default: built-in defaults)")
