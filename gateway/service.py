@@ -15,7 +15,7 @@ import signal
 from typing import Any, Optional
 
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
@@ -52,6 +52,45 @@ class GatewayService(MultiService):
             self.status.setServiceParent(self)
         for part in self.components.listeners:
             part.service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every port first (twistd does this before dropping privileges and before anything
+        else starts).  A listener that cannot bind stops start-up: one line per failed endpoint
+        and a non-zero exit (SystemExit), instead of Twisted's "Unhandled Error" and a gateway
+        that runs on without its port while /healthz says ok.
+        """
+        Service.privilegedStartService(self)
+        binding = self._binding_services()
+        failures: list[str] = []
+        for child in self:
+            if id(child) not in binding:
+                child.privilegedStartService()
+                continue
+            # Raise a synchronous listen() failure here instead of logging it as unhandled.
+            child._raiseSynchronously = True
+            try:
+                child.privilegedStartService()
+            except Exception as e:
+                failures.append(f"{binding[id(child)]} cannot listen: {_one_line(e)}")
+        if failures:
+            # SystemExit's text is the one line: twistd writes it to stderr, which it also
+            # routes into the log (text or JSON), so it is never said twice.
+            for child in self:
+                port = getattr(child, "_waitingForPort", None)
+                if id(child) in binding and port is not None:
+                    port.addCallback(lambda p: p.stopListening() if p is not None else None)
+                    port.addErrback(lambda _: None)
+            raise SystemExit("graphsmtp: " + "\ngraphsmtp: ".join(failures))
+
+    def _binding_services(self) -> dict[int, str]:
+        """The services that bind a port, by id, with the words that name them in an error."""
+        binding = {id(part.service): f"listener {part.config.name} ({part.config.endpoint})"
+                   for part in self.components.listeners}
+        status = getattr(self, "status", None)
+        if status is not None:
+            binding[id(status)] = f"status endpoint ({self.config.sections['status'].endpoint})"
+        return binding
 
     def startService(self) -> None:
         if self.config.deliverer == "capture":
@@ -140,6 +179,10 @@ class GatewayService(MultiService):
                 except Exception:
                     self.log.failure("stopping {service!r} failed", service=service)
         self.log.info("graphsmtp stopped")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 __all__ = ["GatewayService"]

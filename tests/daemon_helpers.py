@@ -54,6 +54,7 @@ class GatewayDaemon(ProcessProtocol):
 
     def __init__(self) -> None:
         self.output = b""
+        self.errors = b""  # stderr alone (also in output)
         self.ended: Deferred = Deferred()
         self.exit_code: Optional[int] = None
         self._waiting: list[tuple[re.Pattern, int, Deferred]] = []
@@ -67,7 +68,9 @@ class GatewayDaemon(ProcessProtocol):
                 self._waiting.remove(waiting)
                 d.callback(m)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+        self.outReceived(data)
 
     def wait_for(self, pattern: bytes, after: int = 0) -> Deferred:
         """Fires with the first match of ``pattern`` in the output from offset ``after`` on."""

@@ -31,8 +31,9 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
         for t in (health_of() if health_of else ())
     ]
     needs_admin = [t for t in tenants if t["state"] == "config-error"]
+    listeners_down = [part.config.name for part in components.listeners if not _listening(part)]
     return {
-        "status": "degraded" if needs_admin else "ok",
+        "status": "degraded" if needs_admin or listeners_down else "ok",
         "time": clock.seconds(),
         "queue": {
             "queued": runner.queued,
@@ -45,11 +46,18 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
         "delivery": {"deliverer": type(_innermost(components.deliverer)).__name__, "tenants": tenants},
         "listeners": [
             {"name": part.config.name, "tls": part.config.tls, "auth": part.config.auth,
-             "sessions": len(part.factory.sessions), "transactions_in_flight": part.factory.in_flight}
+             "sessions": len(part.factory.sessions), "transactions_in_flight": part.factory.in_flight,
+             "listening": part.config.name not in listeners_down}
             for part in components.listeners
         ],
         "auth": components.auth.stats() if components.auth is not None else {},
     }
+
+
+def _listening(part: Any) -> bool:
+    """Whether the listener's port is open now (a port lost after start-up makes /healthz 503)."""
+    port = getattr(part.service, "port", None)
+    return port is not None and bool(getattr(port, "connected", True))
 
 
 def _innermost(deliverer: Any) -> Any:
