@@ -52,7 +52,7 @@ class SystemdListenerCheckTests(SynchronousTestCase):
                                   ("systemd:domain=INET:name=smtp:backlog=5", "unexpected arguments"),
                                   ("systemd:domain=INET:index=x", "index must be a number")):
             code, out = self.run_main("check", self.write(endpoint))
-            self.assertEqual(code, 1, endpoint)
+            self.assertEqual(code, 78, endpoint)  # EX_CONFIG
             self.assertIn("listener.mx.endpoint", out)
             self.assertIn(problem, out)
             self.assertEqual(len(out.strip().splitlines()), 1, out)
