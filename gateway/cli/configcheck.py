@@ -25,7 +25,8 @@ def check(path: Optional[str], out: TextIO) -> int:
         config = load_config(path)
         components = build_components(config, reactor, listen=False)
     except ConfigError as e:
-        out.write(f"graphsmtp-config: {path or '(defaults)'}: {e}\n")
+        where = "" if e.source else f"{path or '(defaults)'}: "
+        out.write(f"graphsmtp-config: {where}{e}\n")
         return EX_CONFIG
     except Exception as e:  # a bug, not the admin's mistake: still one line (no secrets in it)
         out.write(f"graphsmtp-config: {path or '(defaults)'}: internal error while checking ({type(e).__name__})\n")

@@ -119,7 +119,8 @@ class TableReader:
         """Refuse keys nobody asked for: they are almost always typos."""
         unknown = sorted(set(self.table) - self._used)
         if unknown:
-            raise ConfigError(self.key(unknown[0]), "unknown setting (check the spelling against etc/graphsmtp.toml)")
+            raise ConfigError(self.key(unknown[0]), "unknown setting (check the spelling: the annotated reference "
+                                                    "etc/graphsmtp.toml lists every setting)")
 
 
 def check_endpoint(description: str, key: str) -> None:
