@@ -45,20 +45,22 @@ class Options(usage.Options):
         if overrides["deliverer"] not in (None, "auto", "capture", "graph"):
             raise usage.UsageError("--deliverer: must be auto, capture or graph")
         try:
-            self.config = load_config(self["config"], {k: v for k, v in overrides.items() if v})
+            given = {k: v for k, v in overrides.items() if v}
+            self.config = load_config(self["config"], given)
             # Build everything now, not in makeService: certificates, policies and users files
             # are checked here, so a mistake is one line from twistd and nothing is bound.
-            self.service = build_service(self.config)
+            # SIGHUP re-reads the same file with the same command-line overrides.
+            self.service = build_service(self.config, lambda: load_config(self["config"], given))
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
 
 
-def build_service(config: Any) -> IService:
+def build_service(config: Any, config_loader: Any = None) -> IService:
     from twisted.internet import reactor
 
     from gateway.service import GatewayService
 
-    return GatewayService(config, reactor)
+    return GatewayService(config, reactor, config_loader=config_loader)
 
 
 def makeService(options: Any) -> IService:

@@ -43,6 +43,10 @@ class Components:
     services: list
     auth: Any = None
     observers: list = attrs.field(factory=list)
+    #: The ``[[observer]]`` ones among ``observers`` (SIGHUP rebuilds these, not the deliverer's).
+    configured_observers: list = attrs.field(factory=list)
+    #: The running Redis connection policies share (None without ``[redis]``).
+    redis: Any = None
 
 
 def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
@@ -80,8 +84,8 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
     if redis is not None:
         services.append(redis)
 
-    observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
-    observers.extend(delivery_observers)
+    configured_observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
+    observers = [*configured_observers, *delivery_observers]
     services.append(ObserversService(observers))
 
     runner = QueueRunner(spool, deliverer, config.queue, reactor, observers)
@@ -100,7 +104,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
         )
         service = _listening_service(reactor, listener, factory) if listen else None
         listeners.append(ListenerParts(listener, factory, service, tls))
-    return Components(spool, deliverer, runner, listeners, services, auth, observers)
+    return Components(spool, deliverer, runner, listeners, services, auth, observers, configured_observers, redis)
 
 
 def _listening_service(reactor: Any, listener: ListenerConfig, factory: Any) -> Any:

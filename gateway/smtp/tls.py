@@ -242,6 +242,13 @@ class TLSContextSource:
         self.log.info("listener {listener}: TLS certificate reloaded from {path}", listener=self.listener.name, path=self.listener.tls_cert)
         return True
 
+    def adopt(self, other: "TLSContextSource") -> None:
+        """
+        Take over ``other``'s settings and loaded certificate (a SIGHUP that changed tls_cert,
+        tls_key or tls_min_version): this object stays the one the listener's endpoint holds.
+        """
+        self.listener, self._paths, self._stamps, self._options = other.listener, other._paths, other._stamps, other._options
+
     def check_for_changes(self) -> bool:
         """
         For a periodic timer: reload when the certificate or key file changed since the last
