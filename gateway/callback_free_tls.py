@@ -91,19 +91,30 @@ class HostnameVerifyingPolicy:
     """
 
     def __init__(self, trust_root: Any = None) -> None:
-        options = CallbackFreeCertificateOptions(
-            trustRoot=trust_root if trust_root is not None else ssl.platformTrust(),
-            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        )
+        self._trust_root = trust_root if trust_root is not None else ssl.platformTrust()
+        options = CallbackFreeCertificateOptions(trustRoot=self._trust_root, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
         self._context = options.getContext()
 
-    def creatorForNetloc(self, hostname: bytes | str, port: int) -> HostnameVerifyingCreator:
+    def creatorForNetloc(self, hostname: bytes | str, port: int) -> Any:
         if isinstance(hostname, bytes):
             hostname = hostname.decode("ascii")
+        if not openssl_checks_host_names():
+            # A pyOpenSSL/cryptography without these bindings: Twisted's own (callback) check,
+            # which works everywhere except under MemoryDenyWriteExecute.
+            return ssl.optionsForClientTLS(hostname, trustRoot=self._trust_root)
         return HostnameVerifyingCreator(self._context, hostname)
+
+
+def openssl_checks_host_names() -> bool:
+    """Whether the installed bindings let OpenSSL verify host names (see the module docstring)."""
+    lib = Binding.lib
+    return all(hasattr(lib, name) for name in (
+        "SSL_get0_param", "X509_VERIFY_PARAM_set1_host", "X509_VERIFY_PARAM_set1_ip",
+        "X509_VERIFY_PARAM_set_hostflags", "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS",
+    ))
 
 
 __all__ = [
     "CallbackFreeContext", "CallbackFreeCertificateOptions", "HostnameVerifyingCreator",
-    "HostnameVerifyingPolicy",
+    "HostnameVerifyingPolicy", "openssl_checks_host_names",
 ]

@@ -56,6 +56,13 @@ class MemoryDenyWriteExecuteTests(TestCase):
                 tls_cert = "{issued.cert_path}"
                 tls_key = "{issued.key_path}"
                 trusted_networks = ["127.0.0.0/8"]
+                [[listener]]
+                name = "smtps"
+                endpoint = "tcp:0:interface=127.0.0.1"
+                tls = "implicit"
+                tls_cert = "{issued.cert_path}"
+                tls_key = "{issued.key_path}"
+                trusted_networks = ["127.0.0.0/8"]
                 [graph]
                 tenant_id = "{fake.tenant_id}"
                 client_id = "{fake.client_id}"
@@ -74,6 +81,10 @@ class MemoryDenyWriteExecuteTests(TestCase):
         self.assertEqual(code, 250)
         message = yield sent
         self.assertEqual(message.recipients, {"bob@fabrikam.test"})
+        implicit = yield daemon.listening_port("smtps")  # port 465 style: TLS from the first byte
+        code, _ = yield send_message(implicit, "scanner@contoso.test", ["carol@fabrikam.test"], MESSAGE,
+                                     implicit_tls=True, ca_path=fake.ca_path)
+        self.assertEqual(code, 250)
         self.assertNotIn(b"write+execute", daemon.output)
         yield daemon.stop()
         self.assertNotIn(b"Traceback", daemon.output, daemon.output.decode("utf-8", "replace"))

@@ -7,10 +7,10 @@ socket is reported as needing a restart.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import smtplib
+import ssl
 import textwrap
 
 import bcrypt
@@ -24,6 +24,7 @@ from gateway.auth.users import UserRecord, write_users
 from gateway.config import load_config
 from gateway.reload import restart_needed
 from gateway.service import GatewayService
+from gateway.testing.certs import TestCA
 from gateway.testing.harness import send_message
 from tests.daemon_helpers import spawn_gateway
 
@@ -176,6 +177,40 @@ class ReloadInProcessTests(TestCase):
         self.assertIn("listener mx endpoint changed (tcp:0:interface=127.0.0.1 -> tcp:2526:interface=127.0.0.1)", line)
         self.assertEqual(self.part.config.endpoint, "tcp:0:interface=127.0.0.1")
         self.assertEqual((yield relay(self.port)), 250)
+
+
+class ReloadCertificateFilesTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_changed_certificate_paths_apply_to_new_sessions(self):
+        directory = os.path.abspath(self.mktemp())
+        ca = TestCA.create(os.path.join(directory, "ca"))
+        first, second = ca.issue(basename="first"), ca.issue(basename="second")
+        path = os.path.join(directory, "graphsmtp.toml")
+
+        def write(issued):
+            with open(path, "w") as f:
+                f.write(config_text(directory, trusted="127.0.0.0/8", listener_extra=(
+                    f'tls = "starttls"\ntls_cert = "{issued.cert_path}"\ntls_key = "{issued.key_path}"\n')))
+
+        write(first)
+        service = GatewayService(load_config(path), reactor, install_signal_handlers=False,
+                                 config_loader=lambda: load_config(path))
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = (yield service.components.listeners[0].service.when_listening()).getHost().port
+
+        def served() -> bytes:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.starttls(context=ssl.create_default_context(cafile=ca.ca_cert_path))
+                return client.sock.getpeercert(binary_form=True)
+
+        self.assertEqual((yield deferToThread(served)), ssl.PEM_cert_to_DER_cert(first.cert_pem.decode()))
+        write(second)
+        service.reload()
+        self.assertEqual((yield deferToThread(served)), ssl.PEM_cert_to_DER_cert(second.cert_pem.decode()))
 
 
 class RestartNeededTests(TestCase):
