@@ -126,6 +126,12 @@ class GatewayService(MultiService):
         return gatherResults(stopping, consumeErrors=True).addBoth(lambda _: failure)
 
     def _announce(self, port: Any, part: Any) -> None:
+        if port is None:
+            # An endpoint that failed after start-up had begun (not synchronously): the
+            # gateway runs without this port and /healthz answers 503 until it is restarted.
+            self.log.critical("listener {name} ({endpoint}) is not listening; restart graphsmtp",
+                              name=part.config.name, endpoint=part.config.endpoint)
+            return
         address = port.getHost()
         self.log.info(
             "listener {name} accepting SMTP on {host} port {port} (tls={tls}, auth={auth})",

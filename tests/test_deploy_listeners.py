@@ -11,12 +11,17 @@ import os
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import CannotListenError
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.testing.harness import start_gateway
+from gateway.service import GatewayService
+from gateway.status.web import snapshot
+from gateway.testing.harness import gateway_config, start_gateway
+from gateway.wiring import build_components
 from tests.daemon_helpers import spawn_gateway
 
 
@@ -91,3 +96,39 @@ class LostListenerHealthTests(TestCase):
         self.assertEqual(code, 503)
         listening = {entry["name"]: entry["listening"] for entry in state["listeners"]}
         self.assertEqual(listening, {"mx": False, "sub": True})
+
+
+class _LateFailingEndpoint:
+    """An endpoint whose listen() fails only after start-up has returned."""
+
+    def __init__(self) -> None:
+        self.listening: Deferred = Deferred()
+
+    def listen(self, factory):
+        return self.listening
+
+
+class AsynchronousListenFailureTests(TestCase):
+    @inlineCallbacks
+    def test_late_failure_is_logged_and_makes_health_degraded(self):
+        logged: list = []
+        observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        config = gateway_config(self)
+        components = build_components(config, reactor)
+        endpoint = _LateFailingEndpoint()
+        components.listeners[0].service.endpoint = endpoint
+        service = GatewayService(config, reactor, components=components, install_signal_handlers=False)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield components.runner.ready
+        endpoint.listening.errback(CannotListenError("127.0.0.1", 25, OSError("Address already in use")))
+        # Twisted itself logs a late failure (with its traceback); the gateway adds what it means.
+        self.flushLoggedErrors(CannotListenError)
+        self.assertEqual([line for line in logged if "is not listening" in line],
+                         ["listener default (tcp:0:interface=127.0.0.1) is not listening; restart graphsmtp"])
+        state = snapshot(components, reactor)
+        self.assertEqual(state["status"], "degraded")
+        self.assertFalse(state["listeners"][0]["listening"])
