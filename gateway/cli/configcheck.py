@@ -61,7 +61,7 @@ def list_plugins(kind: str, out: TextIO) -> int:
         out.write(f"{name:<20} {getattr(found.plugins[name], 'description', '')}\n")
     for module, error in sorted(found.broken.items()):
         out.write(f"BROKEN plugin module {module}: {error}\n")
-    return 1 if found.broken else 0
+    return EX_SOFTWARE if found.broken else 0  # a plugin module that does not import is a bug
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
