@@ -95,3 +95,8 @@ class ReferenceConfigTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, load_config, path, environ={})
         self.assertTrue(str(e).startswith(f"{path}: graph.save_to_sent_itmes: unknown setting"), str(e))
         self.assertEqual(e.key, "graph.save_to_sent_itmes")
+        # ... and points at a reference that exists on this machine (installed or in the sources).
+        reference = re.search(r"annotated reference (\S+) lists", str(e)).group(1)
+        self.assertTrue(os.path.isfile(reference), reference)
+        with open(reference, encoding="utf-8") as f, open(REFERENCE, encoding="utf-8") as g:
+            self.assertEqual(f.read(), g.read())

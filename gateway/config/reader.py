@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import sys
 from typing import Any, Iterable, Mapping, Optional
 
 from gateway.config.errors import ConfigError
@@ -120,7 +122,20 @@ class TableReader:
         unknown = sorted(set(self.table) - self._used)
         if unknown:
             raise ConfigError(self.key(unknown[0]), "unknown setting (check the spelling: the annotated reference "
-                                                    "etc/graphsmtp.toml lists every setting)")
+                                                    f"{reference_config_path()} lists every setting)")
+
+
+def reference_config_path() -> str:
+    """
+    Where the annotated reference configuration is on this machine: installed with the package
+    (``<prefix>/share/graphsmtp/graphsmtp.toml``), else in the source tree next to ``gateway/``.
+    """
+    installed = os.path.join(sys.prefix, "share", "graphsmtp", "graphsmtp.toml")
+    if os.path.isfile(installed):
+        return installed
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "etc", "graphsmtp.toml")
+    return source if os.path.isfile(source) else "etc/graphsmtp.toml (in the graphsmtp sources)"
 
 
 def check_endpoint(description: str, key: str) -> None:
