@@ -25,9 +25,9 @@ def require_tool(case: Any, command: str, package: str) -> str:
     return path
 
 
-def require_swaks_with_tls(case: Any) -> str:
+def require_swaks_with_tls(case: Any, path: Optional[str] = None) -> str:
     """swaks that can do --tls/--tlsc: it needs the Perl TLS modules, which are only recommended."""
-    path = require_tool(case, "swaks", "swaks")
+    path = path or require_tool(case, "swaks", "swaks")
     problem = swaks_tls_problem(path)
     if problem:
         case.fail(missing_tool_message("swaks --tls", "libnet-ssleay-perl and libio-socket-ssl-perl", problem))
