@@ -12,7 +12,7 @@ once, which is why this class orders the stop itself.
 from __future__ import annotations
 
 import signal
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -31,9 +31,16 @@ class GatewayService(MultiService):
     log = Logger()
 
     def __init__(self, config: GatewayConfig, reactor: Any, deliverer: Any = None,
-                 components: Optional[Components] = None, install_signal_handlers: bool = True) -> None:
+                 components: Optional[Components] = None, install_signal_handlers: bool = True,
+                 config_loader: Optional[Callable[[], GatewayConfig]] = None) -> None:
         super().__init__()
+        #: The configuration the gateway started with (what is bound, what runs); SIGHUP
+        #: compares against it to say what needs a restart.
         self.config = config
+        #: The configuration in effect for new sessions (changes on a successful SIGHUP).
+        self.current_config = config
+        #: Re-reads the configuration file for SIGHUP; None: SIGHUP reloads certificates only.
+        self.config_loader = config_loader
         self.reactor = reactor
         self.components = components or build_components(config, reactor, deliverer)
         self.install_signal_handlers = install_signal_handlers
@@ -121,6 +128,12 @@ class GatewayService(MultiService):
         return gatherResults(stopping, consumeErrors=True).addBoth(lambda _: failure)
 
     def _announce(self, port: Any, part: Any) -> None:
+        if port is None:
+            # An endpoint that failed after start-up had begun (not synchronously): the
+            # gateway runs without this port and /healthz answers 503 until it is restarted.
+            self.log.critical("listener {name} ({endpoint}) is not listening; restart graphsmtp",
+                              name=part.config.name, endpoint=part.config.endpoint)
+            return
         address = port.getHost()
         self.log.info(
             "listener {name} accepting SMTP on {host} port {port} (tls={tls}, auth={auth})",
@@ -134,8 +147,32 @@ class GatewayService(MultiService):
         self.reactor.callFromThread(self.reload)
 
     def reload(self) -> None:
-        """SIGHUP: re-read TLS certificates (users files are re-read on change by themselves)."""
-        self.log.info("SIGHUP: reloading certificates")
+        """
+        SIGHUP: re-read the configuration file and swap in, for new sessions, everything that
+        does not need a new socket (see L{gateway.reload}); then re-read TLS certificates.  A
+        file that does not load or build keeps the running configuration, with one log line.
+        """
+        if self.config_loader is not None:
+            from gateway.reload import apply_reload, prepare_reload
+
+            try:
+                new = self.config_loader()
+                plan = prepare_reload(self.config, new, self.components, self.reactor)
+            except Exception as e:
+                self.log.error("SIGHUP: configuration NOT reloaded, still running the previous one: {error}",
+                               error=_one_line(e))
+                return
+            apply_reload(plan, self.components)
+            self.current_config = new
+            self.log.info(
+                "SIGHUP: configuration reloaded for new sessions (listeners {listeners}; {observers} observers)",
+                listeners=", ".join(change.listener.name for change in plan.listeners) or "none",
+                observers=len(plan.observers),
+            )
+            for note in plan.restart_needed:
+                self.log.warn("SIGHUP: {change}: restart graphsmtp to apply it", change=note)
+        else:
+            self.log.info("SIGHUP: reloading certificates")
         for part in self.components.listeners:
             if part.tls is not None:
                 part.tls.reload()

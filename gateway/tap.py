@@ -48,20 +48,22 @@ class Options(usage.Options):
             raise usage.UsageError("--deliverer: must be auto, capture or graph")
         try:
             path = locate_config(self["config"], os.environ)
-            self.config = load_config(path, {k: v for k, v in overrides.items() if v}, os.environ)
+            given = {k: v for k, v in overrides.items() if v}
+            self.config = load_config(path, given, os.environ)
             # Build everything now, not in makeService: certificates, policies and users files
             # are checked here, so a mistake is one line from twistd and nothing is bound.
-            self.service = build_service(self.config)
+            # SIGHUP re-reads the same file with the same command-line overrides.
+            self.service = build_service(self.config, lambda: load_config(path, given, os.environ))
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
 
 
-def build_service(config: Any) -> IService:
+def build_service(config: Any, config_loader: Any = None) -> IService:
     from twisted.internet import reactor
 
     from gateway.service import GatewayService
 
-    return GatewayService(config, reactor)
+    return GatewayService(config, reactor, config_loader=config_loader)
 
 
 def makeService(options: Any) -> IService:

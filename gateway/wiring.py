@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import ListenerConfig
 from gateway.policy.chain import PolicyChain
 
@@ -47,19 +47,24 @@ class Components:
     metrics: Any = None
     #: L{gateway.status.recent.RecentDeliveries}: the last outcomes, for the status page.
     recent: Any = None
+    #: The ``[[observer]]`` ones among ``observers`` (SIGHUP rebuilds these, not the deliverer's).
+    configured_observers: list = attrs.field(factory=list)
+    #: The running Redis connection policies share (None without ``[redis]``).
+    redis: Any = None
 
 
-def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None) -> Components:
+def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
     """
     Wire spool → runner → deliverer, AUTH, policies and one SMTP listener per configured
     listener.  ``deliverer`` replaces the configured one (tests deliver into a fake).
+    ``listen=False`` (graphsmtp-config check) builds no listening service: endpoints are only
+    validated, so a ``systemd:`` listener can be checked outside systemd.
     """
     from gateway.auth.build import build_auth
     from gateway.delivery.observers import ObserversService, build_observers
     from gateway.policy.redis_connection import redis_service
     from gateway.policy.registry import build_listener_chains
     from gateway.smtp.factory import GatewaySMTPFactory
-    from gateway.smtp.listener import listener_service
     from gateway.smtp.tls import TLSContextSource
     from gateway.spool.runner import QueueRunner
     from gateway.spool.store import DirectorySpool
@@ -93,8 +98,8 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     if redis is not None:
         services.append(redis)
 
-    observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
-    observers.extend(delivery_observers)
+    configured_observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
+    observers = [*configured_observers, *delivery_observers]
     services.append(ObserversService(observers))
     observers.extend([recent, DeliveryDelayObserver(reactor, metrics.delivered_after)])
 
@@ -113,11 +118,30 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
             add_message_id=config.add_message_id, add_date=config.add_date,
             intake=metrics.intake_for(listener.name),
         )
-        listeners.append(ListenerParts(listener, factory, listener_service(reactor, listener, factory), tls))
-    local = _local_submission(config, reactor, spool, auth, redis)
+        service = _listening_service(reactor, listener, factory) if listen else None
+        listeners.append(ListenerParts(listener, factory, service, tls))
+    local = _local_submission(config, reactor, spool, auth, redis, listen)
     if local is not None:
         listeners.append(local)
-    return Components(spool, deliverer, runner, listeners, services, auth, observers, metrics, recent)
+    return Components(spool, deliverer, runner, listeners, services, auth, observers,
+                      configured_observers=configured_observers, redis=redis, metrics=metrics, recent=recent)
+
+
+def _listening_service(reactor: Any, listener: ListenerConfig, factory: Any) -> Any:
+    """
+    The listener's service; an endpoint that cannot even be set up (a ``systemd:`` socket the
+    unit did not pass) is one configuration error naming the listener, not a traceback.
+    """
+    from gateway.smtp.listener import listener_service
+
+    try:
+        return listener_service(reactor, listener, factory)
+    except KeyError as e:
+        raise ConfigError(f"listener.{listener.name}.endpoint",
+                          f"{listener.endpoint!r}: systemd passed no socket named {e.args[0]!r} "
+                          "(start graphsmtp through its .socket unit, or use a tcp: endpoint)") from None
+    except (IndexError, ValueError) as e:
+        raise ConfigError(f"listener.{listener.name}.endpoint", f"{listener.endpoint!r}: {e}") from None
 
 
 def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics: Any) -> PolicyChain:
@@ -133,7 +157,7 @@ def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics
     return PolicyChain(wrapped, guard=CountingPolicy(guard, "relay-access", count) if guard is not None else None)
 
 
-def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any, redis: Any) -> Any:
+def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any, redis: Any, listen: bool = True) -> Any:
     """
     The ``[local]`` UNIX socket for graphsmtp-sendmail (None when not configured): an SMTP
     listener whose sessions are logged in by the kernel's peer credentials, guarded by the
@@ -144,7 +168,6 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
         return None
     from gateway.policy.context import PolicyContext
     from gateway.policy.registry import build_chain
-    from gateway.smtp.listener import listener_service
     from gateway.smtp.local import DropOffJudge, LocalSubmissionFactory
 
     [listener] = _capped_listeners(attrs.evolve(config, listeners=(local.listener(),)))
@@ -155,7 +178,7 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
                                      add_message_id=config.add_message_id, add_date=config.add_date)
     if hasattr(spool, "import_judge"):
         spool.import_judge = DropOffJudge(chain, local)
-    return ListenerParts(listener, factory, listener_service(reactor, listener, factory))
+    return ListenerParts(listener, factory, _listening_service(reactor, listener, factory) if listen else None)
 
 
 def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, metrics: Any = None) -> tuple[Any, list, list]:

@@ -4,17 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-# The status page's browser check renders it in headless Chromium (tests/test_status_browser.py).
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need_apt[@]}"
-fi
+bash scripts/install-test-deps.sh
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -49,22 +49,22 @@ class UsersCLITests(SynchronousTestCase):
 
     def test_add_refusals(self):
         cases = [
-            (("add", "x", "--rounds", "4"), [PASSWORD, PASSWORD], "--sender"),
-            (("add", "x", "-s", "*", "--rounds", "4"), [PASSWORD, PASSWORD + "!"], "do not match"),
-            (("add", "x", "-s", "*", "--rounds", "4"), ["short", "short"], "too short"),
-            (("add", "x", "-s", "*", "--rounds", "4"), ["x" * 73] * 2, "too long"),
-            (("add", "x", "-s", "corp.example", "--rounds", "4"), [PASSWORD] * 2, "sender pattern"),
-            (("add", "bad login", "-s", "*", "--rounds", "4"), [PASSWORD] * 2, "spaces"),
+            (("add", "x", "--rounds", "4"), [PASSWORD, PASSWORD], "--sender", 64),
+            (("add", "x", "-s", "*", "--rounds", "4"), [PASSWORD, PASSWORD + "!"], "do not match", 65),
+            (("add", "x", "-s", "*", "--rounds", "4"), ["short", "short"], "too short", 65),
+            (("add", "x", "-s", "*", "--rounds", "4"), ["x" * 73] * 2, "too long", 65),
+            (("add", "x", "-s", "corp.example", "--rounds", "4"), [PASSWORD] * 2, "sender pattern", 64),
+            (("add", "bad login", "-s", "*", "--rounds", "4"), [PASSWORD] * 2, "spaces", 65),
         ]
-        for argv, prompts, fragment in cases:
+        for argv, prompts, fragment, status in cases:  # sysexits: 64 usage, 65 data
             code, _, err = self.run_cli(*argv, prompts=prompts)
-            self.assertEqual(code, 1, argv)
+            self.assertEqual(code, status, argv)
             self.assertIn(fragment, err)
         self.assertFalse(os.path.exists(self.path))
 
     def test_lifecycle(self):
         self.run_cli("add", "a", "-s", "a@x.example", "--rounds", "4", prompts=[PASSWORD] * 2)
-        self.assertEqual(self.run_cli("add", "a", "-s", "*", prompts=[PASSWORD] * 2)[0], 1)
+        self.assertEqual(self.run_cli("add", "a", "-s", "*", prompts=[PASSWORD] * 2)[0], 65)
         self.assertEqual(self.run_cli("set-senders", "a", "a@x.example", "*@y.example")[0], 0)
         self.assertEqual(load_users(self.path)["a"].allowed_senders, ("a@x.example", "*@y.example"))
         old_hash = load_users(self.path)["a"].password_hash
@@ -79,7 +79,7 @@ class UsersCLITests(SynchronousTestCase):
         self.assertEqual(self.run_cli("remove", "a")[0], 0)
         self.assertEqual(load_users(self.path), {})
         code, _, err = self.run_cli("remove", "a")
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 67)  # EX_NOUSER
         self.assertIn("no login 'a'", err)
 
     def test_refuses_to_touch_a_broken_file(self):
@@ -87,7 +87,7 @@ class UsersCLITests(SynchronousTestCase):
         os.write(fd, b'{"login": "a", "hash": "plain", "allowed_senders": ["*"]}\n')
         os.close(fd)
         code, _, err = self.run_cli("set-senders", "a", "*")
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 65)  # EX_DATAERR
         self.assertIn("line 1", err)
 
     def test_path_from_config(self):

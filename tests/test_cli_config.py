@@ -32,7 +32,7 @@ class ConfigCheckTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write('[[listener]]\nname = "mx"\nendpoint = "tcp:2525"\npolicies = [{ use = "no-such-policy" }]\n')
         code, out = self.run_main("check", path)
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 78)  # EX_CONFIG
         self.assertIn("listener.mx.policies[0].use", out)
         self.assertIn("sender-allowlist", out)  # the available names are listed
 

@@ -16,9 +16,10 @@ import tomllib
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-from gateway.policy.testing import redis_server_path, start_redis_server
+from gateway.policy.testing import start_redis_server
+from tests.tools import require_tool
 from gateway.testing.harness import LOOPBACK_EPHEMERAL, send_message, start_gateway
 from tests.auth_helpers import make_users_file
 from tests.test_policy_docs import DEVICE_MESSAGE, DOCS, documented_toml
@@ -150,8 +151,7 @@ class DroppedInPluginEndToEnd(PluginDirectoryMixin, TestCase):
 class SharedRedisEndToEnd(TestCase):
     @inlineCallbacks
     def test_two_gateways_share_one_rate_limit(self):
-        if redis_server_path() is None:
-            raise SkipTest("redis-server is not installed (Debian package redis-server)")
+        require_tool(self, "redis-server", "redis-server")
         directory = tempfile.mkdtemp(prefix="gsr", dir="/tmp")
         self.addCleanup(shutil.rmtree, directory, True)
         server = yield start_redis_server(reactor, directory)

@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from gateway.config.policy import RedisConfig
 from gateway.config.secrets import Secret
@@ -23,7 +23,8 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.rate_backends import BucketRequest, RedisBuckets
 from gateway.policy.rate_limit import build
 from gateway.policy.redis_connection import RedisConnection, redis_service
-from gateway.policy.testing import make_session, redis_server_path, run_transaction, start_redis_server
+from gateway.policy.testing import make_session, run_transaction, start_redis_server
+from tests.tools import require_tool
 
 PASSWORD = "s3cret-redis-pass"
 
@@ -40,8 +41,7 @@ class RedisTestBase(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        if redis_server_path() is None:
-            raise SkipTest("redis-server is not installed (Debian package redis-server)")
+        require_tool(self, "redis-server", "redis-server")
         self.directory = tempfile.mkdtemp(prefix="gsr", dir="/tmp")
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.port = free_port() if self.tcp else 0

@@ -53,6 +53,7 @@ class Authentication:
         credential_store: Optional[EncryptedCredentialStore],
         services: list,
         endpoints: tuple[str, str],
+        threadpool: Optional[ThreadPool] = None,
     ) -> None:
         self.config = config
         self.portal = portal
@@ -62,6 +63,8 @@ class Authentication:
         self.credential_store = credential_store
         self.services = services
         self._endpoints = endpoints
+        #: The (running) pool bcrypt checks use; a SIGHUP reload builds new checkers on it.
+        self.threadpool = threadpool
 
     def portal_for(self, listener: ListenerConfig) -> Optional[ThrottledPortal]:
         """The portal for one listener (``None`` when it does not offer AUTH)."""
@@ -157,7 +160,7 @@ def build_auth(
 
     portal = Portal(IdentityRealm(), [DispatchingChecker(passthrough, users_checker)])
     throttle = LoginThrottle(clock, config.throttle)
-    return Authentication(config, portal, throttle, users, passthrough, store, services, endpoints)
+    return Authentication(config, portal, throttle, users, passthrough, store, services, endpoints, threadpool)
 
 
 def build_portal(

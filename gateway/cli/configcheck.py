@@ -10,10 +10,10 @@ token (L{gateway.cli.online_check}).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence, TextIO
 
+from gateway.cli.sysexits import EX_CONFIG, EX_SOFTWARE, SysexitsArgumentParser
 from gateway.config import ConfigError, load_config
 
 
@@ -24,10 +24,14 @@ def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
 
     try:
         config = load_config(path)
-        components = build_components(config, reactor)
+        components = build_components(config, reactor, listen=False)
     except ConfigError as e:
-        out.write(f"graphsmtp-config: {path or '(defaults)'}: {e}\n")
-        return 1
+        where = "" if e.source else f"{path or '(defaults)'}: "
+        out.write(f"graphsmtp-config: {where}{e}\n")
+        return EX_CONFIG
+    except Exception as e:  # a bug, not the admin's mistake: still one line (no secrets in it)
+        out.write(f"graphsmtp-config: {path or '(defaults)'}: internal error while checking ({type(e).__name__})\n")
+        return EX_SOFTWARE
     out.write(f"{path or '(built-in defaults)'}: OK\n")
     out.write(f"  host name      {config.hostname}\n")
     out.write(f"  spool          {config.spool.directory}\n")
@@ -43,6 +47,8 @@ def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
             f"  listener {listener.name:<8} {listener.endpoint}  tls={listener.tls} auth={listener.auth} "
             f"size={listener.limits.max_message_size} trusted={trusted} policies={policies}\n"
         )
+        if "systemd:" in listener.endpoint:
+            out.write(f"  {'':<17} socket passed by systemd (checked, not bound: see graphsmtp-smtp.socket)\n")
     if online:
         from gateway.cli.online_check import check_online
 
@@ -60,11 +66,11 @@ def list_plugins(kind: str, out: TextIO) -> int:
         out.write(f"{name:<20} {getattr(found.plugins[name], 'description', '')}\n")
     for module, error in sorted(found.broken.items()):
         out.write(f"BROKEN plugin module {module}: {error}\n")
-    return 1 if found.broken else 0
+    return EX_SOFTWARE if found.broken else 0  # a plugin module that does not import is a bug
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
-    parser = argparse.ArgumentParser(prog="graphsmtp-config", description=__doc__.strip().splitlines()[0])
+    parser = SysexitsArgumentParser(prog="graphsmtp-config", description=__doc__.strip().splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate a configuration file (binds nothing)")
     p_check.add_argument("config", nargs="?", help="TOML file (default: built-in defaults)")

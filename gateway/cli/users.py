@@ -24,6 +24,9 @@ from typing import Callable, Optional, Sequence, TextIO
 import bcrypt
 
 from gateway.auth.patterns import PatternError, validate_pattern
+from gateway.cli.sysexits import (
+    EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_SOFTWARE, EX_USAGE, SysexitsArgumentParser,
+)
 from gateway.auth.users import (
     MAX_PASSWORD_BYTES, UserRecord, UsersFileError, load_users, validate_login, write_users,
 )
@@ -33,11 +36,15 @@ MIN_PASSWORD_LENGTH = 12
 
 
 class CommandError(Exception):
-    """A problem the user can fix; printed as one line, exit status 1."""
+    """A problem the user can fix; printed as one line, exit ``status`` (sysexits)."""
+
+    def __init__(self, message: str, status: int = EX_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="graphsmtp-users", description="Manage graphsmtp's SMTP AUTH users file.")
+    p = SysexitsArgumentParser(prog="graphsmtp-users", description="Manage graphsmtp's SMTP AUTH users file.")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--file", "-f", help="the users file (JSON Lines)")
     where.add_argument("--config", "-c", help="a graphsmtp.toml whose [auth] users_file to use")
@@ -78,22 +85,24 @@ def _users_path(args: argparse.Namespace) -> str:
     try:
         data = load_toml(args.config)
     except ConfigError as e:
-        raise CommandError(str(e)) from None
+        raise CommandError(str(e), EX_CONFIG) from None
     auth = data.get("auth")
     path = auth.get("users_file") if isinstance(auth, dict) else None
     if not isinstance(path, str) or not path:
-        raise CommandError(f"{args.config} has no [auth] users_file")
+        raise CommandError(f"{args.config} has no [auth] users_file", EX_CONFIG)
     base = os.path.dirname(os.path.abspath(args.config))
     return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
 
 
 def _load(path: str, must_exist: bool = True) -> dict[str, UserRecord]:
-    if not os.path.exists(path) and not must_exist:
-        return {}
+    if not os.path.exists(path):
+        if not must_exist:
+            return {}
+        raise CommandError(f"users file {path} does not exist (graphsmtp-users add creates it)", EX_NOINPUT)
     try:
         return load_users(path)
     except UsersFileError as e:
-        raise CommandError(str(e)) from None
+        raise CommandError(str(e), EX_DATAERR) from None
 
 
 def _patterns(values: Sequence[str]) -> tuple[str, ...]:
@@ -107,17 +116,25 @@ def _patterns(values: Sequence[str]) -> tuple[str, ...]:
 
 def _read_password(from_stdin: bool, stdin: TextIO, prompt: Callable[[str], str]) -> str:
     if from_stdin:
-        password = stdin.readline().rstrip("\r\n")
+        try:
+            password = stdin.readline().rstrip("\r\n")
+        except UnicodeDecodeError:
+            # Not the decoder's message: it would quote bytes of the password.
+            raise CommandError("the password on stdin is not valid text in this locale's encoding", EX_DATAERR) from None
     else:
-        password = prompt("Password: ")
-        if prompt("Password again: ") != password:
-            raise CommandError("the passwords do not match")
+        try:
+            password = prompt("Password: ")
+            again = prompt("Password again: ")
+        except EOFError:
+            raise CommandError("no password was typed (to pipe one in, use --password-stdin)") from None
+        if again != password:
+            raise CommandError("the passwords do not match", EX_DATAERR)
     if not password:
-        raise CommandError("empty password")
+        raise CommandError("empty password", EX_DATAERR)
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise CommandError(f"password too short: use at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
-        raise CommandError(f"password too long: bcrypt uses at most {MAX_PASSWORD_BYTES} bytes")
+        raise CommandError(f"password too short: use at least {MIN_PASSWORD_LENGTH} characters", EX_DATAERR)
+    if len(password.encode("utf-8", "surrogateescape")) > MAX_PASSWORD_BYTES:
+        raise CommandError(f"password too long: bcrypt uses at most {MAX_PASSWORD_BYTES} bytes", EX_DATAERR)
     return password
 
 
@@ -129,7 +146,7 @@ def _hash(password: str, rounds: int) -> str:
 
 def _require(users: dict[str, UserRecord], login: str) -> UserRecord:
     if login not in users:
-        raise CommandError(f"no login {login!r}")
+        raise CommandError(f"no login {login!r}", EX_NOUSER)
     return users[login]
 
 
@@ -147,11 +164,11 @@ def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, prompt: Callabl
     try:
         validate_login(login)
     except ValueError as e:
-        raise CommandError(str(e)) from None
+        raise CommandError(str(e), EX_DATAERR) from None
 
     if args.command == "add":
         if login in users:
-            raise CommandError(f"login {login!r} exists already (use passwd or set-senders)")
+            raise CommandError(f"login {login!r} exists already (use passwd or set-senders)", EX_DATAERR)
         senders = _patterns(args.sender)
         password = _read_password(args.password_stdin, stdin, prompt)
         users[login] = UserRecord(login, _hash(password, args.rounds), senders, args.disabled)
@@ -176,23 +193,50 @@ def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, prompt: Callabl
     try:
         write_users(path, users.values())
     except OSError as e:
-        raise CommandError(f"cannot write {path}: {e.strerror}") from None
+        raise CommandError(f"cannot write {path}: {e.strerror}", EX_CANTCREAT) from None
     stdout.write(message + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None, stdin: TextIO = None, stdout: TextIO = None, stderr: TextIO = None,
-         prompt: Callable[[str], str] = getpass.getpass) -> int:
+         prompt: Optional[Callable[[str], str]] = None) -> int:
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     args = _parser().parse_args(argv)
+    if prompt is None:
+        prompt = _terminal_prompt(stdin)
     try:
         run(args, stdin, stdout, prompt)
     except CommandError as e:
         stderr.write(f"graphsmtp-users: {e}\n")
-        return 1
+        return e.status
     except KeyboardInterrupt:
         stderr.write("graphsmtp-users: interrupted, nothing changed\n")
-        return 1
+        return EX_USAGE
+    except Exception as e:  # a bug: still one line, and never the text (it could hold a password)
+        stderr.write(f"graphsmtp-users: internal error ({type(e).__name__}); nothing changed\n")
+        return EX_SOFTWARE
     return 0
+
+
+def _terminal_prompt(stdin: TextIO) -> Callable[[str], str]:
+    """
+    Passwords are typed on the terminal.  getpass falls back to reading stdin when there is no
+    terminal, and then meets the end of a piped password at "Password again:" — so a password
+    arriving on a pipe without --password-stdin is refused up front, with the fix in the message.
+    """
+
+    def prompt(text: str) -> str:
+        if not _is_terminal(stdin):
+            raise CommandError("stdin is not a terminal: to pipe the password in, add --password-stdin")
+        return getpass.getpass(text)
+
+    return prompt
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

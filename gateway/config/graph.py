@@ -171,6 +171,7 @@ def parse_graph_section(
         verify = resolve(verify)
         if not os.path.isfile(verify):
             raise ConfigError(reader.key("ca_bundle"), f"file {verify} does not exist")
+        _check_pem_bundle(verify, reader.key("ca_bundle"))
 
     https_proxy = reader.string("https_proxy")
     if https_proxy:
@@ -247,6 +248,17 @@ def parse_graph_section(
     )
     reader.finish()
     return config
+
+
+def _check_pem_bundle(path: str, key: str) -> None:
+    """A CA bundle must hold at least one PEM certificate (not a key, not DER, not empty)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ConfigError(key, f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
 
 
 def _required(reader: TableReader, name: str) -> str:

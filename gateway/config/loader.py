@@ -50,7 +50,12 @@ def load_config(
     """
     data = load_toml(path) if path else {}
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-    return build_config(data, overrides or {}, environ, base_dir)
+    try:
+        return build_config(data, overrides or {}, environ, base_dir)
+    except ConfigError as e:
+        if path:
+            raise e.in_file(path) from None
+        raise
 
 
 def build_config(

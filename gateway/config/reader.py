@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import sys
 from typing import Any, Iterable, Mapping, Optional
 
 from gateway.config.errors import ConfigError
@@ -119,7 +121,21 @@ class TableReader:
         """Refuse keys nobody asked for: they are almost always typos."""
         unknown = sorted(set(self.table) - self._used)
         if unknown:
-            raise ConfigError(self.key(unknown[0]), "unknown setting (check the spelling against etc/graphsmtp.toml)")
+            raise ConfigError(self.key(unknown[0]), "unknown setting (check the spelling: the annotated reference "
+                                                    f"{reference_config_path()} lists every setting)")
+
+
+def reference_config_path() -> str:
+    """
+    Where the annotated reference configuration is on this machine: installed with the package
+    (``<prefix>/share/graphsmtp/graphsmtp.toml``), else in the source tree next to ``gateway/``.
+    """
+    installed = os.path.join(sys.prefix, "share", "graphsmtp", "graphsmtp.toml")
+    if os.path.isfile(installed):
+        return installed
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "etc", "graphsmtp.toml")
+    return source if os.path.isfile(source) else "etc/graphsmtp.toml (in the graphsmtp sources)"
 
 
 def check_endpoint(description: str, key: str) -> None:
@@ -131,12 +147,48 @@ def check_endpoint(description: str, key: str) -> None:
     """
     from twisted.internet.endpoints import serverFromString
 
+    inner = description
+    while inner.startswith("haproxy:"):
+        inner = inner[len("haproxy:"):]
+    if inner.split(":", 1)[0] == "systemd":
+        # Twisted's systemd parser looks the socket up in the environment while parsing, so
+        # outside systemd (graphsmtp-config check, a test run) it cannot be used to validate.
+        _check_systemd_endpoint(inner, key)
+        return
     try:
         serverFromString(object(), description)
     except (ValueError, TypeError) as e:
         raise ConfigError(key, f"{description!r} is not a valid Twisted endpoint: {e}") from None
     except Exception:
         pass
+
+
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def _check_systemd_endpoint(description: str, key: str) -> None:
+    """
+    ``systemd:domain=INET6:name=smtp`` (or ``index=N``), checked without the inherited sockets:
+    the syntax, the address family and exactly one of ``name``/``index``.  Whether systemd
+    really passes that socket is only known when the daemon starts under the unit.
+    """
+    from twisted.internet.endpoints import _parse
+
+    try:
+        args, kwargs = _parse(description)
+    except Exception:
+        raise ConfigError(key, f"{description!r} is not a valid Twisted endpoint") from None
+    usage = "use systemd:domain=INET6:name=<FileDescriptorName> (or index=N)"
+    if len(args) != 1 or set(kwargs) - {"domain", "index", "name"}:
+        raise ConfigError(key, f"{description!r}: unexpected arguments; {usage}")
+    if kwargs.get("domain") not in _SYSTEMD_DOMAINS:
+        raise ConfigError(key, f"{description!r}: domain must be one of {', '.join(_SYSTEMD_DOMAINS)}; {usage}")
+    if ("index" in kwargs) == ("name" in kwargs):
+        raise ConfigError(key, f"{description!r}: give exactly one of name= and index=; {usage}")
+    if "index" in kwargs and not kwargs["index"].isdigit():
+        raise ConfigError(key, f"{description!r}: index must be a number; {usage}")
+    if "name" in kwargs and not kwargs["name"]:
+        raise ConfigError(key, f"{description!r}: name must not be empty; {usage}")
 
 
 def parse_duration(value: Any, key: str) -> float:

@@ -69,6 +69,20 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         self.draining = False
         self._drain_waiters: list[Deferred] = []
 
+    def reconfigure(self, listener: ListenerConfig, hostname: str, chain: Any, portal: Optional[Any],
+                    add_message_id: bool, add_date: bool) -> None:
+        """
+        SIGHUP: sessions built from now on get these settings; sessions already open keep the
+        ones they copied when they started.  One method, so nothing sees half a change.
+        """
+        self.listener = listener
+        self.timeout = listener.limits.idle_timeout
+        self.hostname = self.domain = hostname
+        self.chain = chain
+        self.portal = portal
+        self.add_message_id = add_message_id
+        self.add_date = add_date
+
     def buildProtocol(self, addr: Any) -> GatewayESMTP:
         p = self.protocol(self)
         p.callLater = self.clock.callLater

@@ -543,7 +543,9 @@ class GatewayESMTP(smtp.ESMTP):
     def _trusted(self, address: str) -> bool:
         cached = self._trust_cache
         if cached is None or cached[0] != address:
-            cached = self._trust_cache = (address, self.factory.is_trusted(address))
+            # The session's own listener settings (copied at connect): a SIGHUP reload changes
+            # trusted networks for new sessions only.
+            cached = self._trust_cache = (address, is_trusted(address, self.listener.trusted_networks))
         return cached[1]
 
     def session_view(self) -> SessionView:

@@ -37,6 +37,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.callback_free_tls import CallbackFreeCertificateOptions
 from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
 
@@ -56,7 +57,7 @@ _VERSIONS = {
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-class HardenedCertificateOptions(ssl.CertificateOptions):
+class HardenedCertificateOptions(CallbackFreeCertificateOptions):
     """
     ``CertificateOptions`` plus what it cannot express: renegotiation off and, for legacy
     listeners, the OpenSSL security level lowered so TLS 1.0/1.1 can actually be negotiated.
@@ -282,6 +283,13 @@ class TLSContextSource:
         self.reloads += 1
         self.log.info("listener {listener}: TLS certificate reloaded from {path}", listener=self.listener.name, path=self.listener.tls_cert)
         return True
+
+    def adopt(self, other: "TLSContextSource") -> None:
+        """
+        Take over ``other``'s settings and loaded certificate (a SIGHUP that changed tls_cert,
+        tls_key or tls_min_version): this object stays the one the listener's endpoint holds.
+        """
+        self.listener, self._paths, self._stamps, self._options = other.listener, other._paths, other._stamps, other._options
 
     def check_for_changes(self) -> bool:
         """

@@ -14,8 +14,9 @@ from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 
+from gateway.callback_free_tls import HostnameVerifyingPolicy
 from gateway.config.graph import GraphConfig
 from gateway.delivery.graph.body import cooperator_for
 from gateway.delivery.graph.client import GraphClient
@@ -43,17 +44,21 @@ class ConnectionsService(Service):
         return self.pool.closeCachedConnections()
 
 
-def tls_policy(ca_bundle: Optional[str]) -> BrowserLikePolicyForHTTPS:
-    """Verify servers against ``ca_bundle`` (PEM, may hold several certificates) or the system store."""
+def tls_policy(ca_bundle: Optional[str]) -> HostnameVerifyingPolicy:
+    """
+    Verify servers against ``ca_bundle`` (PEM, may hold several certificates) or the system
+    store.  OpenSSL checks the host name itself (no cffi callback), so HTTPS keeps working
+    under the systemd unit's MemoryDenyWriteExecute=yes.
+    """
     if not ca_bundle:
-        return BrowserLikePolicyForHTTPS()
+        return HostnameVerifyingPolicy()
     with open(ca_bundle, "rb") as f:
         data = f.read()
     marker = b"-----BEGIN CERTIFICATE-----"
     certs = [ssl.Certificate.loadPEM(marker + chunk) for chunk in data.split(marker)[1:]]
     if not certs:
         raise ValueError(f"{ca_bundle} holds no PEM certificate")
-    return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certs))
+    return HostnameVerifyingPolicy(trust_root=ssl.trustRootFromCertificates(certs))
 
 
 def build_http_client(config: GraphConfig, reactor: Any, on_request: Any = None) -> tuple[GraphClient, HTTPConnectionPool]:

@@ -1,0 +1,187 @@
+"""
+What SIGHUP changes in a running gateway, in two steps so a bad file changes nothing:
+
+1. L{prepare_reload} builds everything new from the re-read configuration — users file and
+   login throttle, each existing listener's settings (trusted networks and senders, limits,
+   AUTH, TLS files), its policy chain and the ``[[observer]]`` observers — without touching
+   the running objects.  Any problem raises (a L{ConfigError} naming the key) and the caller
+   keeps running the previous configuration.
+2. L{apply_reload} swaps the prepared pieces in, in the reactor thread, all at once: sessions
+   started afterwards see the new configuration; sessions already open keep what they had.
+
+What only a restart can change (a listener's endpoint, TLS mode or PROXY setting, listeners
+added or removed, the spool, the queue, Graph, Redis, the status endpoint, AUTH pass-through
+and thread counts) is compared with the configuration the gateway *started* with and listed in
+``ReloadPlan.restart_needed``, every time, until the gateway is restarted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+from twisted.cred.portal import Portal
+
+from gateway.config import ConfigError, GatewayConfig
+from gateway.config.model import ListenerConfig
+
+
+@attrs.frozen
+class ListenerChange:
+    """The new settings of one running listener, ready to swap in."""
+
+    part: Any
+    listener: ListenerConfig
+    chain: Any
+    portal: Any
+    tls: Any = None
+
+
+@attrs.frozen
+class ReloadPlan:
+    config: GatewayConfig
+    auth: Any
+    listeners: tuple[ListenerChange, ...]
+    observers: tuple
+    restart_needed: tuple[str, ...]
+
+
+def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, reactor: Any) -> ReloadPlan:
+    """Build the new pieces (see the module docstring); raises on any problem, changes nothing."""
+    from gateway.delivery.observers import build_observers
+    from gateway.policy.chain import PolicyChain
+    from gateway.policy.registry import build_listener_chains
+    from gateway.smtp.tls import TLSContextSource
+    from gateway.wiring import _capped_listeners
+
+    restart = restart_needed(started, new)
+    auth = _rebuild_auth(components.auth, new, reactor)
+    chains = build_listener_chains(new, reactor, components.redis)
+    wanted = {listener.name: listener for listener in _capped_listeners(new)}
+    changes = []
+    for part in components.listeners:
+        listener = wanted.get(part.config.name)
+        if listener is None:
+            continue  # reported as needing a restart; it keeps running as it is
+        # What needs a new socket stays as it was bound.
+        listener = attrs.evolve(listener, endpoint=part.config.endpoint, tls=part.config.tls,
+                                proxy_protocol=part.config.proxy_protocol)
+        chain = PolicyChain(chains[listener.name].policies, guard=auth.relay_policy(listener))
+        tls = None
+        if part.tls is not None and _tls_files(listener) != _tls_files(part.tls.listener):
+            tls = TLSContextSource(listener)
+        changes.append(ListenerChange(part, listener, chain, auth.portal_for(listener), tls))
+    observers = build_observers(new.sections.get("observers", ()), reactor, new.hostname)
+    opened = []
+    try:
+        for observer in observers:
+            if hasattr(observer, "open"):
+                observer.open()
+                opened.append(observer)
+    except Exception as e:
+        _close(opened)
+        raise ConfigError("observer", f"cannot open: {type(e).__name__}: {e}") from None
+    return ReloadPlan(new, auth, tuple(changes), tuple(observers), tuple(restart))
+
+
+def apply_reload(plan: ReloadPlan, components: Any) -> None:
+    """Swap the prepared pieces in.  Runs in the reactor thread and cannot fail half way."""
+    from gateway.delivery.observers import ObserversService
+
+    new = plan.config
+    for change in plan.listeners:
+        if change.tls is not None:
+            change.part.tls.adopt(change.tls)
+        change.part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
+                                        new.add_message_id, new.add_date)
+        change.part.config = change.listener
+    components.auth = plan.auth
+    old = list(components.configured_observers)
+    others = [o for o in components.observers if all(o is not c for c in old)]
+    components.configured_observers = list(plan.observers)
+    components.observers = [*plan.observers, *others]
+    runner = components.runner
+    runner.observers = (*plan.observers, *(o for o in runner.observers if all(o is not c for c in old)))
+    for service in components.services:
+        if isinstance(service, ObserversService):
+            service.observers = [*plan.observers, *(o for o in service.observers if all(o is not c for c in old))]
+    _close(old)
+
+
+def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """What differs from the started configuration but only takes effect after a restart."""
+    notes = []
+    running = {listener.name: listener for listener in started.listeners}
+    wanted = {listener.name: listener for listener in new.listeners}
+    for name in sorted(set(wanted) - set(running)):
+        notes.append(f"listener {name} was added ({wanted[name].endpoint})")
+    for name in sorted(set(running) - set(wanted)):
+        notes.append(f"listener {name} was removed (still listening on {running[name].endpoint})")
+    for name in sorted(set(running) & set(wanted)):
+        before, after = running[name], wanted[name]
+        for key in ("endpoint", "tls", "proxy_protocol"):
+            if getattr(before, key) != getattr(after, key):
+                notes.append(f"listener {name} {key} changed ({getattr(before, key)} -> {getattr(after, key)})")
+    for key in ("state_dir", "spool", "queue", "capture", "deliverer", "graph"):
+        if getattr(started, key) != getattr(new, key):
+            notes.append(f"[{_section_name(key)}] changed")
+    for key in ("redis", "status"):
+        if started.sections.get(key) != new.sections.get(key):
+            notes.append(f"[{key}] changed")
+    before_auth, after_auth = started.sections.get("auth"), new.sections.get("auth")
+    if before_auth is not None and after_auth is not None:
+        if before_auth.passthrough != after_auth.passthrough:
+            notes.append("[auth.passthrough] changed")
+        if before_auth.hash_threads != after_auth.hash_threads:
+            notes.append("[auth] hash_threads changed")
+    return notes
+
+
+def _section_name(key: str) -> str:
+    return {"state_dir": "gateway] state_dir", "capture": "delivery.capture", "deliverer": "delivery"}.get(key, key)
+
+
+def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
+    """
+    A new users file checker and (when its settings changed) a new login throttle, on the
+    running AUTH thread pool; pass-through stays as started (its changes need a restart).
+    """
+    from gateway.auth.build import Authentication
+    from gateway.auth.checkers import UsersFileChecker
+    from gateway.auth.passthrough import DispatchingChecker
+    from gateway.auth.realm import IdentityRealm
+    from gateway.auth.throttle import LoginThrottle
+    from gateway.auth.users import UsersFileError, UsersStore
+
+    config = attrs.evolve(new.sections["auth"], passthrough=current.config.passthrough,
+                          hash_threads=current.config.hash_threads)
+    users: Optional[UsersStore] = None
+    checker = None
+    if config.users_file is not None:
+        try:
+            users = UsersStore(config.users_file)
+        except UsersFileError as e:
+            raise ConfigError("auth.users_file", str(e)) from None
+        checker = UsersFileChecker(users, reactor, current.threadpool)
+    throttle = current.throttle
+    if config.throttle != current.config.throttle:
+        throttle = LoginThrottle(reactor, config.throttle)
+    portal = Portal(IdentityRealm(), [DispatchingChecker(current.passthrough, checker)])
+    return Authentication(config, portal, throttle, users, current.passthrough, current.credential_store,
+                          current.services, current._endpoints, current.threadpool)
+
+
+def _tls_files(listener: ListenerConfig) -> tuple:
+    return (listener.tls_cert, listener.tls_key, listener.tls_min_version)
+
+
+def _close(observers: Any) -> None:
+    for observer in observers:
+        try:
+            if hasattr(observer, "close"):
+                observer.close()
+        except Exception:
+            pass
+
+
+__all__ = ["ReloadPlan", "ListenerChange", "prepare_reload", "apply_reload", "restart_needed"]
