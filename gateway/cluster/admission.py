@@ -18,8 +18,11 @@ script in Redis (L{gateway.cluster.scripts}):
 
 When Redis fails (error or timeout) the node says ``cluster state degraded`` once and keeps
 delivering with its share of each limit (``limit / expected_nodes``), asking Redis again every
-``retry`` seconds.  When Redis answers, the node first lets the requests it started alone end
-and copies its recent starts into the shared window, then rejoins (``cluster state ok``).
+``retry`` seconds.  Switching costs one rate window each way: a node that loses Redis starts
+nothing alone until a window has passed since (the starts Redis counted are unknown to it), and
+a node that finds Redis again starts nothing for a window plus ``retry`` (the other nodes' solo
+starts are not in Redis) and until its own solo requests have ended; then it says ``cluster
+state ok``.  So the cluster never exceeds a limit, even while switching.
 """
 
 from __future__ import annotations
@@ -165,6 +168,7 @@ class ClusterAdmission(Service):
         self._lease_numbers = itertools.count(1)
         self._ticker: Optional[LoopingCall] = None
         self._probing = False
+        self._rejoin_at = 0.0
         self.setName("cluster-admission")
 
     # -- service ---------------------------------------------------------------------------
@@ -214,7 +218,7 @@ class ClusterAdmission(Service):
         if self.state == DEGRADED:
             return self._admit_solo(key, local, now)
         if self.state == REJOINING:
-            return succeed(Later(now + REJOIN_POLL, "rejoining the cluster"))
+            return succeed(Later(max(now + REJOIN_POLL, self._rejoin_at), "rejoining the cluster"))
         return self._ask(key, ticket, now + self.max_hold)
 
     def _ask(self, key: Hashable, ticket: str, hold_until: float) -> Deferred:
@@ -271,7 +275,9 @@ class ClusterAdmission(Service):
         self._forget_old_starts(local, now)
         if local.in_flight >= self.solo_concurrency:
             return succeed(Later(now + self.solo_interval, "mailbox has requests in flight (cluster degraded)"))
-        start = max(now, local.tat)
+        # Starts counted in Redis before it went away are unknown here: a node starts alone only
+        # once a whole window has passed since, so the old and the new counts never add up.
+        start = max(now, local.tat, self.state_since + self.window)
         if len(local.starts) >= self.solo_limit:
             start = max(start, local.starts[0] + self.window + 0.0001)
         if start - now > self.max_hold:
@@ -390,6 +396,12 @@ class ClusterAdmission(Service):
                 fresh[str(field)] = (float(until), detail)
             except ValueError:
                 continue
+        now = self.clock.seconds()
+        for field, (until, detail) in fresh.items():
+            known = self._tenants.get(field)
+            if until > now and (known is None or known[0] < until):
+                self.log.warn("cluster: tenant {tenant} paused on every node until {until:.0f} ({detail})",
+                              tenant=field, until=until, detail=detail, cluster_tenant_paused=field)
         self._tenants = fresh
 
     def _degrade(self, failure: Any) -> None:
@@ -413,53 +425,30 @@ class ClusterAdmission(Service):
         self._probing = True
         d = self.redis.call(lambda r: r.ping())
 
-        def back(_: Any) -> Deferred:
+        def back(_: Any) -> None:
+            # Other nodes may still start alone for up to ``retry`` seconds (until their own
+            # probe), and their solo starts are not in Redis: start nothing for one window
+            # (plus that ``retry``), then share again.
             self.state = REJOINING
-            return self._merge_starts()
-
-        def still_down(_: Any) -> None:
-            self.state = DEGRADED
+            self._rejoin_at = self.clock.seconds() + self.window + self.cluster.retry
+            self.log.info("cluster: Redis answers again; node {node} rejoins in {seconds:.1f}s",
+                          node=self.cluster.node_id, seconds=self.window + self.cluster.retry)
 
         def done(result: Any) -> None:
             self._probing = False
-            if self.state == REJOINING:
-                self._maybe_rejoined()
 
         d.addCallbacks(back, lambda f: None)
-        d.addErrback(still_down)
         d.addBoth(done)
         return d
 
-    def _merge_starts(self) -> Deferred:
-        """Copy what this node started alone into the shared windows, so no window counts twice."""
-        now = self.clock.seconds()
-        calls = []
-        for key, local in self._mailboxes.items():
-            self._forget_old_starts(local, now)
-            if not local.starts:
-                continue
-            args: list = [KEEP]
-            for i, at in enumerate(local.starts):
-                args += [f"{self.cluster.node_id}:solo:{at!r}:{i}", repr(at)]
-            starts = self._keys(key)[3]
-            calls.append((starts, args))
-
-        def work(r: Any) -> Deferred:
-            d = succeed(None)
-            for starts, args in calls:
-                d.addCallback(lambda _, s=starts, a=args: r.eval(scripts.MERGE_STARTS, [s], a))
-            return d
-
-        return self.redis.call(work)
-
     def _maybe_rejoined(self) -> None:
-        if self.state != REJOINING:
+        if self.state != REJOINING or self.clock.seconds() < self._rejoin_at:
             return
         if any(m.solo_in_flight for m in self._mailboxes.values()):
             return
         was = self.state_since
         self.state, self.state_since, self.state_detail = OK, self.clock.seconds(), ""
-        self.log.info("cluster state ok: Redis answers again; node {node} shares mailbox limits again "
+        self.log.info("cluster state ok: node {node} shares mailbox limits through Redis again "
                       "(degraded for {seconds:.0f}s)", node=self.cluster.node_id, seconds=self.state_since - was,
                       cluster_state=OK)
 

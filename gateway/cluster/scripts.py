@@ -135,14 +135,4 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
 return ARGV[2]
 """
 
-#: KEYS: starts.  ARGV: keep, then pairs of member, time.  What a node started while Redis was
-#: away counts against the window once it is back (no double allowance after a rejoin).
-MERGE_STARTS = """
-for i = 2, #ARGV, 2 do
-  redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
-end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return #ARGV
-"""
-
-__all__ = ["ADMIT", "RENEW", "PAUSE", "TENANT", "MERGE_STARTS"]
+__all__ = ["ADMIT", "RENEW", "PAUSE", "TENANT"]

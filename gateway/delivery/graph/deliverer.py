@@ -97,6 +97,7 @@ class _Tenant:
     #: Graph refused a fresh token: only a Graph answer (not another token) shows it is fixed.
     graph_refused: bool = False
     token_expires_at: float = 0.0
+    key: tuple = ()
 
 
 @implementer(IDraftJournal, IEntryQuarantine)
@@ -230,6 +231,8 @@ class GraphDeliverer:
 
     def health(self) -> tuple[TenantHealth, ...]:
         """One L{TenantHealth} per tenant seen so far (the default tenant once used)."""
+        for tenant in self._tenants.values():
+            self._adopt_shared_pause(tenant)  # [cluster]: paused by another gateway shows here too
         return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until, t.token_expires_at)
                      for t in self._tenants.values())
 
@@ -244,6 +247,7 @@ class GraphDeliverer:
             return self._finish(entry, Transient(f"delivery credentials unavailable ({type(e).__name__})"))
 
         tenant = self._tenant(credentials)
+        self._adopt_shared_pause(tenant)
         if tenant.paused_until > self.clock.seconds():
             return self._finish(entry, Transient(
                 f"tenant {tenant.label} paused after credential trouble: {tenant.detail}",
@@ -564,13 +568,33 @@ class GraphDeliverer:
     def _tenant(self, credentials: TenantCredentials) -> _Tenant:
         t = self._tenants.get(credentials.tenant_key)
         if t is None:
-            t = self._tenants[credentials.tenant_key] = _Tenant(credentials.label, since=self.clock.seconds())
+            t = self._tenants[credentials.tenant_key] = _Tenant(credentials.label, since=self.clock.seconds(),
+                                                                key=credentials.tenant_key)
         return t
+
+    def _adopt_shared_pause(self, tenant: _Tenant) -> None:
+        """
+        Another gateway of the cluster paused this tenant for credential trouble: honour it
+        here too (no token request, no Graph request) and show it as this node's state, so a
+        tenant whose credentials fail is not hammered by the other nodes.
+        """
+        shared = getattr(getattr(self, "scheduler", None), "tenant_paused", None)
+        seen = shared(tenant.key) if shared is not None else None
+        if seen is None or seen[0] <= tenant.paused_until:
+            return
+        if tenant.state != "config-error":
+            tenant.since = self.clock.seconds()
+            self.log.warn("tenant {label} paused by another gateway of the cluster until {until:.0f}: {detail}",
+                          label=tenant.label, until=seen[0], detail=seen[1])
+        tenant.state, tenant.detail, tenant.paused_until = "config-error", seen[1], seen[0]
 
     def _tenant_ok(self, tenant: _Tenant) -> None:
         if tenant.state != "ok":
             if tenant.state == "config-error":
                 self.log.info("Graph credentials for tenant {label} work again; deliveries resume", label=tenant.label)
+                resume = getattr(getattr(self, "scheduler", None), "resume_tenant", None)
+                if resume is not None:
+                    resume(tenant.key)
             tenant.state, tenant.detail, tenant.since = "ok", "", self.clock.seconds()
         tenant.failures = 0
         tenant.paused_until = 0.0
@@ -598,6 +622,9 @@ class GraphDeliverer:
             tenant.since = now
         tenant.state, tenant.detail = "config-error", detail
         tenant.paused_until = now + delay
+        share = getattr(getattr(self, "scheduler", None), "pause_tenant", None)
+        if share is not None:  # [cluster]: every gateway pauses this tenant
+            share(tenant.key, tenant.paused_until, detail.rstrip("."))
         self.log.critical(
             "GRAPH CONFIGURATION ERROR for tenant {label}: {detail}. Deliveries for this tenant are paused "
             "for {delay:.0f}s and retried with growing backoff; queued mail is kept.",

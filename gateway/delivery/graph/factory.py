@@ -88,6 +88,7 @@ def build_graph_deliverer(
     reactor: Any,
     resolver: Optional[ICredentialResolver] = None,
     on_request: Any = None,
+    scheduler: Any = None,
 ) -> tuple[GraphDeliverer, list]:
     """
     A L{GraphDeliverer} and the services it needs started (in order) and stopped (in reverse):
@@ -96,7 +97,8 @@ def build_graph_deliverer(
     before expiry).  ``resolver``
     defaults to the configured tenant only; pass the auth feature's resolver to add
     pass-through logins.  ``on_request(method, url, status, seconds)`` is told about every Graph
-    request (metrics).  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
+    request (metrics).  ``scheduler`` replaces the in-process mailbox admission (``[cluster]``:
+    L{gateway.cluster.admission.ClusterAdmission}).  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
     """
     token_pool = ThreadPoolService("graphsmtp-msal", 1, config.token_threads)
     io_pool = ThreadPoolService("graphsmtp-graph-io", 1, config.io_threads)
@@ -110,7 +112,7 @@ def build_graph_deliverer(
                                   retry_max=config.tenant_backoff_max)
     deliverer = GraphDeliverer(
         config, client, MonitoredTokens(tokens, monitor), resolver or ConfigCredentialResolver(default), reactor,
-        blocking=blocking, default_credentials=default)
+        scheduler=scheduler, blocking=blocking, default_credentials=default)
     monitor.graph_view = deliverer.health
     observers: list = []
     if config.dsn and config.postmaster:
