@@ -34,8 +34,9 @@ Limits (``ListenerConfig.limits``) and the replies they give:
 * ``idle_timeout`` (no complete command, or no DATA bytes), ``data_timeout`` (whole DATA phase)
   and ``session_timeout`` (whole connection) → ``421 4.4.2`` and close;
 * connections beyond ``max_connections`` / ``max_connections_per_ip`` → ``421 4.7.0`` at
-  connect (for PROXY-protocol listeners the per-IP check happens when the first command
-  arrives, because only then is the real client address known);
+  connect.  On PROXY-protocol listeners a connection counts against its peer (the load
+  balancer) until the PROXY header is complete, then against the client the header names; the
+  220 greeting (or the 421) is sent when the header is complete, not before;
 * ``max_errors`` error replies, ``max_commands_before_mail`` commands that do not start a
   transaction (NOOP/RSET/VRFY floods), or ``max_messages_per_session`` → ``421 4.7.0`` and close.
 """
@@ -205,14 +206,46 @@ class GatewayESMTP(smtp.ESMTP):
         self.setTimeout(self.limits.idle_timeout)
         self._session_call = self.callLater(self.limits.session_timeout, self._session_expired)
         problem = self.factory.admission_problem(self)
-        if problem is None and not self.factory.proxied:
-            self._peer_checked = True
+        if problem is None:
+            # Counted against the peer from the first moment.  Behind PROXY protocol the peer
+            # is the load balancer until the header names the client: a peer cannot hold more
+            # than max_connections_per_ip connections whose header has not arrived.
             problem = self.factory.address_problem(self, self._client_address())
         if problem is not None:
             self.log.info("refused connection from {client}: {problem}", client=self._client_address(), problem=problem)
             self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
             return
+        if self.factory.proxied:
+            # Nothing is said to a client nobody has named yet: see proxy_header_received.
+            return
+        self._peer_checked = True
+        self._greet_client()
+
+    def _greet_client(self) -> None:
         self.sendLine(f"220 {self._hostname} ESMTP".encode("ascii"))
+
+    def proxy_header_received(self) -> None:
+        """
+        The PROXY header is complete (L{gateway.smtp.proxy} calls this, or the first client
+        data shows it): the real client is known now.  It is checked and counted instead of
+        the load balancer, then greeted — or refused with 421 — without waiting for it to speak.
+        """
+        if self._peer_checked or self._done:
+            return
+        self._peer_checked = True
+        address = self._client_address()
+        if hasattr(self.transport.getPeer(), "host") and not _is_ip_literal(address):
+            # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
+            # it would go into the Received header, the spool and the logs.
+            problem: Optional[str] = "Invalid client address in the PROXY header"
+            address = clean_text(address, 60)
+        else:
+            problem = self.factory.client_identified(self, address)
+        if problem is not None:
+            self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
+            self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
+            return
+        self._greet_client()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._gone = True
@@ -357,20 +390,10 @@ class GatewayESMTP(smtp.ESMTP):
         if self._done:
             return
         if not self._peer_checked:
-            # PROXY-protocol listeners: the wrapper has parsed the header by now, so this is
-            # the first moment the real client address is known.
-            self._peer_checked = True
-            address = self._client_address()
-            if hasattr(self.transport.getPeer(), "host") and not _is_ip_literal(address):
-                # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
-                # it would go into the Received header, the spool and the logs.
-                problem = "Invalid client address in the PROXY header"
-                address = clean_text(address, 60)
-            else:
-                problem = self.factory.address_problem(self, address)
-            if problem is not None:
-                self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
-                self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
+            # PROXY-protocol listener behind a wrapper that did not say the header was
+            # complete: client data means it is.
+            self.proxy_header_received()
+            if self._done:
                 return
         if self._state is _DATA and not self._inbuf and not self._blocked and not self._pumping:
             # The common case in DATA: hand the chunk straight to the intake, no copy.
