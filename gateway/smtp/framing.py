@@ -95,7 +95,7 @@ class DataFraming:
         """Check and unstuff ``block``: whole lines, starting at a line start, ending in CRLF."""
         if not block:
             return block
-        if len(block) > self.max_line + 2 and _has_long_line(block, self.max_line):
+        if _has_long_line(block, self.max_line):
             self.line_too_long = True
         if not self.bare_newline:
             crlf = block.count(b"\r\n")
@@ -106,7 +106,7 @@ class DataFraming:
         if block[:1] == b".":
             block = block[1:]
         block = block.replace(b"\r\n.", b"\r\n")
-        if not self.line_over_998 and len(block) > MESSAGE_LINE_LIMIT + 2 and _has_long_line(block, MESSAGE_LINE_LIMIT):
+        if not self.line_over_998 and _has_long_line(block, MESSAGE_LINE_LIMIT):
             self.line_over_998 = True
         return block
 
@@ -116,7 +116,8 @@ def _has_long_line(block: bytes, max_line: int) -> bool:
     Whether any CRLF-terminated line in ``block`` is longer than ``max_line``.
 
     Jumps from the last CRLF inside each window of ``max_line + 2`` bytes to the next window,
-    so it costs one ``rfind`` per ``max_line`` bytes, not one Python step per line.
+    so it costs one ``rfind`` per ``max_line`` bytes, not one Python step per line (and nothing
+    for a block no longer than one window, which cannot hold a long line).
     """
     pos = 0
     n = len(block)

@@ -20,7 +20,8 @@ What it keeps from Twisted: the protocol/transport plumbing, ``sendLine`` and ``
 * HELO/EHLO names are validated before they can reach a Received header; ``noisy`` is off.
 * Replies the client does not read are not buffered without bound: the session is its
   transport's streaming producer.  When the transport's write buffer is over its bound the
-  session stops reading and answering until it drains; more than ``MAX_UNREAD_REPLIES`` written
+  session stops answering (and, once 64 KiB of input waits, reading) until it drains; more
+  than ``MAX_UNREAD_REPLIES`` written
   on top of a full buffer drops the connection, and so does closing a session (e.g. its idle
   timeout) whose client is not reading — no close grace for replies nobody reads.
 
@@ -35,6 +36,8 @@ Limits (``ListenerConfig.limits``) and the replies they give:
   ``552 5.3.4`` after the final dot (the rest is swallowed, the session stays usable);
 * header section > ``max_header_size`` → ``552 5.3.4`` after the final dot;
 * bare CR or LF in the message → ``550 5.6.0`` after the final dot;
+* a NUL octet, or a line over 998 characters (RFC 5322 §2.1.1), in the message → ``550 5.6.0``
+  naming the problem, after the final dot (the session goes on);
 * recipients beyond ``max_recipients`` → ``452 4.5.3``;
 * ``idle_timeout`` (no complete command, or no DATA bytes), ``data_timeout`` (whole DATA phase)
   and ``session_timeout`` (whole connection) → ``421 4.4.2`` and close;
@@ -84,8 +87,8 @@ CLOSE_GRACE = 30.0
 PAUSE_PENDING_INPUT = 64 * 1024
 MAX_PENDING_INPUT = 1024 * 1024
 # Reply bytes written while the transport's write buffer is already over its bound (the client
-# is not reading); beyond this the connection is dropped.  Input is not read meanwhile, so only
-# replies to steps already under way can add to it: reaching it means something is wrong.
+# is not reading); beyond this the connection is dropped.  No input is acted on meanwhile, so
+# only replies to steps already under way can add to it: reaching it means something is wrong.
 MAX_UNREAD_REPLIES = 256 * 1024
 # Recipients beyond max_recipients get 452 4.5.3 (send them in another transaction, RFC 5321
 # §4.5.3.1.10); only this many of those per transaction are free of the error count, so a
