@@ -85,6 +85,7 @@ class TrustedProxyWrappingFactory(HAProxyWrappingFactory):
     """Accepts connections only from trusted PROXY peers and wraps them in L{TrustedProxyWrapper}."""
 
     protocol = TrustedProxyWrapper
+    noisy = False
     log = Logger()
 
     def __init__(self, wrappedFactory: Any, trusted_networks: tuple, header_timeout: float, clock: IReactorTime) -> None:
