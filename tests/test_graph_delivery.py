@@ -390,16 +390,50 @@ class ConcurrencyTests(TestCase):
 
     @inlineCallbacks
     def test_no_more_than_two_requests_per_mailbox(self):
+        """Admission is the queue runner's (per-mailbox ready queues): through a real runner,
+        the deliverer's mailbox_concurrency holds against the real fake Graph."""
+        from twisted.internet.defer import Deferred
+        from zope.interface import implementer
+
+        from gateway.config.model import QueueConfig
+        from gateway.delivery.interfaces import IDeliveryObserver
+        from gateway.spool.runner import QueueRunner
+        from gateway.testing.memory_spool import MemorySpool
+
         r = yield start_rig(self, reactor, mailbox_rate=60_000.0, mailbox_burst=30)
         r.server.inject(Fault.slow(0.3), operation="sendMail", times=None)
         entries = [r.entry(simple_message(to=[BOB]), ALICE, [BOB]) for _ in range(12)]
         entries += [r.entry(simple_message(sender="dave@contoso.test", to=[BOB]), "dave@contoso.test", [BOB]) for _ in range(3)]
-        outcomes = yield gatherResults([r.deliverer.deliver(e) for e in entries])
-        alice = outcomes[:12]
-        self.assertEqual(sum(isinstance(o, Delivered) for o in alice), 2)
-        self.assertTrue(all(isinstance(o, Transient) and o.retry_at for o in alice if not isinstance(o, Delivered)))
+        spool = MemorySpool()
+        spool.messages = [(e, b"") for e in entries]
+        all_done = Deferred()
+
+        @implementer(IDeliveryObserver)
+        class Count:
+            outcomes = []
+
+            def _seen(self, kind, entry, outcome):
+                self.outcomes.append(kind)
+                if len(self.outcomes) == len(entries) and not all_done.called:
+                    all_done.callback(None)
+
+            def delivered(self, entry, outcome):
+                self._seen("delivered", entry, outcome)
+
+            def deferred(self, entry, outcome):
+                self._seen("deferred", entry, outcome)
+
+            def failed(self, entry, outcome):
+                self._seen("failed", entry, outcome)
+
+        runner = QueueRunner(spool, r.deliverer, QueueConfig(concurrency=16), reactor, observers=[Count()])
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        yield all_done
+        self.assertEqual(Count.outcomes, ["delivered"] * len(entries))
         self.assertEqual(r.server.max_concurrency[ALICE], 2)
         self.assertEqual(r.server.max_concurrency["dave@contoso.test"], 2)
+        self.assertEqual(r.deliverer.stats.deferred, 0)  # nothing refused, nothing retried
 
 
 class SecretTests(TestCase):
