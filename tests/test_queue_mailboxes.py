@@ -400,3 +400,31 @@ class RecordCauseTests(SynchronousTestCase):
         self.assertNotIn(b'"cause"', old)
         loaded = decode_record(old, "/x")
         self.assertEqual((loaded.history[0].cause, loaded.failures, loaded.due_hint), (None, 1, 500.0))
+
+
+class TenantPauseTests(MailboxRunnerBase):
+    def test_a_paused_tenant_costs_nothing_and_is_logged_once(self):
+        deliverer = self.new_deliverer()
+        config_error = [True]
+        acquire = self.tokens.acquire
+
+        def tokens(credentials):
+            if config_error[0]:
+                self.tokens.calls += 1
+                return fail(TokenError("config", "AADSTS7000215", "Invalid client secret provided."))
+            return acquire(credentials)
+
+        self.tokens.acquire = tokens
+        runner = self.start(deliverer)
+        entries = [self.accept(sender) for sender in ("alice@contoso.test", "carol@contoso.test") * 10]
+        self.settle(runner, START + 30)
+        self.assertEqual(self.tokens.calls, 1, "messages were tried while their tenant was paused")
+        self.assertEqual(len(self.prepared), 1)
+        paused = [e for e in self.events if "paused" in e["log_format"] and e["log_level"] >= LogLevel.info]
+        self.assertEqual(len(paused), 1, [formatEvent(e) for e in paused])
+        self.assertEqual(self.record(entries[0].queue_id).failures, 0)  # a pause is not a failure
+        config_error[0] = False
+        self.run_until(lambda: not self.queued_ids())
+        self.assertGreaterEqual(min(self.graph.started()), START + 60)
+        self.assertEqual(len(self.graph.starts), 20)
+        self.assertEqual(runner.stats.deferred, 1)

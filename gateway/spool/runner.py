@@ -127,6 +127,7 @@ class QueueRunner(Service):
         self._flight_keys: dict[str, Hashable] = {}
         self._attempt_timers: dict[str, IDelayedCall] = {}
         self._after_flight: dict[str, float] = {}
+        self._front_after_flight: dict[str, Hashable] = {}
         self._force_now: set[str] = set()
         self._delete_requested: set[str] = set()
         self._timer: Optional[IDelayedCall] = None
@@ -435,8 +436,12 @@ class QueueRunner(Service):
     def _finished(self, _: Any, queue_id: str) -> None:
         self._in_flight.pop(queue_id, None)
         key = self._flight_keys.pop(queue_id, None)
+        now = self.clock.seconds()
         if key is not None:
-            self.mailboxes.release(key, self.clock.seconds())
+            self.mailboxes.release(key, now)
+        front = self._front_after_flight.pop(queue_id, None)
+        if front is not None and queue_id not in self._due and not self._stopping:
+            self._push(front, queue_id, now, front=True)
         due = self._after_flight.pop(queue_id, None)
         if due is not None and queue_id not in self._due and not self._stopping:
             self._schedule(queue_id, due)
@@ -571,7 +576,8 @@ class QueueRunner(Service):
             self._tenant_pauses[tenant] = (max(previous[0], until), previous[1], previous[2] + 1)
         else:
             self._tenant_pauses[tenant] = (until, outcome.reason, 1)
-            self.log.warn("deliveries for tenant {tenant} paused for {seconds}s: {reason}",
+            # The deliverer raises the alarm (once per condition); this is the runner's echo.
+            self.log.debug("deliveries for tenant {tenant} held for {seconds}s: {reason}",
                           tenant=tenant or "default", seconds=round(until - now), reason=outcome.reason)
         for mq in self.mailboxes.queues():
             if self._tenant_of(mq.key) == tenant:
@@ -660,7 +666,7 @@ class QueueRunner(Service):
         """
         if key is not None and next_at <= max(self.mailboxes.paused_until(key), now):
             if queue_id in self._in_flight:
-                self._after_flight[queue_id] = now
+                self._front_after_flight[queue_id] = key
             else:
                 self._push(key, queue_id, now, front=True)
         else:
