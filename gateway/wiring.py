@@ -107,7 +107,7 @@ def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any) 
         from gateway.delivery.graph.factory import build_graph_deliverer
 
         resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))
-        deliverer, services = build_graph_deliverer(config.graph, reactor, resolver)
+        deliverer, services = build_graph_deliverer(config.graph, reactor, resolver, connections=config.queue.concurrency)
         return deliverer, services, list(getattr(deliverer, "observers", ()))
     from gateway.delivery.capture import CaptureDeliverer
 

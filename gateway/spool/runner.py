@@ -433,12 +433,15 @@ class QueueRunner(Service):
         d.addErrback(lambda f: self.log.failure("unexpected error handling {queue_id}", f, queue_id=queue_id))
         d.addBoth(self._finished, queue_id)
 
+    def _release_slot(self, queue_id: str) -> None:
+        key = self._flight_keys.pop(queue_id, None)
+        if key is not None:
+            self.mailboxes.release(key, self.clock.seconds())
+
     def _finished(self, _: Any, queue_id: str) -> None:
         self._in_flight.pop(queue_id, None)
-        key = self._flight_keys.pop(queue_id, None)
+        self._release_slot(queue_id)
         now = self.clock.seconds()
-        if key is not None:
-            self.mailboxes.release(key, now)
         front = self._front_after_flight.pop(queue_id, None)
         if front is not None and queue_id not in self._due and not self._stopping:
             self._push(front, queue_id, now, front=True)
@@ -506,12 +509,19 @@ class QueueRunner(Service):
             self.log.error("deliverer returned {outcome!r} for {queue_id}; treating as transient",
                            outcome=outcome, queue_id=queue_id)
             outcome = Transient(reason="internal error: deliverer returned no outcome")
+        # The next hop is done with it: the mailbox's slot frees now (after any pause it asked
+        # for), not after the spool bookkeeping below (a record rewrite is an fsync).
+        self._release_slot(queue_id)
+        if isinstance(outcome, Transient):
+            self._apply_pause(key, outcome, self.clock.seconds())
+        elif isinstance(outcome, Delivered):
+            self._recovered_tenant(key)
+        self._pump()
         if queue_id in self._delete_requested:
             yield self._delete_now(queue_id)
             return
         if isinstance(outcome, Delivered):
             self._forget(queue_id)
-            self._recovered_tenant(key)
             yield self._delivered(entry, outcome, key)
         elif isinstance(outcome, Permanent):
             reason = f"{outcome.status} {outcome.reason}" + (f" ({outcome.remote_code})" if outcome.remote_code else "")
@@ -609,7 +619,6 @@ class QueueRunner(Service):
     def _transient(self, entry: SpoolEntry, outcome: Transient, key: Hashable = None) -> Any:
         now = self.clock.seconds()
         expires_at = entry.received_at + self.config.max_lifetime
-        self._apply_pause(key, outcome, now)
         if not outcome.attempted and now < expires_at:
             # Scheduling, not failure: nothing was sent, so no attempt, no spool write, no
             # observer; after a crash the old next-attempt time simply makes it due sooner.

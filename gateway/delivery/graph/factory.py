@@ -55,9 +55,17 @@ def tls_policy(ca_bundle: Optional[str]) -> BrowserLikePolicyForHTTPS:
     return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certs))
 
 
-def build_http_client(config: GraphConfig, reactor: Any) -> tuple[GraphClient, HTTPConnectionPool]:
+#: Default number of kept-alive Graph connections: as many as deliveries may be in flight
+#: (``[queue] concurrency``), so a busy gateway does not pay a TLS handshake per request.
+PERSISTENT_CONNECTIONS = 64
+
+
+def build_http_client(config: GraphConfig, reactor: Any,
+                      connections: int = PERSISTENT_CONNECTIONS) -> tuple[GraphClient, HTTPConnectionPool]:
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 8
+    # Fewer kept-alive connections than requests in flight turned most requests into a new
+    # TLS handshake (bench_drain: 572 handshakes for 1,000 messages with 40 in flight).
+    pool.maxPersistentPerHost = connections
     policy = tls_policy(config.verify)
     if config.https_proxy:
         from gateway.delivery.graph.proxy import TunnelingEndpointFactory
@@ -80,16 +88,18 @@ def build_graph_deliverer(
     config: GraphConfig,
     reactor: Any,
     resolver: Optional[ICredentialResolver] = None,
+    connections: int = PERSISTENT_CONNECTIONS,
 ) -> tuple[GraphDeliverer, list]:
     """
     A L{GraphDeliverer} and the services it needs started (in order) and stopped (in reverse):
     the MSAL thread pool, the file thread pool and the HTTP connection pool.  ``resolver``
     defaults to the configured tenant only; pass the auth feature's resolver to add
     pass-through logins.  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
+    ``connections``: Graph connections kept alive (the wiring passes ``[queue] concurrency``).
     """
     token_pool = ThreadPoolService("graphsmtp-msal", 1, config.token_threads)
     io_pool = ThreadPoolService("graphsmtp-graph-io", 1, config.io_threads)
-    client, http_pool = build_http_client(config, reactor)
+    client, http_pool = build_http_client(config, reactor, connections)
     proxies = {"https": config.https_proxy} if config.https_proxy else None
     tokens = TokenProviders(reactor, token_pool.pool, verify=config.verify, proxies=proxies,
                             timeout=config.token_timeout)
