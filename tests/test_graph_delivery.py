@@ -459,3 +459,78 @@ class SecretTests(TestCase):
             self.assertNotIn(token, text)
         self.assertNotIn("authtoken", text)
         self.assertNotIn("Bearer", text)
+
+
+class OutageRecoveryTests(TestCase):
+    """End to end over HTTPS: a Graph outage, then the first success drains what it deferred."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_messages_deferred_by_503s_leave_once_graph_answers_again(self):
+        from twisted.internet.defer import Deferred
+        from zope.interface import implementer
+
+        from gateway.config.model import QueueConfig
+        from gateway.delivery.interfaces import IDeliveryObserver
+        from gateway.spool.entry import Envelope, Provenance
+        from gateway.spool.runner import QueueRunner
+        from gateway.spool.store import DirectorySpool
+        from gateway.spool.testing import SynchronousThreadPool
+
+        r = yield start_rig(self, reactor, mailbox_rate=6000.0, mailbox_burst=30)
+        r.server.inject(Fault.status_code(503, "ServiceUnavailable", "down"), operation="sendMail", times=5)
+        spool = DirectorySpool(os.path.abspath(self.mktemp()), SynchronousThreadPool(), reactor)
+        self.addCleanup(spool.close)
+        waits: dict = {}
+
+        def when(kind, count):
+            d = Deferred()
+            waits[(kind, count)] = d
+            return d
+
+        @implementer(IDeliveryObserver)
+        class Events:
+            seen = {"delivered": [], "deferred": [], "failed": []}
+
+            def _note(self, kind, entry):
+                self.seen[kind].append(entry)
+                d = waits.pop((kind, len(self.seen[kind])), None)
+                if d is not None:
+                    d.callback(None)
+
+            def delivered(self, entry, outcome):
+                self._note("delivered", entry)
+
+            def deferred(self, entry, outcome):
+                self._note("deferred", entry)
+
+            def failed(self, entry, outcome):
+                self._note("failed", entry)
+
+        events = Events()
+        # A five-minute first step: without the prompt drain this test would time out.
+        runner = QueueRunner(spool, r.deliverer, QueueConfig(retry_schedule=(300.0,), jitter=0.0), reactor,
+                             observers=[events])
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        yield runner.ready
+
+        def accept():
+            return spool.open_writer().addCallback(commit)
+
+        def commit(writer):
+            writer.write(simple_message(to=[BOB]).as_bytes().replace(b"\n", b"\r\n"))
+            return writer.commit(Envelope(ALICE, (BOB,)), Provenance("127.0.0.1", "client.test", "test"))
+
+        all_deferred = when("deferred", 5)
+        for _ in range(5):
+            yield accept()
+        yield all_deferred
+        self.assertTrue(all(e.next_attempt_at - e.history[-1].at == 300.0 for e in events.seen["deferred"]))
+        self.assertEqual({e.history[-1].cause for e in events.seen["deferred"]}, {"service"})
+        all_delivered = when("delivered", 6)
+        yield accept()  # Graph answers again: this one goes, and releases the five
+        yield all_delivered
+        self.assertEqual(len(r.server.sent_by(ALICE)), 6)
+        self.assertEqual(runner.stats.released_after_outage, 5)
