@@ -428,3 +428,37 @@ class TenantPauseTests(MailboxRunnerBase):
         self.assertGreaterEqual(min(self.graph.started()), START + 60)
         self.assertEqual(len(self.graph.starts), 20)
         self.assertEqual(runner.stats.deferred, 1)
+
+
+class GlobalBoundTests(MailboxRunnerBase):
+    def test_global_concurrency_bounds_work_without_holding_slots_for_a_paused_mailbox(self):
+        deliverer = self.new_deliverer()
+        self.graph.script = [GraphResponse(429, "ApplicationThrottled", "slow down", retry_after=30.0)]
+        runner = self.start(deliverer, config=attrs.evolve(self.queue_config, concurrency=3))
+        self.accept("alice@contoso.test")
+        self.settle(runner, START + 0.2)  # alice is paused for 30 s
+        for _ in range(10):
+            self.accept("alice@contoso.test")
+        for sender in ("carol@contoso.test", "dave@contoso.test") * 6:
+            self.accept(sender)
+        most = []
+        self.run_until(lambda: most.append(runner.in_flight) or len(self.graph.started()) == 13)
+        self.assertEqual(max(most), 3)  # the global bound holds...
+        self.assertLess(max(self.graph.started()), START + 30)  # ...and alice's pause held no slot
+        self.run_until(lambda: not self.queued_ids())
+        self.assertEqual(len(self.graph.starts), 24)  # 11 for alice (one twice), 12 others
+
+    def test_admin_delete_of_an_entry_waiting_for_its_mailbox(self):
+        from gateway.spool.disk import ControlRequest, SpoolDisk
+        deliverer = self.new_deliverer()
+        self.graph.script = [GraphResponse(429, "ApplicationThrottled", "slow down", retry_after=30.0)]
+        runner = self.start(deliverer)
+        self.accept()
+        self.settle(runner, START + 0.2)
+        waiting = self.accept()
+        self.assertIn(waiting.queue_id, runner.mailboxes)
+        SpoolDisk(self.directory).request_control(ControlRequest("delete", waiting.queue_id))
+        runner.kick()
+        self.assertNotIn(waiting.queue_id, runner.mailboxes)
+        self.run_until(lambda: not self.queued_ids())
+        self.assertEqual(len(self.graph.starts), 2)
