@@ -462,3 +462,21 @@ class GlobalBoundTests(MailboxRunnerBase):
         self.assertNotIn(waiting.queue_id, runner.mailboxes)
         self.run_until(lambda: not self.queued_ids())
         self.assertEqual(len(self.graph.starts), 2)
+
+
+class CachedTLSPolicyTests(SynchronousTestCase):
+    def test_one_creator_per_host_and_port(self):
+        from gateway.delivery.graph.factory import CachedTLSPolicy
+
+        class Policy:
+            calls = []
+
+            def creatorForNetloc(self, hostname, port):
+                self.calls.append((hostname, port))
+                return object()
+
+        cached = CachedTLSPolicy(Policy())
+        a = cached.creatorForNetloc(b"graph.microsoft.com", 443)
+        self.assertIs(cached.creatorForNetloc(b"graph.microsoft.com", 443), a)
+        self.assertIsNot(cached.creatorForNetloc(b"login.microsoftonline.com", 443), a)
+        self.assertEqual(Policy.calls, [(b"graph.microsoft.com", 443), (b"login.microsoftonline.com", 443)])
