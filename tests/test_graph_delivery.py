@@ -14,7 +14,7 @@ import os
 from email.message import EmailMessage
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
