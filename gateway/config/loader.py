@@ -102,7 +102,7 @@ def build_config(
             # The last value repeats until max_lifetime: 0 would retry in a hot loop for days.
             raise ConfigError(f"queue.retry_schedule[{len(retry_schedule) - 1}]", "the last value repeats and must be more than 0 seconds")
     queue = QueueConfig(
-        concurrency=q.integer("concurrency", 16, 1, 1000),
+        concurrency=q.integer("concurrency", 64, 1, 1000),
         retry_schedule=retry_schedule,
         jitter=q.number("jitter", 0.2),
         max_lifetime=q.duration("max_lifetime", 5 * 86400.0),

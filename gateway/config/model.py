@@ -105,7 +105,7 @@ class QueueConfig:
     it (a safety net under the deliverer's own network timeouts; large uploads need time).
     """
 
-    concurrency: int = 16
+    concurrency: int = 64
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     jitter: float = 0.2
     max_lifetime: float = 5 * 86400.0
