@@ -189,10 +189,10 @@ def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, 
         from gateway.delivery.graph.factory import build_graph_deliverer
 
         resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))
-        scheduler, cluster_services = _cluster_admission(config, reactor, redis)
+        admission, cluster_services = _cluster_admission(config, reactor, redis)
         deliverer, services = build_graph_deliverer(
             config.graph, reactor, resolver, on_request=metrics.graph_request if metrics is not None else None,
-            scheduler=scheduler)
+            connections=config.queue.concurrency, admission=admission)
         return deliverer, cluster_services + services, list(getattr(deliverer, "observers", ()))
     from gateway.delivery.capture import CaptureDeliverer
 
@@ -202,7 +202,7 @@ def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, 
 def _cluster_admission(config: GatewayConfig, reactor: Any, redis: Any) -> tuple[Any, list]:
     """
     With ``[cluster]``: the mailbox admission every gateway of the cluster shares through Redis
-    (and its service, which renews leases); without: None (the deliverer paces alone).
+    (and its service, which renews leases); without: None (the runner's queues pace alone).
     """
     cluster = config.sections.get("cluster")
     if cluster is None or redis is None:

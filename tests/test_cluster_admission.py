@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from gateway.cluster.admission import DEGRADED, OK, ClusterAdmission, ClusterSlot
 from gateway.config.cluster import ClusterConfig
-from gateway.delivery.graph.scheduler import Later
+from gateway.cluster.admission import Later
 from gateway.policy.testing import start_redis_server
 from tests.test_policy_rate_redis import RedisTestBase
 
@@ -184,7 +184,10 @@ class DegradedTests(AdmissionTestBase):
         # own solo requests have ended; then it shares again.
         self.server = yield start_redis_server(reactor, self.directory, 0, ())
         self.addCleanup(self.server.stop)
-        yield a._tick()
+        for _ in range(10):  # each probe waits (up to the timeouts) for txredisapi to reconnect
+            yield a._tick()
+            if a.state != DEGRADED:
+                break
         self.assertEqual(a.state, "rejoining")
         answer = yield a.admit(MAILBOX, "Q9")
         self.assertIsInstance(answer, Later)

@@ -3,10 +3,12 @@ Mailbox admission shared by every gateway of a cluster (``[cluster]`` + ``[redis
 
 Graph's limits are per app and mailbox across every gateway (4 requests in flight; Exchange's
 30 messages a minute), so gateways behind one load balancer must pace each mailbox together.
-L{ClusterAdmission} answers the same questions as the in-process
-L{gateway.delivery.graph.scheduler.MailboxScheduler} (``admit`` → a slot or ``Later``,
-``pause``, ``succeeded``, ``snapshot``; see L{IMailboxAdmission}), each answer being one Lua
-script in Redis (L{gateway.cluster.scripts}):
+The queue runner's per-mailbox ready queues (L{gateway.spool.mailboxes}) pace each node
+alone; with ``[cluster]`` the Graph deliverer also asks L{ClusterAdmission} (``admit`` → a
+slot or L{Later}, ``pause``, ``succeeded``; see L{IMailboxAdmission}) before each send, each
+answer being one Lua script in Redis (L{gateway.cluster.scripts}).  A ``Later`` becomes a
+not-attempted ``Transient`` with ``pause_until``, so the runner's queue for that mailbox sleeps
+until the cluster's turn comes, at no cost:
 
 - a slot is a *lease* that expires ``lease_ttl`` after its last renewal; a timer renews this
   node's leases every third of the TTL while their requests run, so a node that dies frees its
@@ -42,7 +44,7 @@ from zope.interface import Interface, implementer
 
 from gateway.cluster import scripts
 from gateway.config.cluster import ClusterConfig
-from gateway.delivery.graph.scheduler import THROTTLE_BACKOFF, Later
+from gateway.delivery.graph.scheduler import THROTTLE_BACKOFF
 
 OK = "ok"
 DEGRADED = "degraded"
@@ -96,6 +98,14 @@ def mailbox_name(key: Hashable) -> str:
     if isinstance(key, tuple) and len(key) == 2:
         return f"{_digest(key[0])}:{key[1]}"
     return _digest(key)
+
+
+@attrs.frozen
+class Later:
+    """Not now: come back at ``retry_at`` (absolute time, this node's clock)."""
+
+    retry_at: float
+    reason: str
 
 
 @attrs.define(eq=False)
@@ -462,4 +472,4 @@ class ClusterAdmission(Service):
 
 
 __all__ = ["ClusterAdmission", "ClusterSlot", "IMailboxAdmission", "ITenantPauses", "mailbox_name",
-           "OK", "DEGRADED", "REJOINING"]
+           "Later", "OK", "DEGRADED", "REJOINING"]

@@ -68,7 +68,7 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
 
 def cluster_status(deliverer: Any) -> Any:
     """The ``[cluster]`` admission's state (a dict), or None for a gateway that paces alone."""
-    status = getattr(getattr(_innermost(deliverer), "scheduler", None), "status", None)
+    status = getattr(getattr(_innermost(deliverer), "admission", None), "status", None)
     return status() if callable(status) else None
 
 
