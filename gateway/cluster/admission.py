@@ -156,10 +156,11 @@ class ClusterAdmission(Service):
         self.concurrency = concurrency
         self.rate = rate
         self.max_hold = max_hold
-        # The hard sliding-window check counts over a slightly longer window than the limit's,
-        # so a request that reaches Graph a few milliseconds after its admission still falls
-        # inside the window Graph counts in; pacing spaces starts to match.
-        self.window = cluster.rate_window + min(1.0, cluster.rate_window * 0.02)
+        # The hard sliding-window check counts over a slightly longer window than the limit's
+        # (a quarter second to one second), so a request that reaches Graph a little after its
+        # admission (the digest check, a thread hop, a busy machine) still falls inside the
+        # window Graph counts in; pacing spaces starts to match.
+        self.window = cluster.rate_window + min(1.0, max(0.25, cluster.rate_window * 0.05))
         self.limit = max(1, int(rate))
         self.interval = self.window / rate
         self.tolerance = (burst - 1) * self.interval
