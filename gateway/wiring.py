@@ -88,6 +88,10 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
     services.append(IncomingWatcher(spool.disk.layout.incoming, runner.kick, reactor))
 
     chains = build_listener_chains(config, reactor, redis)
+    # Header sections are judged off the reactor thread, in a pool of their own: the reactor's
+    # default pool may be busy with (or full of) other work, and judging must never wait on it.
+    mail_pool = ThreadPoolService("graphsmtp-mail", 1, 2)
+    services.append(mail_pool)
     listeners = []
     for listener in _capped_listeners(config):
         tls = TLSContextSource(listener) if listener.tls != "none" else None
@@ -97,6 +101,9 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None)
             portal=auth.portal_for(listener), tls=tls,
             add_message_id=config.add_message_id, add_date=config.add_date,
         )
+        # The sending-mailbox rule is decided at intake and recorded with each message.
+        factory.send_as = config.graph.send_as if config.graph is not None else "header-from"
+        factory.judge_pool = mail_pool.pool
         listeners.append(ListenerParts(listener, factory, listener_service(reactor, listener, factory), tls))
     return Components(spool, deliverer, runner, listeners, services, auth, observers)
 

@@ -30,13 +30,18 @@ import os
 import pwd
 import sys
 import time
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from typing import BinaryIO, Optional, Sequence
 
 import attrs
 
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.smtp.headers import HeaderCollector, header_line, missing_headers, split_fields
+from gateway.mail.addresses import canonical, parse_addr_spec
+from gateway.mail.errors import MailRefusal
+from gateway.mail.fields import split_fields
+from gateway.mail.message import choose_sending_mailbox, parse_header_section
+from gateway.policy.headers import format_address
+from gateway.smtp.headers import HeaderCollector, header_line, missing_headers
 from gateway.spool.disk import SpoolDisk, TempMessage
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.fileops import FileOps
@@ -153,16 +158,16 @@ def _check_address(address: str, hostname: str, where: str) -> str:
         raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}")
     if "@" not in address:
         address = f"{address}@{hostname}"  # a local name, as sendmail qualifies it
-    local, _, domain = address.rpartition("@")
-    if not local or not domain or "@" in domain:
-        raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}")
-    return address
+    try:
+        return parse_addr_spec(address).address
+    except MailRefusal:
+        raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}") from None
 
 
 def _unique(addresses: list[str]) -> list[str]:
     seen, result = set(), []
     for a in addresses:
-        key = a.lower()
+        key = canonical(a) or a.lower()
         if key not in seen:
             seen.add(key)
             result.append(a)
@@ -240,13 +245,14 @@ def load_tool_config(config: Optional[str], spool: Optional[str], environ) -> Ga
     return load_config(config_path, {"spool": spool} if spool else {}, environ)
 
 
-def _spool_and_settings(opts: Options, environ) -> tuple[str, str, bool, bool, int]:
+def _spool_and_settings(opts: Options, environ) -> tuple[str, str, bool, bool, int, str]:
     try:
         config = load_tool_config(opts.config, opts.spool, environ)
     except ConfigError as e:
         raise SendmailError(EX_CONFIG, f"configuration error: {e}") from None
     max_size = min((listener.limits.max_message_size for listener in config.listeners), default=35_000_000)
-    return config.spool.directory, config.hostname, config.add_message_id, config.add_date, max_size
+    send_as = config.graph.send_as if config.graph is not None else "header-from"
+    return config.spool.directory, config.hostname, config.add_message_id, config.add_date, max_size, send_as
 
 
 def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> SendmailError:
@@ -264,7 +270,7 @@ def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> 
 
 def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[float] = None) -> str:
     """Read the message from ``stdin`` and queue it durably; returns the queue id."""
-    spool_dir, hostname, add_message_id, add_date, max_size = _spool_and_settings(opts, environ)
+    spool_dir, hostname, add_message_id, add_date, max_size, send_as = _spool_and_settings(opts, environ)
     user, gecos = _user()
     now = time.time() if now is None else now
     sender = "" if opts.sender in ("<>", "") else _check_address(opts.sender or user, hostname, "-f")
@@ -291,13 +297,17 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
         result = collector.feed(b"\r\n") or collector.finish_at_end()
     header_lines, body_start = result
 
-    fields = split_fields(header_lines)
+    # The one mail grammar judges the input as the SMTP intake would (issue 8): what it
+    # refuses is a data error here, and -t reads recipients from its reading.
+    try:
+        judged = parse_header_section(header_lines, first_body_line=collector.stopped_at)
+    except MailRefusal as e:
+        raise SendmailError(EX_DATAERR, f"message refused: {e.text}") from None
+    fields = [(f.name.lower(), f.raw) for f in split_fields(header_lines)]
     if opts.extract:
-        values = [raw.split(b":", 1)[1].decode("utf-8", "replace")
-                  for name, raw in fields if name in (b"to", b"cc", b"bcc")]
-        for _, address in getaddresses([" ".join(v.split()) for v in values]):
-            if address:
-                recipients.append(_check_address(address, hostname, "the To/Cc/Bcc headers"))
+        for name in ("to", "cc", "bcc"):
+            for mailbox in judged.mailboxes(name):
+                recipients.append(_check_address(mailbox.address, hostname, "the To/Cc/Bcc headers"))
         fields = [(name, raw) for name, raw in fields if name != b"bcc"]
     recipients = _unique(recipients)
     if not recipients:
@@ -311,9 +321,15 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
     if b"from" not in names:
         display = opts.full_name if opts.full_name is not None else gecos
         address = sender or f"{user}@{hostname}"
-        prefix += header_line("From", f"{display} <{address}>" if display else address)
+        # Quoted or encoded as needed: -F "Doe, John" must stay one display name.
+        prefix += header_line("From", format_address(display or "", address))
     prefix += missing_headers(names, hostname, queue_id, now, add_message_id, add_date)
     header_section = prefix + b"".join(raw for _, raw in fields) + b"\r\n"
+    try:
+        final = parse_header_section(header_section)
+    except MailRefusal as e:
+        raise SendmailError(EX_DATAERR, f"message refused: {e.text}") from None
+    sending_mailbox = choose_sending_mailbox(final, sender, send_as)
 
     try:
         spool_stat = os.stat(spool_dir) if os.path.isdir(spool_dir) else None
@@ -330,7 +346,7 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
             queue_id=queue_id, envelope=Envelope(sender, tuple(recipients)),
             provenance=Provenance(client_address="127.0.0.1", client_name="localhost", listener="sendmail",
                                   auth_identity=user),
-            received_at=now, message_path="", size=temp.size,
+            received_at=now, message_path="", size=temp.size, sending_mailbox=sending_mailbox,
         )
         disk.publish(temp, entry, incoming=True)
     except SendmailError:
