@@ -20,7 +20,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import attrs
 
@@ -33,8 +33,8 @@ MAX_DOMAIN = 255
 
 _WSP = re.compile(r"[ \t]++")
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]++")
-_QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00\r\n])*+)"')
-_LITERAL = re.compile(r"\[((?:[^\[\]\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00\r\n])*+)\]")
+_QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]++|\\[^\x00\r\n])*+)"')
+_LITERAL = re.compile(r"\[((?:[^\[\]\\\x00-\x08\x0a-\x1f\x7f]++|\\[^\x00\r\n])*+)\]")
 _COMMENT_TEXT = re.compile(r"[^()\\]++")
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,64})(?:\*[^?\s]{0,32})?\?([bBqQ])\?([^?\s]*+)\?=")
@@ -108,8 +108,7 @@ class AddressList:
         return tuple(item for item in self.items if isinstance(item, Group))
 
 
-@attrs.frozen
-class _Token:
+class _Token(NamedTuple):
     kind: str  # atom, quoted, literal, special
     text: str
     space: bool  # white space or a comment came before it
@@ -142,6 +141,8 @@ def _tokenize(value: str, limits: MailLimits, what: str) -> list[_Token]:
     tokens: list[_Token] = []
     pos, n, space = 0, len(value), False
     while pos < n:
+        if len(tokens) > limits.max_tokens:
+            raise LimitExceeded(f"more than {limits.max_tokens} words and symbols in the {what} header")
         c = value[pos]
         if c in " \t":
             pos = _WSP.match(value, pos).end()

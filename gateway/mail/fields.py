@@ -74,11 +74,16 @@ def is_from_line(line: bytes) -> bool:
     return line[:5].lower() == b"from " and field_name(line) is None
 
 
-def split_fields(header_lines: bytes) -> list[Field]:
+class TooManyFields(ValueError):
+    """More fields than the ``limit`` given to L{split_fields}."""
+
+
+def split_fields(header_lines: bytes, limit: Optional[int] = None) -> list[Field]:
     """
     Header lines (CRLF-terminated, no empty separator line) as fields.  A line that is neither
     a field nor a continuation becomes a field with an empty name; L{gateway.mail.message}
-    refuses such sections, and callers editing them keep the line as it is.
+    refuses such sections, and callers editing them keep the line as it is.  With ``limit``,
+    L{TooManyFields} is raised as soon as there are more fields than that.
     """
     fields: list[Field] = []
     if not header_lines:
@@ -94,6 +99,8 @@ def split_fields(header_lines: bytes) -> list[Field]:
             continue
         if current:
             fields.append(Field(name, b"".join(current), obsolete))
+            if limit is not None and len(fields) > limit:
+                raise TooManyFields(limit)
         found = field_name(line)
         name, obsolete = found if found is not None else (b"", False)
         current = [line + b"\r\n"]
@@ -143,4 +150,4 @@ def apply_edits(header_lines: bytes, edits: Iterable) -> bytes:
     return b"".join(raw for _, raw in fields)
 
 
-__all__ = ["Field", "field_name", "is_continuation", "is_from_line", "split_fields", "header_line", "apply_edits"]
+__all__ = ["Field", "TooManyFields", "field_name", "is_continuation", "is_from_line", "split_fields", "header_line", "apply_edits"]

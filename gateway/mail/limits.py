@@ -19,12 +19,15 @@ class MailLimits:
     ``max_encoded_words``: RFC 2047 encoded words per address field (display names); the 250 KB
     encoded-word From of issue 8 hits this long before any decoding starts.
     ``max_comment_depth``: nesting of ``( ... )`` comments.
+    ``max_tokens``: words and symbols per address field (keeps what one field costs in memory
+    small: a 1000-address To list needs about 10 per address).
     """
 
     max_fields: int = 1000
     max_addresses: int = 1000
     max_encoded_words: int = 256
     max_comment_depth: int = 8
+    max_tokens: int = 20_000
 
 
 DEFAULT_LIMITS = MailLimits()

@@ -28,7 +28,7 @@ import attrs
 
 from gateway.mail.addresses import AddressList, Mailbox, canonical, parse_address_list
 from gateway.mail.errors import LimitExceeded, MalformedHeader
-from gateway.mail.fields import Field, is_from_line, split_fields
+from gateway.mail.fields import Field, TooManyFields, is_from_line, split_fields
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
 
 #: Fields whose value is an address list and which the gateway reads.
@@ -122,8 +122,11 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
         raise MalformedHeader("NUL byte in the header section")
     if is_from_line(first_body_line):
         raise MalformedHeader('an mbox "From " line in the header section')
-    fields = split_fields(lines)
-    if len(fields) > limits.max_fields:
+    try:
+        fields = split_fields(lines, limits.max_fields)
+    except TooManyFields:
+        fields = None
+    if fields is None or len(fields) > limits.max_fields:
         raise LimitExceeded(f"more than {limits.max_fields} header fields")
     seen: set[str] = set()
     values: dict[str, list[str]] = {}
