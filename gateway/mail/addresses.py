@@ -36,6 +36,7 @@ _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]++")
 _QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]++|\\[^\x00\r\n])*+)"')
 _LITERAL = re.compile(r"\[((?:[^\[\]\\\x00-\x08\x0a-\x1f\x7f]++|\\[^\x00\r\n])*+)\]")
 _COMMENT_TEXT = re.compile(r"[^()\\]++")
+_FLAT_COMMENT = re.compile(r"\((?:[^()\\]++|\\.)*+\)", re.S)
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,64})(?:\*[^?\s]{0,32})?\?([bBqQ])\?([^?\s]*+)\?=")
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*+)\Z")
@@ -116,6 +117,9 @@ class _Token(NamedTuple):
 
 def _skip_comment(value: str, pos: int, limits: MailLimits, what: str) -> int:
     """Position after the comment opening at ``pos``; nesting counted, never recursed."""
+    flat = _FLAT_COMMENT.match(value, pos)
+    if flat is not None:
+        return flat.end()
     depth = 0
     n = len(value)
     while pos < n:
