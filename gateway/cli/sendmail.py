@@ -154,9 +154,11 @@ def _check_address(address: str, hostname: str, where: str) -> str:
     address = address.strip()
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]
-    if not address or len(address) > 254 or any(c.isspace() or ord(c) < 32 or c in "<>()," for c in address):
+    if not address or len(address) > 254:
         raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}")
     if "@" not in address:
+        if any(c.isspace() or ord(c) < 32 or c in "<>()," for c in address):
+            raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}")
         address = f"{address}@{hostname}"  # a local name, as sendmail qualifies it
     try:
         return parse_addr_spec(address).address

@@ -18,7 +18,7 @@ from typing import Iterable
 import attrs
 
 from gateway.mail.addresses import MAX_DOMAIN, MAX_LOCAL_PART, parse_addr_spec
-from gateway.mail.canonical import canonical_parts
+from gateway.mail.canonical import canonical_parts, quote_local
 from gateway.mail.errors import MailRefusal
 
 ANY_SENDER = "*"
@@ -63,9 +63,12 @@ class SenderPattern:
         stripped = text.strip()
         if stripped == ANY_SENDER:
             return cls(ANY_SENDER, any=True)
-        if not stripped or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in stripped) or "<" in stripped or ">" in stripped:
-            raise PatternError(f"{text!r} is not an address pattern (no spaces, control characters or angle brackets)")
         local, at, domain = stripped.rpartition("@")
+        quoted = len(local) >= 2 and local[0] == '"' and local[-1] == '"'
+        unquoted_text = domain if quoted else stripped
+        if (not stripped or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in unquoted_text)
+                or any(ord(c) < 32 or ord(c) == 127 for c in stripped) or "<" in unquoted_text or ">" in unquoted_text):
+            raise PatternError(f"{text!r} is not an address pattern (no spaces, control characters or angle brackets)")
         if not at or not local or not domain:
             raise PatternError(f"{text!r} needs the form local@domain, *@domain, a glob such as \"scan-*@corp.example\", or *")
         local = _unquote(local)
@@ -73,7 +76,7 @@ class SenderPattern:
             raise PatternError(f"{text!r} is longer than an address can be")
         local, domain = canonical_parts(local, domain)
         exact = not (_GLOB_CHARS & set(local + domain))
-        return cls(f"{local}@{domain}", local, domain, exact=exact)
+        return cls(f"{quote_local(local)}@{domain}", local, domain, exact=exact)
 
     def matches(self, address: str) -> bool:
         """Whether ``address`` (a bare address; quoted local parts and any case allowed) is covered."""
