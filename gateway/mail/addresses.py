@@ -298,10 +298,10 @@ class _Parser:
         raise self.fail(f"unexpected {t.text[:20]!r}" if t is not None else "missing address")
 
     def group(self, words: list[_Token]) -> Group:
-        name = self.display(words)
         if not words or any(w.kind == "special" for w in words):
             raise self.fail("a group name must be a plain phrase")
-        if addresses_in_text(name):
+        name = self.display(words)
+        if self.shown(words, name):
             raise self.fail("a group name that shows an address")
         self.i += 1  # the colon
         members: list[Mailbox] = []
@@ -322,32 +322,39 @@ class _Parser:
                 raise self.fail("a group without its closing ';'")
 
     def display(self, words: list[_Token]) -> str:
+        """The display text of a phrase, encoded words decoded (RFC 2047 §6.2 spacing)."""
         parts: list[str] = []
         previous_encoded = False
         for w in words:
-            encoded = w.kind == "atom" and _ENCODED_WORD.fullmatch(w.text) is not None
-            if encoded:
-                m = _ENCODED_WORD.fullmatch(w.text)
+            m = _ENCODED_WORD.fullmatch(w.text) if w.kind == "atom" else None
+            if m is not None:
                 text = decode_encoded_word(m.group(1), m.group(2), m.group(3), self.what)
-            elif w.kind == "quoted":
-                text = _decode_text(w.text, self.what)
             else:
-                if "=?" in w.text:
-                    text = _decode_text(w.text, self.what)
-                else:
-                    text = w.text
-            if parts and w.space and not (encoded and previous_encoded):
+                text = _decode_text(w.text, self.what)
+            if parts and w.space and not (m is not None and previous_encoded):
                 parts.append(" ")
             parts.append(text)
-            previous_encoded = encoded
+            previous_encoded = m is not None
         return "".join(parts)
+
+    def shown(self, words: list[_Token], display: str) -> list[str]:
+        """
+        Every address a reader could be shown by this phrase: in its decoded text, and in the
+        text a more lenient reader decodes (encoded words across dots, or decoded twice).
+        """
+        raw = "".join((" " if i and w.space else "") + (f'"{w.text}"' if w.kind == "quoted" else w.text)
+                      for i, w in enumerate(words))
+        found = addresses_in_text(display)
+        for text in (raw, display):
+            if "=?" in text:
+                found += addresses_in_text(_decode_text(text, self.what))
+        return found
 
     def named(self, words: list[_Token], mailbox: Mailbox) -> Mailbox:
         name = self.display(words)
-        if "@" in name:
-            shown = {self._canonical_text(a) for a in addresses_in_text(name)}
-            if shown - {mailbox.canonical}:
-                raise self.fail("the display name shows an address other than the mailbox's own")
+        shown = {self._canonical_text(a) for a in self.shown(words, name)}
+        if shown - {mailbox.canonical}:
+            raise self.fail("the display name shows an address other than the mailbox's own")
         return attrs.evolve(mailbox, display_name=name)
 
     @staticmethod

@@ -106,6 +106,8 @@ def split_fields(header_lines: bytes, limit: Optional[int] = None) -> list[Field
         current = [line + b"\r\n"]
     if current:
         fields.append(Field(name, b"".join(current), obsolete))
+        if limit is not None and len(fields) > limit:
+            raise TooManyFields(limit)
     return fields
 
 

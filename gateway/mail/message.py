@@ -125,9 +125,7 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
     try:
         fields = split_fields(lines, limits.max_fields)
     except TooManyFields:
-        fields = None
-    if fields is None or len(fields) > limits.max_fields:
-        raise LimitExceeded(f"more than {limits.max_fields} header fields")
+        raise LimitExceeded(f"more than {limits.max_fields} header fields") from None
     seen: set[str] = set()
     values: dict[str, list[str]] = {}
     for f in fields:
