@@ -147,6 +147,27 @@ class GroupRecipientTests(SynchronousTestCase):
         self.assertNotIn(b"outsider", plan.header)
 
 
+class RecordedDecisionTests(SynchronousTestCase):
+    """Decide once, record, execute: the deliverer sends through the recorded mailbox."""
+
+    def test_deliverer_executes_the_recorded_mailbox_not_the_headers(self):
+        from gateway.config.graph import GraphConfig
+        from gateway.delivery.graph.deliverer import prepare_message
+
+        path = os.path.join(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"From: CEO <ceo@corp.example>\r\nTo: team@corp.example\r\n\r\nbody\r\n")
+        config = GraphConfig(tenant_id="t", client_id="c", authority="https://login.test/t", graph_url="https://graph.test")
+        recorded = prepare_message(path, ("team@corp.example",), "alice@corp.example", config, "alice@corp.example")
+        self.assertEqual(recorded.mailbox, "alice@corp.example")
+        # An entry from before the decision was recorded: judged with the same grammar.
+        self.assertEqual(prepare_message(path, ("team@corp.example",), "alice@corp.example", config).mailbox, "ceo@corp.example")
+        with open(path, "wb") as f:
+            f.write(b"To: team@corp.example\r\nFrom : CEO <ceo@corp.example>\r\n\r\nbody\r\n")
+        from gateway.delivery.graph.mime import MessageFormatError
+        self.assertRaises(MessageFormatError, prepare_message, path, ("team@corp.example",), "alice@corp.example", config)
+
+
 class LowFindingTests(SynchronousTestCase):
     """Finding 5: rate-limit per +tag, AUTH PLAIN authzid, the two pattern matchers, sendmail -F."""
 
