@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mail.addresses import (
-    AddressList, Group, Mailbox, addresses_in_text, canonical, decode_encoded_word, mailbox_key,
+    AddressList, Group, Mailbox, addresses_in_text, canonical, decode_encoded_word, decode_unstructured, mailbox_key,
     parse_addr_spec, parse_address_list,
 )
 from gateway.mail.canonical import canonical_address, canonical_parts, is_dot_atom, quote_local
@@ -238,6 +238,14 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(addresses_in_text("(a@b.example)"), ["a@b.example"])
         self.assertEqual(addresses_in_text("x" * 100 + "@b.example"), ["x" * 64 + "@b.example"])
         self.assertEqual(addresses_in_text("@b.example"), [])
+
+    def test_decode_unstructured(self):
+        self.assertEqual(decode_unstructured("=?utf-8?b?R3LDvMOfZSBhdXMgS8O2bG4=?="), "Grüße aus Köln")
+        self.assertEqual(decode_unstructured("a =?utf-8?q?x?= \t =?utf-8?q?y?= b"), "a xy b")
+        self.assertEqual(decode_unstructured("=?utf-8?q?x?= and =?utf-8?q?y?="), "x and y")
+        self.assertEqual(decode_unstructured("=?no-such?q?x?= z"), "=?no-such?q?x?= z")
+        self.assertEqual(decode_unstructured("=?utf-8?q?a=0D=0Ab?="), "a\r\nb")
+        self.assertEqual(decode_unstructured("plain"), "plain")
 
     def test_decode_encoded_word(self):
         self.assertEqual(decode_encoded_word("utf-8", "Q", "a_b=3F", "To"), "a b?")

@@ -207,6 +207,42 @@ def _decode_text(text: str, what: str) -> str:
     return _ENCODED_WORD.sub(lambda m: decode_encoded_word(m.group(1), m.group(2), m.group(3), what), text)
 
 
+def decode_unstructured(text: str) -> str:
+    """
+    An unstructured value (Subject, Comments) with its RFC 2047 encoded words decoded, the way
+    mail readers show it: white space between two adjacent encoded words disappears, a word
+    that cannot be decoded stays as written.  Never raises; the result may hold line breaks
+    (callers that write it back must fold or refuse them).
+    """
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    pos = 0
+    previous_end = -1
+    for m in _ENCODED_WORD.finditer(text):
+        between = text[pos:m.start()]
+        try:
+            decoded = _decode_word_leniently(m.group(1), m.group(2), m.group(3))
+        except (LookupError, ValueError):
+            decoded = m.group(0)
+        if previous_end >= 0 and not between.strip(" \t"):
+            between = ""
+        out.append(between)
+        out.append(decoded)
+        pos = previous_end = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _decode_word_leniently(charset: str, encoding: str, text: str) -> str:
+    codecs.lookup(charset)
+    if encoding in "bB":
+        data = binascii.a2b_base64(text + "=" * (-len(text) % 4))
+    else:
+        data = binascii.a2b_qp(text.encode("ascii", "replace"), header=True)
+    return data.decode(charset, "replace")
+
+
 def addresses_in_text(text: str) -> list[str]:
     """Every ``local@domain.tld`` that ``text`` shows to a reader (bounded work per ``@``)."""
     found: list[str] = []
@@ -494,5 +530,5 @@ def mailbox_key(address: str) -> Optional[str]:
 
 __all__ = [
     "Mailbox", "Group", "AddressList", "parse_address_list", "parse_addr_spec", "canonical", "mailbox_key",
-    "decode_encoded_word", "addresses_in_text", "MAX_LOCAL_PART", "MAX_DOMAIN",
+    "decode_encoded_word", "decode_unstructured", "addresses_in_text", "MAX_LOCAL_PART", "MAX_DOMAIN",
 ]

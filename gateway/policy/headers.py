@@ -18,7 +18,9 @@ import email.policy
 from email.utils import formataddr
 from typing import Any, Iterable, Optional
 
+from gateway.mail.addresses import decode_unstructured
 from gateway.mail.fields import header_line
+from gateway.mail.message import MessageHeader
 from gateway.policy.interfaces import HeaderEdit
 
 ACTIONS = ("add", "remove", "replace")
@@ -54,9 +56,22 @@ def format_address(display_name: str, address: str) -> str:
 
 
 def header_text(headers: Any, name: str) -> Optional[str]:
-    """The decoded (encoded words resolved) value of the first ``name`` header, or None."""
-    value = headers.get(name) if headers is not None else None
-    return None if value is None else str(value)
+    """
+    The decoded (encoded words resolved) value of the first ``name`` header, or None.
+    ``headers`` is an ``email`` message (``MessageView.headers``) or a judged
+    L{gateway.mail.message.MessageHeader}.  Read from the raw field and decoded by the mail
+    grammar, never by the ``email`` package's header parser (linear, on any input).
+    """
+    if headers is None:
+        return None
+    if isinstance(headers, MessageHeader):
+        value = headers.get(name)
+    else:
+        lname = name.lower()
+        value = next((str(v) for n, v in headers.raw_items() if n.lower() == lname), None)
+        if value is not None:
+            value = value.replace("\r\n", "").replace("\n", "").strip(" \t")
+    return None if value is None else decode_unstructured(value)
 
 
 def apply_edits(headers: Any, edits: Iterable[HeaderEdit]) -> Any:
