@@ -251,3 +251,34 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(decode_encoded_word("utf-8", "Q", "a_b=3F", "To"), "a b?")
         self.assertEqual(decode_encoded_word("utf-8", "B", "YWI", "To"), "ab")
         self.assertEqual(decode_encoded_word("iso-8859-1", "q", "=E4", "To"), "ä")
+
+
+class BoundaryTests(SynchronousTestCase):
+    """Cases chosen to tell a correct grammar from a slightly wrong one (mutation testing)."""
+
+    def test_escapes_inside_nested_comments(self):
+        self.assertEqual(one("a@b.example (x (y\\) z) w)").local, "a")
+        self.assertEqual(one("(x (y\\( z) w) a@b.example").local, "a")
+        self.assertRaises(MailRefusal, parse_address_list, "a@b.example (x (y\\) z w)")
+
+    def test_unquoted_address_as_display_name_is_followed_by_more(self):
+        parsed = parse_address_list("a@x.example <a@x.example>, b@y.example")
+        self.assertEqual([m.address for m in parsed.mailboxes], ["a@x.example", "b@y.example"])
+        self.assertRaises(MailRefusal, parse_address_list, "a@x.example <@r.example:a@x.example>")
+
+    def test_decoding_edge_cases(self):
+        self.assertEqual(one("=?utf-8?q?=FF?= <a@b.example>").display_name, "\ufffd")
+        self.assertEqual(one("=?utf-8?q?\u00e9?= <a@b.example>").display_name, "?")
+        self.assertEqual(one("=?utf-8?B?YWI?= <a@b.example>").display_name, "ab")
+        self.assertEqual(one("=?utf-8?b?YQ?= <a@b.example>").display_name, "a")
+        self.assertRaises(MailRefusal, parse_address_list, "=?utf-8?q?a=0Db?= <a@b.example>")
+        self.assertRaises(MailRefusal, parse_address_list, "=?utf-8?b?YQ1i?= <a@b.example>")
+        double = "=?utf-8?q?=3D=3Futf-8=3Fq=3Fceo=3D40corp=2Eexample=3F=3D?= <a@b.example>"
+        self.assertRaises(MailRefusal, parse_address_list, double)
+
+    def test_addresses_in_text_boundaries(self):
+        self.assertEqual(addresses_in_text("@ ceo@corp.example"), ["ceo@corp.example"])
+        self.assertEqual(addresses_in_text("a@" + "b" * 300 + ".example"), [])
+        self.assertEqual(addresses_in_text("a@" + "b" * 251 + ".cdef"), ["a@" + "b" * 251 + ".cde"])
+        self.assertEqual(addresses_in_text("a@" + "b" * 252 + ".cd"), ["a@" + "b" * 252 + ".cd"])
+        self.assertEqual(addresses_in_text("x@y.example a@b.example"), ["x@y.example", "a@b.example"])

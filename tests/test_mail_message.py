@@ -216,3 +216,43 @@ class PatternTests(SynchronousTestCase):
         self.assertTrue(p.matches_parts("a", "corp.example"))
         self.assertTrue(SenderPattern.parse("*").matches_parts("a", "b"))
         self.assertFalse(SenderPattern.parse("a@b.example").matches_parts("a", "c.example"))
+
+
+class MessageBoundaryTests(SynchronousTestCase):
+    """Cases chosen to tell a correct judge from a slightly wrong one (mutation testing)."""
+
+    def test_body_after_the_section_is_never_read(self):
+        judged = parse_header_section(b"A: 1\r\n\r\nbody\r\n\r\nFrom : x\r\n")
+        self.assertEqual(judged.raw, b"A: 1\r\n")
+
+    def test_invalid_utf8_in_an_address_field_is_replaced_not_fatal(self):
+        judged = parse_header_section(b"From: \xff <a@b.example>\r\n")
+        self.assertEqual(judged.mailboxes("from")[0].display_name, "\ufffd")
+
+    def test_limits_reach_the_address_parser(self):
+        self.assertRaises(LimitExceeded, parse_header_section,
+                          b"From: =?utf-8?q?a?= =?utf-8?q?b?= <a@b.example>\r\n", MailLimits(max_encoded_words=1))
+        self.assertRaises(MalformedHeader, parse_header_section, b"From: a@b.example ((x))\r\n", MailLimits(max_comment_depth=1))
+        self.assertRaises(LimitExceeded, parse_header_section, b"To: a@b.example\r\n", MailLimits(max_tokens=2))
+
+    def test_folded_mbox_line_is_still_an_mbox_line(self):
+        self.assertRaises(MalformedHeader, parse_header_section, b"From: a@b.example\r\nFrom x@y Mon\r\n\tmore\r\n")
+
+    def test_header_line_folding_is_kept_and_cleaned(self):
+        import email.policy
+
+        value = " ".join(["word"] * 40)
+        policy = email.policy.SMTP
+        self.assertEqual(header_line("Subject", value), policy.fold_binary("Subject", policy.header_factory("Subject", value)))
+        folded = header_line("Subject", value)
+        self.assertEqual(folded.replace(b"\r\n", b"").decode().split(": ", 1)[1], value)
+        self.assertEqual(header_line("X", "a\rb"), b"X: a b\r\n")
+        self.assertEqual(header_line("X", "a\nb"), b"X: a b\r\n")
+        self.assertNotIn(b"\x00", header_line("Subject", "=?utf-8?q?a=00b?="))
+        cr = header_line("Subject", "=?utf-8?q?a=0Db?= c")
+        self.assertEqual(cr.count(b"\r"), cr.count(b"\r\n"))
+        self.assertEqual(len(split_fields(cr)), 1)
+        lf = header_line("Subject", "=?utf-8?q?a=0A=0A=0Ab?= c")
+        self.assertEqual(lf.count(b"\n"), lf.count(b"\r\n"))
+        self.assertEqual(len(split_fields(lf)), 1)
+        self.assertNotIn(b"\r\n\r\n", lf)

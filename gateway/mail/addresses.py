@@ -337,7 +337,7 @@ class _Parser:
         if not words or any(w.kind == "special" for w in words):
             raise self.fail("a group name must be a plain phrase")
         name = self.display(words)
-        if self.shown(words, name):
+        if self.shown(name):
             raise self.fail("a group name that shows an address")
         self.i += 1  # the colon
         members: list[Mailbox] = []
@@ -373,22 +373,19 @@ class _Parser:
             previous_encoded = m is not None
         return "".join(parts)
 
-    def shown(self, words: list[_Token], display: str) -> list[str]:
+    def shown(self, display: str) -> list[str]:
         """
-        Every address a reader could be shown by this phrase: in its decoded text, and in the
-        text a more lenient reader decodes (encoded words across dots, or decoded twice).
+        Every address a reader could be shown by a display text: in the text itself, and in
+        what a more lenient reader decodes from it (encoded words the tokenizer split at dots,
+        or encoded twice).
         """
-        raw = "".join((" " if i and w.space else "") + (f'"{w.text}"' if w.kind == "quoted" else w.text)
-                      for i, w in enumerate(words))
-        found = addresses_in_text(display)
-        for text in (raw, display):
-            if "=?" in text:
-                found += addresses_in_text(_decode_text(text, self.what))
-        return found
+        if "=?" in display:
+            return addresses_in_text(_decode_text(display, self.what))
+        return addresses_in_text(display)
 
     def named(self, words: list[_Token], mailbox: Mailbox) -> Mailbox:
         name = self.display(words)
-        shown = {self._canonical_text(a) for a in self.shown(words, name)}
+        shown = {self._canonical_text(a) for a in self.shown(name)}
         if shown - {mailbox.canonical}:
             raise self.fail("the display name shows an address other than the mailbox's own")
         return attrs.evolve(mailbox, display_name=name)
