@@ -83,7 +83,9 @@ def text_only(name, modules):
     mutant, original = defs.get(function), defs.get(function.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
     if mutant is None or original is None:
         return False
-    strip = lambda node: ast.dump(Texts().visit(ast.parse(ast.unparse(node))).body[0].body)
+    def strip(node):
+        function = Texts().visit(ast.parse(ast.unparse(node))).body[0]
+        return [ast.dump(statement) for statement in function.body]
     return strip(mutant) == strip(original)
 
 counts, survivors, modules = {}, [], {}
