@@ -17,7 +17,10 @@
 # The goal (issue 8) is at least 90 % for gateway/mail and the relay guard.
 set -euo pipefail
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
+# The whole script is one function, read before it runs: editing the file during a long run
+# cannot change what the run does.
+main() {
+repo="$(git -C "$(dirname "$0")" rev-parse --show-toplevel 2>/dev/null || pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 jobs="${MUTATION_JOBS:-2}"
 targets=("$@")
@@ -110,4 +113,7 @@ print(f"{sys.argv[1]}: behaviour-changing (reply text aside) killed {killed}/{ki
 PY
     )
 done
-exit "$status"
+return "$status"
+}
+
+main "$@"
