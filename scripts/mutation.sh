@@ -74,11 +74,20 @@ def functions(path):
     return {node.name: node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 class Texts(ast.NodeTransformer):
-    """Every string (and f-string) becomes one placeholder: what is left is behaviour."""
+    """
+    Every string (and f-string) becomes one placeholder, and so does the message argument of
+    a raised exception (mutmut replaces it by None): what is left is behaviour.
+    """
     def visit_Constant(self, node):
         return ast.Constant("") if isinstance(node.value, str) else node
     def visit_JoinedStr(self, node):
         return ast.Constant("")
+    def visit_Raise(self, node):
+        self.generic_visit(node)
+        call = node.exc
+        if isinstance(call, ast.Call):
+            call.args = [ast.Constant("") if isinstance(a, ast.Constant) and a.value in ("", None) else a for a in call.args]
+        return node
 
 def text_only(name, modules):
     module, _, function = name.rpartition(".")

@@ -148,8 +148,9 @@ class ListTests(SynchronousTestCase):
         self.assertRefused("jürgen@x.example", "non-ASCII address")
         self.assertRefused("j@exämple.example", "non-ASCII domain")
         self.assertRefused("j@[exämple]", "non-ASCII domain literal")
-        self.assertRefused("=?utf-8?q?ceo?=@corp.example", "encoded word or control character in an address")
-        self.assertRefused('"a\tb"@x.example', "control character")
+        self.assertRefused("=?utf-8?q?ceo?=@corp.example", "an encoded word in an address")
+        self.assertEqual(one('"a\tb"@x.example').local, "a\tb")  # folding white space is quoted text
+        self.assertRefused('"a\x01b"@x.example', "invalid quoted string")
 
     def test_encoded_words_that_hide_line_breaks_or_are_broken(self):
         self.assertRefused("=?utf-8?q?a=0D=0Ab?= <a@b.example>", "line break or NUL")
@@ -282,3 +283,30 @@ class BoundaryTests(SynchronousTestCase):
         self.assertEqual(addresses_in_text("a@" + "b" * 251 + ".cdef"), ["a@" + "b" * 251 + ".cde"])
         self.assertEqual(addresses_in_text("a@" + "b" * 252 + ".cd"), ["a@" + "b" * 252 + ".cd"])
         self.assertEqual(addresses_in_text("x@y.example a@b.example"), ["x@y.example", "a@b.example"])
+
+
+class MoreBoundaryTests(SynchronousTestCase):
+    def test_spacing_of_display_names(self):
+        self.assertEqual(one("Alice(c)Smith <a@b.example>").display_name, "Alice Smith")
+        self.assertEqual(one('"A" "B" <a@b.example>').display_name, "A B")
+        self.assertEqual(one('"A""B" <a@b.example>').display_name, "AB")
+        self.assertEqual(one("John Q . Public <j@x.example>").display_name, "John Q . Public")
+        self.assertEqual(one("John Q. Public <j@x.example>").display_name, "John Q. Public")
+
+    def test_token_limit_is_exact(self):
+        limits = MailLimits(max_tokens=5)
+        self.assertEqual(one_with("a@b.example  ", limits).local, "a")
+        self.assertRaises(LimitExceeded, parse_address_list, "a@b.example.", "To", limits)
+        self.assertRaises(LimitExceeded, parse_address_list, "a@b.example,", "To", limits)
+
+    def test_literal_domain_then_more(self):
+        parsed = parse_address_list("a@[192.0.2.1], b@x.example")
+        self.assertEqual([m.domain for m in parsed.mailboxes], ["[192.0.2.1]", "x.example"])
+
+    def test_bare_address_edges(self):
+        self.assertRaises(MailRefusal, parse_addr_spec, "<a@b.example")
+        self.assertRaises(MailRefusal, parse_addr_spec, "a@b.example>")
+        for hidden in ("\r", "\n", "\x00"):
+            self.assertRaises(MailRefusal, parse_addr_spec, f"a@b.example (x{hidden}y)")
+            self.assertRaises(MailRefusal, parse_address_list, f"a@b.example (x{hidden}y)")
+        self.assertEqual(parse_addr_spec("a@b.example (comment)").address, "a@b.example")

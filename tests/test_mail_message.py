@@ -256,3 +256,27 @@ class MessageBoundaryTests(SynchronousTestCase):
         self.assertEqual(lf.count(b"\n"), lf.count(b"\r\n"))
         self.assertEqual(len(split_fields(lf)), 1)
         self.assertNotIn(b"\r\n\r\n", lf)
+
+
+class PatternBoundaryTests(SynchronousTestCase):
+    def test_quoting_and_escapes(self):
+        self.assertEqual(SenderPattern.parse('a"@x.example').local, 'a"')
+        self.assertEqual(SenderPattern.parse('"a@x.example').local, '"a')
+        self.assertEqual(SenderPattern.parse('""@x.example').local, "")
+        self.assertEqual(SenderPattern.parse('"a\\\\b"@x.example').local, "a\\b")
+        self.assertEqual(SenderPattern.parse('"a\\\\\\\\b"@x.example').local, "a\\\\b")
+        self.assertEqual(SenderPattern.parse('" "@x.example').local, " ")
+        self.assertEqual(SenderPattern.parse("a@b@x.example").domain, "x.example")
+
+    def test_refusals(self):
+        for bad in ("a<@x.example", "a>@x.example", "a@x.example>", "a@x.exa\x7fmple", '"a\x7f"@x.example', '"a\tb"@x.example'):
+            self.assertRaises(PatternError, SenderPattern.parse, bad)
+
+    def test_lengths(self):
+        self.assertEqual(len(SenderPattern.parse("a" * 64 + "@x.example").local), 64)
+        self.assertRaises(PatternError, SenderPattern.parse, "a" * 65 + "@x.example")
+        self.assertEqual(len(SenderPattern.parse("a@" + "b" * 255).domain), 255)
+        self.assertRaises(PatternError, SenderPattern.parse, "a@" + "b" * 256)
+
+    def test_header_line_replaces_nul_by_a_space(self):
+        self.assertEqual(header_line("Subject", "=?utf-8?q?a=00b?="), b"Subject: a b\r\n")

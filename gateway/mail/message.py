@@ -129,8 +129,7 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
     values: dict[str, list[str]] = {}
     for f in fields:
         if not f.name:
-            line = f.raw.split(b"\r\n", 1)[0]
-            if is_from_line(line):
+            if is_from_line(f.raw):
                 raise MalformedHeader('an mbox "From " line in the header section')
             raise MalformedHeader("a line in the header section that is not a header field")
         lname = f.lname

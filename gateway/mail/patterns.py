@@ -65,9 +65,10 @@ class SenderPattern:
             return cls(ANY_SENDER, any=True)
         local, at, domain = stripped.rpartition("@")
         quoted = len(local) >= 2 and local[0] == '"' and local[-1] == '"'
+        # Spaces only inside a quoted local part; control characters and brackets nowhere.
         unquoted_text = domain if quoted else stripped
-        if (not stripped or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in unquoted_text)
-                or any(ord(c) < 32 or ord(c) == 127 for c in stripped) or "<" in unquoted_text or ">" in unquoted_text):
+        if (not stripped or any(ord(c) < 32 or ord(c) == 127 for c in stripped)
+                or any(c.isspace() for c in unquoted_text) or "<" in unquoted_text or ">" in unquoted_text):
             raise PatternError(f"{text!r} is not an address pattern (no spaces, control characters or angle brackets)")
         if not at or not local or not domain:
             raise PatternError(f"{text!r} needs the form local@domain, *@domain, a glob such as \"scan-*@corp.example\", or *")
