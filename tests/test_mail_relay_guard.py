@@ -126,6 +126,12 @@ class LogTests(SynchronousTestCase):
         self.assertEqual(events.events[-1]["what"], "message")
         p.on_message(session(), make_message(b"From: a@b.example\r\n\r\n"))
         self.assertEqual((events.events[-1]["what"], events.events[-1]["code"]), ("message", 530))
+        p.on_message(session(identity=ALICE, sender="alice@corp.example"), make_message(b"From : a@b.example\r\n\r\n"))
+        self.assertEqual((events.events[-1]["what"], events.events[-1]["code"]), ("message", 550))
+        p.on_mail_from(session(), "x@y.example")
+        self.assertEqual((events.events[-1]["what"], events.events[-1]["code"]), ("MAIL FROM:<x@y.example>", 530))
+        self.assertEqual({e["log_format"] for e in events.events},
+                         {"listener {listener}: refused {what} from {client} ({identity}): {code} {status} {text}"})
 
 
 class ShownTests(SynchronousTestCase):
