@@ -250,6 +250,26 @@ class IntakeTests(TestCase):
         self.assertEqual(server.spool.messages, [])
 
     @inlineCallbacks
+    def test_space_before_colon_from_refused_on_a_trusted_listener_with_trusted_senders(self):
+        import ipaddress
+
+        server = yield SecureServer.start(self, tls="none", auth="none",
+                                          trusted_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+                                          trusted_senders=("printer@corp.example",))
+
+        def blocking():
+            with smtplib.SMTP(HOST, server.port, timeout=30) as client:
+                client.ehlo("printer.test")
+                client.mail("printer@corp.example")
+                client.rcpt("team@corp.example")
+                return client.data(b"To: team@corp.example\r\nSubject: scan\r\nFrom : CEO <ceo@corp.example>\r\n\r\nscan\r\n")
+
+        code, text = yield deferToThread(blocking)
+        yield server.sessions_closed()
+        self.assertEqual((code, text[:5]), (550, b"5.6.0"), text)
+        self.assertEqual(server.spool.messages, [])
+
+    @inlineCallbacks
     def test_encoded_word_flood_refused_over_starttls_auth(self):
         server = yield SecureServer.start(self)
         code, text = yield self.send(server, encoded_word_from() + b"To: team@corp.example\r\n\r\nbody\r\n")
