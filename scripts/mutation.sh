@@ -91,7 +91,9 @@ class Texts(ast.NodeTransformer):
 
 def text_only(name, modules):
     module, _, function = name.rpartition(".")
-    defs = modules.setdefault(module, functions(pathlib.Path("mutants", *module.split(".")).with_suffix(".py")))
+    if module not in modules:
+        modules[module] = functions(pathlib.Path("mutants", *module.split(".")).with_suffix(".py"))
+    defs = modules[module]
     mutant, original = defs.get(function), defs.get(function.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
     if mutant is None or original is None:
         return False
@@ -125,4 +127,4 @@ done
 return "$status"
 }
 
-main "$@"
+main "$@"; exit
