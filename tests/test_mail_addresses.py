@@ -310,3 +310,18 @@ class MoreBoundaryTests(SynchronousTestCase):
             self.assertRaises(MailRefusal, parse_addr_spec, f"a@b.example (x{hidden}y)")
             self.assertRaises(MailRefusal, parse_address_list, f"a@b.example (x{hidden}y)")
         self.assertEqual(parse_addr_spec("a@b.example (comment)").address, "a@b.example")
+
+
+class LenientDecodingTests(SynchronousTestCase):
+    def test_unstructured_edges(self):
+        self.assertEqual(decode_unstructured("  =?utf-8?q?x?="), "  x")
+        self.assertEqual(decode_unstructured("=?utf-8?q?a_b?="), "a b")
+        self.assertEqual(decode_unstructured("=?utf-8?q?\u00e9?="), "?")
+        self.assertEqual(decode_unstructured("=?utf-8?q?=FF?="), "\ufffd")
+        self.assertEqual(decode_unstructured("=?utf-8?B?QsO8cm8=?= x"), "Büro x")
+
+    def test_quoted_base64_display_name(self):
+        self.assertEqual(one('"=?utf-8?b?QsO8cm8=?=" <b@x.example>').display_name, "Büro")
+
+    def test_token_limit_with_a_special_last(self):
+        self.assertEqual(len(parse_address_list("a@b.example,", "To", MailLimits(max_tokens=6)).items), 1)
