@@ -270,6 +270,38 @@ class IntakeTests(TestCase):
         self.assertEqual(server.spool.messages, [])
 
     @inlineCallbacks
+    def test_space_before_colon_from_refused_behind_a_proxy_listener(self):
+        import ipaddress
+
+        from tests.security_harness import RawClient
+
+        server = yield SecureServer.start(self, name="behind-lb", endpoint=f"haproxy:tcp:0:interface={HOST}", tls="none",
+                                          auth="none", trusted_networks=(ipaddress.ip_network("203.0.113.0/24"),),
+                                          trusted_senders=("printer@corp.example",))
+
+        def blocking():
+            c = RawClient(server.port)
+            try:
+                c.send(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n")
+                c.reply()
+                c.command("EHLO printer.test")
+                c.command("MAIL FROM:<printer@corp.example>")
+                c.command("RCPT TO:<team@corp.example>")
+                c.command("DATA")
+                c.send(b"To: team@corp.example\r\nFrom : CEO <ceo@corp.example>\r\n\r\nscan\r\n.\r\n")
+                reply = c.reply()
+                c.command("QUIT")
+                return reply
+            finally:
+                c.close()
+
+        code, lines = yield deferToThread(blocking)
+        yield server.sessions_closed()
+        self.assertEqual(code, 550, lines)
+        self.assertIn("5.6.0", lines[0])
+        self.assertEqual(server.spool.messages, [])
+
+    @inlineCallbacks
     def test_encoded_word_flood_refused_over_starttls_auth(self):
         server = yield SecureServer.start(self)
         code, text = yield self.send(server, encoded_word_from() + b"To: team@corp.example\r\n\r\nbody\r\n")
