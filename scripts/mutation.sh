@@ -45,7 +45,7 @@ tests_for() {
                   "tests/test_security_mail.py::GroupRecipientTests" "tests/test_security_mail.py::LowFindingTests" ;;
         relay) printf '%s\n' tests/test_security_relay.py tests/test_mail_relay_guard.py \
                    "tests/test_security_mail.py::SenderImpersonationTests" ;;
-        framing) printf '%s\n' tests/test_smtp_framing.py ;;
+        framing) printf '%s\n' tests/test_smtp_framing.py tests/test_smtp_framing_limits.py tests/test_smtp_body_limits.py ;;
     esac
 }
 
