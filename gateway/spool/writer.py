@@ -93,7 +93,8 @@ class DirectorySpoolWriter:
 
         return self._idle().addCallback(write_rest).addCallback(done)
 
-    def commit(self, envelope: Envelope, provenance: Provenance, header_section: Optional[bytes] = None) -> Deferred:
+    def commit(self, envelope: Envelope, provenance: Provenance, header_section: Optional[bytes] = None,
+               sending_mailbox: Optional[str] = None) -> Deferred:
         if self._state != "open":
             return fail(SpoolError("spool writer is closed"))
         self._state = "committing"
@@ -102,7 +103,8 @@ class DirectorySpoolWriter:
         def go(_: Any) -> Deferred:
             self._raise_if_failed()
             return self._run_exclusive(
-                self._commit_job, self._take_pending(), envelope, provenance, header_section, received_at)
+                self._commit_job, self._take_pending(), envelope, provenance, header_section, received_at,
+                sending_mailbox)
 
         def committed(entry: SpoolEntry) -> SpoolEntry:
             self._closed()
@@ -131,7 +133,8 @@ class DirectorySpoolWriter:
         disk.append(self._temp, chunks)
 
     def _commit_job(self, chunks: list[bytes], envelope: Envelope, provenance: Provenance,
-                    header_section: Optional[bytes], received_at: float) -> SpoolEntry:
+                    header_section: Optional[bytes], received_at: float,
+                    sending_mailbox: Optional[str] = None) -> SpoolEntry:
         disk = self._spool.disk
         if self._temp is None:
             # Everything is still in memory: edit the header there, write once.
@@ -149,6 +152,7 @@ class DirectorySpoolWriter:
         entry = SpoolEntry(
             queue_id=self.queue_id, envelope=envelope, provenance=provenance,
             received_at=received_at, message_path="", size=self._temp.size,
+            sending_mailbox=sending_mailbox,
         )
         return disk.publish(self._temp, entry)
 
