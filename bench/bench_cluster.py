@@ -85,7 +85,8 @@ async def main(reactor, argv) -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="the fake Graph's answer delay (s)")
     args = parser.parse_args(argv)
     print(f"{args.messages} messages, {args.mailboxes} mailboxes, limits per mailbox: {args.concurrency} in flight, "
-          f"{args.rate} per {args.window:g}s window (bound: {args.mailboxes * args.rate / args.window:.1f}/s)")
+          f"{args.rate} per {args.window:g}s window (bound: {args.mailboxes * args.rate / args.window:.1f}/s; "
+          f"the gateways count over the window + a 0.25-1 s margin)")
     for nodes in [int(n) for n in args.nodes.split(",")]:
         r = await run(nodes, args)
         print(f"{r['nodes']} node(s): {r['accepted']} accepted in {r['intake_s']:.1f}s ({r['refused']} refused), "
