@@ -11,14 +11,16 @@ mailboxes) is ``bench/bench_cluster.py``.
 from __future__ import annotations
 
 import json
+import os
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from gateway.cli import queue as queue_cli
 from gateway.testing.fake_graph import Fault
 from tests.cluster_rig import ClusterRig
 from tests.tools import require_tool
@@ -45,6 +47,22 @@ class ThreeNodeTestBase(TestCase):
         response = yield self.http.get(f"http://127.0.0.1:{node.status_port}/healthz", timeout=10)
         body = yield response.content()
         return response.code, json.loads(body)
+
+    @inlineCallbacks
+    def leases_of(self, rig, node_name):
+        """Expiry times of ``node_name``'s leases in Redis (read with a connection of our own)."""
+        from gateway.config.policy import RedisConfig
+        from gateway.policy.redis_connection import RedisConnection
+
+        connection = RedisConnection(RedisConfig(unix_socket=rig.redis_socket), reactor)
+        connection.startService()
+        self.addCleanup(connection.stopService)
+        keys = yield connection.call(lambda r: r.keys("graphsmtp:cluster:test:mb:*:leases"))
+        expiries = []
+        for key in keys:
+            members = yield connection.call(lambda r, k=key: r.zrange(k, 0, -1, withscores=True))
+            expiries += [float(score) for member, score in members if str(member).startswith(node_name + ":")]
+        return expiries
 
     def assert_limits(self, rig):
         for mailbox in rig.mailboxes():
@@ -110,8 +128,12 @@ class NodeLossTests(ThreeNodeTestBase):
         # SIGKILL gw2 mid-run, while requests are in flight (the fake answers after 0.3 s).
         yield rig.delivered_count(10)
         yield victim.kill()
-        # The two others keep delivering; gw2's leases expire within the TTL and its share of
-        # each mailbox's slots goes to them.
+        killed_at = reactor.seconds()
+        # Nobody renews gw2's leases any more: each expires (and its slot is free again for the
+        # others) at most lease_ttl after the kill.
+        expiries = yield self.leases_of(rig, "gw2")
+        self.assertTrue(all(at <= killed_at + rig.lease_ttl for at in expiries), (killed_at, expiries))
+        # The two others keep delivering.
         at_kill = len(rig.delivered)
         yield rig.delivered_count(at_kill + 20)
         # Restart gw2: everything it had acknowledged is delivered.
@@ -123,6 +145,28 @@ class NodeLossTests(ThreeNodeTestBase):
                              "only what was in flight on the killed node may be sent twice")
         for n, by in duplicates.items():
             self.assertEqual(set(by), {"gw2"}, "a duplicate can only come from the killed node's retry")
+        self.assert_limits(rig)
+
+    @inlineCallbacks
+    def test_a_node_gone_for_good_is_adopted_by_another(self):
+        rig = ClusterRig(self, nodes=3, concurrency=3, rate=30, window=2.0, lease_ttl=3.0, latency=0.3)
+        yield rig.start()
+        accepted, refused = yield rig.send(0, 60)
+        self.assertEqual((refused, len(accepted)), ([], 60))
+        yield rig.delivered_count(5)
+        dead, heir = rig.nodes[1], rig.nodes[0]
+        yield dead.kill()
+        # gw2's disk is mounted on gw1's machine; gw1 keeps running and adopts the spool.
+        lines = []
+        status = yield deferToThread(queue_cli.main, [
+            "--spool", os.path.join(heir.directory, "state", "spool"), "--wait", "0",
+            "adopt", os.path.join(dead.directory, "state", "spool")], {}, lines.append)
+        self.assertEqual(status, 0, lines)
+        yield rig.delivered_all(accepted)
+        duplicates = {n: by for n, by in rig.delivered.items() if len(by) > 1}
+        self.assertLessEqual(len(duplicates), rig.concurrency * 3,
+                             "only what was in flight on the dead node may be sent twice")
+        self.assertTrue(any("gw2" in by for by in rig.delivered.values()), "gw2 had accepted some of the mail")
         self.assert_limits(rig)
 
     @inlineCallbacks
