@@ -38,3 +38,20 @@ class ClusterConfigTests(SynchronousTestCase):
         for bad in ({"node_id": "gw 1"}, {"name": "a:b"}, {"expected_nodes": 0}, {"lease_ttl": "0.5s"},
                     {"retry": "0s"}, {"rate_window": "0s"}, {"unknown": 1}):
             self.assertRaises(ConfigError, self.build, redis={}, cluster=bad)
+
+
+class SentinelConfigTests(SynchronousTestCase):
+    def build(self, redis):
+        return build_config({"listener": [{"name": "x", "endpoint": "tcp:0"}], "redis": redis}, {}, {},
+                            os.path.abspath(self.mktemp()))
+
+    def test_sentinels(self):
+        redis = self.build({"sentinels": ["10.0.0.5:26379", "[::1]:26380"], "sentinel_master": "gw"}).sections["redis"]
+        self.assertEqual(redis.sentinels, (("10.0.0.5", 26379), ("::1", 26380)))
+        self.assertEqual(redis.sentinel_master, "gw")
+
+    def test_refusals(self):
+        for bad in ({"sentinels": ["10.0.0.5"]}, {"sentinels": ["10.0.0.5:0"]},
+                    {"sentinels": ["10.0.0.5:26379"], "host": "10.0.0.6"},
+                    {"sentinels": ["10.0.0.5:26379"], "url": "redis://10.0.0.6"}):
+            self.assertRaises(ConfigError, self.build, bad)
