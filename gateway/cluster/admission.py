@@ -373,9 +373,17 @@ class ClusterAdmission(Service):
     # -- the timer: renew leases, read shared pauses, probe Redis -----------------------------
 
     def _tick(self) -> Optional[Deferred]:
+        self._forget_idle(self.clock.seconds())
         if self.state != OK:
             return self._probe()
         return self._renew_and_read()
+
+    def _forget_idle(self, now: float) -> None:
+        """Mailboxes with nothing in flight, paused or counted here are forgotten (memory stays flat)."""
+        for key, local in list(self._mailboxes.items()):
+            self._forget_old_starts(local, now)
+            if not local.in_flight and not local.starts and local.paused_until <= now and local.tat <= now:
+                del self._mailboxes[key]
 
     def _renew_and_read(self) -> Deferred:
         slots = list(self._leases.items())
