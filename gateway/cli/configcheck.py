@@ -33,6 +33,12 @@ def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
         out.write(f"graphsmtp-config: {path or '(defaults)'}: internal error while checking ({type(e).__name__})\n")
         return EX_SOFTWARE
     out.write(f"{path or '(built-in defaults)'}: OK\n")
+    for module, error in sorted(components.broken_plugins.items()):
+        # Not fatal (start-up is not refused either) but never silent: a policy it provides is missing.
+        out.write(f"  WARNING        plugin module {module} failed to import: {error}\n")
+    for directory in config.plugin_paths:
+        out.write(f"  plugin path    {directory}\n")
+    components.plugin_search.undo()  # checked in-process (tests, reload checks): leave no trace
     out.write(f"  host name      {config.hostname}\n")
     out.write(f"  spool          {config.spool.directory}\n")
     if config.deliverer == "capture":
