@@ -33,7 +33,8 @@ What is here, by job:
   ``format_address``, ``client_ip``.
 - *Testing* (imported on first use, so a plugin module stays cheap to import):
   ``make_session``, ``make_message``, ``run_transaction`` (unit tests without SMTP) and
-  ``start_gateway`` (a whole gateway on loopback; ``gw.send(...)`` returns a ``SendResult``).
+  ``start_gateway`` (a whole gateway on loopback; ``gw.send(...)`` returns a ``SendResult``),
+  ``start_redis_server`` (a throw-away ``redis-server`` for policies that share state).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ _TESTING = {
     "make_session": "gateway.policy.testing",
     "make_message": "gateway.policy.testing",
     "run_transaction": "gateway.policy.testing",
+    "start_redis_server": "gateway.policy.testing",
     "start_gateway": "gateway.testing.harness",
     "SendResult": "gateway.testing.harness",
 }
@@ -93,4 +95,5 @@ __all__ = [
     "format_address", "client_ip",
     # testing
     "make_session", "make_message", "run_transaction", "start_gateway", "SendResult",
+    "start_redis_server",
 ]

@@ -25,7 +25,7 @@ DOCUMENTED = {
     "message_header", "MessageHeader", "Mailbox", "MailRefusal", "AddressPattern", "parse_patterns",
     "matches_any", "canonical", "mailbox_key", "without_subaddress", "header_text", "is_header_name",
     "format_address", "client_ip",
-    "make_session", "make_message", "run_transaction", "start_gateway", "SendResult",
+    "make_session", "make_message", "run_transaction", "start_gateway", "SendResult", "start_redis_server",
 }
 
 # Where each name used to be imported from: those paths keep working (re-exports).
