@@ -160,3 +160,14 @@ class ConfigCheckTests(SynchronousTestCase):
         status = config_main(["check", self.write_config("/nonexistent/plugins")], out)
         self.assertEqual(status, 78)
         self.assertIn("gateway.plugin_paths[0]: /nonexistent/plugins is not a directory", out.getvalue())
+
+
+class ReloadTests(SynchronousTestCase):
+    def test_changed_plugin_paths_need_a_restart(self):
+        from gateway.reload import restart_needed
+
+        root = plugin_root(self, {})
+        base = os.path.dirname(root)
+        started = build_config({}, {}, {}, base)
+        changed = build_config({"gateway": {"plugin_paths": [root]}}, {}, {}, base)
+        self.assertEqual(restart_needed(started, changed), ["[gateway] plugin_paths] changed"])
