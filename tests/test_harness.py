@@ -15,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from gateway.delivery.interfaces import IDeliverer, Permanent, Transient
+from gateway.delivery.interfaces import Delivered, IDeliverer, Permanent, Transient
 from gateway.testing.harness import HarnessTimeout, SendResult, send_message, start_gateway
 
 MESSAGE = b"From: alice@corp.example\r\nTo: bob@corp.example\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -104,13 +104,39 @@ class SendResultTests(TestCase):
         with self.assertRaises(HarnessTimeout) as caught:
             yield self.gw.delivered(timeout=0.2)
         text = str(caught.exception)
-        self.assertIn("expected 1 message(s) delivered within 0.2 s, saw 0", text)
+        self.assertIn("expected 1 message(s) delivered; nothing more happened for 0.2 s, saw 0", text)
         self.assertIn("alice@corp.example -> eve@outside.example: refused at RCPT: 550 5.7.1 Recipient address not allowed", text)
         self.assertIsInstance(caught.exception, AssertionError)
 
 
+@implementer(IDeliverer)
+class EventuallyDeliverer:
+    """Transient ``failures`` times, then Delivered."""
+
+    def __init__(self, failures):
+        self.failures = failures
+
+    def deliver(self, entry):
+        if self.failures:
+            self.failures -= 1
+            return succeed(Transient("mailbox busy"))
+        return succeed(Delivered())
+
+
 class OutcomeWaitTests(TestCase):
     timeout = 30
+
+    @inlineCallbacks
+    def test_timeout_restarts_while_the_queue_makes_progress(self):
+        """Three retries 0.8 s apart take longer than the 2 s timeout: progress keeps it waiting."""
+        gw = yield start_gateway(self, {"queue": {"retry_schedule": ["0.8s"], "jitter": 0.0}},
+                                 deliverer=EventuallyDeliverer(3))
+        start = reactor.seconds()
+        result = yield gw.send("alice@corp.example", ["bob@corp.example"], MESSAGE)
+        [entry] = yield gw.delivered(timeout=2)
+        self.assertEqual(entry.queue_id, result.queue_id)
+        self.assertEqual([kind for kind, _, _ in gw.recorder.events], ["deferred"] * 3 + ["delivered"])
+        self.assertGreater(reactor.seconds() - start, 2.0)
 
     @inlineCallbacks
     def test_undelivered_message_names_its_queue_id_and_log_lines(self):
@@ -140,7 +166,7 @@ class OutcomeWaitTests(TestCase):
         yield gw.delivered(timeout=10)
         with self.assertRaises(HarnessTimeout) as caught:
             yield gw.refused(timeout=0.2)
-        self.assertIn("refused by the next hop within 0.2 s, saw 0", str(caught.exception))
+        self.assertIn("refused by the next hop; nothing more happened for 0.2 s, saw 0", str(caught.exception))
         self.assertIn("  delivered ", str(caught.exception))
 
 

@@ -14,7 +14,7 @@ Public (re-exported by L{gateway.plugin}), so plugin authors test their policies
 
 ``gw.send`` always fires with a L{SendResult} — a refusal at MAIL, RCPT or DATA reads the same
 way (``refused_at``, ``code``, ``enhanced``, ``text``) — and ``gw.delivered`` / ``gw.refused``
-fail the test after ``timeout`` seconds with what was sent and the gateway's log lines for it,
+fail the test once the queue runner has done nothing for ``timeout`` seconds, with what was sent and the gateway's log lines for it,
 instead of hanging until trial's 120-second default.  ``start_gateway(self, config, graph=True)``
 also starts the fake Graph (L{gateway.testing.fake_graph}) and points the gateway at it:
 ``gw.graph.sent_to("bob@example.com")`` lists what Graph was asked to send to that address.
@@ -189,6 +189,8 @@ class RecordingObserver:
 
     events: list = attrs.field(factory=list)
     _waiters: list = attrs.field(factory=list)
+    #: Called with each ``(kind, entry, outcome)`` as it happens (timeouts restart on progress).
+    listeners: list = attrs.field(factory=list)
 
     def delivered(self, entry: Any, outcome: Any) -> None:
         self._record("delivered", entry, outcome)
@@ -212,6 +214,8 @@ class RecordingObserver:
 
     def _record(self, kind: str, entry: Any, outcome: Any) -> None:
         self.events.append((kind, entry, outcome))
+        for listener in list(self.listeners):
+            listener((kind, entry, outcome))
         self._wake()
 
     def _wake(self) -> None:
@@ -318,7 +322,8 @@ class RunningGateway:
         """
         Fires with the first ``count`` delivered ``SpoolEntry`` values (already removed from the
         queue); fails with L{HarnessTimeout} — what was sent, what happened, the log lines —
-        after ``timeout`` seconds (``None``: wait for ever).
+        when ``timeout`` seconds pass without the queue runner finishing an attempt (so a slow
+        but progressing burst is not cut short; ``None``: wait for ever).
         """
         d = self._wait(count, ("delivered",), timeout, "delivered")
         return d.addCallback(lambda events: [entry for _, entry, _ in events])
@@ -339,11 +344,21 @@ class RunningGateway:
 
         def expired() -> None:
             self.recorder.cancel(d)
-            result.errback(HarnessTimeout(self.explain(f"expected {count} message(s) {what} within {timeout:g} s", kinds)))
+            if progress in self.recorder.listeners:
+                self.recorder.listeners.remove(progress)
+            result.errback(HarnessTimeout(self.explain(
+                f"expected {count} message(s) {what}; nothing more happened for {timeout:g} s", kinds)))
 
         timer = self.service.reactor.callLater(timeout, expired)
 
+        def progress(event: Any) -> None:
+            if timer.active():
+                timer.reset(timeout)
+
+        self.recorder.listeners.append(progress)
+
         def fired(value: Any) -> None:
+            self.recorder.listeners.remove(progress)
             if timer.active():
                 timer.cancel()
                 result.callback(value)
