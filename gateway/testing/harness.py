@@ -14,8 +14,9 @@ Public (re-exported by L{gateway.plugin}), so plugin authors test their policies
 
 ``gw.send`` always fires with a L{SendResult} — a refusal at MAIL, RCPT or DATA reads the same
 way (``refused_at``, ``code``, ``enhanced``, ``text``) — and ``gw.delivered`` / ``gw.refused``
-fail the test once the queue runner has done nothing for ``timeout`` seconds, with what was sent and the gateway's log lines for it,
-instead of hanging until trial's 120-second default.  ``start_gateway(self, config, graph=True)``
+fail the test once the queue runner has done nothing for ``timeout`` seconds, with what was
+sent and the gateway's log lines for it, instead of hanging until trial's 120-second default.
+``start_gateway(self, config, graph=True)``
 also starts the fake Graph (L{gateway.testing.fake_graph}) and points the gateway at it:
 ``gw.graph.sent_to("bob@example.com")`` lists what Graph was asked to send to that address.
 
