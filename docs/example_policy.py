@@ -1,9 +1,10 @@
 """
 An example graphsmtp policy plugin: refuse messages whose Subject contains a blocked word.
 
-Copy this file into a ``twisted/plugins/`` directory on ``sys.path`` — for example
-``/etc/graphsmtp/plugins/twisted/plugins/mycompany_policies.py`` with ``PYTHONPATH`` set to
-``/etc/graphsmtp/plugins`` — and name the policy in a listener's chain::
+Copy this file into a ``twisted/plugins/`` directory — for example
+``/etc/graphsmtp/plugins/twisted/plugins/mycompany_policies.py`` with
+``plugin_paths = ["/etc/graphsmtp/plugins"]`` in ``[gateway]`` — and name the policy in a
+listener's chain (``graphsmtp-plugin new`` writes a whole package to start from instead)::
 
     [[listener.policies]]
     use = "subject-filter"
@@ -14,6 +15,7 @@ Copy this file into a ``twisted/plugins/`` directory on ``sys.path`` — for exa
 
 Rules a plugin follows (docs/writing-policies.md explains each):
 
+- Everything comes from ``gateway.plugin``, the public API (the rest of ``gateway`` is internal).
 - The plugin object is a module-level *instance* that provides ``IPlugin`` and
   ``IPolicyFactory`` and has a unique ``name`` and a one-line ``description``.
 - ``build(options, context)`` validates every option and raises ``PolicyConfigError`` naming
@@ -29,15 +31,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.policy.base import CONTINUE, PolicyBase
-from gateway.policy.headers import header_text, is_header_name
-from gateway.policy.interfaces import (
-    EditHeaders, HeaderEdit, IPolicyFactory, MessageView, PolicyConfigError, SessionView,
+from gateway.plugin import (
+    CONTINUE, EditHeaders, HeaderEdit, IPlugin, IPolicyFactory, MessageView, Option, PolicyBase,
+    PolicyConfigError, PolicyOptions, Scope, SessionView, header_text, is_header_name, reject_options,
+    scope_options,
 )
-from gateway.policy.options import PolicyOptions, Scope
 
 
 class SubjectFilter(PolicyBase):
@@ -60,15 +60,26 @@ class SubjectFilter(PolicyBase):
         return CONTINUE
 
 
+# Declared options: `graphsmtp-config policies` lists them, and a misspelt one is answered
+# with the nearest of these names.
+OPTIONS = (
+    Option("words", "list of strings", None, "required: words or phrases refused in the Subject (any case)"),
+    Option("tag", "header name", None, "header set to \"passed\" on messages that pass"),
+    *reject_options("reject", "Subject not allowed"),
+    *scope_options(),
+)
+
+
 @implementer(IPlugin, IPolicyFactory)
 class SubjectFilterFactory:
     """The plugin: found by graphsmtp through twisted.plugin, builds the policy from its options."""
 
     name = "subject-filter"
     description = "Refuse messages whose Subject contains a blocked word"
+    options = OPTIONS
 
     def build(self, options: Mapping[str, Any], context: Any) -> SubjectFilter:
-        o = PolicyOptions(options)
+        o = PolicyOptions(options, OPTIONS)
         words = tuple(w.casefold() for w in o.strings("words"))
         if not words or not all(w.strip() for w in words):
             raise PolicyConfigError("must be a non-empty list of words or phrases", "words")

@@ -122,7 +122,7 @@ def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
         for key in ("endpoint", "tls", "proxy_protocol"):
             if getattr(before, key) != getattr(after, key):
                 notes.append(f"listener {name} {key} changed ({getattr(before, key)} -> {getattr(after, key)})")
-    for key in ("state_dir", "spool", "queue", "capture", "deliverer", "graph"):
+    for key in ("state_dir", "spool", "queue", "capture", "deliverer", "graph", "plugin_paths"):
         if getattr(started, key) != getattr(new, key):
             notes.append(f"[{_section_name(key)}] changed")
     for key in ("redis", "status", "cluster"):
@@ -138,7 +138,8 @@ def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
 
 
 def _section_name(key: str) -> str:
-    return {"state_dir": "gateway] state_dir", "capture": "delivery.capture", "deliverer": "delivery"}.get(key, key)
+    return {"state_dir": "gateway] state_dir", "plugin_paths": "gateway] plugin_paths", "capture": "delivery.capture",
+            "deliverer": "delivery"}.get(key, key)
 
 
 def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:

@@ -9,7 +9,7 @@ a mistake stops start-up with one line before any port is bound.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import attrs
 
@@ -51,6 +51,10 @@ class Components:
     configured_observers: list = attrs.field(factory=list)
     #: The running Redis connection policies share (None without ``[redis]``).
     redis: Any = None
+    #: What ``[gateway] plugin_paths`` added to the plugin search path (tests undo it).
+    plugin_search: Any = None
+    #: Plugin modules that do not import: ``{module: error}`` (logged at start-up).
+    broken_plugins: Mapping[str, str] = attrs.field(factory=dict)
 
 
 def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
@@ -60,6 +64,27 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
     ``listen=False`` (graphsmtp-config check) builds no listening service: endpoints are only
     validated, so a ``systemd:`` listener can be checked outside systemd.
     """
+    from twisted.logger import Logger
+
+    from gateway.plugin_search import add_plugin_paths, broken_plugin_modules
+
+    # Plugin directories first: every plugin lookup must see them.  Broken plugin modules are
+    # reported now, whether or not a listener names what they provide.
+    plugin_search = add_plugin_paths(config.plugin_paths)
+    try:
+        broken_plugins = broken_plugin_modules()
+        for module, error in sorted(broken_plugins.items()):
+            Logger().error("plugin module {module} failed to import: {error}", module=module, error=error)
+        components = _build_components(config, reactor, deliverer, listen)
+    except BaseException:
+        plugin_search.undo()  # a configuration that does not build leaves no trace in this process
+        raise
+    components.plugin_search = plugin_search
+    components.broken_plugins = broken_plugins
+    return components
+
+
+def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, listen: bool) -> Components:
     from gateway.auth.build import build_auth
     from gateway.delivery.observers import ObserversService, build_observers
     from gateway.policy.redis_connection import redis_service

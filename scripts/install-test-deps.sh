@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 while read -r package _; do
     [ -n "$package" ] || continue
+    # NodeSource's nodejs package ships npm itself and conflicts with Debian's npm package.
+    if [ "$package" = npm ] && command -v npm >/dev/null; then continue; fi
     status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
     [ "$status" = "installed" ] || need_apt+=("$package")
 done < <(sed -e 's/#.*//' scripts/debian-packages.txt)

@@ -9,6 +9,11 @@ bash scripts/install-test-deps.sh
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+# The editable install must expose only gateway/ and twisted/plugins/: with the checkout itself
+# on sys.path, graphsmtp's tests/ shadowed every plugin's own tests package.
+.venv/bin/python scripts/editable-import-root.py
+# msal-node, so a test can check that a non-Python MSAL accepts the fake Entra authority.
+npm install --prefix tests/msal_node --no-audit --no-fund --silent
 # trial's exit status decides; its summary ("PASSED (successes=N)" / "FAILED (failures=F,
 # errors=E, successes=N)") is restated as one plain "N passed, M failed" line, and a run that
 # executed no test at all is a failure.

@@ -10,8 +10,9 @@ import os
 import re
 import tomllib
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config.loader import build_config
 from gateway.policy.headers import apply_edits
@@ -19,6 +20,7 @@ from gateway.policy.interfaces import HeaderEdit, Reject, TempFail
 from gateway.policy.registry import build_listener_chains
 from gateway.policy.testing import make_message, make_session, run_transaction
 from tests.auth_helpers import make_users_file
+from tests.test_policy_registry import PluginDirectoryMixin
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 DEVICE_MESSAGE = (
@@ -112,3 +114,59 @@ class PrinterExampleTests(SynchronousTestCase):
         self.assertEqual(blocked, Reject(550, "5.7.1", "Subject not allowed"))
         passed = policy.on_message(self.printer, make_message(b"Subject: Scan\r\n\r\nx\r\n"))
         self.assertEqual(passed.edits, (HeaderEdit("replace", "X-Subject-Filter", "passed"),))
+
+
+# -- the Python snippets of "Writing your own policy": each one runs here -------------------
+
+def python_snippets() -> dict:
+    """``{marker: source}`` of every ```python block; a block without a tested-example marker is an error."""
+    with open(os.path.join(DOCS, "writing-policies.md"), encoding="utf-8") as f:
+        text = f.read()
+    snippets = {}
+    for m in re.finditer(r"(<!-- tested-example: ([\w-]+) -->\s*)?```python\n(.*?)```", text, re.S):
+        assert m.group(2), f"untested python snippet in docs/writing-policies.md:\n{m.group(3)}"
+        snippets[m.group(2)] = m.group(3)
+    return snippets
+
+
+class PythonSnippetTests(PluginDirectoryMixin, TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.snippets = python_snippets()
+        self.write = self.plugin_dir()
+        plugin = self.write("mycompany_policies", self.snippets["plugin"])
+        self.root = os.path.dirname(os.path.dirname(os.path.dirname(plugin)))
+
+    def run_snippet(self, name):
+        namespace = {"__name__": f"docs_{name.replace('-', '_')}", "__file__": os.path.join(self.root, "tests", "test_docs.py")}
+        exec(compile(self.snippets[name], f"writing-policies.md:{name}", "exec"), namespace)
+        return namespace
+
+    def test_every_snippet_is_tested_and_imports_only_gateway_plugin(self):
+        self.assertEqual(set(self.snippets), {"plugin", "unit-test", "gateway-test"})
+        for name, source in self.snippets.items():
+            imported = re.findall(r"^\s*(?:from|import)\s+(gateway[\w.]*)", source, re.M)
+            self.assertEqual(set(imported), {"gateway.plugin"}, name)
+
+    def test_the_page_names_no_internal_module(self):
+        with open(os.path.join(DOCS, "writing-policies.md"), encoding="utf-8") as f:
+            named = set(re.findall(r"\bgateway\.[a-z_][\w.]*[a-z_]", f.read()))
+        self.assertEqual(named, {"gateway.plugin"})
+
+    def test_plugin_snippet_is_found_as_a_plugin(self):
+        from gateway.policy.registry import available_policies
+
+        factory = available_policies()["subject-filter"]
+        self.assertEqual([o.name for o in factory.options],
+                         ["words", "reject_text", "reject_code", "reject_status", "logins", "networks"])
+
+    def test_unit_test_snippet_passes(self):
+        namespace = self.run_snippet("unit-test")
+        # The snippet's test method, run on this test case (the same assertions, same result).
+        namespace["SubjectFilterTests"].test_blocked_subject(self)
+
+    @inlineCallbacks
+    def test_gateway_test_snippet_passes(self):
+        namespace = self.run_snippet("gateway-test")
+        yield namespace["SubjectFilterGatewayTests"].test_refused_at_data_and_delivered_otherwise(self)

@@ -33,6 +33,12 @@ def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
         out.write(f"graphsmtp-config: {path or '(defaults)'}: internal error while checking ({type(e).__name__})\n")
         return EX_SOFTWARE
     out.write(f"{path or '(built-in defaults)'}: OK\n")
+    for module, error in sorted(components.broken_plugins.items()):
+        # Not fatal (start-up is not refused either) but never silent: a policy it provides is missing.
+        out.write(f"  WARNING        plugin module {module} failed to import: {error}\n")
+    for directory in config.plugin_paths:
+        out.write(f"  plugin path    {directory}\n")
+    components.plugin_search.undo()  # checked in-process (tests, reload checks): leave no trace
     out.write(f"  host name      {config.hostname}\n")
     out.write(f"  spool          {config.spool.directory}\n")
     if config.deliverer == "capture":
@@ -56,14 +62,22 @@ def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
     return 0
 
 
-def list_plugins(kind: str, out: TextIO) -> int:
+def list_plugins(kind: str, out: TextIO, markdown: bool = False) -> int:
     if kind == "policies":
+        from gateway.policy.catalog import builtin_policy_factories, render_markdown, render_text
         from gateway.policy.registry import discover_policies as discover
+
+        if markdown:  # docs/policies.md: graphsmtp's own policies, whatever else is installed
+            out.write(render_markdown(builtin_policy_factories()))
+            return 0
     else:
         from gateway.delivery.observers import discover_observers as discover
     found = discover()
-    for name in sorted(found.plugins):
-        out.write(f"{name:<20} {getattr(found.plugins[name], 'description', '')}\n")
+    if kind == "policies":
+        out.write(render_text(found.plugins.values()))
+    else:
+        for name in sorted(found.plugins):
+            out.write(f"{name:<20} {getattr(found.plugins[name], 'description', '')}\n")
     for module, error in sorted(found.broken.items()):
         out.write(f"BROKEN plugin module {module}: {error}\n")
     return EX_SOFTWARE if found.broken else 0  # a plugin module that does not import is a bug
@@ -77,12 +91,14 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
     p_check.add_argument("--online", action="store_true",
                          help="also get a Graph token for the configured tenant and check its Mail.Send permission "
                               "(exit 78: an admin must act, 75: the token endpoint is unreachable)")
-    sub.add_parser("policies", help="list the policy plugins that can be named in `use = ...`")
+    p_policies = sub.add_parser("policies", help="list the policy plugins that can be named in `use = ...`, with their options")
+    p_policies.add_argument("--markdown", action="store_true",
+                            help="print docs/policies.md (the built-in policies' options as Markdown)")
     sub.add_parser("observers", help="list the delivery observer plugins")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.config, out, online=args.online)
-    return list_plugins(args.command, out)
+    return list_plugins(args.command, out, markdown=getattr(args, "markdown", False))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,8 @@ class GatewayConfig:
     add_message_id: bool = True
     add_date: bool = True
     sections: Mapping[str, Any] = attrs.field(factory=dict)
+    #: ``[gateway] plugin_paths``: directories (each with ``twisted/plugins/``) searched for plugins.
+    plugin_paths: tuple[str, ...] = ()
 
 
 __all__ = [

@@ -42,6 +42,11 @@ class TableReader:
     def has(self, name: str) -> bool:
         return name in self.table
 
+    @property
+    def used(self) -> set[str]:
+        """The names asked for so far (a copy)."""
+        return set(self._used)
+
     def mark_used(self, *names: str) -> None:
         self._used.update(names)
 

@@ -51,9 +51,19 @@ class LazyPolicyFactory:
     description: str
     module: str
     function: str = "build"
+    options_name: str = "OPTIONS"
 
     def build(self, options: Mapping[str, Any], context: Any) -> Any:
         return getattr(importlib.import_module(self.module), self.function)(options, context)
+
+    @property
+    def options(self) -> tuple[Any, ...]:
+        """
+        The policy's documented options (L{gateway.policy.options.Option}), declared next to
+        the code that reads them (``OPTIONS`` in ``module``); importing it is fine here, as only
+        ``graphsmtp-config policies`` and the docs generator ask.
+        """
+        return tuple(getattr(importlib.import_module(self.module), self.options_name, ()))
 
 
 __all__ = ["CONTINUE", "PolicyBase", "LazyPolicyFactory"]

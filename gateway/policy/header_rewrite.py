@@ -23,7 +23,7 @@ from gateway.policy.addresses import header_addresses
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.headers import format_address, header_text, is_header_name
 from gateway.policy.interfaces import EditHeaders, HeaderEdit, MessageView, PolicyConfigError, SessionView
-from gateway.policy.options import PolicyOptions, Scope
+from gateway.policy.options import Option, PolicyOptions, Scope, scope_options
 
 INTERNAL_HEADERS = ("Received", "X-Originating-IP")
 _ADDRESS_OPTIONS = {"from": "From", "sender": "Sender", "reply_to": "Reply-To"}
@@ -101,8 +101,22 @@ def _address_rewrite(text: str, option: str, header: str, keep_display_name: boo
     )
 
 
+OPTIONS = (
+    Option("from", "address", None, "rewrite every From to this address (\"Name <a@b>\" sets the name too)"),
+    Option("sender", "address", None, "rewrite Sender to this address"),
+    Option("reply_to", "address", None, "rewrite Reply-To to this address"),
+    Option("keep_display_name", "boolean", "true", "keep the original display name when rewriting an address"),
+    Option("remove", "list of header names", "[]", "headers removed (every occurrence)"),
+    Option("strip_internal", "boolean", "false", "remove Received and X-Originating-IP (internal topology)"),
+    Option("replace", "table: header name -> text", "{}", "headers replaced (all occurrences removed, one added)"),
+    Option("add", "table: header name -> text", "{}", "headers added"),
+    Option("subject_tag", "string", None, "text put in front of the Subject (once)"),
+    *scope_options(),
+)
+
+
 def build(options: Mapping[str, Any], context: Any) -> HeaderRewrite:
-    o = PolicyOptions(options)
+    o = PolicyOptions(options, OPTIONS)
     keep = o.boolean("keep_display_name", True)
     addresses = []
     for option, header in _ADDRESS_OPTIONS.items():
@@ -127,4 +141,4 @@ def build(options: Mapping[str, Any], context: Any) -> HeaderRewrite:
     return policy
 
 
-__all__ = ["HeaderRewrite", "AddressRewrite", "INTERNAL_HEADERS", "build"]
+__all__ = ["HeaderRewrite", "AddressRewrite", "INTERNAL_HEADERS", "build", "OPTIONS"]

@@ -16,7 +16,7 @@ import attrs
 
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView, TempFail
-from gateway.policy.options import PolicyOptions, Scope
+from gateway.policy.options import Option, PolicyOptions, Scope, scope_options
 
 
 @attrs.frozen
@@ -43,8 +43,21 @@ class SizeLimit(PolicyBase):
         return CONTINUE
 
 
+MAX_RECIPIENTS_OPTIONS = (
+    Option("max", "integer", "10", "most recipients per message; more are refused with 452 4.5.3"),
+    Option("text", "string", '"Too many recipients"', "text of the 452 reply"),
+    *scope_options(),
+)
+
+SIZE_LIMIT_OPTIONS = (
+    Option("max", "size", None, "required: the largest message, in bytes or as \"10MiB\"; larger is 552 5.3.4"),
+    Option("text", "string", '"Message too big"', "text of the 552 reply (the limit is appended)"),
+    *scope_options(),
+)
+
+
 def build_max_recipients(options: Mapping[str, Any], context: Any) -> MaxRecipients:
-    o = PolicyOptions(options)
+    o = PolicyOptions(options, MAX_RECIPIENTS_OPTIONS)
     policy = MaxRecipients(
         maximum=o.integer("max", 10, 1, 100000),
         scope=o.scope(),
@@ -55,7 +68,7 @@ def build_max_recipients(options: Mapping[str, Any], context: Any) -> MaxRecipie
 
 
 def build_size_limit(options: Mapping[str, Any], context: Any) -> SizeLimit:
-    o = PolicyOptions(options)
+    o = PolicyOptions(options, SIZE_LIMIT_OPTIONS)
     maximum = o.size("max", None)
     if maximum is None:
         raise PolicyConfigError("is required: the largest message in bytes, or a size such as \"10MiB\"", "max")
@@ -64,4 +77,7 @@ def build_size_limit(options: Mapping[str, Any], context: Any) -> SizeLimit:
     return policy
 
 
-__all__ = ["MaxRecipients", "SizeLimit", "build_max_recipients", "build_size_limit"]
+__all__ = [
+    "MaxRecipients", "SizeLimit", "build_max_recipients", "build_size_limit", "MAX_RECIPIENTS_OPTIONS",
+    "SIZE_LIMIT_OPTIONS",
+]

@@ -9,6 +9,7 @@ doing nothing is worse than refusing to start.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from fnmatch import fnmatchcase
@@ -27,16 +28,56 @@ T = TypeVar("T")
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 
 
+@attrs.frozen
+class Option:
+    """
+    One documented option of a policy: what ``graphsmtp-config policies`` prints and
+    ``docs/policies.md`` is generated from.  ``type`` is how an admin writes it in TOML
+    (``"string"``, ``"integer"``, ``"duration"``, ``"list of address patterns"``...);
+    ``default`` is the value used when the option is absent, as text (``None``: no default,
+    the option is off or required — ``help`` says which).
+    """
+
+    name: str
+    type: str
+    default: Optional[str]
+    help: str
+
+
+def reject_options(prefix: str = "reject", text: str = "Rejected by policy", code: int = 550,
+                   status: str = "5.7.1") -> tuple[Option, ...]:
+    """The three options L{PolicyOptions.reject} reads: ``<prefix>_text``, ``_code``, ``_status``."""
+    return (
+        Option(f"{prefix}_text", "string", text, "text of the refusal (one line of printable ASCII)"),
+        Option(f"{prefix}_code", "integer", str(code), "reply code of the refusal, 500 to 599"),
+        Option(f"{prefix}_status", "string", status,
+               "RFC 3463 enhanced status of the refusal; its class must match the code"),
+    )
+
+
+def scope_options() -> tuple[Option, ...]:
+    """The two options L{PolicyOptions.scope} reads."""
+    return (
+        Option("logins", "list of strings", "[]",
+               "apply only to these authenticated logins (globs; an Entra pass-through app also matches "
+               "as tenant@client); unauthenticated sessions never match"),
+        Option("networks", "list of CIDR networks", "[]",
+               "apply only to clients in these networks (with logins: both must match)"),
+    )
+
+
 class PolicyOptions:
     """
     Reads values out of a policy's options table (the ``{ use = ..., ... }`` entry without
-    ``use``).  Methods mirror L{gateway.config.reader.TableReader}.
+    ``use``).  Methods mirror L{gateway.config.reader.TableReader}.  ``declared`` (the policy's
+    L{Option} list, optional) adds its names to the suggestions offered for a misspelt option.
     """
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
+    def __init__(self, options: Mapping[str, Any], declared: Iterable[Option] = ()) -> None:
         if not isinstance(options, Mapping):
             raise PolicyConfigError("options must be a table")
         self._reader = TableReader(options, "")
+        self._declared = tuple(option.name for option in declared)
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -125,8 +166,21 @@ class PolicyOptions:
         return Scope(logins=tuple(p for login in logins for p in login_patterns(login)), networks=self.networks("networks"))
 
     def finish(self) -> None:
-        """Refuse options nobody asked for: almost always a typo."""
-        self._read(self._reader.finish)
+        """Refuse options nobody asked for: almost always a typo, so name the nearest valid one."""
+        unknown = sorted(set(self._reader.table) - self._reader.used)
+        if not unknown:
+            return
+        valid = sorted(set(self._declared) | self._reader.used)
+        raise PolicyConfigError(unknown_option_problem(unknown[0], valid), unknown[0])
+
+
+def unknown_option_problem(name: str, valid: Iterable[str]) -> str:
+    """``unknown option; did you mean 'messages'? (valid: ...)`` for a misspelt ``name``."""
+    valid = sorted(set(valid))
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    listing = ", ".join(valid) if valid else "none"
+    return f"unknown option; {hint}(valid options: {listing})"
 
 
 _PASSTHROUGH_DELIMITERS = ("@", ":", "|")
@@ -212,4 +266,6 @@ class Scope:
         return True
 
 
-__all__ = ["PolicyOptions", "Scope", "check_reply_text", "check_status", "login_names", "login_patterns"]
+__all__ = [
+    "Option", "reject_options", "scope_options", "unknown_option_problem", "PolicyOptions", "Scope", "check_reply_text", "check_status", "login_names", "login_patterns",
+]

@@ -28,7 +28,7 @@ from gateway.mail.errors import MailRefusal
 from gateway.policy.addresses import client_key, message_header
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, SessionView, TempFail
-from gateway.policy.options import PolicyOptions, Scope, login_names
+from gateway.policy.options import Option, PolicyOptions, Scope, login_names, scope_options
 from gateway.policy.rate_backends import BucketRequest, Decision, MemoryBuckets, RedisBuckets
 
 KEYS = ("login", "client-ip", "sender", "mailbox")
@@ -152,8 +152,25 @@ class RateLimit(PolicyBase):
         return d.addCallbacks(decided, unavailable)
 
 
+OPTIONS = (
+    Option("key", "string", '"login"',
+           "what is counted: login, client-ip, sender (envelope) or mailbox (header From)"),
+    Option("messages", "integer", None, "most messages per window (set messages and/or recipients)"),
+    Option("recipients", "integer", None, "most recipients per window (set messages and/or recipients)"),
+    Option("per", "duration", '"1h"', "the window, such as \"1h\" or \"10m\""),
+    Option("backend", "string", '"memory"', "memory (this gateway) or redis (shared through [redis])"),
+    Option("max_keys", "integer", "100000", "most keys remembered in memory (least recently used go first)"),
+    Option("name", "string", "the policy's configuration key",
+           "namespace of the counters; give two policies one name to share a budget"),
+    Option("text", "string", '"Rate limit exceeded"', "text of the 451 4.7.1 reply (the wait is appended)"),
+    Option("ipv6_prefix", "integer", "64", "with key = client-ip, IPv6 clients are counted per prefix of this length"),
+    Option("fail_open", "boolean", "false", "when Redis does not answer, let the message through instead of 451"),
+    *scope_options(),
+)
+
+
 def build(options: Mapping[str, Any], context: Any) -> RateLimit:
-    o = PolicyOptions(options)
+    o = PolicyOptions(options, OPTIONS)
     key = o.string("key", "login")
     assert key is not None
     key = _KEY_ALIASES.get(key, key)
@@ -189,4 +206,4 @@ def build(options: Mapping[str, Any], context: Any) -> RateLimit:
     )
 
 
-__all__ = ["RateLimit", "KEYS", "build"]
+__all__ = ["RateLimit", "KEYS", "build", "OPTIONS"]

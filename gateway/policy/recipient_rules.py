@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from gateway.policy.addresses import AddressPattern, matches_any, without_subaddress
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import PolicyConfigError, Reject, SessionView
-from gateway.policy.options import PolicyOptions, Scope
+from gateway.policy.options import Option, PolicyOptions, Scope, reject_options, scope_options
 
 
 @attrs.frozen
@@ -44,8 +44,17 @@ class RecipientRules(PolicyBase):
         return CONTINUE
 
 
+OPTIONS = (
+    Option("allow", "list of address patterns", "[]",
+           "recipients allowed (exact address, *@domain, glob; +tags ignored); others are refused"),
+    Option("deny", "list of address patterns", "[]", "recipients refused even when allow matches them"),
+    *scope_options(),
+    *reject_options("reject", "Recipient address not allowed"),
+)
+
+
 def build(options: Mapping[str, Any], context: Any) -> RecipientRules:
-    o = PolicyOptions(options)
+    o = PolicyOptions(options, OPTIONS)
     policy = RecipientRules(
         allow=o.patterns("allow"),
         deny=o.patterns("deny"),
@@ -58,4 +67,4 @@ def build(options: Mapping[str, Any], context: Any) -> RecipientRules:
     return policy
 
 
-__all__ = ["RecipientRules", "build"]
+__all__ = ["RecipientRules", "build", "OPTIONS"]

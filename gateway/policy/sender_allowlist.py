@@ -26,7 +26,7 @@ from gateway.mail.errors import MailRefusal
 from gateway.policy.addresses import AddressPattern, client_ip, matches_any, message_header
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView
-from gateway.policy.options import IPNetwork, PolicyOptions, login_names, login_patterns
+from gateway.policy.options import IPNetwork, Option, PolicyOptions, login_names, login_patterns, reject_options
 
 CHECKS = ("envelope", "from", "sender")
 _HEADER_NAMES = {"from": ("from", "resent-from"), "sender": ("sender", "resent-sender")}
@@ -98,8 +98,23 @@ class SenderAllowlist(PolicyBase):
         )
 
 
+OPTIONS = (
+    Option("allow", "list of address patterns", "[]",
+           "senders every session may use (exact address, *@domain, glob); at least one of allow, "
+           "per_login, per_network is required"),
+    Option("per_login", "table: login -> list of address patterns", "{}",
+           "senders per authenticated login (globs allowed in the login; exact logins win)"),
+    Option("per_network", "table: CIDR network -> list of address patterns", "{}",
+           "senders per client network (the narrowest network containing the client wins)"),
+    Option("check", "list of strings", '["envelope", "from", "sender"]',
+           "what is checked: the envelope sender, the header From, the header Sender"),
+    Option("allow_null_sender", "boolean", "false", "accept the null reverse-path (MAIL FROM:<>, bounces)"),
+    *reject_options("reject", "Sender address not allowed"),
+)
+
+
 def build(options: Mapping[str, Any], context: Any) -> SenderAllowlist:
-    o = PolicyOptions(options)
+    o = PolicyOptions(options, OPTIONS)
     allow = o.patterns("allow")
     per_login = []
     for login, rules in o.pattern_table("per_login").items():
@@ -136,4 +151,4 @@ def build(options: Mapping[str, Any], context: Any) -> SenderAllowlist:
     return policy
 
 
-__all__ = ["SenderAllowlist", "build", "CHECKS"]
+__all__ = ["SenderAllowlist", "build", "CHECKS", "OPTIONS"]

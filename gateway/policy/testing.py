@@ -67,7 +67,7 @@ class TransactionResult:
 
 @inlineCallbacks
 def run_transaction(
-    chain: PolicyChain,
+    chain: Any,
     session: SessionView,
     sender: str,
     recipients: Iterable[str],
@@ -76,8 +76,11 @@ def run_transaction(
     """
     Drive ``chain`` through connect → MAIL → RCPT (each) → message, as the SMTP layer does.
     Refused recipients are dropped (like a 5xx/4xx to RCPT); with none left the transaction
-    ends at ``rcpt``.  Fires with a L{TransactionResult}.
+    ends at ``rcpt``.  Fires with a L{TransactionResult}.  ``chain`` may also be one policy or
+    a list of policies (run as a chain in that order), so a plugin's test needs no chain import.
     """
+    if not isinstance(chain, PolicyChain):
+        chain = PolicyChain(tuple(chain) if isinstance(chain, (list, tuple)) else (chain,))
     result = yield chain.on_connect(session)
     if not result.allowed:
         return TransactionResult("connect", result)

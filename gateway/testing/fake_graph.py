@@ -260,6 +260,7 @@ class FakeGraphServer:
         self.base = ""
         self._federation_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.federation_issuer = "https://fake-federation.invalid"
+        self._jwks: Optional[dict] = None  # the tenant's token-signing keys, made on first request
 
     # -- addresses ------------------------------------------------------------------------
 
@@ -335,7 +336,7 @@ class FakeGraphServer:
                 continue
             if rule.operation is not None and rule.operation != operation:
                 continue
-            if rule.operation is None and operation in ("discovery", "token") and rule.mailbox is None:
+            if rule.operation is None and operation in ("discovery", "keys", "token") and rule.mailbox is None:
                 continue  # an "any operation" rule is about Graph, not about the login host
             if rule.remaining is not None:
                 rule.remaining -= 1
@@ -491,7 +492,7 @@ class FakeGraphServer:
             request.setHeader("content-type", "text/html")
             return fault.body
         request.setHeader("content-type", "application/json")
-        if operation in ("token", "discovery"):
+        if operation in ("token", "discovery", "keys"):
             return json.dumps({"error": fault.code or "server_error", "error_description": fault.message,
                                "error_codes": list(fault.error_codes)}).encode("utf-8")
         return json.dumps(_graph_error(fault.code or "ServiceError", fault.message)).encode("utf-8")
@@ -499,6 +500,8 @@ class FakeGraphServer:
     def _dispatch(self, request: Any, operation: str, mailbox: Optional[str], params: dict, body: bytes):
         if operation == "discovery":
             return self._discovery(params)
+        if operation == "keys":
+            return self._keys(params)
         if operation == "token":
             return self._token(request, params)
         if operation == "unknown":
@@ -533,6 +536,12 @@ class FakeGraphServer:
     # -- Entra ----------------------------------------------------------------------------
 
     def _discovery(self, params: dict):
+        """
+        The tenant's OpenID Connect discovery document with the fields and values Entra's v2.0
+        endpoint returns (MSAL for Python needs only the two endpoints; msal-node and other OIDC
+        clients also read ``issuer``, ``jwks_uri`` and the ``*_supported`` lists), with every
+        URL pointing at this fake.
+        """
         tenant = params["tenant"]
         if tenant != self.tenant_id:
             return 400, {}, {"error": "invalid_tenant", "error_codes": [90002],
@@ -540,10 +549,40 @@ class FakeGraphServer:
         base = f"{self.base}/{tenant}"
         return 200, {}, {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": f"{base}/v2.0",
+            "request_uri_parameter_supported": False,
+            "userinfo_endpoint": f"{self.base}/oidc/userinfo",
             "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
             "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
-            "issuer": f"{base}/v2.0",
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
+            "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+            "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name",
+                                 "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username",
+                                 "name", "tid", "ver", "at_hash", "c_hash", "email"],
+            "kerberos_endpoint": f"{base}/kerberos",
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+            "rbac_url": "https://pas.windows.net",
         }
+
+    def _keys(self, params: dict):
+        """The JWKS at ``jwks_uri``: the tenant's RS256 signing key, shaped like Entra's (kid = x5t, x5c)."""
+        if params["tenant"] != self.tenant_id:
+            return 400, {}, {"error": "invalid_tenant", "error_codes": [90002],
+                             "error_description": f"AADSTS90002: Tenant '{params['tenant']}' not found."}
+        if self._jwks is None:
+            self._jwks = {"keys": [_signing_jwk(f"{self.base}/{self.tenant_id}/v2.0")]}
+        return 200, {}, self._jwks
 
     def _token(self, request: Any, params: dict):
         self.token_requests += 1
@@ -825,6 +864,8 @@ class _TrackingSite(web_server.Site):
 def _route(method: str, path: list[str], tenant: str) -> tuple[str, Optional[str], dict]:
     if len(path) >= 4 and path[1:] == ["v2.0", ".well-known", "openid-configuration"]:
         return "discovery", None, {"tenant": path[0]}
+    if len(path) == 4 and path[1:] == ["discovery", "v2.0", "keys"] and method == "GET":
+        return "keys", None, {"tenant": path[0]}
     if len(path) == 4 and path[1:] == ["oauth2", "v2.0", "token"] and method == "POST":
         return "token", None, {"tenant": path[0]}
     if len(path) == 2 and path[0] == "upload":
@@ -849,6 +890,31 @@ def _route(method: str, path: list[str], tenant: str) -> tuple[str, Optional[str
             return "createUploadSession", mailbox, {"message": rest[1]}
         return "unknown", mailbox, {}
     return "unknown", None, {}
+
+
+def _b64url_int(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _signing_jwk(issuer: str) -> dict:
+    """A new RS256 signing key as one JWKS entry, with a self-signed certificate as Entra publishes."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "accounts.fake-entra.invalid")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365)).sign(key, hashes.SHA256())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    thumbprint = base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode("ascii")
+    numbers = key.public_key().public_numbers()
+    return {
+        "kty": "RSA", "use": "sig", "kid": thumbprint, "x5t": thumbprint,
+        "n": _b64url_int(numbers.n), "e": _b64url_int(numbers.e),
+        "x5c": [base64.b64encode(der).decode("ascii")], "issuer": issuer,
+    }
 
 
 def _graph_error(code: str, message: str) -> dict:

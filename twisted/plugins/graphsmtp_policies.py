@@ -36,6 +36,7 @@ maxRecipients = LazyPolicyFactory(
     "A lower recipient limit for a listener, login or network (452 4.5.3)",
     "gateway.policy.limits",
     "build_max_recipients",
+    "MAX_RECIPIENTS_OPTIONS",
 )
 
 sizeLimit = LazyPolicyFactory(
@@ -43,4 +44,5 @@ sizeLimit = LazyPolicyFactory(
     "A lower message size limit for a listener, login or network (552 5.3.4)",
     "gateway.policy.limits",
     "build_size_limit",
+    "SIZE_LIMIT_OPTIONS",
 )
