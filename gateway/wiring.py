@@ -80,7 +80,8 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
     services: list = []
     disk = ThreadPoolService("graphsmtp-spool", 1, config.spool.threads)
     services.append(disk)
-    spool = DirectorySpool(config.spool.directory, disk.pool, reactor, archive_delivered=config.spool.archive_delivered)
+    spool = DirectorySpool(config.spool.directory, disk.pool, reactor, archive_delivered=config.spool.archive_delivered,
+                           hold_new=config.queue.hold_new)
 
     auth = build_auth(config.sections["auth"], config.state_dir, reactor=reactor, graph_config=config.graph)
     services.extend(auth.services)

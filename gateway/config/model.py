@@ -100,6 +100,10 @@ class QueueConfig:
     max_lifetime: float = 5 * 86400.0
     shutdown_grace: float = 30.0
     attempt_timeout: float = 1800.0
+    # Commit every newly accepted message straight into the spool's held/ directory instead of
+    # the queue: accepted durably, delivered only after ``graphsmtp-queue release``.  For
+    # maintenance windows and for benchmarks comparing with Postfix's hold queue.
+    hold_new: bool = False
 
 
 @attrs.frozen

@@ -409,12 +409,20 @@ class SpoolDisk:
         except OSError as e:
             raise spool_error(e, "rewrite the message headers") from None
 
-    def publish(self, temp: TempMessage, entry: SpoolEntry, incoming: bool = False) -> SpoolEntry:
+    def publish(self, temp: TempMessage, entry: SpoolEntry, incoming: bool = False,
+                held: bool = False) -> SpoolEntry:
         """
         The acceptance protocol (see module docstring).  Returns ``entry`` with its final
         message path; on any failure removes every trace and raises L{SpoolError}.
+        ``held`` commits into held/ instead of queue/ (``[queue] hold_new``), with the hold
+        noted in the history as an admin hold would, so a release extends the queue lifetime
+        by the time spent on hold.
         """
-        if incoming:
+        if held:
+            dest, syncer = self.layout.held, self.held_sync
+            env_tmp = self._tmp_path(entry.queue_id, ENV)
+            entry = attrs.evolve(entry, history=entry.history + (AttemptRecord(entry.received_at, HOLD_NOTE),))
+        elif incoming:
             dest, syncer = self.layout.incoming, self.incoming_sync
             env_tmp = os.path.join(self.layout.incoming, f".{entry.queue_id}.env.tmp")
         else:

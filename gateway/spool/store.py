@@ -51,11 +51,13 @@ class DirectorySpool:
 
     def __init__(self, directory: str, threadpool: Any, reactor: Any, archive_delivered: bool = False,
                  fileops: Optional[FileOps] = None, chunk_size: int = CHUNK_SIZE,
-                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER) -> None:
+                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER, hold_new: bool = False) -> None:
         self.disk = SpoolDisk(directory, fileops, clock=reactor.seconds)
         self.directory = self.disk.layout.root
         self.clock = reactor
         self.archive_delivered = archive_delivered
+        #: ``[queue] hold_new``: intake commits into held/ (the runner is not told about it).
+        self.hold_new = hold_new
         self._pool = threadpool
         self._reactor = reactor
         self._writer_options = dict(chunk_size=chunk_size, high_water=high_water, low_water=low_water)

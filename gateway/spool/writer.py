@@ -106,7 +106,8 @@ class DirectorySpoolWriter:
 
         def committed(entry: SpoolEntry) -> SpoolEntry:
             self._closed()
-            self._spool._committed(entry)
+            if not self._spool.hold_new:
+                self._spool._committed(entry)  # held entries wait for a release, not the runner
             return entry
 
         def failed(reason: Failure) -> Deferred:
@@ -150,7 +151,7 @@ class DirectorySpoolWriter:
             queue_id=self.queue_id, envelope=envelope, provenance=provenance,
             received_at=received_at, message_path="", size=self._temp.size,
         )
-        return disk.publish(self._temp, entry)
+        return disk.publish(self._temp, entry, held=self._spool.hold_new)
 
     def _discard_job(self) -> None:
         if self._temp is not None:
