@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.spool.disk import TempMessage
+from gateway.spool.disk import CommitRequest, TempMessage
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.interfaces import ISpoolWriter, SpoolError
 
@@ -97,16 +97,23 @@ class DirectorySpoolWriter:
         if self._state != "open":
             return fail(SpoolError("spool writer is closed"))
         self._state = "committing"
-        received_at = self._spool.clock.seconds()
+        entry = SpoolEntry(queue_id=self.queue_id, envelope=envelope, provenance=provenance,
+                           received_at=self._spool.clock.seconds(), message_path="", size=0)
+        where = "held" if self._spool.hold_new else "queue"
 
         def go(_: Any) -> Deferred:
             self._raise_if_failed()
-            return self._run_exclusive(
-                self._commit_job, self._take_pending(), envelope, provenance, header_section, received_at)
+            if self._temp is None:
+                # Still all in memory: the group commit writes it, no thread hop of its own.
+                return self._spool._group_commit(CommitRequest(
+                    entry, where, data=self._in_memory_message(header_section)))
+            # Streamed: the rest of the chunks and any header edit first, then the group commit.
+            return self._run_exclusive(self._finish_job, self._take_pending(), header_section).addCallback(
+                lambda _: self._spool._group_commit(CommitRequest(entry, where, temp=self._temp)))
 
         def committed(entry: SpoolEntry) -> SpoolEntry:
             self._closed()
-            if not self._spool.hold_new:
+            if where == "queue":
                 self._spool._committed(entry)  # held entries wait for a release, not the runner
             return entry
 
@@ -131,27 +138,21 @@ class DirectorySpoolWriter:
             self._temp = disk.create_temp(self.queue_id)
         disk.append(self._temp, chunks)
 
-    def _commit_job(self, chunks: list[bytes], envelope: Envelope, provenance: Provenance,
-                    header_section: Optional[bytes], received_at: float) -> SpoolEntry:
+    def _in_memory_message(self, header_section: Optional[bytes]) -> bytes:
+        """The whole message from the pending chunks, with the header edit applied."""
+        data = b"".join(self._take_pending())
+        if header_section is not None:
+            end = self._header_end if self._header_end is not None else len(data)
+            data = header_section + data[end:]
+        return data
+
+    def _finish_job(self, chunks: list[bytes], header_section: Optional[bytes]) -> None:
         disk = self._spool.disk
-        if self._temp is None:
-            # Everything is still in memory: edit the header there, write once.
-            data = b"".join(chunks)
-            if header_section is not None:
-                end = self._header_end if self._header_end is not None else len(data)
-                data = header_section + data[end:]
-            self._temp = disk.create_temp(self.queue_id)
-            disk.append(self._temp, [data])
-        else:
-            disk.append(self._temp, chunks)
-            if header_section is not None:
-                end = self._header_end if self._header_end is not None else self._temp.size
-                disk.replace_header_section(self._temp, end, header_section)
-        entry = SpoolEntry(
-            queue_id=self.queue_id, envelope=envelope, provenance=provenance,
-            received_at=received_at, message_path="", size=self._temp.size,
-        )
-        return disk.publish(self._temp, entry, held=self._spool.hold_new)
+        assert self._temp is not None
+        disk.append(self._temp, chunks)
+        if header_section is not None:
+            end = self._header_end if self._header_end is not None else self._temp.size
+            disk.replace_header_section(self._temp, end, header_section)
 
     def _discard_job(self) -> None:
         if self._temp is not None:
