@@ -27,8 +27,16 @@ Completeness rule: **the record's presence marks a complete entry.**  Every prot
 ordered so that a crash at any instant leaves either no entry or a whole one:
 
 - accept (daemon and sendmail): write the message to a temp file and the record to another,
-  fsync both; rename the message into place, then the record; fsync the directory.  Only then is the message acknowledged (250, or exit status 0).  A message file
-  without a record was never acknowledged and is deleted at recovery.
+  make both durable; rename the message into place, then the record; fsync the directory.
+  Only then is the message acknowledged (250, or exit status 0).  A message file without a
+  record was never acknowledged and is deleted at recovery.  The daemon group-commits
+  (L{SpoolDisk.publish_batch}, L{gateway.spool.group_commit}): every message whose DATA ended
+  while the previous batch was flushing is written, then *one* data flush covers them all
+  (``syncfs`` on Linux ≥ 5.8, else one ``fdatasync`` per file), then all the renames, then one
+  fsync per destination directory — the same order for each message, fewer device flushes.
+  With ``[queue] hold_new`` the destination is held/ instead of queue/ (the record's history
+  notes the hold, as an admin hold would).  The on-disk format is unchanged by group commit:
+  entries written by older gateways load and deliver as before.
 - import (sendmail's entries, done by the daemon): write the record into tmp/, rename the
   message incoming/ → queue/, rename the record into queue/, fsync queue/, unlink the
   incoming record.  Recovery finishes a half-done import (incoming record + queue message).
