@@ -189,7 +189,8 @@ def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, 
 
         resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))
         deliverer, services = build_graph_deliverer(
-            config.graph, reactor, resolver, on_request=metrics.graph_request if metrics is not None else None)
+            config.graph, reactor, resolver, on_request=metrics.graph_request if metrics is not None else None,
+            connections=config.queue.concurrency)
         return deliverer, services, list(getattr(deliverer, "observers", ()))
     from gateway.delivery.capture import CaptureDeliverer
 

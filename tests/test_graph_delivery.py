@@ -14,7 +14,7 @@ import os
 from email.message import EmailMessage
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
@@ -390,16 +390,50 @@ class ConcurrencyTests(TestCase):
 
     @inlineCallbacks
     def test_no_more_than_two_requests_per_mailbox(self):
+        """Admission is the queue runner's (per-mailbox ready queues): through a real runner,
+        the deliverer's mailbox_concurrency holds against the real fake Graph."""
+        from twisted.internet.defer import Deferred
+        from zope.interface import implementer
+
+        from gateway.config.model import QueueConfig
+        from gateway.delivery.interfaces import IDeliveryObserver
+        from gateway.spool.runner import QueueRunner
+        from gateway.testing.memory_spool import MemorySpool
+
         r = yield start_rig(self, reactor, mailbox_rate=60_000.0, mailbox_burst=30)
         r.server.inject(Fault.slow(0.3), operation="sendMail", times=None)
         entries = [r.entry(simple_message(to=[BOB]), ALICE, [BOB]) for _ in range(12)]
         entries += [r.entry(simple_message(sender="dave@contoso.test", to=[BOB]), "dave@contoso.test", [BOB]) for _ in range(3)]
-        outcomes = yield gatherResults([r.deliverer.deliver(e) for e in entries])
-        alice = outcomes[:12]
-        self.assertEqual(sum(isinstance(o, Delivered) for o in alice), 2)
-        self.assertTrue(all(isinstance(o, Transient) and o.retry_at for o in alice if not isinstance(o, Delivered)))
+        spool = MemorySpool()
+        spool.messages = [(e, b"") for e in entries]
+        all_done = Deferred()
+
+        @implementer(IDeliveryObserver)
+        class Count:
+            outcomes = []
+
+            def _seen(self, kind, entry, outcome):
+                self.outcomes.append(kind)
+                if len(self.outcomes) == len(entries) and not all_done.called:
+                    all_done.callback(None)
+
+            def delivered(self, entry, outcome):
+                self._seen("delivered", entry, outcome)
+
+            def deferred(self, entry, outcome):
+                self._seen("deferred", entry, outcome)
+
+            def failed(self, entry, outcome):
+                self._seen("failed", entry, outcome)
+
+        runner = QueueRunner(spool, r.deliverer, QueueConfig(concurrency=16), reactor, observers=[Count()])
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        yield all_done
+        self.assertEqual(Count.outcomes, ["delivered"] * len(entries))
         self.assertEqual(r.server.max_concurrency[ALICE], 2)
         self.assertEqual(r.server.max_concurrency["dave@contoso.test"], 2)
+        self.assertEqual(r.deliverer.stats.deferred, 0)  # nothing refused, nothing retried
 
 
 class SecretTests(TestCase):
@@ -425,3 +459,78 @@ class SecretTests(TestCase):
             self.assertNotIn(token, text)
         self.assertNotIn("authtoken", text)
         self.assertNotIn("Bearer", text)
+
+
+class OutageRecoveryTests(TestCase):
+    """End to end over HTTPS: a Graph outage, then the first success drains what it deferred."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_messages_deferred_by_503s_leave_once_graph_answers_again(self):
+        from twisted.internet.defer import Deferred
+        from zope.interface import implementer
+
+        from gateway.config.model import QueueConfig
+        from gateway.delivery.interfaces import IDeliveryObserver
+        from gateway.spool.entry import Envelope, Provenance
+        from gateway.spool.runner import QueueRunner
+        from gateway.spool.store import DirectorySpool
+        from gateway.spool.testing import SynchronousThreadPool
+
+        r = yield start_rig(self, reactor, mailbox_rate=6000.0, mailbox_burst=30)
+        r.server.inject(Fault.status_code(503, "ServiceUnavailable", "down"), operation="sendMail", times=5)
+        spool = DirectorySpool(os.path.abspath(self.mktemp()), SynchronousThreadPool(), reactor)
+        self.addCleanup(spool.close)
+        waits: dict = {}
+
+        def when(kind, count):
+            d = Deferred()
+            waits[(kind, count)] = d
+            return d
+
+        @implementer(IDeliveryObserver)
+        class Events:
+            seen = {"delivered": [], "deferred": [], "failed": []}
+
+            def _note(self, kind, entry):
+                self.seen[kind].append(entry)
+                d = waits.pop((kind, len(self.seen[kind])), None)
+                if d is not None:
+                    d.callback(None)
+
+            def delivered(self, entry, outcome):
+                self._note("delivered", entry)
+
+            def deferred(self, entry, outcome):
+                self._note("deferred", entry)
+
+            def failed(self, entry, outcome):
+                self._note("failed", entry)
+
+        events = Events()
+        # A five-minute first step: without the prompt drain this test would time out.
+        runner = QueueRunner(spool, r.deliverer, QueueConfig(retry_schedule=(300.0,), jitter=0.0), reactor,
+                             observers=[events])
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        yield runner.ready
+
+        def accept():
+            return spool.open_writer().addCallback(commit)
+
+        def commit(writer):
+            writer.write(simple_message(to=[BOB]).as_bytes().replace(b"\n", b"\r\n"))
+            return writer.commit(Envelope(ALICE, (BOB,)), Provenance("127.0.0.1", "client.test", "test"))
+
+        all_deferred = when("deferred", 5)
+        for _ in range(5):
+            yield accept()
+        yield all_deferred
+        self.assertTrue(all(e.next_attempt_at - e.history[-1].at == 300.0 for e in events.seen["deferred"]))
+        self.assertEqual({e.history[-1].cause for e in events.seen["deferred"]}, {"service"})
+        all_delivered = when("delivered", 6)
+        yield accept()  # Graph answers again: this one goes, and releases the five
+        yield all_delivered
+        self.assertEqual(len(r.server.sent_by(ALICE)), 6)
+        self.assertEqual(runner.stats.released_after_outage, 5)

@@ -57,3 +57,31 @@ class FakeGraphCommandTests(TestCase):
         mallory = write_message(os.path.join(directory, "spool"), simple_message(sender="mallory@contoso.test"), "m2.eml")
         other = yield deliverer.deliver(make_entry(mallory, "mallory@contoso.test", ["bob@fabrikam.test"]))
         self.assertEqual(other.remote_code, "ErrorInvalidUser")  # --mailbox restricts who may send
+
+    @inlineCallbacks
+    def test_latency_and_no_save_for_benchmarks(self):
+        directory = os.path.abspath(self.mktemp())
+        out = io.StringIO()
+        args = build_parser().parse_args(["--directory", directory, "--port", "0", "--latency", "0.05", "--no-save"])
+        server = yield start(reactor, args, out)
+        self.addCleanup(server.stop)
+        slow = {(rule.operation, rule.fault.action, rule.fault.delay, rule.remaining) for rule in server._faults}
+        self.assertEqual(slow, {("sendMail", "slow", 0.05, None), ("send", "slow", 0.05, None)})
+        text = out.getvalue()
+        config = build_config(tomllib.loads(text[text.index("[graph]"):]), {}, {}, directory)
+        deliverer, services = build_graph_deliverer(config.graph, reactor)
+        for service in services:
+            service.startService()
+
+        @inlineCallbacks
+        def stop():
+            for service in reversed(services):
+                yield service.stopService()
+
+        self.addCleanup(stop)
+        path = write_message(os.path.join(directory, "spool"), simple_message(to=["bob@fabrikam.test"]))
+        outcome = yield deliverer.deliver(make_entry(path, "alice@contoso.test", ["bob@fabrikam.test"]))
+        self.assertIsInstance(outcome, Delivered)
+        self.assertIn("sent by alice@contoso.test (mime) #1", out.getvalue())
+        self.assertFalse(os.path.exists(os.path.join(directory, "sent")))
+        self.assertEqual(len(server.sent), 1)

@@ -1,12 +1,12 @@
 """
-Per-mailbox admission (concurrency, pacing, pauses) — alone, and under a 500-message burst for
-five mailboxes with one throttled, driven by a fake clock through the real GraphDeliverer.
+Per-mailbox admission: the runner's ready queues (L{MailboxQueues}: concurrency, pacing, pauses,
+the global bound) alone, Graph's throttle memory (L{MailboxThrottles}), and a 500-message burst
+for five mailboxes with one throttled, driven by a fake clock through a real QueueRunner and the
+real GraphDeliverer.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 
 from twisted.internet.defer import Deferred, succeed
@@ -14,76 +14,105 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config.graph import GraphConfig
+from gateway.config.model import QueueConfig
 from gateway.config.secrets import Secret
 from gateway.delivery.graph.client import GraphResponse
 from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
 from gateway.delivery.graph.deliverer import GraphDeliverer
-from gateway.delivery.graph.scheduler import Later, MailboxScheduler, Slot
+from gateway.delivery.graph.scheduler import MailboxThrottles
 from gateway.delivery.graph.token import AccessToken
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
+from gateway.spool.entry import Envelope, Provenance
+from gateway.spool.mailboxes import MailboxQueues
+from gateway.spool.runner import QueueRunner
+from gateway.spool.store import DirectorySpool
+from gateway.spool.testing import SynchronousThreadPool
 from tests.graph_helpers import make_entry, simple_message, write_message
+from tests.test_queue_mailboxes import BoundedClock
 
 
-class SchedulerTests(SynchronousTestCase):
-    def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1000)
-        self.s = MailboxScheduler(self.clock, concurrency=2, rate=30, burst=1, max_hold=2.0)
+def limits(concurrency=2, rate=30.0, burst=1):
+    return lambda key: (concurrency, rate, burst)
 
-    def test_concurrency_cap(self):
-        s = MailboxScheduler(self.clock, concurrency=2, rate=6000, burst=10, max_hold=0.0)
-        a = self.successResultOf(s.admit("m", "a"))
-        b = self.successResultOf(s.admit("m", "b"))
-        c = self.successResultOf(s.admit("m", "c"))
-        self.assertIsInstance(a, Slot)
-        self.assertIsInstance(b, Slot)
-        self.assertIsInstance(c, Later)
-        self.assertIsInstance(self.successResultOf(s.admit("other", "d")), Slot)
-        a.release()
-        self.assertIsInstance(self.successResultOf(s.admit("m", "c")), Slot)
-        self.assertEqual(s.state("m").max_in_flight, 2)
 
-    def test_pacing_holds_briefly_then_reserves_a_later_slot(self):
-        first = self.successResultOf(self.s.admit("m", "a"))
-        self.assertIsInstance(first, Slot)
-        first.release()
-        held = self.s.admit("m", "b")  # next slot is 2 s away: within max_hold, so it waits
-        self.assertNoResult(held)
-        later = self.successResultOf(self.s.admit("m", "c"))  # 4 s away: come back then
-        self.assertIsInstance(later, Later)
-        self.assertEqual(later.retry_at, 1004)
-        # Another message does not take c's slot: it is booked after it.
-        self.assertEqual(self.successResultOf(self.s.admit("m", "d")).retry_at, 1006)
-        self.clock.advance(2)
-        self.successResultOf(held).release()
-        self.clock.advance(1)
-        # d comes back early: it keeps its own slot instead of being booked further out.
-        self.assertEqual(self.successResultOf(self.s.admit("m", "d")).retry_at, 1006)
-        self.clock.advance(1)
-        self.assertIsInstance(self.successResultOf(self.s.admit("m", "c")), Slot)
+class MailboxQueuesTests(SynchronousTestCase):
+    def test_concurrency_cap_per_mailbox_and_release_wakes_the_next(self):
+        q = MailboxQueues(None, limits(rate=None))
+        for i in range(3):
+            q.push("m", f"m{i}", 0.0)
+        q.push("other", "o0", 0.0)
+        self.assertEqual(sorted(q.take(0.0)), [("m", "m0"), ("m", "m1"), ("other", "o0")])
+        self.assertEqual(list(q.take(0.0)), [])
+        q.release("m", 1.0)
+        self.assertEqual(list(q.take(1.0)), [("m", "m2")])
+        self.assertEqual(q.queue("m").max_in_flight, 2)
 
-    def test_pause_is_per_mailbox_and_voids_reservations(self):
-        self.successResultOf(self.s.admit("m", "a")).release()
-        self.s.admit("m", "b")
-        self.assertEqual(self.successResultOf(self.s.admit("m", "c")).retry_at, 1004)
-        until = self.s.pause("m", 30, "throttled")
-        self.assertEqual(until, 1030)
-        self.assertEqual(self.s.state("m").reservations, {})
-        later = self.successResultOf(self.s.admit("m", "c"))
-        self.assertEqual((later.retry_at, later.reason), (1030, "throttled"))
-        self.assertIsInstance(self.successResultOf(self.s.admit("n", "x")), Slot)
-        self.clock.advance(30)
-        self.assertIsInstance(self.successResultOf(self.s.admit("m", "c")), Slot)
-        self.assertNoResult(self.s.admit("m", "d"))  # pacing restarts at the pause's end
-        self.assertEqual(self.successResultOf(self.s.admit("m", "e")).retry_at, 1034)
-        self.clock.advance(10)
+    def test_global_bound_and_round_robin(self):
+        q = MailboxQueues(3, limits(concurrency=4, rate=None))
+        for i in range(4):
+            q.push("a", f"a{i}", 0.0)
+            q.push("b", f"b{i}", 0.0)
+        self.assertEqual(list(q.take(0.0)), [("a", "a0"), ("b", "b0"), ("a", "a1")])
+        q.release("a", 0.0)
+        self.assertEqual(list(q.take(0.0)), [("b", "b1")])
+        self.assertEqual(q.in_flight, 3)
 
-    def test_throttle_without_retry_after_backs_off(self):
-        self.assertEqual(self.s.pause("m", None, "429"), 1005)
-        self.assertEqual(self.s.pause("m", None, "429") - 1000, 10)
-        self.s.succeeded("m")
-        self.clock.advance(100)
-        self.assertEqual(self.s.pause("m", None, "429"), 1105)
+    def test_pacing_releases_one_entry_per_token(self):
+        q = MailboxQueues(None, limits(concurrency=4, rate=30.0))  # one start every 2 s
+        for i in range(3):
+            q.push("m", f"m{i}", 1000.0)
+        self.assertEqual(list(q.take(1000.0)), [("m", "m0")])
+        self.assertEqual(q.next_wake(), 1002.0)
+        self.assertEqual(list(q.take(1001.9)), [])
+        self.assertEqual(list(q.take(1002.0)), [("m", "m1")])
+        self.assertEqual(q.next_wake(), 1004.0)
+
+    def test_pause_is_per_mailbox_and_pacing_restarts_at_its_end(self):
+        q = MailboxQueues(None, limits(concurrency=4, rate=30.0))
+        for i in range(3):
+            q.push("m", f"m{i}", 1000.0)
+        q.push("n", "n0", 1000.0)
+        q.pause("m", 1030.0, 1000.0)
+        self.assertEqual(list(q.take(1000.0)), [("n", "n0")])
+        self.assertEqual(q.next_wake(), 1030.0)
+        self.assertEqual(list(q.take(1029.0)), [])
+        self.assertEqual(list(q.take(1030.0)), [("m", "m0")])
+        self.assertEqual(list(q.take(1031.0)), [])
+        self.assertEqual(list(q.take(1032.0)), [("m", "m1")])
+
+    def test_a_waiting_mailbox_costs_one_wake_not_one_per_entry(self):
+        q = MailboxQueues(None, limits(concurrency=1, rate=None))
+        for i in range(10_000):
+            q.push("m", f"m{i}", 0.0)
+        self.assertEqual(len(list(q.take(0.0))), 1)
+        q.pause("m", 60.0, 0.0)
+        self.assertEqual(len(q._sleeping), 0)  # full: woken by release, not by a timer
+        q.release("m", 1.0)
+        self.assertEqual(len(q._sleeping), 1)  # now asleep until the pause ends: one heap item
+        self.assertEqual(q.next_wake(), 60.0)
+
+    def test_discard(self):
+        q = MailboxQueues(None, limits(rate=None))
+        q.push("m", "a", 0.0)
+        q.push("m", "b", 0.0)
+        self.assertTrue(q.discard("a"))
+        self.assertFalse(q.discard("a"))
+        self.assertEqual(list(q.take(0.0)), [("m", "b")])
+
+
+class ThrottleTests(SynchronousTestCase):
+    def test_throttle_without_retry_after_backs_off_and_resets_on_success(self):
+        clock = Clock()
+        clock.advance(1000)
+        t = MailboxThrottles(clock)
+        self.assertEqual(t.pause("m", None, "429"), 1005)
+        self.assertEqual(t.pause("m", None, "429") - 1000, 10)
+        self.assertEqual(t.paused_until("m"), 1010)
+        self.assertEqual(t.paused_until("n"), 0.0)
+        t.succeeded("m")
+        clock.advance(100)
+        self.assertEqual(t.pause("m", None, "429"), 1105)
+        self.assertEqual(t.pause("m", 30, "429"), 1130)
 
 
 class FakeTokens:
@@ -137,50 +166,38 @@ def config(**kw):
 
 
 class BurstTests(SynchronousTestCase):
-    """500 messages for 5 mailboxes through a runner-like loop (16 slots, honours retry_at)."""
+    """500 messages for 5 mailboxes through a real QueueRunner (16 slots) and GraphDeliverer."""
 
     def test_burst_respects_concurrency_and_pacing_and_isolates_the_throttled_mailbox(self):
-        clock = Clock()
+        clock = BoundedClock()
         clock.advance(10_000)
         graph = FakeGraph(clock)
         cfg = config()
         deliverer = GraphDeliverer(cfg, graph, FakeTokens(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
         mailboxes = [f"m{i}@contoso.test" for i in range(5)]
-        directory = self.mktemp()
-        paths = {m: write_message(directory, simple_message(sender=m, to=["r@fabrikam.test"]), f"{m}.eml") for m in mailboxes}
-        entries = [make_entry(paths[m], m, ["r@fabrikam.test"], f"Q{m[1]}-{i:03d}") for i in range(100) for m in mailboxes]
-
-        seq = itertools.count()
-        due = [(clock.seconds(), next(seq), e) for e in entries]
-        heapq.heapify(due)
-        slots = 16
-        busy = []
-        done = {}
-        deferrals = {"n": 0}
-        max_busy = 0
-
-        def finished(outcome, entry):
-            busy.remove(entry.queue_id)
-            if isinstance(outcome, Delivered):
-                done[entry.queue_id] = (clock.seconds(), entry.envelope.sender)
-            elif isinstance(outcome, Transient):
-                deferrals["n"] += 1
-                heapq.heappush(due, (outcome.retry_at if outcome.retry_at is not None else clock.seconds() + 60, next(seq), entry))
-            else:
-                self.fail(f"unexpected {outcome!r}")
-
+        spool = DirectorySpool(os.path.abspath(self.mktemp()), SynchronousThreadPool(), clock)
+        self.addCleanup(spool.close)
+        runner = QueueRunner(spool, deliverer, QueueConfig(concurrency=16, jitter=0.0), clock, random=lambda: 0.5)
+        runner.startService()
+        self.addCleanup(lambda: runner.running and runner.stopService())
+        self.successResultOf(runner.ready)
+        senders = {}
+        for i in range(100):
+            for m in mailboxes:
+                writer = self.successResultOf(spool.open_writer())
+                writer.write(simple_message(sender=m, to=["r@fabrikam.test"]).as_bytes().replace(b"\n", b"\r\n"))
+                entry = self.successResultOf(writer.commit(Envelope(m, ("r@fabrikam.test",)),
+                                                           Provenance("192.0.2.1", "c.test", "default")))
+                senders[entry.queue_id] = m
         for _ in range(100_000):
-            if len(done) == len(entries):
+            if runner.stats.delivered == 500:
                 break
-            while due and due[0][0] <= clock.seconds() and len(busy) < slots:
-                _, _, entry = heapq.heappop(due)
-                busy.append(entry.queue_id)
-                deliverer.deliver(entry).addCallback(finished, entry)
-            max_busy = max(max_busy, len(busy))
             clock.advance(0.1)
-
-        self.assertEqual(len(done), 500)
+        self.assertEqual(runner.stats.delivered, 500)
         self.assertEqual(deliverer.stats.delivered, 500)
+        # Only the real 429s were deferrals: nothing was refused or retried for waiting.
+        self.assertEqual(deliverer.stats.deferred, 2)
+        self.assertEqual(runner.stats.started, 502)
         for m in mailboxes:
             starts = graph.starts[m]
             self.assertLessEqual(graph.max_in_flight[m], 2, m)
@@ -193,14 +210,12 @@ class BurstTests(SynchronousTestCase):
         for at in graph.throttled_at:
             self.assertFalse([t for t in graph.starts["m2@contoso.test"] if at < t < at + 30], "started while paused")
         # ...while the others kept flowing and finished first, in about 100 × 2 s.
-        finish = {m: max(t for t, s in done.values() if s == m) for m in mailboxes}
+        finish = {m: max(graph.starts[m]) for m in mailboxes}
         for m in mailboxes:
             if m != "m2@contoso.test":
                 self.assertLess(finish[m] - 10_000, 100 * 2 + 10)
                 self.assertLess(finish[m], finish["m2@contoso.test"])
-        # Nobody hogged the runner: deliveries never waited long inside deliver().
-        self.assertLessEqual(max_busy, 16)
-        self.assertLessEqual(len(busy), 0)
+        self.assertLessEqual(runner.mailboxes.in_flight, 0)
 
 
 class RetryAfterTests(SynchronousTestCase):
@@ -216,11 +231,11 @@ class RetryAfterTests(SynchronousTestCase):
         clock.advance(0)
         outcome = self.successResultOf(d)
         self.assertIsInstance(outcome, Transient)
-        self.assertEqual(outcome.retry_at, 5007)
+        self.assertEqual((outcome.retry_at, outcome.pause_until, outcome.cause), (5007, 5007, "throttled"))
         self.assertIn("429", outcome.reason)
         clock.advance(6.5)
         early = self.successResultOf(deliverer.deliver(entry))
-        self.assertEqual(early.retry_at, 5007)
+        self.assertEqual((early.retry_at, early.attempted), (5007, False))
         self.assertEqual(len(graph.starts["alice@contoso.test"]), 1)  # no request while paused
         clock.advance(0.5)
         d = deliverer.deliver(entry)

@@ -28,23 +28,29 @@ class DiskFullDuringStateChangesTests(RunnerTestBase):
         ids = [self.accept().queue_id for _ in range(5)]  # accepted while the runner is down
         self.spool.disk.ops = FullDiskFileOps(budget=0)
         self.start(deliverer)
-        for _ in range(4):  # every message tried (and its deferral not recorded) five times
-            self.clock.advance(60)
-        self.assertEqual(len(deliverer.calls), 25)
+        # Every message is tried twice within the first summary interval (at 0 and 60 s) and no
+        # deferral is recorded: one line for the condition, no traceback.
+        self.clock.advance(60)
+        self.assertEqual(len(deliverer.calls), 10)
         loud = self.loud()
         self.assertEqual(len(loud), 1, [e.get("log_format") for e in loud])
         self.assertEqual(loud[0]["log_level"], LogLevel.critical)
         self.assertNotIn("log_failure", loud[0])  # no traceback for a full disk
         self.assertIn("No space left on device", self.messages()[self.events.index(loud[0])])
+        # The runner remembers the failures it could not record, so the backoff still grows:
+        # the third try is at 360 s.
+        self.clock.advance(300)
+        self.assertEqual(len(deliverer.calls), 15)
         # Nothing lost: every message is still queued, its record as before.
         self.assertEqual(sorted(self.queued_ids()), sorted(ids))
         # The disk clears: one line saying so, with how many state changes failed meanwhile.
         self.spool.disk.ops = FileOps()
-        self.clock.advance(60)
+        self.clock.advance(900)
         cleared = [m for m in self.messages() if "work again" in m]
         self.assertEqual(len(cleared), 1, self.messages())
-        self.assertIn("25", cleared[0])
-        self.assertEqual(self.record(ids[0]).attempts, 1)
+        self.assertIn("15", cleared[0])
+        # The first state change that works records every failed attempt, the unrecorded ones too.
+        self.assertEqual(self.record(ids[0]).attempts, 4)
 
     def test_delivered_but_not_removable_is_logged_once_and_stays_queued(self):
         deliverer = ScriptedDeliverer()

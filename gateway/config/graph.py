@@ -117,6 +117,8 @@ class GraphConfig:
     mailbox_concurrency: int = 2
     mailbox_rate: float = 30.0
     mailbox_burst: int = 1
+    #: No longer used: admission waits in the queue runner's per-mailbox queues (kept so that
+    #: existing configuration files still load).
     max_hold: float = 2.0
     connect_timeout: float = 10.0
     request_timeout: float = 60.0

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 from gateway.config import sections as feature_sections
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
-    DEFAULT_LISTEN, DEFAULT_STATE_DIR, CaptureConfig, GatewayConfig, Limits, ListenerConfig,
+    DEFAULT_LISTEN, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_STATE_DIR, LOOPBACK_NETWORKS, CaptureConfig, GatewayConfig, Limits, ListenerConfig,
     PolicyRef, QueueConfig, SpoolConfig,
 )
 from gateway.config.reader import TableReader, check_endpoint, parse_duration
@@ -102,7 +102,7 @@ def build_config(
             # The last value repeats until max_lifetime: 0 would retry in a hot loop for days.
             raise ConfigError(f"queue.retry_schedule[{len(retry_schedule) - 1}]", "the last value repeats and must be more than 0 seconds")
     queue = QueueConfig(
-        concurrency=q.integer("concurrency", 16, 1, 1000),
+        concurrency=q.integer("concurrency", 64, 1, 1000),
         retry_schedule=retry_schedule,
         jitter=q.number("jitter", 0.2),
         max_lifetime=q.duration("max_lifetime", 5 * 86400.0),
@@ -242,6 +242,7 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
     if proxy_protocol and not endpoint.startswith("haproxy:"):
         endpoint = "haproxy:" + endpoint
     check_endpoint(endpoint, t.key("endpoint"))
+    proxy_trusted_networks, proxy_header_timeout = _parse_proxy_peers(t, proxy_protocol)
     policies = parse_policy_refs(t)
     listener = ListenerConfig(
         name=name,
@@ -258,6 +259,8 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
         trusted_networks=t.networks("trusted_networks"),
         trusted_senders=t.strings("trusted_senders"),
         proxy_protocol=proxy_protocol,
+        proxy_trusted_networks=proxy_trusted_networks,
+        proxy_header_timeout=proxy_header_timeout,
         policies=policies,
     )
     t.finish()
@@ -285,6 +288,31 @@ def parse_policy_refs(t: TableReader) -> tuple[PolicyRef, ...]:
             raise ConfigError(f"{t.key('policies')}[{i}]", "must be a table with use = \"<policy name>\"")
         policies.append(PolicyRef(use=p["use"], options={k: v for k, v in p.items() if k != "use"}))
     return tuple(policies)
+
+
+def _parse_proxy_peers(t: TableReader, proxy_protocol: bool) -> tuple[tuple, float]:
+    """
+    ``proxy_trusted_networks`` and ``proxy_header_timeout`` of a listener.  Both only mean
+    something behind PROXY protocol; set on a plain listener they would suggest a protection
+    that is not there, so they are refused.  A network that covers every address (``/0``)
+    would believe a PROXY header from anyone — the hole these keys close — and is refused too.
+    """
+    if not proxy_protocol:
+        for name in ("proxy_trusted_networks", "proxy_header_timeout"):
+            if t.has(name):
+                raise ConfigError(t.key(name), "only applies to PROXY-protocol listeners (proxy_protocol = true or a haproxy: endpoint)")
+        return LOOPBACK_NETWORKS, DEFAULT_PROXY_HEADER_TIMEOUT
+    networks = t.networks("proxy_trusted_networks", [str(n) for n in LOOPBACK_NETWORKS])
+    if not networks:
+        raise ConfigError(t.key("proxy_trusted_networks"), "must name at least one network: the load balancers that send the PROXY header")
+    for network in networks:
+        if network.prefixlen == 0:
+            raise ConfigError(t.key("proxy_trusted_networks"),
+                              f"{network} would believe a PROXY header from any address; name the load balancers' own addresses")
+    timeout = t.duration("proxy_header_timeout", DEFAULT_PROXY_HEADER_TIMEOUT)
+    if not 0 < timeout <= 120:
+        raise ConfigError(t.key("proxy_header_timeout"), "must be more than 0 and at most 120 seconds")
+    return networks, timeout
 
 
 def _check_hostname(name: str, key: str) -> None:

@@ -16,6 +16,11 @@ import attrs
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
+# Who may send a PROXY header when a listener's proxy_trusted_networks is not set: a load
+# balancer on this machine (HAProxy beside the gateway), nobody else.
+LOOPBACK_NETWORKS: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# How long a PROXY-protocol peer has for its header (HAProxy sends it with the first segment).
+DEFAULT_PROXY_HEADER_TIMEOUT = 5.0
 DEFAULT_STATE_DIR = "graphsmtp-data"
 
 
@@ -56,6 +61,10 @@ class ListenerConfig:
     ``ssl:``, ``systemd:``, ``haproxy:``...).  ``tls`` says how TLS is offered: ``"none"``,
     ``"starttls"`` (needs a certificate) or ``"implicit"`` (TLS from the first byte, port 465
     style; the certificate comes from ``tls_cert``/``tls_key``).
+
+    With ``proxy_protocol`` only peers in ``proxy_trusted_networks`` may connect (their PROXY
+    header is believed; anyone else could name any client address), and the header must arrive
+    within ``proxy_header_timeout`` seconds.
     """
 
     name: str
@@ -74,6 +83,8 @@ class ListenerConfig:
     trusted_networks: tuple[IPNetwork, ...] = ()
     trusted_senders: tuple[str, ...] = ()
     proxy_protocol: bool = False
+    proxy_trusted_networks: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS
+    proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
     policies: tuple[PolicyRef, ...] = ()
 
 
@@ -94,7 +105,7 @@ class QueueConfig:
     it (a safety net under the deliverer's own network timeouts; large uploads need time).
     """
 
-    concurrency: int = 16
+    concurrency: int = 64
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     jitter: float = 0.2
     max_lifetime: float = 5 * 86400.0

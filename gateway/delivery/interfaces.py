@@ -7,10 +7,22 @@ and answers with an outcome.  The queue runner applies the outcome to the spool.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Hashable, Optional, Union
 
 import attrs
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
+
+#: Transient causes.  A *wait* is not a failure of the message: it never advances the message's
+#: backoff step.  A *shared* cause hits every message of a tenant alike (the next hop is down,
+#: not this message's fault): the first delivery that succeeds afterwards makes the messages
+#: deferred by it due at once (prompt drain after an outage), and so does a restart.
+CAUSE_THROTTLED = "throttled"      # the next hop asked us to wait (429 + Retry-After, pacing)
+CAUSE_PAUSED = "paused"            # the tenant is paused (credential trouble an admin must fix)
+CAUSE_TOKEN = "token"              # the token endpoint is unreachable or failing
+CAUSE_SERVICE = "service"          # the next hop answered 5xx
+CAUSE_CONNECTION = "connection"    # no answer at all (refused, reset, timeout, TLS)
+WAIT_CAUSES = frozenset({CAUSE_THROTTLED, CAUSE_PAUSED})
+SHARED_CAUSES = frozenset({CAUSE_TOKEN, CAUSE_SERVICE, CAUSE_CONNECTION})
 
 
 @attrs.frozen
@@ -30,12 +42,22 @@ class Transient:
     ``attempted=False`` means the deliverer did not even try (the sending mailbox is being
     paced or is paused by the next hop): the runner reschedules at ``retry_at`` without
     counting an attempt, rewriting the spool entry or telling observers.
+
+    ``cause`` says what kind of trouble it was (``CAUSE_*`` above, ``None`` for trouble of this
+    message alone): waits do not advance the message's backoff step, shared causes are
+    released early when the tenant recovers.  ``pause_until`` asks the runner to start nothing
+    for this message's sending mailbox (``pause_scope="mailbox"``) or for every mailbox of its
+    tenant (``pause_scope="tenant"``) before that absolute time; queued messages of a paused
+    mailbox then cost nothing until it ends.
     """
 
     reason: str
     retry_at: Optional[float] = None
     possibly_delivered: bool = False
     attempted: bool = True
+    cause: Optional[str] = None
+    pause_until: Optional[float] = None
+    pause_scope: str = "mailbox"
 
 
 @attrs.frozen
@@ -105,6 +127,46 @@ class IEntryQuarantine(Interface):
         """
 
 
+@attrs.frozen
+class MailboxKey:
+    """
+    Which sending mailbox an entry goes out through, within which tenant (``tenant`` is the
+    entry's credential reference, ``None`` for the gateway's default tenant).  The queue runner
+    keeps one ready queue per key.
+    """
+
+    tenant: Optional[str]
+    mailbox: str
+
+
+@attrs.frozen
+class MailboxLimits:
+    """
+    What one sending mailbox may do: ``concurrency`` deliveries in flight, ``rate`` starts per
+    minute (``None``: no pacing) with ``burst`` back to back.
+    """
+
+    concurrency: Optional[int] = None
+    rate: Optional[float] = None
+    burst: int = 1
+
+
+class IMailboxRouting(Interface):
+    """
+    Optional for a deliverer: lets the queue runner keep one ready queue per sending mailbox,
+    so it only ever hands over what a mailbox can start now.  Without it every entry shares one
+    queue bounded only by ``[queue] concurrency``.
+    """
+
+    mailbox_limits = Attribute("The L{MailboxLimits} of every sending mailbox.")
+
+    def mailbox_key(entry) -> Hashable:
+        """
+        The L{MailboxKey} of ``entry``, decided cheaply from the entry alone (no I/O): the
+        ``sending_mailbox`` recorded at intake, else a fallback the deliverer documents.
+        """
+
+
 class IDeliveryObserver(Interface):
     """
     Told about every outcome, for audit logs, notifications and webhooks.
@@ -124,5 +186,7 @@ class IDeliveryObserver(Interface):
 
 __all__ = [
     "Delivered", "Transient", "Permanent", "Outcome", "IDeliverer", "IDeliveryObserver", "IDraftJournal",
-    "IEntryQuarantine",
+    "IEntryQuarantine", "IMailboxRouting",
+    "MailboxKey", "MailboxLimits", "CAUSE_THROTTLED", "CAUSE_PAUSED", "CAUSE_TOKEN", "CAUSE_SERVICE",
+    "CAUSE_CONNECTION", "WAIT_CAUSES", "SHARED_CAUSES",
 ]

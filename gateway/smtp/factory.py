@@ -1,6 +1,7 @@
 """
 The protocol factory of one SMTP listener: configuration and collaborators for every session,
-plus the bookkeeping that spans sessions — connection limits (total and per client IP) and the
+plus the bookkeeping that spans sessions — connection limits (total and per client IP; behind
+PROXY protocol per peer until the header, then per real client) and the
 count of transactions in flight, which graceful shutdown waits for (L{GatewaySMTPFactory.drain}).
 """
 
@@ -121,8 +122,20 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
             return "Too many connections from your address"
         return None
 
+    def client_identified(self, proto: Any, address: str) -> Optional[str]:
+        """
+        A PROXY header named ``proto``'s real client: its count moves from the peer it was
+        counted against at connect (the load balancer) to ``address``.  Why it must be refused
+        (too many from that client), or None.
+        """
+        self._uncount(proto)
+        return self.address_problem(proto, address)
+
     def session_closed(self, proto: Any) -> None:
         self.sessions.discard(proto)
+        self._uncount(proto)
+
+    def _uncount(self, proto: Any) -> None:
         address = self._session_ip.pop(proto, None)
         if address is not None:
             left = self._per_ip.get(address, 1) - 1

@@ -17,7 +17,13 @@ Rules (RFC 5321 §4.1.1.4, §4.5.2), deliberately strict because the gateway rel
 * ``bare_newline`` becomes true if any CR or LF occurs other than as part of CRLF.
 * ``line_too_long`` becomes true as soon as a line (without its CRLF) is longer than
   ``max_line`` — including a line still being received, so a client that never sends CRLF
-  cannot grow the buffer beyond ``max_line`` bytes.
+  cannot grow the buffer beyond ``max_line`` bytes.  This is the transport bound: the session
+  is closed.
+* ``nul`` becomes true if the message contains a NUL octet, and ``line_over_998`` if a line of
+  the (unstuffed) message is longer than 998 octets without its CRLF.  RFC 5322 §2.1.1 and
+  §2.3 allow neither in a message (nor does 8BITMIME, RFC 6152 §2), and a relay that passes them
+  on leaves it to the next hop to guess (truncate, fold or split the line; drop or keep the
+  NUL).  The intake refuses such a message after its final dot; the session goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 from typing import Optional
 
 _END = b"\r\n.\r\n"
+# RFC 5322 §2.1.1: "Each line of characters MUST be no more than 998 characters ... excluding the CRLF."
+MESSAGE_LINE_LIMIT = 998
 
 
 class DataFraming:
@@ -41,6 +49,8 @@ class DataFraming:
         self.max_line = max_line
         self.bare_newline = False
         self.line_too_long = False
+        self.nul = False
+        self.line_over_998 = False
         self._carry = bytearray()
 
     def feed(self, data: bytes) -> tuple[bytes, Optional[bytes]]:
@@ -85,15 +95,20 @@ class DataFraming:
         """Check and unstuff ``block``: whole lines, starting at a line start, ending in CRLF."""
         if not block:
             return block
-        if len(block) > self.max_line + 2 and _has_long_line(block, self.max_line):
+        if _has_long_line(block, self.max_line):
             self.line_too_long = True
         if not self.bare_newline:
             crlf = block.count(b"\r\n")
             if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
                 self.bare_newline = True
+        if not self.nul and b"\0" in block:
+            self.nul = True
         if block[:1] == b".":
             block = block[1:]
-        return block.replace(b"\r\n.", b"\r\n")
+        block = block.replace(b"\r\n.", b"\r\n")
+        if not self.line_over_998 and _has_long_line(block, MESSAGE_LINE_LIMIT):
+            self.line_over_998 = True
+        return block
 
 
 def _has_long_line(block: bytes, max_line: int) -> bool:
@@ -101,7 +116,8 @@ def _has_long_line(block: bytes, max_line: int) -> bool:
     Whether any CRLF-terminated line in ``block`` is longer than ``max_line``.
 
     Jumps from the last CRLF inside each window of ``max_line + 2`` bytes to the next window,
-    so it costs one ``rfind`` per ``max_line`` bytes, not one Python step per line.
+    so it costs one ``rfind`` per ``max_line`` bytes, not one Python step per line (and nothing
+    for a block no longer than one window, which cannot hold a long line).
     """
     pos = 0
     n = len(block)
@@ -114,4 +130,4 @@ def _has_long_line(block: bytes, max_line: int) -> bool:
     return False
 
 
-__all__ = ["DataFraming"]
+__all__ = ["DataFraming", "MESSAGE_LINE_LIMIT"]

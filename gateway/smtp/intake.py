@@ -1,7 +1,7 @@
 """
 One message's DATA phase: raw bytes in, checked message bytes out to one spool writer.
 
-It ties together L{DataFraming} (end of data, unstuffing, bare CR/LF, line length), the size
+It ties together L{DataFraming} (end of data, unstuffing, bare CR/LF, NUL, line length), the size
 limit, and the header section (held in memory only until it ends, so the gateway's Received
 header and a missing Message-ID/Date can be put in front).  The SMTP protocol only decides what
 to answer; this class never talks to the client.
@@ -30,6 +30,8 @@ class Refusal:
 TOO_BIG = Refusal(552, "5.3.4", "Message size exceeds fixed maximum message size")
 HEADER_TOO_BIG = Refusal(552, "5.3.4", "Message header section exceeds the size limit")
 BARE_NEWLINE = Refusal(550, "5.6.0", "Message contains bare CR or LF characters; lines must end with CRLF")
+NUL_OCTET = Refusal(550, "5.6.0", "Message contains NUL characters, which RFC 5322 does not allow")
+LINE_OVER_998 = Refusal(550, "5.6.0", "Message contains a line longer than 998 characters (RFC 5322 section 2.1.1)")
 
 
 # Bodies up to this size are also kept in memory (references to the chunks the writer already
@@ -94,6 +96,10 @@ class MessageIntake:
             return
         if self.framing.bare_newline:
             return self._refuse(BARE_NEWLINE)
+        if self.framing.nul:
+            return self._refuse(NUL_OCTET)
+        if self.framing.line_over_998:
+            return self._refuse(LINE_OVER_998)
         if self.size > self._max_size:
             return self._refuse(TOO_BIG)
         if self.header_section is None:
@@ -138,4 +144,4 @@ class MessageIntake:
         return self.header_section[len(self.received):-2]
 
 
-__all__ = ["MessageIntake", "Refusal", "TOO_BIG", "HEADER_TOO_BIG", "BARE_NEWLINE"]
+__all__ = ["MessageIntake", "Refusal", "TOO_BIG", "HEADER_TOO_BIG", "BARE_NEWLINE", "NUL_OCTET", "LINE_OVER_998"]

@@ -8,6 +8,9 @@ Implicit TLS (``tls = "implicit"``, port 465 style) is layered *over* the endpoi
 ClientHello, so TLS must run inside the PROXY parser, not the other way round (twisted-notes
 §1d).  The TLS options are asked for per connection, so a reloaded certificate applies to the
 next client.
+
+A ``haproxy:`` endpoint is built here rather than by its string parser, so that every PROXY
+listener gets the trusted-peer check and the header deadline of L{gateway.smtp.proxy}.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from gateway.config.model import ListenerConfig
+from gateway.smtp.proxy import PROXY_PREFIX, TrustedProxyEndpoint
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -78,9 +82,18 @@ def _is_tls_endpoint(description: str) -> bool:
     return kind.split(":", 1)[0] in ("ssl", "tls")
 
 
+def _endpoint(reactor: Any, listener: ListenerConfig) -> Any:
+    """The listening endpoint; a PROXY listener's only believes the peers it trusts."""
+    description = listener.endpoint
+    if not description.startswith(PROXY_PREFIX):
+        return serverFromString(reactor, description)
+    inner = serverFromString(reactor, description[len(PROXY_PREFIX):])
+    return TrustedProxyEndpoint(inner, listener.proxy_trusted_networks, listener.proxy_header_timeout, reactor)
+
+
 def listener_service(reactor: Any, listener: ListenerConfig, factory: Any) -> SMTPListenerService:
     """The service that listens for ``listener`` with ``factory`` (a GatewaySMTPFactory)."""
-    endpoint = serverFromString(reactor, listener.endpoint)
+    endpoint = _endpoint(reactor, listener)
     if listener.tls == "implicit" and not _is_tls_endpoint(listener.endpoint):
         tls = getattr(factory, "tls", None)
         if tls is None:

@@ -18,6 +18,12 @@ What it keeps from Twisted: the protocol/transport plumbing, ``sendLine`` and ``
 * AUTH only when TLS is active (or the listener explicitly allows plaintext), never an
   unhandled exception on malformed input (#6), identity from ``twisted.cred``.
 * HELO/EHLO names are validated before they can reach a Received header; ``noisy`` is off.
+* Replies the client does not read are not buffered without bound: the session is its
+  transport's streaming producer.  When the transport's write buffer is over its bound the
+  session stops answering (and, once 64 KiB of input waits, reading) until it drains; more
+  than ``MAX_UNREAD_REPLIES`` written
+  on top of a full buffer drops the connection, and so does closing a session (e.g. its idle
+  timeout) whose client is not reading — no close grace for replies nobody reads.
 
 Limits (``ListenerConfig.limits``) and the replies they give:
 
@@ -30,12 +36,15 @@ Limits (``ListenerConfig.limits``) and the replies they give:
   ``552 5.3.4`` after the final dot (the rest is swallowed, the session stays usable);
 * header section > ``max_header_size`` → ``552 5.3.4`` after the final dot;
 * bare CR or LF in the message → ``550 5.6.0`` after the final dot;
+* a NUL octet, or a line over 998 characters (RFC 5322 §2.1.1), in the message → ``550 5.6.0``
+  naming the problem, after the final dot (the session goes on);
 * recipients beyond ``max_recipients`` → ``452 4.5.3``;
 * ``idle_timeout`` (no complete command, or no DATA bytes), ``data_timeout`` (whole DATA phase)
   and ``session_timeout`` (whole connection) → ``421 4.4.2`` and close;
 * connections beyond ``max_connections`` / ``max_connections_per_ip`` → ``421 4.7.0`` at
-  connect (for PROXY-protocol listeners the per-IP check happens when the first command
-  arrives, because only then is the real client address known);
+  connect.  On PROXY-protocol listeners a connection counts against its peer (the load
+  balancer) until the PROXY header is complete, then against the client the header names; the
+  220 greeting (or the 421) is sent when the header is complete, not before;
 * ``max_errors`` error replies, ``max_commands_before_mail`` commands that do not start a
   transaction (NOOP/RSET/VRFY floods), or ``max_messages_per_session`` → ``421 4.7.0`` and close.
 """
@@ -53,11 +62,12 @@ from typing import Any, Callable, Optional
 import attrs
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
-from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.policy.interfaces import (
     IAuthenticatedIdentity, LoginThrottled, MessageView, Reject, SessionView, TempFail,
@@ -76,6 +86,10 @@ CLOSE_GRACE = 30.0
 # not speaking SMTP.
 PAUSE_PENDING_INPUT = 64 * 1024
 MAX_PENDING_INPUT = 1024 * 1024
+# Reply bytes written while the transport's write buffer is already over its bound (the client
+# is not reading); beyond this the connection is dropped.  No input is acted on meanwhile, so
+# only replies to steps already under way can add to it: reaching it means something is wrong.
+MAX_UNREAD_REPLIES = 256 * 1024
 # Recipients beyond max_recipients get 452 4.5.3 (send them in another transaction, RFC 5321
 # §4.5.3.1.10); only this many of those per transaction are free of the error count, so a
 # pipelining client with a long list is not disconnected (Postfix's recipient overshoot limit).
@@ -149,8 +163,14 @@ class Transaction:
     overshoot: int = 0
 
 
+@implementer(IPushProducer)
 class GatewayESMTP(smtp.ESMTP):
-    """One SMTP session.  Built by L{gateway.smtp.factory.GatewaySMTPFactory}."""
+    """
+    One SMTP session.  Built by L{gateway.smtp.factory.GatewaySMTPFactory}.
+
+    It is also the streaming producer of its own replies (registered with the transport at
+    connect): the transport pauses it when its write buffer is full and resumes it once drained.
+    """
 
     noisy = False
     log = Logger()
@@ -173,6 +193,9 @@ class GatewayESMTP(smtp.ESMTP):
         self._gone = False
         self._skip_line = False
         self._pause_reasons: set = set()
+        self._write_paused = False
+        self._unread_replies = 0
+        self._producing_for_transport = False
         self._timer_suspended = False
         self._greeted = False
         self._client_name: Optional[str] = None
@@ -201,18 +224,52 @@ class GatewayESMTP(smtp.ESMTP):
     # ------------------------------------------------------------------ connection
 
     def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._producing_for_transport = True
         self.factory.session_opened(self)
         self.setTimeout(self.limits.idle_timeout)
         self._session_call = self.callLater(self.limits.session_timeout, self._session_expired)
         problem = self.factory.admission_problem(self)
-        if problem is None and not self.factory.proxied:
-            self._peer_checked = True
+        if problem is None:
+            # Counted against the peer from the first moment.  Behind PROXY protocol the peer
+            # is the load balancer until the header names the client: a peer cannot hold more
+            # than max_connections_per_ip connections whose header has not arrived.
             problem = self.factory.address_problem(self, self._client_address())
         if problem is not None:
             self.log.info("refused connection from {client}: {problem}", client=self._client_address(), problem=problem)
             self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
             return
+        if self.factory.proxied:
+            # Nothing is said to a client nobody has named yet: see proxy_header_received.
+            return
+        self._peer_checked = True
+        self._greet_client()
+
+    def _greet_client(self) -> None:
         self.sendLine(f"220 {self._hostname} ESMTP".encode("ascii"))
+
+    def proxy_header_received(self) -> None:
+        """
+        The PROXY header is complete (L{gateway.smtp.proxy} calls this, or the first client
+        data shows it): the real client is known now.  It is checked and counted instead of
+        the load balancer, then greeted — or refused with 421 — without waiting for it to speak.
+        """
+        if self._peer_checked or self._done:
+            return
+        self._peer_checked = True
+        address = self._client_address()
+        if hasattr(self.transport.getPeer(), "host") and not _is_ip_literal(address):
+            # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
+            # it would go into the Received header, the spool and the logs.
+            problem: Optional[str] = "Invalid client address in the PROXY header"
+            address = clean_text(address, 60)
+        else:
+            problem = self.factory.client_identified(self, address)
+        if problem is not None:
+            self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
+            self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
+            return
+        self._greet_client()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._gone = True
@@ -252,6 +309,10 @@ class GatewayESMTP(smtp.ESMTP):
         """Send a final reply and disconnect; nothing more is read or answered."""
         if self._done:
             return
+        if self._write_paused:
+            # The client is not reading: the reply would never arrive, the close never finish.
+            self._drop("closing a session whose client does not read its replies")
+            return
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
         if code >= 400:
             self.factory.reply_refused(code)
@@ -259,6 +320,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._inbuf = bytearray()
         self.setTimeout(None)
         self._read_while_closing()
+        self._stop_producing_for_transport()
         self.transport.loseConnection()
         # A client that never reads our reply must not keep the connection open.
         self._close_call = self.callLater(CLOSE_GRACE, self._abort_after_grace)
@@ -274,6 +336,23 @@ class GatewayESMTP(smtp.ESMTP):
             self._pause_reasons.clear()
             self.transport.resumeProducing()
 
+    def _drop(self, why: str) -> None:
+        """Abort the connection now, without a reply (the client is not reading them)."""
+        self.log.info("dropped connection with {client}: {why}", client=self._client_label(), why=why)
+        self._done = True
+        self._inbuf = bytearray()
+        self.setTimeout(None)
+        self.transport.abortConnection()
+
+    def _stop_producing_for_transport(self) -> None:
+        """
+        Unregister from the transport before closing: a transport that drains its buffer while
+        its producer is paused resumes the producer instead of finishing the close.
+        """
+        if self._producing_for_transport:
+            self._producing_for_transport = False
+            self.transport.unregisterProducer()
+
     def _abort_after_grace(self) -> None:
         self._close_call = None
         if not self._gone:
@@ -287,6 +366,38 @@ class GatewayESMTP(smtp.ESMTP):
         self._close(421, "4.3.2", f"{self._hostname} Service shutting down, try again later")
 
     # ------------------------------------------------------------------ flow control
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: answer nothing until it drains.  Input is still
+        read, up to PAUSE_PENDING_INPUT (see dataReceived), and only then is reading paused:
+        a TLS layer pauses its producer while its handshake is under way, and the handshake
+        needs the transport to go on reading.
+        """
+        if self._gone or self._write_paused:
+            return
+        self._write_paused = True
+        self._unread_replies = 0
+
+    def resumeProducing(self) -> None:
+        """The transport's write buffer has drained: go on with the input read so far."""
+        if not self._write_paused:
+            return
+        self._write_paused = False
+        self._resume("writes")
+        if not self._gone and not self._done:
+            self._pump()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost does the cleaning up."""
+
+    def sendLine(self, line: bytes) -> None:
+        if self._write_paused:
+            self._unread_replies += len(line) + 2
+            if self._unread_replies > MAX_UNREAD_REPLIES:
+                self._drop(f"more than {MAX_UNREAD_REPLIES} bytes of replies not read")
+                return
+        super().sendLine(line)
 
     def _pause(self, reason: str) -> None:
         if self._gone:
@@ -359,22 +470,12 @@ class GatewayESMTP(smtp.ESMTP):
         if self._done:
             return
         if not self._peer_checked:
-            # PROXY-protocol listeners: the wrapper has parsed the header by now, so this is
-            # the first moment the real client address is known.
-            self._peer_checked = True
-            address = self._client_address()
-            if hasattr(self.transport.getPeer(), "host") and not _is_ip_literal(address):
-                # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
-                # it would go into the Received header, the spool and the logs.
-                problem = "Invalid client address in the PROXY header"
-                address = clean_text(address, 60)
-            else:
-                problem = self.factory.address_problem(self, address)
-            if problem is not None:
-                self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
-                self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
+            # PROXY-protocol listener behind a wrapper that did not say the header was
+            # complete: client data means it is.
+            self.proxy_header_received()
+            if self._done:
                 return
-        if self._state is _DATA and not self._inbuf and not self._blocked and not self._pumping:
+        if self._state is _DATA and not self._inbuf and not self._blocked and not self._pumping and not self._write_paused:
             # The common case in DATA: hand the chunk straight to the intake, no copy.
             self.resetTimeout()
             self._pumping = True
@@ -385,11 +486,11 @@ class GatewayESMTP(smtp.ESMTP):
             self._pump()
             return
         self._inbuf += data
-        if self._blocked and len(self._inbuf) > PAUSE_PENDING_INPUT:
+        if (self._blocked or self._write_paused) and len(self._inbuf) > PAUSE_PENDING_INPUT:
             if len(self._inbuf) > MAX_PENDING_INPUT + self.limits.max_data_line:
                 self._close(421, "4.7.0", "Too much input while a reply is pending")
                 return
-            self._pause("busy")
+            self._pause("busy" if self._blocked else "writes")
         self._pump()
 
     def lineReceived(self, line: bytes) -> None:
@@ -402,7 +503,7 @@ class GatewayESMTP(smtp.ESMTP):
             return
         self._pumping = True
         try:
-            while self._inbuf and not self._blocked and not self._done:
+            while self._inbuf and not self._blocked and not self._done and not self._write_paused:
                 if self._state is _DATA:
                     chunk = bytes(self._inbuf)
                     self._inbuf = bytearray()
@@ -927,6 +1028,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._done = True
         self._inbuf = bytearray()
         self.setTimeout(None)
+        self._stop_producing_for_transport()
         self.transport.loseConnection()
         self._close_call = self.callLater(CLOSE_GRACE, self._abort_after_grace)
 

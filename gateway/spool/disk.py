@@ -649,7 +649,8 @@ class SpoolDisk:
             fd = self.ops.open_new(tmp)
             self.ops.write(fd, encode_record(entry))
             if set_mtime and entry.next_attempt_at > 0:
-                self.ops.set_mtime(fd, entry.next_attempt_at)
+                # The schedule hint read at start-up (see SpoolEntry.due_hint).
+                self.ops.set_mtime(fd, entry.due_hint)
             self.ops.sync_file(fd)
             self.ops.close(fd)
             fd = None

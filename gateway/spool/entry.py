@@ -46,12 +46,27 @@ class Provenance:
     credential_ref: Optional[str] = None
 
 
+#: Attempt causes (see L{gateway.delivery.interfaces}) that are waits, not failures, and causes
+#: shared by a whole tenant.  Repeated here as plain strings: the spool does not import delivery.
+WAIT_CAUSES = frozenset({"throttled", "paused"})
+SHARED_CAUSES = frozenset({"token", "service", "connection"})
+
+
 @attrs.frozen
 class AttemptRecord:
-    """One failed delivery attempt, kept so an admin can see why a message is still queued."""
+    """
+    One delivery attempt that did not deliver, kept so an admin can see why a message is still
+    queued.  ``cause`` is the kind of trouble (``None`` in older records and for trouble of this
+    message alone): waits (a honoured 429) do not count towards the backoff step.
+    """
 
     at: float
     reason: str
+    cause: Optional[str] = None
+
+    @property
+    def counts_as_failure(self) -> bool:
+        return self.cause not in WAIT_CAUSES
 
 
 @attrs.frozen
@@ -86,5 +101,25 @@ class SpoolEntry:
     # retry or a restart can delete (or resume) it instead of leaving it in the mailbox.
     draft_id: Optional[str] = None
 
+    @property
+    def failures(self) -> int:
+        """Failed attempts that set the backoff step (waits such as a honoured 429 do not)."""
+        return sum(1 for h in self.history if h.counts_as_failure)
 
-__all__ = ["Envelope", "Provenance", "AttemptRecord", "SpoolEntry"]
+    @property
+    def deferred_by_shared_cause(self) -> bool:
+        """The last attempt failed for a reason shared by the whole tenant (next hop down)."""
+        return bool(self.history) and self.history[-1].cause in SHARED_CAUSES
+
+    @property
+    def due_hint(self) -> float:
+        """
+        The earliest time the runner may have to look at this entry after a restart: its next
+        attempt, or at once when it waits out a shared outage (a restart makes it due now).
+        """
+        if self.deferred_by_shared_cause:
+            return min(self.next_attempt_at, self.history[-1].at)
+        return self.next_attempt_at
+
+
+__all__ = ["Envelope", "Provenance", "AttemptRecord", "SpoolEntry", "WAIT_CAUSES", "SHARED_CAUSES"]

@@ -18,7 +18,10 @@ On-disk format (one JSON object, UTF-8, ASCII-only because non-ASCII is escaped)
       "size": 10240,                    # bytes in the message file
       "attempts": 2,                    # failed delivery attempts so far
       "next_attempt_at": 1700000900.0,  # POSIX time; 0 or the past means "due now"
-      "history": [{"at": 1700000060.0, "reason": "Graph 503"}],  # one per failed attempt
+      "history": [{"at": 1700000060.0, "reason": "Graph 503", "cause": "service"}],
+                                        # one per attempt that did not deliver; "cause" is
+                                        # optional (older records): throttled, paused, token,
+                                        # service, connection
       "sending_mailbox": "app@example.com",  # decided at intake; null in older records
       "message_digest": "sha256:…",     # of the message file at commit; null in older records
       "draft_id": null                  # Graph draft of a large message being uploaded
@@ -65,11 +68,18 @@ def record_fields(entry: SpoolEntry) -> dict[str, Any]:
         "size": entry.size,
         "attempts": entry.attempts,
         "next_attempt_at": entry.next_attempt_at,
-        "history": [{"at": h.at, "reason": h.reason} for h in entry.history],
+        "history": [_history_item(h) for h in entry.history],
         "sending_mailbox": entry.sending_mailbox,
         "message_digest": entry.message_digest,
         "draft_id": entry.draft_id,
     }
+
+
+def _history_item(h: AttemptRecord) -> dict[str, Any]:
+    item: dict[str, Any] = {"at": h.at, "reason": h.reason}
+    if h.cause is not None:
+        item["cause"] = h.cause
+    return item
 
 
 def encode_record(entry: SpoolEntry) -> bytes:
@@ -117,7 +127,8 @@ def decode_record(data: bytes, message_path: str, expected_queue_id: str | None 
     for h in _typed(obj, "history", list):
         if not isinstance(h, dict):
             raise RecordError("'history' items must be objects")
-        history.append(AttemptRecord(at=_typed(h, "at", float), reason=_typed(h, "reason", str)))
+        history.append(AttemptRecord(at=_typed(h, "at", float), reason=_typed(h, "reason", str),
+                                     cause=_typed(h, "cause", str, optional=True, added_later=True)))
     return SpoolEntry(
         queue_id=queue_id,
         envelope=Envelope(sender=_typed(obj, "sender", str), recipients=tuple(recipients)),

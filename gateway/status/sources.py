@@ -128,13 +128,15 @@ class ComponentsStatusSource:
         return tuple(tenant_status(h) for h in tenant_health(self._components.deliverer))
 
     def mailboxes(self) -> tuple[MailboxPacing, ...]:
-        scheduler = getattr(self._deliverer(), "scheduler", None)
-        snapshot = getattr(scheduler, "snapshot", None)
-        if not callable(snapshot):
+        queues = getattr(self._components.runner, "mailboxes", None)
+        if queues is None:
             return ()
+        throttles = getattr(self._deliverer(), "throttles", None)
         rows = []
-        for key, in_flight, paused_until, reason, next_slot in snapshot():
-            mailbox = key[-1] if isinstance(key, tuple) else str(key)
+        for key, in_flight, paused_until, next_slot, _waiting in queues.snapshot(self._clock.seconds()):
+            throttle = throttles.state(key) if throttles is not None else None
+            reason = throttle.pause_reason if throttle is not None and throttle.paused_until > 0 else ""
+            mailbox = getattr(key, "mailbox", key)
             rows.append(MailboxPacing(str(mailbox), in_flight, paused_until, reason, next_slot))
         return tuple(sorted(rows, key=lambda m: m.mailbox))
 

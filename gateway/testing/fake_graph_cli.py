@@ -17,7 +17,7 @@ from typing import Any, Optional, TextIO
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from gateway.testing.fake_graph import FakeGraphServer, SentMessage, start_fake_graph
+from gateway.testing.fake_graph import Fault, FakeGraphServer, SentMessage, start_fake_graph
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accept only these sending mailboxes (repeatable; default: any, others get 404)")
     parser.add_argument("--max-request-size", type=int, default=4_000_000,
                         help="bytes one request may carry before 413 (default: 4000000, like Graph)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds every send request (sendMail, draft send) waits before its answer, like a "
+                             "real Graph's service time (default: 0)")
+    parser.add_argument("--no-save", action="store_true",
+                        help="do not write sent messages to disk; print the one line per message only "
+                             "(benchmarks)")
     return parser
 
 
@@ -68,13 +74,16 @@ def describe(server: FakeGraphServer, secret_path: str, sent_dir: str) -> str:
 
 
 class _SentWriter:
-    def __init__(self, directory: str, out: TextIO) -> None:
+    def __init__(self, directory: Optional[str], out: TextIO) -> None:
         self.directory = directory
         self.out = out
         self.count = 0
 
     def __call__(self, message: SentMessage) -> None:
         self.count += 1
+        if self.directory is None:
+            print(f"sent by {message.mailbox} ({message.kind}) #{self.count}", file=self.out, flush=True)
+            return
         folder = os.path.join(self.directory, message.mailbox.replace("/", "_"))
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{self.count}.eml" if message.mime is not None else f"{self.count}.json")
@@ -98,7 +107,10 @@ def start(reactor: Any, args: argparse.Namespace, out: TextIO = sys.stdout):
         mailboxes=set(args.mailbox) if args.mailbox else None)
     secret_path = _secret_file(directory, server.client_secret)
     sent_dir = os.path.join(directory, "sent")
-    server.on_sent.append(_SentWriter(sent_dir, out))
+    if args.latency > 0:
+        for operation in ("sendMail", "send"):
+            server.inject(Fault.slow(args.latency), operation=operation, times=None)
+    server.on_sent.append(_SentWriter(None if args.no_save else sent_dir, out))
     print(describe(server, secret_path, sent_dir), file=out, flush=True)
     return server
 

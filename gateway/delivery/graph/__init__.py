@@ -4,7 +4,7 @@ Delivery through Microsoft Graph ``sendMail`` with app-only tokens.
 Modules, one job each: ``credentials`` (which tenant), ``token`` (MSAL in threads),
 ``client`` (the REST calls over treq), ``body`` (streamed request bodies), ``mime`` (header
 section, sending mailbox, exact recipients), ``structure`` (MIME tree for the large path),
-``scheduler`` (per-mailbox concurrency, pacing, pauses), ``outcomes`` (answers → outcomes),
+``scheduler`` (how long a 429 pauses a mailbox; admission itself is the queue runner's), ``outcomes`` (answers → outcomes),
 ``deliverer`` (the flow), ``factory`` (building it), ``dsn`` (failure notices), ``sizes``.
 """
 

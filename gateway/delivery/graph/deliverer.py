@@ -3,14 +3,20 @@ The Graph deliverer: one spool entry in, one outcome out.
 
 For each message: find its credentials (default tenant or a pass-through login), read the
 header section (in a thread) and decide the sending mailbox and the recipient path
-(L{gateway.delivery.graph.mime}), get a token (L{TokenProviders}), get admission for the
-mailbox (L{MailboxScheduler}: concurrency, pacing, pauses), then send:
+(L{gateway.delivery.graph.mime}), get a token (L{TokenProviders}), then send:
 
 - **one request** (``POST /users/{m}/sendMail``, MIME, ``Mail.Send``) when the base64 message
   fits ``max_request_size`` and no draft is needed;
 - **a draft** (``POST /users/{m}/messages`` from MIME, then ``PATCH`` for hidden recipients,
   attachments cut out of big messages via upload sessions, then ``POST .../send``;
   ``Mail.ReadWrite`` + ``Mail.Send``) otherwise.
+
+Admission (per-mailbox concurrency, pacing, pauses) is the queue runner's: the deliverer
+provides L{IMailboxRouting} — the sending mailbox of an entry and its limits — and the runner
+hands it only what that mailbox can start now.  A 429 comes back as a L{Transient} with
+``pause_until`` (the mailbox's pause) and cause ``throttled``; a tenant paused for credential
+trouble as ``pause_scope="tenant"``; 5xx, connection and token-endpoint trouble carry their
+shared cause, so the runner can release what an outage held back once the tenant recovers.
 
 Expected trouble never errbacks; it becomes L{Transient} or L{Permanent}.  Credential trouble
 that an admin must fix pauses the whole tenant with growing backoff (the mail stays queued)
@@ -42,12 +48,13 @@ from gateway.delivery.graph.mime import (
 from gateway.delivery.graph.outcomes import (
     describe, failure_outcome, is_mailbox_concurrency, step_succeeded, transport_outcome,
 )
-from gateway.delivery.graph.scheduler import Later, MailboxScheduler
+from gateway.delivery.graph.scheduler import MailboxThrottles
 from gateway.delivery.graph.sizes import single_request_limit
 from gateway.delivery.graph.structure import Part, plan_extraction, scan_structure
 from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
 from gateway.delivery.interfaces import (
-    Delivered, IDeliverer, IDraftJournal, IEntryQuarantine, Permanent, Transient,
+    CAUSE_PAUSED, CAUSE_THROTTLED, CAUSE_TOKEN, Delivered, IDeliverer, IDraftJournal, IEntryQuarantine,
+    IMailboxRouting, MailboxKey, MailboxLimits, Permanent, Transient,
 )
 
 #: Graph refuses upload sessions for attachments under 3 MB (graph-facts §3.2b).
@@ -157,7 +164,7 @@ class _Attempt:
     credentials: TenantCredentials
     token: AccessToken
     mailbox: str
-    key: tuple
+    key: Any
     path: str = "sendMail"
     request_id: Optional[str] = None
     token_accepted: bool = False
@@ -175,7 +182,7 @@ def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConf
     return PreparedMessage(path, section, plan, mailbox, mime, mime.length)
 
 
-@implementer(IDeliverer)
+@implementer(IDeliverer, IMailboxRouting)
 class GraphDeliverer:
     """
     Delivers spool entries through Microsoft Graph.
@@ -198,7 +205,7 @@ class GraphDeliverer:
         tokens: TokenProviders,
         resolver: ICredentialResolver,
         clock: IReactorTime,
-        scheduler: Optional[MailboxScheduler] = None,
+        throttles: Optional[MailboxThrottles] = None,
         blocking: Optional[Callable[..., Deferred]] = None,
         default_credentials: Optional[TenantCredentials] = None,
         journal: Any = None,
@@ -208,8 +215,8 @@ class GraphDeliverer:
         self.tokens = tokens
         self.resolver = resolver
         self.clock = clock
-        self.scheduler = scheduler or MailboxScheduler(
-            clock, config.mailbox_concurrency, config.mailbox_rate, config.mailbox_burst, config.max_hold)
+        self.throttles = throttles or MailboxThrottles(clock)
+        self.mailbox_limits = MailboxLimits(config.mailbox_concurrency, config.mailbox_rate, config.mailbox_burst)
         self._blocking = blocking or maybeDeferred
         self.stats = GraphStats()
         self.observers: tuple = ()
@@ -228,6 +235,21 @@ class GraphDeliverer:
         d.addErrback(self._unexpected, entry)
         return d
 
+    def mailbox_key(self, entry: Any) -> MailboxKey:
+        """
+        The runner's queue for ``entry``: its credentials and the sending mailbox recorded at
+        intake (``sending_mailbox``).  Records without one (written before intake recorded
+        it) fall back without reading the message: the fixed ``send_as`` mailbox when one is
+        configured, else the envelope sender.  With ``send_as = "header-from"`` that can
+        differ from the From address the send then uses; two queues may then share one
+        mailbox, and Graph's MailboxConcurrency 429 (a pause) is what keeps that in check.
+        """
+        mailbox = entry.sending_mailbox
+        if not mailbox:
+            fixed = self.config.send_as not in ("header-from", "envelope-from")
+            mailbox = self.config.send_as if fixed else entry.envelope.sender
+        return MailboxKey(entry.provenance.credential_ref, normalise(mailbox or ""))
+
     def health(self) -> tuple[TenantHealth, ...]:
         """One L{TenantHealth} per tenant seen so far (the default tenant once used)."""
         return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until, t.token_expires_at)
@@ -244,10 +266,19 @@ class GraphDeliverer:
             return self._finish(entry, Transient(f"delivery credentials unavailable ({type(e).__name__})"))
 
         tenant = self._tenant(credentials)
-        if tenant.paused_until > self.clock.seconds():
+        now = self.clock.seconds()
+        if tenant.paused_until > now:
             return self._finish(entry, Transient(
                 f"tenant {tenant.label} paused after credential trouble: {tenant.detail}",
-                retry_at=tenant.paused_until), quiet=True)
+                retry_at=tenant.paused_until, attempted=False, cause=CAUSE_PAUSED,
+                pause_until=tenant.paused_until, pause_scope="tenant"), quiet=True)
+        key = self.mailbox_key(entry)
+        paused_until = self.throttles.paused_until(key)
+        if paused_until > now:
+            # The runner honours pauses; this only guards callers that do not.
+            return self._finish(entry, Transient(
+                f"Graph throttled this mailbox ({key.mailbox})", retry_at=paused_until, attempted=False,
+                cause=CAUSE_THROTTLED, pause_until=paused_until), quiet=True)
 
         try:
             prepared = await self._blocking(
@@ -273,11 +304,6 @@ class GraphDeliverer:
         if not tenant.graph_refused:
             self._tenant_ok(tenant)
 
-        key = (credentials.tenant_key, normalise(prepared.mailbox))
-        admission = await self.scheduler.admit(key, entry.queue_id)
-        if isinstance(admission, Later):
-            return self._finish(entry, Transient(f"{admission.reason} ({prepared.mailbox})", retry_at=admission.retry_at,
-                                                 attempted=False), quiet=True)
         attempt = _Attempt(entry, credentials, token, prepared.mailbox, key)
         try:
             outcome = await self._send(attempt, prepared)
@@ -290,12 +316,10 @@ class GraphDeliverer:
                         f"check the app's Mail.Send permission and admin consent")
         except TokenError as e:
             outcome = self._token_failed(tenant, e)
-        finally:
-            admission.release()
         if attempt.token_accepted and tenant.graph_refused:
             self._tenant_ok(tenant)
         if isinstance(outcome, Delivered):
-            self.scheduler.succeeded(key)
+            self.throttles.succeeded(key)
         return self._finish(entry, outcome, attempt=attempt)
 
     def _too_large(self, prepared: PreparedMessage) -> Optional[Permanent]:
@@ -552,8 +576,8 @@ class GraphDeliverer:
             seconds = response.retry_after
             if seconds is None and is_mailbox_concurrency(response):
                 seconds = CONCURRENCY_PAUSE
-            until = self.scheduler.pause(attempt.key, seconds, f"Graph throttled {attempt.mailbox}")
-            outcome = attrs.evolve(outcome, retry_at=until)
+            until = self.throttles.pause(attempt.key, seconds, f"Graph throttled {attempt.mailbox}")
+            outcome = attrs.evolve(outcome, retry_at=until, pause_until=until, cause=CAUSE_THROTTLED)
         if hint and response.code == 403 and isinstance(outcome, Permanent):
             outcome = attrs.evolve(outcome, reason=outcome.reason + " (the draft path needs the Mail.ReadWrite "
                                    "application permission; or set graph.hidden_recipients = \"bcc-header\")")
@@ -584,14 +608,15 @@ class GraphDeliverer:
             self.log.warn("cannot get a Graph token for tenant {label}: {error}; messages stay queued and "
                           "are retried", label=tenant.label, error=str(error))
         tenant.detail = str(error)
-        return Transient(f"no Graph token: {error}")
+        return Transient(f"no Graph token: {error}", cause=CAUSE_TOKEN)
 
     def _tenant_config_trouble(self, tenant: _Tenant, detail: str) -> Transient:
         now = self.clock.seconds()
         if tenant.state == "config-error" and tenant.paused_until > now:
             # Deliveries that were already under way when the tenant was paused report the same
             # trouble: that is one event, not one more step of backoff (nor another alarm).
-            return Transient(f"tenant {tenant.label}: {tenant.detail}", retry_at=tenant.paused_until)
+            return Transient(f"tenant {tenant.label}: {tenant.detail}", retry_at=tenant.paused_until,
+                             cause=CAUSE_PAUSED, pause_until=tenant.paused_until, pause_scope="tenant")
         tenant.failures += 1
         delay = min(self.config.tenant_backoff * 2 ** (tenant.failures - 1), self.config.tenant_backoff_max)
         if tenant.state != "config-error":
@@ -602,7 +627,8 @@ class GraphDeliverer:
             "GRAPH CONFIGURATION ERROR for tenant {label}: {detail}. Deliveries for this tenant are paused "
             "for {delay:.0f}s and retried with growing backoff; queued mail is kept.",
             label=tenant.label, detail=detail.rstrip("."), delay=delay)
-        return Transient(f"tenant {tenant.label}: {detail}", retry_at=tenant.paused_until)
+        return Transient(f"tenant {tenant.label}: {detail}", retry_at=tenant.paused_until,
+                         cause=CAUSE_PAUSED, pause_until=tenant.paused_until, pause_scope="tenant")
 
     # -- results --------------------------------------------------------------------------
 

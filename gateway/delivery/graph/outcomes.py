@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 from gateway.delivery.graph.client import GraphResponse, GraphTransportError
-from gateway.delivery.interfaces import Permanent, Transient
+from gateway.delivery.interfaces import CAUSE_CONNECTION, CAUSE_SERVICE, CAUSE_THROTTLED, Permanent, Transient
 
 #: What Graph answers when a step worked (graph-facts §1.6, §3.2).  Only these count as success:
 #: any other 2xx (a proxy's ``200`` page, a ``204``) is an "unexpected response".  The upload
@@ -88,7 +88,11 @@ def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail")
     retry_at: Optional[float] = now + response.retry_after if response.retry_after is not None else None
     if status == 429 or status == 408 or status >= 500:
         possibly = status in _AMBIGUOUS and response.body_sent and step in ("sendMail", "send")
-        return Transient(reason, retry_at=retry_at, possibly_delivered=possibly)
+        # The cause tells the queue runner whether this was a wait (429), the service being
+        # down for everyone (5xx: released early once Graph answers again) or this request's
+        # own trouble (408).
+        cause = CAUSE_THROTTLED if status == 429 else CAUSE_SERVICE if status >= 500 else None
+        return Transient(reason, retry_at=retry_at, possibly_delivered=possibly, cause=cause)
     if status in (404, 416) and step in _DRAFT_STEPS:
         # The mailbox exists (the draft was just created): the draft or upload session is what
         # went missing or out of step.  A fresh attempt builds a new one.
@@ -108,7 +112,7 @@ def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail")
 def transport_outcome(error: GraphTransportError, step: str = "sendMail") -> Transient:
     """No answer at all.  Ambiguous only when the whole body of a sending request went out."""
     possibly = error.body_sent and step in ("sendMail", "send")
-    return Transient(f"{step}: {error.reason}", possibly_delivered=possibly)
+    return Transient(f"{step}: {error.reason}", possibly_delivered=possibly, cause=CAUSE_CONNECTION)
 
 
 def is_throttled_by_mailbox(response: GraphResponse) -> bool:
