@@ -205,3 +205,30 @@ class OldEntryTests(TestCase):
         self.assertEqual(len(delivered), 1)
         self.assertIn(b"from before", delivered[0] if isinstance(delivered[0], bytes) else delivered[0].as_bytes())
         self.assertEqual(os.listdir(queue), [])
+
+
+class FlushSettingTests(SynchronousTestCase):
+    def test_per_file_flush_syncs_every_file(self):
+        from gateway.spool.fileops import FileOps
+
+        synced = []
+
+        class Counting(FileOps):
+            def sync_file(self, fd):
+                synced.append(fd)
+                super().sync_file(fd)
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        fds = [os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT, 0o600) for name in ("a", "b")]
+        for fd in fds:
+            self.addCleanup(os.close, fd)
+        Counting().flush_per_file().sync_files(fds)
+        self.assertEqual(synced, fds)
+
+    def test_config_key(self):
+        self.assertEqual(gateway_config(self).spool.flush, "auto")
+        self.assertEqual(gateway_config(self, {"spool": {"flush": "fdatasync"}}).spool.flush, "fdatasync")
+        from gateway.config.errors import ConfigError
+        with self.assertRaises(ConfigError):
+            gateway_config(self, {"spool": {"flush": "never"}})

@@ -87,6 +87,7 @@ def build_config(
         directory=resolve(_pick(overrides, "spool", sp.string("directory", os.path.join(state_dir, "spool")))),
         threads=sp.integer("threads", 4, 1, 64),
         archive_delivered=sp.boolean("archive_delivered", False),
+        flush=sp.string("flush", "auto", ("auto", "fdatasync")),
     )
     sp.finish()
 

@@ -95,6 +95,10 @@ class SpoolConfig:
     directory: str
     threads: int = 4
     archive_delivered: bool = False
+    # How a group commit makes its messages' data durable: "auto" = one syncfs of the spool's
+    # filesystem per batch where the kernel reports its errors (Linux >= 5.8), else one
+    # fdatasync per file; "fdatasync" = always one per file.
+    flush: str = "auto"
 
 
 @attrs.frozen

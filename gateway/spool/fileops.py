@@ -130,6 +130,12 @@ class FileOps:
     # A ctypes function is no descriptor: read through the instance it is not bound to it.
     _syncfs = _SYNCFS
 
+    def flush_per_file(self) -> "FileOps":
+        """Never use ``syncfs`` (``[spool] flush = "fdatasync"``): for a spool on a filesystem
+        shared with heavy writers, whose dirty data a syncfs would have to write out too."""
+        self._syncfs = None
+        return self
+
     def set_mtime(self, fd: int, when: float) -> None:
         os.utime(fd, (when, when))
 
