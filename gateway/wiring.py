@@ -112,6 +112,10 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
     services.append(IncomingWatcher(spool.disk.layout.incoming, runner.kick, reactor))
 
     chains = build_listener_chains(config, reactor, redis)
+    # Header sections are judged off the reactor thread, in a pool of their own: the reactor's
+    # default pool may be busy with (or full of) other work, and judging must never wait on it.
+    mail_pool = ThreadPoolService("graphsmtp-mail", 1, 2)
+    services.append(mail_pool)
     listeners = []
     for listener in _capped_listeners(config):
         tls = TLSContextSource(listener) if listener.tls != "none" else None
@@ -122,13 +126,22 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
             add_message_id=config.add_message_id, add_date=config.add_date,
             intake=metrics.intake_for(listener.name),
         )
+        # The sending-mailbox rule is decided at intake and recorded with each message.
+        _judge_with(factory, config, mail_pool)
         service = _listening_service(reactor, listener, factory) if listen else None
         listeners.append(ListenerParts(listener, factory, service, tls))
     local = _local_submission(config, reactor, spool, auth, redis, listen)
     if local is not None:
+        _judge_with(local.factory, config, mail_pool)
         listeners.append(local)
     return Components(spool, deliverer, runner, listeners, services, auth, observers,
                       configured_observers=configured_observers, redis=redis, metrics=metrics, recent=recent)
+
+
+def _judge_with(factory: Any, config: GatewayConfig, mail_pool: Any) -> None:
+    """Header sections are judged off the reactor, and the sending mailbox decided by one rule."""
+    factory.send_as = config.graph.send_as if config.graph is not None else "header-from"
+    factory.judge_pool = mail_pool.pool
 
 
 def _listening_service(reactor: Any, listener: ListenerConfig, factory: Any) -> Any:

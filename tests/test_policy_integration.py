@@ -53,8 +53,12 @@ class SenderAllowlistEndToEnd(TestCase):
         self.assertEqual(code, 250)
         # smtplib's data() returns the final reply rather than raising.
         code, text = yield send_message(
-            gw.port(), "alice@corp.example", ["team@corp.example"], message("\"alice@corp.example\" <ceo@evil.example>"))
+            gw.port(), "alice@corp.example", ["team@corp.example"], message("Alice <ceo@evil.example>"))
         self.assertEqual((code, text), (550, b"5.7.1 Sender address not allowed"))
+        # A display name showing another address is refused by the mail grammar (issue 8).
+        code, text = yield send_message(
+            gw.port(), "alice@corp.example", ["team@corp.example"], message("\"alice@corp.example\" <ceo@evil.example>"))
+        self.assertEqual((code, text[:5]), (550, b"5.6.0"))
         envelope = yield self.assertFailure(
             send_message(gw.port(), "ceo@evil.example", ["team@corp.example"], message("ceo@evil.example")),
             smtplib.SMTPSenderRefused,

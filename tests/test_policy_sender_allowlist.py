@@ -124,7 +124,11 @@ class SenderAllowlistTests(SynchronousTestCase):
 
     def test_display_name_tricks_do_not_matter_only_the_address(self):
         chain = self.chain(allow=["scanner@corp.example"])
-        ok = message("\"ceo@corp.example\" <scanner@corp.example>")
+        # A display name that shows another address is refused by the mail grammar (issue 8,
+        # finding 5): the reader would see the CEO's address.
+        shown = message("\"ceo@corp.example\" <scanner@corp.example>")
+        self.assertFalse(self.send(chain, make_session(), "scanner@corp.example", shown).allowed)
+        ok = message("\"scanner@corp.example\" <scanner@corp.example>")
         self.assertTrue(self.send(chain, make_session(), "scanner@corp.example", ok).allowed)
         spoof = message("\"scanner@corp.example\" <ceo@corp.example>")
         self.assertFalse(self.send(chain, make_session(), "scanner@corp.example", spoof).allowed)
@@ -178,5 +182,5 @@ class DuplicateHeaderTests(SynchronousTestCase):
             b"From: alice@corp.example\r\nFrom: ceo@corp.example\r\n\r\n"
         )
         found = header_addresses(headers, "From")
-        self.assertEqual(found.problem, "more than one From header")
+        self.assertEqual(found.problem, "more than one From header field")
         self.assertEqual(found.addresses, ())

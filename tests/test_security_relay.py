@@ -81,9 +81,9 @@ class SenderIdentityTests(SynchronousTestCase):
     def setUp(self):
         self.policy = RelayAccessPolicy(listener(auth="optional", trusted_senders=("printer@corp.example",)))
 
-    def assertRefused(self, verdict, *fragments):
+    def assertRefused(self, verdict, *fragments, status="5.7.1"):
         self.assertIsInstance(verdict, Reject)
-        self.assertEqual((verdict.code, verdict.status), (550, "5.7.1"))
+        self.assertEqual((verdict.code, verdict.status), (550, status))
         for f in fragments:
             self.assertIn(f, verdict.text)
 
@@ -99,15 +99,18 @@ class SenderIdentityTests(SynchronousTestCase):
     def test_header_from_spoof_with_good_envelope(self):
         s = session(identity=ALICE, sender="alice@corp.example")
         self.assertEqual(self.policy.on_message(s, message("From: Alice <alice@corp.example>\nTo: x@y.example\n")), Continue())
-        self.assertRefused(self.policy.on_message(s, message('From: "alice@corp.example" <ceo@corp.example>\n')), "From header address <ceo@corp.example>")
-        self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example, ceo@corp.example\n")), "ceo@corp.example")
+        # A display name showing another address is refused by the mail grammar (issue 8).
+        self.assertRefused(self.policy.on_message(s, message('From: "alice@corp.example" <ceo@corp.example>\n')), "display name", status="5.6.0")
+        self.assertRefused(self.policy.on_message(s, message('From: Alice <ceo@corp.example>\n')), "From header address <ceo@corp.example>")
+        self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example, ceo@corp.example\n")), "without a Sender", status="5.6.0")
+        self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example, ceo@corp.example\nSender: alice@corp.example\n")), "ceo@corp.example")
         self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example\nSender: ceo@corp.example\n")), "Sender header")
 
     def test_duplicate_or_malformed_from_refused(self):
         s = session(identity=ALICE, sender="alice@corp.example")
-        self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example\nFrom: ceo@corp.example\n")), "more than one From")
-        self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example <ceo@corp.example>\n")))
-        self.assertRefused(self.policy.on_message(s, message("From: undisclosed\n")))
+        self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example\nFrom: ceo@corp.example\n")), "more than one From", status="5.6.0")
+        self.assertRefused(self.policy.on_message(s, message("From: alice@corp.example <ceo@corp.example>\n")), status="5.6.0")
+        self.assertRefused(self.policy.on_message(s, message("From: undisclosed\n")), status="5.6.0")
 
     def test_missing_from_is_left_to_others(self):
         s = session(identity=ALICE, sender="alice@corp.example")

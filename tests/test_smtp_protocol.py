@@ -166,7 +166,7 @@ class EnvelopeTests(SessionTestCase):
         self.assertEqual(s.cmd("MAIL FROM:<> BODY=8BITMIME"), b"250 2.1.0 Sender ok")
         s.cmd("RCPT TO:<r@x.test>")
         s.cmd("DATA")
-        body = "Subject: Grüße\r\n\r\nÄÖÜ ß € 😀\r\n".encode("utf-8")
+        body = "From: daemon@x.test\r\nSubject: Grüße\r\n\r\nÄÖÜ ß € 😀\r\n".encode("utf-8")
         self.assertTrue(s.send(body + b".\r\n")[0].startswith(b"250 2.0.0"))
         [(entry, data)] = factory.spool.messages
         self.assertEqual(entry.envelope.sender, "")

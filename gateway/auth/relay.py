@@ -12,8 +12,14 @@ Relay access (no open relay, ARCHITECTURE invariant 8):
 
 Sender identity: the patterns of the login (``Identity.allowed_senders``) or, for an
 unauthenticated trusted-network session, the listener's ``trusted_senders``, bound the envelope
-sender (at MAIL FROM) *and* every address in the From and Sender headers (at end of data), so
-a permitted envelope cannot carry a forged From.  Empty patterns mean no restriction from here.
+sender (at MAIL FROM) *and* every address in the From, Sender, Resent-From and Resent-Sender
+headers (at end of data), so a permitted envelope cannot carry a forged From.  Empty patterns
+mean no restriction from here.
+
+The header section is read through the one mail grammar (L{gateway.mail}), the same reading the
+SMTP layer records the sending mailbox from and the Graph deliverer executes; a section the
+grammar refuses (ambiguous, malformed, over a limit) is refused here as well, with its reason,
+whatever the patterns, so no guard configuration can let it through.
 
 Access is checked again at RCPT and at end of data: if the SMTP layer ever let a refused MAIL
 through, the message would still not get out.
@@ -26,14 +32,14 @@ from typing import Any, Optional
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.policy.addresses import client_ip, header_addresses
-from gateway.auth.patterns import PatternError, sender_matches, validate_pattern
+from gateway.mail.errors import MailRefusal
+from gateway.mail.patterns import PatternError, SenderPattern
+from gateway.policy.addresses import client_ip, message_header
 from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
 from gateway.policy.interfaces import Continue, IPolicy, MessageView, Reject, SessionView
 
 _CONTINUE = Continue()
-_CHECKED_HEADERS = ("From", "Sender")
 
 
 def _shown(address: str) -> str:
@@ -53,7 +59,7 @@ class RelayAccessPolicy:
             self.log = log
         self.listener = listener
         try:
-            self.trusted_senders = tuple(validate_pattern(p) for p in listener.trusted_senders)
+            self.trusted_senders = tuple(SenderPattern.parse(p) for p in listener.trusted_senders)
         except PatternError as e:
             raise ConfigError(f"listener.{listener.name}.trusted_senders", str(e)) from None
         self.auth_offered = listener.auth in ("optional", "required")
@@ -81,9 +87,9 @@ class RelayAccessPolicy:
             return Reject(530, "5.7.0", "Authentication required")
         return Reject(554, "5.7.1", "Relay access denied")
 
-    def _patterns(self, session: SessionView) -> tuple[str, ...]:
+    def _patterns(self, session: SessionView) -> tuple[SenderPattern, ...]:
         if session.identity is not None:
-            return tuple(session.identity.allowed_senders)
+            return tuple(_pattern(p) for p in session.identity.allowed_senders)
         return self.trusted_senders
 
     def _whose(self, session: SessionView) -> str:
@@ -109,7 +115,7 @@ class RelayAccessPolicy:
         if refusal is not None:
             return self._refuse(session, refusal, f"MAIL FROM:<{sender}>")
         patterns = self._patterns(session)
-        if sender and patterns and not sender_matches(sender, patterns):
+        if sender and patterns and not _allowed(sender, patterns):
             return self._refuse(
                 session, Reject(550, "5.7.1", f"Sender address <{_shown(sender)}> is not allowed for {self._whose(session)}"),
                 f"MAIL FROM:<{sender}>",
@@ -126,26 +132,34 @@ class RelayAccessPolicy:
         refusal = self._access(session)
         if refusal is not None:
             return self._refuse(session, refusal, "message")
+        try:
+            header = message_header(message)
+        except MailRefusal as e:
+            return self._refuse(session, Reject(e.code, e.status, f"Message refused: {e.text}"), "message")
         patterns = self._patterns(session)
         if not patterns:
             return _CONTINUE
-        if session.sender and not sender_matches(session.sender, patterns):
+        if session.sender and not _allowed(session.sender, patterns):
             return self._refuse(
                 session, Reject(550, "5.7.1", f"Sender address <{_shown(session.sender)}> is not allowed for {self._whose(session)}"),
                 "message",
             )
-        for name in _CHECKED_HEADERS:
-            found = header_addresses(message.headers, name)
-            if found.problem is not None:
-                return self._refuse(session, Reject(550, "5.7.1", f"Message refused: {found.problem}"), "message")
-            for address in found.addresses:
-                if not sender_matches(address, patterns):
-                    return self._refuse(
-                        session,
-                        Reject(550, "5.7.1", f"{name} header address <{_shown(address)}> is not allowed for {self._whose(session)}"),
-                        "message",
-                    )
+        for name, mailbox in header.identity_mailboxes():
+            if not _allowed(mailbox.address, patterns):
+                return self._refuse(
+                    session,
+                    Reject(550, "5.7.1", f"{name} header address <{_shown(mailbox.address)}> is not allowed for {self._whose(session)}"),
+                    "message",
+                )
         return _CONTINUE
+
+
+def _pattern(text: Any) -> SenderPattern:
+    return text if isinstance(text, SenderPattern) else SenderPattern.parse(text)
+
+
+def _allowed(address: str, patterns: tuple[SenderPattern, ...]) -> bool:
+    return any(p.matches(address) for p in patterns)
 
 
 __all__ = ["RelayAccessPolicy"]

@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Optional
 
 import attrs
 
-from gateway.auth.patterns import PatternError, validate_pattern
+from gateway.mail.patterns import PatternError, SenderPattern
 from gateway.auth.throttle import ThrottleSettings
 from gateway.config.errors import ConfigError
 from gateway.config.reader import TableReader
@@ -148,7 +148,7 @@ def _parse_passthrough(t: TableReader, environ: Mapping[str, str], resolve: Call
     senders = []
     for text in t.strings("allowed_senders"):
         try:
-            senders.append(validate_pattern(text))
+            senders.append(SenderPattern.parse(text).text)
         except PatternError as e:
             raise ConfigError(t.key("allowed_senders"), str(e)) from None
     login_host = _https(t, "login_host")

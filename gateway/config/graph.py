@@ -41,6 +41,8 @@ from typing import Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
 import attrs
+
+from gateway.mail.addresses import canonical
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -293,8 +295,10 @@ def _authority(value: str, tenant_id: str, key: str) -> str:
 
 
 def _looks_like_mailbox(value: str) -> bool:
-    local, at, domain = value.rpartition("@")
-    return bool(at and local and domain and " " not in value and "<" not in value)
+    """One bare address by the gateway's mail grammar (L{gateway.mail})."""
+    if "<" in value or ">" in value or value != value.strip():
+        return False
+    return canonical(value) is not None
 
 
 def _certificate(reader: TableReader, environ: Mapping[str, str], resolve: Callable[[str], str]) -> Optional[CertificateConfig]:

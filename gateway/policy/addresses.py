@@ -1,31 +1,33 @@
 """
-Address patterns and the addresses a message claims to come from.
+Address patterns and the addresses a message claims to come from — for policies, including
+third-party ones.  Documented re-exports of the gateway's one mail grammar (L{gateway.mail}):
+nothing here parses addresses or header fields itself.
 
 Patterns are split at the last ``@`` and the two halves are matched separately, so a glob in
 the local part can never swallow the domain (``*@corp.example`` does not match
-``x@evilcorp.example`` or ``a@corp.example@evil.example``).  Matching ignores case in both
-halves: Exchange Online treats addresses case-insensitively, so ``Scanner@Corp.Example`` and
-``scanner@corp.example`` name the same mailbox and an allowlist must not tell them apart.
+``x@evilcorp.example`` or ``a@corp.example@evil.example``).  Matching uses the canonical form
+(case, quoting, final dot: L{gateway.mail.canonical}): Exchange Online treats
+``Scanner@Corp.Example``, ``"scanner"@corp.example`` and ``scanner@corp.example`` as one
+mailbox, so an allowlist must not tell them apart.
 
-Header addresses are read with the ``email`` package's structured headers.  A header that the
-parser had to guess at (an ``InvalidHeaderDefect``) is reported as malformed rather than
-guessed at again: a downstream parser may guess differently, and that difference is exactly
-what From-spoofing exploits.
+L{message_header} gives the judged header of a L{MessageView} (the intake's own reading, so a
+policy sees exactly what the relay guard and the Graph deliverer see); L{header_addresses}
+keeps the older per-header interface.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
-from fnmatch import fnmatchcase
 from typing import Any, Iterable, Optional, Sequence
 
 import attrs
-from email import errors as email_errors
 
+from gateway.mail.addresses import canonical, mailbox_key, parse_addr_spec
+from gateway.mail.canonical import canonical_parts
+from gateway.mail.errors import MailRefusal
+from gateway.mail.message import MessageHeader, display_name_of, parse_header_section
+from gateway.mail.patterns import PatternError, SenderPattern
 from gateway.policy.interfaces import PolicyConfigError
-
-_GLOB_CHARS = frozenset("*?[")
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -38,59 +40,43 @@ def split_address(address: str) -> tuple[str, str]:
 
 def comparable_parts(address: str) -> tuple[str, str]:
     """
-    (local, domain) lower-cased, with a quoted local part unquoted (``"bob"@x`` is ``bob@x``,
-    RFC 5321 §4.1.2) and a trailing dot of the domain dropped: spellings that reach the same
-    mailbox must match the same patterns.
+    (local, domain) in canonical form (lower-cased, quoted local part unquoted, final dot of
+    the domain dropped): spellings that reach the same mailbox compare equal.  An address the
+    grammar does not accept is only lower-cased and split.
     """
-    local, domain = split_address(address)
-    if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
-        local = re.sub(r"\\(.)", r"\1", local[1:-1])
-    if domain.endswith(".") and not domain.endswith(".."):
-        domain = domain[:-1]
-    return local.lower(), domain.lower()
+    try:
+        mailbox = parse_addr_spec(address)
+    except MailRefusal:
+        local, domain = split_address(address)
+        return local.lower(), domain.lower()
+    return canonical_parts(mailbox.local, mailbox.domain)
 
 
 def without_subaddress(address: str) -> Optional[str]:
     """``local+tag@domain`` → ``local@domain`` (Exchange Online plus addressing), else None."""
-    local, domain = comparable_parts(address)
-    base, plus, _ = local.partition("+")
-    if not plus or not base or not domain:
-        return None
-    return f"{base}@{domain}"
+    key = mailbox_key(address)
+    return key if key is not None and key != canonical(address) else None
 
 
 @attrs.frozen
 class AddressPattern:
-    """One allow/deny entry: an exact address, ``*@domain``, or any glob such as ``scan-*@*.corp.example``."""
+    """One allow/deny entry: an exact address, ``*@domain``, ``*``, or any glob such as ``scan-*@*.corp.example``."""
 
-    text: str
-    _local: str = attrs.field(alias="local")
-    _domain: str = attrs.field(alias="domain")
-    _exact: bool = attrs.field(alias="exact")
+    pattern: SenderPattern
+
+    @property
+    def text(self) -> str:
+        return self.pattern.text
 
     @classmethod
-    def parse(cls, text: str, option: str) -> "AddressPattern":
-        if not isinstance(text, str) or not text.strip():
-            raise PolicyConfigError(f"{text!r} is not an address pattern", option)
-        cleaned = text.strip()
-        local, domain = split_address(cleaned)
-        if not local or not domain:
-            raise PolicyConfigError(
-                f"{cleaned!r} is not an address pattern: use an address, \"*@domain\" or a glob such as \"scan-*@corp.example\"",
-                option,
-            )
-        if any(c.isspace() or ord(c) < 32 for c in cleaned) or "<" in cleaned or ">" in cleaned:
-            raise PolicyConfigError(f"{cleaned!r} is not an address pattern (no spaces or angle brackets)", option)
-        exact = not (_GLOB_CHARS & set(cleaned))
-        return cls(text=cleaned, local=local.lower(), domain=domain.lower(), exact=exact)
+    def parse(cls, text: Any, option: str) -> "AddressPattern":
+        try:
+            return cls(SenderPattern.parse(text))
+        except PatternError as e:
+            raise PolicyConfigError(str(e), option) from None
 
     def matches(self, address: str) -> bool:
-        local, domain = comparable_parts(address)
-        if not domain:
-            return False
-        if self._exact:
-            return local == self._local and domain == self._domain
-        return fnmatchcase(local, self._local) and fnmatchcase(domain, self._domain)
+        return self.pattern.matches(address)
 
 
 def parse_patterns(values: Iterable[str], option: str) -> tuple[AddressPattern, ...]:
@@ -105,7 +91,7 @@ def matches_any(patterns: Sequence[AddressPattern], address: str) -> bool:
 class HeaderAddresses:
     """
     The addresses in every occurrence of one header.  ``problem`` is set (and ``addresses``
-    should not be trusted) when any occurrence is malformed.
+    should not be trusted) when the header section is refused by the mail grammar.
     """
 
     present: bool
@@ -114,49 +100,61 @@ class HeaderAddresses:
     problem: Optional[str] = None
 
 
-_SINGLE_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
+def message_header(message: Any) -> MessageHeader:
+    """
+    The judged header section of ``message`` (a L{MessageView}): the one the SMTP layer
+    attached, else ``header_bytes`` judged now.  Raises L{MailRefusal} when the section is
+    refused (the SMTP layer never lets such a message reach the policies).
+    """
+    judged = getattr(message, "mail", None)
+    if isinstance(judged, MessageHeader):
+        return judged
+    if isinstance(judged, MailRefusal):
+        raise judged
+    return parse_header_section(getattr(message, "header_bytes", b"") or b"")
 
 
-# The email parser skips a field it takes for an mbox "From " line and ends the header section
-# at a field name followed by a tab; the SMTP intake and the Graph deliverer read both as
-# header fields ("From : ceo@..." is From to them), so what the parser missed may be the From.
-_HIDING_DEFECTS = (email_errors.MisplacedEnvelopeHeaderDefect, email_errors.MissingHeaderBodySeparatorDefect)
+def _raw_section(headers: Any) -> bytes:
+    """Rebuild raw header lines from an ``email`` message without structured parsing."""
+    lines = []
+    for name, value in headers.raw_items():
+        text = str(value).replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+        lines.append(f"{name}:{'' if text[:1] in (' ', chr(9)) else ' '}{text}".encode("utf-8", "surrogateescape") + b"\r\n")
+    return b"".join(lines)
 
 
 def header_addresses(headers: Any, name: str) -> HeaderAddresses:
-    """Read the addresses of header ``name`` from a message parsed with ``email.policy.SMTP``."""
-    if headers is not None and (
-        getattr(headers, "get_unixfrom", lambda: None)() is not None
-        or any(isinstance(d, _HIDING_DEFECTS) for d in getattr(headers, "defects", ()))
-    ):
-        return HeaderAddresses(present=True, problem="header section is malformed")
+    """
+    The addresses of header ``name``: ``headers`` is a L{MessageHeader}, a L{MessageView}, or
+    an ``email`` message (read through its raw fields, never the structured-header parser).
+    """
     try:
-        values = headers.get_all(name) if headers is not None else None
-    except (ValueError, TypeError):
-        # e.g. an encoded word in the display name that decodes to a line break.
-        return HeaderAddresses(present=True, problem=f"{name} header is malformed")
-    if not values:
+        if isinstance(headers, MessageHeader):
+            judged = headers
+        elif hasattr(headers, "header_bytes"):
+            judged = message_header(headers)
+        elif headers is None:
+            return HeaderAddresses(present=False)
+        else:
+            from email import errors as email_errors
+
+            if headers.get_unixfrom() is not None or any(
+                    isinstance(d, (email_errors.MisplacedEnvelopeHeaderDefect, email_errors.MissingHeaderBodySeparatorDefect))
+                    for d in getattr(headers, "defects", ())):
+                return HeaderAddresses(present=True, problem="header section is malformed")
+            judged = parse_header_section(_raw_section(headers))
+    except MailRefusal as e:
+        return HeaderAddresses(present=True, problem=e.text)
+    if not judged.has(name):
         return HeaderAddresses(present=False)
-    if len(values) > 1 and name.lower() in _SINGLE_HEADERS:
-        # RFC 5322 allows one; with two, mail clients show one and a checker may read the other.
-        return HeaderAddresses(present=True, problem=f"more than one {name} header")
-    addresses: list[str] = []
-    names: list[str] = []
-    for value in values:
-        defects = getattr(value, "defects", ())
-        if any(isinstance(d, (email_errors.InvalidHeaderDefect, email_errors.NonPrintableDefect)) for d in defects):
-            return HeaderAddresses(present=True, problem=f"{name} header is malformed")
-        found = getattr(value, "addresses", None)
-        if found is None:
-            return HeaderAddresses(present=True, problem=f"{name} header is not an address header")
-        for address in found:
-            if not address.username or not address.domain:
-                return HeaderAddresses(present=True, problem=f"{name} header has an incomplete address")
-            addresses.append(address.addr_spec)
-            names.append(address.display_name)
-    if not addresses:
-        return HeaderAddresses(present=True, problem=f"{name} header has no address")
-    return HeaderAddresses(present=True, addresses=tuple(addresses), display_names=tuple(names))
+    mailboxes = judged.mailboxes(name)
+    if not mailboxes:
+        return HeaderAddresses(present=True, problem=f"{display_name_of(name.lower())} header has no address")
+    return HeaderAddresses(
+        present=True,
+        addresses=tuple(m.address for m in mailboxes),
+        display_names=tuple(m.display_name for m in mailboxes),
+    )
 
 
 def client_ip(text: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -188,5 +186,5 @@ def client_key(address: Optional[str], ipv6_prefix: int = 64) -> str:
 
 __all__ = [
     "AddressPattern", "parse_patterns", "matches_any", "split_address", "comparable_parts", "without_subaddress",
-    "HeaderAddresses", "header_addresses", "client_ip", "client_key",
+    "HeaderAddresses", "header_addresses", "message_header", "canonical", "mailbox_key", "client_ip", "client_key",
 ]

@@ -27,12 +27,29 @@ import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from gateway.mail.errors import MailRefusal
+from gateway.mail.fields import apply_edits as apply_raw_edits
+from gateway.mail.message import parse_header_section
+from gateway.policy.addresses import message_header
 from gateway.policy.headers import apply_edits, edit_problem
 from gateway.policy.interfaces import (
     Accept, Continue, EditHeaders, HeaderEdit, IPolicy, MessageView, Reject, SessionView, TempFail,
 )
 
 _POLICY_FAILURE = TempFail(451, "4.3.0", "Temporary policy failure, try again later")
+
+
+def _judge_edited(view: MessageView, edits: tuple[HeaderEdit, ...]) -> Any:
+    """
+    The view's judged header (L{gateway.mail}) with ``edits`` applied, judged again, so later
+    policies and the guard read what will be stored; a refusal is kept and raised to whoever
+    reads it (L{gateway.policy.addresses.message_header}).
+    """
+    try:
+        judged = message_header(view)
+        return parse_header_section(apply_raw_edits(judged.raw, edits))
+    except MailRefusal as refusal:
+        return refusal
 
 
 @attrs.frozen
@@ -113,7 +130,8 @@ class PolicyChain:
         def edited(edits: tuple[HeaderEdit, ...]) -> None:
             if current[0].headers is None:
                 return
-            current[0] = attrs.evolve(current[0], headers=apply_edits(current[0].headers, edits))
+            current[0] = attrs.evolve(current[0], headers=apply_edits(current[0].headers, edits),
+                                      mail=_judge_edited(current[0], edits))
 
         if self.policies:
             d = self._run("on_message", lambda p: p.on_message(session, current[0]), edited)

@@ -38,10 +38,10 @@ class AddressRewrite:
     display_name: Optional[str] = None
     keep_display_name: bool = True
 
-    def edit(self, headers: Any) -> HeaderEdit:
+    def edit(self, message: Any) -> HeaderEdit:
         name = self.display_name
         if name is None and self.keep_display_name:
-            found = header_addresses(headers, self.header)
+            found = header_addresses(message, self.header)
             name = next((n for n in found.display_names if n), "") if not found.problem else ""
         return HeaderEdit("replace", self.header, format_address(name or "", self.address))
 
@@ -61,7 +61,7 @@ class HeaderRewrite(PolicyBase):
         edits = [HeaderEdit("remove", name) for name in self.remove]
         edits += [HeaderEdit("replace", name, value) for name, value in self.replace]
         edits += [HeaderEdit("add", name, value) for name, value in self.add]
-        edits += [rewrite.edit(message.headers) for rewrite in self.addresses]
+        edits += [rewrite.edit(message) for rewrite in self.addresses]
         if self.subject_tag:
             subject = header_text(message.headers, "Subject")
             if subject is not None:

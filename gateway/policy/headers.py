@@ -7,7 +7,8 @@ Values in L{HeaderEdit} are text.  Address headers built here are already pure A
 address itself alone), so whatever encodes non-ASCII text downstream never has the chance to
 encode an address into an encoded word, which would break it.  Unstructured values (Subject,
 added headers) may be non-ASCII; they are encoded when the header line is written, and
-L{header_line} shows the encoding the ``email`` package uses for that.
+L{header_line} (from L{gateway.mail.fields}, re-exported here for plugin authors) shows the
+encoding the ``email`` package uses for that.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import email.policy
 from email.utils import formataddr
 from typing import Any, Iterable, Optional
 
+from gateway.mail.addresses import decode_unstructured
+from gateway.mail.fields import header_line
+from gateway.mail.message import MessageHeader
 from gateway.policy.interfaces import HeaderEdit
 
 ACTIONS = ("add", "remove", "replace")
@@ -52,9 +56,22 @@ def format_address(display_name: str, address: str) -> str:
 
 
 def header_text(headers: Any, name: str) -> Optional[str]:
-    """The decoded (encoded words resolved) value of the first ``name`` header, or None."""
-    value = headers.get(name) if headers is not None else None
-    return None if value is None else str(value)
+    """
+    The decoded (encoded words resolved) value of the first ``name`` header, or None.
+    ``headers`` is an ``email`` message (``MessageView.headers``) or a judged
+    L{gateway.mail.message.MessageHeader}.  Read from the raw field and decoded by the mail
+    grammar, never by the ``email`` package's header parser (linear, on any input).
+    """
+    if headers is None:
+        return None
+    if isinstance(headers, MessageHeader):
+        value = headers.get(name)
+    else:
+        lname = name.lower()
+        value = next((str(v) for n, v in headers.raw_items() if n.lower() == lname), None)
+        if value is not None:
+            value = value.replace("\r\n", "").replace("\n", "").strip(" \t")
+    return None if value is None else decode_unstructured(value)
 
 
 def apply_edits(headers: Any, edits: Iterable[HeaderEdit]) -> Any:
@@ -74,28 +91,6 @@ def apply_edits(headers: Any, edits: Iterable[HeaderEdit]) -> Any:
         if edit.action in ("add", "replace"):
             result.set_raw(edit.name, _POLICY.header_factory(edit.name, edit.value))
     return result
-
-
-def header_line(name: str, value: str) -> bytes:
-    """
-    One header line, CRLF-folded, with non-ASCII text as RFC 2047 encoded words — exactly one
-    field whatever the value holds.  Shared by the policy chain (the edited view later policies
-    and the relay guard read) and the SMTP layer (the bytes that are stored), so both agree.
-    """
-    value = value.replace("\r", " ").replace("\n", " ")
-    return _one_field(_POLICY.fold_binary(name, _POLICY.header_factory(name, value)))
-
-
-def _one_field(folded: bytes) -> bytes:
-    """
-    The ``email`` header factory decodes encoded words in the value it is given, so text such
-    as ``=?utf-8?q?=0D=0A?=`` (a double-encoded client Subject behind a subject tag) comes out
-    as a real line break: a second header, or the end of the header section.  Keep exactly one
-    field: every line break becomes a fold, empty lines and NULs go.
-    """
-    parts = folded.replace(b"\x00", b" ").replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    lines = [part for part in parts if part.strip(b" \t")]
-    return b"\r\n".join([lines[0]] + [line if line[:1] in (b" ", b"\t") else b" " + line for line in lines[1:]]) + b"\r\n"
 
 
 __all__ = ["ACTIONS", "is_header_name", "edit_problem", "format_address", "header_text", "apply_edits", "header_line"]

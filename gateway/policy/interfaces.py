@@ -57,12 +57,18 @@ class MessageView:
     ``email.policy.SMTP``); ``header_bytes`` is the raw header section.  ``open_body`` is a
     zero-argument callable returning a new binary file object positioned at the body
     (blocking: read it in a thread for anything large).  ``size`` is the whole message length.
+
+    ``mail`` is the header section as judged by the gateway's one mail grammar
+    (L{gateway.mail.message.MessageHeader}, after earlier policies' edits): read addresses from
+    it — or through L{gateway.policy.addresses.message_header}, which also works on views built
+    without it — so a policy sees exactly what the relay guard and the deliverer see.
     """
 
     headers: Any
     header_bytes: bytes
     size: int
     open_body: Any
+    mail: Any = None
 
 
 @attrs.frozen

@@ -23,7 +23,9 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from gateway.policy.addresses import client_key, comparable_parts, header_addresses
+from gateway.mail.addresses import mailbox_key
+from gateway.mail.errors import MailRefusal
+from gateway.policy.addresses import client_key, message_header
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, SessionView, TempFail
 from gateway.policy.options import PolicyOptions, Scope, login_names
@@ -39,9 +41,11 @@ _UNAVAILABLE = TempFail(451, "4.3.0", "Rate limiter unavailable, try again later
 
 
 def _mailbox(address: str) -> str:
-    """One bucket per mailbox, however it is spelt (see addresses.comparable_parts)."""
-    local, domain = comparable_parts(address)
-    return f"{local}@{domain}" if domain else local
+    """
+    One bucket per mailbox, however it is spelt: the canonical form without ``+tag``
+    (L{gateway.mail.canonical}), since Exchange delivers every ``local+tag`` to ``local``.
+    """
+    return mailbox_key(address) or address.strip().lower()
 
 
 @attrs.frozen
@@ -74,20 +78,17 @@ class RateLimit(PolicyBase):
             return _mailbox(value) if value else "<>"
         if message is None:
             return None
-        found = header_addresses(message.headers, "From")
-        if found.problem or not found.addresses:
+        try:
+            mailbox = message_header(message).header_sender()
+        except MailRefusal:
+            mailbox = None
+        if mailbox is None:
             # Malformed or missing From: count it under one shared bucket rather than not at
             # all, so a client cannot escape the limit by sending garbage headers.
             return "<unparseable>"
-        if len(found.addresses) > 1:
-            # Graph then sends through the Sender mailbox (delivery.graph.mime.choose_mailbox);
-            # counting the first From would let a client rotate it.
-            sender = header_addresses(message.headers, "Sender")
-            if sender.problem:
-                return "<unparseable>"
-            if sender.addresses:
-                return _mailbox(sender.addresses[0])
-        return _mailbox(found.addresses[0])
+        # header_sender() is the mailbox the sending-mailbox decision uses (From, or Sender
+        # when From lists several), so a client cannot rotate the counted address.
+        return mailbox.key
 
     def _request(self, subject: str, metric: str, capacity: int, cost: float) -> BucketRequest:
         # The {hash tag} keeps a message's buckets in one Redis Cluster slot, as one script

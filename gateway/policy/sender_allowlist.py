@@ -4,7 +4,8 @@
 A relay that checks only the envelope sender lets any authenticated printer put
 ``From: ceo@corp.example`` on a message, and Graph sends it as that mailbox if the app may.
 So the header From and Sender addresses are checked too (every address of every occurrence),
-and a header the ``email`` parser had to guess at is refused rather than judged.
+read through the gateway's one mail grammar (L{gateway.mail}); a header section it refuses is
+refused here too, with its reason (``550 5.6.0``), never judged by a second reading.
 
 Rules are chosen per session, most specific first: the entry of ``per_login`` matching the
 authenticated login, else the narrowest ``per_network`` entry containing the client address,
@@ -21,13 +22,14 @@ from typing import Any, Mapping, Optional
 import attrs
 from twisted.logger import Logger
 
-from gateway.policy.addresses import AddressPattern, client_ip, header_addresses, matches_any
+from gateway.mail.errors import MailRefusal
+from gateway.policy.addresses import AddressPattern, client_ip, matches_any, message_header
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView
 from gateway.policy.options import IPNetwork, PolicyOptions, login_names, login_patterns
 
 CHECKS = ("envelope", "from", "sender")
-_HEADER_NAMES = {"from": "From", "sender": "Sender"}
+_HEADER_NAMES = {"from": ("from", "resent-from"), "sender": ("sender", "resent-sender")}
 
 
 @attrs.frozen
@@ -72,14 +74,16 @@ class SenderAllowlist(PolicyBase):
         rules = self.rules_for(session)
         if rules is None:
             return CONTINUE
+        try:
+            header = message_header(message)
+        except MailRefusal as e:
+            self._log(session, "header", e.text)
+            return Reject(e.code, e.status, f"Message refused: {e.text}")
         for which in headers:
-            found = header_addresses(message.headers, _HEADER_NAMES[which])
-            if found.problem:
-                self._log(session, which, found.problem)
-                return Reject(self.reject.code, self.reject.status, found.problem)
-            for address in found.addresses:
-                if not matches_any(rules, address):
-                    return self._refuse(session, which, address)
+            for name in _HEADER_NAMES[which]:
+                for mailbox in header.mailboxes(name):
+                    if not matches_any(rules, mailbox.address):
+                        return self._refuse(session, which, mailbox.address)
         return CONTINUE
 
     def _refuse(self, session: SessionView, where: str, address: str) -> Reject:

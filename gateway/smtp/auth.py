@@ -103,14 +103,17 @@ class AuthExchange:
         return Ready(UsernamePassword(self._username, decoded))
 
     def _plain(self, decoded: bytes) -> Step:
-        # RFC 4616: [authzid] NUL authcid NUL passwd.  The authzid is ignored: the identity is
-        # always the one that proved its password, so no login can act as another.
+        # RFC 4616: [authzid] NUL authcid NUL passwd.  The identity is always the one that
+        # proved its password; an authzid naming anyone else is refused (not silently
+        # ignored, which would let a client believe it acts as that identity).
         fields = decoded.split(b"\x00")
         if len(fields) != 3:
             return Refusal(501, "5.5.2", "Invalid PLAIN response: expected authzid NUL user NUL password")
-        _, username, password = fields
+        authzid, username, password = fields
         if not username or len(username) > _MAX_FIELD or len(password) > _MAX_FIELD:
             return Refusal(501, "5.5.2", "Invalid PLAIN response")
+        if authzid and authzid != username:
+            return Refusal(535, "5.7.8", "Authorization identity must be empty or the login name")
         return Ready(UsernamePassword(username, password))
 
 

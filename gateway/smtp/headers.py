@@ -11,17 +11,12 @@ stays byte for byte as the client sent it.
 from __future__ import annotations
 
 import datetime
-import re
 from email.utils import format_datetime, make_msgid
-from typing import Iterable, Optional
+from typing import Optional
 
 import attrs
 
-from gateway.policy.headers import header_line
-from gateway.policy.interfaces import HeaderEdit
-
-# RFC 5322 field name (printable ASCII except colon); obsolete syntax allows WSP before ':'.
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+from gateway.mail.fields import apply_edits, field_name, header_line
 
 
 @attrs.define
@@ -34,8 +29,11 @@ class HeaderCollector:
     inserts the empty line itself, so the stored message always has a well-formed header/body
     separator (Twisted's stock server does the same for header-less bodies).
 
-    ``names`` collects the lower-cased field names seen, to know whether Message-ID and Date
-    are present.  Scanning stops at ``limit`` bytes; the caller then refuses the message
+    What is a field line is decided by L{gateway.mail.fields}, the same rules the judge and
+    every later reader use.  ``names`` collects the lower-cased field names seen, to know
+    whether Message-ID and Date are present; ``stopped_at`` keeps the line that ended the
+    section when it was not the empty line (an mbox ``From `` line there is refused by the
+    judge).  Scanning stops at ``limit`` bytes; the caller then refuses the message
     (L{overflowed}).
     """
 
@@ -43,6 +41,7 @@ class HeaderCollector:
     buffer: bytearray = attrs.field(factory=bytearray)
     names: set = attrs.field(factory=set)
     done: bool = False
+    stopped_at: bytes = b""
     _scan: int = 0
 
     def feed(self, content: bytes) -> Optional[tuple[bytes, bytes]]:
@@ -64,12 +63,14 @@ class HeaderCollector:
             first = buf[pos:pos + 1]
             if first in (b" ", b"\t"):
                 if pos == 0:
+                    self.stopped_at = bytes(buf[pos:eol])
                     return self._finish(pos, pos)
             else:
-                m = _FIELD.match(buf, pos, eol)
-                if m is None:
+                found = field_name(buf, pos, eol)
+                if found is None:
+                    self.stopped_at = bytes(buf[pos:eol])
                     return self._finish(pos, pos)
-                self.names.add(bytes(m.group(1)).lower())
+                self.names.add(found[0].lower())
             pos = eol + 2
         self._scan = pos
         return None
@@ -126,36 +127,4 @@ def missing_headers(names: set, hostname: str, queue_id: str, when: float, add_m
     return lines
 
 
-def split_fields(header_lines: bytes) -> list[tuple[bytes, bytes]]:
-    """Header lines as ``(lower-cased name, raw bytes of the field incl. continuations)``."""
-    fields: list[tuple[bytes, bytes]] = []
-    for line in header_lines.split(b"\r\n")[:-1] if header_lines else []:
-        raw = line + b"\r\n"
-        if line[:1] in (b" ", b"\t") and fields:
-            name, previous = fields[-1]
-            fields[-1] = (name, previous + raw)
-            continue
-        m = _FIELD.match(line)
-        fields.append(((m.group(1).lower() if m else b""), raw))
-    return fields
-
-
-def apply_edits(header_lines: bytes, edits: Iterable[HeaderEdit]) -> bytes:
-    """
-    ``header_lines`` with ``edits`` applied in order: ``remove`` drops every occurrence,
-    ``replace`` drops them and puts one where the first was (or at the end), ``add`` appends.
-    """
-    fields = split_fields(header_lines)
-    for edit in edits:
-        key = edit.name.lower().encode("ascii")
-        first = next((i for i, (name, _) in enumerate(fields) if name == key), None)
-        if edit.action in ("remove", "replace"):
-            fields = [f for f in fields if f[0] != key]
-        if edit.action == "add" or (edit.action == "replace" and first is None):
-            fields.append((key, header_line(edit.name, edit.value or "")))
-        elif edit.action == "replace":
-            fields.insert(first, (key, header_line(edit.name, edit.value or "")))
-    return b"".join(raw for _, raw in fields)
-
-
-__all__ = ["HeaderCollector", "received_header", "missing_headers", "header_line", "split_fields", "apply_edits"]
+__all__ = ["HeaderCollector", "received_header", "missing_headers", "header_line", "apply_edits"]

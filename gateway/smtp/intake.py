@@ -14,6 +14,8 @@ from typing import Callable, Optional
 import attrs
 
 from gateway.config.model import Limits
+from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
+from gateway.mail.message import MessageHeader, parse_header_section
 from gateway.smtp.framing import DataFraming
 from gateway.smtp.headers import HeaderCollector
 
@@ -32,6 +34,16 @@ HEADER_TOO_BIG = Refusal(552, "5.3.4", "Message header section exceeds the size 
 BARE_NEWLINE = Refusal(550, "5.6.0", "Message contains bare CR or LF characters; lines must end with CRLF")
 NUL_OCTET = Refusal(550, "5.6.0", "Message contains NUL characters, which RFC 5322 does not allow")
 LINE_OVER_998 = Refusal(550, "5.6.0", "Message contains a line longer than 998 characters (RFC 5322 section 2.1.1)")
+
+
+def judge_header_section(section: bytes, stopped_at: bytes = b"", limits: MailLimits = DEFAULT_LIMITS) -> MessageHeader:
+    """
+    The stored header section judged by the one mail grammar (L{gateway.mail.message}): the
+    reading every policy, the relay guard and the recorded sending mailbox come from.  Linear
+    and bounded, but up to ``max_header_size`` of work: the SMTP layer runs it in a thread.
+    Raises L{gateway.mail.errors.MailRefusal} (``550 5.6.0`` / ``552 5.3.4``).
+    """
+    return parse_header_section(section, limits, first_body_line=stopped_at)
 
 
 # Bodies up to this size are also kept in memory (references to the chunks the writer already
@@ -138,10 +150,18 @@ class MessageIntake:
             self._write_body(body)
 
     @property
+    def stopped_at(self) -> bytes:
+        """The line that ended the header section when it was not the empty line (else b"")."""
+        return self._collector.stopped_at
+
+    @property
     def client_header_lines(self) -> bytes:
         """The stored header section without the Received line and the separator."""
         assert self.header_section is not None
         return self.header_section[len(self.received):-2]
 
 
-__all__ = ["MessageIntake", "Refusal", "TOO_BIG", "HEADER_TOO_BIG", "BARE_NEWLINE", "NUL_OCTET", "LINE_OVER_998"]
+__all__ = [
+    "MessageIntake", "Refusal", "TOO_BIG", "HEADER_TOO_BIG", "BARE_NEWLINE", "NUL_OCTET", "LINE_OVER_998",
+    "judge_header_section",
+]

@@ -63,6 +63,7 @@ import attrs
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -75,6 +76,9 @@ from gateway.policy.interfaces import (
 from gateway.smtp.addresses import parse_helo, parse_mail_from, parse_rcpt_to, recipient_key
 from gateway.smtp.auth import MAX_AUTH_LINE, AuthExchange, Challenge, Ready, Refusal
 from gateway.smtp.headers import apply_edits, missing_headers, received_header
+from gateway.mail.errors import MailRefusal
+from gateway.mail.message import choose_sending_mailbox
+from gateway.smtp import intake as intake_rules
 from gateway.smtp.intake import MessageIntake
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.interfaces import SpoolError
@@ -900,10 +904,33 @@ class GatewayESMTP(smtp.ESMTP):
             on_gone=lambda outcome: self._message_after_disconnect(tx, outcome),
         )
 
+    def _judge(self, section: bytes, stopped_at: bytes = b"") -> Any:
+        """
+        The header section judged by the mail grammar (L{intake_rules.judge_header_section}):
+        in the factory's ``judge_pool`` (a dedicated pool the wiring provides), so one client's
+        monstrous header never stalls the others (issue 8); synchronously when there is none
+        (unit tests under a test clock).  Fires with the L{MessageHeader} or fails with
+        L{MailRefusal}.
+        """
+        pool = getattr(self.factory, "judge_pool", None)
+        if pool is not None:
+            return deferToThreadPool(self.factory.clock, pool, intake_rules.judge_header_section, section, stopped_at)
+        return maybeDeferred(intake_rules.judge_header_section, section, stopped_at)
+
     @inlineCallbacks
     def _finish_message(self, tx: Transaction):
-        """End-of-data policies, header edits, then the durable commit."""
+        """
+        Judge the header section once, run the end-of-data policies on that reading, apply
+        their header edits, decide the sending mailbox from the final header, then commit the
+        message with that decision (ARCHITECTURE "decide once, record, execute").
+        """
         writer, intake = tx.writer, tx.intake
+        try:
+            judged = yield self._judge(intake.header_section, intake.stopped_at)
+        except MailRefusal as problem:
+            return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
+        if tx.phase != "checking":
+            return None
         edits: tuple = ()
         # Skip the end-of-data step only when nobody would look: the chain's guard (relay
         # access: header From/Sender) must run even when no other policy is configured.
@@ -922,6 +949,7 @@ class GatewayESMTP(smtp.ESMTP):
                 header_bytes=intake.header_section,
                 size=writer.bytes_written,
                 open_body=open_body,
+                mail=judged,
             )
             result = yield maybeDeferred(self.chain.on_message, self.session_view(), view)
             if tx.phase != "checking":
@@ -933,6 +961,15 @@ class GatewayESMTP(smtp.ESMTP):
         header_section = None
         if edits:
             header_section = intake.received + apply_edits(intake.client_header_lines, edits) + b"\r\n"
+            try:
+                judged = yield self._judge(header_section)
+            except MailRefusal as problem:
+                return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
+            if tx.phase != "checking":
+                return None
+        mailbox = choose_sending_mailbox(judged, tx.sender, getattr(self.factory, "send_as", "header-from"))
+        if mailbox is None:
+            return Refusal(550, "5.6.0", "Message refused: no From header and a null reverse-path, so no mailbox to send as")
         tx.phase = "committing"
         identity = self._identity
         provenance = Provenance(
@@ -943,7 +980,8 @@ class GatewayESMTP(smtp.ESMTP):
             auth_identity=getattr(identity, "login", None),
             credential_ref=getattr(identity, "credential_ref", None),
         )
-        entry = yield writer.commit(Envelope(tx.sender, tuple(tx.recipients)), provenance, header_section)
+        entry = yield writer.commit(Envelope(tx.sender, tuple(tx.recipients)), provenance, header_section,
+                                    sending_mailbox=mailbox)
         return entry
 
     def _message_result(self, tx: Transaction, outcome: Any) -> None:

@@ -91,8 +91,13 @@ class SpoolEntry:
     next_attempt_at: float = 0.0
     history: tuple[AttemptRecord, ...] = ()
     # Decided once at intake and executed as recorded (ARCHITECTURE "decide once, record,
-    # execute"): the canonical mailbox Graph sends through.  ``None`` only for entries written
-    # by an older gateway, which the deliverer must then judge the old way.
+    # execute"): the canonical mailbox Graph sends through, chosen by
+    # gateway.mail.message.choose_sending_mailbox from the judged header section (SMTP intake
+    # and sendmail alike).  Canonical form (gateway.mail.canonical): local part and domain
+    # lower-cased, the local part unquoted when it is a dot-atom (else quoted, with \ and "
+    # escaped), no final dot on the domain, a +tag kept ("alice+x@corp.example").  ``None``
+    # only for entries written by an older gateway, which the deliverer then judges with the
+    # same grammar.
     sending_mailbox: Optional[str] = None
     # "sha256:<hex>" of the message file as committed; verified before each send so a file
     # changed on disk is quarantined instead of delivered garbled.  ``None`` for old entries.

@@ -57,7 +57,7 @@ class ISpoolWriter(Interface):
         fsynced), so end-of-data policies can read the message from disk.
         """
 
-    def commit(envelope, provenance, header_section: Optional[bytes] = None):
+    def commit(envelope, provenance, header_section: Optional[bytes] = None, sending_mailbox: Optional[str] = None):
         """
         Make the message durable and queue it.
 
@@ -69,6 +69,9 @@ class ISpoolWriter(Interface):
         ``header_section``, when given, replaces the header section of what was written (the
         bytes up to and including the first empty line) — this is how policy header edits land
         on disk before the 250, so the spool holds exactly what will be delivered.
+
+        ``sending_mailbox`` is the intake's decision (L{gateway.mail.message.choose_sending_mailbox}),
+        recorded as L{SpoolEntry.sending_mailbox} for the deliverer to execute.
 
         Fails with L{SpoolError} on any disk trouble, leaving no partial entry in the queue.
         """

@@ -93,12 +93,14 @@ class DirectorySpoolWriter:
 
         return self._idle().addCallback(write_rest).addCallback(done)
 
-    def commit(self, envelope: Envelope, provenance: Provenance, header_section: Optional[bytes] = None) -> Deferred:
+    def commit(self, envelope: Envelope, provenance: Provenance, header_section: Optional[bytes] = None,
+               sending_mailbox: Optional[str] = None) -> Deferred:
         if self._state != "open":
             return fail(SpoolError("spool writer is closed"))
         self._state = "committing"
         entry = SpoolEntry(queue_id=self.queue_id, envelope=envelope, provenance=provenance,
-                           received_at=self._spool.clock.seconds(), message_path="", size=0)
+                           received_at=self._spool.clock.seconds(), message_path="", size=0,
+                           sending_mailbox=sending_mailbox)
         where = "held" if self._spool.hold_new else "queue"
 
         def go(_: Any) -> Deferred:

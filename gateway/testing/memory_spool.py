@@ -45,7 +45,8 @@ class MemorySpoolWriter:
             f.write(self.buffer.getvalue())
         return succeed(None)
 
-    def commit(self, envelope: Envelope, provenance: Provenance, header_section: Optional[bytes] = None) -> Deferred:
+    def commit(self, envelope: Envelope, provenance: Provenance, header_section: Optional[bytes] = None,
+               sending_mailbox: Optional[str] = None) -> Deferred:
         if self.spool.fail_with is not None:
             return fail(self.spool.fail_with)
         data = self.buffer.getvalue()
@@ -55,7 +56,7 @@ class MemorySpoolWriter:
         self.committed = True
         entry = SpoolEntry(
             queue_id=self.queue_id, envelope=envelope, provenance=provenance,
-            received_at=0.0, message_path="", size=len(data),
+            received_at=0.0, message_path="", size=len(data), sending_mailbox=sending_mailbox,
         )
         self.spool.messages.append((entry, data))
         self._cleanup()

@@ -170,11 +170,16 @@ class _Attempt:
     token_accepted: bool = False
 
 
-def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConfig) -> PreparedMessage:
-    """Read the header section and plan mailbox + recipients (blocking: runs in a thread)."""
+def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConfig,
+                    sending_mailbox: Optional[str] = None) -> PreparedMessage:
+    """
+    Read the header section and plan recipients (blocking: runs in a thread).  The mailbox is
+    the one recorded at intake (``sending_mailbox``: decided once, executed here, never
+    re-derived from the headers); only entries from before that record judge the header.
+    """
     section = read_header_section(path)
     plan = plan_recipients(section, recipients, config.hidden_recipients)
-    mailbox = choose_mailbox(section, sender, config.send_as)
+    mailbox = sending_mailbox or choose_mailbox(section, sender, config.send_as)
     if plan.kind == "plain":
         mime: Any = FileRange(path, 0, section.size)
     else:
@@ -282,7 +287,8 @@ class GraphDeliverer:
 
         try:
             prepared = await self._blocking(
-                prepare_message, entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config)
+                prepare_message, entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config,
+                getattr(entry, "sending_mailbox", None))
         except MessageFormatError as e:
             # A file garbled on disk must be quarantined, not bounced as the sender's fault.
             changed = await self._integrity_outcome(entry)

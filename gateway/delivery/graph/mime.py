@@ -40,14 +40,28 @@ adding Bcc changes the header section, which breaks a DKIM signature covering To
 Online signs outgoing mail with the tenant's own key anyway.
 
 Only the header section is ever read into memory (it is capped), never the body.
+
+Every header field and address is read through the gateway's one mail grammar
+(L{gateway.mail}), the reading the intake judged.  The mailbox is not chosen here for entries
+that carry the intake's decision (L{SpoolEntry.sending_mailbox}): the deliverer executes it.
+L{choose_mailbox} remains for entries written before that decision was recorded, and judges
+their header section with the same grammar (an ambiguous one is a permanent format error).
+An address field the grammar refuses names nobody the gateway can vouch for: a rewrite drops it.
 """
 
 from __future__ import annotations
 
+import email.header
 import email.utils
+import re
 from typing import Iterable, Optional
 
 import attrs
+
+from gateway.mail.addresses import Group, canonical, parse_address_list
+from gateway.mail.errors import MailRefusal
+from gateway.mail.fields import split_fields as split_mail_fields
+from gateway.mail.message import choose_sending_mailbox, parse_header_section
 
 #: Exchange Online's header-section limit is 256 KB; allow generous slack, then refuse.
 MAX_HEADER_SECTION = 1024 * 1024
@@ -101,6 +115,10 @@ class HeaderSection:
                 out.extend(m.address for m in (item.members if item.group is not None else (item,)) if m.address)
         return out
 
+    def judged(self):
+        """The section judged by the mail grammar (raises L{MailRefusal})."""
+        return parse_header_section(self.raw)
+
     @property
     def raw(self) -> bytes:
         return b"".join(f.raw for f in self.fields)
@@ -128,38 +146,23 @@ def read_header_section(path: str, limit: int = MAX_HEADER_SECTION) -> HeaderSec
 
 
 def split_fields(header: bytes) -> list[HeaderField]:
-    """Split a CRLF header section into fields; continuation lines stay with their field."""
-    fields: list[HeaderField] = []
-    current: list[bytes] = []
-    for line in header.split(b"\r\n")[:-1] if header.endswith(b"\r\n") else header.split(b"\r\n"):
-        line += b"\r\n"
-        if line[:1] in (b" ", b"\t") and current:
-            current.append(line)
-            continue
-        if current:
-            fields.append(_field(current))
-        current = [line]
-    if current:
-        fields.append(_field(current))
-    return fields
-
-
-def _field(lines: list[bytes]) -> HeaderField:
-    raw = b"".join(lines)
-    name = raw.split(b":", 1)[0].strip() if b":" in raw else b""
-    return HeaderField(name, raw)
+    """Split a CRLF header section into fields (L{gateway.mail.fields} rules)."""
+    if header and not header.endswith(b"\r\n"):
+        header += b"\r\n"
+    return [HeaderField(f.name, f.raw) for f in split_mail_fields(header)]
 
 
 def normalise(address: str) -> str:
-    """Comparison form of an address: no brackets or spaces, case-folded (Exchange ignores case)."""
-    return address.strip().strip("<>").strip().casefold()
+    """Comparison form of an address: its canonical spelling (L{gateway.mail.canonical})."""
+    text = address.strip().strip("<>").strip()
+    return canonical(text) or text.casefold()
 
 
 # -- address lists --------------------------------------------------------------------------
 
 @attrs.frozen
 class AddressItem:
-    """One entry of an address list, with its original text so a rewrite keeps it verbatim."""
+    """One entry of an address list, rendered from the grammar's reading (``raw``)."""
 
     raw: str
     address: str = ""
@@ -167,88 +170,44 @@ class AddressItem:
     members: tuple["AddressItem", ...] = ()
 
 
+_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+\Z")
+
+
+def _render_phrase(name: str) -> str:
+    if _PHRASE.match(name):
+        return name
+    if name.isascii():
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return email.header.Header(name, "utf-8").encode()
+
+
+def _render_mailbox(mailbox) -> AddressItem:
+    return AddressItem(email.utils.formataddr((mailbox.display_name, mailbox.address)), mailbox.address)
+
+
 def split_address_list(value: str) -> list[AddressItem]:
     """
-    Split an address-list header value at top-level commas, understanding quoted strings,
-    comments, angle brackets and ``group: a, b;`` syntax (RFC 5322 §3.4).
+    The entries of an address-list value as the mail grammar reads them; a value it refuses
+    yields one item without an address (it names nobody the gateway can vouch for).
     """
+    try:
+        parsed = parse_address_list(value, "address")
+    except MailRefusal:
+        return [AddressItem(value.strip(), "")]
     items: list[AddressItem] = []
-    group_name: Optional[str] = None
-    members: list[AddressItem] = []
-    buf: list[str] = []
-    quote = False
-    escape = False
-    comment = 0
-    angle = False
-
-    def flush() -> None:
-        text = "".join(buf).strip()
-        buf.clear()
-        if not text:
-            return
-        _, addr = email.utils.parseaddr(text)
-        # An entry a lenient parser reads as several addresses (``a@x;b@y``, ``<a@x> <b@y>``:
-        # Outlook and Exchange take ``;`` as a separator) names nobody we can vouch for: it is
-        # treated as unparseable, so a rewrite removes it instead of sending it on verbatim.
-        if len({normalise(a) for _, a in email.utils.getaddresses([text]) if a}) > 1:
-            addr = ""
-        item = AddressItem(text, addr)
-        (members if group_name is not None else items).append(item)
-
-    for ch in value:
-        if escape:
-            buf.append(ch)
-            escape = False
-            continue
-        if ch == "\\" and (quote or comment):
-            buf.append(ch)
-            escape = True
-            continue
-        if quote:
-            buf.append(ch)
-            if ch == '"':
-                quote = False
-            continue
-        if comment:
-            buf.append(ch)
-            if ch == "(":
-                comment += 1
-            elif ch == ")":
-                comment -= 1
-            continue
-        if ch == '"':
-            quote = True
-        elif ch == "(":
-            comment = 1
-        elif ch == "<":
-            angle = True
-        elif ch == ">":
-            angle = False
-        elif ch == "," and not angle:
-            flush()
-            continue
-        elif ch == ":" and not angle and group_name is None:
-            group_name = "".join(buf).strip()
-            buf.clear()
-            members = []
-            continue
-        elif ch == ";" and not angle and group_name is not None:
-            flush()
-            items.append(AddressItem(f"{group_name}:", group=group_name, members=tuple(members)))
-            group_name = None
-            members = []
-            continue
-        buf.append(ch)
-    flush()
-    if group_name is not None:  # unterminated group: keep what we understood
-        items.append(AddressItem(f"{group_name}:", group=group_name, members=tuple(members)))
+    for item in parsed.items:
+        if isinstance(item, Group):
+            members = tuple(_render_mailbox(m) for m in item.members)
+            items.append(AddressItem(f"{_render_phrase(item.name)}:", group=_render_phrase(item.name), members=members))
+        else:
+            items.append(_render_mailbox(item))
     return items
 
 
 def filter_address_list(value: str, keep: set[str]) -> tuple[list[str], bool]:
     """
-    The entries of an address list whose address (normalised) is in ``keep``, each in its
-    original text, and whether anything was removed.  An empty group such as
+    The entries of an address list whose address (normalised) is in ``keep``, each rendered
+    from the grammar's reading, and whether anything was removed.  An empty group such as
     ``undisclosed-recipients:;`` names nobody and is kept.
     """
     out: list[str] = []
@@ -347,33 +306,28 @@ def plan_recipients(section: HeaderSection, recipients: Iterable[str], hidden_mo
 
 def choose_mailbox(section: HeaderSection, envelope_sender: str, send_as: str) -> str:
     """
-    The mailbox Graph sends through (``/users/{mailbox}/sendMail``).
+    The mailbox Graph sends through (``/users/{mailbox}/sendMail``) for an entry written
+    before the intake recorded its decision; entries with ``sending_mailbox`` never come here.
 
     ``header-from`` (the default) uses the From address (or Sender when From lists several):
     Exchange then needs no Send As right, because From and mailbox agree.  ``envelope-from``
     uses the reverse-path.  Either falls back to the other when empty.  A fixed mailbox sends
     everything through one mailbox; Exchange then needs Send As (or Send on Behalf) rights for
     every From address that is not that mailbox, else Graph answers 403 ErrorSendAsDenied.
-    Raises L{MessageFormatError} when there is nothing to send from.
+    The header is judged by the mail grammar exactly as at intake
+    (L{gateway.mail.message.choose_sending_mailbox}).  Raises L{MessageFormatError} when the
+    section is refused or there is nothing to send from.
     """
     if send_as not in ("header-from", "envelope-from"):
         return send_as
-    header = _header_sender(section)
-    envelope = envelope_sender.strip() or None
-    choice = (header or envelope) if send_as == "header-from" else (envelope or header)
+    try:
+        judged = section.judged()
+    except MailRefusal as e:
+        raise MessageFormatError(f"header section refused: {e.text}") from None
+    choice = choose_sending_mailbox(judged, envelope_sender, send_as)
     if not choice:
         raise MessageFormatError("no sending mailbox: the message has no From address and a null reverse-path")
     return choice
-
-
-def _header_sender(section: HeaderSection) -> Optional[str]:
-    froms = section.addresses("from")
-    if len(froms) == 1:
-        return froms[0]
-    senders = section.addresses("sender")
-    if senders:
-        return senders[0]
-    return froms[0] if froms else None
 
 
 __all__ = [
