@@ -1,5 +1,5 @@
 """
-Issue 13: a usual header section is judged on the reactor thread (no thread hand-off per
+Issue 13, less work per message: a usual header section is judged on the reactor thread (no thread hand-off per
 message); a big one still goes to the judge pool (issue 8: a monstrous header never stalls the
 other sessions).
 """
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.smtp.protocol import INLINE_JUDGE_LIMIT, GatewayESMTP
 from gateway.spool.testing import ManualThreadPool
+from gateway.testing.harness import send_message, start_gateway
 
 SMALL = b"From: <a@b.test>\r\nTo: <c@d.test>\r\nSubject: hi\r\n\r\n"
 
@@ -39,3 +41,33 @@ class InlineJudgeTests(SynchronousTestCase):
         self.assertEqual(len(pool.queue), 1)
         pool.run_all()
         self.assertIsNotNone(self.successResultOf(d))
+
+
+class GuardOnlyChainTests(TestCase):
+    """With no configured policy, the message step asks only the relay guard, which reads the
+    mail grammar's judgement: the email package's parse of the header is not made."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_guard_only_chain_gets_no_email_parse(self):
+        seen = []
+
+        def spy(components):
+            chain = components.listeners[0].factory.chain
+            guard = chain.guard
+            original = guard.on_message
+
+            def on_message(session, message):
+                seen.append(message)
+                return original(session, message)
+
+            guard.on_message = on_message
+
+        gw = yield start_gateway(self, prepare=spy)
+        code, _ = yield send_message(gw.port(), "app@corp.example", ["b@corp.example"],
+                                     b"From: app@corp.example\r\nSubject: x\r\n\r\nbody\r\n")
+        self.assertEqual(code, 250)
+        self.assertEqual(len(seen), 1)
+        self.assertIsNone(seen[0].headers)
+        self.assertIsNotNone(seen[0].mail)  # what the guard does read

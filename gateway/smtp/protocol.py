@@ -952,7 +952,9 @@ class GatewayESMTP(smtp.ESMTP):
             else:
                 open_body = _memory_opener(body)
             view = MessageView(
-                headers=_HEADER_PARSER.parsebytes(intake.header_section),
+                # The email package's parse is for configured policies; the guard reads the
+                # mail grammar's judgement (``mail``), so a guard-only chain skips it (issue 13).
+                headers=_HEADER_PARSER.parsebytes(intake.header_section) if getattr(self.chain, "policies", True) else None,
                 header_bytes=intake.header_section,
                 size=writer.bytes_written,
                 open_body=open_body,
