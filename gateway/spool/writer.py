@@ -3,8 +3,9 @@ The spool writer: one per SMTP transaction, streaming the message into a temp fi
 
 Writes are buffered on the reactor thread and handed to the spool's thread pool in order, one
 job at a time per writer (so chunks can never reach the file out of order).  A small message
-never touches a thread until commit: the whole message, the fsyncs, the record and the renames
-are then one thread job — the cheapest possible acceptance.  A big message is written in
+never touches a thread of its own: at commit it is handed, still in memory, to the spool's
+group commit (L{gateway.spool.group_commit}), whose single job writes it with every other
+message committed meanwhile and shares one data flush and one directory fsync among them.  A big message is written in
 chunks of ``chunk_size`` while it arrives; if the disk falls behind by more than
 ``high_water`` bytes the writer calls ``pause`` (the SMTP transport stops reading) and calls
 ``resume`` once the backlog is below ``low_water``, so memory stays flat however large the
