@@ -232,3 +232,40 @@ class FlushSettingTests(SynchronousTestCase):
         from gateway.config.errors import ConfigError
         with self.assertRaises(ConfigError):
             gateway_config(self, {"spool": {"flush": "never"}})
+
+
+class ConcurrentSigkillTests(TestCase):
+    """Invariant 1 under group commit: ten sessions committing at once share batches, and every
+    one of them answered 250 survives a SIGKILL right after the last reply."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_concurrently_acknowledged_messages_survive_sigkill(self):
+        import signal
+
+        from twisted.internet.defer import gatherResults
+
+        from gateway.testing.harness import read_outbox
+        from tests.test_gateway_durability import start_daemon
+
+        state_dir = os.path.abspath(self.mktemp())
+        os.makedirs(state_dir)
+        blocker = os.path.join(state_dir, "not-a-directory")
+        open(blocker, "w").close()  # the first daemon cannot deliver: everything stays spooled
+        daemon = start_daemon(state_dir, "--outbox", os.path.join(blocker, "outbox"))
+        port = yield daemon.port
+        messages = [b"Subject: batch %d\r\nMessage-ID: <batch-%d@test>\r\n\r\nbody %d\r\n" % (i, i, i) for i in range(10)]
+        replies = yield gatherResults([send_message(port, "a@corp.example", ["b@corp.example"], m) for m in messages])
+        self.assertEqual([code for code, _ in replies], [250] * 10)
+        acknowledged = {text.decode().rsplit(" ", 1)[-1] for _, text in replies}
+        daemon.transport.signalProcess(signal.SIGKILL)
+        yield daemon.ended
+
+        outbox = os.path.join(state_dir, "outbox")
+        again = start_daemon(state_dir, "--outbox", outbox)
+        yield again.port
+        yield again.wait_delivered({q.encode() for q in acknowledged})
+        again.transport.signalProcess(signal.SIGTERM)
+        yield again.ended
+        self.assertEqual({m["Subject"] for m in read_outbox(outbox)}, {f"batch {i}" for i in range(10)})
