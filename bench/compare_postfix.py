@@ -41,7 +41,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -243,24 +242,21 @@ class PostfixServer:
 class GraphsmtpServer:
     name = "graphsmtp"
 
-    def __init__(self, workdir: str, python: str, workers: Optional[int]) -> None:
+    def __init__(self, workdir: str, python: str) -> None:
         self.base = os.path.join(workdir, "graphsmtp")
         self.port = free_port()
         self.python = python
-        self.workers = workers
         self.process: Optional[subprocess.Popen] = None
         self.spool = os.path.join(self.base, "state", "spool")
 
     def start(self) -> None:
         os.makedirs(self.base, exist_ok=True)
         config = os.path.join(self.base, "graphsmtp.toml")
-        workers = "" if self.workers is None else f"workers = {self.workers}\n"
         with open(config, "w") as f:
             f.write(textwrap.dedent(f"""\
                 [gateway]
                 hostname = "bench.localdomain"
                 state_dir = "{self.base}/state"
-                """) + workers + textwrap.dedent(f"""\
 
                 [limits]
                 max_connections = 500
@@ -381,7 +377,6 @@ def main() -> None:
                         help="cells to run: " + ", ".join(c.name for c in CELLS))
     parser.add_argument("--workdir", help="work directory on a real disk (default: a new one under /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--workers", type=int, help="graphsmtp [gateway] workers (default: its own default)")
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     options = parser.parse_args()
     cells = [c for c in CELLS if c.name in options.cells]
@@ -406,7 +401,7 @@ def main() -> None:
                          "use --workdir on a real disk")
     os.chmod(workdir, 0o755)
     postfix = PostfixServer(workdir)
-    graphsmtp = GraphsmtpServer(workdir, options.python, options.workers)
+    graphsmtp = GraphsmtpServer(workdir, options.python)
     samples = Samples()
     try:
         postfix.start()
