@@ -125,7 +125,7 @@ def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
     for key in ("state_dir", "spool", "queue", "capture", "deliverer", "graph"):
         if getattr(started, key) != getattr(new, key):
             notes.append(f"[{_section_name(key)}] changed")
-    for key in ("redis", "status"):
+    for key in ("redis", "status", "cluster"):
         if started.sections.get(key) != new.sections.get(key):
             notes.append(f"[{key}] changed")
     before_auth, after_auth = started.sections.get("auth"), new.sections.get("auth")

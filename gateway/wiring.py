@@ -89,18 +89,19 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
     auth = build_auth(config.sections["auth"], config.state_dir, reactor=reactor, graph_config=config.graph)
     services.extend(auth.services)
 
+    # Redis starts before the deliverer's services: [cluster] admission shares it.
+    redis = redis_service(config, reactor)
+    if redis is not None:
+        services.append(redis)
+
     delivery_observers: list = []
     if deliverer is None:
-        deliverer, delivery_services, delivery_observers = _build_deliverer(config, reactor, disk, auth, metrics)
+        deliverer, delivery_services, delivery_observers = _build_deliverer(config, reactor, disk, auth, metrics, redis)
         services.extend(delivery_services)
     if hasattr(deliverer, "journal"):
         # The deliverer records Graph draft ids and quarantines changed messages through the
         # spool's IDraftJournal / IEntryQuarantine, without importing it.
         deliverer.journal = spool
-
-    redis = redis_service(config, reactor)
-    if redis is not None:
-        services.append(redis)
 
     configured_observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
     observers = [*configured_observers, *delivery_observers]
@@ -198,19 +199,37 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
     return ListenerParts(listener, factory, _listening_service(reactor, listener, factory) if listen else None)
 
 
-def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, metrics: Any = None) -> tuple[Any, list, list]:
+def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, metrics: Any = None,
+                     redis: Any = None) -> tuple[Any, list, list]:
     if config.deliverer == "graph":
         from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
         from gateway.delivery.graph.factory import build_graph_deliverer
 
         resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))
+        admission, cluster_services = _cluster_admission(config, reactor, redis)
         deliverer, services = build_graph_deliverer(
             config.graph, reactor, resolver, on_request=metrics.graph_request if metrics is not None else None,
-            connections=config.queue.concurrency)
-        return deliverer, services, list(getattr(deliverer, "observers", ()))
+            connections=config.queue.concurrency, admission=admission)
+        return deliverer, cluster_services + services, list(getattr(deliverer, "observers", ()))
     from gateway.delivery.capture import CaptureDeliverer
 
     return CaptureDeliverer(config.capture.outbox, disk.pool, reactor), [], []
+
+
+def _cluster_admission(config: GatewayConfig, reactor: Any, redis: Any) -> tuple[Any, list]:
+    """
+    With ``[cluster]``: the mailbox admission every gateway of the cluster shares through Redis
+    (and its service, which renews leases); without: None (the runner's queues pace alone).
+    """
+    cluster = config.sections.get("cluster")
+    if cluster is None or redis is None:
+        return None, []
+    from gateway.cluster.admission import ClusterAdmission
+
+    graph = config.graph
+    admission = ClusterAdmission(redis, cluster, reactor, concurrency=graph.mailbox_concurrency,
+                                 rate=graph.mailbox_rate, burst=graph.mailbox_burst, max_hold=graph.max_hold)
+    return admission, [admission]
 
 
 def _capped_listeners(config: GatewayConfig) -> list[ListenerConfig]:

@@ -32,6 +32,7 @@ EVERY_SECTION = {
     "observer": [],
     "auth": {"passthrough": {}, "throttle": {}},
     "status": {},
+    "cluster": {},
 }
 
 _HEADER = re.compile(r"^#?\s*\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?")

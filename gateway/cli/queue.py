@@ -15,6 +15,8 @@ postcat, postsuper -h/-H/-r/-d, postqueue -f, qshape).
     graphsmtp-queue flush                     attempt every queued message now (retry --all)
     graphsmtp-queue delete ID                 drop a queued message for good
     graphsmtp-queue requeue ID                put a failed message back in the queue, due now
+    graphsmtp-queue adopt DIR                 take over a dead gateway's spool (no loss, no
+                                              duplicate; see gateway.cli.adopt)
     graphsmtp-queue summary [--by mailbox|domain] [--state queued|held|failed] [--json]
                                               qshape-like counts by age bucket
 
@@ -390,6 +392,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("queue_id", nargs="?")
     group.add_argument("--all", action="store_true")
     sub.add_parser("flush", help="attempt every queued message now (retry --all)")
+    adopt = sub.add_parser("adopt", help="take over the spool of a gateway that is gone for good")
+    adopt.add_argument("directory", help="the dead gateway's spool directory (restored disk or volume)")
     summary = sub.add_parser("summary", help="qshape-like counts by mailbox or recipient domain and age")
     summary.add_argument("--by", choices=("mailbox", "domain"), default="mailbox")
     summary.add_argument("--state", choices=("queued", "held", "failed"), default="queued")
@@ -446,6 +450,10 @@ def _run(argv: Optional[Sequence[str]], environ, out: Callable[[str], None], clo
         return tool.delete(args.queue_id)
     if args.command == "requeue":
         return tool.requeue(args.queue_id)
+    if args.command == "adopt":
+        from gateway.cli.adopt import adopt
+
+        return adopt(tool.disk, args.directory, out)
     if args.command == "flush":
         return tool.retry(None)
     return tool.retry(None if args.all else args.queue_id)

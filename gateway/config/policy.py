@@ -4,7 +4,7 @@ The ``[redis]`` section (shared state for policies such as ``rate-limit``) and t
 
 ``[redis]`` accepts either ``url`` (``redis://[user:password@]host[:port][/db]`` or
 ``unix:///path/to/redis.sock[?db=N]``) or the separate ``host``/``port``/``unix_socket``/``db``
-keys.  The password is a L{Secret} (``password``, ``password_file`` or ``password_env``; a
+keys, or ``sentinels = ["host:port", ...]`` with ``sentinel_master`` (Redis Sentinel).  The password is a L{Secret} (``password``, ``password_file`` or ``password_env``; a
 password inside the URL is accepted and kept as a Secret too), so it never reaches a log line.
 """
 
@@ -39,10 +39,17 @@ class RedisConfig:
     connect_timeout: float = 5.0
     reply_timeout: float = 2.0
     key_prefix: str = "graphsmtp"
+    #: Redis Sentinel: ``(host, port)`` of each sentinel; the master named ``sentinel_master``
+    #: is asked for through them (and followed when it fails over).  Empty: ``host``/``port``.
+    sentinels: tuple = ()
+    sentinel_master: str = "mymaster"
 
     def describe(self) -> str:
         """Where, for logs: never the password."""
-        where = f"unix:{self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
+        if self.sentinels:
+            where = f"sentinel master {self.sentinel_master} via " + ",".join(f"{h}:{p}" for h, p in self.sentinels)
+        else:
+            where = f"unix:{self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
         return f"redis {where} db {self.db}"
 
 
@@ -83,6 +90,13 @@ def parse_redis(root: TableReader, environ: Mapping[str, str], resolve: Resolver
         if values.get("password") is not None:
             raise ConfigError(t.key("password"), "is also given in url; set it in one place only")
         values["password"] = secret
+    sentinels = t.strings("sentinels")
+    if sentinels:
+        for k in ("url", "host", "port", "unix_socket"):
+            if t.has(k):
+                raise ConfigError(t.key(k), "set either sentinels (Redis Sentinel) or url/host/port/unix_socket, not both")
+        values["sentinels"] = tuple(_host_port(item, t.key("sentinels")) for item in sentinels)
+    values["sentinel_master"] = t.string("sentinel_master", "mymaster")
     values["connect_timeout"] = t.duration("connect_timeout", 5.0)
     values["reply_timeout"] = t.duration("reply_timeout", 2.0)
     for name in ("connect_timeout", "reply_timeout"):
@@ -94,6 +108,14 @@ def parse_redis(root: TableReader, environ: Mapping[str, str], resolve: Resolver
     values["key_prefix"] = prefix
     t.finish()
     return RedisConfig(**values)
+
+
+def _host_port(text: str, key: str) -> tuple[str, int]:
+    """``"10.0.0.5:26379"`` → ``("10.0.0.5", 26379)`` (a sentinel's address)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"{text!r} is not host:port (e.g. \"10.0.0.5:26379\")")
+    return host.strip("[]"), int(port)
 
 
 def _parse_url(url: str, key: str) -> dict[str, Any]:

@@ -30,6 +30,9 @@ def parse_all(root: TableReader, environ: Mapping[str, str], resolve: Resolver) 
     sections["auth"] = parse_auth_section(root, environ, resolve)
     from gateway.config.status import parse_status
     sections["status"] = parse_status(root, environ, resolve, default_users_file=sections["auth"].users_file)
+    from gateway.config.cluster import check_cluster, parse_cluster
+    sections["cluster"] = parse_cluster(root, environ, resolve)
+    check_cluster(sections)
     return sections
 
 

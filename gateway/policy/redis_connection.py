@@ -35,6 +35,7 @@ class RedisConnection(Service):
         self.config = config
         self._reactor = reactor
         self._factory: Optional[txredisapi.RedisFactory] = None
+        self._sentinel: Any = None
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -45,6 +46,8 @@ class RedisConnection(Service):
         return self.config.key_prefix
 
     def _handler(self) -> Any:
+        if self._factory is None and self.config.sentinels:
+            return self._sentinel_handler()
         if self._factory is None:
             c = self.config
             factory = txredisapi.RedisFactory(
@@ -69,6 +72,22 @@ class RedisConnection(Service):
             self._factory = factory
         return self._factory.handler
 
+    def _sentinel_handler(self) -> Any:
+        """
+        Through Redis Sentinel: txredisapi asks the sentinels for the master's address before
+        each connection and drops its connections when the master changes.
+        """
+        c = self.config
+        self._sentinel = txredisapi.Sentinel(list(c.sentinels), connectTimeout=c.connect_timeout,
+                                             replyTimeout=c.reply_timeout)
+        handler = self._sentinel.master_for(
+            c.sentinel_master, dbid=c.db or None, poolsize=1, charset="utf-8",
+            password=c.password.reveal() if c.password is not None else None,
+            replyTimeout=c.reply_timeout, convertNumbers=False, username=c.username)
+        self.log.info("connecting to {where}", where=c.describe())
+        self._factory = handler._factory
+        return handler
+
     def startService(self) -> None:
         super().startService()
         self._handler()
@@ -78,9 +97,14 @@ class RedisConnection(Service):
         # A late caller (a session finishing during shutdown) must not reconnect behind our back.
         self._stopped = True
         factory, self._factory = self._factory, None
+        sentinel, self._sentinel = self._sentinel, None
         if factory is None:
             return succeed(None)
-        return factory.disconnect().addErrback(lambda f: self.log.failure("closing the Redis connection failed", f))
+        d = factory.disconnect().addErrback(lambda f: self.log.failure("closing the Redis connection failed", f))
+        if sentinel is not None:
+            d.addCallback(lambda _: sentinel.disconnect()).addErrback(
+                lambda f: self.log.failure("closing the Redis Sentinel connections failed", f))
+        return d
 
     def call(self, command: Callable[[Any], Deferred]) -> Deferred:
         """

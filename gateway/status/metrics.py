@@ -213,6 +213,17 @@ class StatusCollector(Collector):
         yield in_flight
         yield paused
 
+        cluster = source.cluster() if hasattr(source, "cluster") else None
+        if cluster is not None:
+            state = GaugeMetricFamily("graphsmtp_cluster_state",
+                                      "1 for this node's cluster state (ok, degraded: Redis away, each node "
+                                      "delivers with its share of the limits; rejoining).", labels=["node", "state"])
+            for name in ("ok", "degraded", "rejoining"):
+                state.add_metric([cluster["node"], name], 1 if cluster["state"] == name else 0)
+            yield state
+            yield CounterMetricFamily("graphsmtp_cluster_degraded", "Times this node lost the cluster's Redis.",
+                                      value=cluster["degraded_count"])
+
         for key, value in sorted(source.auth().items()):
             text = f"SMTP AUTH {key.replace('_', ' ')}."
             if key.endswith("_total"):

@@ -140,6 +140,11 @@ class ComponentsStatusSource:
             rows.append(MailboxPacing(str(mailbox), in_flight, paused_until, reason, next_slot))
         return tuple(sorted(rows, key=lambda m: m.mailbox))
 
+    def cluster(self) -> Optional[dict]:
+        """``[cluster]`` state (name, node, state, since, detail, degraded_count), or None."""
+        status = getattr(getattr(self._deliverer(), "admission", None), "status", None)
+        return status() if callable(status) else None
+
     def totals(self) -> DeliveryTotals:
         runner = self._components.runner
         stats = runner.stats

@@ -52,6 +52,10 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
             "possibly_delivered_total": stats.possibly_delivered,
         },
         "delivery": {"deliverer": type(_innermost(components.deliverer)).__name__, "tenants": tenants},
+        # [cluster]: ok / degraded (Redis away: this node delivers with its share of the limits)
+        # / rejoining.  Informational only: it never makes /healthz 503, or a load balancer
+        # would take every gateway out when Redis goes down.
+        "cluster": cluster_status(components.deliverer),
         "listeners": [
             {"name": part.config.name, "tls": part.config.tls, "auth": part.config.auth,
              "sessions": len(part.factory.sessions), "transactions_in_flight": part.factory.in_flight,
@@ -60,6 +64,12 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
         ],
         "auth": components.auth.stats() if components.auth is not None else {},
     }
+
+
+def cluster_status(deliverer: Any) -> Any:
+    """The ``[cluster]`` admission's state (a dict), or None for a gateway that paces alone."""
+    status = getattr(getattr(_innermost(deliverer), "admission", None), "status", None)
+    return status() if callable(status) else None
 
 
 def _listening(part: Any) -> bool:

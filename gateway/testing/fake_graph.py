@@ -346,6 +346,19 @@ class FakeGraphServer:
 
     # -- queries --------------------------------------------------------------------------
 
+    def busiest_window(self, mailbox: str, window: float, operation: str = "sendMail") -> int:
+        """
+        The most ``operation`` requests for ``mailbox`` that arrived within any ``window``
+        seconds (a sliding window over arrival times): what Exchange's per-minute limit counts.
+        """
+        times = sorted(r.at for r in self.requests if r.mailbox == mailbox.lower() and r.operation == operation)
+        best, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= window:
+                first += 1
+            best = max(best, last - first + 1)
+        return best
+
     def sent_by(self, mailbox: str) -> list[SentMessage]:
         return [m for m in self.sent if m.mailbox == mailbox.lower()]
 

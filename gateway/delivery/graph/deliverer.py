@@ -104,6 +104,7 @@ class _Tenant:
     #: Graph refused a fresh token: only a Graph answer (not another token) shows it is fixed.
     graph_refused: bool = False
     token_expires_at: float = 0.0
+    key: tuple = ()
 
 
 @implementer(IDraftJournal, IEntryQuarantine)
@@ -214,6 +215,7 @@ class GraphDeliverer:
         blocking: Optional[Callable[..., Deferred]] = None,
         default_credentials: Optional[TenantCredentials] = None,
         journal: Any = None,
+        admission: Any = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -221,7 +223,12 @@ class GraphDeliverer:
         self.resolver = resolver
         self.clock = clock
         self.throttles = throttles or MailboxThrottles(clock)
-        self.mailbox_limits = MailboxLimits(config.mailbox_concurrency, config.mailbox_rate, config.mailbox_burst)
+        #: [cluster]: the admission every gateway shares (L{gateway.cluster.admission.IMailboxAdmission}).
+        #: It paces each mailbox for the whole cluster, so the runner's own queues only bound
+        #: concurrency (no second, per-node pacing on top).
+        self.admission = admission
+        self.mailbox_limits = MailboxLimits(config.mailbox_concurrency,
+                                            config.mailbox_rate if admission is None else None, config.mailbox_burst)
         self._blocking = blocking or maybeDeferred
         self.stats = GraphStats()
         self.observers: tuple = ()
@@ -257,6 +264,8 @@ class GraphDeliverer:
 
     def health(self) -> tuple[TenantHealth, ...]:
         """One L{TenantHealth} per tenant seen so far (the default tenant once used)."""
+        for tenant in self._tenants.values():
+            self._adopt_shared_pause(tenant)  # [cluster]: paused by another gateway shows here too
         return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until, t.token_expires_at)
                      for t in self._tenants.values())
 
@@ -271,6 +280,7 @@ class GraphDeliverer:
             return self._finish(entry, Transient(f"delivery credentials unavailable ({type(e).__name__})"))
 
         tenant = self._tenant(credentials)
+        self._adopt_shared_pause(tenant)
         now = self.clock.seconds()
         if tenant.paused_until > now:
             return self._finish(entry, Transient(
@@ -310,6 +320,15 @@ class GraphDeliverer:
         if not tenant.graph_refused:
             self._tenant_ok(tenant)
 
+        slot = None
+        if self.admission is not None:
+            # [cluster]: a slot (a lease in Redis) and a pacing turn shared by every gateway.
+            admitted = await self.admission.admit(self._shared_key(credentials, key), entry.queue_id)
+            if not hasattr(admitted, "release"):
+                return self._finish(entry, Transient(
+                    f"{admitted.reason} ({key.mailbox})", retry_at=admitted.retry_at, attempted=False,
+                    cause=CAUSE_THROTTLED, pause_until=admitted.retry_at), quiet=True)
+            slot = admitted
         attempt = _Attempt(entry, credentials, token, prepared.mailbox, key)
         try:
             outcome = await self._send(attempt, prepared)
@@ -322,10 +341,15 @@ class GraphDeliverer:
                         f"check the app's Mail.Send permission and admin consent")
         except TokenError as e:
             outcome = self._token_failed(tenant, e)
+        finally:
+            if slot is not None:
+                slot.release()
         if attempt.token_accepted and tenant.graph_refused:
             self._tenant_ok(tenant)
         if isinstance(outcome, Delivered):
             self.throttles.succeeded(key)
+            if self.admission is not None:
+                self.admission.succeeded(self._shared_key(credentials, key))
         return self._finish(entry, outcome, attempt=attempt)
 
     def _too_large(self, prepared: PreparedMessage) -> Optional[Permanent]:
@@ -583,6 +607,10 @@ class GraphDeliverer:
             if seconds is None and is_mailbox_concurrency(response):
                 seconds = CONCURRENCY_PAUSE
             until = self.throttles.pause(attempt.key, seconds, f"Graph throttled {attempt.mailbox}")
+            if self.admission is not None:  # [cluster]: every gateway honours the Retry-After
+                until = max(until, self.admission.pause(self._shared_key(attempt.credentials, attempt.key),
+                                                        until - self.clock.seconds(),
+                                                        f"Graph throttled {attempt.mailbox}"))
             outcome = attrs.evolve(outcome, retry_at=until, pause_until=until, cause=CAUSE_THROTTLED)
         if hint and response.code == 403 and isinstance(outcome, Permanent):
             outcome = attrs.evolve(outcome, reason=outcome.reason + " (the draft path needs the Mail.ReadWrite "
@@ -594,13 +622,38 @@ class GraphDeliverer:
     def _tenant(self, credentials: TenantCredentials) -> _Tenant:
         t = self._tenants.get(credentials.tenant_key)
         if t is None:
-            t = self._tenants[credentials.tenant_key] = _Tenant(credentials.label, since=self.clock.seconds())
+            t = self._tenants[credentials.tenant_key] = _Tenant(credentials.label, since=self.clock.seconds(),
+                                                                key=credentials.tenant_key)
         return t
+
+    @staticmethod
+    def _shared_key(credentials: TenantCredentials, key: MailboxKey) -> tuple:
+        """The cluster's name for a mailbox: the tenant itself (not this node's credential ref) + mailbox."""
+        return (credentials.tenant_key, key.mailbox)
+
+    def _adopt_shared_pause(self, tenant: _Tenant) -> None:
+        """
+        Another gateway of the cluster paused this tenant for credential trouble: honour it
+        here too (no token request, no Graph request) and show it as this node's state, so a
+        tenant whose credentials fail is not hammered by the other nodes.
+        """
+        shared = getattr(getattr(self, "admission", None), "tenant_paused", None)
+        seen = shared(tenant.key) if shared is not None else None
+        if seen is None or seen[0] <= tenant.paused_until:
+            return
+        if tenant.state != "config-error":
+            tenant.since = self.clock.seconds()
+            self.log.warn("tenant {label} paused by another gateway of the cluster until {until:.0f}: {detail}",
+                          label=tenant.label, until=seen[0], detail=seen[1])
+        tenant.state, tenant.detail, tenant.paused_until = "config-error", seen[1], seen[0]
 
     def _tenant_ok(self, tenant: _Tenant) -> None:
         if tenant.state != "ok":
             if tenant.state == "config-error":
                 self.log.info("Graph credentials for tenant {label} work again; deliveries resume", label=tenant.label)
+                resume = getattr(getattr(self, "admission", None), "resume_tenant", None)
+                if resume is not None:
+                    resume(tenant.key)
             tenant.state, tenant.detail, tenant.since = "ok", "", self.clock.seconds()
         tenant.failures = 0
         tenant.paused_until = 0.0
@@ -629,6 +682,9 @@ class GraphDeliverer:
             tenant.since = now
         tenant.state, tenant.detail = "config-error", detail
         tenant.paused_until = now + delay
+        share = getattr(getattr(self, "admission", None), "pause_tenant", None)
+        if share is not None:  # [cluster]: every gateway pauses this tenant
+            share(tenant.key, tenant.paused_until, detail.rstrip("."))
         self.log.critical(
             "GRAPH CONFIGURATION ERROR for tenant {label}: {detail}. Deliveries for this tenant are paused "
             "for {delay:.0f}s and retried with growing backoff; queued mail is kept.",

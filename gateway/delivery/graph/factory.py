@@ -124,6 +124,7 @@ def build_graph_deliverer(
     resolver: Optional[ICredentialResolver] = None,
     on_request: Any = None,
     connections: int = PERSISTENT_CONNECTIONS,
+    admission: Any = None,
 ) -> tuple[GraphDeliverer, list]:
     """
     A L{GraphDeliverer} and the services it needs started (in order) and stopped (in reverse):
@@ -134,6 +135,8 @@ def build_graph_deliverer(
     pass-through logins.  ``on_request(method, url, status, seconds)`` is told about every Graph
     request (metrics).  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
     ``connections``: Graph connections kept alive (the wiring passes ``[queue] concurrency``).
+    ``admission``: ``[cluster]``'s L{gateway.cluster.admission.ClusterAdmission}, shared by
+    every gateway of the cluster (None: the runner's own mailbox queues pace alone).
     """
     token_pool = ThreadPoolService("graphsmtp-msal", 1, config.token_threads)
     io_pool = ThreadPoolService("graphsmtp-graph-io", 1, config.io_threads)
@@ -147,7 +150,7 @@ def build_graph_deliverer(
                                   retry_max=config.tenant_backoff_max)
     deliverer = GraphDeliverer(
         config, client, MonitoredTokens(tokens, monitor), resolver or ConfigCredentialResolver(default), reactor,
-        blocking=blocking, default_credentials=default)
+        blocking=blocking, default_credentials=default, admission=admission)
     monitor.graph_view = deliverer.health
     observers: list = []
     if config.dsn and config.postmaster:

@@ -1,0 +1,484 @@
+"""
+Mailbox admission shared by every gateway of a cluster (``[cluster]`` + ``[redis]``).
+
+Graph's limits are per app and mailbox across every gateway (4 requests in flight; Exchange's
+30 messages a minute), so gateways behind one load balancer must pace each mailbox together.
+The queue runner's per-mailbox ready queues (L{gateway.spool.mailboxes}) pace each node
+alone; with ``[cluster]`` the Graph deliverer also asks L{ClusterAdmission} (``admit`` → a
+slot or L{Later}, ``pause``, ``succeeded``; see L{IMailboxAdmission}) before each send, each
+answer being one Lua script in Redis (L{gateway.cluster.scripts}).  A ``Later`` becomes a
+not-attempted ``Transient`` with ``pause_until``, so the runner's queue for that mailbox sleeps
+until the cluster's turn comes, at no cost:
+
+- a slot is a *lease* that expires ``lease_ttl`` after its last renewal; a timer renews this
+  node's leases every third of the TTL while their requests run, so a node that dies frees its
+  slots within the TTL, and no lock is ever held across a Graph request;
+- pacing books each message a start time in the mailbox's shared time line (first asked, first
+  served, whichever node asks), plus a hard sliding-window count of starts;
+- Retry-After and "needs admin" pauses are written to Redis and honoured by every node
+  (L{ITenantPauses}).
+
+When Redis fails (error or timeout) the node says ``cluster state degraded`` once and keeps
+delivering with its share of each limit (``limit / expected_nodes``), asking Redis again every
+``retry`` seconds.  Switching costs one rate window each way: a node that loses Redis starts
+nothing alone until a window has passed since (the starts Redis counted are unknown to it), and
+a node that finds Redis again starts nothing for a window plus ``retry`` (the other nodes' solo
+starts are not in Redis) and until its own solo requests have ended; then it says ``cluster
+state ok``.  So the cluster never exceeds a limit, even while switching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections import deque
+from typing import Any, Hashable, Optional
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from gateway.cluster import scripts
+from gateway.config.cluster import ClusterConfig
+from gateway.delivery.graph.scheduler import THROTTLE_BACKOFF
+
+OK = "ok"
+DEGRADED = "degraded"
+REJOINING = "rejoining"
+
+#: A booked start claimed this late is re-booked (the message was held up elsewhere).
+STALE_CLAIM = 30.0
+#: A booked start nobody claimed is forgotten this long after its time (a node died).
+BOOKING_GRACE = 120.0
+#: Redis keys of an idle mailbox disappear after this long.
+KEEP = 86400
+#: A node rejoining waits this long between checks that its solo requests have ended.
+REJOIN_POLL = 0.25
+
+
+class IMailboxAdmission(Interface):
+    """Who may start a Graph delivery for a mailbox now (what the deliverer asks)."""
+
+    def admit(key: Hashable, ticket: str) -> Deferred:
+        """Fire with a slot (``release()`` exactly once) or a L{Later}; never waits more than ``max_hold``."""
+
+    def pause(key: Hashable, seconds: Optional[float], reason: str) -> float:
+        """Pause the mailbox (a 429); fire-and-forget to the other nodes; the pause's end."""
+
+    def succeeded(key: Hashable) -> None:
+        """A delivery went through: the next throttle starts the backoff afresh."""
+
+    def snapshot() -> tuple:
+        """``(key, in_flight, paused_until, pause_reason, next_slot)`` per mailbox, for the status page."""
+
+
+class ITenantPauses(Interface):
+    """A tenant paused for credential trouble, shared by every node (what ``needs admin`` stops)."""
+
+    def tenant_paused(tenant_key: Hashable) -> Optional[tuple[float, str]]:
+        """``(until, detail)`` while another node (or this one) paused the tenant, else None."""
+
+    def pause_tenant(tenant_key: Hashable, until: float, detail: str) -> None:
+        """Tell every node the tenant is paused until ``until`` (detail: one clean line, no secret)."""
+
+    def resume_tenant(tenant_key: Hashable) -> None:
+        """The tenant's credentials work again."""
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(repr(value).encode("utf-8")).hexdigest()[:16]
+
+
+def mailbox_name(key: Hashable) -> str:
+    """``<tenant digest>:<mailbox>`` for a deliverer key ``(tenant_key, mailbox)``."""
+    if isinstance(key, tuple) and len(key) == 2:
+        return f"{_digest(key[0])}:{key[1]}"
+    return _digest(key)
+
+
+@attrs.frozen
+class Later:
+    """Not now: come back at ``retry_at`` (absolute time, this node's clock)."""
+
+    retry_at: float
+    reason: str
+
+
+@attrs.define(eq=False)
+class ClusterSlot:
+    """One admitted delivery: a Redis lease (``lease`` set) or a solo slot taken while degraded."""
+
+    owner: "ClusterAdmission"
+    key: Hashable
+    lease: Optional[str]
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.owner._release(self)
+
+
+@attrs.define
+class _Local:
+    """What this node knows of one mailbox."""
+
+    in_flight: int = 0
+    solo_in_flight: int = 0
+    paused_until: float = 0.0
+    pause_reason: str = ""
+    throttles: int = 0
+    tat: float = 0.0
+    starts: deque = attrs.field(factory=deque)
+    started: int = 0
+    max_in_flight: int = 0
+
+
+@implementer(IMailboxAdmission, ITenantPauses)
+class ClusterAdmission(Service):
+    """
+    ``redis`` is a L{gateway.policy.redis_connection.RedisConnection} (``call``, ``key_prefix``);
+    ``concurrency``, ``rate`` (messages per ``cluster.rate_window``), ``burst`` and ``max_hold``
+    are the ``[graph]`` mailbox limits, which hold for the whole cluster.
+    """
+
+    log = Logger()
+
+    def __init__(self, redis: Any, cluster: ClusterConfig, clock: IReactorTime, *, concurrency: int = 2,
+                 rate: float = 30.0, burst: int = 1, max_hold: float = 2.0) -> None:
+        self.redis = redis
+        self.cluster = cluster
+        self.clock = clock
+        self.concurrency = concurrency
+        self.rate = rate
+        self.max_hold = max_hold
+        # The hard sliding-window check counts over a slightly longer window than the limit's
+        # (a quarter second to one second), so a request that reaches Graph a little after its
+        # admission (the digest check, a thread hop, a busy machine) still falls inside the
+        # window Graph counts in; pacing spaces starts to match.
+        self.window = cluster.rate_window + min(1.0, max(0.25, cluster.rate_window * 0.05))
+        self.limit = max(1, int(rate))
+        self.interval = self.window / rate
+        self.tolerance = (burst - 1) * self.interval
+        shares = cluster.expected_nodes
+        self.solo_concurrency = max(1, concurrency // shares)
+        self.solo_limit = max(1, int(rate // shares))
+        self.solo_interval = self.window / self.solo_limit
+        self.base = f"{redis.key_prefix}:cluster:{cluster.name}"
+        self.state = OK
+        self.state_since = clock.seconds()
+        self.state_detail = ""
+        self.degraded_count = 0
+        self._mailboxes: dict[Hashable, _Local] = {}
+        self._leases: dict[str, ClusterSlot] = {}
+        self._tenants: dict[str, tuple[float, str]] = {}
+        self._lease_numbers = itertools.count(1)
+        self._ticker: Optional[LoopingCall] = None
+        self._probing = False
+        self._rejoin_at = 0.0
+        self.setName("cluster-admission")
+
+    # -- service ---------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info("cluster {name}: node {node} shares mailbox limits through Redis ({nodes} nodes expected)",
+                      name=self.cluster.name, node=self.cluster.node_id, nodes=self.cluster.expected_nodes)
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self.clock
+        self._ticker.start(self.tick_interval, now=True).addErrback(
+            lambda f: self.log.failure("cluster timer failed", f))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._ticker = None
+
+    @property
+    def tick_interval(self) -> float:
+        """Leases are renewed (and shared pauses read) three times per TTL."""
+        return min(self.cluster.lease_ttl / 3.0, self.cluster.retry)
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _keys(self, key: Hashable) -> list[str]:
+        base = f"{self.base}:mb:{mailbox_name(key)}"
+        return [f"{base}:leases", f"{base}:state", f"{base}:booked", f"{base}:starts", f"{self.base}:tenants"]
+
+    def _local(self, key: Hashable) -> _Local:
+        local = self._mailboxes.get(key)
+        if local is None:
+            local = self._mailboxes[key] = _Local()
+        return local
+
+    # -- admission -------------------------------------------------------------------------
+
+    def admit(self, key: Hashable, ticket: str) -> Deferred:
+        now = self.clock.seconds()
+        local = self._local(key)
+        if local.paused_until > now:
+            return succeed(Later(local.paused_until, local.pause_reason or "mailbox paused"))
+        tenant = self.tenant_paused(key[0]) if isinstance(key, tuple) and len(key) == 2 else None
+        if tenant is not None:
+            return succeed(Later(tenant[0], f"tenant paused: {tenant[1]}"))
+        if self.state == DEGRADED:
+            return self._admit_solo(key, local, now)
+        if self.state == REJOINING:
+            return succeed(Later(max(now + REJOIN_POLL, self._rejoin_at), "rejoining the cluster"))
+        return self._ask(key, ticket, now + self.max_hold)
+
+    def _ask(self, key: Hashable, ticket: str, hold_until: float) -> Deferred:
+        now = self.clock.seconds()
+        lease = f"{self.cluster.node_id}:{next(self._lease_numbers)}:{ticket}"
+        tenant_field = _digest(key[0]) if isinstance(key, tuple) and len(key) == 2 else ""
+        args = [repr(now), ticket, lease, self.concurrency, repr(self.interval), repr(self.tolerance),
+                repr(self.cluster.lease_ttl), repr(max(0.0, hold_until - now)), repr(self.window), self.limit,
+                STALE_CLAIM, BOOKING_GRACE, tenant_field, KEEP]
+        d = self.redis.call(lambda r: r.eval(scripts.ADMIT, self._keys(key), args))
+
+        def answered(reply: Any) -> Any:
+            verdict = int(reply[0])
+            if verdict == 1:
+                return self._started(key, str(reply[1]), solo=False)
+            if verdict == 2:
+                at = float(reply[1])
+                return deferLater(self.clock, max(0.0, at - self.clock.seconds()), self._ask_again, key, ticket,
+                                  hold_until)
+            return Later(float(reply[1]), str(reply[2]))
+
+        def failed(failure: Any) -> Any:
+            self._degrade(failure)
+            return self._admit_solo(key, self._local(key), self.clock.seconds())
+
+        d.addCallbacks(answered, failed)
+        return d
+
+    def _ask_again(self, key: Hashable, ticket: str, hold_until: float) -> Any:
+        if self.state != OK:
+            return self.admit(key, ticket)
+        return self._ask(key, ticket, hold_until)
+
+    def _started(self, key: Hashable, lease: Optional[str], solo: bool) -> ClusterSlot:
+        local = self._local(key)
+        local.in_flight += 1
+        local.started += 1
+        local.max_in_flight = max(local.max_in_flight, local.in_flight)
+        if solo:
+            local.solo_in_flight += 1
+        local.starts.append(self.clock.seconds())
+        self._forget_old_starts(local, self.clock.seconds())
+        slot = ClusterSlot(self, key, lease)
+        if lease is not None:
+            self._leases[lease] = slot
+        return slot
+
+    def _forget_old_starts(self, local: _Local, now: float) -> None:
+        while local.starts and local.starts[0] <= now - self.window + 0.0001:
+            local.starts.popleft()
+
+    def _admit_solo(self, key: Hashable, local: _Local, now: float) -> Deferred:
+        """While Redis is away: this node's share of each limit, counted here alone."""
+        self._forget_old_starts(local, now)
+        if local.in_flight >= self.solo_concurrency:
+            return succeed(Later(now + self.solo_interval, "mailbox has requests in flight (cluster degraded)"))
+        # Starts counted in Redis before it went away are unknown here: a node starts alone only
+        # once a whole window has passed since, so the old and the new counts never add up.
+        start = max(now, local.tat, self.state_since + self.window)
+        if len(local.starts) >= self.solo_limit:
+            start = max(start, local.starts[0] + self.window + 0.0001)
+        if start - now > self.max_hold:
+            return succeed(Later(start, "pacing this mailbox (cluster degraded)"))
+        local.tat = start + self.solo_interval
+        if start > now:
+            return deferLater(self.clock, start - now, self._solo_now, key)
+        return succeed(self._started(key, None, solo=True))
+
+    def _solo_now(self, key: Hashable) -> Any:
+        local = self._local(key)
+        now = self.clock.seconds()
+        if local.in_flight >= self.solo_concurrency:
+            return Later(now + self.solo_interval, "mailbox has requests in flight (cluster degraded)")
+        return self._started(key, None, solo=True)
+
+    def _release(self, slot: ClusterSlot) -> None:
+        local = self._local(slot.key)
+        local.in_flight = max(0, local.in_flight - 1)
+        if slot.lease is None:
+            local.solo_in_flight = max(0, local.solo_in_flight - 1)
+            if self.state == REJOINING:
+                self._maybe_rejoined()
+            return
+        self._leases.pop(slot.lease, None)
+        if self.state == OK:
+            leases = self._keys(slot.key)[0]
+            self.redis.call(lambda r: r.zrem(leases, slot.lease)).addErrback(self._degrade)
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    def pause(self, key: Hashable, seconds: Optional[float], reason: str) -> float:
+        now = self.clock.seconds()
+        local = self._local(key)
+        if seconds is None:
+            first, factor, cap = THROTTLE_BACKOFF
+            seconds = min(cap, first * factor ** local.throttles)
+        local.throttles += 1
+        until = now + seconds
+        if until > local.paused_until:
+            local.paused_until, local.pause_reason = until, reason
+        local.tat = max(local.tat, local.paused_until)
+        if self.state == OK:
+            keys = self._keys(key)
+            self.redis.call(lambda r: r.eval(scripts.PAUSE, [keys[1], keys[2]],
+                                             [repr(local.paused_until), reason, KEEP])).addErrback(self._degrade)
+        return local.paused_until
+
+    def succeeded(self, key: Hashable) -> None:
+        local = self._mailboxes.get(key)
+        if local is not None:
+            local.throttles = 0
+
+    def snapshot(self) -> tuple:
+        now = self.clock.seconds()
+        return tuple((key, m.in_flight, m.paused_until, m.pause_reason, max(m.paused_until, m.tat, now))
+                     for key, m in self._mailboxes.items())
+
+    # -- tenants -----------------------------------------------------------------------------
+
+    def tenant_paused(self, tenant_key: Hashable) -> Optional[tuple[float, str]]:
+        seen = self._tenants.get(_digest(tenant_key))
+        if seen is not None and seen[0] > self.clock.seconds():
+            return seen
+        return None
+
+    def pause_tenant(self, tenant_key: Hashable, until: float, detail: str) -> None:
+        field = _digest(tenant_key)
+        current = self._tenants.get(field)
+        if current is None or current[0] < until:
+            self._tenants[field] = (until, detail)
+        if self.state == OK:
+            self.redis.call(lambda r: r.eval(scripts.TENANT, [f"{self.base}:tenants"],
+                                             [field, repr(until), detail])).addErrback(self._degrade)
+
+    def resume_tenant(self, tenant_key: Hashable) -> None:
+        field = _digest(tenant_key)
+        if self._tenants.pop(field, None) is not None and self.state == OK:
+            self.redis.call(lambda r: r.eval(scripts.TENANT, [f"{self.base}:tenants"],
+                                             [field, "0", ""])).addErrback(self._degrade)
+
+    # -- the timer: renew leases, read shared pauses, probe Redis -----------------------------
+
+    def _tick(self) -> Optional[Deferred]:
+        self._forget_idle(self.clock.seconds())
+        if self.state != OK:
+            return self._probe()
+        return self._renew_and_read()
+
+    def _forget_idle(self, now: float) -> None:
+        """Mailboxes with nothing in flight, paused or counted here are forgotten (memory stays flat)."""
+        for key, local in list(self._mailboxes.items()):
+            self._forget_old_starts(local, now)
+            if not local.in_flight and not local.starts and local.paused_until <= now and local.tat <= now:
+                del self._mailboxes[key]
+
+    def _renew_and_read(self) -> Deferred:
+        slots = list(self._leases.items())
+        now = self.clock.seconds()
+
+        def work(r: Any) -> Deferred:
+            renewed = succeed(None)
+            if slots:
+                keys = [self._keys(slot.key)[0] for _, slot in slots]
+                renewed = r.eval(scripts.RENEW, keys, [repr(now + self.cluster.lease_ttl)] + [l for l, _ in slots])
+                renewed.addCallback(self._renewed, slots)
+            renewed.addCallback(lambda _: r.hgetall(f"{self.base}:tenants"))
+            return renewed
+
+        d = self.redis.call(work)
+        d.addCallbacks(self._read_tenants, self._degrade)
+        return d
+
+    def _renewed(self, reply: Any, slots: list) -> None:
+        for (lease, slot), kept in zip(slots, reply):
+            if not int(kept) and not slot.released:
+                self.log.warn("cluster lease {lease} expired before its request ended (was Redis slow?)", lease=lease)
+
+    def _read_tenants(self, table: Any) -> None:
+        fresh = {}
+        for field, value in (table or {}).items():
+            until, _, detail = str(value).partition("|")
+            try:
+                fresh[str(field)] = (float(until), detail)
+            except ValueError:
+                continue
+        now = self.clock.seconds()
+        for field, (until, detail) in fresh.items():
+            known = self._tenants.get(field)
+            if until > now and (known is None or known[0] < until):
+                self.log.warn("cluster: tenant {tenant} paused on every node until {until:.0f} ({detail})",
+                              tenant=field, until=until, detail=detail, cluster_tenant_paused=field)
+        self._tenants = fresh
+
+    def _degrade(self, failure: Any) -> None:
+        if self.state == DEGRADED:
+            return
+        error = getattr(failure, "value", failure)
+        self.state, self.state_since = DEGRADED, self.clock.seconds()
+        self.state_detail = f"Redis unreachable ({type(error).__name__})"
+        self.degraded_count += 1
+        self.log.warn(
+            "cluster state degraded: {detail}; delivering with this node's share of each mailbox limit "
+            "(1/{nodes}) until Redis answers again", detail=self.state_detail, nodes=self.cluster.expected_nodes,
+            cluster_state=DEGRADED)
+
+    def _probe(self) -> Optional[Deferred]:
+        if self._probing:
+            return None
+        if self.state == REJOINING:
+            self._maybe_rejoined()
+            return None
+        self._probing = True
+        d = self.redis.call(lambda r: r.ping())
+
+        def back(_: Any) -> None:
+            # Other nodes may still start alone for up to ``retry`` seconds (until their own
+            # probe), and their solo starts are not in Redis: start nothing for one window
+            # (plus that ``retry``), then share again.
+            self.state = REJOINING
+            self._rejoin_at = self.clock.seconds() + self.window + self.cluster.retry
+            self.log.info("cluster: Redis answers again; node {node} rejoins in {seconds:.1f}s",
+                          node=self.cluster.node_id, seconds=self.window + self.cluster.retry)
+
+        def done(result: Any) -> None:
+            self._probing = False
+
+        d.addCallbacks(back, lambda f: None)
+        d.addBoth(done)
+        return d
+
+    def _maybe_rejoined(self) -> None:
+        if self.state != REJOINING or self.clock.seconds() < self._rejoin_at:
+            return
+        if any(m.solo_in_flight for m in self._mailboxes.values()):
+            return
+        was = self.state_since
+        self.state, self.state_since, self.state_detail = OK, self.clock.seconds(), ""
+        self.log.info("cluster state ok: node {node} shares mailbox limits through Redis again "
+                      "(degraded for {seconds:.0f}s)", node=self.cluster.node_id, seconds=self.state_since - was,
+                      cluster_state=OK)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """For ``/healthz``, ``/metrics`` and the status page."""
+        return {"name": self.cluster.name, "node": self.cluster.node_id, "state": self.state,
+                "since": self.state_since, "detail": self.state_detail,
+                "expected_nodes": self.cluster.expected_nodes, "degraded_count": self.degraded_count}
+
+
+__all__ = ["ClusterAdmission", "ClusterSlot", "IMailboxAdmission", "ITenantPauses", "mailbox_name",
+           "Later", "OK", "DEGRADED", "REJOINING"]

@@ -1,0 +1,207 @@
+"""
+Cluster-wide mailbox admission (gateway.cluster.admission + its Lua scripts) against a real
+redis-server: two L{ClusterAdmission} objects on two connections are two gateways.  Time is a
+L{Clock} handed to both (the scripts take the caller's time), so TTLs and windows are exact.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import globalLogPublisher
+
+from gateway.cluster.admission import DEGRADED, OK, ClusterAdmission, ClusterSlot
+from gateway.config.cluster import ClusterConfig
+from gateway.cluster.admission import Later
+from gateway.policy.testing import start_redis_server
+from tests.test_policy_rate_redis import RedisTestBase
+
+TENANT = ("https://login.example", "tenant-1", "client-1")
+MAILBOX = (TENANT, "printer@example.com")
+OTHER = (TENANT, "scanner@example.com")
+
+
+class AdmissionTestBase(RedisTestBase):
+    def node(self, name: str, **limits) -> ClusterAdmission:
+        cluster = ClusterConfig(name="c1", node_id=name, expected_nodes=limits.pop("nodes", 2),
+                                lease_ttl=limits.pop("lease_ttl", 10.0), retry=1.0,
+                                rate_window=limits.pop("window", 60.0))
+        values = dict(concurrency=2, rate=600.0, burst=1, max_hold=0.0)
+        values.update(limits)
+        return ClusterAdmission(self.connect(), cluster, self.clock, **values)
+
+
+class SlotsTests(AdmissionTestBase):
+    @inlineCallbacks
+    def test_concurrency_is_shared_by_every_node(self):
+        a, b = self.node("a"), self.node("b")
+        first = yield a.admit(MAILBOX, "Q1")
+        self.clock.advance(1)
+        second = yield b.admit(MAILBOX, "Q2")
+        self.clock.advance(1)
+        third = yield b.admit(MAILBOX, "Q3")
+        self.assertIsInstance(first, ClusterSlot)
+        self.assertIsInstance(second, ClusterSlot)
+        self.assertIsInstance(third, Later)
+        self.assertIn("in flight", third.reason)
+        other = yield b.admit(OTHER, "Q4")
+        self.assertIsInstance(other, ClusterSlot, "another mailbox is not limited by this one")
+        first.release()
+        yield a.redis.call(lambda r: r.ping())  # the release reached Redis
+        self.clock.advance(1)
+        fourth = yield b.admit(MAILBOX, "Q3")
+        self.assertIsInstance(fourth, ClusterSlot)
+
+    @inlineCallbacks
+    def test_a_dead_nodes_slots_free_within_the_lease_ttl(self):
+        a, b = self.node("a", lease_ttl=10.0), self.node("b", lease_ttl=10.0)
+        for ticket in ("Q1", "Q2"):
+            slot = yield a.admit(MAILBOX, ticket)
+            self.assertIsInstance(slot, ClusterSlot)
+            self.clock.advance(0.5)
+        refused = yield b.admit(MAILBOX, "Q3")
+        self.assertIsInstance(refused, Later)
+        # Node a "dies": nobody renews its leases.
+        self.clock.advance(9.2)
+        admitted = yield b.admit(MAILBOX, "Q3")
+        self.assertIsInstance(admitted, ClusterSlot)
+
+    @inlineCallbacks
+    def test_renewal_keeps_a_long_request_slot(self):
+        a, b = self.node("a", lease_ttl=10.0, concurrency=1), self.node("b", lease_ttl=10.0, concurrency=1)
+        slot = yield a.admit(MAILBOX, "Q1")
+        self.assertIsInstance(slot, ClusterSlot)
+        for _ in range(3):
+            self.clock.advance(6)
+            yield a._renew_and_read()
+        refused = yield b.admit(MAILBOX, "Q2")
+        self.assertIsInstance(refused, Later, "a renewed lease (18 s > TTL) still holds the slot")
+        slot.release()
+        yield a.redis.call(lambda r: r.ping())
+        self.clock.advance(1)
+        admitted = yield b.admit(MAILBOX, "Q2")
+        self.assertIsInstance(admitted, ClusterSlot)
+
+
+class PacingTests(AdmissionTestBase):
+    @inlineCallbacks
+    def test_rate_counts_every_node_in_a_sliding_window(self):
+        # 4 messages per 10 s window, shared by a and b (concurrency high enough not to matter).
+        a, b = self.node("a", rate=4.0, window=10.0, concurrency=4), self.node("b", rate=4.0, window=10.0, concurrency=4)
+        starts = []
+        nodes = [a, b]
+        for i in range(12):
+            node = nodes[i % 2]
+            answer = yield node.admit(MAILBOX, f"Q{i}")
+            while isinstance(answer, Later):
+                self.clock.advance(max(0.01, answer.retry_at - self.clock.seconds()))
+                answer = yield node.admit(MAILBOX, f"Q{i}")
+            starts.append(self.clock.seconds())
+            answer.release()
+        for i, t in enumerate(starts):
+            in_window = [s for s in starts if t <= s < t + 10.0]
+            self.assertLessEqual(len(in_window), 4, f"window from start {i}: {starts}")
+        # ... and not slower than the limit allows (4 per window + its margin).
+        self.assertLess(starts[-1] - starts[0], 11 * a.window / 4 + 0.5, starts)
+        self.assertEqual(a.window, 10.5)
+
+    @inlineCallbacks
+    def test_booked_starts_are_served_in_the_order_asked_across_nodes(self):
+        a, b = self.node("a", rate=6.0, window=6.0), self.node("b", rate=6.0, window=6.0)
+        asked = [(a, "A1"), (a, "A2"), (a, "A3"), (b, "B1"), (a, "A4"), (a, "A5")]
+        booked = {}
+        for node, ticket in asked:
+            answer = yield node.admit(MAILBOX, ticket)
+            booked[ticket] = answer.retry_at if isinstance(answer, Later) else self.clock.seconds()
+            if not isinstance(answer, Later):
+                answer.release()
+        self.assertEqual(sorted(booked, key=booked.get), [t for _, t in asked])
+        # A backlog on node a does not get ahead of b's message: at A4's time, A4 starts, and B1
+        # (booked before A4) had its own earlier time.
+        self.assertLess(booked["B1"], booked["A4"])
+        self.clock.advance(booked["B1"] - self.clock.seconds())
+        early = yield a.admit(MAILBOX, "A4")
+        self.assertIsInstance(early, Later, "A4 cannot take B1's slot")
+        b1 = yield b.admit(MAILBOX, "B1")
+        self.assertIsInstance(b1, ClusterSlot)
+
+    @inlineCallbacks
+    def test_a_retry_after_pause_holds_on_every_node(self):
+        a, b = self.node("a"), self.node("b")
+        until = a.pause(MAILBOX, 30.0, "Graph throttled printer@example.com")
+        yield a.redis.call(lambda r: r.ping())
+        answer = yield b.admit(MAILBOX, "Q1")
+        self.assertIsInstance(answer, Later)
+        self.assertAlmostEqual(answer.retry_at, until, places=3)
+        self.assertIn("throttled", answer.reason)
+        self.clock.advance(31)
+        answer = yield b.admit(MAILBOX, "Q1")
+        self.assertIsInstance(answer, ClusterSlot)
+
+    @inlineCallbacks
+    def test_a_tenant_paused_by_one_node_is_paused_on_the_others(self):
+        a, b = self.node("a"), self.node("b")
+        a.pause_tenant(TENANT, self.clock.seconds() + 300, "AADSTS7000215: invalid client secret")
+        yield a.redis.call(lambda r: r.ping())
+        answer = yield b.admit(MAILBOX, "Q1")
+        self.assertIsInstance(answer, Later, "the admission script sees the tenant's pause")
+        self.assertIn("AADSTS7000215", answer.reason)
+        self.assertIsNone(b.tenant_paused(TENANT))
+        yield b._renew_and_read()
+        until, detail = b.tenant_paused(TENANT)
+        self.assertEqual(until, self.clock.seconds() + 300)
+        a.resume_tenant(TENANT)
+        yield a.redis.call(lambda r: r.ping())
+        yield b._renew_and_read()
+        self.assertIsNone(b.tenant_paused(TENANT))
+
+
+class DegradedTests(AdmissionTestBase):
+    @inlineCallbacks
+    def test_without_redis_a_node_takes_its_share_and_rejoins(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        a = self.node("a", concurrency=4, nodes=2, rate=600.0, window=60.0)
+        yield self.server.stop()
+        first = yield a.admit(MAILBOX, "Q0")
+        self.assertEqual(a.state, DEGRADED)
+        # What Redis counted in the last window is unknown here: nothing starts alone before
+        # a whole window has passed since Redis went away.
+        self.assertIsInstance(first, Later)
+        self.assertAlmostEqual(first.retry_at, a.state_since + a.window, places=3)
+        self.clock.advance(a.window)
+        slots = []
+        for i in range(3):
+            answer = yield a.admit(MAILBOX, f"Q{i}")
+            slots.append(answer)
+            self.clock.advance(0.5)
+        self.assertEqual([type(s) for s in slots], [ClusterSlot, ClusterSlot, Later],
+                         "half of concurrency 4 while Redis is away")
+        lines = [e for e in events if e.get("cluster_state") == DEGRADED]
+        self.assertEqual(len(lines), 1, "one 'cluster state degraded' line, not one per message")
+        # Redis comes back (same socket, empty).  The node waits a window (+ retry) so that the
+        # other nodes' solo starts, which Redis never saw, have left the window, and until its
+        # own solo requests have ended; then it shares again.
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        for _ in range(10):  # each probe waits (up to the timeouts) for txredisapi to reconnect
+            yield a._tick()
+            if a.state != DEGRADED:
+                break
+        self.assertEqual(a.state, "rejoining")
+        answer = yield a.admit(MAILBOX, "Q9")
+        self.assertIsInstance(answer, Later)
+        self.clock.advance(a.window + a.cluster.retry)
+        yield a._tick()
+        self.assertEqual(a.state, "rejoining", "solo requests still running")
+        for slot in slots[:2]:
+            slot.release()
+        self.assertEqual(a.state, OK)
+        self.assertEqual(len([e for e in events if e.get("cluster_state") == OK]), 1)
+        admitted = []
+        for i in range(5):
+            self.clock.advance(0.2)
+            answer = yield a.admit(MAILBOX, f"R{i}")
+            admitted.append(answer)
+        self.assertEqual(sum(isinstance(x, ClusterSlot) for x in admitted), 4, "the whole limit again")
