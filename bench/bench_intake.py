@@ -8,8 +8,9 @@ with ``--memory``, into MemorySpool (protocol cost only).  Clients are separate 
 script with ``--client``), each holding one connection and sending messages back to back with
 MAIL/RCPT/DATA pipelined, so client Python does not compete with the server for the GIL.
 
-Reference on this machine: Postfix accepts about 700 10 KB messages/s durably over 10
-connections, and about 135 1 MB messages/s.
+For a comparison with Postfix use bench/compare_postfix.py: it runs both servers side by side
+under the same load and reports the ratio per cell (absolute figures from separate runs on a
+shared machine are not comparable).
 
     python bench/bench_intake.py                         # 10 KB x 3000 over 10 connections
     python bench/bench_intake.py --size 1024 --messages 400

@@ -91,6 +91,7 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
     from gateway.policy.registry import build_listener_chains
     from gateway.smtp.factory import GatewaySMTPFactory
     from gateway.smtp.tls import TLSContextSource
+    from gateway.spool.fileops import FileOps
     from gateway.spool.runner import QueueRunner
     from gateway.spool.store import DirectorySpool
     from gateway.spool.watch import IncomingWatcher
@@ -105,7 +106,10 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
     services: list = []
     disk = ThreadPoolService("graphsmtp-spool", 1, config.spool.threads)
     services.append(disk)
-    spool = DirectorySpool(config.spool.directory, disk.pool, reactor, archive_delivered=config.spool.archive_delivered)
+    fileops = FileOps() if config.spool.flush == "auto" else FileOps().flush_per_file()
+    spool = DirectorySpool(config.spool.directory, disk.pool, reactor, archive_delivered=config.spool.archive_delivered,
+                           fileops=fileops,
+                           hold_new=config.queue.hold_new)
 
     auth = build_auth(config.sections["auth"], config.state_dir, reactor=reactor, graph_config=config.graph)
     services.extend(auth.services)

@@ -63,10 +63,18 @@ class RelayAccessPolicy:
         except PatternError as e:
             raise ConfigError(f"listener.{listener.name}.trusted_senders", str(e)) from None
         self.auth_offered = listener.auth in ("optional", "required")
+        self._trust_cache: Optional[tuple[str, bool]] = None
 
     def is_trusted(self, address: str) -> bool:
+        # Asked at MAIL, RCPT and end of data for the same client: remember the last answer
+        # instead of parsing the address again each time.
+        cached = self._trust_cache
+        if cached is not None and cached[0] == address:
+            return cached[1]
         ip = client_ip(address)
-        return ip is not None and any(ip in network for network in self.listener.trusted_networks)
+        trusted = ip is not None and any(ip in network for network in self.listener.trusted_networks)
+        self._trust_cache = (address, trusted)
+        return trusted
 
     def _access(self, session: SessionView) -> Optional[Reject]:
         if session.identity is not None:

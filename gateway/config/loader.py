@@ -89,6 +89,7 @@ def build_config(
         directory=resolve(_pick(overrides, "spool", sp.string("directory", os.path.join(state_dir, "spool")))),
         threads=sp.integer("threads", 4, 1, 64),
         archive_delivered=sp.boolean("archive_delivered", False),
+        flush=sp.string("flush", "auto", ("auto", "fdatasync")),
     )
     sp.finish()
 
@@ -110,6 +111,7 @@ def build_config(
         max_lifetime=q.duration("max_lifetime", 5 * 86400.0),
         shutdown_grace=q.duration("shutdown_grace", 30.0),
         attempt_timeout=q.duration("attempt_timeout", 1800.0),
+        hold_new=q.boolean("hold_new", False),
     )
     if queue.attempt_timeout <= 0:
         raise ConfigError("queue.attempt_timeout", "must be more than 0 seconds")

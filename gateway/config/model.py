@@ -95,6 +95,10 @@ class SpoolConfig:
     directory: str
     threads: int = 4
     archive_delivered: bool = False
+    # How a group commit makes its messages' data durable: "auto" = one syncfs of the spool's
+    # filesystem per batch where the kernel reports its errors (Linux >= 5.8), else one
+    # fdatasync per file; "fdatasync" = always one per file.
+    flush: str = "auto"
 
 
 @attrs.frozen
@@ -111,6 +115,10 @@ class QueueConfig:
     max_lifetime: float = 5 * 86400.0
     shutdown_grace: float = 30.0
     attempt_timeout: float = 1800.0
+    # Commit every newly accepted message straight into the spool's held/ directory instead of
+    # the queue: accepted durably, delivered only after ``graphsmtp-queue release``.  For
+    # maintenance windows and for benchmarks comparing with Postfix's hold queue.
+    hold_new: bool = False
 
 
 @attrs.frozen

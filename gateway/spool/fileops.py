@@ -10,9 +10,12 @@ spool thread (or in the sendmail command), never on the reactor thread.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
-from typing import Optional
+import platform
+from typing import Optional, Sequence
 
 from gateway.spool.interfaces import SpoolError
 
@@ -23,6 +26,36 @@ _OPEN_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _sync_data = getattr(os, "fdatasync", os.fsync)
 _OUT_OF_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        parts = platform.release().split(".")
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+def _load_syncfs():
+    """
+    libc's ``syncfs(2)``, or None.  Only on Linux 5.8 and later: before that, syncfs returned 0
+    even when writing back the data failed, and a flush that can hide an I/O error must not
+    stand between a message and its 250.
+    """
+    if not platform.system() == "Linux" or not _kernel_at_least(5, 8):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return syncfs
+
+
+#: Loaded once; a constant, never changed (an instance that finds it refused stops using it).
+_SYNCFS = _load_syncfs()
 
 
 class FileOps:
@@ -74,6 +107,34 @@ class FileOps:
     def sync_file(self, fd: int) -> None:
         """Make the file's data (and the size needed to read it back) durable."""
         _sync_data(fd)
+
+    def sync_files(self, fds: Sequence[int]) -> None:
+        """
+        Make the data of all ``fds`` durable, with one flush of their filesystem where the
+        kernel offers a trustworthy ``syncfs`` (see L{_load_syncfs}), else one ``fdatasync``
+        each.  This is what group commit stands on: ten messages accepted at once cost one
+        device flush, not twenty.  All ``fds`` must be on one filesystem (the spool's).
+        """
+        if not fds:
+            return
+        if self._syncfs is not None and len(fds) > 1:
+            if self._syncfs(fds[0]) == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter said no
+                raise OSError(err, os.strerror(err))
+            self._syncfs = None
+        for fd in fds:
+            self.sync_file(fd)
+
+    # A ctypes function is no descriptor: read through the instance it is not bound to it.
+    _syncfs = _SYNCFS
+
+    def flush_per_file(self) -> "FileOps":
+        """Never use ``syncfs`` (``[spool] flush = "fdatasync"``): for a spool on a filesystem
+        shared with heavy writers, whose dirty data a syncfs would have to write out too."""
+        self._syncfs = None
+        return self
 
     def set_mtime(self, fd: int, when: float) -> None:
         os.utime(fd, (when, when))

@@ -7,9 +7,10 @@ reports on the reactor thread.  The on-disk formats and the crash-safety protoco
 documented in L{gateway.spool.disk} (layout and protocols) and L{gateway.spool.record} (the
 envelope/state record), which the sendmail and queue commands share.
 
-Cost of accepting one small message: one thread job doing open, write, fdatasync, close of the
-message; open, write, fdatasync, close of the record; two renames; and a share of one
-directory fsync — concurrent commits are group-committed (L{gateway.spool.dirsync}).
+Cost of accepting one small message: a share of one thread job (L{gateway.spool.group_commit})
+that, for every message committed meanwhile, writes the message and its record into tmp/,
+flushes all of them at once (one ``syncfs``, or one ``fdatasync`` per file where syncfs cannot
+be trusted), renames them into the queue and fsyncs the queue directory once.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from zope.interface import implementer
 
 from gateway.delivery.interfaces import IDraftJournal, IEntryQuarantine
 from gateway.spool.conditions import RepeatedErrors
-from gateway.spool.disk import EntryMissing, EntryQuarantined, IncomingScan, RecoveryReport, SpoolDisk
+from gateway.spool.disk import CommitRequest, EntryMissing, EntryQuarantined, IncomingScan, RecoveryReport, SpoolDisk
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
+from gateway.spool.group_commit import GroupCommitter
 from gateway.spool.interfaces import IQueueSpool, ISpool, SpoolError
 from gateway.spool.queueid import is_queue_id, new_queue_id
 from gateway.spool.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER, DirectorySpoolWriter
@@ -51,13 +53,16 @@ class DirectorySpool:
 
     def __init__(self, directory: str, threadpool: Any, reactor: Any, archive_delivered: bool = False,
                  fileops: Optional[FileOps] = None, chunk_size: int = CHUNK_SIZE,
-                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER) -> None:
+                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER, hold_new: bool = False) -> None:
         self.disk = SpoolDisk(directory, fileops, clock=reactor.seconds)
         self.directory = self.disk.layout.root
         self.clock = reactor
         self.archive_delivered = archive_delivered
+        #: ``[queue] hold_new``: intake commits into held/ (the runner is not told about it).
+        self.hold_new = hold_new
         self._pool = threadpool
         self._reactor = reactor
+        self.committer = GroupCommitter(self._in_pool, self.disk.publish_batch)
         self._writer_options = dict(chunk_size=chunk_size, high_water=high_water, low_water=low_water)
         self._commit_listeners: list[Callable[[SpoolEntry], None]] = []
         self._directories_ready = False
@@ -74,6 +79,10 @@ class DirectorySpool:
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def _group_commit(self, request: CommitRequest) -> Deferred:
+        """Accept one message durably, sharing the flushes with every commit in flight."""
+        return self.committer.commit(request)
 
     def _state_change(self, kind: str, f: Callable[..., Any], *args: Any) -> Deferred:
         """

@@ -76,7 +76,10 @@ class RecordingFileOps(FileOps):
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
+        #: One list of paths per data flush (L{FileOps.sync_files}): group commit shares them.
+        self.flushes: list[list[str]] = []
         self._paths: dict[int, str] = {}
+        self._grouped = False
 
     def open_new(self, path: str) -> int:
         fd = super().open_new(path)
@@ -90,7 +93,19 @@ class RecordingFileOps(FileOps):
 
     def sync_file(self, fd: int) -> None:
         super().sync_file(fd)
-        self.events.append(("fsync", self._paths.get(fd, "?")))
+        if not self._grouped:
+            self.flushes.append([self._paths.get(fd, "?")])
+            self.events.append(("fsync", self._paths.get(fd, "?")))
+
+    def sync_files(self, fds) -> None:
+        """Recorded as one flush, and as one ``fsync`` event per file it made durable."""
+        self._grouped = True
+        try:
+            super().sync_files(fds)
+        finally:
+            self._grouped = False
+        self.flushes.append([self._paths.get(fd, "?") for fd in fds])
+        self.events.extend(("fsync", self._paths.get(fd, "?")) for fd in fds)
 
     def close(self, fd: int) -> None:
         super().close(fd)

@@ -3,8 +3,9 @@ The spool writer: one per SMTP transaction, streaming the message into a temp fi
 
 Writes are buffered on the reactor thread and handed to the spool's thread pool in order, one
 job at a time per writer (so chunks can never reach the file out of order).  A small message
-never touches a thread until commit: the whole message, the fsyncs, the record and the renames
-are then one thread job — the cheapest possible acceptance.  A big message is written in
+never touches a thread of its own: at commit it is handed, still in memory, to the spool's
+group commit (L{gateway.spool.group_commit}), whose single job writes it with every other
+message committed meanwhile and shares one data flush and one directory fsync among them.  A big message is written in
 chunks of ``chunk_size`` while it arrives; if the disk falls behind by more than
 ``high_water`` bytes the writer calls ``pause`` (the SMTP transport stops reading) and calls
 ``resume`` once the backlog is below ``low_water``, so memory stays flat however large the
@@ -20,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.spool.disk import TempMessage
+from gateway.spool.disk import CommitRequest, TempMessage
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.interfaces import ISpoolWriter, SpoolError
 
@@ -98,17 +99,25 @@ class DirectorySpoolWriter:
         if self._state != "open":
             return fail(SpoolError("spool writer is closed"))
         self._state = "committing"
-        received_at = self._spool.clock.seconds()
+        entry = SpoolEntry(queue_id=self.queue_id, envelope=envelope, provenance=provenance,
+                           received_at=self._spool.clock.seconds(), message_path="", size=0,
+                           sending_mailbox=sending_mailbox)
+        where = "held" if self._spool.hold_new else "queue"
 
         def go(_: Any) -> Deferred:
             self._raise_if_failed()
-            return self._run_exclusive(
-                self._commit_job, self._take_pending(), envelope, provenance, header_section, received_at,
-                sending_mailbox)
+            if self._temp is None:
+                # Still all in memory: the group commit writes it, no thread hop of its own.
+                return self._spool._group_commit(CommitRequest(
+                    entry, where, data=self._in_memory_message(header_section)))
+            # Streamed: the rest of the chunks and any header edit first, then the group commit.
+            return self._run_exclusive(self._finish_job, self._take_pending(), header_section).addCallback(
+                lambda _: self._spool._group_commit(CommitRequest(entry, where, temp=self._temp)))
 
         def committed(entry: SpoolEntry) -> SpoolEntry:
             self._closed()
-            self._spool._committed(entry)
+            if where == "queue":
+                self._spool._committed(entry)  # held entries wait for a release, not the runner
             return entry
 
         def failed(reason: Failure) -> Deferred:
@@ -132,29 +141,21 @@ class DirectorySpoolWriter:
             self._temp = disk.create_temp(self.queue_id)
         disk.append(self._temp, chunks)
 
-    def _commit_job(self, chunks: list[bytes], envelope: Envelope, provenance: Provenance,
-                    header_section: Optional[bytes], received_at: float,
-                    sending_mailbox: Optional[str] = None) -> SpoolEntry:
+    def _in_memory_message(self, header_section: Optional[bytes]) -> bytes:
+        """The whole message from the pending chunks, with the header edit applied."""
+        data = b"".join(self._take_pending())
+        if header_section is not None:
+            end = self._header_end if self._header_end is not None else len(data)
+            data = header_section + data[end:]
+        return data
+
+    def _finish_job(self, chunks: list[bytes], header_section: Optional[bytes]) -> None:
         disk = self._spool.disk
-        if self._temp is None:
-            # Everything is still in memory: edit the header there, write once.
-            data = b"".join(chunks)
-            if header_section is not None:
-                end = self._header_end if self._header_end is not None else len(data)
-                data = header_section + data[end:]
-            self._temp = disk.create_temp(self.queue_id)
-            disk.append(self._temp, [data])
-        else:
-            disk.append(self._temp, chunks)
-            if header_section is not None:
-                end = self._header_end if self._header_end is not None else self._temp.size
-                disk.replace_header_section(self._temp, end, header_section)
-        entry = SpoolEntry(
-            queue_id=self.queue_id, envelope=envelope, provenance=provenance,
-            received_at=received_at, message_path="", size=self._temp.size,
-            sending_mailbox=sending_mailbox,
-        )
-        return disk.publish(self._temp, entry)
+        assert self._temp is not None
+        disk.append(self._temp, chunks)
+        if header_section is not None:
+            end = self._header_end if self._header_end is not None else self._temp.size
+            disk.replace_header_section(self._temp, end, header_section)
 
     def _discard_job(self) -> None:
         if self._temp is not None:

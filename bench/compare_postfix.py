@@ -1,0 +1,429 @@
+#!/usr/bin/env python
+"""
+Durable intake, graphsmtp against Postfix, side by side in one run.
+
+Both servers run on this machine under the same load from Postfix's own load generator,
+``smtp-source``, and neither delivers anything during the run:
+
+- Postfix: a private instance (its own config directory, queue and data directory under the
+  work directory, no chroot, listening on 127.0.0.1 on a free port) with
+  ``smtpd_data_restrictions = check_client_access static:HOLD``, so every accepted message is
+  fsynced into ``queue/hold`` and stays there.
+- graphsmtp: the whole daemon (``twistd -n graphsmtp``, a subprocess) with
+  ``[queue] hold_new = true``, so every accepted message is committed straight into the
+  spool's ``held/`` directory (same durability as the queue) and the runner never sees it.
+
+The cells (message size x concurrent connections) are run **interleaved**: rep 1 of every
+cell for Postfix then graphsmtp, then rep 2, ... so drift in the machine's load hits both
+alike.  After every run the queue is counted: every message ``smtp-source`` got a 250 for
+must be in ``queue/hold`` (Postfix) or ``held/`` (graphsmtp), or the run is reported as a
+failure.  Server CPU is the whole process tree of each server (user + system time of the root,
+of its reaped children and of every live descendant, from /proc), so Postfix's smtpd and
+cleanup processes are counted like graphsmtp's threads.
+
+    .venv/bin/python bench/compare_postfix.py                 # 3 reps, every cell
+    .venv/bin/python bench/compare_postfix.py --quick         # fewer messages, 3 reps
+    .venv/bin/python bench/compare_postfix.py --reps 5 --cells 10k-10 1m-10
+    .venv/bin/python bench/compare_postfix.py --workdir /var/tmp/bench --keep
+
+Run it as root (Postfix's master must start as root; its queue is chowned to the postfix user).
+The work directory must be on a real disk: tmpfs makes fsync free and the comparison
+meaningless, so it is refused.  Ratios (graphsmtp / Postfix), not the absolute numbers, are
+what the table claims; the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+REFUSED_FILESYSTEMS = {"tmpfs", "ramfs"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    length: int          # smtp-source -l: payload bytes per message
+    sessions: int        # smtp-source -s: parallel connections
+    messages: int        # smtp-source -m: messages in one run
+    quick_messages: int
+    per_connection: bool = False  # smtp-source -d: many messages over each connection
+
+    def label(self) -> str:
+        size = f"{self.length // 1024} KB" if self.length < 1 << 20 else f"{self.length >> 20} MB"
+        conn = f"{self.sessions} connection{'s' if self.sessions > 1 else ''}"
+        return f"{size}, {conn}" + (", many msgs/conn" if self.per_connection else "")
+
+
+CELLS = [
+    Cell("10k-1", 10 * 1024, 1, 1000, 300),
+    Cell("10k-10", 10 * 1024, 10, 3000, 800),
+    Cell("10k-50", 10 * 1024, 50, 3000, 1000),
+    Cell("1m-10", 1 << 20, 10, 200, 60),
+    Cell("10k-10-d", 10 * 1024, 10, 3000, 800, per_connection=True),
+]
+
+
+# -- process tree CPU --------------------------------------------------------------------------
+
+def _stat_fields(pid: int) -> Optional[list[str]]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return text[text.rindex(")") + 2:].split()
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(k) for k in f.read().split())
+    except OSError:
+        pass
+    return kids
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """
+    CPU seconds used by ``root`` and everything it started: for each live process of the tree
+    its own utime+stime plus cutime+cstime (its reaped children, no longer in the tree).
+    """
+    total = 0
+    todo = [root]
+    seen = set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        # After the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+        todo.extend(_children(pid))
+    return total / CLOCK_TICKS
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def filesystem_type(path: str) -> str:
+    return subprocess.run(["stat", "-f", "-c", "%T", path], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def count_files(directory: str) -> int:
+    n = 0
+    for _, _, files in os.walk(directory):
+        n += len(files)
+    return n
+
+
+def wait_for_port(port: int, timeout: float, what: str, alive=lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise SystemExit(f"{what} exited during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(512).startswith(b"220"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not answer on port {port} within {timeout:.0f}s")
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+class PostfixServer:
+    name = "Postfix"
+
+    def __init__(self, workdir: str) -> None:
+        self.base = os.path.join(workdir, "postfix")
+        self.config_dir = os.path.join(self.base, "etc")
+        self.queue_dir = os.path.join(self.base, "queue")
+        self.data_dir = os.path.join(self.base, "data")
+        self.port = free_port()
+
+    def start(self) -> None:
+        for d in (self.config_dir, self.queue_dir, self.data_dir):
+            os.makedirs(d, exist_ok=True)
+        shutil.chown(self.data_dir, "postfix", "postfix")
+        # The postfix user must be able to reach its queue (the work directory is made 0755).
+        os.chmod(self.base, 0o755)
+        with open(os.path.join(self.config_dir, "main.cf"), "w") as f:
+            f.write(textwrap.dedent(f"""\
+                compatibility_level = 3.6
+                config_directory = {self.config_dir}
+                queue_directory = {self.queue_dir}
+                data_directory = {self.data_dir}
+                myhostname = bench.localdomain
+                mydestination =
+                relayhost =
+                inet_interfaces = 127.0.0.1
+                inet_protocols = ipv4
+                mynetworks = 127.0.0.0/8
+                smtpd_relay_restrictions = permit_mynetworks, reject
+                smtpd_data_restrictions = check_client_access static:HOLD
+                smtpd_client_connection_count_limit = 0
+                smtpd_client_connection_rate_limit = 0
+                smtpd_client_message_rate_limit = 0
+                default_process_limit = 200
+                alias_maps =
+                alias_database =
+                local_recipient_maps =
+                biff = no
+                maillog_file = {self.base}/maillog
+                """))
+        with open(os.path.join(self.config_dir, "master.cf"), "w") as f:
+            f.write(self._master_cf())
+        subprocess.run(["postfix", "-c", self.config_dir, "check"], check=True)
+        subprocess.run(["postfix", "-c", self.config_dir, "start"], check=True, capture_output=True)
+        wait_for_port(self.port, 30, "Postfix")
+
+    def _master_cf(self) -> str:
+        """Debian's master.cf with chroot off everywhere and smtpd on our port only."""
+        lines = []
+        with open("/etc/postfix/master.cf") as f:
+            for line in f:
+                if not line.strip() or line[0] in "# \t":
+                    lines.append(line)
+                    continue
+                cols = line.split()
+                if cols[0] == "smtp" and cols[1] == "inet":
+                    cols[0] = f"127.0.0.1:{self.port}"
+                elif cols[1] == "inet":
+                    lines.append("#" + line)
+                    continue
+                if len(cols) >= 5:
+                    cols[4] = "n"
+                lines.append(" ".join(cols) + "\n")
+        return "".join(lines)
+
+    def root_pid(self) -> int:
+        with open(os.path.join(self.queue_dir, "pid", "master.pid")) as f:
+            return int(f.read().split()[0])
+
+    def queued(self) -> int:
+        return count_files(os.path.join(self.queue_dir, "hold"))
+
+    def clear(self) -> None:
+        subprocess.run(["postsuper", "-c", self.config_dir, "-d", "ALL", "hold"], check=True,
+                       capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run(["postfix", "-c", self.config_dir, "stop"], capture_output=True)
+
+
+class GraphsmtpServer:
+    name = "graphsmtp"
+
+    def __init__(self, workdir: str, python: str) -> None:
+        self.base = os.path.join(workdir, "graphsmtp")
+        self.port = free_port()
+        self.python = python
+        self.process: Optional[subprocess.Popen] = None
+        self.spool = os.path.join(self.base, "state", "spool")
+
+    def start(self) -> None:
+        os.makedirs(self.base, exist_ok=True)
+        config = os.path.join(self.base, "graphsmtp.toml")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [gateway]
+                hostname = "bench.localdomain"
+                state_dir = "{self.base}/state"
+
+                [limits]
+                max_connections = 500
+                max_connections_per_ip = 500
+
+                [[listener]]
+                name = "bench"
+                endpoint = "tcp:{self.port}:interface=127.0.0.1"
+                trusted_networks = ["127.0.0.0/8"]
+
+                [queue]
+                hold_new = true
+
+                [delivery]
+                deliverer = "capture"
+                """))
+        log = open(os.path.join(self.base, "twistd.log"), "ab")
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.process = subprocess.Popen(
+            [self.python, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "--logfile=-", "graphsmtp", "--config", config],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        wait_for_port(self.port, 60, "graphsmtp", alive=lambda: self.process.poll() is None)
+
+    def root_pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def queued(self) -> int:
+        held = os.path.join(self.spool, "held")
+        queue = os.path.join(self.spool, "queue")
+        names = os.listdir(held) + os.listdir(queue)
+        # One entry per message: count message files (old layout) or single entry files.
+        return sum(1 for n in names if n.endswith(".msg"))
+
+    def clear(self) -> None:
+        held = os.path.join(self.spool, "held")
+        for n in os.listdir(held):
+            os.unlink(os.path.join(held, n))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# -- one run -----------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    rate: float
+    cpu_ms: float
+
+
+@dataclass
+class Samples:
+    results: dict = field(default_factory=dict)  # (server, cell) -> [Result]
+
+    def add(self, server: str, cell: str, result: Result) -> None:
+        self.results.setdefault((server, cell), []).append(result)
+
+
+def run_cell(server, cell: Cell, messages: int) -> Result:
+    before_queue = server.queued()
+    root = server.root_pid()
+    cpu0 = tree_cpu_seconds(root)
+    args = ["smtp-source", "-4", "-s", str(cell.sessions), "-m", str(messages), "-l", str(cell.length),
+            "-f", "bench@sender.test", "-t", "sink@rcpt.test", "-M", "client.test"]
+    if cell.per_connection:
+        args.append("-d")
+    args.append(f"127.0.0.1:{server.port}")
+    t0 = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True)
+    elapsed = time.monotonic() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{server.name} {cell.name}: smtp-source failed ({done.returncode}): {done.stderr.strip()}")
+    # smtp-source exits non-zero on any reply but the expected one, so every message was acknowledged.
+    deadline = time.monotonic() + 30
+    while server.queued() - before_queue < messages and time.monotonic() < deadline:
+        time.sleep(0.2)  # Postfix's cleanup renames into hold/ just after the 250 goes out
+    cpu = tree_cpu_seconds(root) - cpu0
+    found = server.queued() - before_queue
+    if found != messages:
+        raise SystemExit(f"{server.name} {cell.name}: {messages} messages acknowledged, {found} in the queue")
+    server.clear()
+    return Result(messages / elapsed, cpu * 1000 / messages)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(samples: Samples, cells: list[Cell]) -> str:
+    rows = ["| cell | Postfix msg/s | graphsmtp msg/s | ratio | ratio per rep | Postfix CPU ms/msg | graphsmtp CPU ms/msg |",
+            "|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        pf = samples.results.get(("Postfix", cell.name), [])
+        gs = samples.results.get(("graphsmtp", cell.name), [])
+        if not pf or not gs:
+            continue
+        pr, gr = median([r.rate for r in pf]), median([r.rate for r in gs])
+        pc, gc = median([r.cpu_ms for r in pf]), median([r.cpu_ms for r in gs])
+        # The same rep of both servers ran back to back: their ratio cancels most of the drift.
+        per_rep = " ".join(f"{g.rate / p.rate:.2f}" for p, g in zip(pf, gs))
+        rows.append(f"| {cell.label()} | {pr:,.0f} | {gr:,.0f} | **{gr / pr:.2f}** | {per_rep} | {pc:.2f} | {gc:.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every cell (default 3)")
+    parser.add_argument("--quick", action="store_true", help="fewer messages per run (a short run on a shared machine)")
+    parser.add_argument("--cells", nargs="*", default=[c.name for c in CELLS],
+                        help="cells to run: " + ", ".join(c.name for c in CELLS))
+    parser.add_argument("--workdir", help="work directory on a real disk (default: a new one under /var/tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    options = parser.parse_args()
+    cells = [c for c in CELLS if c.name in options.cells]
+    unknown = set(options.cells) - {c.name for c in CELLS}
+    if unknown:
+        parser.error(f"unknown cell(s): {', '.join(sorted(unknown))}")
+    if options.reps < 1:
+        parser.error("--reps must be at least 1")
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: a private Postfix instance must be started by root")
+    for tool in ("smtp-source", "postfix", "postsuper"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: install Debian's postfix package")
+    if options.workdir:
+        os.makedirs(options.workdir, exist_ok=True)
+        workdir = os.path.abspath(options.workdir)
+    else:
+        workdir = tempfile.mkdtemp(prefix="compare-postfix-", dir="/var/tmp")
+    fs = filesystem_type(workdir)
+    if fs in REFUSED_FILESYSTEMS:
+        raise SystemExit(f"{workdir} is on {fs}: fsync is free there, so the comparison would be meaningless; "
+                         "use --workdir on a real disk")
+    os.chmod(workdir, 0o755)
+    postfix = PostfixServer(workdir)
+    graphsmtp = GraphsmtpServer(workdir, options.python)
+    samples = Samples()
+    try:
+        postfix.start()
+        graphsmtp.start()
+        print(f"work directory {workdir} ({fs}); Postfix on port {postfix.port}, graphsmtp on port {graphsmtp.port}")
+        for rep in range(1, options.reps + 1):
+            for cell in cells:
+                messages = cell.quick_messages if options.quick else cell.messages
+                for server in (postfix, graphsmtp):
+                    result = run_cell(server, cell, messages)
+                    samples.add(server.name, cell.name, result)
+                    print(f"rep {rep} {cell.name:9} {server.name:9} {messages:5} msgs "
+                          f"{result.rate:8.1f} msg/s {result.cpu_ms:6.2f} CPU ms/msg", flush=True)
+    finally:
+        graphsmtp.stop()
+        postfix.stop()
+        if not options.keep and not options.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"medians of {options.reps} interleaved reps; every acknowledged message was found in the queue")
+    print(table(samples, cells))
+
+
+if __name__ == "__main__":
+    main()
