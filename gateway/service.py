@@ -150,6 +150,11 @@ class GatewayService(MultiService):
                               name=part.config.name, endpoint=part.config.endpoint)
             return
         address = port.getHost()
+        if not hasattr(address, "port"):  # the [local] UNIX socket: a path, not host and port
+            self.log.info("listener {name} accepting SMTP on UNIX socket {path} (tls={tls}, auth={auth})",
+                          name=part.config.name, path=_socket_path(address), tls=part.config.tls,
+                          auth=part.config.auth)
+            return
         self.log.info(
             "listener {name} accepting SMTP on {host} port {port} (tls={tls}, auth={auth})",
             name=part.config.name, host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
@@ -233,6 +238,11 @@ class GatewayService(MultiService):
                 except Exception:
                     self.log.failure("stopping {service!r} failed", service=service)
         self.log.info("graphsmtp stopped")
+
+
+def _socket_path(address: Any) -> str:
+    name = getattr(address, "name", None)
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 def _one_line(error: BaseException) -> str:
