@@ -108,6 +108,16 @@ class LocalSubmissionESMTP(GatewayESMTP):
                             trusted_network=False)
 
 
+def check_allowed_senders(local: LocalConfig) -> None:
+    """Refuse a ``[local.allowed_senders]`` pattern that is not valid (at start-up and on SIGHUP)."""
+    for user, patterns in local.allowed_senders:
+        for pattern in patterns:
+            try:
+                validate_pattern(pattern)
+            except PatternError as e:
+                raise ConfigError(f"local.allowed_senders.{user}", str(e)) from None
+
+
 class LocalSubmissionFactory(GatewaySMTPFactory):
     """The protocol factory of the local socket; ``local`` gives the per-user allowed senders."""
 
@@ -118,12 +128,7 @@ class LocalSubmissionFactory(GatewaySMTPFactory):
         super().__init__(listener or local.listener(), hostname, spool, chain, clock, portal=None, tls=None,
                          add_message_id=add_message_id, add_date=add_date)
         self.local = local
-        for user, patterns in local.allowed_senders:
-            for pattern in patterns:
-                try:
-                    validate_pattern(pattern)
-                except PatternError as e:
-                    raise ConfigError(f"local.allowed_senders.{user}", str(e)) from None
+        check_allowed_senders(local)
 
     def senders_for(self, user: str) -> tuple[str, ...]:
         return self.local.senders_for(user)
