@@ -35,6 +35,9 @@ class LocalReloadTests(TestCase):
             [gateway]
             state_dir = "{self.directory}/state"
             hostname = "reload.test"
+            [[listener]]
+            name = "mx"
+            endpoint = "tcp:0:interface=127.0.0.1"
             [local]
             socket = "{self.directory}/{socket}"
             [local.allowed_senders]
