@@ -52,7 +52,6 @@ class ReloadPlan:
 def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, reactor: Any) -> ReloadPlan:
     """Build the new pieces (see the module docstring); raises on any problem, changes nothing."""
     from gateway.delivery.observers import build_observers
-    from gateway.policy.chain import PolicyChain
     from gateway.policy.registry import build_listener_chains
     from gateway.smtp.tls import TLSContextSource
     from gateway.wiring import _capped_listeners
@@ -69,7 +68,7 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
         # What needs a new socket stays as it was bound.
         listener = attrs.evolve(listener, endpoint=part.config.endpoint, tls=part.config.tls,
                                 proxy_protocol=part.config.proxy_protocol)
-        chain = PolicyChain(chains[listener.name].policies, guard=auth.relay_policy(listener))
+        chain = _chain(listener, chains[listener.name].policies, auth.relay_policy(listener), components)
         tls = None
         if part.tls is not None and _tls_files(listener) != _tls_files(part.tls.listener):
             tls = TLSContextSource(listener)
@@ -160,7 +159,6 @@ def _local_change(components: Any, new: GatewayConfig, auth: Any, reactor: Any) 
     L{gateway.wiring} builds them at start-up; None when there is no socket now or in the new
     file (a socket added or removed is reported by L{restart_needed}).
     """
-    from gateway.policy.chain import PolicyChain
     from gateway.policy.context import PolicyContext
     from gateway.policy.registry import build_chain
     from gateway.smtp.local import LocalSubmissionFactory, check_allowed_senders
@@ -176,8 +174,22 @@ def _local_change(components: Any, new: GatewayConfig, auth: Any, reactor: Any) 
     listener = attrs.evolve(listener, endpoint=part.config.endpoint)  # the bound socket stays
     context = PolicyContext(clock=reactor, listener=listener.name, redis=components.redis, hostname=new.hostname,
                             limits=listener.limits)
-    chain = PolicyChain(build_chain(local.policies, context).policies, guard=auth.relay_policy(listener))
+    chain = _chain(listener, build_chain(local.policies, context).policies, auth.relay_policy(listener), components)
     return ListenerChange(part, listener, chain, None, local=local)
+
+
+def _chain(listener: ListenerConfig, policies: Any, guard: Any, components: Any) -> Any:
+    """
+    A listener's new chain, its refusals counted on /metrics as at start-up (without the
+    counting wrappers a reload silently stopped graphsmtp_policy_refusals_total).
+    """
+    from gateway.policy.chain import PolicyChain
+    from gateway.wiring import _counting_chain
+
+    metrics = getattr(components, "metrics", None)
+    if metrics is None:
+        return PolicyChain(policies, guard=guard)
+    return _counting_chain(listener, policies, guard, metrics)
 
 
 def _section_name(key: str) -> str:

@@ -124,9 +124,10 @@ class LocalSubmissionFactory(GatewaySMTPFactory):
     protocol = LocalSubmissionESMTP
 
     def __init__(self, local: LocalConfig, hostname: str, spool: Any, chain: Any, clock: Any,
-                 add_message_id: bool = True, add_date: bool = True, listener: Any = None) -> None:
+                 add_message_id: bool = True, add_date: bool = True, listener: Any = None,
+                 intake: Any = None) -> None:
         super().__init__(listener or local.listener(), hostname, spool, chain, clock, portal=None, tls=None,
-                         add_message_id=add_message_id, add_date=add_date)
+                         add_message_id=add_message_id, add_date=add_date, intake=intake)
         self.local = local
         check_allowed_senders(local)
 
