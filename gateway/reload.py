@@ -3,7 +3,8 @@ What SIGHUP changes in a running gateway, in two steps so a bad file changes not
 
 1. L{prepare_reload} builds everything new from the re-read configuration — users file and
    login throttle, each existing listener's settings (trusted networks and senders, limits,
-   AUTH, TLS files), its policy chain and the ``[[observer]]`` observers — without touching
+   AUTH, TLS files), its policy chain, the ``[local]`` socket's allowed senders, limits and
+   chain, and the ``[[observer]]`` observers — without touching
    the running objects.  Any problem raises (a L{ConfigError} naming the key) and the caller
    keeps running the previous configuration.
 2. L{apply_reload} swaps the prepared pieces in, in the reactor thread, all at once: sessions
@@ -35,6 +36,8 @@ class ListenerChange:
     chain: Any
     portal: Any
     tls: Any = None
+    #: The [local] socket's new LocalConfig (per-user allowed senders), None for a [[listener]].
+    local: Any = None
 
 
 @attrs.frozen
@@ -49,7 +52,6 @@ class ReloadPlan:
 def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, reactor: Any) -> ReloadPlan:
     """Build the new pieces (see the module docstring); raises on any problem, changes nothing."""
     from gateway.delivery.observers import build_observers
-    from gateway.policy.chain import PolicyChain
     from gateway.policy.registry import build_listener_chains
     from gateway.smtp.tls import TLSContextSource
     from gateway.wiring import _capped_listeners
@@ -66,11 +68,14 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
         # What needs a new socket stays as it was bound.
         listener = attrs.evolve(listener, endpoint=part.config.endpoint, tls=part.config.tls,
                                 proxy_protocol=part.config.proxy_protocol)
-        chain = PolicyChain(chains[listener.name].policies, guard=auth.relay_policy(listener))
+        chain = _chain(listener, chains[listener.name].policies, auth.relay_policy(listener), components)
         tls = None
         if part.tls is not None and _tls_files(listener) != _tls_files(part.tls.listener):
             tls = TLSContextSource(listener)
         changes.append(ListenerChange(part, listener, chain, auth.portal_for(listener), tls))
+    local = _local_change(components, new, auth, reactor)
+    if local is not None:
+        changes.append(local)
     observers = build_observers(new.sections.get("observers", ()), reactor, new.hostname)
     opened = []
     try:
@@ -95,6 +100,12 @@ def apply_reload(plan: ReloadPlan, components: Any) -> None:
         change.part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
                                         new.add_message_id, new.add_date)
         change.part.config = change.listener
+        if change.local is not None:
+            from gateway.smtp.local import DropOffJudge
+
+            change.part.factory.local = change.local
+            if hasattr(components.spool, "import_judge"):
+                components.spool.import_judge = DropOffJudge(change.chain, change.local)
     components.auth = plan.auth
     old = list(components.configured_observers)
     others = [o for o in components.observers if all(o is not c for c in old)]
@@ -125,6 +136,11 @@ def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
     for key in ("state_dir", "spool", "queue", "capture", "deliverer", "graph", "plugin_paths"):
         if getattr(started, key) != getattr(new, key):
             notes.append(f"[{_section_name(key)}] changed")
+    before_local, after_local = started.sections.get("local"), new.sections.get("local")
+    before_socket = (before_local.socket or None, before_local.mode) if before_local is not None else (None, None)
+    after_socket = (after_local.socket or None, after_local.mode) if after_local is not None else (None, None)
+    if before_socket[0] != after_socket[0] or (after_socket[0] and before_socket[1] != after_socket[1]):
+        notes.append("[local] socket or mode changed")
     for key in ("redis", "status", "cluster"):
         if started.sections.get(key) != new.sections.get(key):
             notes.append(f"[{key}] changed")
@@ -135,6 +151,45 @@ def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
         if before_auth.hash_threads != after_auth.hash_threads:
             notes.append("[auth] hash_threads changed")
     return notes
+
+
+def _local_change(components: Any, new: GatewayConfig, auth: Any, reactor: Any) -> Optional[ListenerChange]:
+    """
+    The ``[local]`` socket's new allowed senders, limits and policy chain, built as
+    L{gateway.wiring} builds them at start-up; None when there is no socket now or in the new
+    file (a socket added or removed is reported by L{restart_needed}).
+    """
+    from gateway.policy.context import PolicyContext
+    from gateway.policy.registry import build_chain
+    from gateway.smtp.local import LocalSubmissionFactory, check_allowed_senders
+    from gateway.wiring import _capped_listeners
+
+    local = new.sections.get("local")
+    parts = [part for part in components.listeners if isinstance(part.factory, LocalSubmissionFactory)]
+    if not parts or local is None or not local.socket:
+        return None
+    [part] = parts
+    check_allowed_senders(local)
+    [listener] = _capped_listeners(attrs.evolve(new, listeners=(local.listener(),)))
+    listener = attrs.evolve(listener, endpoint=part.config.endpoint)  # the bound socket stays
+    context = PolicyContext(clock=reactor, listener=listener.name, redis=components.redis, hostname=new.hostname,
+                            limits=listener.limits)
+    chain = _chain(listener, build_chain(local.policies, context).policies, auth.relay_policy(listener), components)
+    return ListenerChange(part, listener, chain, None, local=local)
+
+
+def _chain(listener: ListenerConfig, policies: Any, guard: Any, components: Any) -> Any:
+    """
+    A listener's new chain, its refusals counted on /metrics as at start-up (without the
+    counting wrappers a reload silently stopped graphsmtp_policy_refusals_total).
+    """
+    from gateway.policy.chain import PolicyChain
+    from gateway.wiring import _counting_chain
+
+    metrics = getattr(components, "metrics", None)
+    if metrics is None:
+        return PolicyChain(policies, guard=guard)
+    return _counting_chain(listener, policies, guard, metrics)
 
 
 def _section_name(key: str) -> str:

@@ -25,6 +25,15 @@ from gateway.wiring import Components, build_components
 CERTIFICATE_CHECK_INTERVAL = 60.0
 
 
+class StartupFailure(SystemExit, Exception):
+    """
+    Start-up cannot go on (a listener cannot bind): exits with its one-line text.  A
+    SystemExit so that ``twistd -n`` and ``twist`` print the line without a traceback, and an
+    Exception so that daemonising ``twistd`` reports it through its status pipe: with a bare
+    SystemExit the waiting parent never hears from the child and hangs for ever.
+    """
+
+
 class GatewayService(MultiService):
     """Every component of a configured gateway, started and stopped in a safe order."""
 
@@ -45,6 +54,7 @@ class GatewayService(MultiService):
         self.components = components or build_components(config, reactor, deliverer)
         self.install_signal_handlers = install_signal_handlers
         self._previous_sighup: Any = None
+        self._ports_bound = False
         for child in self.components.services:
             child.setServiceParent(self)
         if any(part.tls is not None for part in self.components.listeners):
@@ -66,9 +76,10 @@ class GatewayService(MultiService):
         """
         Bind every port first (twistd does this before dropping privileges and before anything
         else starts).  A listener that cannot bind stops start-up: one line per failed endpoint
-        and a non-zero exit (SystemExit), instead of Twisted's "Unhandled Error" and a gateway
+        and a non-zero exit (L{StartupFailure}), instead of Twisted's "Unhandled Error" and a gateway
         that runs on without its port while /healthz says ok.
         """
+        self._ports_bound = True
         Service.privilegedStartService(self)
         binding = self._binding_services()
         failures: list[str] = []
@@ -90,7 +101,7 @@ class GatewayService(MultiService):
                 if id(child) in binding and port is not None:
                     port.addCallback(lambda p: p.stopListening() if p is not None else None)
                     port.addErrback(lambda _: None)
-            raise SystemExit("graphsmtp: " + "\ngraphsmtp: ".join(failures))
+            raise StartupFailure("graphsmtp: " + "\ngraphsmtp: ".join(failures))
 
     def _binding_services(self) -> dict[int, str]:
         """The services that bind a port, by id, with the words that name them in an error."""
@@ -102,6 +113,10 @@ class GatewayService(MultiService):
         return binding
 
     def startService(self) -> None:
+        if not self._ports_bound:
+            # ``twist`` (unlike twistd) never calls privilegedStartService: bind here so that
+            # a port that cannot bind stops start-up under it too.
+            self.privilegedStartService()
         if self.config.deliverer == "capture":
             self.log.warn(
                 "NO MICROSOFT GRAPH CREDENTIALS CONFIGURED: messages are delivered into the local "
@@ -135,6 +150,11 @@ class GatewayService(MultiService):
                               name=part.config.name, endpoint=part.config.endpoint)
             return
         address = port.getHost()
+        if not hasattr(address, "port"):  # the [local] UNIX socket: a path, not host and port
+            self.log.info("listener {name} accepting SMTP on UNIX socket {path} (tls={tls}, auth={auth})",
+                          name=part.config.name, path=_socket_path(address), tls=part.config.tls,
+                          auth=part.config.auth)
+            return
         self.log.info(
             "listener {name} accepting SMTP on {host} port {port} (tls={tls}, auth={auth})",
             name=part.config.name, host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
@@ -220,8 +240,13 @@ class GatewayService(MultiService):
         self.log.info("graphsmtp stopped")
 
 
+def _socket_path(address: Any) -> str:
+    name = getattr(address, "name", None)
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-__all__ = ["GatewayService"]
+__all__ = ["GatewayService", "StartupFailure"]

@@ -1,13 +1,16 @@
 """
 The twistd/twist entry point: command-line options and the service they build.
 
-Configuration problems are reported as ``usage.UsageError`` so twistd prints one clear line
-and exits before anything is bound or written.
+Configuration problems are one line on stderr and exit status 78 (EX_CONFIG, sysexits.h),
+before anything is bound or written: L{ConfigurationFailure}.  Not ``usage.UsageError``, for
+which twistd and twist print their whole option list (twenty lines) ahead of the error, on
+every restart of a unit with a broken file.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -15,6 +18,21 @@ from twisted.python import usage
 
 from gateway.config import ConfigError, load_config
 from gateway.config.locate import locate_config
+
+
+#: sysexits.h: configuration error.
+EX_CONFIG = 78
+
+
+class ConfigurationFailure(SystemExit):
+    """The configuration does not load or build: exit EX_CONFIG; ``str()`` is the one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EX_CONFIG)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Options(usage.Options):
@@ -55,7 +73,9 @@ class Options(usage.Options):
             # SIGHUP re-reads the same file with the same command-line overrides.
             self.service = build_service(self.config, lambda: load_config(path, given, os.environ))
         except ConfigError as e:
-            raise usage.UsageError(f"configuration error: {e}") from None
+            message = f"configuration error: {e}"
+            sys.stderr.write(f"graphsmtp: {message}\n")
+            raise ConfigurationFailure(message) from None
 
 
 def build_service(config: Any, config_loader: Any = None) -> IService:

@@ -156,7 +156,7 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
         _judge_with(factory, config, mail_pool)
         service = _listening_service(reactor, listener, factory) if listen else None
         listeners.append(ListenerParts(listener, factory, service, tls))
-    local = _local_submission(config, reactor, spool, auth, redis, listen)
+    local = _local_submission(config, reactor, spool, auth, redis, listen, metrics)
     if local is not None:
         _judge_with(local.factory, config, mail_pool)
         listeners.append(local)
@@ -200,7 +200,8 @@ def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics
     return PolicyChain(wrapped, guard=CountingPolicy(guard, "relay-access", count) if guard is not None else None)
 
 
-def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any, redis: Any, listen: bool = True) -> Any:
+def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any, redis: Any, listen: bool = True,
+                      metrics: Any = None) -> Any:
     """
     The ``[local]`` UNIX socket for graphsmtp-sendmail (None when not configured): an SMTP
     listener whose sessions are logged in by the kernel's peer credentials, guarded by the
@@ -216,9 +217,14 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
     [listener] = _capped_listeners(attrs.evolve(config, listeners=(local.listener(),)))
     context = PolicyContext(clock=reactor, listener=listener.name, redis=redis, hostname=config.hostname,
                             limits=listener.limits)
-    chain = PolicyChain(build_chain(local.policies, context).policies, guard=auth.relay_policy(listener))
+    policies = build_chain(local.policies, context).policies
+    if metrics is not None:  # counted on /metrics like every listener's (listener="sendmail")
+        chain = _counting_chain(listener, policies, auth.relay_policy(listener), metrics)
+    else:
+        chain = PolicyChain(policies, guard=auth.relay_policy(listener))
     factory = LocalSubmissionFactory(local, config.hostname, spool, chain, reactor, listener=listener,
-                                     add_message_id=config.add_message_id, add_date=config.add_date)
+                                     add_message_id=config.add_message_id, add_date=config.add_date,
+                                     intake=metrics.intake_for(listener.name) if metrics is not None else None)
     if hasattr(spool, "import_judge"):
         spool.import_judge = DropOffJudge(chain, local)
     return ListenerParts(listener, factory, _listening_service(reactor, listener, factory) if listen else None)

@@ -19,7 +19,7 @@ from gateway.cli import sendmail
 from gateway.config.locate import SYSTEM_CONFIG, locate_config
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.testing import make_test_spool
-from gateway.tap import Options
+from gateway.tap import ConfigurationFailure, Options
 
 from tests.sendmail_helpers import daemon_spool
 
@@ -54,7 +54,8 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_daemon_reports_a_missing_environment_config(self):
         self.patch(os, "environ", dict(os.environ, GRAPHSMTP_CONFIG=self.mktemp()))
-        e = self.assertRaises(usage.UsageError, Options().parseOptions, [])
+        self.patch(sys, "stderr", io.StringIO())  # the one line goes there
+        e = self.assertRaises(ConfigurationFailure, Options().parseOptions, [])
         self.assertIn("does not exist", str(e))
 
 

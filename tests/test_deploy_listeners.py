@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import treq
 from twisted.internet import reactor
@@ -22,7 +23,7 @@ from gateway.service import GatewayService
 from gateway.status.web import snapshot
 from gateway.testing.harness import gateway_config, start_gateway
 from gateway.wiring import build_components
-from tests.daemon_helpers import spawn_gateway
+from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway
 
 
 class BindFailureTests(TestCase):
@@ -70,6 +71,48 @@ class BindFailureTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(f"status endpoint (tcp:{busy}:interface=127.0.0.1) cannot listen", daemon.output.decode())
         self.assertNotIn(b"Traceback", daemon.output)
+
+    def spawn(self, bootstrap: str, *args: str) -> GatewayDaemon:
+        """Run ``bootstrap`` (a ``python -c`` program) with ``args``; reaped in the cleanup."""
+        daemon = GatewayDaemon()
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        reactor.spawnProcess(daemon, sys.executable, [sys.executable, "-c", bootstrap, *args], env=env, path=ROOT)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    @inlineCallbacks
+    def test_daemonising_twistd_exits_instead_of_hanging(self):
+        # Without -n twistd forks and the parent waits for the child's word on a pipe; a bare
+        # SystemExit in the child never says a word, so the parent (what an init script or an
+        # admin's shell waits on) hung for ever.  Hanging fails this test by its timeout.
+        busy = self.occupied_port()
+        config = self.write_config(f'[[listener]]\nname = "mx"\nendpoint = "tcp:{busy}:interface=127.0.0.1"\n')
+        directory = os.path.dirname(config)
+        daemon = self.spawn("from twisted.scripts.twistd import run; run()",
+                            f"--pidfile={directory}/twistd.pid", f"--logfile={directory}/twistd.log",
+                            "graphsmtp", "--config", config)
+        code = yield daemon.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"cannot li", daemon.output)  # the status pipe carries the first 100 bytes
+        with open(f"{directory}/twistd.log") as f:
+            log = f.read()
+        self.assertIn(f"listener mx (tcp:{busy}:interface=127.0.0.1) cannot listen", log)
+        self.assertFalse(os.path.exists(f"{directory}/twistd.pid"))
+
+    @inlineCallbacks
+    def test_twist_stops_start_up_with_one_line(self):
+        # twist never calls privilegedStartService: the port was bound in startService, its
+        # failure logged as "Unhandled Error" and the gateway ran on without it.
+        busy = self.occupied_port()
+        config = self.write_config(f'[[listener]]\nname = "mx"\nendpoint = "tcp:{busy}:interface=127.0.0.1"\n')
+        daemon = self.spawn("from twisted.application.twist._twist import Twist; Twist.main()",
+                            "--log-format=text", "graphsmtp", "--config", config)
+        code = yield daemon.ended
+        self.assertNotEqual(code, 0)
+        self.assertNotIn(b"Traceback", daemon.output)
+        self.assertNotIn(b"Unhandled Error", daemon.output)
+        self.assertIn(f"graphsmtp: listener mx (tcp:{busy}:interface=127.0.0.1) cannot listen".encode(),
+                      daemon.errors)
 
 
 class LostListenerHealthTests(TestCase):

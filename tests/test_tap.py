@@ -5,6 +5,7 @@ anything is bound.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.tap import Options
+from gateway.tap import ConfigurationFailure, Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +44,8 @@ class OptionsTests(SynchronousTestCase):
 
     def test_bad_value_is_one_line_naming_the_key(self):
         path = self.write('[[listener]]\nname = "sub"\nendpoint = "tcp:587"\nauth = "sometimes"\n')
-        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", path])
+        self.patch(sys, "stderr", io.StringIO())  # the one line goes there
+        e = self.assertRaises(ConfigurationFailure, Options().parseOptions, ["--config", path])
         self.assertIn("listener.sub.auth", str(e))
         self.assertNotIn("\n", str(e))
 

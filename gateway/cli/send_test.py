@@ -26,7 +26,6 @@ Exit status: 0 sent, 69 bounced (EX_UNAVAILABLE), 75 still deferred when ``--tim
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import os
@@ -38,6 +37,8 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Callable, Optional, Sequence, TextIO
 
 import attrs
+
+from gateway.cli.sysexits import SysexitsArgumentParser
 
 EX_OK = 0
 EX_USAGE = 64
@@ -288,7 +289,7 @@ def _default_sender(hostname: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
-    parser = argparse.ArgumentParser(
+    parser = SysexitsArgumentParser(
         prog="graphsmtp-send-test",
         description="Send a test message through the running gateway (or straight to Graph) and wait for its outcome.")
     parser.add_argument("sender", metavar="FROM", help="sender address (the mailbox Graph sends as)")

@@ -272,6 +272,46 @@ def load_tool_config(config: Optional[str], spool: Optional[str], environ,
     return load_config(config_path, {"spool": spool} if spool else {}, environ)
 
 
+#: What graphsmtp-sendmail reads from the configuration: where the spool and the [local] socket
+#: are, the host name, header defaults and size limits.  Everything else stays unread — above
+#: all the daemon's private files ([graph] secrets, the [auth] users file, Redis passwords:
+#: chmod 600, or systemd credentials only the daemon gets), which any other user's sendmail
+#: could not read, so it failed with EX_CONFIG in every deployment that has them.
+_SUBMISSION_SECTIONS = ("gateway", "spool", "limits", "local")
+_SUBMISSION_LISTENER_KEYS = ("name", "endpoint", "limits")
+_SUBMISSION_LOCAL_DROPPED = ("policies",)  # the daemon runs them; naming plugins needs no check here
+
+
+def load_submission_config(config: Optional[str], spool: Optional[str], environ,
+                           system_config: str = SYSTEM_CONFIG) -> GatewayConfig:
+    """
+    L{load_tool_config} (required) restricted to what submission needs, see
+    L{_SUBMISSION_SECTIONS}: the daemon's secrets and users file are never opened.
+    """
+    from gateway.config.loader import build_config, load_toml
+
+    if spool and not config:
+        path = environ.get(ENVIRONMENT_VARIABLE) or None
+    else:
+        path = locate_config(config, environ, system_config)
+    if path is None and not spool:
+        raise NoConfiguration(system_config)
+    data = load_toml(path) if path else {}
+    view = {name: data[name] for name in _SUBMISSION_SECTIONS if name in data}
+    if isinstance(data.get("listener"), list):
+        view["listener"] = [{k: v for k, v in listener.items() if k in _SUBMISSION_LISTENER_KEYS}
+                            if isinstance(listener, dict) else listener for listener in data["listener"]]
+    if isinstance(view.get("local"), dict):
+        view["local"] = {k: v for k, v in view["local"].items() if k not in _SUBMISSION_LOCAL_DROPPED}
+    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    try:
+        return build_config(view, {"spool": spool} if spool else {}, environ, base_dir)
+    except ConfigError as e:
+        if path:
+            raise e.in_file(path) from None
+        raise
+
+
 def daemon_spool_problem(spool_dir: str) -> Optional[str]:
     """
     Why ``spool_dir`` is not a spool a daemon reads, or None when it is.  A daemon that ever
@@ -306,7 +346,7 @@ class Settings:
 
 def _settings(opts: Options, environ, system_config: str = SYSTEM_CONFIG) -> Settings:
     try:
-        config = load_tool_config(opts.config, opts.spool, environ, system_config, required=True)
+        config = load_submission_config(opts.config, opts.spool, environ, system_config)
     except ConfigError as e:
         raise SendmailError(EX_CONFIG, f"configuration error: {e}") from None
     local = config.sections.get("local")

@@ -51,6 +51,8 @@ def envelope_headers(entry: SpoolEntry) -> bytes:
 @implementer(IDeliverer)
 class CaptureDeliverer:
     log = Logger()
+    #: The ``relay`` field of its log lines: the message went to the local outbox, not to Graph.
+    relay = "capture"
 
     def __init__(self, outbox: str, threadpool: Any, reactor: Any, fileops: FileOps | None = None) -> None:
         self.outbox = os.path.abspath(outbox)

@@ -108,22 +108,28 @@ class LocalSubmissionESMTP(GatewayESMTP):
                             trusted_network=False)
 
 
+def check_allowed_senders(local: LocalConfig) -> None:
+    """Refuse a ``[local.allowed_senders]`` pattern that is not valid (at start-up and on SIGHUP)."""
+    for user, patterns in local.allowed_senders:
+        for pattern in patterns:
+            try:
+                validate_pattern(pattern)
+            except PatternError as e:
+                raise ConfigError(f"local.allowed_senders.{user}", str(e)) from None
+
+
 class LocalSubmissionFactory(GatewaySMTPFactory):
     """The protocol factory of the local socket; ``local`` gives the per-user allowed senders."""
 
     protocol = LocalSubmissionESMTP
 
     def __init__(self, local: LocalConfig, hostname: str, spool: Any, chain: Any, clock: Any,
-                 add_message_id: bool = True, add_date: bool = True, listener: Any = None) -> None:
+                 add_message_id: bool = True, add_date: bool = True, listener: Any = None,
+                 intake: Any = None) -> None:
         super().__init__(listener or local.listener(), hostname, spool, chain, clock, portal=None, tls=None,
-                         add_message_id=add_message_id, add_date=add_date)
+                         add_message_id=add_message_id, add_date=add_date, intake=intake)
         self.local = local
-        for user, patterns in local.allowed_senders:
-            for pattern in patterns:
-                try:
-                    validate_pattern(pattern)
-                except PatternError as e:
-                    raise ConfigError(f"local.allowed_senders.{user}", str(e)) from None
+        check_allowed_senders(local)
 
     def senders_for(self, user: str) -> tuple[str, ...]:
         return self.local.senders_for(user)

@@ -1019,6 +1019,7 @@ class GatewayESMTP(smtp.ESMTP):
             "received {queue_id} from {client} size {size} nrcpt {nrcpt}",
             queue_id=queue_id, client=self._client_label(), size=getattr(outcome, "size", tx.writer.bytes_written),
             nrcpt=len(tx.recipients), tls=self._secure(), listener=self.listener.name,
+            **{"from": tx.sender, "to": [str(r) for r in tx.recipients]},
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         self.factory.message_accepted(getattr(outcome, "size", tx.writer.bytes_written))

@@ -549,6 +549,7 @@ class QueueRunner(Service):
             "from": entry.envelope.sender,
             "to": list(entry.envelope.recipients),
             "size": entry.size,
+            "relay": getattr(self.deliverer, "relay", "graph"),  # "capture": the local outbox, not Graph
             "mailbox": getattr(key, "mailbox", None) or entry.sending_mailbox or entry.envelope.sender,
             "delay": round(max(0.0, self.clock.seconds() - entry.received_at), 3),
             "status": status,

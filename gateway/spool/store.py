@@ -224,7 +224,8 @@ class DirectorySpool:
     def _log_received(self, entry: SpoolEntry) -> None:
         self.log.info("received {queue_id} via sendmail from local user {user}, {count} recipient(s), {size} bytes",
                       queue_id=entry.queue_id, user=entry.provenance.auth_identity,
-                      count=len(entry.envelope.recipients), size=entry.size)
+                      count=len(entry.envelope.recipients), size=entry.size,
+                      **{"from": entry.envelope.sender, "to": list(entry.envelope.recipients)})
 
     def close(self) -> None:
         """Release the spool lock (tests, or a second spool on the same directory)."""

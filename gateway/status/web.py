@@ -22,11 +22,22 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Site
 
 from gateway.status.sources import tenant_health
 
 _log = Logger(namespace="gateway.status.web")
+
+
+class _QuietSite(Site):
+    """
+    Access lines at debug level: Twisted logs one info line per request, so a Prometheus
+    scraping /metrics every 15 s (and a load balancer polling /healthz) wrote thousands of
+    lines a day between the message lines that matter.
+    """
+
+    def log(self, request: Any) -> None:
+        _log.debug("status request: {line}", line=self._logFormatter(self._logDateTime, request))
 
 
 def snapshot(components: Any, clock: Any) -> dict[str, Any]:
@@ -190,8 +201,6 @@ def status_service(status: Any, components: Any, reactor: Any, hostname: str = "
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
-    from twisted.web.server import Site
-
     from gateway.status.sources import ComponentsStatusSource
     from gateway.threads import ThreadPoolService
 
@@ -211,7 +220,7 @@ def status_service(status: Any, components: Any, reactor: Any, hostname: str = "
             _log.warn("the status endpoint {endpoint} is reachable beyond this machine without a login; it shows "
                       "sender and recipient addresses (set [status] login = true, over an ssl: endpoint)",
                       endpoint=status.endpoint)
-    site = Site(resource, timeout=60)  # idle clients go after a minute
+    site = _QuietSite(resource, timeout=60)  # idle clients go after a minute
     site.noisy = False
     site.displayTracebacks = False
     service = StreamServerEndpointService(serverFromString(reactor, status.endpoint), site)

@@ -14,7 +14,7 @@ from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -93,9 +93,25 @@ def tls_policy(ca_bundle: Optional[str]) -> HostnameVerifyingPolicy:
 PERSISTENT_CONNECTIONS = 64
 
 
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    """Twisted's factory for one Graph connection, without its "Starting/Stopping factory" lines."""
+
+    noisy = False
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """
+    The Graph connection pool.  Twisted's own logs two info lines ("Starting factory …",
+    "Stopping factory …") for every new connection: during an outage that is two lines of
+    noise per delivery attempt, more than the attempt's own state-change line.
+    """
+
+    _factory = _QuietHTTP11ClientFactory
+
+
 def build_http_client(config: GraphConfig, reactor: Any, on_request: Any = None,
                       connections: int = PERSISTENT_CONNECTIONS) -> tuple[GraphClient, HTTPConnectionPool]:
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = QuietConnectionPool(reactor, persistent=True)
     # Fewer kept-alive connections than requests in flight turned most requests into a new
     # TLS handshake (bench_drain: 572 handshakes for 1,000 messages with 40 in flight).
     pool.maxPersistentPerHost = connections
