@@ -110,6 +110,8 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
     spool = DirectorySpool(config.spool.directory, disk.pool, reactor, archive_delivered=config.spool.archive_delivered,
                            fileops=fileops,
                            hold_new=config.queue.hold_new)
+    cluster = config.sections.get("cluster")
+    spool.disk.node = cluster.node_id if cluster is not None else config.hostname
 
     auth = build_auth(config.sections["auth"], config.state_dir, reactor=reactor, graph_config=config.graph)
     services.extend(auth.services)

@@ -19,7 +19,7 @@ from gateway.spool.testing import ImmediateReactor, make_test_spool
 MESSAGE = b"Subject: s\r\nFrom: app@example.com\r\n\r\nbody\r\n"
 NOW = 1_700_000_000.0
 MESSAGE_KEYS = {"queue_id", "state", "received_at", "age_seconds", "size", "sender", "recipients",
-                "sending_mailbox", "attempts", "next_attempt_at", "last_error", "failure_reason",
+                "sending_mailbox", "node", "attempts", "next_attempt_at", "last_error", "failure_reason",
                 "client", "history"}
 
 

@@ -206,6 +206,8 @@ class QueueTool:
         self.out(f"received:      {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(entry.received_at))} ({_age(now - entry.received_at)} ago)")
         self.out(f"from client:   {p.client_name} [{p.client_address}] on listener {p.listener}, "
                  f"tls={'yes' if p.tls else 'no'}, auth={p.auth_identity or '-'}")
+        if p.node:
+            self.out(f"accepted by:   {p.node}")
         if p.credential_ref:
             self.out(f"credentials:   {p.credential_ref}")
         if entry.sending_mailbox:

@@ -47,6 +47,7 @@ def message_json(entry: SpoolEntry, state: str, now: float, failure_reason: Opti
         "sender": entry.envelope.sender,
         "recipients": list(entry.envelope.recipients),
         "sending_mailbox": entry.sending_mailbox,
+        "node": p.node,
         "attempts": entry.attempts,
         # Only a queued message has a next attempt; 0 in the record means "due now".
         "next_attempt_at": iso(max(entry.next_attempt_at, entry.received_at)) if state == "queued" else None,

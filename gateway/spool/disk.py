@@ -300,6 +300,8 @@ class SpoolDisk:
         self.layout = SpoolLayout(os.path.abspath(root))
         self.ops = ops if ops is not None else FileOps()
         self.tag = tag or os.urandom(4).hex()
+        #: Stamped into the provenance of what this spool accepts (intake, sendmail imports).
+        self.node: Optional[str] = None
         self._now = clock
         self.queue_sync = DirectorySyncer(self.ops, self.layout.queue)
         self.incoming_sync = DirectorySyncer(self.ops, self.layout.incoming)
@@ -1007,7 +1009,8 @@ class SpoolDisk:
             return Quarantined(queue_id, reason)
         # The file owner, not what the record claims, says which local user submitted it.
         entry = attrs.evolve(entry, provenance=attrs.evolve(
-            entry.provenance, listener="sendmail", auth_identity=_owner_name(st.st_uid)))
+            entry.provenance, listener="sendmail", auth_identity=_owner_name(st.st_uid),
+            node=entry.provenance.node or self.node))
         if entry.message_digest is None:
             # Written by an older sendmail command: digest it now, so what is queued from here
             # on is protected like everything else.

@@ -44,6 +44,10 @@ class Provenance:
     tls: bool = False
     auth_identity: Optional[str] = None
     credential_ref: Optional[str] = None
+    # The gateway that accepted the message ([cluster] node_id, else its host name): with
+    # several gateways, queue id and node say unambiguously where a message came in, also
+    # after graphsmtp-queue adopt moved it to another node.  None in older records.
+    node: Optional[str] = None
 
 
 #: Attempt causes (see L{gateway.delivery.interfaces}) that are waits, not failures, and causes

@@ -15,6 +15,7 @@ On-disk format (one JSON object, UTF-8, ASCII-only because non-ASCII is escaped)
       "tls": true,
       "auth_identity": "scanner",       # null when not authenticated
       "credential_ref": null,           # delivery credentials name, null = default tenant
+      "node": "gw1",                    # the gateway that accepted it; absent in older records
       "size": 10240,                    # bytes in the message file
       "attempts": 2,                    # failed delivery attempts so far
       "next_attempt_at": 1700000900.0,  # POSIX time; 0 or the past means "due now"
@@ -65,6 +66,7 @@ def record_fields(entry: SpoolEntry) -> dict[str, Any]:
         "tls": prov.tls,
         "auth_identity": prov.auth_identity,
         "credential_ref": prov.credential_ref,
+        "node": prov.node,
         "size": entry.size,
         "attempts": entry.attempts,
         "next_attempt_at": entry.next_attempt_at,
@@ -139,6 +141,7 @@ def decode_record(data: bytes, message_path: str, expected_queue_id: str | None 
             tls=_typed(obj, "tls", bool),
             auth_identity=_typed(obj, "auth_identity", str, optional=True),
             credential_ref=_typed(obj, "credential_ref", str, optional=True),
+            node=_typed(obj, "node", str, optional=True, added_later=True),
         ),
         received_at=_typed(obj, "received_at", float),
         message_path=message_path,

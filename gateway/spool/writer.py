@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -99,6 +100,9 @@ class DirectorySpoolWriter:
         if self._state != "open":
             return fail(SpoolError("spool writer is closed"))
         self._state = "committing"
+        node = self._spool.disk.node
+        if provenance.node is None and node:
+            provenance = attrs.evolve(provenance, node=node)
         entry = SpoolEntry(queue_id=self.queue_id, envelope=envelope, provenance=provenance,
                            received_at=self._spool.clock.seconds(), message_path="", size=0,
                            sending_mailbox=sending_mailbox)
