@@ -11,6 +11,7 @@ import json
 import os
 import stat
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -359,6 +360,29 @@ class RecoveryTests(SpoolTestMixin, SynchronousTestCase):
         self.assertEqual(quarantine, [bad.queue_id + ".env", bad.queue_id + ".msg"])
         self.assertEqual(self.queue_files(), [good.queue_id + ".env", good.queue_id + ".msg"])
 
+    def test_record_changed_in_place_is_quarantined_on_load(self):
+        # Issue 10, integrity: the record's sealed fields carry a digest, so a recipient added to
+        # the JSON in place (same format, valid JSON) is refused, never delivered.
+        entry = self.accept(self.spool)
+        path = os.path.join(self.directory, "queue", entry.queue_id + ".env")
+        with open(path, "rb") as f:
+            record = json.loads(f.read())
+        self.assertTrue(record["record_digest"].startswith("sha256:"))
+        record["recipients"].append("outsider@evil.example")
+        with open(path, "wb") as f:
+            f.write(json.dumps(record).encode())
+        self.failureResultOf(self.restart().load(entry.queue_id), KeyError)
+        self.assertEqual(sorted(os.listdir(os.path.join(self.directory, "quarantine"))),
+                         [entry.queue_id + ".env", entry.queue_id + ".msg"])
+
+    def test_state_changes_keep_the_record_digest_valid(self):
+        entry = self.accept(self.spool)
+        later = attrs.evolve(entry, attempts=3, next_attempt_at=entry.received_at + 600,
+                             received_at=entry.received_at + 60, draft_id="AAMk=")
+        self.successResultOf(self.spool.update(later))
+        loaded = self.successResultOf(self.restart().load(entry.queue_id))
+        self.assertEqual((loaded.attempts, loaded.draft_id), (3, "AAMk="))
+
     def test_truncated_message_is_quarantined_on_load(self):
         entry = self.accept(self.spool)
         with open(entry.message_path, "r+b") as f:
@@ -509,7 +533,7 @@ class RecordDecisionFieldsTests(SynchronousTestCase):
         self.assertEqual((back.sending_mailbox, back.message_digest, back.draft_id),
                          ("a@example.com", "sha256:00", "AAMk="))
         old = json.loads(encode_record(entry))
-        for key in ("sending_mailbox", "message_digest", "draft_id"):
+        for key in ("sending_mailbox", "message_digest", "draft_id", "record_digest"):
             del old[key]
         back = decode_record(json.dumps(old).encode(), "/m")
         self.assertEqual((back.sending_mailbox, back.message_digest, back.draft_id), (None, None, None))

@@ -25,7 +25,8 @@ On-disk format (one JSON object, UTF-8, ASCII-only because non-ASCII is escaped)
                                         # service, connection
       "sending_mailbox": "app@example.com",  # decided at intake; null in older records
       "message_digest": "sha256:…",     # of the message file at commit; null in older records
-      "draft_id": null                  # Graph draft of a large message being uploaded
+      "draft_id": null,                 # Graph draft of a large message being uploaded
+      "record_digest": "sha256:…"       # over the fields intake decided; checked on every read
     }
 
 Unknown keys are ignored when reading, so a newer gateway can add fields and an older queue
@@ -38,6 +39,7 @@ a 20 MB message — a new record is written and renamed over the old one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -74,7 +76,34 @@ def record_fields(entry: SpoolEntry) -> dict[str, Any]:
         "sending_mailbox": entry.sending_mailbox,
         "message_digest": entry.message_digest,
         "draft_id": entry.draft_id,
+        "record_digest": record_digest(entry),
     }
+
+
+#: What intake decided and no later state change may alter: who handed the message over, to
+#: whom it goes, as which mailbox, and which bytes.  (Delivery state, the received time that
+#: requeue and hold move forward, and the draft id change legitimately and are left out.)
+_SEALED = ("queue_id", "sender", "recipients", "client_address", "client_name", "listener", "tls",
+           "auth_identity", "credential_ref", "node", "size", "sending_mailbox", "message_digest")
+
+
+def record_digest(entry: SpoolEntry) -> str:
+    """
+    ``sha256:<hex>`` over the sealed fields, written with every record and verified on every
+    read: a record edited outside graphsmtp (a recipient added in place, say) is quarantined,
+    never delivered.  Not a signature — whoever can write the spool can recompute it — but it
+    turns a silent change into a loud one, like the message digest does for the message.
+    """
+    env, prov = entry.envelope, entry.provenance
+    values = {
+        "queue_id": entry.queue_id, "sender": env.sender, "recipients": list(env.recipients),
+        "client_address": prov.client_address, "client_name": prov.client_name, "listener": prov.listener,
+        "tls": prov.tls, "auth_identity": prov.auth_identity, "credential_ref": prov.credential_ref,
+        "node": prov.node, "size": entry.size, "sending_mailbox": entry.sending_mailbox,
+        "message_digest": entry.message_digest,
+    }
+    sealed = json.dumps([values[key] for key in _SEALED], separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(sealed.encode("ascii")).hexdigest()
 
 
 def _history_item(h: AttemptRecord) -> dict[str, Any]:
@@ -131,7 +160,7 @@ def decode_record(data: bytes, message_path: str, expected_queue_id: str | None 
             raise RecordError("'history' items must be objects")
         history.append(AttemptRecord(at=_typed(h, "at", float), reason=_typed(h, "reason", str),
                                      cause=_typed(h, "cause", str, optional=True, added_later=True)))
-    return SpoolEntry(
+    entry = SpoolEntry(
         queue_id=queue_id,
         envelope=Envelope(sender=_typed(obj, "sender", str), recipients=tuple(recipients)),
         provenance=Provenance(
@@ -153,6 +182,10 @@ def decode_record(data: bytes, message_path: str, expected_queue_id: str | None 
         message_digest=_typed(obj, "message_digest", str, optional=True, added_later=True),
         draft_id=_typed(obj, "draft_id", str, optional=True, added_later=True),
     )
+    stored = _typed(obj, "record_digest", str, optional=True, added_later=True)
+    if stored is not None and stored != record_digest(entry):
+        raise RecordError("record digest mismatch: the record was changed outside graphsmtp")
+    return entry
 
 
-__all__ = ["RECORD_FORMAT", "RecordError", "record_fields", "encode_record", "decode_record"]
+__all__ = ["RECORD_FORMAT", "RecordError", "record_fields", "record_digest", "encode_record", "decode_record"]
