@@ -252,6 +252,28 @@ class GatewayTenantHealthTests(TestCase):
         self.assertEqual(len(lines), 3, lines)
 
     @inlineCallbacks
+    def test_graph_not_answering_is_degraded_until_it_answers_again(self):
+        # A cached token hid a Graph outage: /healthz said ok while every send got a 503.
+        yield self.start()
+        self.fake.inject(Fault.status_code(503), operation="sendMail", times=None)
+        message = b"From: alice@corp.example\r\nTo: bob@corp.example\r\nSubject: s\r\n\r\nbody\r\n"
+        for _ in range(3):
+            result = yield self.gw.send("alice@corp.example", ["bob@corp.example"], message)
+            self.assertTrue(result.accepted, result.describe())
+        yield self.gw.outcomes(3, kinds=("deferred",))
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 503)
+        [tenant] = json.loads(body)["delivery"]["tenants"]
+        self.assertEqual(tenant["state"], "degraded")
+        self.assertIn("Graph not answering", tenant["detail"])
+        self.fake.clear_faults()
+        result = yield self.gw.send("alice@corp.example", ["carol@corp.example"], message)
+        self.assertTrue(result.accepted, result.describe())
+        yield self.gw.outcomes(1, kinds=("delivered",))
+        code, body = yield self.get("/healthz")
+        self.assertEqual(code, 200, body)
+
+    @inlineCallbacks
     def test_bad_secret_needs_admin_without_the_secret(self):
         wrong = "not-the-secret-Zq8"
         yield self.start(client_secret=wrong)

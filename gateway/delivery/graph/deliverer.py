@@ -53,7 +53,8 @@ from gateway.delivery.graph.sizes import single_request_limit
 from gateway.delivery.graph.structure import Part, plan_extraction, scan_structure
 from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
 from gateway.delivery.interfaces import (
-    CAUSE_PAUSED, CAUSE_THROTTLED, CAUSE_TOKEN, Delivered, IDeliverer, IDraftJournal, IEntryQuarantine,
+    CAUSE_CONNECTION, CAUSE_PAUSED, CAUSE_SERVICE, CAUSE_THROTTLED, CAUSE_TOKEN, Delivered, IDeliverer,
+    IDraftJournal, IEntryQuarantine,
     IMailboxRouting, MailboxKey, MailboxLimits, Permanent, Transient,
 )
 
@@ -79,6 +80,15 @@ class TenantHealth:
     since: float = 0.0
     paused_until: float = 0.0
     token_expires_at: float = 0.0  # of the last token issued; 0 before the first one
+    #: Since when Graph itself has not been answering (5xx, no connection) while tokens work;
+    #: 0 while it answers.  ``graph_trouble`` is the last such reason.
+    graph_trouble_since: float = 0.0
+    graph_trouble: str = ""
+
+
+#: Consecutive sends that met Graph trouble (5xx, no connection) before the tenant reads as
+#: degraded: one 503 is weather, several in a row with nothing delivered is an outage.
+GRAPH_TROUBLE_THRESHOLD = 3
 
 
 @attrs.define
@@ -105,6 +115,9 @@ class _Tenant:
     graph_refused: bool = False
     token_expires_at: float = 0.0
     key: tuple = ()
+    graph_failures: int = 0
+    graph_trouble_since: float = 0.0
+    graph_trouble: str = ""
 
 
 @implementer(IDraftJournal, IEntryQuarantine)
@@ -266,7 +279,8 @@ class GraphDeliverer:
         """One L{TenantHealth} per tenant seen so far (the default tenant once used)."""
         for tenant in self._tenants.values():
             self._adopt_shared_pause(tenant)  # [cluster]: paused by another gateway shows here too
-        return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until, t.token_expires_at)
+        return tuple(TenantHealth(t.label, t.state, t.detail, t.since, t.paused_until, t.token_expires_at,
+                                  t.graph_trouble_since, t.graph_trouble)
                      for t in self._tenants.values())
 
     # -- the flow -------------------------------------------------------------------------
@@ -346,6 +360,7 @@ class GraphDeliverer:
                 slot.release()
         if attempt.token_accepted and tenant.graph_refused:
             self._tenant_ok(tenant)
+        self._note_graph_answers(tenant, outcome)
         if isinstance(outcome, Delivered):
             self.throttles.succeeded(key)
             if self.admission is not None:
@@ -658,6 +673,25 @@ class GraphDeliverer:
         tenant.failures = 0
         tenant.paused_until = 0.0
         tenant.graph_refused = False
+
+    def _note_graph_answers(self, tenant: _Tenant, outcome: Any) -> None:
+        """
+        Whether Graph itself answers: a valid token says nothing about graph.microsoft.com being
+        reachable, and /healthz should say "degraded" during a Graph outage too, not only
+        during a token endpoint outage.
+        """
+        if isinstance(outcome, Transient) and outcome.cause in (CAUSE_SERVICE, CAUSE_CONNECTION):
+            tenant.graph_failures += 1
+            tenant.graph_trouble = outcome.reason
+            if tenant.graph_failures == GRAPH_TROUBLE_THRESHOLD:
+                tenant.graph_trouble_since = self.clock.seconds()
+                self.log.warn("tenant {label}: Graph is not answering ({reason}; {count} sends in a row); "
+                              "mail stays queued and is retried", label=tenant.label, reason=outcome.reason,
+                              count=tenant.graph_failures)
+            return
+        if tenant.graph_trouble_since:
+            self.log.info("tenant {label}: Graph answers again", label=tenant.label)
+        tenant.graph_failures, tenant.graph_trouble_since, tenant.graph_trouble = 0, 0.0, ""
 
     def _token_failed(self, tenant: _Tenant, error: TokenError) -> Transient:
         if error.is_config:

@@ -246,8 +246,17 @@ class TenantHealthMonitor(Service):
 
     @staticmethod
     def _merge(status: TenantStatus, seen: Any) -> TenantStatus:
-        """Fold in the deliverer's view: Graph refusing fresh tokens pauses the tenant."""
+        """
+        Fold in the deliverer's view: Graph refusing fresh tokens pauses the tenant; Graph not
+        answering at all (while tokens work) makes it degraded.
+        """
         paused = float(getattr(seen, "paused_until", 0.0) or 0.0)
+        trouble_since = float(getattr(seen, "graph_trouble_since", 0.0) or 0.0)
+        if trouble_since and status.state == OK:
+            detail = f"Graph not answering: {getattr(seen, 'graph_trouble', '') or 'no answer'}".rstrip(".")
+            return attrs.evolve(status, state=DEGRADED, detail=detail, since=trouble_since, paused_until=paused,
+                                action="check the network path to Microsoft Graph (proxy, firewall, DNS) and "
+                                       "Microsoft 365 service health; mail stays queued and is retried")
         if getattr(seen, "state", None) == "config-error" and status.state != NEEDS_ADMIN:
             detail = str(getattr(seen, "detail", "") or "Graph refused the tenant's tokens").rstrip(".")
             return attrs.evolve(status, state=NEEDS_ADMIN, detail=detail, since=float(getattr(seen, "since", 0.0)),
