@@ -98,6 +98,19 @@ class ListTests(SynchronousTestCase):
         self.assertTrue(e.text.startswith("To") or e.text.startswith("more than"), e.text)
         return e
 
+    def test_a_comment_that_shows_another_address_is_refused(self):
+        # ``addr (Full Name)`` is the old way to write a display name, and many readers still
+        # show the comment as the sender's name: a comment showing another mailbox is the
+        # same deception as a display name that does (found with
+        # ``From: scanner@corp.example (ceo@corp.example)``, which reached Graph unchanged).
+        self.assertRefused("alice@corp.example (ceo@corp.example)", "a comment shows an address")
+        self.assertRefused("(ceo@corp.example) alice@corp.example", "a comment shows an address")
+        self.assertRefused("Alice <alice@corp.example> (=?utf-8?q?ceo=40corp.example?=)", "a comment shows an address")
+        self.assertRefused("alice@corp.example (a (ceo@corp.example) b)", "a comment shows an address")
+        # The mailbox's own address in a comment, or one of the list's others, deceives no one.
+        self.assertEqual(one("alice@corp.example (Alice@corp.example)").address, "alice@corp.example")
+        self.assertEqual(len(parse_address_list("a@x.example (b@y.example), b@y.example", "To").mailboxes), 2)
+
     def test_ambiguous_forms_are_refused(self):
         self.assertRefused("victim@x.example, outsider@evil.example:;", "unexpected ':'")
         self.assertRefused("a@b.example;c@d.example", "unexpected ';'")

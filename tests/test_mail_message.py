@@ -126,6 +126,14 @@ class MessageTests(SynchronousTestCase):
         self.assertRefused(b"To: victim@x.example, outsider@evil.example:;\r\n", "To:")
         self.assertRefused(b"Resent-To: a@b.example;c@d.example\r\n", "Resent-To:")
 
+    def test_message_opening_with_an_indented_line_is_refused(self):
+        # Intake ends the header section at a first line that starts with white space, so the
+        # gateway sees no header fields; the email package drops the line as a defect and reads
+        # the fields after it as the header section.  Two readers, two From: refused.
+        section = b" X: y\r\nFrom: ceo@corp.example\r\nSubject: x\r\n\r\nbody\r\n"
+        self.assertRefused(b"", "starts with an indented line", first_body_line=section.split(b"\r\n")[0])
+        self.assertRefused(b"", "starts with an indented line", first_body_line=b"\tFrom: ceo@corp.example")
+
     def test_allowed_repetitions_and_groups(self):
         judged = parse_header_section(b"From: a@b.example, c@d.example\r\nSender: c@d.example\r\n"
                                       b"Resent-From: r@x.example\r\nResent-From: s@x.example\r\n"

@@ -171,3 +171,45 @@ class ReloadTests(SynchronousTestCase):
         started = build_config({}, {}, {}, base)
         changed = build_config({"gateway": {"plugin_paths": [root]}}, {}, {}, base)
         self.assertEqual(restart_needed(started, changed), ["[gateway] plugin_paths] changed"])
+
+
+class PluginPathsListingTests(SynchronousTestCase):
+    """
+    ``graphsmtp-config policies --config FILE`` lists the policies of the file's plugin_paths
+    too: a plugin author who installed through plugin_paths (the documented way) otherwise
+    never sees their policy's options there.
+    """
+
+    def test_policies_of_plugin_paths_are_listed_with_their_options(self):
+        import io
+        import sys
+
+        import twisted.plugins
+
+        from gateway.cli.configcheck import main
+
+        root = plugin_root(self, {"listed_by_config_policy": POLICY_PLUGIN.replace("{name}", "listed-by-config")})
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f'[gateway]\nplugin_paths = ["{root}"]\nstate_dir = "{os.path.abspath(self.mktemp())}"\n')
+        before = (list(sys.path), list(twisted.plugins.__path__))
+        out = io.StringIO()
+        code = main(["policies", "--config", path], out)
+        self.assertEqual(code, 0, out.getvalue())
+        self.assertIn("listed-by-config", out.getvalue())
+        self.assertIn("refuse subjects containing this word", out.getvalue())
+        self.assertEqual((list(sys.path), list(twisted.plugins.__path__)), before)  # no trace left
+
+    def test_a_bad_config_is_one_line_with_ex_config(self):
+        import io
+
+        from gateway.cli.configcheck import main
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write('[gateway]\nplugin_paths = ["/nonexistent/graphsmtp-plugins"]\n')
+        out = io.StringIO()
+        code = main(["policies", "--config", path], out)
+        self.assertEqual(code, 78)
+        self.assertEqual(len(out.getvalue().splitlines()), 1, out.getvalue())
+        self.assertIn("gateway.plugin_paths", out.getvalue())

@@ -252,6 +252,18 @@ class IntakeTests(TestCase):
         self.assertEqual(server.spool.messages, [])
 
     @inlineCallbacks
+    def test_message_opening_with_an_indented_line_refused_over_starttls_auth(self):
+        # The gateway would read no header section here, the email package (and plugins using
+        # it) the From after the indented first line: ambiguity is refused, not guessed.
+        server = yield SecureServer.start(self)
+        code, text = yield self.send(
+            server, b" X-Junk: y\r\nFrom: CEO <ceo@corp.example>\r\nSubject: q\r\n\r\nbody\r\n")
+        yield server.sessions_closed()
+        self.assertEqual((code, text[:5]), (550, b"5.6.0"), text)
+        self.assertIn(b"indented line", text)
+        self.assertEqual(server.spool.messages, [])
+
+    @inlineCallbacks
     def test_space_before_colon_from_refused_on_a_trusted_listener_with_trusted_senders(self):
         import ipaddress
 

@@ -62,7 +62,29 @@ def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
     return 0
 
 
-def list_plugins(kind: str, out: TextIO, markdown: bool = False) -> int:
+def list_plugins(kind: str, out: TextIO, markdown: bool = False, config_path: Optional[str] = None) -> int:
+    """
+    The installed plugins of ``kind``; with ``config_path``, also those in that file's
+    ``[gateway] plugin_paths`` (the directories are added for the listing only, then removed).
+    """
+    if config_path is None or markdown:
+        return _list_plugins(kind, out, markdown)
+    from gateway.plugin_search import add_plugin_paths
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        where = "" if e.source else f"{config_path}: "
+        out.write(f"graphsmtp-config: {where}{e}\n")
+        return EX_CONFIG
+    added = add_plugin_paths(config.plugin_paths)
+    try:
+        return _list_plugins(kind, out, markdown)
+    finally:
+        added.undo()
+
+
+def _list_plugins(kind: str, out: TextIO, markdown: bool = False) -> int:
     if kind == "policies":
         from gateway.policy.catalog import builtin_policy_factories, render_markdown, render_text
         from gateway.policy.registry import discover_policies as discover
@@ -94,11 +116,14 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
     p_policies = sub.add_parser("policies", help="list the policy plugins that can be named in `use = ...`, with their options")
     p_policies.add_argument("--markdown", action="store_true",
                             help="print docs/policies.md (the built-in policies' options as Markdown)")
-    sub.add_parser("observers", help="list the delivery observer plugins")
+    p_observers = sub.add_parser("observers", help="list the delivery observer plugins")
+    for p in (p_policies, p_observers):
+        p.add_argument("--config", metavar="FILE",
+                       help="also list the plugins in this configuration's [gateway] plugin_paths")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.config, out, online=args.online)
-    return list_plugins(args.command, out, markdown=getattr(args, "markdown", False))
+    return list_plugins(args.command, out, markdown=getattr(args, "markdown", False), config_path=args.config)
 
 
 if __name__ == "__main__":

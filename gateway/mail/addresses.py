@@ -141,7 +141,8 @@ def _skip_comment(value: str, pos: int, limits: MailLimits, what: str) -> int:
     raise MalformedHeader(f"{what}: unterminated comment")
 
 
-def _tokenize(value: str, limits: MailLimits, what: str) -> list[_Token]:
+def _tokenize(value: str, limits: MailLimits, what: str, comments: Optional[list] = None) -> list[_Token]:
+    """The field's words and symbols; with ``comments``, each (outermost) comment's text is appended to it."""
     tokens: list[_Token] = []
     pos, n, space = 0, len(value), False
     while pos < n:
@@ -151,7 +152,10 @@ def _tokenize(value: str, limits: MailLimits, what: str) -> list[_Token]:
             space = True
             continue
         if c == "(":
-            pos = _skip_comment(value, pos, limits, what)
+            end = _skip_comment(value, pos, limits, what)
+            if comments is not None:
+                comments.append(value[pos + 1:end - 1])
+            pos = end
             space = True
             continue
         if c == '"':
@@ -493,8 +497,26 @@ def parse_address_list(value: str, what: str = "address", limits: MailLimits = D
     """
     _check_line(value, what)
     _count_encoded_words(value, limits, what)
-    parser = _Parser(_tokenize(value, limits, what), what, limits)
-    return parser.address_list()
+    comments: list[str] = []
+    parser = _Parser(_tokenize(value, limits, what, comments), what, limits)
+    found = parser.address_list()
+    if comments:
+        _check_comments(comments, found, parser)
+    return found
+
+
+def _check_comments(comments: list[str], found: AddressList, parser: "_Parser") -> None:
+    """
+    ``addr (Full Name)`` is the old way to write a display name and many readers still show a
+    comment as the name: a comment may show only addresses of the field's own mailboxes, as a
+    display name may (the same deception otherwise).  One pass over each comment's text.
+    """
+    own = {m.canonical for m in found.mailboxes}
+    for text in comments:
+        # Decoded leniently (a comment is free text: an undecodable word stays as written).
+        for shown in addresses_in_text(text) + (addresses_in_text(decode_unstructured(text)) if "=?" in text else []):
+            if parser._canonical_text(shown) not in own:
+                raise MalformedHeader(f"{parser.what}: a comment shows an address that is not one of the field's mailboxes")
 
 
 def parse_addr_spec(text: str) -> Mailbox:

@@ -14,6 +14,8 @@ Refused, with the rule each enforces:
 - white space between a field name and its colon (``From : ceo@...``), on any field: the
   ``email`` package ends the header section there, other readers take it as the field;
 - a line that is neither a field nor a continuation inside the section, and NUL bytes;
+- a message whose first line starts with white space (intake reads no header section, the
+  ``email`` package drops that line and reads the fields after it);
 - more than one From, Sender, Reply-To, To, Cc, Bcc, Subject (RFC 5322 §3.6 allows one);
 - a group, no mailbox, or several mailboxes without a Sender, in From; anything but one
   mailbox in Sender, Resent-From, Resent-Sender;
@@ -28,7 +30,7 @@ import attrs
 
 from gateway.mail.addresses import AddressList, Mailbox, canonical, parse_address_list
 from gateway.mail.errors import LimitExceeded, MalformedHeader
-from gateway.mail.fields import Field, TooManyFields, is_from_line, split_fields
+from gateway.mail.fields import Field, TooManyFields, is_continuation, is_from_line, split_fields
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
 
 #: Fields whose value is an address list and which the gateway reads.
@@ -121,6 +123,9 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
         raise MalformedHeader("NUL byte in the header section")
     if is_from_line(first_body_line):
         raise MalformedHeader('an mbox "From " line in the header section')
+    if is_continuation(first_body_line):
+        raise MalformedHeader("the message starts with an indented line (some readers take the "
+                              "fields after it as the header section, others as the body)")
     try:
         fields = split_fields(lines, limits.max_fields)
     except TooManyFields:
