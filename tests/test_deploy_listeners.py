@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import CannotListenError
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -94,10 +95,24 @@ class BindFailureTests(TestCase):
         code = yield daemon.ended
         self.assertNotEqual(code, 0)
         self.assertIn(b"cannot li", daemon.output)  # the status pipe carries the first 100 bytes
-        with open(f"{directory}/twistd.log") as f:
-            log = f.read()
-        self.assertIn(f"listener mx (tcp:{busy}:interface=127.0.0.1) cannot listen", log)
-        self.assertFalse(os.path.exists(f"{directory}/twistd.pid"))
+        # The parent exits on the child's word; the detached child writes its log line and
+        # removes its pid file on its own time, so wait for that (bounded), not for luck.
+        line = f"listener mx (tcp:{busy}:interface=127.0.0.1) cannot listen"
+        log_path, pid_path = f"{directory}/twistd.log", f"{directory}/twistd.pid"
+
+        def child_done() -> bool:
+            if os.path.exists(pid_path) or not os.path.exists(log_path):
+                return False
+            with open(log_path) as f:
+                return line in f.read()
+
+        for _ in range(200):  # at most 10 s
+            if child_done():
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        with open(log_path) as f:
+            self.assertIn(line, f.read())
+        self.assertFalse(os.path.exists(pid_path))
 
     @inlineCallbacks
     def test_twist_stops_start_up_with_one_line(self):
