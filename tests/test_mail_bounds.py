@@ -66,8 +66,15 @@ class LinearBoundTests(SynchronousTestCase):
             # A floor of 2 ms on the small side: below it the figure is mostly allocator and
             # timer noise, and a shape refused after a constant amount of work is as bounded
             # as it gets.
-            t_small, t_large = best_times(small[name], large[name])
-            ratio = t_large / max(t_small, 0.002)
+            # Up to three measurements, the best counting: a neighbour on the other core (trial
+            # --jobs=2 in CI) evicts cache lines and can push a linear 3.7x past 5x once, while a
+            # quadratic parser stays at ~16x every time.
+            ratio = float("inf")
+            for _ in range(3):
+                t_small, t_large = best_times(small[name], large[name])
+                ratio = min(ratio, t_large / max(t_small, 0.002))
+                if ratio <= MAX_RATIO:
+                    break
             self.assertLessEqual(ratio, MAX_RATIO, f"{name}: 256 KiB took {ratio:.1f}x the time of 64 KiB")
 
     def test_memory_grows_linearly_and_stays_small_for_every_shape(self):
