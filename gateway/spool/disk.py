@@ -745,23 +745,11 @@ class SpoolDisk:
             old, message_path=SpoolLayout.path(q, queue_id, MSG), received_at=now,
             next_attempt_at=0.0, history=old.history + (note,),
         )
-        tmp = self._tmp_path(queue_id, f".{next(self._counter)}{ENV}")
-        fd = None
+        self._move_into_queue(entry, SpoolLayout.path(f, queue_id, MSG), "requeue")
         try:
-            fd = self.ops.open_new(tmp)
-            self.ops.write(fd, encode_record(entry))
-            self.ops.sync_file(fd)
-            self.ops.close(fd)
-            fd = None
-            self.ops.rename(SpoolLayout.path(f, queue_id, MSG), entry.message_path)
-            self.ops.rename(tmp, SpoolLayout.path(q, queue_id, ENV))
-            self.queue_sync.sync()
             self._unlink_if_present(SpoolLayout.path(f, queue_id, ENV))
             self._unlink_if_present(SpoolLayout.path(f, queue_id, REASON))
         except OSError as e:
-            if fd is not None:
-                quietly(self.ops.close, fd)
-            quietly(self.ops.unlink, tmp)
             raise spool_error(e, f"requeue {queue_id}") from None
         return entry
 
@@ -802,24 +790,10 @@ class SpoolDisk:
         entry = attrs.evolve(old, message_path=SpoolLayout.path(q, queue_id, MSG),
                              received_at=old.received_at + held_for,
                              history=(old.history + (note,))[-_HISTORY_LIMIT:])
-        tmp = self._tmp_path(queue_id, f".{next(self._counter)}{ENV}")
-        fd = None
+        self._move_into_queue(entry, SpoolLayout.path(h, queue_id, MSG), "release", set_mtime=True)
         try:
-            fd = self.ops.open_new(tmp)
-            self.ops.write(fd, encode_record(entry))
-            if entry.next_attempt_at > 0:
-                self.ops.set_mtime(fd, entry.next_attempt_at)
-            self.ops.sync_file(fd)
-            self.ops.close(fd)
-            fd = None
-            self.ops.rename(SpoolLayout.path(h, queue_id, MSG), entry.message_path)
-            self.ops.rename(tmp, SpoolLayout.path(q, queue_id, ENV))
-            self.queue_sync.sync()
             self._unlink_if_present(SpoolLayout.path(h, queue_id, ENV))
         except OSError as e:
-            if fd is not None:
-                quietly(self.ops.close, fd)
-            quietly(self.ops.unlink, tmp)
             raise spool_error(e, f"release {queue_id}") from None
         return entry
 
@@ -1018,28 +992,37 @@ class SpoolDisk:
                 entry = attrs.evolve(entry, message_digest=file_digest(source_msg))
             except OSError as e:
                 raise spool_error(e, f"digest sendmail entry {queue_id}") from None
-        self._write_record_file_tmp_then(entry, source_msg, q_msg, q_env)
+        self._move_into_queue(entry, source_msg, "import from incoming/")
         quietly(self.ops.unlink, inc_env)
         return entry
 
-    def _write_record_file_tmp_then(self, entry: SpoolEntry, source_msg: str, q_msg: str, q_env: str) -> None:
+    def _move_into_queue(self, entry: SpoolEntry, source_msg: str, what: str, set_mtime: bool = False) -> None:
+        """
+        Queue ``entry`` whose message is at ``source_msg`` (incoming/, failed/, held/): the new
+        record is written and fsynced under tmp/ first, then the message and the record are
+        renamed into queue/ and queue/ is fsynced, so the entry is queued whole or not at all
+        (recovery finishes or undoes a half-done move).  Used by sendmail imports, requeue and
+        release alike.
+        """
         tmp = self._tmp_path(entry.queue_id, f".{next(self._counter)}{ENV}")
         fd = None
         try:
             fd = self.ops.open_new(tmp)
             self.ops.write(fd, encode_record(entry))
+            if set_mtime and entry.next_attempt_at > 0:
+                self.ops.set_mtime(fd, entry.due_hint)  # the schedule hint read at start-up
             self.ops.sync_file(fd)
             self.ops.close(fd)
             fd = None
-            if source_msg != q_msg:
-                self.ops.rename(source_msg, q_msg)
-            self.ops.rename(tmp, q_env)
+            if source_msg != entry.message_path:
+                self.ops.rename(source_msg, entry.message_path)
+            self.ops.rename(tmp, SpoolLayout.path(self.layout.queue, entry.queue_id, ENV))
             self.queue_sync.sync()
         except OSError as e:
             if fd is not None:
                 quietly(self.ops.close, fd)
             quietly(self.ops.unlink, tmp)
-            raise spool_error(e, f"import {entry.queue_id} from incoming/") from None
+            raise spool_error(e, f"{what} {entry.queue_id}") from None
 
     # -- recovery --------------------------------------------------------------------------
 
