@@ -94,15 +94,10 @@ class TenantStatus:
 
 @attrs.define(eq=False)
 class _Watch:
+    """One configured tenant: its current L{TenantStatus} plus the probing machinery."""
+
     credentials: TenantCredentials
-    state: str = UNKNOWN
-    detail: str = ""
-    action: str = ""
-    code: str = ""
-    since: float = 0.0
-    checked_at: float = 0.0
-    next_check: float = 0.0
-    token_expires_at: float = 0.0
+    status: TenantStatus
     failures: int = 0
     timer: Any = None
     probing: Optional[Deferred] = None
@@ -127,7 +122,7 @@ class TenantHealthMonitor(Service):
         self.graph_view = graph_view
         self._watches: dict[tuple, _Watch] = {}
         for credentials in tenants:
-            self._watches.setdefault(credentials.tenant_key, _Watch(credentials, since=clock.seconds()))
+            self._watches.setdefault(credentials.tenant_key, _Watch(credentials, TenantStatus(credentials.label, UNKNOWN, since=clock.seconds())))
         self.setName("tenant-health")
 
     # -- service -------------------------------------------------------------------------
@@ -160,9 +155,7 @@ class TenantHealthMonitor(Service):
             graph = {getattr(t, "label", None): t for t in self.graph_view()}
         result = []
         for watch in self._watches.values():
-            status = TenantStatus(watch.credentials.label, watch.state, watch.detail, watch.action, watch.code,
-                                  watch.since, watch.checked_at, watch.next_check,
-                                  token_expires_at=watch.token_expires_at)
+            status = watch.status
             seen = graph.get(watch.credentials.label)
             if seen is not None:
                 status = self._merge(status, seen)
@@ -175,9 +168,9 @@ class TenantHealthMonitor(Service):
         if watch is None:
             return  # a pass-through login's own tenant: not a configured one
         now = self.clock.seconds()
-        watch.checked_at = now
+        watch.status = attrs.evolve(watch.status, checked_at=now)
         if isinstance(result, AccessToken):
-            watch.token_expires_at = float(result.expires_at)
+            watch.status = attrs.evolve(watch.status, token_expires_at=float(result.expires_at))
             self._became(watch, OK, "", "", "", now)
             watch.failures = 0
             return
@@ -205,7 +198,7 @@ class TenantHealthMonitor(Service):
                     error = TokenError("transient", "internal", type(error).__name__)
                 self.observe(watch.credentials, error)
                 watch.failures += 1
-                cap = self.retry_max if watch.state == NEEDS_ADMIN else min(self.retry_max, DEGRADED_RETRY_MAX)
+                cap = self.retry_max if watch.status.state == NEEDS_ADMIN else min(self.retry_max, DEGRADED_RETRY_MAX)
                 delay = min(self.retry * 2 ** (watch.failures - 1), cap)
             else:
                 self.observe(watch.credentials, result)
@@ -218,17 +211,17 @@ class TenantHealthMonitor(Service):
     def _schedule(self, watch: _Watch, delay: float) -> None:
         if not self.running:
             return
-        watch.next_check = self.clock.seconds() + delay
+        watch.status = attrs.evolve(watch.status, next_check=self.clock.seconds() + delay)
         watch.timer = self.clock.callLater(delay, self._probe, watch)
 
     # -- state ---------------------------------------------------------------------------
 
     def _became(self, watch: _Watch, state: str, detail: str, action: str, code: str, now: float) -> None:
-        previous, previous_since = watch.state, watch.since
-        watch.detail, watch.action, watch.code = detail, action, code
+        previous, previous_since = watch.status.state, watch.status.since
+        watch.status = attrs.evolve(watch.status, detail=detail, action=action, code=code)
         if state == previous:
             return
-        watch.state, watch.since = state, now
+        watch.status = attrs.evolve(watch.status, state=state, since=now)
         label = watch.credentials.label
         if state == OK:
             if previous == UNKNOWN:
