@@ -144,6 +144,8 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
     # default pool may be busy with (or full of) other work, and judging must never wait on it.
     mail_pool = ThreadPoolService("graphsmtp-mail", 1, 2)
     services.append(mail_pool)
+    # The sending-mailbox rule is applied at intake and its result recorded with each message.
+    send_as = config.graph.send_as if config.graph is not None else "header-from"
     listeners = []
     for listener in _capped_listeners(config):
         tls = TLSContextSource(listener) if listener.tls != "none" else None
@@ -152,24 +154,15 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
             listener, config.hostname, spool, chain, reactor,
             portal=auth.portal_for(listener), tls=tls,
             add_message_id=config.add_message_id, add_date=config.add_date,
-            intake=metrics.intake_for(listener.name),
+            intake=metrics.intake_for(listener.name), send_as=send_as, judge_pool=mail_pool.pool,
         )
-        # The sending-mailbox rule is decided at intake and recorded with each message.
-        _judge_with(factory, config, mail_pool)
         service = _listening_service(reactor, listener, factory) if listen else None
         listeners.append(ListenerParts(listener, factory, service, tls))
-    local = _local_submission(config, reactor, spool, auth, redis, listen, metrics)
+    local = _local_submission(config, reactor, spool, auth, redis, listen, metrics, send_as, mail_pool.pool)
     if local is not None:
-        _judge_with(local.factory, config, mail_pool)
         listeners.append(local)
     return Components(spool, deliverer, runner, listeners, services, auth, observers,
                       configured_observers=configured_observers, redis=redis, metrics=metrics, recent=recent)
-
-
-def _judge_with(factory: Any, config: GatewayConfig, mail_pool: Any) -> None:
-    """Header sections are judged off the reactor, and the sending mailbox decided by one rule."""
-    factory.send_as = config.graph.send_as if config.graph is not None else "header-from"
-    factory.judge_pool = mail_pool.pool
 
 
 def _listening_service(reactor: Any, listener: ListenerConfig, factory: Any) -> Any:
@@ -203,7 +196,7 @@ def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics
 
 
 def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any, redis: Any, listen: bool = True,
-                      metrics: Any = None) -> Any:
+                      metrics: Any = None, send_as: str = "header-from", judge_pool: Any = None) -> Any:
     """
     The ``[local]`` UNIX socket for graphsmtp-sendmail (None when not configured): an SMTP
     listener whose sessions are logged in by the kernel's peer credentials, guarded by the
@@ -226,7 +219,8 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
         chain = PolicyChain(policies, guard=auth.relay_policy(listener))
     factory = LocalSubmissionFactory(local, config.hostname, spool, chain, reactor, listener=listener,
                                      add_message_id=config.add_message_id, add_date=config.add_date,
-                                     intake=metrics.intake_for(listener.name) if metrics is not None else None)
+                                     intake=metrics.intake_for(listener.name) if metrics is not None else None,
+                                     send_as=send_as, judge_pool=judge_pool)
     if hasattr(spool, "import_judge"):
         spool.import_judge = DropOffJudge(chain, local)
     return ListenerParts(listener, factory, _listening_service(reactor, listener, factory) if listen else None)

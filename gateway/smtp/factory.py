@@ -46,6 +46,8 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         add_message_id: bool = True,
         add_date: bool = True,
         intake: Optional[Any] = None,
+        send_as: str = "header-from",
+        judge_pool: Optional[Any] = None,
     ) -> None:
         smtp.SMTPFactory.__init__(self, portal)
         self.listener = listener
@@ -61,6 +63,10 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         self.add_date = add_date
         # Metrics hooks (message_accepted(size), reply_refused(code)); None counts nothing.
         self.intake = intake
+        # The rule that picks the sending mailbox at intake ([graph] send_as), recorded with
+        # each message, and the thread pool large header sections are judged in (None: inline).
+        self.send_as = send_as
+        self.judge_pool = judge_pool
         # Only behind PROXY protocol is the client address unknown at connect time.
         self.proxied = listener.proxy_protocol or listener.endpoint.startswith("haproxy:")
         self.sessions: set = set()

@@ -125,9 +125,10 @@ class LocalSubmissionFactory(GatewaySMTPFactory):
 
     def __init__(self, local: LocalConfig, hostname: str, spool: Any, chain: Any, clock: Any,
                  add_message_id: bool = True, add_date: bool = True, listener: Any = None,
-                 intake: Any = None) -> None:
+                 intake: Any = None, send_as: str = "header-from", judge_pool: Any = None) -> None:
         super().__init__(listener or local.listener(), hostname, spool, chain, clock, portal=None, tls=None,
-                         add_message_id=add_message_id, add_date=add_date, intake=intake)
+                         add_message_id=add_message_id, add_date=add_date, intake=intake,
+                         send_as=send_as, judge_pool=judge_pool)
         self.local = local
         check_allowed_senders(local)
 

@@ -919,7 +919,7 @@ class GatewayESMTP(smtp.ESMTP):
         bytes — a usual header costs less to judge (~0.1 ms) than the thread hand-off would.
         Fires with the L{MessageHeader} or fails with L{MailRefusal}.
         """
-        pool = getattr(self.factory, "judge_pool", None)
+        pool = self.factory.judge_pool
         if pool is not None and len(section) > INLINE_JUDGE_LIMIT:
             return deferToThreadPool(self.factory.clock, pool, intake_rules.judge_header_section, section, stopped_at)
         return maybeDeferred(intake_rules.judge_header_section, section, stopped_at)
@@ -976,7 +976,7 @@ class GatewayESMTP(smtp.ESMTP):
                 return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
             if tx.phase != "checking":
                 return None
-        mailbox = choose_sending_mailbox(judged, tx.sender, getattr(self.factory, "send_as", "header-from"))
+        mailbox = choose_sending_mailbox(judged, tx.sender, self.factory.send_as)
         if mailbox is None:
             return Refusal(550, "5.6.0", "Message refused: no From header and a null reverse-path, so no mailbox to send as")
         tx.phase = "committing"
