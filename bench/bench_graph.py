@@ -100,7 +100,7 @@ def run(reactor, args):
             for s in services:
                 s.startService()
             peak = [rss_mb()]
-            sampler = task.LoopingCall(lambda: peak.append(max(peak[-1], rss_mb())))
+            sampler = task.LoopingCall(lambda peak=peak: peak.append(max(peak[-1], rss_mb())))
             sampler.start(0.01)
             before = rss_mb()
             started = time.monotonic()

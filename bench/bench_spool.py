@@ -73,7 +73,7 @@ def accept_rate(spool: DirectorySpool, size: int, writers: int, seconds: float):
             start = time.monotonic()
             writer = yield spool.open_writer()
             paused = []
-            writer.set_flow_control(lambda: paused.append(1), lambda: paused.clear())
+            writer.set_flow_control(lambda paused=paused: paused.append(1), lambda paused=paused: paused.clear())
             for piece in pieces:
                 writer.write(piece)
                 if paused:

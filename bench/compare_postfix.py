@@ -364,7 +364,7 @@ def table(samples: Samples, cells: list[Cell]) -> str:
         pr, gr = median([r.rate for r in pf]), median([r.rate for r in gs])
         pc, gc = median([r.cpu_ms for r in pf]), median([r.cpu_ms for r in gs])
         # The same rep of both servers ran back to back: their ratio cancels most of the drift.
-        per_rep = " ".join(f"{g.rate / p.rate:.2f}" for p, g in zip(pf, gs))
+        per_rep = " ".join(f"{g.rate / p.rate:.2f}" for p, g in zip(pf, gs, strict=False))
         rows.append(f"| {cell.label()} | {pr:,.0f} | {gr:,.0f} | **{gr / pr:.2f}** | {per_rep} | {pc:.2f} | {gc:.2f} |")
     return "\n".join(rows)
 

@@ -30,8 +30,13 @@ from typing import IO, Any, Callable, Mapping, Optional
 
 from twisted.application.service import MultiService
 from twisted.logger import (
-    FileLogObserver, FilteringLogObserver, ILogObserver, LegacyLogObserverWrapper, LogLevel,
-    LogLevelFilterPredicate, formatEvent,
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
 )
 from twisted.python.components import Componentized
 from zope.interface import implementer

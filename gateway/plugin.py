@@ -44,22 +44,49 @@ from typing import Any
 
 from twisted.plugin import IPlugin
 
-from gateway.delivery.interfaces import Delivered, IDeliveryObserver, Permanent, Transient
+from gateway.delivery.interfaces import (
+    Delivered,
+    IDeliveryObserver,
+    Permanent,
+    Transient,
+)
 from gateway.delivery.observers import IDeliveryObserverFactory, ObserverContext
 from gateway.mail.addresses import Mailbox, canonical, mailbox_key
 from gateway.mail.errors import MailRefusal
 from gateway.mail.message import MessageHeader
 from gateway.policy.addresses import (
-    AddressPattern, client_ip, matches_any, message_header, parse_patterns, without_subaddress,
+    AddressPattern,
+    client_ip,
+    matches_any,
+    message_header,
+    parse_patterns,
+    without_subaddress,
 )
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.context import PolicyContext
 from gateway.policy.headers import format_address, header_text, is_header_name
 from gateway.policy.interfaces import (
-    Accept, Continue, EditHeaders, HeaderEdit, Identity, IPolicy, IPolicyFactory, MessageView,
-    PolicyConfigError, Reject, SessionView, TempFail, Verdict,
+    Accept,
+    Continue,
+    EditHeaders,
+    HeaderEdit,
+    Identity,
+    IPolicy,
+    IPolicyFactory,
+    MessageView,
+    PolicyConfigError,
+    Reject,
+    SessionView,
+    TempFail,
+    Verdict,
 )
-from gateway.policy.options import Option, PolicyOptions, Scope, reject_options, scope_options
+from gateway.policy.options import (
+    Option,
+    PolicyOptions,
+    Scope,
+    reject_options,
+    scope_options,
+)
 
 _TESTING = {
     "make_session": "gateway.policy.testing",

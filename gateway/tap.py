@@ -19,7 +19,6 @@ from twisted.python import usage
 from gateway.config import ConfigError, load_config
 from gateway.config.locate import locate_config
 
-
 #: sysexits.h: configuration error.
 EX_CONFIG = 78
 

@@ -229,7 +229,10 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
 def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, metrics: Any = None,
                      redis: Any = None) -> tuple[Any, list, list]:
     if config.deliverer == "graph":
-        from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
+        from gateway.delivery.graph.credentials import (
+            ConfigCredentialResolver,
+            credentials_from_config,
+        )
         from gateway.delivery.graph.factory import build_graph_deliverer
 
         resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))

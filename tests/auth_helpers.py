@@ -13,7 +13,12 @@ import bcrypt
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from gateway.auth.entra import AcquiredToken, EntraAppCredentials, ITokenAcquirer, InvalidAppCredentials
+from gateway.auth.entra import (
+    AcquiredToken,
+    EntraAppCredentials,
+    InvalidAppCredentials,
+    ITokenAcquirer,
+)
 from gateway.auth.users import UserRecord, write_users
 
 TEST_ROUNDS = 4  # bcrypt's minimum cost: fast tests; production uses 12

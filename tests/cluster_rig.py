@@ -23,7 +23,7 @@ from typing import Any, Optional
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol, ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -235,7 +235,7 @@ class ClusterRig:
                 proto = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.front_port, 2), Protocol())
             except Exception:
                 if self.haproxy.ended.called:
-                    raise AssertionError("haproxy exited: " + self.haproxy.output.decode("utf-8", "replace"))
+                    raise AssertionError("haproxy exited: " + self.haproxy.output.decode("utf-8", "replace")) from None
                 yield deferLater(reactor, 0.05, lambda: None)
                 continue
             proto.transport.loseConnection()

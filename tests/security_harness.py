@@ -22,8 +22,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 
 from gateway.auth.build import build_auth
-from gateway.config.auth import AuthConfig, PassThroughConfig
 from gateway.auth.throttle import ThrottleSettings
+from gateway.config.auth import AuthConfig, PassThroughConfig
 from gateway.config.model import ListenerConfig
 from gateway.policy.chain import PolicyChain
 from gateway.smtp.factory import GatewaySMTPFactory

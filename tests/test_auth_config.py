@@ -11,7 +11,12 @@ from gateway.config.auth import AuthConfig
 from gateway.config.errors import ConfigError
 from gateway.config.loader import build_config
 from gateway.config.model import ListenerConfig
-from tests.auth_helpers import SyncReactor, SyncThreadPool, make_users_file, private_file
+from tests.auth_helpers import (
+    SyncReactor,
+    SyncThreadPool,
+    make_users_file,
+    private_file,
+)
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 

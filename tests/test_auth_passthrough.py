@@ -14,14 +14,26 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.auth.credential_store import CredentialStoreError, EncryptedCredentialStore, load_or_create_key
+from gateway.auth.credential_store import (
+    CredentialStoreError,
+    EncryptedCredentialStore,
+    load_or_create_key,
+)
 from gateway.auth.entra import EntraAppCredentials, credential_ref, parse_credential_ref
 from gateway.auth.passthrough import (
-    DispatchingChecker, PassThroughChecker, TemporaryAuthFailure, parse_passthrough_name,
+    DispatchingChecker,
+    PassThroughChecker,
+    TemporaryAuthFailure,
+    parse_passthrough_name,
 )
 from gateway.config.errors import ConfigError
 from gateway.config.secrets import Secret
-from tests.auth_helpers import FakeTokenAcquirer, RecordingStore, SyncReactor, SyncThreadPool
+from tests.auth_helpers import (
+    FakeTokenAcquirer,
+    RecordingStore,
+    SyncReactor,
+    SyncThreadPool,
+)
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "0b5e4f0a-9d8e-4c0b-8a39-6f7a2d9e1c11"

@@ -18,7 +18,12 @@ from gateway.auth.portal import ThrottledPortal
 from gateway.auth.realm import IdentityRealm
 from gateway.auth.throttle import LoginThrottle, ThrottleSettings, throttle_key
 from gateway.auth.users import UsersStore
-from gateway.policy.interfaces import IAuthenticatedIdentity, Identity, LoginThrottled, SessionView
+from gateway.policy.interfaces import (
+    IAuthenticatedIdentity,
+    Identity,
+    LoginThrottled,
+    SessionView,
+)
 from tests.auth_helpers import SyncReactor, SyncThreadPool, cheap_hash, make_users_file
 
 PASSWORD = "correct horse battery staple"

@@ -17,9 +17,22 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.auth.checkers import UsersFileChecker
-from gateway.auth.users import UserRecord, UsersFileError, UsersStore, load_users, parse_users, write_users
+from gateway.auth.users import (
+    UserRecord,
+    UsersFileError,
+    UsersStore,
+    load_users,
+    parse_users,
+    write_users,
+)
 from gateway.policy.interfaces import Identity
-from tests.auth_helpers import SyncReactor, SyncThreadPool, cheap_hash, make_users_file, private_file
+from tests.auth_helpers import (
+    SyncReactor,
+    SyncThreadPool,
+    cheap_hash,
+    make_users_file,
+    private_file,
+)
 
 
 class UsersFileFormatTests(SynchronousTestCase):

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet import ssl
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 

@@ -19,7 +19,11 @@ from zope.interface.verify import verifyObject
 from gateway.delivery.capture import CaptureDeliverer
 from gateway.delivery.interfaces import Delivered, IDeliverer, Transient
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
-from gateway.spool.testing import FailingFileOps, ImmediateReactor, SynchronousThreadPool
+from gateway.spool.testing import (
+    FailingFileOps,
+    ImmediateReactor,
+    SynchronousThreadPool,
+)
 from gateway.threads import ThreadPoolService
 
 MESSAGE = b"Subject: report\r\nTo: a@example.com\r\n\r\nline one\r\n\xe9t\xe9 8-bit\r\n"

@@ -18,7 +18,11 @@ from twisted.trial.unittest import TestCase
 
 from gateway.cli.configcheck import main
 from gateway.cli.online_check import token_roles
-from gateway.testing.fake_graph import Fault, create_client_certificate, start_fake_graph
+from gateway.testing.fake_graph import (
+    Fault,
+    create_client_certificate,
+    start_fake_graph,
+)
 
 
 class OnlineCheckTests(TestCase):
@@ -139,8 +143,8 @@ class FakeGraphConsentTests(TestCase):
 
     @inlineCallbacks
     def test_send_without_mail_send_is_403(self):
-        from tests.graph_helpers import simple_message, start_rig
         from gateway.delivery.interfaces import Permanent
+        from tests.graph_helpers import simple_message, start_rig
 
         rig = yield start_rig(self, reactor, server_options={"roles": ()})
         outcome = yield rig.deliverer.deliver(rig.entry(simple_message(), "alice@contoso.test", ["bob@fabrikam.test"]))

@@ -20,7 +20,6 @@ from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import AttemptRecord, Envelope, Provenance
 from gateway.spool.runner import QueueRunner
 from gateway.spool.testing import ImmediateReactor, make_test_spool
-
 from tests.test_queue_runner import ScriptedDeliverer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,6 @@ from gateway.spool.disk import ControlRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.runner import QueueRunner
 from gateway.spool.testing import ImmediateReactor, make_test_spool
-
 from tests.test_queue_runner import ScriptedDeliverer
 
 MESSAGE = b"Subject: s\r\nFrom: app@example.com\r\n\r\nbody\r\n"

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli import sendmail
@@ -20,7 +19,6 @@ from gateway.config.locate import SYSTEM_CONFIG, locate_config
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.testing import make_test_spool
 from gateway.tap import ConfigurationFailure, Options
-
 from tests.sendmail_helpers import daemon_spool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

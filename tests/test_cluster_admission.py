@@ -10,9 +10,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import globalLogPublisher
 
-from gateway.cluster.admission import DEGRADED, OK, ClusterAdmission, ClusterSlot
+from gateway.cluster.admission import DEGRADED, OK, ClusterAdmission, ClusterSlot, Later
 from gateway.config.cluster import ClusterConfig
-from gateway.cluster.admission import Later
 from gateway.policy.testing import start_redis_server
 from tests.test_policy_rate_redis import RedisTestBase
 

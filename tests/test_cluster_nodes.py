@@ -143,7 +143,7 @@ class NodeLossTests(ThreeNodeTestBase):
         duplicates = {n: by for n, by in rig.delivered.items() if len(by) > 1}
         self.assertLessEqual(len(duplicates), rig.concurrency * 3,
                              "only what was in flight on the killed node may be sent twice")
-        for n, by in duplicates.items():
+        for _n, by in duplicates.items():
             self.assertEqual(set(by), {"gw2"}, "a duplicate can only come from the killed node's retry")
         self.assert_limits(rig)
 

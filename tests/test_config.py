@@ -5,8 +5,8 @@ come from files or the environment without ever showing in a repr.
 
 from __future__ import annotations
 
-import os
 import ipaddress
+import os
 
 from twisted.trial.unittest import SynchronousTestCase
 

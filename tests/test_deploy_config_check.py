@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli.configcheck import main

@@ -17,7 +17,6 @@ import urllib.error
 import urllib.request
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread

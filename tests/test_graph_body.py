@@ -14,7 +14,14 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.delivery.graph.body import (
-    Base64Of, Concat, DecodedRange, FileRange, Literal, StreamingBodyProducer, base64_length, decoded_length,
+    Base64Of,
+    Concat,
+    DecodedRange,
+    FileRange,
+    Literal,
+    StreamingBodyProducer,
+    base64_length,
+    decoded_length,
     read_exactly,
 )
 from gateway.delivery.graph.mime import read_header_section

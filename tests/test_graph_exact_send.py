@@ -12,7 +12,11 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.delivery.graph.client import GraphResponse
-from gateway.delivery.graph.outcomes import SUCCESS_CODES, step_succeeded, unexpected_outcome
+from gateway.delivery.graph.outcomes import (
+    SUCCESS_CODES,
+    step_succeeded,
+    unexpected_outcome,
+)
 from gateway.delivery.interfaces import Delivered, Transient
 from gateway.testing.fake_graph import Fault
 from tests.graph_helpers import simple_message, start_rig

@@ -7,7 +7,12 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.delivery.graph.mime import (
-    MessageFormatError, choose_mailbox, filter_address_list, plan_recipients, read_header_section, split_address_list,
+    MessageFormatError,
+    choose_mailbox,
+    filter_address_list,
+    plan_recipients,
+    read_header_section,
+    split_address_list,
 )
 
 HEADERS = (

@@ -6,7 +6,11 @@ import email.utils
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.delivery.graph.client import GraphResponse, GraphTransportError, parse_retry_after
+from gateway.delivery.graph.client import (
+    GraphResponse,
+    GraphTransportError,
+    parse_retry_after,
+)
 from gateway.delivery.graph.outcomes import failure_outcome, transport_outcome
 from gateway.delivery.interfaces import Permanent, Transient
 

@@ -17,7 +17,10 @@ from gateway.config.graph import GraphConfig
 from gateway.config.model import QueueConfig
 from gateway.config.secrets import Secret
 from gateway.delivery.graph.client import GraphResponse
-from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
+from gateway.delivery.graph.credentials import (
+    ConfigCredentialResolver,
+    credentials_from_config,
+)
 from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.scheduler import MailboxThrottles
 from gateway.delivery.graph.token import AccessToken
@@ -182,7 +185,7 @@ class BurstTests(SynchronousTestCase):
         self.addCleanup(lambda: runner.running and runner.stopService())
         self.successResultOf(runner.ready)
         senders = {}
-        for i in range(100):
+        for _i in range(100):
             for m in mailboxes:
                 writer = self.successResultOf(spool.open_writer())
                 writer.write(simple_message(sender=m, to=["r@fabrikam.test"]).as_bytes().replace(b"\n", b"\r\n"))
@@ -203,7 +206,7 @@ class BurstTests(SynchronousTestCase):
             self.assertLessEqual(graph.max_in_flight[m], 2, m)
             # Pacing: 30 a minute with no burst means starts at least 2 s apart, so no 60 s
             # window ever holds more than 30.
-            gaps = [b - a for a, b in zip(starts, starts[1:])]
+            gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
             self.assertGreaterEqual(min(gaps), 2.0 - 1e-6, m)
             self.assertLessEqual(max(sum(1 for t in starts if s <= t < s + 60) for s in starts), 30)
         # The throttled mailbox was left alone for the whole Retry-After...

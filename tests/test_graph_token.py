@@ -18,10 +18,19 @@ from gateway.config.graph import CertificateConfig
 from gateway.config.secrets import Secret
 from gateway.delivery.graph.credentials import TenantCredentials
 from gateway.delivery.graph.token import (
-    AccessToken, TokenError, TokenProviders, classify_exception, classify_result, msal_credential,
+    AccessToken,
+    TokenError,
+    TokenProviders,
+    classify_exception,
+    classify_result,
+    msal_credential,
 )
 from gateway.spool.testing import ImmediateReactor
-from gateway.testing.fake_graph import Fault, create_client_certificate, start_fake_graph
+from gateway.testing.fake_graph import (
+    Fault,
+    create_client_certificate,
+    start_fake_graph,
+)
 
 SECRET = "client-secret-value-xyz"
 

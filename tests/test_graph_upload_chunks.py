@@ -11,13 +11,21 @@ import base64
 import os
 import quopri
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config.errors import ConfigError
-from gateway.delivery.graph.body import Base64Of, Concat, DecodedRange, FileRange, Literal, read_exactly
+from gateway.delivery.graph.body import (
+    Base64Of,
+    Concat,
+    DecodedRange,
+    FileRange,
+    Literal,
+    read_exactly,
+)
 from gateway.delivery.interfaces import Delivered
 from tests.graph_helpers import simple_message, start_rig
 from tests.test_graph_config import base, parse

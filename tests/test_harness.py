@@ -16,7 +16,12 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from gateway.delivery.interfaces import Delivered, IDeliverer, Permanent, Transient
-from gateway.testing.harness import HarnessTimeout, SendResult, send_message, start_gateway
+from gateway.testing.harness import (
+    HarnessTimeout,
+    SendResult,
+    send_message,
+    start_gateway,
+)
 
 MESSAGE = b"From: alice@corp.example\r\nTo: bob@corp.example\r\nSubject: hi\r\n\r\nhello\r\n"
 

@@ -24,7 +24,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
 from gateway.testing.harness import LOOPBACK_EPHEMERAL, send_message, start_gateway
-
 from tests.sendmail_helpers import daemon_spool
 from tests.test_policy_registry import PluginDirectoryMixin
 
@@ -194,7 +193,13 @@ class ProtocolPieceTests(SynchronousTestCase):
                          b"H: x\r\n\r\n..first\r\nlong piece ..still the same line\r\n...\r\nend\r\n.\r\n")
 
     def test_refusal_statuses(self):
-        from gateway.cli.local_submit import EX_DATAERR, EX_NOPERM, EX_TEMPFAIL, queue_id_of, status_for
+        from gateway.cli.local_submit import (
+            EX_DATAERR,
+            EX_NOPERM,
+            EX_TEMPFAIL,
+            queue_id_of,
+            status_for,
+        )
 
         self.assertEqual(status_for(550, "5.7.1 Subject not allowed"), EX_NOPERM)
         self.assertEqual(status_for(552, "5.3.4 Message too big"), EX_DATAERR)

@@ -20,7 +20,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.logging import (
-    LoggingRoot, event_as_json, json_observer, log_level, message_fields_text, text_observer_for,
+    LoggingRoot,
+    event_as_json,
+    json_observer,
+    log_level,
+    message_fields_text,
+    text_observer_for,
     with_message_fields,
 )
 from gateway.testing.fake_graph import start_fake_graph
@@ -70,7 +75,7 @@ class JsonObserverTests(SynchronousTestCase):
         out = io.StringIO()
         log = Logger(namespace="x", observer=json_observer(out, {}))
         try:
-            1 / 0
+            raise ZeroDivisionError
         except ZeroDivisionError:
             log.failure("it broke for {queue_id}", Failure(), queue_id="Q3")
         record = json.loads(out.getvalue())

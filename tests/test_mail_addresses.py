@@ -5,10 +5,23 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mail.addresses import (
-    AddressList, Group, Mailbox, addresses_in_text, canonical, decode_encoded_word, decode_unstructured, mailbox_key,
-    parse_addr_spec, parse_address_list,
+    AddressList,
+    Group,
+    Mailbox,
+    addresses_in_text,
+    canonical,
+    decode_encoded_word,
+    decode_unstructured,
+    mailbox_key,
+    parse_addr_spec,
+    parse_address_list,
 )
-from gateway.mail.canonical import canonical_address, canonical_parts, is_dot_atom, quote_local
+from gateway.mail.canonical import (
+    canonical_address,
+    canonical_parts,
+    is_dot_atom,
+    quote_local,
+)
 from gateway.mail.errors import LimitExceeded, MailRefusal, MalformedHeader
 from gateway.mail.limits import MailLimits
 

@@ -24,7 +24,8 @@ import os
 import sys
 import tempfile
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,7 +33,12 @@ from gateway.auth.relay import RelayAccessPolicy
 from gateway.cli import sendmail
 from gateway.config.model import ListenerConfig
 from gateway.delivery.graph.dsn import build_report
-from gateway.delivery.graph.mime import MessageFormatError, choose_mailbox, plan_recipients, read_header_section
+from gateway.delivery.graph.mime import (
+    MessageFormatError,
+    choose_mailbox,
+    plan_recipients,
+    read_header_section,
+)
 from gateway.mail.addresses import canonical
 from gateway.mail.errors import MailRefusal
 from gateway.mail.fields import is_from_line

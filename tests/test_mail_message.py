@@ -6,13 +6,31 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mail.errors import LimitExceeded, MailRefusal, MalformedHeader
 from gateway.mail.fields import (
-    Field, TooManyFields, apply_edits, field_name, header_line, is_continuation, is_from_line, split_fields,
+    Field,
+    TooManyFields,
+    apply_edits,
+    field_name,
+    header_line,
+    is_continuation,
+    is_from_line,
+    split_fields,
 )
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
 from gateway.mail.message import (
-    ADDRESS_FIELDS, IDENTITY_FIELDS, SINGLE_FIELDS, choose_sending_mailbox, display_name_of, parse_header_section,
+    ADDRESS_FIELDS,
+    IDENTITY_FIELDS,
+    SINGLE_FIELDS,
+    choose_sending_mailbox,
+    display_name_of,
+    parse_header_section,
 )
-from gateway.mail.patterns import ANY_SENDER, PatternError, SenderPattern, matches_any, parse_patterns
+from gateway.mail.patterns import (
+    ANY_SENDER,
+    PatternError,
+    SenderPattern,
+    matches_any,
+    parse_patterns,
+)
 from gateway.policy.interfaces import HeaderEdit
 
 

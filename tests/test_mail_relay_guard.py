@@ -15,7 +15,13 @@ from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
 from gateway.mail.message import parse_header_section
 from gateway.mail.patterns import SenderPattern
-from gateway.policy.interfaces import Continue, Identity, MessageView, Reject, SessionView
+from gateway.policy.interfaces import (
+    Continue,
+    Identity,
+    MessageView,
+    Reject,
+    SessionView,
+)
 from gateway.policy.testing import make_message
 
 NETWORK = ipaddress.ip_network("10.0.0.0/8")

@@ -12,9 +12,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config.errors import ConfigError
 from gateway.config.loader import build_config
-from gateway.delivery.interfaces import Delivered, IDeliveryObserver, Permanent, Transient
+from gateway.delivery.interfaces import (
+    Delivered,
+    IDeliveryObserver,
+    Permanent,
+    Transient,
+)
 from gateway.delivery.observers import (
-    GuardedObserver, JsonDeliveryLog, ObserversService, build_observers, discover_observers,
+    GuardedObserver,
+    JsonDeliveryLog,
+    ObserversService,
+    build_observers,
+    discover_observers,
 )
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 

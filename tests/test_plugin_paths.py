@@ -11,10 +11,10 @@ import os
 import sys
 import textwrap
 
-import twisted.plugins
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import twisted.plugins
 from gateway.cli.configcheck import main as config_main
 from gateway.config.errors import ConfigError
 from gateway.config.loader import build_config
@@ -185,7 +185,6 @@ class PluginPathsListingTests(SynchronousTestCase):
         import sys
 
         import twisted.plugins
-
         from gateway.cli.configcheck import main
 
         root = plugin_root(self, {"listed_by_config_policy": POLICY_PLUGIN.replace("{name}", "listed-by-config")})

@@ -8,7 +8,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.chain import PolicyChain
 from gateway.policy.headers import apply_edits, header_line
-from gateway.policy.interfaces import Accept, Continue, EditHeaders, HeaderEdit, Reject, TempFail
+from gateway.policy.interfaces import (
+    Accept,
+    Continue,
+    EditHeaders,
+    HeaderEdit,
+    Reject,
+    TempFail,
+)
 from gateway.policy.testing import make_message, make_session
 
 RAW = b"From: Printer <printer@corp.example>\r\nSubject: scan\r\nReceived: from internal\r\n\r\nbody\r\n"
@@ -236,7 +243,16 @@ class GuardTests(SynchronousTestCase):
     def test_guard_checks_headers_after_edits_even_after_accept(self):
         import email.parser
         import email.policy
-        from gateway.policy.interfaces import Accept, Continue, EditHeaders, HeaderEdit, MessageView, Reject, SessionView
+
+        from gateway.policy.interfaces import (
+            Accept,
+            Continue,
+            EditHeaders,
+            HeaderEdit,
+            MessageView,
+            Reject,
+            SessionView,
+        )
 
         seen = []
 

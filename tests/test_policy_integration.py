@@ -19,11 +19,11 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gateway.policy.testing import start_redis_server
-from tests.tools import require_tool
 from gateway.testing.harness import LOOPBACK_EPHEMERAL, send_message, start_gateway
 from tests.auth_helpers import make_users_file
 from tests.test_policy_docs import DEVICE_MESSAGE, DOCS, documented_toml
 from tests.test_policy_registry import PluginDirectoryMixin
+from tests.tools import require_tool
 
 TRUSTED = ["127.0.0.0/8"]
 

@@ -9,16 +9,21 @@ import os
 import sys
 import textwrap
 
-import twisted.plugins
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+import twisted.plugins
 from gateway.config.errors import ConfigError
 from gateway.config.loader import build_config
 from gateway.config.model import PolicyRef
 from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import IPolicyFactory, Reject
-from gateway.policy.registry import available_policies, build_chain, build_listener_chains, discover_policies
+from gateway.policy.registry import (
+    available_policies,
+    build_chain,
+    build_listener_chains,
+    discover_policies,
+)
 from gateway.policy.testing import make_session, run_transaction
 
 BUILT_INS = {"sender-allowlist", "recipient-rules", "rate-limit", "header-rewrite", "max-recipients", "size-limit"}

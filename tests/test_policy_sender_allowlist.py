@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.policy.addresses import AddressPattern
@@ -10,7 +11,6 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import PolicyConfigError, Reject
 from gateway.policy.sender_allowlist import build
 from gateway.policy.testing import make_session, run_transaction
-from twisted.internet.task import Clock
 
 
 def message(from_header: str, extra: str = "") -> bytes:

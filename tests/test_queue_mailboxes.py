@@ -22,7 +22,10 @@ from gateway.config.model import QueueConfig
 from gateway.config.secrets import Secret
 from gateway.delivery.graph import deliverer as deliverer_module
 from gateway.delivery.graph.client import GraphResponse, GraphTransportError
-from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
+from gateway.delivery.graph.credentials import (
+    ConfigCredentialResolver,
+    credentials_from_config,
+)
 from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.token import AccessToken, TokenError
 from gateway.delivery.interfaces import Delivered
@@ -290,7 +293,7 @@ class OutageTests(MailboxRunnerBase):
         self.assertLessEqual(max(self.graph.started()) - START, 12 + 2)
         starts = self.graph.started()[5:]
         self.assertEqual(len(starts), 6)
-        self.assertGreaterEqual(min(b - a for a, b in zip(starts, starts[1:])), 0.1 - 1e-6)
+        self.assertGreaterEqual(min(b - a for a, b in zip(starts, starts[1:], strict=False)), 0.1 - 1e-6)
         self.assertEqual(runner.stats.released_after_outage, 5)
 
     def test_token_endpoint_outage_then_recovery(self):

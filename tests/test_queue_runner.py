@@ -16,7 +16,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from gateway.config.model import QueueConfig
-from gateway.delivery.interfaces import Delivered, IDeliverer, IDeliveryObserver, Permanent, Transient
+from gateway.delivery.interfaces import (
+    Delivered,
+    IDeliverer,
+    IDeliveryObserver,
+    Permanent,
+    Transient,
+)
 from gateway.spool.backoff import retry_delay
 from gateway.spool.disk import ControlRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -167,7 +173,7 @@ class DeliveryTests(RunnerTestBase):
 
     def test_jitter_bounds(self):
         for r, expected in ((0.0, 48.0), (0.5, 60.0), (0.999999, 72.0)):
-            self.assertAlmostEqual(retry_delay(1, (60.0, 300.0), 0.2, lambda: r), expected, places=3)
+            self.assertAlmostEqual(retry_delay(1, (60.0, 300.0), 0.2, lambda r=r: r), expected, places=3)
         self.assertAlmostEqual(retry_delay(7, (60.0, 300.0), 0.2, lambda: 0.0), 240.0)
         # and the runner uses it:
         deliverer = ScriptedDeliverer(Transient("busy"))

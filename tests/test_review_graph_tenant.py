@@ -13,7 +13,10 @@ from twisted.trial.unittest import TestCase
 from gateway.config.graph import GraphConfig
 from gateway.config.secrets import Secret
 from gateway.delivery.graph.client import GraphResponse
-from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
+from gateway.delivery.graph.credentials import (
+    ConfigCredentialResolver,
+    credentials_from_config,
+)
 from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.token import AccessToken
 from gateway.delivery.interfaces import Delivered, Transient

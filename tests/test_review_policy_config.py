@@ -11,11 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config.errors import ConfigError
 from gateway.config.loader import build_config
+from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import PolicyConfigError
 from gateway.policy.rate_limit import build as build_rate_limit
 from gateway.policy.testing import make_session, run_transaction
-from gateway.policy.chain import PolicyChain
 
 NAN, INF = float("nan"), float("inf")
 

@@ -13,7 +13,11 @@ import tempfile
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.delivery.graph.mime import MessageFormatError, choose_mailbox, read_header_section
+from gateway.delivery.graph.mime import (
+    MessageFormatError,
+    choose_mailbox,
+    read_header_section,
+)
 from gateway.policy.addresses import header_addresses
 from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext

@@ -7,9 +7,6 @@ one mailbox.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 

@@ -19,7 +19,6 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.header_rewrite import build
 from gateway.policy.interfaces import HeaderEdit
 from gateway.smtp.headers import apply_edits, header_line
-
 from tests.test_smtp_support import Session, make_factory
 
 ENCODED_BREAK = "=?utf-8?q?a=0D=0AX-Injected:_yes?="

@@ -10,12 +10,16 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth.relay import RelayAccessPolicy
-from gateway.config.model import Limits, ListenerConfig
-from gateway.delivery.graph.mime import HeaderSection, MessageFormatError, choose_mailbox, split_fields
+from gateway.config.model import ListenerConfig
+from gateway.delivery.graph.mime import (
+    HeaderSection,
+    MessageFormatError,
+    choose_mailbox,
+    split_fields,
+)
 from gateway.policy.chain import PolicyChain
 from gateway.smtp.addresses import parse_helo, parse_mail_from, parse_rcpt_to
 from gateway.testing.memory_spool import MemorySpool
-
 from tests.test_smtp_support import HOSTNAME, Session, TrackingFactory, make_factory
 
 

@@ -17,7 +17,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.fileops import FileOps
-
 from tests.sendmail_helpers import daemon_spool
 
 

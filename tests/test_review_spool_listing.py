@@ -18,9 +18,7 @@ from gateway.cli import sendmail
 from gateway.spool import disk as disk_module
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
-
 from tests.sendmail_helpers import daemon_spool
-
 
 _REAL_SCANDIR = os.scandir
 

@@ -12,7 +12,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
-
 from tests.sendmail_helpers import daemon_spool
 
 

@@ -15,8 +15,16 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.mail.smtp import ESMTPSenderFactory, SMTPClientError
 from twisted.trial.unittest import TestCase
 
+from tests.security_harness import (
+    ALICE_PASSWORD,
+    APP_SECRET,
+    CLIENT,
+    HOST,
+    TENANT,
+    LogCapture,
+    SecureServer,
+)
 from tests.tools import require_swaks_with_tls
-from tests.security_harness import ALICE_PASSWORD, APP_SECRET, CLIENT, HOST, TENANT, LogCapture, SecureServer
 
 BODY = b"From: alice@corp.example\nTo: bob@elsewhere.example\nSubject: twisted\n\nhello\n"
 

@@ -15,7 +15,6 @@ import os
 import smtplib
 import sys
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
@@ -31,7 +30,8 @@ from gateway.policy.interfaces import Continue, Identity, Reject, TempFail
 from gateway.policy.rate_limit import build as build_rate_limit
 from gateway.policy.sender_allowlist import build as build_allowlist
 from gateway.policy.testing import make_message, make_session, run_transaction
-from gateway.smtp.auth import AuthExchange, Refusal as AuthRefusal
+from gateway.smtp.auth import AuthExchange
+from gateway.smtp.auth import Refusal as AuthRefusal
 from gateway.spool.disk import SpoolDisk
 from tests.security_harness import ALICE_PASSWORD, HOST, SecureServer
 

@@ -18,14 +18,24 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.auth.credential_store import CredentialStoreError, EncryptedCredentialStore
 from gateway.auth.entra import EntraAppCredentials, InvalidAppCredentials
+from gateway.auth.graph_adapter import (
+    PassThroughCredentialResolver,
+    TokenProvidersAcquirer,
+)
 from gateway.config.secrets import Secret
-from tests.auth_helpers import SyncReactor, SyncThreadPool
-from tests.security_harness import APP_SECRET, CLIENT, HOST, TENANT, TIMEOUT, LogCapture, SecureServer
-
-from gateway.auth.graph_adapter import PassThroughCredentialResolver, TokenProvidersAcquirer
 from gateway.delivery.graph.credentials import UnknownCredentials
 from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
 from gateway.testing.fake_graph import start_fake_graph
+from tests.auth_helpers import SyncReactor, SyncThreadPool
+from tests.security_harness import (
+    APP_SECRET,
+    CLIENT,
+    HOST,
+    TENANT,
+    TIMEOUT,
+    LogCapture,
+    SecureServer,
+)
 
 APP = EntraAppCredentials(TENANT, CLIENT, Secret(APP_SECRET))
 

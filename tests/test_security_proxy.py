@@ -15,7 +15,14 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gateway.auth.throttle import ThrottleSettings
-from tests.security_harness import ALICE_PASSWORD, HOST, LogCapture, RawClient, SecureServer, ehlo_keywords
+from tests.security_harness import (
+    ALICE_PASSWORD,
+    HOST,
+    LogCapture,
+    RawClient,
+    SecureServer,
+    ehlo_keywords,
+)
 
 TRUSTED = (ipaddress.ip_network("203.0.113.0/24"),)
 

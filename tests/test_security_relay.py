@@ -15,7 +15,13 @@ from gateway.auth.relay import RelayAccessPolicy
 from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
 from gateway.policy.chain import PolicyChain
-from gateway.policy.interfaces import Continue, Identity, MessageView, Reject, SessionView
+from gateway.policy.interfaces import (
+    Continue,
+    Identity,
+    MessageView,
+    Reject,
+    SessionView,
+)
 
 
 def listener(**kwargs):

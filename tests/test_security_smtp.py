@@ -17,7 +17,16 @@ from twisted.trial.unittest import TestCase
 
 from gateway.auth.throttle import ThrottleSettings
 from tests.security_harness import (
-    ALICE_PASSWORD, APP_SECRET, CLIENT, HOST, TENANT, TIMEOUT, LogCapture, RawClient, SecureServer, ehlo_keywords,
+    ALICE_PASSWORD,
+    APP_SECRET,
+    CLIENT,
+    HOST,
+    TENANT,
+    TIMEOUT,
+    LogCapture,
+    RawClient,
+    SecureServer,
+    ehlo_keywords,
 )
 from tests.tls_helpers import client_context as versioned_client_context
 

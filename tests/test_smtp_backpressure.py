@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread

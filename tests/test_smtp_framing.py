@@ -11,7 +11,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config.model import Limits
 from gateway.policy.interfaces import HeaderEdit
-from gateway.smtp.addresses import parse_helo, parse_mail_from, parse_rcpt_to, recipient_key
+from gateway.smtp.addresses import (
+    parse_helo,
+    parse_mail_from,
+    parse_rcpt_to,
+    recipient_key,
+)
 from gateway.smtp.auth import CANCELLED, AuthExchange, Challenge, Ready, Refusal
 from gateway.smtp.framing import DataFraming
 from gateway.smtp.headers import HeaderCollector, apply_edits, received_header

@@ -14,12 +14,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.smtp.listener import listener_service
 from tests.test_smtp_integration import IntakeCase, reply_codes

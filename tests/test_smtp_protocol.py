@@ -7,27 +7,40 @@ verdicts, STARTTLS state machine, AUTH (including malformed input) and spool fai
 from __future__ import annotations
 
 import base64
+import ipaddress
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher, formatEvent
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
-import ipaddress
-
 from gateway.policy.interfaces import (
-    Continue, EditHeaders, HeaderEdit, IAuthenticatedIdentity, Identity, LoginThrottled, Reject, TempFail,
+    Continue,
+    EditHeaders,
+    HeaderEdit,
+    IAuthenticatedIdentity,
+    Identity,
+    LoginThrottled,
+    Reject,
+    TempFail,
 )
 from gateway.spool.interfaces import SpoolError
 from gateway.testing.memory_spool import MemorySpool
-
 from tests.test_smtp_support import (
-    ENHANCED, PASSWORD, DeferredPolicy, IdentityRealm, ScriptedPolicy, Session, StaticTLS,
-    TLSStringTransport, make_factory, make_portal,
+    ENHANCED,
+    PASSWORD,
+    DeferredPolicy,
+    IdentityRealm,
+    ScriptedPolicy,
+    Session,
+    StaticTLS,
+    TLSStringTransport,
+    make_factory,
+    make_portal,
 )
 
 MESSAGE = b"Subject: test\r\nFrom: a@sender.test\r\n\r\nHello\r\n"

@@ -23,7 +23,12 @@ from zope.interface import implementer
 
 from gateway.config.model import Limits, ListenerConfig
 from gateway.policy.chain import PolicyChain
-from gateway.policy.interfaces import Continue, IAuthenticatedIdentity, IPolicy, Identity
+from gateway.policy.interfaces import (
+    Continue,
+    IAuthenticatedIdentity,
+    Identity,
+    IPolicy,
+)
 from gateway.smtp.factory import GatewaySMTPFactory
 from gateway.testing.memory_spool import MemorySpool
 

@@ -17,7 +17,13 @@ from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.record import decode_record
 from gateway.spool.store import DirectorySpool
-from gateway.spool.testing import FailingFileOps, ImmediateReactor, ManualThreadPool, RecordingFileOps, SynchronousThreadPool
+from gateway.spool.testing import (
+    FailingFileOps,
+    ImmediateReactor,
+    ManualThreadPool,
+    RecordingFileOps,
+    SynchronousThreadPool,
+)
 from gateway.testing.harness import gateway_config, send_message, start_gateway
 
 ENVELOPE = Envelope("app@example.com", ("a@example.com",))

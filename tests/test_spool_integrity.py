@@ -24,7 +24,13 @@ from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.testing.fake_graph import start_fake_graph
 from gateway.testing.harness import start_gateway
-from tests.graph_helpers import LogCapture, make_entry, simple_message, start_rig, write_message
+from tests.graph_helpers import (
+    LogCapture,
+    make_entry,
+    simple_message,
+    start_rig,
+    write_message,
+)
 from tests.test_spool_store import ENVELOPE, PROVENANCE, SpoolTestMixin
 
 ALICE = "alice@contoso.test"
@@ -56,7 +62,7 @@ class IntakeDigestTests(SpoolTestMixin, SynchronousTestCase):
         spool = self.make_spool(chunk_size=1024, high_water=4096, low_water=1024)
         writer = self.successResultOf(spool.open_writer())
         writer.write(b"Subject: big\r\n\r\n")
-        for i in range(200):
+        for _i in range(200):
             writer.write(os.urandom(700))
         entry = self.successResultOf(writer.commit(ENVELOPE, PROVENANCE))
         self.assertEqual(entry.message_digest, sha256_of(entry.message_path))
@@ -66,7 +72,7 @@ class IntakeDigestTests(SpoolTestMixin, SynchronousTestCase):
         for new_header in (b"Subject: edited, longer than before\r\n\r\n", b"Subject: BIG\r\n\r\n"):
             writer = self.successResultOf(spool.open_writer())
             writer.write(b"Subject: big\r\n\r\n")
-            for i in range(20):
+            for _i in range(20):
                 writer.write(os.urandom(700))
             entry = self.successResultOf(writer.commit(ENVELOPE, PROVENANCE, header_section=new_header))
             self.assertTrue(self.read(entry.message_path).startswith(new_header))
@@ -211,7 +217,6 @@ class SendmailCommandDigestTests(SynchronousTestCase):
         import sys
 
         from gateway.cli import sendmail
-
         from tests.sendmail_helpers import daemon_spool
 
         spool_dir = daemon_spool(self, os.path.abspath(self.mktemp()))

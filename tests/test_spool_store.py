@@ -18,11 +18,15 @@ from zope.interface.verify import verifyObject
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.interfaces import IQueueSpool, ISpool, ISpoolWriter, SpoolError
-from gateway.spool.record import decode_record, encode_record
 from gateway.spool.queueid import is_queue_id, new_queue_id
+from gateway.spool.record import decode_record, encode_record
 from gateway.spool.store import DirectorySpool
 from gateway.spool.testing import (
-    FailingFileOps, FullDiskFileOps, ImmediateReactor, ManualThreadPool, RecordingFileOps,
+    FailingFileOps,
+    FullDiskFileOps,
+    ImmediateReactor,
+    ManualThreadPool,
+    RecordingFileOps,
     SynchronousThreadPool,
 )
 

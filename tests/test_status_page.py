@@ -17,7 +17,14 @@ from twisted.trial.unittest import TestCase
 
 from gateway.testing.harness import send_message
 from tests.status_helpers import (
-    DEFERRED_FROM, DELIVERED_FROM, FAILED_FROM, get, http_client, make_traffic, message, read_page,
+    DEFERRED_FROM,
+    DELIVERED_FROM,
+    FAILED_FROM,
+    get,
+    http_client,
+    make_traffic,
+    message,
+    read_page,
     start_status_gateway,
 )
 

@@ -19,11 +19,23 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.delivery.graph.credentials import TenantCredentials, credentials_from_config
-from gateway.delivery.graph.tenant_health import (
-    DEGRADED, NEEDS_ADMIN, OK, UNKNOWN, MonitoredTokens, TenantHealthMonitor,
+from gateway.delivery.graph.credentials import (
+    TenantCredentials,
+    credentials_from_config,
 )
-from gateway.delivery.graph.token import AccessToken, TokenError, classify_exception, classify_result
+from gateway.delivery.graph.tenant_health import (
+    DEGRADED,
+    NEEDS_ADMIN,
+    OK,
+    UNKNOWN,
+    MonitoredTokens,
+    TenantHealthMonitor,
+)
+from gateway.delivery.graph.token import (
+    AccessToken,
+    TokenError,
+    classify_result,
+)
 from gateway.testing.fake_graph import Fault, start_fake_graph
 from gateway.testing.harness import start_gateway
 from tests.graph_helpers import LogCapture
@@ -32,7 +44,7 @@ CREDENTIALS = TenantCredentials("tenant-a", "client-a", "https://login.example/t
 
 
 def monitor_lines(capture: LogCapture) -> list[str]:
-    return [m for m, e in zip(capture.messages(), capture.events) if e.get("log_namespace", "").endswith("TenantHealthMonitor")]
+    return [m for m, e in zip(capture.messages(), capture.events, strict=False) if e.get("log_namespace", "").endswith("TenantHealthMonitor")]
 
 
 class ScriptedTokens:

@@ -26,7 +26,6 @@ from gateway.config.loader import build_config
 from gateway.smtp.tls import TLSContextSource
 from gateway.testing.certs import TestCA
 from gateway.testing.harness import start_gateway
-
 from tests.tls_helpers import client_context, memory_handshake, tls_listener
 
 RSA_KX = "AES128-SHA:@SECLEVEL=0"  # what a 2008 printer offers: RSA key exchange, CBC, SHA-1

@@ -33,10 +33,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.private_files import fsync_directory, replace_private_file
-from gateway.auth.entra import EntraAppCredentials, ICredentialSource, parse_credential_ref
+from gateway.auth.entra import (
+    EntraAppCredentials,
+    ICredentialSource,
+    parse_credential_ref,
+)
 from gateway.config.errors import ConfigError
 from gateway.config.secrets import Secret
+from gateway.private_files import fsync_directory, replace_private_file
 
 KEY_BYTES = 32
 

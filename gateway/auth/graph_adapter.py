@@ -21,7 +21,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.auth.credential_store import EncryptedCredentialStore
-from gateway.auth.entra import AcquiredToken, EntraAppCredentials, ITokenAcquirer, InvalidAppCredentials
+from gateway.auth.entra import (
+    AcquiredToken,
+    EntraAppCredentials,
+    InvalidAppCredentials,
+    ITokenAcquirer,
+)
 
 DEFAULT_LOGIN_HOST = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com"
@@ -87,8 +92,9 @@ class PassThroughCredentialResolver:
     """
 
     def __init__(self, store: EncryptedCredentialStore, fallback: Any, login_host: str = DEFAULT_LOGIN_HOST, graph_url: str = DEFAULT_GRAPH_URL) -> None:
-        from gateway.delivery.graph.credentials import ICredentialResolver
         from zope.interface import alsoProvides
+
+        from gateway.delivery.graph.credentials import ICredentialResolver
         alsoProvides(self, ICredentialResolver)
         self.store = store
         self.fallback = fallback

@@ -35,7 +35,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.auth.checkers import decode_login
-from gateway.auth.entra import EntraAppCredentials, ITokenAcquirer, InvalidAppCredentials
+from gateway.auth.entra import (
+    EntraAppCredentials,
+    InvalidAppCredentials,
+    ITokenAcquirer,
+)
 from gateway.config.secrets import Secret
 from gateway.policy.interfaces import Identity
 

@@ -32,12 +32,18 @@ from typing import Any, Optional
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.config.errors import ConfigError
+from gateway.config.model import ListenerConfig
 from gateway.mail.errors import MailRefusal
 from gateway.mail.patterns import PatternError, SenderPattern
 from gateway.policy.addresses import client_ip, message_header
-from gateway.config.errors import ConfigError
-from gateway.config.model import ListenerConfig
-from gateway.policy.interfaces import Continue, IPolicy, MessageView, Reject, SessionView
+from gateway.policy.interfaces import (
+    Continue,
+    IPolicy,
+    MessageView,
+    Reject,
+    SessionView,
+)
 
 _CONTINUE = Continue()
 

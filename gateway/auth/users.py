@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import re
 import stat
+import threading
 from typing import Iterable, Mapping, Optional
 
 import attrs
 from twisted.logger import Logger
 
-from gateway.private_files import replace_private_file
 from gateway.auth.patterns import PatternError, validate_pattern
+from gateway.private_files import replace_private_file
 
 _BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 _FIELDS = {"login", "hash", "allowed_senders", "disabled"}

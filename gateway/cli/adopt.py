@@ -30,7 +30,14 @@ from typing import Callable
 
 import attrs
 
-from gateway.spool.disk import ENV, MSG, ControlRequest, SpoolBusy, SpoolDisk, SpoolLayout
+from gateway.spool.disk import (
+    ENV,
+    MSG,
+    ControlRequest,
+    SpoolBusy,
+    SpoolDisk,
+    SpoolLayout,
+)
 from gateway.spool.entry import SpoolEntry
 
 EX_OK, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_DATAERR = 0, 66, 70, 75, 65

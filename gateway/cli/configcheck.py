@@ -86,7 +86,11 @@ def list_plugins(kind: str, out: TextIO, markdown: bool = False, config_path: Op
 
 def _list_plugins(kind: str, out: TextIO, markdown: bool = False) -> int:
     if kind == "policies":
-        from gateway.policy.catalog import builtin_policy_factories, render_markdown, render_text
+        from gateway.policy.catalog import (
+            builtin_policy_factories,
+            render_markdown,
+            render_text,
+        )
         from gateway.policy.registry import discover_policies as discover
 
         if markdown:  # docs/policies.md: graphsmtp's own policies, whatever else is installed

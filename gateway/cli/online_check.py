@@ -23,7 +23,12 @@ from typing import Any, Callable, Optional, TextIO
 
 from gateway.delivery.graph.credentials import credentials_from_config
 from gateway.delivery.graph.entra_errors import MAIL_SEND_MISSING, Explanation, explain
-from gateway.delivery.graph.token import TokenError, TokenProviders, classify_result, msal_http_session
+from gateway.delivery.graph.token import (
+    TokenError,
+    TokenProviders,
+    classify_result,
+    msal_http_session,
+)
 
 EX_OK = 0
 EX_TEMPFAIL = 75

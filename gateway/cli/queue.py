@@ -60,11 +60,26 @@ from typing import Callable, Optional, Sequence
 
 import attrs
 
+from gateway.cli.queue_view import (
+    JSON_VERSION,
+    Filters,
+    last_error,
+    message_json,
+    summarise,
+    summary_json,
+    summary_lines,
+)
 from gateway.cli.sendmail import load_tool_config
-from gateway.cli.queue_view import JSON_VERSION, Filters, last_error, message_json, summarise, summary_json, summary_lines
 from gateway.config import ConfigError
 from gateway.config.reader import parse_duration
-from gateway.spool.disk import ALL, MSG, ControlRequest, EntryMissing, SpoolBusy, SpoolDisk
+from gateway.spool.disk import (
+    ALL,
+    MSG,
+    ControlRequest,
+    EntryMissing,
+    SpoolBusy,
+    SpoolDisk,
+)
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import is_queue_id
@@ -95,6 +110,13 @@ def _age(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _next_column(state: str, next_attempt_at: float, now: float) -> str:
+    """The NEXT column: only a queued entry has an attempt time; the others say why not."""
+    if state == "queued":
+        return _when(next_attempt_at, now)
+    return {"held": "held", "incoming": "importing"}[state]
 
 
 def _when(at: float, now: float) -> str:
@@ -153,8 +175,7 @@ class QueueTool:
         self.out(f"{'QUEUE ID':<19}  {'AGE':>6}  {'SIZE':>9}  {'SENDER':<30}  {'RCPT':>4}  {'TRIES':>5}  "
                  f"{'NEXT':>9}  LAST ERROR")
         for state, e in rows:
-            next_attempt = {"queued": lambda: _when(e.next_attempt_at, now), "held": lambda: "held",
-                            "incoming": lambda: "importing"}[state]()
+            next_attempt = _next_column(state, e.next_attempt_at, now)
             self.out(f"{e.queue_id:<19}  {_age(now - e.received_at):>6}  {e.size:>9}  "
                      f"{_short(e.envelope.sender or '<>', 30):<30}  {len(e.envelope.recipients):>4}  "
                      f"{e.attempts:>5}  {next_attempt:>9}  {_short(last_error(e) or '', 60)}")

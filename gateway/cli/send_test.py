@@ -198,7 +198,11 @@ def direct(config: Any, sender: str, recipient: str, out: TextIO, now: Callable[
 
     from gateway.delivery.graph.credentials import credentials_from_config
     from gateway.delivery.graph.entra_errors import explain
-    from gateway.delivery.graph.token import TokenError, TokenProviders, msal_http_session
+    from gateway.delivery.graph.token import (
+        TokenError,
+        TokenProviders,
+        msal_http_session,
+    )
 
     if config.deliverer != "graph":
         raise SendTestError(EX_CONFIG, "--direct needs [graph] credentials in the configuration")

@@ -24,11 +24,23 @@ from typing import Callable, Optional, Sequence, TextIO
 import bcrypt
 
 from gateway.auth.patterns import PatternError, validate_pattern
-from gateway.cli.sysexits import (
-    EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_SOFTWARE, EX_USAGE, SysexitsArgumentParser,
-)
 from gateway.auth.users import (
-    MAX_PASSWORD_BYTES, UserRecord, UsersFileError, load_users, validate_login, write_users,
+    MAX_PASSWORD_BYTES,
+    UserRecord,
+    UsersFileError,
+    load_users,
+    validate_login,
+    write_users,
+)
+from gateway.cli.sysexits import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_NOUSER,
+    EX_SOFTWARE,
+    EX_USAGE,
+    SysexitsArgumentParser,
 )
 
 DEFAULT_ROUNDS = 12

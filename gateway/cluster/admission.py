@@ -403,7 +403,7 @@ class ClusterAdmission(Service):
         return d
 
     def _renewed(self, reply: Any, slots: list) -> None:
-        for (lease, slot), kept in zip(slots, reply):
+        for (lease, slot), kept in zip(slots, reply, strict=False):
             if not int(kept) and not slot.released:
                 self.log.warn("cluster lease {lease} expired before its request ended (was Redis slow?)", lease=lease)
 

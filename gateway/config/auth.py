@@ -37,10 +37,10 @@ from typing import Callable, Mapping, Optional
 
 import attrs
 
-from gateway.mail.patterns import PatternError, SenderPattern
 from gateway.auth.throttle import ThrottleSettings
 from gateway.config.errors import ConfigError
 from gateway.config.reader import TableReader
+from gateway.mail.patterns import PatternError, SenderPattern
 
 _DELIMITERS = ("@", ":", "|")
 

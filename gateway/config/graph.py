@@ -41,8 +41,6 @@ from typing import Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
 import attrs
-
-from gateway.mail.addresses import canonical
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -50,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.config.errors import ConfigError
 from gateway.config.reader import TableReader
 from gateway.config.secrets import Secret, secret_from_table
+from gateway.mail.addresses import canonical
 
 #: Login host and Graph root per national cloud (graph-facts §7).
 CLOUDS: Mapping[str, tuple[str, str]] = {

@@ -15,8 +15,17 @@ from typing import Any, Mapping, Optional
 from gateway.config import sections as feature_sections
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
-    DEFAULT_LISTEN, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_STATE_DIR, LOOPBACK_NETWORKS, CaptureConfig, GatewayConfig, Limits, ListenerConfig,
-    PolicyRef, QueueConfig, SpoolConfig,
+    DEFAULT_LISTEN,
+    DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_STATE_DIR,
+    LOOPBACK_NETWORKS,
+    CaptureConfig,
+    GatewayConfig,
+    Limits,
+    ListenerConfig,
+    PolicyRef,
+    QueueConfig,
+    SpoolConfig,
 )
 from gateway.config.reader import TableReader, check_endpoint, parse_duration
 

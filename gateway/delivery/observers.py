@@ -27,7 +27,12 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
-from gateway.delivery.interfaces import Delivered, IDeliveryObserver, Permanent, Transient
+from gateway.delivery.interfaces import (
+    Delivered,
+    IDeliveryObserver,
+    Permanent,
+    Transient,
+)
 from gateway.policy.discovery import Discovery, describe, discover
 from gateway.policy.interfaces import PolicyConfigError
 from gateway.policy.options import PolicyOptions

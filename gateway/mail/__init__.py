@@ -15,13 +15,29 @@ nothing else parses them.  It is the lowest layer: it imports nothing from the g
 """
 
 from gateway.mail.addresses import (
-    AddressList, Group, Mailbox, canonical, mailbox_key, parse_addr_spec, parse_address_list,
+    AddressList,
+    Group,
+    Mailbox,
+    canonical,
+    mailbox_key,
+    parse_addr_spec,
+    parse_address_list,
 )
 from gateway.mail.errors import LimitExceeded, MailRefusal, MalformedHeader
 from gateway.mail.fields import Field, apply_edits, header_line, split_fields
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
-from gateway.mail.message import MessageHeader, choose_sending_mailbox, parse_header_section
-from gateway.mail.patterns import ANY_SENDER, PatternError, SenderPattern, matches_any, parse_patterns
+from gateway.mail.message import (
+    MessageHeader,
+    choose_sending_mailbox,
+    parse_header_section,
+)
+from gateway.mail.patterns import (
+    ANY_SENDER,
+    PatternError,
+    SenderPattern,
+    matches_any,
+    parse_patterns,
+)
 
 __all__ = [
     "AddressList", "Group", "Mailbox", "canonical", "mailbox_key", "parse_addr_spec", "parse_address_list",

@@ -16,6 +16,7 @@ not need quoting, so the canonical form is:
 from __future__ import annotations
 
 import re
+
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _DOT_ATOM = re.compile(r"[" + _ATEXT + r"]+(?:\.[" + _ATEXT + r"]+)*\Z")
 

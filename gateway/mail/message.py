@@ -30,7 +30,13 @@ import attrs
 
 from gateway.mail.addresses import AddressList, Mailbox, canonical, parse_address_list
 from gateway.mail.errors import LimitExceeded, MalformedHeader
-from gateway.mail.fields import Field, TooManyFields, is_continuation, is_from_line, split_fields
+from gateway.mail.fields import (
+    Field,
+    TooManyFields,
+    is_continuation,
+    is_from_line,
+    split_fields,
+)
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
 
 #: Fields whose value is an address list and which the gateway reads.

@@ -17,7 +17,13 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.policy.interfaces import Continue, IPolicy, IPolicyFactory, MessageView, SessionView
+from gateway.policy.interfaces import (
+    Continue,
+    IPolicy,
+    IPolicyFactory,
+    MessageView,
+    SessionView,
+)
 
 CONTINUE = Continue()
 

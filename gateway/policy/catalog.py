@@ -37,9 +37,8 @@ def factory_options(factory: Any) -> tuple[Option, ...]:
 
 def builtin_policy_factories() -> list[Any]:
     """graphsmtp's own policy factories (not whatever else is installed), sorted by name."""
-    from twisted.plugins import graphsmtp_policies
-
     from gateway.policy.interfaces import IPolicyFactory
+    from twisted.plugins import graphsmtp_policies
 
     found = [value for value in vars(graphsmtp_policies).values() if IPolicyFactory.providedBy(value)]
     return sorted(found, key=lambda factory: factory.name)

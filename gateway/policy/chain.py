@@ -33,7 +33,15 @@ from gateway.mail.message import parse_header_section
 from gateway.policy.addresses import message_header
 from gateway.policy.headers import apply_edits, edit_problem
 from gateway.policy.interfaces import (
-    Accept, Continue, EditHeaders, HeaderEdit, IPolicy, MessageView, Reject, SessionView, TempFail,
+    Accept,
+    Continue,
+    EditHeaders,
+    HeaderEdit,
+    IPolicy,
+    MessageView,
+    Reject,
+    SessionView,
+    TempFail,
 )
 
 _POLICY_FAILURE = TempFail(451, "4.3.0", "Temporary policy failure, try again later")

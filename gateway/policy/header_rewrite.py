@@ -22,7 +22,13 @@ import attrs
 from gateway.policy.addresses import header_addresses
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.headers import format_address, header_text, is_header_name
-from gateway.policy.interfaces import EditHeaders, HeaderEdit, MessageView, PolicyConfigError, SessionView
+from gateway.policy.interfaces import (
+    EditHeaders,
+    HeaderEdit,
+    MessageView,
+    PolicyConfigError,
+    SessionView,
+)
 from gateway.policy.options import Option, PolicyOptions, Scope, scope_options
 
 INTERNAL_HEADERS = ("Received", "X-Originating-IP")

@@ -15,7 +15,13 @@ from typing import Any, Mapping
 import attrs
 
 from gateway.policy.base import CONTINUE, PolicyBase
-from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView, TempFail
+from gateway.policy.interfaces import (
+    MessageView,
+    PolicyConfigError,
+    Reject,
+    SessionView,
+    TempFail,
+)
 from gateway.policy.options import Option, PolicyOptions, Scope, scope_options
 
 

@@ -27,9 +27,25 @@ from gateway.mail.addresses import mailbox_key
 from gateway.mail.errors import MailRefusal
 from gateway.policy.addresses import client_key, message_header
 from gateway.policy.base import CONTINUE, PolicyBase
-from gateway.policy.interfaces import MessageView, PolicyConfigError, SessionView, TempFail
-from gateway.policy.options import Option, PolicyOptions, Scope, login_names, scope_options
-from gateway.policy.rate_backends import BucketRequest, Decision, MemoryBuckets, RedisBuckets
+from gateway.policy.interfaces import (
+    MessageView,
+    PolicyConfigError,
+    SessionView,
+    TempFail,
+)
+from gateway.policy.options import (
+    Option,
+    PolicyOptions,
+    Scope,
+    login_names,
+    scope_options,
+)
+from gateway.policy.rate_backends import (
+    BucketRequest,
+    Decision,
+    MemoryBuckets,
+    RedisBuckets,
+)
 
 KEYS = ("login", "client-ip", "sender", "mailbox")
 _KEY_ALIASES = {

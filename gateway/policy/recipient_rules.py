@@ -18,7 +18,13 @@ from twisted.logger import Logger
 from gateway.policy.addresses import AddressPattern, matches_any, without_subaddress
 from gateway.policy.base import CONTINUE, PolicyBase
 from gateway.policy.interfaces import PolicyConfigError, Reject, SessionView
-from gateway.policy.options import Option, PolicyOptions, Scope, reject_options, scope_options
+from gateway.policy.options import (
+    Option,
+    PolicyOptions,
+    Scope,
+    reject_options,
+    scope_options,
+)
 
 
 @attrs.frozen

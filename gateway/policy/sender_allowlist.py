@@ -23,10 +23,27 @@ import attrs
 from twisted.logger import Logger
 
 from gateway.mail.errors import MailRefusal
-from gateway.policy.addresses import AddressPattern, client_ip, matches_any, message_header
+from gateway.policy.addresses import (
+    AddressPattern,
+    client_ip,
+    matches_any,
+    message_header,
+)
 from gateway.policy.base import CONTINUE, PolicyBase
-from gateway.policy.interfaces import MessageView, PolicyConfigError, Reject, SessionView
-from gateway.policy.options import IPNetwork, Option, PolicyOptions, login_names, login_patterns, reject_options
+from gateway.policy.interfaces import (
+    MessageView,
+    PolicyConfigError,
+    Reject,
+    SessionView,
+)
+from gateway.policy.options import (
+    IPNetwork,
+    Option,
+    PolicyOptions,
+    login_names,
+    login_patterns,
+    reject_options,
+)
 
 CHECKS = ("envelope", "from", "sender")
 _HEADER_NAMES = {"from": ("from", "resent-from"), "sender": ("sender", "resent-sender")}

@@ -70,15 +70,25 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.policy.interfaces import (
-    IAuthenticatedIdentity, LoginThrottled, MessageView, Reject, SessionView, TempFail,
-)
-from gateway.smtp.addresses import parse_helo, parse_mail_from, parse_rcpt_to, recipient_key
-from gateway.smtp.auth import MAX_AUTH_LINE, AuthExchange, Challenge, Ready, Refusal
-from gateway.smtp.headers import apply_edits, missing_headers, received_header
 from gateway.mail.errors import MailRefusal
 from gateway.mail.message import choose_sending_mailbox
+from gateway.policy.interfaces import (
+    IAuthenticatedIdentity,
+    LoginThrottled,
+    MessageView,
+    Reject,
+    SessionView,
+    TempFail,
+)
 from gateway.smtp import intake as intake_rules
+from gateway.smtp.addresses import (
+    parse_helo,
+    parse_mail_from,
+    parse_rcpt_to,
+    recipient_key,
+)
+from gateway.smtp.auth import MAX_AUTH_LINE, AuthExchange, Challenge, Ready, Refusal
+from gateway.smtp.headers import apply_edits, missing_headers, received_header
 from gateway.smtp.intake import MessageIntake
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.interfaces import SpoolError

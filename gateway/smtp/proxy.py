@@ -26,7 +26,10 @@ from typing import Any, Optional
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.protocols.haproxy._wrapper import (
+    HAProxyProtocolWrapper,
+    HAProxyWrappingFactory,
+)
 from zope.interface import implementer
 
 from gateway.smtp.protocol import is_trusted

@@ -63,7 +63,7 @@ class GroupCommitter:
         # Start the next batch before answering: the answers' callbacks may commit again.
         if self._waiting:
             self._next_batch()
-        for (_, d), result in zip(batch, results):
+        for (_, d), result in zip(batch, results, strict=False):
             if isinstance(result, Exception):
                 d.errback(Failure(result))
             else:

@@ -55,7 +55,14 @@ from twisted.python.failure import Failure
 
 from gateway.config.model import QueueConfig
 from gateway.delivery.interfaces import (
-    SHARED_CAUSES, WAIT_CAUSES, Delivered, IDeliverer, IDeliveryObserver, IMailboxRouting, MailboxKey, Permanent,
+    SHARED_CAUSES,
+    WAIT_CAUSES,
+    Delivered,
+    IDeliverer,
+    IDeliveryObserver,
+    IMailboxRouting,
+    MailboxKey,
+    Permanent,
     Transient,
 )
 from gateway.spool.backoff import retry_delay

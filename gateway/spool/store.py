@@ -26,7 +26,14 @@ from zope.interface import implementer
 
 from gateway.delivery.interfaces import IDraftJournal, IEntryQuarantine
 from gateway.spool.conditions import RepeatedErrors
-from gateway.spool.disk import CommitRequest, EntryMissing, EntryQuarantined, IncomingScan, RecoveryReport, SpoolDisk
+from gateway.spool.disk import (
+    CommitRequest,
+    EntryMissing,
+    EntryQuarantined,
+    IncomingScan,
+    RecoveryReport,
+    SpoolDisk,
+)
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
 from gateway.spool.group_commit import GroupCommitter

@@ -27,12 +27,23 @@ import re
 from typing import Any, Iterable, Iterator, Optional
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.status.interfaces import (
-    TOKEN_DEGRADED, TOKEN_NEEDS_ADMIN, TOKEN_OK, TOKEN_UNKNOWN, IStatusSource, QueueView,
+    TOKEN_DEGRADED,
+    TOKEN_NEEDS_ADMIN,
+    TOKEN_OK,
+    TOKEN_UNKNOWN,
+    IStatusSource,
+    QueueView,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

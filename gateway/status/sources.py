@@ -18,8 +18,17 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from gateway.status.interfaces import (
-    TOKEN_DEGRADED, TOKEN_NEEDS_ADMIN, TOKEN_OK, TOKEN_UNKNOWN, DeliveryTotals, GatewayInfo, IStatusSource,
-    ListenerStatus, MailboxPacing, QueueView, TenantStatus,
+    TOKEN_DEGRADED,
+    TOKEN_NEEDS_ADMIN,
+    TOKEN_OK,
+    TOKEN_UNKNOWN,
+    DeliveryTotals,
+    GatewayInfo,
+    IStatusSource,
+    ListenerStatus,
+    MailboxPacing,
+    QueueView,
+    TenantStatus,
 )
 from gateway.status.queueview import scan_queue
 

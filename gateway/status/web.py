@@ -165,6 +165,7 @@ def status_root(components: Any, clock: Any, source: Any = None, metrics: Any = 
         metrics = GatewayMetrics()
     if source is None:
         from twisted.internet.defer import maybeDeferred
+
         from gateway.status.sources import ComponentsStatusSource
 
         source = ComponentsStatusSource(components, clock, "localhost", _version(), clock.seconds(), maybeDeferred)
@@ -201,6 +202,7 @@ def status_service(status: Any, components: Any, reactor: Any, hostname: str = "
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
+
     from gateway.status.sources import ComponentsStatusSource
     from gateway.threads import ThreadPoolService
 

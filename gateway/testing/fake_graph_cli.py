@@ -17,7 +17,12 @@ from typing import Any, Optional, TextIO
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from gateway.testing.fake_graph import Fault, FakeGraphServer, SentMessage, start_fake_graph
+from gateway.testing.fake_graph import (
+    FakeGraphServer,
+    Fault,
+    SentMessage,
+    start_fake_graph,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,11 @@ section, sending mailbox, exact recipients), ``structure`` (MIME tree for the la
 """
 
 from gateway.delivery.graph.credentials import (
-    ConfigCredentialResolver, ICredentialResolver, TenantCredentials, UnknownCredentials, credentials_from_config,
+    ConfigCredentialResolver,
+    ICredentialResolver,
+    TenantCredentials,
+    UnknownCredentials,
+    credentials_from_config,
 )
 from gateway.delivery.graph.deliverer import GraphDeliverer, TenantHealth
 from gateway.delivery.graph.factory import build_graph_deliverer

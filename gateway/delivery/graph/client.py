@@ -18,7 +18,8 @@ from typing import Any, Optional
 from urllib.parse import quote
 
 import attrs
-from twisted.internet.defer import CancelledError, TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import CancelledError
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger

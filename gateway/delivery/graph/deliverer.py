@@ -37,25 +37,60 @@ from zope.interface import implementer
 
 from gateway.config.graph import GraphConfig
 from gateway.delivery.graph.body import (
-    Base64Of, Concat, DecodedRange, FileRange, Literal, base64_length, decoded_length, read_exactly,
+    Base64Of,
+    Concat,
+    DecodedRange,
+    FileRange,
+    Literal,
+    base64_length,
+    decoded_length,
+    read_exactly,
 )
-from gateway.delivery.graph.client import GraphClient, GraphResponse, GraphTransportError
-from gateway.delivery.graph.credentials import ICredentialResolver, TenantCredentials, UnknownCredentials
+from gateway.delivery.graph.client import (
+    GraphClient,
+    GraphResponse,
+    GraphTransportError,
+)
+from gateway.delivery.graph.credentials import (
+    ICredentialResolver,
+    TenantCredentials,
+    UnknownCredentials,
+)
 from gateway.delivery.graph.mime import (
-    HeaderSection, MessageFormatError, RecipientPlan, choose_mailbox, normalise, plan_recipients,
+    HeaderSection,
+    MessageFormatError,
+    RecipientPlan,
+    choose_mailbox,
+    normalise,
+    plan_recipients,
     read_header_section,
 )
 from gateway.delivery.graph.outcomes import (
-    describe, failure_outcome, is_mailbox_concurrency, step_succeeded, transport_outcome,
+    describe,
+    failure_outcome,
+    is_mailbox_concurrency,
+    step_succeeded,
+    transport_outcome,
 )
 from gateway.delivery.graph.scheduler import MailboxThrottles
 from gateway.delivery.graph.sizes import single_request_limit
 from gateway.delivery.graph.structure import Part, plan_extraction, scan_structure
 from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
 from gateway.delivery.interfaces import (
-    CAUSE_CONNECTION, CAUSE_PAUSED, CAUSE_SERVICE, CAUSE_THROTTLED, CAUSE_TOKEN, Delivered, IDeliverer,
-    IDraftJournal, IEntryQuarantine,
-    IMailboxRouting, MailboxKey, MailboxLimits, Permanent, Transient,
+    CAUSE_CONNECTION,
+    CAUSE_PAUSED,
+    CAUSE_SERVICE,
+    CAUSE_THROTTLED,
+    CAUSE_TOKEN,
+    Delivered,
+    IDeliverer,
+    IDraftJournal,
+    IEntryQuarantine,
+    IMailboxRouting,
+    MailboxKey,
+    MailboxLimits,
+    Permanent,
+    Transient,
 )
 
 #: Graph refuses upload sessions for attachments under 3 MB (graph-facts §3.2b).

@@ -22,7 +22,11 @@ from gateway.callback_free_tls import HostnameVerifyingPolicy
 from gateway.config.graph import GraphConfig
 from gateway.delivery.graph.body import cooperator_for
 from gateway.delivery.graph.client import GraphClient
-from gateway.delivery.graph.credentials import ConfigCredentialResolver, ICredentialResolver, credentials_from_config
+from gateway.delivery.graph.credentials import (
+    ConfigCredentialResolver,
+    ICredentialResolver,
+    credentials_from_config,
+)
 from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.tenant_health import MonitoredTokens, TenantHealthMonitor
 from gateway.delivery.graph.token import TokenProviders

@@ -14,7 +14,13 @@ from __future__ import annotations
 from typing import Optional
 
 from gateway.delivery.graph.client import GraphResponse, GraphTransportError
-from gateway.delivery.interfaces import CAUSE_CONNECTION, CAUSE_SERVICE, CAUSE_THROTTLED, Permanent, Transient
+from gateway.delivery.interfaces import (
+    CAUSE_CONNECTION,
+    CAUSE_SERVICE,
+    CAUSE_THROTTLED,
+    Permanent,
+    Transient,
+)
 
 #: What Graph answers when a step worked (graph-facts §1.6, §3.2).  Only these count as success:
 #: any other 2xx (a proxy's ``200`` page, a ``204``) is an "unexpected response".  The upload
