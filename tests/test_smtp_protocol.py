@@ -324,7 +324,7 @@ class DataFramingSessionTests(SessionTestCase):
             lines += s.send(b"C" * 100)
         self.assertEqual(lines, [b"500 5.5.2 Line too long"])
         self.assertTrue(s.closed)
-        self.assertEqual(len(s.proto._inbuf), 0)
+        self.assertEqual(s.proto._reader.pending, 0)
 
     def test_long_complete_command_line(self):
         s = self.session(make_factory(limits={"max_command_line": 512}))

@@ -87,19 +87,25 @@ from gateway.smtp.addresses import (
     parse_rcpt_to,
     recipient_key,
 )
-from gateway.smtp.auth import MAX_AUTH_LINE, AuthExchange, Challenge, Ready, Refusal
+from gateway.smtp.auth import AuthExchange, Challenge, Ready, Refusal
 from gateway.smtp.headers import apply_edits, missing_headers, received_header
+from gateway.smtp.input import (
+    AWAITING_REPLY,
+    CLIENT_NOT_READING,
+    SPOOL_FULL,
+    AuthLineTooLong,
+    CommandLine,
+    CommandLineTooLong,
+    CommandReader,
+    MessageData,
+    ReadDecision,
+)
 from gateway.smtp.intake import MessageIntake
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.interfaces import SpoolError
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
-# While a reply is pending, input is buffered; beyond PAUSE_PENDING_INPUT the transport is
-# paused, and a client that pushes more than MAX_PENDING_INPUT (plus one DATA line) anyway is
-# not speaking SMTP.
-PAUSE_PENDING_INPUT = 64 * 1024
-MAX_PENDING_INPUT = 1024 * 1024
 # Reply bytes written while the transport's write buffer is already over its bound (the client
 # is not reading); beyond this the connection is dropped.  No input is acted on meanwhile, so
 # only replies to steps already under way can add to it: reaching it means something is wrong.
@@ -109,14 +115,12 @@ MAX_UNREAD_REPLIES = 256 * 1024
 # pipelining client with a long list is not disconnected (Postfix's recipient overshoot limit).
 RECIPIENT_OVERSHOOT = 1000
 
-_COMMAND, _DATA = "command", "data"
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.SMTP)
 # Commands that do not move a mail transaction forward; floods of them end the session.
 _JUNK = frozenset({b"HELO", b"EHLO", b"RSET", b"NOOP", b"VRFY", b"EXPN", b"HELP", b"STARTTLS", b"AUTH"})
 # Someone is speaking HTTP (or another protocol) at us: cross-protocol attacks, not mail.
 _FOREIGN = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"USER"})
-_AGAIN = object()
 
 
 def clean_text(text: Any, limit: int = 300) -> str:
@@ -204,16 +208,10 @@ class GatewayESMTP(smtp.ESMTP):
         self.portal = factory.portal
         self._hostname: str = factory.hostname
         self.host = factory.hostname
-        self._inbuf = bytearray()
-        self._scan_from = 0
-        self._state = _COMMAND
-        self._blocked = False
+        self._reader = CommandReader(self.limits.max_command_line, self.limits.max_data_line)
         self._pumping = False
         self._done = False
         self._gone = False
-        self._skip_line = False
-        self._pause_reasons: set = set()
-        self._write_paused = False
         self._unread_replies = 0
         self._producing_for_transport = False
         self._timer_suspended = False
@@ -329,7 +327,7 @@ class GatewayESMTP(smtp.ESMTP):
         """Send a final reply and disconnect; nothing more is read or answered."""
         if self._done:
             return
-        if self._write_paused:
+        if self._reader.is_held(CLIENT_NOT_READING):
             # The client is not reading: the reply would never arrive, the close never finish.
             self._drop("closing a session whose client does not read its replies")
             return
@@ -337,7 +335,7 @@ class GatewayESMTP(smtp.ESMTP):
         if code >= 400:
             self.factory.reply_refused(code)
         self._done = True
-        self._inbuf = bytearray()
+        self._reader.clear()
         self.setTimeout(None)
         self._read_while_closing()
         self._stop_producing_for_transport()
@@ -352,15 +350,14 @@ class GatewayESMTP(smtp.ESMTP):
         421 after too many failed logins) it would hang until the grace abort.  Nothing read
         now is acted on: the session is done.
         """
-        if self._pause_reasons and not self._gone:
-            self._pause_reasons.clear()
+        if self._reader.clear_pauses() and not self._gone:
             self.transport.resumeProducing()
 
     def _drop(self, why: str) -> None:
         """Abort the connection now, without a reply (the client is not reading them)."""
         self.log.info("dropped connection with {client}: {why}", client=self._client_label(), why=why)
         self._done = True
-        self._inbuf = bytearray()
+        self._reader.clear()
         self.setTimeout(None)
         self.transport.abortConnection()
 
@@ -394,17 +391,17 @@ class GatewayESMTP(smtp.ESMTP):
         a TLS layer pauses its producer while its handshake is under way, and the handshake
         needs the transport to go on reading.
         """
-        if self._gone or self._write_paused:
+        if self._gone or self._reader.is_held(CLIENT_NOT_READING):
             return
-        self._write_paused = True
+        self._reader.hold(CLIENT_NOT_READING)
         self._unread_replies = 0
 
     def resumeProducing(self) -> None:
         """The transport's write buffer has drained: go on with the input read so far."""
-        if not self._write_paused:
+        if not self._reader.is_held(CLIENT_NOT_READING):
             return
-        self._write_paused = False
-        self._resume("writes")
+        self._reader.release(CLIENT_NOT_READING)
+        self._resume(CLIENT_NOT_READING)
         if not self._gone and not self._done:
             self._pump()
 
@@ -412,7 +409,7 @@ class GatewayESMTP(smtp.ESMTP):
         """The transport is going away; connectionLost does the cleaning up."""
 
     def sendLine(self, line: bytes) -> None:
-        if self._write_paused:
+        if self._reader.is_held(CLIENT_NOT_READING):
             self._unread_replies += len(line) + 2
             if self._unread_replies > MAX_UNREAD_REPLIES:
                 self._drop(f"more than {MAX_UNREAD_REPLIES} bytes of replies not read")
@@ -422,15 +419,11 @@ class GatewayESMTP(smtp.ESMTP):
     def _pause(self, reason: str) -> None:
         if self._gone:
             return
-        if not self._pause_reasons:
+        if self._reader.pause_reading(reason):
             self.transport.pauseProducing()
-        self._pause_reasons.add(reason)
 
     def _resume(self, reason: str) -> None:
-        if reason not in self._pause_reasons:
-            return
-        self._pause_reasons.discard(reason)
-        if not self._pause_reasons and not self._gone and not self._done:
+        if self._reader.resume_reading(reason) and not self._gone and not self._done:
             self.transport.resumeProducing()
 
     def _await(
@@ -444,7 +437,7 @@ class GatewayESMTP(smtp.ESMTP):
         order while policy, spool and portal work is asynchronous.  If the client has gone by
         then, ``on_gone`` gets the result (value or Failure) instead, to release what it holds.
         """
-        self._blocked = True
+        self._reader.hold(AWAITING_REPLY)
 
         def succeeded(value: Any) -> None:
             if not self._gone:
@@ -461,7 +454,7 @@ class GatewayESMTP(smtp.ESMTP):
         d.addCallbacks(succeeded, failed)
         d.addErrback(self._internal_error)
         d.addBoth(self._unblock)
-        if self._blocked and not self._gone:
+        if self._reader.is_held(AWAITING_REPLY) and not self._gone:
             # Still pending: don't count our own wait against the client.  Reading goes on
             # into the buffer; dataReceived pauses the transport if the client sends a lot
             # (pausing every time would cost two epoll calls per step).
@@ -469,10 +462,10 @@ class GatewayESMTP(smtp.ESMTP):
             self._timer_suspended = True
 
     def _unblock(self, _: Any = None) -> None:
-        self._blocked = False
+        self._reader.release(AWAITING_REPLY)
         if self._gone:
             return
-        self._resume("busy")
+        self._resume(AWAITING_REPLY)
         if self._timer_suspended:
             self._timer_suspended = False
             if not self._done:
@@ -495,87 +488,41 @@ class GatewayESMTP(smtp.ESMTP):
             self.proxy_header_received()
             if self._done:
                 return
-        if self._state is _DATA and not self._inbuf and not self._blocked and not self._pumping and not self._write_paused:
-            # The common case in DATA: hand the chunk straight to the intake, no copy.
-            self.resetTimeout()
-            self._pumping = True
-            try:
-                self._feed_data(data)
-            finally:
-                self._pumping = False
-            self._pump()
+        decision = self._reader.receive(data)
+        if decision is ReadDecision.OVERFLOW:
+            self._close(421, "4.7.0", "Too much input while a reply is pending")
             return
-        self._inbuf += data
-        if (self._blocked or self._write_paused) and len(self._inbuf) > PAUSE_PENDING_INPUT:
-            if len(self._inbuf) > MAX_PENDING_INPUT + self.limits.max_data_line:
-                self._close(421, "4.7.0", "Too much input while a reply is pending")
-                return
-            self._pause("busy" if self._blocked else "writes")
+        if decision is ReadDecision.PAUSE and not self._gone:
+            self.transport.pauseProducing()
         self._pump()
 
-    def lineReceived(self, line: bytes) -> None:
-        """Not used: input is framed in L{dataReceived}.  Kept so no stock path can run."""
-        self._handle_line(line)
-
     def _pump(self) -> None:
-        """Process buffered input until it runs out or an asynchronous step is pending."""
+        """Act on buffered input until it runs out or the reader is held (a reply is pending)."""
         if self._pumping:
             return
         self._pumping = True
         try:
-            while self._inbuf and not self._blocked and not self._done and not self._write_paused:
-                if self._state is _DATA:
-                    chunk = bytes(self._inbuf)
-                    self._inbuf = bytearray()
-                    self.resetTimeout()
-                    self._feed_data(chunk)
-                    continue
-                line = self._take_line()
-                if line is _AGAIN:
-                    continue
-                if line is None:
+            while not self._done:
+                event = self._reader.next_event()
+                if event is None:
                     break
-                self._handle_line(line)
+                self._handle_event(event)
         finally:
             self._pumping = False
 
-    def _take_line(self) -> Any:
-        """The next complete command line, None if more input is needed, or _AGAIN."""
-        buf = self._inbuf
-        if self._skip_line:
-            eol = buf.find(b"\r\n")
-            if eol < 0:
-                # Keep a trailing CR: it may be the first half of the CRLF we wait for.
-                self._inbuf = bytearray(b"\r") if buf[-1:] == b"\r" else bytearray()
-                return None
-            del buf[:eol + 2]
-            self._skip_line = False
-            return _AGAIN
-        is_auth = self._auth is not None or bytes(buf[:5]).upper() == b"AUTH "
-        limit = MAX_AUTH_LINE if is_auth else self.limits.max_command_line
-        eol = buf.find(b"\r\n", self._scan_from)
-        if eol < 0:
-            if len(buf) <= limit + 1:
-                self._scan_from = max(0, len(buf) - 1)
-                return None
-            eol = len(buf)
-        self._scan_from = 0
-        if eol > limit:
-            if is_auth:
-                self._auth = None
-                self._reply(500, "5.5.6", "Authentication exchange line is too long")
-                if eol == len(buf):
-                    self._skip_line = True
-                    self._inbuf = bytearray()
-                else:
-                    del buf[:eol + 2]
-                return _AGAIN
+    def _handle_event(self, event: Any) -> None:
+        if isinstance(event, MessageData):
+            self.resetTimeout()
+            self._feed_data(event.data)
+        elif isinstance(event, CommandLine):
+            self._handle_line(event.line)
+        elif isinstance(event, AuthLineTooLong):
+            self._auth = None
+            self._reader.expect_auth_response = False
+            self._reply(500, "5.5.6", "Authentication exchange line is too long")
+        elif isinstance(event, CommandLineTooLong):
             self.log.info("closing session with {client}: command line too long", client=self._client_label())
             self._close(500, "5.5.2", "Line too long")
-            return None
-        line = bytes(buf[:eol])
-        del buf[:eol + 2]
-        return line
 
     def _handle_line(self, line: bytes) -> None:
         if self._auth is not None:
@@ -858,7 +805,7 @@ class GatewayESMTP(smtp.ESMTP):
             return
         tx.writer = writer
         tx.phase = "data"
-        writer.set_flow_control(lambda: self._pause("spool"), lambda: self._resume("spool"))
+        writer.set_flow_control(lambda: self._pause(SPOOL_FULL), lambda: self._resume(SPOOL_FULL))
         tls, authenticated = self._secure(), self.authenticated
 
         def make_prefix(names: set) -> tuple[bytes, bytes]:
@@ -868,7 +815,7 @@ class GatewayESMTP(smtp.ESMTP):
             return received, added
 
         tx.intake = MessageIntake(writer, self.limits, make_prefix)
-        self._state = _DATA
+        self._reader.start_data()
         self._data_call = self.callLater(self.limits.data_timeout, self._data_expired)
         self.sendLine(b"354 End data with <CR><LF>.<CR><LF>")
 
@@ -891,12 +838,10 @@ class GatewayESMTP(smtp.ESMTP):
         if rest is None:
             return
         # End of data: whatever followed the final dot is the next pipelined commands.
-        self._state = _COMMAND
+        self._reader.end_data(rest)
         if self._data_call is not None and self._data_call.active():
             self._data_call.cancel()
         self._data_call = None
-        if rest:
-            self._inbuf[:0] = rest
         self._end_of_data(tx)
 
     def _end_of_data(self, tx: Transaction) -> None:
@@ -912,7 +857,7 @@ class GatewayESMTP(smtp.ESMTP):
             self._refuse(intake.refusal)
             return
         tx.phase = "checking"
-        self._resume("spool")
+        self._resume(SPOOL_FULL)
         self._await(
             self._finish_message(tx),
             lambda outcome: self._message_result(tx, outcome),
@@ -1071,7 +1016,7 @@ class GatewayESMTP(smtp.ESMTP):
             d.addErrback(lambda f: self.log.failure("aborting spool writer failed", f))
 
     def _end_transaction(self, tx: Transaction) -> None:
-        self._resume("spool")
+        self._resume(SPOOL_FULL)
         if tx.in_flight:
             tx.in_flight = False
             self.factory.transaction_finished()
@@ -1084,7 +1029,7 @@ class GatewayESMTP(smtp.ESMTP):
     def _cmd_quit(self, rest: bytes) -> None:
         self.sendLine(f"221 2.0.0 {self._hostname} closing connection".encode("ascii"))
         self._done = True
-        self._inbuf = bytearray()
+        self._reader.clear()
         self.setTimeout(None)
         self._stop_producing_for_transport()
         self.transport.loseConnection()
@@ -1124,12 +1069,12 @@ class GatewayESMTP(smtp.ESMTP):
             self._reply(454, "4.7.0", "TLS not available due to temporary reason")
             return
         self.sendLine(b"220 2.0.0 Ready to start TLS")
-        if self._inbuf:
+        if self._reader.has_input:
             # Bytes after STARTTLS in the same read were sent in plaintext and would be
             # executed inside the TLS session (CVE-2011-0411 class): drop the connection.
             self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self._client_label())
             self._done = True
-            self._inbuf = bytearray()
+            self._reader.clear()
             self.transport.abortConnection()
             return
         self.transport.startTLS(options)
@@ -1172,9 +1117,11 @@ class GatewayESMTP(smtp.ESMTP):
     def _auth_step(self, exchange: AuthExchange, step: Any) -> None:
         if isinstance(step, Challenge):
             self._auth = exchange
+            self._reader.expect_auth_response = True
             self.sendLine(b"334 " + base64.b64encode(step.text))
             return
         self._auth = None
+        self._reader.expect_auth_response = False
         if isinstance(step, Ready):
             credentials = step.credentials
             d = maybeDeferred(self.portal.login, credentials, self.session_view(), IAuthenticatedIdentity)
@@ -1210,6 +1157,7 @@ class GatewayESMTP(smtp.ESMTP):
         self.authenticated = False
         self._identity = None
         self._auth = None
+        self._reader.expect_auth_response = False
         if logout is not None:
             try:
                 logout()
