@@ -16,7 +16,8 @@ from twisted.mail import smtp
 
 from gateway.config.model import ListenerConfig
 from gateway.policy.addresses import client_key
-from gateway.smtp.protocol import GatewayESMTP, is_trusted
+from gateway.smtp.peers import is_trusted
+from gateway.smtp.protocol import GatewayESMTP
 
 
 class GatewaySMTPFactory(smtp.SMTPFactory):

@@ -29,7 +29,8 @@ from gateway.config.errors import ConfigError
 from gateway.config.local import LOGIN_PREFIX, LocalConfig
 from gateway.policy.interfaces import Identity, MessageView, SessionView, TempFail
 from gateway.smtp.factory import GatewaySMTPFactory
-from gateway.smtp.protocol import GatewayESMTP, verdict_refusal
+from gateway.smtp.protocol import GatewayESMTP
+from gateway.smtp.replies import verdict_refusal
 
 # What the Received header and the provenance record as the client's address: the user's
 # name stays out of the message (as an SMTP login does), the identity is in the spool record.
@@ -68,7 +69,7 @@ class LocalSubmissionESMTP(GatewayESMTP):
             self.log.error("local submission socket: cannot read the peer's credentials; refused")
             self._started = True
             self.factory.session_opened(self)
-            self._close(421, "4.7.0", f"{self._hostname} cannot identify the local user")
+            self.reply_and_close(421, "4.7.0", f"{self.hostname} cannot identify the local user")
             return
         # The passwd lookup may ask NSS (LDAP, sssd): not on the reactor thread.  The client
         # waits for the banner, which comes once the user is known.
@@ -81,7 +82,7 @@ class LocalSubmissionESMTP(GatewayESMTP):
         if self._lost_early:
             return
         self._started = True
-        self._identity = Identity(login=LOGIN_PREFIX + name, allowed_senders=self.factory.senders_for(name))
+        self.identity = Identity(login=LOGIN_PREFIX + name, allowed_senders=self.factory.senders_for(name))
         self.authenticated = True
         self.transport.resumeProducing()
         super().connectionMade()
@@ -95,12 +96,12 @@ class LocalSubmissionESMTP(GatewayESMTP):
     def _logout_identity(self) -> None:
         # Nothing to log out of, and the identity must survive anything that would reset an
         # AUTH login (there is no STARTTLS here, but keep it the kernel's word regardless).
-        identity = self._identity
+        identity = self.identity
         super()._logout_identity()
         if not self._gone:
-            self._identity, self.authenticated = identity, identity is not None
+            self.identity, self.authenticated = identity, identity is not None
 
-    def _client_address(self) -> str:
+    def client_address(self) -> str:
         return LOCAL_ADDRESS
 
     def session_view(self) -> SessionView:

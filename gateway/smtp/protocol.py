@@ -52,47 +52,24 @@ Limits (``ListenerConfig.limits``) and the replies they give:
 from __future__ import annotations
 
 import base64
-import email.parser
-import email.policy
-import io
-import ipaddress
-import re
+from functools import partial
 from typing import Any, Callable, Optional
 
-import attrs
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.mail.errors import MailRefusal
-from gateway.mail.message import choose_sending_mailbox
-from gateway.policy.interfaces import (
-    IAuthenticatedIdentity,
-    LoginThrottled,
-    MessageView,
-    Reject,
-    SessionView,
-    TempFail,
-)
-from gateway.smtp import intake as intake_rules
-from gateway.smtp.addresses import (
-    parse_helo,
-    parse_mail_from,
-    parse_rcpt_to,
-    recipient_key,
-)
-from gateway.smtp.auth import AuthExchange, Challenge, Ready, Refusal
-from gateway.smtp.headers import apply_edits, missing_headers, received_header
+from gateway.policy.interfaces import IAuthenticatedIdentity, LoginThrottled, SessionView
+from gateway.smtp.addresses import parse_helo
+from gateway.smtp.auth import AuthExchange, Challenge, Ready
 from gateway.smtp.input import (
     AWAITING_REPLY,
     CLIENT_NOT_READING,
-    SPOOL_FULL,
     AuthLineTooLong,
     CommandLine,
     CommandLineTooLong,
@@ -100,9 +77,9 @@ from gateway.smtp.input import (
     MessageData,
     ReadDecision,
 )
-from gateway.smtp.intake import MessageIntake
-from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.interfaces import SpoolError
+from gateway.smtp.peers import is_ip_literal, is_trusted, peer_address
+from gateway.smtp.replies import clean_text, verdict_refusal
+from gateway.smtp.transaction import Transaction, data_command, mail_command, rcpt_command
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
@@ -110,81 +87,10 @@ CLOSE_GRACE = 30.0
 # is not reading); beyond this the connection is dropped.  No input is acted on meanwhile, so
 # only replies to steps already under way can add to it: reaching it means something is wrong.
 MAX_UNREAD_REPLIES = 256 * 1024
-# Recipients beyond max_recipients get 452 4.5.3 (send them in another transaction, RFC 5321
-# §4.5.3.1.10); only this many of those per transaction are free of the error count, so a
-# pipelining client with a long list is not disconnected (Postfix's recipient overshoot limit).
-RECIPIENT_OVERSHOOT = 1000
-
-_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
-_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.SMTP)
 # Commands that do not move a mail transaction forward; floods of them end the session.
 _JUNK = frozenset({b"HELO", b"EHLO", b"RSET", b"NOOP", b"VRFY", b"EXPN", b"HELP", b"STARTTLS", b"AUTH"})
 # Someone is speaking HTTP (or another protocol) at us: cross-protocol attacks, not mail.
 _FOREIGN = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"USER"})
-
-
-def clean_text(text: Any, limit: int = 300) -> str:
-    """Reply text from anything: printable ASCII, one line, bounded."""
-    text = "".join(c if " " <= c <= "~" else "?" for c in str(text))
-    return text[:limit] or "-"
-
-
-def verdict_refusal(result: Any) -> Optional[Refusal]:
-    """
-    The reply for a refusing policy step, or None when the step allows.  A policy's code and
-    status are used when they are well-formed and agree with the verdict's class (a Reject can
-    never turn into a 2xx or 4xx); otherwise the class default is used.
-    """
-    verdict = getattr(result, "verdict", result)
-    if isinstance(verdict, Reject):
-        default_code, default_status, klass = 550, "5.7.1", 5
-    elif isinstance(verdict, TempFail):
-        default_code, default_status, klass = 451, "4.7.1", 4
-    else:
-        return None
-    code = verdict.code if isinstance(verdict.code, int) and verdict.code // 100 == klass else default_code
-    status = verdict.status if isinstance(verdict.status, str) and _STATUS.match(verdict.status) and verdict.status[0] == str(klass) else default_status
-    return Refusal(code, status, clean_text(verdict.text))
-
-
-def spool_refusal(failure: Failure) -> Refusal:
-    """Spool trouble is always transient for the client: 452 4.3.1 when the disk is full, else 451 4.3.0."""
-    if failure.check(SpoolError) and failure.value.out_of_space:
-        return Refusal(452, "4.3.1", "Insufficient system storage, try again later")
-    return Refusal(451, "4.3.0", "Local error in processing, try again later")
-
-
-def peer_address(peer: Any) -> tuple[str, int]:
-    """``(host, port)`` of an IAddress; UNIX sockets and oddities give ``(str(peer), 0)``."""
-    host = getattr(peer, "host", None)
-    if isinstance(host, bytes):
-        host = host.decode("ascii", "replace")
-    if not isinstance(host, str):
-        return str(peer), 0
-    port = getattr(peer, "port", 0)
-    return host, port if isinstance(port, int) else 0
-
-
-#: Header sections up to this size are judged on the reactor thread: about 0.1 ms for a usual
-#: header, less than handing it to a thread and back costs (issue 13); bigger ones go to the
-#: judge pool so a monstrous header never stalls the other sessions (issue 8).
-INLINE_JUDGE_LIMIT = 4096
-
-
-@attrs.define
-class Transaction:
-    """One mail transaction, from an accepted MAIL FROM to the reply after DATA."""
-
-    sender: str
-    recipients: list = attrs.field(factory=list)
-    keys: set = attrs.field(factory=set)
-    writer: Any = None
-    intake: Optional[MessageIntake] = None
-    # "envelope" → "data" (354 sent) → "checking" (end-of-data policies) → "committing" → "done"
-    phase: str = "envelope"
-    in_flight: bool = False
-    client_address: str = ""
-    overshoot: int = 0
 
 
 @implementer(IPushProducer)
@@ -206,7 +112,7 @@ class GatewayESMTP(smtp.ESMTP):
         self.limits = factory.listener.limits
         self.chain = factory.chain
         self.portal = factory.portal
-        self._hostname: str = factory.hostname
+        self.hostname: str = factory.hostname
         self.host = factory.hostname
         self._reader = CommandReader(self.limits.max_command_line, self.limits.max_data_line)
         self._pumping = False
@@ -215,23 +121,23 @@ class GatewayESMTP(smtp.ESMTP):
         self._unread_replies = 0
         self._producing_for_transport = False
         self._timer_suspended = False
-        self._greeted = False
-        self._client_name: Optional[str] = None
-        self._identity: Any = None
+        self.greeted = False
+        self.client_name: Optional[str] = None
+        self.identity: Any = None
         self._logout: Optional[Callable[[], None]] = None
         self._auth: Optional[AuthExchange] = None
-        self._tx: Optional[Transaction] = None
+        self.transaction: Optional[Transaction] = None
         self._errors = 0
         self._junk = 0
-        self._messages = 0
+        self.messages = 0
         self._peer_checked = False
         self._trust_cache: Optional[tuple[str, bool]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
         self._commands = {
-            b"HELO": self._cmd_helo, b"EHLO": self._cmd_ehlo, b"MAIL": self._cmd_mail,
-            b"RCPT": self._cmd_rcpt, b"DATA": self._cmd_data, b"RSET": self._cmd_rset,
+            b"HELO": self._cmd_helo, b"EHLO": self._cmd_ehlo, b"MAIL": partial(mail_command, self),
+            b"RCPT": partial(rcpt_command, self), b"DATA": partial(data_command, self), b"RSET": self._cmd_rset,
             b"NOOP": self._cmd_noop, b"QUIT": self._cmd_quit, b"VRFY": self._cmd_vrfy,
             b"EXPN": self._cmd_not_implemented, b"HELP": self._cmd_help,
             b"STARTTLS": self._cmd_starttls, b"AUTH": self._cmd_auth,
@@ -252,10 +158,10 @@ class GatewayESMTP(smtp.ESMTP):
             # Counted against the peer from the first moment.  Behind PROXY protocol the peer
             # is the load balancer until the header names the client: a peer cannot hold more
             # than max_connections_per_ip connections whose header has not arrived.
-            problem = self.factory.address_problem(self, self._client_address())
+            problem = self.factory.address_problem(self, self.client_address())
         if problem is not None:
-            self.log.info("refused connection from {client}: {problem}", client=self._client_address(), problem=problem)
-            self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
+            self.log.info("refused connection from {client}: {problem}", client=self.client_address(), problem=problem)
+            self.reply_and_close(421, "4.7.0", f"{self.hostname} {problem}, try again later")
             return
         if self.factory.proxied:
             # Nothing is said to a client nobody has named yet: see proxy_header_received.
@@ -264,7 +170,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._greet_client()
 
     def _greet_client(self) -> None:
-        self.sendLine(f"220 {self._hostname} ESMTP".encode("ascii"))
+        self.sendLine(f"220 {self.hostname} ESMTP".encode("ascii"))
 
     def proxy_header_received(self) -> None:
         """
@@ -275,8 +181,8 @@ class GatewayESMTP(smtp.ESMTP):
         if self._peer_checked or self._done:
             return
         self._peer_checked = True
-        address = self._client_address()
-        if hasattr(self.transport.getPeer(), "host") and not _is_ip_literal(address):
+        address = self.client_address()
+        if hasattr(self.transport.getPeer(), "host") and not is_ip_literal(address):
             # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
             # it would go into the Received header, the spool and the logs.
             problem: Optional[str] = "Invalid client address in the PROXY header"
@@ -285,7 +191,7 @@ class GatewayESMTP(smtp.ESMTP):
             problem = self.factory.client_identified(self, address)
         if problem is not None:
             self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
-            self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
+            self.reply_and_close(421, "4.7.0", f"{self.hostname} {problem}, try again later")
             return
         self._greet_client()
 
@@ -297,12 +203,12 @@ class GatewayESMTP(smtp.ESMTP):
             if call is not None and call.active():
                 call.cancel()
         self._session_call = self._data_call = self._close_call = None
-        tx = self._tx
-        if tx is not None and tx.phase in ("data", "checking"):
-            self.log.info("client {client} disconnected during DATA; message discarded", client=self._client_label())
-            self._discard(tx)
+        tx = self.transaction
+        if tx is not None and tx.receiving:
+            self.log.info("client {client} disconnected during DATA; message discarded", client=self.client_label())
+            tx.discard()
         if tx is not None and tx.phase != "committing":
-            self._end_transaction(tx)
+            tx.end()
         self._logout_identity()
         self.factory.session_closed(self)
 
@@ -320,10 +226,10 @@ class GatewayESMTP(smtp.ESMTP):
     def _timed_out(self, what: str) -> None:
         if self._done:
             return
-        self.log.info("closing session with {client}: {what}", client=self._client_label(), what=what)
-        self._close(421, "4.4.2", f"{self._hostname} Error: timeout exceeded")
+        self.log.info("closing session with {client}: {what}", client=self.client_label(), what=what)
+        self.reply_and_close(421, "4.4.2", f"{self.hostname} Error: timeout exceeded")
 
-    def _close(self, code: int, status: str, text: str) -> None:
+    def reply_and_close(self, code: int, status: str, text: str) -> None:
         """Send a final reply and disconnect; nothing more is read or answered."""
         if self._done:
             return
@@ -355,7 +261,7 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _drop(self, why: str) -> None:
         """Abort the connection now, without a reply (the client is not reading them)."""
-        self.log.info("dropped connection with {client}: {why}", client=self._client_label(), why=why)
+        self.log.info("dropped connection with {client}: {why}", client=self.client_label(), why=why)
         self._done = True
         self._reader.clear()
         self.setTimeout(None)
@@ -377,10 +283,10 @@ class GatewayESMTP(smtp.ESMTP):
 
     def shutdown(self) -> None:
         """The gateway is stopping: tell an idle client to come back later (RFC 5321 421)."""
-        tx = self._tx
-        if tx is not None and tx.phase in ("data", "checking"):
-            self._discard(tx)
-        self._close(421, "4.3.2", f"{self._hostname} Service shutting down, try again later")
+        tx = self.transaction
+        if tx is not None and tx.receiving:
+            tx.discard()
+        self.reply_and_close(421, "4.3.2", f"{self.hostname} Service shutting down, try again later")
 
     # ------------------------------------------------------------------ flow control
 
@@ -401,7 +307,7 @@ class GatewayESMTP(smtp.ESMTP):
         if not self._reader.is_held(CLIENT_NOT_READING):
             return
         self._reader.release(CLIENT_NOT_READING)
-        self._resume(CLIENT_NOT_READING)
+        self.resume_reading(CLIENT_NOT_READING)
         if not self._gone and not self._done:
             self._pump()
 
@@ -416,17 +322,17 @@ class GatewayESMTP(smtp.ESMTP):
                 return
         super().sendLine(line)
 
-    def _pause(self, reason: str) -> None:
+    def pause_reading(self, reason: str) -> None:
         if self._gone:
             return
         if self._reader.pause_reading(reason):
             self.transport.pauseProducing()
 
-    def _resume(self, reason: str) -> None:
+    def resume_reading(self, reason: str) -> None:
         if self._reader.resume_reading(reason) and not self._gone and not self._done:
             self.transport.resumeProducing()
 
-    def _await(
+    def wait_for(
         self, d: Any, on_result: Callable[[Any], None],
         on_failure: Optional[Callable[[Failure], None]] = None,
         on_gone: Optional[Callable[[Any], None]] = None,
@@ -465,7 +371,7 @@ class GatewayESMTP(smtp.ESMTP):
         self._reader.release(AWAITING_REPLY)
         if self._gone:
             return
-        self._resume(AWAITING_REPLY)
+        self.resume_reading(AWAITING_REPLY)
         if self._timer_suspended:
             self._timer_suspended = False
             if not self._done:
@@ -473,9 +379,9 @@ class GatewayESMTP(smtp.ESMTP):
         self._pump()
 
     def _internal_error(self, reason: Failure) -> None:
-        self.log.failure("internal error in SMTP session with {client}", reason, client=self._client_label())
+        self.log.failure("internal error in SMTP session with {client}", reason, client=self.client_label())
         if not self._gone:
-            self._reply(451, "4.3.0", "Local error in processing, try again later")
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
 
     # ------------------------------------------------------------------ input
 
@@ -490,7 +396,7 @@ class GatewayESMTP(smtp.ESMTP):
                 return
         decision = self._reader.receive(data)
         if decision is ReadDecision.OVERFLOW:
-            self._close(421, "4.7.0", "Too much input while a reply is pending")
+            self.reply_and_close(421, "4.7.0", "Too much input while a reply is pending")
             return
         if decision is ReadDecision.PAUSE and not self._gone:
             self.transport.pauseProducing()
@@ -513,16 +419,16 @@ class GatewayESMTP(smtp.ESMTP):
     def _handle_event(self, event: Any) -> None:
         if isinstance(event, MessageData):
             self.resetTimeout()
-            self._feed_data(event.data)
+            self.transaction.feed(event.data)
         elif isinstance(event, CommandLine):
             self._handle_line(event.line)
         elif isinstance(event, AuthLineTooLong):
             self._auth = None
             self._reader.expect_auth_response = False
-            self._reply(500, "5.5.6", "Authentication exchange line is too long")
+            self.reply(500, "5.5.6", "Authentication exchange line is too long")
         elif isinstance(event, CommandLineTooLong):
-            self.log.info("closing session with {client}: command line too long", client=self._client_label())
-            self._close(500, "5.5.2", "Line too long")
+            self.log.info("closing session with {client}: command line too long", client=self.client_label())
+            self.reply_and_close(500, "5.5.2", "Line too long")
 
     def _handle_line(self, line: bytes) -> None:
         if self._auth is not None:
@@ -533,32 +439,32 @@ class GatewayESMTP(smtp.ESMTP):
         self.resetTimeout()
         parts = line.strip(b" \t").split(None, 1)
         if not parts:
-            self._reply(500, "5.5.2", "Syntax error, command unrecognized")
+            self.reply(500, "5.5.2", "Syntax error, command unrecognized")
             return
         verb = parts[0].upper()
         rest = parts[1] if len(parts) > 1 else b""
         if verb in _FOREIGN:
-            self.log.info("closing session with {client}: not an SMTP client", client=self._client_label())
-            self._close(421, "4.7.0", "This is an SMTP server; closing")
+            self.log.info("closing session with {client}: not an SMTP client", client=self.client_label())
+            self.reply_and_close(421, "4.7.0", "This is an SMTP server; closing")
             return
         handler = self._commands.get(verb)
         if verb in _JUNK or handler is None:
             self._junk += 1
             if self._junk > self.limits.max_commands_before_mail:
-                self.log.info("closing session with {client}: too many commands without mail", client=self._client_label())
-                self._close(421, "4.7.0", f"{self._hostname} Too many commands without a mail transaction")
+                self.log.info("closing session with {client}: too many commands without mail", client=self.client_label())
+                self.reply_and_close(421, "4.7.0", f"{self.hostname} Too many commands without a mail transaction")
                 return
         if handler is None:
-            self._reply(500, "5.5.2", "Syntax error, command unrecognized")
+            self.reply(500, "5.5.2", "Syntax error, command unrecognized")
             return
         if not line.isascii() and verb not in (b"MAIL", b"RCPT"):
-            self._reply(500, "5.5.2", "8-bit characters are not allowed in commands")
+            self.reply(500, "5.5.2", "8-bit characters are not allowed in commands")
             return
         handler(rest)
 
     # ------------------------------------------------------------------ replies
 
-    def _reply(self, code: int, status: str, text: str) -> None:
+    def reply(self, code: int, status: str, text: str) -> None:
         if self._done:
             return
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
@@ -566,28 +472,28 @@ class GatewayESMTP(smtp.ESMTP):
             self.factory.reply_refused(code)
             self._errors += 1
             if self._errors >= self.limits.max_errors:
-                self.log.info("closing session with {client}: too many errors", client=self._client_label())
-                self._close(421, "4.7.0", f"{self._hostname} Too many errors")
+                self.log.info("closing session with {client}: too many errors", client=self.client_label())
+                self.reply_and_close(421, "4.7.0", f"{self.hostname} Too many errors")
 
-    def _refuse(self, refusal: Any) -> None:
+    def refuse(self, refusal: Any) -> None:
         if refusal.code == 421:
-            self._close(421, refusal.status, refusal.text)
+            self.reply_and_close(421, refusal.status, refusal.text)
         else:
-            self._reply(refusal.code, refusal.status, refusal.text)
+            self.reply(refusal.code, refusal.status, refusal.text)
 
     # ------------------------------------------------------------------ session facts
 
-    def _client_address(self) -> str:
+    def client_address(self) -> str:
         return peer_address(self.transport.getPeer())[0]
 
-    def _client_label(self) -> str:
+    def client_label(self) -> str:
         try:
-            address = self._client_address()
+            address = self.client_address()
         except Exception:
             address = "?"
-        return f"{self._client_name or 'unknown'}[{address}]"
+        return f"{self.client_name or 'unknown'}[{address}]"
 
-    def _secure(self) -> bool:
+    def secure(self) -> bool:
         return bool(
             self.startedTLS
             or ISSLTransport.providedBy(self.transport)
@@ -598,7 +504,7 @@ class GatewayESMTP(smtp.ESMTP):
         return (
             self.listener.tls == "starttls"
             and self.factory.tls is not None
-            and not self._secure()
+            and not self.secure()
             and ITLSTransport.providedBy(self.transport)
         )
 
@@ -606,7 +512,7 @@ class GatewayESMTP(smtp.ESMTP):
         return self.portal is not None and self.listener.auth != "none"
 
     def _auth_allowed_now(self) -> bool:
-        return self._secure() or self.listener.allow_plaintext_auth
+        return self.secure() or self.listener.allow_plaintext_auth
 
     def _trusted(self, address: str) -> bool:
         cached = self._trust_cache
@@ -619,14 +525,14 @@ class GatewayESMTP(smtp.ESMTP):
     def session_view(self) -> SessionView:
         """What policies may know right now (the peer is read now: PROXY changes it after connect)."""
         address, port = peer_address(self.transport.getPeer())
-        tx = self._tx
+        tx = self.transaction
         return SessionView(
             listener=self.listener.name,
             client_address=address,
             client_port=port,
-            client_name=self._client_name,
-            tls=self._secure(),
-            identity=self._identity,
+            client_name=self.client_name,
+            tls=self.secure(),
+            identity=self.identity,
             trusted_network=self._trusted(address),
             sender=tx.sender if tx is not None else None,
             recipients=tuple(tx.recipients) if tx is not None else (),
@@ -643,27 +549,27 @@ class GatewayESMTP(smtp.ESMTP):
     def _greet(self, rest: bytes, esmtp: bool) -> None:
         name = parse_helo(rest)
         if name is None:
-            self._reply(501, "5.5.4", "Invalid HELO/EHLO name: a domain or address literal is required")
+            self.reply(501, "5.5.4", "Invalid HELO/EHLO name: a domain or address literal is required")
             return
         # RFC 5321 §4.1.4: EHLO/HELO in the middle of a session acts as RSET.
         self._reset_transaction()
-        self._greeted = False
-        self._client_name = name
+        self.greeted = False
+        self.client_name = name
         d = maybeDeferred(self.chain.on_connect, self.session_view())
-        self._await(d, lambda result: self._greeted_result(result, esmtp))
+        self.wait_for(d, lambda result: self._greeted_result(result, esmtp))
 
     def _greeted_result(self, result: Any, esmtp: bool) -> None:
         refusal = verdict_refusal(result)
         if refusal is not None:
-            self.log.info("refused greeting from {client}: {code} {status}", client=self._client_label(), code=refusal.code, status=refusal.status)
-            self._refuse(refusal)
+            self.log.info("refused greeting from {client}: {code} {status}", client=self.client_label(), code=refusal.code, status=refusal.status)
+            self.refuse(refusal)
             return
-        self._greeted = True
+        self.greeted = True
         if not esmtp:
-            self.sendLine(f"250 {self._hostname}".encode("ascii"))
+            self.sendLine(f"250 {self.hostname}".encode("ascii"))
             return
         lines = [
-            self._hostname,
+            self.hostname,
             f"SIZE {self.limits.max_message_size}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
@@ -677,357 +583,44 @@ class GatewayESMTP(smtp.ESMTP):
             self.sendLine(b"250-" + line.encode("ascii"))
         self.sendLine(b"250 " + lines[-1].encode("ascii"))
 
-    # ------------------------------------------------------------------ envelope
+    # ------------------------------------------------------------------ the mail transaction
 
-    def _cmd_mail(self, rest: bytes) -> None:
-        if not self._greeted:
-            self._reply(503, "5.5.1", "Send EHLO/HELO first")
-            return
-        if self._tx is not None:
-            self._reply(503, "5.5.1", "Nested MAIL command")
-            return
-        if self.factory.draining:
-            self._close(421, "4.3.2", f"{self._hostname} Service shutting down, try again later")
-            return
-        if self._messages >= self.limits.max_messages_per_session:
-            self._close(421, "4.7.0", f"{self._hostname} Too many messages in one session")
-            return
-        argument, problem = parse_mail_from(rest)
-        if problem is not None:
-            self._refuse(problem)
-            return
-        for name, value in argument.params.items():
-            if name == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
-                    self._reply(501, "5.5.4", "Bad SIZE parameter")
-                    return
-                if int(value) > self.limits.max_message_size:
-                    self._reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-                    return
-            elif name == "BODY":
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    self._reply(555, "5.5.4", "Unsupported BODY type")
-                    return
-            elif name == "AUTH":
-                # RFC 4954 §5: accepted and ignored; the session's own login is what counts.
-                continue
-            else:
-                self._reply(555, "5.5.4", f"Unsupported MAIL parameter {name}")
-                return
-        sender = argument.address
-        view = attrs.evolve(self.session_view(), sender=sender, recipients=())
-        d = maybeDeferred(self.chain.on_mail_from, view, sender)
-        self._await(d, lambda result: self._mail_result(result, sender))
-
-    def _mail_result(self, result: Any, sender: str) -> None:
-        refusal = verdict_refusal(result)
-        if refusal is not None:
-            self.log.info("refused sender from {client}: {code} {status}", client=self._client_label(), code=refusal.code, status=refusal.status)
-            self._refuse(refusal)
-            return
-        self._tx = Transaction(sender=sender)
+    def transaction_opened(self, tx: Transaction) -> None:
+        """MAIL FROM was accepted: L{gateway.smtp.transaction} drives the rest."""
+        self.transaction = tx
         self._junk = 0
-        self._reply(250, "2.1.0", "Sender ok")
 
-    def _cmd_rcpt(self, rest: bytes) -> None:
-        tx = self._tx
-        if tx is None:
-            self._reply(503, "5.5.1", "Need MAIL before RCPT")
-            return
-        argument, problem = parse_rcpt_to(rest)
-        if problem is not None:
-            self._refuse(problem)
-            return
-        if argument.params:
-            self._reply(555, "5.5.4", "Unsupported RCPT parameter " + next(iter(argument.params)))
-            return
-        recipient = argument.address
-        key = recipient_key(recipient)
-        if key in tx.keys:
-            self._reply(250, "2.1.5", "Recipient ok (duplicate)")
-            return
-        if len(tx.recipients) >= self.limits.max_recipients:
-            tx.overshoot += 1
-            if tx.overshoot <= RECIPIENT_OVERSHOOT:
-                self.sendLine(b"452 4.5.3 Too many recipients")
-                self.factory.reply_refused(452)
-            else:
-                self._reply(452, "4.5.3", "Too many recipients")
-            return
-        d = maybeDeferred(self.chain.on_rcpt_to, self.session_view(), recipient)
-        self._await(d, lambda result: self._rcpt_result(result, tx, recipient, key))
-
-    def _rcpt_result(self, result: Any, tx: Transaction, recipient: str, key: str) -> None:
-        refusal = verdict_refusal(result)
-        if refusal is not None:
-            self.log.info("refused recipient from {client}: {code} {status}", client=self._client_label(), code=refusal.code, status=refusal.status)
-            self._refuse(refusal)
-            return
-        if tx is self._tx and key not in tx.keys:
-            tx.keys.add(key)
-            tx.recipients.append(recipient)
-        self._reply(250, "2.1.5", "Recipient ok")
-
-    def _cmd_rset(self, rest: bytes) -> None:
-        self._reset_transaction()
-        self._reply(250, "2.0.0", "Ok")
-
-    def _reset_transaction(self) -> None:
-        tx, self._tx = self._tx, None
-        if tx is not None:
-            self._end_transaction(tx)
-
-    # ------------------------------------------------------------------ DATA
-
-    def _cmd_data(self, rest: bytes) -> None:
-        tx = self._tx
-        if rest.strip():
-            self._reply(501, "5.5.4", "DATA takes no arguments")
-            return
-        if tx is None:
-            self._reply(503, "5.5.1", "Need MAIL command")
-            return
-        if not tx.recipients:
-            self._reply(554, "5.5.1", "No valid recipients")
-            return
-        tx.client_address = self._client_address()
-        tx.in_flight = True
-        self.factory.transaction_started()
-        d = maybeDeferred(self.factory.spool.open_writer)
-        self._await(
-            d, lambda writer: self._data_ready(tx, writer), lambda reason: self._data_failed(tx, reason),
-            on_gone=lambda writer: None if isinstance(writer, Failure) else writer.abort(),
-        )
-
-    def _data_ready(self, tx: Transaction, writer: Any) -> None:
-        if tx is not self._tx:
-            writer.abort()
-            return
-        tx.writer = writer
-        tx.phase = "data"
-        writer.set_flow_control(lambda: self._pause(SPOOL_FULL), lambda: self._resume(SPOOL_FULL))
-        tls, authenticated = self._secure(), self.authenticated
-
-        def make_prefix(names: set) -> tuple[bytes, bytes]:
-            now = self.factory.clock.seconds()
-            received = received_header(self._client_name, tx.client_address, self._hostname, writer.queue_id, tls, authenticated, now)
-            added = missing_headers(names, self._hostname, writer.queue_id, now, self.factory.add_message_id, self.factory.add_date)
-            return received, added
-
-        tx.intake = MessageIntake(writer, self.limits, make_prefix)
+    def data_started(self) -> None:
+        """354 is about to go out: from now on the input is message data, under the DATA time limit."""
         self._reader.start_data()
         self._data_call = self.callLater(self.limits.data_timeout, self._data_expired)
-        self.sendLine(b"354 End data with <CR><LF>.<CR><LF>")
 
-    def _data_failed(self, tx: Transaction, reason: Failure) -> None:
-        self.log.failure("could not open a spool writer for {client}", reason, client=self._client_label())
-        if tx is self._tx:
-            self._tx = None
-        self._end_transaction(tx)
-        self._refuse(spool_refusal(reason))
-
-    def _feed_data(self, data: bytes) -> None:
-        tx = self._tx
-        intake = tx.intake
-        rest = intake.feed(data)
-        if intake.line_too_long:
-            self.log.info("closing session with {client}: line too long in DATA", client=self._client_label())
-            self._discard(tx)
-            self._close(500, "5.5.2", "Line too long")
-            return
-        if rest is None:
-            return
-        # End of data: whatever followed the final dot is the next pipelined commands.
+    def data_ended(self, rest: bytes) -> None:
+        """The final dot was read; ``rest`` is what the client pipelined after it."""
         self._reader.end_data(rest)
         if self._data_call is not None and self._data_call.active():
             self._data_call.cancel()
         self._data_call = None
-        self._end_of_data(tx)
 
-    def _end_of_data(self, tx: Transaction) -> None:
-        intake = tx.intake
-        if intake.refusal is not None:
-            self._discard(tx)
-            self._tx = None
-            self._end_transaction(tx)
-            self.log.info(
-                "refused message from {client}: {code} {status} {text}",
-                client=self._client_label(), code=intake.refusal.code, status=intake.refusal.status, text=intake.refusal.text,
-            )
-            self._refuse(intake.refusal)
-            return
-        tx.phase = "checking"
-        self._resume(SPOOL_FULL)
-        self._await(
-            self._finish_message(tx),
-            lambda outcome: self._message_result(tx, outcome),
-            lambda reason: self._message_failed(tx, reason),
-            on_gone=lambda outcome: self._message_after_disconnect(tx, outcome),
-        )
+    def line_too_long_in_data(self) -> None:
+        self.reply_and_close(500, "5.5.2", "Line too long")
 
-    def _judge(self, section: bytes, stopped_at: bytes = b"") -> Any:
-        """
-        The header section judged by the mail grammar (L{intake_rules.judge_header_section}):
-        in the factory's ``judge_pool`` (a dedicated pool the wiring provides), so one client's
-        monstrous header never stalls the others (issue 8); synchronously when there is none
-        (unit tests under a test clock) and for a section of at most L{INLINE_JUDGE_LIMIT}
-        bytes — a usual header costs less to judge (~0.1 ms) than the thread hand-off would.
-        Fires with the L{MessageHeader} or fails with L{MailRefusal}.
-        """
-        pool = self.factory.judge_pool
-        if pool is not None and len(section) > INLINE_JUDGE_LIMIT:
-            return deferToThreadPool(self.factory.clock, pool, intake_rules.judge_header_section, section, stopped_at)
-        return maybeDeferred(intake_rules.judge_header_section, section, stopped_at)
-
-    @inlineCallbacks
-    def _finish_message(self, tx: Transaction):
-        """
-        Judge the header section once, run the end-of-data policies on that reading, apply
-        their header edits, decide the sending mailbox from the final header, then commit the
-        message with that decision (ARCHITECTURE "decide once, record, execute").
-        """
-        writer, intake = tx.writer, tx.intake
-        try:
-            judged = yield self._judge(intake.header_section, intake.stopped_at)
-        except MailRefusal as problem:
-            return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
-        if tx.phase != "checking":
-            return None
-        edits: tuple = ()
-        # Skip the end-of-data step only when nobody would look: the chain's guard (relay
-        # access: header From/Sender) must run even when no other policy is configured.
-        if getattr(self.chain, "policies", True) or getattr(self.chain, "guard", None) is not None:
-            body = intake.small_body
-            if body is None:
-                # Large body: policies read it from the spool's temporary file.
-                yield writer.flush()
-                if tx.phase != "checking":
-                    return None
-                open_body = _body_opener(writer.temp_path, len(intake.header_section))
-            else:
-                open_body = _memory_opener(body)
-            view = MessageView(
-                # The email package's parse is for configured policies; the guard reads the
-                # mail grammar's judgement (``mail``), so a guard-only chain skips it (issue 13).
-                headers=_HEADER_PARSER.parsebytes(intake.header_section) if getattr(self.chain, "policies", True) else None,
-                header_bytes=intake.header_section,
-                size=writer.bytes_written,
-                open_body=open_body,
-                mail=judged,
-            )
-            result = yield maybeDeferred(self.chain.on_message, self.session_view(), view)
-            if tx.phase != "checking":
-                return None
-            refusal = verdict_refusal(result)
-            if refusal is not None:
-                return refusal
-            edits = tuple(getattr(result, "edits", ()) or ())
-        header_section = None
-        if edits:
-            header_section = intake.received + apply_edits(intake.client_header_lines, edits) + b"\r\n"
-            try:
-                judged = yield self._judge(header_section)
-            except MailRefusal as problem:
-                return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
-            if tx.phase != "checking":
-                return None
-        mailbox = choose_sending_mailbox(judged, tx.sender, self.factory.send_as)
-        if mailbox is None:
-            return Refusal(550, "5.6.0", "Message refused: no From header and a null reverse-path, so no mailbox to send as")
-        tx.phase = "committing"
-        identity = self._identity
-        provenance = Provenance(
-            client_address=tx.client_address,
-            client_name=self._client_name or "",
-            listener=self.listener.name,
-            tls=self._secure(),
-            auth_identity=getattr(identity, "login", None),
-            credential_ref=getattr(identity, "credential_ref", None),
-        )
-        entry = yield writer.commit(Envelope(tx.sender, tuple(tx.recipients)), provenance, header_section,
-                                    sending_mailbox=mailbox)
-        return entry
-
-    def _message_result(self, tx: Transaction, outcome: Any) -> None:
-        if tx is self._tx:
-            self._tx = None
-        if outcome is None:
-            # Discarded while the policies ran (shutdown): the session is closing already.
-            self._end_transaction(tx)
-            return
-        # The final reply goes out before the transaction counts as finished: a graceful stop
-        # waiting for it (factory.drain) closes the session as soon as it is, and must not
-        # get its 421 in ahead of the 250 (the client would send the message again).
-        if isinstance(outcome, Refusal):
-            self._discard(tx)
-            self.log.info(
-                "refused message from {client}: {code} {status} {text}",
-                client=self._client_label(), code=outcome.code, status=outcome.status, text=outcome.text,
-            )
-            self._refuse(outcome)
-            self._end_transaction(tx)
-            return
-        tx.phase = "done"
-        self._messages += 1
-        queue_id = getattr(outcome, "queue_id", None) or tx.writer.queue_id
-        self.log.info(
-            "received {queue_id} from {client} size {size} nrcpt {nrcpt}",
-            queue_id=queue_id, client=self._client_label(), size=getattr(outcome, "size", tx.writer.bytes_written),
-            nrcpt=len(tx.recipients), tls=self._secure(), listener=self.listener.name,
-            **{"from": tx.sender, "to": [str(r) for r in tx.recipients]},
-        )
-        self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        self.factory.message_accepted(getattr(outcome, "size", tx.writer.bytes_written))
-        self._end_transaction(tx)
-
-    def _message_after_disconnect(self, tx: Transaction, outcome: Any) -> None:
-        """The commit was under way when the client left: the message is queued all the same."""
-        self._end_transaction(tx)
-        if outcome is not None and not isinstance(outcome, (Failure, Refusal)):
-            self.log.info(
-                "received {queue_id} from {client} size {size} nrcpt {nrcpt} (client disconnected before the reply)",
-                queue_id=getattr(outcome, "queue_id", "?"), client=self._client_label(),
-                size=getattr(outcome, "size", "?"), nrcpt=len(tx.recipients),
-            )
-        elif isinstance(outcome, Failure) and tx.writer is not None:
-            self._discard(tx)
-
-    def _message_failed(self, tx: Transaction, reason: Failure) -> None:
-        if tx is self._tx:
-            self._tx = None
-        # Also after a failed commit: the writer removes whatever temporary file is left.
-        self._discard(tx)
-        self._end_transaction(tx)
-        if reason.check(SpoolError):
-            self.log.error(
-                "spool refused message {queue_id} from {client}: {error}",
-                queue_id=getattr(tx.writer, "queue_id", "?"), client=self._client_label(), error=str(reason.value),
-            )
-        else:
-            self.log.failure("message from {client} could not be queued", reason, client=self._client_label())
-        self._refuse(spool_refusal(reason))
-
-    def _discard(self, tx: Transaction) -> None:
-        """Throw away the partial message (refused, or the client went away)."""
-        writer, tx.writer = tx.writer, None
-        tx.phase = "done"
-        if writer is not None:
-            d = maybeDeferred(writer.abort)
-            d.addErrback(lambda f: self.log.failure("aborting spool writer failed", f))
-
-    def _end_transaction(self, tx: Transaction) -> None:
-        self._resume(SPOOL_FULL)
-        if tx.in_flight:
-            tx.in_flight = False
-            self.factory.transaction_finished()
+    def _reset_transaction(self) -> None:
+        tx, self.transaction = self.transaction, None
+        if tx is not None:
+            tx.end()
 
     # ------------------------------------------------------------------ small commands
 
+    def _cmd_rset(self, rest: bytes) -> None:
+        self._reset_transaction()
+        self.reply(250, "2.0.0", "Ok")
+
     def _cmd_noop(self, rest: bytes) -> None:
-        self._reply(250, "2.0.0", "Ok")
+        self.reply(250, "2.0.0", "Ok")
 
     def _cmd_quit(self, rest: bytes) -> None:
-        self.sendLine(f"221 2.0.0 {self._hostname} closing connection".encode("ascii"))
+        self.sendLine(f"221 2.0.0 {self.hostname} closing connection".encode("ascii"))
         self._done = True
         self._reader.clear()
         self.setTimeout(None)
@@ -1037,42 +630,42 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _cmd_vrfy(self, rest: bytes) -> None:
         if not rest.strip():
-            self._reply(501, "5.5.4", "Syntax: VRFY <address>")
+            self.reply(501, "5.5.4", "Syntax: VRFY <address>")
             return
-        self._reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+        self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
 
     def _cmd_help(self, rest: bytes) -> None:
-        self._reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
+        self.reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
 
     def _cmd_not_implemented(self, rest: bytes) -> None:
-        self._reply(502, "5.5.1", "Command not implemented")
+        self.reply(502, "5.5.1", "Command not implemented")
 
     # ------------------------------------------------------------------ STARTTLS
 
     def _cmd_starttls(self, rest: bytes) -> None:
         if rest.strip():
-            self._reply(501, "5.5.4", "Syntax: STARTTLS")
+            self.reply(501, "5.5.4", "Syntax: STARTTLS")
             return
-        if self._secure():
-            self._reply(503, "5.5.1", "TLS already active")
+        if self.secure():
+            self.reply(503, "5.5.1", "TLS already active")
             return
         if not self._starttls_available():
-            self._reply(502, "5.5.1", "STARTTLS not available")
+            self.reply(502, "5.5.1", "STARTTLS not available")
             return
-        if self._tx is not None:
-            self._reply(503, "5.5.1", "STARTTLS not permitted during a mail transaction")
+        if self.transaction is not None:
+            self.reply(503, "5.5.1", "STARTTLS not permitted during a mail transaction")
             return
         try:
             options = self.factory.tls.server_options()
         except Exception:
             self.log.failure("no TLS options for listener {listener}", listener=self.listener.name)
-            self._reply(454, "4.7.0", "TLS not available due to temporary reason")
+            self.reply(454, "4.7.0", "TLS not available due to temporary reason")
             return
         self.sendLine(b"220 2.0.0 Ready to start TLS")
         if self._reader.has_input:
             # Bytes after STARTTLS in the same read were sent in plaintext and would be
             # executed inside the TLS session (CVE-2011-0411 class): drop the connection.
-            self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self._client_label())
+            self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self.client_label())
             self._done = True
             self._reader.clear()
             self.transport.abortConnection()
@@ -1080,8 +673,8 @@ class GatewayESMTP(smtp.ESMTP):
         self.transport.startTLS(options)
         self.startedTLS = True
         # RFC 3207 §4.2: forget everything learnt before TLS, the client must EHLO again.
-        self._greeted = False
-        self._client_name = None
+        self.greeted = False
+        self.client_name = None
         self._reset_transaction()
         self._logout_identity()
 
@@ -1089,27 +682,27 @@ class GatewayESMTP(smtp.ESMTP):
 
     def _cmd_auth(self, rest: bytes) -> None:
         if not self._auth_enabled():
-            self._reply(503, "5.5.1", "Authentication not enabled")
+            self.reply(503, "5.5.1", "Authentication not enabled")
             return
-        if not self._greeted:
-            self._reply(503, "5.5.1", "Send EHLO first")
+        if not self.greeted:
+            self.reply(503, "5.5.1", "Send EHLO first")
             return
         if self.authenticated:
-            self._reply(503, "5.5.1", "Already authenticated")
+            self.reply(503, "5.5.1", "Already authenticated")
             return
-        if self._tx is not None:
-            self._reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+        if self.transaction is not None:
+            self.reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
             return
         if not self._auth_allowed_now():
-            self._reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            self.reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
             return
         parts = rest.split()
         if not parts or len(parts) > 2:
-            self._reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+            self.reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
             return
         mechanism = parts[0].upper().decode("ascii", "replace")
         if mechanism not in self.listener.auth_mechanisms:
-            self._reply(504, "5.5.4", "Unrecognized authentication mechanism")
+            self.reply(504, "5.5.4", "Unrecognized authentication mechanism")
             return
         exchange = AuthExchange(mechanism)
         self._auth_step(exchange, exchange.start(parts[1] if len(parts) > 1 else None))
@@ -1126,36 +719,36 @@ class GatewayESMTP(smtp.ESMTP):
             credentials = step.credentials
             d = maybeDeferred(self.portal.login, credentials, self.session_view(), IAuthenticatedIdentity)
             del credentials, step
-            self._await(d, self._auth_succeeded, self._auth_failed, on_gone=_logout_result)
+            self.wait_for(d, self._auth_succeeded, self._auth_failed, on_gone=_logout_result)
             return
-        self._refuse(step)
+        self.refuse(step)
 
     def _auth_succeeded(self, result: Any) -> None:
         try:
             _, identity, logout = result
         except (TypeError, ValueError):
             self.log.error("portal returned {kind} instead of (interface, identity, logout)", kind=type(result).__name__)
-            self._reply(454, "4.7.0", "Temporary authentication failure")
+            self.reply(454, "4.7.0", "Temporary authentication failure")
             return
         self.authenticated = True
-        self._identity = identity
+        self.identity = identity
         self._logout = logout
-        self._reply(235, "2.7.0", "Authentication successful")
+        self.reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, reason: Failure) -> None:
         if reason.check(LoginThrottled):
-            self._close(421, "4.7.0", f"{self._hostname} Too many failed logins, try again later")
+            self.reply_and_close(421, "4.7.0", f"{self.hostname} Too many failed logins, try again later")
         elif reason.check(UnauthorizedLogin):
-            self._reply(535, "5.7.8", "Authentication credentials invalid")
+            self.reply(535, "5.7.8", "Authentication credentials invalid")
         else:
             # Only the type: the failure's text could echo the credentials.
-            self.log.error("AUTH error for {client}: {error}", client=self._client_label(), error=reason.type.__name__)
-            self._reply(454, "4.7.0", "Temporary authentication failure")
+            self.log.error("AUTH error for {client}: {error}", client=self.client_label(), error=reason.type.__name__)
+            self.reply(454, "4.7.0", "Temporary authentication failure")
 
     def _logout_identity(self) -> None:
         logout, self._logout = self._logout, None
         self.authenticated = False
-        self._identity = None
+        self.identity = None
         self._auth = None
         self._reader.expect_auth_response = False
         if logout is not None:
@@ -1173,40 +766,4 @@ def _logout_result(result: Any) -> None:
         pass
 
 
-def _memory_opener(body: bytes) -> Callable[[], Any]:
-    return lambda: io.BytesIO(body)
-
-
-def _body_opener(path: str, offset: int) -> Callable[[], Any]:
-    def open_body() -> Any:
-        f = open(path, "rb")
-        f.seek(offset)
-        return f
-    return open_body
-
-
-def _is_ip_literal(address: str) -> bool:
-    """An IPv4 or IPv6 address and nothing else (a zone id may hold any text)."""
-    if "%" in address:
-        return False
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
-
-def is_trusted(address: str, networks: Any) -> bool:
-    """Whether ``address`` lies in one of ``networks`` (IPv4-mapped IPv6 counts as IPv4)."""
-    if not networks:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
-
-
-__all__ = ["GatewayESMTP", "Transaction", "verdict_refusal", "spool_refusal", "clean_text", "peer_address", "is_trusted"]
+__all__ = ["GatewayESMTP"]

@@ -32,7 +32,7 @@ from twisted.protocols.haproxy._wrapper import (
 )
 from zope.interface import implementer
 
-from gateway.smtp.protocol import is_trusted
+from gateway.smtp.peers import is_trusted
 
 PROXY_PREFIX = "haproxy:"
 
