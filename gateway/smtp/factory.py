@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.mail import smtp
 
 from gateway.config.model import ListenerConfig
 from gateway.policy.addresses import client_key
@@ -20,7 +20,7 @@ from gateway.smtp.peers import is_trusted
 from gateway.smtp.protocol import GatewayESMTP
 
 
-class GatewaySMTPFactory(smtp.SMTPFactory):
+class GatewaySMTPFactory(ServerFactory):
     """
     Builds L{GatewayESMTP} sessions for one listener.
 
@@ -50,12 +50,9 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         send_as: str = "header-from",
         judge_pool: Optional[Any] = None,
     ) -> None:
-        smtp.SMTPFactory.__init__(self, portal)
+        self.portal = portal
         self.listener = listener
         self.hostname = hostname
-        # The stock factory would otherwise use socket.getfqdn() from import time.
-        self.domain = hostname
-        self.timeout = listener.limits.idle_timeout
         self.spool = spool
         self.chain = chain
         self.clock = clock
@@ -84,8 +81,7 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         ones they copied when they started.  One method, so nothing sees half a change.
         """
         self.listener = listener
-        self.timeout = listener.limits.idle_timeout
-        self.hostname = self.domain = hostname
+        self.hostname = hostname
         self.chain = chain
         self.portal = portal
         self.add_message_id = add_message_id
@@ -93,7 +89,8 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
 
     def buildProtocol(self, addr: Any) -> GatewayESMTP:
         p = self.protocol(self)
-        p.callLater = self.clock.callLater
+        # TimeoutMixin's timers (and the session's own) run on the injected clock.
+        p.callLater = self.clock.callLater  # type: ignore[method-assign, assignment]
         return p
 
     # -- intake counters

@@ -72,10 +72,11 @@ class TransactionSession(Protocol):
     identity: Any
     authenticated: bool
     transaction: Optional["Transaction"]
-    greeted: bool
     messages: int
     log: Logger
 
+    @property
+    def greeted(self) -> bool: ...
     def reply(self, code: int, status: str, text: str) -> None: ...
     def refuse(self, refusal: Any) -> None: ...
     def reply_and_close(self, code: int, status: str, text: str) -> None: ...
@@ -90,6 +91,7 @@ class TransactionSession(Protocol):
     def pause_reading(self, reason: str) -> None: ...
     def resume_reading(self, reason: str) -> None: ...
     def transaction_opened(self, tx: "Transaction") -> None: ...
+    def transaction_closed(self, tx: "Transaction") -> None: ...
     def data_started(self) -> None: ...
     def data_ended(self, rest: bytes) -> None: ...
     def line_too_long_in_data(self) -> None: ...
@@ -267,8 +269,7 @@ class Transaction:
     def _data_failed(self, reason: Failure) -> None:
         session = self.session
         session.log.failure("could not open a spool writer for {client}", reason, client=session.client_label())
-        if self is session.transaction:
-            session.transaction = None
+        session.transaction_closed(self)
         self.end()
         session.refuse(spool_refusal(reason))
 
@@ -294,7 +295,7 @@ class Transaction:
         assert intake is not None
         if intake.refusal is not None:
             self.discard()
-            session.transaction = None
+            session.transaction_closed(self)
             self.end()
             self._log_refused(intake.refusal)
             session.refuse(intake.refusal)
@@ -395,8 +396,7 @@ class Transaction:
 
     def _message_result(self, outcome: Any) -> None:
         session = self.session
-        if self is session.transaction:
-            session.transaction = None
+        session.transaction_closed(self)
         if outcome is None:
             # Discarded while the policies ran (shutdown): the session is closing already.
             self.end()
@@ -438,8 +438,7 @@ class Transaction:
 
     def _message_failed(self, reason: Failure) -> None:
         session = self.session
-        if self is session.transaction:
-            session.transaction = None
+        session.transaction_closed(self)
         # Also after a failed commit: the writer removes whatever temporary file is left.
         self.discard()
         self.end()
