@@ -1,39 +1,18 @@
 """
 One SMTP session: the gateway's server protocol, on ``Protocol`` and ``TimeoutMixin``.
 
-It is not a subclass of Twisted's ``ESMTP``: the stock command loop answers pipelined commands
-out of order while a validation is pending, returns to command mode in the middle of an
-over-long DATA line, runs commands pipelined behind STARTTLS inside TLS, offers AUTH in
-plaintext and gives any end-of-data failure a permanent 550 (twisted-notes §0).  Replacing
-all of that left nothing of ``ESMTP`` but its name, so the session is built from its own parts:
+Not a subclass of Twisted's ``ESMTP``: its command loop answers pipelined commands out of order
+while a validation is pending, returns to command mode in the middle of an over-long DATA line,
+runs commands pipelined behind STARTTLS inside TLS, offers AUTH in plaintext and makes any
+end-of-data failure a permanent 550 (twisted-notes §0).  Replacing all that left nothing of
+``ESMTP`` but its name, so the session is built from parts with one job each:
+L{gateway.smtp.input} reads the client (pipelining order, flow control, line limits),
+L{gateway.smtp.greeting} answers HELO/EHLO/STARTTLS, L{gateway.smtp.login} AUTH, and
+L{gateway.smtp.transaction} MAIL/RCPT/DATA up to the reply after the final dot.
 
-* L{gateway.smtp.input} reads the client (pipelining order, flow control, line limits);
-* L{gateway.smtp.transaction} runs MAIL, RCPT and DATA and decides the reply after the dot;
-* L{gateway.smtp.login} runs AUTH through ``twisted.cred``;
-* this module holds the connection: its one L{SessionState} (L{gateway.smtp.state}), the
-  greeting, EHLO, STARTTLS, the small commands, the timers and the limits that end sessions.
+This module holds the connection: its one L{SessionState} (L{gateway.smtp.state}), the
+dispatch of commands, the timers, and the limits that end a session:
 
-What the session guarantees on the wire:
-
-* every reply carries an RFC 3463 enhanced status code; NOOP, VRFY, HELP work; SIZE, 8BITMIME,
-  ENHANCEDSTATUSCODES and PIPELINING are advertised;
-* STARTTLS (RFC 3207): anything pipelined after it aborts the connection (plaintext injection,
-  CVE-2011-0411 class); after the handshake everything learnt before is forgotten and a new
-  EHLO is required; a second STARTTLS is refused;
-* HELO/EHLO names are validated before they can reach a Received header;
-* replies the client does not read are not buffered without bound: the session is its
-  transport's streaming producer; while the transport's write buffer is full nothing more is
-  answered (and, once 64 KiB of input waits, nothing read); more than ``MAX_UNREAD_REPLIES``
-  written on top of a full buffer drops the connection, and so does closing a session whose
-  client is not reading — no close grace for replies nobody reads.
-
-Limits (``ListenerConfig.limits``) that end or refuse a session (the transaction's own are
-listed in L{gateway.smtp.transaction}):
-
-* command line > ``max_command_line`` → ``500 5.5.2`` and close (AUTH lines may be up to 12288
-  octets, RFC 4954; longer ones get ``500 5.5.6``, the line is skipped, the session goes on);
-* DATA line > ``max_data_line`` → ``500 5.5.2`` and close (no return to command mode while the
-  client is still sending its body);
 * ``idle_timeout`` (no complete command, or no DATA bytes), ``data_timeout`` (whole DATA phase)
   and ``session_timeout`` (whole connection) → ``421 4.4.2`` and close;
 * connections beyond ``max_connections`` / ``max_connections_per_ip`` → ``421 4.7.0`` at
@@ -41,15 +20,21 @@ listed in L{gateway.smtp.transaction}):
   balancer) until the PROXY header is complete, then against the client the header names; the
   220 greeting (or the 421) is sent when the header is complete, not before;
 * ``max_errors`` error replies, or ``max_commands_before_mail`` commands that do not start a
-  transaction (NOOP/RSET/VRFY floods) → ``421 4.7.0`` and close.
+  transaction (NOOP/RSET/VRFY floods) → ``421 4.7.0`` and close;
+* replies the client does not read are not buffered without bound: the session is its
+  transport's streaming producer; while the transport's write buffer is full nothing more is
+  answered (and, once 64 KiB of input waits, nothing read); more than ``MAX_UNREAD_REPLIES``
+  written on top of a full buffer drops the connection, and so does closing a session whose
+  client is not reading — no close grace for replies nobody reads.
+
+Every reply carries an RFC 3463 enhanced status code.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -59,8 +44,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.policy.interfaces import SessionView
-from gateway.smtp.addresses import parse_helo
 from gateway.smtp.auth import AuthExchange
+from gateway.smtp.commands import handle_command
 from gateway.smtp.input import (
     AWAITING_REPLY,
     CLIENT_NOT_READING,
@@ -71,11 +56,11 @@ from gateway.smtp.input import (
     MessageData,
     ReadDecision,
 )
-from gateway.smtp.login import auth_command, auth_response
+from gateway.smtp.login import auth_response
 from gateway.smtp.peers import is_ip_literal, is_trusted, peer_address
-from gateway.smtp.replies import clean_text, verdict_refusal
+from gateway.smtp.replies import clean_text
 from gateway.smtp.state import FINISHING, GREETED, TRANSACTION, SessionState, transition
-from gateway.smtp.transaction import Transaction, data_command, mail_command, rcpt_command
+from gateway.smtp.transaction import Transaction
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
@@ -83,17 +68,6 @@ CLOSE_GRACE = 30.0
 # is not reading); beyond this the connection is dropped.  No input is acted on meanwhile, so
 # only replies to steps already under way can add to it: reaching it means something is wrong.
 MAX_UNREAD_REPLIES = 256 * 1024
-
-# Commands that do not move a mail transaction forward; floods of them end the session.
-_JUNK = frozenset({b"HELO", b"EHLO", b"RSET", b"NOOP", b"VRFY", b"EXPN", b"HELP", b"STARTTLS", b"AUTH"})
-# Someone is speaking HTTP (or another protocol) at us: cross-protocol attacks, not mail.
-_FOREIGN = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"USER"})
-# Commands whose reply is always the same.
-_FIXED_REPLIES = {
-    b"NOOP": (250, "2.0.0", "Ok"),
-    b"HELP": (214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH"),
-    **{verb: (502, "5.5.1", "Command not implemented") for verb in (b"EXPN", b"BDAT", b"ETRN", b"TURN", b"ATRN")},
-}
 
 
 @implementer(IPushProducer)
@@ -132,19 +106,12 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self._exchange: Optional[AuthExchange] = None
         self.transaction: Optional[Transaction] = None
         self._errors = 0
-        self._junk = 0
+        self.commands_without_mail = 0
         self.messages = 0
         self._trust_cache: Optional[tuple[str, bool]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
-        self._commands: dict[bytes, Callable[[bytes], None]] = {
-            b"HELO": partial(self._greet, esmtp=False), b"EHLO": partial(self._greet, esmtp=True),
-            b"MAIL": partial(mail_command, self), b"RCPT": partial(rcpt_command, self),
-            b"DATA": partial(data_command, self), b"RSET": self._cmd_rset, b"QUIT": self._cmd_quit,
-            b"VRFY": self._cmd_vrfy, b"STARTTLS": self._cmd_starttls, b"AUTH": partial(auth_command, self),
-            **{verb: partial(self._fixed_reply, verb) for verb in _FIXED_REPLIES},
-        }
 
     # ------------------------------------------------------------------ state
 
@@ -253,9 +220,9 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
         if code >= 400:
             self.factory.reply_refused(code)
-        self._lose_connection(read_on=True)
+        self.lose_connection(read_on=True)
 
-    def _lose_connection(self, read_on: bool = False) -> None:
+    def lose_connection(self, read_on: bool = False) -> None:
         self._enter(SessionState.CLOSING)
         self._reader.clear()
         self.setTimeout(None)
@@ -427,34 +394,13 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             if self._exchange is not None:
                 auth_response(self, self._exchange, event.line)
             else:
-                self._handle_command(event.line)
+                handle_command(self, event.line)
         elif isinstance(event, AuthLineTooLong):
             self.exchange_ended()
             self.reply(500, "5.5.6", "Authentication exchange line is too long")
         elif isinstance(event, CommandLineTooLong):
             self.log.info("closing session with {client}: command line too long", client=self.client_label())
             self.reply_and_close(500, "5.5.2", "Line too long")
-
-    def _handle_command(self, line: bytes) -> None:
-        parts = line.strip(b" \t").split(None, 1)
-        verb = parts[0].upper() if parts else b""
-        if verb in _FOREIGN:
-            self.log.info("closing session with {client}: not an SMTP client", client=self.client_label())
-            self.reply_and_close(421, "4.7.0", "This is an SMTP server; closing")
-            return
-        handler = self._commands.get(verb)
-        if parts and (verb in _JUNK or handler is None):
-            self._junk += 1
-            if self._junk > self.limits.max_commands_before_mail:
-                self.log.info("closing session with {client}: too many commands without mail", client=self.client_label())
-                self.reply_and_close(421, "4.7.0", f"{self.hostname} Too many commands without a mail transaction")
-                return
-        if handler is None:
-            self.reply(500, "5.5.2", "Syntax error, command unrecognized")
-        elif not line.isascii() and verb not in (b"MAIL", b"RCPT"):
-            self.reply(500, "5.5.2", "8-bit characters are not allowed in commands")
-        else:
-            handler(parts[1] if len(parts) > 1 else b"")
 
     # ------------------------------------------------------------------ replies
 
@@ -494,7 +440,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             or isinstance(self.transport, TLSMemoryBIOProtocol)
         )
 
-    def _starttls_available(self) -> bool:
+    def starttls_available(self) -> bool:
         return (
             self.listener.tls == "starttls"
             and self.factory.tls is not None
@@ -532,38 +478,34 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             recipients=tuple(tx.recipients) if tx is not None else (),
         )
 
-    # ------------------------------------------------------------------ HELO / EHLO
+    # ------------------------------------------------------------------ HELO / EHLO / STARTTLS
 
-    def _greet(self, rest: bytes, esmtp: bool) -> None:
-        name = parse_helo(rest)
-        if name is None:
-            self.reply(501, "5.5.4", "Invalid HELO/EHLO name: a domain or address literal is required")
-            return
-        # RFC 5321 §4.1.4: EHLO/HELO in the middle of a session acts as RSET.
-        self._reset_transaction()
+    def greeting_started(self, name: str) -> None:
+        """A valid HELO/EHLO name: start over (it acts as RSET) until the chain accepts it."""
+        self.reset_transaction()
         self._enter(SessionState.AWAITING_HELO)
         self.client_name = name
-        d = maybeDeferred(self.chain.on_connect, self.session_view())
-        self.wait_for(d, lambda result: self._greeted_result(result, esmtp))
 
-    def _greeted_result(self, result: Any, esmtp: bool) -> None:
-        refusal = verdict_refusal(result)
-        if refusal is not None:
-            self.log.info("refused greeting from {client}: {code} {status}", client=self.client_label(), code=refusal.code, status=refusal.status)
-            self.refuse(refusal)
-            return
+    def greeting_accepted(self) -> None:
         self._enter(SessionState.READY)
-        if not esmtp:
-            self.sendLine(f"250 {self.hostname}".encode("ascii"))
+
+    def start_tls(self, options: Any) -> None:
+        """220 was sent to STARTTLS: switch to TLS and forget everything learnt before."""
+        if self._reader.has_input:
+            # Bytes after STARTTLS in the same read were sent in plaintext and would be
+            # executed inside the TLS session (CVE-2011-0411 class): drop the connection.
+            self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self.client_label())
+            self._enter(SessionState.CLOSING)
+            self._reader.clear()
+            self.transport.abortConnection()
             return
-        lines = [self.hostname, f"SIZE {self.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING"]
-        if self._starttls_available():
-            lines.append("STARTTLS")
-        if self.auth_enabled() and self.auth_allowed_now():
-            lines.append("AUTH " + " ".join(self.listener.auth_mechanisms))
-        for line in lines[:-1]:
-            self.sendLine(b"250-" + line.encode("ascii"))
-        self.sendLine(b"250 " + lines[-1].encode("ascii"))
+        self.transport.startTLS(options)
+        self.startedTLS = True
+        # RFC 3207 §4.2: forget everything learnt before TLS, the client must EHLO again.
+        self._enter(SessionState.AWAITING_HELO)
+        self.client_name = None
+        self.reset_transaction()
+        self._logout_identity()
 
     # ------------------------------------------------------------------ the mail transaction
 
@@ -571,7 +513,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         """MAIL FROM was accepted: L{gateway.smtp.transaction} drives the rest."""
         self._enter(SessionState.IN_TRANSACTION)
         self.transaction = tx
-        self._junk = 0
+        self.commands_without_mail = 0
 
     def transaction_closed(self, tx: Transaction) -> None:
         """``tx`` ended (reply sent, refused or failed): a new MAIL may come."""
@@ -597,71 +539,11 @@ class GatewayESMTP(Protocol, TimeoutMixin):
     def line_too_long_in_data(self) -> None:
         self.reply_and_close(500, "5.5.2", "Line too long")
 
-    def _reset_transaction(self) -> None:
+    def reset_transaction(self) -> None:
         tx = self.transaction
         if tx is not None:
             self.transaction_closed(tx)
             tx.end()
-
-    # ------------------------------------------------------------------ small commands
-
-    def _fixed_reply(self, verb: bytes, rest: bytes) -> None:
-        self.reply(*_FIXED_REPLIES[verb])
-
-    def _cmd_rset(self, rest: bytes) -> None:
-        self._reset_transaction()
-        self.reply(250, "2.0.0", "Ok")
-
-    def _cmd_quit(self, rest: bytes) -> None:
-        self.sendLine(f"221 2.0.0 {self.hostname} closing connection".encode("ascii"))
-        self._lose_connection()
-
-    def _cmd_vrfy(self, rest: bytes) -> None:
-        if not rest.strip():
-            self.reply(501, "5.5.4", "Syntax: VRFY <address>")
-            return
-        self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
-
-    # ------------------------------------------------------------------ STARTTLS
-
-    def _cmd_starttls(self, rest: bytes) -> None:
-        refusal = self._starttls_refusal(rest)
-        if refusal is not None:
-            self.reply(*refusal)
-            return
-        try:
-            options = self.factory.tls.server_options()
-        except Exception:
-            self.log.failure("no TLS options for listener {listener}", listener=self.listener.name)
-            self.reply(454, "4.7.0", "TLS not available due to temporary reason")
-            return
-        self.sendLine(b"220 2.0.0 Ready to start TLS")
-        if self._reader.has_input:
-            # Bytes after STARTTLS in the same read were sent in plaintext and would be
-            # executed inside the TLS session (CVE-2011-0411 class): drop the connection.
-            self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self.client_label())
-            self._enter(SessionState.CLOSING)
-            self._reader.clear()
-            self.transport.abortConnection()
-            return
-        self.transport.startTLS(options)
-        self.startedTLS = True
-        # RFC 3207 §4.2: forget everything learnt before TLS, the client must EHLO again.
-        self._enter(SessionState.AWAITING_HELO)
-        self.client_name = None
-        self._reset_transaction()
-        self._logout_identity()
-
-    def _starttls_refusal(self, rest: bytes) -> Optional[tuple[int, str, str]]:
-        if rest.strip():
-            return 501, "5.5.4", "Syntax: STARTTLS"
-        if self.secure():
-            return 503, "5.5.1", "TLS already active"
-        if not self._starttls_available():
-            return 502, "5.5.1", "STARTTLS not available"
-        if self.transaction is not None:
-            return 503, "5.5.1", "STARTTLS not permitted during a mail transaction"
-        return None
 
     # ------------------------------------------------------------------ AUTH (L{gateway.smtp.login})
 
