@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -46,15 +45,15 @@ from zope.interface import implementer
 from gateway.policy.interfaces import SessionView
 from gateway.smtp.auth import AuthExchange
 from gateway.smtp.commands import handle_command
+from gateway.smtp.flow import Conversation
 from gateway.smtp.input import (
-    AWAITING_REPLY,
     CLIENT_NOT_READING,
     AuthLineTooLong,
     CommandLine,
     CommandLineTooLong,
     CommandReader,
+    Event,
     MessageData,
-    ReadDecision,
 )
 from gateway.smtp.login import auth_response
 from gateway.smtp.peers import is_ip_literal, is_trusted, peer_address
@@ -64,10 +63,6 @@ from gateway.smtp.transaction import Transaction
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
-# Reply bytes written while the transport's write buffer is already over its bound (the client
-# is not reading); beyond this the connection is dropped.  No input is acted on meanwhile, so
-# only replies to steps already under way can add to it: reaching it means something is wrong.
-MAX_UNREAD_REPLIES = 256 * 1024
 
 
 @implementer(IPushProducer)
@@ -97,9 +92,13 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.hostname: str = factory.hostname
         self.state = SessionState.NEW
         self._reader = CommandReader(self.limits.max_command_line, self.limits.max_data_line)
-        self._pumping = False
+        # The conversation's pace (replies in order, back-pressure both ways) answers these
+        # for the command modules.
+        self._flow = Conversation(self, self._reader)
+        self.wait_for = self._flow.wait_for
+        self.pause_reading = self._flow.pause_reading
+        self.resume_reading = self._flow.resume_reading
         self._producing_for_transport = False
-        self._unread_replies = 0
         self.client_name: Optional[str] = None
         self.identity: Any = None
         self._logout: Optional[Callable[[], None]] = None
@@ -123,6 +122,10 @@ class GatewayESMTP(Protocol, TimeoutMixin):
     def finished(self) -> bool:
         """Closing or gone: nothing more is read or answered."""
         return self.state in FINISHING
+
+    @property
+    def gone(self) -> bool:
+        return self.state is SessionState.GONE
 
     @property
     def greeted(self) -> bool:
@@ -215,7 +218,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             return
         if self._reader.is_held(CLIENT_NOT_READING):
             # The client is not reading: the reply would never arrive, the close never finish.
-            self._drop("closing a session whose client does not read its replies")
+            self.drop("closing a session whose client does not read its replies")
             return
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
         if code >= 400:
@@ -241,7 +244,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         # A client that never reads our reply must not keep the connection open.
         self._close_call = self.callLater(CLOSE_GRACE, self._abort_after_grace)
 
-    def _drop(self, why: str) -> None:
+    def drop(self, why: str) -> None:
         """Abort the connection now, without a reply (the client is not reading them)."""
         self.log.info("dropped connection with {client}: {why}", client=self.client_label(), why=why)
         self._enter(SessionState.CLOSING)
@@ -261,91 +264,22 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             tx.discard()
         self.reply_and_close(421, "4.3.2", f"{self.hostname} Service shutting down, try again later")
 
-    # ------------------------------------------------------------------ flow control
+    # ------------------------------------------------------------------ flow (L{gateway.smtp.flow})
 
     def pauseProducing(self) -> None:
-        """
-        The transport's write buffer is full: answer nothing until it drains.  Input is still
-        read, up to the reader's threshold, and only then is reading paused: a TLS layer
-        pauses its producer while its handshake is under way, and the handshake needs the
-        transport to go on reading.
-        """
-        if self.state is SessionState.GONE or self._reader.is_held(CLIENT_NOT_READING):
-            return
-        self._reader.hold(CLIENT_NOT_READING)
-        self._unread_replies = 0
+        self._flow.writes_blocked()
 
     def resumeProducing(self) -> None:
-        """The transport's write buffer has drained: go on with the input read so far."""
-        if not self._reader.is_held(CLIENT_NOT_READING):
-            return
-        self._reader.release(CLIENT_NOT_READING)
-        self.resume_reading(CLIENT_NOT_READING)
-        if not self.finished:
-            self._pump()
+        self._flow.writes_drained()
 
     def stopProducing(self) -> None:
         """The transport is going away; connectionLost does the cleaning up."""
 
     def sendLine(self, line: bytes) -> None:
-        if self._reader.is_held(CLIENT_NOT_READING):
-            self._unread_replies += len(line) + 2
-            if self._unread_replies > MAX_UNREAD_REPLIES:
-                self._drop(f"more than {MAX_UNREAD_REPLIES} bytes of replies not read")
-                return
-        self.transport.writeSequence((line, b"\r\n"))
+        if self._flow.may_send(line):
+            self.transport.writeSequence((line, b"\r\n"))
 
-    def pause_reading(self, reason: str) -> None:
-        if self.state is not SessionState.GONE and self._reader.pause_reading(reason):
-            self.transport.pauseProducing()
-
-    def resume_reading(self, reason: str) -> None:
-        if self._reader.resume_reading(reason) and not self.finished:
-            self.transport.resumeProducing()
-
-    def wait_for(
-        self, d: Deferred, on_result: Callable[[Any], None],
-        on_failure: Optional[Callable[[Failure], None]] = None,
-        on_gone: Optional[Callable[[Any], None]] = None,
-    ) -> None:
-        """
-        Stop acting on input until ``d`` fires, then call ``on_result``/``on_failure`` (which
-        send the reply) and go on with the pipelined input.  This is what keeps replies in
-        order while policy, spool and portal work is asynchronous.  If the client has gone by
-        then, ``on_gone`` gets the result (value or Failure) instead, to release what it holds.
-        """
-        self._reader.hold(AWAITING_REPLY)
-
-        def succeeded(value: Any) -> None:
-            if self.state is not SessionState.GONE:
-                on_result(value)
-            elif on_gone is not None:
-                on_gone(value)
-
-        def failed(reason: Failure) -> None:
-            if self.state is not SessionState.GONE:
-                (on_failure or self._internal_error)(reason)
-            elif on_gone is not None:
-                on_gone(reason)
-
-        d.addCallbacks(succeeded, failed)
-        d.addErrback(self._internal_error)
-        d.addBoth(self._unblock)
-        if self._reader.is_held(AWAITING_REPLY) and self.state is not SessionState.GONE:
-            # Still pending: don't count our own wait against the client (the idle timer is
-            # off until the answer comes).  Reading goes on into the reader's buffer.
-            self.setTimeout(None)
-
-    def _unblock(self, _: Any = None) -> None:
-        self._reader.release(AWAITING_REPLY)
-        if self.state is SessionState.GONE:
-            return
-        self.resume_reading(AWAITING_REPLY)
-        if self.timeOut is None and not self.finished:
-            self.setTimeout(self.limits.idle_timeout)
-        self._pump()
-
-    def _internal_error(self, reason: Failure) -> None:
+    def internal_error(self, reason: Failure) -> None:
         self.log.failure("internal error in SMTP session with {client}", reason, client=self.client_label())
         if self.state is not SessionState.GONE:
             self.reply(451, "4.3.0", "Local error in processing, try again later")
@@ -361,30 +295,12 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             self.proxy_header_received()
             if self.finished:
                 return
-        decision = self._reader.receive(data)
-        if decision is ReadDecision.OVERFLOW:
+        if not self._flow.received(data):
             self.reply_and_close(421, "4.7.0", "Too much input while a reply is pending")
-            return
-        if decision is ReadDecision.PAUSE:
-            self.transport.pauseProducing()
-        if self.state is not SessionState.NEW:  # local submission: not open until its user is known
-            self._pump()
+        elif self.state is not SessionState.NEW:  # local submission: not open until its user is known
+            self._flow.pump()
 
-    def _pump(self) -> None:
-        """Act on buffered input until it runs out or the reader is held (a reply is pending)."""
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while not self.finished:
-                event = self._reader.next_event()
-                if event is None:
-                    break
-                self._handle_event(event)
-        finally:
-            self._pumping = False
-
-    def _handle_event(self, event: Any) -> None:
+    def handle_event(self, event: Event) -> None:
         if isinstance(event, MessageData):
             self.resetTimeout()
             assert self.transaction is not None
