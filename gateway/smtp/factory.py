@@ -16,8 +16,9 @@ from twisted.logger import Logger
 
 from gateway.config.model import ListenerConfig
 from gateway.policy.addresses import client_key
-from gateway.smtp.peers import is_trusted
+from gateway.smtp.peers import is_ip_literal, is_trusted
 from gateway.smtp.protocol import GatewayESMTP
+from gateway.smtp.replies import clean_text
 
 
 class GatewaySMTPFactory(ServerFactory):
@@ -108,11 +109,16 @@ class GatewaySMTPFactory(ServerFactory):
     def session_opened(self, proto: Any) -> None:
         self.sessions.add(proto)
 
-    def admission_problem(self, proto: Any) -> Optional[str]:
-        """Why a new session must be refused (total connections), or None."""
+    def connection_problem(self, proto: Any, address: str) -> Optional[str]:
+        """
+        Why a new session must be refused (total connections, or too many from ``address``),
+        or None.  Counted against its peer from the first moment: behind PROXY protocol the
+        peer is the load balancer until the header names the client, so a peer cannot hold
+        more than max_connections_per_ip connections whose header has not arrived.
+        """
         if len(self.sessions) > self.listener.limits.max_connections:
             return "Too many connections"
-        return None
+        return self.address_problem(proto, address)
 
     def address_problem(self, proto: Any, address: str) -> Optional[str]:
         """Count ``proto`` against ``address``; why it must be refused (too many from there), or None."""
@@ -126,14 +132,19 @@ class GatewaySMTPFactory(ServerFactory):
             return "Too many connections from your address"
         return None
 
-    def client_identified(self, proto: Any, address: str) -> Optional[str]:
+    def client_identified(self, proto: Any, peer: Any, address: str) -> tuple[Optional[str], str]:
         """
-        A PROXY header named ``proto``'s real client: its count moves from the peer it was
-        counted against at connect (the load balancer) to ``address``.  Why it must be refused
-        (too many from that client), or None.
+        A PROXY header named ``proto``'s real client ``address``: its count moves from the
+        peer it was counted against at connect (the load balancer) to that client.  Returns
+        why it must be refused (a bogus address, too many from that client) or None, and the
+        address as it may be logged.
         """
+        if hasattr(peer, "host") and not is_ip_literal(address):
+            # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
+            # it would go into the Received header, the spool and the logs.
+            return "Invalid client address in the PROXY header", clean_text(address, 60)
         self._uncount(proto)
-        return self.address_problem(proto, address)
+        return self.address_problem(proto, address), address
 
     def session_closed(self, proto: Any) -> None:
         self.sessions.discard(proto)

@@ -17,12 +17,14 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config.model import Limits, ListenerConfig
 from gateway.policy.interfaces import SessionView
 from gateway.smtp.addresses import parse_helo
+from gateway.smtp.login import auth_allowed_now, auth_enabled
 from gateway.smtp.replies import verdict_refusal
 
 
@@ -30,6 +32,8 @@ class GreetingSession(Protocol):
     """What HELO/EHLO and STARTTLS use of the SMTP session (L{gateway.smtp.protocol.GatewayESMTP})."""
 
     factory: Any
+    transport: Any
+    portal: Any
     listener: ListenerConfig
     limits: Limits
     chain: Any
@@ -46,9 +50,6 @@ class GreetingSession(Protocol):
     def session_view(self) -> SessionView: ...
     def client_label(self) -> str: ...
     def secure(self) -> bool: ...
-    def starttls_available(self) -> bool: ...
-    def auth_enabled(self) -> bool: ...
-    def auth_allowed_now(self) -> bool: ...
     def greeting_started(self, name: str) -> None: ...
     def greeting_accepted(self) -> None: ...
     def start_tls(self, options: Any) -> None: ...
@@ -83,11 +84,21 @@ def _greeted(session: GreetingSession, result: Any, esmtp: bool) -> None:
 def ehlo_lines(session: GreetingSession) -> list[str]:
     """The EHLO reply's lines: the hostname, then the extensions offered right now."""
     lines = [session.hostname, f"SIZE {session.limits.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING"]
-    if session.starttls_available():
+    if starttls_available(session):
         lines.append("STARTTLS")
-    if session.auth_enabled() and session.auth_allowed_now():
+    if auth_enabled(session) and auth_allowed_now(session):
         lines.append("AUTH " + " ".join(session.listener.auth_mechanisms))
     return lines
+
+
+def starttls_available(session: GreetingSession) -> bool:
+    """STARTTLS is configured here, TLS is not on yet, and the transport can start it."""
+    return (
+        session.listener.tls == "starttls"
+        and session.factory.tls is not None
+        and not session.secure()
+        and ITLSTransport.providedBy(session.transport)
+    )
 
 
 def starttls_refusal(session: GreetingSession, rest: bytes) -> Optional[tuple[int, str, str]]:
@@ -96,7 +107,7 @@ def starttls_refusal(session: GreetingSession, rest: bytes) -> Optional[tuple[in
         return 501, "5.5.4", "Syntax: STARTTLS"
     if session.secure():
         return 503, "5.5.1", "TLS already active"
-    if not session.starttls_available():
+    if not starttls_available(session):
         return 502, "5.5.1", "STARTTLS not available"
     if session.transaction is not None:
         return 503, "5.5.1", "STARTTLS not permitted during a mail transaction"

@@ -25,6 +25,15 @@ from gateway.policy.interfaces import IAuthenticatedIdentity, LoginThrottled, Se
 from gateway.smtp.auth import AuthExchange, Challenge, Ready
 
 
+class AuthSettings(Protocol):
+    """What decides whether AUTH is offered: the listener, the portal, whether TLS is on."""
+
+    listener: ListenerConfig
+    portal: Any
+
+    def secure(self) -> bool: ...
+
+
 class LoginSession(Protocol):
     """What the AUTH command uses of its SMTP session (L{gateway.smtp.protocol.GatewayESMTP})."""
 
@@ -47,16 +56,25 @@ class LoginSession(Protocol):
                  on_gone: Optional[Callable[[Any], None]] = None) -> None: ...
     def session_view(self) -> SessionView: ...
     def client_label(self) -> str: ...
-    def auth_enabled(self) -> bool: ...
-    def auth_allowed_now(self) -> bool: ...
+    def secure(self) -> bool: ...
     def exchange_started(self, exchange: AuthExchange) -> None: ...
     def exchange_ended(self) -> None: ...
     def logged_in(self, identity: Any, logout: Callable[[], None]) -> None: ...
 
 
+def auth_enabled(session: AuthSettings) -> bool:
+    """The listener offers AUTH at all (a portal, and ``auth`` is not ``"none"``)."""
+    return session.portal is not None and session.listener.auth != "none"
+
+
+def auth_allowed_now(session: AuthSettings) -> bool:
+    """AUTH may be used on this connection now: TLS is on, or the listener allows plaintext."""
+    return session.secure() or session.listener.allow_plaintext_auth
+
+
 def auth_refusal(session: LoginSession) -> Optional[tuple[int, str, str]]:
     """Why AUTH may not be used now, as a reply; None when it may."""
-    if not session.auth_enabled():
+    if not auth_enabled(session):
         return 503, "5.5.1", "Authentication not enabled"
     if not session.greeted:
         return 503, "5.5.1", "Send EHLO first"
@@ -64,7 +82,7 @@ def auth_refusal(session: LoginSession) -> Optional[tuple[int, str, str]]:
         return 503, "5.5.1", "Already authenticated"
     if session.transaction is not None:
         return 503, "5.5.1", "AUTH not permitted during a mail transaction"
-    if not session.auth_allowed_now():
+    if not auth_allowed_now(session):
         return 538, "5.7.11", "Encryption required for requested authentication mechanism"
     return None
 
@@ -137,4 +155,4 @@ def _logout_result(result: Any) -> None:
         pass
 
 
-__all__ = ["LoginSession", "auth_command", "auth_response", "auth_refusal"]
+__all__ = ["LoginSession", "auth_command", "auth_response", "auth_refusal", "auth_enabled", "auth_allowed_now"]

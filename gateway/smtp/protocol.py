@@ -6,26 +6,21 @@ while a validation is pending, returns to command mode in the middle of an over-
 runs commands pipelined behind STARTTLS inside TLS, offers AUTH in plaintext and makes any
 end-of-data failure a permanent 550 (twisted-notes §0).  Replacing all that left nothing of
 ``ESMTP`` but its name, so the session is built from parts with one job each:
-L{gateway.smtp.input} reads the client (pipelining order, flow control, line limits),
-L{gateway.smtp.greeting} answers HELO/EHLO/STARTTLS, L{gateway.smtp.login} AUTH, and
-L{gateway.smtp.transaction} MAIL/RCPT/DATA up to the reply after the final dot.
+L{gateway.smtp.input} cuts the client's bytes into events, L{gateway.smtp.flow} paces them
+(replies in order, back-pressure), L{gateway.smtp.commands} dispatches the verbs to
+L{gateway.smtp.greeting} (HELO/EHLO/STARTTLS), L{gateway.smtp.login} (AUTH) and
+L{gateway.smtp.transaction} (MAIL/RCPT/DATA up to the reply after the final dot).
 
-This module holds the connection: its one L{SessionState} (L{gateway.smtp.state}), the
-dispatch of commands, the timers, and the limits that end a session:
+This module holds the connection: its one L{SessionState} (L{gateway.smtp.state}), what is
+known about the client, the timers, and the limits that end a session:
 
 * ``idle_timeout`` (no complete command, or no DATA bytes), ``data_timeout`` (whole DATA phase)
   and ``session_timeout`` (whole connection) → ``421 4.4.2`` and close;
 * connections beyond ``max_connections`` / ``max_connections_per_ip`` → ``421 4.7.0`` at
-  connect.  On PROXY-protocol listeners a connection counts against its peer (the load
-  balancer) until the PROXY header is complete, then against the client the header names; the
-  220 greeting (or the 421) is sent when the header is complete, not before;
-* ``max_errors`` error replies, or ``max_commands_before_mail`` commands that do not start a
-  transaction (NOOP/RSET/VRFY floods) → ``421 4.7.0`` and close;
-* replies the client does not read are not buffered without bound: the session is its
-  transport's streaming producer; while the transport's write buffer is full nothing more is
-  answered (and, once 64 KiB of input waits, nothing read); more than ``MAX_UNREAD_REPLIES``
-  written on top of a full buffer drops the connection, and so does closing a session whose
-  client is not reading — no close grace for replies nobody reads.
+  connect (behind PROXY protocol: counted per peer until the header names the client, and
+  greeted, or refused, only then — L{gateway.smtp.factory});
+* ``max_errors`` error replies → ``421 4.7.0`` and close; so does closing a session whose
+  client does not read its replies, without a close grace.
 
 Every reply carries an RFC 3463 enhanced status code.
 """
@@ -34,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -56,7 +51,7 @@ from gateway.smtp.input import (
     MessageData,
 )
 from gateway.smtp.login import auth_response
-from gateway.smtp.peers import is_ip_literal, is_trusted, peer_address
+from gateway.smtp.peers import is_trusted, peer_address
 from gateway.smtp.replies import clean_text
 from gateway.smtp.state import FINISHING, GREETED, TRANSACTION, SessionState, transition
 from gateway.smtp.transaction import Transaction
@@ -140,12 +135,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.factory.session_opened(self)
         self.setTimeout(self.limits.idle_timeout)
         self._session_call = self.callLater(self.limits.session_timeout, self._session_expired)
-        problem = self.factory.admission_problem(self)
-        if problem is None:
-            # Counted against the peer from the first moment.  Behind PROXY protocol the peer
-            # is the load balancer until the header names the client: a peer cannot hold more
-            # than max_connections_per_ip connections whose header has not arrived.
-            problem = self.factory.address_problem(self, self.client_address())
+        problem = self.factory.connection_problem(self, self.client_address())
         if problem is not None:
             self.log.info("refused connection from {client}: {problem}", client=self.client_address(), problem=problem)
             self.reply_and_close(421, "4.7.0", f"{self.hostname} {problem}, try again later")
@@ -165,14 +155,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         """
         if self.state is not SessionState.UNIDENTIFIED:
             return
-        address = self.client_address()
-        if hasattr(self.transport.getPeer(), "host") and not is_ip_literal(address):
-            # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
-            # it would go into the Received header, the spool and the logs.
-            problem: Optional[str] = "Invalid client address in the PROXY header"
-            address = clean_text(address, 60)
-        else:
-            problem = self.factory.client_identified(self, address)
+        problem, address = self.factory.client_identified(self, self.transport.getPeer(), self.client_address())
         if problem is not None:
             self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
             self.reply_and_close(421, "4.7.0", f"{self.hostname} {problem}, try again later")
@@ -355,20 +338,6 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             or ISSLTransport.providedBy(self.transport)
             or isinstance(self.transport, TLSMemoryBIOProtocol)
         )
-
-    def starttls_available(self) -> bool:
-        return (
-            self.listener.tls == "starttls"
-            and self.factory.tls is not None
-            and not self.secure()
-            and ITLSTransport.providedBy(self.transport)
-        )
-
-    def auth_enabled(self) -> bool:
-        return self.portal is not None and self.listener.auth != "none"
-
-    def auth_allowed_now(self) -> bool:
-        return self.secure() or self.listener.allow_plaintext_auth
 
     def _trusted(self, address: str) -> bool:
         cached = self._trust_cache
