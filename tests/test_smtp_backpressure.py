@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.smtp import protocol as protocol_module
+from gateway.smtp import flow as flow_module
 from tests.test_smtp_integration import IntakeCase
 from tests.test_smtp_support import DeferredPolicy, Session, make_factory
 
@@ -69,7 +69,7 @@ class WriteBufferUnitTests(SynchronousTestCase):
         policy.fire_all()
 
     def test_replies_written_while_paused_are_bounded(self):
-        self.patch(protocol_module, "MAX_UNREAD_REPLIES", 10)
+        self.patch(flow_module, "MAX_UNREAD_REPLIES", 10)
         policy = DeferredPolicy(steps=("on_mail_from",))
         s = self.session(policies=(policy,))
         s.ehlo()

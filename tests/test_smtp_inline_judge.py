@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.smtp.protocol import INLINE_JUDGE_LIMIT, GatewayESMTP
+from gateway.smtp.transaction import INLINE_JUDGE_LIMIT, judge_section
 from gateway.spool.testing import ManualThreadPool
 from gateway.testing.harness import send_message, start_gateway
 
@@ -24,19 +24,19 @@ class InlineJudgeTests(SynchronousTestCase):
         pool = ManualThreadPool()
         clock = Clock()
         clock.callFromThread = lambda f, *a, **kw: f(*a, **kw)
-        return SimpleNamespace(factory=SimpleNamespace(judge_pool=pool, clock=clock)), pool
+        return SimpleNamespace(judge_pool=pool, clock=clock), pool
 
     def test_usual_header_is_judged_without_a_thread_hop(self):
-        session, pool = self.session()
-        d = GatewayESMTP._judge(session, SMALL)
+        factory, pool = self.session()
+        d = judge_section(factory, SMALL)
         self.assertEqual(pool.queue, [])
         judged = self.successResultOf(d)
         self.assertIsNotNone(judged)
 
     def test_big_header_goes_to_the_judge_pool(self):
-        session, pool = self.session()
+        factory, pool = self.session()
         filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 70) for i in range(INLINE_JUDGE_LIMIT // 70 + 1))
-        d = GatewayESMTP._judge(session, SMALL[:-2] + filler + b"\r\n")
+        d = judge_section(factory, SMALL[:-2] + filler + b"\r\n")
         self.assertNoResult(d)
         self.assertEqual(len(pool.queue), 1)
         pool.run_all()

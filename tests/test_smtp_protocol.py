@@ -315,7 +315,7 @@ class DataFramingSessionTests(SessionTestCase):
             s.send(b"B" * 300)
         self.assertTrue(s.closed)
         self.assertEqual(s.lines(), [])
-        self.assertLess(len(s.proto._tx.intake.framing._carry if s.proto._tx and s.proto._tx.intake else b""), 2000)
+        self.assertLess(len(s.proto.transaction.intake.framing._carry if s.proto.transaction and s.proto.transaction.intake else b""), 2000)
 
     def test_endless_command_line(self):
         s = self.session(make_factory(limits={"max_command_line": 512}))
@@ -324,7 +324,7 @@ class DataFramingSessionTests(SessionTestCase):
             lines += s.send(b"C" * 100)
         self.assertEqual(lines, [b"500 5.5.2 Line too long"])
         self.assertTrue(s.closed)
-        self.assertEqual(len(s.proto._inbuf), 0)
+        self.assertEqual(s.proto._reader.pending, 0)
 
     def test_long_complete_command_line(self):
         s = self.session(make_factory(limits={"max_command_line": 512}))
@@ -814,7 +814,7 @@ class StartTLSTests(SessionTestCase):
         self.assertEqual(s.cmd(f"AUTH PLAIN {plain()}"), b"235 2.7.0 Authentication successful")
         s.cmd("STARTTLS")
         self.assertFalse(s.proto.authenticated)
-        self.assertIsNone(s.proto._identity)
+        self.assertIsNone(s.proto.identity)
         self.assertEqual(realm.logouts, 1)
 
     def test_tls_options_failure(self):

@@ -30,6 +30,7 @@ from gateway.policy.interfaces import (
     IPolicy,
 )
 from gateway.smtp.factory import GatewaySMTPFactory
+from gateway.smtp.state import SessionState
 from gateway.testing.memory_spool import MemorySpool
 
 HOSTNAME = "gw.test"
@@ -122,7 +123,7 @@ class Session:
             assert self.cmd(f"RCPT TO:<{r}>").startswith(b"250 "), "RCPT refused"
 
     def close(self) -> None:
-        if not self.proto._gone:
+        if self.proto.state is not SessionState.GONE:
             self.proto.connectionLost(Failure(ConnectionDone()))
 
     @property

@@ -181,7 +181,7 @@ def _parse_path_argument(rest: bytes, prefix: bytes, status: str, allow_null: bo
             return PathArgument("", params), None
         return None, AddressProblem(501, status, "Empty recipient address")
     address, problem = _parse_mailbox(path, status)
-    if problem is not None:
+    if address is None:
         return None, problem
     return PathArgument(address, params), None
 

@@ -11,15 +11,17 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.mail import smtp
 
 from gateway.config.model import ListenerConfig
 from gateway.policy.addresses import client_key
-from gateway.smtp.protocol import GatewayESMTP, is_trusted
+from gateway.smtp.peers import is_ip_literal, is_trusted
+from gateway.smtp.protocol import GatewayESMTP
+from gateway.smtp.replies import clean_text
 
 
-class GatewaySMTPFactory(smtp.SMTPFactory):
+class GatewaySMTPFactory(ServerFactory):
     """
     Builds L{GatewayESMTP} sessions for one listener.
 
@@ -49,12 +51,9 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         send_as: str = "header-from",
         judge_pool: Optional[Any] = None,
     ) -> None:
-        smtp.SMTPFactory.__init__(self, portal)
+        self.portal = portal
         self.listener = listener
         self.hostname = hostname
-        # The stock factory would otherwise use socket.getfqdn() from import time.
-        self.domain = hostname
-        self.timeout = listener.limits.idle_timeout
         self.spool = spool
         self.chain = chain
         self.clock = clock
@@ -83,8 +82,7 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
         ones they copied when they started.  One method, so nothing sees half a change.
         """
         self.listener = listener
-        self.timeout = listener.limits.idle_timeout
-        self.hostname = self.domain = hostname
+        self.hostname = hostname
         self.chain = chain
         self.portal = portal
         self.add_message_id = add_message_id
@@ -92,7 +90,8 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
 
     def buildProtocol(self, addr: Any) -> GatewayESMTP:
         p = self.protocol(self)
-        p.callLater = self.clock.callLater
+        # TimeoutMixin's timers (and the session's own) run on the injected clock.
+        p.callLater = self.clock.callLater  # type: ignore[method-assign, assignment]
         return p
 
     # -- intake counters
@@ -110,11 +109,16 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
     def session_opened(self, proto: Any) -> None:
         self.sessions.add(proto)
 
-    def admission_problem(self, proto: Any) -> Optional[str]:
-        """Why a new session must be refused (total connections), or None."""
+    def connection_problem(self, proto: Any, address: str) -> Optional[str]:
+        """
+        Why a new session must be refused (total connections, or too many from ``address``),
+        or None.  Counted against its peer from the first moment: behind PROXY protocol the
+        peer is the load balancer until the header names the client, so a peer cannot hold
+        more than max_connections_per_ip connections whose header has not arrived.
+        """
         if len(self.sessions) > self.listener.limits.max_connections:
             return "Too many connections"
-        return None
+        return self.address_problem(proto, address)
 
     def address_problem(self, proto: Any, address: str) -> Optional[str]:
         """Count ``proto`` against ``address``; why it must be refused (too many from there), or None."""
@@ -128,14 +132,19 @@ class GatewaySMTPFactory(smtp.SMTPFactory):
             return "Too many connections from your address"
         return None
 
-    def client_identified(self, proto: Any, address: str) -> Optional[str]:
+    def client_identified(self, proto: Any, peer: Any, address: str) -> tuple[Optional[str], str]:
         """
-        A PROXY header named ``proto``'s real client: its count moves from the peer it was
-        counted against at connect (the load balancer) to ``address``.  Why it must be refused
-        (too many from that client), or None.
+        A PROXY header named ``proto``'s real client ``address``: its count moves from the
+        peer it was counted against at connect (the load balancer) to that client.  Returns
+        why it must be refused (a bogus address, too many from that client) or None, and the
+        address as it may be logged.
         """
+        if hasattr(peer, "host") and not is_ip_literal(address):
+            # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
+            # it would go into the Received header, the spool and the logs.
+            return "Invalid client address in the PROXY header", clean_text(address, 60)
         self._uncount(proto)
-        return self.address_problem(proto, address)
+        return self.address_problem(proto, address), address
 
     def session_closed(self, proto: Any) -> None:
         self.sessions.discard(proto)

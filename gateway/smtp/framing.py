@@ -28,7 +28,7 @@ Rules (RFC 5321 §4.1.1.4, §4.5.2), deliberately strict because the gateway rel
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 _END = b"\r\n.\r\n"
 # RFC 5322 §2.1.1: "Each line of characters MUST be no more than 998 characters ... excluding the CRLF."
@@ -59,6 +59,7 @@ class DataFraming:
         ``rest`` is None while the data continues, else the bytes after the end-of-data line.
         After ``line_too_long`` is set, the caller must stop feeding (the session is closed).
         """
+        buf: Union[bytes, bytearray]
         if self._carry:
             # Only the carry's last byte can begin a CRLF; search from there.
             search_from = len(self._carry) - 1

@@ -29,7 +29,9 @@ from gateway.config.errors import ConfigError
 from gateway.config.local import LOGIN_PREFIX, LocalConfig
 from gateway.policy.interfaces import Identity, MessageView, SessionView, TempFail
 from gateway.smtp.factory import GatewaySMTPFactory
-from gateway.smtp.protocol import GatewayESMTP, verdict_refusal
+from gateway.smtp.protocol import GatewayESMTP
+from gateway.smtp.replies import verdict_refusal
+from gateway.smtp.state import SessionState
 
 # What the Received header and the provenance record as the client's address: the user's
 # name stays out of the message (as an SMTP login does), the identity is in the spool record.
@@ -57,18 +59,17 @@ def user_name(uid: int) -> str:
 
 
 class LocalSubmissionESMTP(GatewayESMTP):
-    """A session whose identity comes from the socket's peer credentials, not from AUTH."""
-
-    _started = False
-    _lost_early = False
+    """
+    A session whose identity comes from the socket's peer credentials, not from AUTH.  It stays
+    in L{SessionState.NEW} while its user's name is looked up: lost then, no session was opened.
+    """
 
     def connectionMade(self) -> None:
         uid = peer_uid(self.transport)
         if uid is None:
             self.log.error("local submission socket: cannot read the peer's credentials; refused")
-            self._started = True
             self.factory.session_opened(self)
-            self._close(421, "4.7.0", f"{self._hostname} cannot identify the local user")
+            self.reply_and_close(421, "4.7.0", f"{self.hostname} cannot identify the local user")
             return
         # The passwd lookup may ask NSS (LDAP, sssd): not on the reactor thread.  The client
         # waits for the banner, which comes once the user is known.
@@ -78,29 +79,28 @@ class LocalSubmissionESMTP(GatewayESMTP):
         d.addCallback(self._identified)
 
     def _identified(self, name: str) -> None:
-        if self._lost_early:
+        if self.state is SessionState.GONE:
             return
-        self._started = True
-        self._identity = Identity(login=LOGIN_PREFIX + name, allowed_senders=self.factory.senders_for(name))
+        self.identity = Identity(login=LOGIN_PREFIX + name, allowed_senders=self.factory.senders_for(name))
         self.authenticated = True
         self.transport.resumeProducing()
         super().connectionMade()
 
     def connectionLost(self, reason: Any = None) -> None:
-        if not self._started:
-            self._lost_early = True  # gone before the banner: no session was opened
+        if self.state is SessionState.NEW:
+            self._enter(SessionState.GONE)  # gone before the banner: no session was opened
             return
         super().connectionLost(reason)
 
     def _logout_identity(self) -> None:
         # Nothing to log out of, and the identity must survive anything that would reset an
         # AUTH login (there is no STARTTLS here, but keep it the kernel's word regardless).
-        identity = self._identity
+        identity = self.identity
         super()._logout_identity()
-        if not self._gone:
-            self._identity, self.authenticated = identity, identity is not None
+        if self.state is not SessionState.GONE:
+            self.identity, self.authenticated = identity, identity is not None
 
-    def _client_address(self) -> str:
+    def client_address(self) -> str:
         return LOCAL_ADDRESS
 
     def session_view(self) -> SessionView:

@@ -1,272 +1,151 @@
 """
-The gateway's ESMTP server protocol: a hardened subclass of Twisted's ``ESMTP``.
+One SMTP session: the gateway's server protocol, on ``Protocol`` and ``TimeoutMixin``.
 
-What it keeps from Twisted: the protocol/transport plumbing, ``sendLine`` and ``TimeoutMixin``
-(so tests drive timeouts with ``proto.callLater = clock.callLater``).  What it replaces, and why
-(twisted-notes §0 lists each problem as verified on loopback):
+Not a subclass of Twisted's ``ESMTP``: its command loop answers pipelined commands out of order
+while a validation is pending, returns to command mode in the middle of an over-long DATA line,
+runs commands pipelined behind STARTTLS inside TLS, offers AUTH in plaintext and makes any
+end-of-data failure a permanent 550 (twisted-notes §0).  Replacing all that left nothing of
+``ESMTP`` but its name, so the session is built from parts with one job each:
+L{gateway.smtp.input} cuts the client's bytes into events, L{gateway.smtp.flow} paces them
+(replies in order, back-pressure), L{gateway.smtp.commands} dispatches the verbs to
+L{gateway.smtp.greeting} (HELO/EHLO/STARTTLS), L{gateway.smtp.login} (AUTH) and
+L{gateway.smtp.transaction} (MAIL/RCPT/DATA up to the reply after the final dot).
 
-* Input handling (``dataReceived``): one input buffer and an explicit command loop.  While an
-  asynchronous step is pending (policy verdict, spool, portal) the loop stops and the transport
-  is paused, so pipelined commands are answered strictly in order (stock #10).  In DATA the raw
-  chunks go to L{MessageIntake} — no per-line Python (stock #7) — with exact ``CRLF.CRLF``
-  framing, bare CR/LF refusal (#2) and a bounded line length that closes the session (#3, #4).
-* Every reply carries an RFC 3463 enhanced status code; NOOP, VRFY, HELP work; SIZE is
-  advertised and enforced (#8); spool trouble answers 451/452, never 5xx (#9).
-* STARTTLS (RFC 3207): anything pipelined after STARTTLS aborts the connection (plaintext
-  injection, CVE-2011-0411 class, #5); after the handshake all session state is reset and a
-  new EHLO is required; a second STARTTLS is refused.
-* AUTH only when TLS is active (or the listener explicitly allows plaintext), never an
-  unhandled exception on malformed input (#6), identity from ``twisted.cred``.
-* HELO/EHLO names are validated before they can reach a Received header; ``noisy`` is off.
-* Replies the client does not read are not buffered without bound: the session is its
-  transport's streaming producer.  When the transport's write buffer is over its bound the
-  session stops answering (and, once 64 KiB of input waits, reading) until it drains; more
-  than ``MAX_UNREAD_REPLIES`` written
-  on top of a full buffer drops the connection, and so does closing a session (e.g. its idle
-  timeout) whose client is not reading — no close grace for replies nobody reads.
+This module holds the connection: its one L{SessionState} (L{gateway.smtp.state}), what is
+known about the client, the timers, and the limits that end a session:
 
-Limits (``ListenerConfig.limits``) and the replies they give:
-
-* command line > ``max_command_line`` → ``500 5.5.2`` and the session is closed (AUTH lines may
-  be up to 12288 octets, RFC 4954; longer ones get ``500 5.5.6``, the line is skipped and the
-  session continues);
-* DATA line > ``max_data_line`` → ``500 5.5.2`` and close (no return to command mode while the
-  client is still sending its body);
-* ``SIZE=`` above ``max_message_size`` → ``552 5.3.4``; the same limit counted during DATA →
-  ``552 5.3.4`` after the final dot (the rest is swallowed, the session stays usable);
-* header section > ``max_header_size`` → ``552 5.3.4`` after the final dot;
-* bare CR or LF in the message → ``550 5.6.0`` after the final dot;
-* a NUL octet, or a line over 998 characters (RFC 5322 §2.1.1), in the message → ``550 5.6.0``
-  naming the problem, after the final dot (the session goes on);
-* recipients beyond ``max_recipients`` → ``452 4.5.3``;
 * ``idle_timeout`` (no complete command, or no DATA bytes), ``data_timeout`` (whole DATA phase)
   and ``session_timeout`` (whole connection) → ``421 4.4.2`` and close;
 * connections beyond ``max_connections`` / ``max_connections_per_ip`` → ``421 4.7.0`` at
-  connect.  On PROXY-protocol listeners a connection counts against its peer (the load
-  balancer) until the PROXY header is complete, then against the client the header names; the
-  220 greeting (or the 421) is sent when the header is complete, not before;
-* ``max_errors`` error replies, ``max_commands_before_mail`` commands that do not start a
-  transaction (NOOP/RSET/VRFY floods), or ``max_messages_per_session`` → ``421 4.7.0`` and close.
+  connect (behind PROXY protocol: counted per peer until the header names the client, and
+  greeted, or refused, only then — L{gateway.smtp.factory});
+* ``max_errors`` error replies → ``421 4.7.0`` and close; so does closing a session whose
+  client does not read its replies, without a close grace.
+
+Every reply carries an RFC 3463 enhanced status code.
 """
 
 from __future__ import annotations
 
-import base64
-import email.parser
-import email.policy
-import io
-import ipaddress
-import re
 from typing import Any, Callable, Optional
 
-import attrs
-from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
-from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.mail import smtp
+from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.mail.errors import MailRefusal
-from gateway.mail.message import choose_sending_mailbox
-from gateway.policy.interfaces import (
-    IAuthenticatedIdentity,
-    LoginThrottled,
-    MessageView,
-    Reject,
-    SessionView,
-    TempFail,
+from gateway.policy.interfaces import SessionView
+from gateway.smtp.auth import AuthExchange
+from gateway.smtp.commands import handle_command
+from gateway.smtp.flow import Conversation
+from gateway.smtp.input import (
+    CLIENT_NOT_READING,
+    AuthLineTooLong,
+    CommandLine,
+    CommandLineTooLong,
+    CommandReader,
+    Event,
+    MessageData,
 )
-from gateway.smtp import intake as intake_rules
-from gateway.smtp.addresses import (
-    parse_helo,
-    parse_mail_from,
-    parse_rcpt_to,
-    recipient_key,
-)
-from gateway.smtp.auth import MAX_AUTH_LINE, AuthExchange, Challenge, Ready, Refusal
-from gateway.smtp.headers import apply_edits, missing_headers, received_header
-from gateway.smtp.intake import MessageIntake
-from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.interfaces import SpoolError
+from gateway.smtp.login import auth_response
+from gateway.smtp.peers import is_trusted, peer_address
+from gateway.smtp.replies import clean_text
+from gateway.smtp.state import FINISHING, GREETED, TRANSACTION, SessionState, transition
+from gateway.smtp.transaction import Transaction
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
-# While a reply is pending, input is buffered; beyond PAUSE_PENDING_INPUT the transport is
-# paused, and a client that pushes more than MAX_PENDING_INPUT (plus one DATA line) anyway is
-# not speaking SMTP.
-PAUSE_PENDING_INPUT = 64 * 1024
-MAX_PENDING_INPUT = 1024 * 1024
-# Reply bytes written while the transport's write buffer is already over its bound (the client
-# is not reading); beyond this the connection is dropped.  No input is acted on meanwhile, so
-# only replies to steps already under way can add to it: reaching it means something is wrong.
-MAX_UNREAD_REPLIES = 256 * 1024
-# Recipients beyond max_recipients get 452 4.5.3 (send them in another transaction, RFC 5321
-# §4.5.3.1.10); only this many of those per transaction are free of the error count, so a
-# pipelining client with a long list is not disconnected (Postfix's recipient overshoot limit).
-RECIPIENT_OVERSHOOT = 1000
-
-_COMMAND, _DATA = "command", "data"
-_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
-_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.SMTP)
-# Commands that do not move a mail transaction forward; floods of them end the session.
-_JUNK = frozenset({b"HELO", b"EHLO", b"RSET", b"NOOP", b"VRFY", b"EXPN", b"HELP", b"STARTTLS", b"AUTH"})
-# Someone is speaking HTTP (or another protocol) at us: cross-protocol attacks, not mail.
-_FOREIGN = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"USER"})
-_AGAIN = object()
-
-
-def clean_text(text: Any, limit: int = 300) -> str:
-    """Reply text from anything: printable ASCII, one line, bounded."""
-    text = "".join(c if " " <= c <= "~" else "?" for c in str(text))
-    return text[:limit] or "-"
-
-
-def verdict_refusal(result: Any) -> Optional[Refusal]:
-    """
-    The reply for a refusing policy step, or None when the step allows.  A policy's code and
-    status are used when they are well-formed and agree with the verdict's class (a Reject can
-    never turn into a 2xx or 4xx); otherwise the class default is used.
-    """
-    verdict = getattr(result, "verdict", result)
-    if isinstance(verdict, Reject):
-        default_code, default_status, klass = 550, "5.7.1", 5
-    elif isinstance(verdict, TempFail):
-        default_code, default_status, klass = 451, "4.7.1", 4
-    else:
-        return None
-    code = verdict.code if isinstance(verdict.code, int) and verdict.code // 100 == klass else default_code
-    status = verdict.status if isinstance(verdict.status, str) and _STATUS.match(verdict.status) and verdict.status[0] == str(klass) else default_status
-    return Refusal(code, status, clean_text(verdict.text))
-
-
-def spool_refusal(failure: Failure) -> Refusal:
-    """Spool trouble is always transient for the client: 452 4.3.1 when the disk is full, else 451 4.3.0."""
-    if failure.check(SpoolError) and failure.value.out_of_space:
-        return Refusal(452, "4.3.1", "Insufficient system storage, try again later")
-    return Refusal(451, "4.3.0", "Local error in processing, try again later")
-
-
-def peer_address(peer: Any) -> tuple[str, int]:
-    """``(host, port)`` of an IAddress; UNIX sockets and oddities give ``(str(peer), 0)``."""
-    host = getattr(peer, "host", None)
-    if isinstance(host, bytes):
-        host = host.decode("ascii", "replace")
-    if not isinstance(host, str):
-        return str(peer), 0
-    port = getattr(peer, "port", 0)
-    return host, port if isinstance(port, int) else 0
-
-
-#: Header sections up to this size are judged on the reactor thread: about 0.1 ms for a usual
-#: header, less than handing it to a thread and back costs (issue 13); bigger ones go to the
-#: judge pool so a monstrous header never stalls the other sessions (issue 8).
-INLINE_JUDGE_LIMIT = 4096
-
-
-@attrs.define
-class Transaction:
-    """One mail transaction, from an accepted MAIL FROM to the reply after DATA."""
-
-    sender: str
-    recipients: list = attrs.field(factory=list)
-    keys: set = attrs.field(factory=set)
-    writer: Any = None
-    intake: Optional[MessageIntake] = None
-    # "envelope" → "data" (354 sent) → "checking" (end-of-data policies) → "committing" → "done"
-    phase: str = "envelope"
-    in_flight: bool = False
-    client_address: str = ""
-    overshoot: int = 0
 
 
 @implementer(IPushProducer)
-class GatewayESMTP(smtp.ESMTP):
+class GatewayESMTP(Protocol, TimeoutMixin):
     """
-    One SMTP session.  Built by L{gateway.smtp.factory.GatewaySMTPFactory}.
+    One SMTP session.  Built by L{gateway.smtp.factory.GatewaySMTPFactory}, which sets
+    ``callLater`` to its clock's, so every timer runs on an injectable clock.
 
     It is also the streaming producer of its own replies (registered with the transport at
     connect): the transport pauses it when its write buffer is full and resumes it once drained.
     """
 
-    noisy = False
     log = Logger()
+    # A TCP/TLS/UNIX transport that is also the push consumer of the session's replies (and
+    # ITLSTransport for STARTTLS); Protocol's Optional[ITransport] names none of that.
+    transport: Any
+    noisy = False  # nothing logs through legacy twisted.python.log (the stock SMTP's did: PII)
+    authenticated = False  # a login (AUTH, or the local socket's peer credentials) holds
+    startedTLS = False  # STARTTLS completed on this connection
 
     def __init__(self, factory: Any) -> None:
-        smtp.ESMTP.__init__(self)
         self.factory = factory
         self.listener = factory.listener
         self.limits = factory.listener.limits
         self.chain = factory.chain
         self.portal = factory.portal
-        self._hostname: str = factory.hostname
-        self.host = factory.hostname
-        self._inbuf = bytearray()
-        self._scan_from = 0
-        self._state = _COMMAND
-        self._blocked = False
-        self._pumping = False
-        self._done = False
-        self._gone = False
-        self._skip_line = False
-        self._pause_reasons: set = set()
-        self._write_paused = False
-        self._unread_replies = 0
+        self.hostname: str = factory.hostname
+        self.state = SessionState.NEW
+        self._reader = CommandReader(self.limits.max_command_line, self.limits.max_data_line)
+        # The conversation's pace (replies in order, back-pressure both ways) answers these
+        # for the command modules.
+        self._flow = Conversation(self, self._reader)
+        self.wait_for = self._flow.wait_for
+        self.pause_reading = self._flow.pause_reading
+        self.resume_reading = self._flow.resume_reading
         self._producing_for_transport = False
-        self._timer_suspended = False
-        self._greeted = False
-        self._client_name: Optional[str] = None
-        self._identity: Any = None
+        self.client_name: Optional[str] = None
+        self.identity: Any = None
         self._logout: Optional[Callable[[], None]] = None
-        self._auth: Optional[AuthExchange] = None
-        self._tx: Optional[Transaction] = None
+        self._exchange: Optional[AuthExchange] = None
+        self.transaction: Optional[Transaction] = None
         self._errors = 0
-        self._junk = 0
-        self._messages = 0
-        self._peer_checked = False
+        self.commands_without_mail = 0
+        self.messages = 0
         self._trust_cache: Optional[tuple[str, bool]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
-        self._commands = {
-            b"HELO": self._cmd_helo, b"EHLO": self._cmd_ehlo, b"MAIL": self._cmd_mail,
-            b"RCPT": self._cmd_rcpt, b"DATA": self._cmd_data, b"RSET": self._cmd_rset,
-            b"NOOP": self._cmd_noop, b"QUIT": self._cmd_quit, b"VRFY": self._cmd_vrfy,
-            b"EXPN": self._cmd_not_implemented, b"HELP": self._cmd_help,
-            b"STARTTLS": self._cmd_starttls, b"AUTH": self._cmd_auth,
-            b"BDAT": self._cmd_not_implemented, b"ETRN": self._cmd_not_implemented,
-            b"TURN": self._cmd_not_implemented, b"ATRN": self._cmd_not_implemented,
-        }
+
+    # ------------------------------------------------------------------ state
+
+    def _enter(self, state: SessionState) -> None:
+        self.state = transition(self.state, state)
+        self._reader.expect_auth_response = self.state is SessionState.AUTHENTICATING
+
+    @property
+    def finished(self) -> bool:
+        """Closing or gone: nothing more is read or answered."""
+        return self.state in FINISHING
+
+    @property
+    def gone(self) -> bool:
+        return self.state is SessionState.GONE
+
+    @property
+    def greeted(self) -> bool:
+        return self.state in GREETED
 
     # ------------------------------------------------------------------ connection
 
     def connectionMade(self) -> None:
+        self._enter(SessionState.UNIDENTIFIED)
         self.transport.registerProducer(self, True)
         self._producing_for_transport = True
         self.factory.session_opened(self)
         self.setTimeout(self.limits.idle_timeout)
         self._session_call = self.callLater(self.limits.session_timeout, self._session_expired)
-        problem = self.factory.admission_problem(self)
-        if problem is None:
-            # Counted against the peer from the first moment.  Behind PROXY protocol the peer
-            # is the load balancer until the header names the client: a peer cannot hold more
-            # than max_connections_per_ip connections whose header has not arrived.
-            problem = self.factory.address_problem(self, self._client_address())
+        problem = self.factory.connection_problem(self, self.client_address())
         if problem is not None:
-            self.log.info("refused connection from {client}: {problem}", client=self._client_address(), problem=problem)
-            self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
-            return
-        if self.factory.proxied:
-            # Nothing is said to a client nobody has named yet: see proxy_header_received.
-            return
-        self._peer_checked = True
-        self._greet_client()
+            self.log.info("refused connection from {client}: {problem}", client=self.client_address(), problem=problem)
+            self.reply_and_close(421, "4.7.0", f"{self.hostname} {problem}, try again later")
+        elif not self.factory.proxied:
+            # Behind PROXY protocol nothing is said to a client nobody has named yet.
+            self._greet_client()
 
     def _greet_client(self) -> None:
-        self.sendLine(f"220 {self._hostname} ESMTP".encode("ascii"))
+        self._enter(SessionState.AWAITING_HELO)
+        self.sendLine(f"220 {self.hostname} ESMTP".encode("ascii"))
 
     def proxy_header_received(self) -> None:
         """
@@ -274,37 +153,28 @@ class GatewayESMTP(smtp.ESMTP):
         data shows it): the real client is known now.  It is checked and counted instead of
         the load balancer, then greeted — or refused with 421 — without waiting for it to speak.
         """
-        if self._peer_checked or self._done:
+        if self.state is not SessionState.UNIDENTIFIED:
             return
-        self._peer_checked = True
-        address = self._client_address()
-        if hasattr(self.transport.getPeer(), "host") and not _is_ip_literal(address):
-            # Twisted's PROXY v1 parser takes any text as the address (a bare LF too), and
-            # it would go into the Received header, the spool and the logs.
-            problem: Optional[str] = "Invalid client address in the PROXY header"
-            address = clean_text(address, 60)
-        else:
-            problem = self.factory.client_identified(self, address)
+        problem, address = self.factory.client_identified(self, self.transport.getPeer(), self.client_address())
         if problem is not None:
             self.log.info("refused connection from {client}: {problem}", client=address, problem=problem)
-            self._close(421, "4.7.0", f"{self._hostname} {problem}, try again later")
+            self.reply_and_close(421, "4.7.0", f"{self.hostname} {problem}, try again later")
             return
         self._greet_client()
 
-    def connectionLost(self, reason: Failure = None) -> None:
-        self._gone = True
-        self._done = True
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        self._enter(SessionState.GONE)
         self.setTimeout(None)
         for call in (self._session_call, self._data_call, self._close_call):
             if call is not None and call.active():
                 call.cancel()
         self._session_call = self._data_call = self._close_call = None
-        tx = self._tx
-        if tx is not None and tx.phase in ("data", "checking"):
-            self.log.info("client {client} disconnected during DATA; message discarded", client=self._client_label())
-            self._discard(tx)
+        tx = self.transaction
+        if tx is not None and tx.receiving:
+            self.log.info("client {client} disconnected during DATA; message discarded", client=self.client_label())
+            tx.discard()
         if tx is not None and tx.phase != "committing":
-            self._end_transaction(tx)
+            tx.end()
         self._logout_identity()
         self.factory.session_closed(self)
 
@@ -320,346 +190,154 @@ class GatewayESMTP(smtp.ESMTP):
         self._timed_out("DATA time limit")
 
     def _timed_out(self, what: str) -> None:
-        if self._done:
+        if self.finished:
             return
-        self.log.info("closing session with {client}: {what}", client=self._client_label(), what=what)
-        self._close(421, "4.4.2", f"{self._hostname} Error: timeout exceeded")
+        self.log.info("closing session with {client}: {what}", client=self.client_label(), what=what)
+        self.reply_and_close(421, "4.4.2", f"{self.hostname} Error: timeout exceeded")
 
-    def _close(self, code: int, status: str, text: str) -> None:
+    def reply_and_close(self, code: int, status: str, text: str) -> None:
         """Send a final reply and disconnect; nothing more is read or answered."""
-        if self._done:
+        if self.finished:
             return
-        if self._write_paused:
+        if self._reader.is_held(CLIENT_NOT_READING):
             # The client is not reading: the reply would never arrive, the close never finish.
-            self._drop("closing a session whose client does not read its replies")
+            self.drop("closing a session whose client does not read its replies")
             return
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
         if code >= 400:
             self.factory.reply_refused(code)
-        self._done = True
-        self._inbuf = bytearray()
+        self.lose_connection(read_on=True)
+
+    def lose_connection(self, read_on: bool = False) -> None:
+        self._enter(SessionState.CLOSING)
+        self._reader.clear()
         self.setTimeout(None)
-        self._read_while_closing()
-        self._stop_producing_for_transport()
+        # A TLS connection closes only once the peer's close_notify (or EOF) has been read: a
+        # transport left paused (closing while a portal/policy answer was pending, e.g. 421
+        # after too many failed logins) would hang until the grace abort.  Nothing read now is
+        # acted on.
+        if read_on and self._reader.clear_pauses():
+            self.transport.resumeProducing()
+        # Unregister first: a transport that drains its buffer while its producer is paused
+        # resumes the producer instead of finishing the close.
+        if self._producing_for_transport:
+            self._producing_for_transport = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         # A client that never reads our reply must not keep the connection open.
         self._close_call = self.callLater(CLOSE_GRACE, self._abort_after_grace)
 
-    def _read_while_closing(self) -> None:
-        """
-        A TLS connection closes only once the peer's close_notify (or EOF) has been read; if
-        the transport stayed paused (closing while a portal/policy answer was pending, e.g.
-        421 after too many failed logins) it would hang until the grace abort.  Nothing read
-        now is acted on: the session is done.
-        """
-        if self._pause_reasons and not self._gone:
-            self._pause_reasons.clear()
-            self.transport.resumeProducing()
-
-    def _drop(self, why: str) -> None:
+    def drop(self, why: str) -> None:
         """Abort the connection now, without a reply (the client is not reading them)."""
-        self.log.info("dropped connection with {client}: {why}", client=self._client_label(), why=why)
-        self._done = True
-        self._inbuf = bytearray()
+        self.log.info("dropped connection with {client}: {why}", client=self.client_label(), why=why)
+        self._enter(SessionState.CLOSING)
+        self._reader.clear()
         self.setTimeout(None)
         self.transport.abortConnection()
 
-    def _stop_producing_for_transport(self) -> None:
-        """
-        Unregister from the transport before closing: a transport that drains its buffer while
-        its producer is paused resumes the producer instead of finishing the close.
-        """
-        if self._producing_for_transport:
-            self._producing_for_transport = False
-            self.transport.unregisterProducer()
-
     def _abort_after_grace(self) -> None:
         self._close_call = None
-        if not self._gone:
+        if self.state is not SessionState.GONE:
             self.transport.abortConnection()
 
     def shutdown(self) -> None:
         """The gateway is stopping: tell an idle client to come back later (RFC 5321 421)."""
-        tx = self._tx
-        if tx is not None and tx.phase in ("data", "checking"):
-            self._discard(tx)
-        self._close(421, "4.3.2", f"{self._hostname} Service shutting down, try again later")
+        tx = self.transaction
+        if tx is not None and tx.receiving:
+            tx.discard()
+        self.reply_and_close(421, "4.3.2", f"{self.hostname} Service shutting down, try again later")
 
-    # ------------------------------------------------------------------ flow control
+    # ------------------------------------------------------------------ flow (L{gateway.smtp.flow})
 
     def pauseProducing(self) -> None:
-        """
-        The transport's write buffer is full: answer nothing until it drains.  Input is still
-        read, up to PAUSE_PENDING_INPUT (see dataReceived), and only then is reading paused:
-        a TLS layer pauses its producer while its handshake is under way, and the handshake
-        needs the transport to go on reading.
-        """
-        if self._gone or self._write_paused:
-            return
-        self._write_paused = True
-        self._unread_replies = 0
+        self._flow.writes_blocked()
 
     def resumeProducing(self) -> None:
-        """The transport's write buffer has drained: go on with the input read so far."""
-        if not self._write_paused:
-            return
-        self._write_paused = False
-        self._resume("writes")
-        if not self._gone and not self._done:
-            self._pump()
+        self._flow.writes_drained()
 
     def stopProducing(self) -> None:
         """The transport is going away; connectionLost does the cleaning up."""
 
     def sendLine(self, line: bytes) -> None:
-        if self._write_paused:
-            self._unread_replies += len(line) + 2
-            if self._unread_replies > MAX_UNREAD_REPLIES:
-                self._drop(f"more than {MAX_UNREAD_REPLIES} bytes of replies not read")
-                return
-        super().sendLine(line)
+        if self._flow.may_send(line):
+            self.transport.writeSequence((line, b"\r\n"))
 
-    def _pause(self, reason: str) -> None:
-        if self._gone:
-            return
-        if not self._pause_reasons:
-            self.transport.pauseProducing()
-        self._pause_reasons.add(reason)
-
-    def _resume(self, reason: str) -> None:
-        if reason not in self._pause_reasons:
-            return
-        self._pause_reasons.discard(reason)
-        if not self._pause_reasons and not self._gone and not self._done:
-            self.transport.resumeProducing()
-
-    def _await(
-        self, d: Any, on_result: Callable[[Any], None],
-        on_failure: Optional[Callable[[Failure], None]] = None,
-        on_gone: Optional[Callable[[Any], None]] = None,
-    ) -> None:
-        """
-        Stop processing input until ``d`` fires, then call ``on_result``/``on_failure`` (which
-        send the reply) and go on with the pipelined input.  This is what keeps replies in
-        order while policy, spool and portal work is asynchronous.  If the client has gone by
-        then, ``on_gone`` gets the result (value or Failure) instead, to release what it holds.
-        """
-        self._blocked = True
-
-        def succeeded(value: Any) -> None:
-            if not self._gone:
-                on_result(value)
-            elif on_gone is not None:
-                on_gone(value)
-
-        def failed(reason: Failure) -> None:
-            if not self._gone:
-                (on_failure or self._internal_error)(reason)
-            elif on_gone is not None:
-                on_gone(reason)
-
-        d.addCallbacks(succeeded, failed)
-        d.addErrback(self._internal_error)
-        d.addBoth(self._unblock)
-        if self._blocked and not self._gone:
-            # Still pending: don't count our own wait against the client.  Reading goes on
-            # into the buffer; dataReceived pauses the transport if the client sends a lot
-            # (pausing every time would cost two epoll calls per step).
-            self.setTimeout(None)
-            self._timer_suspended = True
-
-    def _unblock(self, _: Any = None) -> None:
-        self._blocked = False
-        if self._gone:
-            return
-        self._resume("busy")
-        if self._timer_suspended:
-            self._timer_suspended = False
-            if not self._done:
-                self.setTimeout(self.limits.idle_timeout)
-        self._pump()
-
-    def _internal_error(self, reason: Failure) -> None:
-        self.log.failure("internal error in SMTP session with {client}", reason, client=self._client_label())
-        if not self._gone:
-            self._reply(451, "4.3.0", "Local error in processing, try again later")
+    def internal_error(self, reason: Failure) -> None:
+        self.log.failure("internal error in SMTP session with {client}", reason, client=self.client_label())
+        if self.state is not SessionState.GONE:
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
 
     # ------------------------------------------------------------------ input
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
+        if self.finished:
             return
-        if not self._peer_checked:
+        if self.state is SessionState.UNIDENTIFIED:
             # PROXY-protocol listener behind a wrapper that did not say the header was
             # complete: client data means it is.
             self.proxy_header_received()
-            if self._done:
+            if self.finished:
                 return
-        if self._state is _DATA and not self._inbuf and not self._blocked and not self._pumping and not self._write_paused:
-            # The common case in DATA: hand the chunk straight to the intake, no copy.
+        if not self._flow.received(data):
+            self.reply_and_close(421, "4.7.0", "Too much input while a reply is pending")
+        elif self.state is not SessionState.NEW:  # local submission: not open until its user is known
+            self._flow.pump()
+
+    def handle_event(self, event: Event) -> None:
+        if isinstance(event, MessageData):
             self.resetTimeout()
-            self._pumping = True
-            try:
-                self._feed_data(data)
-            finally:
-                self._pumping = False
-            self._pump()
-            return
-        self._inbuf += data
-        if (self._blocked or self._write_paused) and len(self._inbuf) > PAUSE_PENDING_INPUT:
-            if len(self._inbuf) > MAX_PENDING_INPUT + self.limits.max_data_line:
-                self._close(421, "4.7.0", "Too much input while a reply is pending")
-                return
-            self._pause("busy" if self._blocked else "writes")
-        self._pump()
-
-    def lineReceived(self, line: bytes) -> None:
-        """Not used: input is framed in L{dataReceived}.  Kept so no stock path can run."""
-        self._handle_line(line)
-
-    def _pump(self) -> None:
-        """Process buffered input until it runs out or an asynchronous step is pending."""
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while self._inbuf and not self._blocked and not self._done and not self._write_paused:
-                if self._state is _DATA:
-                    chunk = bytes(self._inbuf)
-                    self._inbuf = bytearray()
-                    self.resetTimeout()
-                    self._feed_data(chunk)
-                    continue
-                line = self._take_line()
-                if line is _AGAIN:
-                    continue
-                if line is None:
-                    break
-                self._handle_line(line)
-        finally:
-            self._pumping = False
-
-    def _take_line(self) -> Any:
-        """The next complete command line, None if more input is needed, or _AGAIN."""
-        buf = self._inbuf
-        if self._skip_line:
-            eol = buf.find(b"\r\n")
-            if eol < 0:
-                # Keep a trailing CR: it may be the first half of the CRLF we wait for.
-                self._inbuf = bytearray(b"\r") if buf[-1:] == b"\r" else bytearray()
-                return None
-            del buf[:eol + 2]
-            self._skip_line = False
-            return _AGAIN
-        is_auth = self._auth is not None or bytes(buf[:5]).upper() == b"AUTH "
-        limit = MAX_AUTH_LINE if is_auth else self.limits.max_command_line
-        eol = buf.find(b"\r\n", self._scan_from)
-        if eol < 0:
-            if len(buf) <= limit + 1:
-                self._scan_from = max(0, len(buf) - 1)
-                return None
-            eol = len(buf)
-        self._scan_from = 0
-        if eol > limit:
-            if is_auth:
-                self._auth = None
-                self._reply(500, "5.5.6", "Authentication exchange line is too long")
-                if eol == len(buf):
-                    self._skip_line = True
-                    self._inbuf = bytearray()
-                else:
-                    del buf[:eol + 2]
-                return _AGAIN
-            self.log.info("closing session with {client}: command line too long", client=self._client_label())
-            self._close(500, "5.5.2", "Line too long")
-            return None
-        line = bytes(buf[:eol])
-        del buf[:eol + 2]
-        return line
-
-    def _handle_line(self, line: bytes) -> None:
-        if self._auth is not None:
+            assert self.transaction is not None
+            self.transaction.feed(event.data)
+        elif isinstance(event, CommandLine):
             self.resetTimeout()
-            exchange = self._auth
-            self._auth_step(exchange, exchange.respond(line))
-            return
-        self.resetTimeout()
-        parts = line.strip(b" \t").split(None, 1)
-        if not parts:
-            self._reply(500, "5.5.2", "Syntax error, command unrecognized")
-            return
-        verb = parts[0].upper()
-        rest = parts[1] if len(parts) > 1 else b""
-        if verb in _FOREIGN:
-            self.log.info("closing session with {client}: not an SMTP client", client=self._client_label())
-            self._close(421, "4.7.0", "This is an SMTP server; closing")
-            return
-        handler = self._commands.get(verb)
-        if verb in _JUNK or handler is None:
-            self._junk += 1
-            if self._junk > self.limits.max_commands_before_mail:
-                self.log.info("closing session with {client}: too many commands without mail", client=self._client_label())
-                self._close(421, "4.7.0", f"{self._hostname} Too many commands without a mail transaction")
-                return
-        if handler is None:
-            self._reply(500, "5.5.2", "Syntax error, command unrecognized")
-            return
-        if not line.isascii() and verb not in (b"MAIL", b"RCPT"):
-            self._reply(500, "5.5.2", "8-bit characters are not allowed in commands")
-            return
-        handler(rest)
+            if self._exchange is not None:
+                auth_response(self, self._exchange, event.line)
+            else:
+                handle_command(self, event.line)
+        elif isinstance(event, AuthLineTooLong):
+            self.exchange_ended()
+            self.reply(500, "5.5.6", "Authentication exchange line is too long")
+        elif isinstance(event, CommandLineTooLong):
+            self.log.info("closing session with {client}: command line too long", client=self.client_label())
+            self.reply_and_close(500, "5.5.2", "Line too long")
 
     # ------------------------------------------------------------------ replies
 
-    def _reply(self, code: int, status: str, text: str) -> None:
-        if self._done:
+    def reply(self, code: int, status: str, text: str) -> None:
+        if self.finished:
             return
         self.sendLine(f"{code} {status} {clean_text(text)}".encode("ascii"))
         if code >= 400:
             self.factory.reply_refused(code)
             self._errors += 1
             if self._errors >= self.limits.max_errors:
-                self.log.info("closing session with {client}: too many errors", client=self._client_label())
-                self._close(421, "4.7.0", f"{self._hostname} Too many errors")
+                self.log.info("closing session with {client}: too many errors", client=self.client_label())
+                self.reply_and_close(421, "4.7.0", f"{self.hostname} Too many errors")
 
-    def _refuse(self, refusal: Any) -> None:
+    def refuse(self, refusal: Any) -> None:
         if refusal.code == 421:
-            self._close(421, refusal.status, refusal.text)
+            self.reply_and_close(421, refusal.status, refusal.text)
         else:
-            self._reply(refusal.code, refusal.status, refusal.text)
+            self.reply(refusal.code, refusal.status, refusal.text)
 
     # ------------------------------------------------------------------ session facts
 
-    def _client_address(self) -> str:
+    def client_address(self) -> str:
         return peer_address(self.transport.getPeer())[0]
 
-    def _client_label(self) -> str:
+    def client_label(self) -> str:
         try:
-            address = self._client_address()
+            address = self.client_address()
         except Exception:
             address = "?"
-        return f"{self._client_name or 'unknown'}[{address}]"
+        return f"{self.client_name or 'unknown'}[{address}]"
 
-    def _secure(self) -> bool:
+    def secure(self) -> bool:
         return bool(
             self.startedTLS
             or ISSLTransport.providedBy(self.transport)
             or isinstance(self.transport, TLSMemoryBIOProtocol)
         )
-
-    def _starttls_available(self) -> bool:
-        return (
-            self.listener.tls == "starttls"
-            and self.factory.tls is not None
-            and not self._secure()
-            and ITLSTransport.providedBy(self.transport)
-        )
-
-    def _auth_enabled(self) -> bool:
-        return self.portal is not None and self.listener.auth != "none"
-
-    def _auth_allowed_now(self) -> bool:
-        return self._secure() or self.listener.allow_plaintext_auth
 
     def _trusted(self, address: str) -> bool:
         cached = self._trust_cache
@@ -672,544 +350,107 @@ class GatewayESMTP(smtp.ESMTP):
     def session_view(self) -> SessionView:
         """What policies may know right now (the peer is read now: PROXY changes it after connect)."""
         address, port = peer_address(self.transport.getPeer())
-        tx = self._tx
+        tx = self.transaction
         return SessionView(
             listener=self.listener.name,
             client_address=address,
             client_port=port,
-            client_name=self._client_name,
-            tls=self._secure(),
-            identity=self._identity,
+            client_name=self.client_name,
+            tls=self.secure(),
+            identity=self.identity,
             trusted_network=self._trusted(address),
             sender=tx.sender if tx is not None else None,
             recipients=tuple(tx.recipients) if tx is not None else (),
         )
 
-    # ------------------------------------------------------------------ HELO / EHLO
+    # ------------------------------------------------------------------ HELO / EHLO / STARTTLS
 
-    def _cmd_helo(self, rest: bytes) -> None:
-        self._greet(rest, esmtp=False)
+    def greeting_started(self, name: str) -> None:
+        """A valid HELO/EHLO name: start over (it acts as RSET) until the chain accepts it."""
+        self.reset_transaction()
+        self._enter(SessionState.AWAITING_HELO)
+        self.client_name = name
 
-    def _cmd_ehlo(self, rest: bytes) -> None:
-        self._greet(rest, esmtp=True)
+    def greeting_accepted(self) -> None:
+        self._enter(SessionState.READY)
 
-    def _greet(self, rest: bytes, esmtp: bool) -> None:
-        name = parse_helo(rest)
-        if name is None:
-            self._reply(501, "5.5.4", "Invalid HELO/EHLO name: a domain or address literal is required")
-            return
-        # RFC 5321 §4.1.4: EHLO/HELO in the middle of a session acts as RSET.
-        self._reset_transaction()
-        self._greeted = False
-        self._client_name = name
-        d = maybeDeferred(self.chain.on_connect, self.session_view())
-        self._await(d, lambda result: self._greeted_result(result, esmtp))
-
-    def _greeted_result(self, result: Any, esmtp: bool) -> None:
-        refusal = verdict_refusal(result)
-        if refusal is not None:
-            self.log.info("refused greeting from {client}: {code} {status}", client=self._client_label(), code=refusal.code, status=refusal.status)
-            self._refuse(refusal)
-            return
-        self._greeted = True
-        if not esmtp:
-            self.sendLine(f"250 {self._hostname}".encode("ascii"))
-            return
-        lines = [
-            self._hostname,
-            f"SIZE {self.limits.max_message_size}",
-            "8BITMIME",
-            "ENHANCEDSTATUSCODES",
-            "PIPELINING",
-        ]
-        if self._starttls_available():
-            lines.append("STARTTLS")
-        if self._auth_enabled() and self._auth_allowed_now():
-            lines.append("AUTH " + " ".join(self.listener.auth_mechanisms))
-        for line in lines[:-1]:
-            self.sendLine(b"250-" + line.encode("ascii"))
-        self.sendLine(b"250 " + lines[-1].encode("ascii"))
-
-    # ------------------------------------------------------------------ envelope
-
-    def _cmd_mail(self, rest: bytes) -> None:
-        if not self._greeted:
-            self._reply(503, "5.5.1", "Send EHLO/HELO first")
-            return
-        if self._tx is not None:
-            self._reply(503, "5.5.1", "Nested MAIL command")
-            return
-        if self.factory.draining:
-            self._close(421, "4.3.2", f"{self._hostname} Service shutting down, try again later")
-            return
-        if self._messages >= self.limits.max_messages_per_session:
-            self._close(421, "4.7.0", f"{self._hostname} Too many messages in one session")
-            return
-        argument, problem = parse_mail_from(rest)
-        if problem is not None:
-            self._refuse(problem)
-            return
-        for name, value in argument.params.items():
-            if name == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
-                    self._reply(501, "5.5.4", "Bad SIZE parameter")
-                    return
-                if int(value) > self.limits.max_message_size:
-                    self._reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-                    return
-            elif name == "BODY":
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    self._reply(555, "5.5.4", "Unsupported BODY type")
-                    return
-            elif name == "AUTH":
-                # RFC 4954 §5: accepted and ignored; the session's own login is what counts.
-                continue
-            else:
-                self._reply(555, "5.5.4", f"Unsupported MAIL parameter {name}")
-                return
-        sender = argument.address
-        view = attrs.evolve(self.session_view(), sender=sender, recipients=())
-        d = maybeDeferred(self.chain.on_mail_from, view, sender)
-        self._await(d, lambda result: self._mail_result(result, sender))
-
-    def _mail_result(self, result: Any, sender: str) -> None:
-        refusal = verdict_refusal(result)
-        if refusal is not None:
-            self.log.info("refused sender from {client}: {code} {status}", client=self._client_label(), code=refusal.code, status=refusal.status)
-            self._refuse(refusal)
-            return
-        self._tx = Transaction(sender=sender)
-        self._junk = 0
-        self._reply(250, "2.1.0", "Sender ok")
-
-    def _cmd_rcpt(self, rest: bytes) -> None:
-        tx = self._tx
-        if tx is None:
-            self._reply(503, "5.5.1", "Need MAIL before RCPT")
-            return
-        argument, problem = parse_rcpt_to(rest)
-        if problem is not None:
-            self._refuse(problem)
-            return
-        if argument.params:
-            self._reply(555, "5.5.4", "Unsupported RCPT parameter " + next(iter(argument.params)))
-            return
-        recipient = argument.address
-        key = recipient_key(recipient)
-        if key in tx.keys:
-            self._reply(250, "2.1.5", "Recipient ok (duplicate)")
-            return
-        if len(tx.recipients) >= self.limits.max_recipients:
-            tx.overshoot += 1
-            if tx.overshoot <= RECIPIENT_OVERSHOOT:
-                self.sendLine(b"452 4.5.3 Too many recipients")
-                self.factory.reply_refused(452)
-            else:
-                self._reply(452, "4.5.3", "Too many recipients")
-            return
-        d = maybeDeferred(self.chain.on_rcpt_to, self.session_view(), recipient)
-        self._await(d, lambda result: self._rcpt_result(result, tx, recipient, key))
-
-    def _rcpt_result(self, result: Any, tx: Transaction, recipient: str, key: str) -> None:
-        refusal = verdict_refusal(result)
-        if refusal is not None:
-            self.log.info("refused recipient from {client}: {code} {status}", client=self._client_label(), code=refusal.code, status=refusal.status)
-            self._refuse(refusal)
-            return
-        if tx is self._tx and key not in tx.keys:
-            tx.keys.add(key)
-            tx.recipients.append(recipient)
-        self._reply(250, "2.1.5", "Recipient ok")
-
-    def _cmd_rset(self, rest: bytes) -> None:
-        self._reset_transaction()
-        self._reply(250, "2.0.0", "Ok")
-
-    def _reset_transaction(self) -> None:
-        tx, self._tx = self._tx, None
-        if tx is not None:
-            self._end_transaction(tx)
-
-    # ------------------------------------------------------------------ DATA
-
-    def _cmd_data(self, rest: bytes) -> None:
-        tx = self._tx
-        if rest.strip():
-            self._reply(501, "5.5.4", "DATA takes no arguments")
-            return
-        if tx is None:
-            self._reply(503, "5.5.1", "Need MAIL command")
-            return
-        if not tx.recipients:
-            self._reply(554, "5.5.1", "No valid recipients")
-            return
-        tx.client_address = self._client_address()
-        tx.in_flight = True
-        self.factory.transaction_started()
-        d = maybeDeferred(self.factory.spool.open_writer)
-        self._await(
-            d, lambda writer: self._data_ready(tx, writer), lambda reason: self._data_failed(tx, reason),
-            on_gone=lambda writer: None if isinstance(writer, Failure) else writer.abort(),
-        )
-
-    def _data_ready(self, tx: Transaction, writer: Any) -> None:
-        if tx is not self._tx:
-            writer.abort()
-            return
-        tx.writer = writer
-        tx.phase = "data"
-        writer.set_flow_control(lambda: self._pause("spool"), lambda: self._resume("spool"))
-        tls, authenticated = self._secure(), self.authenticated
-
-        def make_prefix(names: set) -> tuple[bytes, bytes]:
-            now = self.factory.clock.seconds()
-            received = received_header(self._client_name, tx.client_address, self._hostname, writer.queue_id, tls, authenticated, now)
-            added = missing_headers(names, self._hostname, writer.queue_id, now, self.factory.add_message_id, self.factory.add_date)
-            return received, added
-
-        tx.intake = MessageIntake(writer, self.limits, make_prefix)
-        self._state = _DATA
-        self._data_call = self.callLater(self.limits.data_timeout, self._data_expired)
-        self.sendLine(b"354 End data with <CR><LF>.<CR><LF>")
-
-    def _data_failed(self, tx: Transaction, reason: Failure) -> None:
-        self.log.failure("could not open a spool writer for {client}", reason, client=self._client_label())
-        if tx is self._tx:
-            self._tx = None
-        self._end_transaction(tx)
-        self._refuse(spool_refusal(reason))
-
-    def _feed_data(self, data: bytes) -> None:
-        tx = self._tx
-        intake = tx.intake
-        rest = intake.feed(data)
-        if intake.line_too_long:
-            self.log.info("closing session with {client}: line too long in DATA", client=self._client_label())
-            self._discard(tx)
-            self._close(500, "5.5.2", "Line too long")
-            return
-        if rest is None:
-            return
-        # End of data: whatever followed the final dot is the next pipelined commands.
-        self._state = _COMMAND
-        if self._data_call is not None and self._data_call.active():
-            self._data_call.cancel()
-        self._data_call = None
-        if rest:
-            self._inbuf[:0] = rest
-        self._end_of_data(tx)
-
-    def _end_of_data(self, tx: Transaction) -> None:
-        intake = tx.intake
-        if intake.refusal is not None:
-            self._discard(tx)
-            self._tx = None
-            self._end_transaction(tx)
-            self.log.info(
-                "refused message from {client}: {code} {status} {text}",
-                client=self._client_label(), code=intake.refusal.code, status=intake.refusal.status, text=intake.refusal.text,
-            )
-            self._refuse(intake.refusal)
-            return
-        tx.phase = "checking"
-        self._resume("spool")
-        self._await(
-            self._finish_message(tx),
-            lambda outcome: self._message_result(tx, outcome),
-            lambda reason: self._message_failed(tx, reason),
-            on_gone=lambda outcome: self._message_after_disconnect(tx, outcome),
-        )
-
-    def _judge(self, section: bytes, stopped_at: bytes = b"") -> Any:
-        """
-        The header section judged by the mail grammar (L{intake_rules.judge_header_section}):
-        in the factory's ``judge_pool`` (a dedicated pool the wiring provides), so one client's
-        monstrous header never stalls the others (issue 8); synchronously when there is none
-        (unit tests under a test clock) and for a section of at most L{INLINE_JUDGE_LIMIT}
-        bytes — a usual header costs less to judge (~0.1 ms) than the thread hand-off would.
-        Fires with the L{MessageHeader} or fails with L{MailRefusal}.
-        """
-        pool = self.factory.judge_pool
-        if pool is not None and len(section) > INLINE_JUDGE_LIMIT:
-            return deferToThreadPool(self.factory.clock, pool, intake_rules.judge_header_section, section, stopped_at)
-        return maybeDeferred(intake_rules.judge_header_section, section, stopped_at)
-
-    @inlineCallbacks
-    def _finish_message(self, tx: Transaction):
-        """
-        Judge the header section once, run the end-of-data policies on that reading, apply
-        their header edits, decide the sending mailbox from the final header, then commit the
-        message with that decision (ARCHITECTURE "decide once, record, execute").
-        """
-        writer, intake = tx.writer, tx.intake
-        try:
-            judged = yield self._judge(intake.header_section, intake.stopped_at)
-        except MailRefusal as problem:
-            return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
-        if tx.phase != "checking":
-            return None
-        edits: tuple = ()
-        # Skip the end-of-data step only when nobody would look: the chain's guard (relay
-        # access: header From/Sender) must run even when no other policy is configured.
-        if getattr(self.chain, "policies", True) or getattr(self.chain, "guard", None) is not None:
-            body = intake.small_body
-            if body is None:
-                # Large body: policies read it from the spool's temporary file.
-                yield writer.flush()
-                if tx.phase != "checking":
-                    return None
-                open_body = _body_opener(writer.temp_path, len(intake.header_section))
-            else:
-                open_body = _memory_opener(body)
-            view = MessageView(
-                # The email package's parse is for configured policies; the guard reads the
-                # mail grammar's judgement (``mail``), so a guard-only chain skips it (issue 13).
-                headers=_HEADER_PARSER.parsebytes(intake.header_section) if getattr(self.chain, "policies", True) else None,
-                header_bytes=intake.header_section,
-                size=writer.bytes_written,
-                open_body=open_body,
-                mail=judged,
-            )
-            result = yield maybeDeferred(self.chain.on_message, self.session_view(), view)
-            if tx.phase != "checking":
-                return None
-            refusal = verdict_refusal(result)
-            if refusal is not None:
-                return refusal
-            edits = tuple(getattr(result, "edits", ()) or ())
-        header_section = None
-        if edits:
-            header_section = intake.received + apply_edits(intake.client_header_lines, edits) + b"\r\n"
-            try:
-                judged = yield self._judge(header_section)
-            except MailRefusal as problem:
-                return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
-            if tx.phase != "checking":
-                return None
-        mailbox = choose_sending_mailbox(judged, tx.sender, self.factory.send_as)
-        if mailbox is None:
-            return Refusal(550, "5.6.0", "Message refused: no From header and a null reverse-path, so no mailbox to send as")
-        tx.phase = "committing"
-        identity = self._identity
-        provenance = Provenance(
-            client_address=tx.client_address,
-            client_name=self._client_name or "",
-            listener=self.listener.name,
-            tls=self._secure(),
-            auth_identity=getattr(identity, "login", None),
-            credential_ref=getattr(identity, "credential_ref", None),
-        )
-        entry = yield writer.commit(Envelope(tx.sender, tuple(tx.recipients)), provenance, header_section,
-                                    sending_mailbox=mailbox)
-        return entry
-
-    def _message_result(self, tx: Transaction, outcome: Any) -> None:
-        if tx is self._tx:
-            self._tx = None
-        if outcome is None:
-            # Discarded while the policies ran (shutdown): the session is closing already.
-            self._end_transaction(tx)
-            return
-        # The final reply goes out before the transaction counts as finished: a graceful stop
-        # waiting for it (factory.drain) closes the session as soon as it is, and must not
-        # get its 421 in ahead of the 250 (the client would send the message again).
-        if isinstance(outcome, Refusal):
-            self._discard(tx)
-            self.log.info(
-                "refused message from {client}: {code} {status} {text}",
-                client=self._client_label(), code=outcome.code, status=outcome.status, text=outcome.text,
-            )
-            self._refuse(outcome)
-            self._end_transaction(tx)
-            return
-        tx.phase = "done"
-        self._messages += 1
-        queue_id = getattr(outcome, "queue_id", None) or tx.writer.queue_id
-        self.log.info(
-            "received {queue_id} from {client} size {size} nrcpt {nrcpt}",
-            queue_id=queue_id, client=self._client_label(), size=getattr(outcome, "size", tx.writer.bytes_written),
-            nrcpt=len(tx.recipients), tls=self._secure(), listener=self.listener.name,
-            **{"from": tx.sender, "to": [str(r) for r in tx.recipients]},
-        )
-        self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        self.factory.message_accepted(getattr(outcome, "size", tx.writer.bytes_written))
-        self._end_transaction(tx)
-
-    def _message_after_disconnect(self, tx: Transaction, outcome: Any) -> None:
-        """The commit was under way when the client left: the message is queued all the same."""
-        self._end_transaction(tx)
-        if outcome is not None and not isinstance(outcome, (Failure, Refusal)):
-            self.log.info(
-                "received {queue_id} from {client} size {size} nrcpt {nrcpt} (client disconnected before the reply)",
-                queue_id=getattr(outcome, "queue_id", "?"), client=self._client_label(),
-                size=getattr(outcome, "size", "?"), nrcpt=len(tx.recipients),
-            )
-        elif isinstance(outcome, Failure) and tx.writer is not None:
-            self._discard(tx)
-
-    def _message_failed(self, tx: Transaction, reason: Failure) -> None:
-        if tx is self._tx:
-            self._tx = None
-        # Also after a failed commit: the writer removes whatever temporary file is left.
-        self._discard(tx)
-        self._end_transaction(tx)
-        if reason.check(SpoolError):
-            self.log.error(
-                "spool refused message {queue_id} from {client}: {error}",
-                queue_id=getattr(tx.writer, "queue_id", "?"), client=self._client_label(), error=str(reason.value),
-            )
-        else:
-            self.log.failure("message from {client} could not be queued", reason, client=self._client_label())
-        self._refuse(spool_refusal(reason))
-
-    def _discard(self, tx: Transaction) -> None:
-        """Throw away the partial message (refused, or the client went away)."""
-        writer, tx.writer = tx.writer, None
-        tx.phase = "done"
-        if writer is not None:
-            d = maybeDeferred(writer.abort)
-            d.addErrback(lambda f: self.log.failure("aborting spool writer failed", f))
-
-    def _end_transaction(self, tx: Transaction) -> None:
-        self._resume("spool")
-        if tx.in_flight:
-            tx.in_flight = False
-            self.factory.transaction_finished()
-
-    # ------------------------------------------------------------------ small commands
-
-    def _cmd_noop(self, rest: bytes) -> None:
-        self._reply(250, "2.0.0", "Ok")
-
-    def _cmd_quit(self, rest: bytes) -> None:
-        self.sendLine(f"221 2.0.0 {self._hostname} closing connection".encode("ascii"))
-        self._done = True
-        self._inbuf = bytearray()
-        self.setTimeout(None)
-        self._stop_producing_for_transport()
-        self.transport.loseConnection()
-        self._close_call = self.callLater(CLOSE_GRACE, self._abort_after_grace)
-
-    def _cmd_vrfy(self, rest: bytes) -> None:
-        if not rest.strip():
-            self._reply(501, "5.5.4", "Syntax: VRFY <address>")
-            return
-        self._reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
-
-    def _cmd_help(self, rest: bytes) -> None:
-        self._reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
-
-    def _cmd_not_implemented(self, rest: bytes) -> None:
-        self._reply(502, "5.5.1", "Command not implemented")
-
-    # ------------------------------------------------------------------ STARTTLS
-
-    def _cmd_starttls(self, rest: bytes) -> None:
-        if rest.strip():
-            self._reply(501, "5.5.4", "Syntax: STARTTLS")
-            return
-        if self._secure():
-            self._reply(503, "5.5.1", "TLS already active")
-            return
-        if not self._starttls_available():
-            self._reply(502, "5.5.1", "STARTTLS not available")
-            return
-        if self._tx is not None:
-            self._reply(503, "5.5.1", "STARTTLS not permitted during a mail transaction")
-            return
-        try:
-            options = self.factory.tls.server_options()
-        except Exception:
-            self.log.failure("no TLS options for listener {listener}", listener=self.listener.name)
-            self._reply(454, "4.7.0", "TLS not available due to temporary reason")
-            return
-        self.sendLine(b"220 2.0.0 Ready to start TLS")
-        if self._inbuf:
+    def start_tls(self, options: Any) -> None:
+        """220 was sent to STARTTLS: switch to TLS and forget everything learnt before."""
+        if self._reader.has_input:
             # Bytes after STARTTLS in the same read were sent in plaintext and would be
             # executed inside the TLS session (CVE-2011-0411 class): drop the connection.
-            self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self._client_label())
-            self._done = True
-            self._inbuf = bytearray()
+            self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self.client_label())
+            self._enter(SessionState.CLOSING)
+            self._reader.clear()
             self.transport.abortConnection()
             return
         self.transport.startTLS(options)
         self.startedTLS = True
         # RFC 3207 §4.2: forget everything learnt before TLS, the client must EHLO again.
-        self._greeted = False
-        self._client_name = None
-        self._reset_transaction()
+        self._enter(SessionState.AWAITING_HELO)
+        self.client_name = None
+        self.reset_transaction()
         self._logout_identity()
 
-    # ------------------------------------------------------------------ AUTH
+    # ------------------------------------------------------------------ the mail transaction
 
-    def _cmd_auth(self, rest: bytes) -> None:
-        if not self._auth_enabled():
-            self._reply(503, "5.5.1", "Authentication not enabled")
-            return
-        if not self._greeted:
-            self._reply(503, "5.5.1", "Send EHLO first")
-            return
-        if self.authenticated:
-            self._reply(503, "5.5.1", "Already authenticated")
-            return
-        if self._tx is not None:
-            self._reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
-            return
-        if not self._auth_allowed_now():
-            self._reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
-            return
-        parts = rest.split()
-        if not parts or len(parts) > 2:
-            self._reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
-            return
-        mechanism = parts[0].upper().decode("ascii", "replace")
-        if mechanism not in self.listener.auth_mechanisms:
-            self._reply(504, "5.5.4", "Unrecognized authentication mechanism")
-            return
-        exchange = AuthExchange(mechanism)
-        self._auth_step(exchange, exchange.start(parts[1] if len(parts) > 1 else None))
+    def transaction_opened(self, tx: Transaction) -> None:
+        """MAIL FROM was accepted: L{gateway.smtp.transaction} drives the rest."""
+        self._enter(SessionState.IN_TRANSACTION)
+        self.transaction = tx
+        self.commands_without_mail = 0
 
-    def _auth_step(self, exchange: AuthExchange, step: Any) -> None:
-        if isinstance(step, Challenge):
-            self._auth = exchange
-            self.sendLine(b"334 " + base64.b64encode(step.text))
-            return
-        self._auth = None
-        if isinstance(step, Ready):
-            credentials = step.credentials
-            d = maybeDeferred(self.portal.login, credentials, self.session_view(), IAuthenticatedIdentity)
-            del credentials, step
-            self._await(d, self._auth_succeeded, self._auth_failed, on_gone=_logout_result)
-            return
-        self._refuse(step)
+    def transaction_closed(self, tx: Transaction) -> None:
+        """``tx`` ended (reply sent, refused or failed): a new MAIL may come."""
+        if tx is self.transaction:
+            self.transaction = None
+            if self.state in TRANSACTION:
+                self._enter(SessionState.READY)
 
-    def _auth_succeeded(self, result: Any) -> None:
-        try:
-            _, identity, logout = result
-        except (TypeError, ValueError):
-            self.log.error("portal returned {kind} instead of (interface, identity, logout)", kind=type(result).__name__)
-            self._reply(454, "4.7.0", "Temporary authentication failure")
-            return
+    def data_started(self) -> None:
+        """354 is about to go out: from now on the input is message data, under the DATA time limit."""
+        self._enter(SessionState.RECEIVING_DATA)
+        self._reader.start_data()
+        self._data_call = self.callLater(self.limits.data_timeout, self._data_expired)
+
+    def data_ended(self, rest: bytes) -> None:
+        """The final dot was read; ``rest`` is what the client pipelined after it."""
+        self._enter(SessionState.IN_TRANSACTION)
+        self._reader.end_data(rest)
+        if self._data_call is not None and self._data_call.active():
+            self._data_call.cancel()
+        self._data_call = None
+
+    def line_too_long_in_data(self) -> None:
+        self.reply_and_close(500, "5.5.2", "Line too long")
+
+    def reset_transaction(self) -> None:
+        tx = self.transaction
+        if tx is not None:
+            self.transaction_closed(tx)
+            tx.end()
+
+    # ------------------------------------------------------------------ AUTH (L{gateway.smtp.login})
+
+    def exchange_started(self, exchange: AuthExchange) -> None:
+        self._exchange = exchange
+        self._enter(SessionState.AUTHENTICATING)
+
+    def exchange_ended(self) -> None:
+        self._exchange = None
+        if self.state is SessionState.AUTHENTICATING:
+            self._enter(SessionState.READY)
+
+    def logged_in(self, identity: Any, logout: Callable[[], None]) -> None:
         self.authenticated = True
-        self._identity = identity
+        self.identity = identity
         self._logout = logout
-        self._reply(235, "2.7.0", "Authentication successful")
-
-    def _auth_failed(self, reason: Failure) -> None:
-        if reason.check(LoginThrottled):
-            self._close(421, "4.7.0", f"{self._hostname} Too many failed logins, try again later")
-        elif reason.check(UnauthorizedLogin):
-            self._reply(535, "5.7.8", "Authentication credentials invalid")
-        else:
-            # Only the type: the failure's text could echo the credentials.
-            self.log.error("AUTH error for {client}: {error}", client=self._client_label(), error=reason.type.__name__)
-            self._reply(454, "4.7.0", "Temporary authentication failure")
 
     def _logout_identity(self) -> None:
         logout, self._logout = self._logout, None
         self.authenticated = False
-        self._identity = None
-        self._auth = None
+        self.identity = None
+        self.exchange_ended()
         if logout is not None:
             try:
                 logout()
@@ -1217,48 +458,4 @@ class GatewayESMTP(smtp.ESMTP):
                 self.log.failure("logout failed")
 
 
-def _logout_result(result: Any) -> None:
-    """A login that completed after its client left: log it straight out again."""
-    try:
-        result[2]()
-    except Exception:
-        pass
-
-
-def _memory_opener(body: bytes) -> Callable[[], Any]:
-    return lambda: io.BytesIO(body)
-
-
-def _body_opener(path: str, offset: int) -> Callable[[], Any]:
-    def open_body() -> Any:
-        f = open(path, "rb")
-        f.seek(offset)
-        return f
-    return open_body
-
-
-def _is_ip_literal(address: str) -> bool:
-    """An IPv4 or IPv6 address and nothing else (a zone id may hold any text)."""
-    if "%" in address:
-        return False
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
-
-def is_trusted(address: str, networks: Any) -> bool:
-    """Whether ``address`` lies in one of ``networks`` (IPv4-mapped IPv6 counts as IPv4)."""
-    if not networks:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
-
-
-__all__ = ["GatewayESMTP", "Transaction", "verdict_refusal", "spool_refusal", "clean_text", "peer_address", "is_trusted"]
+__all__ = ["GatewayESMTP"]

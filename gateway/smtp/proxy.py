@@ -21,18 +21,20 @@ protocols to the first one that wants it.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.haproxy._wrapper import (
     HAProxyProtocolWrapper,
     HAProxyWrappingFactory,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.smtp.protocol import is_trusted
+from gateway.smtp.peers import is_trusted
 
 PROXY_PREFIX = "haproxy:"
 
@@ -41,6 +43,7 @@ class TrustedProxyWrapper(HAProxyProtocolWrapper):
     """One PROXY-protocol connection: the header deadline and the 'header complete' notice."""
 
     factory: "TrustedProxyWrappingFactory"
+    transport: Any  # the listening port's TCP/UNIX transport (getPeer, abortConnection)
 
     def connectionMade(self) -> None:
         self._deadline: Any = self.factory.clock.callLater(self.factory.header_timeout, self._header_late)
@@ -55,7 +58,7 @@ class TrustedProxyWrapper(HAProxyProtocolWrapper):
             self._stop_deadline()
             _notify_header(self.wrappedProtocol)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadline()
         super().connectionLost(reason)
 
@@ -87,7 +90,7 @@ def _notify_header(protocol: Any) -> None:
 class TrustedProxyWrappingFactory(HAProxyWrappingFactory):
     """Accepts connections only from trusted PROXY peers and wraps them in L{TrustedProxyWrapper}."""
 
-    protocol = TrustedProxyWrapper
+    protocol: type[HAProxyProtocolWrapper] = TrustedProxyWrapper
     noisy = False
     log = Logger()
 
@@ -104,7 +107,8 @@ class TrustedProxyWrappingFactory(HAProxyWrappingFactory):
             return is_trusted(peer.host, self.trusted_networks)
         return False
 
-    def buildProtocol(self, addr: Any) -> Optional[TrustedProxyWrapper]:
+    def buildProtocol(self, addr: Any) -> Optional[TrustedProxyWrapper]:  # type: ignore[override]
+        # None is what IProtocolFactory.buildProtocol returns to refuse a connection.
         if not self.trusts(addr):
             # Returning None makes the port close the connection at once: nothing read, nothing said.
             self.log.info(
@@ -112,7 +116,7 @@ class TrustedProxyWrappingFactory(HAProxyWrappingFactory):
                 peer=getattr(addr, "host", str(addr)),
             )
             return None
-        return super().buildProtocol(addr)
+        return cast(TrustedProxyWrapper, super().buildProtocol(addr))
 
 
 @implementer(IStreamServerEndpoint)

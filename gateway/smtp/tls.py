@@ -63,10 +63,8 @@ class HardenedCertificateOptions(CallbackFreeCertificateOptions):
     listeners, the OpenSSL security level lowered so TLS 1.0/1.1 can actually be negotiated.
     """
 
-    def __init__(self, *args: Any, cipher_string: str, legacy: bool, **kwargs: Any) -> None:
-        super().__init__(
-            *args, acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(cipher_string), **kwargs
-        )
+    def __init__(self, *, cipher_string: str, legacy: bool, **kwargs: Any) -> None:
+        super().__init__(acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(cipher_string), **kwargs)
         self._hardening_cipher_string = cipher_string
         self._legacy = legacy
 
@@ -77,6 +75,7 @@ class HardenedCertificateOptions(CallbackFreeCertificateOptions):
             if self._legacy and "@SECLEVEL" not in self._hardening_cipher_string:
                 # The cipher list is where OpenSSL takes the security level from.
                 ctx.set_cipher_list(self._hardening_cipher_string.encode("ascii") + b":@SECLEVEL=0")
+        assert self._context is not None  # set by the getContext above
         return self._context
 
 

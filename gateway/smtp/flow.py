@@ -1,0 +1,169 @@
+"""
+The pace of one SMTP conversation, between the session's command reader and its transport.
+
+* **Replies in order.**  L{Conversation.wait_for} holds the reader until the answer to the
+  current command (a policy verdict, the spool, the portal) is sent; pipelined input waits in
+  the reader meanwhile, so replies come in the order of the commands (RFC 2920), which the
+  stock ``LineOnlyReceiver`` loop does not ensure (Twisted issue 8126).  The session's idle
+  timer is off while it waits for its own answer: that wait is not the client's.
+* **Reading.**  The reader says when the transport must stop reading (much input while held,
+  the spool pushing back) and when it may go on; the transport hears of each change once.
+* **Writing.**  The session is its transport's streaming producer.  While the transport's write
+  buffer is full (the client does not read), nothing more is answered and input is only
+  buffered; more than L{MAX_UNREAD_REPLIES} written on top of a full buffer drops the
+  connection, since only replies to steps already under way can add to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from gateway.config.model import Limits
+from gateway.smtp.input import AWAITING_REPLY, CLIENT_NOT_READING, CommandReader, Event, ReadDecision
+
+# Reply bytes written while the transport's write buffer is already over its bound (the client
+# is not reading); beyond this the connection is dropped.
+MAX_UNREAD_REPLIES = 256 * 1024
+
+
+class FlowSession(Protocol):
+    """What the conversation's pace needs of its SMTP session (L{gateway.smtp.protocol.GatewayESMTP})."""
+
+    transport: Any
+    limits: Limits
+    timeOut: Any
+
+    @property
+    def finished(self) -> bool: ...
+    @property
+    def gone(self) -> bool: ...
+    def handle_event(self, event: Event) -> None: ...
+    def drop(self, why: str) -> None: ...
+    def internal_error(self, reason: Failure) -> None: ...
+    def setTimeout(self, period: Optional[float]) -> Any: ...
+
+
+class Conversation:
+    """Acts on the reader's events at the pace the answers and the transport allow."""
+
+    def __init__(self, session: FlowSession, reader: CommandReader) -> None:
+        self._session = session
+        self._reader = reader
+        self._pumping = False
+        self._unread_replies = 0
+
+    # -- writing (the transport's IPushProducer calls, forwarded by the session)
+
+    def writes_blocked(self) -> None:
+        """
+        The transport's write buffer is full: answer nothing until it drains.  Input is still
+        read, up to the reader's threshold, and only then is reading paused: a TLS layer
+        pauses its producer while its handshake is under way, and the handshake needs the
+        transport to go on reading.
+        """
+        if self._session.gone or self._reader.is_held(CLIENT_NOT_READING):
+            return
+        self._reader.hold(CLIENT_NOT_READING)
+        self._unread_replies = 0
+
+    def writes_drained(self) -> None:
+        """The transport's write buffer has drained: go on with the input read so far."""
+        if not self._reader.is_held(CLIENT_NOT_READING):
+            return
+        self._reader.release(CLIENT_NOT_READING)
+        self.resume_reading(CLIENT_NOT_READING)
+        if not self._session.finished:
+            self.pump()
+
+    def may_send(self, line: bytes) -> bool:
+        """Whether ``line`` may be written (False: the connection was dropped instead)."""
+        if self._reader.is_held(CLIENT_NOT_READING):
+            self._unread_replies += len(line) + 2
+            if self._unread_replies > MAX_UNREAD_REPLIES:
+                self._session.drop(f"more than {MAX_UNREAD_REPLIES} bytes of replies not read")
+                return False
+        return True
+
+    # -- reading
+
+    def received(self, data: bytes) -> bool:
+        """Buffer the client's bytes; False when far too many wait (the caller closes the session)."""
+        decision = self._reader.receive(data)
+        if decision is ReadDecision.OVERFLOW:
+            return False
+        if decision is ReadDecision.PAUSE:
+            self._session.transport.pauseProducing()
+        return True
+
+    def pump(self) -> None:
+        """Act on buffered input until it runs out or the reader is held (a reply is pending)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._session.finished:
+                event = self._reader.next_event()
+                if event is None:
+                    break
+                self._session.handle_event(event)
+        finally:
+            self._pumping = False
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._session.gone and self._reader.pause_reading(reason):
+            self._session.transport.pauseProducing()
+
+    def resume_reading(self, reason: str) -> None:
+        if self._reader.resume_reading(reason) and not self._session.finished:
+            self._session.transport.resumeProducing()
+
+    # -- replies in order
+
+    def wait_for(
+        self, d: Deferred, on_result: Callable[[Any], None],
+        on_failure: Optional[Callable[[Failure], None]] = None,
+        on_gone: Optional[Callable[[Any], None]] = None,
+    ) -> None:
+        """
+        Stop acting on input until ``d`` fires, then call ``on_result``/``on_failure`` (which
+        send the reply) and go on with the pipelined input.  If the client has gone by then,
+        ``on_gone`` gets the result (value or Failure) instead, to release what it holds.
+        """
+        session = self._session
+        self._reader.hold(AWAITING_REPLY)
+
+        def succeeded(value: Any) -> None:
+            if not session.gone:
+                on_result(value)
+            elif on_gone is not None:
+                on_gone(value)
+
+        def failed(reason: Failure) -> None:
+            if not session.gone:
+                (on_failure or session.internal_error)(reason)
+            elif on_gone is not None:
+                on_gone(reason)
+
+        d.addCallbacks(succeeded, failed)
+        d.addErrback(session.internal_error)
+        d.addBoth(self._unblock)
+        if self._reader.is_held(AWAITING_REPLY) and not session.gone:
+            # Still pending: the idle timer is off until the answer comes.  Reading goes on
+            # into the reader's buffer.
+            session.setTimeout(None)
+
+    def _unblock(self, _: Any = None) -> None:
+        session = self._session
+        self._reader.release(AWAITING_REPLY)
+        if session.gone:
+            return
+        self.resume_reading(AWAITING_REPLY)
+        if session.timeOut is None and not session.finished:
+            session.setTimeout(session.limits.idle_timeout)
+        self.pump()
+
+
+__all__ = ["Conversation", "FlowSession", "MAX_UNREAD_REPLIES"]
