@@ -34,7 +34,6 @@ KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset({
     ("delivery", "spool"),
     ("policy", "auth"),
     ("policy", "config"),
-    ("spool", "config"),
     ("spool", "delivery"),
 })
 
@@ -68,9 +67,9 @@ KNOWN_COMPLEX: frozenset[str] = frozenset({
     "gateway/smtp/protocol.py:GatewayESMTP._finish_message",
     "gateway/spool/disk.py:SpoolDisk._import_one",
     "gateway/spool/disk.py:SpoolDisk.scan_incoming",
-    "gateway/spool/runner.py:QueueRunner._apply_request",
-    "gateway/spool/runner.py:QueueRunner._attempt",
-    "gateway/spool/runner.py:QueueRunner._transient",
+    "gateway/queue/runner.py:QueueRunner._apply_request",
+    "gateway/queue/runner.py:QueueRunner._attempt",
+    "gateway/queue/runner.py:QueueRunner._transient",
     "gateway/status/metrics.py:StatusCollector.collect",
     "gateway/testing/fake_graph.py:FakeGraphServer._check_assertion",
     "gateway/testing/fake_graph.py:_route",
@@ -82,7 +81,7 @@ KNOWN_LONG: frozenset[str] = frozenset({
     "gateway/delivery/graph/deliverer.py",
     "gateway/smtp/protocol.py",
     "gateway/spool/disk.py",
-    "gateway/spool/runner.py",
+    "gateway/queue/runner.py",
 })
 
 

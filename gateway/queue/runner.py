@@ -8,7 +8,7 @@ Two waits, both cost-free per entry:
   current due time per id (stale heap items are skipped).  O(log n) per step, so 100,000 queued
   entries neither slow start-up nor each delivery.  Entries are loaded from disk only when due;
   freshly committed ones are handed over in memory by the spool's commit notification.
-- **Waiting for its mailbox** (L{gateway.spool.mailboxes.MailboxQueues}): a due entry waits in
+- **Waiting for its mailbox** (L{gateway.queue.mailboxes.MailboxQueues}): a due entry waits in
   the ready queue of its sending mailbox until a slot is free, the mailbox's pause (a 429's
   Retry-After, a tenant pause) has ended and its pacing token has arrived.  Nothing is read,
   prepared or rescheduled meanwhile; a slot freeing, a pause ending or a token arriving starts
@@ -65,10 +65,10 @@ from gateway.delivery.interfaces import (
     Permanent,
     Transient,
 )
-from gateway.spool.backoff import retry_delay
+from gateway.queue.backoff import retry_delay
+from gateway.queue.mailboxes import MailboxQueues
 from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.interfaces import IQueueSpool, ISpool, SpoolError
-from gateway.spool.mailboxes import MailboxQueues
 
 HISTORY_LIMIT = 50
 EXPIRED_STATUS = "4.4.7"
@@ -102,7 +102,8 @@ class RunnerStats:
 
 
 class QueueRunner(Service):
-    log = Logger()
+    # The namespace from before the runner left gateway.spool: operators filter on it.
+    log = Logger(namespace="gateway.spool.runner")
 
     def __init__(self, spool: ISpool, deliverer: IDeliverer, config: QueueConfig, clock: IReactorTime,
                  observers: Sequence[IDeliveryObserver] = (), random: Callable[[], float] = _random.random,
