@@ -31,10 +31,8 @@ KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset({
     ("config", "auth"),
     ("delivery", "config"),
     ("delivery", "policy"),
-    ("delivery", "spool"),
     ("policy", "auth"),
     ("policy", "config"),
-    ("spool", "delivery"),
 })
 
 # "path:qualified name" of product functions above MAX_COMPLEXITY.  Target: empty.
