@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from gateway.auth.users import MAX_PASSWORD_BYTES, UsersStore
+from gateway.config.users import MAX_PASSWORD_BYTES, UsersStore
 from gateway.policy.interfaces import Identity
 
 # bcrypt("not a password", cost 12): checked against when the login is unknown.
