@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
+from gateway.config.logins import names_of
 from gateway.config.users import MAX_PASSWORD_BYTES, UsersStore
 from gateway.policy.interfaces import Identity
 
@@ -75,7 +76,7 @@ class UsersFileChecker:
             ok = _verify(password[:MAX_PASSWORD_BYTES], hashed)
             if not (ok and usable):
                 return None
-            return Identity(login=record.login, allowed_senders=record.allowed_senders)
+            return Identity(login=record.login, allowed_senders=record.allowed_senders, names=names_of(record.login, None))
 
         def decided(identity: Optional[Identity]) -> Identity:
             if identity is None:
