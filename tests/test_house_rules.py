@@ -70,9 +70,6 @@ KNOWN_COMPLEX: frozenset[str] = frozenset({
     "gateway/smtp/protocol.py:GatewayESMTP._finish_message",
     "gateway/spool/disk.py:SpoolDisk._import_one",
     "gateway/spool/disk.py:SpoolDisk.scan_incoming",
-    "gateway/queue/runner.py:QueueRunner._apply_request",
-    "gateway/queue/runner.py:QueueRunner._attempt",
-    "gateway/queue/runner.py:QueueRunner._transient",
     "gateway/status/metrics.py:StatusCollector.collect",
     "gateway/testing/fake_graph.py:FakeGraphServer._check_assertion",
     "gateway/testing/fake_graph.py:_route",
@@ -84,7 +81,6 @@ KNOWN_LONG: frozenset[str] = frozenset({
     "gateway/delivery/graph/deliverer.py",
     "gateway/smtp/protocol.py",
     "gateway/spool/disk.py",
-    "gateway/queue/runner.py",
 })
 
 
