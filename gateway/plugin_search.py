@@ -100,7 +100,10 @@ def broken_plugin_modules(package: Optional[Any] = None) -> dict[str, str]:
     imported once more here to capture their error.
     """
     if package is None:
-        import twisted.plugins as package
+        import twisted.plugins
+
+        package = twisted.plugins
+    assert package is not None
     cache = getCache(package)
     failures = {}
     for module in getModule(package.__name__).iterModules():

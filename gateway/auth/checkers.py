@@ -72,9 +72,9 @@ class UsersFileChecker:
             # bcrypt comparison is deliberately slow; neither belongs on the reactor thread.
             record = self.store.lookup(login)
             usable = record is not None and not record.disabled and len(password) <= MAX_PASSWORD_BYTES
-            hashed = record.password_hash.encode("ascii") if usable else self._dummy_hash
+            hashed = record.password_hash.encode("ascii") if record is not None and usable else self._dummy_hash
             ok = _verify(password[:MAX_PASSWORD_BYTES], hashed)
-            if not (ok and usable):
+            if record is None or not (ok and usable):
                 return None
             return Identity(login=record.login, allowed_senders=record.allowed_senders, names=names_of(record.login, None))
 

@@ -101,12 +101,13 @@ class PassThroughChecker:
         except UnauthorizedLogin:
             return fail(UnauthorizedLogin())
         name = self.parse(login)
-        password = credentials.password
-        if isinstance(password, bytes):
+        raw: Any = credentials.password
+        if isinstance(raw, bytes):
             try:
-                password = password.decode("utf-8")
+                raw = raw.decode("utf-8")
             except UnicodeDecodeError:
                 return fail(UnauthorizedLogin())
+        password: str = raw
         if name is None or not password or len(password) > MAX_SECRET_LENGTH:
             return fail(UnauthorizedLogin())
         if not self._tenant_allowed(name.tenant_id):

@@ -195,6 +195,13 @@ def build_json_log(options: Mapping[str, Any], context: ObserverContext) -> Json
     return JsonDeliveryLog(path, context.clock, recipients)
 
 
+def _resolver(base: str) -> Callable[[str], str]:
+    """Turns a path from an ``[[observer]]`` entry into an absolute one, relative to ``base``."""
+    def resolve(path: str) -> str:
+        return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    return resolve
+
+
 def discover_observers(package: Any = None) -> Discovery:
     return discover(IDeliveryObserverFactory, "observer", package)
 
@@ -216,10 +223,7 @@ def build_observers(
     observers = []
     for ref in refs:
         factory = discovery.resolve(ref.use, f"{ref.key}.use")
-        context = ObserverContext(
-            clock=clock, hostname=hostname, key=ref.key,
-            resolve=lambda p, base=ref.base_dir: os.path.normpath(os.path.join(base, os.path.expanduser(p))),
-        )
+        context = ObserverContext(clock=clock, hostname=hostname, key=ref.key, resolve=_resolver(ref.base_dir))
         try:
             observer = factory.build(dict(ref.options), context)
         except PolicyConfigError as e:

@@ -79,6 +79,7 @@ class PolicyOptions(PluginOptions):
         code = self.integer(f"{prefix}_code", default_code, 500, 599)
         status = self.string(f"{prefix}_status", default_status)
         check_status(status, code, f"{prefix}_status")
+        assert code is not None and status is not None  # both have defaults; check_status refused a bad one
         return Reject(code, status, text)
 
     def scope(self) -> "Scope":
