@@ -66,7 +66,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
     """
     from twisted.logger import Logger
 
-    from gateway.plugin_search import add_plugin_paths, broken_plugin_modules
+    from gateway.plugins.search import add_plugin_paths, broken_plugin_modules
 
     # Plugin directories first: every plugin lookup must see them.  Broken plugin modules are
     # reported now, whether or not a listener names what they provide.
