@@ -34,11 +34,11 @@ from twisted.internet import defer, reactor, task  # noqa: E402
 
 from gateway.config.model import QueueConfig  # noqa: E402
 from gateway.delivery.interfaces import Delivered  # noqa: E402
+from gateway.queue.runner import QueueRunner  # noqa: E402
 from gateway.spool.disk import SpoolDisk  # noqa: E402
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry  # noqa: E402
 from gateway.spool.fileops import FileOps  # noqa: E402
 from gateway.spool.queueid import new_queue_id  # noqa: E402
-from gateway.spool.runner import QueueRunner  # noqa: E402
 from gateway.spool.store import DirectorySpool  # noqa: E402
 from gateway.threads import ThreadPoolService  # noqa: E402
 

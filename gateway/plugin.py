@@ -54,6 +54,8 @@ from gateway.delivery.observers import IDeliveryObserverFactory, ObserverContext
 from gateway.mail.addresses import Mailbox, canonical, mailbox_key
 from gateway.mail.errors import MailRefusal
 from gateway.mail.message import MessageHeader
+from gateway.plugins.errors import PolicyConfigError
+from gateway.plugins.options import Option
 from gateway.policy.addresses import (
     AddressPattern,
     client_ip,
@@ -74,14 +76,12 @@ from gateway.policy.interfaces import (
     IPolicy,
     IPolicyFactory,
     MessageView,
-    PolicyConfigError,
     Reject,
     SessionView,
     TempFail,
     Verdict,
 )
 from gateway.policy.options import (
-    Option,
     PolicyOptions,
     Scope,
     reject_options,

@@ -207,7 +207,7 @@ def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
     from gateway.auth.passthrough import DispatchingChecker
     from gateway.auth.realm import IdentityRealm
     from gateway.auth.throttle import LoginThrottle
-    from gateway.auth.users import UsersFileError, UsersStore
+    from gateway.config.users import UsersFileError, UsersStore
 
     config = attrs.evolve(new.sections["auth"], passthrough=current.config.passthrough,
                           hash_threads=current.config.hash_threads)

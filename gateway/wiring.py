@@ -66,7 +66,7 @@ def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None,
     """
     from twisted.logger import Logger
 
-    from gateway.plugin_search import add_plugin_paths, broken_plugin_modules
+    from gateway.plugins.search import add_plugin_paths, broken_plugin_modules
 
     # Plugin directories first: every plugin lookup must see them.  Broken plugin modules are
     # reported now, whether or not a listener names what they provide.
@@ -89,10 +89,10 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
     from gateway.delivery.observers import ObserversService, build_observers
     from gateway.policy.redis_connection import redis_service
     from gateway.policy.registry import build_listener_chains
+    from gateway.queue.runner import QueueRunner
     from gateway.smtp.factory import GatewaySMTPFactory
     from gateway.smtp.tls import TLSContextSource
     from gateway.spool.fileops import FileOps
-    from gateway.spool.runner import QueueRunner
     from gateway.spool.store import DirectorySpool
     from gateway.spool.watch import IncomingWatcher
     from gateway.status.metrics import GatewayMetrics

@@ -19,7 +19,7 @@ from gateway.auth.entra import (
     InvalidAppCredentials,
     ITokenAcquirer,
 )
-from gateway.auth.users import UserRecord, write_users
+from gateway.config.users import UserRecord, write_users
 
 TEST_ROUNDS = 4  # bcrypt's minimum cost: fast tests; production uses 12
 

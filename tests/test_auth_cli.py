@@ -8,10 +8,10 @@ import os
 import bcrypt
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.auth.users import load_users
 from gateway.cli import certs as certs_cli
 from gateway.cli import users as users_cli
 from gateway.config.model import ListenerConfig
+from gateway.config.users import load_users
 from gateway.smtp.tls import TLSContextSource
 
 PASSWORD = "a long enough password"

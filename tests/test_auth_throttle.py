@@ -17,7 +17,7 @@ from gateway.auth.checkers import UsersFileChecker
 from gateway.auth.portal import ThrottledPortal
 from gateway.auth.realm import IdentityRealm
 from gateway.auth.throttle import LoginThrottle, ThrottleSettings, throttle_key
-from gateway.auth.users import UsersStore
+from gateway.config.users import UsersStore
 from gateway.policy.interfaces import (
     IAuthenticatedIdentity,
     Identity,

@@ -17,7 +17,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.auth.checkers import UsersFileChecker
-from gateway.auth.users import (
+from gateway.config.users import (
     UserRecord,
     UsersFileError,
     UsersStore,

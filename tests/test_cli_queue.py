@@ -16,9 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.cli import queue as queue_cli
 from gateway.config.model import QueueConfig
 from gateway.delivery.interfaces import Delivered, Transient
+from gateway.queue.runner import QueueRunner
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import AttemptRecord, Envelope, Provenance
-from gateway.spool.runner import QueueRunner
 from gateway.spool.testing import ImmediateReactor, make_test_spool
 from tests.test_queue_runner import ScriptedDeliverer
 

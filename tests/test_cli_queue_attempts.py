@@ -16,9 +16,9 @@ from gateway.cli import queue as queue_cli
 from gateway.cli import sendmail
 from gateway.config.model import QueueConfig
 from gateway.delivery.interfaces import Permanent
+from gateway.queue.runner import QueueRunner
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.runner import QueueRunner
 from gateway.spool.testing import ImmediateReactor, make_test_spool
 from tests.test_queue_runner import ScriptedDeliverer
 

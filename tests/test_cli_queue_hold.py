@@ -14,9 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.cli import queue as queue_cli
 from gateway.config.model import QueueConfig
 from gateway.delivery.interfaces import Transient
+from gateway.queue.runner import QueueRunner
 from gateway.spool.disk import ControlRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.runner import QueueRunner
 from gateway.spool.testing import ImmediateReactor, make_test_spool
 from tests.test_queue_runner import ScriptedDeliverer
 

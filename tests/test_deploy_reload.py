@@ -20,8 +20,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from gateway.auth.users import UserRecord, write_users
 from gateway.config import load_config
+from gateway.config.users import UserRecord, write_users
 from gateway.reload import restart_needed
 from gateway.service import GatewayService
 from gateway.testing.certs import TestCA

@@ -401,7 +401,7 @@ class ConcurrencyTests(TestCase):
 
         from gateway.config.model import QueueConfig
         from gateway.delivery.interfaces import IDeliveryObserver
-        from gateway.spool.runner import QueueRunner
+        from gateway.queue.runner import QueueRunner
         from gateway.testing.memory_spool import MemorySpool
 
         r = yield start_rig(self, reactor, mailbox_rate=60_000.0, mailbox_burst=30)
@@ -477,8 +477,8 @@ class OutageRecoveryTests(TestCase):
 
         from gateway.config.model import QueueConfig
         from gateway.delivery.interfaces import IDeliveryObserver
+        from gateway.queue.runner import QueueRunner
         from gateway.spool.entry import Envelope, Provenance
-        from gateway.spool.runner import QueueRunner
         from gateway.spool.store import DirectorySpool
         from gateway.spool.testing import SynchronousThreadPool
 

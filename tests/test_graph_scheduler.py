@@ -25,9 +25,9 @@ from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.scheduler import MailboxThrottles
 from gateway.delivery.graph.token import AccessToken
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
+from gateway.queue.mailboxes import MailboxQueues
+from gateway.queue.runner import QueueRunner
 from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.mailboxes import MailboxQueues
-from gateway.spool.runner import QueueRunner
 from gateway.spool.store import DirectorySpool
 from gateway.spool.testing import SynchronousThreadPool
 from tests.graph_helpers import make_entry, simple_message, write_message

@@ -29,8 +29,8 @@ from gateway.delivery.graph.credentials import (
 from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.token import AccessToken, TokenError
 from gateway.delivery.interfaces import Delivered
+from gateway.queue.runner import QueueRunner
 from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.runner import QueueRunner
 from gateway.spool.store import DirectorySpool
 from gateway.spool.testing import ImmediateReactor, SynchronousThreadPool
 from tests.graph_helpers import simple_message

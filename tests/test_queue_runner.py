@@ -23,10 +23,10 @@ from gateway.delivery.interfaces import (
     Permanent,
     Transient,
 )
-from gateway.spool.backoff import retry_delay
+from gateway.queue.backoff import retry_delay
+from gateway.queue.runner import QueueRunner
 from gateway.spool.disk import ControlRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
-from gateway.spool.runner import QueueRunner
 from gateway.spool.store import DirectorySpool
 from gateway.spool.testing import ImmediateReactor, SynchronousThreadPool
 from gateway.testing.memory_spool import MemorySpool

@@ -16,8 +16,8 @@ from zope.interface import implementer
 from gateway.config.model import QueueConfig
 from gateway.delivery.capture import CaptureDeliverer
 from gateway.delivery.interfaces import IDeliveryObserver
+from gateway.queue.runner import QueueRunner
 from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.runner import QueueRunner
 from gateway.spool.store import DirectorySpool
 from gateway.threads import ThreadPoolService
 

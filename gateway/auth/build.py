@@ -31,10 +31,10 @@ from gateway.auth.portal import ThrottledPortal
 from gateway.auth.realm import IdentityRealm
 from gateway.auth.relay import RelayAccessPolicy
 from gateway.auth.throttle import LoginThrottle
-from gateway.auth.users import UsersFileError, UsersStore
 from gateway.config.auth import AuthConfig
 from gateway.config.errors import ConfigError
 from gateway.config.model import ListenerConfig
+from gateway.config.users import UsersFileError, UsersStore
 from gateway.threads import ThreadPoolService
 
 

@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
-from gateway.auth.users import MAX_PASSWORD_BYTES, UsersStore
+from gateway.config.logins import names_of
+from gateway.config.users import MAX_PASSWORD_BYTES, UsersStore
 from gateway.policy.interfaces import Identity
 
 # bcrypt("not a password", cost 12): checked against when the login is unknown.
@@ -71,11 +72,11 @@ class UsersFileChecker:
             # bcrypt comparison is deliberately slow; neither belongs on the reactor thread.
             record = self.store.lookup(login)
             usable = record is not None and not record.disabled and len(password) <= MAX_PASSWORD_BYTES
-            hashed = record.password_hash.encode("ascii") if usable else self._dummy_hash
+            hashed = record.password_hash.encode("ascii") if record is not None and usable else self._dummy_hash
             ok = _verify(password[:MAX_PASSWORD_BYTES], hashed)
-            if not (ok and usable):
+            if record is None or not (ok and usable):
                 return None
-            return Identity(login=record.login, allowed_senders=record.allowed_senders)
+            return Identity(login=record.login, allowed_senders=record.allowed_senders, names=names_of(record.login, None))
 
         def decided(identity: Optional[Identity]) -> Identity:
             if identity is None:

@@ -16,12 +16,9 @@ The working secret is handed to the credential store, and the session's L{Identi
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import os
-import uuid
 from typing import Any, Iterable, Optional
 
 import attrs
@@ -40,10 +37,10 @@ from gateway.auth.entra import (
     InvalidAppCredentials,
     ITokenAcquirer,
 )
+from gateway.config.logins import DEFAULT_DELIMITERS, PassThroughName, names_of, parse_passthrough_name
 from gateway.config.secrets import Secret
 from gateway.policy.interfaces import Identity
 
-DEFAULT_DELIMITERS = ("@", ":", "|")
 # Re-check a little before Entra would: a message accepted at the end of the cache lifetime
 # still finds a usable secret at delivery.
 CACHE_MARGIN = 300.0
@@ -52,50 +49,6 @@ MAX_SECRET_LENGTH = 1024
 
 class TemporaryAuthFailure(Exception):
     """The credentials could not be checked right now (Entra unreachable): 454 4.7.0, not 535."""
-
-
-@attrs.frozen
-class PassThroughName:
-    tenant_id: str
-    client_id: str
-    suffix: str = ""
-
-
-def _parse_guid(text: str) -> Optional[str]:
-    if len(text) == 36:
-        try:
-            value = uuid.UUID(text)
-        except ValueError:
-            return None
-        return str(value) if str(value) == text.lower() else None
-    if len(text) in (22, 24):
-        if len(text) == 24 and not text.endswith("=="):
-            return None
-        try:
-            raw = base64.urlsafe_b64decode(text[:22] + "==")
-        except (binascii.Error, ValueError):
-            return None
-        if len(raw) != 16 or base64.urlsafe_b64encode(raw).decode("ascii")[:22] != text[:22]:
-            return None
-        return str(uuid.UUID(bytes=raw))
-    return None
-
-
-def parse_passthrough_name(username: str, delimiters: Iterable[str] = DEFAULT_DELIMITERS) -> Optional[PassThroughName]:
-    """The tenant and client named by ``username``, or ``None`` if it is not a pass-through name."""
-    if not username or len(username) > 512:
-        return None
-    main, dot, suffix = username.partition(".")
-    if dot and (not suffix or not all(c.isprintable() and not c.isspace() for c in suffix)):
-        return None
-    found = [d for d in delimiters if d in main]
-    if len(found) != 1 or main.count(found[0]) != 1:
-        return None
-    tenant_text, _, client_text = main.partition(found[0])
-    tenant, client = _parse_guid(tenant_text), _parse_guid(client_text)
-    if tenant is None or client is None:
-        return None
-    return PassThroughName(tenant, client, suffix)
 
 
 @attrs.define
@@ -148,19 +101,21 @@ class PassThroughChecker:
         except UnauthorizedLogin:
             return fail(UnauthorizedLogin())
         name = self.parse(login)
-        password = credentials.password
-        if isinstance(password, bytes):
+        raw: Any = credentials.password
+        if isinstance(raw, bytes):
             try:
-                password = password.decode("utf-8")
+                raw = raw.decode("utf-8")
             except UnicodeDecodeError:
                 return fail(UnauthorizedLogin())
+        password: str = raw
         if name is None or not password or len(password) > MAX_SECRET_LENGTH:
             return fail(UnauthorizedLogin())
         if not self._tenant_allowed(name.tenant_id):
             self.log.warn("pass-through login for tenant {tenant} refused: not in allowed_tenants", tenant=name.tenant_id)
             return fail(UnauthorizedLogin())
         app = EntraAppCredentials(name.tenant_id, name.client_id, Secret(password, source="SMTP AUTH"))
-        identity = Identity(login=login, allowed_senders=self.allowed_senders, credential_ref=app.credential_ref)
+        identity = Identity(login=login, allowed_senders=self.allowed_senders, credential_ref=app.credential_ref,
+                            names=names_of(login, name))
         key = self._cache_key(name, password)
 
         entry = self._cache.get(key)

@@ -20,18 +20,8 @@ from typing import Any, Deque, Optional
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
+from gateway.config.auth import ThrottleSettings
 from gateway.policy.addresses import client_key
-
-
-@attrs.frozen
-class ThrottleSettings:
-    """Documented defaults: 10 failures per 15 minutes, delays 1 s, 2 s, 4 s … capped at 15 s."""
-
-    max_failures: int = 10
-    window: float = 900.0
-    base_delay: float = 1.0
-    max_delay: float = 15.0
-    max_tracked: int = 100_000
 
 
 @attrs.frozen

@@ -69,7 +69,7 @@ def list_plugins(kind: str, out: TextIO, markdown: bool = False, config_path: Op
     """
     if config_path is None or markdown:
         return _list_plugins(kind, out, markdown)
-    from gateway.plugin_search import add_plugin_paths
+    from gateway.plugins.search import add_plugin_paths
 
     try:
         config = load_config(config_path)

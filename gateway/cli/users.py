@@ -1,5 +1,5 @@
 """
-``graphsmtp-users``: manage the SMTP AUTH users file (see gateway.auth.users for the format).
+``graphsmtp-users``: manage the SMTP AUTH users file (see gateway.config.users for the format).
 
     graphsmtp-users --file users.jsonl add scanner --sender scanner@corp.example
     graphsmtp-users --file users.jsonl add app --sender '*@app.corp.example' --password-stdin < pw
@@ -24,14 +24,6 @@ from typing import Callable, Optional, Sequence, TextIO
 import bcrypt
 
 from gateway.auth.patterns import PatternError, validate_pattern
-from gateway.auth.users import (
-    MAX_PASSWORD_BYTES,
-    UserRecord,
-    UsersFileError,
-    load_users,
-    validate_login,
-    write_users,
-)
 from gateway.cli.sysexits import (
     EX_CANTCREAT,
     EX_CONFIG,
@@ -41,6 +33,14 @@ from gateway.cli.sysexits import (
     EX_SOFTWARE,
     EX_USAGE,
     SysexitsArgumentParser,
+)
+from gateway.config.users import (
+    MAX_PASSWORD_BYTES,
+    UserRecord,
+    UsersFileError,
+    load_users,
+    validate_login,
+    write_users,
 )
 
 DEFAULT_ROUNDS = 12

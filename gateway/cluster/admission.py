@@ -3,7 +3,7 @@ Mailbox admission shared by every gateway of a cluster (``[cluster]`` + ``[redis
 
 Graph's limits are per app and mailbox across every gateway (4 requests in flight; Exchange's
 30 messages a minute), so gateways behind one load balancer must pace each mailbox together.
-The queue runner's per-mailbox ready queues (L{gateway.spool.mailboxes}) pace each node
+The queue runner's per-mailbox ready queues (L{gateway.queue.mailboxes}) pace each node
 alone; with ``[cluster]`` the Graph deliverer also asks L{ClusterAdmission} (``admit`` → a
 slot or L{Later}, ``pause``, ``succeeded``; see L{IMailboxAdmission}) before each send, each
 answer being one Lua script in Redis (L{gateway.cluster.scripts}).  A ``Later`` becomes a

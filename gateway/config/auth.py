@@ -37,12 +37,26 @@ from typing import Callable, Mapping, Optional
 
 import attrs
 
-from gateway.auth.throttle import ThrottleSettings
 from gateway.config.errors import ConfigError
 from gateway.config.reader import TableReader
+from gateway.config.users import UsersFileError, load_users
 from gateway.mail.patterns import PatternError, SenderPattern
 
 _DELIMITERS = ("@", ":", "|")
+
+
+@attrs.frozen
+class ThrottleSettings:
+    """
+    ``[auth.throttle]``: how failed logins are slowed down (used by L{gateway.auth.throttle}).
+    Documented defaults: 10 failures per 15 minutes, delays 1 s, 2 s, 4 s … capped at 15 s.
+    """
+
+    max_failures: int = 10
+    window: float = 900.0
+    base_delay: float = 1.0
+    max_delay: float = 15.0
+    max_tracked: int = 100_000
 
 
 @attrs.frozen
@@ -94,7 +108,6 @@ def parse_auth_section(root: TableReader, environ: Mapping[str, str], resolve: C
 
 
 def _check_users_file(path: str, key: str) -> None:
-    from gateway.auth.users import UsersFileError, load_users
     try:
         load_users(path)
     except UsersFileError as e:
@@ -185,4 +198,4 @@ def _parse_throttle(t: TableReader) -> ThrottleSettings:
     return settings
 
 
-__all__ = ["AuthConfig", "PassThroughConfig", "parse_auth_section", "check_private_file"]
+__all__ = ["AuthConfig", "PassThroughConfig", "ThrottleSettings", "parse_auth_section", "check_private_file"]

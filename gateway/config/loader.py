@@ -85,7 +85,7 @@ def build_config(
     state_dir = resolve(_pick(overrides, "state_dir", gw.string("state_dir", DEFAULT_STATE_DIR)))
     add_message_id = gw.boolean("add_message_id", True)
     add_date = gw.boolean("add_date", True)
-    from gateway.plugin_search import parse_plugin_paths
+    from gateway.config.plugin_paths import parse_plugin_paths
     plugin_paths = parse_plugin_paths(gw.strings("plugin_paths"), resolve, "gateway.plugin_paths")
     gw.finish()
 

@@ -12,6 +12,10 @@ from typing import Hashable, Optional, Union
 import attrs
 from zope.interface import Attribute, Interface
 
+# The spool implements these and owns them (storage sits below delivery); re-exported here
+# because deliverers meet them as part of their contract.
+from gateway.spool.interfaces import IDraftJournal, IEntryQuarantine
+
 #: Transient causes.  A *wait* is not a failure of the message: it never advances the message's
 #: backoff step.  A *shared* cause hits every message of a tenant alike (the next hop is down,
 #: not this message's fault): the first delivery that succeeds afterwards makes the messages
@@ -88,42 +92,6 @@ class IDeliverer(Interface):
         Returns a Deferred that fires with L{Delivered}, L{Transient} or L{Permanent}.  It
         must not errback for expected trouble: an unexpected exception is treated by the queue
         runner as L{Transient}, so nothing is ever lost to a bug in a deliverer.
-        """
-
-
-class IDraftJournal(Interface):
-    """
-    Where a deliverer durably notes the next hop's draft of a message before filling it, so a
-    crash or a failed attempt never leaves it behind: the next attempt (in this process or
-    after a restart) finds the id and deletes (or resumes) the draft first.  Implemented by the
-    spool (L{gateway.spool.store.DirectorySpool} keeps it in ``SpoolEntry.draft_id``); the
-    deliverer gets it injected and never imports the spool.
-    """
-
-    def note_draft(entry, draft_id):
-        """
-        Record that ``entry`` (a L{gateway.spool.entry.SpoolEntry}) now has the draft
-        ``draft_id`` (``None``: no draft any more).  Returns a Deferred that fires once the
-        record is durable (fsynced), or fails if it could not be written.
-        """
-
-    def draft_of(entry):
-        """
-        The draft id last recorded for ``entry``: the journal's own memory wins over
-        ``entry.draft_id``, which may come from a copy read before the last note.
-        """
-
-
-class IEntryQuarantine(Interface):
-    """
-    How a deliverer takes an entry it must never send (its message file no longer matches the
-    digest taken at intake) out of the queue, kept for an admin.  Implemented by the spool.
-    """
-
-    def quarantine(entry, reason: str):
-        """
-        Move ``entry``'s files aside with ``reason``; Deferred firing with where they went.
-        Once it fired, the entry is no longer queued.
         """
 
 

@@ -2,7 +2,8 @@
 Delivery observers: plugins told about every outcome (audit logs, notifications, webhooks).
 
 Observers are ``IDeliveryObserverFactory`` plugins in ``twisted/plugins``, discovered like
-policies and enabled by name in ``[[observer]]`` entries.  Each built observer is wrapped in a
+policies (L{gateway.plugins}: the same discovery, options and lazy plugin object) and enabled
+by name in ``[[observer]]`` entries.  Each built observer is wrapped in a
 L{GuardedObserver}, so an exception or a failed Deferred is logged and never reaches the queue
 runner: an audit log with a full disk must not stop mail.
 
@@ -14,7 +15,6 @@ atomic with respect to other writers of the same file, and compatible with logro
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from datetime import datetime, timezone
@@ -24,18 +24,18 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
-from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.config.errors import ConfigError
 from gateway.delivery.interfaces import (
     Delivered,
     IDeliveryObserver,
     Permanent,
     Transient,
 )
-from gateway.policy.discovery import Discovery, describe, discover
-from gateway.policy.interfaces import PolicyConfigError
-from gateway.policy.options import PolicyOptions
+from gateway.plugins.discovery import Discovery, describe, discover
+from gateway.plugins.errors import PolicyConfigError
+from gateway.plugins.options import PluginOptions
 
 
 class IDeliveryObserverFactory(Interface):
@@ -51,7 +51,7 @@ class IDeliveryObserverFactory(Interface):
     def build(options: Mapping[str, Any], context: Any) -> IDeliveryObserver:
         """
         Return an observer for these options (the entry without ``use``).  Raise
-        L{gateway.policy.interfaces.PolicyConfigError} naming the option for anything invalid.
+        L{gateway.plugins.errors.PolicyConfigError} naming the option for anything invalid.
         An observer may have ``open()`` / ``close()``, called when the gateway starts and stops.
         """
 
@@ -68,20 +68,6 @@ class ObserverContext:
     resolve: Callable[[str], str] = os.path.abspath
     hostname: str = "localhost"
     key: str = "observer"
-
-
-@implementer(IPlugin, IDeliveryObserverFactory)
-@attrs.frozen
-class LazyObserverFactory:
-    """An observer plugin whose builder ``function(options, context)`` in ``module`` is imported on first use."""
-
-    name: str
-    description: str
-    module: str
-    function: str = "build"
-
-    def build(self, options: Mapping[str, Any], context: Any) -> Any:
-        return getattr(importlib.import_module(self.module), self.function)(options, context)
 
 
 @implementer(IDeliveryObserver)
@@ -195,7 +181,7 @@ class JsonDeliveryLog:
 
 
 def build_json_log(options: Mapping[str, Any], context: ObserverContext) -> JsonDeliveryLog:
-    o = PolicyOptions(options)
+    o = PluginOptions(options)
     path = o.string("path")
     if not path:
         raise PolicyConfigError("is required: the file to append JSON lines to", "path")
@@ -207,6 +193,13 @@ def build_json_log(options: Mapping[str, Any], context: ObserverContext) -> Json
         raise PolicyConfigError(f"directory {directory} does not exist", "path")
     assert recipients is not None
     return JsonDeliveryLog(path, context.clock, recipients)
+
+
+def _resolver(base: str) -> Callable[[str], str]:
+    """Turns a path from an ``[[observer]]`` entry into an absolute one, relative to ``base``."""
+    def resolve(path: str) -> str:
+        return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    return resolve
 
 
 def discover_observers(package: Any = None) -> Discovery:
@@ -223,8 +216,6 @@ def build_observers(
     Observers for the ``[[observer]]`` entries (``config.sections["observers"]``), each
     guarded.  Errors are L{gateway.config.ConfigError}s naming the entry and option.
     """
-    from gateway.config.errors import ConfigError
-
     if not refs:
         return []
     if discovery is None:
@@ -232,10 +223,7 @@ def build_observers(
     observers = []
     for ref in refs:
         factory = discovery.resolve(ref.use, f"{ref.key}.use")
-        context = ObserverContext(
-            clock=clock, hostname=hostname, key=ref.key,
-            resolve=lambda p, base=ref.base_dir: os.path.normpath(os.path.join(base, os.path.expanduser(p))),
-        )
+        context = ObserverContext(clock=clock, hostname=hostname, key=ref.key, resolve=_resolver(ref.base_dir))
         try:
             observer = factory.build(dict(ref.options), context)
         except PolicyConfigError as e:
@@ -279,6 +267,6 @@ class ObserversService(Service):
 
 
 __all__ = [
-    "IDeliveryObserverFactory", "ObserverContext", "LazyObserverFactory", "GuardedObserver",
+    "IDeliveryObserverFactory", "ObserverContext", "GuardedObserver",
     "JsonDeliveryLog", "build_json_log", "discover_observers", "build_observers", "ObserversService",
 ]

@@ -2,25 +2,19 @@
 Small building blocks for policies and their plugins.
 
 L{PolicyBase} answers L{Continue} at every step, so a policy overrides only the steps it cares
-about.  L{LazyPolicyFactory} is the plugin object the built-ins ship in
-``twisted/plugins/graphsmtp_policies.py``: like twistd's ``ServiceMaker`` it imports the
-policy's module only when the policy is configured, so plugin discovery stays cheap and a
-problem in one built-in cannot stop the others from being listed.
+about.  The plugin object the built-ins ship in ``twisted/plugins/graphsmtp_policies.py`` is
+L{gateway.plugins.factory.LazyPluginFactory}, shared with the delivery observers.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Mapping
+from typing import Any
 
-import attrs
-from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.policy.interfaces import (
     Continue,
     IPolicy,
-    IPolicyFactory,
     MessageView,
     SessionView,
 )
@@ -45,31 +39,4 @@ class PolicyBase:
         return CONTINUE
 
 
-@implementer(IPlugin, IPolicyFactory)
-@attrs.frozen
-class LazyPolicyFactory:
-    """
-    A policy plugin whose ``build`` is the function ``function(options, context)`` of
-    ``module``, imported on first use.
-    """
-
-    name: str
-    description: str
-    module: str
-    function: str = "build"
-    options_name: str = "OPTIONS"
-
-    def build(self, options: Mapping[str, Any], context: Any) -> Any:
-        return getattr(importlib.import_module(self.module), self.function)(options, context)
-
-    @property
-    def options(self) -> tuple[Any, ...]:
-        """
-        The policy's documented options (L{gateway.policy.options.Option}), declared next to
-        the code that reads them (``OPTIONS`` in ``module``); importing it is fine here, as only
-        ``graphsmtp-config policies`` and the docs generator ask.
-        """
-        return tuple(getattr(importlib.import_module(self.module), self.options_name, ()))
-
-
-__all__ = ["CONTINUE", "PolicyBase", "LazyPolicyFactory"]
+__all__ = ["CONTINUE", "PolicyBase"]

@@ -2,7 +2,7 @@
 The policy catalogue: every policy's documented options, as text for ``graphsmtp-config
 policies`` and as Markdown for ``docs/policies.md``.
 
-Both are rendered from the ``options`` each factory declares (L{gateway.policy.options.Option}),
+Both are rendered from the ``options`` each factory declares (L{gateway.plugins.options.Option}),
 the same list its ``build`` reads with, so the documentation cannot drift from the code: the
 generated file is compared with a fresh rendering by the test suite.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from gateway.policy.options import Option
+from gateway.plugins.options import Option
 
 MARKDOWN_HEADER = """\
 # Built-in policies and their options

@@ -16,6 +16,9 @@ from typing import Any, Mapping, Optional, Union
 import attrs
 from zope.interface import Attribute, Interface
 
+from gateway.config.logins import login_names
+from gateway.plugins.errors import PolicyConfigError
+
 
 @attrs.frozen
 class Identity:
@@ -25,11 +28,19 @@ class Identity:
     ``allowed_senders`` are patterns (exact address, ``*@domain``, glob) for the envelope sender
     and the header From/Sender; an empty tuple means no restriction from the login itself.
     ``credential_ref`` names non-default delivery credentials (Entra pass-through).
+    ``names`` are the canonical names the login is matched by, most specific first
+    (L{gateway.config.logins.login_names}): the auth checker computes them once when it accepts
+    the login, so policies never parse a login; built by hand, they follow from ``login`` and
+    ``credential_ref`` the same way.
     """
 
     login: str
     allowed_senders: tuple[str, ...] = ()
     credential_ref: Optional[str] = None
+    names: tuple[str, ...] = attrs.field(
+        default=attrs.Factory(lambda self: login_names(self.login, self.credential_ref is not None), takes_self=True),
+        eq=False,
+    )
 
 
 @attrs.frozen
@@ -174,19 +185,6 @@ class LoginThrottled(Exception):
     Raised (as a failure of ``portal.login``) when a client has failed too many logins: the
     SMTP layer answers 421 4.7.0 and disconnects instead of 535.
     """
-
-
-class PolicyConfigError(ValueError):
-    """
-    A policy's options are invalid; the message names the option and the problem.
-
-    ``option`` (optional) is the name of the offending option, so start-up can report the full
-    configuration key (``listener.submission.policies[1].messages``) rather than only the text.
-    """
-
-    def __init__(self, message: str, option: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.option = option
 
 
 __all__ = [

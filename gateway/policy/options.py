@@ -1,47 +1,26 @@
 """
 Typed reading of one policy's options, for built-in and third-party policies alike.
 
-Every problem becomes a L{PolicyConfigError} that names the option, so start-up can print
-``listener.submission.policies[1].messages: policy 'rate-limit': must be an integer...``.
-Unknown options are errors (``finish()``): a misspelt option in a security policy silently
-doing nothing is worse than refusing to start.
+L{PolicyOptions} is L{gateway.plugins.options.PluginOptions} (what every plugin reads: strings,
+numbers, durations, networks, with errors that name the option and refusal of unknown ones)
+plus what only policies read: address patterns, a refusal (L{Reject}) and a L{Scope}.
 """
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import re
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
+from typing import Any, Optional
 
 import attrs
 
-from gateway.config.errors import ConfigError
-from gateway.config.reader import TableReader
+from gateway.config.logins import login_patterns
+from gateway.plugins.errors import PolicyConfigError
+from gateway.plugins.options import IPNetwork, Option, PluginOptions, unknown_option_problem
 from gateway.policy.addresses import AddressPattern, client_ip, parse_patterns
-from gateway.policy.interfaces import PolicyConfigError, Reject, SessionView
-
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-T = TypeVar("T")
+from gateway.policy.interfaces import Reject, SessionView
 
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
-
-
-@attrs.frozen
-class Option:
-    """
-    One documented option of a policy: what ``graphsmtp-config policies`` prints and
-    ``docs/policies.md`` is generated from.  ``type`` is how an admin writes it in TOML
-    (``"string"``, ``"integer"``, ``"duration"``, ``"list of address patterns"``...);
-    ``default`` is the value used when the option is absent, as text (``None``: no default,
-    the option is off or required — ``help`` says which).
-    """
-
-    name: str
-    type: str
-    default: Optional[str]
-    help: str
 
 
 def reject_options(prefix: str = "reject", text: str = "Rejected by policy", code: int = 550,
@@ -66,66 +45,11 @@ def scope_options() -> tuple[Option, ...]:
     )
 
 
-class PolicyOptions:
+class PolicyOptions(PluginOptions):
     """
-    Reads values out of a policy's options table (the ``{ use = ..., ... }`` entry without
-    ``use``).  Methods mirror L{gateway.config.reader.TableReader}.  ``declared`` (the policy's
-    L{Option} list, optional) adds its names to the suggestions offered for a misspelt option.
+    Reads a policy's options table: everything L{PluginOptions} reads, plus address patterns,
+    a refusal and a scope.
     """
-
-    def __init__(self, options: Mapping[str, Any], declared: Iterable[Option] = ()) -> None:
-        if not isinstance(options, Mapping):
-            raise PolicyConfigError("options must be a table")
-        self._reader = TableReader(options, "")
-        self._declared = tuple(option.name for option in declared)
-
-    def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return fn(*args)
-        except ConfigError as e:
-            raise PolicyConfigError(e.problem, e.key) from None
-
-    def has(self, name: str) -> bool:
-        return self._reader.has(name)
-
-    def raw(self, name: str, default: Any = None) -> Any:
-        return self._reader.raw(name, default)
-
-    def string(self, name: str, default: Optional[str] = None, choices: Optional[Iterable[str]] = None) -> Optional[str]:
-        return self._read(self._reader.string, name, default, choices)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        return self._read(self._reader.boolean, name, default)
-
-    def integer(self, name: str, default: Optional[int], minimum: int = 0, maximum: Optional[int] = None) -> Optional[int]:
-        if default is None and not self._reader.has(name):
-            self._reader.mark_used(name)
-            return None
-        return self._read(self._reader.integer, name, default, minimum, maximum)
-
-    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
-        return self._read(self._reader.number, name, default, minimum)
-
-    def duration(self, name: str, default: float) -> float:
-        return self._read(self._reader.duration, name, default)
-
-    def size(self, name: str, default: Optional[int]) -> Optional[int]:
-        if default is None and not self._reader.has(name):
-            self._reader.mark_used(name)
-            return None
-        return self._read(self._reader.size, name, default)
-
-    def strings(self, name: str, default: Iterable[str] = ()) -> tuple[str, ...]:
-        return self._read(self._reader.strings, name, default)
-
-    def networks(self, name: str) -> tuple[IPNetwork, ...]:
-        return self._read(self._reader.networks, name)
-
-    def table(self, name: str) -> Mapping[str, Any]:
-        value = self._reader.raw(name, {})
-        if not isinstance(value, Mapping):
-            raise PolicyConfigError("must be a table such as { \"key\" = [...] }", name)
-        return value
 
     def patterns(self, name: str) -> tuple[AddressPattern, ...]:
         """A list of address patterns (exact address, ``*@domain``, glob)."""
@@ -155,6 +79,7 @@ class PolicyOptions:
         code = self.integer(f"{prefix}_code", default_code, 500, 599)
         status = self.string(f"{prefix}_status", default_status)
         check_status(status, code, f"{prefix}_status")
+        assert code is not None and status is not None  # both have defaults; check_status refused a bad one
         return Reject(code, status, text)
 
     def scope(self) -> "Scope":
@@ -165,65 +90,14 @@ class PolicyOptions:
                 raise PolicyConfigError("must not contain empty names", "logins")
         return Scope(logins=tuple(p for login in logins for p in login_patterns(login)), networks=self.networks("networks"))
 
-    def finish(self) -> None:
-        """Refuse options nobody asked for: almost always a typo, so name the nearest valid one."""
-        unknown = sorted(set(self._reader.table) - self._reader.used)
-        if not unknown:
-            return
-        valid = sorted(set(self._declared) | self._reader.used)
-        raise PolicyConfigError(unknown_option_problem(unknown[0], valid), unknown[0])
-
-
-def unknown_option_problem(name: str, valid: Iterable[str]) -> str:
-    """``unknown option; did you mean 'messages'? (valid: ...)`` for a misspelt ``name``."""
-    valid = sorted(set(valid))
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    listing = ", ".join(valid) if valid else "none"
-    return f"unknown option; {hint}(valid options: {listing})"
-
-
-_PASSTHROUGH_DELIMITERS = ("@", ":", "|")
-
-
-def _app_name(text: str) -> Optional[tuple[str, str]]:
-    """(``<tenant>@<client>``, suffix) when ``text`` is an Entra pass-through login name."""
-    from gateway.auth.passthrough import parse_passthrough_name
-
-    name = parse_passthrough_name(text, _PASSTHROUGH_DELIMITERS)
-    if name is None:
-        return None
-    return f"{name.tenant_id}@{name.client_id}".lower(), (name.suffix or "").lower()
-
 
 def login_names(identity: Any) -> tuple[str, ...]:
     """
-    The names a login is matched by, most specific first: as typed (lower-cased) and, for an
-    Entra pass-through login (one with a ``credential_ref``), its app ``<tenant>@<client>``
-    with and without the ``.suffix``.  The device chooses the delimiter, the GUID spelling and
-    the suffix, so a rule or budget on the login text alone could be stepped out of.
+    The names a login is matched by, most specific first: the canonical names the auth checker
+    computed when it accepted the login (L{gateway.config.logins.login_names}), carried by the
+    identity; a policy never parses the login itself.
     """
-    login = identity.login.lower()
-    app = _app_name(identity.login) if getattr(identity, "credential_ref", None) else None
-    if app is None:
-        return (login,)
-    names = [login]
-    if app[1]:
-        names.append(f"{app[0]}.{app[1]}")
-    names.append(app[0])
-    return tuple(dict.fromkeys(names))
-
-
-def login_patterns(text: str) -> tuple[str, ...]:
-    """
-    A configured login (or glob) as written (lower-cased) and, when it is a pass-through name,
-    in the form L{login_names} produces for that app.
-    """
-    cleaned = text.strip().lower()
-    app = _app_name(cleaned)
-    if app is None:
-        return (cleaned,)
-    return tuple(dict.fromkeys((cleaned, f"{app[0]}.{app[1]}" if app[1] else app[0])))
+    return tuple(identity.names)
 
 
 def check_reply_text(text: str, option: str) -> None:
@@ -267,5 +141,5 @@ class Scope:
 
 
 __all__ = [
-    "Option", "reject_options", "scope_options", "unknown_option_problem", "PolicyOptions", "Scope", "check_reply_text", "check_status", "login_names", "login_patterns",
+    "Option", "IPNetwork", "PolicyConfigError", "reject_options", "scope_options", "unknown_option_problem", "PolicyOptions", "Scope", "check_reply_text", "check_status", "login_names", "login_patterns",
 ]

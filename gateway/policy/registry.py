@@ -16,9 +16,9 @@ import attrs
 
 from gateway.config.errors import ConfigError
 from gateway.config.model import PolicyRef
+from gateway.plugins.discovery import Discovery, describe, discover
 from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext
-from gateway.policy.discovery import Discovery, describe, discover
 from gateway.policy.interfaces import IPolicy, IPolicyFactory, PolicyConfigError
 
 

@@ -155,4 +155,41 @@ class IQueueSpool(ISpool):
         """Deferred firing with the ids of the held entries."""
 
 
-__all__ = ["SpoolError", "ISpoolWriter", "ISpool", "IQueueSpool"]
+class IDraftJournal(Interface):
+    """
+    Where a deliverer durably notes the next hop's draft of a message before filling it, so a
+    crash or a failed attempt never leaves it behind: the next attempt (in this process or
+    after a restart) finds the id and deletes (or resumes) the draft first.  Implemented by the
+    spool (L{gateway.spool.store.DirectorySpool} keeps it in ``SpoolEntry.draft_id``) and
+    owned by it, so storage never imports delivery; the deliverer gets it injected and never
+    imports the spool's implementation.
+    """
+
+    def note_draft(entry, draft_id):
+        """
+        Record that ``entry`` (a L{gateway.spool.entry.SpoolEntry}) now has the draft
+        ``draft_id`` (``None``: no draft any more).  Returns a Deferred that fires once the
+        record is durable (fsynced), or fails if it could not be written.
+        """
+
+    def draft_of(entry):
+        """
+        The draft id last recorded for ``entry``: the journal's own memory wins over
+        ``entry.draft_id``, which may come from a copy read before the last note.
+        """
+
+
+class IEntryQuarantine(Interface):
+    """
+    How a deliverer takes an entry it must never send (its message file no longer matches the
+    digest taken at intake) out of the queue, kept for an admin.  Implemented by the spool.
+    """
+
+    def quarantine(entry, reason: str):
+        """
+        Move ``entry``'s files aside with ``reason``; Deferred firing with where they went.
+        Once it fired, the entry is no longer queued.
+        """
+
+
+__all__ = ["SpoolError", "ISpoolWriter", "ISpool", "IQueueSpool", "IDraftJournal", "IEntryQuarantine"]

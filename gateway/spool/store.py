@@ -24,7 +24,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.delivery.interfaces import IDraftJournal, IEntryQuarantine
 from gateway.spool.conditions import RepeatedErrors
 from gateway.spool.disk import (
     CommitRequest,
@@ -37,7 +36,7 @@ from gateway.spool.disk import (
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
 from gateway.spool.group_commit import GroupCommitter
-from gateway.spool.interfaces import IQueueSpool, ISpool, SpoolError
+from gateway.spool.interfaces import IDraftJournal, IEntryQuarantine, IQueueSpool, ISpool, SpoolError
 from gateway.spool.queueid import is_queue_id, new_queue_id
 from gateway.spool.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER, DirectorySpoolWriter
 

@@ -34,8 +34,8 @@ class StatusRealm:
 def guarded(resource: Any, users_file: str, reactor: Any, threadpool: Any) -> HTTPAuthSessionWrapper:
     """``resource`` behind HTTP Basic; logins from ``users_file`` (bcrypt checks run in ``threadpool``)."""
     from gateway.auth.checkers import UsersFileChecker
-    from gateway.auth.users import UsersFileError, UsersStore
     from gateway.config.errors import ConfigError
+    from gateway.config.users import UsersFileError, UsersStore
 
     try:
         store = UsersStore(users_file)

@@ -2,36 +2,42 @@
 graphsmtp's built-in policies, discovered exactly like third-party ones.
 
 Each object is an ``IPolicyFactory`` plugin; its module is imported only when a listener's
-``policies`` list names it, so discovery stays cheap (see gateway.policy.base.LazyPolicyFactory).
+``policies`` list names it, so discovery stays cheap (see gateway.plugins.factory.LazyPluginFactory).
 """
 
-from gateway.policy.base import LazyPolicyFactory
+from gateway.plugins.factory import LazyPluginFactory
+from gateway.policy.interfaces import IPolicyFactory
 
-senderAllowlist = LazyPolicyFactory(
+senderAllowlist = LazyPluginFactory(
+    IPolicyFactory,
     "sender-allowlist",
     "Allowed envelope senders and header From/Sender addresses, globally, per login or per network",
     "gateway.policy.sender_allowlist",
 )
 
-recipientRules = LazyPolicyFactory(
+recipientRules = LazyPluginFactory(
+    IPolicyFactory,
     "recipient-rules",
     "Allow or deny recipient addresses and domains (e.g. internal-only relays)",
     "gateway.policy.recipient_rules",
 )
 
-rateLimit = LazyPolicyFactory(
+rateLimit = LazyPluginFactory(
+    IPolicyFactory,
     "rate-limit",
     "Messages/recipients per window per login, client IP, sender or mailbox (memory or Redis)",
     "gateway.policy.rate_limit",
 )
 
-headerRewrite = LazyPolicyFactory(
+headerRewrite = LazyPluginFactory(
+    IPolicyFactory,
     "header-rewrite",
     "Rewrite From/Sender/Reply-To, add/replace/remove headers, tag subjects, strip internal headers",
     "gateway.policy.header_rewrite",
 )
 
-maxRecipients = LazyPolicyFactory(
+maxRecipients = LazyPluginFactory(
+    IPolicyFactory,
     "max-recipients",
     "A lower recipient limit for a listener, login or network (452 4.5.3)",
     "gateway.policy.limits",
@@ -39,7 +45,8 @@ maxRecipients = LazyPolicyFactory(
     "MAX_RECIPIENTS_OPTIONS",
 )
 
-sizeLimit = LazyPolicyFactory(
+sizeLimit = LazyPluginFactory(
+    IPolicyFactory,
     "size-limit",
     "A lower message size limit for a listener, login or network (552 5.3.4)",
     "gateway.policy.limits",

@@ -2,7 +2,7 @@
 How long Graph's throttling pauses a sending mailbox.
 
 Admission itself (concurrency, pacing, waiting out a pause) is the queue runner's job: it keeps
-one ready queue per sending mailbox (L{gateway.spool.mailboxes}) and hands the deliverer only
+one ready queue per sending mailbox (L{gateway.queue.mailboxes}) and hands the deliverer only
 what that mailbox can start now.  What stays here is the Graph-specific part: a 429 pauses one
 mailbox for its ``Retry-After``, or — without one — for a pause that grows with each
 consecutive throttle of that mailbox and resets at its first success.  The deliverer reports

@@ -1,5 +1,6 @@
 """
-Finding named plugins in ``twisted/plugins`` without losing the broken ones.
+Finding named plugins in ``twisted/plugins`` without losing the broken ones (policies and
+delivery observers alike: each passes the factory interface it looks for).
 
 ``twisted.plugin.getPlugins`` is the discovery mechanism (so third-party plugins are found
 exactly like the built-ins), but it only ``log.err``s a plugin module that fails to import and
@@ -72,7 +73,9 @@ def discover(interface: Any, kind: str, package: Optional[ModuleType] = None) ->
     have a ``name``.  ``kind`` ("policy", "observer") is used in messages.
     """
     if package is None:
-        import twisted.plugins as package
+        import twisted.plugins
+
+        package = twisted.plugins
     plugins: dict[str, Any] = {}
     providers: dict[str, list[str]] = {}
     broken: dict[str, str] = {}

@@ -10,9 +10,12 @@ Format (JSON Lines, one user per line; blank lines and lines starting with ``#``
 - ``hash``: a bcrypt hash (``$2b$``/``$2a$``/``$2y$``).  Anything else, in particular a plaintext
   password, makes the whole file invalid: a file that worked with a typo'd plaintext entry
   would quietly turn into a password store nobody meant to keep.
-- ``allowed_senders``: sender patterns (see gateway.auth.patterns), at least one; ``["*"]``
+- ``allowed_senders``: sender patterns (see gateway.mail.patterns), at least one; ``["*"]``
   allows any address and has to be written out on purpose.
 - ``disabled`` (optional): the login is refused without deleting it.
+
+It lives in config/ because it is configuration read at start-up and on reload (a broken file
+stops ``[auth] users_file`` from loading); auth's checkers consume it and never the other way.
 
 JSON Lines because it is written by a tool (``graphsmtp-users``) as often as by hand, each line
 stands alone (errors name the line), and the standard library reads and writes it.  The file is
@@ -32,7 +35,7 @@ from typing import Iterable, Mapping, Optional
 import attrs
 from twisted.logger import Logger
 
-from gateway.auth.patterns import PatternError, validate_pattern
+from gateway.mail.patterns import PatternError, SenderPattern
 from gateway.private_files import replace_private_file
 
 _BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
@@ -108,7 +111,7 @@ def parse_users(text: str, path: str) -> dict[str, UserRecord]:
         if not isinstance(senders, list) or not senders:
             raise UsersFileError(f"{where}: login {login!r}: \"allowed_senders\" must be a non-empty list (use [\"*\"] for any sender)")
         try:
-            patterns = tuple(validate_pattern(p) for p in senders)
+            patterns = tuple(SenderPattern.parse(p).text for p in senders)
         except PatternError as e:
             raise UsersFileError(f"{where}: login {login!r}: allowed_senders: {e}") from None
         disabled = data.get("disabled", False)

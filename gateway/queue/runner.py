@@ -8,7 +8,7 @@ Two waits, both cost-free per entry:
   current due time per id (stale heap items are skipped).  O(log n) per step, so 100,000 queued
   entries neither slow start-up nor each delivery.  Entries are loaded from disk only when due;
   freshly committed ones are handed over in memory by the spool's commit notification.
-- **Waiting for its mailbox** (L{gateway.spool.mailboxes.MailboxQueues}): a due entry waits in
+- **Waiting for its mailbox** (L{gateway.queue.mailboxes.MailboxQueues}): a due entry waits in
   the ready queue of its sending mailbox until a slot is free, the mailbox's pause (a 429's
   Retry-After, a tenant pause) has ended and its pacing token has arrived.  Nothing is read,
   prepared or rescheduled meanwhile; a slot freeing, a pause ending or a token arriving starts
@@ -35,6 +35,12 @@ One log line per state change of a message, carrying the structured fields ``que
 (sent/deferred/bounced), ``attempt`` and ``reason``: ``delivered {queue_id}``,
 ``deferred {queue_id} attempt {n} retry in {s}s: {reason}``, ``failed {queue_id}: {reason}``
 (``received`` is logged by intake, or by the spool for sendmail).  Nothing is logged per wait.
+
+This module holds the schedule and one delivery attempt; what an outcome does to the spool is
+L{gateway.queue.outcomes}, and work arriving through incoming/ is L{gateway.queue.requests}
+(both mixins of L{QueueRunner}).  The runner knows the spool as L{ISpool} / L{IQueueSpool} and
+the deliverer as L{IDeliverer} (with L{IMailboxRouting} when it offers it), never their
+implementations.
 """
 
 from __future__ import annotations
@@ -55,8 +61,6 @@ from twisted.python.failure import Failure
 
 from gateway.config.model import QueueConfig
 from gateway.delivery.interfaces import (
-    SHARED_CAUSES,
-    WAIT_CAUSES,
     Delivered,
     IDeliverer,
     IDeliveryObserver,
@@ -65,25 +69,17 @@ from gateway.delivery.interfaces import (
     Permanent,
     Transient,
 )
-from gateway.spool.backoff import retry_delay
-from gateway.spool.entry import AttemptRecord, SpoolEntry
-from gateway.spool.interfaces import IQueueSpool, ISpool, SpoolError
-from gateway.spool.mailboxes import MailboxQueues
+from gateway.queue.mailboxes import MailboxQueues
+from gateway.queue.outcomes import HISTORY_LIMIT, OutcomeHandling, duration_text
+from gateway.queue.requests import AdminRequests
+from gateway.spool.entry import SpoolEntry
+from gateway.spool.interfaces import IQueueSpool, ISpool
 
-HISTORY_LIMIT = 50
-EXPIRED_STATUS = "4.4.7"
 # A loaded record whose real next attempt is later than its schedule hint by more than this
 # is put back to wait; smaller differences are clock noise.
 _EARLY_SLACK = 1.0
 #: Records read at once to learn the mailbox of due entries the runner has not seen yet.
 CLASSIFY_CONCURRENCY = 4
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 @attrs.define
@@ -101,8 +97,9 @@ class RunnerStats:
     released_after_outage: int = 0
 
 
-class QueueRunner(Service):
-    log = Logger()
+class QueueRunner(AdminRequests, OutcomeHandling, Service):
+    # The namespace from before the runner left gateway.spool: operators filter on it.
+    log = Logger(namespace="gateway.spool.runner")
 
     def __init__(self, spool: ISpool, deliverer: IDeliverer, config: QueueConfig, clock: IReactorTime,
                  observers: Sequence[IDeliveryObserver] = (), random: Callable[[], float] = _random.random,
@@ -121,7 +118,7 @@ class QueueRunner(Service):
         self._due: dict[str, float] = {}
         self._seq = itertools.count()
         self._cache: dict[str, SpoolEntry] = {}
-        self._routing = IMailboxRouting.providedBy(deliverer)
+        self._routing: Optional[IMailboxRouting] = IMailboxRouting(deliverer, None)
         self.mailboxes = MailboxQueues(config.concurrency, self._limits)
         self._keys: dict[str, Hashable] = {}
         self._interned: dict[Hashable, Hashable] = {}
@@ -260,22 +257,18 @@ class QueueRunner(Service):
         The sending mailbox's key: the deliverer's routing, else the mailbox recorded at intake,
         else the envelope sender in lower case (older records), within the entry's credentials.
         """
-        if self._routing:
-            key = self.deliverer.mailbox_key(entry)
+        if self._routing is not None:
+            key = self._routing.mailbox_key(entry)
         else:
             key = MailboxKey(entry.provenance.credential_ref,
                              (entry.sending_mailbox or entry.envelope.sender or "").lower())
         return self._interned.setdefault(key, key)
 
     def _limits(self, key: Hashable) -> tuple[Optional[int], Optional[float], int]:
-        if not self._routing:
+        if self._routing is None:
             return None, None, 1
-        limits = self.deliverer.mailbox_limits
+        limits = self._routing.mailbox_limits
         return limits.concurrency, limits.rate, limits.burst
-
-    @staticmethod
-    def _tenant_of(key: Hashable) -> Any:
-        return getattr(key, "tenant", None)
 
     def _learn(self, entry: SpoolEntry) -> Hashable:
         key = self._key_of(entry)
@@ -477,24 +470,60 @@ class QueueRunner(Service):
         outage = self._outage.get(self._tenant_of(key))
         if outage is not None:
             outage.discard(queue_id)
+        entry = yield self._entry_to_attempt(queue_id, forced)
+        if entry is None:
+            return
+        outcome = yield self._run_deliverer(queue_id, entry)
+        # The next hop is done with it: the mailbox's slot frees now (after any pause it asked
+        # for), not after the spool bookkeeping below (a record rewrite is an fsync).
+        self._release_slot(queue_id)
+        if isinstance(outcome, Transient):
+            self._apply_pause(key, outcome, self.clock.seconds())
+        elif isinstance(outcome, Delivered):
+            self._recovered_tenant(key)
+        self._pump()
+        if queue_id in self._delete_requested:
+            yield self._delete_now(queue_id)
+        elif isinstance(outcome, Delivered):
+            self._forget(queue_id)
+            yield self._delivered(entry, outcome, key)
+        elif isinstance(outcome, Permanent):
+            yield self._refused(entry, outcome, key)
+        else:
+            yield self._transient(entry, outcome, key)
+
+    @inlineCallbacks
+    def _entry_to_attempt(self, queue_id: str, forced: bool) -> Any:
+        """
+        The entry to hand over now, or None when there is nothing to attempt: it is gone, could
+        not be read (tried again later), was deleted by an admin meanwhile, or is not due yet.
+        """
         entry = self._cache.pop(queue_id, None)
         if entry is None:
             try:
                 entry = yield self.spool.load(queue_id)
             except KeyError:
                 self._forget(queue_id)
-                return  # deleted, delivered elsewhere, or quarantined (the spool logged it)
+                return None  # deleted, delivered elsewhere, or quarantined (the spool logged it)
             except Exception:
                 self.log.failure("could not load {queue_id}; trying again later", queue_id=queue_id)
                 self._schedule(queue_id, self.clock.seconds() + self.config.retry_schedule[0])
-                return
+                return None
         if queue_id in self._delete_requested:
             yield self._delete_now(queue_id)
-            return
+            return None
         if not forced and entry.next_attempt_at > self.clock.seconds() + _EARLY_SLACK:
             self._remember(entry)
             self._schedule(queue_id, entry.next_attempt_at)
-            return
+            return None
+        return entry
+
+    @inlineCallbacks
+    def _run_deliverer(self, queue_id: str, entry: SpoolEntry) -> Any:
+        """
+        The deliverer's outcome for ``entry``, always one of Delivered, Transient or Permanent:
+        an exception, a hung attempt or a wrong value becomes a Transient.
+        """
         attempt = maybeDeferred(self.deliverer.deliver, entry)
         # A safety net, not the deliverer's own timeouts: a hung attempt must not hold a
         # delivery slot (and the message) forever.  It may have reached the next hop.
@@ -508,14 +537,7 @@ class QueueRunner(Service):
         try:
             outcome = yield attempt
         except Exception:
-            if expired:
-                self.stats.deliverer_errors += 1
-                self.log.error("delivery attempt for {queue_id} still unfinished after {timeout}s; cancelled",
-                               queue_id=queue_id, timeout=self.config.attempt_timeout)
-                outcome = Transient(reason=f"delivery attempt timed out after {_duration(self.config.attempt_timeout)}",
-                                    possibly_delivered=True)
-            else:
-                outcome = self._deliverer_raised(queue_id, Failure())
+            outcome = self._timed_out(queue_id) if expired else self._deliverer_raised(queue_id, Failure())
         finally:
             timer = self._attempt_timers.pop(queue_id, None)
             if timer is not None and timer.active():
@@ -525,295 +547,19 @@ class QueueRunner(Service):
             self.log.error("deliverer returned {outcome!r} for {queue_id}; treating as transient",
                            outcome=outcome, queue_id=queue_id)
             outcome = Transient(reason="internal error: deliverer returned no outcome")
-        # The next hop is done with it: the mailbox's slot frees now (after any pause it asked
-        # for), not after the spool bookkeeping below (a record rewrite is an fsync).
-        self._release_slot(queue_id)
-        if isinstance(outcome, Transient):
-            self._apply_pause(key, outcome, self.clock.seconds())
-        elif isinstance(outcome, Delivered):
-            self._recovered_tenant(key)
-        self._pump()
-        if queue_id in self._delete_requested:
-            yield self._delete_now(queue_id)
-            return
-        if isinstance(outcome, Delivered):
-            self._forget(queue_id)
-            yield self._delivered(entry, outcome, key)
-        elif isinstance(outcome, Permanent):
-            reason = f"{outcome.status} {outcome.reason}" + (f" ({outcome.remote_code})" if outcome.remote_code else "")
-            # The refused attempt counts: a message failed on its first try shows 1 attempt.
-            history = (entry.history + (AttemptRecord(at=self.clock.seconds(), reason=reason),))[-HISTORY_LIMIT:]
-            yield self._failed(attrs.evolve(entry, attempts=entry.attempts + 1, history=history), outcome, reason, key)
-        else:
-            yield self._transient(entry, outcome, key)
+        return outcome
 
-    # -- outcomes --------------------------------------------------------------------------
-
-    def _fields(self, entry: SpoolEntry, key: Hashable, status: str, attempt: int, reason: str) -> dict:
-        """The structured fields of a state-change line (rendered Postfix-style or as JSON)."""
-        return {
-            "queue_id": entry.queue_id,
-            "from": entry.envelope.sender,
-            "to": list(entry.envelope.recipients),
-            "size": entry.size,
-            "relay": getattr(self.deliverer, "relay", "graph"),  # "capture": the local outbox, not Graph
-            "mailbox": getattr(key, "mailbox", None) or entry.sending_mailbox or entry.envelope.sender,
-            "delay": round(max(0.0, self.clock.seconds() - entry.received_at), 3),
-            "status": status,
-            "attempt": attempt,
-            "reason": reason,
-        }
-
-    @inlineCallbacks
-    def _delivered(self, entry: SpoolEntry, outcome: Delivered, key: Hashable = None) -> Any:
-        self.stats.delivered += 1
-        self.log.info("delivered {queue_id}", detail=outcome.detail,
-                      **self._fields(entry, key, "sent", entry.attempts + 1, outcome.detail))
-        try:
-            yield self.spool.remove(entry)
-        except Exception as e:
-            # Left queued on disk: after a restart it may be delivered again (never lost).
-            if not isinstance(e, SpoolError):  # disk trouble: the spool logs it once per condition
-                self.log.failure("could not remove delivered {queue_id} from the spool", queue_id=entry.queue_id)
-        self._notify("delivered", entry, outcome)
-
-    @inlineCallbacks
-    def _failed(self, entry: SpoolEntry, outcome: Permanent, reason: str, key: Hashable = None) -> Any:
-        try:
-            failed_entry = yield self.spool.fail(entry, reason)
-        except Exception as e:
-            if not isinstance(e, SpoolError):  # disk trouble: the spool logs it once per condition
-                self.log.failure("could not move {queue_id} to failed/; it stays queued", queue_id=entry.queue_id)
-            self._schedule(entry.queue_id, self.clock.seconds() + self.config.retry_schedule[-1])
-            return
-        self._forget(entry.queue_id)
-        self.stats.failed += 1
-        self.log.warn("failed {queue_id}: {reason}",
-                      **self._fields(entry, key, "bounced", max(entry.attempts, 1), reason))
-        self._notify("failed", failed_entry if isinstance(failed_entry, SpoolEntry) else entry, outcome)
-
-    def _apply_pause(self, key: Hashable, outcome: Transient, now: float) -> None:
-        """Honour a deliverer's "start nothing for this mailbox (or tenant) before T"."""
-        until = outcome.pause_until
-        if until is None or until <= now:
-            return
-        if outcome.pause_scope != "tenant":
-            self.mailboxes.pause(key, until, now)
-            return
-        tenant = self._tenant_of(key)
-        previous = self._tenant_pauses.get(tenant)
-        if previous is not None and previous[0] > now:
-            # The same condition again (deliveries already under way when it began): once.
-            self._tenant_pauses[tenant] = (max(previous[0], until), previous[1], previous[2] + 1)
-        else:
-            self._tenant_pauses[tenant] = (until, outcome.reason, 1)
-            # The deliverer raises the alarm (once per condition); this is the runner's echo.
-            self.log.debug("deliveries for tenant {tenant} held for {seconds}s: {reason}",
-                          tenant=tenant or "default", seconds=round(until - now), reason=outcome.reason)
-        for mq in self.mailboxes.queues():
-            if self._tenant_of(mq.key) == tenant:
-                self.mailboxes.pause(mq.key, until, now)
-
-    def _recovered_tenant(self, key: Hashable) -> None:
-        """A delivery succeeded: the tenant's shared trouble is over; what it held back is due."""
-        tenant = self._tenant_of(key)
-        pause = self._tenant_pauses.pop(tenant, None)
-        if pause is not None and pause[2] > 1:
-            self.log.info("deliveries for tenant {tenant} resumed ({count} reports of: {reason})",
-                          tenant=tenant or "default", count=pause[2], reason=pause[1])
-        held = self._outage.pop(tenant, None)
-        if not held:
-            return
-        now = self.clock.seconds()
-        released = 0
-        for queue_id in held:
-            if queue_id in self._due and self._due[queue_id] > now:
-                self._force_now.add(queue_id)
-                self._schedule(queue_id, now)
-                released += 1
-        if released:
-            self.stats.released_after_outage += released
-            self.log.info("tenant {tenant} is reachable again: {count} message(s) deferred by the outage are due "
-                          "now, at their mailboxes' pace", tenant=tenant or "default", count=released)
-
-    @inlineCallbacks
-    def _transient(self, entry: SpoolEntry, outcome: Transient, key: Hashable = None) -> Any:
-        now = self.clock.seconds()
-        expires_at = entry.received_at + self.config.max_lifetime
-        if not outcome.attempted and now < expires_at:
-            # Scheduling, not failure: nothing was sent, so no attempt, no spool write, no
-            # observer; after a crash the old next-attempt time simply makes it due sooner.
-            next_at = outcome.retry_at if outcome.retry_at is not None else (
-                outcome.pause_until if outcome.pause_until is not None else now + self.config.retry_schedule[0])
-            if not self._stopping:
-                self._remember(entry)
-                self._requeue(entry.queue_id, key, max(next_at, now), now)
-            return
-        attempts = entry.attempts + 1
-        record = AttemptRecord(at=now, reason=outcome.reason, cause=outcome.cause)
-        history = (entry.history + (record,))[-HISTORY_LIMIT:]
-        if outcome.possibly_delivered:
-            self.stats.possibly_delivered += 1
-            self.log.warn("possibly delivered {queue_id} (attempt {attempt}): the next hop may have it; "
-                          "a retry may duplicate it", queue_id=entry.queue_id, attempt=attempts)
-        if now >= expires_at:
-            expired = attrs.evolve(entry, attempts=attempts, history=history)
-            reason = f"queue lifetime of {_duration(self.config.max_lifetime)} expired; last error: {outcome.reason}"
-            yield self._failed(expired, Permanent(reason=reason, status=EXPIRED_STATUS), reason, key)
-            return
-        if outcome.retry_at is not None:
-            next_at = max(outcome.retry_at, now)
-        elif outcome.cause in WAIT_CAUSES:
-            # A wait, not a failure: back when the pause ends, without a backoff step.
-            next_at = max(outcome.pause_until or now + self.config.retry_schedule[0], now)
-        else:
-            failures = sum(1 for h in history if h.counts_as_failure)
-            delay = retry_delay(failures, self.config.retry_schedule, self.config.jitter, self.random)
-            # The last try happens when the lifetime ends, not a whole backoff step later.
-            next_at = min(now + delay, expires_at)
-        deferred_entry = attrs.evolve(entry, attempts=attempts, next_attempt_at=next_at, history=history)
-        try:
-            yield self.spool.update(deferred_entry)
-        except KeyError:
-            self._forget(entry.queue_id)
-            return  # removed while we were delivering
-        except Exception as e:
-            if not isinstance(e, SpoolError):  # disk trouble: the spool logs it once per condition
-                self.log.failure("could not record the failed attempt of {queue_id}", queue_id=entry.queue_id)
-        self.stats.deferred += 1
-        self.log.info("deferred {queue_id} attempt {attempt} retry in {retry_in}s: {reason}",
-                      retry_in=round(next_at - now), **self._fields(entry, key, "deferred", attempts, outcome.reason))
-        if not self._stopping:
-            if outcome.cause in SHARED_CAUSES:
-                self._outage.setdefault(self._tenant_of(key), set()).add(entry.queue_id)
-            self._remember(deferred_entry)
-            self._requeue(entry.queue_id, key, next_at, now)
-        self._notify("deferred", deferred_entry, outcome)
-
-    def _requeue(self, queue_id: str, key: Hashable, next_at: float, now: float) -> None:
-        """
-        Back in line: at the head of its mailbox queue when all it waits for is the mailbox's
-        pause (no timer of its own), else in the time heap.
-        """
-        if key is not None and next_at <= max(self.mailboxes.paused_until(key), now):
-            if queue_id in self._in_flight:
-                self._front_after_flight[queue_id] = key
-            else:
-                self._push(key, queue_id, now, front=True)
-        else:
-            self._schedule(queue_id, next_at)
+    def _timed_out(self, queue_id: str) -> Transient:
+        self.stats.deliverer_errors += 1
+        self.log.error("delivery attempt for {queue_id} still unfinished after {timeout}s; cancelled",
+                       queue_id=queue_id, timeout=self.config.attempt_timeout)
+        return Transient(reason=f"delivery attempt timed out after {duration_text(self.config.attempt_timeout)}",
+                         possibly_delivered=True)
 
     def _deliverer_raised(self, queue_id: str, failure: Failure) -> Transient:
         self.stats.deliverer_errors += 1
         self.log.failure("deliverer raised for {queue_id}; treating as transient", failure, queue_id=queue_id)
         return Transient(reason=f"internal error in deliverer: {failure.type.__name__}")
-
-    def _notify(self, method: str, entry: SpoolEntry, outcome: Any) -> None:
-        for observer in self.observers:
-            d = maybeDeferred(getattr(observer, method), entry, outcome)
-            d.addErrback(lambda f, o=observer: self.log.failure(
-                "delivery observer {observer!r} failed on {event} for {queue_id}", f,
-                observer=o, event=method, queue_id=entry.queue_id))
-
-    # -- incoming and admin requests -------------------------------------------------------
-
-    def _scan_incoming(self) -> Deferred:
-        """Never fails (a failing LoopingCall would stop for good)."""
-        if self._scanning:
-            # Something may have landed after the running scan listed the directory: look
-            # again as soon as it finishes rather than at the next tick.
-            self._scan_again = True
-            return succeed(None)
-        self._scanning = True
-        self._scan_again = False
-        d = maybeDeferred(self.spool.scan_incoming)
-        d.addCallback(self._incoming_found)
-        d.addErrback(lambda f: self.log.failure("scanning the spool's incoming directory failed", f))
-
-        def done(_: Any) -> Any:
-            self._scanning = False
-            if self._scan_again and self.running and not self._stopping:
-                return self._scan_incoming()
-            return None
-        return d.addBoth(done)
-
-    @inlineCallbacks
-    def _incoming_found(self, scan: Any) -> Any:
-        for entry in scan.entries:
-            self._committed(entry)
-        for request in scan.requests:
-            try:
-                yield self._apply_request(request.action, request.target)
-            except Exception:
-                self.log.failure("admin request {action} {target} failed", action=request.action, target=request.target)
-
-    @inlineCallbacks
-    def _apply_request(self, action: str, target: str) -> Any:
-        now = self.clock.seconds()
-        if action == "retry":
-            targets = list(self._due) if target == "all" else [target]
-            self.log.info("retry of {target} requested by admin", target=target)
-            for queue_id in targets:
-                if queue_id in self._in_flight:
-                    continue
-                self._force_now.add(queue_id)
-                self._schedule(queue_id, now)
-        elif action == "delete":
-            if target in self._in_flight:
-                self._delete_requested.add(target)
-            else:
-                yield self._delete_now(target)
-        elif action == "requeue":
-            entry = yield self.spool.requeue(target)
-            self.log.info("requeued {queue_id} from failed/ by admin request", queue_id=target)
-            self._committed(entry)
-        elif action == "hold":
-            targets = ([*self._due, *self.mailboxes.ids(), *self._in_flight] if target == "all" else [target])
-            for queue_id in targets:
-                if queue_id in self._in_flight:
-                    self._hold_requested.add(queue_id)  # held once its attempt is recorded
-                else:
-                    yield self._hold_now(queue_id)
-        elif action == "release":
-            targets = (list((yield self.spool.held_ids())) + sorted(self._hold_requested)
-                       if target == "all" else [target])
-            for queue_id in targets:
-                if queue_id in self._hold_requested:
-                    self._hold_requested.discard(queue_id)  # released before its hold took effect
-                    continue
-                try:
-                    entry = yield self.spool.release(queue_id)
-                except KeyError:
-                    continue
-                self.log.info("released {queue_id} from hold by admin request", queue_id=queue_id)
-                self._committed(entry)
-        self._pump()
-
-    def _hold_now(self, queue_id: str) -> Deferred:
-        """
-        Out of the schedule at once (so nothing dispatches it meanwhile), then out of queue/:
-        a held entry is invisible to the runner, so it is never attempted and never expires.
-        """
-        self._hold_requested.discard(queue_id)
-        self._force_now.discard(queue_id)
-        self._due.pop(queue_id, None)
-        self.mailboxes.discard(queue_id)
-        self._forget(queue_id)
-        d = self.spool.hold(queue_id)
-        d.addCallback(lambda _: self.log.info("held {queue_id} by admin request", queue_id=queue_id))
-        d.addErrback(lambda f: None if f.check(KeyError) else self.log.failure(
-            "could not hold {queue_id}", f, queue_id=queue_id))
-        return d
-
-    @inlineCallbacks
-    def _delete_now(self, queue_id: str) -> Any:
-        self._delete_requested.discard(queue_id)
-        self._due.pop(queue_id, None)
-        self.mailboxes.discard(queue_id)
-        self._forget(queue_id)
-        existed = yield self.spool.delete(queue_id)
-        if existed:
-            self.log.info("deleted {queue_id} by admin request", queue_id=queue_id)
 
 
 __all__ = ["QueueRunner", "RunnerStats", "HISTORY_LIMIT"]

@@ -5,7 +5,8 @@ Where plugins are looked for: ``[gateway] plugin_paths``, and which plugin modul
 entry.  Before ``plugin_paths`` the only way to add a directory was ``PYTHONPATH``, which a
 systemd unit or a test run easily loses; now each configured directory is put on ``sys.path``
 (so the plugin's own package imports) and its ``twisted/plugins/`` on ``twisted.plugins``'s
-search path, at start-up, before any plugin is looked up.
+search path, at start-up, before any plugin is looked up.  The configured directories are
+checked when the configuration loads (L{gateway.config.plugin_paths}).
 
 A plugin module that fails to import is dropped by ``getPlugins`` with a traceback nobody
 connects to a missing policy.  L{broken_plugin_modules} names each such module with its
@@ -18,35 +19,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import attrs
 from twisted.plugin import getCache
 from twisted.python.modules import getModule
-
-from gateway.config.errors import ConfigError
-
-
-def parse_plugin_paths(values: Iterable[str], resolve: Callable[[str], str], key: str) -> tuple[str, ...]:
-    """
-    The configured directories, absolute; each must exist and contain ``twisted/plugins/``
-    (a directory pointing one level too deep or too shallow is the usual mistake: say so).
-    """
-    paths = []
-    for i, value in enumerate(values):
-        where = f"{key}[{i}]"
-        if not value.strip():
-            raise ConfigError(where, "must be a directory, not an empty string")
-        path = resolve(value)
-        if not os.path.isdir(path):
-            raise ConfigError(where, f"{path} is not a directory")
-        if not os.path.isdir(os.path.join(path, "twisted", "plugins")):
-            hint = ""
-            if os.path.basename(path) == "plugins" and os.path.basename(os.path.dirname(path)) == "twisted":
-                hint = f" (give the directory that contains twisted/, here {os.path.dirname(os.path.dirname(path))})"
-            raise ConfigError(where, f"{path} has no twisted/plugins/ directory{hint}")
-        paths.append(path)
-    return tuple(dict.fromkeys(paths))
 
 
 @attrs.define(eq=False)
@@ -100,7 +77,10 @@ def broken_plugin_modules(package: Optional[Any] = None) -> dict[str, str]:
     imported once more here to capture their error.
     """
     if package is None:
-        import twisted.plugins as package
+        import twisted.plugins
+
+        package = twisted.plugins
+    assert package is not None
     cache = getCache(package)
     failures = {}
     for module in getModule(package.__name__).iterModules():
@@ -117,4 +97,4 @@ def broken_plugin_modules(package: Optional[Any] = None) -> dict[str, str]:
     return failures
 
 
-__all__ = ["parse_plugin_paths", "add_plugin_paths", "PluginSearchPath", "broken_plugin_modules"]
+__all__ = ["add_plugin_paths", "PluginSearchPath", "broken_plugin_modules"]
