@@ -76,7 +76,7 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
     local = _local_change(components, new, auth, reactor)
     if local is not None:
         changes.append(local)
-    observers = build_observers(new.sections.get("observers", ()), reactor, new.hostname)
+    observers = build_observers(new.observers, reactor, new.hostname)
     opened = []
     try:
         for observer in observers:
@@ -91,66 +91,84 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
 
 def apply_reload(plan: ReloadPlan, components: Any) -> None:
     """Swap the prepared pieces in.  Runs in the reactor thread and cannot fail half way."""
+    for change in plan.listeners:
+        _apply_listener(change, plan.config, components)
+    components.auth = plan.auth
+    _swap_observers(tuple(plan.observers), components)
+
+
+def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Any) -> None:
+    if change.tls is not None:
+        change.part.tls.adopt(change.tls)
+    change.part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
+                                    new.add_message_id, new.add_date)
+    change.part.config = change.listener
+    if change.local is not None:
+        from gateway.smtp.local import DropOffJudge
+
+        change.part.factory.local = change.local
+        if hasattr(components.spool, "import_judge"):
+            components.spool.import_judge = DropOffJudge(change.chain, change.local)
+
+
+def _swap_observers(configured: tuple, components: Any) -> None:
+    """The ``[[observer]]`` observers replace the previous ones wherever observers are told."""
     from gateway.delivery.observers import ObserversService
 
-    new = plan.config
-    for change in plan.listeners:
-        if change.tls is not None:
-            change.part.tls.adopt(change.tls)
-        change.part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
-                                        new.add_message_id, new.add_date)
-        change.part.config = change.listener
-        if change.local is not None:
-            from gateway.smtp.local import DropOffJudge
-
-            change.part.factory.local = change.local
-            if hasattr(components.spool, "import_judge"):
-                components.spool.import_judge = DropOffJudge(change.chain, change.local)
-    components.auth = plan.auth
     old = list(components.configured_observers)
-    others = [o for o in components.observers if all(o is not c for c in old)]
-    components.configured_observers = list(plan.observers)
-    components.observers = [*plan.observers, *others]
-    runner = components.runner
-    runner.observers = (*plan.observers, *(o for o in runner.observers if all(o is not c for c in old)))
+
+    def others(observers: Any) -> list:
+        return [o for o in observers if all(o is not c for c in old)]
+
+    components.configured_observers = list(configured)
+    components.observers = [*configured, *others(components.observers)]
+    components.runner.observers = (*configured, *others(components.runner.observers))
     for service in components.services:
         if isinstance(service, ObserversService):
-            service.observers = [*plan.observers, *(o for o in service.observers if all(o is not c for c in old))]
+            service.observers = [*configured, *others(service.observers)]
     _close(old)
+
+
+#: What a restart changes, by the GatewayConfig field that holds it, named as in the file.
+_RESTART_SECTIONS = (
+    ("state_dir", "gateway] state_dir"), ("spool", "spool"), ("queue", "queue"), ("capture", "delivery.capture"),
+    ("deliverer", "delivery"), ("graph", "graph"), ("plugin_paths", "gateway] plugin_paths"),
+)
+_RESTART_FEATURES = ("redis", "status", "cluster")
 
 
 def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
     """What differs from the started configuration but only takes effect after a restart."""
-    notes = []
+    notes = _listener_restarts(started, new)
+    notes += [f"[{name}] changed" for key, name in _RESTART_SECTIONS if getattr(started, key) != getattr(new, key)]
+    if _local_socket(started) != _local_socket(new):
+        notes.append("[local] socket or mode changed")
+    notes += [f"[{key}] changed" for key in _RESTART_FEATURES if getattr(started, key) != getattr(new, key)]
+    if started.auth.passthrough != new.auth.passthrough:
+        notes.append("[auth.passthrough] changed")
+    if started.auth.hash_threads != new.auth.hash_threads:
+        notes.append("[auth] hash_threads changed")
+    return notes
+
+
+def _listener_restarts(started: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Listeners added or removed, and what of a running one needs a new socket."""
     running = {listener.name: listener for listener in started.listeners}
     wanted = {listener.name: listener for listener in new.listeners}
-    for name in sorted(set(wanted) - set(running)):
-        notes.append(f"listener {name} was added ({wanted[name].endpoint})")
-    for name in sorted(set(running) - set(wanted)):
-        notes.append(f"listener {name} was removed (still listening on {running[name].endpoint})")
+    notes = [f"listener {name} was added ({wanted[name].endpoint})" for name in sorted(set(wanted) - set(running))]
+    notes += [f"listener {name} was removed (still listening on {running[name].endpoint})"
+              for name in sorted(set(running) - set(wanted))]
     for name in sorted(set(running) & set(wanted)):
         before, after = running[name], wanted[name]
-        for key in ("endpoint", "tls", "proxy_protocol"):
-            if getattr(before, key) != getattr(after, key):
-                notes.append(f"listener {name} {key} changed ({getattr(before, key)} -> {getattr(after, key)})")
-    for key in ("state_dir", "spool", "queue", "capture", "deliverer", "graph", "plugin_paths"):
-        if getattr(started, key) != getattr(new, key):
-            notes.append(f"[{_section_name(key)}] changed")
-    before_local, after_local = started.sections.get("local"), new.sections.get("local")
-    before_socket = (before_local.socket or None, before_local.mode) if before_local is not None else (None, None)
-    after_socket = (after_local.socket or None, after_local.mode) if after_local is not None else (None, None)
-    if before_socket[0] != after_socket[0] or (after_socket[0] and before_socket[1] != after_socket[1]):
-        notes.append("[local] socket or mode changed")
-    for key in ("redis", "status", "cluster"):
-        if started.sections.get(key) != new.sections.get(key):
-            notes.append(f"[{key}] changed")
-    before_auth, after_auth = started.sections.get("auth"), new.sections.get("auth")
-    if before_auth is not None and after_auth is not None:
-        if before_auth.passthrough != after_auth.passthrough:
-            notes.append("[auth.passthrough] changed")
-        if before_auth.hash_threads != after_auth.hash_threads:
-            notes.append("[auth] hash_threads changed")
+        notes += [f"listener {name} {key} changed ({getattr(before, key)} -> {getattr(after, key)})"
+                  for key in ("endpoint", "tls", "proxy_protocol") if getattr(before, key) != getattr(after, key)]
     return notes
+
+
+def _local_socket(config: GatewayConfig) -> tuple:
+    """The ``[local]`` socket as bound: its path, and its mode when there is one."""
+    socket = config.local.socket or None
+    return (socket, config.local.mode) if socket else (None, None)
 
 
 def _local_change(components: Any, new: GatewayConfig, auth: Any, reactor: Any) -> Optional[ListenerChange]:
@@ -164,7 +182,7 @@ def _local_change(components: Any, new: GatewayConfig, auth: Any, reactor: Any) 
     from gateway.smtp.local import LocalSubmissionFactory, check_allowed_senders
     from gateway.wiring import _capped_listeners
 
-    local = new.sections.get("local")
+    local = new.local
     parts = [part for part in components.listeners if isinstance(part.factory, LocalSubmissionFactory)]
     if not parts or local is None or not local.socket:
         return None
@@ -192,11 +210,6 @@ def _chain(listener: ListenerConfig, policies: Any, guard: Any, components: Any)
     return _counting_chain(listener, policies, guard, metrics)
 
 
-def _section_name(key: str) -> str:
-    return {"state_dir": "gateway] state_dir", "plugin_paths": "gateway] plugin_paths", "capture": "delivery.capture",
-            "deliverer": "delivery"}.get(key, key)
-
-
 def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
     """
     A new users file checker and (when its settings changed) a new login throttle, on the
@@ -209,7 +222,7 @@ def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
     from gateway.auth.throttle import LoginThrottle
     from gateway.auth.users import UsersFileError, UsersStore
 
-    config = attrs.evolve(new.sections["auth"], passthrough=current.config.passthrough,
+    config = attrs.evolve(new.auth, passthrough=current.config.passthrough,
                           hash_threads=current.config.hash_threads)
     users: Optional[UsersStore] = None
     checker = None

@@ -61,8 +61,8 @@ class GatewayService(MultiService):
             certificates = TimerService(CERTIFICATE_CHECK_INTERVAL, self.check_certificates)
             certificates.clock = reactor
             certificates.setServiceParent(self)
-        status = config.sections.get("status")
-        if status is not None and status.endpoint:
+        status = config.status
+        if status.endpoint:
             from gateway.status.web import status_service
 
             parts = status_service(status, self.components, reactor, config.hostname)
@@ -109,7 +109,7 @@ class GatewayService(MultiService):
                    for part in self.components.listeners}
         status = getattr(self, "status", None)
         if status is not None:
-            binding[id(status)] = f"status endpoint ({self.config.sections['status'].endpoint})"
+            binding[id(status)] = f"status endpoint ({self.config.status.endpoint})"
         return binding
 
     def startService(self) -> None:

@@ -101,8 +101,7 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
 
     # One registry per gateway, made here and handed to whoever counts (never module state).
     metrics = GatewayMetrics()
-    status = config.sections.get("status")
-    recent = RecentDeliveries(reactor, status.recent if status is not None else 50)
+    recent = RecentDeliveries(reactor, config.status.recent)
     services: list = []
     disk = ThreadPoolService("graphsmtp-spool", 1, config.spool.threads)
     services.append(disk)
@@ -110,10 +109,9 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
     spool = DirectorySpool(config.spool.directory, disk.pool, reactor, archive_delivered=config.spool.archive_delivered,
                            fileops=fileops,
                            hold_new=config.queue.hold_new)
-    cluster = config.sections.get("cluster")
-    spool.disk.node = cluster.node_id if cluster is not None else config.hostname
+    spool.disk.node = config.cluster.node_id if config.cluster is not None else config.hostname
 
-    auth = build_auth(config.sections["auth"], config.state_dir, reactor=reactor, graph_config=config.graph)
+    auth = build_auth(config.auth, config.state_dir, reactor=reactor, graph_config=config.graph)
     services.extend(auth.services)
 
     # Redis starts before the deliverer's services: [cluster] admission shares it.
@@ -130,7 +128,7 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
         # spool's IDraftJournal / IEntryQuarantine, without importing it.
         deliverer.journal = spool
 
-    configured_observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
+    configured_observers = build_observers(config.observers, reactor, config.hostname)
     observers = [*configured_observers, *delivery_observers]
     services.append(ObserversService(observers))
     observers.extend([recent, DeliveryDelayObserver(reactor, metrics.delivered_after)])
@@ -202,8 +200,8 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any
     listener whose sessions are logged in by the kernel's peer credentials, guarded by the
     same relay policy and running the ``[local]`` chain.
     """
-    local = config.sections.get("local")
-    if local is None or not local.socket:
+    local = config.local
+    if not local.socket:
         return None
     from gateway.policy.context import PolicyContext
     from gateway.policy.registry import build_chain
@@ -251,7 +249,7 @@ def _cluster_admission(config: GatewayConfig, reactor: Any, redis: Any) -> tuple
     With ``[cluster]``: the mailbox admission every gateway of the cluster shares through Redis
     (and its service, which renews leases); without: None (the runner's queues pace alone).
     """
-    cluster = config.sections.get("cluster")
+    cluster = config.cluster
     if cluster is None or redis is None:
         return None, []
     from gateway.cluster.admission import ClusterAdmission
