@@ -18,13 +18,16 @@ and thread counts) is compared with the configuration the gateway *started* with
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 from twisted.cred.portal import Portal
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import ListenerConfig
+
+if TYPE_CHECKING:
+    from gateway.wiring import Components
 
 
 @attrs.frozen
@@ -49,17 +52,17 @@ class ReloadPlan:
     restart_needed: tuple[str, ...]
 
 
-def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, reactor: Any) -> ReloadPlan:
+def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Components, reactor: Any) -> ReloadPlan:
     """Build the new pieces (see the module docstring); raises on any problem, changes nothing."""
     from gateway.delivery.observers import build_observers
     from gateway.policy.registry import build_listener_chains
     from gateway.smtp.tls import TLSContextSource
-    from gateway.wiring import _capped_listeners
+    from gateway.wiring import capped_listeners, counting_chain
 
     restart = restart_needed(started, new)
     auth = _rebuild_auth(components.auth, new, reactor)
     chains = build_listener_chains(new, reactor, components.redis)
-    wanted = {listener.name: listener for listener in _capped_listeners(new)}
+    wanted = {listener.name: listener for listener in capped_listeners(new)}
     changes = []
     for part in components.listeners:
         listener = wanted.get(part.config.name)
@@ -68,7 +71,7 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
         # What needs a new socket stays as it was bound.
         listener = attrs.evolve(listener, endpoint=part.config.endpoint, tls=part.config.tls,
                                 proxy_protocol=part.config.proxy_protocol)
-        chain = _chain(listener, chains[listener.name].policies, auth.relay_policy(listener), components)
+        chain = counting_chain(listener, chains[listener.name].policies, auth.relay_policy(listener), components.metrics)
         tls = None
         if part.tls is not None and _tls_files(listener) != _tls_files(part.tls.listener):
             tls = TLSContextSource(listener)
@@ -89,7 +92,7 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
     return ReloadPlan(new, auth, tuple(changes), tuple(observers), tuple(restart))
 
 
-def apply_reload(plan: ReloadPlan, components: Any) -> None:
+def apply_reload(plan: ReloadPlan, components: Components) -> None:
     """Swap the prepared pieces in.  Runs in the reactor thread and cannot fail half way."""
     for change in plan.listeners:
         _apply_listener(change, plan.config, components)
@@ -97,7 +100,7 @@ def apply_reload(plan: ReloadPlan, components: Any) -> None:
     _swap_observers(tuple(plan.observers), components)
 
 
-def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Any) -> None:
+def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Components) -> None:
     if change.tls is not None:
         change.part.tls.adopt(change.tls)
     change.part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
@@ -111,7 +114,7 @@ def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Any)
             components.spool.import_judge = DropOffJudge(change.chain, change.local)
 
 
-def _swap_observers(configured: tuple, components: Any) -> None:
+def _swap_observers(configured: tuple, components: Components) -> None:
     """The ``[[observer]]`` observers replace the previous ones wherever observers are told."""
     from gateway.delivery.observers import ObserversService
 
@@ -171,43 +174,23 @@ def _local_socket(config: GatewayConfig) -> tuple:
     return (socket, config.local.mode) if socket else (None, None)
 
 
-def _local_change(components: Any, new: GatewayConfig, auth: Any, reactor: Any) -> Optional[ListenerChange]:
+def _local_change(components: Components, new: GatewayConfig, auth: Any, reactor: Any) -> Optional[ListenerChange]:
     """
     The ``[local]`` socket's new allowed senders, limits and policy chain, built as
     L{gateway.wiring} builds them at start-up; None when there is no socket now or in the new
     file (a socket added or removed is reported by L{restart_needed}).
     """
-    from gateway.policy.context import PolicyContext
-    from gateway.policy.registry import build_chain
     from gateway.smtp.local import LocalSubmissionFactory, check_allowed_senders
-    from gateway.wiring import _capped_listeners
+    from gateway.wiring import local_chain
 
-    local = new.local
     parts = [part for part in components.listeners if isinstance(part.factory, LocalSubmissionFactory)]
-    if not parts or local is None or not local.socket:
+    if not parts or not new.local.socket:
         return None
     [part] = parts
-    check_allowed_senders(local)
-    [listener] = _capped_listeners(attrs.evolve(new, listeners=(local.listener(),)))
+    check_allowed_senders(new.local)
+    listener, chain = local_chain(new, reactor, components.redis, auth, components.metrics)
     listener = attrs.evolve(listener, endpoint=part.config.endpoint)  # the bound socket stays
-    context = PolicyContext(clock=reactor, listener=listener.name, redis=components.redis, hostname=new.hostname,
-                            limits=listener.limits)
-    chain = _chain(listener, build_chain(local.policies, context).policies, auth.relay_policy(listener), components)
-    return ListenerChange(part, listener, chain, None, local=local)
-
-
-def _chain(listener: ListenerConfig, policies: Any, guard: Any, components: Any) -> Any:
-    """
-    A listener's new chain, its refusals counted on /metrics as at start-up (without the
-    counting wrappers a reload silently stopped graphsmtp_policy_refusals_total).
-    """
-    from gateway.policy.chain import PolicyChain
-    from gateway.wiring import _counting_chain
-
-    metrics = getattr(components, "metrics", None)
-    if metrics is None:
-        return PolicyChain(policies, guard=guard)
-    return _counting_chain(listener, policies, guard, metrics)
+    return ListenerChange(part, listener, chain, None, local=new.local)
 
 
 def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
