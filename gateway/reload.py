@@ -27,28 +27,33 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import ListenerConfig
 
 if TYPE_CHECKING:
-    from gateway.wiring import Components
+    from gateway.auth.build import Authentication
+    from gateway.config.local import LocalConfig
+    from gateway.policy.chain import PolicyChain
+    from gateway.smtp.tls import TLSContextSource
+    from gateway.wiring import Components, ListenerParts
 
 
 @attrs.frozen
 class ListenerChange:
     """The new settings of one running listener, ready to swap in."""
 
-    part: Any
+    part: "ListenerParts"
     listener: ListenerConfig
-    chain: Any
-    portal: Any
-    tls: Any = None
+    chain: "PolicyChain"
+    portal: Optional[Portal]
+    #: New certificate files to adopt (None: the running ones stay).
+    tls: Optional["TLSContextSource"] = None
     #: The [local] socket's new LocalConfig (per-user allowed senders), None for a [[listener]].
-    local: Any = None
+    local: Optional["LocalConfig"] = None
 
 
 @attrs.frozen
 class ReloadPlan:
     config: GatewayConfig
-    auth: Any
+    auth: "Authentication"
     listeners: tuple[ListenerChange, ...]
-    observers: tuple
+    observers: tuple[Any, ...]
     restart_needed: tuple[str, ...]
 
 
@@ -101,17 +106,18 @@ def apply_reload(plan: ReloadPlan, components: Components) -> None:
 
 
 def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Components) -> None:
-    if change.tls is not None:
-        change.part.tls.adopt(change.tls)
-    change.part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
-                                    new.add_message_id, new.add_date)
-    change.part.config = change.listener
+    part = change.part
+    if change.tls is not None and part.tls is not None:  # only a TLS listener gets new files
+        part.tls.adopt(change.tls)
+    part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
+                             new.add_message_id, new.add_date)
+    part.config = change.listener
     if change.local is not None:
-        from gateway.smtp.local import DropOffJudge
+        from gateway.smtp.local import DropOffJudge, LocalSubmissionFactory
 
-        change.part.factory.local = change.local
-        if hasattr(components.spool, "import_judge"):
-            components.spool.import_judge = DropOffJudge(change.chain, change.local)
+        if isinstance(part.factory, LocalSubmissionFactory):  # the [local] socket's part
+            part.factory.local = change.local
+        components.spool.import_judge = DropOffJudge(change.chain, change.local)
 
 
 def _swap_observers(configured: tuple, components: Components) -> None:

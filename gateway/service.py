@@ -13,7 +13,7 @@ once, which is why this class orders the stop itself.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
@@ -36,6 +36,9 @@ from gateway.wiring import (
     given_delivery,
     load_plugins,
 )
+
+if TYPE_CHECKING:
+    from gateway.status.web import StatusServices
 
 
 @attrs.frozen
@@ -63,22 +66,21 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
         spool = build_spool(config, reactor)
         auth = build_auth(config.auth, config.state_dir, reactor=reactor, graph_config=config.graph)
         redis = redis_service(config.redis, reactor)  # before delivery: [cluster] admission shares it
-        if options.deliverer is None:
-            delivery = build_delivery(config, reactor, spool, auth, metrics, redis)
-        else:
-            delivery = given_delivery(options.deliverer)
+        delivery = (given_delivery(options.deliverer) if options.deliverer is not None
+                    else build_delivery(config, reactor, spool, auth, metrics, redis))
         observers = build_observers(config, reactor, delivery, metrics)
         queue = build_queue(config, reactor, spool.spool, delivery.deliverer, observers)
         listeners = build_listeners(config, reactor, spool.spool, auth, redis, metrics, listen=options.listen)
+        services = [spool.pool, *auth.services, *([redis] if redis is not None else []), *delivery.services,
+                    observers.service, *queue.services, *listeners.services]  # in start order
         components = Components(
             spool=spool.spool, deliverer=delivery.deliverer, runner=queue.runner, listeners=list(listeners.parts),
-            services=[spool.pool, *auth.services, *([redis] if redis is not None else []), *delivery.services,
-                      observers.service, *queue.services, *listeners.services],
-            auth=auth, observers=list(observers.all), metrics=metrics, recent=observers.recent,
+            services=services, auth=auth, observers=list(observers.all), metrics=metrics, recent=observers.recent,
             health=delivery.health, configured_observers=list(observers.configured), redis=redis,
             plugin_search=plugins.search, broken_plugins=plugins.broken)
         status = build_status(config, components, reactor) if options.listen else None
-    return GatewayService(config, components, reactor, status=status, certificates=certificate_watch(components, reactor),
+        certificates = certificate_watch(components, reactor)
+    return GatewayService(config, components, reactor, status=status, certificates=certificates,
                           config_loader=options.reload_config, install_signal_handlers=options.install_signal_handlers)
 
 
@@ -100,7 +102,8 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, components: Components, reactor: Any, *, status: Any = None,
+    def __init__(self, config: GatewayConfig, components: Components, reactor: Any, *,
+                 status: Optional[StatusServices] = None,
                  certificates: Optional[IService] = None, install_signal_handlers: bool = True,
                  config_loader: Optional[Callable[[], GatewayConfig]] = None) -> None:
         super().__init__()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from gateway.status.interfaces import IHealthSource
     from gateway.status.metrics import GatewayMetrics
     from gateway.status.recent import RecentDeliveries
+    from gateway.status.web import StatusServices
     from gateway.threads import ThreadPoolService
 
 
@@ -361,7 +362,7 @@ def capped_listeners(config: GatewayConfig) -> list[ListenerConfig]:
     ]
 
 
-def build_status(config: GatewayConfig, components: Components, reactor: Any) -> Any:
+def build_status(config: GatewayConfig, components: Components, reactor: Any) -> Optional["StatusServices"]:
     """
     The ``[status]`` endpoint's web service and thread pool (L{gateway.status.web.StatusServices}),
     reading the running components; None without ``[status] endpoint``.

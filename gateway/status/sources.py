@@ -2,12 +2,12 @@
 L{ComponentsStatusSource}: the one adapter that knows where each status fact lives today.
 
 The page and the metrics read an L{IStatusSource}; this class answers from the wired
-components — the listener factories and services, the queue runner, the deliverer's tenant
-health and mailbox scheduler, the AUTH throttle, the recent-deliveries recorder and the spool.
+components — the listener factories and services, the queue runner and its mailbox queues,
+the delivery side's L{IHealthSource} (tenants, ``[cluster]``, mailbox pauses; handed over by
+the composition root), the AUTH throttle, the recent-deliveries recorder and the spool.
 
-Tenant health is translated by L{tenant_status}, the single place that maps whatever health
-object the deliverer offers onto ``ok / degraded / needs admin``: point it at a richer object
-(per-tenant token probing) and nothing else changes.
+Tenant health is translated by L{tenant_status}, the single place that maps the health values
+an L{IHealthSource} lists onto ``ok / degraded / needs admin``.
 """
 
 from __future__ import annotations

@@ -20,12 +20,14 @@ import json
 from typing import Any
 
 import attrs
+from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from gateway.status.interfaces import IStatusSource
 from gateway.status.metrics import GatewayMetrics
+from gateway.threads import ThreadPoolService
 
 _log = Logger(namespace="gateway.status.web")
 
@@ -170,9 +172,9 @@ def _version() -> str:
 class StatusServices:
     """The status endpoint's listening service and the thread pool its spool reads and logins use."""
 
-    web: Any
-    pool: Any
-    source: Any
+    web: StreamServerEndpointService
+    pool: ThreadPoolService
+    source: IStatusSource
 
 
 def status_service(status: Any, components: Any, reactor: Any, hostname: str = "localhost") -> StatusServices:
@@ -182,12 +184,10 @@ def status_service(status: Any, components: Any, reactor: Any, hostname: str = "
     """
     from functools import partial
 
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
     from gateway.status.sources import ComponentsStatusSource
-    from gateway.threads import ThreadPoolService
 
     pool = ThreadPoolService("graphsmtp-status", 1, 2)
     source = ComponentsStatusSource(
