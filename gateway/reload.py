@@ -18,7 +18,7 @@ and thread counts) is compared with the configuration the gateway *started* with
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 from twisted.cred.portal import Portal
@@ -26,40 +26,48 @@ from twisted.cred.portal import Portal
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import ListenerConfig
 
+if TYPE_CHECKING:
+    from gateway.auth.build import Authentication
+    from gateway.config.local import LocalConfig
+    from gateway.policy.chain import PolicyChain
+    from gateway.smtp.tls import TLSContextSource
+    from gateway.wiring import Components, ListenerParts
+
 
 @attrs.frozen
 class ListenerChange:
     """The new settings of one running listener, ready to swap in."""
 
-    part: Any
+    part: "ListenerParts"
     listener: ListenerConfig
-    chain: Any
-    portal: Any
-    tls: Any = None
+    chain: "PolicyChain"
+    portal: Optional[Portal]
+    #: New certificate files to adopt (None: the running ones stay).
+    tls: Optional["TLSContextSource"] = None
     #: The [local] socket's new LocalConfig (per-user allowed senders), None for a [[listener]].
-    local: Any = None
+    local: Optional["LocalConfig"] = None
 
 
 @attrs.frozen
 class ReloadPlan:
     config: GatewayConfig
-    auth: Any
+    auth: "Authentication"
     listeners: tuple[ListenerChange, ...]
-    observers: tuple
+    observers: tuple[Any, ...]
     restart_needed: tuple[str, ...]
 
 
-def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, reactor: Any) -> ReloadPlan:
+def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Components, reactor: Any) -> ReloadPlan:
     """Build the new pieces (see the module docstring); raises on any problem, changes nothing."""
     from gateway.delivery.observers import build_observers
     from gateway.policy.registry import build_listener_chains
     from gateway.smtp.tls import TLSContextSource
-    from gateway.wiring import _capped_listeners
+    from gateway.wiring import capped_listeners, counting_chain
 
     restart = restart_needed(started, new)
     auth = _rebuild_auth(components.auth, new, reactor)
     chains = build_listener_chains(new, reactor, components.redis)
-    wanted = {listener.name: listener for listener in _capped_listeners(new)}
+    wanted = {listener.name: listener for listener in capped_listeners(new)}
     changes = []
     for part in components.listeners:
         listener = wanted.get(part.config.name)
@@ -68,7 +76,7 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
         # What needs a new socket stays as it was bound.
         listener = attrs.evolve(listener, endpoint=part.config.endpoint, tls=part.config.tls,
                                 proxy_protocol=part.config.proxy_protocol)
-        chain = _chain(listener, chains[listener.name].policies, auth.relay_policy(listener), components)
+        chain = counting_chain(listener, chains[listener.name].policies, auth.relay_policy(listener), components.metrics)
         tls = None
         if part.tls is not None and _tls_files(listener) != _tls_files(part.tls.listener):
             tls = TLSContextSource(listener)
@@ -76,7 +84,7 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
     local = _local_change(components, new, auth, reactor)
     if local is not None:
         changes.append(local)
-    observers = build_observers(new.sections.get("observers", ()), reactor, new.hostname)
+    observers = build_observers(new.observers, reactor, new.hostname)
     opened = []
     try:
         for observer in observers:
@@ -89,112 +97,106 @@ def prepare_reload(started: GatewayConfig, new: GatewayConfig, components: Any, 
     return ReloadPlan(new, auth, tuple(changes), tuple(observers), tuple(restart))
 
 
-def apply_reload(plan: ReloadPlan, components: Any) -> None:
+def apply_reload(plan: ReloadPlan, components: Components) -> None:
     """Swap the prepared pieces in.  Runs in the reactor thread and cannot fail half way."""
+    for change in plan.listeners:
+        _apply_listener(change, plan.config, components)
+    components.auth = plan.auth
+    _swap_observers(tuple(plan.observers), components)
+
+
+def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Components) -> None:
+    part = change.part
+    if change.tls is not None and part.tls is not None:  # only a TLS listener gets new files
+        part.tls.adopt(change.tls)
+    part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
+                             new.add_message_id, new.add_date)
+    part.config = change.listener
+    if change.local is not None:
+        from gateway.smtp.local import DropOffJudge, LocalSubmissionFactory
+
+        if isinstance(part.factory, LocalSubmissionFactory):  # the [local] socket's part
+            part.factory.local = change.local
+        components.spool.import_judge = DropOffJudge(change.chain, change.local)
+
+
+def _swap_observers(configured: tuple, components: Components) -> None:
+    """The ``[[observer]]`` observers replace the previous ones wherever observers are told."""
     from gateway.delivery.observers import ObserversService
 
-    new = plan.config
-    for change in plan.listeners:
-        if change.tls is not None:
-            change.part.tls.adopt(change.tls)
-        change.part.factory.reconfigure(change.listener, new.hostname, change.chain, change.portal,
-                                        new.add_message_id, new.add_date)
-        change.part.config = change.listener
-        if change.local is not None:
-            from gateway.smtp.local import DropOffJudge
-
-            change.part.factory.local = change.local
-            if hasattr(components.spool, "import_judge"):
-                components.spool.import_judge = DropOffJudge(change.chain, change.local)
-    components.auth = plan.auth
     old = list(components.configured_observers)
-    others = [o for o in components.observers if all(o is not c for c in old)]
-    components.configured_observers = list(plan.observers)
-    components.observers = [*plan.observers, *others]
-    runner = components.runner
-    runner.observers = (*plan.observers, *(o for o in runner.observers if all(o is not c for c in old)))
+
+    def others(observers: Any) -> list:
+        return [o for o in observers if all(o is not c for c in old)]
+
+    components.configured_observers = list(configured)
+    components.observers = [*configured, *others(components.observers)]
+    components.runner.observers = (*configured, *others(components.runner.observers))
     for service in components.services:
         if isinstance(service, ObserversService):
-            service.observers = [*plan.observers, *(o for o in service.observers if all(o is not c for c in old))]
+            service.observers = [*configured, *others(service.observers)]
     _close(old)
+
+
+#: What a restart changes, by the GatewayConfig field that holds it, named as in the file.
+_RESTART_SECTIONS = (
+    ("state_dir", "gateway] state_dir"), ("spool", "spool"), ("queue", "queue"), ("capture", "delivery.capture"),
+    ("deliverer", "delivery"), ("graph", "graph"), ("plugin_paths", "gateway] plugin_paths"),
+)
+_RESTART_FEATURES = ("redis", "status", "cluster")
 
 
 def restart_needed(started: GatewayConfig, new: GatewayConfig) -> list[str]:
     """What differs from the started configuration but only takes effect after a restart."""
-    notes = []
-    running = {listener.name: listener for listener in started.listeners}
-    wanted = {listener.name: listener for listener in new.listeners}
-    for name in sorted(set(wanted) - set(running)):
-        notes.append(f"listener {name} was added ({wanted[name].endpoint})")
-    for name in sorted(set(running) - set(wanted)):
-        notes.append(f"listener {name} was removed (still listening on {running[name].endpoint})")
-    for name in sorted(set(running) & set(wanted)):
-        before, after = running[name], wanted[name]
-        for key in ("endpoint", "tls", "proxy_protocol"):
-            if getattr(before, key) != getattr(after, key):
-                notes.append(f"listener {name} {key} changed ({getattr(before, key)} -> {getattr(after, key)})")
-    for key in ("state_dir", "spool", "queue", "capture", "deliverer", "graph", "plugin_paths"):
-        if getattr(started, key) != getattr(new, key):
-            notes.append(f"[{_section_name(key)}] changed")
-    before_local, after_local = started.sections.get("local"), new.sections.get("local")
-    before_socket = (before_local.socket or None, before_local.mode) if before_local is not None else (None, None)
-    after_socket = (after_local.socket or None, after_local.mode) if after_local is not None else (None, None)
-    if before_socket[0] != after_socket[0] or (after_socket[0] and before_socket[1] != after_socket[1]):
+    notes = _listener_restarts(started, new)
+    notes += [f"[{name}] changed" for key, name in _RESTART_SECTIONS if getattr(started, key) != getattr(new, key)]
+    if _local_socket(started) != _local_socket(new):
         notes.append("[local] socket or mode changed")
-    for key in ("redis", "status", "cluster"):
-        if started.sections.get(key) != new.sections.get(key):
-            notes.append(f"[{key}] changed")
-    before_auth, after_auth = started.sections.get("auth"), new.sections.get("auth")
-    if before_auth is not None and after_auth is not None:
-        if before_auth.passthrough != after_auth.passthrough:
-            notes.append("[auth.passthrough] changed")
-        if before_auth.hash_threads != after_auth.hash_threads:
-            notes.append("[auth] hash_threads changed")
+    notes += [f"[{key}] changed" for key in _RESTART_FEATURES if getattr(started, key) != getattr(new, key)]
+    if started.auth.passthrough != new.auth.passthrough:
+        notes.append("[auth.passthrough] changed")
+    if started.auth.hash_threads != new.auth.hash_threads:
+        notes.append("[auth] hash_threads changed")
     return notes
 
 
-def _local_change(components: Any, new: GatewayConfig, auth: Any, reactor: Any) -> Optional[ListenerChange]:
+def _listener_restarts(started: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Listeners added or removed, and what of a running one needs a new socket."""
+    running = {listener.name: listener for listener in started.listeners}
+    wanted = {listener.name: listener for listener in new.listeners}
+    notes = [f"listener {name} was added ({wanted[name].endpoint})" for name in sorted(set(wanted) - set(running))]
+    notes += [f"listener {name} was removed (still listening on {running[name].endpoint})"
+              for name in sorted(set(running) - set(wanted))]
+    for name in sorted(set(running) & set(wanted)):
+        before, after = running[name], wanted[name]
+        notes += [f"listener {name} {key} changed ({getattr(before, key)} -> {getattr(after, key)})"
+                  for key in ("endpoint", "tls", "proxy_protocol") if getattr(before, key) != getattr(after, key)]
+    return notes
+
+
+def _local_socket(config: GatewayConfig) -> tuple:
+    """The ``[local]`` socket as bound: its path, and its mode when there is one."""
+    socket = config.local.socket or None
+    return (socket, config.local.mode) if socket else (None, None)
+
+
+def _local_change(components: Components, new: GatewayConfig, auth: Any, reactor: Any) -> Optional[ListenerChange]:
     """
     The ``[local]`` socket's new allowed senders, limits and policy chain, built as
     L{gateway.wiring} builds them at start-up; None when there is no socket now or in the new
     file (a socket added or removed is reported by L{restart_needed}).
     """
-    from gateway.policy.context import PolicyContext
-    from gateway.policy.registry import build_chain
     from gateway.smtp.local import LocalSubmissionFactory, check_allowed_senders
-    from gateway.wiring import _capped_listeners
+    from gateway.wiring import local_chain
 
-    local = new.sections.get("local")
     parts = [part for part in components.listeners if isinstance(part.factory, LocalSubmissionFactory)]
-    if not parts or local is None or not local.socket:
+    if not parts or not new.local.socket:
         return None
     [part] = parts
-    check_allowed_senders(local)
-    [listener] = _capped_listeners(attrs.evolve(new, listeners=(local.listener(),)))
+    check_allowed_senders(new.local)
+    listener, chain = local_chain(new, reactor, components.redis, auth, components.metrics)
     listener = attrs.evolve(listener, endpoint=part.config.endpoint)  # the bound socket stays
-    context = PolicyContext(clock=reactor, listener=listener.name, redis=components.redis, hostname=new.hostname,
-                            limits=listener.limits)
-    chain = _chain(listener, build_chain(local.policies, context).policies, auth.relay_policy(listener), components)
-    return ListenerChange(part, listener, chain, None, local=local)
-
-
-def _chain(listener: ListenerConfig, policies: Any, guard: Any, components: Any) -> Any:
-    """
-    A listener's new chain, its refusals counted on /metrics as at start-up (without the
-    counting wrappers a reload silently stopped graphsmtp_policy_refusals_total).
-    """
-    from gateway.policy.chain import PolicyChain
-    from gateway.wiring import _counting_chain
-
-    metrics = getattr(components, "metrics", None)
-    if metrics is None:
-        return PolicyChain(policies, guard=guard)
-    return _counting_chain(listener, policies, guard, metrics)
-
-
-def _section_name(key: str) -> str:
-    return {"state_dir": "gateway] state_dir", "plugin_paths": "gateway] plugin_paths", "capture": "delivery.capture",
-            "deliverer": "delivery"}.get(key, key)
+    return ListenerChange(part, listener, chain, None, local=new.local)
 
 
 def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
@@ -209,7 +211,7 @@ def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
     from gateway.auth.throttle import LoginThrottle
     from gateway.config.users import UsersFileError, UsersStore
 
-    config = attrs.evolve(new.sections["auth"], passthrough=current.config.passthrough,
+    config = attrs.evolve(new.auth, passthrough=current.config.passthrough,
                           hash_threads=current.config.hash_threads)
     users: Optional[UsersStore] = None
     checker = None

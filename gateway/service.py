@@ -1,5 +1,6 @@
 """
-The running gateway as one twistd service.
+The composition root: L{makeService} builds a gateway from its options, and
+L{GatewayService} runs it.
 
 Start order: thread pools and connections, observers, the queue runner (which recovers the
 spool), then the SMTP listeners.  Stop order is the reverse and *sequential*: stop listening,
@@ -12,17 +13,75 @@ once, which is why this class orders the stop itself.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from twisted.application.internet import TimerService
-from twisted.application.service import MultiService, Service
+import attrs
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
+from gateway.auth.build import build_auth
 from gateway.config import GatewayConfig
-from gateway.wiring import Components, build_components
+from gateway.policy.redis_connection import redis_service
+from gateway.status.metrics import GatewayMetrics
+from gateway.wiring import (
+    Components,
+    build_delivery,
+    build_listeners,
+    build_observers,
+    build_queue,
+    build_spool,
+    build_status,
+    certificate_watch,
+    given_delivery,
+    load_plugins,
+)
 
-CERTIFICATE_CHECK_INTERVAL = 60.0
+if TYPE_CHECKING:
+    from gateway.status.web import StatusServices
+
+
+@attrs.frozen
+class GatewayOptions:
+    """
+    What L{makeService} is asked to build.  ``reload_config`` re-reads the configuration for
+    SIGHUP (None: SIGHUP reloads certificates only); ``deliverer`` replaces the configured one
+    (tests deliver into a fake); ``listen=False`` builds no listening service and no status
+    endpoint (``graphsmtp-config check``: endpoints are only validated).
+    """
+
+    config: GatewayConfig
+    reload_config: Optional[Callable[[], GatewayConfig]] = None
+    deliverer: Any = None
+    listen: bool = True
+    install_signal_handlers: bool = True
+
+
+def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
+    """What a gateway consists of, built in the order it starts; L{GatewayService} stops it in reverse."""
+    config = options.config
+    plugins = load_plugins(config)
+    with plugins.undone_on_error():
+        metrics = GatewayMetrics()  # one registry per gateway, handed to whoever counts
+        spool = build_spool(config, reactor)
+        auth = build_auth(config.auth, config.state_dir, reactor=reactor, graph_config=config.graph)
+        redis = redis_service(config.redis, reactor)  # before delivery: [cluster] admission shares it
+        delivery = (given_delivery(options.deliverer) if options.deliverer is not None
+                    else build_delivery(config, reactor, spool, auth, metrics, redis))
+        observers = build_observers(config, reactor, delivery, metrics)
+        queue = build_queue(config, reactor, spool.spool, delivery.deliverer, observers)
+        listeners = build_listeners(config, reactor, spool.spool, auth, redis, metrics, listen=options.listen)
+        services = [spool.pool, *auth.services, *([redis] if redis is not None else []), *delivery.services,
+                    observers.service, *queue.services, *listeners.services]  # in start order
+        components = Components(
+            spool=spool.spool, deliverer=delivery.deliverer, runner=queue.runner, listeners=list(listeners.parts),
+            services=services, auth=auth, observers=list(observers.all), metrics=metrics, recent=observers.recent,
+            health=delivery.health, configured_observers=list(observers.configured), redis=redis,
+            plugin_search=plugins.search, broken_plugins=plugins.broken)
+        status = build_status(config, components, reactor) if options.listen else None
+        certificates = certificate_watch(components, reactor)
+    return GatewayService(config, components, reactor, status=status, certificates=certificates,
+                          config_loader=options.reload_config, install_signal_handlers=options.install_signal_handlers)
 
 
 class StartupFailure(SystemExit, Exception):
@@ -35,12 +94,17 @@ class StartupFailure(SystemExit, Exception):
 
 
 class GatewayService(MultiService):
-    """Every component of a configured gateway, started and stopped in a safe order."""
+    """
+    A built gateway (L{makeService}), started and stopped in a safe order, reloaded on SIGHUP.
+    Children start in the order given: ``components.services``, the certificate watch, the
+    status endpoint's pool and web service, then the listeners.
+    """
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, reactor: Any, deliverer: Any = None,
-                 components: Optional[Components] = None, install_signal_handlers: bool = True,
+    def __init__(self, config: GatewayConfig, components: Components, reactor: Any, *,
+                 status: Optional[StatusServices] = None,
+                 certificates: Optional[IService] = None, install_signal_handlers: bool = True,
                  config_loader: Optional[Callable[[], GatewayConfig]] = None) -> None:
         super().__init__()
         #: The configuration the gateway started with (what is bound, what runs); SIGHUP
@@ -51,26 +115,23 @@ class GatewayService(MultiService):
         #: Re-reads the configuration file for SIGHUP; None: SIGHUP reloads certificates only.
         self.config_loader = config_loader
         self.reactor = reactor
-        self.components = components or build_components(config, reactor, deliverer)
+        self.components = components
         self.install_signal_handlers = install_signal_handlers
         self._previous_sighup: Any = None
         self._ports_bound = False
-        for child in self.components.services:
+        for child in components.services:
             child.setServiceParent(self)
-        if any(part.tls is not None for part in self.components.listeners):
-            certificates = TimerService(CERTIFICATE_CHECK_INTERVAL, self.check_certificates)
-            certificates.clock = reactor
+        if certificates is not None:
             certificates.setServiceParent(self)
-        status = config.sections.get("status")
-        if status is not None and status.endpoint:
-            from gateway.status.web import status_service
-
-            parts = status_service(status, self.components, reactor, config.hostname)
-            parts.pool.setServiceParent(self)  # started before the web service, stopped after it
-            self.status = parts.web
-            self.status.setServiceParent(self)
-        for part in self.components.listeners:
-            part.service.setServiceParent(self)
+        #: The status endpoint's listening service (None without ``[status] endpoint``).
+        self.status: Optional[IService] = None
+        if status is not None:
+            status.pool.setServiceParent(self)  # started before the web service, stopped after it
+            self.status = status.web
+            status.web.setServiceParent(self)
+        for part in components.listeners:
+            if part.service is not None:  # None: built to be checked, not to listen
+                part.service.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         """
@@ -107,9 +168,8 @@ class GatewayService(MultiService):
         """The services that bind a port, by id, with the words that name them in an error."""
         binding = {id(part.service): f"listener {part.config.name} ({part.config.endpoint})"
                    for part in self.components.listeners}
-        status = getattr(self, "status", None)
-        if status is not None:
-            binding[id(status)] = f"status endpoint ({self.config.sections['status'].endpoint})"
+        if self.status is not None:
+            binding[id(self.status)] = f"status endpoint ({self.config.status.endpoint})"
         return binding
 
     def startService(self) -> None:
@@ -197,16 +257,6 @@ class GatewayService(MultiService):
             if part.tls is not None:
                 part.tls.reload()
 
-    def check_certificates(self) -> None:
-        """Pick up renewed certificate files without a signal (certbot, ACME clients)."""
-        for part in self.components.listeners:
-            if part.tls is None:
-                continue
-            try:
-                part.tls.check_for_changes()
-            except Exception:
-                self.log.failure("checking certificate files of listener {name} failed", name=part.config.name)
-
     @inlineCallbacks
     def stopService(self) -> Any:
         if self.install_signal_handlers and self._previous_sighup is not None:
@@ -249,4 +299,4 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-__all__ = ["GatewayService", "StartupFailure"]
+__all__ = ["GatewayOptions", "GatewayService", "StartupFailure", "makeService"]

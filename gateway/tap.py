@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Callable
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.locate import locate_config
 
 #: sysexits.h: configuration error.
@@ -67,25 +67,30 @@ class Options(usage.Options):
             path = locate_config(self["config"], os.environ)
             given = {k: v for k, v in overrides.items() if v}
             self.config = load_config(path, given, os.environ)
-            # Build everything now, not in makeService: certificates, policies and users files
-            # are checked here, so a mistake is one line from twistd and nothing is bound.
-            # SIGHUP re-reads the same file with the same command-line overrides.
-            self.service = build_service(self.config, lambda: load_config(path, given, os.environ))
+            # Build everything now, not when twistd asks for the service: certificates,
+            # policies and users files are checked here, so a mistake is one line from twistd
+            # and nothing is bound.  SIGHUP re-reads the same file with the same overrides.
+            self.service = _build(self.config, lambda: load_config(path, given, os.environ))
         except ConfigError as e:
             message = f"configuration error: {e}"
             sys.stderr.write(f"graphsmtp: {message}\n")
             raise ConfigurationFailure(message) from None
 
 
-def build_service(config: Any, config_loader: Any = None) -> IService:
+def _build(config: GatewayConfig, reload_config: Callable[[], GatewayConfig]) -> IService:
     from twisted.internet import reactor
 
-    from gateway.service import GatewayService
+    from gateway.service import GatewayOptions
+    from gateway.service import makeService as compose
 
-    return GatewayService(config, reactor, config_loader=config_loader)
+    return compose(GatewayOptions(config, reload_config=reload_config), reactor)
 
 
-def makeService(options: Any) -> IService:
+def makeService(options: Options) -> IService:
+    """
+    twistd's and twist's entry point: the gateway L{Options} built (see L{gateway.service.makeService},
+    the composition root), under twistd's own log observer.
+    """
     from twisted.application.app import ServerOptions
 
     parent = getattr(options, "parent", None)

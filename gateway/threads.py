@@ -5,6 +5,8 @@ pool (which the DNS resolver shares) and pools start and stop with the applicati
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.application.service import Service
 from twisted.python.threadpool import ThreadPool
 
@@ -18,6 +20,8 @@ class ThreadPoolService(Service):
     fsync or token call in progress.  Put this service *before* its users in a MultiService
     so it stops *after* them.
     """
+
+    name: Optional[str]  # type: ignore[assignment]  # Service declares it as plain None
 
     def __init__(self, name: str, minthreads: int, maxthreads: int) -> None:
         self.name = name

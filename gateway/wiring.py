@@ -1,21 +1,39 @@
 """
-Builds the component graph from a configuration.
+The builders the composition root (L{gateway.service.makeService}) calls, one per part of a
+gateway.  Each takes what it needs as arguments and *returns* its part with the services that
+part needs running: nothing is set on an object after it is built, and nothing is looked up.
 
-Kept apart from L{gateway.service} so tests (and L{gateway.testing.harness}) can build exactly
-the same graph with a chosen reactor and deliverer.  Construction does everything that can fail
-on a bad configuration — reading certificates, building policies, opening the users file — so
-a mistake stops start-up with one line before any port is bound.
+Construction does everything that can fail on a bad configuration — reading certificates,
+building policies, opening the users file — so a mistake stops start-up with one line before
+any port is bound.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 
 import attrs
+from twisted.application.service import IService
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import ListenerConfig
 from gateway.policy.chain import PolicyChain
+
+if TYPE_CHECKING:
+    from gateway.auth.build import Authentication
+    from gateway.delivery.interfaces import IDeliverer
+    from gateway.plugins.search import PluginSearchPath
+    from gateway.policy.redis_connection import RedisConnection
+    from gateway.queue.runner import QueueRunner
+    from gateway.smtp.factory import GatewaySMTPFactory
+    from gateway.smtp.tls import TLSContextSource
+    from gateway.spool.store import DirectorySpool
+    from gateway.status.interfaces import IHealthSource
+    from gateway.status.metrics import GatewayMetrics
+    from gateway.status.recent import RecentDeliveries
+    from gateway.status.web import StatusServices
+    from gateway.threads import ThreadPoolService
 
 
 @attrs.define
@@ -23,9 +41,77 @@ class ListenerParts:
     """One SMTP listener: its configuration, protocol factory, listening service, TLS source."""
 
     config: ListenerConfig
-    factory: Any
+    factory: "GatewaySMTPFactory"
     service: Any
-    tls: Any = None
+    tls: Optional["TLSContextSource"] = None
+
+
+@attrs.frozen
+class Plugins:
+    """What ``[gateway] plugin_paths`` added to the plugin search path, and the modules that broke."""
+
+    search: "PluginSearchPath"
+    broken: Mapping[str, str]
+
+    @contextmanager
+    def undone_on_error(self) -> Iterator[None]:
+        """A configuration that does not build leaves no trace in this process."""
+        try:
+            yield
+        except BaseException:
+            self.search.undo()
+            raise
+
+
+@attrs.frozen
+class SpoolParts:
+    """The spool and the thread pool its fsyncs run in (started first, stopped last)."""
+
+    spool: "DirectorySpool"
+    pool: "ThreadPoolService"
+
+
+@attrs.frozen
+class Delivery:
+    """
+    The deliverer, the services it needs running, the delivery observers it brings (Graph's
+    DSN sender) and its health as the status endpoint reads it.
+    """
+
+    deliverer: "IDeliverer"
+    services: tuple[IService, ...]
+    observers: tuple[Any, ...]
+    health: "IHealthSource"
+
+
+@attrs.frozen
+class Observers:
+    """
+    Everyone told about delivery outcomes.  ``configured`` are the ``[[observer]]`` ones (SIGHUP
+    rebuilds those); ``all`` adds the deliverer's and the status page's; ``service`` opens and
+    closes them.
+    """
+
+    configured: tuple[Any, ...]
+    all: tuple[Any, ...]
+    service: IService
+    recent: "RecentDeliveries"
+
+
+@attrs.frozen
+class Queue:
+    """The queue runner and the watcher that kicks it when sendmail drops a message off."""
+
+    runner: "QueueRunner"
+    services: tuple[IService, ...]
+
+
+@attrs.frozen
+class Listeners:
+    """Every SMTP listener (``[local]``'s socket last) and the pool header sections are judged in."""
+
+    parts: tuple[ListenerParts, ...]
+    services: tuple[IService, ...]
 
 
 @attrs.define
@@ -33,123 +119,135 @@ class Components:
     """
     What a running gateway is made of.  ``services`` must start in order (thread pools and
     connections first, then the queue runner) and stop in reverse; ``listeners`` start once the
-    rest is up and stop first, so nothing is accepted that could not be stored.
+    rest is up and stop first, so nothing is accepted that could not be stored.  SIGHUP
+    (L{gateway.reload}) swaps ``auth``, ``configured_observers`` and ``observers``.
     """
 
-    spool: Any
-    deliverer: Any
-    runner: Any
+    spool: "DirectorySpool"
+    deliverer: "IDeliverer"
+    runner: "QueueRunner"
     listeners: list[ListenerParts]
-    services: list
-    auth: Any = None
-    observers: list = attrs.field(factory=list)
-    #: L{gateway.status.metrics.GatewayMetrics}: the gateway's own prometheus-client registry.
-    metrics: Any = None
-    #: L{gateway.status.recent.RecentDeliveries}: the last outcomes, for the status page.
-    recent: Any = None
-    #: The ``[[observer]]`` ones among ``observers`` (SIGHUP rebuilds these, not the deliverer's).
-    configured_observers: list = attrs.field(factory=list)
-    #: The running Redis connection policies share (None without ``[redis]``).
-    redis: Any = None
-    #: What ``[gateway] plugin_paths`` added to the plugin search path (tests undo it).
-    plugin_search: Any = None
-    #: Plugin modules that do not import: ``{module: error}`` (logged at start-up).
-    broken_plugins: Mapping[str, str] = attrs.field(factory=dict)
+    services: list[IService]
+    auth: "Authentication"
+    observers: list[Any]
+    metrics: "GatewayMetrics"
+    recent: "RecentDeliveries"
+    health: "IHealthSource"
+    configured_observers: list[Any]
+    redis: Optional["RedisConnection"]
+    plugin_search: "PluginSearchPath"
+    broken_plugins: Mapping[str, str]
 
 
-def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
+def load_plugins(config: GatewayConfig) -> Plugins:
     """
-    Wire spool → runner → deliverer, AUTH, policies and one SMTP listener per configured
-    listener.  ``deliverer`` replaces the configured one (tests deliver into a fake).
-    ``listen=False`` (graphsmtp-config check) builds no listening service: endpoints are only
-    validated, so a ``systemd:`` listener can be checked outside systemd.
+    Plugin directories first: every plugin lookup must see them.  Broken plugin modules are
+    reported now, whether or not a listener names what they provide.
     """
     from twisted.logger import Logger
 
     from gateway.plugins.search import add_plugin_paths, broken_plugin_modules
 
-    # Plugin directories first: every plugin lookup must see them.  Broken plugin modules are
-    # reported now, whether or not a listener names what they provide.
-    plugin_search = add_plugin_paths(config.plugin_paths)
+    search = add_plugin_paths(config.plugin_paths)
     try:
-        broken_plugins = broken_plugin_modules()
-        for module, error in sorted(broken_plugins.items()):
-            Logger().error("plugin module {module} failed to import: {error}", module=module, error=error)
-        components = _build_components(config, reactor, deliverer, listen)
+        broken = broken_plugin_modules()
     except BaseException:
-        plugin_search.undo()  # a configuration that does not build leaves no trace in this process
+        search.undo()
         raise
-    components.plugin_search = plugin_search
-    components.broken_plugins = broken_plugins
-    return components
+    for module, error in sorted(broken.items()):
+        Logger().error("plugin module {module} failed to import: {error}", module=module, error=error)
+    return Plugins(search, broken)
 
 
-def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, listen: bool) -> Components:
-    from gateway.auth.build import build_auth
-    from gateway.delivery.observers import ObserversService, build_observers
-    from gateway.policy.redis_connection import redis_service
-    from gateway.policy.registry import build_listener_chains
-    from gateway.queue.runner import QueueRunner
-    from gateway.smtp.factory import GatewaySMTPFactory
-    from gateway.smtp.tls import TLSContextSource
+def build_spool(config: GatewayConfig, reactor: Any) -> SpoolParts:
     from gateway.spool.fileops import FileOps
     from gateway.spool.store import DirectorySpool
-    from gateway.spool.watch import IncomingWatcher
-    from gateway.status.metrics import GatewayMetrics
-    from gateway.status.recent import DeliveryDelayObserver, RecentDeliveries
     from gateway.threads import ThreadPoolService
 
-    # One registry per gateway, made here and handed to whoever counts (never module state).
-    metrics = GatewayMetrics()
-    status = config.sections.get("status")
-    recent = RecentDeliveries(reactor, status.recent if status is not None else 50)
-    services: list = []
-    disk = ThreadPoolService("graphsmtp-spool", 1, config.spool.threads)
-    services.append(disk)
+    pool = ThreadPoolService("graphsmtp-spool", 1, config.spool.threads)
     fileops = FileOps() if config.spool.flush == "auto" else FileOps().flush_per_file()
-    spool = DirectorySpool(config.spool.directory, disk.pool, reactor, archive_delivered=config.spool.archive_delivered,
-                           fileops=fileops,
-                           hold_new=config.queue.hold_new)
-    cluster = config.sections.get("cluster")
-    spool.disk.node = cluster.node_id if cluster is not None else config.hostname
+    spool = DirectorySpool(config.spool.directory, pool.pool, reactor, archive_delivered=config.spool.archive_delivered,
+                           fileops=fileops, hold_new=config.queue.hold_new)
+    spool.disk.node = config.cluster.node_id if config.cluster is not None else config.hostname
+    return SpoolParts(spool, pool)
 
-    auth = build_auth(config.sections["auth"], config.state_dir, reactor=reactor, graph_config=config.graph)
-    services.extend(auth.services)
 
-    # Redis starts before the deliverer's services: [cluster] admission shares it.
-    redis = redis_service(config, reactor)
-    if redis is not None:
-        services.append(redis)
+def build_delivery(config: GatewayConfig, reactor: Any, spool: SpoolParts, auth: "Authentication",
+                   metrics: "GatewayMetrics", redis: Optional["RedisConnection"]) -> Delivery:
+    """Graph when ``[graph]`` is configured (and not overridden), else the capture outbox."""
+    from gateway.status.health import DeliveryHealth
 
-    delivery_observers: list = []
-    if deliverer is None:
-        deliverer, delivery_services, delivery_observers = _build_deliverer(config, reactor, disk, auth, metrics, redis)
-        services.extend(delivery_services)
-    if hasattr(deliverer, "journal"):
-        # The deliverer records Graph draft ids and quarantines changed messages through the
-        # spool's IDraftJournal / IEntryQuarantine, without importing it.
-        deliverer.journal = spool
+    if config.deliverer != "graph":
+        from gateway.delivery.capture import CaptureDeliverer
 
-    configured_observers = build_observers(config.sections.get("observers", ()), reactor, config.hostname)
-    observers = [*configured_observers, *delivery_observers]
-    services.append(ObserversService(observers))
-    observers.extend([recent, DeliveryDelayObserver(reactor, metrics.delivered_after)])
+        return Delivery(CaptureDeliverer(config.capture.outbox, spool.pool.pool, reactor), (), (), DeliveryHealth())
+    from gateway.delivery.graph.credentials import ConfigCredentialResolver, credentials_from_config
+    from gateway.delivery.graph.factory import build_graph_delivery
+    from gateway.status.health import throttle_pause_reason
 
-    runner = QueueRunner(spool, deliverer, config.queue, reactor, observers)
-    services.append(runner)
-    services.append(IncomingWatcher(spool.disk.layout.incoming, runner.kick, reactor))
+    resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))
+    admission = _cluster_admission(config, reactor, redis)
+    # The deliverer records Graph draft ids and quarantines changed messages through the
+    # spool's IDraftJournal / IEntryQuarantine, without importing it.
+    graph = build_graph_delivery(config.graph, reactor, resolver, on_request=metrics.graph_request,
+                                 connections=config.queue.concurrency, admission=admission, journal=spool.spool)
+    health = DeliveryHealth(graph.tenant_monitor.health, admission.status if admission is not None else None,
+                            throttle_pause_reason(graph.deliverer.throttles))
+    services = ((admission,) if admission is not None else ()) + graph.services
+    return Delivery(graph.deliverer, services, graph.observers, health)
+
+
+def given_delivery(deliverer: "IDeliverer") -> Delivery:
+    """A deliverer chosen by the caller (tests deliver into a fake): no services, no health to report."""
+    from gateway.status.health import DeliveryHealth
+
+    return Delivery(deliverer, (), (), DeliveryHealth())
+
+
+def build_observers(config: GatewayConfig, reactor: Any, delivery: Delivery, metrics: "GatewayMetrics") -> Observers:
+    from gateway.delivery.observers import ObserversService
+    from gateway.delivery.observers import build_observers as configured_observers
+    from gateway.status.recent import DeliveryDelayObserver, RecentDeliveries
+
+    configured = tuple(configured_observers(config.observers, reactor, config.hostname))
+    # The service opens and closes the configured and the deliverer's observers; the status
+    # page's own (recent outcomes, queue delay) need neither.
+    service = ObserversService([*configured, *delivery.observers])
+    recent = RecentDeliveries(reactor, config.status.recent)
+    everyone = (*configured, *delivery.observers, recent, DeliveryDelayObserver(reactor, metrics.delivered_after))
+    return Observers(configured, everyone, service, recent)
+
+
+def build_queue(config: GatewayConfig, reactor: Any, spool: "DirectorySpool", deliverer: "IDeliverer",
+                observers: Observers) -> Queue:
+    from gateway.queue.runner import QueueRunner
+    from gateway.spool.watch import IncomingWatcher
+
+    runner = QueueRunner(spool, deliverer, config.queue, reactor, list(observers.all))
+    return Queue(runner, (runner, IncomingWatcher(spool.disk.layout.incoming, runner.kick, reactor)))
+
+
+def build_listeners(config: GatewayConfig, reactor: Any, spool: "DirectorySpool", auth: "Authentication",
+                    redis: Optional["RedisConnection"], metrics: "GatewayMetrics", listen: bool = True) -> Listeners:
+    """
+    One SMTP listener per ``[[listener]]``, then the ``[local]`` socket.  ``listen=False``
+    (graphsmtp-config check) builds no listening service: endpoints are only validated, so a
+    ``systemd:`` listener can be checked outside systemd.
+    """
+    from gateway.policy.registry import build_listener_chains
+    from gateway.smtp.factory import GatewaySMTPFactory
+    from gateway.smtp.tls import TLSContextSource
+    from gateway.threads import ThreadPoolService
 
     chains = build_listener_chains(config, reactor, redis)
     # Header sections are judged off the reactor thread, in a pool of their own: the reactor's
     # default pool may be busy with (or full of) other work, and judging must never wait on it.
     mail_pool = ThreadPoolService("graphsmtp-mail", 1, 2)
-    services.append(mail_pool)
-    # The sending-mailbox rule is applied at intake and its result recorded with each message.
-    send_as = config.graph.send_as if config.graph is not None else "header-from"
-    listeners = []
-    for listener in _capped_listeners(config):
+    send_as = _send_as(config)
+    parts = []
+    for listener in capped_listeners(config):
         tls = TLSContextSource(listener) if listener.tls != "none" else None
-        chain = _counting_chain(listener, chains[listener.name].policies, auth.relay_policy(listener), metrics)
+        chain = counting_chain(listener, chains[listener.name].policies, auth.relay_policy(listener), metrics)
         factory = GatewaySMTPFactory(
             listener, config.hostname, spool, chain, reactor,
             portal=auth.portal_for(listener), tls=tls,
@@ -157,12 +255,16 @@ def _build_components(config: GatewayConfig, reactor: Any, deliverer: Any, liste
             intake=metrics.intake_for(listener.name), send_as=send_as, judge_pool=mail_pool.pool,
         )
         service = _listening_service(reactor, listener, factory) if listen else None
-        listeners.append(ListenerParts(listener, factory, service, tls))
-    local = _local_submission(config, reactor, spool, auth, redis, listen, metrics, send_as, mail_pool.pool)
+        parts.append(ListenerParts(listener, factory, service, tls))
+    local = _local_submission(config, reactor, spool, auth, redis, listen, metrics, mail_pool.pool)
     if local is not None:
-        listeners.append(local)
-    return Components(spool, deliverer, runner, listeners, services, auth, observers,
-                      configured_observers=configured_observers, redis=redis, metrics=metrics, recent=recent)
+        parts.append(local)
+    return Listeners(tuple(parts), (mail_pool,))
+
+
+def _send_as(config: GatewayConfig) -> str:
+    """The sending-mailbox rule, applied at intake and its result recorded with each message."""
+    return config.graph.send_as if config.graph is not None else "header-from"
 
 
 def _listening_service(reactor: Any, listener: ListenerConfig, factory: Any) -> Any:
@@ -182,7 +284,8 @@ def _listening_service(reactor: Any, listener: ListenerConfig, factory: Any) -> 
         raise ConfigError(f"listener.{listener.name}.endpoint", f"{listener.endpoint!r}: {e}") from None
 
 
-def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics: Any) -> PolicyChain:
+def counting_chain(listener: ListenerConfig, policies: Sequence[Any], guard: Any,
+                   metrics: "GatewayMetrics") -> PolicyChain:
     """The listener's chain with every policy (and the relay guard) counting its refusals."""
     from gateway.status.policy_counts import CountingPolicy
 
@@ -195,74 +298,54 @@ def _counting_chain(listener: ListenerConfig, policies: Any, guard: Any, metrics
     return PolicyChain(wrapped, guard=CountingPolicy(guard, "relay-access", count) if guard is not None else None)
 
 
-def _local_submission(config: GatewayConfig, reactor: Any, spool: Any, auth: Any, redis: Any, listen: bool = True,
-                      metrics: Any = None, send_as: str = "header-from", judge_pool: Any = None) -> Any:
+def local_chain(config: GatewayConfig, reactor: Any, redis: Any, auth: "Authentication",
+                metrics: "GatewayMetrics") -> tuple[ListenerConfig, PolicyChain]:
+    """The ``[local]`` socket as a listener, and its chain (counted on /metrics as listener="sendmail")."""
+    from gateway.policy.context import PolicyContext
+    from gateway.policy.registry import build_chain
+
+    [listener] = capped_listeners(attrs.evolve(config, listeners=(config.local.listener(),)))
+    context = PolicyContext(clock=reactor, listener=listener.name, redis=redis, hostname=config.hostname,
+                            limits=listener.limits)
+    policies = build_chain(config.local.policies, context).policies
+    return listener, counting_chain(listener, policies, auth.relay_policy(listener), metrics)
+
+
+def _local_submission(config: GatewayConfig, reactor: Any, spool: "DirectorySpool", auth: "Authentication",
+                      redis: Any, listen: bool, metrics: "GatewayMetrics", judge_pool: Any) -> Optional[ListenerParts]:
     """
     The ``[local]`` UNIX socket for graphsmtp-sendmail (None when not configured): an SMTP
     listener whose sessions are logged in by the kernel's peer credentials, guarded by the
-    same relay policy and running the ``[local]`` chain.
+    same relay policy and running the ``[local]`` chain, which also judges sendmail's drop-offs.
     """
-    local = config.sections.get("local")
-    if local is None or not local.socket:
+    if not config.local.socket:
         return None
-    from gateway.policy.context import PolicyContext
-    from gateway.policy.registry import build_chain
     from gateway.smtp.local import DropOffJudge, LocalSubmissionFactory
 
-    [listener] = _capped_listeners(attrs.evolve(config, listeners=(local.listener(),)))
-    context = PolicyContext(clock=reactor, listener=listener.name, redis=redis, hostname=config.hostname,
-                            limits=listener.limits)
-    policies = build_chain(local.policies, context).policies
-    if metrics is not None:  # counted on /metrics like every listener's (listener="sendmail")
-        chain = _counting_chain(listener, policies, auth.relay_policy(listener), metrics)
-    else:
-        chain = PolicyChain(policies, guard=auth.relay_policy(listener))
-    factory = LocalSubmissionFactory(local, config.hostname, spool, chain, reactor, listener=listener,
+    listener, chain = local_chain(config, reactor, redis, auth, metrics)
+    factory = LocalSubmissionFactory(config.local, config.hostname, spool, chain, reactor, listener=listener,
                                      add_message_id=config.add_message_id, add_date=config.add_date,
-                                     intake=metrics.intake_for(listener.name) if metrics is not None else None,
-                                     send_as=send_as, judge_pool=judge_pool)
-    if hasattr(spool, "import_judge"):
-        spool.import_judge = DropOffJudge(chain, local)
+                                     intake=metrics.intake_for(listener.name), send_as=_send_as(config),
+                                     judge_pool=judge_pool)
+    spool.import_judge = DropOffJudge(chain, config.local)
     return ListenerParts(listener, factory, _listening_service(reactor, listener, factory) if listen else None)
 
 
-def _build_deliverer(config: GatewayConfig, reactor: Any, disk: Any, auth: Any, metrics: Any = None,
-                     redis: Any = None) -> tuple[Any, list, list]:
-    if config.deliverer == "graph":
-        from gateway.delivery.graph.credentials import (
-            ConfigCredentialResolver,
-            credentials_from_config,
-        )
-        from gateway.delivery.graph.factory import build_graph_deliverer
-
-        resolver = auth.credential_resolver(ConfigCredentialResolver(credentials_from_config(config.graph)))
-        admission, cluster_services = _cluster_admission(config, reactor, redis)
-        deliverer, services = build_graph_deliverer(
-            config.graph, reactor, resolver, on_request=metrics.graph_request if metrics is not None else None,
-            connections=config.queue.concurrency, admission=admission)
-        return deliverer, cluster_services + services, list(getattr(deliverer, "observers", ()))
-    from gateway.delivery.capture import CaptureDeliverer
-
-    return CaptureDeliverer(config.capture.outbox, disk.pool, reactor), [], []
-
-
-def _cluster_admission(config: GatewayConfig, reactor: Any, redis: Any) -> tuple[Any, list]:
+def _cluster_admission(config: GatewayConfig, reactor: Any, redis: Any) -> Any:
     """
     With ``[cluster]``: the mailbox admission every gateway of the cluster shares through Redis
-    (and its service, which renews leases); without: None (the runner's queues pace alone).
+    (a service: it renews leases); without: None (the runner's queues pace alone).
     """
-    cluster = config.sections.get("cluster")
-    if cluster is None or redis is None:
-        return None, []
+    if config.cluster is None or redis is None:
+        return None
     from gateway.cluster.admission import ClusterAdmission
 
     graph = config.graph
-    admission = ClusterAdmission(redis, cluster, reactor, concurrency=graph.mailbox_concurrency,
-                                 rate=graph.mailbox_rate, burst=graph.mailbox_burst, max_hold=graph.max_hold)
-    return admission, [admission]
+    return ClusterAdmission(redis, config.cluster, reactor, concurrency=graph.mailbox_concurrency,
+                            rate=graph.mailbox_rate, burst=graph.mailbox_burst, max_hold=graph.max_hold)
 
 
-def _capped_listeners(config: GatewayConfig) -> list[ListenerConfig]:
+def capped_listeners(config: GatewayConfig) -> list[ListenerConfig]:
     """
     Listeners with SIZE no larger than what the deliverer can carry, so clients learn the real
     limit at EHLO instead of being bounced after the gateway accepted the message.
@@ -273,9 +356,67 @@ def _capped_listeners(config: GatewayConfig) -> list[ListenerConfig]:
 
     cap = max_message_size(config.graph)
     return [
-        attrs.evolve(l, limits=attrs.evolve(l.limits, max_message_size=min(l.limits.max_message_size, cap)))
-        for l in config.listeners
+        attrs.evolve(listener, limits=attrs.evolve(listener.limits,
+                                                   max_message_size=min(listener.limits.max_message_size, cap)))
+        for listener in config.listeners
     ]
 
 
-__all__ = ["Components", "ListenerParts", "build_components"]
+def build_status(config: GatewayConfig, components: Components, reactor: Any) -> Optional["StatusServices"]:
+    """
+    The ``[status]`` endpoint's web service and thread pool (L{gateway.status.web.StatusServices}),
+    reading the running components; None without ``[status] endpoint``.
+    """
+    if not config.status.endpoint:
+        return None
+    from gateway.status.web import status_service
+
+    return status_service(config.status, components, reactor, config.hostname)
+
+
+#: How often certificate files are checked for renewal (certbot, ACME clients), in seconds.
+CERTIFICATE_CHECK_INTERVAL = 60.0
+
+
+def certificate_watch(components: Components, reactor: Any) -> Optional[IService]:
+    """A timer picking up renewed certificate files without a signal; None when no listener has TLS."""
+    if all(part.tls is None for part in components.listeners):
+        return None
+    from twisted.application.internet import TimerService
+
+    watch = TimerService(CERTIFICATE_CHECK_INTERVAL, check_certificates, components)
+    watch.clock = reactor
+    return watch
+
+
+def check_certificates(components: Components) -> None:
+    """Re-read each TLS listener's certificate files when they changed on disk."""
+    from twisted.logger import Logger
+
+    for part in components.listeners:
+        if part.tls is None:
+            continue
+        try:
+            part.tls.check_for_changes()
+        except Exception:
+            Logger(namespace="gateway.service.GatewayService").failure(
+                "checking certificate files of listener {name} failed", name=part.config.name)
+
+
+def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
+    """
+    The parts of a gateway without the service that runs them (``graphsmtp-config check``
+    builds them to check a file; tests deliver into a fake ``deliverer``): exactly what
+    L{gateway.service.makeService} builds.
+    """
+    from gateway.service import GatewayOptions, makeService
+
+    options = GatewayOptions(config, deliverer=deliverer, listen=listen, install_signal_handlers=False)
+    return makeService(options, reactor).components
+
+
+__all__ = [
+    "Components", "ListenerParts", "Plugins", "SpoolParts", "Delivery", "Observers", "Queue", "Listeners",
+    "load_plugins", "build_spool", "build_delivery", "given_delivery", "build_observers", "build_queue",
+    "build_listeners", "build_status", "certificate_watch", "check_certificates", "build_components", "capped_listeners", "counting_chain", "local_chain",
+]

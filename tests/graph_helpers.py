@@ -14,7 +14,7 @@ import attrs
 from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.logger import formatEvent, globalLogPublisher
 
-from gateway.delivery.graph.factory import build_graph_deliverer
+from gateway.delivery.graph.factory import build_graph_delivery
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.testing.fake_graph import start_fake_graph
 
@@ -65,6 +65,8 @@ class GraphRig:
     deliverer: Any
     config: Any
     directory: str
+    #: The whole L{gateway.delivery.graph.factory.GraphDelivery}: services, DSN observer, tenant monitor.
+    delivery: Any = None
     _count: int = 0
 
     def entry(self, message: Union[EmailMessage, bytes], sender: str, recipients: Iterable[str],
@@ -81,7 +83,8 @@ def start_rig(testcase: Any, reactor: Any, server_options: Optional[dict] = None
     server = yield start_fake_graph(reactor, os.path.join(directory, "ca"), **(server_options or {}))
     testcase.addCleanup(server.stop)
     config = server.graph_config(**config_overrides)
-    deliverer, services = build_graph_deliverer(config, reactor)
+    delivery = build_graph_delivery(config, reactor)
+    services = delivery.services
     for service in services:
         service.startService()
 
@@ -91,7 +94,7 @@ def start_rig(testcase: Any, reactor: Any, server_options: Optional[dict] = None
             yield service.stopService()
 
     testcase.addCleanup(stop_services)
-    returnValue(GraphRig(server, deliverer, config, os.path.join(directory, "spool")))
+    returnValue(GraphRig(server, delivery.deliverer, config, os.path.join(directory, "spool"), delivery))
 
 
 class LogCapture:

@@ -20,10 +20,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.service import GatewayService
+from gateway.service import GatewayOptions, makeService
 from gateway.status.web import snapshot
 from gateway.testing.harness import gateway_config, start_gateway
-from gateway.wiring import build_components
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway
 
 
@@ -174,10 +173,10 @@ class AsynchronousListenFailureTests(TestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         config = gateway_config(self)
-        components = build_components(config, reactor)
+        service = makeService(GatewayOptions(config, install_signal_handlers=False), reactor)
+        components = service.components
         endpoint = _LateFailingEndpoint()
         components.listeners[0].service.endpoint = endpoint
-        service = GatewayService(config, reactor, components=components, install_signal_handlers=False)
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)

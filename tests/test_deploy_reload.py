@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from gateway.config import load_config
 from gateway.config.users import UserRecord, write_users
 from gateway.reload import restart_needed
-from gateway.service import GatewayService
+from gateway.service import GatewayOptions, makeService
 from gateway.testing.certs import TestCA
 from gateway.testing.harness import send_message
 from tests.daemon_helpers import spawn_gateway
@@ -85,8 +85,8 @@ class ReloadInProcessTests(TestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         config = load_config(self.path)
-        self.service = GatewayService(config, reactor, install_signal_handlers=False,
-                                      config_loader=lambda: load_config(self.path))
+        self.service = makeService(GatewayOptions(config, reload_config=lambda: load_config(self.path),
+                                                  install_signal_handlers=False), reactor)
         self.service.privilegedStartService()
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -197,8 +197,8 @@ class ReloadCertificateFilesTests(TestCase):
                     f'tls = "starttls"\ntls_cert = "{issued.cert_path}"\ntls_key = "{issued.key_path}"\n')))
 
         write(first)
-        service = GatewayService(load_config(path), reactor, install_signal_handlers=False,
-                                 config_loader=lambda: load_config(path))
+        service = makeService(GatewayOptions(load_config(path), reload_config=lambda: load_config(path),
+                                             install_signal_handlers=False), reactor)
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)

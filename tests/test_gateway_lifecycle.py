@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from gateway.service import GatewayService
+from gateway.service import GatewayOptions, makeService
 from gateway.testing.certs import TestCA
 from gateway.testing.harness import gateway_config, start_gateway
 
@@ -82,7 +82,7 @@ class CertificateReloadTests(TestCase):
             "name": "sub", "endpoint": "tcp:0:interface=127.0.0.1", "tls": "implicit",
             "tls_cert": cert_path, "tls_key": key_path, "trusted_networks": ["127.0.0.1/32"],
         }]})
-        service = GatewayService(config, reactor, install_signal_handlers=True)
+        service = makeService(GatewayOptions(config, install_signal_handlers=True), reactor)
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)

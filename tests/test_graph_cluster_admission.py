@@ -109,7 +109,7 @@ class SharedAdmissionTests(TestCase):
 
     @inlineCallbacks
     def test_a_tenant_paused_by_another_node_is_not_even_asked_for_a_token(self):
-        yield self.r.deliverer.tenant_monitor.probe_all()  # the start-up probe is over
+        yield self.r.delivery.tenant_monitor.probe_all()  # the start-up probe is over
         tokens_before = self.r.server.token_requests
         self.admission.tenant = (reactor.seconds() + 300, "Graph refused a freshly issued token")
         outcome = yield self.deliver()

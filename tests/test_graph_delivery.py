@@ -158,7 +158,7 @@ class ContentTests(TestCase):
         r = yield self.rig(large_messages=False)
         # The tenant health monitor's start-up token probe races the delivery on a loaded
         # machine: let it finish, so that only this message's requests are counted below.
-        yield r.deliverer.tenant_monitor.probe_all()
+        yield r.delivery.tenant_monitor.probe_all()
         before = len(r.server.requests)
         m = simple_message(to=[BOB])
         m.add_attachment(os.urandom(3_500_000), maintype="application", subtype="pdf", filename="x.pdf")

@@ -26,7 +26,7 @@ class DSNTests(TestCase):
     @inlineCallbacks
     def setUp(self):
         self.r = yield start_rig(self, reactor, postmaster=POSTMASTER, dsn=True)
-        self.dsn = self.r.deliverer.observers[0]
+        self.dsn = self.r.delivery.observers[0]
         self.assertIsInstance(self.dsn, DSNObserver)
 
     @inlineCallbacks

@@ -21,7 +21,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.config import load_config
-from gateway.service import GatewayService
+from gateway.service import GatewayOptions, makeService
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = pwd.getpwuid(os.getuid()).pw_name
@@ -58,8 +58,8 @@ class LocalReloadTests(TestCase):
         observer = lambda event: self.logged.append(formatEvent(event))  # noqa: E731
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-        self.service = GatewayService(load_config(self.path), reactor, install_signal_handlers=False,
-                                      config_loader=lambda: load_config(self.path))
+        self.service = makeService(GatewayOptions(load_config(self.path), reload_config=lambda: load_config(self.path),
+                                                  install_signal_handlers=False), reactor)
         self.service.privilegedStartService()
         self.service.startService()
         self.addCleanup(self.service.stopService)

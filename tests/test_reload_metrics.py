@@ -19,7 +19,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from gateway.config import load_config
-from gateway.service import GatewayService
+from gateway.service import GatewayOptions, makeService
 from gateway.testing.harness import send_message
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,8 +40,8 @@ class ReloadKeepsCountingTests(TestCase):
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.path = os.path.join(self.directory, "graphsmtp.toml")
         self.write("10.0.0.0/8")
-        self.service = GatewayService(load_config(self.path), reactor, install_signal_handlers=False,
-                                      config_loader=lambda: load_config(self.path))
+        self.service = makeService(GatewayOptions(load_config(self.path), reload_config=lambda: load_config(self.path),
+                                                  install_signal_handlers=False), reactor)
         self.service.privilegedStartService()
         self.service.startService()
         self.addCleanup(self.service.stopService)

@@ -188,7 +188,7 @@ class GatewayTenantHealthTests(TestCase):
         }
         settings.update(graph)
         self.gw = yield start_gateway(self, {"graph": settings, "status": {"endpoint": "tcp:0:interface=127.0.0.1"}})
-        self.monitor = self.gw.components.deliverer.tenant_monitor
+        [self.monitor] = [s for s in self.gw.components.services if isinstance(s, TenantHealthMonitor)]
         port = yield self.gw.status_port()
         self.base = f"http://127.0.0.1:{port}"
         self.http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))

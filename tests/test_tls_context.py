@@ -225,16 +225,3 @@ class ReloadTests(SynchronousTestCase):
         # not retried (nor logged) every tick while the files stay broken
         self.assertFalse(self.source.check_for_changes())
         self.assertEqual(self.source.failed_reloads, 1)
-
-    def test_connection_creator_follows_reload(self):
-        self.old_context = self.source.server_options().getContext()
-        creator = self.source.connection_creator()
-        second = self.ca.issue()
-        self.install(second)
-        self.source.reload()
-        from twisted.internet.protocol import Factory, Protocol
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-        tls_factory = TLSMemoryBIOFactory(creator, False, Factory.forProtocol(Protocol))
-        connection = creator.serverConnectionForTLS(tls_factory.buildProtocol(None))
-        self.assertIs(connection.get_context(), self.source.server_options().getContext())
-        self.assertIsNot(connection.get_context(), self.old_context)

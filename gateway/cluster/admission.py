@@ -408,11 +408,11 @@ class ClusterAdmission(Service):
                 self.log.warn("cluster lease {lease} expired before its request ended (was Redis slow?)", lease=lease)
 
     def _read_tenants(self, table: Any) -> None:
-        fresh = {}
+        fresh: dict[str, tuple[float, str]] = {}
         for field, value in (table or {}).items():
-            until, _, detail = str(value).partition("|")
+            stamp, _, detail = str(value).partition("|")
             try:
-                fresh[str(field)] = (float(until), detail)
+                fresh[str(field)] = (float(stamp), detail)
             except ValueError:
                 continue
         now = self.clock.seconds()

@@ -47,7 +47,7 @@ def parse_cluster(root: TableReader, environ: Mapping[str, str], resolve: Resolv
         root.mark_used("cluster")
         return None
     t = root.table_at("cluster")
-    name = t.string("name", "graphsmtp")
+    name = t.word("name", "graphsmtp")
     node_id = t.string("node_id") or socket.gethostname()
     for key, value in (("name", name), ("node_id", node_id)):
         if not value or any(c.isspace() or c in ":{}" for c in value):
@@ -66,9 +66,9 @@ def parse_cluster(root: TableReader, environ: Mapping[str, str], resolve: Resolv
     return ClusterConfig(name, node_id, expected, lease_ttl, retry, window)
 
 
-def check_cluster(sections: Mapping[str, object]) -> None:
+def check_cluster(cluster: Optional[ClusterConfig], redis: object) -> None:
     """``[cluster]`` needs ``[redis]``: say so at start-up, not at the first delivery."""
-    if sections.get("cluster") is not None and sections.get("redis") is None:
+    if cluster is not None and redis is None:
         raise ConfigError("cluster", "needs a [redis] section (the gateways share their limits through it)")
 
 

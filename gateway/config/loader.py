@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from gateway.config import sections as feature_sections
+import attrs
+
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
     DEFAULT_LISTEN,
@@ -27,7 +28,10 @@ from gateway.config.model import (
     QueueConfig,
     SpoolConfig,
 )
+from gateway.config.plugin_paths import parse_plugin_paths
 from gateway.config.reader import TableReader, check_endpoint, parse_duration
+
+Resolver = Callable[[str], str]
 
 _TLS_MODES = ("none", "starttls", "implicit")
 _AUTH_MODES = ("none", "optional", "required")
@@ -67,55 +71,92 @@ def load_config(
         raise
 
 
+@attrs.frozen
+class _GatewayTable:
+    """``[gateway]``: who the gateway is and where it keeps its state."""
+
+    hostname: str
+    state_dir: str
+    add_message_id: bool
+    add_date: bool
+    plugin_paths: tuple[str, ...]
+
+
 def build_config(
     data: Mapping[str, Any],
     overrides: Mapping[str, Any],
     environ: Mapping[str, str],
     base_dir: str,
 ) -> GatewayConfig:
+    """Every section, each parsed by its own function (feature sections import on use, as plugins do)."""
+    from gateway.config.auth import parse_auth_section
+    from gateway.config.cluster import check_cluster, parse_cluster
+    from gateway.config.graph import parse_graph_section
+    from gateway.config.local import LISTENER_NAME as LOCAL_LISTENER_NAME
+    from gateway.config.local import parse_local
+    from gateway.config.policy import parse_observers, parse_redis
+    from gateway.config.status import parse_status
+
     root = TableReader(data, "")
 
     def resolve(p: str) -> str:
         return os.path.normpath(os.path.join(base_dir, os.path.expanduser(p)))
 
-    gw = root.table_at("gateway")
+    gateway = _parse_gateway(root.table_at("gateway"), overrides, resolve)
+    default_limits = parse_limits(root.table_at("limits"), Limits())
+    listeners = _parse_listeners(root, overrides, default_limits)
+    spool = _parse_spool(root.table_at("spool"), overrides, gateway.state_dir, resolve)
+    queue = _parse_queue(root.table_at("queue"))
+    requested, capture = _parse_delivery(root.table_at("delivery"), overrides, gateway.state_dir, resolve)
+    graph = parse_graph_section(root.table_at("graph"), environ, resolve) if root.has("graph") else None
+    if requested == "graph" and graph is None:
+        raise ConfigError("delivery.deliverer", "is \"graph\" but no [graph] tenant_id/client_id/credentials are configured")
+    redis = parse_redis(root, environ, resolve)
+    observers = parse_observers(root, environ, resolve)
+    auth = parse_auth_section(root, environ, resolve)
+    status = parse_status(root, environ, resolve, default_users_file=auth.users_file)
+    cluster = parse_cluster(root, environ, resolve)
+    check_cluster(cluster, redis)
+    local = parse_local(root, default_limits, resolve)
+    if local.socket and any(listener.name == LOCAL_LISTENER_NAME for listener in listeners):
+        raise ConfigError("listener.sendmail.name", "\"sendmail\" is the name of the [local] socket; choose another")
+    root.finish()
+    return GatewayConfig(
+        hostname=gateway.hostname, state_dir=gateway.state_dir, listeners=listeners, spool=spool, queue=queue,
+        capture=capture, deliverer="capture" if requested == "capture" or graph is None else "graph", graph=graph,
+        add_message_id=gateway.add_message_id, add_date=gateway.add_date, plugin_paths=gateway.plugin_paths,
+        auth=auth, redis=redis, observers=observers, status=status, cluster=cluster, local=local,
+    )
+
+
+def _parse_gateway(gw: TableReader, overrides: Mapping[str, Any], resolve: Resolver) -> _GatewayTable:
+
     hostname = overrides.get("hostname") or gw.string("hostname") or socket.gethostname()
     gw.mark_used("hostname")
     _check_hostname(hostname, "gateway.hostname")
     state_dir = resolve(_pick(overrides, "state_dir", gw.string("state_dir", DEFAULT_STATE_DIR)))
     add_message_id = gw.boolean("add_message_id", True)
     add_date = gw.boolean("add_date", True)
-    from gateway.config.plugin_paths import parse_plugin_paths
     plugin_paths = parse_plugin_paths(gw.strings("plugin_paths"), resolve, "gateway.plugin_paths")
     gw.finish()
+    return _GatewayTable(hostname, state_dir, add_message_id, add_date, plugin_paths)
 
-    default_limits = parse_limits(root.table_at("limits"), Limits())
 
-    listeners = _parse_listeners(root, overrides, default_limits)
-
-    sp = root.table_at("spool")
+def _parse_spool(sp: TableReader, overrides: Mapping[str, Any], state_dir: str, resolve: Resolver) -> SpoolConfig:
     spool = SpoolConfig(
         directory=resolve(_pick(overrides, "spool", sp.string("directory", os.path.join(state_dir, "spool")))),
         threads=sp.integer("threads", 4, 1, 64),
         archive_delivered=sp.boolean("archive_delivered", False),
-        flush=sp.string("flush", "auto", ("auto", "fdatasync")),
+        flush=sp.word("flush", "auto", ("auto", "fdatasync")),
     )
     sp.finish()
+    return spool
 
-    q = root.table_at("queue")
-    schedule = q.raw("retry_schedule", None)
-    if schedule is None:
-        retry_schedule = QueueConfig().retry_schedule
-    else:
-        if not isinstance(schedule, list) or not schedule:
-            raise ConfigError("queue.retry_schedule", "must be a non-empty list of durations")
-        retry_schedule = tuple(parse_duration(v, f"queue.retry_schedule[{i}]") for i, v in enumerate(schedule))
-        if retry_schedule[-1] <= 0:
-            # The last value repeats until max_lifetime: 0 would retry in a hot loop for days.
-            raise ConfigError(f"queue.retry_schedule[{len(retry_schedule) - 1}]", "the last value repeats and must be more than 0 seconds")
+
+def _parse_queue(q: TableReader) -> QueueConfig:
     queue = QueueConfig(
         concurrency=q.integer("concurrency", 64, 1, 1000),
-        retry_schedule=retry_schedule,
+        retry_schedule=_retry_schedule(q),
         jitter=q.number("jitter", 0.2),
         max_lifetime=q.duration("max_lifetime", 5 * 86400.0),
         shutdown_grace=q.duration("shutdown_grace", 30.0),
@@ -127,39 +168,31 @@ def build_config(
     if queue.jitter > 1:
         raise ConfigError("queue.jitter", "must be a fraction from 0 to 1")
     q.finish()
+    return queue
 
-    dl = root.table_at("delivery")
+
+def _retry_schedule(q: TableReader) -> tuple[float, ...]:
+    schedule = q.raw("retry_schedule", None)
+    if schedule is None:
+        return QueueConfig().retry_schedule
+    if not isinstance(schedule, list) or not schedule:
+        raise ConfigError("queue.retry_schedule", "must be a non-empty list of durations")
+    retry_schedule = tuple(parse_duration(v, f"queue.retry_schedule[{i}]") for i, v in enumerate(schedule))
+    if retry_schedule[-1] <= 0:
+        # The last value repeats until max_lifetime: 0 would retry in a hot loop for days.
+        raise ConfigError(f"queue.retry_schedule[{len(retry_schedule) - 1}]", "the last value repeats and must be more than 0 seconds")
+    return retry_schedule
+
+
+def _parse_delivery(dl: TableReader, overrides: Mapping[str, Any], state_dir: str,
+                    resolve: Resolver) -> tuple[str, CaptureConfig]:
+    """The deliverer asked for (``auto``, ``capture`` or ``graph``) and the capture outbox."""
     requested = _pick(overrides, "deliverer", dl.string("deliverer", "auto", ("auto", "capture", "graph")))
     cap = dl.table_at("capture")
     capture = CaptureConfig(outbox=resolve(_pick(overrides, "outbox", cap.string("outbox", os.path.join(state_dir, "outbox")))))
     cap.finish()
     dl.finish()
-
-    graph = feature_sections.parse_graph(root, environ, resolve)
-    if requested == "graph" and graph is None:
-        raise ConfigError("delivery.deliverer", "is \"graph\" but no [graph] tenant_id/client_id/credentials are configured")
-    deliverer = "capture" if requested == "capture" or graph is None else "graph"
-
-    sections = feature_sections.parse_all(root, environ, resolve)
-    from gateway.config.local import parse_local
-    sections["local"] = parse_local(root, default_limits, resolve)
-    if sections["local"].socket and any(listener.name == "sendmail" for listener in listeners):
-        raise ConfigError("listener.sendmail.name", "\"sendmail\" is the name of the [local] socket; choose another")
-    root.finish()
-    return GatewayConfig(
-        hostname=hostname,
-        state_dir=state_dir,
-        listeners=listeners,
-        spool=spool,
-        queue=queue,
-        capture=capture,
-        deliverer=deliverer,
-        graph=graph,
-        add_message_id=add_message_id,
-        add_date=add_date,
-        sections=sections,
-        plugin_paths=plugin_paths,
-    )
+    return requested, capture
 
 
 def _pick(overrides: Mapping[str, Any], name: str, from_file: Any) -> Any:
@@ -169,7 +202,7 @@ def _pick(overrides: Mapping[str, Any], name: str, from_file: Any) -> Any:
 
 def parse_limits(table: TableReader, base: Limits) -> Limits:
     """Limits from a table, each unset key falling back to ``base`` (the global defaults)."""
-    values = dict(
+    limits = Limits(
         max_message_size=table.size("max_message_size", base.max_message_size),
         max_recipients=table.integer("max_recipients", base.max_recipients, 1, 100000),
         max_command_line=table.integer("max_command_line", base.max_command_line, 512, 65536),
@@ -185,15 +218,15 @@ def parse_limits(table: TableReader, base: Limits) -> Limits:
         max_messages_per_session=table.integer("max_messages_per_session", base.max_messages_per_session, 1, 1000000),
     )
     table.finish()
-    if values["max_message_size"] < 1024:
+    if limits.max_message_size < 1024:
         raise ConfigError(table.key("max_message_size"), "must be at least 1024 bytes")
-    if values["max_header_size"] < 1024:
+    if limits.max_header_size < 1024:
         # Smaller refuses nearly every message (a Received line alone is ~200 bytes).
         raise ConfigError(table.key("max_header_size"), "must be at least 1024 bytes")
     for name in ("idle_timeout", "data_timeout", "session_timeout"):
-        if values[name] <= 0:
+        if getattr(limits, name) <= 0:
             raise ConfigError(table.key(name), "must be more than 0 seconds")
-    return Limits(**values)
+    return limits
 
 
 def _parse_listeners(root: TableReader, overrides: Mapping[str, Any], default_limits: Limits) -> tuple[ListenerConfig, ...]:
@@ -233,27 +266,9 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
     endpoint = t.string("endpoint")
     if not endpoint:
         raise ConfigError(t.key("endpoint"), "is required, e.g. \"tcp:587:interface=0.0.0.0\"")
-    tls = t.string("tls", "none", _TLS_MODES)
-    tls_cert = t.string("tls_cert")
-    tls_key = t.string("tls_key")
-    if tls != "none" and not tls_cert:
-        raise ConfigError(t.key("tls_cert"), f"is required when tls = \"{tls}\"")
-    if tls_key and not tls_cert:
-        raise ConfigError(t.key("tls_cert"), "is required when tls_key is set")
-    auth = t.string("auth", "none", _AUTH_MODES)
-    mechanisms = tuple(m.upper() for m in t.strings("auth_mechanisms", ("PLAIN", "LOGIN")))
-    for m in mechanisms:
-        if m not in _MECHANISMS:
-            raise ConfigError(t.key("auth_mechanisms"), f"{m!r} is not supported; use PLAIN and/or LOGIN")
-    allow_plaintext_auth = t.boolean("allow_plaintext_auth", False)
-    if auth == "required" and tls == "none" and not allow_plaintext_auth:
-        raise ConfigError(t.key("auth"), "is \"required\" but the listener has no TLS; set tls or allow_plaintext_auth = true (loopback only)")
-    # PROXY protocol is Twisted's haproxy: endpoint wrapper; the flag and the prefix mean the
-    # same thing, so either one turns on the other (a flag that parsed nothing would silently
-    # make every client look like the load balancer).
-    proxy_protocol = t.boolean("proxy_protocol", False) or endpoint.startswith("haproxy:")
-    if proxy_protocol and not endpoint.startswith("haproxy:"):
-        endpoint = "haproxy:" + endpoint
+    tls, tls_cert, tls_key = _parse_tls_files(t)
+    auth, mechanisms, allow_plaintext_auth = _parse_auth_settings(t, tls)
+    endpoint, proxy_protocol = _proxy_endpoint(t, endpoint)
     check_endpoint(endpoint, t.key("endpoint"))
     proxy_trusted_networks, proxy_header_timeout = _parse_proxy_peers(t, proxy_protocol)
     policies = parse_policy_refs(t)
@@ -264,7 +279,7 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
         tls=tls,
         tls_cert=tls_cert,
         tls_key=tls_key,
-        tls_min_version=t.string("tls_min_version", "1.2", _TLS_VERSIONS),
+        tls_min_version=t.word("tls_min_version", "1.2", _TLS_VERSIONS),
         tls_ciphers=_cipher_string(t),
         auth=auth,
         auth_mechanisms=mechanisms,
@@ -278,6 +293,43 @@ def parse_listener(t: TableReader, default_limits: Limits) -> ListenerConfig:
     )
     t.finish()
     return listener
+
+
+def _parse_tls_files(t: TableReader) -> tuple[str, Optional[str], Optional[str]]:
+    """``tls``, ``tls_cert`` and ``tls_key``: a TLS mode needs a certificate, a key needs one too."""
+    tls = t.word("tls", "none", _TLS_MODES)
+    tls_cert = t.string("tls_cert")
+    tls_key = t.string("tls_key")
+    if tls != "none" and not tls_cert:
+        raise ConfigError(t.key("tls_cert"), f"is required when tls = \"{tls}\"")
+    if tls_key and not tls_cert:
+        raise ConfigError(t.key("tls_cert"), "is required when tls_key is set")
+    return tls, tls_cert, tls_key
+
+
+def _parse_auth_settings(t: TableReader, tls: str) -> tuple[str, tuple[str, ...], bool]:
+    """``auth``, ``auth_mechanisms`` and ``allow_plaintext_auth``: no required AUTH in clear by accident."""
+    auth = t.word("auth", "none", _AUTH_MODES)
+    mechanisms = tuple(m.upper() for m in t.strings("auth_mechanisms", ("PLAIN", "LOGIN")))
+    for m in mechanisms:
+        if m not in _MECHANISMS:
+            raise ConfigError(t.key("auth_mechanisms"), f"{m!r} is not supported; use PLAIN and/or LOGIN")
+    allow_plaintext_auth = t.boolean("allow_plaintext_auth", False)
+    if auth == "required" and tls == "none" and not allow_plaintext_auth:
+        raise ConfigError(t.key("auth"), "is \"required\" but the listener has no TLS; set tls or allow_plaintext_auth = true (loopback only)")
+    return auth, mechanisms, allow_plaintext_auth
+
+
+def _proxy_endpoint(t: TableReader, endpoint: str) -> tuple[str, bool]:
+    """
+    PROXY protocol is Twisted's haproxy: endpoint wrapper; the flag and the prefix mean the
+    same thing, so either one turns on the other (a flag that parsed nothing would silently
+    make every client look like the load balancer).
+    """
+    proxy_protocol = t.boolean("proxy_protocol", False) or endpoint.startswith("haproxy:")
+    if proxy_protocol and not endpoint.startswith("haproxy:"):
+        endpoint = "haproxy:" + endpoint
+    return endpoint, proxy_protocol
 
 
 def _cipher_string(t: TableReader) -> Optional[str]:

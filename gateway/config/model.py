@@ -9,9 +9,17 @@ spool, capture outbox until Graph credentials are configured.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Mapping, Optional, Union
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import attrs
+
+if TYPE_CHECKING:
+    from gateway.config.auth import AuthConfig
+    from gateway.config.cluster import ClusterConfig
+    from gateway.config.local import LocalConfig
+    from gateway.config.policy import ObserverRef, RedisConfig
+    from gateway.config.status import StatusConfig
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -128,13 +136,32 @@ class CaptureConfig:
     outbox: str
 
 
+def _no_auth() -> "AuthConfig":
+    from gateway.config.auth import AuthConfig
+
+    return AuthConfig()
+
+
+def _no_status() -> "StatusConfig":
+    from gateway.config.status import StatusConfig
+
+    return StatusConfig()
+
+
+def _no_local() -> "LocalConfig":
+    from gateway.config.local import LocalConfig
+
+    return LocalConfig()
+
+
 @attrs.frozen
 class GatewayConfig:
     """
-    The whole configuration.  ``graph`` is ``None`` until Graph credentials are configured;
-    ``deliverer`` is then ``"graph"``, otherwise ``"capture"``.  ``sections`` keeps the parsed
-    values of sections owned by optional features (auth, redis, observers, status) keyed by
-    section name, so adding a feature does not widen this class for everyone.
+    The whole configuration, one typed field per section.  ``graph`` is ``None`` until Graph
+    credentials are configured; ``deliverer`` is then ``"graph"``, otherwise ``"capture"``.
+    Optional features keep their own value types in their own modules (``auth``: L{AuthConfig},
+    ``status``: L{StatusConfig}, ...); ``None`` means the section is absent where absence means
+    "off" (``redis``, ``cluster``).
     """
 
     hostname: str
@@ -144,12 +171,34 @@ class GatewayConfig:
     queue: QueueConfig
     capture: CaptureConfig
     deliverer: str = "capture"
+    #: ``[graph]``: a L{GraphConfig}, or None.  Typed ``Any`` until the readers that rely on
+    #: ``deliverer == "graph"`` (rather than a None check) narrow it themselves.
     graph: Any = None
     add_message_id: bool = True
     add_date: bool = True
-    sections: Mapping[str, Any] = attrs.field(factory=dict)
     #: ``[gateway] plugin_paths``: directories (each with ``twisted/plugins/``) searched for plugins.
     plugin_paths: tuple[str, ...] = ()
+    #: ``[auth]``: users file, login throttle, Entra pass-through (defaults when absent).
+    auth: "AuthConfig" = attrs.field(factory=_no_auth)
+    #: ``[redis]``: the connection shared policies and ``[cluster]`` use; None without one.
+    redis: Optional["RedisConfig"] = None
+    #: ``[[observer]]``: delivery observers named in the file, in order.
+    observers: tuple["ObserverRef", ...] = ()
+    #: ``[status]``: the HTTP status endpoint (``endpoint`` None: none).
+    status: "StatusConfig" = attrs.field(factory=_no_status)
+    #: ``[cluster]``: gateways sharing one tenant's limits; None: this gateway paces alone.
+    cluster: Optional["ClusterConfig"] = None
+    #: ``[local]``: the UNIX submission socket (``socket`` None: none).
+    local: "LocalConfig" = attrs.field(factory=_no_local)
+
+    @property
+    def sections(self) -> Mapping[str, Any]:
+        """
+        The optional sections by name, read-only: the shape code written before they were typed
+        fields reads (``config.sections["auth"]``).  New code reads the fields.
+        """
+        return MappingProxyType({"auth": self.auth, "redis": self.redis, "observers": self.observers,
+                                 "status": self.status, "cluster": self.cluster, "local": self.local})
 
 
 __all__ = [

@@ -66,6 +66,11 @@ class TableReader:
                 raise ConfigError(self.key(name), f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
         return value
 
+    def word(self, name: str, default: str, choices: Optional[Iterable[str]] = None) -> str:
+        """A string that always has a value (``default`` when the key is absent)."""
+        value = self.string(name, default, choices)
+        return default if value is None else value
+
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name, default)
         if not isinstance(value, bool):

@@ -33,9 +33,7 @@ from typing import Any, Optional
 import attrs
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from gateway.callback_free_tls import CallbackFreeCertificateOptions
 from gateway.config.errors import ConfigError
@@ -200,25 +198,13 @@ def _read(path: str, key: str) -> bytes:
         raise TLSLoadError(key, f"cannot read {path}: {e.strerror}") from None
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class _CurrentOptionsCreator:
-    """Hands every new TLS connection the options current at that moment (for wrapped endpoints)."""
-
-    def __init__(self, source: "TLSContextSource") -> None:
-        self._source = source
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return self._source.server_options().serverConnectionForTLS(tlsProtocol)
-
-
 class TLSContextSource:
     """
     The TLS settings of one listener, reloadable.
 
     Construct at start-up: a missing, unreadable or mismatched certificate/key raises
     L{ConfigError} naming the listener setting and path.  Then ``server_options()`` for each
-    new connection (or ``connection_creator()`` for a TLS-wrapped endpoint), ``reload()`` on
-    SIGHUP and ``check_for_changes()`` from a timer.
+    new connection, ``reload()`` on SIGHUP and ``check_for_changes()`` from a timer.
     """
 
     log = Logger()
@@ -254,10 +240,6 @@ class TLSContextSource:
     def server_options(self) -> ssl.CertificateOptions:
         """The options for the next TLS handshake."""
         return self._options
-
-    def connection_creator(self) -> IOpenSSLServerConnectionCreator:
-        """For ``wrapServerTLS``/``TLSMemoryBIOFactory``: follows reloads, unlike a fixed options object."""
-        return _CurrentOptionsCreator(self)
 
     def reload(self) -> bool:
         """

@@ -13,7 +13,7 @@ their expiry time.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import attrs
 from zope.interface import Interface
@@ -143,6 +143,28 @@ class DeliveryTotals:
     in_flight: int
 
 
+class IHealthSource(Interface):
+    """
+    The delivery side's health as ``/healthz``, the page and the metrics read it, handed to
+    the status endpoint by the composition root (the status code never probes the deliverer
+    for attributes).  Graph delivery provides per-tenant token health, ``[cluster]`` its shared
+    admission state and each mailbox's pause reason; the capture outbox provides nothing.
+    """
+
+    def tenants() -> "tuple[Any, ...]":
+        """
+        One health value per Graph tenant: ``label``, ``state`` (ok, degraded, needs-admin,
+        unknown...), ``detail``, ``since`` and, when known, ``paused_until``, ``action``,
+        ``token_expires_at``.  Empty without Graph.
+        """
+
+    def cluster() -> "Optional[dict[str, Any]]":
+        """``[cluster]`` state (name, node, state, since, detail, degraded_count), or None."""
+
+    def pause_reason(mailbox_key: Any) -> str:
+        """Why the sending mailbox the runner queues under ``mailbox_key`` is paused ("" when it is not)."""
+
+
 class IStatusSource(Interface):
     """Read-only facts about the running gateway, for the status page and the metrics."""
 
@@ -173,6 +195,6 @@ class IStatusSource(Interface):
 
 __all__ = [
     "GatewayInfo", "ListenerStatus", "TenantStatus", "MailboxPacing", "RecentDelivery", "ShapeRow",
-    "FailedMessage", "QueueView", "DeliveryTotals", "IStatusSource",
+    "FailedMessage", "QueueView", "DeliveryTotals", "IStatusSource", "IHealthSource",
     "TOKEN_OK", "TOKEN_DEGRADED", "TOKEN_NEEDS_ADMIN", "TOKEN_UNKNOWN",
 ]

@@ -24,7 +24,7 @@ Metric names that existed before (``graphsmtp_delivered_total``, ``graphsmtp_que
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -42,8 +42,13 @@ from gateway.status.interfaces import (
     TOKEN_NEEDS_ADMIN,
     TOKEN_OK,
     TOKEN_UNKNOWN,
+    DeliveryTotals,
+    GatewayInfo,
     IStatusSource,
+    ListenerStatus,
+    MailboxPacing,
     QueueView,
+    TenantStatus,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -164,83 +169,101 @@ class StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         source = self._source
         info = source.gateway()
-        build = GaugeMetricFamily("graphsmtp_build_info", "The running graphsmtp version.", labels=["version"])
-        build.add_metric([info.version], 1)
-        yield build
-        yield GaugeMetricFamily("graphsmtp_start_time_seconds", "When the gateway started (POSIX time).",
-                                value=info.started_at)
-
-        totals = source.totals()
-        yield GaugeMetricFamily("graphsmtp_queue_messages", "Messages waiting in the spool or being delivered.",
-                                value=totals.queued)
-        yield GaugeMetricFamily("graphsmtp_deliveries_in_flight", "Deliveries currently in progress.",
-                                value=totals.in_flight)
-        for name, text, value in (
-            ("graphsmtp_delivered", "Messages delivered.", totals.delivered),
-            ("graphsmtp_deferred", "Transient delivery failures.", totals.deferred),
-            ("graphsmtp_failed", "Messages that failed permanently or expired.", totals.failed),
-            ("graphsmtp_possibly_delivered",
-             "Ambiguous attempts that may have been delivered (retries may duplicate).", totals.possibly_delivered),
-        ):
-            yield CounterMetricFamily(name, text, value=value)
-
-        listeners = source.listeners()
-        sessions = GaugeMetricFamily("graphsmtp_smtp_sessions", "Open SMTP sessions per listener.", labels=["listener"])
-        up = GaugeMetricFamily("graphsmtp_listener_up", "1 while the listener accepts connections.", labels=["listener"])
-        for listener in listeners:
-            sessions.add_metric([listener.name], listener.sessions)
-            up.add_metric([listener.name], 1 if listener.state == "listening" else 0)
-        yield sessions
-        yield up
-
-        tenants = source.tenants()
-        ok = GaugeMetricFamily("graphsmtp_tenant_ok", "1 when the tenant gets Graph tokens (or has not been tried), "
-                               "0 when degraded or an admin must act.", labels=["tenant", "state"])
-        # The states under their /healthz spelling, so alerts and /healthz read alike.
-        health_state = GaugeMetricFamily("graphsmtp_tenant_state",
-                                         "1 for the state each tenant is in (ok, degraded, needs-admin, unknown).",
-                                         labels=["tenant", "state"])
-        expiry = GaugeMetricFamily("graphsmtp_tenant_token_expiry_timestamp_seconds",
-                                   "When the tenant's current access token expires (POSIX time).", labels=["tenant"])
-        for tenant in tenants:
-            ok.add_metric([tenant.label, tenant.state.replace(" ", "-")],
-                          1 if tenant.state in (TOKEN_OK, TOKEN_UNKNOWN) else 0)
-            for name in TOKEN_STATES:
-                health_state.add_metric([tenant.label, name.replace(" ", "-")], 1 if tenant.state == name else 0)
-            if tenant.token_expires_at:
-                expiry.add_metric([tenant.label], tenant.token_expires_at)
-        yield ok
-        yield health_state
-        yield expiry
-
-        now = info.now
-        in_flight = GaugeMetricFamily("graphsmtp_mailbox_in_flight", "Graph deliveries in flight per sending mailbox.",
-                                      labels=["mailbox"])
-        paused = GaugeMetricFamily("graphsmtp_mailbox_paused", "1 while a sending mailbox is paused (throttled).",
-                                   labels=["mailbox"])
-        for mailbox in source.mailboxes():
-            in_flight.add_metric([mailbox.mailbox], mailbox.in_flight)
-            paused.add_metric([mailbox.mailbox], 1 if mailbox.paused_until > now else 0)
-        yield in_flight
-        yield paused
-
+        yield from _gateway_metrics(info)
+        yield from _total_metrics(source.totals())
+        yield from _listener_metrics(source.listeners())
+        yield from _tenant_metrics(source.tenants())
+        yield from _mailbox_metrics(source.mailboxes(), info.now)
         cluster = source.cluster() if hasattr(source, "cluster") else None
         if cluster is not None:
-            state = GaugeMetricFamily("graphsmtp_cluster_state",
-                                      "1 for this node's cluster state (ok, degraded: Redis away, each node "
-                                      "delivers with its share of the limits; rejoining).", labels=["node", "state"])
-            for name in ("ok", "degraded", "rejoining"):
-                state.add_metric([cluster["node"], name], 1 if cluster["state"] == name else 0)
-            yield state
-            yield CounterMetricFamily("graphsmtp_cluster_degraded", "Times this node lost the cluster's Redis.",
-                                      value=cluster["degraded_count"])
+            yield from _cluster_metrics(cluster)
+        yield from _auth_metrics(source.auth())
 
-        for key, value in sorted(source.auth().items()):
-            text = f"SMTP AUTH {key.replace('_', ' ')}."
-            if key.endswith("_total"):
-                yield CounterMetricFamily(f"graphsmtp_auth_{key[:-len('_total')]}", text, value=value)
-            else:
-                yield GaugeMetricFamily(f"graphsmtp_auth_{key}", text, value=value)
+
+def _gateway_metrics(info: GatewayInfo) -> Iterator[Metric]:
+    build = GaugeMetricFamily("graphsmtp_build_info", "The running graphsmtp version.", labels=["version"])
+    build.add_metric([info.version], 1)
+    yield build
+    yield GaugeMetricFamily("graphsmtp_start_time_seconds", "When the gateway started (POSIX time).",
+                            value=info.started_at)
+
+
+def _total_metrics(totals: DeliveryTotals) -> Iterator[Metric]:
+    yield GaugeMetricFamily("graphsmtp_queue_messages", "Messages waiting in the spool or being delivered.",
+                            value=totals.queued)
+    yield GaugeMetricFamily("graphsmtp_deliveries_in_flight", "Deliveries currently in progress.",
+                            value=totals.in_flight)
+    for name, text, value in (
+        ("graphsmtp_delivered", "Messages delivered.", totals.delivered),
+        ("graphsmtp_deferred", "Transient delivery failures.", totals.deferred),
+        ("graphsmtp_failed", "Messages that failed permanently or expired.", totals.failed),
+        ("graphsmtp_possibly_delivered",
+         "Ambiguous attempts that may have been delivered (retries may duplicate).", totals.possibly_delivered),
+    ):
+        yield CounterMetricFamily(name, text, value=value)
+
+
+def _listener_metrics(listeners: Iterable[ListenerStatus]) -> Iterator[Metric]:
+    sessions = GaugeMetricFamily("graphsmtp_smtp_sessions", "Open SMTP sessions per listener.", labels=["listener"])
+    up = GaugeMetricFamily("graphsmtp_listener_up", "1 while the listener accepts connections.", labels=["listener"])
+    for listener in listeners:
+        sessions.add_metric([listener.name], listener.sessions)
+        up.add_metric([listener.name], 1 if listener.state == "listening" else 0)
+    yield sessions
+    yield up
+
+
+def _tenant_metrics(tenants: Iterable[TenantStatus]) -> Iterator[Metric]:
+    ok = GaugeMetricFamily("graphsmtp_tenant_ok", "1 when the tenant gets Graph tokens (or has not been tried), "
+                           "0 when degraded or an admin must act.", labels=["tenant", "state"])
+    # The states under their /healthz spelling, so alerts and /healthz read alike.
+    health_state = GaugeMetricFamily("graphsmtp_tenant_state",
+                                     "1 for the state each tenant is in (ok, degraded, needs-admin, unknown).",
+                                     labels=["tenant", "state"])
+    expiry = GaugeMetricFamily("graphsmtp_tenant_token_expiry_timestamp_seconds",
+                               "When the tenant's current access token expires (POSIX time).", labels=["tenant"])
+    for tenant in tenants:
+        ok.add_metric([tenant.label, tenant.state.replace(" ", "-")],
+                      1 if tenant.state in (TOKEN_OK, TOKEN_UNKNOWN) else 0)
+        for name in TOKEN_STATES:
+            health_state.add_metric([tenant.label, name.replace(" ", "-")], 1 if tenant.state == name else 0)
+        if tenant.token_expires_at:
+            expiry.add_metric([tenant.label], tenant.token_expires_at)
+    yield ok
+    yield health_state
+    yield expiry
+
+
+def _mailbox_metrics(mailboxes: Iterable[MailboxPacing], now: float) -> Iterator[Metric]:
+    in_flight = GaugeMetricFamily("graphsmtp_mailbox_in_flight", "Graph deliveries in flight per sending mailbox.",
+                                  labels=["mailbox"])
+    paused = GaugeMetricFamily("graphsmtp_mailbox_paused", "1 while a sending mailbox is paused (throttled).",
+                               labels=["mailbox"])
+    for mailbox in mailboxes:
+        in_flight.add_metric([mailbox.mailbox], mailbox.in_flight)
+        paused.add_metric([mailbox.mailbox], 1 if mailbox.paused_until > now else 0)
+    yield in_flight
+    yield paused
+
+
+def _cluster_metrics(cluster: Mapping[str, Any]) -> Iterator[Metric]:
+    state = GaugeMetricFamily("graphsmtp_cluster_state",
+                              "1 for this node's cluster state (ok, degraded: Redis away, each node "
+                              "delivers with its share of the limits; rejoining).", labels=["node", "state"])
+    for name in ("ok", "degraded", "rejoining"):
+        state.add_metric([cluster["node"], name], 1 if cluster["state"] == name else 0)
+    yield state
+    yield CounterMetricFamily("graphsmtp_cluster_degraded", "Times this node lost the cluster's Redis.",
+                              value=cluster["degraded_count"])
+
+
+def _auth_metrics(counters: Mapping[str, Any]) -> Iterator[Metric]:
+    for key, value in sorted(counters.items()):
+        text = f"SMTP AUTH {key.replace('_', ' ')}."
+        if key.endswith("_total"):
+            yield CounterMetricFamily(f"graphsmtp_auth_{key[:-len('_total')]}", text, value=value)
+        else:
+            yield GaugeMetricFamily(f"graphsmtp_auth_{key}", text, value=value)
 
 
 class QueueCollector(Collector):
@@ -277,7 +300,7 @@ class _ScrapeCollectors:
 def exposition(registry: CollectorRegistry, view: Optional[QueueView] = None) -> bytes:
     """The text exposition of ``registry`` (and of ``view``'s queue gauges, when given)."""
     extra = [QueueCollector(view)] if view is not None else []
-    return generate_latest(_ScrapeCollectors(registry, extra))  # type: ignore[arg-type]
+    return generate_latest(_ScrapeCollectors(registry, extra))
 
 
 __all__ = [

@@ -2,12 +2,12 @@
 L{ComponentsStatusSource}: the one adapter that knows where each status fact lives today.
 
 The page and the metrics read an L{IStatusSource}; this class answers from the wired
-components — the listener factories and services, the queue runner, the deliverer's tenant
-health and mailbox scheduler, the AUTH throttle, the recent-deliveries recorder and the spool.
+components — the listener factories and services, the queue runner and its mailbox queues,
+the delivery side's L{IHealthSource} (tenants, ``[cluster]``, mailbox pauses; handed over by
+the composition root), the AUTH throttle, the recent-deliveries recorder and the spool.
 
-Tenant health is translated by L{tenant_status}, the single place that maps whatever health
-object the deliverer offers onto ``ok / degraded / needs admin``: point it at a richer object
-(per-tenant token probing) and nothing else changes.
+Tenant health is translated by L{tenant_status}, the single place that maps the health values
+an L{IHealthSource} lists onto ``ok / degraded / needs admin``.
 """
 
 from __future__ import annotations
@@ -49,18 +49,6 @@ _ACTIONS = {
     TOKEN_NEEDS_ADMIN: "Fix the app registration in Entra ID: client secret or certificate, tenant id, "
                        "and admin consent for Mail.Send; deliveries for this tenant are paused and retried.",
 }
-
-
-def tenant_health(deliverer: Any) -> tuple:
-    """
-    Per-tenant health values: the Graph deliverer's tenant monitor when there is one
-    (L{gateway.delivery.graph.tenant_health}, which probes tokens before any mail needs them),
-    else whatever ``health()`` the deliverer offers.
-    """
-    inner = getattr(deliverer, "inner", deliverer)
-    monitor = getattr(inner, "tenant_monitor", None)
-    health_of = monitor.health if monitor is not None else getattr(inner, "health", None)
-    return tuple(health_of()) if callable(health_of) else ()
 
 
 def tenant_status(health: Any) -> TenantStatus:
@@ -129,30 +117,24 @@ class ComponentsStatusSource:
             for part in self._components.listeners
         )
 
-    def _deliverer(self) -> Any:
-        deliverer = self._components.deliverer
-        return getattr(deliverer, "inner", deliverer)
-
     def tenants(self) -> tuple[TenantStatus, ...]:
-        return tuple(tenant_status(h) for h in tenant_health(self._components.deliverer))
+        return tuple(tenant_status(h) for h in self._components.health.tenants())
 
     def mailboxes(self) -> tuple[MailboxPacing, ...]:
         queues = getattr(self._components.runner, "mailboxes", None)
         if queues is None:
             return ()
-        throttles = getattr(self._deliverer(), "throttles", None)
+        health = self._components.health
         rows = []
         for key, in_flight, paused_until, next_slot, _waiting in queues.snapshot(self._clock.seconds()):
-            throttle = throttles.state(key) if throttles is not None else None
-            reason = throttle.pause_reason if throttle is not None and throttle.paused_until > 0 else ""
+            reason = health.pause_reason(key)
             mailbox = getattr(key, "mailbox", key)
             rows.append(MailboxPacing(str(mailbox), in_flight, paused_until, reason, next_slot))
         return tuple(sorted(rows, key=lambda m: m.mailbox))
 
     def cluster(self) -> Optional[dict]:
         """``[cluster]`` state (name, node, state, since, detail, degraded_count), or None."""
-        status = getattr(getattr(self._deliverer(), "admission", None), "status", None)
-        return status() if callable(status) else None
+        return self._components.health.cluster()
 
     def totals(self) -> DeliveryTotals:
         runner = self._components.runner

@@ -20,11 +20,14 @@ import json
 from typing import Any
 
 import attrs
+from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from gateway.status.sources import tenant_health
+from gateway.status.interfaces import IStatusSource
+from gateway.status.metrics import GatewayMetrics
+from gateway.threads import ThreadPoolService
 
 _log = Logger(namespace="gateway.status.web")
 
@@ -47,7 +50,7 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
     tenants = [
         {"tenant": t.label, "state": t.state, "detail": t.detail, "since": t.since,
          "paused_until": getattr(t, "paused_until", 0.0), "action": getattr(t, "action", "")}
-        for t in tenant_health(components.deliverer)
+        for t in components.health.tenants()
     ]
     listeners_down = [part.config.name for part in components.listeners if not _listening(part)]
     status = overall_status(tenants)
@@ -62,11 +65,11 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
             "failed_total": stats.failed,
             "possibly_delivered_total": stats.possibly_delivered,
         },
-        "delivery": {"deliverer": type(_innermost(components.deliverer)).__name__, "tenants": tenants},
+        "delivery": {"deliverer": type(components.deliverer).__name__, "tenants": tenants},
         # [cluster]: ok / degraded (Redis away: this node delivers with its share of the limits)
         # / rejoining.  Informational only: it never makes /healthz 503, or a load balancer
         # would take every gateway out when Redis goes down.
-        "cluster": cluster_status(components.deliverer),
+        "cluster": components.health.cluster(),
         "listeners": [
             {"name": part.config.name, "tls": part.config.tls, "auth": part.config.auth,
              "sessions": len(part.factory.sessions), "transactions_in_flight": part.factory.in_flight,
@@ -75,12 +78,6 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
         ],
         "auth": components.auth.stats() if components.auth is not None else {},
     }
-
-
-def cluster_status(deliverer: Any) -> Any:
-    """The ``[cluster]`` admission's state (a dict), or None for a gateway that paces alone."""
-    status = getattr(getattr(_innermost(deliverer), "admission", None), "status", None)
-    return status() if callable(status) else None
 
 
 def _listening(part: Any) -> bool:
@@ -97,10 +94,6 @@ def overall_status(tenants: list) -> str:
     if states & {"degraded", "unreachable"}:
         return "degraded"
     return "ok"
-
-
-def _innermost(deliverer: Any) -> Any:
-    return getattr(deliverer, "inner", deliverer)
 
 
 class _Page(Resource):
@@ -152,23 +145,15 @@ class MetricsPage(Resource):
 
 
 
-def status_root(components: Any, clock: Any, source: Any = None, metrics: Any = None, refresh: int = 0) -> Resource:
+def status_root(components: Any, clock: Any, source: IStatusSource, metrics: GatewayMetrics, refresh: int = 0) -> Resource:
     """
     ``/`` (the human page), ``/healthz`` (JSON) and ``/metrics`` (Prometheus).  ``source`` is
     the L{IStatusSource} the page and the metrics read; ``metrics`` the gateway's
     L{GatewayMetrics} (its registry is what ``/metrics`` serves).
     """
-    from gateway.status.metrics import GatewayMetrics, StatusCollector
+    from gateway.status.metrics import StatusCollector
     from gateway.status.page import StatusPageResource
 
-    if metrics is None:
-        metrics = GatewayMetrics()
-    if source is None:
-        from twisted.internet.defer import maybeDeferred
-
-        from gateway.status.sources import ComponentsStatusSource
-
-        source = ComponentsStatusSource(components, clock, "localhost", _version(), clock.seconds(), maybeDeferred)
     metrics.registry.register(StatusCollector(source))
     root = Resource()
     root.putChild(b"", StatusPageResource(source, refresh))
@@ -187,9 +172,9 @@ def _version() -> str:
 class StatusServices:
     """The status endpoint's listening service and the thread pool its spool reads and logins use."""
 
-    web: Any
-    pool: Any
-    source: Any
+    web: StreamServerEndpointService
+    pool: ThreadPoolService
+    source: IStatusSource
 
 
 def status_service(status: Any, components: Any, reactor: Any, hostname: str = "localhost") -> StatusServices:
@@ -199,18 +184,16 @@ def status_service(status: Any, components: Any, reactor: Any, hostname: str = "
     """
     from functools import partial
 
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
     from gateway.status.sources import ComponentsStatusSource
-    from gateway.threads import ThreadPoolService
 
     pool = ThreadPoolService("graphsmtp-status", 1, 2)
     source = ComponentsStatusSource(
         components, reactor, hostname, _version(), reactor.seconds(), partial(deferToThreadPool, reactor, pool.pool),
-        recent=getattr(components, "recent", None), scan_limit=status.queue_scan_limit)
-    resource: Any = status_root(components, reactor, source, getattr(components, "metrics", None), status.refresh)
+        recent=components.recent, scan_limit=status.queue_scan_limit)
+    resource: Any = status_root(components, reactor, source, components.metrics, status.refresh)
     if status.login:
         from gateway.status.guard import guarded
 

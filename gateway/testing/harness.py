@@ -435,8 +435,7 @@ def start_gateway(case: Any, data: Any = None, deliverer: Any = None, reactor: A
     offers L{GraphView}'s helpers.
     """
     from gateway.config.model import GatewayConfig
-    from gateway.service import GatewayService
-    from gateway.wiring import build_components
+    from gateway.service import GatewayOptions, makeService
 
     if reactor is None:
         from twisted.internet import reactor
@@ -459,14 +458,14 @@ def start_gateway(case: Any, data: Any = None, deliverer: Any = None, reactor: A
     capture = LogCapture()  # from the start: building reports broken plugin modules
     globalLogPublisher.addObserver(capture)
     case.addCleanup(globalLogPublisher.removeObserver, capture)
-    components = build_components(config, reactor, deliverer)
+    service = makeService(GatewayOptions(config, deliverer=deliverer, install_signal_handlers=False), reactor)
+    components = service.components
     # [gateway] plugin_paths changed this process's plugin search path: undo it after the test.
     case.addCleanup(components.plugin_search.undo)
     recorder = RecordingObserver()
     components.runner.observers = (*components.runner.observers, recorder)
     if prepare is not None:
         prepare(components)
-    service = GatewayService(config, reactor, components=components, install_signal_handlers=False)
     running = RunningGateway(service, config, recorder, log=capture, graph=GraphView(fake) if fake is not None else None)
     service.privilegedStartService()
     service.startService()

@@ -1,16 +1,19 @@
 """
 Builds a ready Graph deliverer from configuration: thread pools, HTTP pool, TLS policy, token
-providers, scheduler.  The wiring calls L{build_graph_deliverer} and starts the returned
-services (thread pools first; the HTTP pool's service closes idle connections on stop).
+providers, tenant health monitor.  The composition root calls L{build_graph_delivery} and
+starts the returned services (thread pools first; the HTTP pool's service closes idle
+connections on stop).  Everything the deliverer needs is a constructor argument: nothing is
+set on it after it is built.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
+import attrs
 from treq.client import HTTPClient
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 from twisted.internet import ssl
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -138,25 +141,42 @@ def build_http_client(config: GraphConfig, reactor: Any, on_request: Any = None,
     return client, pool
 
 
-def build_graph_deliverer(
+@attrs.frozen
+class GraphDelivery:
+    """
+    Everything delivery through Graph consists of, as built by L{build_graph_delivery}.
+
+    ``services`` start in order (the MSAL and file thread pools, the HTTP pool, then the tenant
+    health monitor, whose first probe runs in the MSAL pool) and stop in reverse.
+    ``observers`` are delivery observers Graph needs told (the DSN sender when ``graph.dsn``
+    is on).  ``tenant_monitor`` probes a token for every configured tenant at start-up and
+    before expiry: its ``health()`` is what ``/healthz`` and ``/metrics`` read.
+    """
+
+    deliverer: GraphDeliverer
+    services: tuple[IService, ...]
+    observers: tuple[Any, ...]
+    tenant_monitor: TenantHealthMonitor
+
+
+def build_graph_delivery(
     config: GraphConfig,
     reactor: Any,
     resolver: Optional[ICredentialResolver] = None,
     on_request: Any = None,
     connections: int = PERSISTENT_CONNECTIONS,
     admission: Any = None,
-) -> tuple[GraphDeliverer, list]:
+    journal: Any = None,
+) -> GraphDelivery:
     """
-    A L{GraphDeliverer} and the services it needs started (in order) and stopped (in reverse):
-    the MSAL thread pool, the file thread pool, the HTTP connection pool and the tenant health
-    monitor (``deliverer.tenant_monitor``: a token for every configured tenant at start-up and
-    before expiry).  ``resolver``
+    A L{GraphDeliverer} and what it needs running (see L{GraphDelivery}).  ``resolver``
     defaults to the configured tenant only; pass the auth feature's resolver to add
     pass-through logins.  ``on_request(method, url, status, seconds)`` is told about every Graph
-    request (metrics).  ``deliverer.observers`` holds the DSN observer when ``graph.dsn`` is on.
-    ``connections``: Graph connections kept alive (the wiring passes ``[queue] concurrency``).
-    ``admission``: ``[cluster]``'s L{gateway.cluster.admission.ClusterAdmission}, shared by
-    every gateway of the cluster (None: the runner's own mailbox queues pace alone).
+    request (metrics).  ``connections``: Graph connections kept alive (the composition root
+    passes ``[queue] concurrency``).  ``admission``: ``[cluster]``'s
+    L{gateway.cluster.admission.ClusterAdmission}, shared by every gateway of the cluster (None:
+    the runner's own mailbox queues pace alone).  ``journal``: the spool's L{IDraftJournal} and
+    L{IEntryQuarantine} (None: the deliverer keeps no drafts across restarts).
     """
     token_pool = ThreadPoolService("graphsmtp-msal", 1, config.token_threads)
     io_pool = ThreadPoolService("graphsmtp-graph-io", 1, config.io_threads)
@@ -166,25 +186,37 @@ def build_graph_deliverer(
                             timeout=config.token_timeout)
     default = credentials_from_config(config)
     blocking = functools.partial(deferToThreadPool, reactor, io_pool.pool)
+    # The monitor reads the deliverer's own tenant view (a tenant Graph refused reads
+    # needs-admin) and the deliverer tells the monitor about every token it asks for: each
+    # is built knowing the other, through this late-bound reference.
+    deliverer: Optional[GraphDeliverer] = None
     monitor = TenantHealthMonitor(tokens, [default], reactor, retry=config.tenant_backoff,
-                                  retry_max=config.tenant_backoff_max)
+                                  retry_max=config.tenant_backoff_max,
+                                  graph_view=lambda: deliverer.health() if deliverer is not None else ())
+    # MonitoredTokens stands in for TokenProviders: the same acquire(), the rest delegated.
+    monitored = cast(TokenProviders, MonitoredTokens(tokens, monitor))
     deliverer = GraphDeliverer(
-        config, client, MonitoredTokens(tokens, monitor), resolver or ConfigCredentialResolver(default), reactor,
-        blocking=blocking, default_credentials=default, admission=admission)
-    monitor.graph_view = deliverer.health
-    observers: list = []
+        config, client, monitored, resolver or ConfigCredentialResolver(default), reactor,
+        blocking=blocking, default_credentials=default, journal=journal, admission=admission)
+    observers: tuple[Any, ...] = ()
     if config.dsn and config.postmaster:
         from gateway.delivery.graph.dsn import DSNObserver
-        observers.append(DSNObserver(client, tokens, default, config.postmaster, reactor, blocking=blocking))
-    deliverer.observers = tuple(observers)
+        observers = (DSNObserver(client, tokens, default, config.postmaster, reactor, blocking=blocking),)
     if not config.save_to_sent_items:
         log.warn("graph.save_to_sent_items = false has no effect on MIME sends: Graph's MIME sendMail and draft "
                  "send always keep a copy in Sent Items (only JSON sends can skip it)")
-    deliverer.token_providers = tokens
-    deliverer.tenant_monitor = monitor  # what /healthz and /metrics read (gateway.status)
-    # The monitor starts after the pools (its first probe runs in the MSAL pool) and stops first.
-    services = [token_pool, io_pool, ConnectionsService(http_pool, tokens), monitor]
-    return deliverer, services
+    services = (token_pool, io_pool, ConnectionsService(http_pool, tokens), monitor)
+    return GraphDelivery(deliverer, services, observers, monitor)
 
 
-__all__ = ["build_graph_deliverer", "build_http_client", "tls_policy", "CachedTLSPolicy", "ConnectionsService"]
+def build_graph_deliverer(config: GraphConfig, reactor: Any, **options: Any) -> tuple[GraphDeliverer, list[IService]]:
+    """
+    The deliverer and its services only (benchmarks and tests that drive a bare deliverer);
+    the composition root uses L{build_graph_delivery}, which also returns the observers and
+    the tenant monitor.  Same keyword arguments.
+    """
+    delivery = build_graph_delivery(config, reactor, **options)
+    return delivery.deliverer, list(delivery.services)
+
+
+__all__ = ["GraphDelivery", "build_graph_delivery", "build_graph_deliverer", "build_http_client", "tls_policy", "CachedTLSPolicy", "ConnectionsService"]

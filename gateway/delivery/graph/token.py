@@ -34,25 +34,6 @@ WELL_KNOWN_HOSTS = frozenset({
     "login.microsoftonline.us",
 })
 
-#: Entra error codes that mean "an admin must fix the app registration or the configuration".
-CONFIG_ERROR_CODES = frozenset({
-    7000215,  # invalid client secret
-    7000222,  # client secret expired
-    700016,   # application not found in the tenant
-    700027,   # client assertion signature / certificate mismatch
-    700023,   # invalid audience in assertion
-    700024,   # assertion not within its valid time range
-    700211,   # no matching federated identity record (workload identity)
-    700213,   # no matching federated identity record for subject
-    90002,    # tenant not found
-    90023,    # bad authority request
-    65001,    # consent missing
-    500011,   # resource principal (Graph) not found in tenant
-    7000112,  # application disabled
-    70011,    # invalid scope
-    50034,    # directory account does not exist
-})
-CONFIG_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope", "invalid_tenant", "invalid_grant"})
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 
 #: Codes the gateway itself gives failures Entra did not describe (see classify_exception).
@@ -330,7 +311,7 @@ def classify_result(result: dict) -> TokenError:
     code = f"AADSTS{codes[0]}" if codes else error
     if error in TRANSIENT_ERRORS:
         return TokenError("transient", code, description)
-    # Known configuration codes (CONFIG_ERRORS / CONFIG_ERROR_CODES) and anything else Entra
+    # Configuration errors (invalid_client, AADSTS7000215 a wrong secret...) and anything else Entra
     # answers with an error body: retrying the same request gives the same answer (MSAL even
     # replays 400s from its cache for 60 s), so an admin has to look.
     return TokenError("config", code, description)
