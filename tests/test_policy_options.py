@@ -1,5 +1,7 @@
 """
-Review: an Entra pass-through login can be spelt many ways for the same app — delimiter
+Login names policies match (gateway.policy.options.login_names / login_patterns).
+
+An Entra pass-through login can be spelt many ways for the same app — delimiter
 ``@``/``:``/``|``, GUID case or base64url, any ``.suffix`` — and the device chooses the
 spelling.  Policies keyed or scoped by login used the text as typed, so a device could step
 out of a ``per_login`` rule, a ``logins`` scope or a ``key = "login"`` budget just by adding a
