@@ -24,7 +24,8 @@ from gateway.policy.interfaces import (
     LoginThrottled,
     SessionView,
 )
-from tests.auth_helpers import SyncReactor, SyncThreadPool, cheap_hash, make_users_file
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
+from tests.auth_helpers import cheap_hash, make_users_file
 
 PASSWORD = "correct horse battery staple"
 WRONG = "Tr0ub4dor&3-wrong"
@@ -85,7 +86,7 @@ class ThrottledPortalTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         path = make_users_file(self.mktemp(), {"alice": (PASSWORD, ["alice@corp.example"])})
-        checker = UsersFileChecker(UsersStore(path), SyncReactor(), SyncThreadPool(), dummy_hash=cheap_hash("d").encode())
+        checker = UsersFileChecker(UsersStore(path), ImmediateReactor(), SynchronousThreadPool(), dummy_hash=cheap_hash("d").encode())
         self.throttle = LoginThrottle(self.clock, ThrottleSettings(max_failures=3, window=600, base_delay=2, max_delay=5))
         self.portal = ThrottledPortal(Portal(IdentityRealm(), [checker]), self.throttle, "submission")
         self.events = []

@@ -26,9 +26,8 @@ from gateway.auth.users import (
     write_users,
 )
 from gateway.policy.interfaces import Identity
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.auth_helpers import (
-    SyncReactor,
-    SyncThreadPool,
     cheap_hash,
     make_users_file,
     private_file,
@@ -132,8 +131,8 @@ class UsersCheckerTests(SynchronousTestCase):
             {"scanner": ("s3cret", ["scanner@corp.example"]), "old": ("pw", ["*"])},
             disabled=["old"],
         )
-        self.pool = SyncThreadPool()
-        self.checker = UsersFileChecker(UsersStore(path), SyncReactor(), self.pool, dummy_hash=cheap_hash("dummy").encode())
+        self.pool = SynchronousThreadPool()
+        self.checker = UsersFileChecker(UsersStore(path), ImmediateReactor(), self.pool, dummy_hash=cheap_hash("dummy").encode())
 
     def check(self, user, password):
         return self.checker.requestAvatarId(UsernamePassword(user, password))
@@ -144,14 +143,14 @@ class UsersCheckerTests(SynchronousTestCase):
 
     def test_wrong_unknown_disabled_all_fail_the_same_way_after_a_hash_check(self):
         for user, password in ((b"scanner", b"wrong"), (b"nobody", b"s3cret"), (b"old", b"pw"), (b"\xff\xfe", b"x")):
-            before = self.pool.calls
+            before = self.pool.jobs
             self.failureResultOf(self.check(user, password), UnauthorizedLogin)
             if user != b"\xff\xfe":
-                self.assertEqual(self.pool.calls, before + 1, user)
+                self.assertEqual(self.pool.jobs, before + 1, user)
 
     def test_overlong_password_fails_instead_of_being_truncated(self):
         path = make_users_file(self.mktemp(), {"long": ("x" * 72, ["*"])})
-        checker = UsersFileChecker(UsersStore(path), SyncReactor(), SyncThreadPool())
+        checker = UsersFileChecker(UsersStore(path), ImmediateReactor(), SynchronousThreadPool())
         self.successResultOf(checker.requestAvatarId(UsernamePassword(b"long", b"x" * 72)))
         self.failureResultOf(checker.requestAvatarId(UsernamePassword(b"long", b"x" * 73)), UnauthorizedLogin)
 

@@ -19,8 +19,9 @@ from gateway.delivery.interfaces import Delivered, Transient
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import AttemptRecord, Envelope, Provenance
 from gateway.spool.runner import QueueRunner
-from gateway.spool.testing import ImmediateReactor, make_test_spool
-from tests.test_queue_runner import ScriptedDeliverer
+from gateway.testing.delivery import ScriptedDeliverer
+from gateway.testing.spool import make_test_spool
+from gateway.testing.threads import ImmediateReactor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESSAGE = b"Subject: quarterly report\r\nFrom: app@example.com\r\n\r\nbody\r\n"

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.interfaces import SpoolError
-from gateway.spool.testing import make_test_spool
+from gateway.testing.spool import make_test_spool
 from tests.sendmail_helpers import daemon_spool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

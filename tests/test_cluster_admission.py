@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from gateway.cluster.admission import DEGRADED, OK, ClusterAdmission, ClusterSlot, Later
 from gateway.config.cluster import ClusterConfig
-from gateway.policy.testing import start_redis_server
+from gateway.testing.policy import start_redis_server
 from tests.test_policy_rate_redis import RedisTestBase
 
 TENANT = ("https://login.example", "tenant-1", "client-1")

@@ -19,7 +19,7 @@ from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import PolicyConfigError
 from gateway.policy.rate_limit import build as build_rate_limit
-from gateway.policy.testing import make_session, run_transaction
+from gateway.testing.policy import make_session, run_transaction
 
 
 def build(data, overrides=None, environ=None):

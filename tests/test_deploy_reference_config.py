@@ -18,7 +18,7 @@ from gateway.config import ConfigError, load_config
 from gateway.config.loader import build_config
 from gateway.config.reader import TableReader
 from gateway.policy.registry import build_listener_chains
-from gateway.policy.testing import make_session, run_transaction
+from gateway.testing.policy import make_session, run_transaction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "etc", "graphsmtp.toml")

@@ -6,7 +6,6 @@ import email.utils
 import os
 import time
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -18,7 +17,7 @@ from gateway.delivery.graph.client import (
 from gateway.delivery.graph.outcomes import failure_outcome, transport_outcome
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
 from gateway.testing.fake_graph import Fault
-from tests.graph_helpers import simple_message, start_rig
+from tests.graph_helpers import simple_message, stub_rig
 
 
 class RetryAfterTests(SynchronousTestCase):
@@ -90,13 +89,13 @@ class DraftVanishedTests(TestCase):
 
     @inlineCallbacks
     def test_draft_gone_before_send_is_retried_and_then_delivered(self):
-        r = yield start_rig(self, reactor, hidden_recipients="draft")
+        r = stub_rig(self, hidden_recipients="draft")
         r.server.inject(Fault.status_code(404, "ErrorItemNotFound", "The specified object was not found in the store."),
                         operation="send")
         entry = r.entry(simple_message(to=[BOB]), ALICE, [BOB, ERIN])
-        outcome = yield r.deliverer.deliver(entry)
+        outcome = yield r.deliver(entry)
         self.assertIsInstance(outcome, Transient)
-        again = yield r.deliverer.deliver(entry)
+        again = yield r.deliver(entry)
         self.assertIsInstance(again, Delivered)
 
 
@@ -107,8 +106,6 @@ NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 
 class RetryAfterDateTests(TestCase):
     def setUp(self):
-        if not hasattr(time, "tzset"):
-            raise self.skipTest("needs time.tzset")
         old = os.environ.get("TZ")
 
         def restore():

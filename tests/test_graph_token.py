@@ -27,36 +27,15 @@ from gateway.delivery.graph.token import (
     msal_credential,
 )
 from gateway.delivery.interfaces import Transient
-from gateway.spool.testing import ImmediateReactor
 from gateway.testing.fake_graph import (
     Fault,
     create_client_certificate,
     start_fake_graph,
 )
+from gateway.testing.threads import ImmediateReactor, ManualThreadPool
 from tests.graph_helpers import simple_message, start_rig
 
 SECRET = "client-secret-value-xyz"
-
-
-class ManualPool:
-    """Jobs wait until the test runs them (so concurrent acquires overlap)."""
-
-    def __init__(self):
-        self.jobs = []
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        self.jobs.append((on_result, f, args, kwargs))
-
-    def run_all(self):
-        while self.jobs:
-            on_result, f, args, kwargs = self.jobs.pop(0)
-            try:
-                result = f(*args, **kwargs)
-            except BaseException:
-                from twisted.python.failure import Failure
-                on_result(False, Failure())
-            else:
-                on_result(True, result)
 
 
 class FakeApp:
@@ -87,7 +66,7 @@ class UnitTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = ImmediateReactor()
         self.reactor.advance(1000)
-        self.pool = ManualPool()
+        self.pool = ManualThreadPool()
         self.built = []
 
     def providers(self, *results):
@@ -107,7 +86,7 @@ class UnitTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(b), token)
         self.assertEqual((app.calls, token.reveal(), token.expires_at), (1, "AT1", 4600))
         self.assertIs(self.successResultOf(providers.acquire(creds())), token)  # no thread hop at all
-        self.assertEqual(self.pool.jobs, [])
+        self.assertEqual(self.pool.queue, [])
         self.reactor.advance(3600 - 299)  # inside the 5-minute margin: ask MSAL again
         d = providers.acquire(creds())
         self.pool.run_all()

@@ -13,8 +13,8 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.header_rewrite import build
 from gateway.policy.headers import apply_edits, header_line
 from gateway.policy.interfaces import Continue, EditHeaders, PolicyConfigError
-from gateway.policy.testing import make_message, make_session, run_transaction
 from gateway.smtp import headers as smtp_headers
+from gateway.testing.policy import make_message, make_session, run_transaction
 
 RAW = (
     b"Received: from scanner.lan (10.1.2.3) by relay.lan\r\n"

@@ -12,7 +12,7 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import Continue, PolicyConfigError, TempFail
 from gateway.policy.rate_backends import BucketRequest, MemoryBuckets
 from gateway.policy.rate_limit import RateLimit, build
-from gateway.policy.testing import make_session, run_transaction
+from gateway.testing.policy import make_session, run_transaction
 
 
 def raw_from(address: str) -> bytes:

@@ -23,7 +23,7 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.rate_backends import BucketRequest, RedisBuckets
 from gateway.policy.rate_limit import build
 from gateway.policy.redis_connection import RedisConnection, redis_service
-from gateway.policy.testing import make_session, run_transaction, start_redis_server
+from gateway.testing.policy import make_session, run_transaction, start_redis_server
 from tests.tools import require_tool
 
 PASSWORD = "s3cret-redis-pass"

@@ -10,8 +10,8 @@ from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import PolicyConfigError, Reject
 from gateway.policy.recipient_rules import build
-from gateway.policy.testing import make_session, run_transaction
 from gateway.smtp.addresses import parse_rcpt_to
+from gateway.testing.policy import make_session, run_transaction
 
 
 class RecipientRulesTests(SynchronousTestCase):

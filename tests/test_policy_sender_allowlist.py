@@ -14,8 +14,8 @@ from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import PolicyConfigError, Reject
 from gateway.policy.sender_allowlist import build
-from gateway.policy.testing import make_message, make_session, run_transaction
 from gateway.smtp.headers import HeaderCollector
+from gateway.testing.policy import make_message, make_session, run_transaction
 
 
 def message(from_header: str, extra: str = "") -> bytes:

@@ -21,15 +21,8 @@ from gateway.spool.interfaces import IQueueSpool, ISpool, ISpoolWriter, SpoolErr
 from gateway.spool.queueid import is_queue_id, new_queue_id
 from gateway.spool.record import decode_record, encode_record
 from gateway.spool.store import DirectorySpool
-from gateway.spool.testing import (
-    FailingFileOps,
-    FullDiskFileOps,
-    ImmediateReactor,
-    ManualThreadPool,
-    RecordingFileOps,
-    SynchronousThreadPool,
-    make_test_spool,
-)
+from gateway.testing.spool import FailingFileOps, FullDiskFileOps, RecordingFileOps, make_test_spool
+from gateway.testing.threads import ImmediateReactor, ManualThreadPool, SynchronousThreadPool
 
 ENVELOPE = Envelope("app@example.com", ("a@example.com", "b@example.com"))
 PROVENANCE = Provenance(client_address="192.0.2.7", client_name="printer.example", listener="default",
