@@ -11,6 +11,7 @@ from gateway.config.auth import AuthConfig
 from gateway.config.errors import ConfigError
 from gateway.config.loader import build_config
 from gateway.config.model import ListenerConfig
+from gateway.testing.logs import LogCapture
 from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.auth_helpers import (
     make_users_file,
@@ -118,10 +119,8 @@ class BuildAuthTests(SynchronousTestCase):
         self.assertEqual(auth.services, [])
 
     def test_plaintext_auth_listener_warned_at_start(self):
-        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        from twisted.logger import LogLevel, formatEvent
+        events = LogCapture.install(self)
         users = make_users_file(os.path.join(self.dir, "u.jsonl"), {"a": ("pw", ["*"])})
         auth = build_auth(AuthConfig(users_file=users), self.dir, reactor=ImmediateReactor(), threadpool=SynchronousThreadPool())
         auth.portal_for(ListenerConfig(name="local-apps", endpoint="tcp:0", auth="optional", allow_plaintext_auth=True))

@@ -26,6 +26,7 @@ from gateway.auth.users import (
     write_users,
 )
 from gateway.policy.interfaces import Identity
+from gateway.testing.logs import LogCapture
 from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.auth_helpers import (
     cheap_hash,
@@ -107,10 +108,7 @@ class UsersStoreTests(SynchronousTestCase):
         self.assertFalse(self.store.check_for_changes())
 
     def test_broken_new_file_keeps_old_users(self):
-        events = []
-        from twisted.logger import globalLogPublisher
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogCapture.install(self)
         private_file(self.path, b'{"login": "a", "hash": "plaintext-pw", "allowed_senders": ["*"]}\n')
         self.assertIsNotNone(self.store.lookup("a"))
         self.assertEqual([e for e in events if e.get("log_level").name == "error"].__len__(), 1)

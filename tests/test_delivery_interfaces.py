@@ -7,7 +7,8 @@ interface states what every implementation must do, and each implementation runs
   hands the message to its next hop exactly once per call, to exactly the envelope recipients,
   and answers trouble at the next hop with a L{Transient} outcome, never an errback.
 - L{IDeliveryObserver}: the JSON delivery log, the status page's recent list, the delay
-  metric, the guard around plugin observers and the public recording observer.  Each records
+  metric, the failure notice (DSN, to the fake Graph through StubTreq), the guard around plugin
+  observers and the public recording observer.  Each records
   every outcome it is told about once, in order, and returns without raising.
 """
 
@@ -25,6 +26,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from gateway.delivery.capture import CaptureDeliverer
+from gateway.delivery.graph.credentials import credentials_from_config
+from gateway.delivery.graph.dsn import DSNObserver
 from gateway.delivery.interfaces import (
     Delivered,
     IDeliverer,
@@ -38,7 +41,7 @@ from gateway.status.recent import DeliveryDelayObserver, RecentDeliveries
 from gateway.testing.delivery import RecordingObserver, ScriptedDeliverer
 from gateway.testing.fake_graph import Fault
 from gateway.testing.harness import read_outbox
-from gateway.testing.stub_graph import StubGraph
+from gateway.testing.stub_graph import GraphTokens, StubGraph
 from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.graph_helpers import make_entry, simple_message, start_rig, write_message
 
@@ -185,13 +188,16 @@ class ObserverContract:
         self.clock.advance(1_700_000_060.0)
         self.observer = self.make_observer()
 
+    def call(self, kind: str, entry: SpoolEntry, outcome: Any) -> Any:
+        """Tell the observer about one outcome; what it returned."""
+        return getattr(self.observer, kind)(entry, outcome)
+
     def tell(self) -> list:
-        returned = [
-            self.observer.delivered(_entry("Q1"), Delivered("202 Accepted")),
-            self.observer.deferred(_entry("Q2"), Transient("Graph throttled", retry_at=1_700_000_120.0)),
-            self.observer.failed(_entry("Q3"), Permanent("Send-as denied", status="5.7.60", remote_code="ErrorSendAsDenied")),
+        return [
+            self.call("delivered", _entry("Q1"), Delivered("202 Accepted")),
+            self.call("deferred", _entry("Q2"), Transient("Graph throttled", retry_at=1_700_000_120.0)),
+            self.call("failed", _entry("Q3"), Permanent("Send-as denied", status="5.7.60", remote_code="ErrorSendAsDenied")),
         ]
-        return returned
 
     def test_provides_the_interface(self):
         self.assertTrue(verifyObject(IDeliveryObserver, self.observer))
@@ -209,9 +215,9 @@ class ObserverContract:
                 self.assertIsNone(value)
 
     def test_bare_outcomes_are_fine(self):
-        self.observer.delivered(_entry("Q4"), Delivered())
-        self.observer.deferred(_entry("Q5"), Transient(reason=""))
-        self.observer.failed(_entry("Q6"), Permanent(reason=""))
+        self.call("delivered", _entry("Q4"), Delivered())
+        self.call("deferred", _entry("Q5"), Transient(reason=""))
+        self.call("failed", _entry("Q6"), Permanent(reason=""))
         told = [("delivered", "Q4"), ("deferred", "Q5"), ("failed", "Q6")]
         self.assertEqual(self.seen(), [self.expected(kind, q) for kind, q in told if kind in self.kinds])
 
@@ -271,3 +277,29 @@ class GuardedObserverContractTests(ObserverContract, TestCase):
         broken = GuardedObserver(RecordingObserver(explode=True), "broken")
         broken.delivered(_entry("Q1"), Delivered())
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class DSNObserverContractTests(ObserverContract, TestCase):
+    """The failure notice observer, sending through the fake Graph behind StubTreq."""
+
+    kinds = ("failed",)
+    postmaster = "postmaster@contoso.test"
+
+    def make_observer(self):
+        self.stub = StubGraph.create(self.clock)
+        tokens: Any = GraphTokens(self.stub.fake, self.clock)
+        return DSNObserver(self.stub.client(), tokens, credentials_from_config(self.stub.config()), self.postmaster,
+                           self.clock)
+
+    def call(self, kind, entry, outcome):
+        value = super().call(kind, entry, outcome)
+        if isinstance(value, Deferred):
+            self.stub.run(value)  # the notice goes out through the stub before the test looks
+        return value
+
+    def seen(self):
+        seen = []
+        for sent in self.stub.fake.sent:
+            self.assertEqual((sent.mailbox, sent.recipients), (self.postmaster, {SENDER}))
+            seen.append(("failed", sent.message["Message-ID"].split("-", 1)[1].split("@")[0]))
+        return seen

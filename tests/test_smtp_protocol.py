@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
@@ -34,6 +34,7 @@ from gateway.policy.interfaces import (
 )
 from gateway.smtp.addresses import parse_helo, parse_mail_from, parse_rcpt_to
 from gateway.spool.interfaces import SpoolError
+from gateway.testing.logs import LogCapture
 from gateway.testing.memory_spool import MemorySpool
 from tests.smtp_helpers import (
     ENHANCED,
@@ -839,9 +840,7 @@ class AuthTests(SessionTestCase):
 
     def setUp(self):
         self.portal, self.realm = make_portal()
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture.install(self)
 
     def auth_session(self, portal=None, **kw) -> Session:
         factory = make_factory(portal=portal or self.portal, auth="optional", **kw)
