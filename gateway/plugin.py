@@ -89,10 +89,10 @@ from gateway.policy.options import (
 )
 
 _TESTING = {
-    "make_session": "gateway.policy.testing",
-    "make_message": "gateway.policy.testing",
-    "run_transaction": "gateway.policy.testing",
-    "start_redis_server": "gateway.policy.testing",
+    "make_session": "gateway.testing.policy",
+    "make_message": "gateway.testing.policy",
+    "run_transaction": "gateway.testing.policy",
+    "start_redis_server": "gateway.testing.policy",
     "start_gateway": "gateway.testing.harness",
     "SendResult": "gateway.testing.harness",
 }

@@ -40,7 +40,7 @@ paths_for() {
 tests_for() {
     case "$1" in
         mail) printf '%s\n' tests/test_mail_addresses.py tests/test_mail_message.py tests/test_security_relay.py tests/test_mail_relay_guard.py \
-                  tests/test_auth_patterns.py tests/test_policy_sender_allowlist.py tests/test_review_graph_recipients.py \
+                  tests/test_auth_patterns.py tests/test_policy_sender_allowlist.py tests/test_graph_mime.py \
                   "tests/test_security_mail.py::SenderImpersonationTests" "tests/test_security_mail.py::ParserCrashTests" \
                   "tests/test_security_mail.py::GroupRecipientTests" "tests/test_security_mail.py::LowFindingTests" ;;
         relay) printf '%s\n' tests/test_security_relay.py tests/test_mail_relay_guard.py \

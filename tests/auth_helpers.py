@@ -36,30 +36,6 @@ def make_users_file(path: str, users: dict[str, tuple[str, Iterable[str]]], disa
     return path
 
 
-class SyncReactor:
-    """Enough of a reactor for deferToThreadPool with L{SyncThreadPool}."""
-
-    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-
-class SyncThreadPool:
-    """Runs the work at once, in the calling thread; counts calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def callInThreadWithCallback(self, onResult: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        try:
-            result = f(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - mirror ThreadPool
-            from twisted.python.failure import Failure
-            onResult(False, Failure(e))
-        else:
-            onResult(True, result)
-
-
 @implementer(ITokenAcquirer)
 class FakeTokenAcquirer:
     """

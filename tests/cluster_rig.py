@@ -27,8 +27,8 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from gateway.policy.testing import start_redis_server
 from gateway.testing.fake_graph import Fault, start_fake_graph
+from gateway.testing.policy import start_redis_server
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway, write_private
 
 HAPROXY_TEMPLATE = os.path.join(ROOT, "etc", "haproxy", "graphsmtp.cfg")

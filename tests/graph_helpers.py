@@ -1,22 +1,24 @@
 """
 Shared helpers for the Graph delivery tests: message files and spool entries built directly
-(no SMTP layer), a fake Graph + the real deliverer started for one test, and a log capture.
+(no SMTP layer), and a fake Graph + the real deliverer for one test: over HTTPS (L{start_rig})
+or through StubTreq on a Clock (L{stub_rig}, for unit tests that need no network).
 """
 
 from __future__ import annotations
 
 import email.policy
 import os
+import time
 from email.message import EmailMessage
 from typing import Any, Iterable, Optional, Union
 
 import attrs
-from twisted.internet.defer import inlineCallbacks, returnValue
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, returnValue
 
 from gateway.delivery.graph.factory import build_graph_delivery
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.testing.fake_graph import start_fake_graph
+from gateway.testing.stub_graph import StubGraph
 
 
 def write_message(directory: str, message: Union[EmailMessage, bytes], name: str = "message.eml") -> str:
@@ -76,6 +78,42 @@ class GraphRig:
         return make_entry(path, sender, recipients, f"Q{self._count:04d}", credential_ref)
 
 
+@attrs.define
+class StubRig:
+    """
+    L{GraphRig}'s fast sibling for unit tests: the fake Graph behind StubTreq and the real
+    deliverer on a Clock (no sockets, no TLS, no MSAL; tokens come straight from the fake).
+    ``deliver`` pumps the stub and returns a fired Deferred.
+    """
+
+    stub: StubGraph
+    deliverer: Any
+    config: Any
+    directory: str
+    _count: int = 0
+
+    @property
+    def server(self) -> Any:
+        return self.stub.fake
+
+    def entry(self, message: Union[EmailMessage, bytes], sender: str, recipients: Iterable[str],
+              credential_ref: Optional[str] = None) -> SpoolEntry:
+        self._count += 1
+        path = write_message(self.directory, message, f"m{self._count}.eml")
+        return make_entry(path, sender, recipients, f"Q{self._count:04d}", credential_ref)
+
+    def deliver(self, entry: SpoolEntry) -> Deferred:
+        return maybeDeferred(self.stub.run, self.deliverer.deliver(entry))
+
+
+def stub_rig(testcase: Any, server_options: Optional[dict] = None, **config_overrides: Any) -> StubRig:
+    """A L{StubRig} for ``testcase`` (``server_options`` for the fake, the rest for GraphConfig)."""
+    stub = StubGraph.create(**(server_options or {}))
+    stub.clock.advance(time.time())  # the fake's token expiry is wall-clock time
+    config = stub.config(**config_overrides)
+    return StubRig(stub, stub.deliverer(config), config, os.path.abspath(testcase.mktemp()))
+
+
 @inlineCallbacks
 def start_rig(testcase: Any, reactor: Any, server_options: Optional[dict] = None, **config_overrides: Any):
     """Start fake + deliverer for ``testcase``; everything is stopped by cleanups."""
@@ -95,32 +133,3 @@ def start_rig(testcase: Any, reactor: Any, server_options: Optional[dict] = None
 
     testcase.addCleanup(stop_services)
     returnValue(GraphRig(server, delivery.deliverer, config, os.path.join(directory, "spool"), delivery))
-
-
-class LogCapture:
-    """Every log event while installed; ``text`` holds each formatted event and its raw dict."""
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-
-    def __call__(self, event: dict) -> None:
-        self.events.append(event)
-
-    def install(self, testcase: Any) -> "LogCapture":
-        globalLogPublisher.addObserver(self)
-        testcase.addCleanup(globalLogPublisher.removeObserver, self)
-        return self
-
-    @property
-    def text(self) -> str:
-        parts = []
-        for e in self.events:
-            try:
-                parts.append(formatEvent(e) or "")
-            except Exception:  # noqa: BLE001
-                pass
-            parts.append(repr({k: v for k, v in e.items() if k != "log_logger"}))
-        return "\n".join(parts)
-
-    def messages(self) -> list[str]:
-        return [formatEvent(e) or "" for e in self.events]

@@ -18,7 +18,6 @@ from typing import Any, Iterable, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 
 from gateway.auth.build import build_auth
@@ -39,32 +38,6 @@ CLIENT = "0b5e4f0a-9d8e-4c0b-8a39-6f7a2d9e1c11"
 APP_SECRET = "Q~pass.through.secret-ABCDEFGHIJ0123456789"
 ALICE_PASSWORD = "alice's long password 7Qx!"
 TIMEOUT = 10
-
-
-class LogCapture:
-    """Every log event during a test, formatted and raw, for asserting what is (not) in the logs."""
-
-    def __init__(self, case: Any) -> None:
-        self.events: list = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def text(self) -> str:
-        out = []
-        for event in self.events:
-            try:
-                out.append(formatEvent(event))
-            except Exception:  # noqa: BLE001
-                pass
-            out.append(repr(event))
-        return "\n".join(out)
-
-    def assert_absent(self, case: Any, *secrets: str) -> None:
-        import base64
-        text = self.text()
-        for secret in secrets:
-            case.assertNotIn(secret, text)
-            case.assertNotIn(base64.b64encode(secret.encode()).decode(), text)
 
 
 class SecureServer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.spool.testing import make_test_spool
+from gateway.testing.spool import make_test_spool
 
 
 def daemon_spool(case: Any, directory: str) -> str:

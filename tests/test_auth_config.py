@@ -11,9 +11,9 @@ from gateway.config.auth import AuthConfig
 from gateway.config.errors import ConfigError
 from gateway.config.loader import build_config
 from gateway.config.model import ListenerConfig
+from gateway.testing.logs import LogCapture
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.auth_helpers import (
-    SyncReactor,
-    SyncThreadPool,
     make_users_file,
     private_file,
 )
@@ -105,26 +105,24 @@ class BuildAuthTests(SynchronousTestCase):
         os.makedirs(self.dir)
 
     def test_listener_requiring_auth_without_checkers_is_config_error(self):
-        auth = build_auth(AuthConfig(), self.dir, reactor=SyncReactor(), threadpool=SyncThreadPool())
+        auth = build_auth(AuthConfig(), self.dir, reactor=ImmediateReactor(), threadpool=SynchronousThreadPool())
         e = self.assertRaises(ConfigError, auth.portal_for, ListenerConfig(name="sub", endpoint="tcp:0", auth="required"))
         self.assertEqual(e.key, "listener.sub.auth")
         self.assertIsNone(auth.portal_for(ListenerConfig(name="plain", endpoint="tcp:0")))
 
     def test_listeners_share_one_throttle(self):
         users = make_users_file(os.path.join(self.dir, "u.jsonl"), {"a": ("pw", ["*"])})
-        auth = build_auth(AuthConfig(users_file=users), self.dir, reactor=SyncReactor(), threadpool=SyncThreadPool())
+        auth = build_auth(AuthConfig(users_file=users), self.dir, reactor=ImmediateReactor(), threadpool=SynchronousThreadPool())
         first = auth.portal_for(ListenerConfig(name="a", endpoint="tcp:0", auth="optional"))
         second = auth.portal_for(ListenerConfig(name="b", endpoint="tcp:0", auth="required"))
         self.assertIs(first.throttle, second.throttle)
         self.assertEqual(auth.services, [])
 
     def test_plaintext_auth_listener_warned_at_start(self):
-        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        from twisted.logger import LogLevel, formatEvent
+        events = LogCapture.install(self)
         users = make_users_file(os.path.join(self.dir, "u.jsonl"), {"a": ("pw", ["*"])})
-        auth = build_auth(AuthConfig(users_file=users), self.dir, reactor=SyncReactor(), threadpool=SyncThreadPool())
+        auth = build_auth(AuthConfig(users_file=users), self.dir, reactor=ImmediateReactor(), threadpool=SynchronousThreadPool())
         auth.portal_for(ListenerConfig(name="local-apps", endpoint="tcp:0", auth="optional", allow_plaintext_auth=True))
         auth.portal_for(ListenerConfig(name="secure", endpoint="tcp:0", auth="optional", tls="starttls", tls_cert="x"))
         warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
@@ -132,7 +130,7 @@ class BuildAuthTests(SynchronousTestCase):
         self.assertIn("local-apps", warnings[0])
 
     def test_own_threadpool_is_a_service(self):
-        auth = build_auth(AuthConfig(), self.dir, reactor=SyncReactor())
+        auth = build_auth(AuthConfig(), self.dir, reactor=ImmediateReactor())
         self.assertEqual(len(auth.services), 1)
 
 

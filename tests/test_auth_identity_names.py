@@ -17,12 +17,11 @@ from gateway.config.users import UsersStore
 from gateway.policy.interfaces import Identity
 from gateway.policy.options import PolicyOptions
 from gateway.policy.options import login_names as policy_login_names
-from gateway.policy.testing import make_session
+from gateway.testing.policy import make_session
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.auth_helpers import (
     FakeTokenAcquirer,
     RecordingStore,
-    SyncReactor,
-    SyncThreadPool,
     cheap_hash,
     make_users_file,
 )
@@ -60,7 +59,7 @@ class CheckersComputeNamesTests(SynchronousTestCase):
 
     def test_users_file_checker_puts_the_login_as_its_only_name(self):
         path = make_users_file(self.mktemp(), {"Scanner": ("s3cret", ["scanner@corp.example"])})
-        checker = UsersFileChecker(UsersStore(path), SyncReactor(), SyncThreadPool(), dummy_hash=cheap_hash("d").encode())
+        checker = UsersFileChecker(UsersStore(path), ImmediateReactor(), SynchronousThreadPool(), dummy_hash=cheap_hash("d").encode())
         identity = self.successResultOf(checker.requestAvatarId(UsernamePassword(b"Scanner", b"s3cret")))
         self.assertEqual(identity.names, ("scanner",))
 

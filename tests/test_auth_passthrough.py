@@ -28,11 +28,10 @@ from gateway.auth.passthrough import (
 )
 from gateway.config.errors import ConfigError
 from gateway.config.secrets import Secret
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.auth_helpers import (
     FakeTokenAcquirer,
     RecordingStore,
-    SyncReactor,
-    SyncThreadPool,
 )
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -175,7 +174,7 @@ class CredentialStoreTests(SynchronousTestCase):
         self.app = EntraAppCredentials(TENANT, CLIENT, Secret(SECRET))
 
     def open(self):
-        return EncryptedCredentialStore.open(self.store_dir, self.key_file, SyncReactor(), SyncThreadPool())
+        return EncryptedCredentialStore.open(self.store_dir, self.key_file, ImmediateReactor(), SynchronousThreadPool())
 
     def test_key_created_private_on_first_use(self):
         self.open()
@@ -201,11 +200,11 @@ class CredentialStoreTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.open().resolve(self.app.credential_ref)).client_secret.reveal(), "new-secret")
 
     def test_unchanged_secret_not_rewritten(self):
-        pool = SyncThreadPool()
-        store = EncryptedCredentialStore.open(self.store_dir, self.key_file, SyncReactor(), pool)
+        pool = SynchronousThreadPool()
+        store = EncryptedCredentialStore.open(self.store_dir, self.key_file, ImmediateReactor(), pool)
         self.successResultOf(store.remember(self.app))
         self.successResultOf(store.remember(self.app))
-        self.assertEqual(pool.calls, 1)
+        self.assertEqual(pool.jobs, 1)
 
     def test_unknown_ref(self):
         self.failureResultOf(self.open().resolve(credential_ref(TENANT, str(uuid.uuid4()))), KeyError)

@@ -10,7 +10,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth.checkers import UsersFileChecker
@@ -24,7 +24,9 @@ from gateway.policy.interfaces import (
     LoginThrottled,
     SessionView,
 )
-from tests.auth_helpers import SyncReactor, SyncThreadPool, cheap_hash, make_users_file
+from gateway.testing.logs import LogCapture
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
+from tests.auth_helpers import cheap_hash, make_users_file
 
 PASSWORD = "correct horse battery staple"
 WRONG = "Tr0ub4dor&3-wrong"
@@ -85,12 +87,10 @@ class ThrottledPortalTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         path = make_users_file(self.mktemp(), {"alice": (PASSWORD, ["alice@corp.example"])})
-        checker = UsersFileChecker(UsersStore(path), SyncReactor(), SyncThreadPool(), dummy_hash=cheap_hash("d").encode())
+        checker = UsersFileChecker(UsersStore(path), ImmediateReactor(), SynchronousThreadPool(), dummy_hash=cheap_hash("d").encode())
         self.throttle = LoginThrottle(self.clock, ThrottleSettings(max_failures=3, window=600, base_delay=2, max_delay=5))
         self.portal = ThrottledPortal(Portal(IdentityRealm(), [checker]), self.throttle, "submission")
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture.install(self)
 
     def login(self, password, mind="203.0.113.7", user="alice"):
         return self.portal.login(UsernamePassword(user.encode(), password.encode()), mind, IAuthenticatedIdentity)

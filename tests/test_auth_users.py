@@ -26,9 +26,9 @@ from gateway.config.users import (
     write_users,
 )
 from gateway.policy.interfaces import Identity
+from gateway.testing.logs import LogCapture
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.auth_helpers import (
-    SyncReactor,
-    SyncThreadPool,
     cheap_hash,
     make_users_file,
     private_file,
@@ -108,10 +108,7 @@ class UsersStoreTests(SynchronousTestCase):
         self.assertFalse(self.store.check_for_changes())
 
     def test_broken_new_file_keeps_old_users(self):
-        events = []
-        from twisted.logger import globalLogPublisher
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogCapture.install(self)
         private_file(self.path, b'{"login": "a", "hash": "plaintext-pw", "allowed_senders": ["*"]}\n')
         self.assertIsNotNone(self.store.lookup("a"))
         self.assertEqual([e for e in events if e.get("log_level").name == "error"].__len__(), 1)
@@ -132,8 +129,8 @@ class UsersCheckerTests(SynchronousTestCase):
             {"scanner": ("s3cret", ["scanner@corp.example"]), "old": ("pw", ["*"])},
             disabled=["old"],
         )
-        self.pool = SyncThreadPool()
-        self.checker = UsersFileChecker(UsersStore(path), SyncReactor(), self.pool, dummy_hash=cheap_hash("dummy").encode())
+        self.pool = SynchronousThreadPool()
+        self.checker = UsersFileChecker(UsersStore(path), ImmediateReactor(), self.pool, dummy_hash=cheap_hash("dummy").encode())
 
     def check(self, user, password):
         return self.checker.requestAvatarId(UsernamePassword(user, password))
@@ -144,14 +141,14 @@ class UsersCheckerTests(SynchronousTestCase):
 
     def test_wrong_unknown_disabled_all_fail_the_same_way_after_a_hash_check(self):
         for user, password in ((b"scanner", b"wrong"), (b"nobody", b"s3cret"), (b"old", b"pw"), (b"\xff\xfe", b"x")):
-            before = self.pool.calls
+            before = self.pool.jobs
             self.failureResultOf(self.check(user, password), UnauthorizedLogin)
             if user != b"\xff\xfe":
-                self.assertEqual(self.pool.calls, before + 1, user)
+                self.assertEqual(self.pool.jobs, before + 1, user)
 
     def test_overlong_password_fails_instead_of_being_truncated(self):
         path = make_users_file(self.mktemp(), {"long": ("x" * 72, ["*"])})
-        checker = UsersFileChecker(UsersStore(path), SyncReactor(), SyncThreadPool())
+        checker = UsersFileChecker(UsersStore(path), ImmediateReactor(), SynchronousThreadPool())
         self.successResultOf(checker.requestAvatarId(UsernamePassword(b"long", b"x" * 72)))
         self.failureResultOf(checker.requestAvatarId(UsernamePassword(b"long", b"x" * 73)), UnauthorizedLogin)
 

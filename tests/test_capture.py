@@ -19,11 +19,8 @@ from zope.interface.verify import verifyObject
 from gateway.delivery.capture import CaptureDeliverer
 from gateway.delivery.interfaces import Delivered, IDeliverer, Transient
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
-from gateway.spool.testing import (
-    FailingFileOps,
-    ImmediateReactor,
-    SynchronousThreadPool,
-)
+from gateway.testing.spool import FailingFileOps
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from gateway.threads import ThreadPoolService
 
 MESSAGE = b"Subject: report\r\nTo: a@example.com\r\n\r\nline one\r\n\xe9t\xe9 8-bit\r\n"
@@ -125,7 +122,7 @@ class OutboxPermissionTests(SynchronousTestCase):
     def test_new_outbox_is_private(self):
         import stat
 
-        from gateway.spool.testing import ImmediateReactor, SynchronousThreadPool
+        from gateway.testing.spool import ImmediateReactor, SynchronousThreadPool
 
         outbox = os.path.join(os.path.abspath(self.mktemp()), "outbox")
         spool_file = os.path.abspath(self.mktemp())

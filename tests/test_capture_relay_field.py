@@ -7,11 +7,12 @@ without Microsoft credentials claimed to have sent every message to Graph.
 from __future__ import annotations
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import TestCase
 
 from gateway.logging import message_fields_text
 from gateway.testing.harness import send_message, start_gateway
+from gateway.testing.logs import LogCapture
 
 MESSAGE = b"From: app@corp.example\r\nTo: alice@corp.example\r\nSubject: capture\r\n\r\nhello\r\n"
 
@@ -19,9 +20,7 @@ MESSAGE = b"From: app@corp.example\r\nTo: alice@corp.example\r\nSubject: capture
 class CaptureRelayFieldTests(TestCase):
     @inlineCallbacks
     def test_delivered_line_says_capture(self):
-        events: list = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogCapture.install(self)
         gw = yield start_gateway(self)
         self.assertEqual(gw.config.deliverer, "capture")
         code, _ = yield send_message(gw.port(), "app@corp.example", ["alice@corp.example"], MESSAGE)

@@ -13,7 +13,8 @@ from gateway.cli import queue as queue_cli
 from gateway.cli.adopt import _copy_in
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.testing import ImmediateReactor, make_test_spool
+from gateway.testing.spool import make_test_spool
+from gateway.testing.threads import ImmediateReactor
 
 
 def message(n: int) -> bytes:

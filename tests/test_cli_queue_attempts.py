@@ -19,8 +19,9 @@ from gateway.delivery.interfaces import Permanent
 from gateway.queue.runner import QueueRunner
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance
-from gateway.spool.testing import ImmediateReactor, make_test_spool
-from tests.test_queue_runner import ScriptedDeliverer
+from gateway.testing.delivery import ScriptedDeliverer
+from gateway.testing.spool import make_test_spool
+from gateway.testing.threads import ImmediateReactor
 
 MESSAGE = b"Subject: s\r\nFrom: app@example.com\r\n\r\nbody\r\n"
 SYSEXITS = range(64, 79)

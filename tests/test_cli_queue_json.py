@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.cli import queue as queue_cli
 from gateway.cli.queue_view import AGE_BUCKETS, bucket_index
 from gateway.spool.entry import AttemptRecord, Envelope, Provenance
-from gateway.spool.testing import ImmediateReactor, make_test_spool
+from gateway.testing.spool import make_test_spool
+from gateway.testing.threads import ImmediateReactor
 
 MESSAGE = b"Subject: s\r\nFrom: app@example.com\r\n\r\nbody\r\n"
 NOW = 1_700_000_000.0

@@ -17,8 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.cli import sendmail
 from gateway.config.locate import SYSTEM_CONFIG, locate_config
 from gateway.spool.disk import SpoolDisk
-from gateway.spool.testing import make_test_spool
 from gateway.tap import ConfigurationFailure, Options
+from gateway.testing.spool import make_test_spool
 from tests.sendmail_helpers import daemon_spool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

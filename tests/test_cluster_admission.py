@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import globalLogPublisher
 
 from gateway.cluster.admission import DEGRADED, OK, ClusterAdmission, ClusterSlot, Later
 from gateway.config.cluster import ClusterConfig
-from gateway.policy.testing import start_redis_server
+from gateway.testing.logs import LogCapture
+from gateway.testing.policy import start_redis_server
 from tests.test_policy_rate_redis import RedisTestBase
 
 TENANT = ("https://login.example", "tenant-1", "client-1")
@@ -158,9 +158,7 @@ class PacingTests(AdmissionTestBase):
 class DegradedTests(AdmissionTestBase):
     @inlineCallbacks
     def test_without_redis_a_node_takes_its_share_and_rejoins(self):
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogCapture.install(self)
         a = self.node("a", concurrency=4, nodes=2, rate=600.0, window=60.0)
         yield self.server.stop()
         first = yield a.admit(MAILBOX, "Q0")

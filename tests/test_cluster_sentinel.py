@@ -18,7 +18,7 @@ from gateway.cluster.admission import ClusterAdmission, ClusterSlot
 from gateway.config.cluster import ClusterConfig
 from gateway.config.policy import RedisConfig
 from gateway.policy.redis_connection import RedisConnection
-from gateway.policy.testing import start_redis_server
+from gateway.testing.policy import start_redis_server
 from tests.test_policy_rate_redis import free_port
 from tests.tools import require_tool
 

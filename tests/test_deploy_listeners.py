@@ -16,13 +16,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.service import GatewayOptions, makeService
 from gateway.status.web import snapshot
 from gateway.testing.harness import gateway_config, start_gateway
+from gateway.testing.logs import LogCapture
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway
 
 
@@ -168,10 +168,7 @@ class _LateFailingEndpoint:
 class AsynchronousListenFailureTests(TestCase):
     @inlineCallbacks
     def test_late_failure_is_logged_and_makes_health_degraded(self):
-        logged: list = []
-        observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        log = LogCapture.install(self)
         config = gateway_config(self)
         service = makeService(GatewayOptions(config, install_signal_handlers=False), reactor)
         components = service.components
@@ -184,7 +181,7 @@ class AsynchronousListenFailureTests(TestCase):
         endpoint.listening.errback(CannotListenError("127.0.0.1", 25, OSError("Address already in use")))
         # Twisted itself logs a late failure (with its traceback); the gateway adds what it means.
         self.flushLoggedErrors(CannotListenError)
-        self.assertEqual([line for line in logged if "is not listening" in line],
+        self.assertEqual([line for line in log.messages() if "is not listening" in line],
                          ["listener default (tcp:0:interface=127.0.0.1) is not listening; restart graphsmtp"])
         state = snapshot(components, reactor)
         self.assertEqual(state["status"], "degraded")

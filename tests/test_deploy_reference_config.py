@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import ConfigError, load_config
 from gateway.config.loader import build_config
 from gateway.config.reader import TableReader
+from gateway.policy.registry import build_listener_chains
+from gateway.testing.policy import make_session, run_transaction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "etc", "graphsmtp.toml")
@@ -101,3 +105,27 @@ class ReferenceConfigTests(SynchronousTestCase):
         self.assertTrue(os.path.isfile(reference), reference)
         with open(reference, encoding="utf-8") as f, open(REFERENCE, encoding="utf-8") as g:
             self.assertEqual(f.read(), g.read())
+
+
+# the policy example commented in etc/graphsmtp.toml must work once uncommented, as an
+# admin would use it (it used to name an option sender-allowlist does not have).
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
+
+
+class AnnotatedExampleTests(SynchronousTestCase):
+    def test_commented_policies_line_works_when_uncommented(self):
+        with open(os.path.join(ETC, "graphsmtp.toml"), encoding="utf-8") as f:
+            text = f.read()
+        uncommented, count = re.subn(r"(?m)^# (policies = \[.*\])$", r"\1", text)
+        self.assertEqual(count, 1, "the commented 'policies = [...]' example is gone")
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        data = tomllib.loads(uncommented)
+        data["gateway"]["state_dir"] = base
+        config = build_config(data, {}, {}, base)
+        chain = build_listener_chains(config, Clock())["local"]
+        session = make_session(client_address="127.0.0.1", listener="local")
+        ok = self.successResultOf(run_transaction(chain, session, "app@corp.example", ["a@corp.example"]))
+        self.assertTrue(ok.allowed)
+        refused = self.successResultOf(run_transaction(chain, session, "app@elsewhere.example", ["a@corp.example"]))
+        self.assertEqual((refused.step, refused.allowed), ("mail", False))

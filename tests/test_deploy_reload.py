@@ -17,7 +17,6 @@ import bcrypt
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.config import load_config
@@ -26,6 +25,7 @@ from gateway.reload import restart_needed
 from gateway.service import GatewayOptions, makeService
 from gateway.testing.certs import TestCA
 from gateway.testing.harness import send_message
+from gateway.testing.logs import LogCapture
 from tests.daemon_helpers import spawn_gateway
 
 MESSAGE = b"From: app@corp.example\r\nTo: bob@corp.example\r\nSubject: reload\r\n\r\nbody\r\n"
@@ -80,10 +80,7 @@ class ReloadInProcessTests(TestCase):
                 write_users(os.path.join(self.directory, name), [UserRecord(login, hashed, ("*",), False)])
         self.path = os.path.join(self.directory, "graphsmtp.toml")
         self.write(text.replace("@DIR@", self.directory))
-        self.logged: list = []
-        observer = lambda event: self.logged.append(formatEvent(event))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.log_capture = LogCapture.install(self)
         config = load_config(self.path)
         self.service = makeService(GatewayOptions(config, reload_config=lambda: load_config(self.path),
                                                   install_signal_handlers=False), reactor)
@@ -99,7 +96,7 @@ class ReloadInProcessTests(TestCase):
             f.write(text.replace("@DIR@", getattr(self, "directory", "")))
 
     def lines(self, fragment: str) -> list[str]:
-        return [line for line in self.logged if fragment in line]
+        return [line for line in self.log_capture.messages() if fragment in line]
 
     @inlineCallbacks
     def test_trusted_networks_apply_to_new_sessions_only(self):

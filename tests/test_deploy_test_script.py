@@ -20,7 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Skips that are about the platform, not a tool scripts/test.sh could install.
 PLATFORM_SKIPS = {
     "test_deploy_mdwe.py": "kernel without PR_SET_MDWE",
-    "test_review_graph_retry_after.py": "no time.tzset on this platform",
 }
 
 
@@ -69,6 +68,21 @@ class NoSkippedToolsTests(SynchronousTestCase):
                 if pattern.search(f.read()):
                     offenders.append(name)
         self.assertEqual(offenders, [], "use tests.tools.require_tool: a missing tool must fail, not skip")
+
+    def test_no_test_module_hides_a_failed_import(self):
+        """
+        A test module that catches ImportError (to skip, or to run fewer tests) turns a broken
+        product import into a green run; an import that fails must fail the module.
+        """
+        pattern = re.compile(r"except\s*\(?[^:\n]*\b(ImportError|ModuleNotFoundError)\b|importorskip")
+        offenders = []
+        tests = os.path.join(ROOT, "tests")
+        for name in sorted(os.listdir(tests)):
+            if name.endswith(".py") and name != os.path.basename(__file__):
+                with open(os.path.join(tests, name), encoding="utf-8") as f:
+                    if pattern.search(f.read()):
+                        offenders.append(name)
+        self.assertEqual(offenders, [], "import the product normally: a failed import must fail the tests")
 
     def test_swaks_without_tls_modules_fails_naming_the_packages(self):
         fakes = os.path.abspath(self.mktemp())

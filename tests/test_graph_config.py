@@ -169,3 +169,30 @@ class SizeTests(SynchronousTestCase):
         # base64 of the largest allowed message plus headroom still fits one request.
         self.assertLessEqual(4 * ((limit + 64 * 1024 + 2) // 3), c.max_request_size)
         self.assertGreater(limit, 2_500_000)
+
+
+# graph.https_proxy with credentials.  The proxy password must never be echoed in a
+# configuration error, and credentials in the URL are refused at start-up: the CONNECT tunnel
+# Graph traffic uses never sends them, so they would only produce endless 407 retries.
+PASSWORD = "proxy-pw-never-shown"
+
+
+def parse_with_proxy(**extra):
+    table = {"tenant_id": "contoso.onmicrosoft.com", "client_id": "app-id", "client_secret": "s"}
+    table.update(extra)
+    return parse_graph_section(TableReader(table, "graph"), {}, os.path.abspath)
+
+
+class ProxyCredentialTests(SynchronousTestCase):
+    def test_wrong_scheme_error_does_not_echo_the_password(self):
+        error = self.assertRaises(ConfigError, parse_with_proxy, https_proxy=f"https://user:{PASSWORD}@proxy.test:8080")
+        self.assertNotIn(PASSWORD, str(error))
+        self.assertIn("https_proxy", str(error))
+
+    def test_credentials_in_the_proxy_url_are_refused_without_echo(self):
+        error = self.assertRaises(ConfigError, parse_with_proxy, https_proxy=f"http://user:{PASSWORD}@proxy.test:3128")
+        self.assertNotIn(PASSWORD, str(error))
+        self.assertIn("https_proxy", str(error))
+
+    def test_plain_proxy_still_accepted(self):
+        self.assertEqual(parse_with_proxy(https_proxy="http://proxy.test:3128").https_proxy, "http://proxy.test:3128")

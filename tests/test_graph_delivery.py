@@ -19,7 +19,8 @@ from twisted.trial.unittest import TestCase
 
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
 from gateway.testing.fake_graph import Fault
-from tests.graph_helpers import LogCapture, simple_message, start_rig
+from gateway.testing.logs import LogCapture
+from tests.graph_helpers import simple_message, start_rig
 
 ALICE = "alice@contoso.test"
 BOB = "bob@fabrikam.test"
@@ -330,7 +331,7 @@ class FaultTests(TestCase):
 
     @inlineCallbacks
     def test_bad_credentials_pause_the_tenant_loudly(self):
-        log = LogCapture().install(self)
+        log = LogCapture.install(self)
         self.server.inject(Fault.invalid_client(), operation="token", times=None)
         before = reactor.seconds()
         outcome = yield self.deliver()
@@ -445,7 +446,7 @@ class SecretTests(TestCase):
 
     @inlineCallbacks
     def test_no_secret_or_token_in_the_log(self):
-        log = LogCapture().install(self)
+        log = LogCapture.install(self)
         r = yield start_rig(self, reactor)
         r.server.inject(Fault.expired_token(), operation="createMessage")
         m = simple_message(to=[BOB])
@@ -455,7 +456,7 @@ class SecretTests(TestCase):
         r.server.inject(Fault.invalid_client(), operation="token", times=None)
         r.server.expire_tokens()
         yield r.deliverer.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB]))
-        text = log.text
+        text = log.text()
         self.assertTrue(log.events)
         self.assertNotIn(r.server.client_secret, text)
         self.assertGreaterEqual(len(r.server._tokens), 2)
@@ -480,7 +481,7 @@ class OutageRecoveryTests(TestCase):
         from gateway.queue.runner import QueueRunner
         from gateway.spool.entry import Envelope, Provenance
         from gateway.spool.store import DirectorySpool
-        from gateway.spool.testing import SynchronousThreadPool
+        from gateway.testing.spool import SynchronousThreadPool
 
         r = yield start_rig(self, reactor, mailbox_rate=6000.0, mailbox_burst=30)
         r.server.inject(Fault.status_code(503, "ServiceUnavailable", "down"), operation="sendMail", times=5)

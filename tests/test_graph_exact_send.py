@@ -19,7 +19,7 @@ from gateway.delivery.graph.outcomes import (
 )
 from gateway.delivery.interfaces import Delivered, Transient
 from gateway.testing.fake_graph import Fault
-from tests.graph_helpers import simple_message, start_rig
+from tests.graph_helpers import simple_message, start_rig, stub_rig
 
 ALICE = "alice@contoso.test"
 BOB = "bob@fabrikam.test"
@@ -60,9 +60,9 @@ class ExactSendTests(TestCase):
 
     @inlineCallbacks
     def test_send_mail_200_with_unparseable_body_is_possibly_delivered(self):
-        r = yield start_rig(self, reactor)
+        r = stub_rig(self)
         r.server.inject(Fault(action="raw", status=200, body=b"<html>proxy says hi</html>"), operation="sendMail")
-        outcome = yield r.deliverer.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB]))
+        outcome = yield r.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB]))
         self.assertIsInstance(outcome, Transient)
         self.assertTrue(outcome.possibly_delivered)
         self.assertIn("unexpected response", outcome.reason)
@@ -70,26 +70,26 @@ class ExactSendTests(TestCase):
 
     @inlineCallbacks
     def test_send_mail_204_is_not_delivered(self):
-        r = yield start_rig(self, reactor)
+        r = stub_rig(self)
         r.server.inject(Fault(action="raw", status=204), operation="sendMail")
-        outcome = yield r.deliverer.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB]))
+        outcome = yield r.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB]))
         self.assertIsInstance(outcome, Transient)
         self.assertTrue(outcome.possibly_delivered)
 
     @inlineCallbacks
     def test_draft_send_200_is_possibly_delivered(self):
-        r = yield start_rig(self, reactor, hidden_recipients="draft")
+        r = stub_rig(self, hidden_recipients="draft")
         r.server.inject(Fault(action="raw", status=200, body=b"{not json"), operation="send")
-        outcome = yield r.deliverer.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB, ERIN]))
+        outcome = yield r.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB, ERIN]))
         self.assertIsInstance(outcome, Transient)
         self.assertTrue(outcome.possibly_delivered)
         self.assertEqual(r.deliverer.stats.delivered, 0)
 
     @inlineCallbacks
     def test_draft_created_with_200_is_unexpected(self):
-        r = yield start_rig(self, reactor, hidden_recipients="draft")
+        r = stub_rig(self, hidden_recipients="draft")
         r.server.inject(Fault(action="raw", status=200, body=b""), operation="createMessage")
-        outcome = yield r.deliverer.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB, ERIN]))
+        outcome = yield r.deliver(r.entry(simple_message(to=[BOB]), ALICE, [BOB, ERIN]))
         self.assertIsInstance(outcome, Transient)
         self.assertFalse(outcome.possibly_delivered)
         self.assertIn("unexpected response", outcome.reason)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import os
+import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.delivery.graph.client import (
     GraphResponse,
@@ -12,7 +15,9 @@ from gateway.delivery.graph.client import (
     parse_retry_after,
 )
 from gateway.delivery.graph.outcomes import failure_outcome, transport_outcome
-from gateway.delivery.interfaces import Permanent, Transient
+from gateway.delivery.interfaces import Delivered, Permanent, Transient
+from gateway.testing.fake_graph import Fault
+from tests.graph_helpers import simple_message, stub_rig
 
 
 class RetryAfterTests(SynchronousTestCase):
@@ -49,3 +54,76 @@ class OutcomeTests(SynchronousTestCase):
         self.assertFalse(unsent.possibly_delivered)
         upload = transport_outcome(GraphTransportError("reset", body_sent=True, timed_out=False), "upload")
         self.assertFalse(upload.possibly_delivered)
+
+
+# a 404 (or 416) on a step *after* the draft exists (PATCH, attachments, upload session,
+# chunk PUT, send) means the draft or the upload session went missing (replica lag, expired
+# session, a draft deleted by a mailbox rule or user).  The mailbox exists — createMessage just
+# worked — so the message must be retried with a fresh draft, not bounced as "mailbox not found".
+# A 404 on sendMail/createMessage is still the permanent "no such mailbox".
+ALICE = "alice@contoso.test"
+BOB = "bob@fabrikam.test"
+ERIN = "erin@hidden.test"
+
+
+class OutcomeTableTests(TestCase):
+    def test_missing_draft_or_session_is_transient(self):
+        for step in ("patchMessage", "addAttachment", "createUploadSession", "upload", "send"):
+            outcome = failure_outcome(GraphResponse(404, "ErrorItemNotFound", "not found"), 0.0, step)
+            self.assertIsInstance(outcome, Transient, step)
+            self.assertFalse(outcome.possibly_delivered, step)
+
+    def test_upload_range_mismatch_is_transient(self):
+        outcome = failure_outcome(GraphResponse(416, "ErrorInvalidRange", "bad range"), 0.0, "upload")
+        self.assertIsInstance(outcome, Transient)
+
+    def test_missing_mailbox_is_still_permanent(self):
+        for step in ("sendMail", "createMessage"):
+            outcome = failure_outcome(GraphResponse(404, "ErrorInvalidUser", "no such user"), 0.0, step)
+            self.assertIsInstance(outcome, Permanent, step)
+            self.assertEqual(outcome.status, "5.1.8")
+
+
+class DraftVanishedTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_draft_gone_before_send_is_retried_and_then_delivered(self):
+        r = stub_rig(self, hidden_recipients="draft")
+        r.server.inject(Fault.status_code(404, "ErrorItemNotFound", "The specified object was not found in the store."),
+                        operation="send")
+        entry = r.entry(simple_message(to=[BOB]), ALICE, [BOB, ERIN])
+        outcome = yield r.deliver(entry)
+        self.assertIsInstance(outcome, Transient)
+        again = yield r.deliver(entry)
+        self.assertIsInstance(again, Delivered)
+
+
+# Retry-After in HTTP-date form is always GMT (RFC 9110 §5.6.7), including the obsolete
+# asctime form that carries no zone; the local time zone of the gateway host must not shift it.
+NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+
+
+class RetryAfterDateTests(TestCase):
+    def setUp(self):
+        old = os.environ.get("TZ")
+
+        def restore():
+            if old is None:
+                os.environ.pop("TZ", None)
+            else:
+                os.environ["TZ"] = old
+            time.tzset()
+
+        self.addCleanup(restore)
+        os.environ["TZ"] = "America/New_York"
+        time.tzset()
+
+    def test_asctime_form_is_gmt(self):
+        self.assertEqual(parse_retry_after([b"Tue Nov 14 22:14:50 2023"], NOW), 90.0)
+
+    def test_rfc850_form_is_gmt(self):
+        self.assertEqual(parse_retry_after([b"Tuesday, 14-Nov-23 22:14:50 GMT"], NOW), 90.0)
+
+    def test_imf_fixdate(self):
+        self.assertEqual(parse_retry_after([b"Tue, 14 Nov 2023 22:14:50 GMT"], NOW), 90.0)

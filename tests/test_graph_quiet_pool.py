@@ -11,13 +11,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from gateway.delivery.interfaces import Delivered
-from tests.graph_helpers import LogCapture, simple_message, start_rig
+from gateway.testing.logs import LogCapture
+from tests.graph_helpers import simple_message, start_rig
 
 
 class QuietConnectionPoolTests(TestCase):
     @inlineCallbacks
     def test_new_graph_connections_log_no_factory_lines(self):
-        log = LogCapture().install(self)
+        log = LogCapture.install(self)
         rig = yield start_rig(self, reactor)
         entry = rig.entry(simple_message(to=["bob@fabrikam.test"]), "alice@contoso.test", ["bob@fabrikam.test"])
         outcome = yield rig.deliverer.deliver(entry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,13 +23,13 @@ from gateway.delivery.graph.credentials import (
 )
 from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.scheduler import MailboxThrottles
-from gateway.delivery.graph.token import AccessToken
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
 from gateway.queue.mailboxes import MailboxQueues
 from gateway.queue.runner import QueueRunner
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.store import DirectorySpool
-from gateway.spool.testing import SynchronousThreadPool
+from gateway.testing.delivery import FakeTokenSource
+from gateway.testing.threads import SynchronousThreadPool
 from tests.graph_helpers import make_entry, simple_message, write_message
 from tests.test_queue_mailboxes import BoundedClock
 
@@ -118,14 +118,6 @@ class ThrottleTests(SynchronousTestCase):
         self.assertEqual(t.pause("m", 30, "429"), 1130)
 
 
-class FakeTokens:
-    def acquire(self, credentials):
-        return succeed(AccessToken("token-value", 10 ** 12))
-
-    def evict(self, credentials, token=None):
-        return succeed(None)
-
-
 class FakeGraph:
     """In-memory Graph: answers after ``latency`` on the clock; one mailbox throttles."""
 
@@ -176,7 +168,7 @@ class BurstTests(SynchronousTestCase):
         clock.advance(10_000)
         graph = FakeGraph(clock)
         cfg = config()
-        deliverer = GraphDeliverer(cfg, graph, FakeTokens(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
+        deliverer = GraphDeliverer(cfg, graph, FakeTokenSource(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
         mailboxes = [f"m{i}@contoso.test" for i in range(5)]
         spool = DirectorySpool(os.path.abspath(self.mktemp()), SynchronousThreadPool(), clock)
         self.addCleanup(spool.close)
@@ -227,7 +219,7 @@ class RetryAfterTests(SynchronousTestCase):
         clock.advance(5000)
         graph = FakeGraph(clock, throttled="alice@contoso.test", throttle_times=1, retry_after=7, latency=0.0)
         cfg = config(mailbox_rate=6000, mailbox_burst=10)
-        deliverer = GraphDeliverer(cfg, graph, FakeTokens(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
+        deliverer = GraphDeliverer(cfg, graph, FakeTokenSource(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
         path = write_message(self.mktemp(), simple_message())
         entry = make_entry(path, "alice@contoso.test", ["bob@fabrikam.test"])
         d = deliverer.deliver(entry)
@@ -248,7 +240,7 @@ class RetryAfterTests(SynchronousTestCase):
     def test_unreadable_message_is_transient_and_format_errors_permanent(self):
         clock = Clock()
         cfg = config()
-        deliverer = GraphDeliverer(cfg, FakeGraph(clock), FakeTokens(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
+        deliverer = GraphDeliverer(cfg, FakeGraph(clock), FakeTokenSource(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
         missing = make_entry(write_message(self.mktemp(), simple_message()), "a@b.test", ["c@d.test"])
         os.unlink(missing.message_path)
         self.assertIsInstance(self.successResultOf(deliverer.deliver(missing)), Transient)
@@ -260,7 +252,7 @@ class RetryAfterTests(SynchronousTestCase):
     def test_unknown_credential_ref_is_permanent(self):
         clock = Clock()
         cfg = config()
-        deliverer = GraphDeliverer(cfg, FakeGraph(clock), FakeTokens(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
+        deliverer = GraphDeliverer(cfg, FakeGraph(clock), FakeTokenSource(), ConfigCredentialResolver(credentials_from_config(cfg)), clock)
         entry = make_entry(write_message(self.mktemp(), simple_message()), "a@b.test", ["c@d.test"], credential_ref="entra:gone")
         outcome = self.successResultOf(deliverer.deliver(entry))
         self.assertEqual((type(outcome), outcome.remote_code), (Permanent, "UnknownCredentials"))

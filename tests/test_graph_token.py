@@ -6,6 +6,7 @@ certificate (with and without x5c) and a federated assertion file (integration).
 
 from __future__ import annotations
 
+import json
 import os
 
 import requests
@@ -25,35 +26,16 @@ from gateway.delivery.graph.token import (
     classify_result,
     msal_credential,
 )
-from gateway.spool.testing import ImmediateReactor
+from gateway.delivery.interfaces import Transient
 from gateway.testing.fake_graph import (
     Fault,
     create_client_certificate,
     start_fake_graph,
 )
+from gateway.testing.threads import ImmediateReactor, ManualThreadPool
+from tests.graph_helpers import simple_message, start_rig
 
 SECRET = "client-secret-value-xyz"
-
-
-class ManualPool:
-    """Jobs wait until the test runs them (so concurrent acquires overlap)."""
-
-    def __init__(self):
-        self.jobs = []
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        self.jobs.append((on_result, f, args, kwargs))
-
-    def run_all(self):
-        while self.jobs:
-            on_result, f, args, kwargs = self.jobs.pop(0)
-            try:
-                result = f(*args, **kwargs)
-            except BaseException:
-                from twisted.python.failure import Failure
-                on_result(False, Failure())
-            else:
-                on_result(True, result)
 
 
 class FakeApp:
@@ -84,7 +66,7 @@ class UnitTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = ImmediateReactor()
         self.reactor.advance(1000)
-        self.pool = ManualPool()
+        self.pool = ManualThreadPool()
         self.built = []
 
     def providers(self, *results):
@@ -104,7 +86,7 @@ class UnitTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(b), token)
         self.assertEqual((app.calls, token.reveal(), token.expires_at), (1, "AT1", 4600))
         self.assertIs(self.successResultOf(providers.acquire(creds())), token)  # no thread hop at all
-        self.assertEqual(self.pool.jobs, [])
+        self.assertEqual(self.pool.queue, [])
         self.reactor.advance(3600 - 299)  # inside the 5-minute margin: ask MSAL again
         d = providers.acquire(creds())
         self.pool.run_all()
@@ -262,3 +244,30 @@ class FakeEntraTests(TestCase):
         yield self.server.stop()
         error = yield self.assertFailure(self.providers().acquire(self.credentials()), TokenError)
         self.assertEqual((error.kind, error.code), ("transient", "network"))
+
+
+# token endpoint answers that are not JSON (an HTML 429 from a front door or proxy, a
+# truncated body) are network trouble, not a configuration error: the tenant must not be paused
+# as "config-error" and the reason must not blame the credential.
+class ClassifyTests(TestCase):
+    def test_json_decode_error_is_transient(self):
+        try:
+            json.loads("<html>Too Many Requests</html>")
+        except ValueError as e:
+            error = classify_exception(e)
+        self.assertEqual(error.kind, "transient")
+
+
+class TokenEndpointHtmlTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_html_429_from_the_token_endpoint_is_transient(self):
+        r = yield start_rig(self, reactor)
+        r.server.inject(Fault(action="raw", status=429, body=b"<html>Too Many Requests</html>"),
+                        operation="token", times=None)
+        outcome = yield r.deliverer.deliver(r.entry(simple_message(), "alice@contoso.test", ["bob@fabrikam.test"]))
+        self.assertIsInstance(outcome, Transient)
+        [health] = r.deliverer.health()
+        self.assertEqual(health.state, "unreachable")
+        self.assertEqual(health.paused_until, 0.0)

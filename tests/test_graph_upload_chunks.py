@@ -13,7 +13,6 @@ import quopri
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -27,7 +26,7 @@ from gateway.delivery.graph.body import (
     read_exactly,
 )
 from gateway.delivery.interfaces import Delivered
-from tests.graph_helpers import simple_message, start_rig
+from tests.graph_helpers import simple_message, stub_rig
 from tests.test_graph_config import base, parse
 
 ALICE = "alice@contoso.test"
@@ -120,11 +119,11 @@ class UploadPutSizeTests(TestCase):
 
     @inlineCallbacks
     def _deliver_big(self, chunk_size):
-        r = yield start_rig(self, reactor, upload_chunk_size=chunk_size)
+        r = stub_rig(self, upload_chunk_size=chunk_size)
         m = simple_message(to=[BOB])
         big = os.urandom(9 * 1024 * 1024 + 12345)
         m.add_attachment(big, maintype="application", subtype="pdf", filename="scan.pdf")
-        outcome = yield r.deliverer.deliver(r.entry(m, ALICE, [BOB]))
+        outcome = yield r.deliver(r.entry(m, ALICE, [BOB]))
         self.assertIsInstance(outcome, Delivered)
         self.assertEqual(r.server.sent[0].attachment("scan.pdf").data, big)
         sizes = [q.length for q in r.server.requests if q.operation == "upload"]

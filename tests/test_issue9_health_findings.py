@@ -27,7 +27,7 @@ from gateway.delivery.graph.token import classify_exception, classify_result
 from gateway.logging import json_observer
 from gateway.testing.fake_graph import Fault, start_fake_graph
 from gateway.testing.harness import send_message, start_gateway
-from tests.graph_helpers import LogCapture
+from gateway.testing.logs import LogCapture
 
 MESSAGE = b"From: a@corp.example\r\nTo: b@corp.example\r\nSubject: s\r\n\r\nbody\r\n"
 
@@ -39,7 +39,7 @@ class TokenOutageOnHealthz(TestCase):
     def test_token_endpoint_5xx_is_not_healthy(self):
         fake = yield start_fake_graph(reactor, os.path.abspath(self.mktemp()))
         self.addCleanup(fake.stop)
-        capture = LogCapture().install(self)
+        capture = LogCapture.install(self)
         fake.inject(Fault.status_code(503), operation="token", times=None)
         gw = yield start_gateway(self, {
             "graph": {"tenant_id": fake.tenant_id, "client_id": fake.client_id, "client_secret": fake.client_secret,
@@ -57,7 +57,7 @@ class TokenOutageOnHealthz(TestCase):
         response = yield http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
         metrics = (yield response.content()).decode()
         self.assertIn('graphsmtp_tenant_ok{state="degraded",tenant="default"} 0.0', metrics)
-        self.assertNotIn("MsalServiceError", capture.text)
+        self.assertNotIn("MsalServiceError", capture.text())
 
 
 class ErrorTextTests(TestCase):
@@ -81,7 +81,7 @@ class ErrorTextTests(TestCase):
     def test_deliverer_config_error_line_has_no_double_stop(self):
         from gateway.delivery.graph.deliverer import GraphDeliverer, _Tenant
 
-        capture = LogCapture().install(self)
+        capture = LogCapture.install(self)
         deliverer = GraphDeliverer.__new__(GraphDeliverer)
         deliverer.clock = Clock()
         deliverer.config = type("C", (), {"tenant_backoff": 60.0, "tenant_backoff_max": 3600.0})()
@@ -103,7 +103,7 @@ class TokenRefusedTextTests(TestCase):
     def test_401_without_error_code(self):
         from tests.graph_helpers import simple_message, start_rig
 
-        capture = LogCapture().install(self)
+        capture = LogCapture.install(self)
         rig = yield start_rig(self, reactor)
         rig.server.inject(Fault(action="raw", status=401, body=b""), operation="sendMail")
         yield rig.deliverer.deliver(rig.entry(simple_message(), "alice@contoso.test", ["bob@fabrikam.test"]))

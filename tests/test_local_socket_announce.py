@@ -11,10 +11,10 @@ import shutil
 import tempfile
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.testing.harness import start_gateway
+from gateway.testing.logs import LogCapture
 
 
 class LocalSocketAnnounceTests(TestCase):
@@ -23,10 +23,7 @@ class LocalSocketAnnounceTests(TestCase):
         directory = tempfile.mkdtemp(prefix="gsmtp-", dir="/tmp")  # short: a socket path has ~100 bytes
         self.addCleanup(shutil.rmtree, directory, True)
         socket = os.path.join(directory, "submit.sock")
-        lines: list = []
-        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        log = LogCapture.install(self)
         yield start_gateway(self, {"local": {"socket": socket}})
-        announced = [line for line in lines if line.startswith("listener sendmail accepting SMTP")]
+        announced = [line for line in log.messages() if line.startswith("listener sendmail accepting SMTP")]
         self.assertEqual(announced, [f"listener sendmail accepting SMTP on UNIX socket {socket} (tls=none, auth=none)"])

@@ -48,11 +48,11 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import Continue, Identity, Reject
 from gateway.policy.rate_limit import build as build_rate_limit
 from gateway.policy.sender_allowlist import build as build_allowlist
-from gateway.policy.testing import make_message, make_session, run_transaction
 from gateway.smtp.headers import HeaderCollector
 from gateway.smtp.intake import judge_header_section
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.testing.policy import make_message, make_session, run_transaction
 from tests.sendmail_helpers import daemon_spool
 
 RECEIVED = b"Received: from client.test ([192.0.2.1])\r\n\tby gw.test (graphsmtp) with ESMTP id Q1\r\n"

@@ -22,7 +22,7 @@ from gateway.policy.interfaces import (
     Reject,
     SessionView,
 )
-from gateway.policy.testing import make_message
+from gateway.testing.policy import make_message
 
 NETWORK = ipaddress.ip_network("10.0.0.0/8")
 

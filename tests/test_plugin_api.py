@@ -37,7 +37,7 @@ OLD_PATHS = {
     "header_text": "gateway.policy.headers", "format_address": "gateway.policy.headers",
     "IDeliveryObserver": "gateway.delivery.interfaces",
     "IDeliveryObserverFactory": "gateway.delivery.observers",
-    "make_session": "gateway.policy.testing", "start_gateway": "gateway.testing.harness",
+    "make_session": "gateway.testing.policy", "start_gateway": "gateway.testing.harness",
 }
 
 

@@ -16,7 +16,7 @@ from gateway.policy.interfaces import (
     Reject,
     TempFail,
 )
-from gateway.policy.testing import make_message, make_session
+from gateway.testing.policy import make_message, make_session
 
 RAW = b"From: Printer <printer@corp.example>\r\nSubject: scan\r\nReceived: from internal\r\n\r\nbody\r\n"
 

@@ -18,7 +18,7 @@ from gateway.config.loader import build_config
 from gateway.policy.headers import apply_edits
 from gateway.policy.interfaces import HeaderEdit, Reject, TempFail
 from gateway.policy.registry import build_listener_chains
-from gateway.policy.testing import make_message, make_session, run_transaction
+from gateway.testing.policy import make_message, make_session, run_transaction
 from tests.auth_helpers import make_users_file
 from tests.test_policy_registry import PluginDirectoryMixin
 

@@ -18,8 +18,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from gateway.policy.testing import start_redis_server
 from gateway.testing.harness import LOOPBACK_EPHEMERAL, send_message, start_gateway
+from gateway.testing.policy import start_redis_server
 from tests.auth_helpers import make_users_file
 from tests.test_policy_docs import DEVICE_MESSAGE, DOCS, documented_toml
 from tests.test_policy_registry import PluginDirectoryMixin

@@ -9,7 +9,7 @@ from gateway.policy.chain import PolicyChain
 from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import PolicyConfigError, Reject, TempFail
 from gateway.policy.limits import build_max_recipients, build_size_limit
-from gateway.policy.testing import make_session, run_transaction
+from gateway.testing.policy import make_session, run_transaction
 
 RAW = b"From: a@corp.example\r\nSubject: x\r\n\r\n" + b"x" * 2000 + b"\r\n"
 

@@ -13,7 +13,6 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.config.policy import RedisConfig
@@ -23,7 +22,8 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.rate_backends import BucketRequest, RedisBuckets
 from gateway.policy.rate_limit import build
 from gateway.policy.redis_connection import RedisConnection, redis_service
-from gateway.policy.testing import make_session, run_transaction, start_redis_server
+from gateway.testing.logs import LogCapture
+from gateway.testing.policy import make_session, run_transaction, start_redis_server
 from tests.tools import require_tool
 
 PASSWORD = "s3cret-redis-pass"
@@ -137,9 +137,7 @@ class RedisTcpPasswordTests(RedisTestBase):
 
     @inlineCallbacks
     def test_tcp_connection_with_password_and_no_password_in_logs(self):
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogCapture.install(self)
         connection = self.connect(unix_socket=None, host="127.0.0.1", port=self.port, password=Secret(PASSWORD))
         buckets = RedisBuckets(connection, self.clock, "test")
         self.assertTrue((yield buckets.take([BucketRequest("{t}:m", 1, 60, 1)])).allowed)

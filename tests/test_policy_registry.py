@@ -24,7 +24,7 @@ from gateway.policy.registry import (
     build_listener_chains,
     discover_policies,
 )
-from gateway.policy.testing import make_session, run_transaction
+from gateway.testing.policy import make_session, run_transaction
 
 BUILT_INS = {"sender-allowlist", "recipient-rules", "rate-limit", "header-rewrite", "max-recipients", "size-limit"}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,14 +27,14 @@ from gateway.delivery.graph.credentials import (
     credentials_from_config,
 )
 from gateway.delivery.graph.deliverer import GraphDeliverer
-from gateway.delivery.graph.token import AccessToken, TokenError
+from gateway.delivery.graph.token import TokenError
 from gateway.delivery.interfaces import Delivered
 from gateway.queue.runner import QueueRunner
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.store import DirectorySpool
-from gateway.spool.testing import ImmediateReactor, SynchronousThreadPool
+from gateway.testing.delivery import FakeTokenSource, ScriptedDeliverer
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.graph_helpers import simple_message
-from tests.test_queue_runner import ScriptedDeliverer
 
 START = 1_700_000_000.0
 PROVENANCE = Provenance("192.0.2.1", "client.example", "default")
@@ -44,21 +44,6 @@ def graph_config(**kw):
     base = GraphConfig(tenant_id="t", client_id="c", authority="https://login.test/t", graph_url="https://graph.test",
                        client_secret=Secret("x"))
     return attrs.evolve(base, **kw)
-
-
-class FakeTokens:
-    def __init__(self):
-        self.failing = False
-        self.calls = 0
-
-    def acquire(self, credentials):
-        self.calls += 1
-        if self.failing:
-            return fail(TokenError("transient", "connection", "login host unreachable"))
-        return succeed(AccessToken("token-value", 10 ** 12))
-
-    def evict(self, credentials, token=None):
-        return succeed(None)
 
 
 class ScriptedGraph:
@@ -130,7 +115,7 @@ class MailboxRunnerBase(SynchronousTestCase):
         self.spool = self.new_spool()
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.graph = ScriptedGraph(self.clock)
-        self.tokens = FakeTokens()
+        self.tokens = FakeTokenSource()
         self.prepared = []
 
     def new_spool(self):

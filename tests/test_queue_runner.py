@@ -9,17 +9,14 @@ from __future__ import annotations
 import os
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import fail
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.config.model import QueueConfig
 from gateway.delivery.interfaces import (
     Delivered,
-    IDeliverer,
-    IDeliveryObserver,
     Permanent,
     Transient,
 )
@@ -28,56 +25,14 @@ from gateway.queue.runner import QueueRunner
 from gateway.spool.disk import ControlRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.store import DirectorySpool
-from gateway.spool.testing import ImmediateReactor, SynchronousThreadPool
+from gateway.testing.delivery import RecordingObserver, ScriptedDeliverer
 from gateway.testing.memory_spool import MemorySpool
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 
 START = 1_700_000_000.0
 ENVELOPE = Envelope("app@example.com", ("a@example.com",))
 PROVENANCE = Provenance("192.0.2.1", "client.example", "default")
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
-
-
-@implementer(IDeliverer)
-class ScriptedDeliverer:
-    """Answers with queued outcomes (or hands back an unfired Deferred when told to wait)."""
-
-    def __init__(self, *outcomes):
-        self.outcomes = list(outcomes)
-        self.calls: list[SpoolEntry] = []
-        self.pending: list[Deferred] = []
-        self.default = Delivered()
-
-    def deliver(self, entry):
-        self.calls.append(entry)
-        outcome = self.outcomes.pop(0) if self.outcomes else self.default
-        if outcome == "wait":
-            d = Deferred()
-            self.pending.append(d)
-            return d
-        if isinstance(outcome, Exception):
-            return fail(outcome)
-        return succeed(outcome)
-
-
-@implementer(IDeliveryObserver)
-class RecordingObserver:
-    def __init__(self, explode=False):
-        self.events = []
-        self.explode = explode
-
-    def _record(self, kind, entry, outcome):
-        self.events.append((kind, entry.queue_id, outcome))
-        if self.explode:
-            raise RuntimeError("observer bug")
-
-    def delivered(self, entry, outcome):
-        self._record("delivered", entry, outcome)
-
-    def deferred(self, entry, outcome):
-        self._record("deferred", entry, outcome)
-
-    def failed(self, entry, outcome):
-        self._record("failed", entry, outcome)
 
 
 class RunnerTestBase(SynchronousTestCase):
@@ -127,7 +82,7 @@ class DeliveryTests(RunnerTestBase):
         entry = self.accept()
         self.assertEqual([e.queue_id for e in deliverer.calls], [entry.queue_id])
         self.assertEqual(self.queued_ids(), [])
-        self.assertEqual(observer.events, [("delivered", entry.queue_id, Delivered("ok"))])
+        self.assertEqual(observer.summary, [("delivered", entry.queue_id, Delivered("ok"))])
         self.assertIn(f"delivered {entry.queue_id}", self.messages())
 
     def test_backoff_schedule_last_value_repeats(self):
@@ -199,13 +154,13 @@ class DeliveryTests(RunnerTestBase):
         entry = self.accept()
         record = self.record(entry.queue_id)
         self.assertEqual((record.attempts, record.history), (0, ()))
-        self.assertEqual((runner.stats.deferred, observer.events), (0, []))
+        self.assertEqual((runner.stats.deferred, observer.summary), (0, []))
         self.clock.advance(1.9)
         self.assertEqual(len(deliverer.calls), 1)
         self.clock.advance(0.1)
         self.assertEqual(len(deliverer.calls), 2)
         self.assertEqual(deliverer.calls[1].attempts, 0)
-        self.assertEqual([kind for kind, _, _ in observer.events], ["delivered"])
+        self.assertEqual([kind for kind, _, _ in observer.summary], ["delivered"])
         self.assertEqual(self.queued_ids(), [])
 
     def test_hung_attempt_is_cancelled_and_retried(self):
@@ -240,7 +195,7 @@ class DeliveryTests(RunnerTestBase):
         self.assertEqual(disk.queue_ids(disk.layout.failed), [entry.queue_id])
         reason = "5.1.1 mailbox not found (ErrorInvalidRecipients)"
         self.assertEqual(disk.failure_reason(entry.queue_id), reason)
-        self.assertEqual(observer.events, [("failed", entry.queue_id, outcome)])
+        self.assertEqual(observer.summary, [("failed", entry.queue_id, outcome)])
         self.assertIn(f"failed {entry.queue_id}: {reason}", self.messages())
         self.assertEqual(runner.stats.failed, 1)
 
@@ -259,7 +214,7 @@ class DeliveryTests(RunnerTestBase):
         self.assertEqual(self.queued_ids(), [])
         disk = SpoolDisk(self.directory)
         self.assertIn("queue lifetime of 3h expired; last error: Graph down", disk.failure_reason(entry.queue_id))
-        kind, queue_id, outcome = observer.events[-1]
+        kind, queue_id, outcome = observer.summary[-1]
         self.assertEqual((kind, queue_id, outcome.status), ("failed", entry.queue_id, "4.4.7"))
         failed = disk.load(entry.queue_id, directory=disk.layout.failed)
         self.assertEqual(failed.attempts, 4)

@@ -14,10 +14,11 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import TestCase
 
 from gateway.testing.harness import send_message, start_gateway
+from gateway.testing.logs import LogCapture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESSAGE = b"From: app@corp.example\r\nTo: alice@corp.example\r\nSubject: fields\r\n\r\nhello\r\n"
@@ -26,13 +27,11 @@ MESSAGE = b"From: app@corp.example\r\nTo: alice@corp.example\r\nSubject: fields\
 class ReceivedLineFieldsTests(TestCase):
     timeout = 30
 
-    def capture(self) -> list:
-        events: list = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+    def capture(self) -> LogCapture:
+        events = LogCapture.install(self)
         return events
 
-    def received(self, events: list, queue_id: str) -> dict:
+    def received(self, events: LogCapture, queue_id: str) -> dict:
         [event] = [e for e in events if e.get("queue_id") == queue_id and formatEvent(e).startswith("received ")]
         return event
 

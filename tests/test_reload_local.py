@@ -17,11 +17,11 @@ import textwrap
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.config import load_config
 from gateway.service import GatewayOptions, makeService
+from gateway.testing.logs import LogCapture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = pwd.getpwuid(os.getuid()).pw_name
@@ -54,10 +54,7 @@ class LocalReloadTests(TestCase):
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.path = os.path.join(self.directory, "graphsmtp.toml")
         self.write(text.replace("@DIR@", self.directory) if "@DIR@" in text else self.config_text("a@corp.example"))
-        self.logged: list = []
-        observer = lambda event: self.logged.append(formatEvent(event))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.log_capture = LogCapture.install(self)
         self.service = makeService(GatewayOptions(load_config(self.path), reload_config=lambda: load_config(self.path),
                                                   install_signal_handlers=False), reactor)
         self.service.privilegedStartService()
@@ -81,7 +78,7 @@ class LocalReloadTests(TestCase):
         self.assertEqual(code, 77, err)  # EX_NOPERM: not an allowed sender yet
         self.write(self.config_text("b@corp.example", extra="[local.limits]\nmax_recipients = 7\n"))
         self.service.reload()
-        self.assertEqual([line for line in self.logged if "NOT reloaded" in line], [])
+        self.assertEqual([line for line in self.log_capture.messages() if "NOT reloaded" in line], [])
         self.assertEqual(self.part.factory.listener.limits.max_recipients, 7)
         self.assertEqual(self.part.factory.listener.endpoint, self.service.config.sections["local"].listener().endpoint)
         out, err, code = yield self.sendmail("b@corp.example")
@@ -97,7 +94,7 @@ class LocalReloadTests(TestCase):
         yield self.start("")
         self.write(self.config_text("not a pattern <>"))
         self.service.reload()
-        [line] = [line for line in self.logged if "NOT reloaded" in line]
+        [line] = [line for line in self.log_capture.messages() if "NOT reloaded" in line]
         self.assertIn("local.allowed_senders", line)
         self.assertEqual(self.part.factory.senders_for(USER), ("a@corp.example",))
 
@@ -106,5 +103,5 @@ class LocalReloadTests(TestCase):
         yield self.start("")
         self.write(self.config_text("a@corp.example", socket="other.sock"))
         self.service.reload()
-        self.assertEqual([line for line in self.logged if "restart graphsmtp" in line],
+        self.assertEqual([line for line in self.log_capture.messages() if "restart graphsmtp" in line],
                          ["SIGHUP: [local] socket or mode changed: restart graphsmtp to apply it"])

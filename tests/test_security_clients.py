@@ -15,13 +15,13 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.mail.smtp import ESMTPSenderFactory, SMTPClientError
 from twisted.trial.unittest import TestCase
 
+from gateway.testing.logs import LogCapture
 from tests.security_harness import (
     ALICE_PASSWORD,
     APP_SECRET,
     CLIENT,
     HOST,
     TENANT,
-    LogCapture,
     SecureServer,
 )
 from tests.tools import require_swaks_with_tls
@@ -53,7 +53,7 @@ class TwistedClientTests(TestCase):
 
     @inlineCallbacks
     def test_starttls_then_auth_then_send(self):
-        logs = LogCapture(self)
+        logs = LogCapture.install(self)
         server = yield SecureServer.start(self)
         accepted, recipients = yield self.send(server, b"alice", ALICE_PASSWORD.encode())
         self.assertEqual(accepted, 1)
@@ -99,7 +99,7 @@ class SwaksTests(TestCase):
 
     @inlineCallbacks
     def test_starttls_auth_plain_and_login(self):
-        logs = LogCapture(self)
+        logs = LogCapture.install(self)
         server = yield SecureServer.start(self)
         for mechanism in ("PLAIN", "LOGIN"):
             transcript, code = yield self.swaks_run(server, "--tls", "--auth", mechanism, "--auth-user", "alice", "--auth-password", ALICE_PASSWORD)

@@ -29,10 +29,10 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import Continue, Identity, Reject, TempFail
 from gateway.policy.rate_limit import build as build_rate_limit
 from gateway.policy.sender_allowlist import build as build_allowlist
-from gateway.policy.testing import make_message, make_session, run_transaction
 from gateway.smtp.auth import AuthExchange
 from gateway.smtp.auth import Refusal as AuthRefusal
 from gateway.spool.disk import SpoolDisk
+from gateway.testing.policy import make_message, make_session, run_transaction
 from tests.security_harness import ALICE_PASSWORD, HOST, SecureServer
 
 ALICE = Identity("alice", ("alice@corp.example",))

@@ -26,14 +26,14 @@ from gateway.config.secrets import Secret
 from gateway.delivery.graph.credentials import UnknownCredentials
 from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
 from gateway.testing.fake_graph import start_fake_graph
-from tests.auth_helpers import SyncReactor, SyncThreadPool
+from gateway.testing.logs import LogCapture
+from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
 from tests.security_harness import (
     APP_SECRET,
     CLIENT,
     HOST,
     TENANT,
     TIMEOUT,
-    LogCapture,
     SecureServer,
 )
 
@@ -83,7 +83,7 @@ class ResolverTests(SynchronousTestCase):
     def setUp(self):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        self.store = EncryptedCredentialStore.open(os.path.join(directory, "c"), os.path.join(directory, "k"), SyncReactor(), SyncThreadPool())
+        self.store = EncryptedCredentialStore.open(os.path.join(directory, "c"), os.path.join(directory, "k"), ImmediateReactor(), SynchronousThreadPool())
 
         class Fallback:
             def resolve(self, ref):
@@ -106,7 +106,7 @@ class ResolverTests(SynchronousTestCase):
 
     def test_undecryptable_is_not_permanent(self):
         self.successResultOf(self.store.remember(APP))
-        fresh = EncryptedCredentialStore(self.store.directory, os.urandom(32), SyncReactor(), SyncThreadPool())
+        fresh = EncryptedCredentialStore(self.store.directory, os.urandom(32), ImmediateReactor(), SynchronousThreadPool())
         resolver = PassThroughCredentialResolver(fresh, None)
         f = self.failureResultOf(resolver.resolve(APP.credential_ref), CredentialStoreError)
         self.assertFalse(f.check(UnknownCredentials))
@@ -145,7 +145,7 @@ class FakeEntraLoginTests(TestCase):
 
     @inlineCallbacks
     def test_login_checked_by_msal_against_fake_entra(self):
-        logs = LogCapture(self)
+        logs = LogCapture.install(self)
         ctx = self.server.client_context()
         login = f"{TENANT}@{CLIENT}.printer"
 

@@ -15,10 +15,10 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gateway.auth.throttle import ThrottleSettings
+from gateway.testing.logs import LogCapture
 from tests.security_harness import (
     ALICE_PASSWORD,
     HOST,
-    LogCapture,
     RawClient,
     SecureServer,
     ehlo_keywords,
@@ -72,7 +72,7 @@ class ProxyProtocolTests(TestCase):
 
     @inlineCallbacks
     def test_proxied_untrusted_address_refused(self):
-        logs = LogCapture(self)
+        logs = LogCapture.install(self)
         server = yield self.start(f"haproxy:tcp:0:interface={HOST}", trusted_networks=TRUSTED + (ipaddress.ip_network("127.0.0.0/8"),))
         # loopback (the load balancer itself) is trusted, but the client behind it is not
         _, _, mail = yield deferToThread(mail_attempt, server.port, proxy_v1("198.51.100.7"))

@@ -16,6 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gateway.auth.throttle import ThrottleSettings
+from gateway.testing.logs import LogCapture
 from tests.security_harness import (
     ALICE_PASSWORD,
     APP_SECRET,
@@ -23,7 +24,6 @@ from tests.security_harness import (
     HOST,
     TENANT,
     TIMEOUT,
-    LogCapture,
     RawClient,
     SecureServer,
     ehlo_keywords,
@@ -42,7 +42,7 @@ class StartTLSAuthTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.logs = LogCapture(self)
+        self.logs = LogCapture.install(self)
         self.server = yield SecureServer.start(self)
 
     @inlineCallbacks
@@ -248,7 +248,7 @@ class ImplicitTLSTests(TestCase):
 
     @inlineCallbacks
     def test_smtp_ssl_login_and_send(self):
-        logs = LogCapture(self)
+        logs = LogCapture.install(self)
         server = yield SecureServer.start(self, name="submissions", tls="implicit", auth="required")
         ctx = server.client_context()
 
@@ -384,7 +384,7 @@ class BruteForceTests(TestCase):
 
     @inlineCallbacks
     def test_failures_lead_to_421_and_lockout(self):
-        logs = LogCapture(self)
+        logs = LogCapture.install(self)
         server = yield SecureServer.start(self, throttle=ThrottleSettings(max_failures=3, base_delay=0, max_delay=0))
         ctx = server.client_context()
 
@@ -429,7 +429,7 @@ class PassThroughTests(TestCase):
 
     @inlineCallbacks
     def test_login_with_app_secret_delivers_with_tenant_credentials(self):
-        logs = LogCapture(self)
+        logs = LogCapture.install(self)
         server = yield SecureServer.start(self, passthrough=True)
         ctx = server.client_context()
         login = f"{TENANT}@{CLIENT}.scanner"

@@ -14,8 +14,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.smtp import flow as flow_module
+from tests.smtp_helpers import DeferredPolicy, Session, make_factory
 from tests.test_smtp_integration import IntakeCase
-from tests.test_smtp_support import DeferredPolicy, Session, make_factory
 
 # Each round: a multi-line EHLO reply, 250, 250 — about three times the input, and no limit
 # (junk commands, errors, messages) ends the session on its own.

@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config.model import Limits
 from gateway.smtp.intake import LINE_OVER_998, NUL_OCTET, MessageIntake
+from tests.smtp_helpers import Session, make_factory
 from tests.test_smtp_integration import IntakeCase
-from tests.test_smtp_support import Session, make_factory
 
 
 class _Writer:

@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.smtp.transaction import INLINE_JUDGE_LIMIT, judge_section
-from gateway.spool.testing import ManualThreadPool
 from gateway.testing.harness import send_message, start_gateway
+from gateway.testing.threads import ManualThreadPool
 
 SMALL = b"From: <a@b.test>\r\nTo: <c@d.test>\r\nSubject: hi\r\n\r\n"
 

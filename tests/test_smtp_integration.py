@@ -25,14 +25,14 @@ from gateway.smtp.listener import listener_service
 from gateway.spool.interfaces import SpoolError
 from gateway.testing.certs import TestCA
 from gateway.testing.memory_spool import MemorySpool
-from tests.test_smtp_framing import FAKE_ENDS
-from tests.test_smtp_support import (
+from tests.smtp_helpers import (
     PASSWORD,
     ScriptedPolicy,
     make_factory,
     make_portal,
     tls_from_ca,
 )
+from tests.test_smtp_framing import FAKE_ENDS
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 

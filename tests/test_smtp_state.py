@@ -22,7 +22,7 @@ from gateway.smtp.state import (
     SessionState,
     transition,
 )
-from tests.test_smtp_support import (
+from tests.smtp_helpers import (
     PASSWORD,
     DeferredPolicy,
     Session,

@@ -14,8 +14,9 @@ from twisted.logger import LogLevel
 from gateway.delivery.interfaces import Transient
 from gateway.spool.conditions import RepeatedErrors
 from gateway.spool.fileops import FileOps
-from gateway.spool.testing import FullDiskFileOps
-from tests.test_queue_runner import START, RunnerTestBase, ScriptedDeliverer
+from gateway.testing.delivery import ScriptedDeliverer
+from gateway.testing.spool import FullDiskFileOps
+from tests.test_queue_runner import START, RunnerTestBase
 
 
 class DiskFullDuringStateChangesTests(RunnerTestBase):

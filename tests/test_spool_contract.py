@@ -13,8 +13,8 @@ from zope.interface.verify import verifyObject
 
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.interfaces import ISpool, ISpoolWriter, SpoolError
-from gateway.spool.testing import make_test_spool
 from gateway.testing.memory_spool import MemorySpool
+from gateway.testing.spool import make_test_spool
 
 ENVELOPE = Envelope("s@example.com", ("r1@example.com", "r2@example.com"))
 PROVENANCE = Provenance("192.0.2.1", "c.example", "default")

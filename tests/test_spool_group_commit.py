@@ -17,14 +17,9 @@ from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.record import decode_record
 from gateway.spool.store import DirectorySpool
-from gateway.spool.testing import (
-    FailingFileOps,
-    ImmediateReactor,
-    ManualThreadPool,
-    RecordingFileOps,
-    SynchronousThreadPool,
-)
 from gateway.testing.harness import gateway_config, send_message, start_gateway
+from gateway.testing.spool import FailingFileOps, RecordingFileOps
+from gateway.testing.threads import ImmediateReactor, ManualThreadPool, SynchronousThreadPool
 
 ENVELOPE = Envelope("app@example.com", ("a@example.com",))
 PROVENANCE = Provenance(client_address="192.0.2.7", client_name="printer.example", listener="default")

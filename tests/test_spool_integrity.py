@@ -24,8 +24,8 @@ from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.testing.fake_graph import start_fake_graph
 from gateway.testing.harness import start_gateway
+from gateway.testing.logs import LogCapture
 from tests.graph_helpers import (
-    LogCapture,
     make_entry,
     simple_message,
     start_rig,
@@ -114,7 +114,7 @@ class VerifyBeforeSendTests(TestCase):
 
     @inlineCallbacks
     def test_same_length_corruption_is_quarantined_with_one_alarm(self):
-        logs = LogCapture().install(self)
+        logs = LogCapture.install(self)
         r = yield start_rig(self, reactor)
         journal = RecordingJournal()
         r.deliverer.journal = journal

@@ -17,7 +17,7 @@ from gateway.cli import sendmail
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.record import decode_record, encode_record
-from gateway.spool.testing import make_test_spool
+from gateway.testing.spool import make_test_spool
 from tests.sendmail_helpers import daemon_spool
 
 ENVELOPE = Envelope("app@corp.example", ("alice@corp.example",))

@@ -21,14 +21,8 @@ from gateway.spool.interfaces import IQueueSpool, ISpool, ISpoolWriter, SpoolErr
 from gateway.spool.queueid import is_queue_id, new_queue_id
 from gateway.spool.record import decode_record, encode_record
 from gateway.spool.store import DirectorySpool
-from gateway.spool.testing import (
-    FailingFileOps,
-    FullDiskFileOps,
-    ImmediateReactor,
-    ManualThreadPool,
-    RecordingFileOps,
-    SynchronousThreadPool,
-)
+from gateway.testing.spool import FailingFileOps, FullDiskFileOps, RecordingFileOps, make_test_spool
+from gateway.testing.threads import ImmediateReactor, ManualThreadPool, SynchronousThreadPool
 
 ENVELOPE = Envelope("app@example.com", ("a@example.com", "b@example.com"))
 PROVENANCE = Provenance(client_address="192.0.2.7", client_name="printer.example", listener="default",
@@ -541,3 +535,44 @@ class RecordDecisionFieldsTests(SynchronousTestCase):
             del old[key]
         back = decode_record(json.dumps(old).encode(), "/m")
         self.assertEqual((back.sending_mailbox, back.message_digest, back.draft_id), (None, None, None))
+
+
+# a second gateway pointed at a spool another graphsmtp process owns.  Its queue runner
+# refuses to start (the spool lock is taken), so whatever its SMTP listeners accepted would be
+# acknowledged with 250 and then sit in the queue undelivered until the *other* process
+# restarts.  Intake must refuse (a transient SpoolError, so 451) instead of committing.
+class IntakeNeedsTheSpoolLockTests(SynchronousTestCase):
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        self.owner = SpoolDisk(self.directory)  # the other daemon (flock is per open file)
+        self.owner.ensure_directories()
+        self.owner.acquire_lock()
+        self.addCleanup(self.owner.release_lock)
+
+    def test_commit_refused_while_another_process_owns_the_spool(self):
+        spool = make_test_spool(self.directory)
+        spool.disk.lock_wait = 0
+        self.addCleanup(spool.close)
+        d = spool.open_writer()
+
+        def commit(writer):
+            writer.write(b"Subject: s\r\n\r\nbody\r\n")
+            return writer.commit(Envelope("s@example.com", ("r@example.com",)),
+                                 Provenance(client_address="192.0.2.1", client_name="c", listener="l"))
+        d.addCallback(commit)
+        failure = self.failureResultOf(d, SpoolError)
+        self.assertIn("in use by another graphsmtp process", str(failure.value))
+        self.assertEqual(os.listdir(os.path.join(self.directory, "queue")), [])
+
+    def test_intake_works_once_the_lock_is_free(self):
+        self.owner.release_lock()
+        spool = make_test_spool(self.directory)
+        self.addCleanup(spool.close)
+        writer = self.successResultOf(spool.open_writer())
+        writer.write(b"Subject: s\r\n\r\nbody\r\n")
+        entry = self.successResultOf(writer.commit(
+            Envelope("s@example.com", ("r@example.com",)),
+            Provenance(client_address="192.0.2.1", client_name="c", listener="l")))
+        self.assertTrue(os.path.exists(entry.message_path))
+        # The same process's recovery still gets the lock it already holds.
+        self.assertEqual([q for _, q in self.successResultOf(spool.recover_schedule())], [entry.queue_id])

@@ -9,19 +9,18 @@ from __future__ import annotations
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.testing.harness import start_gateway
+from gateway.testing.logs import LogCapture
 
 
 class StatusAccessLogTests(TestCase):
     @inlineCallbacks
     def test_scrapes_log_nothing_at_the_default_level(self):
-        events: list = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogCapture.install(self)
         gw = yield start_gateway(self, {"status": {"endpoint": "tcp:0:interface=127.0.0.1"}})
         port = yield gw.status_port()
         http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))

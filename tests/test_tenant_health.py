@@ -14,15 +14,20 @@ import os
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from gateway.config.graph import GraphConfig
+from gateway.config.secrets import Secret
+from gateway.delivery.graph.client import GraphResponse
 from gateway.delivery.graph.credentials import (
+    ConfigCredentialResolver,
     TenantCredentials,
     credentials_from_config,
 )
+from gateway.delivery.graph.deliverer import GraphDeliverer
 from gateway.delivery.graph.tenant_health import (
     DEGRADED,
     NEEDS_ADMIN,
@@ -36,9 +41,12 @@ from gateway.delivery.graph.token import (
     TokenError,
     classify_result,
 )
+from gateway.delivery.interfaces import Delivered, Transient
+from gateway.testing.delivery import WAIT, FakeTokenSource
 from gateway.testing.fake_graph import Fault, start_fake_graph
 from gateway.testing.harness import start_gateway
-from tests.graph_helpers import LogCapture
+from gateway.testing.logs import LogCapture
+from tests.graph_helpers import make_entry, write_message
 
 CREDENTIALS = TenantCredentials("tenant-a", "client-a", "https://login.example/tenant-a", "https://graph.example")
 
@@ -47,31 +55,13 @@ def monitor_lines(capture: LogCapture) -> list[str]:
     return [m for m, e in zip(capture.messages(), capture.events, strict=False) if e.get("log_namespace", "").endswith("TenantHealthMonitor")]
 
 
-class ScriptedTokens:
-    """A token source whose next answers the test decides; records when it was asked."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.asked: list[float] = []
-        self.next: list = []
-
-    def acquire(self, credentials):
-        self.asked.append(self.clock.seconds())
-        answer = self.next.pop(0) if self.next else AccessToken("t", self.clock.seconds() + 3600)
-        if isinstance(answer, Exception):
-            return fail(answer)
-        if isinstance(answer, Deferred):
-            return answer
-        return succeed(answer)
-
-
 class MonitorUnitTests(TestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
-        self.tokens = ScriptedTokens(self.clock)
+        self.tokens = FakeTokenSource(self.clock)
         self.monitor = TenantHealthMonitor(self.tokens, [CREDENTIALS], self.clock, retry=60.0, retry_max=3600.0)
-        self.capture = LogCapture().install(self)
+        self.capture = LogCapture.install(self)
 
     def state(self):
         [status] = self.monitor.health()
@@ -91,7 +81,7 @@ class MonitorUnitTests(TestCase):
 
     def test_unknown_until_the_first_answer(self):
         pending = Deferred()
-        self.tokens.next.append(pending)
+        self.tokens.script.append(pending)
         self.monitor.startService()
         self.addCleanup(self.monitor.stopService)
         self.assertEqual(self.state().state, UNKNOWN)
@@ -102,7 +92,7 @@ class MonitorUnitTests(TestCase):
         self.monitor.startService()
         self.addCleanup(self.monitor.stopService)
         outage_start = self.clock.seconds() + 3310
-        self.tokens.next.extend([TokenError("transient", "http_503", "the login host answered HTTP 503")] * 3)
+        self.tokens.script.extend([TokenError("transient", "http_503", "the login host answered HTTP 503")] * 3)
         self.clock.advance(3310)
         status = self.state()
         self.assertEqual((status.state, status.since), (DEGRADED, outage_start))
@@ -122,7 +112,7 @@ class MonitorUnitTests(TestCase):
         self.assertIn("ok again", lines[2])
 
     def test_degraded_retry_is_capped(self):
-        self.tokens.next.extend([TokenError("transient", "network", "cannot reach the login host")] * 20)
+        self.tokens.script.extend([TokenError("transient", "network", "cannot reach the login host")] * 20)
         self.monitor.startService()
         self.addCleanup(self.monitor.stopService)
         for _ in range(10):
@@ -130,7 +120,7 @@ class MonitorUnitTests(TestCase):
         self.assertGreaterEqual(len(self.tokens.asked), 8)
 
     def test_bad_credentials_need_admin_with_code_and_action(self):
-        self.tokens.next.append(classify_result({
+        self.tokens.script.append(classify_result({
             "error": "invalid_client", "error_codes": [7000215],
             "error_description": "AADSTS7000215: Invalid client secret provided."}))
         self.monitor.startService()
@@ -148,7 +138,7 @@ class MonitorUnitTests(TestCase):
         self.monitor.startService()
         self.addCleanup(self.monitor.stopService)
         wrapped = MonitoredTokens(self.tokens, self.monitor)
-        self.tokens.next.append(TokenError("transient", "http_502", "the login host answered HTTP 502"))
+        self.tokens.script.append(TokenError("transient", "http_502", "the login host answered HTTP 502"))
         failures = []
         wrapped.acquire(CREDENTIALS).addErrback(failures.append)
         self.assertEqual(len(failures), 1)
@@ -178,7 +168,7 @@ class GatewayTenantHealthTests(TestCase):
     def start(self, **graph):
         self.fake = yield start_fake_graph(reactor, os.path.abspath(self.mktemp()))
         self.addCleanup(self.fake.stop)
-        self.capture = LogCapture().install(self)
+        self.capture = LogCapture.install(self)
         if "before" in graph:
             graph.pop("before")(self.fake)
         settings = {
@@ -298,5 +288,91 @@ class GatewayTenantHealthTests(TestCase):
         self.assertEqual(tenant["detail"].count("AADSTS7000215"), 1)
         self.assertIn("graph.client_secret", tenant["action"])
         self.assertNotIn(wrong.encode(), body)
-        self.assertNotIn(wrong, self.capture.text)
-        self.assertNotIn(self.fake.client_secret, self.capture.text)
+        self.assertNotIn(wrong, self.capture.text())
+        self.assertNotIn(self.fake.client_secret, self.capture.text())
+
+
+# a tenant whose app Graph keeps refusing (401 even with a freshly issued token: missing
+# Mail.Send consent, wrong tenant) must stay paused with *growing* backoff, and must not be
+# reported as healthy between attempts just because Entra keeps issuing tokens.
+ALICE = "alice@contoso.test"
+BOB = "bob@fabrikam.test"
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.code = 401
+        self.calls = 0
+
+    def send_mime(self, graph_url, mailbox, token, mime):
+        self.calls += 1
+        if self.code == 401:
+            return succeed(GraphResponse(401, "InvalidAuthenticationToken", "Access token validation failure."))
+        return succeed(GraphResponse(self.code))
+
+
+class GraphRefusalBackoffTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.config = GraphConfig("tenant", "client", "https://login.example/tenant", "https://graph.example",
+                                  client_secret=Secret("s3cret"), tenant_backoff=60.0, tenant_backoff_max=3600.0)
+        self.client = _Client()
+        self.deliverer = GraphDeliverer(self.config, self.client, FakeTokenSource(),
+                                        ConfigCredentialResolver(credentials_from_config(self.config)), self.clock)
+        message = f"From: {ALICE}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nhi\r\n".encode("ascii")
+        self.path = write_message(self.mktemp(), message)
+
+    def deliver(self):
+        return self.successResultOf(self.deliverer.deliver(make_entry(self.path, ALICE, [BOB])))
+
+    def test_backoff_grows_while_graph_keeps_refusing(self):
+        first = self.deliver()
+        self.assertIsInstance(first, Transient)
+        self.assertEqual(first.retry_at, self.clock.seconds() + 60)
+        self.clock.advance(61)
+        [health] = self.deliverer.health()
+        self.assertEqual(health.state, "config-error")
+        second = self.deliver()
+        self.assertIsInstance(second, Transient)
+        self.assertEqual(second.retry_at, self.clock.seconds() + 120)
+        [health] = self.deliverer.health()
+        self.assertEqual(health.state, "config-error")
+
+    def test_tenant_is_ok_again_once_graph_accepts(self):
+        self.deliver()
+        self.clock.advance(61)
+        self.client.code = 202
+        self.assertIsInstance(self.deliver(), Delivered)
+        [health] = self.deliverer.health()
+        self.assertEqual((health.state, health.paused_until), ("ok", 0.0))
+        self.client.code = 401
+        self.clock.advance(5)  # past the mailbox's pacing interval
+        again = self.deliver()
+        self.assertEqual(again.retry_at, self.clock.seconds() + 60)  # backoff starts over
+
+
+class ConcurrentConfigErrorTests(TestCase):
+    """One bad-credential event seen by many concurrent deliveries is one step of backoff."""
+
+    def test_concurrent_failures_pause_once(self):
+        from gateway.delivery.graph.token import TokenError
+        clock = Clock()
+        clock.advance(1000)
+        config = GraphConfig("tenant", "client", "https://login.example/tenant", "https://graph.example",
+                             client_secret=Secret("s3cret"), tenant_backoff=60.0, tenant_backoff_max=3600.0)
+        tokens = FakeTokenSource()
+        tokens.script.extend([WAIT] * 6)
+        deliverer = GraphDeliverer(config, _Client(), tokens,
+                                   ConfigCredentialResolver(credentials_from_config(config)), clock)
+        message = f"From: {ALICE}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nhi\r\n".encode("ascii")
+        directory = self.mktemp()
+        results = [deliverer.deliver(make_entry(write_message(directory, message, f"m{i}.eml"), ALICE, [BOB],
+                                                queue_id=f"Q{i}")) for i in range(6)]
+        self.assertEqual(len(tokens.pending), 6)
+        for d in tokens.pending:
+            d.errback(TokenError("config", "AADSTS7000215", "Invalid client secret provided."))
+        outcomes = [self.successResultOf(d) for d in results]
+        self.assertEqual({o.retry_at for o in outcomes}, {clock.seconds() + 60})
+        [health] = deliverer.health()
+        self.assertEqual(health.paused_until, clock.seconds() + 60)

@@ -12,24 +12,14 @@ import shutil
 import ssl
 
 from OpenSSL import SSL
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config.errors import ConfigError
 from gateway.smtp.tls import TLSContextSource
 from gateway.testing.certs import TestCA
+from gateway.testing.logs import LogCapture
 from tests.tls_helpers import client_context, memory_handshake, tls_listener
-
-
-class _Logs:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def text(self):
-        from twisted.logger import formatEvent
-        return "\n".join(formatEvent(e) for e in self.events)
 
 
 class TLSDefaultsTests(SynchronousTestCase):
@@ -95,7 +85,7 @@ class LegacyListenerTests(SynchronousTestCase):
         self.cert = self.ca.issue()
 
     def test_tls11_accepted_when_configured_and_warned(self):
-        logs = _Logs(self)
+        logs = LogCapture.install(self)
         source = TLSContextSource(tls_listener(self.cert, name="printers", tls_min_version="1.1"))
         version, _, _ = memory_handshake(source.server_options(), client_context(self.ca.ca_cert_path, ssl.TLSVersion.TLSv1_1))
         self.assertEqual(version, "TLSv1.1")
@@ -115,7 +105,7 @@ class LegacyListenerTests(SynchronousTestCase):
         self.assertEqual(version, "TLSv1")
 
     def test_modern_listener_logs_no_warning(self):
-        logs = _Logs(self)
+        logs = LogCapture.install(self)
         TLSContextSource(tls_listener(self.cert))
         self.assertEqual([e for e in logs.events if e.get("log_level") == LogLevel.warn], [])
 
@@ -209,7 +199,7 @@ class ReloadTests(SynchronousTestCase):
         self.assertFalse(self.source.check_for_changes())
 
     def test_failed_reload_keeps_old_certificate_and_logs(self):
-        logs = _Logs(self)
+        logs = LogCapture.install(self)
         other = self.ca.issue(basename="other")
         second = self.ca.issue()
         # new certificate with a key that does not belong to it (half-finished renewal)

@@ -17,7 +17,6 @@ import warnings
 from OpenSSL import SSL, crypto
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.cli import certs as certs_cli
@@ -26,20 +25,13 @@ from gateway.config.loader import build_config
 from gateway.smtp.tls import TLSContextSource
 from gateway.testing.certs import TestCA
 from gateway.testing.harness import start_gateway
+from gateway.testing.logs import LogCapture
 from tests.tls_helpers import client_context, memory_handshake, tls_listener
 
 RSA_KX = "AES128-SHA:@SECLEVEL=0"  # what a 2008 printer offers: RSA key exchange, CBC, SHA-1
 HANDSHAKE_ERRORS = (ssl.SSLError, SSL.Error)
 
 
-class Logs:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def warnings(self):
-        return [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.warn]
 
 
 class OldDeviceCipherTests(SynchronousTestCase):
@@ -94,7 +86,7 @@ class OldDeviceCipherTests(SynchronousTestCase):
         self.assertIn("listener.mfp.tls_ciphers", str(e))
 
     def test_warning_names_rsa_key_exchange_and_an_unsuitable_key(self):
-        logs = Logs(self)
+        logs = LogCapture.install(self)
         TLSContextSource(tls_listener(self.rsa, name="printers", tls_min_version="1.0"))
         [warning] = logs.warnings()
         self.assertIn("printers", warning)

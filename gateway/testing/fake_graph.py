@@ -216,14 +216,15 @@ class FakeGraphServer:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, ca: TestCA, *, tenant_id: str = "fake-tenant",
+    def __init__(self, reactor: Any, ca: Optional[TestCA], *, tenant_id: str = "fake-tenant",
                  client_id: str = "00000000-0000-0000-0000-00000000c11e",
                  client_secret: Optional[str] = None, max_request_size: int = 4_000_000,
                  max_chunk: int = 4 * 1024 * 1024, token_lifetime: int = 3599,
                  mailboxes: Optional[set] = None, roles: tuple[str, ...] = ("Mail.Send", "Mail.ReadWrite")) -> None:
         self.reactor = reactor
         self.ca = ca
-        self.ca_path = ca.ca_cert_path
+        #: None for a fake served without TLS (L{gateway.testing.stub_graph}).
+        self.ca_path = ca.ca_cert_path if ca is not None else None
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(24)
@@ -310,6 +311,16 @@ class FakeGraphServer:
                   "iat": now, "nbf": now, "exp": now + lifetime, "jti": secrets.token_hex(8)}
         return jwt.encode(claims, key, algorithm="RS256")
 
+    def issue_token(self, client_id: Optional[str] = None) -> str:
+        """
+        A bearer token this fake accepts (as if the client had asked the token endpoint), for
+        tests that bypass MSAL (L{gateway.testing.stub_graph}).
+        """
+        token = self._issue_token(client_id or self.client_id, self.tenant_id)
+        self._tokens[token] = self._now() + self.token_lifetime
+        self._token_roles[token] = self.roles
+        return token
+
     def expire_tokens(self) -> None:
         """Every token issued so far is now expired (Graph answers 401 InvalidAuthenticationToken)."""
         for token in self._tokens:
@@ -383,7 +394,7 @@ class FakeGraphServer:
     # -- lifecycle ------------------------------------------------------------------------
 
     def listen(self, endpoint: Any) -> Deferred:
-        site = _TrackingSite(_Root(self), self)
+        site = _TrackingSite(FakeGraphResource(self), self)
         d = endpoint.listen(site)
 
         def listening(port: Any) -> "FakeGraphServer":
@@ -602,14 +613,15 @@ class FakeGraphServer:
                                  "error_description": "AADSTS7000215: Invalid client secret provided."}
             method = "secret"
         elif form.get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
-            method = self._check_assertion(client_id, form.get("client_assertion", ""))
-            if method == "expired":
+            checked = self._check_assertion(client_id, form.get("client_assertion", ""))
+            if checked == "expired":
                 return 401, {}, {"error": "invalid_client", "error_codes": [700027],
                                  "error_description": "AADSTS700027: Client assertion failed signature validation. "
                                                       "[Reason - The key used is expired.]"}
-            if method is None:
+            if checked is None:
                 return 401, {}, {"error": "invalid_client", "error_codes": [700027],
                                  "error_description": "AADSTS700027: Client assertion failed signature validation."}
+            method = checked
         else:
             return 401, {}, {"error": "invalid_client", "error_codes": [7000216],
                              "error_description": "AADSTS7000216: client_assertion or client_secret is required."}
@@ -632,6 +644,7 @@ class FakeGraphServer:
         return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.{secrets.token_urlsafe(16)}"
 
     def _check_assertion(self, client_id: str, assertion: str) -> Optional[str]:
+        """How a client assertion authenticates ``client_id``: "certificate", "federated", "expired" or None."""
         import jwt
 
         try:
@@ -640,26 +653,30 @@ class FakeGraphServer:
             return None
         if "x5t" in header or "x5t#S256" in header:
             for cert in self._client_certs.get(client_id, []):
-                der = cert.public_bytes(serialization.Encoding.DER)
-                sha1 = base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode()
-                sha256 = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
-                x5t = (header.get("x5t") or "").rstrip("=") or None
-                x5t256 = (header.get("x5t#S256") or "").rstrip("=") or None
-                if x5t not in (None, sha1) or x5t256 not in (None, sha256):
-                    continue
-                try:
-                    claims = jwt.decode(assertion, cert.public_key(), algorithms=["RS256", "PS256"],
-                                        audience=self.token_endpoint, issuer=client_id)
-                except jwt.PyJWTError:
-                    return None
-                if claims.get("sub") != client_id:
-                    return None
-                if cert.not_valid_after_utc.timestamp() < self._now():
-                    return "expired"  # Entra refuses keys whose certificate has expired
-                if "x5c" in header:
-                    self.x5c_seen = True
-                return "certificate"
+                if _thumbprints_match(cert, header):
+                    return self._certificate_assertion(client_id, assertion, header, cert)
             return None
+        return self._federated_assertion(client_id, assertion)
+
+    def _certificate_assertion(self, client_id: str, assertion: str, header: dict, cert: Any) -> Optional[str]:
+        import jwt
+
+        try:
+            claims = jwt.decode(assertion, cert.public_key(), algorithms=["RS256", "PS256"],
+                                audience=self.token_endpoint, issuer=client_id)
+        except jwt.PyJWTError:
+            return None
+        if claims.get("sub") != client_id:
+            return None
+        if cert.not_valid_after_utc.timestamp() < self._now():
+            return "expired"  # Entra refuses keys whose certificate has expired
+        if "x5c" in header:
+            self.x5c_seen = True
+        return "certificate"
+
+    def _federated_assertion(self, client_id: str, assertion: str) -> Optional[str]:
+        import jwt
+
         try:
             claims = jwt.decode(assertion, self._federation_key.public_key(), algorithms=["RS256"],
                                 audience=FEDERATION_AUDIENCE, issuer=self.federation_issuer)
@@ -710,8 +727,8 @@ class FakeGraphServer:
             draft = _Draft(draft_id, mailbox, list(to), list(cc), list(bcc), mime=mime, message=msg)
         elif content_type == "application/json":
             data = json.loads(body)
-            draft = _Draft(draft_id, mailbox, *(list(_json_recipients(data, k))
-                                                  for k in ("toRecipients", "ccRecipients", "bccRecipients")), json=data)
+            lists = [list(_json_recipients(data, k)) for k in ("toRecipients", "ccRecipients", "bccRecipients")]
+            draft = _Draft(draft_id, mailbox, lists[0], lists[1], lists[2], json=data)
         else:
             return 415, {}, _graph_error("UnsupportedMediaType", "Unsupported content type.")
         self.drafts[draft_id] = draft
@@ -821,7 +838,9 @@ class FakeGraphServer:
             callback(message)
 
 
-class _Root(Resource):
+class FakeGraphResource(Resource):
+    """The fake's HTTP face as a twisted.web resource (served over TLS, or wrapped in StubTreq)."""
+
     isLeaf = True
 
     def __init__(self, fake: FakeGraphServer) -> None:
@@ -861,35 +880,58 @@ class _TrackingSite(web_server.Site):
         return proto
 
 
+#: Entra endpoints under ``/<tenant>/``: path after the tenant → (operation, method; None: any).
+_ENTRA_ROUTES: dict[tuple[str, ...], tuple[str, Optional[str]]] = {
+    ("v2.0", ".well-known", "openid-configuration"): ("discovery", None),
+    ("discovery", "v2.0", "keys"): ("keys", "GET"),
+    ("oauth2", "v2.0", "token"): ("token", "POST"),
+}
+
+#: Graph endpoints under ``/v1.0/users/<mailbox>/``: (path pattern, method, operation); ``*`` is
+#: any one segment, and the second segment (when there is one) is the message id.
+_MAILBOX_ROUTES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("sendMail",), "POST", "sendMail"),
+    (("messages",), "POST", "createMessage"),
+    (("messages", "*"), "PATCH", "patchMessage"),
+    (("messages", "*"), "DELETE", "deleteMessage"),
+    (("messages", "*", "send"), "POST", "send"),
+    (("messages", "*", "attachments"), "POST", "addAttachment"),
+    (("*", "*", "attachments", "createUploadSession"), "POST", "createUploadSession"),
+)
+
+
+def _matches(pattern: tuple[str, ...], rest: list[str]) -> bool:
+    return len(pattern) == len(rest) and all(p in ("*", r) for p, r in zip(pattern, rest, strict=True))
+
+
+def _mailbox_route(method: str, rest: list[str]) -> tuple[str, dict]:
+    for pattern, allowed, operation in _MAILBOX_ROUTES:
+        if method == allowed and _matches(pattern, rest):
+            return operation, ({"message": rest[1]} if len(rest) > 1 else {})
+    return "unknown", {}
+
+
 def _route(method: str, path: list[str], tenant: str) -> tuple[str, Optional[str], dict]:
-    if len(path) >= 4 and path[1:] == ["v2.0", ".well-known", "openid-configuration"]:
-        return "discovery", None, {"tenant": path[0]}
-    if len(path) == 4 and path[1:] == ["discovery", "v2.0", "keys"] and method == "GET":
-        return "keys", None, {"tenant": path[0]}
-    if len(path) == 4 and path[1:] == ["oauth2", "v2.0", "token"] and method == "POST":
-        return "token", None, {"tenant": path[0]}
+    """Which operation a request is: ``(operation, mailbox or None, parameters from the path)``."""
+    entra = _ENTRA_ROUTES.get(tuple(path[1:])) if len(path) == 4 else None
+    if entra is not None and entra[1] in (None, method):
+        return entra[0], None, {"tenant": path[0]}
     if len(path) == 2 and path[0] == "upload":
         return "upload", None, {"session": path[1]}
-    if len(path) >= 4 and path[0] == "v1.0" and path[1] == "users":
-        mailbox = path[2].lower()
-        rest = path[3:]
-        if rest == ["sendMail"] and method == "POST":
-            return "sendMail", mailbox, {}
-        if rest == ["messages"] and method == "POST":
-            return "createMessage", mailbox, {}
-        if len(rest) == 2 and rest[0] == "messages":
-            if method == "PATCH":
-                return "patchMessage", mailbox, {"message": rest[1]}
-            if method == "DELETE":
-                return "deleteMessage", mailbox, {"message": rest[1]}
-        if len(rest) == 3 and rest[0] == "messages" and rest[2] == "send" and method == "POST":
-            return "send", mailbox, {"message": rest[1]}
-        if len(rest) == 3 and rest[0] == "messages" and rest[2] == "attachments" and method == "POST":
-            return "addAttachment", mailbox, {"message": rest[1]}
-        if rest[-2:] == ["attachments", "createUploadSession"] and len(rest) == 4 and method == "POST":
-            return "createUploadSession", mailbox, {"message": rest[1]}
-        return "unknown", mailbox, {}
+    if len(path) >= 4 and path[:2] == ["v1.0", "users"]:
+        operation, params = _mailbox_route(method, path[3:])
+        return operation, path[2].lower(), params
     return "unknown", None, {}
+
+
+def _thumbprints_match(cert: Any, header: dict) -> bool:
+    """The assertion's ``x5t`` / ``x5t#S256`` (those present) are ``cert``'s SHA-1 / SHA-256 thumbprints."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    sha1 = base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode()
+    sha256 = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    x5t = (header.get("x5t") or "").rstrip("=") or None
+    x5t256 = (header.get("x5t#S256") or "").rstrip("=") or None
+    return x5t in (None, sha1) and x5t256 in (None, sha256)
 
 
 def _b64url_int(value: int) -> str:
@@ -1012,5 +1054,5 @@ def create_client_certificate(directory: str, name: str = "graphsmtp test app",
 
 __all__ = [
     "FakeGraphServer", "Fault", "SentMessage", "FakeAttachment", "RequestRecord", "start_fake_graph",
-    "create_client_certificate", "ClientCertificate",
+    "create_client_certificate", "ClientCertificate", "FakeGraphResource",
 ]

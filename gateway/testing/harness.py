@@ -37,11 +37,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.threads import deferToThread
-from twisted.logger import formatEvent, globalLogPublisher
-from zope.interface import implementer
+from twisted.logger import globalLogPublisher
 
 from gateway.config.loader import build_config
-from gateway.delivery.interfaces import IDeliveryObserver
+from gateway.testing.delivery import RecordingObserver
+from gateway.testing.logs import LogCapture
 
 LOOPBACK_EPHEMERAL = "tcp:0:interface=127.0.0.1"
 DEFAULT_WAIT = 5.0
@@ -102,6 +102,79 @@ def _parse_reply(code: int, raw: Any) -> tuple[int, Optional[str], str]:
     return code, None, text
 
 
+class _Refused(Exception):
+    """A reply of 400 or more ended the transaction at the current step."""
+
+    def __init__(self, code: int, raw: Any) -> None:
+        super().__init__(code)
+        self.code = code
+        self.raw = raw
+
+
+@attrs.define(eq=False)
+class _Transaction:
+    """One smtplib transaction's progress: the step it is at and the recipients refused so far."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    step: str = "connect"
+    refused_rcpts: dict[str, tuple[int, str]] = attrs.field(factory=dict)
+
+    def expect(self, step: str, reply: tuple[int, Any]) -> None:
+        """Enter ``step`` with the client's ``reply`` to it; a 4xx/5xx ends the transaction."""
+        self.step = step
+        code, text = reply
+        if code >= 400:
+            raise _Refused(code, text)
+
+    def refused(self, code: int, raw: Any) -> SendResult:
+        code, enhanced, text = _parse_reply(code, raw)
+        return SendResult(False, self.step, code, enhanced, text, None, self.sender, self.recipients, self.refused_rcpts)
+
+    def greet(self, client: Any, helo: str, starttls: Optional[ssl.SSLContext]) -> None:
+        self.expect("ehlo", client.ehlo(helo))
+        if starttls is not None:
+            self.expect("starttls", client.starttls(context=starttls))
+            self.expect("ehlo", client.ehlo(helo))
+
+    def envelope(self, client: Any, login: Optional[tuple[str, str]]) -> None:
+        if login:
+            self.step = "auth"
+            client.login(*login)
+        self.expect("mail", client.mail(self.sender))
+        self.step = "rcpt"
+        last: tuple[int, Any] = (0, "no recipients given")
+        for rcpt in self.recipients:
+            code, text = client.rcpt(rcpt)
+            if code >= 400:
+                _, enhanced, reply = _parse_reply(code, text)
+                self.refused_rcpts[rcpt] = (code, f"{enhanced} {reply}" if enhanced else reply)
+                last = (code, text)
+        if len(self.refused_rcpts) == len(self.recipients):
+            raise _Refused(*last)
+
+    def accepted(self, code: int, raw: Any) -> SendResult:
+        code, enhanced, reply = _parse_reply(code, raw)
+        m = _QUEUED_AS.search(reply)
+        return SendResult(True, None, code, enhanced, reply, m.group(1) if m else None, self.sender,
+                          self.recipients, self.refused_rcpts)
+
+
+def _connect(host: str, port: int, timeout: float, context: Optional[ssl.SSLContext], implicit_tls: bool) -> Any:
+    if implicit_tls:
+        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    return smtplib.SMTP(host, port, timeout=timeout)
+
+
+def _close(client: Any) -> None:
+    if client is None:
+        return
+    try:
+        client.quit()
+    except (smtplib.SMTPException, OSError):
+        client.close()
+
+
 def smtp_transaction(port: int, sender: str, recipients: Sequence[str], message: bytes, *,
                      host: str = "127.0.0.1", starttls: bool = False, implicit_tls: bool = False,
                      ca_path: Optional[str] = None, login: Optional[tuple[str, str]] = None,
@@ -111,137 +184,30 @@ def smtp_transaction(port: int, sender: str, recipients: Sequence[str], message:
     L{SendResult} whatever happens: refusals and a dropped connection are results, not
     exceptions.  Only a client-side programming error (a bad argument) raises.
     """
-    recipients = tuple(recipients)
-    step = "connect"
-    refused_rcpts: dict[str, tuple[int, str]] = {}
-
-    def refused(code: int, raw: Any) -> SendResult:
-        code, enhanced, text = _parse_reply(code, raw)
-        return SendResult(False, step, code, enhanced, text, None, sender, recipients, refused_rcpts)
-
+    tx = _Transaction(sender, tuple(recipients))
     client: Any = None
     try:
         context = ssl.create_default_context(cafile=ca_path) if (starttls or implicit_tls) else None
-        if implicit_tls:
-            client = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
-        else:
-            client = smtplib.SMTP(host, port, timeout=timeout)
-        step = "ehlo"
-        code, text = client.ehlo(helo)
-        if code >= 400:
-            return refused(code, text)
-        if starttls:
-            step = "starttls"
-            code, text = client.starttls(context=context)
-            if code >= 400:
-                return refused(code, text)
-            step = "ehlo"
-            code, text = client.ehlo(helo)
-            if code >= 400:
-                return refused(code, text)
-        if login:
-            step = "auth"
-            client.login(*login)
-        step = "mail"
-        code, text = client.mail(sender)
-        if code >= 400:
-            return refused(code, text)
-        step = "rcpt"
-        last = (0, b"")
-        for rcpt in recipients:
-            code, text = client.rcpt(rcpt)
-            if code >= 400:
-                _, enhanced, reply = _parse_reply(code, text)
-                refused_rcpts[rcpt] = (code, f"{enhanced} {reply}" if enhanced else reply)
-                last = (code, text)
-        if len(refused_rcpts) == len(recipients):
-            return refused(*last) if recipients else refused(0, "no recipients given")
-        step = "data"
+        client = _connect(host, port, timeout, context, implicit_tls)
+        tx.greet(client, helo, context if starttls else None)
+        tx.envelope(client, login)
+        tx.step = "data"
         code, text = client.data(message)
         if code >= 400:
-            return refused(code, text)
-        code, enhanced, reply = _parse_reply(code, text)
-        m = _QUEUED_AS.search(reply)
-        return SendResult(True, None, code, enhanced, reply, m.group(1) if m else None, sender, recipients, refused_rcpts)
+            raise _Refused(code, text)
+        return tx.accepted(code, text)
+    except _Refused as e:
+        return tx.refused(e.code, e.raw)
     except smtplib.SMTPResponseException as e:  # AUTH refused, DATA refused before 354, 421...
-        return refused(e.smtp_code, e.smtp_error)
+        return tx.refused(e.smtp_code, e.smtp_error)
     except smtplib.SMTPServerDisconnected as e:
-        return refused(0, f"connection closed by the server ({e})")
+        return tx.refused(0, f"connection closed by the server ({e})")
     except smtplib.SMTPNotSupportedError as e:
-        return refused(0, str(e))
+        return tx.refused(0, str(e))
     except (OSError, ssl.SSLError) as e:
-        return refused(0, f"{type(e).__name__}: {e}")
+        return tx.refused(0, f"{type(e).__name__}: {e}")
     finally:
-        if client is not None:
-            try:
-                client.quit()
-            except (smtplib.SMTPException, OSError):
-                client.close()
-
-
-@implementer(IDeliveryObserver)
-@attrs.define(eq=False)
-class RecordingObserver:
-    """
-    Remembers every outcome the queue runner applied — after the spool reflects it — so a
-    test can wait for deliveries instead of sleeping.  ``events`` holds
-    ``(kind, entry, outcome)`` with kind ``"delivered"``, ``"deferred"`` or ``"failed"``.
-    """
-
-    events: list = attrs.field(factory=list)
-    _waiters: list = attrs.field(factory=list)
-    #: Called with each ``(kind, entry, outcome)`` as it happens (timeouts restart on progress).
-    listeners: list = attrs.field(factory=list)
-
-    def delivered(self, entry: Any, outcome: Any) -> None:
-        self._record("delivered", entry, outcome)
-
-    def deferred(self, entry: Any, outcome: Any) -> None:
-        self._record("deferred", entry, outcome)
-
-    def failed(self, entry: Any, outcome: Any) -> None:
-        self._record("failed", entry, outcome)
-
-    def wait_for(self, count: int, kinds: Iterable[str] = ("delivered", "deferred", "failed")) -> Deferred:
-        """Fires with the first ``count`` events of the given kinds, once there are that many."""
-        d: Deferred = Deferred()
-        self._waiters.append((count, tuple(kinds), d))
-        self._wake()
-        return d
-
-    def cancel(self, d: Deferred) -> None:
-        """Forget a waiter of L{wait_for} (its timeout expired)."""
-        self._waiters[:] = [w for w in self._waiters if w[2] is not d]
-
-    def _record(self, kind: str, entry: Any, outcome: Any) -> None:
-        self.events.append((kind, entry, outcome))
-        for listener in list(self.listeners):
-            listener((kind, entry, outcome))
-        self._wake()
-
-    def _wake(self) -> None:
-        for waiter in list(self._waiters):
-            count, kinds, d = waiter
-            matching = [e for e in self.events if e[0] in kinds]
-            if len(matching) >= count:
-                self._waiters.remove(waiter)
-                d.callback(matching[:count])
-
-
-@attrs.define(eq=False)
-class LogCapture:
-    """The gateway's log lines while a test runs (formatted), so a failure can quote them."""
-
-    lines: list = attrs.field(factory=list)
-
-    def __call__(self, event: Mapping[str, Any]) -> None:
-        text = formatEvent(event)
-        if event.get("log_failure") is not None:
-            text += " " + event["log_failure"].getErrorMessage()
-        self.lines.append(text)
-
-    def mentioning(self, needle: str) -> list:
-        return [line for line in self.lines if needle and needle in line]
+        _close(client)
 
 
 @attrs.define(eq=False)
@@ -490,9 +456,7 @@ def send_message(port: int, sender: str, recipients: Sequence[str], message: byt
 
     def blocking() -> Any:
         context = ssl.create_default_context(cafile=ca_path) if (starttls or implicit_tls) else None
-        cls = smtplib.SMTP_SSL if implicit_tls else smtplib.SMTP
-        kwargs = {"context": context} if implicit_tls else {}
-        with cls(host, port, timeout=timeout, **kwargs) as client:
+        with _connect(host, port, timeout, context, implicit_tls) as client:
             client.ehlo("client.test")
             if starttls:
                 client.starttls(context=context)

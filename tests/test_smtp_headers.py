@@ -1,5 +1,7 @@
 """
-Review finding: header edits were rendered by the ``email`` package's header factory, which
+Header lines the SMTP layer writes (gateway.smtp.headers): edits rendered as given.
+
+Header edits were once rendered by the ``email`` package's header factory, which
 decodes RFC 2047 encoded words in the value it is given.  A value that *contains the text* of an
 encoded word for CR LF (for example the subject tag policy's "[Scan] " + the client's decoded
 Subject, where the client double-encoded it) came out as a real line break: header injection,
@@ -19,7 +21,7 @@ from gateway.policy.context import PolicyContext
 from gateway.policy.header_rewrite import build
 from gateway.policy.interfaces import HeaderEdit
 from gateway.smtp.headers import apply_edits, header_line
-from tests.test_smtp_support import Session, make_factory
+from tests.smtp_helpers import Session, make_factory
 
 ENCODED_BREAK = "=?utf-8?q?a=0D=0AX-Injected:_yes?="
 

@@ -1,5 +1,5 @@
 """
-Helpers shared by the SMTP intake tests (no tests here): factories with in-memory
+Helpers shared by the SMTP intake tests: factories with in-memory
 collaborators, scripted and deferred policies, an in-memory cred realm, a STARTTLS-capable
 StringTransport, and a TLS options source from the test CA.
 """

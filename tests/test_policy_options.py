@@ -1,5 +1,7 @@
 """
-Review: an Entra pass-through login can be spelt many ways for the same app — delimiter
+Login names policies match (gateway.policy.options.login_names / login_patterns).
+
+An Entra pass-through login can be spelt many ways for the same app — delimiter
 ``@``/``:``/``|``, GUID case or base64url, any ``.suffix`` — and the device chooses the
 spelling.  Policies keyed or scoped by login used the text as typed, so a device could step
 out of a ``per_login`` rule, a ``logins`` scope or a ``key = "login"`` budget just by adding a
@@ -18,7 +20,7 @@ from gateway.policy.header_rewrite import build as build_rewrite
 from gateway.policy.interfaces import Identity
 from gateway.policy.rate_limit import build as build_rate_limit
 from gateway.policy.sender_allowlist import build as build_allowlist
-from gateway.policy.testing import make_session, run_transaction
+from gateway.testing.policy import make_session, run_transaction
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
