@@ -66,8 +66,6 @@ KNOWN_COMPLEX: frozenset[str] = frozenset({
     "gateway/reload.py:restart_needed",
     "gateway/smtp/protocol.py:GatewayESMTP._cmd_mail",
     "gateway/smtp/protocol.py:GatewayESMTP._finish_message",
-    "gateway/spool/disk.py:SpoolDisk._import_one",
-    "gateway/spool/disk.py:SpoolDisk.scan_incoming",
     "gateway/spool/runner.py:QueueRunner._apply_request",
     "gateway/spool/runner.py:QueueRunner._attempt",
     "gateway/spool/runner.py:QueueRunner._transient",
@@ -81,7 +79,6 @@ KNOWN_COMPLEX: frozenset[str] = frozenset({
 KNOWN_LONG: frozenset[str] = frozenset({
     "gateway/delivery/graph/deliverer.py",
     "gateway/smtp/protocol.py",
-    "gateway/spool/disk.py",
     "gateway/spool/runner.py",
 })
 

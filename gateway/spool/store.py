@@ -4,8 +4,8 @@ L{DirectorySpool}: the durable, Deferred-driven spool the daemon runs on.
 Every operation is a thread job in the spool's own thread pool (never the reactor thread,
 never the reactor's default pool that DNS shares); this module only schedules those jobs and
 reports on the reactor thread.  The on-disk formats and the crash-safety protocols are
-documented in L{gateway.spool.disk} (layout and protocols) and L{gateway.spool.record} (the
-envelope/state record), which the sendmail and queue commands share.
+documented in the L{gateway.spool} package docstring (layout and protocols) and
+L{gateway.spool.record} (the envelope/state record), which the sendmail and queue commands share.
 
 Cost of accepting one small message: a share of one thread job (L{gateway.spool.group_commit})
 that, for every message committed meanwhile, writes the message and its record into tmp/,
@@ -300,7 +300,7 @@ class DirectorySpool:
         return self._in_pool(listing)
 
     def scan_incoming(self) -> Deferred:
-        def report(scan: IncomingScan) -> IncomingScan:
+        def report(scan: IncomingScan) -> Deferred:
             for item in scan.quarantined:
                 self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
             for error in scan.errors:
