@@ -19,6 +19,7 @@ Modules (storage only; the queue runner that delivers from the spool is not part
     recovery.py    start-up: half-written files, interrupted moves, the schedule hints
     quarantine.py  moving unreadable things aside, never deleting them
     record.py      the envelope/state record format
+    message_rules.py  the SMTP end-of-DATA octet rules, for messages that arrive as files
     store.py       DirectorySpool: the Deferred-driven spool the daemon runs on
 
 Layout (directories 0700, files 0600)::
@@ -56,6 +57,11 @@ ordered so that a crash at any instant leaves either no entry or a whole one:
 - import (sendmail's entries, done by the daemon): write the record into tmp/, rename the
   message incoming/ → queue/, rename the record into queue/, fsync queue/, unlink the
   incoming record.  Recovery finishes a half-done import (incoming record + queue message).
+  The message is read once on the way (L{gateway.spool.message_rules}): one that breaks a rule
+  SMTP intake refuses at the end of DATA (a line over 998 octets, a NUL) is imported and then
+  failed, both by the protocols here, so a crash between the two leaves it queued (delivered
+  as before the rule), never lost; a drop-off is already acknowledged, so failing it with its
+  reason is the honest answer, not deleting it.
 - state change: write a new record to tmp/, fsync, rename over the old one (old or new state
   survives, never a mix).
 - delivered: unlink the record first, then the message (or rename both into archive/,

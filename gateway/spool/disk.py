@@ -49,6 +49,7 @@ from gateway.spool.incoming import (
     ControlRequest,
     DropBox,
     IncomingScan,
+    Refused,
 )
 from gateway.spool.layout import ENV, MSG, REASON, SpoolBusy, SpoolFiles, SpoolLayout, SpoolLock
 from gateway.spool.quarantine import Quarantine, Quarantined
@@ -75,7 +76,7 @@ class SpoolDisk:
         self._acceptor = Acceptor(self.files)
         self._quarantine = quarantine
         self._entries = StoredEntries(self.files, self._acceptor, quarantine)
-        self._drop_box = DropBox(self.files, self._acceptor, quarantine)
+        self._drop_box = DropBox(self.files, self._acceptor, self._entries, quarantine)
         self._recovery = Recovery(self.files, self._acceptor, self._drop_box, quarantine)
 
     # -- the shared context ----------------------------------------------------------------
@@ -243,7 +244,7 @@ class SpoolDisk:
 
 __all__ = [
     "SpoolDisk", "SpoolLayout", "TempMessage", "CommitRequest", "ControlRequest", "IncomingScan", "RecoveryReport",
-    "Quarantined", "EntryMissing", "EntryQuarantined", "SpoolBusy", "MSG", "ENV", "REASON",
+    "Quarantined", "Refused", "EntryMissing", "EntryQuarantined", "SpoolBusy", "MSG", "ENV", "REASON",
     # Also imported from here by the commands and tests:
     "ALL", "CONTROL", "CONTROL_ACTIONS", "HOLD_NOTE", "RELEASE_NOTE", "INCOMING_GRACE", "ABANDONED_TEMP_AGE",
     "DIGEST_ALGORITHM", "file_digest",

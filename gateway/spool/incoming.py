@@ -16,11 +16,13 @@ from typing import Optional, Union
 
 import attrs
 
-from gateway.spool.accept import Acceptor, file_digest
+from gateway.spool.accept import Acceptor
+from gateway.spool.entries import StoredEntries
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
+from gateway.spool.message_rules import MessageInspection, inspect_message_file
 from gateway.spool.quarantine import Quarantine, Quarantined
 from gateway.spool.queueid import is_queue_id
 from gateway.spool.record import RecordError, decode_record
@@ -57,6 +59,20 @@ class ControlRequest:
         return cls(action, target)
 
 
+@attrs.frozen
+class Refused:
+    """
+    A drop-off whose message breaks an intake rule (L{gateway.spool.message_rules}): ``entry``
+    as stored in failed/, and ``reason``.  ``error`` says why it could not be moved to failed/;
+    it is then queued (and listed among the scan's entries) as it would have been before the
+    rule, rather than stranded in a queue nobody schedules.
+    """
+
+    entry: SpoolEntry
+    reason: str
+    error: Optional[str] = None
+
+
 @attrs.define
 class IncomingScan:
     """What one pass over incoming/ found: entries now in the queue, and admin requests."""
@@ -65,6 +81,7 @@ class IncomingScan:
     requests: list[ControlRequest] = attrs.field(factory=list)
     quarantined: list[Quarantined] = attrs.field(factory=list)
     errors: list[str] = attrs.field(factory=list)
+    refused: list[Refused] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -84,9 +101,17 @@ class _DropOff:
                    SpoolLayout.path(q, queue_id, ENV), SpoolLayout.path(q, queue_id, MSG))
 
 
+@attrs.frozen
+class _Imported:
+    """A drop-off now queued, and the intake rule its message breaks (None: none)."""
+
+    entry: SpoolEntry
+    problem: Optional[str]
+
+
 #: What importing one drop-off came to: the queued entry, something quarantined, or nothing
 #: to do (an import finished earlier, except for removing its incoming record).
-ImportResult = Union[SpoolEntry, Quarantined, None]
+ImportResult = Union[_Imported, Quarantined, None]
 
 
 def _owner_name(uid: int) -> str:
@@ -102,9 +127,11 @@ class DropBox:
     provenance of what is imported (set by the wiring once the node id is known).
     """
 
-    def __init__(self, files: SpoolFiles, acceptor: Acceptor, quarantine: Quarantine) -> None:
+    def __init__(self, files: SpoolFiles, acceptor: Acceptor, entries: StoredEntries,
+                 quarantine: Quarantine) -> None:
         self._files = files
         self._acceptor = acceptor
+        self._entries = entries
         self._quarantine = quarantine
         self.node: Optional[str] = None
 
@@ -173,8 +200,25 @@ class DropBox:
             return
         if isinstance(result, Quarantined):
             scan.quarantined.append(result)
+        elif result is not None and result.problem is not None:
+            self._refuse(scan, result.entry, result.problem)
         elif result is not None:
-            scan.entries.append(result)
+            scan.entries.append(result.entry)
+
+    def _refuse(self, scan: IncomingScan, entry: SpoolEntry, problem: str) -> None:
+        """
+        Fail a queued drop-off that breaks an intake rule.  Import first, then fail: both are
+        crash-safe protocols, and a crash between them leaves a queued entry — delivered as
+        before the rule, never lost.
+        """
+        reason = f"sendmail drop-off refused at import: {problem}"
+        try:
+            failed = self._entries.fail(entry, reason)
+        except SpoolError as e:
+            scan.refused.append(Refused(entry, reason, str(e)))
+            scan.entries.append(entry)
+            return
+        scan.refused.append(Refused(failed, reason))
 
     def _drop_unrecorded_message(self, path: str, queue_id: str, names: set[str], now: float) -> None:
         if (queue_id + ENV not in names and self._older_than(path, now, INCOMING_GRACE)
@@ -206,10 +250,12 @@ class DropBox:
             quietly(self._quarantine.move_file, drop.incoming_env)
             quietly(self._quarantine.move_file, source_msg)
             return Quarantined(queue_id, read)
-        entry = self._stamp(read[0], read[1], source_msg)
+        entry, owner_uid = read
+        inspection = self._inspect(entry, source_msg)
+        entry = self._stamp(entry, owner_uid, inspection)
         self._acceptor.move_into_queue(entry, source_msg, "import from incoming/")
         quietly(self._files.ops.unlink, drop.incoming_env)
-        return entry
+        return _Imported(entry, inspection.problem)
 
     def _read(self, drop: _DropOff, source_msg: str) -> Union[tuple[SpoolEntry, int], str]:
         """The drop-off's record and the uid of its owner, or why it cannot be an entry."""
@@ -229,19 +275,25 @@ class DropBox:
             return f"sendmail message is {size} bytes, record says {entry.size}"
         return entry, st.st_uid
 
-    def _stamp(self, entry: SpoolEntry, owner_uid: int, source_msg: str) -> SpoolEntry:
+    def _inspect(self, entry: SpoolEntry, source_msg: str) -> MessageInspection:
+        """
+        One read of the message: the intake rules SMTP applies at the end of DATA, and the
+        digest when the record has none (written by an older sendmail command: digested now,
+        so what is queued from here on is protected like everything else).
+        """
+        digest = entry.message_digest is None
+        try:
+            return inspect_message_file(source_msg, digest=digest)
+        except OSError as e:
+            # Like a record that cannot be read now: stays in incoming/ for the next scan.
+            raise spool_error(e, f"{'digest' if digest else 'read'} sendmail entry {entry.queue_id}") from None
+
+    def _stamp(self, entry: SpoolEntry, owner_uid: int, inspection: MessageInspection) -> SpoolEntry:
         # The file owner, not what the record claims, says which local user submitted it.
-        entry = attrs.evolve(entry, provenance=attrs.evolve(
-            entry.provenance, listener="sendmail", auth_identity=_owner_name(owner_uid),
-            node=entry.provenance.node or self.node))
-        if entry.message_digest is None:
-            # Written by an older sendmail command: digest it now, so what is queued from here
-            # on is protected like everything else.
-            try:
-                entry = attrs.evolve(entry, message_digest=file_digest(source_msg))
-            except OSError as e:
-                raise spool_error(e, f"digest sendmail entry {entry.queue_id}") from None
-        return entry
+        return attrs.evolve(entry, message_digest=entry.message_digest or inspection.digest,
+                            provenance=attrs.evolve(entry.provenance, listener="sendmail",
+                                                    auth_identity=_owner_name(owner_uid),
+                                                    node=entry.provenance.node or self.node))
 
 
-__all__ = ["DropBox", "ControlRequest", "IncomingScan", "ALL", "CONTROL", "CONTROL_ACTIONS"]
+__all__ = ["DropBox", "ControlRequest", "IncomingScan", "Refused", "ALL", "CONTROL", "CONTROL_ACTIONS"]

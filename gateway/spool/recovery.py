@@ -16,7 +16,7 @@ import attrs
 from gateway.spool.accept import Acceptor
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
-from gateway.spool.incoming import DropBox
+from gateway.spool.incoming import DropBox, Refused
 from gateway.spool.layout import ENV, MSG, REASON, SpoolFiles, SpoolLayout
 from gateway.spool.quarantine import Quarantine, Quarantined
 from gateway.spool.queueid import is_queue_id
@@ -35,6 +35,7 @@ class RecoveryReport:
     completed_moves: list[str] = attrs.field(factory=list)
     quarantined: list[Quarantined] = attrs.field(factory=list)
     errors: list[str] = attrs.field(factory=list)
+    refused: list[Refused] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -68,6 +69,7 @@ class Recovery:
             report.imported.extend(scan.entries)
             report.quarantined.extend(scan.quarantined)
             report.errors.extend(scan.errors)
+            report.refused.extend(scan.refused)
             self._recover_queue(report)
             self._recover_failed(report)
         except OSError as e:

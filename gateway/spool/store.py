@@ -32,6 +32,7 @@ from gateway.spool.disk import (
     EntryQuarantined,
     IncomingScan,
     RecoveryReport,
+    Refused,
     SpoolDisk,
 )
 from gateway.spool.entry import SpoolEntry
@@ -181,6 +182,7 @@ class DirectorySpool:
             self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
         for error in report.errors:
             self.log.error("could not import from incoming/ (will retry): {error}", error=error)
+        self._log_refused(report.refused)
         for note in report.completed_moves:
             self.log.info("recovery: {note}", note=note)
         for entry in report.imported:
@@ -227,6 +229,17 @@ class DirectorySpool:
 
     def _log_quarantine(self, e: EntryQuarantined) -> None:
         self.log.warn("quarantined {queue_id}: {reason}", queue_id=e.queue_id, reason=e.reason)
+
+    def _log_refused(self, refused: list[Refused]) -> None:
+        for item in refused:
+            entry = item.entry
+            if item.error is None:
+                self.log.warn("sendmail drop-off {queue_id} from local user {user} failed: {reason}",
+                              queue_id=entry.queue_id, user=entry.provenance.auth_identity, reason=item.reason)
+            else:
+                self.log.error("sendmail drop-off {queue_id} from local user {user}: {reason}, but it could not "
+                               "be moved to failed/ ({error}); delivering it", queue_id=entry.queue_id,
+                               user=entry.provenance.auth_identity, reason=item.reason, error=item.error)
 
     def _log_received(self, entry: SpoolEntry) -> None:
         self.log.info("received {queue_id} via sendmail from local user {user}, {count} recipient(s), {size} bytes",
@@ -305,6 +318,7 @@ class DirectorySpool:
                 self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
             for error in scan.errors:
                 self.log.error("could not import from incoming/ (will retry): {error}", error=error)
+            self._log_refused(scan.refused)
             for entry in scan.entries:
                 self._log_received(entry)
             return self._judge_imports(scan.entries).addCallback(judged, scan)
