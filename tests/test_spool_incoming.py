@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.spool.fileops import FileOps
 from gateway.spool.queueid import new_queue_id
 from gateway.spool.record import encode_record
 from gateway.spool.testing import FailingFileOps, make_test_spool
@@ -137,6 +138,37 @@ class ImportRulesTests(SynchronousTestCase):
         self.assertEqual([e.queue_id for e in scan.entries], [queue_id])
         self.assertEqual(self.disk.queue_ids(), [queue_id])
         self.assertEqual(self.disk.load(queue_id).provenance.listener, "sendmail")
+
+
+    def test_crash_between_import_and_failing_it_loses_nothing(self) -> None:
+        message = HEADER + b"w" * 1500 + b"\r\n"
+        queue_id = _drop(self.disk, message)
+        crashing = SpoolDisk(self.disk.layout.root, _CrashAtRename(after=2))  # import done, fail not begun
+        self.assertRaises(_Crash, crashing.scan_incoming)
+        recovering = SpoolDisk(self.disk.layout.root)
+        self.addCleanup(recovering.release_lock)
+        report = recovering.recover()
+        # Queued whole (as every drop-off was before the rule), so the runner delivers it.
+        self.assertEqual([queue_id for _, queue_id in report.schedule], [queue_id])
+        self.assertEqual(os.listdir(self.disk.layout.failed), [])
+        self.assertEqual(os.listdir(self.disk.layout.tmp), [])  # the half-written reason is gone
+        with open(SpoolDisk(self.disk.layout.root).load(queue_id).message_path, "rb") as f:
+            self.assertEqual(f.read(), message)
+
+
+class _Crash(BaseException):
+    """The process dies here: no except OSError clean-up runs."""
+
+
+class _CrashAtRename(FileOps):
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.after == 0:
+            raise _Crash()
+        self.after -= 1
+        super().rename(src, dst)
 
 
 class InspectMessageFileTests(SynchronousTestCase):

@@ -31,6 +31,7 @@ from gateway.spool.disk import (
     EntryMissing,
     EntryQuarantined,
     IncomingScan,
+    Quarantined,
     RecoveryReport,
     Refused,
     SpoolDisk,
@@ -178,11 +179,7 @@ class DirectorySpool:
 
     def _report_recovery(self, report: RecoveryReport) -> list:
         self._directories_ready = True
-        for item in report.quarantined:
-            self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
-        for error in report.errors:
-            self.log.error("could not import from incoming/ (will retry): {error}", error=error)
-        self._log_refused(report.refused)
+        self._log_incoming(report.quarantined, report.errors, report.refused)
         for note in report.completed_moves:
             self.log.info("recovery: {note}", note=note)
         for entry in report.imported:
@@ -230,7 +227,12 @@ class DirectorySpool:
     def _log_quarantine(self, e: EntryQuarantined) -> None:
         self.log.warn("quarantined {queue_id}: {reason}", queue_id=e.queue_id, reason=e.reason)
 
-    def _log_refused(self, refused: list[Refused]) -> None:
+    def _log_incoming(self, quarantined: list[Quarantined], errors: list[str], refused: list[Refused]) -> None:
+        """What a pass over incoming/ (at start-up or while running) set aside, could not do, or failed."""
+        for aside in quarantined:
+            self.log.warn("quarantined {name}: {reason}", name=aside.name, reason=aside.reason)
+        for error in errors:
+            self.log.error("could not import from incoming/ (will retry): {error}", error=error)
         for item in refused:
             entry = item.entry
             if item.error is None:
@@ -314,11 +316,7 @@ class DirectorySpool:
 
     def scan_incoming(self) -> Deferred:
         def report(scan: IncomingScan) -> Deferred:
-            for item in scan.quarantined:
-                self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
-            for error in scan.errors:
-                self.log.error("could not import from incoming/ (will retry): {error}", error=error)
-            self._log_refused(scan.refused)
+            self._log_incoming(scan.quarantined, scan.errors, scan.refused)
             for entry in scan.entries:
                 self._log_received(entry)
             return self._judge_imports(scan.entries).addCallback(judged, scan)
