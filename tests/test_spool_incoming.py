@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import attrs
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -25,6 +27,7 @@ from gateway.spool.fileops import FileOps
 from gateway.spool.queueid import new_queue_id
 from gateway.spool.record import encode_record
 from gateway.spool.testing import FailingFileOps, make_test_spool
+from gateway.testing.harness import start_gateway
 
 ENVELOPE = Envelope("cron@corp.example", ("alice@corp.example",))
 PROVENANCE = Provenance("", "", "sendmail")
@@ -34,10 +37,11 @@ HEADER = b"From: cron@corp.example\r\nTo: alice@corp.example\r\nSubject: report\
 
 def _drop(disk: SpoolDisk, message: bytes, digest: bool = True) -> str:
     """Leave ``message`` in incoming/ as graphsmtp-sendmail does; returns its queue id."""
-    queue_id = new_queue_id(1.0e9)
+    now = time.time()  # also the mtime of its temp record: a running daemon must not take it for abandoned
+    queue_id = new_queue_id(now)
     temp = disk.create_temp(queue_id, incoming=True)
     disk.append(temp, [message])
-    entry = SpoolEntry(queue_id, ENVELOPE, PROVENANCE, 1.0, "", temp.size)
+    entry = SpoolEntry(queue_id, ENVELOPE, PROVENANCE, now, "", temp.size)
     published = disk.publish(temp, entry, incoming=True)
     if not digest:
         # An older sendmail command wrote no digest: rewrite the record without it.
@@ -154,6 +158,24 @@ class ImportRulesTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.disk.layout.tmp), [])  # the half-written reason is gone
         with open(SpoolDisk(self.disk.layout.root).load(queue_id).message_path, "rb") as f:
             self.assertEqual(f.read(), message)
+
+
+class RunningGatewayTests(TestCase):
+    """The real daemon: its incoming/ watcher imports both drop-offs and delivers only the good one."""
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_refused_drop_off_waits_in_failed_while_the_good_one_is_delivered(self):
+        gw = yield start_gateway(self)
+        disk = SpoolDisk(gw.config.spool.directory)  # an older sendmail command, without its own check
+        bad_id = _drop(disk, HEADER + b"q" * 1200 + b"\r\n")
+        _drop(disk, HEADER + b"fine\r\n")
+        [delivered] = yield gw.delivered(1)
+        self.assertNotEqual(delivered.queue_id, bad_id)
+        self.assertEqual(len(gw.outbox_messages()), 1)
+        self.assertEqual(disk.queue_ids(disk.layout.failed), [bad_id])
+        self.assertIn("longer than 998 characters", disk.failure_reason(bad_id))
 
 
 class _Crash(BaseException):
