@@ -9,7 +9,7 @@ and queue commands run them directly.  One implementation (L{gateway.spool.disk.
 and the modules behind it) is what guarantees that all three agree on the formats and on the
 rules below.
 
-Modules (storage only; the queue runner that delivers from the spool is not part of it)::
+The modules that carry out these rules::
 
     disk.py        SpoolDisk: the one façade the daemon, sendmail and the queue command use
     layout.py      where everything lives (SpoolLayout, SpoolFiles) and the spool lock
@@ -18,9 +18,10 @@ Modules (storage only; the queue runner that delivers from the spool is not part
     entries.py     accepted entries: load, rewrite, delivered, failed, hold, release, requeue
     recovery.py    start-up: half-written files, interrupted moves, the schedule hints
     quarantine.py  moving unreadable things aside, never deleting them
-    record.py      the envelope/state record format
     message_rules.py  the SMTP end-of-DATA octet rules, for messages that arrive as files
-    store.py       DirectorySpool: the Deferred-driven spool the daemon runs on
+    fileops.py, dirsync.py   the OS calls (replaceable in tests), batched directory fsyncs
+    record.py, entry.py      the envelope/state record format and the SpoolEntry value
+    store.py, writer.py, group_commit.py   the Deferred-driven spool the daemon runs on
 
 Layout (directories 0700, files 0600)::
 
