@@ -173,9 +173,7 @@ def spool_error(error: OSError, doing: str) -> SpoolError:
     """Map an OSError to the L{SpoolError} intake understands (disk full gets its own flag)."""
     out_of_space = error.errno in _OUT_OF_SPACE
     reason = error.strerror or str(error)
-    result = SpoolError(f"spool could not {doing}: {reason}", out_of_space=out_of_space)
-    result.errno = error.errno  # for callers that map causes (the sendmail exit status)
-    return result
+    return SpoolError(f"spool could not {doing}: {reason}", out_of_space=out_of_space, errno=error.errno)
 
 
 def quietly(call, *args) -> Optional[OSError]:

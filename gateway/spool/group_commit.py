@@ -5,7 +5,7 @@ share the next one.
 Durable acceptance costs device flushes (data before the renames, the directory after them),
 and a flush costs the same for one message as for fifty.  So commits are not run one thread
 job each: they queue here, on the reactor thread, and one job at a time takes *everything
-queued so far* as a batch (L{gateway.spool.disk.SpoolDisk.publish_batch}).  A batch closes when
+queued so far* as a batch (L{gateway.spool.accept.Acceptor.publish_batch}).  A batch closes when
 the previous one returns: a lone client pays one batch's flushes and waits for nobody, and
 fifty clients arriving together share a handful of batches instead of paying for fifty.
 No commit is ever answered before the batch holding it is durable.

@@ -21,9 +21,12 @@ class SpoolError(Exception):
     ``out_of_space`` is true) — never a 5xx, because the sender must keep the message.
     """
 
-    def __init__(self, message: str, out_of_space: bool = False) -> None:
+    def __init__(self, message: str, out_of_space: bool = False, errno: Optional[int] = None) -> None:
         super().__init__(message)
         self.out_of_space = out_of_space
+        #: The OS error number behind it, when there is one (callers map causes: the sendmail
+        #: exit status, the once-per-condition log).
+        self.errno = errno
 
 
 class ISpoolWriter(Interface):

@@ -4,8 +4,8 @@ L{DirectorySpool}: the durable, Deferred-driven spool the daemon runs on.
 Every operation is a thread job in the spool's own thread pool (never the reactor thread,
 never the reactor's default pool that DNS shares); this module only schedules those jobs and
 reports on the reactor thread.  The on-disk formats and the crash-safety protocols are
-documented in L{gateway.spool.disk} (layout and protocols) and L{gateway.spool.record} (the
-envelope/state record), which the sendmail and queue commands share.
+documented in the L{gateway.spool} package docstring (layout and protocols) and
+L{gateway.spool.record} (the envelope/state record), which the sendmail and queue commands share.
 
 Cost of accepting one small message: a share of one thread job (L{gateway.spool.group_commit})
 that, for every message committed meanwhile, writes the message and its record into tmp/,
@@ -30,7 +30,9 @@ from gateway.spool.disk import (
     EntryMissing,
     EntryQuarantined,
     IncomingScan,
+    Quarantined,
     RecoveryReport,
+    Refused,
     SpoolDisk,
 )
 from gateway.spool.entry import SpoolEntry
@@ -176,10 +178,7 @@ class DirectorySpool:
 
     def _report_recovery(self, report: RecoveryReport) -> list:
         self._directories_ready = True
-        for item in report.quarantined:
-            self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
-        for error in report.errors:
-            self.log.error("could not import from incoming/ (will retry): {error}", error=error)
+        self._log_incoming(report.quarantined, report.errors, report.refused)
         for note in report.completed_moves:
             self.log.info("recovery: {note}", note=note)
         for entry in report.imported:
@@ -226,6 +225,22 @@ class DirectorySpool:
 
     def _log_quarantine(self, e: EntryQuarantined) -> None:
         self.log.warn("quarantined {queue_id}: {reason}", queue_id=e.queue_id, reason=e.reason)
+
+    def _log_incoming(self, quarantined: list[Quarantined], errors: list[str], refused: list[Refused]) -> None:
+        """What a pass over incoming/ (at start-up or while running) set aside, could not do, or failed."""
+        for aside in quarantined:
+            self.log.warn("quarantined {name}: {reason}", name=aside.name, reason=aside.reason)
+        for error in errors:
+            self.log.error("could not import from incoming/ (will retry): {error}", error=error)
+        for item in refused:
+            entry = item.entry
+            if item.error is None:
+                self.log.warn("sendmail drop-off {queue_id} from local user {user} failed: {reason}",
+                              queue_id=entry.queue_id, user=entry.provenance.auth_identity, reason=item.reason)
+            else:
+                self.log.error("sendmail drop-off {queue_id} from local user {user}: {reason}, but it could not "
+                               "be moved to failed/ ({error}); delivering it", queue_id=entry.queue_id,
+                               user=entry.provenance.auth_identity, reason=item.reason, error=item.error)
 
     def _log_received(self, entry: SpoolEntry) -> None:
         self.log.info("received {queue_id} via sendmail from local user {user}, {count} recipient(s), {size} bytes",
@@ -299,11 +314,8 @@ class DirectorySpool:
         return self._in_pool(listing)
 
     def scan_incoming(self) -> Deferred:
-        def report(scan: IncomingScan) -> IncomingScan:
-            for item in scan.quarantined:
-                self.log.warn("quarantined {name}: {reason}", name=item.name, reason=item.reason)
-            for error in scan.errors:
-                self.log.error("could not import from incoming/ (will retry): {error}", error=error)
+        def report(scan: IncomingScan) -> Deferred:
+            self._log_incoming(scan.quarantined, scan.errors, scan.refused)
             for entry in scan.entries:
                 self._log_received(entry)
             return self._judge_imports(scan.entries).addCallback(judged, scan)

@@ -1,0 +1,369 @@
+"""
+Accepting a message: the temp files it is written into, the group commit that makes a batch
+of them durable and renames them into place, and the move of a written message and record
+into queue/ that sendmail imports, requeue and release share.
+
+Which bytes are flushed when, and why each rename order is safe, is the "accept" and "import"
+part of the L{gateway.spool} package docstring.  Blocking: spool threads, or the sendmail
+command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Any, Iterable, Optional, Union
+
+import attrs
+
+from gateway.spool.entry import AttemptRecord, SpoolEntry
+from gateway.spool.fileops import quietly, spool_error
+from gateway.spool.interfaces import SpoolError
+from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
+from gateway.spool.record import encode_record
+
+DIGEST_ALGORITHM = "sha256"
+HOLD_NOTE = "held by admin"
+
+
+def file_digest(path: str) -> str:
+    """``"sha256:<hex>"`` of a whole file, read in blocks (blocking: call it in a thread)."""
+    with open(path, "rb") as f:
+        return f"{DIGEST_ALGORITHM}:{hashlib.file_digest(f, DIGEST_ALGORITHM).hexdigest()}"
+
+
+@attrs.define
+class TempMessage:
+    """
+    A message file being written: the open descriptor, what is in it so far, and the digest of
+    those bytes, updated as they are appended (so intake never reads the message back to
+    digest it).  ``digest_valid`` turns false when bytes already digested are rewritten.
+    """
+
+    queue_id: str
+    path: str
+    fd: Optional[int]
+    size: int = 0
+    hasher: Any = attrs.field(factory=lambda: hashlib.new(DIGEST_ALGORITHM), repr=False)
+    digest_valid: bool = True
+
+    def open_fd(self) -> int:
+        """The descriptor of a message still being written (L{SpoolError} once it is closed)."""
+        if self.fd is None:
+            raise SpoolError(f"spool message file {self.path} is already closed")
+        return self.fd
+
+
+@attrs.frozen
+class CommitRequest:
+    """
+    One message to accept (L{Acceptor.publish_batch}): ``entry`` as committed (its
+    ``message_path`` and ``size`` are filled in), and the message either already in ``temp``
+    (streamed, large) or still in memory as ``data`` (small: written by the commit itself, so
+    it costs no thread hand-off of its own).  ``where``: "queue", "held" or "incoming".
+    """
+
+    entry: SpoolEntry
+    where: str = "queue"
+    temp: Optional[TempMessage] = None
+    data: Optional[bytes] = None
+
+
+#: What L{Acceptor.publish_batch} returns for each request.
+CommitResult = Union[SpoolEntry, SpoolError]
+
+
+@attrs.define
+class _Staged:
+    """A commit whose files are written but not yet flushed or renamed."""
+
+    index: int
+    where: str
+    temp: TempMessage
+    env_tmp: str
+    env_fd: Optional[int]
+    entry: SpoolEntry
+    msg_final: str
+    env_final: str
+    renamed: list[str] = attrs.field(factory=list)
+
+    def open_fds(self) -> list[int]:
+        return [fd for fd in (self.temp.fd, self.env_fd) if fd is not None]
+
+
+def write_temp_record(files: SpoolFiles, entry: SpoolEntry, set_mtime: bool) -> str:
+    """
+    Write ``entry``'s record into a new temp file in tmp/ and make it durable; returns its path.
+    ``set_mtime`` sets the schedule hint (see L{SpoolEntry.due_hint}).  On failure nothing is
+    left behind and the OSError propagates.
+    """
+    ops = files.ops
+    tmp = files.unique_tmp_path(entry.queue_id, ENV)
+    fd = None
+    try:
+        fd = ops.open_new(tmp)
+        ops.write(fd, encode_record(entry))
+        if set_mtime and entry.next_attempt_at > 0:
+            ops.set_mtime(fd, entry.due_hint)  # the schedule hint read at start-up
+        ops.sync_file(fd)
+        ops.close(fd)
+        fd = None
+    except OSError:
+        if fd is not None:
+            quietly(ops.close, fd)
+        quietly(ops.unlink, tmp)
+        raise
+    return tmp
+
+
+class Acceptor:
+    """
+    Writes new messages and commits them.  Thread-safe for distinct queue ids (one writer per
+    message); remembers which ids are being committed so recovery running meanwhile does not
+    take a commit's message, renamed in a moment before its record, for an orphan.
+    """
+
+    def __init__(self, files: SpoolFiles) -> None:
+        self._files = files
+        self._committing: set[str] = set()
+        self._committing_lock = threading.Lock()
+
+    def is_committing(self, queue_id: str) -> bool:
+        with self._committing_lock:
+            return queue_id in self._committing
+
+    # -- writing a message -----------------------------------------------------------------
+
+    def create_temp(self, queue_id: str, incoming: bool = False) -> TempMessage:
+        """Open a new temp message file (tmp/ for the daemon, incoming/ for sendmail)."""
+        files = self._files
+        path = (os.path.join(files.layout.incoming, f".{queue_id}.msg.tmp") if incoming
+                else files.tmp_path(queue_id, MSG))
+        try:
+            fd = files.ops.open_new(path)
+        except OSError as e:
+            raise spool_error(e, "create a message file") from None
+        return TempMessage(queue_id, path, fd)
+
+    def append(self, temp: TempMessage, chunks: Iterable[bytes]) -> None:
+        data = b"".join(chunks)
+        if not data:
+            return
+        try:
+            self._files.ops.write(temp.open_fd(), data)
+        except OSError as e:
+            raise spool_error(e, "write the message") from None
+        temp.size += len(data)
+        temp.hasher.update(data)
+
+    def replace_header_section(self, temp: TempMessage, old_length: int, header_section: bytes) -> None:
+        """
+        Replace the first ``old_length`` bytes of the file with ``header_section``.  Same length:
+        overwritten in place; otherwise a new file gets the new header and a kernel-side copy
+        of the body, so a 20 MB body is not read into memory for a one-line header edit.
+        """
+        # The body was digested with the old header in front; publishing digests the file again.
+        # Only messages both streamed (larger than the writer's chunk) and edited by a policy pay
+        # that second read.
+        temp.digest_valid = False
+        ops = self._files.ops
+        try:
+            if len(header_section) == old_length:
+                ops.pwrite(temp.open_fd(), header_section, 0)
+                return
+            new_path = temp.path + ".h"
+            new_fd = ops.open_new(new_path)
+            try:
+                ops.write(new_fd, header_section)
+                ops.copy_range(temp.open_fd(), new_fd, old_length, temp.size - old_length)
+            except OSError:
+                quietly(ops.close, new_fd)
+                quietly(ops.unlink, new_path)
+                raise
+            ops.close(temp.open_fd())
+            quietly(ops.unlink, temp.path)
+            temp.fd, temp.path = new_fd, new_path
+            temp.size = len(header_section) + temp.size - old_length
+        except OSError as e:
+            raise spool_error(e, "rewrite the message headers") from None
+
+    def discard(self, temp: TempMessage) -> None:
+        """Throw away an unfinished message (client vanished, message refused)."""
+        if temp.fd is not None:
+            quietly(self._files.ops.close, temp.fd)
+            temp.fd = None
+        quietly(self._files.ops.unlink, temp.path)
+
+    # -- committing ------------------------------------------------------------------------
+
+    def publish_batch(self, requests: list[CommitRequest]) -> list[CommitResult]:
+        """
+        Group commit: accept every L{CommitRequest} in ``requests`` with one data flush and
+        one directory fsync per destination for all of them, in the order of the acceptance
+        protocol (all data and records durable → renames, message before record → directory
+        fsync).  Returns one result per request, in order: the stored L{SpoolEntry}, or the
+        L{SpoolError} that request failed with (its files are gone).  One bad request (a full
+        disk while writing it) fails alone; a failed flush fails the whole batch.
+        """
+        results: list[Any] = [None] * len(requests)
+        staged: list[_Staged] = []
+        for index, request in enumerate(requests):
+            with self._committing_lock:
+                self._committing.add(request.entry.queue_id)
+            try:
+                staged.append(self._stage(index, request))
+            except SpoolError as e:
+                results[index] = e
+        try:
+            if staged:
+                staged = self._flush(staged, results)
+            self._sync_directories(self._rename_all(staged, results), results)
+        finally:
+            with self._committing_lock:
+                for request in requests:
+                    self._committing.discard(request.entry.queue_id)
+        return results
+
+    def _flush(self, staged: list[_Staged], results: list[Any]) -> list[_Staged]:
+        """One data flush for every staged file; on failure the whole batch is undone."""
+        try:
+            self._files.ops.sync_files([fd for s in staged for fd in s.open_fds()])
+        except OSError as e:
+            error = spool_error(e, "sync the message to disk")
+            for s in staged:
+                self._unstage(s)
+                results[s.index] = error
+            return []
+        return staged
+
+    def _rename_all(self, staged: list[_Staged], results: list[Any]) -> dict[str, list[_Staged]]:
+        """Message then record into place, for each commit; returns them by destination."""
+        ops = self._files.ops
+        by_directory: dict[str, list[_Staged]] = {}
+        for s in staged:
+            try:
+                self._close_staged(s)
+                ops.rename(s.temp.path, s.msg_final)
+                s.renamed.append(s.msg_final)
+                ops.rename(s.env_tmp, s.env_final)
+                s.renamed.append(s.env_final)
+            except OSError as e:
+                self._unstage(s)
+                results[s.index] = spool_error(e, "move the message into the queue")
+                continue
+            by_directory.setdefault(s.where, []).append(s)
+        return by_directory
+
+    def _sync_directories(self, by_directory: dict[str, list[_Staged]], results: list[Any]) -> None:
+        """One directory fsync per destination; only then is a commit's entry its result."""
+        for where, group in by_directory.items():
+            try:
+                self._files.syncer(where).sync()
+            except OSError as e:
+                error = spool_error(e, "sync the queue directory")
+                for s in group:
+                    self._unstage(s)
+                    results[s.index] = error
+                continue
+            for s in group:
+                results[s.index] = s.entry
+
+    def _stage(self, index: int, request: CommitRequest) -> _Staged:
+        """Write the message (if it is still in memory) and the record into temp files, unsynced."""
+        files = self._files
+        where, entry = request.where, request.entry
+        if where == "incoming":
+            dest = files.layout.incoming
+            env_tmp = os.path.join(files.layout.incoming, f".{entry.queue_id}.env.tmp")
+        else:
+            dest = files.layout.held if where == "held" else files.layout.queue
+            env_tmp = files.tmp_path(entry.queue_id, ENV)
+        if where == "held":
+            # Noted like an admin hold, so a release extends the queue lifetime by the time held.
+            entry = attrs.evolve(entry, history=entry.history + (AttemptRecord(entry.received_at, HOLD_NOTE),))
+        temp = request.temp if request.temp is not None else self._write_in_memory(entry.queue_id, request.data)
+        staged = _Staged(index, where, temp, env_tmp, None, entry,
+                         SpoolLayout.path(dest, entry.queue_id, MSG), SpoolLayout.path(dest, entry.queue_id, ENV))
+        try:
+            staged.entry = attrs.evolve(entry, message_path=staged.msg_final, size=temp.size,
+                                        message_digest=entry.message_digest or self._temp_digest(temp))
+            env_fd = staged.env_fd = files.ops.open_new(env_tmp)
+            files.ops.write(env_fd, encode_record(staged.entry))
+            # The schedule hint (see the package docstring) in the same clock as received_at.
+            files.ops.set_mtime(env_fd, staged.entry.next_attempt_at or staged.entry.received_at)
+        except (OSError, SpoolError) as e:
+            self._unstage(staged)
+            if isinstance(e, SpoolError):
+                raise
+            raise spool_error(e, "write the envelope record") from None
+        return staged
+
+    def _write_in_memory(self, queue_id: str, data: Optional[bytes]) -> TempMessage:
+        temp = self.create_temp(queue_id)
+        try:
+            self.append(temp, [data or b""])
+        except SpoolError:
+            self.discard(temp)
+            raise
+        return temp
+
+    def _close_staged(self, s: _Staged) -> None:
+        ops = self._files.ops
+        if s.env_fd is not None:
+            fd, s.env_fd = s.env_fd, None
+            ops.close(fd)
+        if s.temp.fd is not None:
+            fd, s.temp.fd = s.temp.fd, None
+            ops.close(fd)
+
+    def _unstage(self, s: _Staged) -> None:
+        """Remove every trace of a staged commit (record first: without it nothing counts)."""
+        ops = self._files.ops
+        for fd in (s.temp.fd, s.env_fd):
+            if fd is not None:
+                quietly(ops.close, fd)
+        s.temp.fd = s.env_fd = None
+        for path in reversed(s.renamed):
+            quietly(ops.unlink, path)
+        for path in (s.temp.path, s.env_tmp):
+            if path not in s.renamed:
+                quietly(ops.unlink, path)
+        s.renamed = []
+
+    def _temp_digest(self, temp: TempMessage) -> str:
+        if temp.digest_valid:
+            return f"{DIGEST_ALGORITHM}:{temp.hasher.hexdigest()}"
+        try:
+            return file_digest(temp.path)
+        except OSError as e:
+            raise spool_error(e, "digest the message") from None
+
+    # -- moving a written entry into the queue ---------------------------------------------
+
+    def move_into_queue(self, entry: SpoolEntry, source_msg: str, what: str, set_mtime: bool = False) -> None:
+        """
+        Queue ``entry`` whose message is at ``source_msg`` (incoming/, failed/, held/): the new
+        record is written and fsynced under tmp/ first, then the message and the record are
+        renamed into queue/ and queue/ is fsynced, so the entry is queued whole or not at all
+        (recovery finishes or undoes a half-done move).  Used by sendmail imports, requeue and
+        release alike.
+        """
+        files = self._files
+        tmp = None
+        try:
+            tmp = write_temp_record(files, entry, set_mtime)
+            if source_msg != entry.message_path:
+                files.ops.rename(source_msg, entry.message_path)
+            files.ops.rename(tmp, SpoolLayout.path(files.layout.queue, entry.queue_id, ENV))
+            files.queue_sync.sync()
+        except OSError as e:
+            if tmp is not None:
+                quietly(files.ops.unlink, tmp)
+            raise spool_error(e, f"{what} {entry.queue_id}") from None
+
+
+__all__ = [
+    "Acceptor", "TempMessage", "CommitRequest", "CommitResult", "DIGEST_ALGORITHM", "HOLD_NOTE", "file_digest",
+    "write_temp_record",
+]
