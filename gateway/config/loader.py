@@ -28,6 +28,7 @@ from gateway.config.model import (
     SpoolConfig,
 )
 from gateway.config.reader import TableReader, check_endpoint, parse_duration
+from gateway.config.workers import read_workers, resolve_workers
 
 _TLS_MODES = ("none", "starttls", "implicit")
 _AUTH_MODES = ("none", "optional", "required")
@@ -87,6 +88,7 @@ def build_config(
     add_date = gw.boolean("add_date", True)
     from gateway.plugin_search import parse_plugin_paths
     plugin_paths = parse_plugin_paths(gw.strings("plugin_paths"), resolve, "gateway.plugin_paths")
+    workers = read_workers(gw)
     gw.finish()
 
     default_limits = parse_limits(root.table_at("limits"), Limits())
@@ -143,6 +145,7 @@ def build_config(
     sections = feature_sections.parse_all(root, environ, resolve)
     from gateway.config.local import parse_local
     sections["local"] = parse_local(root, default_limits, resolve)
+    sections["workers"] = resolve_workers(workers, listeners)
     if sections["local"].socket and any(listener.name == "sendmail" for listener in listeners):
         raise ConfigError("listener.sendmail.name", "\"sendmail\" is the name of the [local] socket; choose another")
     root.finish()

@@ -363,6 +363,24 @@ class SpoolDisk:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    def share_lock(self, fd: int) -> None:
+        """
+        An intake worker process (L{gateway.workers}): hold the lock through ``fd``, the main
+        process's own lock descriptor inherited at spawn.  flock() belongs to the open file
+        description, so the worker holds the very lock the main took — no second daemon or
+        offline queue command can start while any process of this gateway lives — and intake
+        never tries (and fails) to take it exclusively for itself.
+        """
+        with self._lock_mutex:
+            if os.fstat(fd).st_ino != os.stat(self.layout.lock).st_ino:
+                raise SpoolError(f"descriptor {fd} is not the lock of spool {self.layout.root}")
+            self._lock_fd = fd
+
+    @property
+    def lock_descriptor(self) -> Optional[int]:
+        """The descriptor through which this process holds the lock (None: not held)."""
+        return self._lock_fd
+
     def release_lock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)

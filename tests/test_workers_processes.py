@@ -1,0 +1,223 @@
+"""
+``[gateway] workers = 2`` with real processes on loopback: ``twistd -n graphsmtp`` binds the
+listener, two intake workers adopt it, the main process's queue runner delivers what they accept
+into the capture outbox.  Which worker took a message is read from the log line it writes for
+it (``[worker <pid>] received <queue id>``, re-emitted by the main process), and a worker is made
+to stand aside with SIGSTOP so that the next connection provably goes to the other one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import smtplib
+import textwrap
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from gateway.spool.disk import SpoolDisk
+from gateway.testing.harness import send_message
+from tests.daemon_helpers import spawn_gateway
+
+MESSAGE = b"From: app@corp.example\r\nTo: bob@corp.example\r\nSubject: workers\r\n\r\nbody\r\n"
+WORKER_LISTENING = rb"\[worker (\d+)\] listener mx accepting SMTP on 127\.0\.0\.1 port (\d+)"
+
+
+def config_text(directory: str, workers: object = 2, extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        [gateway]
+        state_dir = "{directory}/state"
+        hostname = "workers.test"
+        workers = {workers}
+        [queue]
+        retry_schedule = ["1s"]
+        jitter = 0.0
+        shutdown_grace = "20s"
+        [[listener]]
+        name = "mx"
+        endpoint = "tcp:0:interface=127.0.0.1"
+        trusted_networks = ["127.0.0.0/8"]
+        """) + extra
+
+
+def queue_id_of(reply: tuple) -> str:
+    match = re.search(r"queued as (\S+)", reply[1].decode())
+    assert match, reply
+    return match.group(1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class WorkerProcessTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def start(self, workers: object = 2, extra: str = ""):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config_path = os.path.join(self.directory, "graphsmtp.toml")
+        with open(self.config_path, "w") as f:
+            f.write(config_text(self.directory, workers, extra))
+        self.daemon = spawn_gateway(self, self.config_path)
+        self.port = yield self.daemon.listening_port("mx")
+        self.pids = yield self.workers_listening(2)
+
+    @inlineCallbacks
+    def workers_listening(self, count: int, after: int = 0):
+        """Fires with the pids of the next ``count`` workers that say they are listening."""
+        pids = []
+        while len(pids) < count:
+            match = yield self.daemon.wait_for(WORKER_LISTENING, after)
+            after = match.end()
+            self.assertEqual(int(match.group(2)), self.port, "a worker listens on the main process's port")
+            pids.append(int(match.group(1)))
+        return pids
+
+    def stand_aside(self, pid: int) -> None:
+        """Stop ``pid`` accepting (SIGSTOP) until the end of the test or ``resume``."""
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(self.resume, pid)
+
+    def resume(self, pid: int) -> None:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+
+    @inlineCallbacks
+    def send(self):
+        """Fires with (queue id, pid of the worker that logged its receipt)."""
+        reply = yield send_message(self.port, "app@corp.example", ["bob@corp.example"], MESSAGE, timeout=60)
+        self.assertEqual(reply[0], 250, reply)
+        queue_id = queue_id_of(reply)
+        match = yield self.daemon.wait_for(rb"\[worker (\d+)\] received " + queue_id.encode() + rb" ")
+        return queue_id, int(match.group(1))
+
+    @inlineCallbacks
+    def delivered(self, queue_id: str):
+        """Waits for the main process (no ``[worker`` prefix) to deliver ``queue_id`` into the outbox."""
+        match = yield self.daemon.wait_for(rb"\[gateway[\w.]*QueueRunner#info\] delivered " + queue_id.encode())
+        line = self.daemon.output[match.start():self.daemon.output.find(b"\n", match.start())]
+        self.assertNotIn(b"[worker", line)
+        outbox = os.path.join(self.directory, "state", "outbox", "new")
+        self.assertTrue([name for name in os.listdir(outbox) if queue_id in name], os.listdir(outbox))
+
+    @inlineCallbacks
+    def test_two_workers_take_mail_and_the_main_process_delivers_it(self):
+        yield self.start()
+        self.assertEqual(len(set(self.pids)), 2)
+        first, first_pid = yield self.send()
+        self.assertIn(first_pid, self.pids)
+        self.stand_aside(first_pid)
+        second, second_pid = yield self.send()
+        self.resume(first_pid)
+        self.assertNotEqual(first_pid, second_pid)
+        self.assertEqual({first_pid, second_pid}, set(self.pids))
+        yield self.delivered(first)
+        yield self.delivered(second)
+
+    @inlineCallbacks
+    def test_a_killed_worker_loses_nothing_acknowledged_and_is_restarted(self):
+        yield self.start()
+        queue_id, pid = yield self.send()
+        mark = len(self.daemon.output)
+        os.kill(pid, signal.SIGKILL)
+        yield self.daemon.wait_for(rb"intake worker \d \(pid " + str(pid).encode() + rb"\) ended after [\d.]+s "
+                                   rb"\(killed by signal 9\); restarting it in", mark)
+        yield self.delivered(queue_id)
+        [restarted] = yield self.workers_listening(1, mark)
+        self.assertNotIn(restarted, self.pids)
+        # The restarted worker takes mail: with the surviving one standing aside, it must.
+        [survivor] = [p for p in self.pids if p != pid]
+        self.stand_aside(survivor)
+        again, again_pid = yield self.send()
+        self.assertEqual(again_pid, restarted)
+        yield self.delivered(again)
+
+    @inlineCallbacks
+    def test_sigterm_lets_a_transaction_in_data_finish_and_stops_every_process(self):
+        yield self.start()
+        client = yield deferToThread(smtplib.SMTP, "127.0.0.1", self.port, timeout=60)
+        self.addCleanup(lambda: deferToThread(client.close))
+        yield deferToThread(client.ehlo, "client.test")
+        yield deferToThread(client.mail, "app@corp.example")
+        yield deferToThread(client.rcpt, "bob@corp.example")
+        code, _ = yield deferToThread(client.docmd, "DATA")
+        self.assertEqual(code, 354)
+        yield deferToThread(client.send, MESSAGE)
+        mark = len(self.daemon.output)
+        self.daemon.signal(signal.SIGTERM)
+        # Both workers stop listening (the transaction in DATA keeps its worker running)...
+        for _ in self.pids:
+            match = yield self.daemon.wait_for(rb"\[worker \d+\] \(TCP Port \d+ Closed\)", mark)
+            mark = match.end()
+        # ...and the message the client finishes now is still accepted and kept.
+        code, text = yield deferToThread(lambda: (client.send(b".\r\n"), client.getreply())[1])
+        self.assertEqual(code, 250, text)
+        queue_id = queue_id_of((code, text))
+        yield self.daemon.ended
+        # twistd ends itself with the signal it was stopped by, after a clean shutdown:
+        self.assertIn(b"Server Shut Down.", self.daemon.output)
+        self.assertNotIn(b"Traceback", self.daemon.output)
+        for pid in self.pids:
+            self.assertFalse(alive(pid), f"worker {pid} outlived the main process")
+        state = os.path.join(self.directory, "state")
+        kept = os.listdir(os.path.join(state, "spool", "queue")) + os.listdir(os.path.join(state, "outbox", "new"))
+        self.assertTrue([name for name in kept if queue_id in name], kept)
+
+    @inlineCallbacks
+    def test_workers_stop_when_the_main_process_is_killed(self):
+        yield self.start()
+        exits = [os.pidfd_open(pid) for pid in self.pids]  # readable once the process has exited
+        for fd in exits:
+            self.addCleanup(os.close, fd)
+        self.daemon.signal(signal.SIGKILL)
+        yield self.daemon.ended
+
+        def all_exited():
+            pending = list(exits)
+            while pending:
+                ready, _, _ = select.select(pending, [], [], 60)
+                if not ready:
+                    return False
+                pending = [fd for fd in pending if fd not in ready]
+            return True
+
+        self.assertTrue((yield deferToThread(all_exited)), "a worker outlived its main process by a minute")
+        # Nothing holds the spool lock any more: another gateway could take the spool over.
+        disk = SpoolDisk(os.path.join(self.directory, "state", "spool"))
+        self.assertIsNone(disk.daemon_pid())
+
+    @inlineCallbacks
+    def test_sighup_reaches_every_worker(self):
+        yield self.start()
+        mark = len(self.daemon.output)
+        self.daemon.signal(signal.SIGHUP)
+        yield self.daemon.wait_for(rb"SIGHUP passed on to 2 intake worker\(s\)", mark)
+        seen = set()
+        while len(seen) < 2:
+            match = yield self.daemon.wait_for(rb"\[worker (\d+)\] SIGHUP: configuration reloaded", mark)
+            mark = match.end()
+            seen.add(int(match.group(1)))
+        self.assertEqual(seen, set(self.pids))
+
+    @inlineCallbacks
+    def test_workers_zero_is_one_configuration_line_and_exit_78(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "graphsmtp.toml")
+        with open(path, "w") as f:
+            f.write(config_text(directory, workers=0))
+        daemon = spawn_gateway(self, path)
+        exit_code = yield daemon.ended
+        self.assertEqual(exit_code, 78)
+        self.assertIn(b"gateway.workers: must be from 1 to 64 (1 = a single process, no workers), not 0",
+                      daemon.errors)
