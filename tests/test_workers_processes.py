@@ -15,13 +15,15 @@ import signal
 import smtplib
 import textwrap
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gateway.spool.disk import SpoolDisk
+from gateway.testing.fake_graph import start_fake_graph
 from gateway.testing.harness import send_message
-from tests.daemon_helpers import spawn_gateway
+from tests.daemon_helpers import spawn_gateway, write_private
 
 MESSAGE = b"From: app@corp.example\r\nTo: bob@corp.example\r\nSubject: workers\r\n\r\nbody\r\n"
 WORKER_LISTENING = rb"\[worker (\d+)\] listener mx accepting SMTP on 127\.0\.0\.1 port (\d+)"
@@ -221,3 +223,66 @@ class WorkerProcessTests(TestCase):
         self.assertEqual(exit_code, 78)
         self.assertIn(b"gateway.workers: must be from 1 to 64 (1 = a single process, no workers), not 0",
                       daemon.errors)
+
+
+class WorkerGraphTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_tls_listeners_in_workers_deliver_through_graph(self):
+        """STARTTLS and implicit TLS (wrapped around the adopted socket) in workers; Graph from the main."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        fake = yield start_fake_graph(reactor, os.path.join(directory, "fake"))
+        self.addCleanup(fake.stop)
+        issued = fake.ca.issue(basename="smtp")
+        secret = write_private(os.path.join(directory, "client-secret"), fake.client_secret)
+        path = os.path.join(directory, "graphsmtp.toml")
+        tls = f'tls_cert = "{issued.cert_path}"\ntls_key = "{issued.key_path}"\ntrusted_networks = ["127.0.0.0/8"]\n'
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [gateway]
+                state_dir = "{directory}/state"
+                hostname = "workers.test"
+                workers = 2
+                [queue]
+                retry_schedule = ["1s"]
+                jitter = 0.0
+                [[listener]]
+                name = "submission"
+                endpoint = "tcp:0:interface=127.0.0.1"
+                tls = "starttls"
+                """) + tls + textwrap.dedent("""\
+                [[listener]]
+                name = "smtps"
+                endpoint = "tcp:0:interface=127.0.0.1"
+                tls = "implicit"
+                """) + tls + textwrap.dedent(f"""\
+                [graph]
+                tenant_id = "{fake.tenant_id}"
+                client_id = "{fake.client_id}"
+                client_secret_file = "{secret}"
+                authority = "{fake.authority}"
+                graph_url = "{fake.graph_url}"
+                ca_bundle = "{fake.ca_path}"
+                """))
+        sent = []
+        both = Deferred()
+        fake.on_sent.append(lambda message: (sent.append(message), len(sent) == 2 and both.callback(None)))
+        daemon = spawn_gateway(self, path)
+        submission = yield daemon.listening_port("submission")
+        smtps = yield daemon.listening_port("smtps")
+        after = 0
+        for _ in range(4):  # both workers, both listeners
+            match = yield daemon.wait_for(rb"\[worker \d+\] listener \w+ accepting SMTP", after)
+            after = match.end()
+        message = MESSAGE.replace(b"bob@corp.example", b"bob@fabrikam.test")
+        code, _ = yield send_message(submission, "app@corp.example", ["bob@fabrikam.test"], message,
+                                     starttls=True, ca_path=fake.ca_path, timeout=60)
+        self.assertEqual(code, 250)
+        code, _ = yield send_message(smtps, "app@corp.example", ["carol@fabrikam.test"], message,
+                                     implicit_tls=True, ca_path=fake.ca_path, timeout=60)
+        self.assertEqual(code, 250)
+        yield both
+        self.assertEqual(sorted(r for m in sent for r in m.recipients), ["bob@fabrikam.test", "carol@fabrikam.test"])
+        self.assertNotIn(b"Traceback", daemon.output)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+from types import SimpleNamespace
 
+from twisted.application.service import Service
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.logger import eventAsJSON, formatEvent
 from twisted.protocols._sni import TLSServerEndpoint
 from twisted.trial.unittest import TestCase
@@ -22,10 +26,10 @@ from gateway.smtp.proxy import TrustedProxyEndpoint
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import new_queue_id
-from gateway.workers.channel import LineSplitter, event_of, queue_id_of
+from gateway.workers.channel import FIRST_LISTENER_FD, LOCK_FD, LineSplitter, event_of, queue_id_of
 from gateway.workers.sockets import AdoptedStreamEndpoint, adopted_endpoint
 from gateway.workers.spool_sweep import minted_at, remove_temp_files, unannounced_since
-from gateway.workers.supervisor import with_workers
+from gateway.workers.supervisor import WorkerSupervisor, with_workers
 
 LISTENER = {"name": "mx", "endpoint": "tcp:0:interface=127.0.0.1", "trusted_networks": ["127.0.0.0/8"]}
 
@@ -178,3 +182,72 @@ class AdoptedEndpointTests(TestCase):
             return port.stopListening()
 
         return d.addCallback(listening)
+
+
+class _Reactor(Clock):
+    """A clock that records spawnProcess calls (the supervisor's only other reactor use here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, protocol, executable, args, env=None, childFDs=None):
+        self.spawned.append((protocol, args, childFDs))
+        protocol.transport = None
+        return None
+
+
+class _Gateway(Service):
+    def __init__(self, ready):
+        built = config()
+        self.config = built
+        disk = SimpleNamespace(lock_descriptor=9, layout=SimpleNamespace(tmp="/nonexistent", queue="/nonexistent"))
+        port = SimpleNamespace(stopReading=lambda: None, fileno=lambda: 11)
+        part = SimpleNamespace(config=built.listeners[0], service=SimpleNamespace(port=port))
+        self.components = SimpleNamespace(listeners=[part], runner=SimpleNamespace(ready=ready),
+                                          spool=SimpleNamespace(disk=disk))
+
+
+class SupervisorTests(TestCase):
+    def start(self):
+        self.ready = Deferred()
+        self.reactor = _Reactor()
+        self.supervisor = WorkerSupervisor(_Gateway(self.ready), 2, "/etc/graphsmtp.toml", {"hostname": "h"},
+                                           reactor=self.reactor, install_signal_handlers=False)
+        self.supervisor._after_death = lambda worker: None
+        self.supervisor.startService()
+
+    def test_workers_start_after_recovery_with_the_sockets_and_the_lock(self):
+        self.start()
+        self.assertEqual(self.reactor.spawned, [])  # recovery clears tmp/: not while workers write
+        self.ready.callback(None)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        protocol, args, fds = self.reactor.spawned[0]
+        self.assertEqual((fds[LOCK_FD], fds[FIRST_LISTENER_FD]), (9, 11))
+        self.assertIn(f"mx={FIRST_LISTENER_FD}", args)
+        self.assertEqual(args[args.index("--config") + 1], "/etc/graphsmtp.toml")
+
+    def test_a_dying_worker_is_restarted_with_growing_delays_reset_after_a_stable_run(self):
+        self.start()
+        self.ready.callback(None)
+        delays = []
+        for lived in (0.1, 0.1, 0.1, 0.1, 120.0):
+            worker = self.supervisor.workers[0]
+            self.reactor.advance(lived)
+            before = len(self.reactor.spawned)
+            self.supervisor.worker_ended(worker, SimpleNamespace(exitCode=1, signal=None))
+            waited = 0.0
+            while len(self.reactor.spawned) == before:
+                self.reactor.advance(0.25)
+                waited += 0.25
+            delays.append(waited)
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 0.5])
+
+    def test_no_restart_while_stopping(self):
+        self.start()
+        self.ready.callback(None)
+        worker = self.supervisor.workers[0]
+        self.supervisor._stopping = True
+        self.supervisor.worker_ended(worker, SimpleNamespace(exitCode=0, signal=None))
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 2)

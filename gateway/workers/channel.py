@@ -107,6 +107,12 @@ class LineSplitter:
         rest, self._buffer = self._buffer, b""
         return rest
 
+    def flush(self) -> None:
+        """The pipe closed: deliver a last record that lacked its terminator."""
+        rest = self.rest()
+        if rest.strip():
+            self._deliver(rest)
+
 
 def queue_id_of(line: bytes) -> Optional[str]:
     """The queue id a commit notice names, or None for anything else."""

@@ -90,7 +90,7 @@ def _main_gone(reactor: Any) -> None:
 
 def build_worker(args: WorkerArguments, reactor: Any) -> Any:
     """The worker's GatewayService, not started; raises ConfigError on a bad configuration."""
-    from gateway.config import load_config
+    from gateway.config import ConfigError, load_config
     from gateway.service import GatewayService
     from gateway.wiring import build_components
     from gateway.workers.sockets import adopted_service
@@ -108,7 +108,8 @@ def build_worker(args: WorkerArguments, reactor: Any) -> Any:
     spool.on_commit(CommitNotifier(reactor).committed)
     for part in components.listeners:
         if part.config.name not in args.listeners:
-            raise SystemExit(f"graphsmtp worker: no socket was passed for listener {part.config.name}")
+            raise ConfigError(f"listener.{part.config.name}", "was added after graphsmtp started: "
+                              "restart graphsmtp to listen on it")
         part.service = adopted_service(reactor, part.config, part.factory, args.listeners[part.config.name])
     return GatewayService(config, reactor, components=components, config_loader=load)
 

@@ -118,9 +118,7 @@ class WorkerProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         for splitter in (self._notices, self._log, *self._text.values()):
-            rest = splitter.rest()
-            if rest.strip():
-                splitter._deliver(rest)
+            splitter.flush()
         self.ended.callback(reason.value)
         self.supervisor.worker_ended(self, reason.value)
 
@@ -235,14 +233,21 @@ class WorkerSupervisor(MultiService):
         spool = self.gateway.components.spool
         layout = spool.disk.layout
 
+        announced = set(worker.announced).union(*(w.announced for w in self.workers.values()))
+
         def sweep() -> list:
             remove_temp_files(layout.tmp, worker.tag)
-            return unannounced_since(layout.queue, worker.sweep_from - 1.0, worker.announced)
+            return unannounced_since(layout.queue, worker.sweep_from - 1.0, announced)
 
         def found(queue_ids: list) -> None:
+            if self._stopping or not queue_ids:
+                return  # stopping: the next start's recovery schedules whatever is queued
+            # Among these: what the dead worker committed without a notice; the rest (the
+            # [local] socket's, sendmail imports) the runner knows and merely reschedules.
+            self.log.info("after intake worker {index} ended: {count} queue entries minted since it started "
+                          "and never announced by a worker are given to the queue runner",
+                          index=worker.index, count=len(queue_ids))
             for queue_id in queue_ids:
-                self.log.info("{queue_id} was committed by worker {index} without a notice; queued now",
-                              queue_id=queue_id, index=worker.index)
                 self.announce(queue_id)
 
         d = deferToThread(sweep).addCallback(found)
