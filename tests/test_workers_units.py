@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from twisted.application.service import Service
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.logger import eventAsJSON, formatEvent
 from twisted.protocols._sni import TLSServerEndpoint
@@ -29,7 +29,7 @@ from gateway.spool.queueid import new_queue_id
 from gateway.workers.channel import FIRST_LISTENER_FD, LOCK_FD, LineSplitter, event_of, queue_id_of
 from gateway.workers.sockets import AdoptedStreamEndpoint, adopted_endpoint
 from gateway.workers.spool_sweep import minted_at, remove_temp_files, unannounced_since
-from gateway.workers.supervisor import WorkerSupervisor, with_workers
+from gateway.workers.supervisor import WorkerProcess, WorkerSupervisor, with_workers
 
 LISTENER = {"name": "mx", "endpoint": "tcp:0:interface=127.0.0.1", "trusted_networks": ["127.0.0.0/8"]}
 
@@ -251,3 +251,33 @@ class SupervisorTests(TestCase):
         self.supervisor.worker_ended(worker, SimpleNamespace(exitCode=0, signal=None))
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)
+
+
+class AfterDeathTests(TestCase):
+    @inlineCallbacks
+    def test_a_dead_workers_unannounced_commits_are_queued_and_its_temp_files_removed(self):
+        root = os.path.abspath(self.mktemp())
+        disk = SpoolDisk(root)
+        disk.ensure_directories()
+        announced = []
+        gateway = _Gateway(Deferred())
+        gateway.components.spool = SimpleNamespace(
+            disk=SimpleNamespace(layout=disk.layout, lock_descriptor=9),
+            announce=lambda queue_id: announced.append(queue_id) or succeed(None))
+        supervisor = WorkerSupervisor(gateway, 2, None, {}, reactor=reactor, install_signal_handlers=False)
+        supervisor.running = 1
+        worker = WorkerProcess(supervisor, 0, "deadbeef")
+        worker.started_at = worker.sweep_from = 2000.0
+        before, told, lost = new_queue_id(1000.0), new_queue_id(2001.0), new_queue_id(2002.0)
+        for queue_id in (before, told, lost):
+            for suffix in (".msg", ".env"):
+                open(os.path.join(disk.layout.queue, queue_id + suffix), "w").close()
+        worker.announced.add(told)
+        for name in ("deadbeef.X.msg", "cafe.Y.msg"):
+            open(os.path.join(disk.layout.tmp, name), "w").close()
+        swept = Deferred()
+        supervisor.announce = lambda queue_id: (announced.append(queue_id), swept.callback(None))
+        supervisor._after_death(worker)
+        yield swept
+        self.assertEqual(announced, [lost])
+        self.assertEqual(os.listdir(disk.layout.tmp), ["cafe.Y.msg"])
