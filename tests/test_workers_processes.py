@@ -13,6 +13,8 @@ import re
 import select
 import signal
 import smtplib
+import socket
+import sys
 import textwrap
 
 from twisted.internet import reactor
@@ -23,7 +25,7 @@ from twisted.trial.unittest import TestCase
 from gateway.spool.disk import SpoolDisk
 from gateway.testing.fake_graph import start_fake_graph
 from gateway.testing.harness import send_message
-from tests.daemon_helpers import spawn_gateway, write_private
+from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway, write_private
 
 MESSAGE = b"From: app@corp.example\r\nTo: bob@corp.example\r\nSubject: workers\r\n\r\nbody\r\n"
 WORKER_LISTENING = rb"\[worker (\d+)\] listener mx accepting SMTP on 127\.0\.0\.1 port (\d+)"
@@ -286,3 +288,45 @@ class WorkerGraphTests(TestCase):
         yield both
         self.assertEqual(sorted(r for m in sent for r in m.recipients), ["bob@fabrikam.test", "carol@fabrikam.test"])
         self.assertNotIn(b"Traceback", daemon.output)
+
+
+_SOCKET_ACTIVATED_BOOTSTRAP = (
+    "import os\n"
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='smtp')\n"
+    "from twisted.scripts.twistd import run; run()\n"
+)
+
+
+class SocketActivationTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_a_socket_systemd_passed_to_the_main_process_is_served_by_the_workers(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(50)
+        port = sock.getsockname()[1]
+        path = os.path.join(directory, "graphsmtp.toml")
+        with open(path, "w") as f:
+            f.write(config_text(directory).replace('"tcp:0:interface=127.0.0.1"', '"systemd:domain=INET:name=smtp"'))
+        daemon = GatewayDaemon()
+        args = [sys.executable, "-c", _SOCKET_ACTIVATED_BOOTSTRAP, "-n", "--pidfile=", "--logfile=-",
+                "graphsmtp", "--config", path]
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        reactor.spawnProcess(daemon, sys.executable, args, env=env, path=ROOT,
+                             childFDs={0: "w", 1: "r", 2: "r", 3: sock.fileno()})
+        self.addCleanup(daemon.stop)
+        sock.close()  # the daemon holds it now, as under systemd
+        after = 0
+        for _ in range(2):
+            match = yield daemon.wait_for(rb"\[worker \d+\] listener mx accepting SMTP on 127\.0\.0\.1 port "
+                                          + str(port).encode(), after)
+            after = match.end()
+        reply = yield send_message(port, "app@corp.example", ["bob@corp.example"], MESSAGE, timeout=60)
+        self.assertEqual(reply[0], 250, reply)
+        queue_id = queue_id_of(reply)
+        yield daemon.wait_for(rb"\[worker \d+\] received " + queue_id.encode())
+        yield daemon.wait_for(rb"QueueRunner#info\] delivered " + queue_id.encode())

@@ -99,7 +99,9 @@ def build_worker(args: WorkerArguments, reactor: Any) -> Any:
         return worker_view(load_config(args.config, args.overrides, os.environ))
 
     config = load()
-    components = build_components(config, reactor, deliverer=_NoDeliverer())
+    # listen=False: no endpoint is set up here (a systemd: one would look for sockets systemd
+    # passed to the main process); each listener gets its adopted socket below.
+    components = build_components(config, reactor, deliverer=_NoDeliverer(), listen=False)
     components.services = [s for s in components.services
                             if type(s).__name__ not in MAIN_ONLY_SERVICES and s is not components.runner]
     spool = components.spool

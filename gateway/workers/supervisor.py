@@ -55,6 +55,8 @@ MAX_DELAY = 30.0
 STABLE_AFTER = 60.0
 #: Beyond the grace the workers have to finish transactions, how long to wait before SIGKILL.
 KILL_AFTER = 10.0
+#: systemd's socket-activation variables: they describe the main process's descriptors.
+SOCKET_ACTIVATION = frozenset({"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
 #: Commit notices remembered per worker (only consulted to sweep after it dies).
 REMEMBERED = 100_000
 
@@ -193,7 +195,8 @@ class WorkerSupervisor(MultiService):
         for n, (name, fd) in enumerate(sorted(self.descriptors.items())):
             child_fds[FIRST_LISTENER_FD + n] = fd
             args += ["--listener", f"{name}={FIRST_LISTENER_FD + n}"]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env = {k: v for k, v in os.environ.items() if k not in SOCKET_ACTIVATION}  # the sockets come as fds
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=child_fds)
         self.workers[index] = worker
         self.log.info("intake worker {index} started (pid {pid})", index=index, pid=worker.pid)
