@@ -62,7 +62,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-class WorkerProcessTests(TestCase):
+class _WorkerRig:
+    """Starting a gateway with workers and reading what its processes did (no tests here)."""
+
     timeout = 120
 
     @inlineCallbacks
@@ -114,6 +116,9 @@ class WorkerProcessTests(TestCase):
         outbox = os.path.join(self.directory, "state", "outbox", "new")
         self.assertTrue([name for name in os.listdir(outbox) if queue_id in name], os.listdir(outbox))
 
+
+
+class WorkerProcessTests(_WorkerRig, TestCase):
     @inlineCallbacks
     def test_two_workers_take_mail_and_the_main_process_delivers_it(self):
         yield self.start()
@@ -330,3 +335,43 @@ class SocketActivationTests(TestCase):
         queue_id = queue_id_of(reply)
         yield daemon.wait_for(rb"\[worker \d+\] received " + queue_id.encode())
         yield daemon.wait_for(rb"QueueRunner#info\] delivered " + queue_id.encode())
+
+
+class ProxyProtocolTests(_WorkerRig, TestCase):
+    @inlineCallbacks
+    def test_the_proxy_header_is_read_by_the_worker_that_takes_the_connection(self):
+        """PROXY works per connection, so workers behind a load balancer see the real client."""
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        path = os.path.join(self.directory, "graphsmtp.toml")
+        with open(path, "w") as f:
+            f.write(config_text(self.directory).replace('trusted_networks = ["127.0.0.0/8"]', textwrap.dedent("""\
+                trusted_networks = ["192.0.2.0/24"]
+                proxy_protocol = true
+                proxy_trusted_networks = ["127.0.0.1/32"]""")))
+        self.daemon = spawn_gateway(self, path)
+        self.port = yield self.daemon.listening_port("mx")
+        yield self.workers_listening(2)
+
+        def converse() -> bytes:
+            with socket.create_connection(("127.0.0.1", self.port), 60) as conn:
+                conn.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+                stream = conn.makefile("rb")
+                replies = [stream.readline()]
+                for command in (b"EHLO client.test", b"MAIL FROM:<app@corp.example>", b"RCPT TO:<bob@corp.example>",
+                                b"DATA"):
+                    conn.sendall(command + b"\r\n")
+                    line = stream.readline()
+                    while line[3:4] == b"-":
+                        line = stream.readline()
+                    replies.append(line)
+                conn.sendall(MESSAGE + b".\r\n")
+                replies.append(stream.readline())
+                conn.sendall(b"QUIT\r\n")
+                return b"".join(replies)
+
+        replies = yield deferToThread(converse)
+        self.assertIn(b"\r\n250 2.0.0 Ok: queued as ", replies)
+        queue_id = re.search(rb"queued as (\S+)", replies).group(1)
+        yield self.daemon.wait_for(rb"\[worker \d+\] received " + queue_id + rb" from client\.test\[192\.0\.2\.7\]")
+        yield self.delivered(queue_id.decode())
