@@ -25,6 +25,7 @@ cleanup processes are counted like graphsmtp's threads.
     .venv/bin/python bench/compare_postfix.py --quick         # fewer messages, 3 reps
     .venv/bin/python bench/compare_postfix.py --reps 5 --cells 10k-10 1m-10
     .venv/bin/python bench/compare_postfix.py --workdir /var/tmp/bench --keep
+    .venv/bin/python bench/compare_postfix.py --workers 1 2     # graphsmtp with 1 and 2 intake processes
 
 Run it as root (Postfix's master must start as root; its queue is chowned to the postfix user).
 The work directory must be on a real disk: tmpfs makes fsync free and the comparison
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -242,8 +244,11 @@ class PostfixServer:
 class GraphsmtpServer:
     name = "graphsmtp"
 
-    def __init__(self, workdir: str, python: str) -> None:
-        self.base = os.path.join(workdir, "graphsmtp")
+    def __init__(self, workdir: str, python: str, workers: int = 1) -> None:
+        #: ``[gateway] workers``: with more than one, the table names the column "graphsmtp wN".
+        self.workers = workers
+        self.name = "graphsmtp" if workers == 1 else f"graphsmtp w{workers}"
+        self.base = os.path.join(workdir, "graphsmtp" if workers == 1 else f"graphsmtp-w{workers}")
         self.port = free_port()
         self.python = python
         self.process: Optional[subprocess.Popen] = None
@@ -257,6 +262,7 @@ class GraphsmtpServer:
                 [gateway]
                 hostname = "bench.localdomain"
                 state_dir = "{self.base}/state"
+                workers = {self.workers}
 
                 [limits]
                 max_connections = 500
@@ -280,6 +286,18 @@ class GraphsmtpServer:
              "-n", "--pidfile=", "--logfile=-", "graphsmtp", "--config", config],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         wait_for_port(self.port, 60, "graphsmtp", alive=lambda: self.process.poll() is None)
+        if self.workers > 1:
+            # The main process listens at once; the workers accept once they have started.
+            deadline = time.monotonic() + 120
+            path = os.path.join(self.base, "twistd.log")
+            while time.monotonic() < deadline:
+                with open(path, "rb") as f:
+                    if len(re.findall(rb"\[worker \d+\] listener bench accepting SMTP", f.read())) >= self.workers:
+                        return
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.2)
+            raise SystemExit(f"graphsmtp: {self.workers} workers did not start listening; see {path}")
 
     def root_pid(self) -> int:
         assert self.process is not None
@@ -353,12 +371,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def table(samples: Samples, cells: list[Cell]) -> str:
-    rows = ["| cell | Postfix msg/s | graphsmtp msg/s | ratio | ratio per rep | Postfix CPU ms/msg | graphsmtp CPU ms/msg |",
+def table(samples: Samples, cells: list[Cell], name: str = "graphsmtp") -> str:
+    rows = [f"| cell | Postfix msg/s | {name} msg/s | ratio | ratio per rep | Postfix CPU ms/msg | {name} CPU ms/msg |",
             "|---|---|---|---|---|---|---|"]
     for cell in cells:
         pf = samples.results.get(("Postfix", cell.name), [])
-        gs = samples.results.get(("graphsmtp", cell.name), [])
+        gs = samples.results.get((name, cell.name), [])
         if not pf or not gs:
             continue
         pr, gr = median([r.rate for r in pf]), median([r.rate for r in gs])
@@ -378,6 +396,9 @@ def main() -> None:
     parser.add_argument("--workdir", help="work directory on a real disk (default: a new one under /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="graphsmtp's [gateway] workers; several values run one graphsmtp each, "
+                             "interleaved with Postfix (e.g. --workers 1 2)")
     options = parser.parse_args()
     cells = [c for c in CELLS if c.name in options.cells]
     unknown = set(options.cells) - {c.name for c in CELLS}
@@ -401,28 +422,35 @@ def main() -> None:
                          "use --workdir on a real disk")
     os.chmod(workdir, 0o755)
     postfix = PostfixServer(workdir)
-    graphsmtp = GraphsmtpServer(workdir, options.python)
+    if any(n < 1 for n in options.workers):
+        parser.error("--workers must be at least 1")
+    graphsmtps = [GraphsmtpServer(workdir, options.python, n) for n in dict.fromkeys(options.workers)]
     samples = Samples()
     try:
         postfix.start()
-        graphsmtp.start()
-        print(f"work directory {workdir} ({fs}); Postfix on port {postfix.port}, graphsmtp on port {graphsmtp.port}")
+        for graphsmtp in graphsmtps:
+            graphsmtp.start()
+        print(f"work directory {workdir} ({fs}); Postfix on port {postfix.port}, "
+              + ", ".join(f"{g.name} on port {g.port}" for g in graphsmtps))
         for rep in range(1, options.reps + 1):
             for cell in cells:
                 messages = cell.quick_messages if options.quick else cell.messages
-                for server in (postfix, graphsmtp):
+                for server in (postfix, *graphsmtps):
                     result = run_cell(server, cell, messages)
                     samples.add(server.name, cell.name, result)
                     print(f"rep {rep} {cell.name:9} {server.name:9} {messages:5} msgs "
                           f"{result.rate:8.1f} msg/s {result.cpu_ms:6.2f} CPU ms/msg", flush=True)
     finally:
-        graphsmtp.stop()
+        for graphsmtp in graphsmtps:
+            graphsmtp.stop()
         postfix.stop()
         if not options.keep and not options.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(f"medians of {options.reps} interleaved reps; every acknowledged message was found in the queue")
-    print(table(samples, cells))
+    for graphsmtp in graphsmtps:
+        print()
+        print(table(samples, cells, graphsmtp.name))
 
 
 if __name__ == "__main__":

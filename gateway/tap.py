@@ -71,6 +71,9 @@ class Options(usage.Options):
             # policies and users files are checked here, so a mistake is one line from twistd
             # and nothing is bound.  SIGHUP re-reads the same file with the same overrides.
             self.service = _build(self.config, lambda: load_config(path, given, os.environ))
+            # [gateway] workers = N > 1: intake in N worker processes (gateway.workers).
+            from gateway.workers.supervisor import with_workers
+            self.service = with_workers(self.service, self.config, path, given)
         except ConfigError as e:
             message = f"configuration error: {e}"
             sys.stderr.write(f"graphsmtp: {message}\n")

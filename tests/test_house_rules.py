@@ -37,7 +37,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"policy", "delivery"}),
     frozenset({"auth"}),
     frozenset({"smtp", "queue", "cluster"}),
-    frozenset({"status", "cli"}),
+    frozenset({"status", "cli", "workers"}),
 )
 
 # "path:qualified name" of product functions above MAX_COMPLEXITY.  Target: empty.

@@ -30,6 +30,7 @@ from gateway.config.model import (
 )
 from gateway.config.plugin_paths import parse_plugin_paths
 from gateway.config.reader import TableReader, check_endpoint, parse_duration
+from gateway.config.workers import read_workers, resolve_workers
 
 Resolver = Callable[[str], str]
 
@@ -80,6 +81,7 @@ class _GatewayTable:
     add_message_id: bool
     add_date: bool
     plugin_paths: tuple[str, ...]
+    workers: Any  # "auto" or a count, resolved against the listeners
 
 
 def build_config(
@@ -126,6 +128,7 @@ def build_config(
         capture=capture, deliverer="capture" if requested == "capture" or graph is None else "graph", graph=graph,
         add_message_id=gateway.add_message_id, add_date=gateway.add_date, plugin_paths=gateway.plugin_paths,
         auth=auth, redis=redis, observers=observers, status=status, cluster=cluster, local=local,
+        workers=resolve_workers(gateway.workers, listeners),
     )
 
 
@@ -138,8 +141,9 @@ def _parse_gateway(gw: TableReader, overrides: Mapping[str, Any], resolve: Resol
     add_message_id = gw.boolean("add_message_id", True)
     add_date = gw.boolean("add_date", True)
     plugin_paths = parse_plugin_paths(gw.strings("plugin_paths"), resolve, "gateway.plugin_paths")
+    workers = read_workers(gw)
     gw.finish()
-    return _GatewayTable(hostname, state_dir, add_message_id, add_date, plugin_paths)
+    return _GatewayTable(hostname, state_dir, add_message_id, add_date, plugin_paths, workers)
 
 
 def _parse_spool(sp: TableReader, overrides: Mapping[str, Any], state_dir: str, resolve: Resolver) -> SpoolConfig:

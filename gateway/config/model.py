@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.config.local import LocalConfig
     from gateway.config.policy import ObserverRef, RedisConfig
     from gateway.config.status import StatusConfig
+    from gateway.config.workers import WorkersConfig
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -142,6 +143,12 @@ def _no_auth() -> "AuthConfig":
     return AuthConfig()
 
 
+def _one_process() -> "WorkersConfig":
+    from gateway.config.workers import WorkersConfig
+
+    return WorkersConfig()
+
+
 def _no_status() -> "StatusConfig":
     from gateway.config.status import StatusConfig
 
@@ -190,6 +197,8 @@ class GatewayConfig:
     cluster: Optional["ClusterConfig"] = None
     #: ``[local]``: the UNIX submission socket (``socket`` None: none).
     local: "LocalConfig" = attrs.field(factory=_no_local)
+    #: ``[gateway] workers``: intake worker processes (count 1: none, the main process serves).
+    workers: "WorkersConfig" = attrs.field(factory=_one_process)
 
     @property
     def sections(self) -> Mapping[str, Any]:

@@ -97,6 +97,11 @@ class SpoolDisk:
     def tag(self) -> str:
         return self.files.tag
 
+    @tag.setter
+    def tag(self, tag: str) -> None:
+        """An intake worker takes the tag its supervisor chose, so the main can sweep its temp files."""
+        self.files.tag = tag
+
     @property
     def node(self) -> Optional[str]:
         """Stamped into the provenance of what this spool accepts (intake, sendmail imports)."""
@@ -127,6 +132,16 @@ class SpoolDisk:
         """
         with self._lock_mutex:
             self._lock.acquire(wait)
+
+    def share_lock(self, fd: int) -> None:
+        """An intake worker holds the main process's lock through the inherited ``fd`` (L{SpoolLock.share})."""
+        with self._lock_mutex:
+            self._lock.share(fd)
+
+    @property
+    def lock_descriptor(self) -> Optional[int]:
+        """The descriptor through which this process holds the lock (None: not held)."""
+        return self._lock.descriptor
 
     def release_lock(self) -> None:
         self._lock.release()

@@ -176,6 +176,23 @@ class SpoolLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    def share(self, fd: int) -> None:
+        """
+        An intake worker process (L{gateway.workers}): hold the lock through ``fd``, the main
+        process's own lock descriptor inherited at spawn.  flock() belongs to the open file
+        description, so the worker holds the very lock the main took — no second daemon or
+        offline queue command can start while any process of this gateway lives — and intake
+        never tries (and fails) to take it exclusively for itself.
+        """
+        if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
+            raise SpoolError(f"descriptor {fd} is not the lock of spool {self._root}")
+        self._fd = fd
+
+    @property
+    def descriptor(self) -> Optional[int]:
+        """The descriptor through which this process holds the lock (None: not held)."""
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

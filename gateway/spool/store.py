@@ -133,6 +133,19 @@ class DirectorySpool:
         self._commit_listeners.append(callback)
         return lambda: self._commit_listeners.remove(callback) if callback in self._commit_listeners else None
 
+    def announce(self, queue_id: str) -> Deferred:
+        """
+        Another process of this gateway (an intake worker, L{gateway.workers}) committed
+        ``queue_id`` into queue/: read its record and tell the commit listeners (the queue
+        runner), as if this process had accepted it.  Fires with the entry, or None when it
+        is no longer queued (delivered or moved meanwhile).
+        """
+        def told(entry: SpoolEntry) -> SpoolEntry:
+            self._committed(entry)
+            return entry
+
+        return self.load(queue_id).addCallbacks(told, lambda f: f.trap(EntryMissing) and None)
+
     def _committed(self, entry: SpoolEntry) -> None:
         for callback in list(self._commit_listeners):
             try:

@@ -1,0 +1,180 @@
+"""
+An intake worker process: ``python -m gateway.workers.child`` (spawned by L{gateway.workers.
+supervisor}, never by hand).
+
+It loads the same configuration file as the main process (with the same command-line
+overrides), builds the same components with L{gateway.wiring.build_components}, and keeps
+only intake: the spool writer (on the main process's lock, L{SpoolDisk.share_lock}), the
+thread pools, AUTH, Redis, the policy chains and one SMTP factory per listener, each
+listening on the socket the main process bound.  The queue runner, the incoming watcher, the
+observers, the status endpoint and the ``[local]`` socket stay in the main process.
+
+It runs L{gateway.service.GatewayService} over those components, so start, SIGHUP (reload for
+new sessions, certificates) and stop (stop accepting, finish transactions in DATA within
+``queue.shutdown_grace``, 421 to the rest) are the single-process gateway's.  It stops the same
+way when the main process goes away (its end of descriptor 0 closes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import FileLogObserver, Logger, globalLogBeginner, jsonFileLogObserver
+
+from gateway.workers.channel import CONTROL_FD, LOCK_FD, LOG_FD, CommitNotifier, EndOfFileWatch
+
+#: Components of the full gateway that belong to the main process only (matched by class name,
+#: so a module moving between packages does not silently put a second queue runner here).
+MAIN_ONLY_SERVICES = frozenset({"QueueRunner", "IncomingWatcher", "ObserversService"})
+
+#: How long a stopping worker waits for closed sessions to write their last replies out.
+SESSION_FLUSH_LIMIT = 5.0
+SESSION_FLUSH_POLL = 0.01
+
+log = Logger(namespace="gateway.workers.child")
+
+
+@attrs.frozen
+class WorkerArguments:
+    config: Optional[str]
+    overrides: dict
+    index: int
+    tag: str
+    listeners: dict  # listener name -> descriptor
+
+
+def parse_arguments(argv: Sequence[str]) -> WorkerArguments:
+    parser = argparse.ArgumentParser(prog="graphsmtp-worker")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--overrides", default="{}")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--listener", action="append", default=[], help="NAME=FD")
+    args = parser.parse_args(list(argv))
+    listeners = {}
+    for item in args.listener:
+        name, _, fd = item.rpartition("=")
+        listeners[name] = int(fd)
+    return WorkerArguments(args.config or None, json.loads(args.overrides), args.index, args.tag, listeners)
+
+
+def worker_view(config: Any) -> Any:
+    """The configuration as a worker uses it: no status endpoint and no ``[local]`` socket."""
+    return attrs.evolve(config, status=attrs.evolve(config.status, endpoint=None),
+                        local=attrs.evolve(config.local, socket=None))
+
+
+class _NoDeliverer:
+    """Stands in for the deliverer a worker never builds (delivery is the main process's job)."""
+
+    def deliver(self, entry: Any) -> Any:  # pragma: no cover - the runner never runs here
+        raise RuntimeError("intake workers do not deliver")
+
+
+def _main_gone(reactor: Any) -> None:
+    """Descriptor 0 reached end of file: the main process exited (or was killed)."""
+    if reactor.running:
+        log.warn("the main process is gone; this worker stops")
+        reactor.stop()
+
+
+def build_worker(args: WorkerArguments, reactor: Any) -> Any:
+    """The worker's GatewayService, not started; raises ConfigError on a bad configuration."""
+    from gateway.config import ConfigError, load_config
+    from gateway.service import GatewayService
+    from gateway.wiring import build_components
+    from gateway.workers.sockets import adopted_service
+
+    def load() -> Any:
+        return worker_view(load_config(args.config, args.overrides, os.environ))
+
+    config = load()
+    # listen=False: no endpoint is set up here (a systemd: one would look for sockets systemd
+    # passed to the main process); each listener gets its adopted socket below.
+    components = build_components(config, reactor, deliverer=_NoDeliverer(), listen=False)
+    components.services = [s for s in components.services
+                            if type(s).__name__ not in MAIN_ONLY_SERVICES and s is not components.runner]
+    spool = components.spool
+    spool.disk.tag = args.tag
+    spool.disk.share_lock(LOCK_FD)
+    spool.on_commit(CommitNotifier(reactor).committed)
+    for part in components.listeners:
+        if part.config.name not in args.listeners:
+            raise ConfigError(f"listener.{part.config.name}", "was added after graphsmtp started: "
+                              "restart graphsmtp to listen on it")
+        part.service = adopted_service(reactor, part.config, part.factory, args.listeners[part.config.name])
+    return GatewayService(config, components, reactor, config_loader=load)
+
+
+def sessions_closed(components: Any, reactor: Any, limit: float = SESSION_FLUSH_LIMIT) -> Deferred:
+    """
+    Fires once every session the stop closed has gone (its last reply — a 250 for a message
+    that finished during the stop, then the 421 — written out), or after ``limit`` seconds.
+    The reactor's shutdown drops connections without writing what they still buffer, so the
+    worker waits for them before it lets the shutdown go on.
+    """
+    done: Deferred = Deferred()
+    deadline = reactor.seconds() + limit
+
+    def check() -> None:
+        open_sessions = sum(len(getattr(part.factory, "sessions", ())) for part in components.listeners)
+        if open_sessions == 0 or reactor.seconds() >= deadline:
+            done.callback(None)
+        else:
+            reactor.callLater(SESSION_FLUSH_POLL, check)
+
+    check()
+    return done
+
+
+def _start_logging() -> None:
+    from gateway.logging import level_filter, log_level
+
+    stream = os.fdopen(LOG_FD, "w", buffering=1, encoding="utf-8")
+    observer: FileLogObserver = jsonFileLogObserver(stream)
+    globalLogBeginner.beginLoggingTo([level_filter(observer, log_level(os.environ))],
+                                     redirectStandardIO=False, discardBuffer=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    _start_logging()
+    from twisted.internet import reactor
+
+    from gateway.config import ConfigError
+
+    try:
+        service = build_worker(args, reactor)
+    except ConfigError as e:
+        log.critical("worker {index}: configuration error: {error}", index=args.index, error=str(e))
+        return 78
+    EndOfFileWatch(reactor, CONTROL_FD, lambda: _main_gone(reactor))
+    status = {"code": 0}
+
+    def start() -> None:
+        try:
+            service.startService()
+        except SystemExit as e:
+            log.critical("worker {index}: {error}", index=args.index, error=str(e))
+            status["code"] = 1
+            reactor.stop()
+
+    def stop() -> Any:
+        if not service.running:
+            return None
+        return service.stopService().addBoth(lambda _: sessions_closed(service.components, reactor))
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()
+    return status["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

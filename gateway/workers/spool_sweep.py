@@ -1,0 +1,59 @@
+"""
+Blocking clean-up after an intake worker ended (run in a thread by the supervisor).
+
+A worker writes its temporary files as ``tmp/<tag>.*`` with a tag the supervisor chose, so the
+files a dead worker leaves behind are known exactly and removed at once instead of lying there
+until the next start-up's recovery.  A message whose record was renamed into queue/ just before
+the worker died may never have been announced to the main process: every queue id minted since
+the worker started that it did not announce is listed for announcing (announcing an entry the
+runner already knows only reschedules it at its recorded time).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Collection
+
+from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TIME_CHARS = 11
+
+
+def minted_at(queue_id: str) -> float:
+    """The POSIX time a queue id was minted (L{gateway.spool.queueid}: 11 base-32 time digits)."""
+    micros = 0
+    for char in queue_id[:_TIME_CHARS]:
+        micros = micros * 32 + _ALPHABET.index(char)
+    return micros / 1_000_000
+
+
+def unannounced_since(queue_dir: str, since: float, announced: Collection[str]) -> list[str]:
+    """Queue ids with a record in ``queue_dir``, minted at ``since`` or later, not in ``announced``."""
+    found = []
+    with os.scandir(queue_dir) as entries:
+        for entry in entries:
+            queue_id, _, suffix = entry.name.partition(".")
+            if suffix != "env" or len(queue_id) != QUEUE_ID_LENGTH or not is_queue_id(queue_id):
+                continue
+            if queue_id not in announced and minted_at(queue_id) >= since:
+                found.append(queue_id)
+    return sorted(found)
+
+
+def remove_temp_files(tmp_dir: str, tag: str) -> int:
+    """Remove ``tmp_dir/<tag>.*`` (a dead worker's unfinished messages); how many were removed."""
+    prefix = tag + "."
+    removed = 0
+    with os.scandir(tmp_dir) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+__all__ = ["minted_at", "unannounced_since", "remove_temp_files"]
