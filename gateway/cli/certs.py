@@ -70,7 +70,7 @@ def _write(path: str, data: bytes, mode: int, force: bool) -> None:
         os.close(fd)
 
 
-def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = None, stderr: TextIO = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     try:
         args = _parser().parse_args(argv)

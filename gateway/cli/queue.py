@@ -255,7 +255,7 @@ class QueueTool:
         return EX_OK
 
     @staticmethod
-    def _header_lines(path: str, limit: int = 64 * 1024) -> list[str]:
+    def _header_lines(path: str, limit: int = 64 * 1024) -> Sequence[str]:
         with open(path, "rb") as f:
             head = f.read(limit)
         end = head.find(b"\r\n\r\n")

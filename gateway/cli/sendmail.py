@@ -43,6 +43,17 @@ from typing import BinaryIO, Iterator, Optional, Sequence
 import attrs
 
 from gateway.cli import local_submit
+from gateway.cli.sendmail_args import Options, SendmailError, parse_args
+from gateway.cli.sysexits import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOPERM,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_USAGE,
+)
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.config.locate import ENVIRONMENT_VARIABLE, SYSTEM_CONFIG, locate_config
 from gateway.mail.addresses import canonical, parse_addr_spec
@@ -57,108 +68,8 @@ from gateway.spool.fileops import FileOps
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import new_queue_id
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
-EX_CONFIG = 78
-
 MAX_HEADER_BYTES = 1024 * 1024
 _WRITE_BATCH = 256 * 1024
-# Options that take a value (as the next argument or glued: -fuser@example.com).
-_WITH_VALUE = set("fFrCNRVXBhLp")
-# Flags accepted and ignored (they change queueing/verbosity in real sendmail).
-_IGNORED_FLAGS = set("vnmUGAi")
-_USAGE = (
-    "usage: graphsmtp-sendmail [-t] [-i|-oi] [-f sender] [-F full name] [--spool DIR | --config FILE]"
-    " [--] [recipient ...] < message"
-)
-
-
-class SendmailError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@attrs.define
-class Options:
-    recipients: list = attrs.field(factory=list)
-    extract: bool = False
-    ignore_dots: bool = False
-    sender: Optional[str] = None
-    full_name: Optional[str] = None
-    config: Optional[str] = None
-    spool: Optional[str] = None
-    verify: bool = False  # -bv: send a test message and wait for its outcome (gateway.cli.send_test)
-
-
-def parse_args(argv: Sequence[str]) -> Options:
-    opts = Options()
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            opts.recipients.extend(args[i:])
-            break
-        if arg == "--help":
-            raise SendmailError(EX_OK, _USAGE)
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            if name not in ("config", "spool"):
-                raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
-            if not eq:
-                if i >= len(args):
-                    raise SendmailError(EX_USAGE, f"option --{name} needs a value")
-                value, i = args[i], i + 1
-            setattr(opts, name, value)
-            continue
-        if not arg.startswith("-") or arg == "-":
-            opts.recipients.append(arg)
-            continue
-        flag, rest = arg[1], arg[2:]
-        if flag in _WITH_VALUE:
-            if not rest:
-                if i >= len(args):
-                    raise SendmailError(EX_USAGE, f"option -{flag} needs a value")
-                rest, i = args[i], i + 1
-            if flag in "fr":
-                opts.sender = rest
-            elif flag == "F":
-                opts.full_name = rest
-            elif flag == "C":
-                if os.path.isfile(rest) or rest.endswith(".toml"):
-                    opts.config = rest
-                else:
-                    opts.spool = rest
-            continue  # -N -R -V -X -B -h -L -p: DSN and tracing options, accepted and ignored
-        if flag == "o":
-            if not rest:
-                if i >= len(args):
-                    raise SendmailError(EX_USAGE, "option -o needs a value")
-                rest, i = args[i], i + 1
-            if rest == "i":
-                opts.ignore_dots = True
-            continue  # -odi -odb -oem -oep ...: delivery and error modes, ignored
-        if flag == "b":
-            opts.verify |= rest == "v"
-            if rest not in ("m", "", "v"):
-                raise SendmailError(EX_USAGE, f"mode -b{rest} is not supported (only -bm: read a message from standard input)")
-            continue
-        if flag == "q":
-            raise SendmailError(EX_USAGE, "queue runs (-q) are done by the daemon; use graphsmtp-queue retry --all")
-        letters = arg[1:]
-        if all(c in _IGNORED_FLAGS or c == "t" for c in letters):
-            opts.extract |= "t" in letters
-            opts.ignore_dots |= "i" in letters
-            continue
-        raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
-    return opts
 
 
 def _check_address(address: str, hostname: str, where: str) -> str:
@@ -400,7 +311,7 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
     from_field = _from_field(message, opts, settings.hostname, user, gecos)
     if settings.socket:
         try:
-            return submit_to_daemon(settings, message, from_field)
+            return submit_to_daemon(settings.socket, message, from_field)
         except local_submit.NotRunning as e:
             if not may_drop_off(settings.spool_dir):
                 raise SendmailError(EX_TEMPFAIL, f"the graphsmtp daemon is not running ({e}); message not "
@@ -474,11 +385,11 @@ def may_drop_off(spool_dir: str) -> bool:
         return False
 
 
-def submit_to_daemon(settings: Settings, message: Message, from_field: bytes) -> str:
+def submit_to_daemon(socket: str, message: Message, from_field: bytes) -> str:
     """Over the ``[local]`` socket: 0 only after the daemon's 250 (spool commit)."""
     header_section = from_field + b"".join(raw for _, raw in message.fields) + b"\r\n"
     try:
-        client = local_submit.connect(settings.socket, "localhost")
+        client = local_submit.connect(socket, "localhost")
         reply = local_submit.send(client, message.sender, message.recipients,
                                   itertools.chain((header_section, message.body_start), message.rest))
     except local_submit.Refused as e:
