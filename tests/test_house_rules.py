@@ -45,8 +45,6 @@ KNOWN_COMPLEX: frozenset[str] = frozenset({
     "gateway/cli/configcheck.py:check",
     "gateway/cli/online_check.py:check_online",
     "gateway/cli/queue.py:_run",
-    "gateway/cli/sendmail.py:load_submission_config",
-    "gateway/cli/sendmail.py:read_message",
     "gateway/config/graph.py:parse_graph_section",
     "gateway/config/loader.py:build_config",
     "gateway/config/loader.py:parse_listener",

@@ -69,7 +69,7 @@ from gateway.cli.queue_view import (
     summary_json,
     summary_lines,
 )
-from gateway.cli.sendmail import load_tool_config
+from gateway.cli.tool_config import load_tool_config
 from gateway.config import ConfigError
 from gateway.config.reader import parse_duration
 from gateway.spool.disk import (

@@ -252,7 +252,7 @@ def run(sender: Optional[str], recipient: str, config_path: Optional[str] = None
         use_direct: bool = False, timeout: float = 60.0, out: TextIO = sys.stdout, environ: Any = None,
         sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> int:
     """The whole command; also what ``graphsmtp-sendmail -bv`` calls.  Returns the exit status."""
-    from gateway.cli.sendmail import load_tool_config
+    from gateway.cli.tool_config import load_tool_config
     from gateway.config import ConfigError
 
     environ = os.environ if environ is None else environ

@@ -22,7 +22,8 @@ from gateway.cli.sysexits import EX_OK, EX_USAGE
 
 USAGE = (
     "usage: graphsmtp-sendmail [-t] [-i|-oi] [-f sender] [-F full name] [--spool DIR | --config FILE]"
-    " [--] [recipient ...] < message"
+    " [--] [recipient ...] < message\n"
+    "The message may hold no NUL octet and no line over 998 octets (RFC 5322); such input exits 65."
 )
 
 
