@@ -41,10 +41,6 @@ KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset({
 # "path:qualified name" of product functions above MAX_COMPLEXITY.  Target: empty.
 KNOWN_COMPLEX: frozenset[str] = frozenset({
     "gateway/auth/users.py:parse_users",
-    "gateway/cli/adopt.py:adopt",
-    "gateway/cli/configcheck.py:check",
-    "gateway/cli/online_check.py:check_online",
-    "gateway/cli/queue.py:_run",
     "gateway/config/graph.py:parse_graph_section",
     "gateway/config/loader.py:build_config",
     "gateway/config/loader.py:parse_listener",
