@@ -27,8 +27,7 @@ import sys
 from typing import Optional, Sequence, TextIO
 
 from gateway.certificates import KEY_TYPES, server_certificate
-
-EX_OK, EX_USAGE, EX_CANTCREAT = 0, 64, 73
+from gateway.cli.sysexits import EX_CANTCREAT, EX_OK, EX_USAGE
 
 WARNING = (
     "graphsmtp-certs: this is a SELF-SIGNED certificate, NOT FOR PRODUCTION: clients cannot "

@@ -69,6 +69,7 @@ from gateway.cli.queue_view import (
     summary_json,
     summary_lines,
 )
+from gateway.cli.sysexits import EX_CONFIG, EX_NOINPUT, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE
 from gateway.cli.tool_config import load_tool_config
 from gateway.config import ConfigError
 from gateway.config.reader import parse_duration
@@ -84,7 +85,6 @@ from gateway.spool.entry import SpoolEntry
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import is_queue_id
 
-EX_OK, EX_USAGE, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 66, 70, 75, 78
 EX_NOTFOUND = EX_NOINPUT  # no such message
 
 
