@@ -19,6 +19,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.cli import sendmail
+from gateway.cli.sendmail_args import SendmailError
+from gateway.cli.sendmail_input import LineRule
 from gateway.mail.lines import MESSAGE_LINE_LIMIT
 from gateway.spool.disk import SpoolDisk
 from gateway.testing.harness import start_gateway
@@ -113,3 +115,31 @@ class ThroughTheDaemonTests(TestCase):
         self.assertIn(b"998", err)
         self.assertEqual(SpoolDisk(gw.config.spool.directory).queue_ids(), [])
         self.assertEqual(gw.recorder.events, [])
+
+
+class LineRuleUnitTests(SynchronousTestCase):
+    """L{LineRule} on pieces as L{LineReader} hands them out: whole lines, long lines in parts."""
+
+    def check(self, *pieces: bytes) -> None:
+        rule = LineRule()
+        for piece in pieces:
+            rule.check(piece)
+
+    def test_line_at_the_limit_in_pieces(self) -> None:
+        self.check(b"a" * 500, b"b" * 498 + b"\r\n", b"c" * 998 + b"\r\n", b"short\r\n")
+
+    def test_line_over_the_limit_in_pieces(self) -> None:
+        e = self.assertRaises(SendmailError, self.check, b"a" * 500, b"b" * 499 + b"\r\n")
+        self.assertEqual(e.status, sendmail.EX_DATAERR)
+
+    def test_unfinished_line_over_the_limit(self) -> None:
+        self.assertRaises(SendmailError, self.check, b"ok\r\n", b"a" * 999)
+
+    def test_several_lines_in_one_piece(self) -> None:
+        # A lone CR becomes CRLF, so one piece may hold several lines; each counts alone.
+        self.check(b"a" * 998 + b"\r\n" + b"b" * 998 + b"\r\n" + b"c" * 10)
+        self.assertRaises(SendmailError, self.check, b"a\r\n" + b"b" * 999 + b"\r\nc\r\n")
+
+    def test_nul(self) -> None:
+        e = self.assertRaises(SendmailError, self.check, b"ok\r\n", b"a\0b\r\n")
+        self.assertIn("NUL", str(e))

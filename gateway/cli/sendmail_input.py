@@ -28,6 +28,7 @@ from gateway.smtp.headers import HeaderCollector
 
 MAX_HEADER_BYTES = 1024 * 1024
 _READ_SIZE = 1 << 20
+_SHORT_LINE = MESSAGE_LINE_LIMIT + 2  # a piece this long ending in CRLF holds no line over the limit
 
 
 class LineReader:
@@ -94,6 +95,8 @@ class LineRule:
     def check(self, piece: bytes) -> None:
         if b"\0" in piece:
             raise SendmailError(EX_DATAERR, "message refused: it contains a NUL octet, which RFC 5322 does not allow")
+        if not self._open and len(piece) <= _SHORT_LINE and piece.endswith(b"\r\n"):
+            return  # the common case, one short whole line: nothing to count
         lengths = [len(line) for line in piece.split(b"\r\n")]
         lengths[0] += self._open
         self._open = lengths[-1]
