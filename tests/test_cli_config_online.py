@@ -123,6 +123,26 @@ class OnlineCheckTests(TestCase):
         self.assertIn("FAILED: token endpoint unreachable (HTTP 503)", out)
         self.assertNotIn("MsalServiceError", out)
 
+    @inlineCallbacks
+    def test_valid_certificate_is_shown(self):
+        yield self.start()
+        cert = create_client_certificate(os.path.abspath(self.mktemp()), valid_days=30)
+        self.fake.register_certificate(cert.cert_pem)
+        code, out = yield self.check(self.write_config(
+            client_secret=None, certificate=cert.cert_path, certificate_key_file=cert.key_path))
+        self.assertEqual(code, 0, out)
+        self.assertRegex(out, r"certificate    thumbprint [0-9A-Fa-f]{40}, valid until \d{4}-")
+        self.assertIn(f"delivery       Microsoft Graph ({self.fake.graph_url})", out)
+        self.assertIn("tenant default ok: token issued", out)
+
+    @inlineCallbacks
+    def test_drafts_without_mail_readwrite_warn(self):
+        yield self.start(roles=("Mail.Send",))
+        code, out = yield self.check(self.write_config(hidden_recipients="draft"))
+        self.assertEqual(code, 0, out)
+        self.assertIn("permissions Mail.Send\n", out)
+        self.assertIn('no Mail.ReadWrite permission: messages that need a draft (graph.hidden_recipients = "draft")', out)
+
     def test_capture_configuration_skips(self):
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:

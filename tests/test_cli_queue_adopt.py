@@ -106,3 +106,24 @@ class AdoptTests(SynchronousTestCase):
         scan = self.successResultOf(daemon.scan_incoming())
         self.assertEqual(sorted((r.action, r.target) for r in scan.requests),
                          sorted([("retry", q) for q in self.ids[:3]] + [("hold", self.ids[3])]))
+
+    def test_same_id_with_other_content_is_left_in_place_and_reported(self):
+        import attrs
+
+        dead = SpoolDisk(self.dead)
+        here = SpoolDisk(self.here)
+        other = attrs.evolve(dead.load(self.ids[0]), message_digest="sha256:" + "0" * 64)
+        _copy_in(here, other)
+        self.assertEqual(self.adopt(), 65, self.lines)
+        self.assertIn(f"1 queue id(s) exist here with different content and were left in {self.dead}: {self.ids[0]}",
+                      "\n".join(self.lines))
+        self.assertEqual(dead.queue_ids(), [self.ids[0]])
+        self.assertEqual(here.load(self.ids[0]).message_digest, other.message_digest)
+
+    def test_a_directory_without_a_spool_is_refused(self):
+        self.lines = []
+        empty = os.path.abspath(self.mktemp())
+        os.makedirs(empty)
+        status = queue_cli.main(["--spool", self.here, "adopt", empty], environ={}, out=self.lines.append)
+        self.assertEqual(status, 66)
+        self.assertEqual(self.lines, [f"graphsmtp-queue: adopt: no spool at {empty} (no queue/ directory)"])

@@ -43,13 +43,6 @@ LAYERS: tuple[frozenset[str], ...] = (
 # "path:qualified name" of product functions above MAX_COMPLEXITY.  Target: empty.
 KNOWN_COMPLEX: frozenset[str] = frozenset({
     "gateway/config/users.py:parse_users",
-    "gateway/cli/adopt.py:adopt",
-    "gateway/cli/configcheck.py:check",
-    "gateway/cli/online_check.py:check_online",
-    "gateway/cli/queue.py:_run",
-    "gateway/cli/sendmail.py:load_submission_config",
-    "gateway/cli/sendmail.py:parse_args",
-    "gateway/cli/sendmail.py:read_message",
     "gateway/config/graph.py:parse_graph_section",
     "gateway/config/policy.py:parse_redis",
     "gateway/delivery/graph/deliverer.py:GraphDeliverer._deliver",

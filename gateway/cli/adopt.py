@@ -26,10 +26,11 @@ them in queue/.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import attrs
 
+from gateway.cli.sysexits import EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE
 from gateway.spool.disk import (
     ENV,
     MSG,
@@ -40,16 +41,15 @@ from gateway.spool.disk import (
 )
 from gateway.spool.entry import SpoolEntry
 
-EX_OK, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_DATAERR = 0, 66, 70, 75, 65
 CHUNK = 1 << 20
 
 
 @attrs.define
 class AdoptReport:
-    adopted: list = attrs.field(factory=list)
-    already: list = attrs.field(factory=list)
-    conflicts: list = attrs.field(factory=list)
-    held: list = attrs.field(factory=list)
+    adopted: list[str] = attrs.field(factory=list)
+    already: list[str] = attrs.field(factory=list)
+    conflicts: list[str] = attrs.field(factory=list)
+    held: list[str] = attrs.field(factory=list)
 
 
 def _known_here(disk: SpoolDisk, queue_id: str) -> str:
@@ -96,42 +96,68 @@ def _set_aside(source: SpoolDisk, directory: str, queue_id: str) -> None:
 def adopt(target: SpoolDisk, source_dir: str, out: Callable[[str], None]) -> int:
     """Adopt every entry of ``source_dir`` into ``target``; returns a sysexits status."""
     source = SpoolDisk(source_dir)
-    if os.path.realpath(source.layout.root) == os.path.realpath(target.layout.root):
-        out("graphsmtp-queue: adopt: DIR is this gateway's own spool")
-        return 64
-    if not os.path.isdir(source.layout.queue):
-        out(f"graphsmtp-queue: adopt: no spool at {source_dir} (no queue/ directory)")
-        return EX_NOINPUT
+    refused = _unusable_source(target, source, source_dir)
+    if refused is not None:
+        status, reason = refused
+        out(f"graphsmtp-queue: adopt: {reason}")
+        return status
     try:
         source.acquire_lock(wait=0.0)
     except SpoolBusy:
         out(f"graphsmtp-queue: adopt: a gateway still runs on {source_dir} (its spool is locked); stop it first")
         return EX_TEMPFAIL
-    report = AdoptReport()
     try:
         source.recover()  # finish DIR's half-done protocols (imports, moves) before reading it
-        for directory, held in ((source.layout.queue, False), (source.layout.held, True)):
-            try:
-                ids = source.queue_ids(directory)
-            except FileNotFoundError:
-                continue
-            for queue_id in ids:
-                entry = source.load(queue_id, directory)
-                where = _known_here(target, queue_id)
-                if where:
-                    mine = target.load(queue_id, where, quarantine=False)
-                    if entry.message_digest and mine.message_digest and entry.message_digest != mine.message_digest:
-                        report.conflicts.append(queue_id)
-                        continue
-                    report.already.append(queue_id)
-                else:
-                    _copy_in(target, entry)
-                    report.adopted.append(queue_id)
-                    if held:
-                        report.held.append(queue_id)
-                _set_aside(source, directory, queue_id)
+        report = _adopt_entries(target, source)
     finally:
         source.release_lock()
+    _schedule(target, report, out)
+    return _summary(report, source_dir, out)
+
+
+def _unusable_source(target: SpoolDisk, source: SpoolDisk, source_dir: str) -> Optional[tuple[int, str]]:
+    """Why DIR cannot be adopted (status and reason), or None."""
+    if os.path.realpath(source.layout.root) == os.path.realpath(target.layout.root):
+        return EX_USAGE, "DIR is this gateway's own spool"
+    if not os.path.isdir(source.layout.queue):
+        return EX_NOINPUT, f"no spool at {source_dir} (no queue/ directory)"
+    return None
+
+
+def _adopt_entries(target: SpoolDisk, source: SpoolDisk) -> AdoptReport:
+    """Every complete entry of DIR's queue/ and held/, in that order; DIR is locked and recovered."""
+    report = AdoptReport()
+    for directory, held in ((source.layout.queue, False), (source.layout.held, True)):
+        try:
+            ids = source.queue_ids(directory)
+        except FileNotFoundError:
+            continue
+        for queue_id in ids:
+            _adopt_entry(target, source, directory, queue_id, held, report)
+    return report
+
+
+def _adopt_entry(target: SpoolDisk, source: SpoolDisk, directory: str, queue_id: str, held: bool,
+                 report: AdoptReport) -> None:
+    """Steps 1-3 of the module docstring for one entry; a digest conflict leaves it in DIR."""
+    entry = source.load(queue_id, directory)
+    where = _known_here(target, queue_id)
+    if where:
+        mine = target.load(queue_id, where, quarantine=False)
+        if entry.message_digest and mine.message_digest and entry.message_digest != mine.message_digest:
+            report.conflicts.append(queue_id)
+            return
+        report.already.append(queue_id)
+    else:
+        _copy_in(target, entry)
+        report.adopted.append(queue_id)
+        if held:
+            report.held.append(queue_id)
+    _set_aside(source, directory, queue_id)
+
+
+def _schedule(target: SpoolDisk, report: AdoptReport, out: Callable[[str], None]) -> None:
+    """A running daemon is asked to schedule (or hold) the adopted entries; else held ones are held here."""
     requests = [ControlRequest("retry", q) for q in report.adopted if q not in report.held]
     requests += [ControlRequest("hold", q) for q in report.held]
     if requests and target.daemon_pid() is not None:
@@ -139,17 +165,24 @@ def adopt(target: SpoolDisk, source_dir: str, out: Callable[[str], None]) -> int
             target.request_control(request)
         out(f"asked the running daemon to schedule {len(report.adopted)} adopted message(s)")
     elif report.held:
-        try:
-            target.acquire_lock(wait=0.0)
-        except SpoolBusy:  # a daemon started just now: ask it instead
-            for queue_id in report.held:
-                target.request_control(ControlRequest("hold", queue_id))
-        else:
-            try:
-                for queue_id in report.held:
-                    target.hold(queue_id)
-            finally:
-                target.release_lock()
+        _hold_offline(target, report.held)
+
+
+def _hold_offline(target: SpoolDisk, queue_ids: list[str]) -> None:
+    try:
+        target.acquire_lock(wait=0.0)
+    except SpoolBusy:  # a daemon started just now: ask it instead
+        for queue_id in queue_ids:
+            target.request_control(ControlRequest("hold", queue_id))
+        return
+    try:
+        for queue_id in queue_ids:
+            target.hold(queue_id)
+    finally:
+        target.release_lock()
+
+
+def _summary(report: AdoptReport, source_dir: str, out: Callable[[str], None]) -> int:
     out(f"adopted {len(report.adopted)} message(s) from {source_dir}"
         + (f"; {len(report.already)} were already here" if report.already else "")
         + (f"; {len(report.held)} kept on hold" if report.held else ""))

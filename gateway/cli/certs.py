@@ -27,8 +27,7 @@ import sys
 from typing import Optional, Sequence, TextIO
 
 from gateway.certificates import KEY_TYPES, server_certificate
-
-EX_OK, EX_USAGE, EX_CANTCREAT = 0, 64, 73
+from gateway.cli.sysexits import EX_CANTCREAT, EX_OK, EX_USAGE
 
 WARNING = (
     "graphsmtp-certs: this is a SELF-SIGNED certificate, NOT FOR PRODUCTION: clients cannot "
@@ -70,7 +69,7 @@ def _write(path: str, data: bytes, mode: int, force: bool) -> None:
         os.close(fd)
 
 
-def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = None, stderr: TextIO = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     try:
         args = _parser().parse_args(argv)

@@ -11,20 +11,18 @@ token (L{gateway.cli.online_check}).
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
 from gateway.cli.sysexits import EX_CONFIG, EX_SOFTWARE, SysexitsArgumentParser
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig, ListenerConfig, load_config
+
+if TYPE_CHECKING:  # the wiring is imported when a check runs, not when the command starts
+    from gateway.wiring import Components
 
 
 def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
-    from twisted.internet import reactor
-
-    from gateway.wiring import build_components
-
     try:
-        config = load_config(path)
-        components = build_components(config, reactor, listen=False)
+        config, components = _build(path)
     except ConfigError as e:
         where = "" if e.source else f"{path or '(defaults)'}: "
         out.write(f"graphsmtp-config: {where}{e}\n")
@@ -33,33 +31,54 @@ def check(path: Optional[str], out: TextIO, online: bool = False) -> int:
         out.write(f"graphsmtp-config: {path or '(defaults)'}: internal error while checking ({type(e).__name__})\n")
         return EX_SOFTWARE
     out.write(f"{path or '(built-in defaults)'}: OK\n")
+    _describe_plugins(config, components, out)
+    _describe_delivery(config, out)
+    for part in components.listeners:
+        _describe_listener(part.config, out)
+    if online:
+        from gateway.cli.online_check import check_online
+
+        return check_online(config, out)
+    return 0
+
+
+def _build(path: Optional[str]) -> tuple[GatewayConfig, Components]:
+    """Every component as ``twistd graphsmtp`` builds it, without binding a port."""
+    from twisted.internet import reactor
+
+    from gateway.wiring import build_components
+
+    config = load_config(path)
+    return config, build_components(config, reactor, listen=False)
+
+
+def _describe_plugins(config: GatewayConfig, components: Components, out: TextIO) -> None:
     for module, error in sorted(components.broken_plugins.items()):
         # Not fatal (start-up is not refused either) but never silent: a policy it provides is missing.
         out.write(f"  WARNING        plugin module {module} failed to import: {error}\n")
     for directory in config.plugin_paths:
         out.write(f"  plugin path    {directory}\n")
     components.plugin_search.undo()  # checked in-process (tests, reload checks): leave no trace
+
+
+def _describe_delivery(config: GatewayConfig, out: TextIO) -> None:
     out.write(f"  host name      {config.hostname}\n")
     out.write(f"  spool          {config.spool.directory}\n")
     if config.deliverer == "capture":
         out.write(f"  delivery       capture outbox {config.capture.outbox} (no Graph credentials: nothing is sent)\n")
     else:
         out.write(f"  delivery       Microsoft Graph ({config.graph.graph_url})\n")
-    for part in components.listeners:
-        listener = part.config
-        policies = ", ".join(ref.use for ref in listener.policies) or "none"
-        trusted = ", ".join(str(n) for n in listener.trusted_networks) or "none"
-        out.write(
-            f"  listener {listener.name:<8} {listener.endpoint}  tls={listener.tls} auth={listener.auth} "
-            f"size={listener.limits.max_message_size} trusted={trusted} policies={policies}\n"
-        )
-        if "systemd:" in listener.endpoint:
-            out.write(f"  {'':<17} socket passed by systemd (checked, not bound: see graphsmtp-smtp.socket)\n")
-    if online:
-        from gateway.cli.online_check import check_online
 
-        return check_online(config, out)
-    return 0
+
+def _describe_listener(listener: ListenerConfig, out: TextIO) -> None:
+    policies = ", ".join(ref.use for ref in listener.policies) or "none"
+    trusted = ", ".join(str(n) for n in listener.trusted_networks) or "none"
+    out.write(
+        f"  listener {listener.name:<8} {listener.endpoint}  tls={listener.tls} auth={listener.auth} "
+        f"size={listener.limits.max_message_size} trusted={trusted} policies={policies}\n"
+    )
+    if "systemd:" in listener.endpoint:
+        out.write(f"  {'':<17} socket passed by systemd (checked, not bound: see graphsmtp-smtp.socket)\n")
 
 
 def list_plugins(kind: str, out: TextIO, markdown: bool = False, config_path: Optional[str] = None) -> int:

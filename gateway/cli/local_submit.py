@@ -14,11 +14,10 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
-EX_DATAERR = 65
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
+from gateway.cli.sysexits import EX_DATAERR, EX_NOPERM, EX_TEMPFAIL
+
 TIMEOUT = 300.0
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}\b")
 _BATCH = 256 * 1024
@@ -44,7 +43,7 @@ class _UnixSMTP(smtplib.SMTP):
         # A fixed name: smtplib would otherwise resolve this host's FQDN (a DNS lookup).
         super().__init__(local_hostname="localhost", timeout=timeout)
 
-    def _get_socket(self, host, port, timeout):  # noqa: ANN001 - smtplib's signature
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -124,9 +123,8 @@ def _stream(client: smtplib.SMTP, lines: Iterable[bytes]) -> None:
     client.send(b"".join(batch))
 
 
-def _expect(client: smtplib.SMTP, code: int, text: bytes, wanted, stage: str) -> None:
-    wanted = wanted if isinstance(wanted, tuple) else (wanted,)
-    if code in wanted:
+def _expect(client: smtplib.SMTP, code: int, text: bytes, wanted: Union[int, tuple[int, ...]], stage: str) -> None:
+    if code in (wanted if isinstance(wanted, tuple) else (wanted,)):
         return
     reply = " ".join(text.decode("utf-8", "replace").split())
     try:

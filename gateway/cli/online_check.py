@@ -19,71 +19,88 @@ import base64
 import datetime
 import json
 import time
-from typing import Any, Callable, Optional, TextIO
+from typing import Callable, Optional, TextIO
 
-from gateway.delivery.graph.credentials import credentials_from_config
+from gateway.cli.sysexits import EX_CONFIG, EX_OK, EX_TEMPFAIL
+from gateway.config import GatewayConfig
+from gateway.config.graph import CertificateConfig, GraphConfig
+from gateway.delivery.graph.credentials import TenantCredentials, credentials_from_config
 from gateway.delivery.graph.entra_errors import MAIL_SEND_MISSING, Explanation, explain
 from gateway.delivery.graph.token import (
+    AccessToken,
     TokenError,
     TokenProviders,
     classify_result,
     msal_http_session,
 )
 
-EX_OK = 0
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
 
-
-def check_online(config: Any, out: TextIO, now: Callable[[], float] = time.time) -> int:
+def check_online(config: GatewayConfig, out: TextIO, now: Callable[[], float] = time.time) -> int:
     """Probe the configured tenant; write one block of lines to ``out``; return the exit status."""
     if config.deliverer != "graph":
         out.write("  online check   skipped: no [graph] credentials (capture delivery sends nothing)\n")
         return EX_OK
-    graph = config.graph
+    graph: GraphConfig = config.graph
     credentials = credentials_from_config(graph)
-    status = EX_OK
-    certificate = graph.certificate
-    if certificate is not None:
-        expiry = _certificate_expiry(certificate.certificate_pem)
-        if expiry is not None and expiry < now():
-            out.write(f"  certificate    EXPIRED on {_date(expiry)} (thumbprint {certificate.thumbprint}); "
-                      "create a new certificate, upload it under App registrations > Certificates & secrets "
-                      "and update graph.certificate\n")
-            status = EX_CONFIG
-        elif expiry is not None:
-            out.write(f"  certificate    thumbprint {certificate.thumbprint}, valid until {_date(expiry)}\n")
+    status = _check_certificate(graph.certificate, out, now)
+    try:
+        token = _token(graph, credentials, now)
+    except TokenError as e:
+        _failed(out, credentials.label, explain(e.code, e.description, transient=not e.is_config))
+        return EX_CONFIG if e.is_config else EX_TEMPFAIL
+    return _check_permissions(graph, credentials.label, token, out, now) or status
+
+
+def _check_certificate(certificate: Optional[CertificateConfig], out: TextIO, now: Callable[[], float]) -> int:
+    """An expired certificate is an admin's job (EX_CONFIG), even if Entra still issues a token."""
+    expiry = _certificate_expiry(certificate.certificate_pem) if certificate is not None else None
+    if certificate is None or expiry is None:
+        return EX_OK
+    if expiry < now():
+        out.write(f"  certificate    EXPIRED on {_date(expiry)} (thumbprint {certificate.thumbprint}); "
+                  "create a new certificate, upload it under App registrations > Certificates & secrets "
+                  "and update graph.certificate\n")
+        return EX_CONFIG
+    out.write(f"  certificate    thumbprint {certificate.thumbprint}, valid until {_date(expiry)}\n")
+    return EX_OK
+
+
+def _token(graph: GraphConfig, credentials: TenantCredentials, now: Callable[[], float]) -> AccessToken:
+    """A token as the daemon would get it; a failed tenant discovery is asked again for Entra's reason."""
     proxies = {"https": graph.https_proxy} if graph.https_proxy else None
     tokens = TokenProviders(None, None, verify=graph.verify, proxies=proxies, timeout=graph.token_timeout)
     try:
-        token = tokens.acquire_blocking(credentials, now)
+        return tokens.acquire_blocking(credentials, now)
     except TokenError as e:
         if e.code == "authority":
-            e = _discovery_error(graph, proxies) or e
-        explanation = explain(e.code, e.description, transient=not e.is_config)
-        _failed(out, credentials.label, explanation)
-        return EX_CONFIG if e.is_config else EX_TEMPFAIL
+            raise (_discovery_error(graph, proxies) or e) from None
+        raise
     finally:
         tokens.close()
+
+
+def _check_permissions(graph: GraphConfig, label: str, token: AccessToken, out: TextIO,
+                       now: Callable[[], float]) -> int:
+    """Mail.Send must be granted; Mail.ReadWrite too when the configuration needs drafts (else a warning)."""
     minutes = max(0, int((token.expires_at - now()) // 60))
     roles = token_roles(token.reveal())
     if roles is None:
-        out.write(f"  tenant {credentials.label:<7} ok: token issued (expires in {minutes} min); the token does not "
+        out.write(f"  tenant {label:<7} ok: token issued (expires in {minutes} min); the token does not "
                   "show its permissions, Mail.Send not checked\n")
-        return status
+        return EX_OK
     if "Mail.Send" not in roles:
-        _failed(out, credentials.label, Explanation("consent", MAIL_SEND_MISSING[0], MAIL_SEND_MISSING[1]))
+        _failed(out, label, Explanation("consent", MAIL_SEND_MISSING[0], MAIL_SEND_MISSING[1]))
         return EX_CONFIG
     granted = ", ".join(sorted(r for r in roles if r.startswith("Mail.")))
-    out.write(f"  tenant {credentials.label:<7} ok: token issued (expires in {minutes} min), permissions {granted}\n")
+    out.write(f"  tenant {label:<7} ok: token issued (expires in {minutes} min), permissions {granted}\n")
     if (graph.large_messages or graph.hidden_recipients == "draft") and "Mail.ReadWrite" not in roles:
         reason = "graph.hidden_recipients = \"draft\"" if graph.hidden_recipients == "draft" else "graph.large_messages"
         out.write(f"  warning        no Mail.ReadWrite permission: messages that need a draft ({reason}) will "
                   "fail; grant it (admin consent) or turn that setting off\n")
-    return status
+    return EX_OK
 
 
-def token_roles(token: str) -> Optional[list]:
+def token_roles(token: str) -> Optional[list[str]]:
     """The ``roles`` claim of a JWT access token (not verified: only read), or None if unreadable."""
     parts = token.split(".")
     if len(parts) != 3:
@@ -101,7 +118,7 @@ def _failed(out: TextIO, label: str, explanation: Explanation) -> None:
     out.write(f"    action: {explanation.action}\n")
 
 
-def _discovery_error(graph: Any, proxies: Optional[dict]) -> Optional[TokenError]:
+def _discovery_error(graph: GraphConfig, proxies: Optional[dict[str, str]]) -> Optional[TokenError]:
     """
     MSAL reports a failed tenant discovery without Entra's answer; ask once more ourselves so
     the admin sees the AADSTS code (90002: tenant not found).

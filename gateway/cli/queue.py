@@ -56,7 +56,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import attrs
 
@@ -69,7 +69,8 @@ from gateway.cli.queue_view import (
     summary_json,
     summary_lines,
 )
-from gateway.cli.sendmail import load_tool_config
+from gateway.cli.sysexits import EX_CONFIG, EX_NOINPUT, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE
+from gateway.cli.tool_config import load_tool_config
 from gateway.config import ConfigError
 from gateway.config.reader import parse_duration
 from gateway.spool.disk import (
@@ -84,7 +85,6 @@ from gateway.spool.entry import SpoolEntry
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import is_queue_id
 
-EX_OK, EX_USAGE, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 66, 70, 75, 78
 EX_NOTFOUND = EX_NOINPUT  # no such message
 
 
@@ -255,7 +255,7 @@ class QueueTool:
         return EX_OK
 
     @staticmethod
-    def _header_lines(path: str, limit: int = 64 * 1024) -> list[str]:
+    def _header_lines(path: str, limit: int = 64 * 1024) -> Sequence[str]:
         with open(path, "rb") as f:
             head = f.read(limit)
         end = head.find(b"\r\n\r\n")
@@ -424,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, environ=None, out: Callable[[str], None] = print,
+def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None, out: Callable[[str], None] = print,
          clock: Callable[[], float] = time.time) -> int:
     try:
         return _run(argv, os.environ if environ is None else environ, out, clock)
@@ -446,12 +446,19 @@ def _complain(message: str) -> None:
     print("graphsmtp-queue: " + " ".join(message.split()), file=sys.stderr)
 
 
-def _run(argv: Optional[Sequence[str]], environ, out: Callable[[str], None], clock: Callable[[], float]) -> int:
+def _run(argv: Optional[Sequence[str]], environ: Mapping[str, str], out: Callable[[str], None],
+         clock: Callable[[], float]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help
         return EX_OK if e.code == 0 else EX_USAGE
+    return _dispatch(_open_tool(args, environ, out, clock), args, out)
+
+
+def _open_tool(args: argparse.Namespace, environ: Mapping[str, str], out: Callable[[str], None],
+               clock: Callable[[], float]) -> QueueTool:
+    """The tool on the configured spool; a missing spool is a configuration error, not an empty queue."""
     try:
         config = load_tool_config(args.config, args.spool, environ)
     except ConfigError as e:
@@ -459,25 +466,29 @@ def _run(argv: Optional[Sequence[str]], environ, out: Callable[[str], None], clo
     spool_dir = config.spool.directory
     if not os.path.isdir(os.path.join(spool_dir, "queue")):
         raise QueueToolError(EX_CONFIG, f"no spool at {spool_dir} (wrong --config or --spool?)")
-    tool = QueueTool(SpoolDisk(spool_dir), out, now=clock, wait=args.wait)
-    if args.command in ("list", "failed"):
+    return QueueTool(SpoolDisk(spool_dir), out, now=clock, wait=args.wait)
+
+
+def _dispatch(tool: QueueTool, args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    command = args.command
+    if command in ("list", "failed"):
         filters = Filters(mailbox=args.mailbox, older_than=args.older_than, reason=args.reason)
-        return (tool.list if args.command == "list" else tool.failed)(filters, as_json=args.json)
-    if args.command == "show":
+        return (tool.list if command == "list" else tool.failed)(filters, as_json=args.json)
+    if command == "show":
         return tool.show(args.queue_id, as_json=args.json)
-    if args.command == "summary":
+    if command == "summary":
         return tool.summary(args.by, args.state, as_json=args.json)
-    if args.command in ("hold", "release"):
-        return (tool.hold if args.command == "hold" else tool.release)(args.queue_id, args.all, args.mailbox)
-    if args.command == "delete":
+    if command in ("hold", "release"):
+        return (tool.hold if command == "hold" else tool.release)(args.queue_id, args.all, args.mailbox)
+    if command == "delete":
         return tool.delete(args.queue_id)
-    if args.command == "requeue":
+    if command == "requeue":
         return tool.requeue(args.queue_id)
-    if args.command == "adopt":
+    if command == "adopt":
         from gateway.cli.adopt import adopt
 
         return adopt(tool.disk, args.directory, out)
-    if args.command == "flush":
+    if command == "flush":
         return tool.retry(None)
     return tool.retry(None if args.all else args.queue_id)
 

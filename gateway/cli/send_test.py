@@ -34,17 +34,17 @@ import socket
 import sys
 import time
 from email.utils import format_datetime, make_msgid
-from typing import Any, Callable, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, TextIO
 
 import attrs
 
-from gateway.cli.sysexits import SysexitsArgumentParser
+from gateway.cli.sysexits import EX_CONFIG, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, SysexitsArgumentParser
 
-EX_OK = 0
-EX_USAGE = 64
-EX_UNAVAILABLE = 69
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+if TYPE_CHECKING:  # imported where used: the command starts without loading the spool or the config
+    from gateway.config import GatewayConfig
+    from gateway.spool.disk import SpoolDisk
+    from gateway.spool.entry import SpoolEntry
+
 
 POLL_INTERVAL = 0.5
 
@@ -116,8 +116,8 @@ def advice(reason: str) -> str:
 
 # -- through the running daemon ------------------------------------------------------------
 
-def via_daemon(config: Any, sender: str, recipient: str, timeout: float, out: TextIO,
-               environ: Any, sleep: Callable[[float], None], now: Callable[[], float],
+def via_daemon(config: GatewayConfig, sender: str, recipient: str, timeout: float, out: TextIO,
+               environ: Mapping[str, str], sleep: Callable[[float], None], now: Callable[[], float],
                config_path: Optional[str] = None) -> Result:
     from gateway.cli.sendmail import Options, SendmailError, submit
     from gateway.spool.disk import SpoolDisk
@@ -162,7 +162,7 @@ def via_daemon(config: Any, sender: str, recipient: str, timeout: float, out: Te
         sleep(POLL_INTERVAL)
 
 
-def spool_state(disk: Any, queue_id: str) -> tuple[str, Any, str]:
+def spool_state(disk: SpoolDisk, queue_id: str) -> tuple[str, Optional[SpoolEntry], str]:
     """
     ``(state, entry, reason)`` with state ``incoming``, ``queued``, ``failed`` or ``delivered``.
     Checked in the order the daemon moves an entry (incoming → queue → failed/archive/gone), so
@@ -184,7 +184,7 @@ def spool_state(disk: Any, queue_id: str) -> tuple[str, Any, str]:
     return "delivered", None, ""
 
 
-def _expected_mailbox(config: Any, sender: str) -> str:
+def _expected_mailbox(config: GatewayConfig, sender: str) -> str:
     graph = getattr(config, "graph", None)
     send_as = getattr(graph, "send_as", "header-from") if graph is not None else "header-from"
     return send_as if "@" in str(send_as) else sender
@@ -192,7 +192,7 @@ def _expected_mailbox(config: Any, sender: str) -> str:
 
 # -- directly to Graph --------------------------------------------------------------------
 
-def direct(config: Any, sender: str, recipient: str, out: TextIO, now: Callable[[], float]) -> Result:
+def direct(config: GatewayConfig, sender: str, recipient: str, out: TextIO, now: Callable[[], float]) -> Result:
     """A token and one MIME ``sendMail`` request, in this process (no daemon, no spool)."""
     from urllib.parse import quote
 
@@ -249,10 +249,10 @@ def direct(config: Any, sender: str, recipient: str, out: TextIO, now: Callable[
 # -- command line -------------------------------------------------------------------------
 
 def run(sender: Optional[str], recipient: str, config_path: Optional[str] = None, spool: Optional[str] = None,
-        use_direct: bool = False, timeout: float = 60.0, out: TextIO = sys.stdout, environ: Any = None,
+        use_direct: bool = False, timeout: float = 60.0, out: TextIO = sys.stdout, environ: Optional[Mapping[str, str]] = None,
         sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> int:
     """The whole command; also what ``graphsmtp-sendmail -bv`` calls.  Returns the exit status."""
-    from gateway.cli.sendmail import load_tool_config
+    from gateway.cli.tool_config import load_tool_config
     from gateway.config import ConfigError
 
     environ = os.environ if environ is None else environ

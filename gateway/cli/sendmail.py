@@ -23,7 +23,8 @@ configuration.  With no configuration at all, or a spool no daemon has ever set 
 nothing: queueing into a directory nobody reads would strand the mail while reporting success.
 
 Exit status follows sysexits.h, with one line on standard error: 0 accepted, 64 usage, 65 bad
-message or address (or refused by the daemon), 70 internal error, 73 cannot create the spool
+message or address (or refused by the daemon; a NUL octet or a line over 998 octets is refused
+on both paths, as the SMTP intake refuses it: L{gateway.cli.sendmail_input}), 70 internal error, 73 cannot create the spool
 files, 75 temporary failure (disk full, daemon down, 4xx: try again), 77 permission denied
 (refused by a 5.7.x policy or sender check), 78 configuration error.
 """
@@ -38,193 +39,37 @@ import pwd
 import sys
 import time
 from email.utils import format_datetime
-from typing import BinaryIO, Iterator, Optional, Sequence
+from typing import BinaryIO, Iterable, Mapping, Optional, Sequence
 
 import attrs
 
 from gateway.cli import local_submit
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.config.locate import ENVIRONMENT_VARIABLE, SYSTEM_CONFIG, locate_config
-from gateway.mail.addresses import canonical, parse_addr_spec
+from gateway.cli.sendmail_args import Options, SendmailError, parse_args
+from gateway.cli.sendmail_input import Message, read_message
+from gateway.cli.sysexits import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOPERM,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_USAGE,
+)
+from gateway.cli.tool_config import load_submission_config
+from gateway.config import ConfigError
+from gateway.config.locate import SYSTEM_CONFIG
 from gateway.mail.errors import MailRefusal
-from gateway.mail.fields import split_fields
 from gateway.mail.message import choose_sending_mailbox, parse_header_section
 from gateway.policy.headers import format_address
-from gateway.smtp.headers import HeaderCollector, header_line, missing_headers
+from gateway.smtp.headers import header_line, missing_headers
 from gateway.spool.disk import SpoolDisk, TempMessage
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.fileops import FileOps
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import new_queue_id
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
-EX_CONFIG = 78
-
-MAX_HEADER_BYTES = 1024 * 1024
 _WRITE_BATCH = 256 * 1024
-# Options that take a value (as the next argument or glued: -fuser@example.com).
-_WITH_VALUE = set("fFrCNRVXBhLp")
-# Flags accepted and ignored (they change queueing/verbosity in real sendmail).
-_IGNORED_FLAGS = set("vnmUGAi")
-_USAGE = (
-    "usage: graphsmtp-sendmail [-t] [-i|-oi] [-f sender] [-F full name] [--spool DIR | --config FILE]"
-    " [--] [recipient ...] < message"
-)
-
-
-class SendmailError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@attrs.define
-class Options:
-    recipients: list = attrs.field(factory=list)
-    extract: bool = False
-    ignore_dots: bool = False
-    sender: Optional[str] = None
-    full_name: Optional[str] = None
-    config: Optional[str] = None
-    spool: Optional[str] = None
-    verify: bool = False  # -bv: send a test message and wait for its outcome (gateway.cli.send_test)
-
-
-def parse_args(argv: Sequence[str]) -> Options:
-    opts = Options()
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            opts.recipients.extend(args[i:])
-            break
-        if arg == "--help":
-            raise SendmailError(EX_OK, _USAGE)
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            if name not in ("config", "spool"):
-                raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
-            if not eq:
-                if i >= len(args):
-                    raise SendmailError(EX_USAGE, f"option --{name} needs a value")
-                value, i = args[i], i + 1
-            setattr(opts, name, value)
-            continue
-        if not arg.startswith("-") or arg == "-":
-            opts.recipients.append(arg)
-            continue
-        flag, rest = arg[1], arg[2:]
-        if flag in _WITH_VALUE:
-            if not rest:
-                if i >= len(args):
-                    raise SendmailError(EX_USAGE, f"option -{flag} needs a value")
-                rest, i = args[i], i + 1
-            if flag in "fr":
-                opts.sender = rest
-            elif flag == "F":
-                opts.full_name = rest
-            elif flag == "C":
-                if os.path.isfile(rest) or rest.endswith(".toml"):
-                    opts.config = rest
-                else:
-                    opts.spool = rest
-            continue  # -N -R -V -X -B -h -L -p: DSN and tracing options, accepted and ignored
-        if flag == "o":
-            if not rest:
-                if i >= len(args):
-                    raise SendmailError(EX_USAGE, "option -o needs a value")
-                rest, i = args[i], i + 1
-            if rest == "i":
-                opts.ignore_dots = True
-            continue  # -odi -odb -oem -oep ...: delivery and error modes, ignored
-        if flag == "b":
-            opts.verify |= rest == "v"
-            if rest not in ("m", "", "v"):
-                raise SendmailError(EX_USAGE, f"mode -b{rest} is not supported (only -bm: read a message from standard input)")
-            continue
-        if flag == "q":
-            raise SendmailError(EX_USAGE, "queue runs (-q) are done by the daemon; use graphsmtp-queue retry --all")
-        letters = arg[1:]
-        if all(c in _IGNORED_FLAGS or c == "t" for c in letters):
-            opts.extract |= "t" in letters
-            opts.ignore_dots |= "i" in letters
-            continue
-        raise SendmailError(EX_USAGE, f"unknown option {arg} (see --help)")
-    return opts
-
-
-def _check_address(address: str, hostname: str, where: str) -> str:
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1]
-    if not address or len(address) > 254:
-        raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}")
-    if "@" not in address:
-        if any(c.isspace() or ord(c) < 32 or c in "<>()," for c in address):
-            raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}")
-        address = f"{address}@{hostname}"  # a local name, as sendmail qualifies it
-    try:
-        return parse_addr_spec(address).address
-    except MailRefusal:
-        raise SendmailError(EX_DATAERR, f"invalid address {address!r} in {where}") from None
-
-
-def _unique(addresses: list[str]) -> list[str]:
-    seen, result = set(), []
-    for a in addresses:
-        key = canonical(a) or a.lower()
-        if key not in seen:
-            seen.add(key)
-            result.append(a)
-    return result
-
-
-class LineReader:
-    """
-    Standard input as CRLF lines: LF, CRLF and lone CR all become CRLF; unless ``ignore_dots``
-    a line holding only "." ends the message (classic sendmail).  Over-long lines are passed
-    on in pieces so memory stays bounded.
-    """
-
-    def __init__(self, stream: BinaryIO, ignore_dots: bool) -> None:
-        self._stream = stream
-        self._ignore_dots = ignore_dots
-        self._carry = b""
-        self._mid_line = False
-        self.ended_by_dot = False
-
-    def __iter__(self):
-        while True:
-            piece = self._stream.readline(1 << 20)
-            if not piece:
-                if self._carry:
-                    yield self._carry.replace(b"\r", b"\r\n")
-                    self._carry = b""
-                return
-            piece = self._carry + piece
-            self._carry = b""
-            if piece.endswith(b"\n"):
-                content = piece[:-1]
-                if content.endswith(b"\r"):
-                    content = content[:-1]
-                if content == b"." and not self._ignore_dots and not self._mid_line:
-                    self.ended_by_dot = True
-                    return
-                self._mid_line = False
-                yield content.replace(b"\r", b"\r\n") + b"\r\n"
-            else:
-                if piece.endswith(b"\r"):
-                    piece, self._carry = piece[:-1], b"\r"
-                self._mid_line = True
-                yield piece.replace(b"\r", b"\r\n")
 
 
 class _OwnerFileOps(FileOps):
@@ -245,71 +90,6 @@ def _user() -> tuple[str, str]:
         return pw.pw_name, (pw.pw_gecos or "").split(",")[0]
     except KeyError:
         return str(os.getuid()), ""
-
-
-class NoConfiguration(ConfigError):
-    """Neither --config, $GRAPHSMTP_CONFIG nor the system configuration file exists."""
-
-    def __init__(self, system_config: str) -> None:
-        super().__init__("--config", f"no configuration found (give --config FILE, set GRAPHSMTP_CONFIG "
-                                     f"or create {system_config})")
-
-
-def load_tool_config(config: Optional[str], spool: Optional[str], environ,
-                     system_config: str = SYSTEM_CONFIG, required: bool = False) -> GatewayConfig:
-    """
-    The configuration the command-line tools use, found as the daemon finds it
-    (L{locate_config}), with ``spool`` overriding the spool directory.  The system file is
-    not consulted when a spool is named.  ``required``: no file at all (and no spool named)
-    is L{NoConfiguration} rather than the built-in defaults.  Raises L{ConfigError}.
-    """
-    if spool and not config:
-        config_path = environ.get(ENVIRONMENT_VARIABLE) or None
-    else:
-        config_path = locate_config(config, environ, system_config)
-    if config_path is None and required and not spool:
-        raise NoConfiguration(system_config)
-    return load_config(config_path, {"spool": spool} if spool else {}, environ)
-
-
-#: What graphsmtp-sendmail reads from the configuration: where the spool and the [local] socket
-#: are, the host name, header defaults and size limits.  Everything else stays unread — above
-#: all the daemon's private files ([graph] secrets, the [auth] users file, Redis passwords:
-#: chmod 600, or systemd credentials only the daemon gets), which any other user's sendmail
-#: could not read, so it failed with EX_CONFIG in every deployment that has them.
-_SUBMISSION_SECTIONS = ("gateway", "spool", "limits", "local")
-_SUBMISSION_LISTENER_KEYS = ("name", "endpoint", "limits")
-_SUBMISSION_LOCAL_DROPPED = ("policies",)  # the daemon runs them; naming plugins needs no check here
-
-
-def load_submission_config(config: Optional[str], spool: Optional[str], environ,
-                           system_config: str = SYSTEM_CONFIG) -> GatewayConfig:
-    """
-    L{load_tool_config} (required) restricted to what submission needs, see
-    L{_SUBMISSION_SECTIONS}: the daemon's secrets and users file are never opened.
-    """
-    from gateway.config.loader import build_config, load_toml
-
-    if spool and not config:
-        path = environ.get(ENVIRONMENT_VARIABLE) or None
-    else:
-        path = locate_config(config, environ, system_config)
-    if path is None and not spool:
-        raise NoConfiguration(system_config)
-    data = load_toml(path) if path else {}
-    view = {name: data[name] for name in _SUBMISSION_SECTIONS if name in data}
-    if isinstance(data.get("listener"), list):
-        view["listener"] = [{k: v for k, v in listener.items() if k in _SUBMISSION_LISTENER_KEYS}
-                            if isinstance(listener, dict) else listener for listener in data["listener"]]
-    if isinstance(view.get("local"), dict):
-        view["local"] = {k: v for k, v in view["local"].items() if k not in _SUBMISSION_LOCAL_DROPPED}
-    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-    try:
-        return build_config(view, {"spool": spool} if spool else {}, environ, base_dir)
-    except ConfigError as e:
-        if path:
-            raise e.in_file(path) from None
-        raise
 
 
 def daemon_spool_problem(spool_dir: str) -> Optional[str]:
@@ -344,7 +124,7 @@ class Settings:
     send_as: str = "header-from"
 
 
-def _settings(opts: Options, environ, system_config: str = SYSTEM_CONFIG) -> Settings:
+def _settings(opts: Options, environ: Mapping[str, str], system_config: str = SYSTEM_CONFIG) -> Settings:
     try:
         config = load_submission_config(opts.config, opts.spool, environ, system_config)
     except ConfigError as e:
@@ -370,22 +150,7 @@ def _spool_failure(e: BaseException, spool_dir: str, creating: bool = False) -> 
     return SendmailError(EX_TEMPFAIL, f"{e}; message not accepted, try again later")
 
 
-@attrs.define
-class Message:
-    """The message as read from standard input: envelope, header fields, and the body to come."""
-
-    sender: str
-    recipients: list
-    fields: list  # (lower-case name, raw field bytes) in order
-    body_start: bytes
-    rest: Iterator[bytes]
-
-    @property
-    def names(self) -> set:
-        return {name for name, _ in self.fields}
-
-
-def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[float] = None,
+def submit(opts: Options, stdin: BinaryIO, environ: Mapping[str, str] = os.environ, now: Optional[float] = None,
            system_config: str = SYSTEM_CONFIG) -> str:
     """
     Read the message from ``stdin`` and hand it over durably; returns the queue id.  Through
@@ -400,56 +165,12 @@ def submit(opts: Options, stdin: BinaryIO, environ=os.environ, now: Optional[flo
     from_field = _from_field(message, opts, settings.hostname, user, gecos)
     if settings.socket:
         try:
-            return submit_to_daemon(settings, message, from_field)
+            return submit_to_daemon(settings.socket, message, from_field)
         except local_submit.NotRunning as e:
             if not may_drop_off(settings.spool_dir):
                 raise SendmailError(EX_TEMPFAIL, f"the graphsmtp daemon is not running ({e}); message not "
                                                  "accepted, try again later") from None
     return drop_off(settings, message, from_field, user, now)
-
-
-def read_message(opts: Options, stdin: BinaryIO, hostname: str, user: str) -> Message:
-    """Envelope from the options (and, with -t, the headers), the header section, the body to come."""
-    sender = "" if opts.sender in ("<>", "") else _check_address(opts.sender or user, hostname, "-f")
-    recipients = [_check_address(r, hostname, "the argument list") for r in opts.recipients]
-
-    lines = LineReader(stdin, opts.ignore_dots)
-    collector = HeaderCollector(limit=MAX_HEADER_BYTES)
-    result = None
-    iterator = iter(lines)
-    first = True
-    for line in iterator:
-        if first and line.startswith(b"From "):
-            first = False
-            continue  # an mbox "From " separator line, as mail(1) may pass on
-        first = False
-        result = collector.feed(line)
-        if result is not None:
-            break
-        if collector.overflowed:
-            raise SendmailError(EX_DATAERR, f"header section larger than {MAX_HEADER_BYTES} bytes")
-    if result is None:
-        # The input ended inside the header section.  Its last line may lack a newline (printf
-        # without \n): end that line, or the collector would drop it as unfinished.
-        result = collector.feed(b"\r\n") or collector.finish_at_end()
-    header_lines, body_start = result
-
-    # The one mail grammar judges the input as the SMTP intake would (issue 8): what it
-    # refuses is a data error here, and -t reads recipients from its reading.
-    try:
-        judged = parse_header_section(header_lines, first_body_line=collector.stopped_at)
-    except MailRefusal as e:
-        raise SendmailError(EX_DATAERR, f"message refused: {e.text}") from None
-    fields = [(f.name.lower(), f.raw) for f in split_fields(header_lines)]
-    if opts.extract:
-        for name in ("to", "cc", "bcc"):
-            for mailbox in judged.mailboxes(name):
-                recipients.append(_check_address(mailbox.address, hostname, "the To/Cc/Bcc headers"))
-        fields = [(name, raw) for name, raw in fields if name != b"bcc"]
-    recipients = _unique(recipients)
-    if not recipients:
-        raise SendmailError(EX_USAGE, "no recipients: name them as arguments or use -t")
-    return Message(sender, recipients, fields, body_start, iterator)
 
 
 def _from_field(message: Message, opts: Options, hostname: str, user: str, gecos: str) -> bytes:
@@ -474,11 +195,11 @@ def may_drop_off(spool_dir: str) -> bool:
         return False
 
 
-def submit_to_daemon(settings: Settings, message: Message, from_field: bytes) -> str:
+def submit_to_daemon(socket: str, message: Message, from_field: bytes) -> str:
     """Over the ``[local]`` socket: 0 only after the daemon's 250 (spool commit)."""
     header_section = from_field + b"".join(raw for _, raw in message.fields) + b"\r\n"
     try:
-        client = local_submit.connect(settings.socket, "localhost")
+        client = local_submit.connect(socket, "localhost")
         reply = local_submit.send(client, message.sender, message.recipients,
                                   itertools.chain((header_section, message.body_start), message.rest))
     except local_submit.Refused as e:
@@ -532,7 +253,7 @@ def drop_off(settings: Settings, message: Message, from_field: bytes, user: str,
 
 
 def _write_message(disk: SpoolDisk, temp: TempMessage, header_section: bytes, body_start: bytes,
-                   rest, max_size: int) -> None:
+                   rest: Iterable[bytes], max_size: int) -> None:
     batch = [header_section, body_start]
     batched = len(header_section) + len(body_start)
     total = batched
@@ -552,8 +273,8 @@ def _write_message(disk: SpoolDisk, temp: TempMessage, header_section: bytes, bo
     disk.append(temp, batch)
 
 
-def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None, environ=None,
-         system_config: str = SYSTEM_CONFIG) -> int:
+def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
+         environ: Optional[Mapping[str, str]] = None, system_config: str = SYSTEM_CONFIG) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts = parse_args(argv)
@@ -576,6 +297,12 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
         print(f"graphsmtp-sendmail: internal error ({text}); message not accepted", file=sys.stderr)
         return EX_SOFTWARE
     return EX_OK
+
+
+__all__ = [
+    "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_SOFTWARE", "EX_CANTCREAT", "EX_TEMPFAIL", "EX_NOPERM", "EX_CONFIG",
+    "Options", "SendmailError", "parse_args", "Settings", "submit", "drop_off", "submit_to_daemon", "main",
+]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ EX_USAGE = 64        # wrong arguments, or input given the wrong way
 EX_DATAERR = 65      # the input (a users file, a password) is unusable
 EX_NOINPUT = 66      # an input file does not exist or cannot be read
 EX_NOUSER = 67       # no such login
+EX_UNAVAILABLE = 69  # a service the command needs refused (Graph said no)
 EX_SOFTWARE = 70     # a bug: an error nobody anticipated
 EX_CANTCREAT = 73    # an output file cannot be written
 EX_IOERR = 74
@@ -39,6 +40,6 @@ class SysexitsArgumentParser(argparse.ArgumentParser):
 
 
 __all__ = [
-    "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOINPUT", "EX_NOUSER", "EX_SOFTWARE", "EX_CANTCREAT",
+    "EX_OK", "EX_USAGE", "EX_DATAERR", "EX_NOINPUT", "EX_NOUSER", "EX_UNAVAILABLE", "EX_SOFTWARE", "EX_CANTCREAT",
     "EX_IOERR", "EX_TEMPFAIL", "EX_NOPERM", "EX_CONFIG", "SysexitsArgumentParser",
 ]

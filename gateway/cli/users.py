@@ -209,8 +209,8 @@ def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, prompt: Callabl
     stdout.write(message + "\n")
 
 
-def main(argv: Optional[Sequence[str]] = None, stdin: TextIO = None, stdout: TextIO = None, stderr: TextIO = None,
-         prompt: Optional[Callable[[str], str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None, prompt: Optional[Callable[[str], str]] = None) -> int:
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     args = _parser().parse_args(argv)
     if prompt is None:

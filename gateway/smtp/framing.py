@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+from gateway.mail.lines import MESSAGE_LINE_LIMIT
+
 _END = b"\r\n.\r\n"
-# RFC 5322 §2.1.1: "Each line of characters MUST be no more than 998 characters ... excluding the CRLF."
-MESSAGE_LINE_LIMIT = 998
 
 
 class DataFraming:
