@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Hashable, Optional, Union
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 #: Transient causes.  A *wait* is not a failure of the message: it never advances the message's
@@ -180,7 +181,7 @@ class IDeliveryObserver(Interface):
     def deferred(entry, outcome) -> None:
         """A transient failure; the message stays queued for another attempt."""
 
-    def failed(entry, outcome) -> None:
+    def failed(entry, outcome) -> Optional[Deferred]:
         """A permanent failure or queue lifetime expiry; the message moved to failed/."""
 
 

@@ -64,8 +64,10 @@ SIZE_LIMIT_OPTIONS = (
 
 def build_max_recipients(options: Mapping[str, Any], context: Any) -> MaxRecipients:
     o = PolicyOptions(options, MAX_RECIPIENTS_OPTIONS)
+    maximum = o.integer("max", 10, 1, 100000)
+    assert maximum is not None  # there is a default
     policy = MaxRecipients(
-        maximum=o.integer("max", 10, 1, 100000),
+        maximum=maximum,
         scope=o.scope(),
         text=o.reply_text("text", "Too many recipients"),
     )

@@ -43,6 +43,7 @@ from gateway.policy.options import (
 from gateway.policy.rate_backends import (
     BucketRequest,
     Decision,
+    IRateLimitBackend,
     MemoryBuckets,
     RedisBuckets,
 )
@@ -201,11 +202,13 @@ def build(options: Mapping[str, Any], context: Any) -> RateLimit:
         raise PolicyConfigError("must be more than 0 seconds", "per")
     backend_name = o.string("backend", "memory", ("memory", "redis"))
     max_keys = o.integer("max_keys", 100_000, 1, 10**8)
+    assert max_keys is not None  # there is a default
     name = o.string("name", getattr(context, "key", "") or "rate-limit")
     if not name or any(c.isspace() or c in "{}" for c in name):
         raise PolicyConfigError("must be a word without spaces or braces", "name")
     text = o.reply_text("text", "Rate limit exceeded")
     ipv6_prefix = o.integer("ipv6_prefix", 64, 1, 128)
+    assert ipv6_prefix is not None  # there is a default
     fail_open = o.boolean("fail_open", False)
     scope = o.scope()
     o.finish()
@@ -213,7 +216,7 @@ def build(options: Mapping[str, Any], context: Any) -> RateLimit:
         connection = getattr(context, "redis", None)
         if connection is None:
             raise PolicyConfigError("is \"redis\" but no [redis] section is configured", "backend")
-        backend: Any = RedisBuckets(connection, context.clock, connection.key_prefix)
+        backend: IRateLimitBackend = RedisBuckets(connection, context.clock, connection.key_prefix)
     else:
         backend = MemoryBuckets(context.clock, max_keys)
     return RateLimit(

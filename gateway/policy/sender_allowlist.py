@@ -133,7 +133,7 @@ OPTIONS = (
 def build(options: Mapping[str, Any], context: Any) -> SenderAllowlist:
     o = PolicyOptions(options, OPTIONS)
     allow = o.patterns("allow")
-    per_login = []
+    per_login: list[tuple[str, tuple[AddressPattern, ...]]] = []
     for login, rules in o.pattern_table("per_login").items():
         if not login.strip():
             raise PolicyConfigError("login names must not be empty", "per_login")

@@ -671,7 +671,7 @@ class GraphDeliverer:
 
     def _step_failure(self, attempt: _Attempt, response: GraphResponse, step: str, hint: bool = False) -> Any:
         outcome = failure_outcome(response, self.clock.seconds(), step)
-        if response.code == 429:
+        if response.code == 429 and isinstance(outcome, Transient):
             seconds = response.retry_after
             if seconds is None and is_mailbox_concurrency(response):
                 seconds = CONCURRENCY_PAUSE

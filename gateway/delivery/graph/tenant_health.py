@@ -261,7 +261,12 @@ class TenantHealthMonitor(Service):
 def _follow(d: Deferred) -> Deferred:
     """A Deferred that fires (with None) when ``d`` does, without taking its result."""
     follower: Deferred = Deferred()
-    d.addBoth(lambda result: (follower.callback(None), result)[1])
+
+    def passthrough(result: object) -> object:
+        follower.callback(None)
+        return result
+
+    d.addBoth(passthrough)
     return follower
 
 
