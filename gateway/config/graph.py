@@ -50,7 +50,7 @@ from gateway.config.reader import TableReader
 from gateway.config.secrets import Secret, secret_from_table
 from gateway.mail.addresses import canonical
 
-#: Login host and Graph root per national cloud (graph-facts §7).
+#: Login host and Graph root per national cloud (https://learn.microsoft.com/graph/deployments).
 CLOUDS: Mapping[str, tuple[str, str]] = {
     "global": ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
     "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
@@ -61,15 +61,19 @@ CLOUDS: Mapping[str, tuple[str, str]] = {
 SEND_AS_MODES = ("header-from", "envelope-from")
 HIDDEN_RECIPIENT_MODES = ("bcc-header", "draft")
 
-#: What one Graph request may carry (graph-facts §3.1, about 4 MB, counted on the base64 body).
+#: What one Graph request may carry: about 4 MB, counted on the base64 body.  Not in the API
+#: reference; stated by Microsoft staff (https://learn.microsoft.com/answers/questions/1824204).
 DEFAULT_MAX_REQUEST_SIZE = 4_000_000
 #: Upload-session chunks: 10 × 320 KiB, under the 4 MB per PUT and OneDrive's multiple rule.
 DEFAULT_UPLOAD_CHUNK_SIZE = 10 * 320 * 1024
-#: Upload PUTs are whole multiples of 320 KiB (the rule of OneDrive-style sessions, harmless for
-#: Outlook ones) and at most 4 MiB (graph-facts §3.2c, §3.3): 12 x 320 KiB is the largest.
+#: Upload PUTs are whole multiples of 320 KiB (the rule of OneDrive-style sessions,
+#: https://learn.microsoft.com/graph/api/driveitem-createuploadsession, harmless for Outlook
+#: ones) and at most 4 MiB (https://learn.microsoft.com/graph/outlook-large-attachments):
+#: 12 x 320 KiB is the largest.
 UPLOAD_CHUNK_UNIT = 320 * 1024
 MAX_UPLOAD_CHUNK = 12 * UPLOAD_CHUNK_UNIT
-#: Exchange Online's default maximum send size (graph-facts §3.5); admins may raise it to 150 MB.
+#: Exchange Online's default maximum send size; admins may raise it to 150 MB
+#: (https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits).
 DEFAULT_MAX_MESSAGE_SIZE = 35_000_000
 
 

@@ -1,7 +1,8 @@
 """
 Reading a spooled message's header section and deciding how Graph must see it.
 
-Graph's MIME mode has no envelope: it delivers to the To/Cc/Bcc headers (graph-facts §2.1).
+Graph's MIME mode has no envelope: it delivers to the To/Cc/Bcc headers
+(https://learn.microsoft.com/graph/outlook-send-mime-message).
 The gateway promises the SMTP envelope instead (ARCHITECTURE invariant 3), so for every
 message this module compares the two and picks the cheapest way to make Graph deliver to
 exactly the envelope recipients:
@@ -27,10 +28,10 @@ needs Mail.ReadWrite too; with it disabled (``large_messages = false``) Mail.Sen
 
 Disclosure of envelope-only recipients (the ``hidden_recipients`` choice).  In the default
 ``bcc-header`` mode they appear in a ``Bcc:`` header of the MIME Graph receives.  Exchange
-parses MIME into the item's recipient table with Bcc as a blind recipient (graph-facts §2.1),
+parses MIME into the item's recipient table with Bcc as a blind recipient (the page above),
 and Exchange has always treated Bcc as an envelope property that is not written into the
-copies other recipients get; that Graph's MIME submission does the same is, however,
-UNCONFIRMED (graph-facts §2.2).  The default was chosen because it needs only Mail.Send and one
+copies other recipients get; that Graph's MIME submission does the same is, however, not
+documented anywhere.  The default was chosen because it needs only Mail.Send and one
 request.  Operators who must not rely on it set ``hidden_recipients = "draft"``: the MIME then
 never names hidden recipients, and Graph's documented ``bccRecipients`` property carries them.
 Either way a hidden recipient is never put in To or Cc, and an address in To/Cc that is not an

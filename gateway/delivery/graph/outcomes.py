@@ -1,5 +1,7 @@
 """
-Graph answers → delivery outcomes (graph-facts §6), in one place so the table is reviewable.
+Graph answers → delivery outcomes, in one place so the table is reviewable.  Graph's error
+bodies are described at https://learn.microsoft.com/graph/errors; the outcome is decided on
+the HTTP status and Graph's ``error.code``, never on its message text.
 
 202 is the only "delivered"; every step has its documented success code (L{SUCCESS_CODES}) and
 any other 2xx is an unexpected, transient answer (possibly delivered for the sending steps).  Throttling, 5xx and transport failures are transient, with
@@ -22,7 +24,8 @@ from gateway.delivery.interfaces import (
     Transient,
 )
 
-#: What Graph answers when a step worked (graph-facts §1.6, §3.2).  Only these count as success:
+#: What Graph answers when a step worked (https://learn.microsoft.com/graph/api/user-sendmail,
+#: https://learn.microsoft.com/graph/outlook-large-attachments).  Only these count as success:
 #: any other 2xx (a proxy's ``200`` page, a ``204``) is an "unexpected response".  The upload
 #: session is documented as 201 in v1.0 and 200 in beta; chunk PUTs answer 200 while ranges are
 #: missing and 201 for the last one (OneDrive-style sessions answer 202).

@@ -1,8 +1,10 @@
 """
 The MIME structure of a large message, found by one streaming pass over the file.
 
-A message bigger than one Graph request (about 4 MB base64) cannot go as raw MIME
-(graph-facts §3.4).  The large path sends a *skeleton*: the message with its biggest
+A message bigger than one Graph request (about 4 MB base64) cannot go as raw MIME: Graph
+documents MIME only as the body of one request
+(https://learn.microsoft.com/graph/outlook-send-mime-message), and upload sessions only for
+attachments (https://learn.microsoft.com/graph/outlook-large-attachments).  The large path sends a *skeleton*: the message with its biggest
 attachments cut out (still a valid MIME message, every header intact), created as a draft;
 the cut-out attachments then travel separately (upload sessions, or one POST each when small),
 decoded straight from their byte ranges in the spool file.  This module finds those byte
@@ -272,7 +274,7 @@ def _boundary_kind(line: bytes, boundaries: tuple[bytes, ...]) -> Optional[tuple
 class Extraction:
     """A skeleton (with the given header section) and the attachments cut out of it."""
 
-    skeleton: object
+    skeleton: Concat
     attachments: tuple[Part, ...]
 
 

@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 
 from gateway.delivery.graph.credentials import TenantCredentials
 
-#: MSAL's well-known login hosts (graph-facts §7.3): instance discovery is only meaningful for them.
+#: MSAL's well-known login hosts (``WELL_KNOWN_AUTHORITY_HOSTS`` in msal/authority.py): instance
+#: discovery is only meaningful for them.
 WELL_KNOWN_HOSTS = frozenset({
     "login.microsoftonline.com", "login.chinacloudapi.cn", "login-us.microsoftonline.com",
     "login.microsoftonline.us",
