@@ -17,7 +17,9 @@ import attrs
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import (
+    Answer,
     Continue,
     IPolicy,
     IPolicyFactory,
@@ -32,16 +34,16 @@ CONTINUE = Continue()
 class PolicyBase:
     """Continue at every step; subclass and override the hooks you need."""
 
-    def on_connect(self, session: SessionView) -> Any:
+    def on_connect(self, session: SessionView) -> Answer:
         return CONTINUE
 
-    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+    def on_mail_from(self, session: SessionView, sender: str) -> Answer:
         return CONTINUE
 
-    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Answer:
         return CONTINUE
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         return CONTINUE
 
 
@@ -59,7 +61,7 @@ class LazyPolicyFactory:
     function: str = "build"
     options_name: str = "OPTIONS"
 
-    def build(self, options: Mapping[str, Any], context: Any) -> Any:
+    def build(self, options: Mapping[str, Any], context: PolicyContext) -> Any:
         return getattr(importlib.import_module(self.module), self.function)(options, context)
 
     @property

@@ -21,8 +21,10 @@ import attrs
 
 from gateway.policy.addresses import header_addresses
 from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.context import PolicyContext
 from gateway.policy.headers import format_address, header_text, is_header_name
 from gateway.policy.interfaces import (
+    Answer,
     EditHeaders,
     HeaderEdit,
     MessageView,
@@ -61,7 +63,7 @@ class HeaderRewrite(PolicyBase):
     addresses: tuple[AddressRewrite, ...] = ()
     subject_tag: Optional[str] = None
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         if not self.scope.applies(session):
             return CONTINUE
         edits = [HeaderEdit("remove", name) for name in self.remove]
@@ -148,7 +150,7 @@ def _subject_tag(o: PolicyOptions) -> Optional[str]:
     return tag.strip() if tag else None
 
 
-def build(options: Mapping[str, Any], context: Any) -> HeaderRewrite:
+def build(options: Mapping[str, Any], context: PolicyContext) -> HeaderRewrite:
     o = PolicyOptions(options, OPTIONS)
     addresses = _address_rewrites(o)
     remove = _removed_headers(o)

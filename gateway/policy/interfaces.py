@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Union
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
@@ -120,6 +121,8 @@ class EditHeaders:
 
 
 Verdict = Union[Continue, Accept, Reject, TempFail, EditHeaders]
+#: What an L{IPolicy} method returns: a verdict now, or a Deferred firing with one.
+Answer = Union[Verdict, Deferred]
 
 
 class IPolicy(Interface):
@@ -191,6 +194,6 @@ class PolicyConfigError(ValueError):
 
 __all__ = [
     "Identity", "SessionView", "MessageView",
-    "Continue", "Accept", "Reject", "TempFail", "HeaderEdit", "EditHeaders", "Verdict",
+    "Continue", "Accept", "Reject", "TempFail", "HeaderEdit", "EditHeaders", "Verdict", "Answer",
     "IPolicy", "IPolicyFactory", "PolicyConfigError", "IAuthenticatedIdentity", "LoginThrottled",
 ]

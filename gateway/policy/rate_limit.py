@@ -27,7 +27,9 @@ from gateway.mail.addresses import mailbox_key
 from gateway.mail.errors import MailRefusal
 from gateway.policy.addresses import client_key, message_header
 from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import (
+    Answer,
     MessageView,
     PolicyConfigError,
     SessionView,
@@ -118,7 +120,7 @@ class RateLimit(PolicyBase):
 
     # -- the hooks
 
-    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+    def on_mail_from(self, session: SessionView, sender: str) -> Answer:
         if self.key == "mailbox" or self.messages is None or not self.scope.applies(session):
             return CONTINUE
         subject = self.subject(session, sender=sender)
@@ -126,7 +128,7 @@ class RateLimit(PolicyBase):
             return CONTINUE
         return self._take(session, subject, [self._request(subject, "messages", self.messages, 1)])
 
-    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Answer:
         if self.key == "mailbox" or self.recipients is None or not self.scope.applies(session):
             return CONTINUE
         subject = self.subject(session)
@@ -134,7 +136,7 @@ class RateLimit(PolicyBase):
             return CONTINUE
         return self._take(session, subject, [self._request(subject, "recipients", self.recipients, 1)])
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         if self.key != "mailbox" or not self.scope.applies(session):
             return CONTINUE
         subject = self.subject(session, message=message)
@@ -186,7 +188,7 @@ OPTIONS = (
 )
 
 
-def build(options: Mapping[str, Any], context: Any) -> RateLimit:
+def build(options: Mapping[str, Any], context: PolicyContext) -> RateLimit:
     o = PolicyOptions(options, OPTIONS)
     key = o.string("key", "login")
     assert key is not None

@@ -35,6 +35,7 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config.graph import GraphConfig
@@ -506,7 +507,7 @@ class GraphDeliverer(DraftSending, IntegrityCheck):
         tenant.paused_until = 0.0
         tenant.graph_refused = False
 
-    def _note_graph_answers(self, tenant: _Tenant, outcome: Any) -> None:
+    def _note_graph_answers(self, tenant: _Tenant, outcome: Outcome) -> None:
         """
         Whether Graph itself answers: a valid token says nothing about graph.microsoft.com being
         reachable, and /healthz should say "degraded" during a Graph outage too, not only
@@ -583,7 +584,7 @@ class GraphDeliverer(DraftSending, IntegrityCheck):
                            status=outcome.status)
         return outcome
 
-    def _unexpected(self, failure: Any, entry: Any) -> Transient:
+    def _unexpected(self, failure: Failure, entry: Any) -> Transient:
         self.log.failure("graph delivery of {queue_id} failed unexpectedly", failure, queue_id=entry.queue_id)
         return self._finish(entry, Transient(f"internal error in Graph delivery ({failure.type.__name__})"))
 
