@@ -28,7 +28,7 @@ import os
 import sys
 from typing import IO, Any, Callable, Mapping, Optional
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService, IServiceCollection, MultiService
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -168,13 +168,13 @@ class LoggingRoot(MultiService):
     and the per-message fields, so debug lines stay off under ``twistd -n`` too.
     """
 
-    def __init__(self, service: Any, make_observer: Callable[[], ILogObserver]) -> None:
+    def __init__(self, service: IService, make_observer: Callable[[], ILogObserver]) -> None:
         super().__init__()
         self.gateway = service
         self._make_observer = make_observer
         service.setServiceParent(self)
 
-    def setServiceParent(self, parent: Any) -> Any:
+    def setServiceParent(self, parent: IServiceCollection) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
             parent.setComponent(ILogObserver, self._make_observer())
         return super().setServiceParent(parent)
