@@ -21,7 +21,7 @@ passes, a rewrite to anything else is refused).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from gateway.mail.errors import MailRefusal
 from gateway.mail.fields import apply_edits as apply_raw_edits
-from gateway.mail.message import parse_header_section
+from gateway.mail.message import MessageHeader, parse_header_section
 from gateway.policy.addresses import message_header
 from gateway.policy.headers import apply_edits, edit_problem
 from gateway.policy.interfaces import (
@@ -47,7 +47,7 @@ from gateway.policy.interfaces import (
 _POLICY_FAILURE = TempFail(451, "4.3.0", "Temporary policy failure, try again later")
 
 
-def _judge_edited(view: MessageView, edits: tuple[HeaderEdit, ...]) -> Any:
+def _judge_edited(view: MessageView, edits: tuple[HeaderEdit, ...]) -> Union[MessageHeader, MailRefusal]:
     """
     The view's judged header (L{gateway.mail}) with ``edits`` applied, judged again, so later
     policies and the guard read what will be stored; a refusal is kept and raised to whoever

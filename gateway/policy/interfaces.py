@@ -11,11 +11,15 @@ Third-party policies are ``IPolicyFactory`` plugins in any ``twisted/plugins`` d
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+import email.message
+from typing import IO, Any, Callable, Mapping, Optional, Union
 
 import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+from gateway.mail.errors import MailRefusal
+from gateway.mail.message import MessageHeader
 
 
 @attrs.frozen
@@ -60,16 +64,17 @@ class MessageView:
     (blocking: read it in a thread for anything large).  ``size`` is the whole message length.
 
     ``mail`` is the header section as judged by the gateway's one mail grammar
-    (L{gateway.mail.message.MessageHeader}, after earlier policies' edits): read addresses from
+    (L{gateway.mail.message.MessageHeader}, after earlier policies' edits; the L{MailRefusal}
+    when an edit made it unacceptable; None on views built without it): read addresses from
     it — or through L{gateway.policy.addresses.message_header}, which also works on views built
     without it — so a policy sees exactly what the relay guard and the deliverer see.
     """
 
-    headers: Any
+    headers: email.message.Message
     header_bytes: bytes
     size: int
-    open_body: Any
-    mail: Any = None
+    open_body: Callable[[], IO[bytes]]
+    mail: Union[MessageHeader, MailRefusal, None] = None
 
 
 @attrs.frozen
