@@ -29,6 +29,7 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -65,7 +66,7 @@ class HostnameVerifyingCreator:
         except ValueError:
             self._ip = None
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
         connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)  # no callback
         lib = Binding.lib
@@ -95,7 +96,7 @@ class HostnameVerifyingPolicy:
         options = CallbackFreeCertificateOptions(trustRoot=self._trust_root, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
         self._context = options.getContext()
 
-    def creatorForNetloc(self, hostname: bytes | str, port: int) -> Any:
+    def creatorForNetloc(self, hostname: bytes | str, port: int) -> IOpenSSLClientConnectionCreator:
         if isinstance(hostname, bytes):
             hostname = hostname.decode("ascii")
         if not openssl_checks_host_names():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,7 +32,11 @@ def subject_alt_names(names: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def new_private_key(key_type: str = "ecdsa") -> Any:
+#: The kinds of key the gateway makes: ECDSA P-256, or RSA for devices that know only RSA suites.
+PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+
+
+def new_private_key(key_type: str = "ecdsa") -> PrivateKey:
     """An ECDSA P-256 key (the default) or an RSA key for devices that know only RSA suites."""
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
@@ -41,7 +45,7 @@ def new_private_key(key_type: str = "ecdsa") -> Any:
     raise ValueError(f"key type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
 
 
-def private_key_pem(key: Any) -> bytes:
+def private_key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 

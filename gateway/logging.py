@@ -28,7 +28,7 @@ import os
 import sys
 from typing import IO, Any, Callable, Mapping, Optional
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService, IServiceCollection, MultiService
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -50,6 +50,7 @@ MESSAGE_FIELDS = ("from", "to", "size", "relay", "mailbox", "delay", "attempt", 
 _SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "private", "passphrase",
                  "credential", "cookie", "assertion", "bearer")
 _JSON_SCALARS = (str, int, float, bool, type(None))
+_COLLECTIONS = (list, tuple, set, frozenset)
 
 
 def log_level(environ: Optional[Mapping[str, str]] = None) -> LogLevel:
@@ -122,21 +123,12 @@ def message_fields_text(event: Mapping[str, Any]) -> str:
     for name in MESSAGE_FIELDS:
         if "{" + name in shown:
             continue
-        if name == "relay":
-            value = event.get("relay") or ("graph" if event.get("mailbox") else None)
-        else:
-            value = event.get(name)
-        if value is None or value == "" and name not in ("from",):
+        value = _message_field(event, name)
+        # An empty sender is the null reverse-path and worth showing (``from=<>``); other
+        # empty fields just were not known.
+        if value is None or (value == "" and name != "from"):
             continue
-        if name in ("from", "to"):
-            addresses = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
-            parts.append(f"{name}=" + ",".join(f"<{a}>" for a in addresses))
-        elif name == "delay" and isinstance(value, float):
-            parts.append(f"delay={value:.2f}".rstrip("0").rstrip("."))
-        elif name == "reason":
-            parts.append(f"({_safe_text(str(value))})")
-        else:
-            parts.append(f"{name}={value}")
+        parts.append(_FIELD_TEXT.get(name, _plain_field_text)(name, value))
     return ", ".join(parts)
 
 
@@ -176,13 +168,13 @@ class LoggingRoot(MultiService):
     and the per-message fields, so debug lines stay off under ``twistd -n`` too.
     """
 
-    def __init__(self, service: Any, make_observer: Callable[[], ILogObserver]) -> None:
+    def __init__(self, service: IService, make_observer: Callable[[], ILogObserver]) -> None:
         super().__init__()
         self.gateway = service
         self._make_observer = make_observer
         service.setServiceParent(self)
 
-    def setServiceParent(self, parent: Any) -> Any:
+    def setServiceParent(self, parent: IServiceCollection) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
             parent.setComponent(ILogObserver, self._make_observer())
         return super().setServiceParent(parent)
@@ -197,20 +189,72 @@ class _Skip:
 _SKIP = _Skip()
 
 
+def _message_field(event: Mapping[str, Any], name: str) -> Any:
+    """The event's value for one of MESSAGE_FIELDS; ``relay`` defaults to graph once a mailbox is known."""
+    if name == "relay":
+        return event.get("relay") or ("graph" if event.get("mailbox") else None)
+    return event.get(name)
+
+
+def _addresses_text(name: str, value: Any) -> str:
+    addresses = value if isinstance(value, _COLLECTIONS) else [value]
+    return f"{name}=" + ",".join(f"<{a}>" for a in addresses)
+
+
+def _delay_text(name: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"delay={value:.2f}".rstrip("0").rstrip(".")
+    return f"delay={value}"
+
+
+def _reason_text(name: str, value: Any) -> str:
+    # Postfix puts the reason last, in parentheses; it may quote a remote reply, so keep it on one line.
+    return f"({_safe_text(str(value))})"
+
+
+def _plain_field_text(name: str, value: Any) -> str:
+    return f"{name}={value}"
+
+
+#: How a per-message field is written when it is not written as ``name=value``.
+_FIELD_TEXT: Mapping[str, Callable[[str, Any], str]] = {
+    "from": _addresses_text, "to": _addresses_text, "delay": _delay_text, "reason": _reason_text,
+}
+
+#: Containers are written two levels deep at most: deeper values are dropped, not flattened.
+_MAX_JSON_DEPTH = 2
+
+
 def _jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as a JSON value, or ``_SKIP`` when it has no faithful one (objects, deep nesting)."""
     if isinstance(value, _JSON_SCALARS):
-        if isinstance(value, float) and value != value:  # NaN is not JSON
-            return None
-        return value
+        return _json_scalar(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if depth < 2 and isinstance(value, (list, tuple, set, frozenset)):
-        items = [_jsonable(v, depth + 1) for v in value]
-        return [v for v in items if v is not _SKIP]
-    if depth < 2 and isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        items = {k: _jsonable(v, depth + 1) for k, v in value.items() if not _secret_name(k)}
-        return {k: v for k, v in items.items() if v is not _SKIP}
+    if depth >= _MAX_JSON_DEPTH:
+        return _SKIP
+    if isinstance(value, _COLLECTIONS):
+        return _json_list(value, depth + 1)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return _json_object(value, depth + 1)
     return _SKIP
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    return value
+
+
+def _json_list(values: Any, depth: int) -> list[Any]:
+    converted = (_jsonable(v, depth) for v in values)
+    return [v for v in converted if v is not _SKIP]
+
+
+def _json_object(mapping: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    """The mapping's JSON values, leaving out keys named like credentials (as at the top level)."""
+    converted = ((k, _jsonable(v, depth)) for k, v in mapping.items() if not _secret_name(k))
+    return {k: v for k, v in converted if v is not _SKIP}
 
 
 def _secret_name(key: str) -> bool:
@@ -220,7 +264,7 @@ def _secret_name(key: str) -> bool:
 
 def _render(event: Mapping[str, Any]) -> str:
     try:
-        text = formatEvent(event)
+        text = formatEvent(dict(event))
     except Exception:  # noqa: BLE001 - a broken format must not lose the line
         text = str(event.get("log_format") or "")
     if not text and "message" in event:  # legacy twisted.python.log events

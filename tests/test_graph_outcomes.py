@@ -127,3 +127,38 @@ class RetryAfterDateTests(TestCase):
 
     def test_imf_fixdate(self):
         self.assertEqual(parse_retry_after([b"Tue, 14 Nov 2023 22:14:50 GMT"], NOW), 90.0)
+
+
+class RefusalTableTests(SynchronousTestCase):
+    """Each client-error status maps to one enhanced status code and a remote code, Graph's own first."""
+
+    def test_status_and_remote_code_per_http_status(self):
+        cases = [
+            (GraphResponse(400), ("5.6.0", "BadRequest")),
+            (GraphResponse(400, "ErrorInvalidRecipients"), ("5.1.3", "ErrorInvalidRecipients")),
+            (GraphResponse(400, "ErrorMessageSizeExceeded"), ("5.3.4", "ErrorMessageSizeExceeded")),
+            (GraphResponse(400, "SomethingNew"), ("5.6.0", "SomethingNew")),
+            (GraphResponse(401), ("5.7.1", "Forbidden")),
+            (GraphResponse(403), ("5.7.1", "Forbidden")),
+            (GraphResponse(404), ("5.1.8", "NotFound")),
+            (GraphResponse(404, "MailboxNotEnabledForRESTAPI"), ("5.1.8", "MailboxNotEnabledForRESTAPI")),
+            (GraphResponse(413), ("5.3.4", "RequestEntityTooLarge")),
+            (GraphResponse(409), ("5.0.0", None)),
+            (GraphResponse(409, "Conflict"), ("5.0.0", "Conflict")),
+        ]
+        for response, expected in cases:
+            outcome = failure_outcome(response, 0.0)
+            self.assertIsInstance(outcome, Permanent)
+            self.assertEqual((outcome.status, outcome.remote_code), expected, response)
+
+    def test_a_missing_draft_is_transient_only_on_draft_steps(self):
+        for step in ("patchMessage", "addAttachment", "createUploadSession", "upload", "send"):
+            for code in (404, 416):
+                self.assertIsInstance(failure_outcome(GraphResponse(code), 0.0, step), Transient, (step, code))
+        self.assertIsInstance(failure_outcome(GraphResponse(404), 0.0, "sendMail"), Permanent)
+        self.assertIsInstance(failure_outcome(GraphResponse(416), 0.0, "sendMail"), Permanent)
+
+    def test_causes_of_waiting(self):
+        self.assertEqual(failure_outcome(GraphResponse(429), 0.0).cause, "throttled")
+        self.assertEqual(failure_outcome(GraphResponse(502), 0.0).cause, "service")
+        self.assertIsNone(failure_outcome(GraphResponse(408), 0.0).cause)

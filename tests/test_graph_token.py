@@ -271,3 +271,33 @@ class TokenEndpointHtmlTests(TestCase):
         [health] = r.deliverer.health()
         self.assertEqual(health.state, "unreachable")
         self.assertEqual(health.paused_until, 0.0)
+
+
+class ClassifyHttpFailureTests(SynchronousTestCase):
+    """HTTP statuses from the login host, through requests or MSAL's own HTTP layer."""
+
+    def http_error(self, status):
+        response = requests.Response()
+        response.status_code = status
+        return requests.exceptions.HTTPError("error", response=response)
+
+    def test_requests_http_errors(self):
+        self.assertEqual(
+            (classify_exception(self.http_error(400)).kind, classify_exception(self.http_error(400)).code),
+            ("config", "http_400"))
+        for status in (408, 429, 500, 503):
+            error = classify_exception(self.http_error(status))
+            self.assertEqual((error.kind, error.code), ("transient", f"http_{status}"), status)
+        self.assertEqual(classify_exception(requests.exceptions.HTTPError("no response")).code, "http_error")
+
+    def test_msal_http_errors(self):
+        MsalServiceError = type("MsalServiceError", (Exception,), {})
+        refused = classify_exception(MsalServiceError("HTTP Error: 403"))
+        self.assertEqual((refused.kind, refused.code), ("config", "http_403"))
+        busy = classify_exception(MsalServiceError("HTTP Error: 503"))
+        self.assertEqual((busy.kind, busy.code), ("transient", "http_503"))
+        self.assertEqual(classify_exception(MsalServiceError("something else")).code, "internal")
+
+    def test_anything_else_is_a_transient_internal_error(self):
+        error = classify_exception(KeyError("x"))
+        self.assertEqual((error.kind, error.code), ("transient", "internal"))

@@ -50,7 +50,7 @@ from gateway.config.reader import TableReader
 from gateway.config.secrets import Secret, secret_from_table
 from gateway.mail.addresses import canonical
 
-#: Login host and Graph root per national cloud (graph-facts §7).
+#: Login host and Graph root per national cloud (https://learn.microsoft.com/graph/deployments).
 CLOUDS: Mapping[str, tuple[str, str]] = {
     "global": ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
     "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
@@ -61,15 +61,19 @@ CLOUDS: Mapping[str, tuple[str, str]] = {
 SEND_AS_MODES = ("header-from", "envelope-from")
 HIDDEN_RECIPIENT_MODES = ("bcc-header", "draft")
 
-#: What one Graph request may carry (graph-facts §3.1, about 4 MB, counted on the base64 body).
+#: What one Graph request may carry: about 4 MB, counted on the base64 body.  Not in the API
+#: reference; stated by Microsoft staff (https://learn.microsoft.com/answers/questions/1824204).
 DEFAULT_MAX_REQUEST_SIZE = 4_000_000
 #: Upload-session chunks: 10 × 320 KiB, under the 4 MB per PUT and OneDrive's multiple rule.
 DEFAULT_UPLOAD_CHUNK_SIZE = 10 * 320 * 1024
-#: Upload PUTs are whole multiples of 320 KiB (the rule of OneDrive-style sessions, harmless for
-#: Outlook ones) and at most 4 MiB (graph-facts §3.2c, §3.3): 12 x 320 KiB is the largest.
+#: Upload PUTs are whole multiples of 320 KiB (the rule of OneDrive-style sessions,
+#: https://learn.microsoft.com/graph/api/driveitem-createuploadsession, harmless for Outlook
+#: ones) and at most 4 MiB (https://learn.microsoft.com/graph/outlook-large-attachments):
+#: 12 x 320 KiB is the largest.
 UPLOAD_CHUNK_UNIT = 320 * 1024
 MAX_UPLOAD_CHUNK = 12 * UPLOAD_CHUNK_UNIT
-#: Exchange Online's default maximum send size (graph-facts §3.5); admins may raise it to 150 MB.
+#: Exchange Online's default maximum send size; admins may raise it to 150 MB
+#: (https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits).
 DEFAULT_MAX_MESSAGE_SIZE = 35_000_000
 
 
@@ -141,78 +145,20 @@ def parse_graph_section(
     environ: Mapping[str, str] = os.environ,
     resolve: Callable[[str], str] = os.path.abspath,
 ) -> GraphConfig:
-    """Validate the ``[graph]`` table into a L{GraphConfig}."""
+    """
+    Validate the ``[graph]`` table into a L{GraphConfig}.  Keys are checked in the order of the
+    module docstring, so a table with several mistakes always names the same one first.
+    """
     tenant_id = _required(reader, "tenant_id")
     client_id = _required(reader, "client_id")
-    cloud = reader.string("cloud", "global", tuple(CLOUDS))
-    login_host, graph_root = CLOUDS[cloud]
-
-    authority = reader.string("authority")
-    authority = _authority(authority, tenant_id, reader.key("authority")) if authority else f"{login_host}/{tenant_id}"
-    graph_url = reader.string("graph_url")
-    graph_url = _https_url(graph_url, reader.key("graph_url")) if graph_url else graph_root
-
-    table = reader.table
-    where = reader.where
-    client_secret = secret_from_table(table, "client_secret", where, environ, resolve)
-    reader.mark_used("client_secret", "client_secret_file", "client_secret_env")
-    certificate = _certificate(reader, environ, resolve)
-    assertion = reader.string("client_assertion_file")
-    if assertion:
-        assertion = resolve(assertion)
-    given = [n for n, v in (("client_secret", client_secret), ("certificate", certificate),
-                            ("client_assertion_file", assertion)) if v]
-    if not given:
-        raise ConfigError(reader.key("client_secret"),
-                          "set one credential: client_secret (or _file/_env), certificate + certificate_key, "
-                          "or client_assertion_file")
-    if len(given) > 1:
-        raise ConfigError(reader.key(given[1]), f"set only one credential, not both {given[0]} and {given[1]}")
-
-    verify = reader.string("ca_bundle")
-    if verify:
-        verify = resolve(verify)
-        if not os.path.isfile(verify):
-            raise ConfigError(reader.key("ca_bundle"), f"file {verify} does not exist")
-        _check_pem_bundle(verify, reader.key("ca_bundle"))
-
-    https_proxy = reader.string("https_proxy")
-    if https_proxy:
-        parts = urlsplit(https_proxy)
-        if parts.username is not None or parts.password is not None:
-            # Never echo the URL: it holds a password.  The CONNECT tunnel does not send
-            # credentials, so accepting them would only mean endless 407 answers.
-            raise ConfigError(reader.key("https_proxy"),
-                              "must not contain credentials (user:password@): proxy authentication is not supported")
-        if parts.scheme != "http" or not parts.hostname:
-            raise ConfigError(reader.key("https_proxy"),
-                              f"must be http://host:port of a proxy that allows CONNECT, not {https_proxy!r}")
-
-    send_as = reader.string("send_as", "header-from")
-    if send_as not in SEND_AS_MODES and not _looks_like_mailbox(send_as):
-        raise ConfigError(reader.key("send_as"),
-                          f"must be \"header-from\", \"envelope-from\" or a mailbox address, not {send_as!r}")
-
-    postmaster = reader.string("postmaster")
-    if postmaster is not None and not _looks_like_mailbox(postmaster):
-        raise ConfigError(reader.key("postmaster"), f"must be a mailbox address, not {postmaster!r}")
-    dsn = reader.boolean("dsn", False)
-    if dsn and not postmaster:
-        raise ConfigError(reader.key("dsn"), "needs graph.postmaster: the mailbox notifications are sent from")
-
-    max_request_size = reader.size("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
-    if not 64 * 1024 <= max_request_size <= 150 * 1000 * 1000:
-        raise ConfigError(reader.key("max_request_size"), "must be from 64KiB to 150MB")
-    upload_chunk_size = reader.size("upload_chunk_size", DEFAULT_UPLOAD_CHUNK_SIZE)
-    if not (UPLOAD_CHUNK_UNIT <= upload_chunk_size <= MAX_UPLOAD_CHUNK and upload_chunk_size % UPLOAD_CHUNK_UNIT == 0):
-        raise ConfigError(reader.key("upload_chunk_size"),
-                          f"must be a multiple of 320KiB ({UPLOAD_CHUNK_UNIT} bytes) from 320KiB to 3840KiB "
-                          f"(Graph takes at most 4MiB per upload PUT), not {upload_chunk_size} bytes; "
-                          "for example \"3200KiB\"")
-    max_message_size = reader.size("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-    if not 1024 <= max_message_size <= 150 * 1000 * 1000:
-        raise ConfigError(reader.key("max_message_size"), "must be from 1KiB to 150MB (Exchange Online's ceiling)")
-
+    cloud = _choice(reader, "cloud", "global", tuple(CLOUDS))
+    authority, graph_url = _endpoints(reader, cloud, tenant_id)
+    client_secret, certificate, assertion = _credential(reader, environ, resolve)
+    verify = _ca_bundle(reader, resolve)
+    https_proxy = _https_proxy(reader)
+    send_as = _send_as(reader)
+    postmaster, dsn = _failure_notices(reader)
+    max_request_size, upload_chunk_size, max_message_size = _sizes(reader)
     rate = reader.number("mailbox_rate", 30.0)
     if rate <= 0:
         raise ConfigError(reader.key("mailbox_rate"), "must be more than 0 messages per minute")
@@ -227,10 +173,10 @@ def parse_graph_section(
         certificate=certificate,
         client_assertion_file=assertion,
         verify=verify,
-        https_proxy=https_proxy or None,
+        https_proxy=https_proxy,
         send_as=send_as,
         save_to_sent_items=reader.boolean("save_to_sent_items", True),
-        hidden_recipients=reader.string("hidden_recipients", "bcc-header", HIDDEN_RECIPIENT_MODES),
+        hidden_recipients=_choice(reader, "hidden_recipients", "bcc-header", HIDDEN_RECIPIENT_MODES),
         large_messages=reader.boolean("large_messages", True),
         max_request_size=max_request_size,
         upload_chunk_size=upload_chunk_size,
@@ -251,6 +197,107 @@ def parse_graph_section(
     )
     reader.finish()
     return config
+
+
+def _choice(reader: TableReader, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = reader.string(name, default, choices)
+    assert value is not None  # there is a default
+    return value
+
+
+def _endpoints(reader: TableReader, cloud: str, tenant_id: str) -> tuple[str, str]:
+    """The authority (login host plus tenant) and the Graph root: the cloud's, unless overridden."""
+    login_host, graph_root = CLOUDS[cloud]
+    authority = reader.string("authority")
+    authority = _authority(authority, tenant_id, reader.key("authority")) if authority else f"{login_host}/{tenant_id}"
+    graph_url = reader.string("graph_url")
+    graph_url = _https_url(graph_url, reader.key("graph_url")) if graph_url else graph_root
+    return authority, graph_url
+
+
+def _credential(
+    reader: TableReader, environ: Mapping[str, str], resolve: Callable[[str], str],
+) -> tuple[Optional[Secret], Optional[CertificateConfig], Optional[str]]:
+    """The one credential given: a client secret, a certificate, or a federated token file."""
+    client_secret = secret_from_table(reader.table, "client_secret", reader.where, environ, resolve)
+    reader.mark_used("client_secret", "client_secret_file", "client_secret_env")
+    certificate = _certificate(reader, environ, resolve)
+    assertion = reader.string("client_assertion_file")
+    if assertion:
+        assertion = resolve(assertion)
+    given = [n for n, v in (("client_secret", client_secret), ("certificate", certificate),
+                            ("client_assertion_file", assertion)) if v]
+    if not given:
+        raise ConfigError(reader.key("client_secret"),
+                          "set one credential: client_secret (or _file/_env), certificate + certificate_key, "
+                          "or client_assertion_file")
+    if len(given) > 1:
+        raise ConfigError(reader.key(given[1]), f"set only one credential, not both {given[0]} and {given[1]}")
+    return client_secret, certificate, assertion
+
+
+def _ca_bundle(reader: TableReader, resolve: Callable[[str], str]) -> Optional[str]:
+    verify = reader.string("ca_bundle")
+    if not verify:
+        return verify
+    verify = resolve(verify)
+    if not os.path.isfile(verify):
+        raise ConfigError(reader.key("ca_bundle"), f"file {verify} does not exist")
+    _check_pem_bundle(verify, reader.key("ca_bundle"))
+    return verify
+
+
+def _https_proxy(reader: TableReader) -> Optional[str]:
+    https_proxy = reader.string("https_proxy")
+    if not https_proxy:
+        return None
+    parts = urlsplit(https_proxy)
+    if parts.username is not None or parts.password is not None:
+        # Never echo the URL: it holds a password.  The CONNECT tunnel does not send
+        # credentials, so accepting them would only mean endless 407 answers.
+        raise ConfigError(reader.key("https_proxy"),
+                          "must not contain credentials (user:password@): proxy authentication is not supported")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(reader.key("https_proxy"),
+                          f"must be http://host:port of a proxy that allows CONNECT, not {https_proxy!r}")
+    return https_proxy
+
+
+def _send_as(reader: TableReader) -> str:
+    send_as = reader.string("send_as", "header-from")
+    assert send_as is not None  # there is a default
+    if send_as not in SEND_AS_MODES and not _looks_like_mailbox(send_as):
+        raise ConfigError(reader.key("send_as"),
+                          f"must be \"header-from\", \"envelope-from\" or a mailbox address, not {send_as!r}")
+    return send_as
+
+
+def _failure_notices(reader: TableReader) -> tuple[Optional[str], bool]:
+    """``postmaster`` and ``dsn``: RFC 3464 notices need a mailbox to come from."""
+    postmaster = reader.string("postmaster")
+    if postmaster is not None and not _looks_like_mailbox(postmaster):
+        raise ConfigError(reader.key("postmaster"), f"must be a mailbox address, not {postmaster!r}")
+    dsn = reader.boolean("dsn", False)
+    if dsn and not postmaster:
+        raise ConfigError(reader.key("dsn"), "needs graph.postmaster: the mailbox notifications are sent from")
+    return postmaster, dsn
+
+
+def _sizes(reader: TableReader) -> tuple[int, int, int]:
+    """``max_request_size``, ``upload_chunk_size`` and ``max_message_size``, within what Graph takes."""
+    max_request_size = reader.size("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
+    if not 64 * 1024 <= max_request_size <= 150 * 1000 * 1000:
+        raise ConfigError(reader.key("max_request_size"), "must be from 64KiB to 150MB")
+    upload_chunk_size = reader.size("upload_chunk_size", DEFAULT_UPLOAD_CHUNK_SIZE)
+    if not (UPLOAD_CHUNK_UNIT <= upload_chunk_size <= MAX_UPLOAD_CHUNK and upload_chunk_size % UPLOAD_CHUNK_UNIT == 0):
+        raise ConfigError(reader.key("upload_chunk_size"),
+                          f"must be a multiple of 320KiB ({UPLOAD_CHUNK_UNIT} bytes) from 320KiB to 3840KiB "
+                          f"(Graph takes at most 4MiB per upload PUT), not {upload_chunk_size} bytes; "
+                          "for example \"3200KiB\"")
+    max_message_size = reader.size("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+    if not 1024 <= max_message_size <= 150 * 1000 * 1000:
+        raise ConfigError(reader.key("max_message_size"), "must be from 1KiB to 150MB (Exchange Online's ceiling)")
+    return max_request_size, upload_chunk_size, max_message_size
 
 
 def _check_pem_bundle(path: str, key: str) -> None:
@@ -331,7 +378,9 @@ def _certificate(reader: TableReader, environ: Mapping[str, str], resolve: Calla
                           "is not a PEM private key, or the passphrase is wrong or missing") from None
     if not isinstance(private_key, rsa.RSAPrivateKey):
         raise ConfigError(reader.key("certificate_key"), "must be an RSA key (Entra signs client assertions with RS256/PS256)")
-    if private_key.public_key().public_numbers() != cert.public_key().public_numbers():
+    certified_key = cert.public_key()
+    if not isinstance(certified_key, rsa.RSAPublicKey) or \
+            private_key.public_key().public_numbers() != certified_key.public_numbers():
         raise ConfigError(reader.key("certificate_key"), f"does not belong to the certificate in {path}")
     return CertificateConfig(
         certificate_pem=pem.decode("ascii"),

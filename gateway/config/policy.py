@@ -69,36 +69,19 @@ def parse_redis(root: TableReader, environ: Mapping[str, str], resolve: Resolver
         root.mark_used("redis")
         return None
     t = root.table_at("redis")
-    values: dict[str, Any] = {}
-    url = t.string("url")
-    if url is not None:
-        for k in ("host", "port", "unix_socket", "db", "username"):
-            if t.has(k):
-                raise ConfigError(t.key(k), "set either url or host/port/unix_socket/db/username, not both")
-        values.update(_parse_url(url, t.key("url")))
-    else:
-        values["host"] = t.string("host", "127.0.0.1")
-        values["port"] = t.integer("port", 6379, 1, 65535)
-        socket_path = t.string("unix_socket")
-        if socket_path:
-            values["unix_socket"] = resolve(socket_path)
-        values["db"] = t.integer("db", 0, 0, 10000)
-        values["username"] = t.string("username")
+    values = _server(t, resolve)
     secret = secret_from_table(t.table, "password", t.where, environ, resolve)
     t.mark_used("password", "password_file", "password_env")
     if secret is not None:
         if values.get("password") is not None:
             raise ConfigError(t.key("password"), "is also given in url; set it in one place only")
         values["password"] = secret
-    sentinels = t.strings("sentinels")
+    sentinels = _sentinels(t)
     if sentinels:
-        for k in ("url", "host", "port", "unix_socket"):
-            if t.has(k):
-                raise ConfigError(t.key(k), "set either sentinels (Redis Sentinel) or url/host/port/unix_socket, not both")
-        values["sentinels"] = tuple(_host_port(item, t.key("sentinels")) for item in sentinels)
+        values["sentinels"] = sentinels
     values["sentinel_master"] = t.string("sentinel_master", "mymaster")
-    values["connect_timeout"] = t.duration("connect_timeout", 5.0)
-    values["reply_timeout"] = t.duration("reply_timeout", 2.0)
+    for name, default in (("connect_timeout", 5.0), ("reply_timeout", 2.0)):
+        values[name] = t.duration(name, default)
     for name in ("connect_timeout", "reply_timeout"):
         if values[name] <= 0:
             raise ConfigError(t.key(name), "must be more than 0 seconds")
@@ -108,6 +91,33 @@ def parse_redis(root: TableReader, environ: Mapping[str, str], resolve: Resolver
     values["key_prefix"] = prefix
     t.finish()
     return RedisConfig(**values)
+
+
+def _server(t: TableReader, resolve: Resolver) -> dict[str, Any]:
+    """Where Redis listens: from ``url``, or from host/port/unix_socket/db/username (never both)."""
+    url = t.string("url")
+    if url is not None:
+        for k in ("host", "port", "unix_socket", "db", "username"):
+            if t.has(k):
+                raise ConfigError(t.key(k), "set either url or host/port/unix_socket/db/username, not both")
+        return _parse_url(url, t.key("url"))
+    values: dict[str, Any] = {"host": t.string("host", "127.0.0.1"), "port": t.integer("port", 6379, 1, 65535)}
+    socket_path = t.string("unix_socket")
+    if socket_path:
+        values["unix_socket"] = resolve(socket_path)
+    values["db"] = t.integer("db", 0, 0, 10000)
+    values["username"] = t.string("username")
+    return values
+
+
+def _sentinels(t: TableReader) -> tuple[tuple[str, int], ...]:
+    """The Redis Sentinel addresses: sentinels then say where the master is, so no url/host/port."""
+    sentinels = t.strings("sentinels")
+    if sentinels:
+        for k in ("url", "host", "port", "unix_socket"):
+            if t.has(k):
+                raise ConfigError(t.key(k), "set either sentinels (Redis Sentinel) or url/host/port/unix_socket, not both")
+    return tuple(_host_port(item, t.key("sentinels")) for item in sentinels)
 
 
 def _host_port(text: str, key: str) -> tuple[str, int]:

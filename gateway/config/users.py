@@ -80,16 +80,9 @@ def validate_login(login: object) -> str:
 
 def parse_users(text: str, path: str) -> dict[str, UserRecord]:
     """Parse the file's text; raise L{UsersFileError} naming ``path`` and the line."""
-    users: dict[str, UserRecord] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        where = f"{path} line {number}"
-        try:
-            data = json.loads(stripped)
-        except ValueError as e:
-            raise UsersFileError(f"{where}: not valid JSON ({e.msg})") from None
+
+    def record(data: object, where: str) -> UserRecord:
+        """One line's JSON value as a record, checked field by field."""
         if not isinstance(data, dict):
             raise UsersFileError(f"{where}: must be a JSON object")
         try:
@@ -117,9 +110,22 @@ def parse_users(text: str, path: str) -> dict[str, UserRecord]:
         disabled = data.get("disabled", False)
         if not isinstance(disabled, bool):
             raise UsersFileError(f"{where}: login {login!r}: \"disabled\" must be true or false")
-        if login in users:
-            raise UsersFileError(f"{where}: login {login!r} appears twice")
-        users[login] = UserRecord(login, hashed, patterns, disabled)
+        return UserRecord(login, hashed, patterns, disabled)
+
+    users: dict[str, UserRecord] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{path} line {number}"
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise UsersFileError(f"{where}: not valid JSON ({e.msg})") from None
+        user = record(data, where)
+        if user.login in users:
+            raise UsersFileError(f"{where}: login {user.login!r} appears twice")
+        users[user.login] = user
     return users
 
 

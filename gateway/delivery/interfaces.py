@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Hashable, Optional, Union
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 # The spool implements these and owns them (storage sits below delivery); re-exported here
@@ -148,7 +149,7 @@ class IDeliveryObserver(Interface):
     def deferred(entry, outcome) -> None:
         """A transient failure; the message stays queued for another attempt."""
 
-    def failed(entry, outcome) -> None:
+    def failed(entry, outcome) -> Optional[Deferred]:
         """A permanent failure or queue lifetime expiry; the message moved to failed/."""
 
 

@@ -115,6 +115,18 @@ class _Token(NamedTuple):
     space: bool  # white space or a comment came before it
 
 
+def _end_of_run(pattern: re.Pattern[str], value: str, pos: int) -> int:
+    """Where the run of ``pattern``'s characters starting at ``pos`` ends.
+
+    Callers have already seen a character of the run at ``pos``, so the match cannot fail; a
+    failure would be a bug in this module, never something a client can cause.
+    """
+    match = pattern.match(value, pos)
+    if match is None:
+        raise AssertionError(f"no {pattern.pattern!r} run at offset {pos}")
+    return match.end()
+
+
 def _skip_comment(value: str, pos: int, limits: MailLimits, what: str) -> int:
     """Position after the comment opening at ``pos``; nesting counted, never recursed."""
     flat = _FLAT_COMMENT.match(value, pos)
@@ -137,7 +149,7 @@ def _skip_comment(value: str, pos: int, limits: MailLimits, what: str) -> int:
         elif c == "\\":
             pos += 2
         else:
-            pos = _COMMENT_TEXT.match(value, pos).end()
+            pos = _end_of_run(_COMMENT_TEXT, value, pos)
     raise MalformedHeader(f"{what}: unterminated comment")
 
 
@@ -148,7 +160,7 @@ def _tokenize(value: str, limits: MailLimits, what: str, comments: Optional[list
     while pos < n:
         c = value[pos]
         if c in " \t":
-            pos = _WSP.match(value, pos).end()
+            pos = _end_of_run(_WSP, value, pos)
             space = True
             continue
         if c == "(":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import email.policy
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Protocol
 
 import attrs
 
@@ -133,7 +133,18 @@ def _one_field(folded: bytes) -> bytes:
     return b"\r\n".join([lines[0]] + [line if line[:1] in (b" ", b"\t") else b" " + line for line in lines[1:]]) + b"\r\n"
 
 
-def apply_edits(header_lines: bytes, edits: Iterable) -> bytes:
+class Edit(Protocol):
+    """A header edit as policies return it (L{gateway.policy.interfaces.HeaderEdit} is one)."""
+
+    @property
+    def action(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> Optional[str]: ...
+
+
+def apply_edits(header_lines: bytes, edits: Iterable[Edit]) -> bytes:
     """
     ``header_lines`` with ``edits`` (objects with ``action``, ``name``, ``value``) applied in
     order: ``remove`` drops every occurrence, ``replace`` drops them and puts one where the
@@ -141,15 +152,22 @@ def apply_edits(header_lines: bytes, edits: Iterable) -> bytes:
     """
     fields = [(f.name.lower(), f.raw) for f in split_fields(header_lines)]
     for edit in edits:
-        key = edit.name.lower().encode("ascii")
-        first = next((i for i, (name, _) in enumerate(fields) if name == key), None)
-        if edit.action in ("remove", "replace"):
-            fields = [f for f in fields if f[0] != key]
-        if edit.action == "add" or (edit.action == "replace" and first is None):
-            fields.append((key, header_line(edit.name, edit.value or "")))
-        elif edit.action == "replace":
-            fields.insert(first, (key, header_line(edit.name, edit.value or "")))
+        fields = _apply_edit(fields, edit)
     return b"".join(raw for _, raw in fields)
+
+
+def _apply_edit(fields: list[tuple[bytes, bytes]], edit: Edit) -> list[tuple[bytes, bytes]]:
+    """The (lower-case name, raw bytes) fields after one edit; an unknown action changes nothing."""
+    key = edit.name.lower().encode("ascii")
+    if edit.action == "add":
+        return fields + [(key, header_line(edit.name, edit.value or ""))]
+    if edit.action not in ("remove", "replace"):
+        return fields
+    first = next((i for i, (name, _) in enumerate(fields) if name == key), None)
+    kept = [f for f in fields if f[0] != key]
+    if edit.action == "replace":
+        kept.insert(len(kept) if first is None else first, (key, header_line(edit.name, edit.value or "")))
+    return kept
 
 
 __all__ = ["Field", "TooManyFields", "field_name", "is_continuation", "is_from_line", "split_fields", "header_line", "apply_edits"]

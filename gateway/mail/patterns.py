@@ -45,6 +45,15 @@ def _unquote(local: str) -> str:
     return local
 
 
+def _safe_characters(stripped: str, local: str, domain: str) -> bool:
+    """Spaces only inside a quoted local part; control characters and angle brackets nowhere."""
+    if not stripped or any(ord(c) < 32 or ord(c) == 127 for c in stripped):
+        return False
+    quoted = len(local) >= 2 and local[0] == '"' and local[-1] == '"'
+    unquoted_text = domain if quoted else stripped
+    return not (any(c.isspace() for c in unquoted_text) or "<" in unquoted_text or ">" in unquoted_text)
+
+
 @attrs.frozen
 class SenderPattern:
     """One parsed pattern; ``text`` is its normalised spelling (``*`` or ``local@domain``)."""
@@ -64,11 +73,7 @@ class SenderPattern:
         if stripped == ANY_SENDER:
             return cls(ANY_SENDER, any=True)
         local, at, domain = stripped.rpartition("@")
-        quoted = len(local) >= 2 and local[0] == '"' and local[-1] == '"'
-        # Spaces only inside a quoted local part; control characters and brackets nowhere.
-        unquoted_text = domain if quoted else stripped
-        if (not stripped or any(ord(c) < 32 or ord(c) == 127 for c in stripped)
-                or any(c.isspace() for c in unquoted_text) or "<" in unquoted_text or ">" in unquoted_text):
+        if not _safe_characters(stripped, local, domain):
             raise PatternError(f"{text!r} is not an address pattern (no spaces, control characters or angle brackets)")
         if not at or not local or not domain:
             raise PatternError(f"{text!r} needs the form local@domain, *@domain, a glob such as \"scan-*@corp.example\", or *")

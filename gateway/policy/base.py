@@ -8,11 +8,10 @@ L{gateway.plugins.factory.LazyPluginFactory}, shared with the delivery observers
 
 from __future__ import annotations
 
-from typing import Any
-
 from zope.interface import implementer
 
 from gateway.policy.interfaces import (
+    Answer,
     Continue,
     IPolicy,
     MessageView,
@@ -26,16 +25,16 @@ CONTINUE = Continue()
 class PolicyBase:
     """Continue at every step; subclass and override the hooks you need."""
 
-    def on_connect(self, session: SessionView) -> Any:
+    def on_connect(self, session: SessionView) -> Answer:
         return CONTINUE
 
-    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+    def on_mail_from(self, session: SessionView, sender: str) -> Answer:
         return CONTINUE
 
-    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Answer:
         return CONTINUE
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         return CONTINUE
 
 

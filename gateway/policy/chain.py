@@ -21,7 +21,7 @@ passes, a rewrite to anything else is refused).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from gateway.mail.errors import MailRefusal
 from gateway.mail.fields import apply_edits as apply_raw_edits
-from gateway.mail.message import parse_header_section
+from gateway.mail.message import MessageHeader, parse_header_section
 from gateway.policy.addresses import message_header
 from gateway.policy.headers import apply_edits, edit_problem
 from gateway.policy.interfaces import (
@@ -47,7 +47,7 @@ from gateway.policy.interfaces import (
 _POLICY_FAILURE = TempFail(451, "4.3.0", "Temporary policy failure, try again later")
 
 
-def _judge_edited(view: MessageView, edits: tuple[HeaderEdit, ...]) -> Any:
+def _judge_edited(view: MessageView, edits: tuple[HeaderEdit, ...]) -> Union[MessageHeader, MailRefusal]:
     """
     The view's judged header (L{gateway.mail}) with ``edits`` applied, judged again, so later
     policies and the guard read what will be stored; a refusal is kept and raised to whoever
@@ -98,9 +98,10 @@ class PolicyChain:
     def _guard_first(self, step: str, ask: Callable[[IPolicy], Any]) -> Deferred:
         # Plain Deferred plumbing, no generators: this runs three times per message, and with
         # the usual chain (the guard alone, answering synchronously) it all fires at once.
-        if self.guard is None:
+        guard = self.guard
+        if guard is None:
             return self._run_policies(step, ask)
-        return self._ask_guard(step, ask).addCallback(
+        return self._ask_guard(guard, step, ask).addCallback(
             lambda refusal: refusal if refusal is not None else self._run_policies(step, ask))
 
     def _run_policies(self, step: str, ask: Callable[[IPolicy], Any]) -> Deferred:
@@ -108,10 +109,10 @@ class PolicyChain:
             return succeed(ALLOWED)
         return self._run(step, ask)
 
-    def _ask_guard(self, step: str, ask: Callable[[IPolicy], Any]) -> Deferred:
+    def _ask_guard(self, guard: IPolicy, step: str, ask: Callable[[IPolicy], Any]) -> Deferred:
         """Fires with the guard's refusal as a StepResult, or None when it lets the step go on."""
         try:
-            verdict = ask(self.guard)
+            verdict = ask(guard)
         except Exception:
             self.log.failure("gateway policy {policy!r} failed at {step}", policy=self.guard, step=step)
             return succeed(StepResult(_POLICY_FAILURE))
@@ -145,13 +146,14 @@ class PolicyChain:
             d = self._run("on_message", lambda p: p.on_message(session, current[0]), edited)
         else:
             d = succeed(StepResult(Continue(), ()))
-        if self.guard is None:
+        guard = self.guard
+        if guard is None:
             return d
 
         def then_guard(result: StepResult) -> Any:
             if not result.allowed:
                 return result
-            checked = self._ask_guard("on_message", lambda p: p.on_message(session, current[0]))
+            checked = self._ask_guard(guard, "on_message", lambda p: p.on_message(session, current[0]))
             return checked.addCallback(lambda refusal: result if refusal is None else StepResult(refusal.verdict, result.edits))
 
         return d.addCallback(then_guard)

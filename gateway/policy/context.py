@@ -8,9 +8,13 @@ tests can build them with a fake clock and a chosen backend, and two gateways in
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
+
+if TYPE_CHECKING:
+    from gateway.policy.redis_connection import RedisConnection
 
 
 @attrs.frozen
@@ -24,9 +28,9 @@ class PolicyContext:
     is the gateway's own name; ``limits`` the listener's L{gateway.config.model.Limits}.
     """
 
-    clock: Any
+    clock: IReactorTime
     listener: str = "default"
-    redis: Optional[Any] = None
+    redis: Optional[RedisConnection] = None
     key: str = ""
     hostname: str = "localhost"
     limits: Optional[Any] = None

@@ -15,14 +15,16 @@ encoded by the ``email`` package, so encoded words stay valid and addresses are 
 from __future__ import annotations
 
 import email.policy
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import attrs
 
 from gateway.policy.addresses import header_addresses
 from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.context import PolicyContext
 from gateway.policy.headers import format_address, header_text, is_header_name
 from gateway.policy.interfaces import (
+    Answer,
     EditHeaders,
     HeaderEdit,
     MessageView,
@@ -61,7 +63,7 @@ class HeaderRewrite(PolicyBase):
     addresses: tuple[AddressRewrite, ...] = ()
     subject_tag: Optional[str] = None
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         if not self.scope.applies(session):
             return CONTINUE
         edits = [HeaderEdit("remove", name) for name in self.remove]
@@ -95,7 +97,7 @@ def _header_value(value: Any, option: str, name: str) -> str:
 
 def _address_rewrite(text: str, option: str, header: str, keep_display_name: bool) -> AddressRewrite:
     parsed = email.policy.SMTP.header_factory(header, text)
-    found = getattr(parsed, "addresses", ())
+    found: Sequence[Any] = getattr(parsed, "addresses", ())
     if parsed.defects or len(found) != 1 or not found[0].username or not found[0].domain:
         raise PolicyConfigError(
             f"{text!r} is not one address such as \"shared@corp.example\" or \"Shared <shared@corp.example>\"", option,
@@ -121,25 +123,42 @@ OPTIONS = (
 )
 
 
-def build(options: Mapping[str, Any], context: Any) -> HeaderRewrite:
-    o = PolicyOptions(options, OPTIONS)
+def _address_rewrites(o: PolicyOptions) -> tuple[AddressRewrite, ...]:
+    """One rewrite for each of ``from``, ``sender``, ``reply_to`` that is set."""
     keep = o.boolean("keep_display_name", True)
-    addresses = []
-    for option, header in _ADDRESS_OPTIONS.items():
-        text = o.string(option)
-        if text is not None:
-            addresses.append(_address_rewrite(text, option, header, keep))
+    texts = ((option, header, o.string(option)) for option, header in _ADDRESS_OPTIONS.items())
+    return tuple(_address_rewrite(text, option, header, keep) for option, header, text in texts if text is not None)
+
+
+def _removed_headers(o: PolicyOptions) -> tuple[str, ...]:
+    """``remove``, plus the internal-topology headers with ``strip_internal`` (each name once)."""
     remove = [_header_name(n, "remove") for n in o.strings("remove")]
     if o.boolean("strip_internal", False):
         remove += [n for n in INTERNAL_HEADERS if n.lower() not in {r.lower() for r in remove}]
-    replace = tuple((_header_name(n, "replace"), _header_value(v, "replace", n)) for n, v in o.table("replace").items())
-    add = tuple((_header_name(n, "add"), _header_value(v, "add", n)) for n, v in o.table("add").items())
+    return tuple(remove)
+
+
+def _header_table(o: PolicyOptions, option: str) -> tuple[tuple[str, str], ...]:
+    """``replace`` or ``add``: header names and one-line values."""
+    return tuple((_header_name(n, option), _header_value(v, option, n)) for n, v in o.table(option).items())
+
+
+def _subject_tag(o: PolicyOptions) -> Optional[str]:
     tag = o.string("subject_tag")
     if tag is not None and (not tag.strip() or any(c in tag for c in "\r\n\x00")):
         raise PolicyConfigError("must be a non-empty single line", "subject_tag")
+    return tag.strip() if tag else None
+
+
+def build(options: Mapping[str, Any], context: PolicyContext) -> HeaderRewrite:
+    o = PolicyOptions(options, OPTIONS)
+    addresses = _address_rewrites(o)
+    remove = _removed_headers(o)
+    replace = _header_table(o, "replace")
+    add = _header_table(o, "add")
+    tag = _subject_tag(o)
     policy = HeaderRewrite(
-        scope=o.scope(), remove=tuple(remove), replace=replace, add=add,
-        addresses=tuple(addresses), subject_tag=tag.strip() if tag else None,
+        scope=o.scope(), remove=remove, replace=replace, add=add, addresses=addresses, subject_tag=tag,
     )
     o.finish()
     if not (policy.remove or policy.replace or policy.add or policy.addresses or policy.subject_tag):

@@ -11,12 +11,16 @@ Third-party policies are ``IPolicyFactory`` plugins in any ``twisted/plugins`` d
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+import email.message
+from typing import IO, Any, Callable, Mapping, Optional, Union
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from gateway.config.logins import login_names
+from gateway.mail.errors import MailRefusal
+from gateway.mail.message import MessageHeader
 from gateway.plugins.errors import PolicyConfigError
 
 
@@ -65,21 +69,23 @@ class MessageView:
 
     ``headers`` is the header section parsed with the ``email`` package
     (``email.message.Message`` built by ``email.parser.BytesHeaderParser`` with
-    ``email.policy.SMTP``); ``header_bytes`` is the raw header section.  ``open_body`` is a
+    ``email.policy.SMTP``; None when the chain runs no configured policy, so nobody reads it);
+    ``header_bytes`` is the raw header section.  ``open_body`` is a
     zero-argument callable returning a new binary file object positioned at the body
     (blocking: read it in a thread for anything large).  ``size`` is the whole message length.
 
     ``mail`` is the header section as judged by the gateway's one mail grammar
-    (L{gateway.mail.message.MessageHeader}, after earlier policies' edits): read addresses from
+    (L{gateway.mail.message.MessageHeader}, after earlier policies' edits; the L{MailRefusal}
+    when an edit made it unacceptable; None on views built without it): read addresses from
     it — or through L{gateway.policy.addresses.message_header}, which also works on views built
     without it — so a policy sees exactly what the relay guard and the deliverer see.
     """
 
-    headers: Any
+    headers: Optional[email.message.Message]
     header_bytes: bytes
     size: int
-    open_body: Any
-    mail: Any = None
+    open_body: Callable[[], IO[bytes]]
+    mail: Union[MessageHeader, MailRefusal, None] = None
 
 
 @attrs.frozen
@@ -131,6 +137,8 @@ class EditHeaders:
 
 
 Verdict = Union[Continue, Accept, Reject, TempFail, EditHeaders]
+#: What an L{IPolicy} method returns: a verdict now, or a Deferred firing with one.
+Answer = Union[Verdict, Deferred]
 
 
 class IPolicy(Interface):
@@ -189,6 +197,6 @@ class LoginThrottled(Exception):
 
 __all__ = [
     "Identity", "SessionView", "MessageView",
-    "Continue", "Accept", "Reject", "TempFail", "HeaderEdit", "EditHeaders", "Verdict",
+    "Continue", "Accept", "Reject", "TempFail", "HeaderEdit", "EditHeaders", "Verdict", "Answer",
     "IPolicy", "IPolicyFactory", "PolicyConfigError", "IAuthenticatedIdentity", "LoginThrottled",
 ]

@@ -15,7 +15,9 @@ from typing import Any, Mapping
 import attrs
 
 from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import (
+    Answer,
     MessageView,
     PolicyConfigError,
     Reject,
@@ -31,7 +33,7 @@ class MaxRecipients(PolicyBase):
     scope: Scope = Scope()
     text: str = "Too many recipients"
 
-    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Answer:
         if self.scope.applies(session) and len(session.recipients) >= self.maximum:
             return TempFail(452, "4.5.3", f"{self.text} (at most {self.maximum} per message)")
         return CONTINUE
@@ -43,7 +45,7 @@ class SizeLimit(PolicyBase):
     scope: Scope = Scope()
     text: str = "Message too big"
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         if self.scope.applies(session) and message.size > self.maximum:
             return Reject(552, "5.3.4", f"{self.text} (at most {self.maximum} bytes)")
         return CONTINUE
@@ -62,10 +64,12 @@ SIZE_LIMIT_OPTIONS = (
 )
 
 
-def build_max_recipients(options: Mapping[str, Any], context: Any) -> MaxRecipients:
+def build_max_recipients(options: Mapping[str, Any], context: PolicyContext) -> MaxRecipients:
     o = PolicyOptions(options, MAX_RECIPIENTS_OPTIONS)
+    maximum = o.integer("max", 10, 1, 100000)
+    assert maximum is not None  # there is a default
     policy = MaxRecipients(
-        maximum=o.integer("max", 10, 1, 100000),
+        maximum=maximum,
         scope=o.scope(),
         text=o.reply_text("text", "Too many recipients"),
     )
@@ -73,7 +77,7 @@ def build_max_recipients(options: Mapping[str, Any], context: Any) -> MaxRecipie
     return policy
 
 
-def build_size_limit(options: Mapping[str, Any], context: Any) -> SizeLimit:
+def build_size_limit(options: Mapping[str, Any], context: PolicyContext) -> SizeLimit:
     o = PolicyOptions(options, SIZE_LIMIT_OPTIONS)
     maximum = o.size("max", None)
     if maximum is None:

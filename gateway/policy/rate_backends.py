@@ -14,11 +14,15 @@ never refills backwards if one gateway's clock lags another's.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
+
+if TYPE_CHECKING:
+    from gateway.policy.redis_connection import RedisConnection
 
 _EPSILON = 1e-9
 
@@ -61,7 +65,7 @@ class MemoryBuckets:
     keeps memory flat however many distinct senders or addresses a client invents.
     """
 
-    def __init__(self, clock: Any, max_keys: int = 100_000) -> None:
+    def __init__(self, clock: IReactorTime, max_keys: int = 100_000) -> None:
         self._clock = clock
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -74,7 +78,8 @@ class MemoryBuckets:
         states = []
         wait = 0.0
         for r in requests:
-            tokens, stamp = _refill(*self._buckets.get(r.key, (r.capacity, now)), now, r)
+            stored_tokens, stored_stamp = self._buckets.get(r.key, (r.capacity, now))
+            tokens, stamp = _refill(stored_tokens, stored_stamp, now, r)
             if tokens + _EPSILON < r.cost:
                 wait = max(wait, (r.cost - tokens) * r.window / r.capacity)
             states.append((r, tokens, stamp))
@@ -137,7 +142,7 @@ class RedisBuckets:
     loaded on first use).  ``connection`` is a L{gateway.policy.redis_connection.RedisConnection}.
     """
 
-    def __init__(self, connection: Any, clock: Any, prefix: str = "graphsmtp") -> None:
+    def __init__(self, connection: RedisConnection, clock: IReactorTime, prefix: str = "graphsmtp") -> None:
         self._connection = connection
         self._clock = clock
         self._prefix = prefix

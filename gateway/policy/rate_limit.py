@@ -27,7 +27,9 @@ from gateway.mail.addresses import mailbox_key
 from gateway.mail.errors import MailRefusal
 from gateway.policy.addresses import client_key, message_header
 from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import (
+    Answer,
     MessageView,
     PolicyConfigError,
     SessionView,
@@ -43,6 +45,7 @@ from gateway.policy.options import (
 from gateway.policy.rate_backends import (
     BucketRequest,
     Decision,
+    IRateLimitBackend,
     MemoryBuckets,
     RedisBuckets,
 )
@@ -117,7 +120,7 @@ class RateLimit(PolicyBase):
 
     # -- the hooks
 
-    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+    def on_mail_from(self, session: SessionView, sender: str) -> Answer:
         if self.key == "mailbox" or self.messages is None or not self.scope.applies(session):
             return CONTINUE
         subject = self.subject(session, sender=sender)
@@ -125,7 +128,7 @@ class RateLimit(PolicyBase):
             return CONTINUE
         return self._take(session, subject, [self._request(subject, "messages", self.messages, 1)])
 
-    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Answer:
         if self.key == "mailbox" or self.recipients is None or not self.scope.applies(session):
             return CONTINUE
         subject = self.subject(session)
@@ -133,7 +136,7 @@ class RateLimit(PolicyBase):
             return CONTINUE
         return self._take(session, subject, [self._request(subject, "recipients", self.recipients, 1)])
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         if self.key != "mailbox" or not self.scope.applies(session):
             return CONTINUE
         subject = self.subject(session, message=message)
@@ -185,7 +188,7 @@ OPTIONS = (
 )
 
 
-def build(options: Mapping[str, Any], context: Any) -> RateLimit:
+def build(options: Mapping[str, Any], context: PolicyContext) -> RateLimit:
     o = PolicyOptions(options, OPTIONS)
     key = o.string("key", "login")
     assert key is not None
@@ -201,11 +204,13 @@ def build(options: Mapping[str, Any], context: Any) -> RateLimit:
         raise PolicyConfigError("must be more than 0 seconds", "per")
     backend_name = o.string("backend", "memory", ("memory", "redis"))
     max_keys = o.integer("max_keys", 100_000, 1, 10**8)
+    assert max_keys is not None  # there is a default
     name = o.string("name", getattr(context, "key", "") or "rate-limit")
     if not name or any(c.isspace() or c in "{}" for c in name):
         raise PolicyConfigError("must be a word without spaces or braces", "name")
     text = o.reply_text("text", "Rate limit exceeded")
     ipv6_prefix = o.integer("ipv6_prefix", 64, 1, 128)
+    assert ipv6_prefix is not None  # there is a default
     fail_open = o.boolean("fail_open", False)
     scope = o.scope()
     o.finish()
@@ -213,7 +218,7 @@ def build(options: Mapping[str, Any], context: Any) -> RateLimit:
         connection = getattr(context, "redis", None)
         if connection is None:
             raise PolicyConfigError("is \"redis\" but no [redis] section is configured", "backend")
-        backend: Any = RedisBuckets(connection, context.clock, connection.key_prefix)
+        backend: IRateLimitBackend = RedisBuckets(connection, context.clock, connection.key_prefix)
     else:
         backend = MemoryBuckets(context.clock, max_keys)
     return RateLimit(

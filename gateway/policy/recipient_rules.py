@@ -17,7 +17,8 @@ from twisted.logger import Logger
 
 from gateway.policy.addresses import AddressPattern, matches_any, without_subaddress
 from gateway.policy.base import CONTINUE, PolicyBase
-from gateway.policy.interfaces import PolicyConfigError, Reject, SessionView
+from gateway.policy.context import PolicyContext
+from gateway.policy.interfaces import Answer, PolicyConfigError, Reject, SessionView
 from gateway.policy.options import (
     Option,
     PolicyOptions,
@@ -35,7 +36,7 @@ class RecipientRules(PolicyBase):
     reject: Reject = Reject(550, "5.7.1", "Recipient address not allowed")
     log = Logger()
 
-    def on_rcpt_to(self, session: SessionView, recipient: str) -> Any:
+    def on_rcpt_to(self, session: SessionView, recipient: str) -> Answer:
         if not self.scope.applies(session):
             return CONTINUE
         # Exchange delivers local+tag@domain to local@domain: a deny must catch that spelling too.
@@ -59,7 +60,7 @@ OPTIONS = (
 )
 
 
-def build(options: Mapping[str, Any], context: Any) -> RecipientRules:
+def build(options: Mapping[str, Any], context: PolicyContext) -> RecipientRules:
     o = PolicyOptions(options, OPTIONS)
     policy = RecipientRules(
         allow=o.patterns("allow"),

@@ -17,6 +17,7 @@ import txredisapi
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from gateway.config.policy import RedisConfig
@@ -63,6 +64,7 @@ class RedisConnection(Service):
                 username=c.username,
             )
             factory.reconnect = True
+            endpoint: IStreamClientEndpoint
             if c.unix_socket:
                 endpoint = UNIXClientEndpoint(self._reactor, c.unix_socket, timeout=c.connect_timeout)
             else:

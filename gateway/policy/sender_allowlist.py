@@ -30,7 +30,9 @@ from gateway.policy.addresses import (
     message_header,
 )
 from gateway.policy.base import CONTINUE, PolicyBase
+from gateway.policy.context import PolicyContext
 from gateway.policy.interfaces import (
+    Answer,
     MessageView,
     PolicyConfigError,
     Reject,
@@ -74,7 +76,7 @@ class SenderAllowlist(PolicyBase):
                         return rules
         return self.allow or None
 
-    def on_mail_from(self, session: SessionView, sender: str) -> Any:
+    def on_mail_from(self, session: SessionView, sender: str) -> Answer:
         if "envelope" not in self.check:
             return CONTINUE
         rules = self.rules_for(session)
@@ -84,7 +86,7 @@ class SenderAllowlist(PolicyBase):
             return CONTINUE if self.allow_null_sender else self._refuse(session, "envelope", "<>")
         return CONTINUE if matches_any(rules, sender) else self._refuse(session, "envelope", sender)
 
-    def on_message(self, session: SessionView, message: MessageView) -> Any:
+    def on_message(self, session: SessionView, message: MessageView) -> Answer:
         headers = [h for h in ("from", "sender") if h in self.check]
         if not headers:
             return CONTINUE
@@ -130,10 +132,10 @@ OPTIONS = (
 )
 
 
-def build(options: Mapping[str, Any], context: Any) -> SenderAllowlist:
+def build(options: Mapping[str, Any], context: PolicyContext) -> SenderAllowlist:
     o = PolicyOptions(options, OPTIONS)
     allow = o.patterns("allow")
-    per_login = []
+    per_login: list[tuple[str, tuple[AddressPattern, ...]]] = []
     for login, rules in o.pattern_table("per_login").items():
         if not login.strip():
             raise PolicyConfigError("login names must not be empty", "per_login")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Optional, Protocol
+from typing import Iterator, Optional, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Cooperator, TaskDone, TaskStopped
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.task import CooperativeTask, Cooperator, TaskDone, TaskStopped
+from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -30,6 +32,14 @@ class Reader(Protocol):
 
     def read(self, n: int) -> bytes: ...
     def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Bytes of a known ``length`` that can be read, from the start, as often as a retry needs."""
+
+    @property
+    def length(self) -> int: ...
+    def open(self) -> Reader: ...
 
 
 def base64_length(n: int) -> int:
@@ -83,7 +93,7 @@ class Concat:
 class Base64Of:
     """The base64 encoding (no line breaks) of another source."""
 
-    inner: Any
+    inner: Source
 
     @property
     def length(self) -> int:
@@ -331,16 +341,17 @@ class StreamingBodyProducer:
     as twisted.web.client.FileBodyProducer does.
     """
 
-    def __init__(self, source: Any, cooperator: Cooperator, read_size: int = READ_SIZE) -> None:
-        self._source = source
+    def __init__(self, source: Source, cooperator: Cooperator, read_size: int = READ_SIZE) -> None:
+        self._source: Optional[Source] = source
         self._cooperator = cooperator
         self._read_size = read_size
         self.length = source.length
         self.finished = False
-        self._task: Any = None
+        self._task: Optional[CooperativeTask] = None
         self._reader: Optional[Reader] = None
 
-    def startProducing(self, consumer: Any) -> Deferred:
+    def startProducing(self, consumer: IConsumer) -> Deferred:
+        assert self._source is not None, "a body producer is produced once"
         self._reader = self._source.open()
         # Twisted's client keeps the request (and so this producer) around after the answer;
         # dropping the source lets an upload chunk's bytes go as soon as they are written.
@@ -348,11 +359,11 @@ class StreamingBodyProducer:
         self._task = self._cooperator.cooperate(self._write_all(consumer))
         d = self._task.whenDone()
 
-        def done(result: Any) -> None:
+        def done(result: object) -> None:
             self.finished = True
             self._close()
 
-        def stopped(failure: Any) -> None:
+        def stopped(failure: Failure) -> Deferred:
             self._close()
             failure.trap(TaskStopped)
             # twisted.web expects the Deferred never to fire after stopProducing.
@@ -361,7 +372,7 @@ class StreamingBodyProducer:
         d.addCallbacks(done, stopped)
         return d
 
-    def _write_all(self, consumer: Any):
+    def _write_all(self, consumer: IConsumer) -> Iterator[None]:
         assert self._reader is not None
         while True:
             chunk = self._reader.read(self._read_size)
@@ -398,7 +409,7 @@ class StreamingBodyProducer:
         self._close()
 
 
-def cooperator_for(reactor: Any) -> Cooperator:
+def cooperator_for(reactor: IReactorTime) -> Cooperator:
     """A Cooperator scheduled on ``reactor`` (not the global one), for body producers."""
     return Cooperator(scheduler=lambda f: reactor.callLater(0, f))
 

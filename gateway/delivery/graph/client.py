@@ -14,7 +14,7 @@ import datetime
 import email.utils
 import json
 import uuid
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional, Union
 from urllib.parse import quote
 
 import attrs
@@ -25,7 +25,7 @@ from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from gateway.delivery.graph.body import Base64Of, Literal, StreamingBodyProducer
+from gateway.delivery.graph.body import Base64Of, Literal, Source, StreamingBodyProducer
 from gateway.delivery.graph.token import AccessToken
 
 API_VERSION = "v1.0"
@@ -89,8 +89,8 @@ class GraphClient:
         cooperator: Cooperator,
         request_timeout: float = 60.0,
         body_timeout: float = 30.0,
-        on_unavailable: Any = None,
-        on_request: Any = None,
+        on_unavailable: Optional[Callable[[], object]] = None,
+        on_request: Optional[Callable[[str, str, Union[int, str], float], object]] = None,
     ) -> None:
         self._http = http
         self._clock = clock
@@ -102,7 +102,7 @@ class GraphClient:
 
     # -- the calls ------------------------------------------------------------------------
 
-    def send_mime(self, graph_url: str, mailbox: str, token: AccessToken, mime: Any):
+    def send_mime(self, graph_url: str, mailbox: str, token: AccessToken, mime: Source) -> Awaitable[GraphResponse]:
         """``POST /users/{mailbox}/sendMail`` with the MIME message base64-encoded (Mail.Send)."""
         return self.request("POST", self.user_url(graph_url, mailbox, "sendMail"), token,
                             Base64Of(mime), b"text/plain")
@@ -115,7 +115,7 @@ class GraphClient:
         return self.request("POST", self.user_url(graph_url, mailbox, "sendMail"), token,
                             Literal(json.dumps(body).encode("utf-8")), b"application/json")
 
-    def create_mime_draft(self, graph_url: str, mailbox: str, token: AccessToken, mime: Any):
+    def create_mime_draft(self, graph_url: str, mailbox: str, token: AccessToken, mime: Source) -> Awaitable[GraphResponse]:
         """``POST /users/{mailbox}/messages`` from MIME: a draft (Mail.ReadWrite); 201 + message."""
         return self.request("POST", self.user_url(graph_url, mailbox, "messages"), token,
                             Base64Of(mime), b"text/plain")
@@ -124,7 +124,8 @@ class GraphClient:
         return self.request("PATCH", self.user_url(graph_url, mailbox, "messages", message_id), token,
                             Literal(json.dumps(changes).encode("utf-8")), b"application/json")
 
-    def add_attachment(self, graph_url: str, mailbox: str, token: AccessToken, message_id: str, body: Any):
+    def add_attachment(self, graph_url: str, mailbox: str, token: AccessToken, message_id: str,
+                       body: Source) -> Awaitable[GraphResponse]:
         """``POST .../messages/{id}/attachments`` with a JSON fileAttachment source (< 3 MB)."""
         return self.request("POST", self.user_url(graph_url, mailbox, "messages", message_id, "attachments"),
                             token, body, b"application/json")

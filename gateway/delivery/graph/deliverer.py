@@ -21,41 +21,34 @@ shared cause, so the runner can release what an outage held back once the tenant
 Expected trouble never errbacks; it becomes L{Transient} or L{Permanent}.  Credential trouble
 that an admin must fix pauses the whole tenant with growing backoff (the mail stays queued)
 and is visible through L{GraphDeliverer.health}.
+
+The draft steps live in L{gateway.delivery.graph.drafts} and the check that the file is
+still the one accepted in L{gateway.delivery.graph.integrity}; this module keeps the flow of
+one attempt, the authenticated Graph call and the tenant's state.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config.graph import GraphConfig
-from gateway.delivery.graph.body import (
-    Base64Of,
-    Concat,
-    DecodedRange,
-    FileRange,
-    Literal,
-    base64_length,
-    decoded_length,
-    read_exactly,
-)
-from gateway.delivery.graph.client import (
-    GraphClient,
-    GraphResponse,
-    GraphTransportError,
-)
+from gateway.delivery.graph.attempt import Attempt, StepFailed, TenantAuthFailure
+from gateway.delivery.graph.body import Concat, FileRange, Literal, Source, base64_length
+from gateway.delivery.graph.client import GraphClient, GraphResponse, GraphTransportError
 from gateway.delivery.graph.credentials import (
     ICredentialResolver,
     TenantCredentials,
     UnknownCredentials,
 )
+from gateway.delivery.graph.drafts import UPLOAD_SESSION_MINIMUM, DraftSending
+from gateway.delivery.graph.integrity import IntegrityCheck, NoJournal, digest_algorithm, message_digest
 from gateway.delivery.graph.mime import (
     HeaderSection,
     MessageFormatError,
@@ -74,8 +67,8 @@ from gateway.delivery.graph.outcomes import (
 )
 from gateway.delivery.graph.scheduler import MailboxThrottles
 from gateway.delivery.graph.sizes import single_request_limit
-from gateway.delivery.graph.structure import Part, plan_extraction, scan_structure
-from gateway.delivery.graph.token import AccessToken, TokenError, TokenProviders
+from gateway.delivery.graph.structure import plan_extraction, scan_structure
+from gateway.delivery.graph.token import TokenError, TokenProviders
 from gateway.delivery.interfaces import (
     CAUSE_CONNECTION,
     CAUSE_PAUSED,
@@ -84,17 +77,16 @@ from gateway.delivery.interfaces import (
     CAUSE_TOKEN,
     Delivered,
     IDeliverer,
-    IDraftJournal,
-    IEntryQuarantine,
     IMailboxRouting,
     MailboxKey,
     MailboxLimits,
+    Outcome,
     Permanent,
     Transient,
 )
 
-#: Graph refuses upload sessions for attachments under 3 MB (graph-facts §3.2b).
-UPLOAD_SESSION_MINIMUM = 3_000_000
+_O = TypeVar("_O", bound=Outcome)
+
 #: How a MailboxConcurrency 429 without Retry-After pauses the mailbox (it is not time based).
 CONCURRENCY_PAUSE = 2.0
 
@@ -155,39 +147,6 @@ class _Tenant:
     graph_trouble: str = ""
 
 
-@implementer(IDraftJournal, IEntryQuarantine)
-class NoJournal:
-    """
-    What a deliverer uses when nothing durable was injected (unit tests, tools): drafts are
-    still deleted when an attempt fails, but a crash may leave one behind; nothing can be
-    quarantined, so a changed message is held back (and alarmed about) but stays queued.
-    """
-
-    def note_draft(self, entry: Any, draft_id: Optional[str]) -> Deferred:
-        return succeed(None)
-
-    def draft_of(self, entry: Any) -> Optional[str]:
-        return getattr(entry, "draft_id", None)
-
-    def quarantine(self, entry: Any, reason: str) -> Deferred:
-        return fail(RuntimeError("no quarantine configured"))
-
-
-def message_digest(path: str, algorithm: str) -> str:
-    """``"<algorithm>:<hex>"`` of the file, streamed (blocking: runs in the io thread pool)."""
-    with open(path, "rb") as f:
-        return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
-
-
-def _digest_algorithm(entry: Any) -> Optional[str]:
-    """The algorithm of the digest recorded at intake, when this Python has it (else None)."""
-    expected = getattr(entry, "message_digest", None)
-    if not expected:
-        return None
-    algorithm = expected.split(":", 1)[0]
-    return algorithm if algorithm in hashlib.algorithms_guaranteed else None
-
-
 @attrs.frozen
 class PreparedMessage:
     """What reading the header section decided (built in a thread)."""
@@ -196,38 +155,15 @@ class PreparedMessage:
     section: HeaderSection
     plan: RecipientPlan
     mailbox: str
-    mime: Any  # source of the message as Graph should get it
+    mime: Source  # the message as Graph should get it
     mime_length: int
     #: ``"<algorithm>:<hex>"`` of the whole file, read in the same thread trip (None: not asked).
     digest: Optional[str] = None
 
-
-class _TenantAuthFailure(Exception):
-    """Graph refused even a freshly issued token: the app's permissions or tenant are wrong."""
-
-    def __init__(self, response: GraphResponse) -> None:
-        super().__init__(describe(response))
-        self.response = response
-
-
-class _StepFailed(Exception):
-    """A Graph step ended the attempt; ``outcome`` is what to report."""
-
-    def __init__(self, outcome: Any) -> None:
-        super().__init__(getattr(outcome, "reason", ""))
-        self.outcome = outcome
-
-
-@attrs.define
-class _Attempt:
-    entry: Any
-    credentials: TenantCredentials
-    token: AccessToken
-    mailbox: str
-    key: Any
-    path: str = "sendMail"
-    request_id: Optional[str] = None
-    token_accepted: bool = False
+    @property
+    def draft_bcc(self) -> tuple[str, ...]:
+        """Recipients a draft gets as bccRecipients: the hidden ones, in ``draft`` mode only."""
+        return self.plan.hidden if self.plan.kind == "draft" else ()
 
 
 def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConfig,
@@ -245,8 +181,9 @@ def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConf
     section = read_header_section(path)
     plan = plan_recipients(section, recipients, config.hidden_recipients)
     mailbox = sending_mailbox or choose_mailbox(section, sender, config.send_as)
+    mime: Source
     if plan.kind == "plain":
-        mime: Any = FileRange(path, 0, section.size)
+        mime = FileRange(path, 0, section.size)
     else:
         mime = Concat((Literal(plan.header + b"\r\n"), FileRange(path, section.body_offset, section.size)))
     digest = message_digest(path, digest_algorithm) if digest_algorithm else None
@@ -254,7 +191,7 @@ def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConf
 
 
 @implementer(IDeliverer, IMailboxRouting)
-class GraphDeliverer:
+class GraphDeliverer(DraftSending, IntegrityCheck):
     """
     Delivers spool entries through Microsoft Graph.
 
@@ -297,7 +234,7 @@ class GraphDeliverer:
         self._blocking = blocking or maybeDeferred
         self.stats = GraphStats()
         self.observers: tuple = ()
-        self.journal: Any = journal if journal is not None else NoJournal()
+        self.journal = journal if journal is not None else NoJournal()
         self._tenants: dict[tuple, _Tenant] = {}
         # Entries already alarmed about (integrity): one CRITICAL line per entry, not per attempt.
         self._alarmed: set[str] = set()
@@ -337,47 +274,21 @@ class GraphDeliverer:
 
     # -- the flow -------------------------------------------------------------------------
 
-    async def _deliver(self, entry: Any) -> Any:
+    async def _deliver(self, entry: Any) -> Outcome:
         try:
             credentials = await self.resolver.resolve(entry.provenance.credential_ref)
         except UnknownCredentials as e:
             return self._finish(entry, Permanent(str(e), status="5.7.0", remote_code="UnknownCredentials"))
         except Exception as e:  # noqa: BLE001 - a credential store hiccup must not lose mail
             return self._finish(entry, Transient(f"delivery credentials unavailable ({type(e).__name__})"))
-
         tenant = self._tenant(credentials)
-        self._adopt_shared_pause(tenant)
-        now = self.clock.seconds()
-        if tenant.paused_until > now:
-            return self._finish(entry, Transient(
-                f"tenant {tenant.label} paused after credential trouble: {tenant.detail}",
-                retry_at=tenant.paused_until, attempted=False, cause=CAUSE_PAUSED,
-                pause_until=tenant.paused_until, pause_scope="tenant"), quiet=True)
         key = self.mailbox_key(entry)
-        paused_until = self.throttles.paused_until(key)
-        if paused_until > now:
-            # The runner honours pauses; this only guards callers that do not.
-            return self._finish(entry, Transient(
-                f"Graph throttled this mailbox ({key.mailbox})", retry_at=paused_until, attempted=False,
-                cause=CAUSE_THROTTLED, pause_until=paused_until), quiet=True)
-
-        try:
-            prepared = await self._blocking(
-                prepare_message, entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config,
-                getattr(entry, "sending_mailbox", None), _digest_algorithm(entry))
-        except MessageFormatError as e:
-            # A file garbled on disk must be quarantined, not bounced as the sender's fault.
-            changed = await self._integrity_outcome(entry)
-            if changed is not None:
-                return self._finish(entry, changed)
-            return self._finish(entry, Permanent(f"message cannot be sent through Graph: {e}", status="5.6.0"))
-        except OSError as e:
-            return self._finish(entry, Transient(f"cannot read the message file: {e.strerror or e}"))
-
-        too_large = self._too_large(prepared)
-        if too_large is not None:
-            return self._finish(entry, too_large)
-
+        paused = self._paused(tenant, key)
+        if paused is not None:
+            return self._finish(entry, paused, quiet=True)
+        prepared = await self._prepare(entry)
+        if not isinstance(prepared, PreparedMessage):
+            return self._finish(entry, prepared)
         try:
             token = await self.tokens.acquire(credentials)
         except TokenError as e:
@@ -385,39 +296,78 @@ class GraphDeliverer:
         tenant.token_expires_at = token.expires_at
         if not tenant.graph_refused:
             self._tenant_ok(tenant)
-
         slot = None
         if self.admission is not None:
             # [cluster]: a slot (a lease in Redis) and a pacing turn shared by every gateway.
-            admitted = await self.admission.admit(self._shared_key(credentials, key), entry.queue_id)
-            if not hasattr(admitted, "release"):
+            slot = await self.admission.admit(self._shared_key(credentials, key), entry.queue_id)
+            if not hasattr(slot, "release"):
                 return self._finish(entry, Transient(
-                    f"{admitted.reason} ({key.mailbox})", retry_at=admitted.retry_at, attempted=False,
-                    cause=CAUSE_THROTTLED, pause_until=admitted.retry_at), quiet=True)
-            slot = admitted
-        attempt = _Attempt(entry, credentials, token, prepared.mailbox, key)
+                    f"{slot.reason} ({key.mailbox})", retry_at=slot.retry_at, attempted=False,
+                    cause=CAUSE_THROTTLED, pause_until=slot.retry_at), quiet=True)
+        attempt = Attempt(entry, credentials, token, prepared.mailbox, key)
+        outcome = await self._attempt(attempt, tenant, prepared, slot)
+        self._note_attempt(attempt, tenant, outcome)
+        return self._finish(entry, outcome, attempt=attempt)
+
+    def _paused(self, tenant: _Tenant, key: MailboxKey) -> Optional[Transient]:
+        """Not even tried: the tenant is paused for credential trouble, or Graph throttled the mailbox."""
+        self._adopt_shared_pause(tenant)
+        now = self.clock.seconds()
+        if tenant.paused_until > now:
+            return Transient(
+                f"tenant {tenant.label} paused after credential trouble: {tenant.detail}",
+                retry_at=tenant.paused_until, attempted=False, cause=CAUSE_PAUSED,
+                pause_until=tenant.paused_until, pause_scope="tenant")
+        paused_until = self.throttles.paused_until(key)
+        if paused_until > now:
+            # The runner honours pauses; this only guards callers that do not.
+            return Transient(
+                f"Graph throttled this mailbox ({key.mailbox})", retry_at=paused_until, attempted=False,
+                cause=CAUSE_THROTTLED, pause_until=paused_until)
+        return None
+
+    async def _prepare(self, entry: Any) -> Union[PreparedMessage, Transient, Permanent]:
+        """The message read and planned (in a thread), or why it cannot go (before asking for a token)."""
         try:
-            outcome = await self._send(attempt, prepared)
-        except _StepFailed as e:
-            outcome = e.outcome
-        except _TenantAuthFailure as e:
+            prepared = await self._blocking(
+                prepare_message, entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config,
+                getattr(entry, "sending_mailbox", None), digest_algorithm(entry))
+        except MessageFormatError as e:
+            # A file garbled on disk must be quarantined, not bounced as the sender's fault.
+            changed = await self._integrity_outcome(entry)
+            if changed is not None:
+                return changed
+            return Permanent(f"message cannot be sent through Graph: {e}", status="5.6.0")
+        except OSError as e:
+            return Transient(f"cannot read the message file: {e.strerror or e}")
+        return self._too_large(prepared) or prepared
+
+    async def _attempt(self, attempt: Attempt, tenant: _Tenant, prepared: PreparedMessage, slot: Any) -> Outcome:
+        """Send, turning what ended the attempt into its outcome; the admission slot is released either way."""
+        try:
+            return await self._send(attempt, prepared)
+        except StepFailed as e:
+            return e.outcome
+        except TenantAuthFailure as e:
             tenant.graph_refused = True
-            outcome = self._tenant_config_trouble(
+            return self._tenant_config_trouble(
                 tenant, f"Graph refused a freshly issued token ({describe(e.response)}); "
                         f"check the app's Mail.Send permission and admin consent")
         except TokenError as e:
-            outcome = self._token_failed(tenant, e)
+            return self._token_failed(tenant, e)
         finally:
             if slot is not None:
                 slot.release()
+
+    def _note_attempt(self, attempt: Attempt, tenant: _Tenant, outcome: Outcome) -> None:
+        """What the attempt showed about the tenant's token, Graph's health and the mailbox's pace."""
         if attempt.token_accepted and tenant.graph_refused:
             self._tenant_ok(tenant)
         self._note_graph_answers(tenant, outcome)
         if isinstance(outcome, Delivered):
-            self.throttles.succeeded(key)
+            self.throttles.succeeded(attempt.key)
             if self.admission is not None:
-                self.admission.succeeded(self._shared_key(credentials, key))
-        return self._finish(entry, outcome, attempt=attempt)
+                self.admission.succeeded(self._shared_key(attempt.credentials, attempt.key))
 
     def _too_large(self, prepared: PreparedMessage) -> Optional[Permanent]:
         """Refuse before asking for a token what no Graph path can carry."""
@@ -433,7 +383,7 @@ class GraphDeliverer:
                 status="5.3.4", remote_code="MessageTooLarge")
         return None
 
-    async def _send(self, attempt: _Attempt, prepared: PreparedMessage) -> Any:
+    async def _send(self, attempt: Attempt, prepared: PreparedMessage) -> Outcome:
         # Leftover draft first: even a message about to be quarantined must not leave one.
         leftover = await self._delete_leftover_draft(attempt)
         if leftover is not None:
@@ -453,7 +403,7 @@ class GraphDeliverer:
                           queue_id=attempt.entry.queue_id)
         elif fits:
             attempt.path = "draft"
-            return await self._send_draft(attempt, prepared, prepared.mime, ())
+            return await self._send_draft(attempt, prepared.draft_bcc, prepared.path, prepared.mime, ())
         attempt.path = "draft-large"
         root = await self._blocking(scan_structure, prepared.path, prepared.section.size)
         header = prepared.plan.header if prepared.plan.kind != "plain" else prepared.section.raw
@@ -463,184 +413,12 @@ class GraphDeliverer:
             return Permanent(
                 "message is too large for Graph: even without its attachments it exceeds one request "
                 f"({limit} bytes base64)", status="5.3.4", remote_code="MessageTooLarge")
-        return await self._send_draft(attempt, prepared, extraction.skeleton, extraction.attachments)
+        return await self._send_draft(attempt, prepared.draft_bcc, prepared.path, extraction.skeleton,
+                                      extraction.attachments)
 
-    async def _send_draft(self, attempt: _Attempt, prepared: PreparedMessage, mime: Any, attachments: tuple) -> Any:
-        response = await self._call(attempt, "createMessage", self.client.create_mime_draft, mime)
-        message_id = _message_id(response)
-        if not step_succeeded(response, "createMessage"):
-            if message_id and 200 <= response.code < 300:
-                await self._discard_draft(attempt, message_id)  # a draft may exist all the same
-            return self._step_failure(attempt, response, "createMessage", hint=True)
-        if not message_id:
-            return Transient("createMessage: Graph answered without a message id")
-        try:
-            # Durably, before anything is uploaded into it: a crash from here on leaves the id in
-            # the spool record, and the next attempt deletes the draft first.
-            await self.journal.note_draft(attempt.entry, message_id)
-        except Exception as e:  # noqa: BLE001 - without the note, a crash would orphan the draft
-            await self._discard_draft(attempt, message_id)
-            return Transient(f"createMessage: could not record the draft id in the spool ({e})")
-        try:
-            if prepared.plan.kind == "draft" and prepared.plan.hidden:
-                changes = {"bccRecipients": [{"emailAddress": {"address": a}} for a in prepared.plan.hidden]}
-                response = await self._call(attempt, "patchMessage", self.client.patch_message, message_id, changes)
-                if not step_succeeded(response, "patchMessage"):
-                    raise _StepFailed(self._step_failure(attempt, response, "patchMessage", hint=True))
-            for part in attachments:
-                await self._attach(attempt, message_id, prepared.path, part)
-            response = await self._call(attempt, "send", self.client.send_draft, message_id)
-        except _StepFailed as e:
-            if not getattr(e.outcome, "possibly_delivered", False):
-                await self._discard_draft(attempt, message_id)
-            raise
-        except BaseException:
-            await self._discard_draft(attempt, message_id)
-            raise
-        outcome = self._sent(attempt, response, "send")
-        if not isinstance(outcome, Delivered) and not getattr(outcome, "possibly_delivered", False):
-            await self._discard_draft(attempt, message_id)
-        return outcome
+    # -- Graph steps ----------------------------------------------------------------------
 
-    async def _attach(self, attempt: _Attempt, message_id: str, path: str, part: Part) -> None:
-        length = await self._blocking(decoded_length, path, part.body_start, part.body_end, part.encoding)
-        content = DecodedRange(path, part.body_start, part.body_end, part.encoding, length)
-        name = part.filename or _default_name(part)
-        inline = part.is_inline and part.content_id is not None
-        if length < UPLOAD_SESSION_MINIMUM:
-            head = {"@odata.type": "#microsoft.graph.fileAttachment", "name": name,
-                    "contentType": part.content_type, "isInline": inline}
-            if inline:
-                head["contentId"] = part.content_id
-            prefix = json.dumps(head)[:-1].encode("utf-8") + b', "contentBytes": "'
-            source = Concat((Literal(prefix), Base64Of(content), Literal(b'"}')))
-            response = await self._call(attempt, "addAttachment", self.client.add_attachment, message_id, source)
-            if not step_succeeded(response, "addAttachment"):
-                raise _StepFailed(self._step_failure(attempt, response, "addAttachment"))
-            return
-        item: dict[str, Any] = {"attachmentType": "file", "name": name, "size": length, "contentType": part.content_type}
-        if inline:
-            item.update(isInline=True, contentId=part.content_id)
-        response = await self._call(attempt, "createUploadSession", self.client.create_upload_session, message_id, item)
-        upload_url = (response.json or {}).get("uploadUrl") if isinstance(response.json, dict) else None
-        if not step_succeeded(response, "createUploadSession") or not upload_url:
-            raise _StepFailed(self._step_failure(attempt, response, "createUploadSession"))
-        reader = content.open()
-        try:
-            position = 0
-            while position < length:
-                # Exactly upload_chunk_size bytes per PUT (the last one fewer), never past the
-                # size the session was created with.
-                want = min(self.config.upload_chunk_size, length - position)
-                chunk = await self._blocking(read_exactly, reader, want)
-                if not chunk:
-                    raise _StepFailed(Transient("upload: the attachment ended early (file changed?)"))
-                try:
-                    response = await self.client.upload_chunk(upload_url, chunk, position, length)
-                except GraphTransportError as e:
-                    raise _StepFailed(transport_outcome(e, "upload")) from None
-                if not step_succeeded(response, "upload"):
-                    raise _StepFailed(self._step_failure(attempt, response, "upload"))
-                position += len(chunk)
-        finally:
-            reader.close()
-
-    async def _discard_draft(self, attempt: _Attempt, message_id: str) -> bool:
-        """
-        Best effort: an abandoned draft would clutter the mailbox's Drafts folder.  True when
-        it is gone (204, or 404: already gone); the journal then forgets it.  Otherwise its id
-        stays recorded and the next attempt tries again.
-        """
-        try:
-            response = await self.client.delete_message(
-                attempt.credentials.graph_url, attempt.mailbox, attempt.token, message_id)
-        except Exception as e:  # noqa: BLE001
-            self.log.info("graph {queue_id}: could not delete draft ({err})", queue_id=attempt.entry.queue_id,
-                          err=type(e).__name__)
-            return False
-        if not (step_succeeded(response, "deleteMessage") or response.code == 404):
-            self.log.info("graph {queue_id}: could not delete draft ({err})", queue_id=attempt.entry.queue_id,
-                          err=describe(response))
-            return False
-        if self.journal.draft_of(attempt.entry) == message_id:
-            try:
-                await self.journal.note_draft(attempt.entry, None)
-            except Exception as e:  # noqa: BLE001 - a stale id only costs the next attempt one 404
-                self.log.debug("graph {queue_id}: could not clear the draft id ({err})",
-                               queue_id=attempt.entry.queue_id, err=str(e))
-        return True
-
-    async def _delete_leftover_draft(self, attempt: _Attempt) -> Any:
-        """
-        An earlier attempt (maybe a process killed mid-upload) recorded a draft it never sent
-        or deleted: delete it before sending again, so the mailbox never keeps an orphan.  If
-        Graph cannot be asked now, the message waits rather than leave a second draft.
-        """
-        draft_id = self.journal.draft_of(attempt.entry)
-        if not draft_id:
-            return None
-        response = await self._call(attempt, "deleteMessage", self.client.delete_message, draft_id)
-        if step_succeeded(response, "deleteMessage"):
-            self.log.info("graph {queue_id}: deleted the draft an earlier attempt left behind",
-                          queue_id=attempt.entry.queue_id)
-        elif response.code == 404:
-            self.log.debug("graph {queue_id}: the draft an earlier attempt recorded is gone already",
-                           queue_id=attempt.entry.queue_id)
-        else:
-            outcome = self._step_failure(attempt, response, "deleteMessage")
-            if isinstance(outcome, Transient):
-                return attrs.evolve(outcome, reason=f"deleting a leftover draft: {outcome.reason}")
-            # Graph will not delete it (permissions changed?): say so, and do not hold the mail back.
-            self.log.warn("graph {queue_id}: could not delete the draft left by an earlier attempt ({err}); "
-                          "it stays in {mailbox}'s Drafts folder", queue_id=attempt.entry.queue_id,
-                          err=describe(response), mailbox=attempt.mailbox)
-        try:
-            await self.journal.note_draft(attempt.entry, None)
-        except Exception as e:  # noqa: BLE001 - harmless: a stale id costs the next attempt one 404
-            self.log.debug("graph {queue_id}: could not clear the draft id ({err})",
-                           queue_id=attempt.entry.queue_id, err=str(e))
-        return None
-
-    # -- integrity ------------------------------------------------------------------------
-
-    async def _integrity_outcome(self, entry: Any, actual: Optional[str] = None) -> Any:
-        """
-        None when the message file still has the digest recorded at intake (or the entry is
-        from a gateway that recorded none).  Otherwise the entry is quarantined — never sent —
-        with one CRITICAL line, and the outcome says so.  ``actual``: the file's digest as
-        read while preparing this attempt (None: read it now).
-        """
-        expected = getattr(entry, "message_digest", None)
-        if not expected:
-            return None
-        algorithm = expected.split(":", 1)[0]
-        if algorithm not in hashlib.algorithms_guaranteed:
-            self.log.warn("graph {queue_id}: unknown digest {algorithm!r}; not verified", queue_id=entry.queue_id,
-                          algorithm=algorithm)
-            return None
-        if actual is None or actual.split(":", 1)[0] != algorithm:
-            try:
-                actual = await self._blocking(message_digest, entry.message_path, algorithm)
-            except OSError as e:
-                return Transient(f"cannot read the message file: {e.strerror or e}")
-        if actual == expected:
-            return None
-        reason = "message file changed on disk since it was accepted (digest mismatch)"
-        try:
-            where = await self.journal.quarantine(entry, reason)
-        except Exception as e:  # noqa: BLE001 - not sent either way; retried (and not re-alarmed)
-            where, fate = None, f"could NOT be quarantined ({e}); it stays queued and is never sent as is"
-        else:
-            fate = f"it was moved to {where}"
-        if entry.queue_id not in self._alarmed:
-            self._alarmed.add(entry.queue_id)
-            self.log.critical(
-                "INTEGRITY ALARM: message {queue_id} changed on disk since it was accepted (recorded {expected}, "
-                "now {actual}); it was NOT sent and {fate}. Check the disk and the spool's permissions.",
-                queue_id=entry.queue_id, expected=expected, actual=actual, fate=fate)
-        return Transient(f"not sent: {reason}; " + ("quarantined" if where is not None else "quarantine failed"))
-
-    async def _call(self, attempt: _Attempt, step: str, method: Callable, *args: Any) -> GraphResponse:
+    async def _call(self, attempt: Attempt, step: str, method: Callable, *args: Any) -> GraphResponse:
         """One authenticated Graph call; a 401 evicts the token and retries exactly once."""
         graph_url = attempt.credentials.graph_url
         try:
@@ -655,13 +433,13 @@ class GraphDeliverer:
             attempt.token = await self.tokens.acquire(attempt.credentials)
             response = await method(graph_url, attempt.mailbox, attempt.token, *args)
         except GraphTransportError as e:
-            raise _StepFailed(transport_outcome(e, step)) from None
+            raise StepFailed(transport_outcome(e, step)) from None
         if response.code == 401:
-            raise _TenantAuthFailure(response)
+            raise TenantAuthFailure(response)
         attempt.token_accepted = True
         return response
 
-    def _sent(self, attempt: _Attempt, response: GraphResponse, step: str) -> Any:
+    def _sent(self, attempt: Attempt, response: GraphResponse, step: str) -> Outcome:
         """Only the documented ``202`` is delivered; any other 2xx is transient, possibly delivered."""
         if step_succeeded(response, step):
             attempt.request_id = response.request_id
@@ -669,9 +447,10 @@ class GraphDeliverer:
                              + (f" request-id {response.request_id}" if response.request_id else ""))
         return self._step_failure(attempt, response, step)
 
-    def _step_failure(self, attempt: _Attempt, response: GraphResponse, step: str, hint: bool = False) -> Any:
+    def _step_failure(self, attempt: Attempt, response: GraphResponse, step: str,
+                      hint: bool = False) -> Union[Transient, Permanent]:
         outcome = failure_outcome(response, self.clock.seconds(), step)
-        if response.code == 429:
+        if response.code == 429 and isinstance(outcome, Transient):
             seconds = response.retry_after
             if seconds is None and is_mailbox_concurrency(response):
                 seconds = CONCURRENCY_PAUSE
@@ -728,7 +507,7 @@ class GraphDeliverer:
         tenant.paused_until = 0.0
         tenant.graph_refused = False
 
-    def _note_graph_answers(self, tenant: _Tenant, outcome: Any) -> None:
+    def _note_graph_answers(self, tenant: _Tenant, outcome: Outcome) -> None:
         """
         Whether Graph itself answers: a valid token says nothing about graph.microsoft.com being
         reachable, and /healthz should say "degraded" during a Graph outage too, not only
@@ -782,7 +561,7 @@ class GraphDeliverer:
 
     # -- results --------------------------------------------------------------------------
 
-    def _finish(self, entry: Any, outcome: Any, attempt: Optional[_Attempt] = None, quiet: bool = False) -> Any:
+    def _finish(self, entry: Any, outcome: _O, attempt: Optional[Attempt] = None, quiet: bool = False) -> _O:
         """
         Count the outcome.  The queue runner writes the one info line per state change (with
         this outcome's detail or reason); the lines here are debug-level detail only.
@@ -805,20 +584,12 @@ class GraphDeliverer:
                            status=outcome.status)
         return outcome
 
-    def _unexpected(self, failure: Any, entry: Any) -> Transient:
+    def _unexpected(self, failure: Failure, entry: Any) -> Transient:
         self.log.failure("graph delivery of {queue_id} failed unexpectedly", failure, queue_id=entry.queue_id)
         return self._finish(entry, Transient(f"internal error in Graph delivery ({failure.type.__name__})"))
 
 
-def _message_id(response: GraphResponse) -> Optional[str]:
-    data = response.json
-    value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and value else None
-
-
-def _default_name(part: Part) -> str:
-    subtype = part.content_type.split("/", 1)[-1] or "bin"
-    return f"attachment.{subtype}"
-
-
-__all__ = ["GraphDeliverer", "TenantHealth", "GraphStats", "PreparedMessage", "prepare_message", "UPLOAD_SESSION_MINIMUM"]
+__all__ = [
+    "GraphDeliverer", "TenantHealth", "GraphStats", "PreparedMessage", "prepare_message", "UPLOAD_SESSION_MINIMUM",
+    "NoJournal", "message_digest",
+]

@@ -24,10 +24,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.delivery.graph.body import Literal
+from gateway.delivery.graph.client import GraphClient
 from gateway.delivery.graph.credentials import TenantCredentials
 from gateway.delivery.graph.mime import HeaderSection, normalise, read_header_section
 from gateway.delivery.graph.outcomes import step_succeeded
-from gateway.delivery.interfaces import IDeliveryObserver
+from gateway.delivery.graph.token import TokenProviders
+from gateway.delivery.interfaces import Delivered, IDeliveryObserver, Permanent, Transient
 
 MAX_ORIGINAL_HEADERS = 64 * 1024
 
@@ -38,7 +40,7 @@ class DSNObserver:
 
     log = Logger()
 
-    def __init__(self, client: Any, tokens: Any, credentials: TenantCredentials, postmaster: str,
+    def __init__(self, client: GraphClient, tokens: TokenProviders, credentials: TenantCredentials, postmaster: str,
                  clock: IReactorTime, reporting_mta: str = "graphsmtp", rate: float = 30.0,
                  blocking: Optional[Callable[..., Deferred]] = None) -> None:
         self.client = client
@@ -56,13 +58,13 @@ class DSNObserver:
         self.sent = 0
         self.suppressed = 0
 
-    def delivered(self, entry: Any, outcome: Any) -> None:
+    def delivered(self, entry: Any, outcome: Delivered) -> None:
         pass
 
-    def deferred(self, entry: Any, outcome: Any) -> None:
+    def deferred(self, entry: Any, outcome: Transient) -> None:
         pass
 
-    def failed(self, entry: Any, outcome: Any) -> Optional[Deferred]:
+    def failed(self, entry: Any, outcome: Permanent) -> Optional[Deferred]:
         sender = entry.envelope.sender.strip()
         if not sender:
             return None  # RFC 3464 §2: never notify the null reverse-path
@@ -86,7 +88,7 @@ class DSNObserver:
         self._sent_in_window += 1
         return True
 
-    async def _send(self, entry: Any, outcome: Any) -> None:
+    async def _send(self, entry: Any, outcome: Permanent) -> None:
         try:
             section = await self._blocking(read_header_section, entry.message_path, MAX_ORIGINAL_HEADERS)
         except Exception:  # noqa: BLE001 - the file may be gone; the notice still helps
@@ -111,7 +113,7 @@ def _is_automatic(section: HeaderSection) -> bool:
     return not auto.startswith("no") or "multipart/report" in content_type
 
 
-def build_report(entry: Any, outcome: Any, postmaster: str, reporting_mta: str, now: float,
+def build_report(entry: Any, outcome: Permanent, postmaster: str, reporting_mta: str, now: float,
                  section: Optional[HeaderSection]) -> bytes:
     """The notice as CRLF MIME bytes (small: the original's headers only, never its body)."""
     boundary = f"=_graphsmtp_dsn_{entry.queue_id}"

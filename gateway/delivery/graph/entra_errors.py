@@ -6,7 +6,7 @@ A token failure is reported in three places (the tenant state on ``/healthz`` an
 them explain it with L{explain}, so an AADSTS code reads the same everywhere: the code once,
 Entra's own sentence, and the action — never the credential itself.
 
-Codes are Entra's (graph-facts §9.5); ``authority``, ``credential``, ``tls``, ``network``,
+Codes are Entra's (https://learn.microsoft.com/entra/identity-platform/reference-error-codes); ``authority``, ``credential``, ``tls``, ``network``,
 ``http_NNN`` and ``not_json`` are the gateway's own codes for failures that happen before
 Entra could answer with one (L{gateway.delivery.graph.token.classify_exception}).
 """

@@ -1,7 +1,8 @@
 """
 Reading a spooled message's header section and deciding how Graph must see it.
 
-Graph's MIME mode has no envelope: it delivers to the To/Cc/Bcc headers (graph-facts §2.1).
+Graph's MIME mode has no envelope: it delivers to the To/Cc/Bcc headers
+(https://learn.microsoft.com/graph/outlook-send-mime-message).
 The gateway promises the SMTP envelope instead (ARCHITECTURE invariant 3), so for every
 message this module compares the two and picks the cheapest way to make Graph deliver to
 exactly the envelope recipients:
@@ -27,10 +28,10 @@ needs Mail.ReadWrite too; with it disabled (``large_messages = false``) Mail.Sen
 
 Disclosure of envelope-only recipients (the ``hidden_recipients`` choice).  In the default
 ``bcc-header`` mode they appear in a ``Bcc:`` header of the MIME Graph receives.  Exchange
-parses MIME into the item's recipient table with Bcc as a blind recipient (graph-facts §2.1),
+parses MIME into the item's recipient table with Bcc as a blind recipient (the page above),
 and Exchange has always treated Bcc as an envelope property that is not written into the
-copies other recipients get; that Graph's MIME submission does the same is, however,
-UNCONFIRMED (graph-facts §2.2).  The default was chosen because it needs only Mail.Send and one
+copies other recipients get; that Graph's MIME submission does the same is, however, not
+documented anywhere.  The default was chosen because it needs only Mail.Send and one
 request.  Operators who must not rely on it set ``hidden_recipients = "draft"``: the MIME then
 never names hidden recipients, and Graph's documented ``bccRecipients`` property carries them.
 Either way a hidden recipient is never put in To or Cc, and an address in To/Cc that is not an
@@ -273,35 +274,53 @@ def plan_recipients(section: HeaderSection, recipients: Iterable[str], hidden_mo
     visible = {normalise(a) for a in section.addresses("to") + section.addresses("cc")}
     header_bcc = [normalise(a) for a in section.addresses("bcc")]
     hidden = tuple(r for r in envelope if normalise(r) not in visible)
-    hidden_set = {normalise(r) for r in hidden}
+    fields, removed = _fields_for_envelope(section, wanted)
+    if hidden_mode == "draft":
+        return _draft_plan(section, fields, hidden, header_bcc, removed)
+    return _bcc_header_plan(section, fields, hidden, header_bcc, removed)
 
-    new_fields: list[bytes] = []
+
+def _fields_for_envelope(section: HeaderSection, wanted: set[str]) -> tuple[list[bytes], bool]:
+    """
+    The header fields with Bcc left out and To/Cc reduced to envelope recipients (a field
+    left empty goes); and whether any To/Cc address was taken out.  Untouched fields keep
+    their original bytes.
+    """
+    fields: list[bytes] = []
     removed = False
     for f in section.fields:
-        if f.lname in (b"to", b"cc"):
-            kept, was_removed = filter_address_list(f.value, wanted)
-            removed |= was_removed
-            if not was_removed:
-                new_fields.append(f.raw)
-            elif kept:
-                new_fields.append(fold_address_field(f.name.decode("ascii", "replace"), kept))
-            continue
         if f.lname == b"bcc":
             continue
-        new_fields.append(f.raw)
-    bcc_matches = set(header_bcc) == hidden_set and len(header_bcc) == len(set(header_bcc))
+        if f.lname not in (b"to", b"cc"):
+            fields.append(f.raw)
+            continue
+        kept, was_removed = filter_address_list(f.value, wanted)
+        removed |= was_removed
+        if not was_removed:
+            fields.append(f.raw)
+        elif kept:
+            fields.append(fold_address_field(f.name.decode("ascii", "replace"), kept))
+    return fields, removed
 
-    if hidden_mode == "draft":
-        if not hidden and not header_bcc and not removed:
-            return RecipientPlan("plain", section.raw, (), False)
-        kind = "draft" if hidden else "rewrite"
-        return RecipientPlan(kind, b"".join(new_fields), hidden, removed)
 
+def _draft_plan(section: HeaderSection, fields: list[bytes], hidden: tuple[str, ...], header_bcc: list[str],
+                removed: bool) -> RecipientPlan:
+    """``draft`` mode: hidden recipients become the draft's bccRecipients, never a header."""
+    if not hidden and not header_bcc and not removed:
+        return RecipientPlan("plain", section.raw, (), False)
+    kind = "draft" if hidden else "rewrite"
+    return RecipientPlan(kind, b"".join(fields), hidden, removed)
+
+
+def _bcc_header_plan(section: HeaderSection, fields: list[bytes], hidden: tuple[str, ...], header_bcc: list[str],
+                     removed: bool) -> RecipientPlan:
+    """``bcc-header`` mode: hidden recipients travel in a Bcc header that says exactly them."""
+    bcc_matches = set(header_bcc) == {normalise(r) for r in hidden} and len(header_bcc) == len(set(header_bcc))
     if not removed and bcc_matches:
         return RecipientPlan("plain", section.raw, hidden, False)
     if hidden:
-        new_fields.append(fold_address_field("Bcc", hidden))
-    return RecipientPlan("rewrite", b"".join(new_fields), hidden, removed)
+        fields.append(fold_address_field("Bcc", hidden))
+    return RecipientPlan("rewrite", b"".join(fields), hidden, removed)
 
 
 def choose_mailbox(section: HeaderSection, envelope_sender: str, send_as: str) -> str:

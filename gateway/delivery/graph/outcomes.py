@@ -1,5 +1,7 @@
 """
-Graph answers → delivery outcomes (graph-facts §6), in one place so the table is reviewable.
+Graph answers → delivery outcomes, in one place so the table is reviewable.  Graph's error
+bodies are described at https://learn.microsoft.com/graph/errors; the outcome is decided on
+the HTTP status and Graph's ``error.code``, never on its message text.
 
 202 is the only "delivered"; every step has its documented success code (L{SUCCESS_CODES}) and
 any other 2xx is an unexpected, transient answer (possibly delivered for the sending steps).  Throttling, 5xx and transport failures are transient, with
@@ -11,7 +13,7 @@ transient with ``possibly_delivered`` set, so the runner counts the possible dup
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from gateway.delivery.graph.client import GraphResponse, GraphTransportError
 from gateway.delivery.interfaces import (
@@ -22,7 +24,8 @@ from gateway.delivery.interfaces import (
     Transient,
 )
 
-#: What Graph answers when a step worked (graph-facts §1.6, §3.2).  Only these count as success:
+#: What Graph answers when a step worked (https://learn.microsoft.com/graph/api/user-sendmail,
+#: https://learn.microsoft.com/graph/outlook-large-attachments).  Only these count as success:
 #: any other 2xx (a proxy's ``200`` page, a ``204``) is an "unexpected response".  The upload
 #: session is documented as 201 in v1.0 and 200 in beta; chunk PUTs answer 200 while ranges are
 #: missing and 201 for the last one (OneDrive-style sessions answer 202).
@@ -46,6 +49,17 @@ _AMBIGUOUS = frozenset({500, 502, 504})
 #: Steps that act on a draft (or its upload session) created earlier in the same attempt.
 _DRAFT_STEPS = frozenset({"patchMessage", "addAttachment", "createUploadSession", "upload", "send"})
 
+#: Client errors by HTTP status: the enhanced status code (RFC 3463) and the remote code to
+#: record when Graph's answer carries none.  Other statuses are 5.0.0 with Graph's code as is.
+_REFUSALS: dict[int, tuple[str, Optional[str]]] = {
+    400: ("5.6.0", "BadRequest"),
+    401: ("5.7.1", "Forbidden"),
+    403: ("5.7.1", "Forbidden"),
+    404: ("5.1.8", "NotFound"),
+    413: ("5.3.4", "RequestEntityTooLarge"),
+}
+
+#: 400s whose Graph error code says more than "bad request".
 _BAD_REQUEST_STATUS = {
     "ErrorInvalidRecipients": "5.1.3",
     "ErrorInvalidRecipientsException": "5.1.3",
@@ -85,7 +99,7 @@ def unexpected_outcome(response: GraphResponse, step: str) -> Transient:
                      possibly_delivered=step in SENDING_STEPS)
 
 
-def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail"):
+def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail") -> Union[Transient, Permanent]:
     """The outcome for a Graph answer to ``step`` that is not its success code."""
     status = response.code
     if 200 <= status < 300:
@@ -93,31 +107,37 @@ def failure_outcome(response: GraphResponse, now: float, step: str = "sendMail")
     reason = f"{step}: {describe(response)}"
     retry_at: Optional[float] = now + response.retry_after if response.retry_after is not None else None
     if status == 429 or status == 408 or status >= 500:
-        possibly = status in _AMBIGUOUS and response.body_sent and step in ("sendMail", "send")
-        # The cause tells the queue runner whether this was a wait (429), the service being
-        # down for everyone (5xx: released early once Graph answers again) or this request's
-        # own trouble (408).
-        cause = CAUSE_THROTTLED if status == 429 else CAUSE_SERVICE if status >= 500 else None
-        return Transient(reason, retry_at=retry_at, possibly_delivered=possibly, cause=cause)
+        return _try_again_later(response, step, reason, retry_at)
     if status in (404, 416) and step in _DRAFT_STEPS:
         # The mailbox exists (the draft was just created): the draft or upload session is what
         # went missing or out of step.  A fresh attempt builds a new one.
         return Transient(reason, retry_at=retry_at)
-    if status == 413:
-        return Permanent(reason, status="5.3.4", remote_code=response.error_code or "RequestEntityTooLarge")
-    if status == 404:
-        return Permanent(reason, status="5.1.8", remote_code=response.error_code or "NotFound")
-    if status in (401, 403):
-        return Permanent(reason, status="5.7.1", remote_code=response.error_code or "Forbidden")
-    if status == 400:
-        return Permanent(reason, status=_BAD_REQUEST_STATUS.get(response.error_code or "", "5.6.0"),
-                         remote_code=response.error_code or "BadRequest")
-    return Permanent(reason, status="5.0.0", remote_code=response.error_code)
+    return _refused(response, reason)
+
+
+def _try_again_later(response: GraphResponse, step: str, reason: str, retry_at: Optional[float]) -> Transient:
+    """Throttling (429), a timeout (408) or a server error (5xx)."""
+    status = response.code
+    possibly = status in _AMBIGUOUS and response.body_sent and step in SENDING_STEPS
+    # The cause tells the queue runner whether this was a wait (429), the service being
+    # down for everyone (5xx: released early once Graph answers again) or this request's
+    # own trouble (408).
+    cause = CAUSE_THROTTLED if status == 429 else CAUSE_SERVICE if status >= 500 else None
+    return Transient(reason, retry_at=retry_at, possibly_delivered=possibly, cause=cause)
+
+
+def _refused(response: GraphResponse, reason: str) -> Permanent:
+    """A client error: permanent, with Graph's error code (or the status's name when it gave none)."""
+    code = response.error_code
+    status, fallback = _REFUSALS.get(response.code, ("5.0.0", None))
+    if response.code == 400:
+        status = _BAD_REQUEST_STATUS.get(code or "", status)
+    return Permanent(reason, status=status, remote_code=code if fallback is None else code or fallback)
 
 
 def transport_outcome(error: GraphTransportError, step: str = "sendMail") -> Transient:
     """No answer at all.  Ambiguous only when the whole body of a sending request went out."""
-    possibly = error.body_sent and step in ("sendMail", "send")
+    possibly = error.body_sent and step in SENDING_STEPS
     return Transient(f"{step}: {error.reason}", possibly_delivered=possibly, cause=CAUSE_CONNECTION)
 
 

@@ -10,14 +10,22 @@ same proxy through its ``proxies`` setting.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    ITLSTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.client import URI
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 MAX_PROXY_REPLY = 16 * 1024
@@ -38,16 +46,23 @@ def parse_proxy_url(url: str) -> tuple[str, int]:
 class _TunnelProtocol(Protocol):
     """Asks for the tunnel, then starts TLS and hands the connection to the real protocol."""
 
-    def __init__(self, target: str, creator: Any, factory: Factory, ready: Deferred) -> None:
+    def __init__(self, target: str, creator: IOpenSSLClientConnectionCreator, factory: IProtocolFactory,
+                 ready: Deferred) -> None:
         self._target = target
         self._creator = creator
         self._factory = factory
-        self._ready = ready
+        self._ready: Optional[Deferred] = ready
         self._buffer = b""
-        self._wrapped: Optional[Protocol] = None
+        self._wrapped: Optional[IProtocol] = None
+
+    @property
+    def _tcp(self) -> ITLSTransport:
+        """The TCP connection to the proxy (made by HostnameEndpoint, so it can start TLS and abort)."""
+        assert self.transport is not None, "used only while connected"
+        return cast(ITLSTransport, self.transport)
 
     def connectionMade(self) -> None:
-        self.transport.write(f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n\r\n".encode("ascii"))
+        self._tcp.write(f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n\r\n".encode("ascii"))
 
     def dataReceived(self, data: bytes) -> None:
         if self._wrapped is not None:
@@ -69,18 +84,18 @@ class _TunnelProtocol(Protocol):
         if rest:
             self._fail(ProxyError("proxy sent data before TLS started"))
             return
-        self.transport.startTLS(self._creator)
-        wrapped = self._factory.buildProtocol(self.transport.getPeer())
+        self._tcp.startTLS(self._creator)
+        wrapped = self._factory.buildProtocol(self._tcp.getPeer())
         if wrapped is None:
             self._fail(ProxyError("no protocol for the tunnel"))
             return
         self._wrapped = wrapped
-        wrapped.makeConnection(self.transport)
+        wrapped.makeConnection(self._tcp)
         ready, self._ready = self._ready, None
         if ready is not None:
             ready.callback(wrapped)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._wrapped is not None:
             self._wrapped.connectionLost(reason)
         elif self._ready is not None:
@@ -89,7 +104,7 @@ class _TunnelProtocol(Protocol):
 
     def _fail(self, error: Exception) -> None:
         ready, self._ready = self._ready, None
-        self.transport.abortConnection()
+        self._tcp.abortConnection()
         if ready is not None:
             ready.errback(Failure(error))
 
@@ -97,19 +112,19 @@ class _TunnelProtocol(Protocol):
 class TunnelEndpoint:
     """An IStreamClientEndpoint: TCP to the proxy, CONNECT to ``host:port``, then TLS."""
 
-    def __init__(self, reactor: Any, proxy_host: str, proxy_port: int, host: str, port: int, creator: Any,
-                 timeout: float) -> None:
+    def __init__(self, reactor: IReactorTCP, proxy_host: str, proxy_port: int, host: str, port: int,
+                 creator: IOpenSSLClientConnectionCreator, timeout: float) -> None:
         self._proxy = endpoints.HostnameEndpoint(reactor, proxy_host, proxy_port, timeout=timeout)
         self._target = f"{host}:{port}"
         self._creator = creator
 
-    def connect(self, protocolFactory: Factory) -> Deferred:
-        connected: list = []
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred:
+        connected: list[_TunnelProtocol] = []
 
         def cancel(d: Deferred) -> None:
             for proto in connected:
                 if proto.transport is not None:
-                    proto.transport.abortConnection()
+                    proto._tcp.abortConnection()
             attempt.cancel()
 
         ready: Deferred = Deferred(cancel)
@@ -128,13 +143,14 @@ class TunnelEndpoint:
 class TunnelingEndpointFactory:
     """For ``Agent.usingEndpointFactory``: every https URI goes through the proxy's tunnel."""
 
-    def __init__(self, reactor: Any, proxy_url: str, tls_policy: Any, connect_timeout: float = 10.0) -> None:
+    def __init__(self, reactor: IReactorTCP, proxy_url: str, tls_policy: IPolicyForHTTPS,
+                 connect_timeout: float = 10.0) -> None:
         self._reactor = reactor
         self._proxy_host, self._proxy_port = parse_proxy_url(proxy_url)
         self._policy = tls_policy
         self._timeout = connect_timeout
 
-    def endpointForURI(self, uri: Any) -> TunnelEndpoint:
+    def endpointForURI(self, uri: URI) -> TunnelEndpoint:
         if uri.scheme != b"https":
             raise ValueError("only https URLs are tunnelled")
         host = uri.host.decode("ascii")

@@ -1,8 +1,10 @@
 """
 The MIME structure of a large message, found by one streaming pass over the file.
 
-A message bigger than one Graph request (about 4 MB base64) cannot go as raw MIME
-(graph-facts §3.4).  The large path sends a *skeleton*: the message with its biggest
+A message bigger than one Graph request (about 4 MB base64) cannot go as raw MIME: Graph
+documents MIME only as the body of one request
+(https://learn.microsoft.com/graph/outlook-send-mime-message), and upload sessions only for
+attachments (https://learn.microsoft.com/graph/outlook-large-attachments).  The large path sends a *skeleton*: the message with its biggest
 attachments cut out (still a valid MIME message, every header intact), created as a draft;
 the cut-out attachments then travel separately (upload sessions, or one POST each when small),
 decoded straight from their byte ranges in the spool file.  This module finds those byte
@@ -15,7 +17,8 @@ import email.header
 import email.parser
 import email.policy
 import email.utils
-from typing import Optional
+from email.message import Message
+from typing import Iterator, Optional
 
 import attrs
 
@@ -64,7 +67,7 @@ class Part:
     def is_inline(self) -> bool:
         return self.disposition == "inline" or (self.disposition is None and self.content_id is not None)
 
-    def walk(self):
+    def walk(self) -> Iterator[Part]:
         yield self
         for c in self.children:
             yield from c.walk()
@@ -94,6 +97,10 @@ class _Lines:
         self._pending = item
 
 
+#: A line of the file and the offset it starts at.
+_Line = tuple[int, bytes]
+
+
 def scan_structure(path: str, size: int) -> Part:
     """Parse the entity tree of the message file at ``path`` (blocking: call it in a thread)."""
     with open(path, "rb") as f:
@@ -102,8 +109,30 @@ def scan_structure(path: str, size: int) -> Part:
         return part
 
 
-def _parse_entity(lines: _Lines, span_start: int, header_start: int, boundaries: tuple[bytes, ...], size: int, depth: int):
+def _parse_entity(lines: _Lines, span_start: int, header_start: int, boundaries: tuple[bytes, ...], size: int,
+                  depth: int) -> tuple[Part, Optional[_Line]]:
     """Parse headers and body of one entity; returns (Part, terminating boundary line or None)."""
+    headers, body_start = _read_headers(lines, header_start, boundaries)
+    about = _EntityHeaders.of(headers)
+    boundary = headers.get_boundary() if about.content_type.startswith("multipart/") and depth < MAX_DEPTH else None
+    if boundary:
+        children, terminator = _parse_multipart_body(lines, boundary.encode("utf-8", "replace"), boundaries, size, depth)
+        end = terminator[0] if terminator else size
+        body_end = _strip_crlf_before(lines, end, body_start)
+    else:
+        # A leaf: its body runs to the next boundary line of any enclosing multipart.
+        children, terminator = [], _skip_to_boundary(lines, boundaries)
+        end = terminator[0] if terminator else size
+        body_end = _strip_crlf_before(lines, end, body_start) if terminator else end
+    return Part(about.content_type, about.encoding, about.disposition, about.filename, about.content_id,
+                body_start, body_end, span_start, end, tuple(children), depth), terminator
+
+
+def _read_headers(lines: _Lines, header_start: int, boundaries: tuple[bytes, ...]) -> tuple[Message, int]:
+    """
+    An entity's header section (at most MAX_PART_HEADER bytes of it are kept) and the offset
+    of its body: after the blank line, or at a boundary line that came first.
+    """
     header_lines = []
     total = 0
     body_start = header_start
@@ -125,86 +154,102 @@ def _parse_entity(lines: _Lines, span_start: int, header_start: int, boundaries:
         total += len(line)
         if total > MAX_PART_HEADER:
             break
-    headers = _HEADER_PARSER.parsebytes(b"".join(header_lines) + b"\r\n")
-    content_type = (headers.get_content_type() or "text/plain").lower()
-    encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-    disposition = headers.get_content_disposition()
+    return _HEADER_PARSER.parsebytes(b"".join(header_lines) + b"\r\n"), body_start
+
+
+@attrs.frozen
+class _EntityHeaders:
+    """What the large path needs from an entity's header fields (decoded, normalised)."""
+
+    content_type: str
+    encoding: str
+    disposition: Optional[str]
+    filename: Optional[str]
+    content_id: Optional[str]
+
+    @classmethod
+    def of(cls, headers: Message) -> _EntityHeaders:
+        content_id = headers.get("Content-ID")
+        return cls(
+            content_type=(headers.get_content_type() or "text/plain").lower(),
+            encoding=str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower(),
+            disposition=headers.get_content_disposition(),
+            filename=_filename(headers),
+            content_id=str(content_id).strip().strip("<>") if content_id else None,
+        )
+
+
+def _filename(headers: Message) -> Optional[str]:
+    """The attachment's file name: Content-Disposition's, else Content-Type's ``name``, decoded."""
     filename = headers.get_filename() or headers.get_param("name")
     if isinstance(filename, tuple):
         filename = email.utils.collapse_rfc2231_value(filename)
-    filename = str(email.header.make_header(email.header.decode_header(filename))) if filename else None
-    content_id = headers.get("Content-ID")
-    content_id = str(content_id).strip().strip("<>") if content_id else None
+    return str(email.header.make_header(email.header.decode_header(filename))) if filename else None
 
-    boundary = headers.get_boundary() if content_type.startswith("multipart/") and depth < MAX_DEPTH else None
+
+def _parse_multipart_body(lines: _Lines, own: bytes, boundaries: tuple[bytes, ...], size: int,
+                          depth: int) -> tuple[list[Part], Optional[_Line]]:
+    """
+    The parts of a multipart whose boundary is ``own``, and the boundary line of an enclosing
+    multipart that ended it (None when it ended with its own closing line or the file).
+    """
+    inner = boundaries + (own,)
     children: list[Part] = []
-    if boundary:
-        own = boundary.encode("utf-8", "replace")
-        inner = boundaries + (own,)
-        # Preamble: up to our first boundary.
-        terminator = None
-        while True:
-            item = lines.next()
-            if item is None:
-                break
-            kind = _boundary_kind(item[1], inner)
-            if kind is None:
-                continue
-            if kind[0] != own:
-                terminator = item
-                break
-            if kind[1]:  # closing boundary without parts
-                break
-            # Parts follow, each opened by this delimiter line.
-            delimiter = item
-            while delimiter is not None:
-                child, end_item = _parse_entity(lines, delimiter[0], delimiter[0] + len(delimiter[1]), inner, size, depth + 1)
-                children.append(attrs.evolve(child, opening=delimiter[1]))
-                if end_item is None:
-                    delimiter = None
-                    break
-                end_kind = _boundary_kind(end_item[1], inner)
-                if end_kind is not None and end_kind[0] == own and not end_kind[1]:
-                    delimiter = end_item
-                    continue
-                if end_kind is not None and end_kind[0] == own and end_kind[1]:
-                    delimiter = None
-                    break
-                terminator = end_item  # an outer boundary: our closing one was missing
-                delimiter = None
-            break
-        if terminator is None:
-            # Epilogue: skip to the enclosing boundary (or the end of the file).
-            while True:
-                item = lines.next()
-                if item is None:
-                    break
-                if boundaries and _boundary_kind(item[1], boundaries):
-                    terminator = item
-                    break
-        end = terminator[0] if terminator else size
-        part = Part(content_type, encoding, disposition, filename, content_id,
-                    body_start, _strip_crlf_before(lines, end, body_start), span_start, end,
-                    tuple(children), depth)
-        return part, terminator
+    terminator: Optional[_Line] = None
+    # The preamble runs up to the first boundary line.
+    found = _next_boundary(lines, inner)
+    if found is not None:
+        item, (which, closing) = found
+        if which != own:
+            terminator = item
+        elif not closing:  # a closing boundary straight away means no parts
+            children, terminator = _parse_parts(lines, item, own, inner, size, depth)
+    if terminator is None:
+        # Epilogue: skip to the enclosing boundary (or the end of the file).
+        terminator = _skip_to_boundary(lines, boundaries)
+    return children, terminator
 
-    # A leaf: its body runs to the next boundary line of any enclosing multipart.
-    terminator = None
-    if boundaries:
-        while True:
-            item = lines.next()
-            if item is None:
-                break
-            if _boundary_kind(item[1], boundaries):
-                terminator = item
-                break
-    else:
+
+def _parse_parts(lines: _Lines, delimiter: _Line, own: bytes, inner: tuple[bytes, ...], size: int,
+                 depth: int) -> tuple[list[Part], Optional[_Line]]:
+    """
+    The parts that follow ``delimiter``, each opened by a delimiter line of ``own``, up to its
+    closing line (returns None) or, when that is missing, an enclosing boundary (returned).
+    """
+    children: list[Part] = []
+    while True:
+        start = delimiter[0]
+        child, end_item = _parse_entity(lines, start, start + len(delimiter[1]), inner, size, depth + 1)
+        children.append(attrs.evolve(child, opening=delimiter[1]))
+        if end_item is None:
+            return children, None
+        end_kind = _boundary_kind(end_item[1], inner)
+        if end_kind is None or end_kind[0] != own:
+            return children, end_item  # an outer boundary: our closing one was missing
+        if end_kind[1]:
+            return children, None
+        delimiter = end_item
+
+
+def _next_boundary(lines: _Lines, boundaries: tuple[bytes, ...]) -> Optional[tuple[_Line, tuple[bytes, bool]]]:
+    """The next delimiter line of one of ``boundaries`` and what it is; None at the end of the file."""
+    while True:
+        item = lines.next()
+        if item is None:
+            return None
+        kind = _boundary_kind(item[1], boundaries)
+        if kind is not None:
+            return item, kind
+
+
+def _skip_to_boundary(lines: _Lines, boundaries: tuple[bytes, ...]) -> Optional[_Line]:
+    """Skip to the next delimiter line of one of ``boundaries`` (returned); None at the end of the file."""
+    if not boundaries:
         while lines.next() is not None:
             pass
-    end = terminator[0] if terminator else size
-    body_end = _strip_crlf_before(lines, end, body_start) if terminator else end
-    return Part(content_type, encoding, disposition, filename, content_id,
-                body_start, body_end, span_start, end, (), depth), terminator
+        return None
+    found = _next_boundary(lines, boundaries)
+    return found[0] if found is not None else None
 
 
 def _strip_crlf_before(lines: _Lines, end: int, start: int) -> int:
@@ -229,7 +274,7 @@ def _boundary_kind(line: bytes, boundaries: tuple[bytes, ...]) -> Optional[tuple
 class Extraction:
     """A skeleton (with the given header section) and the attachments cut out of it."""
 
-    skeleton: object
+    skeleton: Concat
     attachments: tuple[Part, ...]
 
 

@@ -32,13 +32,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.delivery.graph.credentials import TenantCredentials
 from gateway.delivery.graph.entra_errors import explain
-from gateway.delivery.graph.token import EXPIRY_MARGIN, AccessToken, TokenError
+from gateway.delivery.graph.token import EXPIRY_MARGIN, AccessToken, TokenError, TokenProviders
 
 UNKNOWN = "unknown"
 OK = "ok"
@@ -99,7 +99,7 @@ class _Watch:
     credentials: TenantCredentials
     status: TenantStatus
     failures: int = 0
-    timer: Any = None
+    timer: Optional[IDelayedCall] = None
     probing: Optional[Deferred] = None
 
 
@@ -112,7 +112,7 @@ class TenantHealthMonitor(Service):
 
     log = Logger()
 
-    def __init__(self, tokens: Any, tenants: Sequence[TenantCredentials], clock: IReactorTime, *,
+    def __init__(self, tokens: TokenProviders, tenants: Sequence[TenantCredentials], clock: IReactorTime, *,
                  retry: float = 60.0, retry_max: float = 3600.0,
                  graph_view: Optional[Callable[[], Iterable[Any]]] = None) -> None:
         self.tokens = tokens
@@ -261,7 +261,12 @@ class TenantHealthMonitor(Service):
 def _follow(d: Deferred) -> Deferred:
     """A Deferred that fires (with None) when ``d`` does, without taking its result."""
     follower: Deferred = Deferred()
-    d.addBoth(lambda result: (follower.callback(None), result)[1])
+
+    def passthrough(result: object) -> object:
+        follower.callback(None)
+        return result
+
+    d.addBoth(passthrough)
     return follower
 
 
@@ -272,7 +277,7 @@ class MonitoredTokens:
     delivery makes: the first real failure changes the tenant's state at once, not at the next probe.
     """
 
-    tokens: Any
+    tokens: TokenProviders
     monitor: TenantHealthMonitor
 
     def acquire(self, credentials: TenantCredentials) -> Deferred:

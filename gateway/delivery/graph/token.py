@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 
 from gateway.delivery.graph.credentials import TenantCredentials
 
-#: MSAL's well-known login hosts (graph-facts §7.3): instance discovery is only meaningful for them.
+#: MSAL's well-known login hosts (``WELL_KNOWN_AUTHORITY_HOSTS`` in msal/authority.py): instance
+#: discovery is only meaningful for them.
 WELL_KNOWN_HOSTS = frozenset({
     "login.microsoftonline.com", "login.chinacloudapi.cn", "login-us.microsoftonline.com",
     "login.microsoftonline.us",
@@ -319,38 +320,58 @@ def classify_result(result: dict) -> TokenError:
 
 def classify_exception(e: BaseException) -> TokenError:
     """An exception out of MSAL (or requests underneath it) → TokenError."""
-    try:
-        import requests
-    except ImportError:  # pragma: no cover - msal depends on requests
-        requests = None
-    if requests is not None and isinstance(e, requests.exceptions.SSLError):
+    for classify in (_requests_failure, _msal_http_failure, _unusable_answer_or_credential):
+        found = classify(e)
+        if found is not None:
+            return found
+    return TokenError("transient", "internal", type(e).__name__)
+
+
+def _refused_by_login_host(status: int) -> bool:
+    """A 4xx other than timeout/throttling: the same request would be refused again."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def _requests_failure(e: BaseException) -> Optional[TokenError]:
+    """The exceptions of requests, which MSAL's HTTP layer uses underneath."""
+    import requests  # msal depends on it; imported lazily like msal itself
+
+    if isinstance(e, requests.exceptions.SSLError):
         return TokenError("config", "tls", "TLS verification of the login host failed (check graph.ca_bundle)")
-    if requests is not None and isinstance(e, requests.exceptions.HTTPError):
+    if isinstance(e, requests.exceptions.HTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
-        if status is not None and 400 <= status < 500 and status not in (408, 429):
+        if status is not None and _refused_by_login_host(status):
             return TokenError("config", f"http_{status}", "the login host refused the request")
         return TokenError("transient", f"http_{status or 'error'}", "the login host answered with an error")
-    if requests is not None and isinstance(e, requests.exceptions.RequestException):
+    if isinstance(e, requests.exceptions.RequestException):
         return TokenError("transient", "network", f"cannot reach the login host ({type(e).__name__})")
+    return None
+
+
+def _msal_http_failure(e: BaseException) -> Optional[TokenError]:
+    """
+    MSAL's own HTTP layer (1.32+) raises MsalServiceError("HTTP Error: 503") for any error
+    status it cannot parse as an OAuth error: a login host that is down or overloaded, not a
+    credential problem.
+    """
     status = _msal_http_status(e)
-    if status is not None:
-        # MSAL's own HTTP layer (1.32+) raises MsalServiceError("HTTP Error: 503") for any
-        # error status it cannot parse as an OAuth error: a login host that is down or
-        # overloaded, not a credential problem.
-        if 400 <= status < 500 and status not in (408, 429):
-            return TokenError("config", f"http_{status}", "the login host refused the request")
-        return TokenError("transient", f"http_{status}", f"the login host answered HTTP {status}")
+    if status is None:
+        return None
+    if _refused_by_login_host(status):
+        return TokenError("config", f"http_{status}", "the login host refused the request")
+    return TokenError("transient", f"http_{status}", f"the login host answered HTTP {status}")
+
+
+def _unusable_answer_or_credential(e: BaseException) -> Optional[TokenError]:
     if isinstance(e, json.JSONDecodeError):
         # MSAL re-raises when the token endpoint answers 4xx with a body that is not JSON: an
         # HTML 429 or proxy page, a cut-off answer.  Nothing says the credential is wrong.
         return TokenError("transient", "not_json", "the login host answered with something that is not JSON")
-    if isinstance(e, ValueError):
-        text = str(e)
-        if "authority" in text.lower():
-            return TokenError("config", "authority",
-                              "tenant discovery failed: unknown tenant or wrong authority")
-        return TokenError("config", "credential", "the credential could not be used (wrong key or format)")
-    return TokenError("transient", "internal", type(e).__name__)
+    if not isinstance(e, ValueError):
+        return None
+    if "authority" in str(e).lower():
+        return TokenError("config", "authority", "tenant discovery failed: unknown tenant or wrong authority")
+    return TokenError("config", "credential", "the credential could not be used (wrong key or format)")
 
 
 def _msal_http_status(e: BaseException) -> Optional[int]:
