@@ -28,7 +28,7 @@ class AuthSectionTests(SynchronousTestCase):
         self.users = make_users_file(os.path.join(self.dir, "users.jsonl"), {"a": ("pw", ["*"])})
 
     def load(self, auth, environ=None):
-        return build_config({"auth": auth}, {}, environ or {}, self.dir).sections["auth"]
+        return build_config({"auth": auth}, {}, environ or {}, self.dir).auth
 
     def assertConfigError(self, auth, key, *fragments, environ=None):
         e = self.assertRaises(ConfigError, self.load, auth, environ)
@@ -38,7 +38,7 @@ class AuthSectionTests(SynchronousTestCase):
         return e
 
     def test_absent_section_is_defaults(self):
-        config = build_config({}, {}, {}, self.dir).sections["auth"]
+        config = build_config({}, {}, {}, self.dir).auth
         self.assertEqual(config, AuthConfig())
         self.assertFalse(config.has_checkers)
 
@@ -151,5 +151,5 @@ class SecureExampleTests(SynchronousTestCase):
         self.assertEqual((by_name["submissions"].tls, by_name["submissions"].auth), ("implicit", "required"))
         self.assertEqual((by_name["devices"].auth, by_name["devices"].tls_min_version), ("none", "1.2"))
         self.assertTrue(by_name["devices"].trusted_networks)
-        self.assertEqual(config.sections["auth"].throttle.max_failures, 10)
-        self.assertFalse(config.sections["auth"].passthrough.enabled)
+        self.assertEqual(config.auth.throttle.max_failures, 10)
+        self.assertFalse(config.auth.passthrough.enabled)

@@ -163,10 +163,3 @@ class TypedSectionsTests(SynchronousTestCase):
         self.assertIsNone(config.redis)
         self.assertIsNone(config.cluster)
         self.assertEqual(config.observers, ())
-
-    def test_the_old_mapping_is_a_read_only_view_of_the_fields(self):
-        config = gateway_config(self)
-        self.assertIs(config.sections["auth"], config.auth)
-        self.assertIs(config.sections["local"], config.local)
-        with self.assertRaises(TypeError):
-            config.sections["auth"] = None  # type: ignore[index]

@@ -17,16 +17,16 @@ class ClusterConfigTests(SynchronousTestCase):
         return build_config(data, {}, {}, os.path.abspath(self.mktemp()))
 
     def test_absent_means_each_gateway_paces_alone(self):
-        self.assertIsNone(self.build().sections["cluster"])
+        self.assertIsNone(self.build().cluster)
 
     def test_defaults(self):
-        cluster = self.build(redis={}, cluster={}).sections["cluster"]
+        cluster = self.build(redis={}, cluster={}).cluster
         self.assertEqual((cluster.name, cluster.node_id, cluster.expected_nodes, cluster.lease_ttl, cluster.retry,
                           cluster.rate_window), ("graphsmtp", socket.gethostname(), 1, 30.0, 5.0, 60.0))
 
     def test_values(self):
         cluster = self.build(redis={}, cluster={"name": "mail-gw", "node_id": "gw2", "expected_nodes": 3,
-                                                "lease_ttl": "10s", "retry": "1s", "rate_window": "2s"}).sections["cluster"]
+                                                "lease_ttl": "10s", "retry": "1s", "rate_window": "2s"}).cluster
         self.assertEqual((cluster.name, cluster.node_id, cluster.expected_nodes, cluster.lease_ttl, cluster.retry,
                           cluster.rate_window), ("mail-gw", "gw2", 3, 10.0, 1.0, 2.0))
 
@@ -46,7 +46,7 @@ class SentinelConfigTests(SynchronousTestCase):
                             os.path.abspath(self.mktemp()))
 
     def test_sentinels(self):
-        redis = self.build({"sentinels": ["10.0.0.5:26379", "[::1]:26380"], "sentinel_master": "gw"}).sections["redis"]
+        redis = self.build({"sentinels": ["10.0.0.5:26379", "[::1]:26380"], "sentinel_master": "gw"}).redis
         self.assertEqual(redis.sentinels, (("10.0.0.5", 26379), ("::1", 26380)))
         self.assertEqual(redis.sentinel_master, "gw")
 

@@ -216,8 +216,8 @@ class ProtocolPieceTests(SynchronousTestCase):
         self.assertIn("listener.sendmail.name", str(e))
         # the reference configuration's listener is called "local": no clash with [local]
         data = {"listener": [{"name": "local", "endpoint": "tcp:2525"}], "local": {"socket": "/tmp/x.sock"}}
-        self.assertEqual(build_config(data, {}, {}, "/tmp").sections["local"].listener().name, "sendmail")
-        self.assertEqual(build_config({"local": {"socket": ""}}, {}, {}, "/tmp").sections["local"].socket, None)
+        self.assertEqual(build_config(data, {}, {}, "/tmp").local.listener().name, "sendmail")
+        self.assertEqual(build_config({"local": {"socket": ""}}, {}, {}, "/tmp").local.socket, None)
         e = self.assertRaises(ConfigError, build_config, {"local": {"mode": "rw"}}, {}, {}, "/tmp")
         self.assertIn("local.mode", str(e))
 

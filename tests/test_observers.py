@@ -128,7 +128,7 @@ class BuildObserversTests(SynchronousTestCase):
         os.makedirs(os.path.join(base, "logs"))
         config = self.config([{"use": "json-log", "path": "logs/delivery.jsonl", "recipients": "list"}], base)
         clock = Clock()
-        observers = build_observers(config.sections["observers"], clock)
+        observers = build_observers(config.observers, clock)
         service = ObserversService(observers)
         service.startService()
         self.assertTrue(os.path.exists(os.path.join(base, "logs", "delivery.jsonl")), "opened at start-up")
@@ -147,7 +147,7 @@ class BuildObserversTests(SynchronousTestCase):
             ([{"use": "json-log", "path": "no/such/dir/x"}], "observer[0].path", "does not exist"),
             ([{"use": "json-log", "path": "x"}, {"use": "json-log", "path": "y", "colour": 1}], "observer[1].colour", "unknown"),
         ]:
-            e = self.assertRaises(ConfigError, build_observers, self.config(observers, base).sections["observers"], Clock())
+            e = self.assertRaises(ConfigError, build_observers, self.config(observers, base).observers, Clock())
             self.assertEqual(e.key, key)
             self.assertIn(text, e.problem)
 
@@ -158,4 +158,4 @@ class BuildObserversTests(SynchronousTestCase):
         self.assertEqual(e.key, "observer[0]")
 
     def test_no_observers_configured(self):
-        self.assertEqual(build_observers(build_config({}, {}, {}, "/").sections["observers"], Clock()), [])
+        self.assertEqual(build_observers(build_config({}, {}, {}, "/").observers, Clock()), [])

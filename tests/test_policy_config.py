@@ -14,12 +14,12 @@ PASSWORD = "pw-9f8e7d6c"
 
 
 def redis(section, environ=None, base="/etc/graphsmtp"):
-    return build_config({"redis": section}, {}, environ or {}, base).sections["redis"]
+    return build_config({"redis": section}, {}, environ or {}, base).redis
 
 
 class RedisSectionTests(SynchronousTestCase):
     def test_absent_section_means_no_redis(self):
-        self.assertIsNone(build_config({}, {}, {}, "/").sections["redis"])
+        self.assertIsNone(build_config({}, {}, {}, "/").redis)
 
     def test_defaults(self):
         self.assertEqual(redis({}), RedisConfig())
@@ -72,7 +72,7 @@ class ObserverSectionTests(SynchronousTestCase):
         refs = build_config({"observer": [
             {"use": "json-log", "path": "a.jsonl"},
             {"use": "webhook", "url": "https://x.example/hook"},
-        ]}, {}, {}, "/etc/graphsmtp").sections["observers"]
+        ]}, {}, {}, "/etc/graphsmtp").observers
         self.assertEqual([(r.use, dict(r.options), r.base_dir, r.key) for r in refs], [
             ("json-log", {"path": "a.jsonl"}, os.path.normpath("/etc/graphsmtp"), "observer[0]"),
             ("webhook", {"url": "https://x.example/hook"}, os.path.normpath("/etc/graphsmtp"), "observer[1]"),

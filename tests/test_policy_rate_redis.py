@@ -152,13 +152,13 @@ class RedisTcpPasswordTests(RedisTestBase):
             {"redis": {"url": f"redis://:{PASSWORD}@127.0.0.1:{self.port}/3", "reply_timeout": "1s"}},
             {}, {}, self.directory,
         )
-        service = redis_service(config, reactor)
+        service = redis_service(config.redis, reactor)
         self.assertEqual((service.config.db, service.config.reply_timeout), (3, 1.0))
         service.startService()
         self.addCleanup(service.stopService)
         reply = yield service.call(lambda r: r.ping())
         self.assertEqual(reply, "PONG")
-        self.assertIsNone(redis_service(build_config({}, {}, {}, self.directory), reactor))
+        self.assertIsNone(redis_service(build_config({}, {}, {}, self.directory).redis, reactor))
 
 
 class RedisLifecycleTests(RedisTestBase):

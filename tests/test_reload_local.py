@@ -80,7 +80,7 @@ class LocalReloadTests(TestCase):
         self.service.reload()
         self.assertEqual([line for line in self.log_capture.messages() if "NOT reloaded" in line], [])
         self.assertEqual(self.part.factory.listener.limits.max_recipients, 7)
-        self.assertEqual(self.part.factory.listener.endpoint, self.service.config.sections["local"].listener().endpoint)
+        self.assertEqual(self.part.factory.listener.endpoint, self.service.config.local.listener().endpoint)
         out, err, code = yield self.sendmail("b@corp.example")
         self.assertEqual(code, 0, err)
         out, err, code = yield self.sendmail("a@corp.example")

@@ -53,19 +53,19 @@ class StatusConfigTests(SynchronousTestCase):
         for endpoint in ("tcp:8025:interface=127.0.0.1", "tcp6:8025:interface=\\:\\:1",
                          "ssl:8443:privateKey=/k.pem:certKey=/c.pem", "unix:/run/graphsmtp/status.sock"):
             config = self.config({"endpoint": endpoint, "login": True, "users_file": users})
-            self.assertTrue(config.sections["status"].login, endpoint)
+            self.assertTrue(config.status.login, endpoint)
 
     def test_login_uses_the_auth_users_file_by_default(self):
         users = self.users()
         config = self.config({"endpoint": "tcp:8025:interface=127.0.0.1", "login": True}, auth={"users_file": users})
-        self.assertEqual(config.sections["status"].users_file, users)
+        self.assertEqual(config.status.users_file, users)
 
     def test_login_without_any_users_file_is_refused(self):
         e = self.assertRaises(ConfigError, self.config, {"endpoint": "tcp:8025:interface=127.0.0.1", "login": True})
         self.assertEqual(e.key, "status.login")
 
     def test_defaults(self):
-        status = self.config({"endpoint": "tcp:8025:interface=127.0.0.1"}).sections["status"]
+        status = self.config({"endpoint": "tcp:8025:interface=127.0.0.1"}).status
         self.assertEqual((status.login, status.refresh, status.recent, status.queue_scan_limit), (False, 30, 50, 2000))
 
     def test_bind_facts(self):

@@ -5,7 +5,7 @@ throttle and one thread pool shared by every listener (an attacker switching fro
 
 For the wiring::
 
-    auth = build_auth(config.sections["auth"], config.state_dir, reactor=reactor,
+    auth = build_auth(config.auth, config.state_dir, reactor=reactor,
                       token_providers=graph_token_providers, graph_config=config.graph)
     services += auth.services                      # start before listeners, stop after
     for listener in config.listeners:

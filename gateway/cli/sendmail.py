@@ -129,7 +129,7 @@ def _settings(opts: Options, environ: Mapping[str, str], system_config: str = SY
         config = load_submission_config(opts.config, opts.spool, environ, system_config)
     except ConfigError as e:
         raise SendmailError(EX_CONFIG, f"configuration error: {e}") from None
-    local = config.sections.get("local")
+    local = config.local
     listeners = list(config.listeners) + ([local.listener()] if local is not None and local.socket else [])
     max_size = min((listener.limits.max_message_size for listener in listeners), default=35_000_000)
     send_as = config.graph.send_as if config.graph is not None else "header-from"

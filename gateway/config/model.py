@@ -9,7 +9,6 @@ spool, capture outbox until Graph credentials are configured.
 from __future__ import annotations
 
 import ipaddress
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import attrs
@@ -199,15 +198,6 @@ class GatewayConfig:
     local: "LocalConfig" = attrs.field(factory=_no_local)
     #: ``[gateway] workers``: intake worker processes (count 1: none, the main process serves).
     workers: "WorkersConfig" = attrs.field(factory=_one_process)
-
-    @property
-    def sections(self) -> Mapping[str, Any]:
-        """
-        The optional sections by name, read-only: the shape code written before they were typed
-        fields reads (``config.sections["auth"]``).  New code reads the fields.
-        """
-        return MappingProxyType({"auth": self.auth, "redis": self.redis, "observers": self.observers,
-                                 "status": self.status, "cluster": self.cluster, "local": self.local})
 
 
 __all__ = [

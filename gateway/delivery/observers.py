@@ -213,7 +213,7 @@ def build_observers(
     discovery: Optional[Discovery] = None,
 ) -> list[GuardedObserver]:
     """
-    Observers for the ``[[observer]]`` entries (``config.sections["observers"]``), each
+    Observers for the ``[[observer]]`` entries (``config.observers``), each
     guarded.  Errors are L{gateway.config.ConfigError}s naming the entry and option.
     """
     if not refs:

@@ -120,13 +120,12 @@ class RedisConnection(Service):
         return d
 
 
-def redis_service(config: Any, reactor: Any) -> Optional[RedisConnection]:
+def redis_service(redis_config: Optional[RedisConfig], reactor: Any) -> Optional[RedisConnection]:
     """
-    The Redis service for a L{gateway.config.GatewayConfig} (its ``sections["redis"]``), or
-    None when no ``[redis]`` section is configured.  Pass it as ``redis`` to
+    The Redis service for the ``[redis]`` section (L{gateway.config.GatewayConfig.redis}), or
+    None when none is configured.  Pass it as ``redis`` to
     L{gateway.policy.registry.build_listener_chains}.
     """
-    redis_config = config.sections.get("redis") if hasattr(config, "sections") else config
     if redis_config is None:
         return None
     service = RedisConnection(redis_config, reactor)
