@@ -22,13 +22,12 @@ from gateway.cli.sysexits import EX_DATAERR, EX_USAGE
 from gateway.mail.addresses import canonical, parse_addr_spec
 from gateway.mail.errors import MailRefusal
 from gateway.mail.fields import split_fields
-from gateway.mail.lines import MESSAGE_LINE_LIMIT
+from gateway.mail.lines import MESSAGE_LINE_LIMIT, LineRules
 from gateway.mail.message import MessageHeader, parse_header_section
 from gateway.smtp.headers import HeaderCollector
 
 MAX_HEADER_BYTES = 1024 * 1024
 _READ_SIZE = 1 << 20
-_SHORT_LINE = MESSAGE_LINE_LIMIT + 2  # a piece this long ending in CRLF holds no line over the limit
 
 
 class LineReader:
@@ -84,23 +83,27 @@ class LineReader:
 
 class LineRule:
     """
-    RFC 5322's line rules (L{gateway.mail.lines}) on CRLF content that arrives in pieces: no
-    NUL octet, no line longer than L{MESSAGE_LINE_LIMIT}.  A line still unfinished counts too,
-    so one endless line is refused as soon as it is too long.
+    RFC 5322's line rules (L{gateway.mail.lines.LineRules}) on the CRLF content read from
+    standard input, as the command's refusal: no NUL octet, no line longer than
+    L{MESSAGE_LINE_LIMIT} — an unfinished line counts too, so one endless line is refused as
+    soon as it is too long.
     """
 
     def __init__(self) -> None:
-        self._open = 0  # octets of the line not ended yet
+        self._rules = LineRules()
 
     def check(self, piece: bytes) -> None:
-        if b"\0" in piece:
+        self._rules.feed(piece)
+        self._raise_if_broken()
+
+    def finish(self) -> None:
+        self._rules.finish()
+        self._raise_if_broken()
+
+    def _raise_if_broken(self) -> None:
+        if self._rules.nul:
             raise SendmailError(EX_DATAERR, "message refused: it contains a NUL octet, which RFC 5322 does not allow")
-        if not self._open and len(piece) <= _SHORT_LINE and piece.endswith(b"\r\n"):
-            return  # the common case, one short whole line: nothing to count
-        lengths = [len(line) for line in piece.split(b"\r\n")]
-        lengths[0] += self._open
-        self._open = lengths[-1]
-        if max(lengths) > MESSAGE_LINE_LIMIT:
+        if self._rules.long_line:
             raise SendmailError(EX_DATAERR, f"message refused: a line is longer than {MESSAGE_LINE_LIMIT} octets "
                                             "(RFC 5322 section 2.1.1)")
 
@@ -111,6 +114,7 @@ def checked_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
     for piece in pieces:
         rule.check(piece)
         yield piece
+    rule.finish()
 
 
 @attrs.define

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from gateway.mail.lines import MESSAGE_LINE_LIMIT
+from gateway.mail.lines import MESSAGE_LINE_LIMIT, has_long_line
 
 _END = b"\r\n.\r\n"
 
@@ -96,7 +96,7 @@ class DataFraming:
         """Check and unstuff ``block``: whole lines, starting at a line start, ending in CRLF."""
         if not block:
             return block
-        if _has_long_line(block, self.max_line):
+        if has_long_line(block, self.max_line):
             self.line_too_long = True
         if not self.bare_newline:
             crlf = block.count(b"\r\n")
@@ -107,28 +107,9 @@ class DataFraming:
         if block[:1] == b".":
             block = block[1:]
         block = block.replace(b"\r\n.", b"\r\n")
-        if not self.line_over_998 and _has_long_line(block, MESSAGE_LINE_LIMIT):
+        if not self.line_over_998 and has_long_line(block, MESSAGE_LINE_LIMIT):
             self.line_over_998 = True
         return block
-
-
-def _has_long_line(block: bytes, max_line: int) -> bool:
-    """
-    Whether any CRLF-terminated line in ``block`` is longer than ``max_line``.
-
-    Jumps from the last CRLF inside each window of ``max_line + 2`` bytes to the next window,
-    so it costs one ``rfind`` per ``max_line`` bytes, not one Python step per line (and nothing
-    for a block no longer than one window, which cannot hold a long line).
-    """
-    pos = 0
-    n = len(block)
-    window = max_line + 2
-    while n - pos > window:
-        j = block.rfind(b"\r\n", pos, pos + window)
-        if j < 0:
-            return True
-        pos = j + 2
-    return False
 
 
 __all__ = ["DataFraming", "MESSAGE_LINE_LIMIT"]
