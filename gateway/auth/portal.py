@@ -3,7 +3,7 @@ The portal the SMTP layer logs in through: a twisted.cred ``Portal`` wrapped wit
 throttling and an audit log line for every login.
 
 The throttle needs the client address, and behind a PROXY-protocol load balancer the real one
-is only known after the first command (twisted-notes §1d), so it is looked up at login time:
+is only known once the PROXY header is read (L{gateway.smtp.proxy}), so it is looked up at login time:
 either ``mind`` carries it (an ``IAddress``, an address string, or any object with a
 ``client_address`` attribute such as a L{SessionView}), or the SMTP factory gives each connection
 ``portal.for_client(lambda: transport.getPeer())`` and the SMTP layer calls

@@ -5,7 +5,7 @@ Why a reader of its own and not ``LineOnlyReceiver``: the stock receiver hands e
 soon as it is read, so a pipelining client's next command runs while the previous one is still
 waiting for a policy, the spool or the portal, and its replies come out of order (Twisted
 issue 8126); an over-long line leaves the buffer in place and the session in command mode while
-the client goes on sending a message body (twisted-notes §0, #3 and #4).  Here the session asks
+the client goes on sending a message body (``twisted.mail.smtp.SMTP.lineLengthExceeded``).  Here the session asks
 for the next event when it is ready for it, and the reader says when reading should stop.
 
 * **Pipelining order.**  L{CommandReader.next_event} gives nothing while the reader is *held*:

@@ -5,8 +5,8 @@ a ``StreamServerEndpointService``.
 
 Implicit TLS (``tls = "implicit"``, port 465 style) is layered *over* the endpoint with
 ``wrapServerTLS``: behind ``haproxy:`` the PROXY header arrives in cleartext before the
-ClientHello, so TLS must run inside the PROXY parser, not the other way round (twisted-notes
-§1d).  The TLS options are asked for per connection, so a reloaded certificate applies to the
+ClientHello, so TLS must run inside the PROXY parser, not the other way round
+(``twisted.protocols.haproxy`` wraps the endpoint's factory; HAProxy's PROXY protocol spec, section 2).  The TLS options are asked for per connection, so a reloaded certificate applies to the
 next client.
 
 A ``haproxy:`` endpoint is built here rather than by its string parser, so that every PROXY

@@ -4,7 +4,8 @@ One SMTP session: the gateway's server protocol, on ``Protocol`` and ``TimeoutMi
 Not a subclass of Twisted's ``ESMTP``: its command loop answers pipelined commands out of order
 while a validation is pending, returns to command mode in the middle of an over-long DATA line,
 runs commands pipelined behind STARTTLS inside TLS, offers AUTH in plaintext and makes any
-end-of-data failure a permanent 550 (twisted-notes §0).  Replacing all that left nothing of
+end-of-data failure a permanent 550 (see ``twisted.mail.smtp.SMTP.lineReceived``,
+``dataLineReceived`` and ``do_DATA`` in Twisted's source; Twisted issue 8126).  Replacing all that left nothing of
 ``ESMTP`` but its name, so the session is built from parts with one job each:
 L{gateway.smtp.input} cuts the client's bytes into events, L{gateway.smtp.flow} paces them
 (replies in order, back-pressure), L{gateway.smtp.commands} dispatches the verbs to

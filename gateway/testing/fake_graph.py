@@ -629,7 +629,8 @@ class FakeGraphServer:
         self._tokens[token] = self._now() + self.token_lifetime
         self._token_roles[token] = self.roles
         self.token_methods.append(method)
-        # No "scope" in the reply: MSAL would cache under it (graph-facts §9.4).
+        # No "scope" in the reply, as Entra answers client credentials: MSAL caches a token under the
+        # scope it asked for unless the reply names another (msal/token_cache.py, TokenCache.add).
         return 200, {}, {"token_type": "Bearer", "expires_in": self.token_lifetime,
                          "ext_expires_in": self.token_lifetime, "access_token": token}
 
