@@ -1,7 +1,14 @@
 """
-Stopping the real single-process daemon (``twistd -n graphsmtp``, SIGTERM) while a client is in
-DATA: the reply the gateway decided for the message (250, it is in the spool) and then the 421
-reach the client before the process exits; a client that never reads does not hold the exit up.
+Stopping the real single-process daemon (``twistd -n graphsmtp``, SIGTERM) while clients are
+connected: the reply the gateway decided for a message finished during the stop (250, it is in
+the spool) and then the 421 reach the client before the process exits; a client that never reads
+does not hold the exit up.
+
+The reactor's shutdown drops what connections still buffer.  Before the stop waited for the
+closed sessions (L{gateway.smtp.closing}), an idle client got EOF instead of 421, and a message
+for a mailbox Graph had paused was queued but its 250 never sent (the client would send it
+again); the stop only flushed by chance when a delivery in flight or the Graph connection pool
+made it wait.
 """
 
 from __future__ import annotations
@@ -119,9 +126,9 @@ class SingleProcessStopTests(TestCase):
     @inlineCallbacks
     def test_a_message_finished_during_sigterm_for_a_throttled_mailbox_gets_its_250(self):
         """
-        Graph paused the sending mailbox (429, Retry-After an hour): the message accepted
-        during the stop is not delivered at once, so nothing else keeps the reactor turning
-        after its session is closed.
+        Graph paused the sending mailbox (429, Retry-After an hour) and its connection is gone:
+        the message accepted during the stop is not delivered at once, so nothing else in the
+        stop keeps the reactor turning after its session is closed.
         """
         fake = yield start_fake_graph(reactor, os.path.join(self.directory, "fake"))
         self.addCleanup(fake.stop)
@@ -139,6 +146,10 @@ class SingleProcessStopTests(TestCase):
         code, text = yield send_message(self.port, "app@corp.example", ["bob@corp.example"], MESSAGE, timeout=60)
         self.assertEqual(code, 250, text)
         yield self.daemon.wait_for(rb"deferred \S+ attempt 1 retry in")
+        # Graph has closed the kept-alive connection since: stopping the Graph connection pool
+        # has nothing to wait for either.  (The gateway sees the reset before it reads the
+        # commands below, which come later on its one event loop.)
+        yield fake.stop()
         sock, pending = yield deferToThread(self.open_transaction)
         mark = len(self.daemon.output)
         self.daemon.signal(signal.SIGTERM)
