@@ -4,9 +4,10 @@ L{GatewayService} runs it.
 
 Start order: thread pools and connections, observers, the queue runner (which recovers the
 spool), then the SMTP listeners.  Stop order is the reverse and *sequential*: stop listening,
-let transactions already in DATA finish (bounded), stop the queue runner (bounded by
-``queue.shutdown_grace``), and only then stop the thread pools — stopping them earlier would
-strand an fsync or a token request half way.  Twisted's MultiService stops children all at
+let transactions already in DATA finish (bounded), close the other sessions with 421, stop the
+queue runner (bounded by ``queue.shutdown_grace``), and only then stop the thread pools —
+stopping them earlier would strand an fsync or a token request half way.  The stop ends once
+the closed sessions have written their last replies out (bounded, L{gateway.smtp.closing}).  Twisted's MultiService stops children all at
 once, which is why this class orders the stop itself.
 """
 
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from gateway.auth.build import build_auth
 from gateway.config import GatewayConfig
 from gateway.policy.redis_connection import redis_service
+from gateway.smtp.closing import SESSION_FLUSH_LIMIT, sessions_closed
 from gateway.status.metrics import GatewayMetrics
 from gateway.wiring import (
     Components,
@@ -263,10 +265,26 @@ class GatewayService(MultiService):
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
         self.running = 0
-        grace = self.config.queue.shutdown_grace
         listeners = list(self.components.listeners)
+        # 1. Stop accepting connections and new transactions; close the sessions.
+        yield self._stop_intake(listeners)
+        # Their last replies (a 250 given during the stop, the 421) are only buffered yet: the
+        # reactor's shutdown would drop them, so the stop ends once the sessions have gone.
+        closing = sessions_closed([part.factory for part in listeners], self.reactor)
+        # 2. Everything else, one at a time, in reverse start order (runner before pools).
         listener_services = {id(part.service) for part in listeners}
-        # 1. Stop accepting connections and new transactions.
+        yield self._stop_in_turn([s for s in reversed(list(self)) if id(s) not in listener_services])
+        yield closing
+        still_open = sum(len(part.factory.sessions) for part in listeners)  # some may have gone since
+        if still_open:
+            self.log.warn("{count} SMTP session(s) still closing after {limit}s (clients not reading); dropped",
+                          count=still_open, limit=SESSION_FLUSH_LIMIT)
+        self.log.info("graphsmtp stopped")
+
+    @inlineCallbacks
+    def _stop_intake(self, listeners: list[Any]) -> Any:
+        """Stop listening, let transactions in DATA finish (bounded), then 421 to every session."""
+        grace = self.config.queue.shutdown_grace
         for part in listeners:
             if part.service.running:
                 yield maybeDeferred(part.service.stopService)
@@ -279,15 +297,15 @@ class GatewayService(MultiService):
                 self.log.warn("transactions still open after {grace}s; their clients will retry", grace=grace)
         for part in listeners:
             part.factory.close_sessions()
-        # 2. Everything else, one at a time, in reverse start order (runner before pools).
-        others = [s for s in reversed(list(self)) if id(s) not in listener_services]
-        for service in others:
+
+    @inlineCallbacks
+    def _stop_in_turn(self, services: list[IService]) -> Any:
+        for service in services:
             if service.running:
                 try:
                     yield maybeDeferred(service.stopService)
                 except Exception:
                     self.log.failure("stopping {service!r} failed", service=service)
-        self.log.info("graphsmtp stopped")
 
 
 def _socket_path(address: Any) -> str:

@@ -74,6 +74,7 @@ class GatewaySMTPFactory(ServerFactory):
         self.in_flight = 0
         self.draining = False
         self._drain_waiters: list[Deferred] = []
+        self._closed_waiters: list[Deferred] = []
 
     def reconfigure(self, listener: ListenerConfig, hostname: str, chain: Any, portal: Optional[Any],
                     add_message_id: bool, add_date: bool) -> None:
@@ -149,6 +150,10 @@ class GatewaySMTPFactory(ServerFactory):
     def session_closed(self, proto: Any) -> None:
         self.sessions.discard(proto)
         self._uncount(proto)
+        if not self.sessions:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def _uncount(self, proto: Any) -> None:
         address = self._session_ip.pop(proto, None)
@@ -199,6 +204,22 @@ class GatewaySMTPFactory(ServerFactory):
         """Tell every connected client ``421 4.3.2`` and disconnect (partial messages are discarded)."""
         for proto in list(self.sessions):
             proto.shutdown()
+
+    def sessions_gone(self) -> Deferred:
+        """
+        Fires once no session is left (each closed after its transport wrote out what it
+        buffered); cancel it to stop waiting.  L{gateway.smtp.closing} bounds the wait.
+        """
+        if not self.sessions:
+            return succeed(None)
+
+        def cancel(d: Deferred) -> None:
+            if d in self._closed_waiters:
+                self._closed_waiters.remove(d)
+
+        d: Deferred = Deferred(cancel)
+        self._closed_waiters.append(d)
+        return d
 
 
 __all__ = ["GatewaySMTPFactory"]

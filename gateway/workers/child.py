@@ -11,7 +11,8 @@ observers, the status endpoint and the ``[local]`` socket stay in the main proce
 
 It runs L{gateway.service.GatewayService} over those components, so start, SIGHUP (reload for
 new sessions, certificates) and stop (stop accepting, finish transactions in DATA within
-``queue.shutdown_grace``, 421 to the rest) are the single-process gateway's.  It stops the same
+``queue.shutdown_grace``, 421 to the rest, wait (bounded) until those replies are written out)
+are the single-process gateway's.  It stops the same
 way when the main process goes away (its end of descriptor 0 closes).
 """
 
@@ -24,7 +25,6 @@ import sys
 from typing import Any, Optional, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.logger import FileLogObserver, Logger, globalLogBeginner, jsonFileLogObserver
 
 from gateway.workers.channel import CONTROL_FD, LOCK_FD, LOG_FD, CommitNotifier, EndOfFileWatch
@@ -32,10 +32,6 @@ from gateway.workers.channel import CONTROL_FD, LOCK_FD, LOG_FD, CommitNotifier,
 #: Components of the full gateway that belong to the main process only (matched by class name,
 #: so a module moving between packages does not silently put a second queue runner here).
 MAIN_ONLY_SERVICES = frozenset({"QueueRunner", "IncomingWatcher", "ObserversService"})
-
-#: How long a stopping worker waits for closed sessions to write their last replies out.
-SESSION_FLUSH_LIMIT = 5.0
-SESSION_FLUSH_POLL = 0.01
 
 log = Logger(namespace="gateway.workers.child")
 
@@ -112,27 +108,6 @@ def build_worker(args: WorkerArguments, reactor: Any) -> Any:
     return GatewayService(config, components, reactor, config_loader=load)
 
 
-def sessions_closed(components: Any, reactor: Any, limit: float = SESSION_FLUSH_LIMIT) -> Deferred:
-    """
-    Fires once every session the stop closed has gone (its last reply — a 250 for a message
-    that finished during the stop, then the 421 — written out), or after ``limit`` seconds.
-    The reactor's shutdown drops connections without writing what they still buffer, so the
-    worker waits for them before it lets the shutdown go on.
-    """
-    done: Deferred = Deferred()
-    deadline = reactor.seconds() + limit
-
-    def check() -> None:
-        open_sessions = sum(len(getattr(part.factory, "sessions", ())) for part in components.listeners)
-        if open_sessions == 0 or reactor.seconds() >= deadline:
-            done.callback(None)
-        else:
-            reactor.callLater(SESSION_FLUSH_POLL, check)
-
-    check()
-    return done
-
-
 def _start_logging() -> None:
     from gateway.logging import level_filter, log_level
 
@@ -168,7 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def stop() -> Any:
         if not service.running:
             return None
-        return service.stopService().addBoth(lambda _: sessions_closed(service.components, reactor))
+        # GatewayService's stop ends once the closed sessions have written their last
+        # replies out (bounded, gateway.smtp.closing), as in the single process.
+        return service.stopService()
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", stop)
