@@ -17,10 +17,11 @@ mailboxes), which is why the endpoint belongs on loopback or behind a login.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -28,6 +29,9 @@ from twisted.web.server import NOT_DONE_YET, Site
 from gateway.status.interfaces import IStatusSource
 from gateway.status.metrics import GatewayMetrics
 from gateway.threads import ThreadPoolService
+
+if TYPE_CHECKING:
+    from gateway.wiring import Components, ListenerParts
 
 _log = Logger(namespace="gateway.status.web")
 
@@ -43,13 +47,13 @@ class _QuietSite(Site):
         _log.debug("status request: {line}", line=self._logFormatter(self._logDateTime, request))
 
 
-def snapshot(components: Any, clock: Any) -> dict[str, Any]:
+def snapshot(components: "Components", clock: IReactorTime) -> dict[str, Any]:
     """A JSON-able picture of the gateway's state right now."""
     runner = components.runner
     stats = runner.stats
     tenants = [
         {"tenant": t.label, "state": t.state, "detail": t.detail, "since": t.since,
-         "paused_until": getattr(t, "paused_until", 0.0), "action": getattr(t, "action", "")}
+         "paused_until": t.paused_until, "action": t.action}
         for t in components.health.tenants()
     ]
     listeners_down = [part.config.name for part in components.listeners if not _listening(part)]
@@ -80,10 +84,12 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
     }
 
 
-def _listening(part: Any) -> bool:
+def _listening(part: "ListenerParts") -> bool:
     """Whether the listener's port is open now (a port lost after start-up makes /healthz 503)."""
-    port = getattr(part.service, "port", None)
-    return port is not None and bool(getattr(port, "connected", True))
+    from gateway.status.sources import listener_port, port_open
+
+    port = listener_port(part.service)
+    return port is not None and port_open(port)
 
 
 def overall_status(tenants: list) -> str:
