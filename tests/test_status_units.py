@@ -11,7 +11,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.delivery.graph.deliverer import TenantHealth
+from gateway.delivery.graph.tenant_health import TenantStatus as TenantHealth
 from gateway.delivery.interfaces import Delivered, Permanent
 from gateway.policy.interfaces import Continue, Reject, TempFail
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -45,22 +45,63 @@ class RecentDeliveriesTests(SynchronousTestCase):
 class TenantStatusTests(SynchronousTestCase):
     def test_states_map_to_ok_degraded_needs_admin(self):
         self.assertEqual(tenant_status(TenantHealth("default", "ok", token_expires_at=99.0)).state, "ok")
-        degraded = tenant_status(TenantHealth("default", "unreachable", "connection refused"))
+        degraded = tenant_status(TenantHealth("default", "degraded", "connection refused"))
         self.assertEqual(degraded.state, "degraded")
         self.assertIn("login.microsoftonline.com", degraded.admin_action)
-        needs = tenant_status(TenantHealth("t2", "config-error", "AADSTS7000215: Invalid client secret", paused_until=50.0))
+        needs = tenant_status(TenantHealth("t2", "needs-admin", "AADSTS7000215: Invalid client secret", paused_until=50.0))
         self.assertEqual((needs.state, needs.last_error, needs.paused_until), ("needs admin", "AADSTS7000215: Invalid client secret", 50.0))
         self.assertIn("consent", needs.admin_action)
         self.assertIsNone(tenant_status(TenantHealth("x", "unknown")).token_expires_at)
 
-    def test_richer_health_objects_pass_through(self):
-        class Probed:
-            label, state, since = "t", "needs admin", 1.0
-            last_error, admin_action, token_expires_at = "AADSTS65001", "Grant admin consent", 123.0
+    def test_the_monitors_own_action_passes_through(self):
+        status = tenant_status(TenantHealth("t", "needs-admin", "AADSTS65001", "Grant admin consent", since=1.0,
+                                            token_expires_at=123.0))
+        self.assertEqual((status.state, status.last_error, status.admin_action, status.since, status.token_expires_at),
+                         ("needs admin", "AADSTS65001", "Grant admin consent", 1.0, 123.0))
+        self.assertEqual(tenant_status(TenantHealth("t", "ok", "stale", "stale action")).admin_action, "")
 
-        status = tenant_status(Probed())
-        self.assertEqual((status.state, status.admin_action, status.token_expires_at),
-                         ("needs admin", "Grant admin consent", 123.0))
+
+class CaptureStatusSourceTests(SynchronousTestCase):
+    """
+    The status source of a capture gateway (no tenants, no [cluster]) read through its typed
+    interfaces: no probing for attributes, and the same answers as before.
+    """
+
+    def source(self):
+        from gateway.service import GatewayOptions, makeService
+        from gateway.status.sources import ComponentsStatusSource
+        from gateway.testing.harness import gateway_config
+
+        service = makeService(GatewayOptions(gateway_config(self), install_signal_handlers=False), Clock())
+        self.addCleanup(service.components.plugin_search.undo)
+        return service.components, ComponentsStatusSource(service.components, Clock(), "gw.example", "1.0", 0.0,
+                                                          lambda f, *args: succeed(f(*args)))
+
+    def test_cluster_is_part_of_the_status_interface(self):
+        from zope.interface.verify import verifyObject
+
+        from gateway.status.interfaces import IStatusSource
+
+        self.assertIn("cluster", IStatusSource.names())
+        self.assertTrue(verifyObject(IStatusSource, self.source()[1]))
+
+    def test_capture_metrics_have_no_tenants_and_no_cluster(self):
+        from gateway.status.metrics import StatusCollector
+
+        components, source = self.source()
+        self.assertEqual((source.tenants(), source.cluster()), ((), None))
+        metrics = GatewayMetrics(process=False)
+        metrics.registry.register(StatusCollector(source))
+        families = {f.name: f for f in text_string_to_metric_families(exposition(metrics.registry).decode())}
+        self.assertNotIn("graphsmtp_cluster_state", families)
+        self.assertEqual(families["graphsmtp_tenant_ok"].samples, [])
+        self.assertIn("graphsmtp_queue_messages", families)
+
+    def test_a_routing_key_that_is_not_a_mailbox_key_is_shown_as_itself(self):
+        components, source = self.source()
+        components.runner.mailboxes.push("plain@x.example", "Q1", 0.0)
+        [row] = source.mailboxes()
+        self.assertEqual((row.mailbox, row.in_flight, row.pause_reason), ("plain@x.example", 0, ""))
 
 
 class GraphOperationTests(SynchronousTestCase):

@@ -7,7 +7,7 @@ and answers with an outcome.  The queue runner applies the outcome to the spool.
 
 from __future__ import annotations
 
-from typing import Hashable, Optional, Union
+from typing import TYPE_CHECKING, Hashable, Optional, Union
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -16,6 +16,9 @@ from zope.interface import Attribute, Interface
 # The spool implements these and owns them (storage sits below delivery); re-exported here
 # because deliverers meet them as part of their contract.
 from gateway.spool.interfaces import IDraftJournal, IEntryQuarantine
+
+if TYPE_CHECKING:
+    from gateway.spool.entry import SpoolEntry
 
 #: Transient causes.  A *wait* is not a failure of the message: it never advances the message's
 #: backoff step.  A *shared* cause hits every message of a tenant alike (the next hop is down,
@@ -143,13 +146,13 @@ class IDeliveryObserver(Interface):
     Exceptions (and failed Deferreds) from observers are logged and never affect delivery.
     """
 
-    def delivered(entry, outcome) -> None:
+    def delivered(entry: "SpoolEntry", outcome: Delivered) -> None:
         """The message left the gateway."""
 
-    def deferred(entry, outcome) -> None:
+    def deferred(entry: "SpoolEntry", outcome: Transient) -> None:
         """A transient failure; the message stays queued for another attempt."""
 
-    def failed(entry, outcome) -> Optional[Deferred]:
+    def failed(entry: "SpoolEntry", outcome: Permanent) -> Optional[Deferred]:
         """A permanent failure or queue lifetime expiry; the message moved to failed/."""
 
 

@@ -18,24 +18,30 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Optional, Sequence
+from types import ModuleType
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.config.errors import ConfigError
+from gateway.config.policy import ObserverRef
 from gateway.delivery.interfaces import (
     Delivered,
     IDeliveryObserver,
+    Outcome,
     Permanent,
     Transient,
 )
 from gateway.plugins.discovery import Discovery, describe, discover
 from gateway.plugins.errors import PolicyConfigError
 from gateway.plugins.options import PluginOptions
+from gateway.spool.entry import SpoolEntry
 
 
 class IDeliveryObserverFactory(Interface):
@@ -48,7 +54,7 @@ class IDeliveryObserverFactory(Interface):
     name = Attribute("The name used in configuration: ``use = \"<name>\"`` (str).")
     description = Attribute("One line describing the observer (str).")
 
-    def build(options: Mapping[str, Any], context: Any) -> IDeliveryObserver:
+    def build(options: Mapping[str, Any], context: "ObserverContext") -> IDeliveryObserver:
         """
         Return an observer for these options (the entry without ``use``).  Raise
         L{gateway.plugins.errors.PolicyConfigError} naming the option for anything invalid.
@@ -64,7 +70,7 @@ class ObserverContext:
     file), ``hostname`` and ``key`` (the configuration key of the entry, for messages).
     """
 
-    clock: Any
+    clock: IReactorTime
     resolve: Callable[[str], str] = os.path.abspath
     hostname: str = "localhost"
     key: str = "observer"
@@ -75,27 +81,27 @@ class ObserverContext:
 class GuardedObserver:
     """Calls ``observer``; logs and swallows its exceptions and failed Deferreds."""
 
-    observer: Any
+    observer: IDeliveryObserver
     name: str = "observer"
     log = Logger()
 
-    def _call(self, method: str, entry: Any, outcome: Any) -> None:
-        def failed(failure: Any) -> None:
+    def _call(self, method: str, call: Callable[[SpoolEntry, Any], object], entry: SpoolEntry, outcome: Outcome) -> None:
+        def failed(failure: Failure) -> None:
             self.log.failure(
                 "delivery observer {name} failed on {method} of {queueId}", failure,
-                name=self.name, method=method, queueId=getattr(entry, "queue_id", None),
+                name=self.name, method=method, queueId=entry.queue_id,
             )
 
-        maybeDeferred(getattr(self.observer, method), entry, outcome).addErrback(failed)
+        maybeDeferred(call, entry, outcome).addErrback(failed)
 
-    def delivered(self, entry: Any, outcome: Any) -> None:
-        self._call("delivered", entry, outcome)
+    def delivered(self, entry: SpoolEntry, outcome: Delivered) -> None:
+        self._call("delivered", self.observer.delivered, entry, outcome)
 
-    def deferred(self, entry: Any, outcome: Any) -> None:
-        self._call("deferred", entry, outcome)
+    def deferred(self, entry: SpoolEntry, outcome: Transient) -> None:
+        self._call("deferred", self.observer.deferred, entry, outcome)
 
-    def failed(self, entry: Any, outcome: Any) -> None:
-        self._call("failed", entry, outcome)
+    def failed(self, entry: SpoolEntry, outcome: Permanent) -> None:
+        self._call("failed", self.observer.failed, entry, outcome)
 
     def open(self) -> None:
         if hasattr(self.observer, "open"):
@@ -121,7 +127,7 @@ class JsonDeliveryLog:
 
     log = Logger()
 
-    def __init__(self, path: str, clock: Any, recipients: str = "count") -> None:
+    def __init__(self, path: str, clock: IReactorTime, recipients: str = "count") -> None:
         self.path = path
         self._clock = clock
         self._recipients = recipients
@@ -136,23 +142,22 @@ class JsonDeliveryLog:
         if fd is not None:
             os.close(fd)
 
-    def record(self, outcome_name: str, entry: Any, outcome: Any) -> dict[str, Any]:
+    def record(self, outcome_name: str, entry: SpoolEntry, outcome: Outcome) -> dict[str, Union[str, int, bool, list[str]]]:
         envelope = entry.envelope
-        provenance = getattr(entry, "provenance", None)
-        record: dict[str, Any] = {
+        provenance = entry.provenance
+        record: dict[str, Union[str, int, bool, list[str]]] = {
             "time": _iso(self._clock.seconds()),
             "queue_id": entry.queue_id,
             "outcome": outcome_name,
             "sender": envelope.sender,
             "recipients": list(envelope.recipients) if self._recipients == "list" else len(envelope.recipients),
-            "reason": getattr(outcome, "reason", None) or getattr(outcome, "detail", None) or "",
+            "reason": (outcome.detail if isinstance(outcome, Delivered) else outcome.reason) or "",
             "attempts": entry.attempts,
             "size": entry.size,
         }
-        if provenance is not None:
-            record["listener"] = provenance.listener
-            if provenance.auth_identity:
-                record["auth_identity"] = provenance.auth_identity
+        record["listener"] = provenance.listener
+        if provenance.auth_identity:
+            record["auth_identity"] = provenance.auth_identity
         if isinstance(outcome, Permanent):
             record["status"] = outcome.status
             if outcome.remote_code:
@@ -164,19 +169,19 @@ class JsonDeliveryLog:
                 record["possibly_delivered"] = True
         return record
 
-    def _write(self, outcome_name: str, entry: Any, outcome: Any) -> None:
+    def _write(self, outcome_name: str, entry: SpoolEntry, outcome: Outcome) -> None:
         line = json.dumps(self.record(outcome_name, entry, outcome), ensure_ascii=False, separators=(",", ":"))
         self.open()
         assert self._fd is not None
         os.write(self._fd, (line + "\n").encode("utf-8"))
 
-    def delivered(self, entry: Any, outcome: Delivered) -> None:
+    def delivered(self, entry: SpoolEntry, outcome: Delivered) -> None:
         self._write("delivered", entry, outcome)
 
-    def deferred(self, entry: Any, outcome: Transient) -> None:
+    def deferred(self, entry: SpoolEntry, outcome: Transient) -> None:
         self._write("deferred", entry, outcome)
 
-    def failed(self, entry: Any, outcome: Permanent) -> None:
+    def failed(self, entry: SpoolEntry, outcome: Permanent) -> None:
         self._write("failed", entry, outcome)
 
 
@@ -202,13 +207,13 @@ def _resolver(base: str) -> Callable[[str], str]:
     return resolve
 
 
-def discover_observers(package: Any = None) -> Discovery:
+def discover_observers(package: Optional[ModuleType] = None) -> Discovery:
     return discover(IDeliveryObserverFactory, "observer", package)
 
 
 def build_observers(
-    refs: Sequence[Any],
-    clock: Any,
+    refs: Sequence[ObserverRef],
+    clock: IReactorTime,
     hostname: str = "localhost",
     discovery: Optional[Discovery] = None,
 ) -> list[GuardedObserver]:
@@ -247,7 +252,7 @@ class ObserversService(Service):
 
     log = Logger()
 
-    def __init__(self, observers: Sequence[GuardedObserver]) -> None:
+    def __init__(self, observers: Sequence[IDeliveryObserver]) -> None:
         self.observers = list(observers)
 
     def startService(self) -> None:

@@ -13,10 +13,15 @@ their expiry time.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Hashable, Optional
 
 import attrs
 from zope.interface import Interface
+
+if TYPE_CHECKING:
+    # Status sits above delivery (ARCHITECTURE.md's layer table), so it may name delivery's
+    # value types; imported for the annotations only, so a capture gateway loads no Graph code.
+    from gateway.delivery.graph.tenant_health import TenantStatus as TenantHealthReport
 
 #: The three token states an admin acts on, plus "unknown" before the first token request.
 TOKEN_OK = "ok"
@@ -151,17 +156,17 @@ class IHealthSource(Interface):
     admission state and each mailbox's pause reason; the capture outbox provides nothing.
     """
 
-    def tenants() -> "tuple[Any, ...]":
+    def tenants() -> "tuple[TenantHealthReport, ...]":
         """
-        One health value per Graph tenant: ``label``, ``state`` (ok, degraded, needs-admin,
-        unknown...), ``detail``, ``since`` and, when known, ``paused_until``, ``action``,
-        ``token_expires_at``.  Empty without Graph.
+        One L{gateway.delivery.graph.tenant_health.TenantStatus} per Graph tenant (``label``,
+        ``state``: ok, degraded, needs-admin, unknown; ``detail``, ``action``, ``since``,
+        ``paused_until``, ``token_expires_at``).  Empty without Graph.
         """
 
     def cluster() -> "Optional[dict[str, Any]]":
         """``[cluster]`` state (name, node, state, since, detail, degraded_count), or None."""
 
-    def pause_reason(mailbox_key: Any) -> str:
+    def pause_reason(mailbox_key: Hashable) -> str:
         """Why the sending mailbox the runner queues under ``mailbox_key`` is paused ("" when it is not)."""
 
 
@@ -179,6 +184,9 @@ class IStatusSource(Interface):
 
     def mailboxes() -> "tuple[MailboxPacing, ...]":
         """Sending mailboxes with pacing state (busy, paused or recently used)."""
+
+    def cluster() -> "Optional[dict[str, Any]]":
+        """``[cluster]`` state (name, node, state, since, detail, degraded_count), or None alone."""
 
     def totals() -> DeliveryTotals:
         """Delivery counters and the runner's queue size."""

@@ -174,7 +174,7 @@ class StatusCollector(Collector):
         yield from _listener_metrics(source.listeners())
         yield from _tenant_metrics(source.tenants())
         yield from _mailbox_metrics(source.mailboxes(), info.now)
-        cluster = source.cluster() if hasattr(source, "cluster") else None
+        cluster = source.cluster()
         if cluster is not None:
             yield from _cluster_metrics(cluster)
         yield from _auth_metrics(source.auth())

@@ -16,12 +16,14 @@ and tests can find them.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.template import Element, Tag, XMLString, renderElement, renderer, tags
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.template import Element, Flattenable, Tag, XMLString, renderElement, renderer, tags
 
 from gateway.status.interfaces import IStatusSource, QueueView
 
@@ -108,13 +110,13 @@ def badge(state: str) -> Tag:
     return tags.span(state, class_=f"state s-{state.replace(' ', '-')}")
 
 
-def table(table_id: str, headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = (),
+def table(table_id: str, headers: Sequence[str], rows: Iterable[Sequence[Flattenable]], numeric: Sequence[int] = (),
           empty: str = "nothing to show", nowrap: Sequence[int] = (), compact: bool = False) -> Tag:
     rows = list(rows)
     if not rows:
         return tags.p(empty, class_="empty", id=table_id)
 
-    def cell(make: Any, i: int, content: Any) -> Tag:
+    def cell(make: Callable[..., Tag], i: int, content: Flattenable) -> Tag:
         classes = " ".join(c for c, on in (("num", i in numeric), ("nowrap", i in nowrap)) if on)
         return make(content, class_=classes) if classes else make(content)
 
@@ -124,11 +126,11 @@ def table(table_id: str, headers: Sequence[str], rows: Iterable[Sequence[Any]], 
     return table_tag(class_="compact") if compact else table_tag
 
 
-def facts(items: Iterable[tuple[str, Any]]) -> Tag:
+def facts(items: Iterable[tuple[str, Union[str, int, float]]]) -> Tag:
     return tags.dl(*[tags.div(tags.dt(k), tags.dd(_text(v))) for k, v in items], class_="facts")
 
 
-def _text(value: Any) -> Any:
+def _text(value: Union[str, int, float]) -> str:
     return str(value) if isinstance(value, (int, float)) else value
 
 
@@ -147,27 +149,27 @@ class StatusPage(Element):
         self.queue_error = queue_error
 
     @renderer
-    def refresh(self, request: Any, tag: Tag) -> Any:
+    def refresh(self, request: Optional[IRequest], tag: Tag) -> Flattenable:
         if self.refresh_seconds > 0:
             return tags.meta(**{"http-equiv": "refresh", "content": str(self.refresh_seconds)})
         return ""
 
     @renderer
-    def title(self, request: Any, tag: Tag) -> Tag:
+    def title(self, request: Optional[IRequest], tag: Tag) -> Tag:
         return tag(f"graphsmtp status — {self.info.hostname}")
 
     @renderer
-    def css(self, request: Any, tag: Tag) -> Tag:
+    def css(self, request: Optional[IRequest], tag: Tag) -> Tag:
         return tag(CSS)
 
     @renderer
-    def header(self, request: Any, tag: Tag) -> Tag:
+    def header(self, request: Optional[IRequest], tag: Tag) -> Tag:
         return tag(tags.h1(f"graphsmtp on {self.info.hostname}"),
                    tags.p(f"as of {utc(self.info.now)}"
                           + (f" · refreshes every {self.refresh_seconds}s" if self.refresh_seconds > 0 else "")))
 
     @renderer
-    def gateway(self, request: Any, tag: Tag) -> Any:
+    def gateway(self, request: Optional[IRequest], tag: Tag) -> Flattenable:
         info = self.info
         totals = self.source.totals()
         listeners = self.source.listeners()
@@ -183,13 +185,13 @@ class StatusPage(Element):
         ]
 
     @renderer
-    def tenants(self, request: Any, tag: Tag) -> Any:
+    def tenants(self, request: Optional[IRequest], tag: Tag) -> Flattenable:
         now = self.info.now
         tenants = self.source.tenants()
         mailboxes = self.source.mailboxes()
         rows = []
         for t in tenants:
-            error: Any = t.last_error or "-"
+            error: Flattenable = t.last_error or "-"
             if t.admin_action:
                 error = [t.last_error or "-", tags.br(), tags.span("Action: " + t.admin_action, class_="action")]
             expiry = f"{utc(t.token_expires_at)} ({relative(t.token_expires_at, now)})" if t.token_expires_at else "-"
@@ -207,13 +209,13 @@ class StatusPage(Element):
         ]
 
     @renderer
-    def queue(self, request: Any, tag: Tag) -> Any:
+    def queue(self, request: Optional[IRequest], tag: Tag) -> Flattenable:
         view = self.view
         if view is None:
             return tags.p(f"The spool could not be read: {self.queue_error or 'unknown error'}", class_="action")
         counts = view.counts
         oldest = duration(view.oldest_age) if view.oldest_age is not None else "-"
-        parts: list = [
+        parts: list[Flattenable] = [
             table("queue-counts", ("queued", "active", "deferred", "waiting", "failed", "oldest message"),
                   [(str(view.queued), str(counts.get("active", 0)), str(counts.get("deferred", 0)),
                     str(counts.get("waiting", 0)), str(counts.get("failed", 0)), oldest)],
@@ -244,7 +246,7 @@ class StatusPage(Element):
         return parts
 
     @renderer
-    def recent(self, request: Any, tag: Tag) -> Any:
+    def recent(self, request: Optional[IRequest], tag: Tag) -> Flattenable:
         return table("recent", ("time", "queue id", "from", "to", "mailbox", "status", "delay", "detail"),
                      [(utc(r.at), tags.code(r.queue_id), r.sender or "<>", ", ".join(r.recipients), r.mailbox or "-",
                        badge(r.status), duration(r.delay), r.detail) for r in self.source.recent()],
@@ -262,12 +264,12 @@ class StatusPageResource(Resource):
         self.source = source
         self.refresh = refresh
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: Request) -> int:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
         finished = request.notifyFinish()
-        gone: list = []
+        gone: list[bool] = []
         finished.addErrback(lambda _: gone.append(True))
 
         def render(view: Optional[QueueView], error: str = "") -> None:
@@ -284,7 +286,7 @@ class StatusPageResource(Resource):
                 return
             renderElement(request, page)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self.log.warn("status page: the spool could not be read: {error}", error=failure.getErrorMessage())
             render(None, failure.getErrorMessage()[:200])
 

@@ -10,22 +10,24 @@ composition root, so neither the runner nor any deliverer knows the status page 
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable
+from typing import Callable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from gateway.delivery.interfaces import IDeliveryObserver
+from gateway.delivery.interfaces import Delivered, IDeliveryObserver, Outcome, Permanent, Transient
+from gateway.spool.entry import SpoolEntry
 from gateway.status.interfaces import RecentDelivery
 
 
-def _mailbox(entry: Any) -> str:
+def _mailbox(entry: SpoolEntry) -> str:
     return entry.sending_mailbox or ""
 
 
-def _detail(outcome: Any) -> str:
-    text = getattr(outcome, "reason", None) or getattr(outcome, "detail", None) or ""
-    status = getattr(outcome, "status", None)
+def _detail(outcome: Outcome) -> str:
+    """One line for the page: the reason (a delivery's detail), led by a failure's enhanced status code."""
+    text = outcome.detail if isinstance(outcome, Delivered) else outcome.reason
+    status: Optional[str] = outcome.status if isinstance(outcome, Permanent) else None
     if status and not str(text).startswith(str(status)):
         text = f"{status} {text}"
     return " ".join(str(text).split())[:300]
@@ -37,9 +39,9 @@ class RecentDeliveries:
 
     def __init__(self, clock: IReactorTime, size: int = 50) -> None:
         self._clock = clock
-        self._items: collections.deque = collections.deque(maxlen=max(1, size))
+        self._items: collections.deque[RecentDelivery] = collections.deque(maxlen=max(1, size))
 
-    def _record(self, status: str, entry: Any, outcome: Any) -> None:
+    def _record(self, status: str, entry: SpoolEntry, outcome: Outcome) -> None:
         now = self._clock.seconds()
         self._items.append(RecentDelivery(
             at=now,
@@ -52,13 +54,13 @@ class RecentDeliveries:
             detail=_detail(outcome),
         ))
 
-    def delivered(self, entry: Any, outcome: Any) -> None:
+    def delivered(self, entry: SpoolEntry, outcome: Delivered) -> None:
         self._record("delivered", entry, outcome)
 
-    def deferred(self, entry: Any, outcome: Any) -> None:
+    def deferred(self, entry: SpoolEntry, outcome: Transient) -> None:
         self._record("deferred", entry, outcome)
 
-    def failed(self, entry: Any, outcome: Any) -> None:
+    def failed(self, entry: SpoolEntry, outcome: Permanent) -> None:
         self._record("failed", entry, outcome)
 
     def snapshot(self) -> tuple[RecentDelivery, ...]:
@@ -73,13 +75,13 @@ class DeliveryDelayObserver:
         self._clock = clock
         self._observe = observe
 
-    def delivered(self, entry: Any, outcome: Any) -> None:
+    def delivered(self, entry: SpoolEntry, outcome: Delivered) -> None:
         self._observe(max(0.0, self._clock.seconds() - entry.received_at))
 
-    def deferred(self, entry: Any, outcome: Any) -> None:
+    def deferred(self, entry: SpoolEntry, outcome: Transient) -> None:
         pass
 
-    def failed(self, entry: Any, outcome: Any) -> None:
+    def failed(self, entry: SpoolEntry, outcome: Permanent) -> None:
         pass
 
 

@@ -12,11 +12,16 @@ an L{IHealthSource} lists onto ``ok / degraded / needs admin``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.delivery.interfaces import MailboxKey
+from gateway.smtp.listener import SMTPListenerService
 from gateway.status.interfaces import (
     TOKEN_DEGRADED,
     TOKEN_NEEDS_ADMIN,
@@ -28,9 +33,17 @@ from gateway.status.interfaces import (
     ListenerStatus,
     MailboxPacing,
     QueueView,
+    RecentDelivery,
     TenantStatus,
 )
 from gateway.status.queueview import scan_queue
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IListeningPort
+
+    from gateway.delivery.graph.tenant_health import TenantStatus as TenantHealthReport
+    from gateway.status.recent import RecentDeliveries
+    from gateway.wiring import Components
 
 #: How the deliverer's tenant states read for an admin.
 _STATE_NAMES = {
@@ -51,32 +64,41 @@ _ACTIONS = {
 }
 
 
-def tenant_status(health: Any) -> TenantStatus:
+def tenant_status(health: "TenantHealthReport") -> TenantStatus:
     """
-    An admin's view of one tenant-health value.  Understands today's
-    L{gateway.delivery.graph.deliverer.TenantHealth} (``state``, ``detail``, ``since``,
-    ``paused_until``, ``token_expires_at``) and passes through richer fields when a health
-    object offers them (``admin_action``, ``last_error``).
+    An admin's view of one L{gateway.delivery.graph.tenant_health.TenantStatus}: its ``detail``
+    is the last error, its ``action`` what to do (else the generic advice for the state), and a
+    token expiry of 0 (none issued yet) reads as unknown.
     """
     state = _STATE_NAMES.get(str(health.state), TOKEN_UNKNOWN)
-    last_error = str(getattr(health, "last_error", None) or getattr(health, "detail", "") or "")
-    action = str(getattr(health, "admin_action", None) or getattr(health, "action", None) or (_ACTIONS.get(state, "") if last_error or state != TOKEN_OK else ""))
-    expires = getattr(health, "token_expires_at", None) or None
+    last_error = str(health.detail or "")
+    action = str(health.action or (_ACTIONS.get(state, "") if last_error or state != TOKEN_OK else ""))
+    expires = health.token_expires_at or None
     return TenantStatus(
         label=str(health.label),
         state=state,
-        since=float(getattr(health, "since", 0.0) or 0.0),
+        since=float(health.since or 0.0),
         token_expires_at=float(expires) if expires else None,
         last_error=last_error if state != TOKEN_OK else "",
         admin_action=action if state != TOKEN_OK else "",
-        paused_until=float(getattr(health, "paused_until", 0.0) or 0.0),
+        paused_until=float(health.paused_until or 0.0),
     )
 
 
-def _listener_state(service: Any) -> str:
+def listener_port(service: object) -> "Optional[IListeningPort]":
+    """The port an SMTP listener's service listens on, or None (not started, or not listening yet)."""
+    return service.port if isinstance(service, SMTPListenerService) else None
+
+
+def port_open(port: "IListeningPort") -> bool:
+    """Whether ``port`` still listens: a file-descriptor port knows (it lost its socket); others are trusted."""
+    return bool(port.connected) if isinstance(port, FileDescriptor) else True
+
+
+def _listener_state(service: "SMTPListenerService") -> str:
     if not service.running:
         return "stopped"
-    return "listening" if getattr(service, "port", None) is not None else "starting"
+    return "listening" if listener_port(service) is not None else "starting"
 
 
 @implementer(IStatusSource)
@@ -89,8 +111,8 @@ class ComponentsStatusSource:
     scrape arriving together cost one read of the spool.
     """
 
-    def __init__(self, components: Any, clock: Any, hostname: str, version: str, started_at: float,
-                 blocking: Callable[..., Deferred], recent: Any = None, scan_limit: int = 2000,
+    def __init__(self, components: "Components", clock: IReactorTime, hostname: str, version: str, started_at: float,
+                 blocking: Callable[..., Deferred], recent: "Optional[RecentDeliveries]" = None, scan_limit: int = 2000,
                  queue_cache: float = 5.0) -> None:
         self._components = components
         self._clock = clock
@@ -121,18 +143,15 @@ class ComponentsStatusSource:
         return tuple(tenant_status(h) for h in self._components.health.tenants())
 
     def mailboxes(self) -> tuple[MailboxPacing, ...]:
-        queues = getattr(self._components.runner, "mailboxes", None)
-        if queues is None:
-            return ()
         health = self._components.health
         rows = []
-        for key, in_flight, paused_until, next_slot, _waiting in queues.snapshot(self._clock.seconds()):
+        for key, in_flight, paused_until, next_slot, _waiting in self._components.runner.mailboxes.snapshot(self._clock.seconds()):
             reason = health.pause_reason(key)
-            mailbox = getattr(key, "mailbox", key)
+            mailbox = key.mailbox if isinstance(key, MailboxKey) else key
             rows.append(MailboxPacing(str(mailbox), in_flight, paused_until, reason, next_slot))
         return tuple(sorted(rows, key=lambda m: m.mailbox))
 
-    def cluster(self) -> Optional[dict]:
+    def cluster(self) -> Optional[dict[str, Any]]:
         """``[cluster]`` state (name, node, state, since, detail, degraded_count), or None."""
         return self._components.health.cluster()
 
@@ -146,7 +165,7 @@ class ComponentsStatusSource:
         auth = self._components.auth
         return dict(auth.stats()) if auth is not None else {}
 
-    def recent(self) -> tuple:
+    def recent(self) -> tuple[RecentDelivery, ...]:
         return self._recent.snapshot() if self._recent is not None else ()
 
     def queue(self) -> Deferred:
@@ -157,21 +176,18 @@ class ComponentsStatusSource:
             waiter: Deferred = Deferred()
             self._scanning.append(waiter)
             return waiter
-        disk = getattr(self._components.spool, "disk", None)
-        if disk is None:
-            return succeed(_empty_view(self.totals()))
         self._scanning = []
         in_flight = self._components.runner.in_flight_ids()
-        d = self._blocking(scan_queue, disk, self._clock.seconds(), in_flight, self._scan_limit)
+        d = self._blocking(scan_queue, self._components.spool.disk, self._clock.seconds(), in_flight, self._scan_limit)
 
-        def share(result: Any) -> Any:
+        def share(result: QueueView) -> QueueView:
             self._cached = (self._clock.seconds(), result)
             waiters, self._scanning = self._scanning or [], None
             for waiter in waiters:
                 waiter.callback(result)
             return result
 
-        def share_failure(failure: Any) -> Any:
+        def share_failure(failure: Failure) -> Failure:
             waiters, self._scanning = self._scanning or [], None
             for waiter in waiters:
                 waiter.errback(failure)
@@ -180,13 +196,4 @@ class ComponentsStatusSource:
         return d.addCallbacks(share, share_failure)
 
 
-def _empty_view(totals: DeliveryTotals) -> QueueView:
-    from gateway.status.queueview import BUCKET_LABELS
-
-    return QueueView(counts={"active": totals.in_flight, "deferred": 0,
-                             "waiting": max(0, totals.queued - totals.in_flight), "failed": 0},
-                     oldest_age=None, bucket_labels=BUCKET_LABELS, by_mailbox=(), by_domain=(),
-                     deferral_reasons=(), failed=(), queued=totals.queued, examined=0)
-
-
-__all__ = ["ComponentsStatusSource", "tenant_status"]
+__all__ = ["ComponentsStatusSource", "tenant_status", "listener_port", "port_open"]

@@ -17,17 +17,24 @@ mailboxes), which is why the endpoint belongs on loopback or behind a login.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
+from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.python.failure import Failure
+from twisted.web.http import Request as HTTPRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from gateway.status.interfaces import IStatusSource
+from gateway.status.interfaces import IStatusSource, QueueView
 from gateway.status.metrics import GatewayMetrics
 from gateway.threads import ThreadPoolService
+
+if TYPE_CHECKING:
+    from gateway.wiring import Components, ListenerParts
 
 _log = Logger(namespace="gateway.status.web")
 
@@ -39,17 +46,17 @@ class _QuietSite(Site):
     lines a day between the message lines that matter.
     """
 
-    def log(self, request: Any) -> None:
+    def log(self, request: HTTPRequest) -> None:
         _log.debug("status request: {line}", line=self._logFormatter(self._logDateTime, request))
 
 
-def snapshot(components: Any, clock: Any) -> dict[str, Any]:
+def snapshot(components: "Components", clock: IReactorTime) -> dict[str, Any]:
     """A JSON-able picture of the gateway's state right now."""
     runner = components.runner
     stats = runner.stats
     tenants = [
         {"tenant": t.label, "state": t.state, "detail": t.detail, "since": t.since,
-         "paused_until": getattr(t, "paused_until", 0.0), "action": getattr(t, "action", "")}
+         "paused_until": t.paused_until, "action": t.action}
         for t in components.health.tenants()
     ]
     listeners_down = [part.config.name for part in components.listeners if not _listening(part)]
@@ -80,10 +87,12 @@ def snapshot(components: Any, clock: Any) -> dict[str, Any]:
     }
 
 
-def _listening(part: Any) -> bool:
+def _listening(part: "ListenerParts") -> bool:
     """Whether the listener's port is open now (a port lost after start-up makes /healthz 503)."""
-    port = getattr(part.service, "port", None)
-    return port is not None and bool(getattr(port, "connected", True))
+    from gateway.status.sources import listener_port, port_open
+
+    port = listener_port(part.service)
+    return port is not None and port_open(port)
 
 
 def overall_status(tenants: list) -> str:
@@ -99,14 +108,14 @@ def overall_status(tenants: list) -> str:
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, components: Any, clock: Any) -> None:
+    def __init__(self, components: "Components", clock: IReactorTime) -> None:
         super().__init__()
         self.components = components
         self.clock = clock
 
 
 class HealthPage(_Page):
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         state = snapshot(self.components, self.clock)
         request.setResponseCode(200 if state["status"] == "ok" else 503)
         request.setHeader(b"content-type", b"application/json")
@@ -119,21 +128,21 @@ class MetricsPage(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, source: Any, registry: Any) -> None:
+    def __init__(self, source: IStatusSource, registry: CollectorRegistry) -> None:
         super().__init__()
         self.source = source
         self.registry = registry
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: Request) -> int:
         from gateway.status.metrics import CONTENT_TYPE, exposition
 
         request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
 
-        def write(view: Any) -> None:
+        def write(view: Optional[QueueView]) -> None:
             request.write(exposition(self.registry, view))
             request.finish()
 
-        def without_queue(failure: Any) -> None:
+        def without_queue(failure: Failure) -> None:
             self.log.warn("metrics: the spool could not be read: {error}", error=failure.getErrorMessage())
             write(None)
 
@@ -145,7 +154,7 @@ class MetricsPage(Resource):
 
 
 
-def status_root(components: Any, clock: Any, source: IStatusSource, metrics: GatewayMetrics, refresh: int = 0) -> Resource:
+def status_root(components: "Components", clock: IReactorTime, source: IStatusSource, metrics: GatewayMetrics, refresh: int = 0) -> Resource:
     """
     ``/`` (the human page), ``/healthz`` (JSON) and ``/metrics`` (Prometheus).  ``source`` is
     the L{IStatusSource} the page and the metrics read; ``metrics`` the gateway's
@@ -177,7 +186,7 @@ class StatusServices:
     source: IStatusSource
 
 
-def status_service(status: Any, components: Any, reactor: Any, hostname: str = "localhost") -> StatusServices:
+def status_service(status: Any, components: "Components", reactor: Any, hostname: str = "localhost") -> StatusServices:
     """
     The services for ``[status]`` (a L{gateway.config.status.StatusConfig}): start ``pool``
     before ``web`` and stop it after.
@@ -193,7 +202,7 @@ def status_service(status: Any, components: Any, reactor: Any, hostname: str = "
     source = ComponentsStatusSource(
         components, reactor, hostname, _version(), reactor.seconds(), partial(deferToThreadPool, reactor, pool.pool),
         recent=components.recent, scan_limit=status.queue_scan_limit)
-    resource: Any = status_root(components, reactor, source, components.metrics, status.refresh)
+    resource: IResource = status_root(components, reactor, source, components.metrics, status.refresh)
     if status.login:
         from gateway.status.guard import guarded
 
