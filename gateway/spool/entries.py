@@ -72,16 +72,9 @@ class StoredEntries:
         directory = directory or self._layout.queue
         if not is_queue_id(queue_id):
             raise EntryMissing(queue_id)
-        env_path = SpoolLayout.path(directory, queue_id, ENV)
         msg_path = SpoolLayout.path(directory, queue_id, MSG)
         try:
-            data = self._files.ops.read_file(env_path)
-        except FileNotFoundError:
-            raise EntryMissing(queue_id) from None
-        except OSError as e:
-            raise spool_error(e, f"read the record of {queue_id}") from None
-        try:
-            entry = decode_record(data, msg_path, queue_id)
+            entry = self._read_record(directory, queue_id)
             size = os.stat(msg_path).st_size
         except RecordError as e:
             reason = f"unreadable record: {e}"
@@ -95,6 +88,20 @@ class StoredEntries:
             self._quarantine.move_entry_files(directory, queue_id)
             raise EntryQuarantined(queue_id, reason)
         raise EntryMissing(queue_id)
+
+    def _read_record(self, directory: str, queue_id: str) -> SpoolEntry:
+        """
+        ``queue_id``'s record in ``directory``, decoded with its message path beside it.  A
+        missing record is L{EntryMissing}, any other read error a L{SpoolError}; a record that
+        does not decode raises L{RecordError}, which each caller answers its own way.
+        """
+        try:
+            data = self._files.ops.read_file(SpoolLayout.path(directory, queue_id, ENV))
+        except FileNotFoundError:
+            raise EntryMissing(queue_id) from None
+        except OSError as e:
+            raise spool_error(e, f"read the record of {queue_id}") from None
+        return decode_record(data, SpoolLayout.path(directory, queue_id, MSG), queue_id)
 
     def queue_ids(self, directory: Optional[str] = None) -> list[str]:
         """Sorted ids with a record in ``directory`` (default the queue)."""
@@ -143,15 +150,8 @@ class StoredEntries:
         Record ``draft_id`` in the queued record of ``queue_id`` (read from disk, so no other
         field is taken from a stale copy); durable when this returns.
         """
-        path = SpoolLayout.path(self._layout.queue, queue_id, ENV)
         try:
-            data = self._files.ops.read_file(path)
-        except FileNotFoundError:
-            raise EntryMissing(queue_id) from None
-        except OSError as e:
-            raise spool_error(e, f"read the record of {queue_id}") from None
-        try:
-            entry = decode_record(data, SpoolLayout.path(self._layout.queue, queue_id, MSG), queue_id)
+            entry = self._read_record(self._layout.queue, queue_id)
         except RecordError as e:
             raise SpoolError(f"spool could not update the record of {queue_id}: {e}") from None
         return self.write_record(attrs.evolve(entry, draft_id=draft_id))

@@ -1,0 +1,64 @@
+"""
+Reading a queued record (L{gateway.spool.entries.StoredEntries}): ``load`` and ``set_draft``
+read it through one helper, and each answers a record that does not decode its own way.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.spool.disk import CommitRequest, SpoolDisk
+from gateway.spool.entries import EntryMissing, EntryQuarantined
+from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.spool.interfaces import SpoolError
+from gateway.spool.layout import ENV, SpoolLayout
+from gateway.spool.queueid import new_queue_id
+from gateway.testing.spool import FailingFileOps
+
+ENVELOPE = Envelope("app@corp.example", ("alice@corp.example",))
+PROVENANCE = Provenance("192.0.2.7", "printer.example", "smtp")
+DATA = b"Subject: s\r\n\r\nbody\r\n"
+
+
+def queued_spool(case: SynchronousTestCase) -> tuple[SpoolDisk, str]:
+    """A spool with one accepted entry in queue/."""
+    disk = SpoolDisk(os.path.abspath(case.mktemp()))
+    disk.ensure_directories()
+    queue_id = new_queue_id(1.0e9)
+    [result] = disk.publish_batch([CommitRequest(SpoolEntry(queue_id, ENVELOPE, PROVENANCE, 1.0, "", 0), data=DATA)])
+    case.assertIsInstance(result, SpoolEntry)
+    return disk, queue_id
+
+
+class ReadRecordTests(SynchronousTestCase):
+    def test_set_draft_rewrites_the_record_read_from_disk(self) -> None:
+        disk, queue_id = queued_spool(self)
+        disk.set_draft(queue_id, "draft-1")
+        self.assertEqual(disk.load(queue_id).draft_id, "draft-1")
+
+    def test_missing_record_is_entry_missing_for_both(self) -> None:
+        disk, queue_id = queued_spool(self)
+        os.unlink(SpoolLayout.path(disk.layout.queue, queue_id, ENV))
+        self.assertRaises(EntryMissing, disk.load, queue_id)
+        self.assertRaises(EntryMissing, disk.set_draft, queue_id, "draft-1")
+
+    def test_unreadable_record_file_is_a_spool_error_for_both(self) -> None:
+        disk, queue_id = queued_spool(self)
+        disk.ops = FailingFileOps("read_file", errno.EIO)
+        for call in (lambda: disk.load(queue_id), lambda: disk.set_draft(queue_id, "draft-1")):
+            error = self.assertRaises(SpoolError, call)
+            self.assertIn(f"read the record of {queue_id}", str(error))
+        self.assertEqual(disk.queue_ids(), [queue_id])
+
+    def test_undecodable_record_quarantines_on_load_but_only_refuses_set_draft(self) -> None:
+        disk, queue_id = queued_spool(self)
+        with open(SpoolLayout.path(disk.layout.queue, queue_id, ENV), "wb") as f:
+            f.write(b"not a record\n")
+        error = self.assertRaises(SpoolError, disk.set_draft, queue_id, "draft-1")
+        self.assertIn(f"could not update the record of {queue_id}", str(error))
+        self.assertEqual(disk.queue_ids(), [queue_id])  # set_draft leaves it where it is
+        self.assertRaises(EntryQuarantined, disk.load, queue_id)
+        self.assertEqual(disk.queue_ids(), [])
