@@ -62,3 +62,58 @@ class ReadRecordTests(SynchronousTestCase):
         self.assertEqual(disk.queue_ids(), [queue_id])  # set_draft leaves it where it is
         self.assertRaises(EntryQuarantined, disk.load, queue_id)
         self.assertEqual(disk.queue_ids(), [])
+
+
+class ReasonFileTests(SynchronousTestCase):
+    """
+    failed/ and quarantine/ write their ``.reason`` through one writer
+    (L{gateway.spool.layout.SpoolFiles.write_temp_reason}); only failed/'s is fsynced.
+    """
+
+    def test_writer_returns_a_temp_file_with_the_text(self) -> None:
+        disk, queue_id = queued_spool(self)
+        path = disk.files.write_temp_reason(queue_id, "reason: caf\u00e9\n", durable=True)
+        self.assertEqual(os.path.dirname(path), disk.layout.tmp)
+        self.assertTrue(path.endswith(".reason"), path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), "reason: caf\u00e9\n".encode("utf-8"))
+
+    def test_durable_writer_fsyncs_and_leaves_nothing_when_that_fails(self) -> None:
+        disk, queue_id = queued_spool(self)
+        disk.ops = FailingFileOps("sync_file", errno.EIO)
+        self.assertRaises(OSError, disk.files.write_temp_reason, queue_id, "text\n", True)
+        self.assertEqual(os.listdir(disk.layout.tmp), [])
+        disk.files.write_temp_reason(queue_id, "text\n", False)  # no fsync asked, none made
+
+    def test_fail_keeps_the_entry_queued_when_its_reason_cannot_be_made_durable(self) -> None:
+        disk, queue_id = queued_spool(self)
+        entry = disk.load(queue_id)
+        disk.ops = FailingFileOps("sync_file", errno.EIO)
+        error = self.assertRaises(SpoolError, disk.fail, entry, "bounced")
+        self.assertIn(f"move {queue_id} to failed/", str(error))
+        self.assertEqual((disk.queue_ids(), os.listdir(disk.layout.tmp)), ([queue_id], []))
+        self.assertEqual(os.listdir(disk.layout.failed), [])
+
+    def test_fail_writes_the_reason_beside_the_failed_entry(self) -> None:
+        disk, queue_id = queued_spool(self)
+        disk.fail(disk.load(queue_id), "mailbox\nunknown")
+        self.assertEqual(disk.failure_reason(queue_id), "mailbox unknown")
+        self.assertEqual(os.listdir(disk.layout.tmp), [])
+
+    def test_quarantine_reason_is_a_courtesy_written_without_fsync(self) -> None:
+        disk, queue_id = queued_spool(self)
+        entry = disk.load(queue_id)
+        disk.ops = FailingFileOps("sync_file", errno.EIO)
+        disk.quarantine(entry, "digest\nmismatch")
+        with open(os.path.join(disk.layout.quarantine, queue_id + ".reason"), encoding="utf-8") as f:
+            self.assertIn("reason: digest mismatch\n", f.read())
+        self.assertEqual((disk.queue_ids(), os.listdir(disk.layout.tmp)), ([], []))
+
+    def test_quarantine_still_takes_the_entry_out_when_no_reason_can_be_written(self) -> None:
+        disk, queue_id = queued_spool(self)
+        entry = disk.load(queue_id)
+        disk.ops = FailingFileOps("write", errno.ENOSPC)
+        disk.quarantine(entry, "digest mismatch")
+        self.assertEqual(disk.queue_ids(), [])
+        self.assertNotIn(queue_id + ".reason", os.listdir(disk.layout.quarantine))
+        self.assertEqual(os.listdir(disk.layout.tmp), [])

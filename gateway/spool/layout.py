@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import attrs
 
 from gateway.spool.dirsync import DirectorySyncer
-from gateway.spool.fileops import DIR_MODE, FileOps, spool_error
+from gateway.spool.fileops import DIR_MODE, FileOps, quietly, spool_error
 from gateway.spool.interfaces import SpoolError
 
 MSG = ".msg"
@@ -110,6 +110,31 @@ class SpoolFiles:
     def unique_tmp_path(self, queue_id: str, suffix: str) -> str:
         """A temp file in tmp/ no other call of this process uses (records, reasons)."""
         return self.tmp_path(queue_id, f".{next(self._counter)}{suffix}")
+
+    def write_temp_reason(self, queue_id: str, text: str, durable: bool) -> str:
+        """
+        Write ``text``, the admin's account of why ``queue_id`` left the queue, into a new temp
+        file in tmp/ and return its path for the caller to rename into place.  ``durable``
+        fsyncs it first: failed/'s reason is part of the "failed" protocol (see L{gateway.spool}),
+        while quarantine/'s is a courtesy that must never keep an entry queued (quarantine/ is
+        not fsynced either).  On failure nothing is left behind and the OSError propagates.
+        """
+        ops = self.ops
+        tmp = self.unique_tmp_path(queue_id, REASON)
+        fd = None
+        try:
+            fd = ops.open_new(tmp)
+            ops.write(fd, text.encode("utf-8", "replace"))
+            if durable:
+                ops.sync_file(fd)
+            ops.close(fd)
+            fd = None
+        except OSError:
+            if fd is not None:
+                quietly(ops.close, fd)
+            quietly(ops.unlink, tmp)
+            raise
+        return tmp
 
     def syncer(self, where: str) -> DirectorySyncer:
         """The directory fsync of a commit destination: "queue", "held" or "incoming"."""
