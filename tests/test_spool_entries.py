@@ -117,3 +117,21 @@ class ReasonFileTests(SynchronousTestCase):
         self.assertEqual(disk.queue_ids(), [])
         self.assertNotIn(queue_id + ".reason", os.listdir(disk.layout.quarantine))
         self.assertEqual(os.listdir(disk.layout.tmp), [])
+
+
+class TempFileTests(SynchronousTestCase):
+    """Records and reasons share one temp-file writer (L{gateway.spool.layout.SpoolFiles.write_temp_file})."""
+
+    def test_mtime_is_set_when_asked_and_left_alone_otherwise(self) -> None:
+        disk, queue_id = queued_spool(self)
+        hinted = disk.files.write_temp_file(queue_id, ".env", b"x", durable=True, mtime=1234567.0)
+        plain = disk.files.write_temp_file(queue_id, ".env", b"y", durable=True)
+        self.assertNotEqual(hinted, plain)
+        self.assertEqual(os.stat(hinted).st_mtime, 1234567.0)
+        self.assertGreater(os.stat(plain).st_mtime, 1234567.0)
+
+    def test_a_failed_write_leaves_nothing_in_tmp(self) -> None:
+        disk, queue_id = queued_spool(self)
+        disk.ops = FailingFileOps("write", errno.ENOSPC)
+        self.assertRaises(OSError, disk.files.write_temp_file, queue_id, ".env", b"x", True)
+        self.assertEqual(os.listdir(disk.layout.tmp), [])
