@@ -13,18 +13,17 @@ imports them once more to capture the error, so start-up can say *which file* is
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any, Mapping, Optional
 
 import attrs
 from twisted.logger import Logger
 from twisted.plugin import getCache, getPlugins
-from twisted.python.modules import getModule
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from gateway.config.errors import ConfigError
+from gateway.plugins.search import import_failures, uncached_plugin_modules
 
 log = Logger()
 
@@ -110,23 +109,11 @@ def _unloadable_modules(interface: Any, package: ModuleType) -> dict[str, str]:
     provide ``interface`` but fail to import now.
     """
     cache = getCache(package)
-    suspects = set()
-    for module in getModule(package.__name__).iterModules():
-        short = module.name.rpartition(".")[2]
-        if short not in cache:
-            suspects.add(f"{package.__name__}.{short}")
+    suspects = set(uncached_plugin_modules(package, cache))
     for dropin in cache.values():
         if any(interface in plugin.provided for plugin in dropin.plugins):
             suspects.add(dropin.moduleName)
-    failures = {}
-    for module_name in sorted(suspects):
-        try:
-            importlib.import_module(module_name)
-        except BaseException as e:  # a plugin file may raise anything, even SystemExit
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            failures[module_name] = f"{type(e).__name__}: {e}"
-    return failures
+    return import_failures(sorted(suspects))
 
 
 __all__ = ["Discovery", "discover", "describe"]

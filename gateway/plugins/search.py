@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import attrs
 from twisted.plugin import getCache
@@ -81,13 +81,31 @@ def broken_plugin_modules(package: Optional[Any] = None) -> dict[str, str]:
 
         package = twisted.plugins
     assert package is not None
-    cache = getCache(package)
-    failures = {}
+    return import_failures(uncached_plugin_modules(package, getCache(package)))
+
+
+def uncached_plugin_modules(package: Any, cache: Mapping[str, Any]) -> list[str]:
+    """
+    Full names of the modules in ``package``'s plugin directories missing from ``cache`` (what
+    ``getCache(package)`` returned): it records only the modules it could import, so these are
+    the suspects.
+    """
+    names = []
     for module in getModule(package.__name__).iterModules():
         short = module.name.rpartition(".")[2]
-        if short in cache:
-            continue
-        name = f"{package.__name__}.{short}"
+        if short not in cache:
+            names.append(f"{package.__name__}.{short}")
+    return names
+
+
+def import_failures(module_names: Iterable[str]) -> dict[str, str]:
+    """
+    Import each module (in the order given) and return ``{module: "ExceptionType: message"}``
+    for those that fail.  A plugin file may raise anything, even SystemExit, and all of it is
+    recorded; only KeyboardInterrupt still stops the process.
+    """
+    failures = {}
+    for name in module_names:
         try:
             importlib.import_module(name)
         except BaseException as e:  # a plugin file may raise anything, even SystemExit
@@ -97,4 +115,4 @@ def broken_plugin_modules(package: Optional[Any] = None) -> dict[str, str]:
     return failures
 
 
-__all__ = ["add_plugin_paths", "PluginSearchPath", "broken_plugin_modules"]
+__all__ = ["add_plugin_paths", "PluginSearchPath", "broken_plugin_modules", "uncached_plugin_modules", "import_failures"]

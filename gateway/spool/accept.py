@@ -98,23 +98,8 @@ def write_temp_record(files: SpoolFiles, entry: SpoolEntry, set_mtime: bool) -> 
     ``set_mtime`` sets the schedule hint (see L{SpoolEntry.due_hint}).  On failure nothing is
     left behind and the OSError propagates.
     """
-    ops = files.ops
-    tmp = files.unique_tmp_path(entry.queue_id, ENV)
-    fd = None
-    try:
-        fd = ops.open_new(tmp)
-        ops.write(fd, encode_record(entry))
-        if set_mtime and entry.next_attempt_at > 0:
-            ops.set_mtime(fd, entry.due_hint)  # the schedule hint read at start-up
-        ops.sync_file(fd)
-        ops.close(fd)
-        fd = None
-    except OSError:
-        if fd is not None:
-            quietly(ops.close, fd)
-        quietly(ops.unlink, tmp)
-        raise
-    return tmp
+    hint = entry.due_hint if set_mtime and entry.next_attempt_at > 0 else None  # read at start-up
+    return files.write_temp_file(entry.queue_id, ENV, encode_record(entry), durable=True, mtime=hint)
 
 
 class Acceptor:

@@ -10,7 +10,6 @@ L{gateway.spool} package docstring ("state change", "delivered", "failed", "requ
 from __future__ import annotations
 
 import os
-import time
 from typing import Optional
 
 import attrs
@@ -20,7 +19,7 @@ from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.fileops import DIR_MODE, quietly, spool_error
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.layout import ENV, MSG, REASON, SpoolFiles, SpoolLayout
-from gateway.spool.quarantine import Quarantine, one_line
+from gateway.spool.quarantine import Quarantine, one_line, utc_timestamp
 from gateway.spool.queueid import is_queue_id
 from gateway.spool.record import RecordError, decode_record
 
@@ -39,10 +38,6 @@ class EntryQuarantined(EntryMissing):
         super().__init__(queue_id)
         self.queue_id = queue_id
         self.reason = reason
-
-
-def _timestamp(when: float) -> str:
-    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))
 
 
 class StoredEntries:
@@ -72,16 +67,9 @@ class StoredEntries:
         directory = directory or self._layout.queue
         if not is_queue_id(queue_id):
             raise EntryMissing(queue_id)
-        env_path = SpoolLayout.path(directory, queue_id, ENV)
         msg_path = SpoolLayout.path(directory, queue_id, MSG)
         try:
-            data = self._files.ops.read_file(env_path)
-        except FileNotFoundError:
-            raise EntryMissing(queue_id) from None
-        except OSError as e:
-            raise spool_error(e, f"read the record of {queue_id}") from None
-        try:
-            entry = decode_record(data, msg_path, queue_id)
+            entry = self._read_record(directory, queue_id)
             size = os.stat(msg_path).st_size
         except RecordError as e:
             reason = f"unreadable record: {e}"
@@ -95,6 +83,20 @@ class StoredEntries:
             self._quarantine.move_entry_files(directory, queue_id)
             raise EntryQuarantined(queue_id, reason)
         raise EntryMissing(queue_id)
+
+    def _read_record(self, directory: str, queue_id: str) -> SpoolEntry:
+        """
+        ``queue_id``'s record in ``directory``, decoded with its message path beside it.  A
+        missing record is L{EntryMissing}, any other read error a L{SpoolError}; a record that
+        does not decode raises L{RecordError}, which each caller answers its own way.
+        """
+        try:
+            data = self._files.ops.read_file(SpoolLayout.path(directory, queue_id, ENV))
+        except FileNotFoundError:
+            raise EntryMissing(queue_id) from None
+        except OSError as e:
+            raise spool_error(e, f"read the record of {queue_id}") from None
+        return decode_record(data, SpoolLayout.path(directory, queue_id, MSG), queue_id)
 
     def queue_ids(self, directory: Optional[str] = None) -> list[str]:
         """Sorted ids with a record in ``directory`` (default the queue)."""
@@ -143,15 +145,8 @@ class StoredEntries:
         Record ``draft_id`` in the queued record of ``queue_id`` (read from disk, so no other
         field is taken from a stale copy); durable when this returns.
         """
-        path = SpoolLayout.path(self._layout.queue, queue_id, ENV)
         try:
-            data = self._files.ops.read_file(path)
-        except FileNotFoundError:
-            raise EntryMissing(queue_id) from None
-        except OSError as e:
-            raise spool_error(e, f"read the record of {queue_id}") from None
-        try:
-            entry = decode_record(data, SpoolLayout.path(self._layout.queue, queue_id, MSG), queue_id)
+            entry = self._read_record(self._layout.queue, queue_id)
         except RecordError as e:
             raise SpoolError(f"spool could not update the record of {queue_id}: {e}") from None
         return self.write_record(attrs.evolve(entry, draft_id=draft_id))
@@ -186,27 +181,21 @@ class StoredEntries:
         failed_entry = attrs.evolve(entry, message_path=SpoolLayout.path(f, qid, MSG))
         text = (
             f"queue id: {qid}\n"
-            f"failed at: {_timestamp(self._files.now())}\n"
+            f"failed at: {utc_timestamp(self._files.now())}\n"
             f"reason: {one_line(reason)}\n"
             f"attempts: {entry.attempts}\n"
-        ) + "".join(f"attempt at {_timestamp(h.at)}: {one_line(h.reason)}\n" for h in entry.history)
-        reason_tmp = self._files.unique_tmp_path(qid, REASON)
-        fd = None
+        ) + "".join(f"attempt at {utc_timestamp(h.at)}: {one_line(h.reason)}\n" for h in entry.history)
+        reason_tmp = None
         try:
-            fd = ops.open_new(reason_tmp)
-            ops.write(fd, text.encode("utf-8", "replace"))
-            ops.sync_file(fd)
-            ops.close(fd)
-            fd = None
+            reason_tmp = self._files.write_temp_reason(qid, text, durable=True)
             ops.rename(reason_tmp, SpoolLayout.path(f, qid, REASON))
             ops.rename(SpoolLayout.path(q, qid, MSG), failed_entry.message_path)
             self._write_record_file(failed_entry, SpoolLayout.path(f, qid, ENV), set_mtime=False)
             self._unlink_if_present(SpoolLayout.path(q, qid, ENV))
             self._files.failed_sync.sync()
         except OSError as e:
-            if fd is not None:
-                quietly(ops.close, fd)
-            quietly(ops.unlink, reason_tmp)
+            if reason_tmp is not None:
+                quietly(ops.unlink, reason_tmp)
             raise spool_error(e, f"move {qid} to failed/") from None
         return failed_entry
 
@@ -235,7 +224,7 @@ class StoredEntries:
         f, q = self._layout.failed, self._layout.queue
         old = self.load(queue_id, directory=f)
         now = self._files.now()
-        note = AttemptRecord(now, f"requeued by admin; first received {_timestamp(old.received_at)}")
+        note = AttemptRecord(now, f"requeued by admin; first received {utc_timestamp(old.received_at)}")
         entry = attrs.evolve(
             old, message_path=SpoolLayout.path(q, queue_id, MSG), received_at=now,
             next_attempt_at=0.0, history=old.history + (note,),

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import attrs
 
 from gateway.spool.dirsync import DirectorySyncer
-from gateway.spool.fileops import DIR_MODE, FileOps, spool_error
+from gateway.spool.fileops import DIR_MODE, FileOps, quietly, spool_error
 from gateway.spool.interfaces import SpoolError
 
 MSG = ".msg"
@@ -110,6 +110,42 @@ class SpoolFiles:
     def unique_tmp_path(self, queue_id: str, suffix: str) -> str:
         """A temp file in tmp/ no other call of this process uses (records, reasons)."""
         return self.tmp_path(queue_id, f".{next(self._counter)}{suffix}")
+
+    def write_temp_file(self, queue_id: str, suffix: str, data: bytes, durable: bool,
+                        mtime: Optional[float] = None) -> str:
+        """
+        Write ``data`` into a new temp file for ``queue_id`` in tmp/ (``suffix`` says what it
+        is) and return its path for the caller to rename into place.  ``mtime`` sets its
+        modification time (a record's schedule hint); ``durable`` fsyncs it.  On failure
+        nothing is left behind and the OSError propagates.
+        """
+        ops = self.ops
+        tmp = self.unique_tmp_path(queue_id, suffix)
+        fd = None
+        try:
+            fd = ops.open_new(tmp)
+            ops.write(fd, data)
+            if mtime is not None:
+                ops.set_mtime(fd, mtime)
+            if durable:
+                ops.sync_file(fd)
+            ops.close(fd)
+            fd = None
+        except OSError:
+            if fd is not None:
+                quietly(ops.close, fd)
+            quietly(ops.unlink, tmp)
+            raise
+        return tmp
+
+    def write_temp_reason(self, queue_id: str, text: str, durable: bool) -> str:
+        """
+        Write ``text``, the admin's account of why ``queue_id`` left the queue, into a new temp
+        file in tmp/ (see L{write_temp_file}).  ``durable`` fsyncs it: failed/'s reason is part
+        of the "failed" protocol (see L{gateway.spool}), while quarantine/'s is a courtesy that
+        must never keep an entry queued (quarantine/ is not fsynced either).
+        """
+        return self.write_temp_file(queue_id, REASON, text.encode("utf-8", "replace"), durable)
 
     def syncer(self, where: str) -> DirectorySyncer:
         """The directory fsync of a commit destination: "queue", "held" or "incoming"."""

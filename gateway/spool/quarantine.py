@@ -31,6 +31,11 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def utc_timestamp(when: float) -> str:
+    """``when`` (seconds since the epoch) as the UTC time stamp reason files and notes carry."""
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))
+
+
 class Quarantine:
     """Moves files and entries into quarantine/ (names made unique with ``.1``, ``.2``…)."""
 
@@ -67,7 +72,7 @@ class Quarantine:
         files, qid = self._files, entry.queue_id
         queue = files.layout.queue
         text = (f"queue id: {qid}\n"
-                f"quarantined at: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(files.now()))}\n"
+                f"quarantined at: {utc_timestamp(files.now())}\n"
                 f"reason: {one_line(reason)}\n"
                 f"digest at intake: {entry.message_digest}\n")
         try:
@@ -89,19 +94,14 @@ class Quarantine:
 
     def _write_reason(self, queue_id: str, text: str) -> None:
         # The reason is a courtesy for the admin: failing to write it must not keep the entry queued.
-        ops = self._files.ops
-        tmp = self._files.unique_tmp_path(queue_id, REASON)
-        fd = None
         try:
-            fd = ops.open_new(tmp)
-            ops.write(fd, text.encode("utf-8", "replace"))
-            ops.close(fd)
-            fd = None
+            tmp = self._files.write_temp_reason(queue_id, text, durable=False)
+        except OSError:
+            return
+        try:
             self.move_file(tmp, queue_id + REASON)
         except OSError:
-            if fd is not None:
-                quietly(ops.close, fd)
-            quietly(ops.unlink, tmp)
+            quietly(self._files.ops.unlink, tmp)
 
 
-__all__ = ["Quarantine", "Quarantined", "one_line"]
+__all__ = ["Quarantine", "Quarantined", "one_line", "utc_timestamp"]
