@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.smtp.framing import MESSAGE_LINE_LIMIT, DataFraming, _has_long_line
+from gateway.mail.lines import has_long_line
+from gateway.smtp.framing import MESSAGE_LINE_LIMIT, DataFraming
 
 MAX = 100  # max_line for the transport-bound tests
 
@@ -137,32 +138,32 @@ class HasLongLineTests(SynchronousTestCase):
     """The window scan itself, with lines at every position relative to a window."""
 
     def test_short_lines_only(self):
-        self.assertIs(_has_long_line(b"abc\r\n" * 100, MAX), False)
-        self.assertIs(_has_long_line(b"\r\n" * 200, MAX), False)
+        self.assertIs(has_long_line(b"abc\r\n" * 100, MAX), False)
+        self.assertIs(has_long_line(b"\r\n" * 200, MAX), False)
 
     def test_exact_limit_first_then_short(self):
-        self.assertIs(_has_long_line(b"a" * MAX + b"\r\n" + b"b" * 10 + b"\r\n", MAX), False)
+        self.assertIs(has_long_line(b"a" * MAX + b"\r\n" + b"b" * 10 + b"\r\n", MAX), False)
 
     def test_one_over_first_then_short(self):
-        self.assertIs(_has_long_line(b"a" * (MAX + 1) + b"\r\n" + b"b" * 10 + b"\r\n", MAX), True)
+        self.assertIs(has_long_line(b"a" * (MAX + 1) + b"\r\n" + b"b" * 10 + b"\r\n", MAX), True)
 
     def test_empty_line_then_exact_limit(self):
-        self.assertIs(_has_long_line(b"\r\n" + b"a" * MAX + b"\r\n", MAX), False)
-        self.assertIs(_has_long_line(b"\r\n" + b"a" * MAX + b"\r\nb\r\n", MAX), False)
+        self.assertIs(has_long_line(b"\r\n" + b"a" * MAX + b"\r\n", MAX), False)
+        self.assertIs(has_long_line(b"\r\n" + b"a" * MAX + b"\r\nb\r\n", MAX), False)
 
     def test_empty_line_then_one_over(self):
-        self.assertIs(_has_long_line(b"\r\n" + b"a" * (MAX + 1) + b"\r\n", MAX), True)
+        self.assertIs(has_long_line(b"\r\n" + b"a" * (MAX + 1) + b"\r\n", MAX), True)
 
     def test_long_line_after_short_ones(self):
-        self.assertIs(_has_long_line(b"s\r\n" * 40 + b"a" * (MAX + 1) + b"\r\n", MAX), True)
-        self.assertIs(_has_long_line(b"s\r\n" * 40 + b"a" * MAX + b"\r\n", MAX), False)
+        self.assertIs(has_long_line(b"s\r\n" * 40 + b"a" * (MAX + 1) + b"\r\n", MAX), True)
+        self.assertIs(has_long_line(b"s\r\n" * 40 + b"a" * MAX + b"\r\n", MAX), False)
 
     def test_exact_limit_lines_back_to_back(self):
-        self.assertIs(_has_long_line((b"a" * MAX + b"\r\n") * 5, MAX), False)
-        self.assertIs(_has_long_line((b"a" * MAX + b"\r\n") * 2 + b"a" * (MAX + 1) + b"\r\n", MAX), True)
+        self.assertIs(has_long_line((b"a" * MAX + b"\r\n") * 5, MAX), False)
+        self.assertIs(has_long_line((b"a" * MAX + b"\r\n") * 2 + b"a" * (MAX + 1) + b"\r\n", MAX), True)
 
     def test_block_no_longer_than_a_window(self):
-        self.assertIs(_has_long_line(b"a" * MAX + b"\r\n", MAX), False)
+        self.assertIs(has_long_line(b"a" * MAX + b"\r\n", MAX), False)
 
 
 class MessageLineLimitTests(SynchronousTestCase):
