@@ -84,6 +84,16 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
                           config_loader=options.reload_config, install_signal_handlers=options.install_signal_handlers)
 
 
+def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
+    """
+    The parts of a gateway without the service that runs them (``graphsmtp-config check``
+    builds them to check a file; tests deliver into a fake ``deliverer``): exactly what
+    L{makeService} builds.
+    """
+    options = GatewayOptions(config, deliverer=deliverer, listen=listen, install_signal_handlers=False)
+    return makeService(options, reactor).components
+
+
 class StartupFailure(SystemExit, Exception):
     """
     Start-up cannot go on (a listener cannot bind): exits with its one-line text.  A
@@ -299,4 +309,4 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-__all__ = ["GatewayOptions", "GatewayService", "StartupFailure", "makeService"]
+__all__ = ["GatewayOptions", "GatewayService", "StartupFailure", "build_components", "makeService"]

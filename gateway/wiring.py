@@ -403,20 +403,8 @@ def check_certificates(components: Components) -> None:
                 "checking certificate files of listener {name} failed", name=part.config.name)
 
 
-def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
-    """
-    The parts of a gateway without the service that runs them (``graphsmtp-config check``
-    builds them to check a file; tests deliver into a fake ``deliverer``): exactly what
-    L{gateway.service.makeService} builds.
-    """
-    from gateway.service import GatewayOptions, makeService
-
-    options = GatewayOptions(config, deliverer=deliverer, listen=listen, install_signal_handlers=False)
-    return makeService(options, reactor).components
-
-
 __all__ = [
     "Components", "ListenerParts", "Plugins", "SpoolParts", "Delivery", "Observers", "Queue", "Listeners",
     "load_plugins", "build_spool", "build_delivery", "given_delivery", "build_observers", "build_queue",
-    "build_listeners", "build_status", "certificate_watch", "check_certificates", "build_components", "capped_listeners", "counting_chain", "local_chain",
+    "build_listeners", "build_status", "certificate_watch", "check_certificates", "capped_listeners", "counting_chain", "local_chain",
 ]
