@@ -117,7 +117,7 @@ def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Comp
 
         if isinstance(part.factory, LocalSubmissionFactory):  # the [local] socket's part
             part.factory.local = change.local
-        components.spool.import_judge = DropOffJudge(change.chain, change.local)
+        components.spool.judge_imports_with(DropOffJudge(change.chain, change.local))
 
 
 def _swap_observers(configured: tuple, components: Components) -> None:
