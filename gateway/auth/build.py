@@ -102,6 +102,22 @@ class Authentication:
         return self.throttle.stats()
 
 
+def users_checker(config: AuthConfig, reactor: Any,
+                  threadpool: ThreadPool) -> tuple[Optional[UsersStore], Optional[UsersFileChecker]]:
+    """
+    The users file (``[auth] users_file``) and its checker, hashing on ``threadpool``; (None,
+    None) without one.  Start-up and SIGHUP read the file here, so a broken file is the same
+    L{ConfigError} naming ``auth.users_file`` in both.
+    """
+    if config.users_file is None:
+        return None, None
+    try:
+        users = UsersStore(config.users_file)
+    except UsersFileError as e:
+        raise ConfigError("auth.users_file", str(e)) from None
+    return users, UsersFileChecker(users, reactor, threadpool)
+
+
 def build_auth(
     config: AuthConfig,
     state_dir: str,
@@ -125,14 +141,7 @@ def build_auth(
         threadpool = ThreadPool(1, config.hash_threads, "graphsmtp-auth")
         services.append(ThreadPoolService.wrapping(threadpool))
 
-    users = None
-    users_checker = None
-    if config.users_file is not None:
-        try:
-            users = UsersStore(config.users_file)
-        except UsersFileError as e:
-            raise ConfigError("auth.users_file", str(e)) from None
-        users_checker = UsersFileChecker(users, reactor, threadpool)
+    users, checker = users_checker(config, reactor, threadpool)
 
     passthrough = None
     store = None
@@ -158,7 +167,7 @@ def build_auth(
             allowed_senders=config.passthrough.allowed_senders,
         )
 
-    portal = Portal(IdentityRealm(), [DispatchingChecker(passthrough, users_checker)])
+    portal = Portal(IdentityRealm(), [DispatchingChecker(passthrough, checker)])
     throttle = LoginThrottle(clock, config.throttle)
     return Authentication(config, portal, throttle, users, passthrough, store, services, endpoints, threadpool)
 
@@ -185,4 +194,4 @@ def build_portal(
     ).portal_for(listener)
 
 
-__all__ = ["Authentication", "build_auth", "build_portal"]
+__all__ = ["Authentication", "build_auth", "build_portal", "users_checker"]
