@@ -117,7 +117,7 @@ def _apply_listener(change: ListenerChange, new: GatewayConfig, components: Comp
 
         if isinstance(part.factory, LocalSubmissionFactory):  # the [local] socket's part
             part.factory.local = change.local
-        components.spool.import_judge = DropOffJudge(change.chain, change.local)
+        components.spool.judge_imports_with(DropOffJudge(change.chain, change.local))
 
 
 def _swap_observers(configured: tuple, components: Components) -> None:
@@ -204,23 +204,14 @@ def _rebuild_auth(current: Any, new: GatewayConfig, reactor: Any) -> Any:
     A new users file checker and (when its settings changed) a new login throttle, on the
     running AUTH thread pool; pass-through stays as started (its changes need a restart).
     """
-    from gateway.auth.build import Authentication
-    from gateway.auth.checkers import UsersFileChecker
+    from gateway.auth.build import Authentication, users_checker
     from gateway.auth.passthrough import DispatchingChecker
     from gateway.auth.realm import IdentityRealm
     from gateway.auth.throttle import LoginThrottle
-    from gateway.config.users import UsersFileError, UsersStore
 
     config = attrs.evolve(new.auth, passthrough=current.config.passthrough,
                           hash_threads=current.config.hash_threads)
-    users: Optional[UsersStore] = None
-    checker = None
-    if config.users_file is not None:
-        try:
-            users = UsersStore(config.users_file)
-        except UsersFileError as e:
-            raise ConfigError("auth.users_file", str(e)) from None
-        checker = UsersFileChecker(users, reactor, current.threadpool)
+    users, checker = users_checker(config, reactor, current.threadpool)
     throttle = current.throttle
     if config.throttle != current.config.throttle:
         throttle = LoginThrottle(reactor, config.throttle)

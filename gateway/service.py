@@ -73,6 +73,7 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
         observers = build_observers(config, reactor, delivery, metrics)
         queue = build_queue(config, reactor, spool.spool, delivery.deliverer, observers)
         listeners = build_listeners(config, reactor, spool.spool, auth, redis, metrics, listen=options.listen)
+        spool.spool.judge_imports_with(listeners.import_judge)
         services = [spool.pool, *auth.services, *([redis] if redis is not None else []), *delivery.services,
                     observers.service, *queue.services, *listeners.services]  # in start order
         components = Components(
@@ -84,6 +85,16 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
         certificates = certificate_watch(components, reactor)
     return GatewayService(config, components, reactor, status=status, certificates=certificates,
                           config_loader=options.reload_config, install_signal_handlers=options.install_signal_handlers)
+
+
+def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
+    """
+    The parts of a gateway without the service that runs them (``graphsmtp-config check``
+    builds them to check a file; tests deliver into a fake ``deliverer``): exactly what
+    L{makeService} builds.
+    """
+    options = GatewayOptions(config, deliverer=deliverer, listen=listen, install_signal_handlers=False)
+    return makeService(options, reactor).components
 
 
 class StartupFailure(SystemExit, Exception):
@@ -317,4 +328,4 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-__all__ = ["GatewayOptions", "GatewayService", "StartupFailure", "makeService"]
+__all__ = ["GatewayOptions", "GatewayService", "StartupFailure", "build_components", "makeService"]

@@ -11,7 +11,7 @@ any port is bound.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import attrs
 from twisted.application.service import IService
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from gateway.policy.redis_connection import RedisConnection
     from gateway.queue.runner import QueueRunner
     from gateway.smtp.factory import GatewaySMTPFactory
+    from gateway.smtp.local import DropOffJudge
     from gateway.smtp.tls import TLSContextSource
     from gateway.spool.store import DirectorySpool
     from gateway.status.interfaces import IHealthSource
@@ -108,10 +109,15 @@ class Queue:
 
 @attrs.frozen
 class Listeners:
-    """Every SMTP listener (``[local]``'s socket last) and the pool header sections are judged in."""
+    """
+    Every SMTP listener (``[local]``'s socket last) and the pool header sections are judged in;
+    ``import_judge`` is the ``[local]`` chain's judge of sendmail drop-offs (None without
+    ``[local]``), for the spool's L{DirectorySpool.judge_imports_with}.
+    """
 
     parts: tuple[ListenerParts, ...]
     services: tuple[IService, ...]
+    import_judge: Optional[Callable[..., Any]] = None
 
 
 @attrs.define
@@ -167,8 +173,8 @@ def build_spool(config: GatewayConfig, reactor: Any) -> SpoolParts:
     pool = ThreadPoolService("graphsmtp-spool", 1, config.spool.threads)
     fileops = FileOps() if config.spool.flush == "auto" else FileOps().flush_per_file()
     spool = DirectorySpool(config.spool.directory, pool.pool, reactor, archive_delivered=config.spool.archive_delivered,
-                           fileops=fileops, hold_new=config.queue.hold_new)
-    spool.disk.node = config.cluster.node_id if config.cluster is not None else config.hostname
+                           fileops=fileops, hold_new=config.queue.hold_new,
+                           node=config.cluster.node_id if config.cluster is not None else config.hostname)
     return SpoolParts(spool, pool)
 
 
@@ -257,9 +263,10 @@ def build_listeners(config: GatewayConfig, reactor: Any, spool: "DirectorySpool"
         service = _listening_service(reactor, listener, factory) if listen else None
         parts.append(ListenerParts(listener, factory, service, tls))
     local = _local_submission(config, reactor, spool, auth, redis, listen, metrics, mail_pool.pool)
-    if local is not None:
-        parts.append(local)
-    return Listeners(tuple(parts), (mail_pool,))
+    if local is None:
+        return Listeners(tuple(parts), (mail_pool,))
+    local_part, import_judge = local
+    return Listeners((*parts, local_part), (mail_pool,), import_judge)
 
 
 def _send_as(config: GatewayConfig) -> str:
@@ -312,11 +319,13 @@ def local_chain(config: GatewayConfig, reactor: Any, redis: Any, auth: "Authenti
 
 
 def _local_submission(config: GatewayConfig, reactor: Any, spool: "DirectorySpool", auth: "Authentication",
-                      redis: Any, listen: bool, metrics: "GatewayMetrics", judge_pool: Any) -> Optional[ListenerParts]:
+                      redis: Any, listen: bool, metrics: "GatewayMetrics",
+                      judge_pool: Any) -> Optional[tuple[ListenerParts, "DropOffJudge"]]:
     """
     The ``[local]`` UNIX socket for graphsmtp-sendmail (None when not configured): an SMTP
     listener whose sessions are logged in by the kernel's peer credentials, guarded by the
-    same relay policy and running the ``[local]`` chain, which also judges sendmail's drop-offs.
+    same relay policy and running the ``[local]`` chain, which also judges sendmail's drop-offs
+    (the judge returned beside the listener).
     """
     if not config.local.socket:
         return None
@@ -327,8 +336,8 @@ def _local_submission(config: GatewayConfig, reactor: Any, spool: "DirectorySpoo
                                      add_message_id=config.add_message_id, add_date=config.add_date,
                                      intake=metrics.intake_for(listener.name), send_as=_send_as(config),
                                      judge_pool=judge_pool)
-    spool.import_judge = DropOffJudge(chain, config.local)
-    return ListenerParts(listener, factory, _listening_service(reactor, listener, factory) if listen else None)
+    part = ListenerParts(listener, factory, _listening_service(reactor, listener, factory) if listen else None)
+    return part, DropOffJudge(chain, config.local)
 
 
 def _cluster_admission(config: GatewayConfig, reactor: Any, redis: Any) -> Any:
@@ -403,20 +412,8 @@ def check_certificates(components: Components) -> None:
                 "checking certificate files of listener {name} failed", name=part.config.name)
 
 
-def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
-    """
-    The parts of a gateway without the service that runs them (``graphsmtp-config check``
-    builds them to check a file; tests deliver into a fake ``deliverer``): exactly what
-    L{gateway.service.makeService} builds.
-    """
-    from gateway.service import GatewayOptions, makeService
-
-    options = GatewayOptions(config, deliverer=deliverer, listen=listen, install_signal_handlers=False)
-    return makeService(options, reactor).components
-
-
 __all__ = [
     "Components", "ListenerParts", "Plugins", "SpoolParts", "Delivery", "Observers", "Queue", "Listeners",
     "load_plugins", "build_spool", "build_delivery", "given_delivery", "build_observers", "build_queue",
-    "build_listeners", "build_status", "certificate_watch", "check_certificates", "build_components", "capped_listeners", "counting_chain", "local_chain",
+    "build_listeners", "build_status", "certificate_watch", "check_certificates", "capped_listeners", "counting_chain", "local_chain",
 ]

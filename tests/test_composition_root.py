@@ -53,6 +53,18 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertLess(children.index(runner), children.index(service.status))
         self.assertLess(children.index(service.status), children.index(listeners[0]))
 
+    def test_the_spool_judges_drop_offs_with_the_local_chain_the_listener_builder_returns(self):
+        import os
+
+        from gateway.smtp.local import DropOffJudge
+
+        socket = os.path.join(os.path.abspath(self.mktemp()), "submit.sock")
+        service = self.build({"local": {"socket": socket}}, listen=False)
+        judge = service.components.spool.import_judge
+        self.assertIsInstance(judge, DropOffJudge)
+        self.assertIs(judge.local, service.config.local)
+        self.assertIsNone(self.build(listen=False).components.spool.import_judge)  # no [local]: unjudged
+
     def test_the_parts_are_the_ones_the_runner_and_listeners_share(self):
         service = self.build()
         components = service.components

@@ -1,6 +1,7 @@
 """
 Issue 10, exact send semantics: only ``202`` means Graph accepted a message (sendMail and a
-draft's /send, graph-facts §1.6 and §3.2d).  Any other 2xx is an "unexpected response": the
+draft's /send: https://learn.microsoft.com/graph/api/user-sendmail and
+https://learn.microsoft.com/graph/api/message-send).  Any other 2xx is an "unexpected response": the
 message may or may not have gone, so it is transient and counted as possibly delivered, never
 reported as delivered.  Every other Graph step is held to its documented success code too.
 """
@@ -28,8 +29,11 @@ ERIN = "erin@hidden.test"
 
 class SuccessTableTests(SynchronousTestCase):
     def test_documented_success_codes(self):
-        # graph-facts §1.6 (sendMail 202), §3.2a (draft 201), §3.2b (upload session 201; the
-        # beta reference says 200), §3.2c (chunks 200, last 201), §3.2d (send 202).
+        # sendMail 202 (https://learn.microsoft.com/graph/api/user-sendmail), draft 201
+        # (https://learn.microsoft.com/graph/api/user-post-messages), upload session 201 (the beta
+        # reference says 200: https://learn.microsoft.com/graph/api/attachment-createuploadsession),
+        # chunks 200, the last 201 (https://learn.microsoft.com/graph/outlook-large-attachments),
+        # send 202 (https://learn.microsoft.com/graph/api/message-send).
         self.assertEqual(SUCCESS_CODES["sendMail"], {202})
         self.assertEqual(SUCCESS_CODES["send"], {202})
         self.assertEqual(SUCCESS_CODES["createMessage"], {201})

@@ -12,6 +12,7 @@ import os
 import requests
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -32,6 +33,7 @@ from gateway.testing.fake_graph import (
     create_client_certificate,
     start_fake_graph,
 )
+from gateway.testing.logs import LogCapture
 from gateway.testing.threads import ImmediateReactor, ManualThreadPool
 from tests.graph_helpers import simple_message, start_rig
 
@@ -301,3 +303,53 @@ class ClassifyHttpFailureTests(SynchronousTestCase):
     def test_anything_else_is_a_transient_internal_error(self):
         error = classify_exception(KeyError("x"))
         self.assertEqual((error.kind, error.code), ("transient", "internal"))
+
+
+class TokenErrorTextTests(TestCase):
+    """Entra's code once (it was doubled), no ``..`` at the end, no ``internal: MsalServiceError``."""
+
+    def test_aadsts_code_is_not_doubled(self):
+        error = classify_result({"error": "invalid_client", "error_codes": [7000215],
+                                 "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the "
+                                                      "secret being sent is the value.\r\nTrace ID: 1 Correlation ID: 2"})
+        self.assertEqual(str(error).count("AADSTS7000215"), 1)
+        self.assertNotIn("Trace ID", str(error))
+        self.assertFalse(str(error).endswith("."))
+
+    def test_msal_http_error_is_transient_with_the_status(self):
+        from msal.exceptions import MsalServiceError
+
+        error = classify_exception(MsalServiceError("HTTP Error: 503", error=None, error_description=None))
+        self.assertEqual((error.kind, error.code), ("transient", "http_503"))
+        self.assertNotIn("MsalServiceError", str(error))
+
+    def test_deliverer_config_error_line_has_no_double_stop(self):
+        from gateway.delivery.graph.deliverer import GraphDeliverer, _Tenant
+
+        capture = LogCapture.install(self)
+        deliverer = GraphDeliverer.__new__(GraphDeliverer)
+        deliverer.clock = Clock()
+        deliverer.config = type("C", (), {"tenant_backoff": 60.0, "tenant_backoff_max": 3600.0})()
+        error = classify_result({"error": "invalid_client", "error_codes": [7000215],
+                                 "error_description": "AADSTS7000215: Invalid client secret provided."})
+        deliverer._token_failed(_Tenant("default"), error)
+        text = "\n".join(capture.messages())
+        self.assertIn("AADSTS7000215", text)
+        self.assertNotIn("..", text)
+        self.assertEqual(text.count("AADSTS7000215"), 1)
+
+
+class TokenRefusedTextTests(TestCase):
+    """A Graph 401 without an error body is logged with its status, not as ``(None)``."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_401_without_error_code(self):
+        capture = LogCapture.install(self)
+        rig = yield start_rig(self, reactor)
+        rig.server.inject(Fault(action="raw", status=401, body=b""), operation="sendMail")
+        yield rig.deliverer.deliver(rig.entry(simple_message(), "alice@contoso.test", ["bob@fabrikam.test"]))
+        text = "\n".join(capture.messages())
+        self.assertIn("token refused (HTTP 401)", text)
+        self.assertNotIn("(None)", text)

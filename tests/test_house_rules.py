@@ -25,51 +25,84 @@ GATEWAY = ROOT / "gateway"
 MAX_COMPLEXITY = 15
 MAX_MODULE_LINES = 600
 
-# The intended order of gateway's subpackages, lowest row first: the table in ARCHITECTURE.md
-# (test_architecture_document_has_the_same_table keeps the two the same).  A package imports only
-# packages on lower rows, function-local imports included; packages on one row never import
-# each other.  So an upward import fails here even before it closes a cycle.  A new package
-# gets a row here and in ARCHITECTURE.md; gateway.testing sits beside, on top, and is not listed.
+# The intended order of gateway's parts, lowest row first: the table in ARCHITECTURE.md
+# (test_architecture_document_has_the_same_table keeps the two the same).  A part is a
+# subpackage (``mail``) or a top-level module (``service`` for gateway/service.py): top-level
+# modules are held to the order too, or a cycle through the composition root goes unseen.  A
+# part imports only parts on lower rows, function-local imports included; parts on one row
+# never import each other.  So an upward import fails here even before it closes a cycle.  A
+# new package or top-level module gets a row here and in ARCHITECTURE.md.  gateway.testing sits
+# beside the top, has no row, and nothing in a row may import it except SHIMS.
 LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"threads", "logging", "private_files", "certificates", "callback_free_tls"}),
     frozenset({"mail"}),
     frozenset({"config"}),
     frozenset({"plugins", "spool"}),
     frozenset({"policy", "delivery"}),
     frozenset({"auth"}),
     frozenset({"smtp", "queue", "cluster"}),
-    frozenset({"status", "cli", "workers"}),
+    frozenset({"status"}),
+    frozenset({"wiring"}),
+    frozenset({"reload"}),
+    frozenset({"service"}),
+    frozenset({"cli", "workers"}),
+    frozenset({"tap", "plugin"}),
 )
+
+TESTING = "testing"
+
+# Old import paths of the test helpers, documented as public (gateway/testing/__init__.py) and
+# imported by plugin authors' tests: re-exports of gateway.testing, the one upward import allowed.
+SHIMS = frozenset({"gateway/spool/testing.py", "gateway/policy/testing.py"})
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True)
 
 
+def gateway_parts() -> set[str]:
+    """gateway's subpackages and top-level modules, by name, gateway.testing left out."""
+    packages = {p.name for p in GATEWAY.iterdir() if (p / "__init__.py").exists()}
+    modules = {p.stem for p in GATEWAY.glob("*.py")} - {"__init__"}
+    return (packages | modules) - {TESTING}
+
+
 def package_import_edges() -> dict[tuple[str, str], set[str]]:
-    """Every absolute import of gateway.<other> from inside gateway.<pkg>, function-local ones too."""
+    """
+    Every absolute import of gateway.<other> from inside gateway.<part>, function-local ones
+    too, where a part is a subpackage or a top-level module; imports of gateway.testing count
+    (as edges to ``testing``) except from L{SHIMS}.
+    """
     edges: dict[tuple[str, str], set[str]] = {}
-    packages = {p.name for p in GATEWAY.iterdir() if (p / "__init__.py").exists()} - {"testing"}
+    parts = gateway_parts()
     for path in sorted(GATEWAY.rglob("*.py")):
-        parts = path.relative_to(GATEWAY).parts
-        if len(parts) < 2 or parts[0] not in packages:
+        relative = path.relative_to(GATEWAY).parts
+        here = path.stem if len(relative) == 1 else relative[0]
+        where = str(path.relative_to(ROOT))
+        if here not in parts:
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+                if node.module == "gateway":  # from gateway import service
+                    names += [f"gateway.{alias.name}" for alias in node.names]
             else:
                 continue
             for name in names:
                 bits = name.split(".")
-                if bits[0] == "gateway" and len(bits) > 1 and bits[1] in packages and bits[1] != parts[0]:
-                    edges.setdefault((parts[0], bits[1]), set()).add(str(path.relative_to(ROOT)))
+                if bits[0] != "gateway" or len(bits) < 2 or bits[1] == here:
+                    continue
+                if bits[1] in parts or (bits[1] == TESTING and where not in SHIMS):
+                    edges.setdefault((here, bits[1]), set()).add(where)
     return edges
 
 
 def layer_violations(edges: dict[tuple[str, str], set[str]], layers: tuple[frozenset[str], ...]) -> list[str]:
-    """Every import edge that does not point to a lower row of ``layers`` (or whose package has no row)."""
-    row = {package: number for number, packages in enumerate(layers) for package in packages}
+    """Every import edge that does not point to a lower row of ``layers`` (or whose part has no row)."""
+    row = {part: number for number, parts in enumerate(layers) for part in parts}
+    row[TESTING] = len(layers)
     problems = []
     for (a, b), files in sorted(edges.items()):
         if a not in row or b not in row:
@@ -82,12 +115,12 @@ def layer_violations(edges: dict[tuple[str, str], set[str]], layers: tuple[froze
 
 
 def architecture_layers(text: str) -> tuple[frozenset[str], ...]:
-    """The layer table of ARCHITECTURE.md: rows ``| <n> | `pkg`, `pkg` | ... |``, lowest first."""
+    """The layer table of ARCHITECTURE.md: rows ``| <n> | `pkg`, `module.py` | ... |``, lowest first."""
     rows = {}
     for line in text.splitlines():
         match = re.match(r"^\|\s*(\d+)\s*\|([^|]*)\|", line)
         if match:
-            rows[int(match.group(1))] = frozenset(re.findall(r"`([a-z_]+)`", match.group(2)))
+            rows[int(match.group(1))] = frozenset(re.findall(r"`([a-z_]+)(?:\.py)?`", match.group(2)))
     return tuple(rows[number] for number in sorted(rows))
 
 
@@ -121,11 +154,11 @@ class ImportDirectionTests(unittest.TestCase):
         problems = layer_violations(package_import_edges(), LAYERS)
         self.assertEqual(problems, [], "imports against the layer order of ARCHITECTURE.md")
 
-    def test_every_package_has_a_row(self) -> None:
-        packages = {p.name for p in GATEWAY.iterdir() if (p / "__init__.py").exists()} - {"testing"}
+    def test_every_package_and_module_has_a_row(self) -> None:
+        parts = gateway_parts()
         listed = set().union(*LAYERS)
-        self.assertEqual(sorted(packages - listed), [], "give these packages a row in LAYERS and ARCHITECTURE.md")
-        self.assertEqual(sorted(listed - packages), [], "these rows name packages that do not exist")
+        self.assertEqual(sorted(parts - listed), [], "give these a row in LAYERS and ARCHITECTURE.md")
+        self.assertEqual(sorted(listed - parts), [], "these rows name packages or modules that do not exist")
 
     def test_architecture_document_has_the_same_table(self) -> None:
         document = architecture_layers((ROOT / "ARCHITECTURE.md").read_text())
@@ -141,8 +174,13 @@ class ImportDirectionTests(unittest.TestCase):
             "gateway/new has no row in LAYERS (and ARCHITECTURE.md)",
         ])
 
+    def test_nothing_in_a_row_imports_testing(self) -> None:
+        edges = {("low", "testing"): {"gateway/low/helpers.py"}}
+        self.assertEqual(layer_violations(edges, (frozenset({"low"}),)), [
+            "low -> testing: testing is on a higher row than low, in gateway/low/helpers.py"])
+
     def test_reads_the_document_table(self) -> None:
-        text = "| Layer | Packages | Job |\n|---|---|---|\n| 2 | `top` | x |\n| 1 | `a`, `b` | y |\n"
+        text = "| Layer | Packages | Job |\n|---|---|---|\n| 2 | `top.py` | x |\n| 1 | `a`, `b` | y |\n"
         self.assertEqual(architecture_layers(text), (frozenset({"a", "b"}), frozenset({"top"})))
 
     def test_detects_a_cycle(self) -> None:

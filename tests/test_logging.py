@@ -240,3 +240,18 @@ class TwistdLogTests(TestCase):
         delivered = [r for r in records if r["text"].startswith("delivered ")]
         self.assertEqual(len(delivered), 1)
         self.assertTrue(delivered[0]["queue_id"])
+
+
+class JsonLinesAreRenderedTests(SynchronousTestCase):
+    """``--logger gateway.logging.json_observer`` once wrote Twisted's raw event serialisation."""
+
+    def test_json_lines_carry_rendered_text_not_twisted_serialisation(self):
+        out = io.StringIO()
+        Logger(namespace="gateway.spool.runner", observer=json_observer(out)).info(
+            "delivered {queue_id}", queue_id="Q1", status="sent")
+        [line] = out.getvalue().splitlines()
+        self.assertFalse(line.startswith("\x1e"))
+        record = json.loads(line)
+        self.assertEqual(record.get("text"), "delivered Q1")
+        self.assertEqual((record.get("queue_id"), record.get("status")), ("Q1", "sent"))
+        self.assertFalse([k for k in record if k.startswith("log_")], record)

@@ -22,7 +22,9 @@ from gateway.smtp.framing import DataFraming
 from gateway.smtp.headers import HeaderCollector, apply_edits, received_header
 from gateway.smtp.intake import BARE_NEWLINE, HEADER_TOO_BIG, TOO_BIG, MessageIntake
 
-# The fake end-of-data sequences of the 2023 SMTP smuggling research (twisted-notes §1b).
+# The fake end-of-data sequences of the 2023 SMTP smuggling research (SEC Consult,
+# https://sec-consult.com/blog/detail/smtp-smuggling-spoofing-e-mails-worldwide/; the real one is
+# CRLF "." CRLF, RFC 5321 §4.1.1.4).
 FAKE_ENDS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r", b"\r\r\n.\r\r\n"]
 
 

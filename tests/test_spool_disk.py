@@ -55,10 +55,9 @@ class FacadeTests(SynchronousTestCase):
         self.assertTrue(getattr(result, "out_of_space", False), result)
         self.assertEqual(disk.queue_ids(), [])
 
-    def test_node_set_on_the_facade_is_stamped_by_the_import(self) -> None:
-        disk = SpoolDisk(os.path.abspath(self.mktemp()))
+    def test_node_given_to_the_facade_is_stamped_by_the_import(self) -> None:
+        disk = SpoolDisk(os.path.abspath(self.mktemp()), node="gw-z")
         disk.ensure_directories()
-        disk.node = "gw-z"
         queue_id = new_queue_id(1.0e9)
         temp = disk.create_temp(queue_id, incoming=True)
         disk.append(temp, [b"Subject: s\r\n\r\nbody\r\n"])

@@ -37,8 +37,7 @@ class NodeInRecordTests(SynchronousTestCase):
 
     def test_intake_stamps_the_accepting_node(self) -> None:
         directory = os.path.abspath(self.mktemp())
-        spool = make_test_spool(directory)
-        spool.disk.node = "gw-a"
+        spool = make_test_spool(directory, node="gw-a")
         writer = self.successResultOf(spool.open_writer())
         writer.write(MESSAGE)
         entry = self.successResultOf(writer.commit(ENVELOPE, PROVENANCE))
@@ -54,16 +53,14 @@ class NodeInRecordTests(SynchronousTestCase):
         finally:
             sys.stderr = stderr
         self.assertEqual(status, 0)
-        disk = SpoolDisk(directory)
-        disk.node = "gw-c"
+        disk = SpoolDisk(directory, node="gw-c")
         [imported] = disk.scan_incoming().entries
         self.assertEqual(imported.provenance.node, "gw-c")
         self.assertEqual(disk.load(imported.queue_id).provenance.node, "gw-c")
 
     def test_queue_tool_shows_the_node(self) -> None:
         directory = os.path.abspath(self.mktemp())
-        spool = make_test_spool(directory)
-        spool.disk.node = "gw-a"
+        spool = make_test_spool(directory, node="gw-a")
         writer = self.successResultOf(spool.open_writer())
         writer.write(MESSAGE)
         entry = self.successResultOf(writer.commit(ENVELOPE, PROVENANCE))

@@ -11,11 +11,16 @@ import os
 import re
 import smtplib
 
+import treq
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.testing.harness import send_message
+from gateway.testing.fake_graph import Fault, start_fake_graph
+from gateway.testing.harness import send_message, start_gateway
+from gateway.testing.logs import LogCapture
 from tests.status_helpers import (
     DEFERRED_FROM,
     DELIVERED_FROM,
@@ -28,6 +33,7 @@ from tests.status_helpers import (
     start_status_gateway,
 )
 
+TOKEN_OUTAGE_MESSAGE = b"From: a@corp.example\r\nTo: b@corp.example\r\nSubject: s\r\n\r\nbody\r\n"
 DASHBOARD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "grafana",
                          "graphsmtp-dashboard.json")
 
@@ -248,3 +254,37 @@ class NeedsAdminTests(TestCase):
         families = {f.name: f for f in text_string_to_metric_families(body.decode())}
         states = {s.labels["state"]: s.value for s in families["graphsmtp_tenant_state"].samples}
         self.assertEqual(states, {"ok": 0, "degraded": 0, "needs-admin": 1, "unknown": 0})
+
+
+class TokenOutageHealthTests(TestCase):
+    """
+    A token endpoint answering 5xx is an unhealthy gateway: ``/healthz`` 503 and
+    ``graphsmtp_tenant_ok`` 0 (it once stayed 200 and 1), and the log does not say only
+    ``internal: MsalServiceError``.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_token_endpoint_5xx_is_not_healthy(self):
+        fake = yield start_fake_graph(reactor, os.path.abspath(self.mktemp()))
+        self.addCleanup(fake.stop)
+        capture = LogCapture.install(self)
+        fake.inject(Fault.status_code(503), operation="token", times=None)
+        gw = yield start_gateway(self, {
+            "graph": {"tenant_id": fake.tenant_id, "client_id": fake.client_id, "client_secret": fake.client_secret,
+                      "authority": fake.authority, "graph_url": fake.graph_url, "ca_bundle": fake.ca_path},
+            "status": {"endpoint": "tcp:0:interface=127.0.0.1"}})
+        port = yield gw.status_port()
+        code, _ = yield send_message(gw.port(), "a@corp.example", ["b@corp.example"], TOKEN_OUTAGE_MESSAGE)
+        self.assertEqual(code, 250)
+        yield gw.outcomes(1)
+        http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        response = yield http.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        body = yield response.content()
+        self.assertEqual(response.code, 503, body)
+        self.assertNotEqual(json.loads(body)["status"], "ok")
+        response = yield http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        metrics = (yield response.content()).decode()
+        self.assertIn('graphsmtp_tenant_ok{state="degraded",tenant="default"} 0.0', metrics)
+        self.assertNotIn("MsalServiceError", capture.text())

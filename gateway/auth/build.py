@@ -5,8 +5,7 @@ throttle and one thread pool shared by every listener (an attacker switching fro
 
 For the wiring::
 
-    auth = build_auth(config.auth, config.state_dir, reactor=reactor,
-                      token_providers=graph_token_providers, graph_config=config.graph)
+    auth = build_auth(config.auth, config.state_dir, reactor=reactor, graph_config=config.graph)
     services += auth.services                      # start before listeners, stop after
     for listener in config.listeners:
         portal = auth.portal_for(listener)         # None when listener.auth == "none"
@@ -102,6 +101,22 @@ class Authentication:
         return self.throttle.stats()
 
 
+def users_checker(config: AuthConfig, reactor: Any,
+                  threadpool: ThreadPool) -> tuple[Optional[UsersStore], Optional[UsersFileChecker]]:
+    """
+    The users file (``[auth] users_file``) and its checker, hashing on ``threadpool``; (None,
+    None) without one.  Start-up and SIGHUP read the file here, so a broken file is the same
+    L{ConfigError} naming ``auth.users_file`` in both.
+    """
+    if config.users_file is None:
+        return None, None
+    try:
+        users = UsersStore(config.users_file)
+    except UsersFileError as e:
+        raise ConfigError("auth.users_file", str(e)) from None
+    return users, UsersFileChecker(users, reactor, threadpool)
+
+
 def build_auth(
     config: AuthConfig,
     state_dir: str,
@@ -110,14 +125,12 @@ def build_auth(
     clock: Optional[IReactorTime] = None,
     threadpool: Optional[ThreadPool] = None,
     token_acquirer: Optional[ITokenAcquirer] = None,
-    token_providers: Any = None,
     graph_config: Any = None,
 ) -> Authentication:
     """
     Build AUTH.  ``threadpool`` (for bcrypt and credential-store writes) is created and managed
-    here when not given.  Pass-through needs a token source: ``token_acquirer`` (tests) or the
-    delivery side's ``token_providers``; with neither, a private TokenProviders with its own
-    MSAL pool is made.  Problems are L{ConfigError}s naming the setting.
+    here when not given.  Pass-through needs a token source: ``token_acquirer`` (tests), or else
+    a private TokenProviders with its own MSAL pool is made.  Problems are L{ConfigError}s naming the setting.
     """
     clock = clock or reactor
     services: list = []
@@ -125,14 +138,7 @@ def build_auth(
         threadpool = ThreadPool(1, config.hash_threads, "graphsmtp-auth")
         services.append(ThreadPoolService.wrapping(threadpool))
 
-    users = None
-    users_checker = None
-    if config.users_file is not None:
-        try:
-            users = UsersStore(config.users_file)
-        except UsersFileError as e:
-            raise ConfigError("auth.users_file", str(e)) from None
-        users_checker = UsersFileChecker(users, reactor, threadpool)
+    users, checker = users_checker(config, reactor, threadpool)
 
     passthrough = None
     store = None
@@ -144,12 +150,11 @@ def build_auth(
         )
         if token_acquirer is None:
             from gateway.auth.graph_adapter import TokenProvidersAcquirer
-            if token_providers is None:
-                from gateway.delivery.graph.token import TokenProviders
-                msal_pool = ThreadPool(1, 2, "graphsmtp-auth-msal")
-                services.append(ThreadPoolService.wrapping(msal_pool))
-                verify = getattr(graph_config, "verify", None)
-                token_providers = TokenProviders(reactor, msal_pool, clock=clock, verify=verify)
+            from gateway.delivery.graph.token import TokenProviders
+            msal_pool = ThreadPool(1, 2, "graphsmtp-auth-msal")
+            services.append(ThreadPoolService.wrapping(msal_pool))
+            verify = getattr(graph_config, "verify", None)
+            token_providers = TokenProviders(reactor, msal_pool, clock=clock, verify=verify)
             token_acquirer = TokenProvidersAcquirer(token_providers, clock, *endpoints)
         passthrough = PassThroughChecker(
             token_acquirer, store, clock,
@@ -158,31 +163,9 @@ def build_auth(
             allowed_senders=config.passthrough.allowed_senders,
         )
 
-    portal = Portal(IdentityRealm(), [DispatchingChecker(passthrough, users_checker)])
+    portal = Portal(IdentityRealm(), [DispatchingChecker(passthrough, checker)])
     throttle = LoginThrottle(clock, config.throttle)
     return Authentication(config, portal, throttle, users, passthrough, store, services, endpoints, threadpool)
 
 
-def build_portal(
-    auth_config: AuthConfig,
-    listener: ListenerConfig,
-    *,
-    state_dir: str,
-    reactor: Any,
-    clock: Optional[IReactorTime] = None,
-    threadpool: Optional[ThreadPool] = None,
-    token_acquirer: Optional[ITokenAcquirer] = None,
-) -> Optional[ThrottledPortal]:
-    """
-    One listener's portal, for tests and single-listener setups.  A gateway with several
-    listeners should call L{build_auth} once so they share the throttle; the caller must start
-    any returned services — here a ``threadpool`` must therefore be given (already started).
-    """
-    if threadpool is None:
-        raise ValueError("build_portal needs a started threadpool; use build_auth to have one managed")
-    return build_auth(
-        auth_config, state_dir, reactor=reactor, clock=clock, threadpool=threadpool, token_acquirer=token_acquirer,
-    ).portal_for(listener)
-
-
-__all__ = ["Authentication", "build_auth", "build_portal"]
+__all__ = ["Authentication", "build_auth", "users_checker"]

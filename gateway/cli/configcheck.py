@@ -46,7 +46,7 @@ def _build(path: Optional[str]) -> tuple[GatewayConfig, Components]:
     """Every component as ``twistd graphsmtp`` builds it, without binding a port."""
     from twisted.internet import reactor
 
-    from gateway.wiring import build_components
+    from gateway.service import build_components
 
     config = load_config(path)
     return config, build_components(config, reactor, listen=False)

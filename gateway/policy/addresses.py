@@ -22,8 +22,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import attrs
 
-from gateway.mail.addresses import canonical, mailbox_key, parse_addr_spec
-from gateway.mail.canonical import canonical_parts
+from gateway.mail.addresses import canonical, mailbox_key
 from gateway.mail.errors import MailRefusal
 from gateway.mail.message import MessageHeader, display_name_of, parse_header_section
 from gateway.mail.patterns import PatternError, SenderPattern
@@ -36,20 +35,6 @@ def split_address(address: str) -> tuple[str, str]:
     if not at:
         return address, ""
     return local, domain
-
-
-def comparable_parts(address: str) -> tuple[str, str]:
-    """
-    (local, domain) in canonical form (lower-cased, quoted local part unquoted, final dot of
-    the domain dropped): spellings that reach the same mailbox compare equal.  An address the
-    grammar does not accept is only lower-cased and split.
-    """
-    try:
-        mailbox = parse_addr_spec(address)
-    except MailRefusal:
-        local, domain = split_address(address)
-        return local.lower(), domain.lower()
-    return canonical_parts(mailbox.local, mailbox.domain)
 
 
 def without_subaddress(address: str) -> Optional[str]:
@@ -185,6 +170,6 @@ def client_key(address: Optional[str], ipv6_prefix: int = 64) -> str:
 
 
 __all__ = [
-    "AddressPattern", "parse_patterns", "matches_any", "split_address", "comparable_parts", "without_subaddress",
+    "AddressPattern", "parse_patterns", "matches_any", "split_address", "without_subaddress",
     "HeaderAddresses", "header_addresses", "message_header", "canonical", "mailbox_key", "client_ip", "client_key",
 ]

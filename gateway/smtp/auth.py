@@ -20,7 +20,6 @@ from typing import Optional, Union
 import attrs
 from twisted.cred.credentials import UsernamePassword
 
-MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 4954 §4: AUTH lines may be up to 12288 octets; longer ones get 500 5.5.6.
 MAX_AUTH_LINE = 12288
 _MAX_FIELD = 1024
@@ -117,4 +116,4 @@ class AuthExchange:
         return Ready(UsernamePassword(username, password))
 
 
-__all__ = ["MECHANISMS", "MAX_AUTH_LINE", "AuthExchange", "Challenge", "Refusal", "Ready", "CANCELLED"]
+__all__ = ["MAX_AUTH_LINE", "AuthExchange", "Challenge", "Refusal", "Ready", "CANCELLED"]

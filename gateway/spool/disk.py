@@ -62,11 +62,12 @@ class SpoolDisk:
     the same id from two threads at once (one writer per message, one runner task per entry).
 
     ``tag`` marks this process's temp files in tmp/, so recovery removes only files that no
-    live writer of this process owns.
+    live writer of this process owns.  ``node`` (the cluster node id or host name) is stamped
+    into the provenance of what this spool accepts; None for the command-line tools.
     """
 
     def __init__(self, root: str, ops: Optional[FileOps] = None, tag: Optional[str] = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, node: Optional[str] = None) -> None:
         self.files = SpoolFiles(root, ops if ops is not None else FileOps(), tag or os.urandom(4).hex(), clock)
         self._lock = SpoolLock(self.files.layout)
         self._lock_mutex = threading.Lock()  # recovery and the first intake may both lock
@@ -76,7 +77,7 @@ class SpoolDisk:
         self._acceptor = Acceptor(self.files)
         self._quarantine = quarantine
         self._entries = StoredEntries(self.files, self._acceptor, quarantine)
-        self._drop_box = DropBox(self.files, self._acceptor, self._entries, quarantine)
+        self._drop_box = DropBox(self.files, self._acceptor, self._entries, quarantine, node)
         self._recovery = Recovery(self.files, self._acceptor, self._drop_box, quarantine)
 
     # -- the shared context ----------------------------------------------------------------
@@ -106,10 +107,6 @@ class SpoolDisk:
     def node(self) -> Optional[str]:
         """Stamped into the provenance of what this spool accepts (intake, sendmail imports)."""
         return self._drop_box.node
-
-    @node.setter
-    def node(self, node: Optional[str]) -> None:
-        self._drop_box.node = node
 
     @property
     def queue_sync(self) -> DirectorySyncer:

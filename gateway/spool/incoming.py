@@ -124,16 +124,16 @@ def _owner_name(uid: int) -> str:
 class DropBox:
     """
     Imports sendmail drop-offs and collects control requests.  ``node`` is stamped into the
-    provenance of what is imported (set by the wiring once the node id is known).
+    provenance of what is imported.
     """
 
     def __init__(self, files: SpoolFiles, acceptor: Acceptor, entries: StoredEntries,
-                 quarantine: Quarantine) -> None:
+                 quarantine: Quarantine, node: Optional[str] = None) -> None:
         self._files = files
         self._acceptor = acceptor
         self._entries = entries
         self._quarantine = quarantine
-        self.node: Optional[str] = None
+        self.node = node
 
     # -- control requests (the queue command's side) ---------------------------------------
 

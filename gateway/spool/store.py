@@ -54,15 +54,17 @@ class DirectorySpool:
 
     ``threadpool`` is the spool's dedicated pool (see L{gateway.threads.ThreadPoolService});
     ``reactor`` must provide IReactorTime and IReactorFromThreads.  ``fileops`` replaces the
-    OS calls (tests: recording order, simulating a full disk).
+    OS calls (tests: recording order, simulating a full disk).  ``node`` is stamped into the
+    provenance of what this spool accepts (L{SpoolDisk}).
     """
 
     log = Logger()
 
     def __init__(self, directory: str, threadpool: Any, reactor: Any, archive_delivered: bool = False,
                  fileops: Optional[FileOps] = None, chunk_size: int = CHUNK_SIZE,
-                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER, hold_new: bool = False) -> None:
-        self.disk = SpoolDisk(directory, fileops, clock=reactor.seconds)
+                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER, hold_new: bool = False,
+                 node: Optional[str] = None) -> None:
+        self.disk = SpoolDisk(directory, fileops, clock=reactor.seconds, node=node)
         self.directory = self.disk.layout.root
         self.clock = reactor
         self.archive_delivered = archive_delivered
@@ -84,6 +86,14 @@ class DirectorySpool:
         # Judges sendmail drop-offs as they are imported (the [local] policy chain): a callable
         # entry → Deferred firing None (deliver) or a refusal line (to failed/).  None: no judge.
         self.import_judge: Optional[Callable[[SpoolEntry], Deferred]] = None
+
+    def judge_imports_with(self, judge: Optional[Callable[[SpoolEntry], Deferred]]) -> None:
+        """
+        Judge sendmail drop-offs with ``judge`` from now on (None: deliver them unjudged).  The
+        judge is the ``[local]`` policy chain, built after the spool (the listeners need the
+        spool), so start-up hands it over here, and SIGHUP hands over the rebuilt one.
+        """
+        self.import_judge = judge
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)

@@ -23,7 +23,6 @@ Metric names that existed before (``graphsmtp_delivered_total``, ``graphsmtp_que
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable, Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -127,9 +126,6 @@ class IntakeCounters:
 
 def reply_class(code: int) -> str:
     return f"{int(code) // 100}xx"
-
-
-_ID_SEGMENT = re.compile(r"^[A-Za-z0-9+/=_-]{20,}$")
 
 
 def graph_operation(method: str, url: str) -> str:

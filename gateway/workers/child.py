@@ -3,7 +3,7 @@ An intake worker process: ``python -m gateway.workers.child`` (spawned by L{gate
 supervisor}, never by hand).
 
 It loads the same configuration file as the main process (with the same command-line
-overrides), builds the same components with L{gateway.wiring.build_components}, and keeps
+overrides), builds the same components with L{gateway.service.build_components}, and keeps
 only intake: the spool writer (on the main process's lock, L{SpoolDisk.share_lock}), the
 thread pools, AUTH, Redis, the policy chains and one SMTP factory per listener, each
 listening on the socket the main process bound.  The queue runner, the incoming watcher, the
@@ -83,8 +83,7 @@ def _main_gone(reactor: Any) -> None:
 def build_worker(args: WorkerArguments, reactor: Any) -> Any:
     """The worker's GatewayService, not started; raises ConfigError on a bad configuration."""
     from gateway.config import ConfigError, load_config
-    from gateway.service import GatewayService
-    from gateway.wiring import build_components
+    from gateway.service import GatewayService, build_components
     from gateway.workers.sockets import adopted_service
 
     def load() -> Any:

@@ -66,7 +66,6 @@ from gateway.mail.message import choose_sending_mailbox, parse_header_section
 
 #: Exchange Online's header-section limit is 256 KB; allow generous slack, then refuse.
 MAX_HEADER_SECTION = 1024 * 1024
-_ADDRESS_FIELDS = (b"to", b"cc", b"bcc")
 
 
 class MessageFormatError(Exception):

@@ -141,21 +141,12 @@ def transport_outcome(error: GraphTransportError, step: str = "sendMail") -> Tra
     return Transient(f"{step}: {error.reason}", possibly_delivered=possibly, cause=CAUSE_CONNECTION)
 
 
-def is_throttled_by_mailbox(response: GraphResponse) -> bool:
-    """A 429 about this mailbox (RequestRate, MailboxConcurrency, IncomingBytes)."""
-    return response.code == 429
-
-
 def is_mailbox_concurrency(response: GraphResponse) -> bool:
     text = f"{response.error_code or ''} {response.error_message or ''}"
     return "MailboxConcurrency" in text
 
 
-def is_expired_token(response: GraphResponse) -> bool:
-    return response.code == 401
-
-
 __all__ = [
-    "SUCCESS_CODES", "SENDING_STEPS", "step_succeeded", "unexpected_outcome", "failure_outcome", "transport_outcome", "describe", "is_throttled_by_mailbox",
-    "is_mailbox_concurrency", "is_expired_token",
+    "SUCCESS_CODES", "SENDING_STEPS", "step_succeeded", "unexpected_outcome", "failure_outcome", "transport_outcome", "describe",
+    "is_mailbox_concurrency",
 ]
