@@ -13,7 +13,7 @@ their expiry time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Optional
+from typing import TYPE_CHECKING, Any, Hashable, Optional, Protocol, Sequence
 
 import attrs
 from zope.interface import Interface
@@ -21,7 +21,15 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     # Status sits above delivery (ARCHITECTURE.md's layer table), so it may name delivery's
     # value types; imported for the annotations only, so a capture gateway loads no Graph code.
+    from gateway.auth.build import Authentication
+    from gateway.config.model import ListenerConfig
     from gateway.delivery.graph.tenant_health import TenantStatus as TenantHealthReport
+    from gateway.delivery.interfaces import IDeliverer
+    from gateway.queue.runner import QueueRunner
+    from gateway.smtp.factory import GatewaySMTPFactory
+    from gateway.spool.store import DirectorySpool
+    from gateway.status.metrics import GatewayMetrics
+    from gateway.status.recent import RecentDeliveries
 
 #: The three token states an admin acts on, plus "unknown" before the first token request.
 TOKEN_OK = "ok"
@@ -201,8 +209,53 @@ class IStatusSource(Interface):
         """Deferred firing with a L{QueueView} (reads the spool in a thread, never on the reactor)."""
 
 
+class StatusListener(Protocol):
+    """What the status endpoint reads of one SMTP listener (the root's ListenerParts has it)."""
+
+    @property
+    def config(self) -> "ListenerConfig": ...
+
+    @property
+    def factory(self) -> "GatewaySMTPFactory": ...
+
+    @property
+    def service(self) -> Any: ...
+
+
+class StatusParts(Protocol):
+    """
+    The parts of a running gateway the status endpoint reads.  The composition root's
+    C{Components} provides them; status names them here, below the root, so it never imports
+    the root that builds it (ARCHITECTURE.md's layer table).
+    """
+
+    @property
+    def spool(self) -> "DirectorySpool": ...
+
+    @property
+    def runner(self) -> "QueueRunner": ...
+
+    @property
+    def deliverer(self) -> "IDeliverer": ...
+
+    @property
+    def listeners(self) -> Sequence[StatusListener]: ...
+
+    @property
+    def auth(self) -> "Authentication": ...
+
+    @property
+    def health(self) -> "IHealthSource": ...
+
+    @property
+    def metrics(self) -> "GatewayMetrics": ...
+
+    @property
+    def recent(self) -> "RecentDeliveries": ...
+
+
 __all__ = [
     "GatewayInfo", "ListenerStatus", "TenantStatus", "MailboxPacing", "RecentDelivery", "ShapeRow",
-    "FailedMessage", "QueueView", "DeliveryTotals", "IStatusSource", "IHealthSource",
+    "FailedMessage", "QueueView", "DeliveryTotals", "IStatusSource", "IHealthSource", "StatusParts", "StatusListener",
     "TOKEN_OK", "TOKEN_DEGRADED", "TOKEN_NEEDS_ADMIN", "TOKEN_UNKNOWN",
 ]

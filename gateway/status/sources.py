@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
 
     from gateway.delivery.graph.tenant_health import TenantStatus as TenantHealthReport
+    from gateway.status.interfaces import StatusParts
     from gateway.status.recent import RecentDeliveries
-    from gateway.wiring import Components
 
 #: How the deliverer's tenant states read for an admin.
 _STATE_NAMES = {
@@ -104,14 +104,14 @@ def _listener_state(service: "SMTPListenerService") -> str:
 @implementer(IStatusSource)
 class ComponentsStatusSource:
     """
-    Answers from ``components`` (L{gateway.wiring.Components}).  ``blocking(f, *args)`` runs
+    Answers from ``components`` (L{gateway.status.interfaces.StatusParts}).  ``blocking(f, *args)`` runs
     the spool scan off the reactor thread and returns a Deferred; ``recent`` is a
     L{gateway.status.recent.RecentDeliveries} (or None).  Concurrent queue requests share one
     scan, and a scan is reused for ``queue_cache`` seconds, so a page reload and a Prometheus
     scrape arriving together cost one read of the spool.
     """
 
-    def __init__(self, components: "Components", clock: IReactorTime, hostname: str, version: str, started_at: float,
+    def __init__(self, components: "StatusParts", clock: IReactorTime, hostname: str, version: str, started_at: float,
                  blocking: Callable[..., Deferred], recent: "Optional[RecentDeliveries]" = None, scan_limit: int = 2000,
                  queue_cache: float = 5.0) -> None:
         self._components = components

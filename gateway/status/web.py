@@ -34,7 +34,7 @@ from gateway.status.metrics import GatewayMetrics
 from gateway.threads import ThreadPoolService
 
 if TYPE_CHECKING:
-    from gateway.wiring import Components, ListenerParts
+    from gateway.status.interfaces import StatusListener, StatusParts
 
 _log = Logger(namespace="gateway.status.web")
 
@@ -50,7 +50,7 @@ class _QuietSite(Site):
         _log.debug("status request: {line}", line=self._logFormatter(self._logDateTime, request))
 
 
-def snapshot(components: "Components", clock: IReactorTime) -> dict[str, Any]:
+def snapshot(components: "StatusParts", clock: IReactorTime) -> dict[str, Any]:
     """A JSON-able picture of the gateway's state right now."""
     runner = components.runner
     stats = runner.stats
@@ -87,7 +87,7 @@ def snapshot(components: "Components", clock: IReactorTime) -> dict[str, Any]:
     }
 
 
-def _listening(part: "ListenerParts") -> bool:
+def _listening(part: "StatusListener") -> bool:
     """Whether the listener's port is open now (a port lost after start-up makes /healthz 503)."""
     from gateway.status.sources import listener_port, port_open
 
@@ -108,7 +108,7 @@ def overall_status(tenants: list) -> str:
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, components: "Components", clock: IReactorTime) -> None:
+    def __init__(self, components: "StatusParts", clock: IReactorTime) -> None:
         super().__init__()
         self.components = components
         self.clock = clock
@@ -154,7 +154,7 @@ class MetricsPage(Resource):
 
 
 
-def status_root(components: "Components", clock: IReactorTime, source: IStatusSource, metrics: GatewayMetrics, refresh: int = 0) -> Resource:
+def status_root(components: "StatusParts", clock: IReactorTime, source: IStatusSource, metrics: GatewayMetrics, refresh: int = 0) -> Resource:
     """
     ``/`` (the human page), ``/healthz`` (JSON) and ``/metrics`` (Prometheus).  ``source`` is
     the L{IStatusSource} the page and the metrics read; ``metrics`` the gateway's
@@ -186,7 +186,7 @@ class StatusServices:
     source: IStatusSource
 
 
-def status_service(status: Any, components: "Components", reactor: Any, hostname: str = "localhost") -> StatusServices:
+def status_service(status: Any, components: "StatusParts", reactor: Any, hostname: str = "localhost") -> StatusServices:
     """
     The services for ``[status]`` (a L{gateway.config.status.StatusConfig}): start ``pool``
     before ``web`` and stop it after.
