@@ -209,6 +209,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.lose_connection(read_on=True)
 
     def lose_connection(self, read_on: bool = False) -> None:
+        self._flow.flush()  # the last replies go out before the close
         self._enter(SessionState.CLOSING)
         self._reader.clear()
         self.setTimeout(None)
@@ -232,6 +233,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.log.info("dropped connection with {client}: {why}", client=self.client_label(), why=why)
         self._enter(SessionState.CLOSING)
         self._reader.clear()
+        self._flow.discard_output()
         self.setTimeout(None)
         self.transport.abortConnection()
 
@@ -259,8 +261,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         """The transport is going away; connectionLost does the cleaning up."""
 
     def sendLine(self, line: bytes) -> None:
-        if self._flow.may_send(line):
-            self.transport.writeSequence((line, b"\r\n"))
+        self._flow.send(line)
 
     def internal_error(self, reason: Failure) -> None:
         self.log.failure("internal error in SMTP session with {client}", reason, client=self.client_label())
@@ -380,10 +381,13 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             # Bytes after STARTTLS in the same read were sent in plaintext and would be
             # executed inside the TLS session (CVE-2011-0411 class): drop the connection.
             self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self.client_label())
+            self._flow.flush()
             self._enter(SessionState.CLOSING)
             self._reader.clear()
             self.transport.abortConnection()
             return
+        # The 220 goes out in plaintext, before the TLS layer takes over the transport.
+        self._flow.flush()
         self.transport.startTLS(options)
         self.startedTLS = True
         # RFC 3207 §4.2: forget everything learnt before TLS, the client must EHLO again.
