@@ -51,10 +51,10 @@ from gateway.smtp.input import (
     MessageData,
 )
 from gateway.smtp.login import auth_response
-from gateway.smtp.peers import is_trusted, peer_address
+from gateway.smtp.peers import peer_address
 from gateway.smtp.replies import clean_text
 from gateway.smtp.state import FINISHING, GREETED, TRANSACTION, SessionState, transition
-from gateway.smtp.transaction import Transaction
+from gateway.smtp.transaction import Transaction, with_envelope
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
@@ -102,7 +102,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self._errors = 0
         self.commands_without_mail = 0
         self.messages = 0
-        self._trust_cache: Optional[tuple[str, bool]] = None
+        self._view_seen: Optional[tuple[tuple, SessionView]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
@@ -324,7 +324,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
     # ------------------------------------------------------------------ session facts
 
     def client_address(self) -> str:
-        return peer_address(self.transport.getPeer())[0]
+        return self._client_view().client_address
 
     def client_label(self) -> str:
         try:
@@ -340,29 +340,39 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             or isinstance(self.transport, TLSMemoryBIOProtocol)
         )
 
-    def _trusted(self, address: str) -> bool:
-        cached = self._trust_cache
-        if cached is None or cached[0] != address:
-            # The session's own listener settings (copied at connect): a SIGHUP reload changes
-            # trusted networks for new sessions only.
-            cached = self._trust_cache = (address, is_trusted(address, self.listener.trusted_networks))
-        return cached[1]
-
     def session_view(self) -> SessionView:
-        """What policies may know right now (the peer is read now: PROXY changes it after connect)."""
-        address, port = peer_address(self.transport.getPeer())
+        """What policies may know right now (the envelope so far, if a transaction is open)."""
+        view = self._client_view()
         tx = self.transaction
-        return SessionView(
+        return view if tx is None else with_envelope(view, tx.sender, tuple(tx.recipients))
+
+    def _client_view(self) -> SessionView:
+        """
+        The part of the session view about the client, built once and again only when what
+        it shows changes (EHLO name, TLS, login, a PROXY header): a message asks for the view
+        at MAIL, RCPT and end of data, and each build reads the peer, the TLS state and the
+        trusted networks (issue 13).
+        """
+        # The peer is read each time (a PROXY wrapper changes it after connect) but parsed,
+        # and its address looked up in the trusted networks, only when it changed.
+        key = (self.client_name, self.identity, self.startedTLS, self.transport.getPeer())
+        cached = self._view_seen
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        address, port = peer_address(key[3])
+        view = SessionView(
             listener=self.listener.name,
             client_address=address,
             client_port=port,
             client_name=self.client_name,
             tls=self.secure(),
             identity=self.identity,
-            trusted_network=self._trusted(address),
-            sender=tx.sender if tx is not None else None,
-            recipients=tuple(tx.recipients) if tx is not None else (),
+            # The session's own listener settings (copied at connect): a SIGHUP reload
+            # changes trusted networks for new sessions only.
+            trusted_network=self.factory.trusted(address, self.listener.trusted_networks),
         )
+        self._view_seen = (key, view)
+        return view
 
     # ------------------------------------------------------------------ HELO / EHLO / STARTTLS
 
