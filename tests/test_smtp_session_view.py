@@ -112,3 +112,18 @@ class FactoryAddressMemoTests(SynchronousTestCase):
 def _client_part(view: Any) -> tuple:
     return (view.listener, view.client_address, view.client_port, view.client_name, view.tls, view.identity,
             view.trusted_network)
+
+
+class ReplyTextTests(SynchronousTestCase):
+    """clean_text's fast path for printable ASCII gives what the character-by-character rule gives."""
+
+    def test_same_as_the_character_rule_for_every_character(self):
+        from gateway.smtp.replies import clean_text
+
+        def by_character(text: str) -> str:
+            return "".join(c if " " <= c <= "~" else "?" for c in text)[:300] or "-"
+
+        samples = ["", " ", "Ok", "a~b", "tab\there", "new\r\nline", "del\x7f", "caf\u00e9", "\u2028", "x" * 400]
+        samples += [f"a{chr(i)}b" for i in range(0, 0x3000)]
+        for text in samples:
+            self.assertEqual(clean_text(text), by_character(text), repr(text))
