@@ -76,6 +76,7 @@ class StepResult:
 
 
 ALLOWED = StepResult(Continue())
+_NO_EDITS = StepResult(Continue(), ())
 
 
 @attrs.define
@@ -96,13 +97,16 @@ class PolicyChain:
         return self._guard_first("on_rcpt_to", lambda p: p.on_rcpt_to(session, recipient))
 
     def _guard_first(self, step: str, ask: Callable[[IPolicy], Any]) -> Deferred:
-        # Plain Deferred plumbing, no generators: this runs three times per message, and with
-        # the usual chain (the guard alone, answering synchronously) it all fires at once.
+        # No generators and no nested Deferreds: this runs three times per message, and with
+        # the usual chain (the guard alone, answering synchronously) it is one fired Deferred.
         guard = self.guard
         if guard is None:
             return self._run_policies(step, ask)
-        return self._ask_guard(guard, step, ask).addCallback(
-            lambda refusal: refusal if refusal is not None else self._run_policies(step, ask))
+        refusal = self._guard_now(guard, step, ask)
+        if isinstance(refusal, Deferred):
+            return refusal.addCallback(
+                lambda refused: refused if refused is not None else self._run_policies(step, ask))
+        return succeed(refusal) if refusal is not None else self._run_policies(step, ask)
 
     def _run_policies(self, step: str, ask: Callable[[IPolicy], Any]) -> Deferred:
         if not self.policies:
@@ -111,15 +115,20 @@ class PolicyChain:
 
     def _ask_guard(self, guard: IPolicy, step: str, ask: Callable[[IPolicy], Any]) -> Deferred:
         """Fires with the guard's refusal as a StepResult, or None when it lets the step go on."""
+        refusal = self._guard_now(guard, step, ask)
+        return refusal if isinstance(refusal, Deferred) else succeed(refusal)
+
+    def _guard_now(self, guard: IPolicy, step: str, ask: Callable[[IPolicy], Any]) -> Any:
+        """The guard's refusal as a StepResult, or None — or a Deferred of either, if it answers later."""
         try:
             verdict = ask(guard)
         except Exception:
             self.log.failure("gateway policy {policy!r} failed at {step}", policy=self.guard, step=step)
-            return succeed(StepResult(_POLICY_FAILURE))
+            return StepResult(_POLICY_FAILURE)
         if isinstance(verdict, Deferred):
             return verdict.addCallbacks(lambda v: self._guard_verdict(step, v),
                                         lambda f: self._guard_failed(step, f))
-        return succeed(self._guard_verdict(step, verdict))
+        return self._guard_verdict(step, verdict)
 
     def _guard_failed(self, step: str, failure: Any) -> StepResult:
         self.log.failure("gateway policy {policy!r} failed at {step}", failure, policy=self.guard, step=step)
@@ -142,11 +151,14 @@ class PolicyChain:
             current[0] = attrs.evolve(current[0], headers=apply_edits(current[0].headers, edits),
                                       mail=_judge_edited(current[0], edits))
 
-        if self.policies:
-            d = self._run("on_message", lambda p: p.on_message(session, current[0]), edited)
-        else:
-            d = succeed(StepResult(Continue(), ()))
         guard = self.guard
+        if not self.policies:
+            if guard is None:
+                return succeed(StepResult(Continue(), ()))
+            # The guard alone (the usual chain): its answer, without a chain of Deferreds.
+            return self._ask_guard(guard, "on_message", lambda p: p.on_message(session, message)).addCallback(
+                lambda refusal: _NO_EDITS if refusal is None else StepResult(refusal.verdict, ()))
+        d = self._run("on_message", lambda p: p.on_message(session, current[0]), edited)
         if guard is None:
             return d
 

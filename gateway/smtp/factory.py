@@ -69,6 +69,10 @@ class GatewaySMTPFactory(ServerFactory):
         # Only behind PROXY protocol is the client address unknown at connect time.
         self.proxied = listener.proxy_protocol or listener.endpoint.startswith("haproxy:")
         self.sessions: set = set()
+        # The last answers of is_trusted and client_key: consecutive connections usually come
+        # from the same client, and parsing its address costs more than the rest of the check.
+        self._trust_seen: Optional[tuple[Any, str, bool]] = None
+        self._key_seen: Optional[tuple[str, str]] = None
         self._per_ip: dict[str, int] = {}
         self._session_ip: dict[Any, str] = {}
         self.in_flight = 0
@@ -125,7 +129,7 @@ class GatewaySMTPFactory(ServerFactory):
         """Count ``proto`` against ``address``; why it must be refused (too many from there), or None."""
         if proto in self._session_ip:
             return None
-        address = client_key(address)  # an IPv6 client counts per /64, like its login failures
+        address = self._client_key(address)  # an IPv6 client counts per /64, like its login failures
         self._session_ip[proto] = address
         count = self._per_ip.get(address, 0) + 1
         self._per_ip[address] = count
@@ -164,11 +168,24 @@ class GatewaySMTPFactory(ServerFactory):
             else:
                 self._per_ip.pop(address, None)
 
+    def _client_key(self, address: str) -> str:
+        seen = self._key_seen
+        if seen is None or seen[0] != address:
+            seen = self._key_seen = (address, client_key(address))
+        return seen[1]
+
     def connections_from(self, address: str) -> int:
-        return self._per_ip.get(client_key(address), 0)
+        return self._per_ip.get(self._client_key(address), 0)
 
     def is_trusted(self, address: str) -> bool:
-        return is_trusted(address, self.listener.trusted_networks)
+        return self.trusted(address, self.listener.trusted_networks)
+
+    def trusted(self, address: str, networks: Any) -> bool:
+        """Whether ``address`` lies in ``networks`` (a session's own copy of its listener's)."""
+        seen = self._trust_seen
+        if seen is None or seen[0] is not networks or seen[1] != address:
+            seen = self._trust_seen = (networks, address, is_trusted(address, networks))
+        return seen[2]
 
     # -- graceful stop
 

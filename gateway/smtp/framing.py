@@ -96,7 +96,11 @@ class DataFraming:
         """Check and unstuff ``block``: whole lines, starting at a line start, ending in CRLF."""
         if not block:
             return block
-        if has_long_line(block, self.max_line):
+        # One scan for long lines in the usual case: a block with no line over 998 octets has
+        # none over ``max_line`` either when that is larger, and none after unstuffing (which
+        # only shortens lines); the exact checks run only for a block that has one.
+        long_lines = has_long_line(block, min(self.max_line, MESSAGE_LINE_LIMIT))
+        if long_lines and has_long_line(block, self.max_line):
             self.line_too_long = True
         if not self.bare_newline:
             crlf = block.count(b"\r\n")
@@ -107,7 +111,7 @@ class DataFraming:
         if block[:1] == b".":
             block = block[1:]
         block = block.replace(b"\r\n.", b"\r\n")
-        if not self.line_over_998 and has_long_line(block, MESSAGE_LINE_LIMIT):
+        if long_lines and not self.line_over_998 and has_long_line(block, MESSAGE_LINE_LIMIT):
             self.line_over_998 = True
         return block
 

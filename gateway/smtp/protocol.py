@@ -52,10 +52,10 @@ from gateway.smtp.input import (
     MessageData,
 )
 from gateway.smtp.login import auth_response
-from gateway.smtp.peers import is_trusted, peer_address
+from gateway.smtp.peers import peer_address
 from gateway.smtp.replies import clean_text
 from gateway.smtp.state import FINISHING, GREETED, TRANSACTION, SessionState, transition
-from gateway.smtp.transaction import Transaction
+from gateway.smtp.transaction import Transaction, with_envelope
 
 # How long a closing connection may take to flush our last reply before it is aborted.
 CLOSE_GRACE = 30.0
@@ -103,7 +103,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self._errors = 0
         self.commands_without_mail = 0
         self.messages = 0
-        self._trust_cache: Optional[tuple[str, bool]] = None
+        self._view_seen: Optional[tuple[tuple, SessionView]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
@@ -210,6 +210,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.lose_connection(read_on=True)
 
     def lose_connection(self, read_on: bool = False) -> None:
+        self._flow.flush()  # the last replies go out before the close
         self._enter(SessionState.CLOSING)
         self._reader.clear()
         self.setTimeout(None)
@@ -233,6 +234,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.log.info("dropped connection with {client}: {why}", client=self.client_label(), why=why)
         self._enter(SessionState.CLOSING)
         self._reader.clear()
+        self._flow.discard_output()
         self.setTimeout(None)
         self.transport.abortConnection()
 
@@ -260,8 +262,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         """The transport is going away; connectionLost does the cleaning up."""
 
     def sendLine(self, line: bytes) -> None:
-        if self._flow.may_send(line):
-            self.transport.writeSequence((line, b"\r\n"))
+        self._flow.send(line)
 
     def internal_error(self, reason: Failure) -> None:
         self.log.failure("internal error in SMTP session with {client}", reason, client=self.client_label())
@@ -324,7 +325,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
     # ------------------------------------------------------------------ session facts
 
     def client_address(self) -> str:
-        return peer_address(self.transport.getPeer())[0]
+        return self._client_view().client_address
 
     def client_label(self) -> str:
         try:
@@ -340,29 +341,39 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             or isinstance(self.transport, TLSMemoryBIOProtocol)
         )
 
-    def _trusted(self, address: str) -> bool:
-        cached = self._trust_cache
-        if cached is None or cached[0] != address:
-            # The session's own listener settings (copied at connect): a SIGHUP reload changes
-            # trusted networks for new sessions only.
-            cached = self._trust_cache = (address, is_trusted(address, self.listener.trusted_networks))
-        return cached[1]
-
     def session_view(self) -> SessionView:
-        """What policies may know right now (the peer is read now: PROXY changes it after connect)."""
-        address, port = peer_address(self.transport.getPeer())
+        """What policies may know right now (the envelope so far, if a transaction is open)."""
+        view = self._client_view()
         tx = self.transaction
-        return SessionView(
+        return view if tx is None else with_envelope(view, tx.sender, tuple(tx.recipients))
+
+    def _client_view(self) -> SessionView:
+        """
+        The part of the session view about the client, built once and again only when what
+        it shows changes (EHLO name, TLS, login, a PROXY header): a message asks for the view
+        at MAIL, RCPT and end of data, and each build reads the peer, the TLS state and the
+        trusted networks (issue 13).
+        """
+        # The peer is read each time (a PROXY wrapper changes it after connect) but parsed,
+        # and its address looked up in the trusted networks, only when it changed.
+        key = (self.client_name, self.identity, self.startedTLS, self.transport.getPeer())
+        cached = self._view_seen
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        address, port = peer_address(key[3])
+        view = SessionView(
             listener=self.listener.name,
             client_address=address,
             client_port=port,
             client_name=self.client_name,
             tls=self.secure(),
             identity=self.identity,
-            trusted_network=self._trusted(address),
-            sender=tx.sender if tx is not None else None,
-            recipients=tuple(tx.recipients) if tx is not None else (),
+            # The session's own listener settings (copied at connect): a SIGHUP reload
+            # changes trusted networks for new sessions only.
+            trusted_network=self.factory.trusted(address, self.listener.trusted_networks),
         )
+        self._view_seen = (key, view)
+        return view
 
     # ------------------------------------------------------------------ HELO / EHLO / STARTTLS
 
@@ -381,10 +392,13 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             # Bytes after STARTTLS in the same read were sent in plaintext and would be
             # executed inside the TLS session (CVE-2011-0411 class): drop the connection.
             self.log.warn("plaintext after STARTTLS from {client}; connection aborted", client=self.client_label())
+            self._flow.flush()
             self._enter(SessionState.CLOSING)
             self._reader.clear()
             self.transport.abortConnection()
             return
+        # The 220 goes out in plaintext, before the TLS layer takes over the transport.
+        self._flow.flush()
         self.transport.startTLS(options)
         self.startedTLS = True
         # RFC 3207 §4.2: forget everything learnt before TLS, the client must EHLO again.

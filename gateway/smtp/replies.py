@@ -20,7 +20,10 @@ _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
 
 def clean_text(text: Any, limit: int = 300) -> str:
     """Reply text from anything: printable ASCII, one line, bounded."""
-    text = "".join(c if " " <= c <= "~" else "?" for c in str(text))
+    text = str(text)
+    # Printable ASCII is exactly " " to "~": the usual reply needs no character-by-character pass.
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(c if " " <= c <= "~" else "?" for c in text)
     return text[:limit] or "-"
 
 

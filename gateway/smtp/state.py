@@ -43,6 +43,11 @@ class SessionState(enum.Enum):
     #: The connection is lost.
     GONE = "gone"
 
+    # Members are singletons compared by identity: hash them by identity too, in C, instead
+    # of Enum's Python-level hash of the name (the session asks "in FINISHING?" and the
+    # transition table several times per command; issue 13).
+    __hash__ = object.__hash__
+
 
 S = SessionState
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import io
-from typing import Any, Callable, Generator, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -138,7 +138,7 @@ def mail_command(session: TransactionSession, rest: bytes) -> None:
         session.reply(*bad_parameter)
         return
     sender = argument.address
-    view = attrs.evolve(session.session_view(), sender=sender, recipients=())
+    view = with_envelope(session.session_view(), sender, ())
     d = maybeDeferred(session.chain.on_mail_from, view, sender)
     session.wait_for(d, lambda result: _mail_result(session, result, sender))
 
@@ -314,68 +314,74 @@ class Transaction:
         """The header section judged by the mail grammar; see L{judge_section}."""
         return judge_section(self.session.factory, section, stopped_at)
 
-    @inlineCallbacks
-    def finish(self) -> Generator[Any, Any, Any]:
+    def finish(self) -> Deferred:
         """
         Judge the header section once, run the end-of-data policies on that reading, apply
         their header edits, decide the sending mailbox from the final header, then commit the
         message with that decision (ARCHITECTURE "decide once, record, execute").  Fires with
         the committed entry, a L{Refusal}, or None when the transaction was discarded meanwhile.
+
+        Plain callbacks, no generator: with a small header and the usual chain every step but
+        the commit answers at once, and this runs for every message (issue 13).
         """
         intake = self.intake
         assert intake is not None and intake.header_section is not None
-        try:
-            judged = yield self.judge(intake.header_section, intake.stopped_at)
-        except MailRefusal as problem:
-            return _grammar_refusal(problem)
+        return self.judge(intake.header_section, intake.stopped_at).addCallbacks(self._judged, _grammar_refused)
+
+    def _judged(self, judged: Any) -> Any:
         if self.phase != "checking":
             return None
-        edits: tuple = ()
-        if _chain_looks_at_messages(self.session.chain):
-            result = yield self._ask_chain(judged)
-            if self.phase != "checking" or isinstance(result, Refusal):
-                return result if self.phase == "checking" else None
-            edits = tuple(getattr(result, "edits", ()) or ())
-        header_section = None
-        if edits:
-            header_section = intake.received + apply_edits(intake.client_header_lines, edits) + b"\r\n"
-            try:
-                judged = yield self.judge(header_section)
-            except MailRefusal as problem:
-                return _grammar_refusal(problem)
-            if self.phase != "checking":
-                return None
-        return (yield self._commit(judged, header_section))
+        if not _chain_looks_at_messages(self.session.chain):
+            return self._commit(judged, None)
+        return self._ask_chain(judged).addCallback(self._chain_answered, judged)
 
-    @inlineCallbacks
-    def _ask_chain(self, judged: Any) -> Generator[Any, Any, Any]:
+    def _chain_answered(self, result: Any, judged: Any) -> Any:
+        if self.phase != "checking":
+            return None
+        if isinstance(result, Refusal):
+            return result
+        edits = tuple(getattr(result, "edits", ()) or ())
+        if not edits:
+            return self._commit(judged, None)
+        intake = self.intake
+        assert intake is not None
+        header_section = intake.received + apply_edits(intake.client_header_lines, edits) + b"\r\n"
+        return self.judge(header_section).addCallbacks(
+            self._rejudged, _grammar_refused, callbackArgs=(header_section,))
+
+    def _rejudged(self, judged: Any, header_section: bytes) -> Any:
+        if self.phase != "checking":
+            return None
+        return self._commit(judged, header_section)
+
+    def _ask_chain(self, judged: Any) -> Deferred:
         """The chain's end-of-data verdict: a L{Refusal}, or the result (with its header edits)."""
-        session, writer, intake = self.session, self.writer, self.intake
+        writer, intake = self.writer, self.intake
         assert intake is not None and intake.header_section is not None
         body = intake.small_body
-        if body is None:
-            # Large body: policies read it from the spool's temporary file.
-            yield writer.flush()
-            if self.phase != "checking":
-                return None
-            open_body = _body_opener(writer.temp_path, len(intake.header_section))
-        else:
-            open_body = _memory_opener(body)
+        if body is not None:
+            return self._chain_verdict(judged, _memory_opener(body))
+        # Large body: policies read it from the spool's temporary file, once flushed.
+        return writer.flush().addCallback(
+            lambda _: None if self.phase != "checking"
+            else self._chain_verdict(judged, _body_opener(writer.temp_path, len(intake.header_section))))
+
+    def _chain_verdict(self, judged: Any, open_body: Callable[[], Any]) -> Deferred:
+        session, intake = self.session, self.intake
+        assert intake is not None and intake.header_section is not None
         view = MessageView(
             # The email package's parse is for configured policies; the guard reads the
             # mail grammar's judgement (``mail``), so a guard-only chain skips it (issue 13).
             headers=_HEADER_PARSER.parsebytes(intake.header_section) if getattr(session.chain, "policies", True) else None,
             header_bytes=intake.header_section,
-            size=writer.bytes_written,
+            size=self.writer.bytes_written,
             open_body=open_body,
             mail=judged,
         )
-        result = yield maybeDeferred(session.chain.on_message, session.session_view(), view)
-        refusal = verdict_refusal(result)
-        return refusal if refusal is not None else result
+        d = maybeDeferred(session.chain.on_message, session.session_view(), view)
+        return d.addCallback(_refusal_or_result)
 
-    @inlineCallbacks
-    def _commit(self, judged: Any, header_section: Optional[bytes]) -> Generator[Any, Any, Any]:
+    def _commit(self, judged: Any, header_section: Optional[bytes]) -> Any:
         session = self.session
         mailbox = choose_sending_mailbox(judged, self.sender, session.factory.send_as)
         if mailbox is None:
@@ -390,9 +396,8 @@ class Transaction:
             auth_identity=getattr(identity, "login", None),
             credential_ref=getattr(identity, "credential_ref", None),
         )
-        entry = yield self.writer.commit(Envelope(self.sender, tuple(self.recipients)), provenance, header_section,
-                                         sending_mailbox=mailbox)
-        return entry
+        return self.writer.commit(Envelope(self.sender, tuple(self.recipients)), provenance, header_section,
+                                  sending_mailbox=mailbox)
 
     def _message_result(self, outcome: Any) -> None:
         session = self.session
@@ -489,6 +494,15 @@ def judge_section(factory: Any, section: bytes, stopped_at: bytes = b"") -> Defe
     return maybeDeferred(intake_rules.judge_header_section, section, stopped_at)
 
 
+def with_envelope(view: SessionView, sender: Optional[str], recipients: tuple) -> SessionView:
+    """``view`` with this envelope (the constructor: ``attrs.evolve`` inspects the class each call)."""
+    return SessionView(
+        listener=view.listener, client_address=view.client_address, client_port=view.client_port,
+        client_name=view.client_name, tls=view.tls, identity=view.identity,
+        trusted_network=view.trusted_network, sender=sender, recipients=recipients,
+    )
+
+
 def _chain_looks_at_messages(chain: Any) -> bool:
     """
     Skip the end-of-data step only when nobody would look: the chain's guard (relay access:
@@ -497,8 +511,16 @@ def _chain_looks_at_messages(chain: Any) -> bool:
     return bool(getattr(chain, "policies", True)) or getattr(chain, "guard", None) is not None
 
 
-def _grammar_refusal(problem: MailRefusal) -> Refusal:
+def _grammar_refused(failure: Failure) -> Refusal:
+    """The reply for a header section the mail grammar refused (any other failure goes on)."""
+    failure.trap(MailRefusal)
+    problem = failure.value
     return Refusal(problem.code, problem.status, clean_text(f"Message refused: {problem.text}"))
+
+
+def _refusal_or_result(result: Any) -> Any:
+    refusal = verdict_refusal(result)
+    return refusal if refusal is not None else result
 
 
 def _abort_opened_writer(writer: Any) -> None:
@@ -521,5 +543,5 @@ def _body_opener(path: str, offset: int) -> Callable[[], Any]:
 
 __all__ = [
     "Transaction", "TransactionSession", "mail_command", "rcpt_command", "data_command", "mail_parameter_problem",
-    "judge_section", "RECIPIENT_OVERSHOOT", "INLINE_JUDGE_LIMIT",
+    "judge_section", "with_envelope", "RECIPIENT_OVERSHOOT", "INLINE_JUDGE_LIMIT",
 ]
