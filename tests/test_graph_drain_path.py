@@ -1,7 +1,7 @@
 """
 What one delivery costs on the way to Graph when many are in flight (bench_drain's path):
 persistent connections shared by 40 concurrent sends, no file-thread trip for a small
-message.  Counts that do not depend on the machine's load; the rates are measured in
+message, the request on the wire when it is written.  Counts that do not depend on the machine's load; the rates are measured in
 ``bench/bench_drain.py``.
 """
 
@@ -14,6 +14,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.delivery.graph.deliverer import INLINE_PREPARE_LIMIT
+from gateway.delivery.graph.factory import ConnectionsService, send_now
 from gateway.delivery.interfaces import Delivered
 from gateway.testing.fake_graph import Fault
 from tests.graph_helpers import make_entry, simple_message, start_rig, stub_rig, write_message
@@ -85,3 +86,64 @@ class ThreadTripTests(SynchronousTestCase):
         [sent] = r.server.sent
         with open(entry.message_path, "rb") as f:
             self.assertEqual(sent.mime, f.read())
+
+
+class SendNowTests(TestCase):
+    """A request leaves when it is written, not after the rest of the reactor's turn."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_request_is_on_the_wire_when_the_deliverer_returns(self):
+        r = yield start_rig(self, reactor)
+        directory = os.path.abspath(self.mktemp())
+
+        def entry(name):
+            return make_entry(write_message(directory, simple_message("alice@contoso.test", to=[BOB]), name),
+                              "alice@contoso.test", [BOB], queue_id=name)
+
+        first = yield r.deliverer.deliver(entry("first"))  # a token and a kept-alive connection
+        self.assertIsInstance(first, Delivered)
+        [connections] = [s for s in r.delivery.services if isinstance(s, ConnectionsService)]
+        [connection] = [p for ps in connections.pool._connections.values() for p in ps]
+        tls, tcp = connection.transport, connection.transport.transport
+        d = r.deliverer.deliver(entry("second"))  # runs up to the request synchronously
+        # Lengths only: the buffers hold the request, bearer token included.
+        self.assertEqual(sum(map(len, tls._aggregator._buffer)), 0, "left for a callLater(0)")
+        self.assertEqual(sum(map(len, tcp._tempDataBuffer)) + len(tcp.dataBuffer), 0, "left for epoll")
+        self.assertIsInstance((yield d), Delivered)
+
+
+class SendNowUnitTests(SynchronousTestCase):
+    def transports(self, connected=True):
+        calls = []
+
+        class Aggregator:
+            def flush(self):
+                calls.append("tls flush")
+
+        class Socket:
+            disconnecting = False
+            _tempDataBuffer = [b"request"]
+
+            def doWrite(self):
+                calls.append("socket write")
+
+        socket = Socket()
+        socket.connected = connected
+
+        class TLS:
+            _aggregator = Aggregator()
+            transport = socket
+
+        return TLS(), calls
+
+    def test_flushes_tls_then_writes_the_socket(self):
+        tls, calls = self.transports()
+        send_now(tls)
+        self.assertEqual(calls, ["tls flush", "socket write"])
+
+    def test_a_closed_socket_is_left_to_the_reactor(self):
+        tls, calls = self.transports(connected=False)
+        send_now(tls)
+        self.assertEqual(calls, ["tls flush"])
