@@ -9,7 +9,10 @@ Printed per run: achieved msg/s between the first and the last delivery (from th
 line per message), the share of the ceiling, the daemon's CPU milliseconds per delivered
 message over the same interval (utime + stime from /proc/<pid>/stat), and the daemon's log
 lines per message (info and above; debug lines apart).  The fake's own CPU per message is
-printed too: on a small machine the fake (TLS, MIME parsing) can be what limits the rate.
+printed too: on a small machine the fake (TLS, MIME parsing) can be what limits the rate.  So
+are the new connections the fake accepted per delivery over the same interval (each one a TLS
+handshake; 0 when the daemon's persistent connections cover every request in flight): a count
+that does not depend on the machine's load.
 
     python bench/bench_drain.py                                  # 1, 5 and 20 mailboxes
     python bench/bench_drain.py --mailboxes 1 --count 1000       # the reference case
@@ -136,9 +139,10 @@ def run_once(args, mailbox_count: int) -> dict:
                 continue
             seen += 1
             now, cpu, fake_cpu = time.monotonic(), cpu_seconds(daemon.pid), cpu_seconds(fake.pid)
+            connections = int(line.rsplit(" ", 1)[1]) if " connections " in line else 0
             if first_t is None:
-                first_t, first_cpu, first_fake = now, cpu, fake_cpu
-            last_t, last_cpu, last_fake = now, cpu, fake_cpu
+                first_t, first_cpu, first_fake, first_connections = now, cpu, fake_cpu, connections
+            last_t, last_cpu, last_fake, last_connections = now, cpu, fake_cpu, connections
             if now > deadline:
                 print(f"  timeout after {seen} deliveries", file=sys.stderr)
                 break
@@ -161,7 +165,11 @@ def run_once(args, mailbox_count: int) -> dict:
         debug_lines = sum(1 for line in lines if "#debug]" in line)
         if args.keep_log:
             shutil.copy(log_path, f"{args.keep_log}.{mailbox_count}")
+        # New connections (each a TLS handshake) per delivery after the first: 0 when every
+        # request in flight keeps its persistent connection.
+        handshakes = (last_connections - first_connections) / max(seen - 1, 1)
         return dict(mailboxes=mailbox_count, delivered=seen, rate=rate, ceiling=ceiling, cpu_ms=cpu_ms, fake_ms=fake_ms,
+                    handshakes=handshakes,
                     log_lines=(log_lines - debug_lines) / max(seen, 1), debug_lines=debug_lines / max(seen, 1))
     finally:
         if daemon is not None and daemon.poll() is None:
@@ -189,11 +197,12 @@ def main() -> None:
     print(f"backlog {args.count}, latency {args.latency}s, mailbox_concurrency {args.mailbox_concurrency}, "
           f"pacing lifted")
     print(f"{'mailboxes':>9} {'msg/s':>8} {'ceiling':>8} {'share':>6} {'CPU ms/msg':>11} {'log lines/msg':>14} "
-          f"{'+debug/msg':>11} {'fake CPU ms/msg':>16}")
+          f"{'+debug/msg':>11} {'fake CPU ms/msg':>16} {'handshakes/msg':>15}")
     for n in args.mailboxes or [1, 5, 20]:
         r = run_once(args, n)
         print(f"{r['mailboxes']:>9} {r['rate']:>8.1f} {r['ceiling']:>8.1f} {100 * r['rate'] / r['ceiling']:>5.0f}% "
-              f"{r['cpu_ms']:>11.2f} {r['log_lines']:>14.2f} {r['debug_lines']:>11.2f} {r['fake_ms']:>16.2f}", flush=True)
+              f"{r['cpu_ms']:>11.2f} {r['log_lines']:>14.2f} {r['debug_lines']:>11.2f} {r['fake_ms']:>16.2f} "
+              f"{r['handshakes']:>15.3f}", flush=True)
         if args.profile:
             stats = pstats.Stats(f"{args.profile}.{n}")
             stats.sort_stats("cumulative").print_stats(25)

@@ -116,6 +116,44 @@ class ProducerTests(SynchronousTestCase):
         self.assertTrue(producer.finished)
         self.assertEqual(consumer.value(), base64.b64encode(data))
 
+    def test_small_body_is_written_with_the_headers_not_on_a_later_turn(self):
+        # A body of one slice or less goes out in startProducing itself, as one write: no
+        # Cooperator step (a reactor turn) stands between the request's headers and its body.
+        data = os.urandom(30_000)
+        path = write(self, data)
+        source = Concat((Literal(b"X-Rewritten: yes\r\n"), FileRange(path, 0, len(data))))
+        producer = StreamingBodyProducer(Base64Of(source), self.cooperator, read_size=65536)
+        consumer = StringTransport()
+        writes = []
+        consumer.write = lambda chunk: (writes.append(chunk), StringTransport.write(consumer, chunk))
+        d = producer.startProducing(consumer)
+        self.assertEqual(self.pending, [])
+        self.successResultOf(d)
+        self.assertTrue(producer.finished)
+        self.assertEqual(writes, [base64.b64encode(b"X-Rewritten: yes\r\n" + data)])
+        self.assertEqual(producer.length, len(writes[0]))
+
+    def test_small_body_that_cannot_be_read_fails_the_request_unsent(self):
+        class Unreadable:
+            length = 100
+
+            def open(self):
+                return self
+
+            def read(self, n):
+                raise OSError(5, "Input/output error")
+
+            def close(self):
+                closed.append(True)
+
+        closed = []
+        producer = StreamingBodyProducer(Unreadable(), self.cooperator)
+        consumer = StringTransport()
+        self.failureResultOf(producer.startProducing(consumer), OSError)
+        self.assertFalse(producer.finished)
+        self.assertEqual(consumer.value(), b"")
+        self.assertEqual(closed, [True])
+
     def test_pause_holds_and_stop_never_fires(self):
         data = os.urandom(1_000_000)
         path = write(self, data)

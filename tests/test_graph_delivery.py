@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from gateway.delivery.graph.factory import ConnectionsService
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
 from gateway.testing.fake_graph import Fault
 from gateway.testing.logs import LogCapture
@@ -367,6 +368,11 @@ class FaultTests(TestCase):
         first = yield self.deliver()  # token cached
         self.assertIsInstance(first, Delivered)
         yield self.server.stop()
+        # The client forgets the kept-alive connection the fake just closed, as it does once it
+        # reads the close: a request written whole into a connection that dies before any
+        # answer is ambiguous (Graph may have read it), which is not what this test is about.
+        [connections] = [s for s in self.r.delivery.services if isinstance(s, ConnectionsService)]
+        yield connections.pool.closeCachedConnections()
         outcome = yield self.deliver()
         self.assertIsInstance(outcome, Transient)
         self.assertFalse(outcome.possibly_delivered)

@@ -117,6 +117,14 @@ class MailboxRunnerBase(SynchronousTestCase):
         self.graph = ScriptedGraph(self.clock)
         self.tokens = FakeTokenSource()
         self.prepared = []
+        # Every preparation counts, in the file threads (big messages) or not (small ones).
+        prepare = deliverer_module.prepare_message
+
+        def counting_prepare(path, *args):
+            self.prepared.append(path)
+            return prepare(path, *args)
+
+        self.patch(deliverer_module, "prepare_message", counting_prepare)
 
     def new_spool(self):
         spool = DirectorySpool(self.directory, SynchronousThreadPool(), self.clock)
@@ -124,8 +132,6 @@ class MailboxRunnerBase(SynchronousTestCase):
         return spool
 
     def counting_blocking(self, f, *args):
-        if f is deliverer_module.prepare_message:
-            self.prepared.append(args[0])
         return maybeDeferred(f, *args)
 
     def new_deliverer(self, **graph_overrides):

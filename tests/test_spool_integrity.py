@@ -19,6 +19,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from gateway.delivery.graph.deliverer import INLINE_PREPARE_LIMIT
 from gateway.delivery.interfaces import IDraftJournal, IEntryQuarantine, Transient
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -145,7 +146,8 @@ class VerifyBeforeSendTests(TestCase):
     def test_digest_is_checked_in_the_same_thread_trip_as_the_preparation(self):
         """
         Each trip to the file threads holds the mailbox's slot while the reactor gets round to
-        the result (~10 ms at 40 sends in flight): a small send makes one trip, not two.
+        the result (~10 ms at 40 sends in flight): a send makes one trip, not two.  (A message
+        of at most INLINE_PREPARE_LIMIT bytes makes none: tests.test_graph_drain_path.)
         """
         r = yield start_rig(self, reactor)
         trips = []
@@ -156,7 +158,9 @@ class VerifyBeforeSendTests(TestCase):
             return blocking(f, *args)
 
         r.deliverer._blocking = counting
-        entry = r.entry(simple_message(to=[BOB]), ALICE, [BOB])
+        body = "A line of a long report, repeated to pass the inline limit.\n" * (INLINE_PREPARE_LIMIT // 50)
+        entry = r.entry(simple_message(to=[BOB], body=body), ALICE, [BOB])
+        self.assertGreater(entry.size, INLINE_PREPARE_LIMIT)
         entry = attrs.evolve(entry, message_digest=sha256_of(entry.message_path))
         outcome = yield r.deliverer.deliver(entry)
         self.assertEqual(len(r.server.sent), 1, outcome)

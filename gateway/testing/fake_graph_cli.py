@@ -4,7 +4,8 @@ end without a Microsoft 365 tenant.
 
 It prints the authority, the Graph URL, the CA certificate to trust and a ready ``[graph]``
 section (the client secret goes to a 0600 file), then writes every message a mailbox "sends"
-to ``<directory>/sent/<mailbox>/<n>.eml`` and logs one line for it.  Ctrl-C stops it.
+to ``<directory>/sent/<mailbox>/<n>.eml`` and logs one line for it (with ``--no-save``, the line
+also counts the connections accepted so far).  Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -79,15 +80,20 @@ def describe(server: FakeGraphServer, secret_path: str, sent_dir: str) -> str:
 
 
 class _SentWriter:
-    def __init__(self, directory: Optional[str], out: TextIO) -> None:
+    def __init__(self, directory: Optional[str], out: TextIO, server: Optional[FakeGraphServer] = None) -> None:
         self.directory = directory
         self.out = out
+        self.server = server
         self.count = 0
 
     def __call__(self, message: SentMessage) -> None:
         self.count += 1
         if self.directory is None:
-            print(f"sent by {message.mailbox} ({message.kind}) #{self.count}", file=self.out, flush=True)
+            # The connections accepted so far (Entra's included): bench_drain reads TLS
+            # handshakes per message from it.
+            connections = self.server.connections if self.server is not None else 0
+            print(f"sent by {message.mailbox} ({message.kind}) #{self.count} connections {connections}",
+                  file=self.out, flush=True)
             return
         folder = os.path.join(self.directory, message.mailbox.replace("/", "_"))
         os.makedirs(folder, exist_ok=True)
@@ -115,7 +121,7 @@ def start(reactor: Any, args: argparse.Namespace, out: TextIO = sys.stdout):
     if args.latency > 0:
         for operation in ("sendMail", "send"):
             server.inject(Fault.slow(args.latency), operation=operation, times=None)
-    server.on_sent.append(_SentWriter(None if args.no_save else sent_dir, out))
+    server.on_sent.append(_SentWriter(None if args.no_save else sent_dir, out, server))
     print(describe(server, secret_path, sent_dir), file=out, flush=True)
     return server
 

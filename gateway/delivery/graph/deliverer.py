@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from gateway.config.graph import GraphConfig
 from gateway.delivery.graph.attempt import Attempt, StepFailed, TenantAuthFailure
-from gateway.delivery.graph.body import Concat, FileRange, Literal, Source, base64_length
+from gateway.delivery.graph.body import base64_length
 from gateway.delivery.graph.client import GraphClient, GraphResponse, GraphTransportError
 from gateway.delivery.graph.credentials import (
     ICredentialResolver,
@@ -50,13 +50,8 @@ from gateway.delivery.graph.credentials import (
 from gateway.delivery.graph.drafts import UPLOAD_SESSION_MINIMUM, DraftSending
 from gateway.delivery.graph.integrity import IntegrityCheck, NoJournal, digest_algorithm, message_digest
 from gateway.delivery.graph.mime import (
-    HeaderSection,
     MessageFormatError,
-    RecipientPlan,
-    choose_mailbox,
     normalise,
-    plan_recipients,
-    read_header_section,
 )
 from gateway.delivery.graph.outcomes import (
     describe,
@@ -65,6 +60,7 @@ from gateway.delivery.graph.outcomes import (
     step_succeeded,
     transport_outcome,
 )
+from gateway.delivery.graph.prepare import INLINE_PREPARE_LIMIT, PreparedMessage, prepare_message
 from gateway.delivery.graph.scheduler import MailboxThrottles
 from gateway.delivery.graph.sizes import single_request_limit
 from gateway.delivery.graph.structure import plan_extraction, scan_structure
@@ -145,49 +141,6 @@ class _Tenant:
     graph_failures: int = 0
     graph_trouble_since: float = 0.0
     graph_trouble: str = ""
-
-
-@attrs.frozen
-class PreparedMessage:
-    """What reading the header section decided (built in a thread)."""
-
-    path: str
-    section: HeaderSection
-    plan: RecipientPlan
-    mailbox: str
-    mime: Source  # the message as Graph should get it
-    mime_length: int
-    #: ``"<algorithm>:<hex>"`` of the whole file, read in the same thread trip (None: not asked).
-    digest: Optional[str] = None
-
-    @property
-    def draft_bcc(self) -> tuple[str, ...]:
-        """Recipients a draft gets as bccRecipients: the hidden ones, in ``draft`` mode only."""
-        return self.plan.hidden if self.plan.kind == "draft" else ()
-
-
-def prepare_message(path: str, recipients: tuple, sender: str, config: GraphConfig,
-                    sending_mailbox: Optional[str] = None, digest_algorithm: Optional[str] = None) -> PreparedMessage:
-    """
-    Read the header section and plan recipients (blocking: runs in a thread).  The mailbox is
-    the one recorded at intake (``sending_mailbox``: decided once, executed here, never
-    re-derived from the headers); only entries from before that record judge the header.
-
-    ``digest_algorithm``: also digest the whole file for the integrity check, in this same
-    thread trip.  Each trip to the file threads costs a wait for the reactor to pick up the
-    result (about 10 ms per trip at 40 sends in flight, bench_drain), and that wait holds a
-    mailbox's delivery slot; one trip instead of two.
-    """
-    section = read_header_section(path)
-    plan = plan_recipients(section, recipients, config.hidden_recipients)
-    mailbox = sending_mailbox or choose_mailbox(section, sender, config.send_as)
-    mime: Source
-    if plan.kind == "plain":
-        mime = FileRange(path, 0, section.size)
-    else:
-        mime = Concat((Literal(plan.header + b"\r\n"), FileRange(path, section.body_offset, section.size)))
-    digest = message_digest(path, digest_algorithm) if digest_algorithm else None
-    return PreparedMessage(path, section, plan, mailbox, mime, mime.length, digest)
 
 
 @implementer(IDeliverer, IMailboxRouting)
@@ -327,11 +280,9 @@ class GraphDeliverer(DraftSending, IntegrityCheck):
         return None
 
     async def _prepare(self, entry: Any) -> Union[PreparedMessage, Transient, Permanent]:
-        """The message read and planned (in a thread), or why it cannot go (before asking for a token)."""
+        """The message read and planned, or why it cannot go (before asking for a token)."""
         try:
-            prepared = await self._blocking(
-                prepare_message, entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config,
-                getattr(entry, "sending_mailbox", None), digest_algorithm(entry))
+            prepared = await self._read_prepared(entry)
         except MessageFormatError as e:
             # A file garbled on disk must be quarantined, not bounced as the sender's fault.
             changed = await self._integrity_outcome(entry)
@@ -368,6 +319,23 @@ class GraphDeliverer(DraftSending, IntegrityCheck):
             self.throttles.succeeded(attempt.key)
             if self.admission is not None:
                 self.admission.succeeded(self._shared_key(attempt.credentials, attempt.key))
+
+    def _read_prepared(self, entry: Any) -> Deferred:
+        """
+        L{prepare_message} for ``entry``: in the reactor thread for a message of at most
+        L{INLINE_PREPARE_LIMIT} bytes, in a file thread otherwise.  The request body of such a
+        message is read in the reactor thread anyway (one slice, see L{StreamingBodyProducer});
+        a thread trip for its header section cost more than the read: waking a worker, the
+        GIL passed back and forth, a wait for the reactor to pick the result up — 10 to 40 ms
+        holding the mailbox's slot at 40 sends in flight (bench_drain), against a few tens of
+        microseconds of reading from the page cache.
+        """
+        args = (entry.message_path, tuple(entry.envelope.recipients), entry.envelope.sender, self.config,
+                getattr(entry, "sending_mailbox", None), digest_algorithm(entry))
+        size = getattr(entry, "size", None)
+        if isinstance(size, int) and 0 <= size <= INLINE_PREPARE_LIMIT:
+            return maybeDeferred(prepare_message, *args)
+        return self._blocking(prepare_message, *args)
 
     def _too_large(self, prepared: PreparedMessage) -> Optional[Permanent]:
         """Refuse before asking for a token what no Graph path can carry."""

@@ -17,6 +17,7 @@ from twisted.application.service import IService, Service
 from twisted.internet import ssl
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -100,10 +101,48 @@ def tls_policy(ca_bundle: Optional[str]) -> HostnameVerifyingPolicy:
 PERSISTENT_CONNECTIONS = 64
 
 
+def send_now(transport: Any) -> None:
+    """
+    Hand what was just written on a Graph connection to the kernel now, not on the next
+    reactor turn.  Twisted's TLS layer keeps small writes until a ``callLater(0)`` and its TCP
+    transport writes when ``epoll`` next reports the socket writable: the requests started
+    while the reactor handled a batch of answers left together after the whole batch, Graph
+    answered them together, and the batch stayed a batch — each request waiting for the
+    others of its batch (bench_drain at 20 mailboxes, 40 in flight: 75-81 % of the ceiling,
+    94-96 % with this).  Best effort: an error is left for the reactor's own next write.
+    """
+    aggregator = getattr(transport, "_aggregator", None)  # TLSMemoryBIOProtocol
+    if aggregator is not None:
+        aggregator.flush()
+    socket_transport = getattr(transport, "transport", None)
+    if socket_transport is None or not getattr(socket_transport, "connected", False):
+        return
+    if getattr(socket_transport, "disconnecting", False) or not getattr(socket_transport, "_tempDataBuffer", None):
+        return
+    do_write = getattr(socket_transport, "doWrite", None)
+    if do_write is not None:
+        do_write()
+
+
+class _PromptHTTP11ClientProtocol(HTTP11ClientProtocol):
+    """A Graph connection that sends each request as soon as it is written (L{send_now})."""
+
+    def request(self, request: Any) -> Any:
+        d = super().request(request)
+        send_now(self.transport)
+        return d
+
+
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
-    """Twisted's factory for one Graph connection, without its "Starting/Stopping factory" lines."""
+    """
+    Twisted's factory for one Graph connection, without its "Starting/Stopping factory" lines,
+    building connections that send each request at once.
+    """
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _PromptHTTP11ClientProtocol(self._quiescentCallback)
 
 
 class QuietConnectionPool(HTTPConnectionPool):
