@@ -14,21 +14,19 @@ the connection may switch to TLS.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import ITLSTransport
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from gateway.config.model import Limits, ListenerConfig
-from gateway.policy.interfaces import SessionView
 from gateway.smtp.addresses import parse_helo
 from gateway.smtp.login import auth_allowed_now, auth_enabled
 from gateway.smtp.replies import verdict_refusal
+from gateway.smtp.session import SessionReplies
 
 
-class GreetingSession(Protocol):
+class GreetingSession(SessionReplies, Protocol):
     """What HELO/EHLO and STARTTLS use of the SMTP session (L{gateway.smtp.protocol.GatewayESMTP})."""
 
     factory: Any
@@ -37,19 +35,8 @@ class GreetingSession(Protocol):
     listener: ListenerConfig
     limits: Limits
     chain: Any
-    hostname: str
     transaction: Any
-    log: Logger
 
-    def reply(self, code: int, status: str, text: str) -> None: ...
-    def refuse(self, refusal: Any) -> None: ...
-    def sendLine(self, line: bytes) -> None: ...
-    def wait_for(self, d: Deferred, on_result: Callable[[Any], None],
-                 on_failure: Optional[Callable[[Failure], None]] = None,
-                 on_gone: Optional[Callable[[Any], None]] = None) -> None: ...
-    def session_view(self) -> SessionView: ...
-    def client_label(self) -> str: ...
-    def secure(self) -> bool: ...
     def greeting_started(self, name: str) -> None: ...
     def greeting_accepted(self) -> None: ...
     def start_tls(self, options: Any) -> None: ...

@@ -16,13 +16,13 @@ import base64
 from typing import Any, Callable, Optional, Protocol
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.internet.defer import maybeDeferred
 from twisted.python.failure import Failure
 
 from gateway.config.model import ListenerConfig
-from gateway.policy.interfaces import IAuthenticatedIdentity, LoginThrottled, SessionView
+from gateway.policy.interfaces import IAuthenticatedIdentity, LoginThrottled
 from gateway.smtp.auth import AuthExchange, Challenge, Ready
+from gateway.smtp.session import SessionReplies
 
 
 class AuthSettings(Protocol):
@@ -34,29 +34,17 @@ class AuthSettings(Protocol):
     def secure(self) -> bool: ...
 
 
-class LoginSession(Protocol):
+class LoginSession(SessionReplies, Protocol):
     """What the AUTH command uses of its SMTP session (L{gateway.smtp.protocol.GatewayESMTP})."""
 
     listener: ListenerConfig
     portal: Any
-    hostname: str
     authenticated: bool
     transaction: Any
-    log: Logger
 
     @property
     def greeted(self) -> bool: ...
 
-    def reply(self, code: int, status: str, text: str) -> None: ...
-    def refuse(self, refusal: Any) -> None: ...
-    def reply_and_close(self, code: int, status: str, text: str) -> None: ...
-    def sendLine(self, line: bytes) -> None: ...
-    def wait_for(self, d: Deferred, on_result: Callable[[Any], None],
-                 on_failure: Optional[Callable[[Failure], None]] = None,
-                 on_gone: Optional[Callable[[Any], None]] = None) -> None: ...
-    def session_view(self) -> SessionView: ...
-    def client_label(self) -> str: ...
-    def secure(self) -> bool: ...
     def exchange_started(self, exchange: AuthExchange) -> None: ...
     def exchange_ended(self) -> None: ...
     def logged_in(self, identity: Any, logout: Callable[[], None]) -> None: ...

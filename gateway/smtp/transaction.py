@@ -31,7 +31,6 @@ from typing import Any, Callable, Optional, Protocol
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config.model import Limits, ListenerConfig
@@ -44,6 +43,7 @@ from gateway.smtp.headers import apply_edits, missing_headers, received_header
 from gateway.smtp.input import SPOOL_FULL
 from gateway.smtp.intake import MessageIntake
 from gateway.smtp.replies import Refusal, clean_text, spool_refusal, verdict_refusal
+from gateway.smtp.session import SessionReplies
 from gateway.spool.entry import Envelope, Provenance
 from gateway.spool.interfaces import SpoolError
 
@@ -60,34 +60,22 @@ INLINE_JUDGE_LIMIT = 4096
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.SMTP)
 
 
-class TransactionSession(Protocol):
+class TransactionSession(SessionReplies, Protocol):
     """What a transaction uses of its SMTP session (L{gateway.smtp.protocol.GatewayESMTP})."""
 
     factory: Any
     limits: Limits
     listener: ListenerConfig
     chain: Any
-    hostname: str
     client_name: Optional[str]
     identity: Any
     authenticated: bool
     transaction: Optional["Transaction"]
     messages: int
-    log: Logger
 
     @property
     def greeted(self) -> bool: ...
-    def reply(self, code: int, status: str, text: str) -> None: ...
-    def refuse(self, refusal: Any) -> None: ...
-    def reply_and_close(self, code: int, status: str, text: str) -> None: ...
-    def sendLine(self, line: bytes) -> None: ...
-    def wait_for(self, d: Deferred, on_result: Callable[[Any], None],
-                 on_failure: Optional[Callable[[Failure], None]] = None,
-                 on_gone: Optional[Callable[[Any], None]] = None) -> None: ...
-    def session_view(self) -> SessionView: ...
-    def secure(self) -> bool: ...
     def client_address(self) -> str: ...
-    def client_label(self) -> str: ...
     def pause_reading(self, reason: str) -> None: ...
     def resume_reading(self, reason: str) -> None: ...
     def transaction_opened(self, tx: "Transaction") -> None: ...
