@@ -6,6 +6,7 @@ graceful stop, recovery at start, sendmail drop-offs and admin requests.
 
 from __future__ import annotations
 
+import json
 import os
 
 import attrs
@@ -177,6 +178,23 @@ class DeliveryTests(RunnerTestBase):
         self.assertIn("timed out", record.history[-1].reason)
         self.clock.advance(60)
         self.assertEqual(len(deliverer.calls), 2)
+
+    def test_delivered_line_carries_the_documented_namespace(self):
+        """
+        Operators filter the runner's lines on the namespace docs/health-and-logs.md shows; a
+        class-level Logger is renamed after its class by Twisted, so moving the class between
+        packages silently changed it once.
+        """
+        runner = self.start(ScriptedDeliverer(Delivered("ok")))
+        entry = self.accept()
+        delivered = [e for e in self.events if e.get("queue_id") == entry.queue_id and e.get("status") == "sent"]
+        self.assertEqual(len(delivered), 1)
+        docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "health-and-logs.md")
+        with open(docs, encoding="utf-8") as f:
+            example = json.loads(next(line.strip() for line in f if '"text":"delivered ' in line))
+        self.assertEqual(delivered[0]["log_namespace"], example["namespace"])
+        self.assertEqual(example["namespace"], "gateway.spool.runner.QueueRunner")
+        self.assertTrue(runner.running)
 
     def test_possibly_delivered_counted_and_logged(self):
         deliverer = ScriptedDeliverer(Transient("timeout after body sent", possibly_delivered=True))

@@ -98,12 +98,15 @@ class RunnerStats:
 
 
 class QueueRunner(AdminRequests, OutcomeHandling, Service):
-    # The namespace from before the runner left gateway.spool: operators filter on it.
-    log = Logger(namespace="gateway.spool.runner")
+    #: The namespace of the runner's lines since before it left gateway.spool (operators filter
+    #: on it).  Set per instance: a Logger class attribute is renamed after the class by
+    #: Twisted's descriptor, so the move between packages would rename every line.
+    LOG_NAMESPACE = "gateway.spool.runner.QueueRunner"
 
     def __init__(self, spool: ISpool, deliverer: IDeliverer, config: QueueConfig, clock: IReactorTime,
                  observers: Sequence[IDeliveryObserver] = (), random: Callable[[], float] = _random.random,
                  incoming_interval: float = 5.0, cache_limit: int = 10000) -> None:
+        self.log = Logger(namespace=self.LOG_NAMESPACE, source=self)
         self.spool = spool
         self.deliverer = deliverer
         self.config = config
