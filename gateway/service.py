@@ -118,8 +118,10 @@ class GatewayService(MultiService):
     def __init__(self, config: GatewayConfig, components: Components, reactor: Any, *,
                  status: Optional[StatusServices] = None,
                  certificates: Optional[IService] = None, install_signal_handlers: bool = True,
-                 config_loader: Optional[Callable[[], GatewayConfig]] = None) -> None:
+                 config_loader: Optional[Callable[[], GatewayConfig]] = None, delivers: bool = True) -> None:
         super().__init__()
+        #: False in an intake worker: the main process delivers, and says how (capture mode).
+        self.delivers = delivers
         #: The configuration the gateway started with (what is bound, what runs); SIGHUP
         #: compares against it to say what needs a restart.
         self.config = config
@@ -190,7 +192,7 @@ class GatewayService(MultiService):
             # ``twist`` (unlike twistd) never calls privilegedStartService: bind here so that
             # a port that cannot bind stops start-up under it too.
             self.privilegedStartService()
-        if self.config.deliverer == "capture":
+        if self.delivers and self.config.deliverer == "capture":
             self.log.warn(
                 "NO MICROSOFT GRAPH CREDENTIALS CONFIGURED: messages are delivered into the local "
                 "capture outbox {outbox} and NOT sent anywhere. Configure [graph] to deliver for real.",

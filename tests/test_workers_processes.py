@@ -123,6 +123,8 @@ class WorkerProcessTests(_WorkerRig, TestCase):
     def test_two_workers_take_mail_and_the_main_process_delivers_it(self):
         yield self.start()
         self.assertEqual(len(set(self.pids)), 2)
+        # Capture mode is the main process's to announce (it delivers): once, not once per worker.
+        self.assertEqual(self.daemon.output.count(b"NO MICROSOFT GRAPH CREDENTIALS CONFIGURED"), 1)
         first, first_pid = yield self.send()
         self.assertIn(first_pid, self.pids)
         self.stand_aside(first_pid)

@@ -104,7 +104,7 @@ def build_worker(args: WorkerArguments, reactor: Any) -> Any:
             raise ConfigError(f"listener.{part.config.name}", "was added after graphsmtp started: "
                               "restart graphsmtp to listen on it")
         part.service = adopted_service(reactor, part.config, part.factory, args.listeners[part.config.name])
-    return GatewayService(config, components, reactor, config_loader=load)
+    return GatewayService(config, components, reactor, config_loader=load, delivers=False)
 
 
 def _start_logging() -> None:
