@@ -57,6 +57,8 @@ class GatewayOptions:
     deliverer: Any = None
     listen: bool = True
     install_signal_handlers: bool = True
+    #: The metrics to count into (an intake worker's report them to the main process).
+    metrics: Optional[GatewayMetrics] = None
 
 
 def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
@@ -64,7 +66,8 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
     config = options.config
     plugins = load_plugins(config)
     with plugins.undone_on_error():
-        metrics = GatewayMetrics()  # one registry per gateway, handed to whoever counts
+        # One registry per gateway, handed to whoever counts.
+        metrics = options.metrics if options.metrics is not None else GatewayMetrics()
         spool = build_spool(config, reactor)
         auth = build_auth(config.auth, config.state_dir, reactor=reactor, graph_config=config.graph)
         redis = redis_service(config.redis, reactor)  # before delivery: [cluster] admission shares it
@@ -87,13 +90,14 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
                           config_loader=options.reload_config, install_signal_handlers=options.install_signal_handlers)
 
 
-def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True) -> Components:
+def build_components(config: GatewayConfig, reactor: Any, deliverer: Any = None, listen: bool = True,
+                     metrics: Optional[GatewayMetrics] = None) -> Components:
     """
     The parts of a gateway without the service that runs them (``graphsmtp-config check``
     builds them to check a file; tests deliver into a fake ``deliverer``): exactly what
     L{makeService} builds.
     """
-    options = GatewayOptions(config, deliverer=deliverer, listen=listen, install_signal_handlers=False)
+    options = GatewayOptions(config, deliverer=deliverer, listen=listen, install_signal_handlers=False, metrics=metrics)
     return makeService(options, reactor).components
 
 

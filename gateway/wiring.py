@@ -19,6 +19,7 @@ from twisted.application.service import IService
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import ListenerConfig
 from gateway.policy.chain import PolicyChain
+from gateway.status.worker_intake import WorkerIntake
 
 if TYPE_CHECKING:
     from gateway.auth.build import Authentication
@@ -143,6 +144,8 @@ class Components:
     redis: Optional["RedisConnection"]
     plugin_search: "PluginSearchPath"
     broken_plugins: Mapping[str, str]
+    #: With ``[gateway] workers``: what the intake workers last reported (status page, /metrics).
+    worker_intake: WorkerIntake = attrs.field(factory=WorkerIntake)
 
 
 def load_plugins(config: GatewayConfig) -> Plugins:

@@ -16,15 +16,18 @@ import smtplib
 import socket
 import sys
 import textwrap
+import urllib.request
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gateway.spool.disk import SpoolDisk
 from gateway.testing.fake_graph import start_fake_graph
 from gateway.testing.harness import send_message
+from tests.cluster_rig import free_port
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway, write_private
 
 MESSAGE = b"From: app@corp.example\r\nTo: bob@corp.example\r\nSubject: workers\r\n\r\nbody\r\n"
@@ -46,6 +49,11 @@ def config_text(directory: str, workers: object = 2, extra: str = "") -> str:
         endpoint = "tcp:0:interface=127.0.0.1"
         trusted_networks = ["127.0.0.0/8"]
         """) + extra
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
 
 
 def queue_id_of(reply: tuple) -> str:
@@ -134,6 +142,37 @@ class WorkerProcessTests(_WorkerRig, TestCase):
         self.assertEqual({first_pid, second_pid}, set(self.pids))
         yield self.delivered(first)
         yield self.delivered(second)
+
+    @inlineCallbacks
+    def test_metrics_count_what_every_worker_accepted_and_the_sessions_they_hold(self):
+        status_port = free_port()
+        yield self.start(extra=f'[status]\nendpoint = "tcp:{status_port}:interface=127.0.0.1"\n')
+        first, first_pid = yield self.send()
+        self.stand_aside(first_pid)
+        second, second_pid = yield self.send()
+        self.assertNotEqual(first_pid, second_pid)
+        self.resume(first_pid)  # a stopped worker cannot report
+        # Both workers accepted one: the main process accepted none itself.
+        yield self.metrics_show(status_port, 'graphsmtp_smtp_messages_accepted_total{listener="mx"} 2.0')
+        held = yield deferToThread(socket.create_connection, ("127.0.0.1", self.port), 30)
+        self.addCleanup(held.close)
+        greeting = yield deferToThread(held.recv, 512)
+        self.assertTrue(greeting.startswith(b"220"), greeting)
+        yield self.metrics_show(status_port, 'graphsmtp_smtp_sessions{listener="mx"} 1.0')
+        held.close()
+        yield self.metrics_show(status_port, 'graphsmtp_smtp_sessions{listener="mx"} 0.0')
+
+    @inlineCallbacks
+    def metrics_show(self, status_port: int, line: str, attempts: int = 150):
+        """Polls /metrics until it has ``line`` (workers report about once a second)."""
+        text = ""
+        for _ in range(attempts):
+            text = yield deferToThread(_get, f"http://127.0.0.1:{status_port}/metrics")
+            if line in text.splitlines():
+                return text
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.fail(f"/metrics never showed {line!r}; last:\n" + "\n".join(
+            l for l in text.splitlines() if "smtp" in l))
 
     @inlineCallbacks
     def test_a_killed_worker_loses_nothing_acknowledged_and_is_restarted(self):

@@ -26,7 +26,9 @@ from gateway.smtp.proxy import TrustedProxyEndpoint
 from gateway.spool.disk import SpoolDisk
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import new_queue_id
-from gateway.workers.channel import FIRST_LISTENER_FD, LOCK_FD, LineSplitter, event_of, queue_id_of
+from gateway.status.metrics import GatewayMetrics
+from gateway.status.worker_intake import WorkerIntake
+from gateway.workers.channel import FIRST_LISTENER_FD, LOCK_FD, NOTIFY_FD, LineSplitter, event_of, queue_id_of
 from gateway.workers.sockets import AdoptedStreamEndpoint, adopted_endpoint
 from gateway.workers.spool_sweep import minted_at, remove_temp_files, unannounced_since
 from gateway.workers.supervisor import WorkerProcess, WorkerSupervisor, with_workers
@@ -205,7 +207,8 @@ class _Gateway(Service):
         port = SimpleNamespace(stopReading=lambda: None, fileno=lambda: 11)
         part = SimpleNamespace(config=built.listeners[0], service=SimpleNamespace(port=port))
         self.components = SimpleNamespace(listeners=[part], runner=SimpleNamespace(ready=ready),
-                                          spool=SimpleNamespace(disk=disk))
+                                          spool=SimpleNamespace(disk=disk), worker_intake=WorkerIntake(),
+                                          metrics=GatewayMetrics(process=False))
 
 
 class SupervisorTests(TestCase):
@@ -226,6 +229,16 @@ class SupervisorTests(TestCase):
         self.assertEqual((fds[LOCK_FD], fds[FIRST_LISTENER_FD]), (9, 11))
         self.assertIn(f"mx={FIRST_LISTENER_FD}", args)
         self.assertEqual(args[args.index("--config") + 1], "/etc/graphsmtp.toml")
+
+    def test_a_workers_report_reaches_the_status_and_leaves_with_the_worker(self):
+        self.start()
+        self.ready.callback(None)
+        worker = self.supervisor.workers[0]
+        worker.childDataReceived(NOTIFY_FD, b'{"accepted":{},"refused":[],"policy":[],"gauges":{"mx":[2,1]}}\n')
+        intake = self.supervisor.gateway.components.worker_intake
+        self.assertEqual(intake.sessions("mx"), 2)
+        self.supervisor.worker_ended(worker, SimpleNamespace(exitCode=1, signal=None))
+        self.assertEqual(intake.sessions("mx"), 0)
 
     def test_a_dying_worker_is_restarted_with_growing_delays_reset_after_a_stable_run(self):
         self.start()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from gateway.spool.store import DirectorySpool
     from gateway.status.metrics import GatewayMetrics
     from gateway.status.recent import RecentDeliveries
+    from gateway.status.worker_intake import WorkerIntake
 
 #: The three token states an admin acts on, plus "unknown" before the first token request.
 TOKEN_OK = "ok"
@@ -252,6 +253,9 @@ class StatusParts(Protocol):
 
     @property
     def recent(self) -> "RecentDeliveries": ...
+
+    @property
+    def worker_intake(self) -> "WorkerIntake": ...
 
 
 __all__ = [

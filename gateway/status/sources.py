@@ -130,10 +130,12 @@ class ComponentsStatusSource:
         return GatewayInfo(self._version, self._hostname, self._started_at, self._clock.seconds())
 
     def listeners(self) -> tuple[ListenerStatus, ...]:
+        workers = self._components.worker_intake  # sessions run by intake worker processes
         return tuple(
             ListenerStatus(
                 name=part.config.name, endpoint=part.config.endpoint, tls=part.config.tls, auth=part.config.auth,
-                sessions=len(part.factory.sessions), transactions=part.factory.in_flight,
+                sessions=len(part.factory.sessions) + workers.sessions(part.config.name),
+                transactions=part.factory.in_flight + workers.transactions(part.config.name),
                 state=_listener_state(part.service),
             )
             for part in self._components.listeners

@@ -1,6 +1,6 @@
 """
 What a worker tells the main process, and how: the descriptor numbers both sides agree on, the
-commit notices (one queue id per line), and the worker's log events (JSON text sequences,
+commit notices (one queue id per line; intake reports, JSON objects, share the pipe), and the worker's log events (JSON text sequences,
 re-emitted by the main process into its own log with the worker's pid).
 
 A commit notice is written *before* the client gets its 250 (the spool's commit listeners run
@@ -72,21 +72,31 @@ class EndOfFileWatch(abstract.FileDescriptor):
 
 
 class CommitNotifier:
-    """Worker side: tells the main process each queue id this worker committed into queue/."""
+    """
+    Worker side: tells the main process each queue id this worker committed into queue/, and
+    carries its intake reports (L{gateway.workers.reports}) on the same pipe.  A line goes
+    straight into the pipe when nothing is queued before it; what does not fit (a full pipe, or
+    the rest of a report longer than PIPE_BUF) is queued, and every later line queues behind it,
+    so lines never interleave.
+    """
 
     def __init__(self, reactor: Any, fd: int = NOTIFY_FD) -> None:
         self._writer = _PipeWriter(reactor, fd)
 
     def committed(self, entry: Any) -> None:
-        line = entry.queue_id.encode("ascii") + b"\n"
+        self.send(entry.queue_id.encode("ascii") + b"\n")
+
+    def send(self, line: bytes) -> None:
+        written = 0
         if self._writer.idle:
             try:
-                if os.write(self._writer.fileno(), line) == len(line):
-                    return
+                written = os.write(self._writer.fileno(), line)
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                     raise
-        self._writer.write(line)
+            if written == len(line):
+                return
+        self._writer.write(line[written:])
 
 
 class LineSplitter:

@@ -25,9 +25,11 @@ import sys
 from typing import Any, Optional, Sequence
 
 import attrs
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import FileLogObserver, Logger, globalLogBeginner, jsonFileLogObserver
 
 from gateway.workers.channel import CONTROL_FD, LOCK_FD, LOG_FD, CommitNotifier, EndOfFileWatch
+from gateway.workers.reports import IntakeReporter, ReportingMetrics
 
 #: Components of the full gateway that belong to the main process only (matched by class name,
 #: so a module moving between packages does not silently put a second queue runner here).
@@ -80,8 +82,16 @@ def _main_gone(reactor: Any) -> None:
         reactor.stop()
 
 
-def build_worker(args: WorkerArguments, reactor: Any) -> Any:
-    """The worker's GatewayService, not started; raises ConfigError on a bad configuration."""
+@attrs.frozen
+class Worker:
+    """A worker's gateway service and the reporter of its intake counts, both not started."""
+
+    service: Any
+    reporter: IntakeReporter
+
+
+def build_worker(args: WorkerArguments, reactor: Any) -> Worker:
+    """The worker's parts, not started; raises ConfigError on a bad configuration."""
     from gateway.config import ConfigError, load_config
     from gateway.service import GatewayService, build_components
     from gateway.workers.sockets import adopted_service
@@ -92,19 +102,27 @@ def build_worker(args: WorkerArguments, reactor: Any) -> Any:
     config = load()
     # listen=False: no endpoint is set up here (a systemd: one would look for sockets systemd
     # passed to the main process); each listener gets its adopted socket below.
-    components = build_components(config, reactor, deliverer=_NoDeliverer(), listen=False)
+    metrics = ReportingMetrics()
+    components = build_components(config, reactor, deliverer=_NoDeliverer(), listen=False, metrics=metrics)
     components.services = [s for s in components.services
                             if type(s).__name__ not in MAIN_ONLY_SERVICES and s is not components.runner]
     spool = components.spool
     spool.disk.tag = args.tag
     spool.disk.share_lock(LOCK_FD)
-    spool.on_commit(CommitNotifier(reactor).committed)
+    notifier = CommitNotifier(reactor)
+    spool.on_commit(notifier.committed)
     for part in components.listeners:
         if part.config.name not in args.listeners:
             raise ConfigError(f"listener.{part.config.name}", "was added after graphsmtp started: "
                               "restart graphsmtp to listen on it")
         part.service = adopted_service(reactor, part.config, part.factory, args.listeners[part.config.name])
-    return GatewayService(config, components, reactor, config_loader=load, delivers=False)
+    service = GatewayService(config, components, reactor, config_loader=load, delivers=False)
+    return Worker(service, IntakeReporter(reactor, metrics, components.listeners, notifier.send))
+
+
+def _report_last(result: Any, reporter: IntakeReporter) -> Any:
+    reporter.stop()
+    return result
 
 
 def _start_logging() -> None:
@@ -124,16 +142,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from gateway.config import ConfigError
 
     try:
-        service = build_worker(args, reactor)
+        worker = build_worker(args, reactor)
     except ConfigError as e:
         log.critical("worker {index}: configuration error: {error}", index=args.index, error=str(e))
         return 78
     EndOfFileWatch(reactor, CONTROL_FD, lambda: _main_gone(reactor))
     status = {"code": 0}
+    service = worker.service
 
     def start() -> None:
         try:
             service.startService()
+            worker.reporter.start()
         except SystemExit as e:
             log.critical("worker {index}: {error}", index=args.index, error=str(e))
             status["code"] = 1
@@ -143,8 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not service.running:
             return None
         # GatewayService's stop ends once the closed sessions have written their last
-        # replies out (bounded, gateway.smtp.closing), as in the single process.
-        return service.stopService()
+        # replies out (bounded, gateway.smtp.closing), as in the single process; the last
+        # report then carries what those last transactions counted.
+        return maybeDeferred(service.stopService).addBoth(_report_last, worker.reporter)
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", stop)

@@ -11,7 +11,8 @@ Each worker gets (L{gateway.workers.channel}): the listening sockets, the spool 
 descriptor, a pipe for commit notices (each one becomes ``DirectorySpool.announce``, so the
 runner schedules the message at once), a pipe for its log events (re-emitted here, text
 prefixed with ``[worker <pid>]``) and descriptor 0, whose end of file tells it the main
-process is gone.
+process is gone.  Intake reports arrive on the notice pipe too: the workers' counts and sessions,
+for ``/metrics`` and the status page (L{gateway.workers.reports}).
 
 A worker that exits while the gateway runs is restarted after a back-off (0.5 s doubling to
 30 s; reset once a worker has run for a minute), with one log line each.  Anything it
@@ -46,6 +47,7 @@ from gateway.workers.channel import (
     event_of,
     queue_id_of,
 )
+from gateway.workers.reports import apply_report, is_report
 from gateway.workers.sockets import paused_descriptors
 from gateway.workers.spool_sweep import remove_temp_files, unannounced_since
 
@@ -90,6 +92,9 @@ class WorkerProcess(ProcessProtocol):
             self._text[childFD].feed(data)
 
     def _notice(self, line: bytes) -> None:
+        if is_report(line):
+            self.supervisor.intake_report(self, line)
+            return
         queue_id = queue_id_of(line)
         if queue_id is None:
             return
@@ -215,9 +220,15 @@ class WorkerSupervisor(MultiService):
         d.addErrback(lambda f: self.log.failure("reading {queue_id}, committed by a worker, failed "
                                                 "(the periodic queue scan will find it)", f, queue_id=queue_id))
 
+    def intake_report(self, worker: WorkerProcess, line: bytes) -> None:
+        """A worker's counts and sessions (L{gateway.workers.reports}): into /metrics and the status page."""
+        components = self.gateway.components
+        apply_report(line, worker.index, components.metrics, components.worker_intake)
+
     def worker_ended(self, worker: WorkerProcess, reason: Any) -> None:
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+        self.gateway.components.worker_intake.forget(worker.index)
         self._after_death(worker)
         if self._stopping or not self.running:
             return
