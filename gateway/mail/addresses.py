@@ -27,6 +27,7 @@ import attrs
 from gateway.mail.canonical import canonical_address, quote_local
 from gateway.mail.errors import LimitExceeded, MailRefusal, MalformedHeader
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
+from gateway.mail.simple import simple_addr_spec, simple_entries
 
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
@@ -506,7 +507,13 @@ def parse_address_list(value: str, what: str = "address", limits: MailLimits = D
     """
     The entries of an address field's unfolded value.  ``what`` names the field in refusals.
     Raises L{MailRefusal} (L{MalformedHeader} or L{LimitExceeded}).
+
+    The common shapes (L{gateway.mail.simple}) are read by one regular expression per entry;
+    everything else, and everything refused, by the general tokenizer and parser below.
     """
+    simple = simple_entries(value, limits.max_addresses, limits.max_tokens)
+    if simple is not None:
+        return AddressList(tuple([Mailbox(name, local, domain) for name, local, domain in simple]))
     _check_line(value, what)
     _count_encoded_words(value, limits, what)
     comments: list[str] = []
@@ -541,6 +548,9 @@ def parse_addr_spec(text: str) -> Mailbox:
         text = text[1:-1]
     if not text:
         raise MalformedHeader("address: empty")
+    simple = simple_addr_spec(text)
+    if simple is not None:
+        return Mailbox("", *simple)
     _check_line(text, "address")
     parser = _Parser(_tokenize(text, DEFAULT_LIMITS, "address"), "address", DEFAULT_LIMITS)
     mailbox = parser.addr_spec()
