@@ -514,6 +514,11 @@ def parse_address_list(value: str, what: str = "address", limits: MailLimits = D
     simple = simple_entries(value, limits.max_addresses, limits.max_tokens)
     if simple is not None:
         return AddressList(tuple([Mailbox(name, local, domain) for name, local, domain in simple]))
+    return general_address_list(value, what, limits)
+
+
+def general_address_list(value: str, what: str = "address", limits: MailLimits = DEFAULT_LIMITS) -> AddressList:
+    """L{parse_address_list} without its fast path: every shape, every refusal (tests compare the two)."""
     _check_line(value, what)
     _count_encoded_words(value, limits, what)
     comments: list[str] = []
@@ -551,6 +556,11 @@ def parse_addr_spec(text: str) -> Mailbox:
     simple = simple_addr_spec(text)
     if simple is not None:
         return Mailbox("", *simple)
+    return _general_addr_spec(text)
+
+
+def _general_addr_spec(text: str) -> Mailbox:
+    """L{parse_addr_spec} of a stripped, non-empty ``text`` without its fast path."""
     _check_line(text, "address")
     parser = _Parser(_tokenize(text, DEFAULT_LIMITS, "address"), "address", DEFAULT_LIMITS)
     mailbox = parser.addr_spec()
