@@ -228,12 +228,13 @@ class AddressListDifferentialTests(SynchronousTestCase):
         for value in [
             " <a@example.com>", "root@host.example.org (Cron Daemon)", 'Alice Example <alice@corp.example>, "Bob Builder" '
             "<bob@corp.example>, carol@corp.example", '"Smith, Dave" <dave.smith@corp.example>', "Jörg <j@x.example>",
+            "=?utf-8?q?J=C3=B6rg?= <j@x.example>", '"=?utf-8?q?J=C3=B6rg?=" <j@x.example>',
         ]:
             self.assertIsNotNone(simple_entries(value, 1000, 20_000), value)
 
     def test_what_the_fast_path_leaves_to_the_general_reader(self) -> None:
         for value in [
-            "=?utf-8?q?J=C3=B6rg?= <j@x.example>", "a@b (x@y)", '"a\\"b" <a@b>', "a@b.", "John Q. Public <j@p>",
+            "a=?b@c", "a@b (=?utf-8?q?x?=)", "=?utf-8?q?J=C3=B6rg?=.x <j@x.example>", "a@b (x@y)", '"a\\"b" <a@b>', "a@b.", "John Q. Public <j@p>",
             "Team: a@b;", "a@b,,c@d", "a @b", "", "<@r:a@b>", '"a@b" <a@b>', "a" * 65 + "@b",
         ]:
             self.assertIsNone(simple_entries(value, 1000, 20_000), value)

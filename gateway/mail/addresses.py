@@ -512,9 +512,29 @@ def parse_address_list(value: str, what: str = "address", limits: MailLimits = D
     everything else, and everything refused, by the general tokenizer and parser below.
     """
     simple = simple_entries(value, limits.max_addresses, limits.max_tokens)
-    if simple is not None:
-        return AddressList(tuple([Mailbox(name, local, domain) for name, local, domain in simple]))
-    return general_address_list(value, what, limits)
+    if simple is None:
+        return general_address_list(value, what, limits)
+    if any(phrase is not None for _, _, _, phrase in simple):
+        return _with_encoded_names(value, simple, what, limits)
+    return AddressList(tuple([Mailbox(name, local, domain) for name, local, domain, _ in simple]))  # type: ignore[arg-type]
+
+
+def _with_encoded_names(value: str, simple: list, what: str, limits: MailLimits) -> AddressList:
+    """
+    Simple entries of which some display names hold encoded words: those go through the
+    general reader's own display-name code (decoding, what the name shows), in order, after the
+    encoded-word limit — the refusals the general reader would give, in its order.
+    """
+    _count_encoded_words(value, limits, what)
+    parser = _Parser([], what, limits)
+    items: list[Address] = []
+    for name, local, domain, phrase in simple:
+        if phrase is None:
+            items.append(Mailbox(name, local, domain))
+            continue
+        words = [_Token(kind, text, i > 0) for i, (kind, text) in enumerate(phrase)]
+        items.append(parser.named(words, Mailbox("", local, domain)))
+    return AddressList(tuple(items))
 
 
 def general_address_list(value: str, what: str = "address", limits: MailLimits = DEFAULT_LIMITS) -> AddressList:
