@@ -27,6 +27,7 @@ import attrs
 from gateway.mail.canonical import canonical_address, quote_local
 from gateway.mail.errors import LimitExceeded, MailRefusal, MalformedHeader
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
+from gateway.mail.simple import simple_addr_spec, simple_entries
 
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
@@ -506,7 +507,38 @@ def parse_address_list(value: str, what: str = "address", limits: MailLimits = D
     """
     The entries of an address field's unfolded value.  ``what`` names the field in refusals.
     Raises L{MailRefusal} (L{MalformedHeader} or L{LimitExceeded}).
+
+    The common shapes (L{gateway.mail.simple}) are read by one regular expression per entry;
+    everything else, and everything refused, by the general tokenizer and parser below.
     """
+    simple = simple_entries(value, limits.max_addresses, limits.max_tokens)
+    if simple is None:
+        return general_address_list(value, what, limits)
+    if any(phrase is not None for _, _, _, phrase in simple):
+        return _with_encoded_names(value, simple, what, limits)
+    return AddressList(tuple([Mailbox(name, local, domain) for name, local, domain, _ in simple]))  # type: ignore[arg-type]
+
+
+def _with_encoded_names(value: str, simple: list, what: str, limits: MailLimits) -> AddressList:
+    """
+    Simple entries of which some display names hold encoded words: those go through the
+    general reader's own display-name code (decoding, what the name shows), in order, after the
+    encoded-word limit — the refusals the general reader would give, in its order.
+    """
+    _count_encoded_words(value, limits, what)
+    parser = _Parser([], what, limits)
+    items: list[Address] = []
+    for name, local, domain, phrase in simple:
+        if phrase is None:
+            items.append(Mailbox(name, local, domain))
+            continue
+        words = [_Token(kind, text, i > 0) for i, (kind, text) in enumerate(phrase)]
+        items.append(parser.named(words, Mailbox("", local, domain)))
+    return AddressList(tuple(items))
+
+
+def general_address_list(value: str, what: str = "address", limits: MailLimits = DEFAULT_LIMITS) -> AddressList:
+    """L{parse_address_list} without its fast path: every shape, every refusal (tests compare the two)."""
     _check_line(value, what)
     _count_encoded_words(value, limits, what)
     comments: list[str] = []
@@ -541,6 +573,14 @@ def parse_addr_spec(text: str) -> Mailbox:
         text = text[1:-1]
     if not text:
         raise MalformedHeader("address: empty")
+    simple = simple_addr_spec(text)
+    if simple is not None:
+        return Mailbox("", *simple)
+    return _general_addr_spec(text)
+
+
+def _general_addr_spec(text: str) -> Mailbox:
+    """L{parse_addr_spec} of a stripped, non-empty ``text`` without its fast path."""
     _check_line(text, "address")
     parser = _Parser(_tokenize(text, DEFAULT_LIMITS, "address"), "address", DEFAULT_LIMITS)
     mailbox = parser.addr_spec()

@@ -139,11 +139,12 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
     seen: set[str] = set()
     values: dict[str, list[str]] = {}
     for f in fields:
-        if not f.name:
+        name = f.name
+        if not name:
             if is_from_line(f.raw):
                 raise MalformedHeader('an mbox "From " line in the header section')
             raise MalformedHeader("a line in the header section that is not a header field")
-        lname = f.lname
+        lname = name.decode("ascii").lower()
         if f.obsolete_space:
             raise MalformedHeader(
                 f"white space before the colon in the {display_name_of(lname)} header field "
