@@ -148,30 +148,39 @@ class FirstDotLineTests(SynchronousTestCase):
         return found + 2 if found >= 0 else -1
 
     def test_no_dot_and_dot_at_start(self):
-        self.assertEqual(first_dot_line(b"abc\r\n"), -1)
-        self.assertEqual(first_dot_line(b".abc\r\n"), 0)
-        self.assertEqual(first_dot_line(b"a\r\n.b\r\n"), 3)
+        self.assertEqual(first_dot_line(b"abc\r\n", 999), -1)
+        self.assertEqual(first_dot_line(b".abc\r\n", 999), 0)
+        self.assertEqual(first_dot_line(b"a\r\n.b\r\n", 999), 3)
 
     def test_dots_not_at_line_start(self):
-        self.assertEqual(first_dot_line(b"a.b\r\nc.\r\n"), -1)
+        self.assertEqual(first_dot_line(b"a.b\r\nc.\r\n", 999), -1)
         # A dot after a bare LF or a bare CR does not start a line.
-        self.assertEqual(first_dot_line(b"a\n.b\r\n"), -1)
-        self.assertEqual(first_dot_line(b"a\r.b\r\n"), -1)
-        self.assertEqual(first_dot_line(b"\n.b\r\n"), -1)
+        self.assertEqual(first_dot_line(b"a\n.b\r\n", 999), -1)
+        self.assertEqual(first_dot_line(b"a\r.b\r\n", 999), -1)
+        self.assertEqual(first_dot_line(b"\n.b\r\n", 999), -1)
 
     def test_more_dots_than_the_hops_take(self):
         for before in range(_DOT_HOPS - 2, _DOT_HOPS + 3):
             block = b"a.\r\n" * before + b".x\r\n"
-            self.assertEqual(first_dot_line(block), self.naive(block), before)
+            self.assertEqual(first_dot_line(block, len(block)), self.naive(block), before)
             block = b"a.\r\n" * before + b"b\r\n"
-            self.assertEqual(first_dot_line(block), -1, before)
+            self.assertEqual(first_dot_line(block, len(block)), -1, before)
+
+    def test_nothing_at_or_after_stop_counts(self):
+        """Only the whole lines are searched, not the unfinished one after them."""
+        self.assertEqual(first_dot_line(b"a\r\n.b", 3), -1)
+        self.assertEqual(first_dot_line(b".b", 0), -1)
+        for before in range(_DOT_HOPS - 2, _DOT_HOPS + 3):
+            block = b"a.\r\n" * before
+            self.assertEqual(first_dot_line(block + b".x", len(block)), -1, before)
 
     def test_random_blocks(self):
         rng = random.Random(21)
         alphabet = b"..ab\r\n"
         for _ in range(3000):
             block = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 80)))
-            self.assertEqual(first_dot_line(block), self.naive(block), block)
+            stop = rng.randrange(len(block) + 1)
+            self.assertEqual(first_dot_line(block, stop), self.naive(block[:stop]), (block, stop))
 
 
 class BareNewlineTests(SynchronousTestCase):

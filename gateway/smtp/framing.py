@@ -53,28 +53,31 @@ _END = b"\r\n.\r\n"
 _DOT_HOPS = 16
 
 
-def first_dot_line(block: Union[bytes, bytearray]) -> int:
-    """The offset of the first line of ``block`` (which starts at a line start) that begins with a dot, or -1."""
-    if block[:1] == b".":
+def first_dot_line(buf: Union[bytes, bytearray], stop: int) -> int:
+    """
+    The offset of the first line of ``buf[:stop]`` (which starts at a line start) that begins
+    with a dot, or -1.
+    """
+    if buf[:1] == b"." and stop > 0:
         return 0
-    pos = block.find(b".", 1)
+    pos = buf.find(b".", 1, stop)
     for _ in range(_DOT_HOPS):
         if pos < 0:
             return -1
-        if pos >= 2 and block[pos - 2:pos] == b"\r\n":
+        if pos >= 2 and buf[pos - 2:pos] == b"\r\n":
             return pos
-        pos = block.find(b".", pos + 1)
+        pos = buf.find(b".", pos + 1, stop)
     if pos < 0:
         return -1
-    found = block.find(b"\r\n.", pos - 2)
+    found = buf.find(b"\r\n.", pos - 2, stop)
     return found + 2 if found >= 0 else -1
 
 
-def end_line(block: Union[bytes, bytearray], dot: int) -> int:
-    """The offset of the end-of-data line ``.`` in ``block``, given its first dot-line ``dot``, or -1."""
-    if block.startswith(b".\r\n", dot):
+def end_line(buf: Union[bytes, bytearray], dot: int, stop: int) -> int:
+    """The offset of the end-of-data line ``.`` in ``buf[:stop]``, given its first dot-line ``dot``, or -1."""
+    if buf.startswith(b".\r\n", dot, stop):
         return dot
-    found = block.find(_END, dot)
+    found = buf.find(_END, dot, stop)
     return found + 2 if found >= 0 else -1
 
 
@@ -132,19 +135,18 @@ class DataFraming:
                 # +1: the CR of a legitimate CRLF may be the last byte received so far.
                 self.line_too_long = True
             return b"", None
-        # The whole lines, as bytes, copied once (not at all when ``data`` ends with them).
-        if buf is data:
-            block, tail = data[:cut + 2], data[cut + 2:]
-        else:
-            block, tail = bytes(memoryview(buf)[:cut + 2]), bytes(buf[cut + 2:])
-        dot = first_dot_line(block)
-        end = -1 if dot < 0 else end_line(block, dot)
+        lines_end = cut + 2
+        dot = first_dot_line(buf, lines_end)
+        end = -1 if dot < 0 else end_line(buf, dot, lines_end)
+        stop = lines_end if end < 0 else end
+        # The whole lines before the end, as bytes, copied once (not at all when ``data`` is them).
+        block = data[:stop] if buf is data else bytes(memoryview(buf)[:stop])
         if end >= 0:
-            # What follows the end-of-data line (the rest of the block, then the tail) is the
-            # next commands.
+            # What follows the end-of-data line is the next commands.
+            rest = bytes(buf[end + 3:])
             self._carry = bytearray()
-            return self._content(block[:end], stuffed=dot < end), block[end + 3:] + tail
-        self._carry = bytearray(tail)
+            return self._content(block, stuffed=dot < end), rest
+        self._carry = bytearray(buf[lines_end:])
         if len(self._carry) > self.max_line + 1:
             self.line_too_long = True
         return self._content(block, stuffed=dot >= 0), None
