@@ -18,7 +18,7 @@ from typing import Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.smtp.framing import _DOT_HOPS, _JOIN_UP_TO, DataFraming, first_dot_line, has_bare_newline
+from gateway.smtp.framing import _DOT_HOPS, _SPLIT_UP_TO, DataFraming, first_dot_line, has_bare_newline
 
 FLAGS = ("bare_newline", "line_too_long", "nul", "line_over_998")
 FAKE_ENDS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r", b"\r\r\n.\r\r\n"]
@@ -199,8 +199,8 @@ class BareNewlineTests(SynchronousTestCase):
         self.assertIs(has_bare_newline(b"a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\r\n"), False)
 
     def test_large_blocks(self):
-        """Both ways of adding up the lines: blocks below and above the size where it changes."""
-        for size in (_JOIN_UP_TO - 80, _JOIN_UP_TO + 80):
+        """Both ways of looking: blocks below and above the size where splitting gives way to counting."""
+        for size in (_SPLIT_UP_TO - 80, _SPLIT_UP_TO + 80):
             block = b"x" * 78 + b"\r\n"
             block = block * (size // len(block))
             self.assertIs(has_bare_newline(block), False, size)

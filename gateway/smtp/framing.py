@@ -51,7 +51,7 @@ _END = b"\r\n.\r\n"
 # CRLF "." takes the rest of the block: a body with no dots, or a few in its header section,
 # costs almost nothing; text full of full stops costs the one search it always did.
 _DOT_HOPS = 16
-_JOIN_UP_TO = 256 * 1024
+_SPLIT_UP_TO = 256 * 1024
 
 
 def first_dot_line(buf: Union[bytes, bytearray], stop: int) -> int:
@@ -87,14 +87,17 @@ def has_bare_newline(block: bytes) -> bool:
     Whether ``block`` (whole lines, ending with CRLF) holds a CR or LF other than in a CRLF.
 
     ``bytes.splitlines`` ends a line at each CRLF, bare CR and bare LF (no other octet) and
-    drops it: the block is clean exactly when every line lost two octets.  One pass, where
-    counting CRLF, CR and LF took three (the two-octet count the slowest of them).
+    drops it: the block is clean exactly when every line lost two octets (joining the lines is
+    a memcpy each, cheaper than summing their lengths).  One pass, where counting CRLF, CR and
+    LF took three (the two-octet count the slowest of them).
     """
+    if len(block) > _SPLIT_UP_TO:
+        # A read is at most 64 KB, so this is a caller feeding a lot at once: count instead,
+        # which holds no list of lines (up to one per two octets) in memory.
+        crlf = block.count(b"\r\n")
+        return block.count(b"\r") != crlf or block.count(b"\n") != crlf
     lines = block.splitlines()
-    # Joining the lines (a memcpy each) is cheaper than summing their lengths, up to blocks big
-    # enough for the joined copy to need fresh pages (a read is at most 64 KB).
-    kept = len(b"".join(lines)) if len(block) <= _JOIN_UP_TO else sum(map(len, lines))
-    return len(block) - kept != 2 * len(lines)
+    return len(block) - len(b"".join(lines)) != 2 * len(lines)
 
 
 class DataFraming:
