@@ -130,13 +130,19 @@ class DifferentialTests(SynchronousTestCase):
             self.assertSameFraming(100, [data[i:i + 1] for i in range(len(data))])
 
     def test_large_blocks_without_dots(self):
-        """The 1 MB shape: long runs of lines without a dot, then the end marker in the last piece."""
-        body = b"".join(b"%dXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX\r\n" % (i % 10) for i in range(3000))
+        """
+        The 1 MB shape: long runs of lines without a dot, then the end marker in the last piece;
+        in reads of 64 KB, cut anywhere, and all at once (over the size where bare CR / LF are
+        counted instead of split), with and without a bare LF.
+        """
+        body = b"".join(b"%dXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX\r\n" % (i % 10) for i in range(4000))
         data = b"From: <a@example.com>\r\n\r\n" + body + b".\r\n"
         rng = random.Random(7)
         for _ in range(10):
             self.assertSameFraming(64 * 1024, random_cuts(rng, data))
         self.assertSameFraming(64 * 1024, [data[i:i + 65536] for i in range(0, len(data), 65536)])
+        self.assertSameFraming(64 * 1024, [data])
+        self.assertSameFraming(64 * 1024, [data[:200_000] + b"\n" + data[200_000:]])
 
 
 class FirstDotLineTests(SynchronousTestCase):
