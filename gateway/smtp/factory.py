@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from gateway.config.model import ListenerConfig
 from gateway.policy.addresses import client_key
+from gateway.smtp.headers import MessageDates
 from gateway.smtp.peers import is_ip_literal, is_trusted
 from gateway.smtp.protocol import GatewayESMTP
 from gateway.smtp.replies import clean_text
@@ -60,6 +61,8 @@ class GatewaySMTPFactory(ServerFactory):
         self.tls = tls
         self.add_message_id = add_message_id
         self.add_date = add_date
+        # The Received/Date date-time of the clock's current second, formatted once per second.
+        self.dates = MessageDates()
         # Metrics hooks (message_accepted(size), reply_refused(code)); None counts nothing.
         self.intake = intake
         # The rule that picks the sending mailbox at intake ([graph] send_as), recorded with

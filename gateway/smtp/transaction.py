@@ -248,8 +248,9 @@ class Transaction:
 
         def make_prefix(names: set) -> tuple[bytes, bytes]:
             now = factory.clock.seconds()
-            received = received_header(session.client_name, self.client_address, session.hostname, writer.queue_id, tls, authenticated, now)
-            added = missing_headers(names, session.hostname, writer.queue_id, now, factory.add_message_id, factory.add_date)
+            received = received_header(
+                session.client_name, self.client_address, session.hostname, writer.queue_id, tls, authenticated, now, factory.dates)
+            added = missing_headers(names, session.hostname, writer.queue_id, now, factory.add_message_id, factory.add_date, factory.dates)
             return received, added
 
         return make_prefix
