@@ -133,17 +133,46 @@ def message_fields_text(event: Mapping[str, Any]) -> str:
 
 
 def with_message_fields(observer: ILogObserver) -> ILogObserver:
-    """``observer`` getting per-message events with their Postfix-style fields appended to the text."""
+    """
+    ``observer`` getting per-message events with their Postfix-style fields appended to the
+    text, and every event's message already rendered: its ``log_format`` replaced by the text
+    it gives (braces escaped), so the text observer's own formatting only copies it.  Rendered
+    by C{str.format_map} (C code) instead of Twisted's Python formatter, once per event; events
+    that only Twisted renders right (``{call()}`` fields, flattened events, bytes formats, any
+    format that does not render) go on unchanged.  The observer sees the same text either way.
+    """
 
     @implementer(ILogObserver)
     def render(event: dict) -> None:
         extra = message_fields_text(event)
-        if extra:
+        text = _rendered_message(event)
+        if text is not None or extra:
+            shown = _escaped(text) if text is not None else (event.get("log_format") or "")
             event = dict(event)
-            event["log_format"] = (event.get("log_format") or "") + ": " + extra.replace("{", "{{").replace("}", "}}")
+            event["log_format"] = shown + ": " + _escaped(extra) if extra else shown
         observer(event)
 
     return render
+
+
+def _rendered_message(event: Mapping[str, Any]) -> Optional[str]:
+    """
+    The event's message as Twisted's ``formatEvent`` renders it, or None when this cannot
+    promise the same text.  Without ``()`` in the format, Twisted's formatter (C{string.Formatter}
+    over the event, values wrapped only to allow calls) and C{str.format_map} agree.
+    """
+    fmt = event.get("log_format")
+    if type(fmt) is not str or "()" in fmt or "log_flattened" in event:
+        return None
+    try:
+        return fmt.format_map(event)
+    except Exception:  # noqa: BLE001 - Twisted's formatter writes its "unable to format" text
+        return None
+
+
+def _escaped(text: str) -> str:
+    """``text`` as a format string that renders to itself."""
+    return text.replace("{", "{{").replace("}", "}}") if "{" in text or "}" in text else text
 
 
 def text_observer_for(base: Any, environ: Optional[Mapping[str, str]] = None) -> ILogObserver:

@@ -85,4 +85,9 @@ Scheduling hint: a state change sets the record's mtime to ``next_attempt_at``, 
 can build the whole schedule from one ``stat`` per entry instead of parsing 100,000 JSON
 records.  The record stays authoritative: the queue runner loads it when the hint says "due"
 and reschedules if the real time is later, so a wrong mtime costs one early look, nothing more.
+A new entry is due now (hint: its received time).  Where the spool's clock is the wall clock
+(the daemon's reactor, the commands), intake leaves a new record the mtime its own write gave
+it instead of setting it: a moment after received_at, and already past for any later start-up,
+so it reads as "due now" just the same, one syscall per message cheaper.  Under any other clock
+(tests), and for every entry with a next attempt, the hint is set explicitly.
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from typing import Any, Iterable, Optional, Union
 
 import attrs
@@ -92,6 +93,20 @@ class _Staged:
         return [fd for fd in (self.temp.fd, self.env_fd) if fd is not None]
 
 
+def _committed_entry(entry: SpoolEntry, history: tuple[AttemptRecord, ...], message_path: str, size: int,
+                     message_digest: Optional[str]) -> SpoolEntry:
+    """
+    ``entry`` as committed: what ``attrs.evolve`` with these four fields gives, built directly
+    (one construction per message instead of two evolves, which look up every field by name).
+    Names every field, so a field added to L{SpoolEntry} must be added here (a test checks).
+    """
+    return SpoolEntry(queue_id=entry.queue_id, envelope=entry.envelope, provenance=entry.provenance,
+                      received_at=entry.received_at, message_path=message_path, size=size,
+                      attempts=entry.attempts, next_attempt_at=entry.next_attempt_at, history=history,
+                      sending_mailbox=entry.sending_mailbox, message_digest=message_digest,
+                      draft_id=entry.draft_id)
+
+
 def write_temp_record(files: SpoolFiles, entry: SpoolEntry, set_mtime: bool) -> str:
     """
     Write ``entry``'s record into a new temp file in tmp/ and make it durable; returns its path.
@@ -113,6 +128,13 @@ class Acceptor:
         self._files = files
         self._committing: set[str] = set()
         self._committing_lock = threading.Lock()
+        layout = files.layout
+        self._queue, self._held, self._incoming = layout.queue, layout.held, layout.incoming
+        # A new record due now needs no set_mtime: its write already stamped it with the wall
+        # clock's now, a time that has passed for any later start-up, so it reads as "due now"
+        # like received_at would.  Only when the spool's clock *is* the wall clock (the
+        # daemon's reactor.seconds, the commands' time.time); a test clock gets the explicit hint.
+        self._write_time_is_hint = files.now is time.time
 
     def is_committing(self, queue_id: str) -> bool:
         with self._committing_lock:
@@ -258,25 +280,28 @@ class Acceptor:
         """Write the message (if it is still in memory) and the record into temp files, unsynced."""
         files = self._files
         where, entry = request.where, request.entry
+        queue_id = entry.queue_id
         if where == "incoming":
-            dest = files.layout.incoming
-            env_tmp = os.path.join(files.layout.incoming, f".{entry.queue_id}.env.tmp")
+            dest = self._incoming
+            env_tmp = os.path.join(dest, f".{queue_id}.env.tmp")
         else:
-            dest = files.layout.held if where == "held" else files.layout.queue
-            env_tmp = files.tmp_path(entry.queue_id, ENV)
+            dest = self._held if where == "held" else self._queue
+            env_tmp = files.tmp_path(queue_id, ENV)
+        history = entry.history
         if where == "held":
             # Noted like an admin hold, so a release extends the queue lifetime by the time held.
-            entry = attrs.evolve(entry, history=entry.history + (AttemptRecord(entry.received_at, HOLD_NOTE),))
-        temp = request.temp if request.temp is not None else self._write_in_memory(entry.queue_id, request.data)
-        staged = _Staged(index, where, temp, env_tmp, None, entry,
-                         SpoolLayout.path(dest, entry.queue_id, MSG), SpoolLayout.path(dest, entry.queue_id, ENV))
+            history = history + (AttemptRecord(entry.received_at, HOLD_NOTE),)
+        temp = request.temp if request.temp is not None else self._write_in_memory(queue_id, request.data)
+        msg_final = os.path.join(dest, queue_id + MSG)
+        staged = _Staged(index, where, temp, env_tmp, None, entry, msg_final, os.path.join(dest, queue_id + ENV))
         try:
-            staged.entry = attrs.evolve(entry, message_path=staged.msg_final, size=temp.size,
-                                        message_digest=entry.message_digest or self._temp_digest(temp))
+            staged.entry = committed = _committed_entry(
+                entry, history, msg_final, temp.size, entry.message_digest or self._temp_digest(temp))
             env_fd = staged.env_fd = files.ops.open_new(env_tmp)
-            files.ops.write(env_fd, encode_record(staged.entry))
-            # The schedule hint (see the package docstring) in the same clock as received_at.
-            files.ops.set_mtime(env_fd, staged.entry.next_attempt_at or staged.entry.received_at)
+            files.ops.write(env_fd, encode_record(committed))
+            if committed.next_attempt_at or not self._write_time_is_hint:
+                # The schedule hint (see the package docstring) in the same clock as received_at.
+                files.ops.set_mtime(env_fd, committed.next_attempt_at or committed.received_at)
         except (OSError, SpoolError) as e:
             self._unstage(staged)
             if isinstance(e, SpoolError):

@@ -55,6 +55,10 @@ class RecordError(ValueError):
 
 def record_fields(entry: SpoolEntry) -> dict[str, Any]:
     """The JSON object for ``entry`` (``message_path`` is not stored: it follows from the id)."""
+    return _fields(entry, record_digest(entry))
+
+
+def _fields(entry: SpoolEntry, digest: str) -> dict[str, Any]:
     env, prov = entry.envelope, entry.provenance
     return {
         "format": RECORD_FORMAT,
@@ -76,15 +80,28 @@ def record_fields(entry: SpoolEntry) -> dict[str, Any]:
         "sending_mailbox": entry.sending_mailbox,
         "message_digest": entry.message_digest,
         "draft_id": entry.draft_id,
-        "record_digest": record_digest(entry),
+        "record_digest": digest,
     }
 
 
 #: What intake decided and no later state change may alter: who handed the message over, to
 #: whom it goes, as which mailbox, and which bytes.  (Delivery state, the received time that
 #: requeue and hold move forward, and the draft id change legitimately and are left out.)
+#: The digest covers their values as one compact JSON array in this order (L{_sealed_values}).
 _SEALED = ("queue_id", "sender", "recipients", "client_address", "client_name", "listener", "tls",
            "auth_identity", "credential_ref", "node", "size", "sending_mailbox", "message_digest")
+
+#: One encoder for records and digests: compact, ASCII-only (non-ASCII escaped).  Built once:
+#: ``json.dumps`` with any option builds a new encoder for every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
+def _sealed_values(entry: SpoolEntry) -> list[Any]:
+    """The values of L{_SEALED}, in that order (a test holds the two lists together)."""
+    env, prov = entry.envelope, entry.provenance
+    return [entry.queue_id, env.sender, list(env.recipients), prov.client_address, prov.client_name,
+            prov.listener, prov.tls, prov.auth_identity, prov.credential_ref, prov.node, entry.size,
+            entry.sending_mailbox, entry.message_digest]
 
 
 def record_digest(entry: SpoolEntry) -> str:
@@ -94,15 +111,7 @@ def record_digest(entry: SpoolEntry) -> str:
     never delivered.  Not a signature — whoever can write the spool can recompute it — but it
     turns a silent change into a loud one, like the message digest does for the message.
     """
-    env, prov = entry.envelope, entry.provenance
-    values = {
-        "queue_id": entry.queue_id, "sender": env.sender, "recipients": list(env.recipients),
-        "client_address": prov.client_address, "client_name": prov.client_name, "listener": prov.listener,
-        "tls": prov.tls, "auth_identity": prov.auth_identity, "credential_ref": prov.credential_ref,
-        "node": prov.node, "size": entry.size, "sending_mailbox": entry.sending_mailbox,
-        "message_digest": entry.message_digest,
-    }
-    sealed = json.dumps([values[key] for key in _SEALED], separators=(",", ":"), ensure_ascii=True)
+    sealed = _COMPACT.encode(_sealed_values(entry))
     return "sha256:" + hashlib.sha256(sealed.encode("ascii")).hexdigest()
 
 
@@ -114,7 +123,8 @@ def _history_item(h: AttemptRecord) -> dict[str, Any]:
 
 
 def encode_record(entry: SpoolEntry) -> bytes:
-    return json.dumps(record_fields(entry), separators=(",", ":")).encode("ascii")
+    """The record's bytes: one pass over the entry, one encoder call (and one for the digest)."""
+    return _COMPACT.encode(_fields(entry, record_digest(entry))).encode("ascii")
 
 
 def _typed(data: dict, key: str, kind: Any, optional: bool = False, added_later: bool = False) -> Any:
