@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway.config.model import Limits
+from gateway.smtp.answers import has_value
 from gateway.smtp.input import AWAITING_REPLY, CLIENT_NOT_READING, CommandReader, Event, ReadDecision
 
 # Reply bytes written while the transport's write buffer is already over its bound (the client
@@ -176,6 +177,11 @@ class Conversation:
         """
         session = self._session
         self._reader.hold(AWAITING_REPLY)
+        if has_value(d):
+            # Answered already (the usual chain, an inline spool step): act on the value now,
+            # as the callbacks below would, without four more callbacks on a fired Deferred.
+            self._answered_now(d.result, on_result, on_gone)
+            return
 
         def succeeded(value: Any) -> None:
             if not session.gone:
@@ -198,6 +204,22 @@ class Conversation:
             # Still pending: the idle timer is off until the answer comes.  Reading goes on
             # into the reader's buffer.
             session.setTimeout(None)
+
+    def _answered_now(self, value: Any, on_result: Callable[[Any], None],
+                      on_gone: Optional[Callable[[Any], None]]) -> None:
+        """L{wait_for} of a Deferred that has its value already: the same steps, in the same order."""
+        session = self._session
+        self._cork()
+        try:
+            try:
+                if not session.gone:
+                    on_result(value)
+                elif on_gone is not None:
+                    on_gone(value)
+            except Exception:
+                session.internal_error(Failure())
+        finally:
+            self._unblock()
 
     def _cork_through(self, result: Any) -> Any:
         self._cork()
