@@ -45,7 +45,6 @@ class FlowSession(Protocol):
 
     transport: Any
     limits: Limits
-    timeOut: Any
 
     @property
     def finished(self) -> bool: ...
@@ -54,7 +53,8 @@ class FlowSession(Protocol):
     def handle_event(self, event: Event) -> None: ...
     def drop(self, why: str) -> None: ...
     def internal_error(self, reason: Failure) -> None: ...
-    def setTimeout(self, period: Optional[float]) -> Any: ...
+    def answer_pending(self) -> None: ...
+    def answer_given(self) -> None: ...
 
 
 class Conversation:
@@ -144,13 +144,14 @@ class Conversation:
         if self._pumping:
             return
         self._pumping = True
-        self._cork()
+        self._corked += 1  # _cork(), inline: this runs for every read
+        session, next_event = self._session, self._reader.next_event
         try:
-            while not self._session.finished:
-                event = self._reader.next_event()
+            while not session.finished:
+                event = next_event()
                 if event is None:
                     break
-                self._session.handle_event(event)
+                session.handle_event(event)
         finally:
             self._pumping = False
             self._uncork()
@@ -203,7 +204,7 @@ class Conversation:
         if self._reader.is_held(AWAITING_REPLY) and not session.gone:
             # Still pending: the idle timer is off until the answer comes.  Reading goes on
             # into the reader's buffer.
-            session.setTimeout(None)
+            session.answer_pending()
 
     def _answered_now(self, value: Any, on_result: Callable[[Any], None],
                       on_gone: Optional[Callable[[Any], None]]) -> None:
@@ -232,8 +233,8 @@ class Conversation:
             if session.gone:
                 return
             self.resume_reading(AWAITING_REPLY)
-            if session.timeOut is None and not session.finished:
-                session.setTimeout(session.limits.idle_timeout)
+            if not session.finished:
+                session.answer_given()
             self.pump()
         finally:
             self._uncork()

@@ -78,6 +78,14 @@ class GatewayESMTP(Protocol, TimeoutMixin):
     noisy = False  # nothing logs through legacy twisted.python.log (the stock SMTP's did: PII)
     authenticated = False  # a login (AUTH, or the local socket's peer credentials) holds
     startedTLS = False  # STARTTLS completed on this connection
+    # What the state says, kept with it by _enter: read several times per command, so plain
+    # attributes rather than properties (issue 13).
+    #: Closing or gone: nothing more is read or answered.
+    finished = False
+    #: The connection is lost.
+    gone = False
+    #: The client has said EHLO/HELO (and not had to start over since).
+    greeted = False
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -107,25 +115,19 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
+        # Our own answer is pending (that wait is not the client's idleness), and the idle
+        # timer came due meanwhile.
+        self._answer_pending = False
+        self._idle_lapsed = False
 
     # ------------------------------------------------------------------ state
 
     def _enter(self, state: SessionState) -> None:
-        self.state = transition(self.state, state)
-        self._reader.expect_auth_response = self.state is SessionState.AUTHENTICATING
-
-    @property
-    def finished(self) -> bool:
-        """Closing or gone: nothing more is read or answered."""
-        return self.state in FINISHING
-
-    @property
-    def gone(self) -> bool:
-        return self.state is SessionState.GONE
-
-    @property
-    def greeted(self) -> bool:
-        return self.state in GREETED
+        self.state = state = transition(self.state, state)
+        self.finished = state in FINISHING
+        self.gone = state is SessionState.GONE
+        self.greeted = state in GREETED
+        self._reader.expect_auth_response = state is SessionState.AUTHENTICATING
 
     # ------------------------------------------------------------------ connection
 
@@ -180,7 +182,32 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.factory.session_closed(self)
 
     def timeoutConnection(self) -> None:
+        if self._answer_pending:
+            # Waiting for our own answer is not the client's idleness: the idle period
+            # starts again once the answer is sent (answer_given).
+            self._idle_lapsed = True
+            return
         self._timed_out("idle timeout")
+
+    def answer_pending(self) -> None:
+        """
+        A reply waits for an answer (policy, spool, portal): the idle timer does not count
+        the wait.  It is left armed rather than cancelled and made again for every message
+        (a cancelled call and a new one in the reactor's heap, issue 13); if it comes due
+        during the wait it is ignored, and armed afresh when the answer comes.
+        """
+        self._answer_pending = True
+
+    def answer_given(self) -> None:
+        """The pending answer came: the client has ``idle_timeout`` from now."""
+        if not self._answer_pending:
+            return
+        self._answer_pending = False
+        if self._idle_lapsed:
+            self._idle_lapsed = False
+            self.setTimeout(self.limits.idle_timeout)
+        else:
+            self.resetTimeout()
 
     def _session_expired(self) -> None:
         self._session_call = None
