@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -112,6 +113,8 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.commands_without_mail = 0
         self.messages = 0
         self._view_seen: Optional[tuple[tuple, SessionView]] = None
+        self._peer_seen: Optional[tuple[Any, tuple[str, int, bool]]] = None
+        self._fixed_peer: Any = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
@@ -381,13 +384,12 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         at MAIL, RCPT and end of data, and each build reads the peer, the TLS state and the
         trusted networks (issue 13).
         """
-        # The peer is read each time (a PROXY wrapper changes it after connect) but parsed,
-        # and its address looked up in the trusted networks, only when it changed.
-        key = (self.client_name, self.identity, self.startedTLS, self.transport.getPeer())
+        peer = self._peer()
+        key = (self.client_name, self.identity, self.startedTLS, peer)
         cached = self._view_seen
         if cached is not None and cached[0] == key:
             return cached[1]
-        address, port = peer_address(key[3])
+        address, port, trusted = self._peer_facts(peer)
         view = SessionView(
             listener=self.listener.name,
             client_address=address,
@@ -395,12 +397,39 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             client_name=self.client_name,
             tls=self.secure(),
             identity=self.identity,
-            # The session's own listener settings (copied at connect): a SIGHUP reload
-            # changes trusted networks for new sessions only.
-            trusted_network=self.factory.trusted(address, self.listener.trusted_networks),
+            trusted_network=trusted,
         )
         self._view_seen = (key, view)
         return view
+
+    def _peer(self) -> Any:
+        """
+        The transport's peer.  A wrapper's (PROXY, implicit TLS) is asked each time: a PROXY
+        header changes it after connect.  A plain TCP connection's is fixed when it is
+        accepted, and Twisted makes a new address object at each ``getPeer``: it is read once.
+        """
+        transport = self.transport
+        if type(transport) is not tcp.Server:
+            return transport.getPeer()
+        peer = self._fixed_peer
+        if peer is None:
+            peer = self._fixed_peer = transport.getPeer()
+        return peer
+
+    def _peer_facts(self, peer: Any) -> tuple[str, int, bool]:
+        """
+        ``peer``'s address, port and whether it is trusted, worked out again only for a new
+        peer: the view is built again after EHLO, and parsing the peer is most of a build.
+        """
+        seen = self._peer_seen
+        if seen is not None and (seen[0] is peer or seen[0] == peer):
+            return seen[1]
+        address, port = peer_address(peer)
+        # The session's own listener settings (copied at connect): a SIGHUP reload changes
+        # trusted networks for new sessions only.
+        facts = (address, port, self.factory.trusted(address, self.listener.trusted_networks))
+        self._peer_seen = (peer, facts)
+        return facts
 
     # ------------------------------------------------------------------ HELO / EHLO / STARTTLS
 
