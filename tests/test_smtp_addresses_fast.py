@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -104,3 +105,33 @@ class FastPathDifferentialTests(SynchronousTestCase):
         self.assertEqual(parse_rcpt_to(b"TO:<" + local64 + b"@" + domain + b">")[1].text, "Address too long")
         self.assertEqual(parse_rcpt_to(b"TO:<" + local64 + b"l@example.com>")[1].text, "Local part too long")
         self.assertEqual(parse_rcpt_to(b"TO:<" + local64 + b"@example.com>")[0].address, local64.decode() + "@example.com")
+
+
+_REFERENCE_LABEL = re.compile(rb"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+
+
+def reference_valid_domain(name: bytes) -> bool:
+    """valid_domain as it was, one label at a time: the specification of the one-pattern version."""
+    if name.endswith(b"."):
+        name = name[:-1]
+    if not name or len(name) > 255:
+        return False
+    return all(_REFERENCE_LABEL.match(label) for label in name.split(b"."))
+
+
+class ValidDomainDifferentialTests(SynchronousTestCase):
+
+    def test_matches_the_label_by_label_check(self):
+        names = list(DOMAINS) + [b".", b"..", b"a", b"a.b.", b"a..", b"a" * 63, b"a" * 64, b"-", b"_", b"a\n",
+                                 b"a.b\n", b"\na", b"a.-b", b"a_.b_"]
+        names += [b".".join([b"d" * 63] * 3) + b"." + b"e" * k + tail for k in (59, 60, 61, 62, 63) for tail in (b"", b".")]
+        rng = random.Random(5321)
+        alphabet = b"aZ09-_.\n \xc3"
+        names += [bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 20))) for _ in range(5000)]
+        for name in names:
+            self.assertEqual(addresses.valid_domain(name), reference_valid_domain(name), name)
+            helo = name.strip(b" \t")
+            if helo[:1] != b"[":
+                expected = helo.decode("ascii") if helo.isascii() and reference_valid_domain(helo) else None
+                self.assertEqual(addresses.parse_helo(name), expected, name)
+        self.assertTrue(any(addresses.valid_domain(name) for name in names[-5000:]))

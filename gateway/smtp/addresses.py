@@ -30,9 +30,11 @@ _ATEXT = rb"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _DOT_STRING = re.compile(rb"[" + _ATEXT + rb"]+(\.[" + _ATEXT + rb"]+)*\Z")
 # qtextSMTP (printable ASCII except " and \) or a quoted pair.
 _QUOTED_STRING = re.compile(rb'"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
-# Host names as they appear in the wild: letters, digits, hyphen and (for Windows hosts)
-# underscore; no empty labels.  A trailing dot is tolerated.
-_LABEL = re.compile(rb"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+# Host names as they appear in the wild: labels of letters, digits, hyphen and (for Windows
+# hosts) underscore, no empty labels, a trailing dot tolerated; the whole name is one pattern
+# (one match per name instead of one per label; issue 13).
+_DOMAIN_LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(_DOMAIN_LABEL + rb"(?:\." + _DOMAIN_LABEL + rb")*\.?\Z")
 _ESMTP_KEYWORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _ESMTP_VALUE = re.compile(rb"[\x21-\x3c\x3e-\x7e]+\Z")
 
@@ -61,11 +63,9 @@ class PathArgument:
 
 def valid_domain(name: bytes) -> bool:
     """A host name made of sane labels (total length within RFC 5321 limits)."""
-    if name.endswith(b"."):
-        name = name[:-1]
-    if not name or len(name) > MAX_DOMAIN:
+    if _HOST_NAME.match(name) is None:
         return False
-    return all(_LABEL.match(label) for label in name.split(b"."))
+    return len(name) - name.endswith(b".") <= MAX_DOMAIN
 
 
 def valid_address_literal(literal: bytes) -> bool:
@@ -191,7 +191,6 @@ def _parse_path_argument(rest: bytes, prefix: bytes, status: str, allow_null: bo
 # byte (issue 13).  What it matches, the general parser accepts with the same address;
 # anything else (null path, quoted local part, source route, address literal, no brackets,
 # over-long parts, bad parameters) goes to the general parser and gets its reply.
-_DOMAIN_LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _COMMON_PATH = (
     rb"[ \t]*<((?:[" + _ATEXT + rb"]+(?:\.[" + _ATEXT + rb"]+)*)@" + _DOMAIN_LABEL
     + rb"(?:\." + _DOMAIN_LABEL + rb")*\.?)>(.*)\Z"

@@ -115,6 +115,7 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self._view_seen: Optional[tuple[tuple, SessionView]] = None
         self._peer_seen: Optional[tuple[Any, tuple[str, int, bool]]] = None
         self._fixed_peer: Any = None
+        self._secure_seen: Optional[tuple[Any, bool]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
@@ -365,11 +366,16 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         return f"{self.client_name or 'unknown'}[{address}]"
 
     def secure(self) -> bool:
-        return bool(
-            self.startedTLS
-            or ISSLTransport.providedBy(self.transport)
-            or isinstance(self.transport, TLSMemoryBIOProtocol)
-        )
+        if self.startedTLS:
+            return True
+        # Asked three times per message; a transport's own TLS (implicit TLS) does not change,
+        # starting TLS on it sets startedTLS.
+        transport = self.transport
+        seen = self._secure_seen
+        if seen is None or seen[0] is not transport:
+            tls = bool(ISSLTransport.providedBy(transport) or isinstance(transport, TLSMemoryBIOProtocol))
+            seen = self._secure_seen = (transport, tls)
+        return seen[1]
 
     def session_view(self) -> SessionView:
         """What policies may know right now (the envelope so far, if a transaction is open)."""
