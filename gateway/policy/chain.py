@@ -79,6 +79,11 @@ ALLOWED = StepResult(Continue())
 _NO_EDITS = StepResult(Continue(), ())
 
 
+def _guard_alone_result(refusal: Optional[StepResult]) -> StepResult:
+    """The message step's result when the guard is the whole chain: its refusal, or go ahead."""
+    return _NO_EDITS if refusal is None else StepResult(refusal.verdict, ())
+
+
 @attrs.define
 class PolicyChain:
     """The configured chain of one listener; immutable after start-up."""
@@ -156,8 +161,10 @@ class PolicyChain:
             if guard is None:
                 return succeed(StepResult(Continue(), ()))
             # The guard alone (the usual chain): its answer, without a chain of Deferreds.
-            return self._ask_guard(guard, "on_message", lambda p: p.on_message(session, message)).addCallback(
-                lambda refusal: _NO_EDITS if refusal is None else StepResult(refusal.verdict, ()))
+            refusal = self._guard_now(guard, "on_message", lambda p: p.on_message(session, message))
+            if isinstance(refusal, Deferred):
+                return refusal.addCallback(_guard_alone_result)
+            return succeed(_guard_alone_result(refusal))
         d = self._run("on_message", lambda p: p.on_message(session, current[0]), edited)
         if guard is None:
             return d

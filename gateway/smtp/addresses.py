@@ -30,9 +30,11 @@ _ATEXT = rb"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _DOT_STRING = re.compile(rb"[" + _ATEXT + rb"]+(\.[" + _ATEXT + rb"]+)*\Z")
 # qtextSMTP (printable ASCII except " and \) or a quoted pair.
 _QUOTED_STRING = re.compile(rb'"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
-# Host names as they appear in the wild: letters, digits, hyphen and (for Windows hosts)
-# underscore; no empty labels.  A trailing dot is tolerated.
-_LABEL = re.compile(rb"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+# Host names as they appear in the wild: labels of letters, digits, hyphen and (for Windows
+# hosts) underscore, no empty labels, a trailing dot tolerated; the whole name is one pattern
+# (one match per name instead of one per label; issue 13).
+_DOMAIN_LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(_DOMAIN_LABEL + rb"(?:\." + _DOMAIN_LABEL + rb")*\.?\Z")
 _ESMTP_KEYWORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _ESMTP_VALUE = re.compile(rb"[\x21-\x3c\x3e-\x7e]+\Z")
 
@@ -61,11 +63,9 @@ class PathArgument:
 
 def valid_domain(name: bytes) -> bool:
     """A host name made of sane labels (total length within RFC 5321 limits)."""
-    if name.endswith(b"."):
-        name = name[:-1]
-    if not name or len(name) > MAX_DOMAIN:
+    if _HOST_NAME.match(name) is None:
         return False
-    return all(_LABEL.match(label) for label in name.split(b"."))
+    return len(name) - name.endswith(b".") <= MAX_DOMAIN
 
 
 def valid_address_literal(literal: bytes) -> bool:
@@ -186,13 +186,46 @@ def _parse_path_argument(rest: bytes, prefix: bytes, status: str, allow_null: bo
     return PathArgument(address, params), None
 
 
+# The shape nearly every client sends, ``FROM:<local@domain>`` with a dot-atom local part and
+# a host name: one regular expression answers it instead of the general parser's scan byte by
+# byte (issue 13).  What it matches, the general parser accepts with the same address;
+# anything else (null path, quoted local part, source route, address literal, no brackets,
+# over-long parts, bad parameters) goes to the general parser and gets its reply.
+_COMMON_PATH = (
+    rb"[ \t]*<((?:[" + _ATEXT + rb"]+(?:\.[" + _ATEXT + rb"]+)*)@" + _DOMAIN_LABEL
+    + rb"(?:\." + _DOMAIN_LABEL + rb")*\.?)>(.*)\Z"
+)
+_COMMON_MAIL_FROM = re.compile(rb"(?i:FROM:)" + _COMMON_PATH, re.DOTALL)
+_COMMON_RCPT_TO = re.compile(rb"(?i:TO:)" + _COMMON_PATH, re.DOTALL)
+
+
+def _parse_common(pattern: re.Pattern, rest: bytes) -> Optional[PathArgument]:
+    """The common shape of a path argument, or None to leave it to the general parser."""
+    match = pattern.match(rest)
+    if match is None:
+        return None
+    path, tail = match.group(1, 2)
+    if len(path) > MAX_PATH or path.rfind(b"@") > MAX_LOCAL_PART:
+        return None
+    params = _parse_params(tail) if tail else {}
+    if params is None:
+        return None
+    return PathArgument(path.decode("ascii"), params)
+
+
 def parse_mail_from(rest: bytes) -> tuple[Optional[PathArgument], Optional[AddressProblem]]:
     """Parse the argument of ``MAIL`` (``FROM:<a@b> SIZE=...``)."""
+    common = _parse_common(_COMMON_MAIL_FROM, rest)
+    if common is not None:
+        return common, None
     return _parse_path_argument(rest, b"FROM:", "5.1.7", allow_null=True)
 
 
 def parse_rcpt_to(rest: bytes) -> tuple[Optional[PathArgument], Optional[AddressProblem]]:
     """Parse the argument of ``RCPT`` (``TO:<a@b>``)."""
+    common = _parse_common(_COMMON_RCPT_TO, rest)
+    if common is not None:
+        return common, None
     return _parse_path_argument(rest, b"TO:", "5.1.3", allow_null=False)
 
 

@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway.config.model import Limits
+from gateway.smtp.answers import has_value
 from gateway.smtp.input import AWAITING_REPLY, CLIENT_NOT_READING, CommandReader, Event, ReadDecision
 
 # Reply bytes written while the transport's write buffer is already over its bound (the client
@@ -44,7 +45,6 @@ class FlowSession(Protocol):
 
     transport: Any
     limits: Limits
-    timeOut: Any
 
     @property
     def finished(self) -> bool: ...
@@ -53,7 +53,8 @@ class FlowSession(Protocol):
     def handle_event(self, event: Event) -> None: ...
     def drop(self, why: str) -> None: ...
     def internal_error(self, reason: Failure) -> None: ...
-    def setTimeout(self, period: Optional[float]) -> Any: ...
+    def answer_pending(self) -> None: ...
+    def answer_given(self) -> None: ...
 
 
 class Conversation:
@@ -143,13 +144,14 @@ class Conversation:
         if self._pumping:
             return
         self._pumping = True
-        self._cork()
+        self._corked += 1  # _cork(), inline: this runs for every read
+        session, next_event = self._session, self._reader.next_event
         try:
-            while not self._session.finished:
-                event = self._reader.next_event()
+            while not session.finished:
+                event = next_event()
                 if event is None:
                     break
-                self._session.handle_event(event)
+                session.handle_event(event)
         finally:
             self._pumping = False
             self._uncork()
@@ -176,6 +178,11 @@ class Conversation:
         """
         session = self._session
         self._reader.hold(AWAITING_REPLY)
+        if has_value(d):
+            # Answered already (the usual chain, an inline spool step): act on the value now,
+            # as the callbacks below would, without four more callbacks on a fired Deferred.
+            self._answered_now(d.result, on_result, on_gone)
+            return
 
         def succeeded(value: Any) -> None:
             if not session.gone:
@@ -197,7 +204,23 @@ class Conversation:
         if self._reader.is_held(AWAITING_REPLY) and not session.gone:
             # Still pending: the idle timer is off until the answer comes.  Reading goes on
             # into the reader's buffer.
-            session.setTimeout(None)
+            session.answer_pending()
+
+    def _answered_now(self, value: Any, on_result: Callable[[Any], None],
+                      on_gone: Optional[Callable[[Any], None]]) -> None:
+        """L{wait_for} of a Deferred that has its value already: the same steps, in the same order."""
+        session = self._session
+        self._cork()
+        try:
+            try:
+                if not session.gone:
+                    on_result(value)
+                elif on_gone is not None:
+                    on_gone(value)
+            except Exception:
+                session.internal_error(Failure())
+        finally:
+            self._unblock()
 
     def _cork_through(self, result: Any) -> Any:
         self._cork()
@@ -210,8 +233,8 @@ class Conversation:
             if session.gone:
                 return
             self.resume_reading(AWAITING_REPLY)
-            if session.timeOut is None and not session.finished:
-                session.setTimeout(session.limits.idle_timeout)
+            if not session.finished:
+                session.answer_given()
             self.pump()
         finally:
             self._uncork()

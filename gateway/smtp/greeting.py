@@ -63,9 +63,10 @@ def _greeted(session: GreetingSession, result: Any, esmtp: bool) -> None:
         session.sendLine(f"250 {session.hostname}".encode("ascii"))
         return
     lines = ehlo_lines(session)
-    for line in lines[:-1]:
-        session.sendLine(b"250-" + line.encode("ascii"))
-    session.sendLine(b"250 " + lines[-1].encode("ascii"))
+    # One send for the whole multi-line reply: the same bytes, one pass through the reply
+    # path instead of one per line.
+    session.sendLine(b"\r\n".join([b"250-" + line.encode("ascii") for line in lines[:-1]]
+                                   + [b"250 " + lines[-1].encode("ascii")]))
 
 
 def ehlo_lines(session: GreetingSession) -> list[str]:

@@ -156,7 +156,7 @@ class CommandReader:
 
     def next_event(self) -> Optional[Event]:
         """The next event, or None while held or until more input completes one."""
-        while not self._holds and self.has_input:
+        while not self._holds and (self._head or self._buf):
             if self.in_data:
                 return self._take_data()
             self._absorb_head()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -78,6 +79,14 @@ class GatewayESMTP(Protocol, TimeoutMixin):
     noisy = False  # nothing logs through legacy twisted.python.log (the stock SMTP's did: PII)
     authenticated = False  # a login (AUTH, or the local socket's peer credentials) holds
     startedTLS = False  # STARTTLS completed on this connection
+    # What the state says, kept with it by _enter: read several times per command, so plain
+    # attributes rather than properties (issue 13).
+    #: Closing or gone: nothing more is read or answered.
+    finished = False
+    #: The connection is lost.
+    gone = False
+    #: The client has said EHLO/HELO (and not had to start over since).
+    greeted = False
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -104,28 +113,25 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.commands_without_mail = 0
         self.messages = 0
         self._view_seen: Optional[tuple[tuple, SessionView]] = None
+        self._peer_seen: Optional[tuple[Any, tuple[str, int, bool]]] = None
+        self._fixed_peer: Any = None
+        self._secure_seen: Optional[tuple[Any, bool]] = None
         self._session_call: Any = None
         self._data_call: Any = None
         self._close_call: Any = None
+        # Our own answer is pending (that wait is not the client's idleness), and the idle
+        # timer came due meanwhile.
+        self._answer_pending = False
+        self._idle_lapsed = False
 
     # ------------------------------------------------------------------ state
 
     def _enter(self, state: SessionState) -> None:
-        self.state = transition(self.state, state)
-        self._reader.expect_auth_response = self.state is SessionState.AUTHENTICATING
-
-    @property
-    def finished(self) -> bool:
-        """Closing or gone: nothing more is read or answered."""
-        return self.state in FINISHING
-
-    @property
-    def gone(self) -> bool:
-        return self.state is SessionState.GONE
-
-    @property
-    def greeted(self) -> bool:
-        return self.state in GREETED
+        self.state = state = transition(self.state, state)
+        self.finished = state in FINISHING
+        self.gone = state is SessionState.GONE
+        self.greeted = state in GREETED
+        self._reader.expect_auth_response = state is SessionState.AUTHENTICATING
 
     # ------------------------------------------------------------------ connection
 
@@ -180,7 +186,32 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         self.factory.session_closed(self)
 
     def timeoutConnection(self) -> None:
+        if self._answer_pending:
+            # Waiting for our own answer is not the client's idleness: the idle period
+            # starts again once the answer is sent (answer_given).
+            self._idle_lapsed = True
+            return
         self._timed_out("idle timeout")
+
+    def answer_pending(self) -> None:
+        """
+        A reply waits for an answer (policy, spool, portal): the idle timer does not count
+        the wait.  It is left armed rather than cancelled and made again for every message
+        (a cancelled call and a new one in the reactor's heap, issue 13); if it comes due
+        during the wait it is ignored, and armed afresh when the answer comes.
+        """
+        self._answer_pending = True
+
+    def answer_given(self) -> None:
+        """The pending answer came: the client has ``idle_timeout`` from now."""
+        if not self._answer_pending:
+            return
+        self._answer_pending = False
+        if self._idle_lapsed:
+            self._idle_lapsed = False
+            self.setTimeout(self.limits.idle_timeout)
+        else:
+            self.resetTimeout()
 
     def _session_expired(self) -> None:
         self._session_call = None
@@ -335,11 +366,16 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         return f"{self.client_name or 'unknown'}[{address}]"
 
     def secure(self) -> bool:
-        return bool(
-            self.startedTLS
-            or ISSLTransport.providedBy(self.transport)
-            or isinstance(self.transport, TLSMemoryBIOProtocol)
-        )
+        if self.startedTLS:
+            return True
+        # Asked three times per message; a transport's own TLS (implicit TLS) does not change,
+        # starting TLS on it sets startedTLS.
+        transport = self.transport
+        seen = self._secure_seen
+        if seen is None or seen[0] is not transport:
+            tls = bool(ISSLTransport.providedBy(transport) or isinstance(transport, TLSMemoryBIOProtocol))
+            seen = self._secure_seen = (transport, tls)
+        return seen[1]
 
     def session_view(self) -> SessionView:
         """What policies may know right now (the envelope so far, if a transaction is open)."""
@@ -354,13 +390,12 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         at MAIL, RCPT and end of data, and each build reads the peer, the TLS state and the
         trusted networks (issue 13).
         """
-        # The peer is read each time (a PROXY wrapper changes it after connect) but parsed,
-        # and its address looked up in the trusted networks, only when it changed.
-        key = (self.client_name, self.identity, self.startedTLS, self.transport.getPeer())
+        peer = self._peer()
+        key = (self.client_name, self.identity, self.startedTLS, peer)
         cached = self._view_seen
         if cached is not None and cached[0] == key:
             return cached[1]
-        address, port = peer_address(key[3])
+        address, port, trusted = self._peer_facts(peer)
         view = SessionView(
             listener=self.listener.name,
             client_address=address,
@@ -368,12 +403,39 @@ class GatewayESMTP(Protocol, TimeoutMixin):
             client_name=self.client_name,
             tls=self.secure(),
             identity=self.identity,
-            # The session's own listener settings (copied at connect): a SIGHUP reload
-            # changes trusted networks for new sessions only.
-            trusted_network=self.factory.trusted(address, self.listener.trusted_networks),
+            trusted_network=trusted,
         )
         self._view_seen = (key, view)
         return view
+
+    def _peer(self) -> Any:
+        """
+        The transport's peer.  A wrapper's (PROXY, implicit TLS) is asked each time: a PROXY
+        header changes it after connect.  A plain TCP connection's is fixed when it is
+        accepted, and Twisted makes a new address object at each ``getPeer``: it is read once.
+        """
+        transport = self.transport
+        if type(transport) is not tcp.Server:
+            return transport.getPeer()
+        peer = self._fixed_peer
+        if peer is None:
+            peer = self._fixed_peer = transport.getPeer()
+        return peer
+
+    def _peer_facts(self, peer: Any) -> tuple[str, int, bool]:
+        """
+        ``peer``'s address, port and whether it is trusted, worked out again only for a new
+        peer: the view is built again after EHLO, and parsing the peer is most of a build.
+        """
+        seen = self._peer_seen
+        if seen is not None and (seen[0] is peer or seen[0] == peer):
+            return seen[1]
+        address, port = peer_address(peer)
+        # The session's own listener settings (copied at connect): a SIGHUP reload changes
+        # trusted networks for new sessions only.
+        facts = (address, port, self.factory.trusted(address, self.listener.trusted_networks))
+        self._peer_seen = (peer, facts)
+        return facts
 
     # ------------------------------------------------------------------ HELO / EHLO / STARTTLS
 

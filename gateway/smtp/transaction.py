@@ -39,6 +39,7 @@ from gateway.mail.message import choose_sending_mailbox
 from gateway.policy.interfaces import MessageView, SessionView
 from gateway.smtp import intake as intake_rules
 from gateway.smtp.addresses import parse_mail_from, parse_rcpt_to, recipient_key
+from gateway.smtp.answers import as_deferred, then
 from gateway.smtp.headers import apply_edits, missing_headers, received_header
 from gateway.smtp.input import SPOOL_FULL
 from gateway.smtp.intake import MessageIntake
@@ -310,19 +311,22 @@ class Transaction:
         message with that decision (ARCHITECTURE "decide once, record, execute").  Fires with
         the committed entry, a L{Refusal}, or None when the transaction was discarded meanwhile.
 
-        Plain callbacks, no generator: with a small header and the usual chain every step but
-        the commit answers at once, and this runs for every message (issue 13).
+        No generator, and no callbacks on steps that have answered already (L{then}): with a
+        small header and the usual chain every step but the commit answers at once, and this
+        runs for every message (issue 13).  An exception in any step fails the Deferred, as a
+        callback's would.
         """
         intake = self.intake
         assert intake is not None and intake.header_section is not None
-        return self.judge(intake.header_section, intake.stopped_at).addCallbacks(self._judged, _grammar_refused)
+        section, stopped_at = intake.header_section, intake.stopped_at
+        return as_deferred(lambda: then(self.judge(section, stopped_at), self._judged, _grammar_refused))
 
     def _judged(self, judged: Any) -> Any:
         if self.phase != "checking":
             return None
         if not _chain_looks_at_messages(self.session.chain):
             return self._commit(judged, None)
-        return self._ask_chain(judged).addCallback(self._chain_answered, judged)
+        return then(self._ask_chain(judged), self._chain_answered, None, judged)
 
     def _chain_answered(self, result: Any, judged: Any) -> Any:
         if self.phase != "checking":
@@ -335,16 +339,15 @@ class Transaction:
         intake = self.intake
         assert intake is not None
         header_section = intake.received + apply_edits(intake.client_header_lines, edits) + b"\r\n"
-        return self.judge(header_section).addCallbacks(
-            self._rejudged, _grammar_refused, callbackArgs=(header_section,))
+        return then(self.judge(header_section), self._rejudged, _grammar_refused, header_section)
 
     def _rejudged(self, judged: Any, header_section: bytes) -> Any:
         if self.phase != "checking":
             return None
         return self._commit(judged, header_section)
 
-    def _ask_chain(self, judged: Any) -> Deferred:
-        """The chain's end-of-data verdict: a L{Refusal}, or the result (with its header edits)."""
+    def _ask_chain(self, judged: Any) -> Any:
+        """The chain's end-of-data verdict: a L{Refusal}, or the result (with its header edits), or a Deferred of either."""
         writer, intake = self.writer, self.intake
         assert intake is not None and intake.header_section is not None
         body = intake.small_body
@@ -355,7 +358,7 @@ class Transaction:
             lambda _: None if self.phase != "checking"
             else self._chain_verdict(judged, _body_opener(writer.temp_path, len(intake.header_section))))
 
-    def _chain_verdict(self, judged: Any, open_body: Callable[[], Any]) -> Deferred:
+    def _chain_verdict(self, judged: Any, open_body: Callable[[], Any]) -> Any:
         session, intake = self.session, self.intake
         assert intake is not None and intake.header_section is not None
         view = MessageView(
@@ -368,7 +371,7 @@ class Transaction:
             mail=judged,
         )
         d = maybeDeferred(session.chain.on_message, session.session_view(), view)
-        return d.addCallback(_refusal_or_result)
+        return then(d, _refusal_or_result)
 
     def _commit(self, judged: Any, header_section: Optional[bytes]) -> Any:
         session = self.session

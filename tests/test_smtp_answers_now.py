@@ -1,0 +1,239 @@
+"""
+Steps that have answered already are acted on at once (issue 13): L{gateway.smtp.answers.then}
+and the session's L{gateway.smtp.flow.Conversation.wait_for} skip the callback chain of a
+Deferred that holds its value, and give the same replies, in the same order, as when the
+answer comes later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.policy.interfaces import Continue, TempFail
+from gateway.smtp.answers import as_deferred, has_value, then
+from tests.smtp_helpers import DeferredPolicy, ScriptedPolicy, Session, make_factory
+from tests.test_smtp_protocol import MESSAGE
+
+
+class CountingDeferred(Deferred):
+    """A Deferred that counts the callbacks added to it."""
+
+    added = 0
+
+    def addCallbacks(self, *args: Any, **kwargs: Any) -> Any:
+        self.added += 1
+        return super().addCallbacks(*args, **kwargs)
+
+
+def fired(value: Any) -> CountingDeferred:
+    d = CountingDeferred()
+    d.callback(value)
+    return d
+
+
+class ThenTests(SynchronousTestCase):
+
+    def test_plain_value_is_handed_on_now(self):
+        self.assertEqual(then(2, lambda v, k: v * k, None, 5), 10)
+
+    def test_fired_deferred_gives_the_callback_value_now_without_a_callback(self):
+        d = fired(2)
+        self.assertEqual(then(d, lambda v, k: v * k, None, 5), 10)
+        self.assertEqual(d.added, 0)
+
+    def test_pending_deferred_gets_the_callback(self):
+        d: Deferred = Deferred()
+        out = then(d, lambda v, k: v * k, None, 5)
+        self.assertIs(out, d)
+        d.callback(3)
+        self.assertEqual(self.successResultOf(out), 15)
+
+    def test_failure_goes_to_the_errback(self):
+        out = then(fail(ValueError("no")), lambda v: "value", lambda f: f.trap(ValueError) and "handled")
+        self.assertEqual(self.successResultOf(out), "handled")
+
+    def test_failure_without_errback_passes_through(self):
+        out = then(fail(ValueError("no")), lambda v: "value")
+        self.failureResultOf(out, ValueError)
+
+    def test_has_value(self):
+        self.assertTrue(has_value(succeed(1)))
+        self.assertFalse(has_value(Deferred()))
+        failed = fail(ValueError("no"))
+        self.assertFalse(has_value(failed))
+        failed.addErrback(lambda f: None)
+        chained = succeed(1)
+        chained.addCallback(lambda v: Deferred())  # paused on the inner Deferred
+        self.assertFalse(has_value(chained))
+
+    def test_as_deferred_turns_an_exception_into_a_failure(self):
+        def boom() -> Any:
+            raise ValueError("boom")
+        self.failureResultOf(as_deferred(boom), ValueError)
+        self.assertEqual(self.successResultOf(as_deferred(lambda: 7)), 7)
+        d: Deferred = Deferred()
+        self.assertIs(as_deferred(lambda: d), d)
+
+
+class ScriptedChain:
+    """A chain whose MAIL step answers with ``answer()`` (a Deferred), and lets the rest go on."""
+
+    policies = ()
+    guard = None
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def on_connect(self, session: Any) -> Deferred:
+        return succeed(Continue())
+
+    def on_mail_from(self, session: Any, sender: str) -> Deferred:
+        return self.answer(sender)
+
+    def on_rcpt_to(self, session: Any, recipient: str) -> Deferred:
+        return succeed(Continue())
+
+    def on_message(self, session: Any, message: Any) -> Deferred:
+        return succeed(Continue())
+
+
+class Unreadable:
+    """A verdict whose reading raises: the reply to it is the internal error."""
+
+    @property
+    def verdict(self) -> Any:
+        raise RuntimeError("unreadable verdict")
+
+
+CONVERSATION = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\nMAIL FROM:<c@b.test>\r\nRSET\r\nQUIT\r\n"
+
+
+class FiredAnswerSessionTests(SynchronousTestCase):
+
+    def transcript(self, verdict: Any, later: bool) -> tuple[list[bytes], list[CountingDeferred]]:
+        """The replies to CONVERSATION when the MAIL verdict comes fired, or fires later."""
+        made: list[CountingDeferred] = []
+        pending: list[tuple[Deferred, Any]] = []
+
+        def answer(sender: str) -> Deferred:
+            if later:
+                d: Deferred = Deferred()
+                pending.append((d, verdict))
+                return d
+            made.append(fired(verdict))
+            return made[-1]
+
+        factory = make_factory()
+        factory.chain = ScriptedChain(answer)
+        s = Session(factory)
+        self.addCleanup(s.close)
+        lines = s.send(CONVERSATION)
+        while pending:
+            d, v = pending.pop(0)
+            d.callback(v)
+            lines += s.lines()
+        return lines, made
+
+    def test_fired_verdict_adds_no_callbacks_and_replies_as_a_later_one(self):
+        now, made = self.transcript(Continue(), later=False)
+        self.assertEqual([d.added for d in made], [0])
+        later, _ = self.transcript(Continue(), later=True)
+        self.assertEqual(now, later)
+        self.assertEqual([line[:3] for line in now if not line.startswith(b"250-")],
+                         [b"250", b"250", b"250", b"503", b"250", b"221"])
+
+    def test_fired_refusal_replies_as_a_later_one(self):
+        verdict = TempFail(451, "4.7.1", "later")
+        now, _ = self.transcript(verdict, later=False)
+        later, _ = self.transcript(verdict, later=True)
+        self.assertEqual(now, later)
+        self.assertIn(b"451 4.7.1 later", now)
+
+    def test_error_acting_on_a_fired_answer_is_an_internal_error_and_the_session_goes_on(self):
+        now, _ = self.transcript(Unreadable(), later=False)
+        later, _ = self.transcript(Unreadable(), later=True)
+        self.assertEqual(now, later)
+        self.assertEqual(now.count(b"451 4.3.0 Local error in processing, try again later"), 2)
+        self.assertEqual(now[-1][:3], b"221")
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_fired_answer_keeps_the_idle_timer(self):
+        factory = make_factory(limits={"idle_timeout": 60})
+        s = Session(factory)
+        self.addCleanup(s.close)
+        s.ehlo()
+        self.assertEqual(s.cmd("MAIL FROM:<a@b.test>"), b"250 2.1.0 Sender ok")
+        factory.clock.advance(59)
+        self.assertFalse(s.closed)
+        factory.clock.advance(2)
+        self.assertTrue(s.closed)
+
+
+class SynchronousMessageTests(SynchronousTestCase):
+    """End of data with the usual chain: judged and committed without a callback on the way."""
+
+    def run_message(self, policies: tuple) -> tuple[list[bytes], Any]:
+        factory = make_factory(policies=policies)
+        s = Session(factory)
+        self.addCleanup(s.close)
+        s.ehlo()
+        s.envelope()
+        s.cmd("DATA")
+        lines = s.send(MESSAGE + b".\r\n")
+        return lines, factory
+
+    def test_sync_and_async_policies_store_the_same_message(self):
+        sync_lines, sync_factory = self.run_message((ScriptedPolicy(),))
+        policy = DeferredPolicy(steps=("on_message",))
+        factory = make_factory(policies=(policy,))
+        s = Session(factory)
+        self.addCleanup(s.close)
+        s.ehlo()
+        s.envelope()
+        s.cmd("DATA")
+        self.assertEqual(s.send(MESSAGE + b".\r\n"), [])
+        policy.fire_all()
+        async_lines = s.lines()
+        self.assertEqual([line[:3] for line in sync_lines], [b"250"])
+        self.assertEqual([line[:3] for line in async_lines], [b"250"])
+        [(sync_entry, sync_body)] = sync_factory.spool.messages
+        [(async_entry, async_body)] = factory.spool.messages
+        self.assertEqual(sync_entry.envelope, async_entry.envelope)
+        self.assertEqual(sync_entry.sending_mailbox, async_entry.sending_mailbox)
+
+    def test_a_step_that_raises_still_fails_the_message_with_451(self):
+        factory = make_factory(policies=(ScriptedPolicy(),))
+        factory.spool = CommitRaisingSpool(factory.spool)
+        s = Session(factory)
+        self.addCleanup(s.close)
+        s.ehlo()
+        s.envelope()
+        s.cmd("DATA")
+        self.assertEqual(s.send(MESSAGE + b".\r\n"), [b"451 4.3.0 Local error in processing, try again later"])
+        self.assertEqual(factory.spool.inner.messages, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(s.cmd("NOOP"), b"250 2.0.0 Ok")
+
+
+class CommitRaisingWriter:
+    """A spool writer whose commit raises (instead of returning a failed Deferred)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("commit broke")
+
+
+class CommitRaisingSpool:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def open_writer(self) -> Deferred:
+        return self.inner.open_writer().addCallback(CommitRaisingWriter)
