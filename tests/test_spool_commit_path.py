@@ -204,3 +204,17 @@ class SetMtimeRecorder(RecordingFileOps):
     def set_mtime(self, fd: int, when: float) -> None:
         super().set_mtime(fd, when)
         self.mtimes.append(when)
+
+
+class ProvenanceAtNodeTests(SynchronousTestCase):
+    def test_same_as_evolve(self) -> None:
+        provenance = Provenance("192.0.2.7", "printer.example", "submission", tls=True, auth_identity="scanner",
+                                credential_ref="tenant-b")
+        self.assertEqual(provenance.at_node("gw2"), attrs.evolve(provenance, node="gw2"))
+
+    def test_names_every_field_of_the_provenance(self) -> None:
+        """A field added to Provenance must be copied by at_node too (else intake drops it)."""
+        self.assertEqual(
+            [a.name for a in attrs.fields(Provenance)],
+            ["client_address", "client_name", "listener", "tls", "auth_identity", "credential_ref", "node"],
+            "Provenance's fields changed: update Provenance.at_node and this list")

@@ -49,6 +49,15 @@ class Provenance:
     # after graphsmtp-queue adopt moved it to another node.  None in older records.
     node: Optional[str] = None
 
+    def at_node(self, node: Optional[str]) -> "Provenance":
+        """
+        This provenance as accepted by gateway ``node``: what ``attrs.evolve(self, node=node)``
+        gives, built directly (once per accepted message; evolve looks up every field by name).
+        A field added here must be added to this copy too (a test checks the field list).
+        """
+        return Provenance(self.client_address, self.client_name, self.listener, self.tls, self.auth_identity,
+                          self.credential_ref, node)
+
 
 #: Attempt causes (see L{gateway.delivery.interfaces}) that are waits, not failures, and causes
 #: shared by a whole tenant.  Repeated here as plain strings: the spool does not import delivery.

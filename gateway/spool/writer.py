@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -102,7 +101,7 @@ class DirectorySpoolWriter:
         self._state = "committing"
         node = self._spool.disk.node
         if provenance.node is None and node:
-            provenance = attrs.evolve(provenance, node=node)
+            provenance = provenance.at_node(node)
         entry = SpoolEntry(queue_id=self.queue_id, envelope=envelope, provenance=provenance,
                            received_at=self._spool.clock.seconds(), message_path="", size=0,
                            sending_mailbox=sending_mailbox)
@@ -128,7 +127,13 @@ class DirectorySpoolWriter:
             self._closed()
             return self._discard().addBoth(lambda _: reason)
 
-        return self._idle().addCallback(go).addCallbacks(committed, failed)
+        if self._busy:
+            started = self._idle().addCallback(go)
+        else:
+            # Idle (always so for a small message): straight into the group commit, without an
+            # already-fired Deferred in front of it to chain through.
+            started = maybeDeferred(go, None)
+        return started.addCallbacks(committed, failed)
 
     def abort(self) -> Deferred:
         if self._state != "open":
