@@ -26,6 +26,8 @@ cleanup processes are counted like graphsmtp's threads.
     .venv/bin/python bench/compare_postfix.py --reps 5 --cells 10k-10 1m-10
     .venv/bin/python bench/compare_postfix.py --workdir /var/tmp/bench --keep
     .venv/bin/python bench/compare_postfix.py --workers 1 2     # graphsmtp with 1 and 2 intake processes
+    git worktree add /var/tmp/base <commit>                      # an older graphsmtp, same venv:
+    .venv/bin/python bench/compare_postfix.py --quick --baseline /var/tmp/base
 
 Run it as root (Postfix's master must start as root; its queue is chowned to the postfix user).
 The work directory must be on a real disk: tmpfs makes fsync free and the comparison
@@ -244,11 +246,13 @@ class PostfixServer:
 class GraphsmtpServer:
     name = "graphsmtp"
 
-    def __init__(self, workdir: str, python: str, workers: int = 1) -> None:
+    def __init__(self, workdir: str, python: str, workers: int = 1, root: str = ROOT, label: str = "") -> None:
         #: ``[gateway] workers``: with more than one, the table names the column "graphsmtp wN".
         self.workers = workers
-        self.name = "graphsmtp" if workers == 1 else f"graphsmtp w{workers}"
-        self.base = os.path.join(workdir, "graphsmtp" if workers == 1 else f"graphsmtp-w{workers}")
+        #: The source tree it runs from (``--baseline``: an older checkout, named by ``label``).
+        self.root = root
+        self.name = ("graphsmtp" if workers == 1 else f"graphsmtp w{workers}") + label
+        self.base = os.path.join(workdir, self.name.replace(" ", "-").replace("@", "-"))
         self.port = free_port()
         self.python = python
         self.process: Optional[subprocess.Popen] = None
@@ -280,11 +284,11 @@ class GraphsmtpServer:
                 deliverer = "capture"
                 """))
         log = open(os.path.join(self.base, "twistd.log"), "ab")
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=self.root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.process = subprocess.Popen(
             [self.python, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "--logfile=-", "graphsmtp", "--config", config],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env)
         wait_for_port(self.port, 60, "graphsmtp", alive=lambda: self.process.poll() is None)
         if self.workers > 1:
             # The main process listens at once; the workers accept once they have started.
@@ -387,6 +391,22 @@ def table(samples: Samples, cells: list[Cell], name: str = "graphsmtp") -> str:
     return "\n".join(rows)
 
 
+def against_baseline(samples: Samples, cells: list[Cell], name: str, baseline: str) -> str:
+    """Each cell's graphsmtp against the baseline's: msg/s and CPU ms/msg, medians."""
+    rows = [f"| cell | {baseline} msg/s | {name} msg/s | change | {baseline} CPU ms/msg | {name} CPU ms/msg | change |",
+            "|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        old = samples.results.get((baseline, cell.name), [])
+        new = samples.results.get((name, cell.name), [])
+        if not old or not new:
+            continue
+        orate, nrate = median([r.rate for r in old]), median([r.rate for r in new])
+        ocpu, ncpu = median([r.cpu_ms for r in old]), median([r.cpu_ms for r in new])
+        rows.append(f"| {cell.label()} | {orate:,.0f} | {nrate:,.0f} | {nrate / orate - 1:+.0%} "
+                    f"| {ocpu:.2f} | {ncpu:.2f} | {ncpu / ocpu - 1:+.0%} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every cell (default 3)")
@@ -399,6 +419,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="graphsmtp's [gateway] workers; several values run one graphsmtp each, "
                              "interleaved with Postfix (e.g. --workers 1 2)")
+    parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
+                                           "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()
     cells = [c for c in CELLS if c.name in options.cells]
     unknown = set(options.cells) - {c.name for c in CELLS}
@@ -425,6 +447,12 @@ def main() -> None:
     if any(n < 1 for n in options.workers):
         parser.error("--workers must be at least 1")
     graphsmtps = [GraphsmtpServer(workdir, options.python, n) for n in dict.fromkeys(options.workers)]
+    if options.baseline:
+        baseline = os.path.abspath(options.baseline)
+        if not os.path.isdir(os.path.join(baseline, "gateway")):
+            parser.error(f"--baseline {baseline}: no gateway/ package there")
+        graphsmtps.append(GraphsmtpServer(workdir, options.python, options.workers[0], root=baseline,
+                                          label="@" + os.path.basename(baseline.rstrip("/"))))
     samples = Samples()
     try:
         postfix.start()
@@ -451,6 +479,9 @@ def main() -> None:
     for graphsmtp in graphsmtps:
         print()
         print(table(samples, cells, graphsmtp.name))
+    if options.baseline:
+        print()
+        print(against_baseline(samples, cells, graphsmtps[0].name, graphsmtps[-1].name))
 
 
 if __name__ == "__main__":
