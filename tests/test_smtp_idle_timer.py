@@ -120,3 +120,50 @@ class IdleTimerTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         policy.fire_all()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class DataTimerTests(SynchronousTestCase):
+    """One DATA timer per session, pushed forward at each DATA instead of made again."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.s = Session(make_factory(clock=self.clock, limits={"idle_timeout": 60, "data_timeout": 100,
+                                                                "session_timeout": 100_000}))
+        self.addCleanup(self.s.close)
+        self.s.ehlo()
+
+    def start_data(self) -> None:
+        self.s.envelope()
+        self.assertEqual(self.s.cmd("DATA")[:3], b"354")
+
+    def test_each_data_has_its_full_limit(self):
+        self.start_data()
+        self.clock.advance(50)
+        self.assertEqual([line[:3] for line in self.s.send(MESSAGE + b".\r\n")], [b"250"])
+        self.clock.advance(40)  # t = 90: the first DATA's limit would come at t = 100
+        self.start_data()
+        for _ in range(4):  # a drip that keeps the idle timer happy, up to t = 189
+            self.clock.advance(24.75)
+            self.assertEqual(self.s.send(b"line\r\n"), [])
+        self.assertFalse(self.s.closed)
+        self.clock.advance(1.5)  # t = 190.5: this DATA's limit
+        self.assertEqual(self.s.lines(), [TIMEOUT_REPLY])
+        self.assertTrue(self.s.closed)
+
+    def test_the_limit_of_an_ended_data_does_not_close_the_session(self):
+        self.start_data()
+        self.assertEqual([line[:3] for line in self.s.send(MESSAGE + b".\r\n")], [b"250"])
+        for _ in range(5):  # t = 250: well past the DATA limit, never idle
+            self.clock.advance(50)
+            self.assertEqual(self.s.cmd("NOOP"), b"250 2.0.0 Ok")
+        self.assertFalse(self.s.closed)
+
+    def test_the_data_timer_is_not_made_again_for_each_message(self):
+        self.start_data()
+        before = set(self.clock.getDelayedCalls())
+        self.s.send(MESSAGE + b".\r\n")
+        for _ in range(3):
+            self.clock.advance(5)
+            self.start_data()
+            self.assertEqual(set(self.clock.getDelayedCalls()), before)
+            self.s.send(MESSAGE + b".\r\n")

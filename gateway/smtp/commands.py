@@ -23,6 +23,8 @@ Handler = Callable[[Any, bytes], None]
 _JUNK = frozenset({b"HELO", b"EHLO", b"RSET", b"NOOP", b"VRFY", b"EXPN", b"HELP", b"STARTTLS", b"AUTH"})
 # Someone is speaking HTTP (or another protocol) at us: cross-protocol attacks, not mail.
 _FOREIGN = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"USER"})
+# Commands whose argument is an address: their parser answers 8-bit characters itself (553 5.6.7).
+_ADDRESS_VERBS = frozenset({b"MAIL", b"RCPT"})
 # Commands whose reply is always the same.
 _FIXED_REPLIES = {
     b"NOOP": (250, "2.0.0", "Ok"),
@@ -84,10 +86,10 @@ def handle_command(session: Any, line: bytes) -> None:
             return
     if handler is None:
         session.reply(500, "5.5.2", "Syntax error, command unrecognized")
-    elif not line.isascii() and verb not in (b"MAIL", b"RCPT"):
+    elif verb not in _ADDRESS_VERBS and not line.isascii():
         session.reply(500, "5.5.2", "8-bit characters are not allowed in commands")
     else:
-        handler(session, parts[1] if len(parts) > 1 else b"")
+        handler(session, parts[1] if parts[1:] else b"")
 
 
 __all__ = ["COMMANDS", "handle_command"]

@@ -5,7 +5,9 @@ The pace of one SMTP conversation, between the session's command reader and its 
   current command (a policy verdict, the spool, the portal) is sent; pipelined input waits in
   the reader meanwhile, so replies come in the order of the commands (RFC 2920), which the
   stock ``LineOnlyReceiver`` loop does not ensure (Twisted issue 8126).  The session's idle
-  timer is off while it waits for its own answer: that wait is not the client's.
+  timer is off while it waits for its own answer: that wait is not the client's.  An answer
+  that is there already (a fired Deferred: the usual chain, an open spool) is acted on at
+  once, with the same steps in the same order, without a chain of callbacks (issue 13).
 * **Reading.**  The reader says when the transport must stop reading (much input while held,
   the spool pushing back) and when it may go on; the transport hears of each change once.
 * **Writing.**  The session is its transport's streaming producer.  While the transport's write

@@ -219,6 +219,8 @@ class GatewayESMTP(Protocol, TimeoutMixin):
 
     def _data_expired(self) -> None:
         self._data_call = None
+        if self.state is not SessionState.RECEIVING_DATA:
+            return  # armed for an earlier message's DATA, which ended in time (data_ended)
         self._timed_out("DATA time limit")
 
     def _timed_out(self, what: str) -> None:
@@ -488,15 +490,21 @@ class GatewayESMTP(Protocol, TimeoutMixin):
         """354 is about to go out: from now on the input is message data, under the DATA time limit."""
         self._enter(SessionState.RECEIVING_DATA)
         self._reader.start_data()
-        self._data_call = self.callLater(self.limits.data_timeout, self._data_expired)
+        # One timer for every DATA of the session: pushed to this DATA's limit if still
+        # armed (cheaper than a new DelayedCall per message and a cancelled one in the
+        # reactor's heap; issue 13).
+        call = self._data_call
+        if call is not None and call.active():
+            call.reset(self.limits.data_timeout)
+        else:
+            self._data_call = self.callLater(self.limits.data_timeout, self._data_expired)
 
     def data_ended(self, rest: bytes) -> None:
         """The final dot was read; ``rest`` is what the client pipelined after it."""
         self._enter(SessionState.IN_TRANSACTION)
         self._reader.end_data(rest)
-        if self._data_call is not None and self._data_call.active():
-            self._data_call.cancel()
-        self._data_call = None
+        # The DATA timer stays armed for the next message (data_started pushes it forward);
+        # coming due outside DATA it does nothing.
 
     def line_too_long_in_data(self) -> None:
         self.reply_and_close(500, "5.5.2", "Line too long")
