@@ -140,6 +140,10 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
     addresses: dict[str, AddressList] = {}
     for lname, texts in values.items():
         what = display_name_of(lname)
+        if len(texts) == 1:
+            # The usual case: the field's own list (parse_address_list enforces max_addresses).
+            addresses[lname] = parse_address_list(texts[0], what, limits)
+            continue
         items: list = []
         for text in texts:
             items.extend(parse_address_list(text, what, limits).items)
