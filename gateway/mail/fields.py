@@ -83,16 +83,21 @@ class TooManyFields(ValueError):
     """More fields than the ``limit`` given to L{split_fields}."""
 
 
-def field_pieces(header_lines: bytes) -> list[bytes]:
+def field_pieces(header_lines: bytes, limit: Optional[int] = None) -> list[bytes]:
     """
     The fields of ``header_lines`` as L{split_fields} cuts them, without their final CRLF and
     not yet made L{Field}s (for the judge, which reads each field once as it builds it).
+
+    With ``limit``, cutting stops after ``limit + 1`` fields: a section with more than
+    ``limit`` fields then gives more than ``limit`` pieces (the last one the uncut rest), so
+    refusing it costs what its first fields cost, not its whole length.
     """
     if not header_lines:
         return []
     if type(header_lines) is not bytes:
         header_lines = bytes(header_lines)
-    pieces = _FIELD_END.split(header_lines)
+    maxsplit = limit + 1 if limit is not None and limit >= 0 else 0
+    pieces = _FIELD_END.split(header_lines, maxsplit)
     if pieces[-1] == b"":
         pieces.pop()
     return pieces
@@ -109,8 +114,8 @@ def split_fields(header_lines: bytes, limit: Optional[int] = None) -> list[Field
     section into fields (folds included) instead of a Python step per line; a first line that
     starts with white space opens a field of its own, as it has nothing to continue.
     """
-    pieces = field_pieces(header_lines)
-    if limit is not None and len(pieces) > limit:
+    pieces = field_pieces(header_lines, limit)
+    if limit is not None and pieces and len(pieces) > limit:
         raise TooManyFields(limit)
     fields: list[Field] = []
     match = _FIELD.match

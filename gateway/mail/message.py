@@ -133,8 +133,8 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
     if is_continuation(first_body_line):
         raise MalformedHeader("the message starts with an indented line (some readers take the "
                               "fields after it as the header section, others as the body)")
-    pieces = field_pieces(lines)
-    if len(pieces) > limits.max_fields:
+    pieces = field_pieces(lines, limits.max_fields)
+    if pieces and len(pieces) > limits.max_fields:
         raise LimitExceeded(f"more than {limits.max_fields} header fields")
     fields, values = _judge_fields(pieces)
     addresses: dict[str, AddressList] = {}
