@@ -11,8 +11,9 @@ give the same result or the same refusal (class, reply code and text), whichever
 - L{parse_addr_spec} against its general path on bare addresses;
 - L{split_fields} (one split at the CRLFs no fold follows) against the line-by-line reading it
   replaced, on sections with folds, stray continuation lines, empty lines, bare CR/LF;
-- L{parse_header_section} with both fast paths against the same judge with neither, on
-  generated sections (duplicates, folds, CR/LF inside values, non-ASCII) and on every shape of
+- L{parse_header_section} against the judge as it was before its fast paths (fields split line
+  by line and judged after, the general address reader only), on generated sections
+  (duplicates, folds, CR/LF inside values, non-ASCII, tight limits) and on every shape of
   L{tests.mail_shapes}.
 """
 
@@ -26,12 +27,19 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 import gateway.mail.addresses as addresses_module
-import gateway.mail.message as message_module
-from gateway.mail.addresses import general_address_list, parse_addr_spec, parse_address_list
-from gateway.mail.errors import MailRefusal
-from gateway.mail.fields import Field, TooManyFields, field_name, is_continuation, split_fields
+from gateway.mail.addresses import AddressList, general_address_list, parse_addr_spec, parse_address_list
+from gateway.mail.errors import LimitExceeded, MailRefusal, MalformedHeader
+from gateway.mail.fields import Field, TooManyFields, field_name, is_continuation, is_from_line, split_fields
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
-from gateway.mail.message import parse_header_section
+from gateway.mail.message import (
+    ADDRESS_FIELDS,
+    SINGLE_FIELDS,
+    MessageHeader,
+    _check_identity,
+    _header_lines,
+    display_name_of,
+    parse_header_section,
+)
 from gateway.mail.simple import simple_entries
 from tests.mail_shapes import shapes
 
@@ -78,15 +86,57 @@ def split_fields_by_lines(header_lines: bytes, limit: Optional[int] = None) -> l
 
 @contextmanager
 def general_paths_only() -> Iterator[None]:
-    """The judge with its fast paths replaced by the general readings, for one comparison."""
-    saved = addresses_module.simple_entries, addresses_module.simple_addr_spec, message_module.split_fields
+    """The address readers with their fast paths replaced by the general ones, for one comparison."""
+    saved = addresses_module.simple_entries, addresses_module.simple_addr_spec
     addresses_module.simple_entries = lambda *args: None
     addresses_module.simple_addr_spec = lambda *args: None
-    message_module.split_fields = split_fields_by_lines
     try:
         yield
     finally:
-        addresses_module.simple_entries, addresses_module.simple_addr_spec, message_module.split_fields = saved
+        addresses_module.simple_entries, addresses_module.simple_addr_spec = saved
+
+
+def judge_by_the_general_rules(section: bytes, limits: MailLimits = DEFAULT_LIMITS) -> MessageHeader:
+    """
+    L{parse_header_section} as it was before its fast paths (the reference reading): fields
+    split line by line, every field made a L{Field} first and judged after, address fields
+    read by the general reader only.
+    """
+    lines = _header_lines(section)
+    if b"\x00" in lines:
+        raise MalformedHeader("NUL byte in the header section")
+    try:
+        fields = split_fields_by_lines(lines, limits.max_fields)
+    except TooManyFields:
+        raise LimitExceeded(f"more than {limits.max_fields} header fields") from None
+    seen: set[str] = set()
+    values: dict[str, list[str]] = {}
+    for f in fields:
+        if not f.name:
+            if is_from_line(f.raw):
+                raise MalformedHeader('an mbox "From " line in the header section')
+            raise MalformedHeader("a line in the header section that is not a header field")
+        lname = f.lname
+        if f.obsolete_space:
+            raise MalformedHeader(
+                f"white space before the colon in the {display_name_of(lname)} header field "
+                "(obsolete syntax that mail parsers read differently)")
+        if lname in SINGLE_FIELDS and lname in seen:
+            raise MalformedHeader(f"more than one {display_name_of(lname)} header field")
+        seen.add(lname)
+        if lname in ADDRESS_FIELDS:
+            values.setdefault(lname, []).append(f.value.decode("utf-8", "replace"))
+    addresses: dict[str, AddressList] = {}
+    for lname, texts in values.items():
+        what = display_name_of(lname)
+        items: list = []
+        for text in texts:
+            items.extend(general_address_list(text, what, limits).items)
+        if len(items) > limits.max_addresses:
+            raise LimitExceeded(f"more than {limits.max_addresses} addresses in the {what} header")
+        addresses[lname] = AddressList(tuple(items))
+    _check_identity(addresses)
+    return MessageHeader(lines, tuple(fields), addresses)
 
 
 atext_locals = st.sampled_from([
@@ -265,8 +315,7 @@ class SplitFieldsDifferentialTests(SynchronousTestCase):
 class HeaderSectionDifferentialTests(SynchronousTestCase):
     def judge_both_ways(self, section: bytes, limits: MailLimits = DEFAULT_LIMITS, what: str = "") -> None:
         fast = outcome(lambda: parse_header_section(section, limits))
-        with general_paths_only():
-            general = outcome(lambda: parse_header_section(section, limits))
+        general = outcome(lambda: judge_by_the_general_rules(section, limits))
         self.assertEqual(fast, general, what)
         if fast[0] == "accepted":
             # MessageHeader compares raw and fields; the parsed addresses are compared here.
@@ -277,14 +326,22 @@ class HeaderSectionDifferentialTests(SynchronousTestCase):
     def test_fast_and_general_judges_agree(self, section: bytes, limits: MailLimits) -> None:
         self.judge_both_ways(section, limits)
 
+    def test_limits_are_judged_alike_at_their_boundaries(self) -> None:
+        """One under, at and one over each limit the fast paths could miscount."""
+        for limit in (1, 2, 5):
+            limits = MailLimits(max_fields=limit, max_addresses=limit, max_tokens=8 * limit + 7)
+            for count in (limit - 1, limit, limit + 1):
+                to = ", ".join(f"u{i}@x.example" for i in range(count)) or "a@b"
+                fields = [f"X-N{i}: v" for i in range(max(count - 1, 0))]
+                self.judge_both_ways(("\r\n".join(fields + [f"To: {to}"]) + "\r\n").encode(), limits, f"{limit}/{count}")
+
     def test_every_expensive_shape_is_judged_alike(self) -> None:
         for name, section in shapes(8 * 1024).items():
             self.judge_both_ways(section, what=name)
 
-    def test_the_general_judge_is_really_used_inside_the_context(self) -> None:
-        """The comparison would be vacuous if the patch did not reach the judge."""
+    def test_the_general_readers_are_really_used_inside_the_context(self) -> None:
+        """The comparison would be vacuous if the patch did not reach the readers."""
         with general_paths_only():
             self.assertIsNone(addresses_module.simple_entries("a@b", 1000, 20_000))
             self.assertIsNone(addresses_module.simple_addr_spec("a@b"))
-            self.assertIs(message_module.split_fields, split_fields_by_lines)
         self.assertIsNotNone(addresses_module.simple_entries("a@b", 1000, 20_000))

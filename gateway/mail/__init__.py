@@ -8,6 +8,8 @@ nothing else parses them.  It is the lowest layer: it imports nothing from the g
 
 - L{gateway.mail.fields}: what is a header field, what ends the section, raw-byte edits;
 - L{gateway.mail.addresses}: mailboxes, groups, display names, comments, encoded words;
+- L{gateway.mail.simple}: the common address shapes read without the tokenizer (same results);
+- L{gateway.mail.encoded_words}: RFC 2047 encoded words, strict and lenient;
 - L{gateway.mail.canonical}: one spelling per mailbox;
 - L{gateway.mail.patterns}: sender patterns;
 - L{gateway.mail.message}: a header section judged once, and the sending mailbox chosen from it;

@@ -17,14 +17,14 @@ name that is not a phrase (``outsider@evil.example:;``), non-ASCII in an address
 
 from __future__ import annotations
 
-import binascii
-import codecs
 import re
 from typing import NamedTuple, Optional, Union
 
 import attrs
 
 from gateway.mail.canonical import canonical_address, quote_local
+from gateway.mail.encoded_words import ENCODED_WORD as _ENCODED_WORD
+from gateway.mail.encoded_words import decode_encoded_word, decode_unstructured
 from gateway.mail.errors import LimitExceeded, MailRefusal, MalformedHeader
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
 from gateway.mail.simple import simple_addr_spec, simple_entries
@@ -39,7 +39,6 @@ _LITERAL = re.compile(r"\[((?:[^\[\]\\\x00-\x08\x0a-\x1f\x7f]++|\\[^\x00\r\n])*+
 _COMMENT_TEXT = re.compile(r"[^()\\]++")
 _FLAT_COMMENT = re.compile(r"\((?:[^()\\]++|\\.)*+\)", re.S)
 _UNESCAPE = re.compile(r"\\(.)", re.S)
-_ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,64})(?:\*[^?\s]{0,32})?\?([bBqQ])\?([^?\s]*+)\?=")
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*+)\Z")
 _DOMAIN_AFTER_AT = re.compile(r"[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
 _SPECIALS = frozenset("<>@,;:.")
@@ -200,66 +199,11 @@ def _tokenize(value: str, limits: MailLimits, what: str, comments: Optional[list
     return tokens
 
 
-def decode_encoded_word(charset: str, encoding: str, text: str, what: str) -> str:
-    """One RFC 2047 encoded word as text; a word that decodes to a line break or NUL is refused."""
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        raise MalformedHeader(f"{what}: encoded word in unknown charset {charset[:32]!r}") from None
-    try:
-        if encoding in "bB":
-            data = binascii.a2b_base64(text + "=" * (-len(text) % 4))
-        else:
-            data = binascii.a2b_qp(text.encode("ascii", "replace"), header=True)
-    except (binascii.Error, ValueError):
-        raise MalformedHeader(f"{what}: undecodable encoded word") from None
-    decoded = data.decode(charset, "replace")
-    if "\r" in decoded or "\n" in decoded or "\x00" in decoded:
-        raise MalformedHeader(f"{what}: an encoded word decodes to a line break or NUL")
-    return decoded
-
-
 def _decode_text(text: str, what: str) -> str:
     """Encoded words anywhere in ``text`` decoded (lenient readers decode them even in quotes)."""
     if "=?" not in text:
         return text
     return _ENCODED_WORD.sub(lambda m: decode_encoded_word(m.group(1), m.group(2), m.group(3), what), text)
-
-
-def decode_unstructured(text: str) -> str:
-    """
-    An unstructured value (Subject, Comments) with its RFC 2047 encoded words decoded, the way
-    mail readers show it: white space between two adjacent encoded words disappears, a word
-    that cannot be decoded stays as written.  Never raises; the result may hold line breaks
-    (callers that write it back must fold or refuse them).
-    """
-    if "=?" not in text:
-        return text
-    out: list[str] = []
-    pos = 0
-    previous_end = -1
-    for m in _ENCODED_WORD.finditer(text):
-        between = text[pos:m.start()]
-        try:
-            decoded = _decode_word_leniently(m.group(1), m.group(2), m.group(3))
-        except (LookupError, ValueError):
-            decoded = m.group(0)
-        if previous_end >= 0 and not between.strip(" \t"):
-            between = ""
-        out.append(between)
-        out.append(decoded)
-        pos = previous_end = m.end()
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _decode_word_leniently(charset: str, encoding: str, text: str) -> str:
-    codecs.lookup(charset)
-    if encoding in "bB":
-        data = binascii.a2b_base64(text + "=" * (-len(text) % 4))
-    else:
-        data = binascii.a2b_qp(text.encode("ascii", "replace"), header=True)
-    return data.decode(charset, "replace")
 
 
 def addresses_in_text(text: str) -> list[str]:

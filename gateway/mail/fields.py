@@ -26,6 +26,8 @@ import attrs
 # Name, then the optional obsolete white space, then the colon.  Linear: the name class
 # excludes space, tab and colon, so each part ends where the next starts.
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)([ \t]*):")
+#: The opening of a field line: group 1 the name, group 2 any obsolete white space before the colon.
+FIELD_OPENING = _FIELD
 _POLICY = email.policy.SMTP
 # Where one field ends and the next line starts: a CRLF not followed by a space or tab (nor by
 # nothing: the section's last CRLF ends its last field).  A one-character look-ahead: linear.
@@ -81,6 +83,26 @@ class TooManyFields(ValueError):
     """More fields than the ``limit`` given to L{split_fields}."""
 
 
+def field_pieces(header_lines: bytes, limit: Optional[int] = None) -> list[bytes]:
+    """
+    The fields of ``header_lines`` as L{split_fields} cuts them, without their final CRLF and
+    not yet made L{Field}s (for the judge, which reads each field once as it builds it).
+
+    With ``limit``, cutting stops after ``limit + 1`` fields: a section with more than
+    ``limit`` fields then gives more than ``limit`` pieces (the last one the uncut rest), so
+    refusing it costs what its first fields cost, not its whole length.
+    """
+    if not header_lines:
+        return []
+    if type(header_lines) is not bytes:
+        header_lines = bytes(header_lines)
+    maxsplit = limit + 1 if limit is not None and limit >= 0 else 0
+    pieces = _FIELD_END.split(header_lines, maxsplit)
+    if pieces[-1] == b"":
+        pieces.pop()
+    return pieces
+
+
 def split_fields(header_lines: bytes, limit: Optional[int] = None) -> list[Field]:
     """
     Header lines (CRLF-terminated, no empty separator line) as fields.  A line that is neither
@@ -92,14 +114,8 @@ def split_fields(header_lines: bytes, limit: Optional[int] = None) -> list[Field
     section into fields (folds included) instead of a Python step per line; a first line that
     starts with white space opens a field of its own, as it has nothing to continue.
     """
-    if not header_lines:
-        return []
-    if type(header_lines) is not bytes:
-        header_lines = bytes(header_lines)
-    pieces = _FIELD_END.split(header_lines)
-    if pieces[-1] == b"":
-        pieces.pop()
-    if limit is not None and len(pieces) > limit:
+    pieces = field_pieces(header_lines, limit)
+    if limit is not None and pieces and len(pieces) > limit:
         raise TooManyFields(limit)
     fields: list[Field] = []
     match = _FIELD.match
@@ -171,4 +187,4 @@ def _apply_edit(fields: list[tuple[bytes, bytes]], edit: Edit) -> list[tuple[byt
     return kept
 
 
-__all__ = ["Field", "TooManyFields", "field_name", "is_continuation", "is_from_line", "split_fields", "header_line", "apply_edits"]
+__all__ = ["Field", "TooManyFields", "field_name", "field_pieces", "FIELD_OPENING", "is_continuation", "is_from_line", "split_fields", "header_line", "apply_edits"]

@@ -31,11 +31,11 @@ import attrs
 from gateway.mail.addresses import AddressList, Mailbox, canonical, parse_address_list
 from gateway.mail.errors import LimitExceeded, MalformedHeader
 from gateway.mail.fields import (
+    FIELD_OPENING,
     Field,
-    TooManyFields,
+    field_pieces,
     is_continuation,
     is_from_line,
-    split_fields,
 )
 from gateway.mail.limits import DEFAULT_LIMITS, MailLimits
 
@@ -49,6 +49,7 @@ SINGLE_FIELDS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc", "sub
 #: Fields that say who sent the message; each is judged against the sender patterns.
 IDENTITY_FIELDS = ("from", "sender", "resent-from", "resent-sender")
 _ONE_MAILBOX = frozenset({"sender", "resent-sender"})
+_ADDRESS_FIELD_SET = frozenset(ADDRESS_FIELDS)
 _DISPLAY = {name: "-".join(part.capitalize() for part in name.split("-")) for name in ADDRESS_FIELDS}
 
 
@@ -132,31 +133,17 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
     if is_continuation(first_body_line):
         raise MalformedHeader("the message starts with an indented line (some readers take the "
                               "fields after it as the header section, others as the body)")
-    try:
-        fields = split_fields(lines, limits.max_fields)
-    except TooManyFields:
-        raise LimitExceeded(f"more than {limits.max_fields} header fields") from None
-    seen: set[str] = set()
-    values: dict[str, list[str]] = {}
-    for f in fields:
-        name = f.name
-        if not name:
-            if is_from_line(f.raw):
-                raise MalformedHeader('an mbox "From " line in the header section')
-            raise MalformedHeader("a line in the header section that is not a header field")
-        lname = name.decode("ascii").lower()
-        if f.obsolete_space:
-            raise MalformedHeader(
-                f"white space before the colon in the {display_name_of(lname)} header field "
-                "(obsolete syntax that mail parsers read differently)")
-        if lname in SINGLE_FIELDS and lname in seen:
-            raise MalformedHeader(f"more than one {display_name_of(lname)} header field")
-        seen.add(lname)
-        if lname in ADDRESS_FIELDS:
-            values.setdefault(lname, []).append(f.value.decode("utf-8", "replace"))
+    pieces = field_pieces(lines, limits.max_fields)
+    if pieces and len(pieces) > limits.max_fields:
+        raise LimitExceeded(f"more than {limits.max_fields} header fields")
+    fields, values = _judge_fields(pieces)
     addresses: dict[str, AddressList] = {}
     for lname, texts in values.items():
         what = display_name_of(lname)
+        if len(texts) == 1:
+            # The usual case: the field's own list (parse_address_list enforces max_addresses).
+            addresses[lname] = parse_address_list(texts[0], what, limits)
+            continue
         items: list = []
         for text in texts:
             items.extend(parse_address_list(text, what, limits).items)
@@ -164,7 +151,39 @@ def parse_header_section(section: bytes, limits: MailLimits = DEFAULT_LIMITS,
             raise LimitExceeded(f"more than {limits.max_addresses} addresses in the {what} header")
         addresses[lname] = AddressList(tuple(items))
     _check_identity(addresses)
-    return MessageHeader(lines, tuple(fields), addresses)
+    return MessageHeader(lines, fields, addresses)
+
+
+def _judge_fields(pieces: list[bytes]) -> tuple[tuple[Field, ...], dict[str, list[str]]]:
+    """
+    The fields (as L{split_fields} makes them), each judged as it is built: a line that is not
+    a field, white space before a colon, a duplicate of a field allowed once.  Returns them and
+    the unfolded text of every address field (lower-cased name → values in order).
+    """
+    fields: list[Field] = []
+    seen: set[str] = set()
+    values: dict[str, list[str]] = {}
+    match = FIELD_OPENING.match
+    for piece in pieces:
+        m = match(piece)
+        if m is None:
+            if is_from_line(piece + b"\r\n"):
+                raise MalformedHeader('an mbox "From " line in the header section')
+            raise MalformedHeader("a line in the header section that is not a header field")
+        name = m.group(1)
+        lname = name.decode("ascii").lower()
+        if m.end(2) > m.start(2):
+            raise MalformedHeader(
+                f"white space before the colon in the {display_name_of(lname)} header field "
+                "(obsolete syntax that mail parsers read differently)")
+        if lname in SINGLE_FIELDS and lname in seen:
+            raise MalformedHeader(f"more than one {display_name_of(lname)} header field")
+        seen.add(lname)
+        fields.append(Field(name, piece + b"\r\n"))
+        if lname in _ADDRESS_FIELD_SET:
+            # The value after the colon, unfolded (Field.value without a second search).
+            values.setdefault(lname, []).append(piece[m.end():].replace(b"\r\n", b"").decode("utf-8", "replace"))
+    return tuple(fields), values
 
 
 def _check_identity(addresses: dict) -> None:

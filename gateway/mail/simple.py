@@ -84,10 +84,10 @@ def simple_entries(value: str, max_addresses: int, max_tokens: int) -> Optional[
         if entry is None:
             return None
         found.append(entry)
+        if len(found) > max_addresses:
+            return None
         pos = m.end()
-    if not found or len(found) > max_addresses:
-        return None
-    return found
+    return found or None
 
 
 def _entry(m: re.Match) -> Optional[Entry]:
