@@ -8,6 +8,18 @@ other work on the machine counts as little as it can).  To compare with another 
 the module, pass its file: ``--other /tmp/old/framing.py``; the two are measured interleaved.
 
     python bench/bench_framing.py [--other PATH] [--repeat 7]
+
+On the shared 2-core VM (2026-11-30, issue 13), the framing of ab9ef1c (``--other``) against
+the one with ``memchr`` hops over dots and one ``splitlines`` for bare CR / LF:
+
+    10 KB, one chunk            38.7 -> 19.3 us
+    10 KB, 4 KB chunks          43.7 -> 25.5 us
+    1 MB, 64 KB chunks        3911   -> 1442 us
+    1 MB text, 64 KB chunks   3989   -> 2657 us   (dots everywhere: the CRLF "." search stays)
+
+Instructions (valgrind --tool=callgrind, so the load of the machine does not count): framing
+of the 1 MB message 26.9 M -> 19.0 M, the whole intake of a 10 KB message (framing, header
+section, Received) 385 k -> 237 k.
 """
 
 from __future__ import annotations
