@@ -277,7 +277,7 @@ class AddressListDifferentialTests(SynchronousTestCase):
         """The shapes the fast path exists for are read by it (otherwise it saves nothing)."""
         for value in [
             " <a@example.com>", "root@host.example.org (Cron Daemon)", 'Alice Example <alice@corp.example>, "Bob Builder" '
-            "<bob@corp.example>, carol@corp.example", '"Smith, Dave" <dave.smith@corp.example>', "Jörg <j@x.example>",
+            "<bob@corp.example>, carol@corp.example", '"Smith, Dave" <dave.smith@corp.example>',
             "=?utf-8?q?J=C3=B6rg?= <j@x.example>", '"=?utf-8?q?J=C3=B6rg?=" <j@x.example>',
         ]:
             self.assertIsNotNone(simple_entries(value, 1000, 20_000), value)
@@ -286,6 +286,10 @@ class AddressListDifferentialTests(SynchronousTestCase):
         for value in [
             "a=?b@c", "a@b (=?utf-8?q?x?=)", "=?utf-8?q?J=C3=B6rg?=.x <j@x.example>", "a@b (x@y)", '"a\\"b" <a@b>', "a@b.", "John Q. Public <j@p>",
             "Team: a@b;", "a@b,,c@d", "a @b", "", "<@r:a@b>", '"a@b" <a@b>', "a" * 65 + "@b",
+            # Non-ASCII names and comments: folded as a reader sees them they may show an
+            # address (a fullwidth @, an invisible character inside), which the general reader checks.
+            "Jörg <j@x.example>", "ceo\uff20corp.example <a@b.example>", '"ceo@corp\u200b.example" <a@b.example>',
+            "a@b.example (ceo\uff20corp.example)",
         ]:
             self.assertIsNone(simple_entries(value, 1000, 20_000), value)
 

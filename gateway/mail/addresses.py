@@ -18,6 +18,7 @@ name that is not a phrase (``outsider@evil.example:;``), non-ASCII in an address
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import NamedTuple, Optional, Union
 
 import attrs
@@ -40,7 +41,8 @@ _COMMENT_TEXT = re.compile(r"[^()\\]++")
 _FLAT_COMMENT = re.compile(r"\((?:[^()\\]++|\\.)*+\)", re.S)
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*+)\Z")
-_DOMAIN_AFTER_AT = re.compile(r"[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
+# Any letters or digits (an internationalised domain shows a mailbox as well as an ASCII one).
+_DOMAIN_AFTER_AT = re.compile(r"[\w-]++(?:\.[\w-]++)++")
 _SPECIALS = frozenset("<>@,;:.")
 _ADDRESS_STOP = frozenset(" \t<>()[]\\,;:@\"'")
 
@@ -206,8 +208,22 @@ def _decode_text(text: str, what: str) -> str:
     return _ENCODED_WORD.sub(lambda m: decode_encoded_word(m.group(1), m.group(2), m.group(3), what), text)
 
 
+def as_shown(text: str) -> str:
+    """
+    ``text`` as a reader sees it: compatibility forms folded to what they look like (NFKC: a
+    fullwidth ``＠`` or ``．`` is ``@`` or ``.``) and invisible format characters (zero-width
+    space, soft hyphen, joiners, direction marks) gone, so an address spelled with them is
+    found like the plain one it shows.  ASCII text is shown as it is.
+    """
+    if text.isascii():
+        return text
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in folded if ch.isascii() or unicodedata.category(ch) != "Cf")
+
+
 def addresses_in_text(text: str) -> list[str]:
     """Every ``local@domain.tld`` that ``text`` shows to a reader (bounded work per ``@``)."""
+    text = as_shown(text)
     found: list[str] = []
     start = 0
     while True:

@@ -9,7 +9,7 @@ entry does, and this is judged for every message the gateway accepts (issue 13).
 
 L{simple_entries} recognises only these shapes, in a form where the general reader's result is
 known without running it: ASCII dot-atom local parts, domains whose labels the general reader
-accepts, display names without ``@`` or backslashes (a name with encoded words is handed back
+accepts, ASCII display names without ``@`` or backslashes (a name with encoded words is handed back
 as its words, for the general reader's display-name code to decode and judge), at most one comment per
 entry and only at its end (``root@host (Cron Daemon)``; no ``@``, nesting or backslash in it),
 no white space inside an address, no empty entries, and few enough characters that no limit can
@@ -31,16 +31,18 @@ from typing import Optional
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _LOCAL = rf"[{_ATEXT}]++(?:\.[{_ATEXT}]++)*+"
 _DOMAIN = r"[A-Za-z0-9_][A-Za-z0-9_\-]*+(?:\.[A-Za-z0-9_][A-Za-z0-9_\-]*+)*+"
-_NAME_ATOM = rf"[{_ATEXT}\u0080-\U0010ffff]++"
+# ASCII only: a name with other characters may show an address once folded as a reader sees
+# it (a fullwidth @, an invisible character inside), which only the general reader checks.
+_NAME_ATOM = rf"[{_ATEXT}]++"
 _ENTRY = re.compile(
     r"[ \t]*+(?:"
     rf"(?P<local>{_LOCAL})@(?P<domain>{_DOMAIN})"
     r"|(?:"
     rf"(?P<words>{_NAME_ATOM}(?:[ \t]++{_NAME_ATOM})*+)"
-    r'|"(?P<quoted>[^"\\\x00-\x1f\x7f@]*+)"'
+    r'|"(?P<quoted>[^"\\\x00-\x1f\x7f@\x80-\U0010ffff]*+)"'
     r")?+[ \t]*+"
     rf"<(?P<alocal>{_LOCAL})@(?P<adomain>{_DOMAIN})>"
-    r")(?:[ \t]*+\((?P<comment>[^()\\@\x00\r\n]*+)\))?+[ \t]*+(?:,|\Z)"
+    r")(?:[ \t]*+\((?P<comment>[^()\\@\x00\r\n\x80-\U0010ffff]*+)\))?+[ \t]*+(?:,|\Z)"
 )
 _SPACES = re.compile(r"[ \t]++")
 
