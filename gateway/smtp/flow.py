@@ -175,8 +175,10 @@ class Conversation:
     ) -> None:
         """
         Stop acting on input until ``d`` fires, then call ``on_result``/``on_failure`` (which
-        send the reply) and go on with the pipelined input.  If the client has gone by then,
-        ``on_gone`` gets the result (value or Failure) instead, to release what it holds.
+        send the reply) and go on with the pipelined input.  If the session has ended by then
+        (the client left, or our last reply went out: a 421 when the gateway stops), ``on_gone``
+        gets the result (value or Failure) instead, to release what it holds: nothing may follow
+        that last reply.
         """
         session = self._session
         self._reader.hold(AWAITING_REPLY)
@@ -187,13 +189,13 @@ class Conversation:
             return
 
         def succeeded(value: Any) -> None:
-            if not session.gone:
+            if not session.finished:
                 on_result(value)
             elif on_gone is not None:
                 on_gone(value)
 
         def failed(reason: Failure) -> None:
-            if not session.gone:
+            if not session.finished:
                 (on_failure or session.internal_error)(reason)
             elif on_gone is not None:
                 on_gone(reason)
@@ -215,7 +217,7 @@ class Conversation:
         self._cork()
         try:
             try:
-                if not session.gone:
+                if not session.finished:
                     on_result(value)
                 elif on_gone is not None:
                     on_gone(value)
