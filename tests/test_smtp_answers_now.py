@@ -69,6 +69,22 @@ class ThenTests(SynchronousTestCase):
         chained.addCallback(lambda v: Deferred())  # paused on the inner Deferred
         self.assertFalse(has_value(chained))
 
+    def test_a_deferred_running_its_callbacks_has_no_value_to_take(self):
+        """A value taken in the middle of the chain would skip the callbacks still to run."""
+        d: Deferred = Deferred()
+        seen = []
+
+        def look(value: Any) -> Any:
+            seen.append(has_value(d))
+            return value + 1
+
+        d.addCallback(look)
+        d.addCallback(look)
+        d.callback(1)
+        self.assertEqual(seen, [False, False])
+        self.assertTrue(has_value(d))
+        self.assertEqual(d.result, 3)
+
     def test_as_deferred_turns_an_exception_into_a_failure(self):
         def boom() -> Any:
             raise ValueError("boom")
