@@ -188,21 +188,10 @@ class Conversation:
             self._answered_now(d.result, on_result, on_gone)
             return
 
-        def succeeded(value: Any) -> None:
-            if not session.finished:
-                on_result(value)
-            elif on_gone is not None:
-                on_gone(value)
-
-        def failed(reason: Failure) -> None:
-            if not session.finished:
-                (on_failure or session.internal_error)(reason)
-            elif on_gone is not None:
-                on_gone(reason)
-
         # The reply and those of the pipelined commands it releases go out in one write.
         d.addBoth(self._cork_through)
-        d.addCallbacks(succeeded, failed)
+        d.addCallbacks(self._settle, self._settle, callbackArgs=(on_result, on_gone),
+                       errbackArgs=(on_failure or session.internal_error, on_gone))
         d.addErrback(session.internal_error)
         d.addBoth(self._unblock)
         if self._reader.is_held(AWAITING_REPLY) and not session.gone:
@@ -217,14 +206,18 @@ class Conversation:
         self._cork()
         try:
             try:
-                if not session.finished:
-                    on_result(value)
-                elif on_gone is not None:
-                    on_gone(value)
+                self._settle(value, on_result, on_gone)
             except Exception:
                 session.internal_error(Failure())
         finally:
             self._unblock()
+
+    def _settle(self, result: Any, act: Callable[[Any], None], on_gone: Optional[Callable[[Any], None]]) -> None:
+        """``act(result)`` while the session lives; once it has ended, ``on_gone`` releases ``result``."""
+        if not self._session.finished:
+            act(result)
+        elif on_gone is not None:
+            on_gone(result)
 
     def _cork_through(self, result: Any) -> Any:
         self._cork()
