@@ -55,10 +55,6 @@ class RecordError(ValueError):
 
 def record_fields(entry: SpoolEntry) -> dict[str, Any]:
     """The JSON object for ``entry`` (``message_path`` is not stored: it follows from the id)."""
-    return _fields(entry, record_digest(entry))
-
-
-def _fields(entry: SpoolEntry, digest: str) -> dict[str, Any]:
     env, prov = entry.envelope, entry.provenance
     return {
         "format": RECORD_FORMAT,
@@ -80,7 +76,7 @@ def _fields(entry: SpoolEntry, digest: str) -> dict[str, Any]:
         "sending_mailbox": entry.sending_mailbox,
         "message_digest": entry.message_digest,
         "draft_id": entry.draft_id,
-        "record_digest": digest,
+        "record_digest": record_digest(entry),
     }
 
 
@@ -124,7 +120,7 @@ def _history_item(h: AttemptRecord) -> dict[str, Any]:
 
 def encode_record(entry: SpoolEntry) -> bytes:
     """The record's bytes: one pass over the entry, one encoder call (and one for the digest)."""
-    return _COMPACT.encode(_fields(entry, record_digest(entry))).encode("ascii")
+    return _COMPACT.encode(record_fields(entry)).encode("ascii")
 
 
 def _typed(data: dict, key: str, kind: Any, optional: bool = False, added_later: bool = False) -> Any:
