@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.policy.interfaces import Continue, TempFail
-from gateway.smtp.answers import as_deferred, has_value, then
+from gateway.smtp.answers import has_value, then
 from tests.smtp_helpers import DeferredPolicy, ScriptedPolicy, Session, make_factory
 from tests.test_smtp_protocol import MESSAGE
 
@@ -85,13 +85,6 @@ class ThenTests(SynchronousTestCase):
         self.assertTrue(has_value(d))
         self.assertEqual(d.result, 3)
 
-    def test_as_deferred_turns_an_exception_into_a_failure(self):
-        def boom() -> Any:
-            raise ValueError("boom")
-        self.failureResultOf(as_deferred(boom), ValueError)
-        self.assertEqual(self.successResultOf(as_deferred(lambda: 7)), 7)
-        d: Deferred = Deferred()
-        self.assertIs(as_deferred(lambda: d), d)
 
 
 class ScriptedChain:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 
@@ -44,13 +44,4 @@ def then(step: Any, callback: Callable[..., Any], errback: Optional[Callable[[Fa
     return step.addCallbacks(callback, errback, callbackArgs=args)
 
 
-def as_deferred(run: Callable[[], Any]) -> Deferred:
-    """``run()``'s outcome as a Deferred, an exception as a failed one (what ``maybeDeferred`` does)."""
-    try:
-        outcome = run()
-    except Exception:
-        return fail(Failure())
-    return outcome if isinstance(outcome, Deferred) else succeed(outcome)
-
-
-__all__ = ["has_value", "then", "as_deferred"]
+__all__ = ["has_value", "then"]

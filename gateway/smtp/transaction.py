@@ -39,7 +39,7 @@ from gateway.mail.message import choose_sending_mailbox
 from gateway.policy.interfaces import MessageView, SessionView
 from gateway.smtp import intake as intake_rules
 from gateway.smtp.addresses import parse_mail_from, parse_rcpt_to, recipient_key
-from gateway.smtp.answers import as_deferred, then
+from gateway.smtp.answers import then
 from gateway.smtp.headers import apply_edits, missing_headers, received_header
 from gateway.smtp.input import SPOOL_FULL
 from gateway.smtp.intake import MessageIntake
@@ -319,7 +319,7 @@ class Transaction:
         intake = self.intake
         assert intake is not None and intake.header_section is not None
         section, stopped_at = intake.header_section, intake.stopped_at
-        return as_deferred(lambda: then(self.judge(section, stopped_at), self._judged, _grammar_refused))
+        return maybeDeferred(lambda: then(self.judge(section, stopped_at), self._judged, _grammar_refused))
 
     def _judged(self, judged: Any) -> Any:
         if self.phase != "checking":
