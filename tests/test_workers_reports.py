@@ -78,13 +78,25 @@ class ReporterTests(SynchronousTestCase):
         self.assertTrue(all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in self.sent))
 
     def test_a_session_opening_and_closing_is_reported(self):
+        # The factory says so at each change (GatewaySMTPFactory.session_opened & co.).
         self.listener.factory.sessions.append(object())
         self.listener.factory.in_flight = 1
+        self.metrics.in_use_changed("mx")
         self.clock.advance(REPORT_INTERVAL)
         self.listener.factory.sessions.clear()
         self.listener.factory.in_flight = 0
+        self.metrics.in_use_changed("mx")
         self.clock.advance(REPORT_INTERVAL)
         self.assertEqual([r["gauges"] for r in self.reports()], [{"mx": [1, 1]}, {"mx": [0, 0]}])
+
+    def test_an_idle_worker_has_no_timer(self):
+        """Cost follows work (ARCHITECTURE invariant 10): nothing is armed until something changes."""
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.metrics.message_accepted("mx", 10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(REPORT_INTERVAL)
+        self.assertEqual(len(self.sent), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "nothing changed since: no timer")
 
     def test_a_burst_is_reported_before_the_second_is_up(self):
         for _ in range(MAX_SIZES):

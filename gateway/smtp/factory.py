@@ -112,10 +112,16 @@ class GatewaySMTPFactory(ServerFactory):
         if self.intake is not None:
             self.intake.reply_refused(code)
 
+    def _in_use_changed(self) -> None:
+        """Sessions or transactions in flight changed (an intake worker reports them)."""
+        if self.intake is not None:
+            self.intake.in_use_changed()
+
     # -- sessions and connection limits
 
     def session_opened(self, proto: Any) -> None:
         self.sessions.add(proto)
+        self._in_use_changed()
 
     def connection_problem(self, proto: Any, address: str) -> Optional[str]:
         """
@@ -157,6 +163,7 @@ class GatewaySMTPFactory(ServerFactory):
     def session_closed(self, proto: Any) -> None:
         self.sessions.discard(proto)
         self._uncount(proto)
+        self._in_use_changed()
         if not self.sessions:
             waiters, self._closed_waiters = self._closed_waiters, []
             for d in waiters:
@@ -194,9 +201,11 @@ class GatewaySMTPFactory(ServerFactory):
 
     def transaction_started(self) -> None:
         self.in_flight += 1
+        self._in_use_changed()
 
     def transaction_finished(self) -> None:
         self.in_flight -= 1
+        self._in_use_changed()
         if self.in_flight <= 0:
             self.in_flight = 0
             waiters, self._drain_waiters = self._drain_waiters, []

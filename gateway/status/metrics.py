@@ -106,6 +106,9 @@ class GatewayMetrics:
     def delivered_after(self, seconds: float) -> None:
         self.queue_delay.observe(seconds)
 
+    def in_use_changed(self, listener: str) -> None:
+        """A listener's open sessions or transactions changed: read at scrape time here."""
+
     def intake_for(self, listener: str) -> "IntakeCounters":
         return IntakeCounters(self, listener)
 
@@ -122,6 +125,9 @@ class IntakeCounters:
 
     def reply_refused(self, code: int) -> None:
         self._metrics.reply_refused(self.listener, code)
+
+    def in_use_changed(self) -> None:
+        self._metrics.in_use_changed(self.listener)
 
 
 def reply_class(code: int) -> str:

@@ -3,8 +3,8 @@ Intake reports: what a worker counted, sent to the main process so that ``/metri
 status page cover the whole gateway, not only what the main process accepted itself.
 
 A worker counts in L{ReportingMetrics} (its hooks are those the SMTP factories and the policy
-chains call) and L{IntakeReporter} sends, about once a second and only when something changed,
-one JSON line on the commit-notice pipe: the messages accepted (their sizes, for the size
+chains call) and L{IntakeReporter} sends, a second after something changed (and never while
+nothing does: an idle worker has no timer), one JSON line on the commit-notice pipe: the messages accepted (their sizes, for the size
 histogram), the refusals by reply class and by policy since the last report, and the sessions
 and transactions in flight per listener.  The main process replays the events into its own
 metrics (L{apply_report}) and keeps the gauges per worker
@@ -20,13 +20,12 @@ import json
 from collections import Counter
 from typing import Any, Callable, Optional, Sequence
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.status.metrics import GatewayMetrics, reply_class
 from gateway.status.worker_intake import WorkerIntake
 
-#: A report is sent at least this often while something changes.
+#: A change is reported this long after it (what changes meanwhile goes in the same report).
 REPORT_INTERVAL = 1.0
 #: ... and as soon as this many messages were accepted since the last one (bounds a line).
 MAX_SIZES = 500
@@ -42,21 +41,25 @@ class ReportingMetrics(GatewayMetrics):
         self.sizes: dict[str, list[int]] = {}
         self.refused: Counter[tuple[str, str]] = Counter()
         self.policy: Counter[tuple[str, str, str]] = Counter()
-        #: Called when enough has accumulated that a report should go now.
-        self.full: Callable[[], None] = lambda: None
+        #: Told of every change: ``changed(now=True)`` when enough has piled up to send at once.
+        self.changed: Callable[..., None] = lambda now=False: None
         self._count = 0
 
     def message_accepted(self, listener: str, size: int) -> None:
         self.sizes.setdefault(listener, []).append(int(size))
         self._count += 1
-        if self._count >= MAX_SIZES:
-            self.full()
+        self.changed(now=self._count >= MAX_SIZES)
 
     def reply_refused(self, listener: str, code: int) -> None:
         self.refused[(listener, reply_class(code))] += 1
+        self.changed()
 
     def policy_refused(self, listener: str, policy: str, code: Optional[int]) -> None:
         self.policy[(listener, policy, reply_class(code or 550))] += 1
+        self.changed()
+
+    def in_use_changed(self, listener: str) -> None:
+        self.changed()
 
     def take(self) -> dict:
         """The events since the last call (and forget them)."""
@@ -71,33 +74,44 @@ class ReportingMetrics(GatewayMetrics):
 
 class IntakeReporter:
     """
-    Sends a worker's report: every L{REPORT_INTERVAL} seconds when something changed, at once
-    when L{MAX_SIZES} messages piled up, and a last one when the worker stops.  ``listeners``
-    are the worker's listener parts (``config.name``, ``factory.sessions``, ``factory.in_flight``).
+    Sends a worker's report: L{REPORT_INTERVAL} seconds after a change, at once when
+    L{MAX_SIZES} messages piled up, and a last one when the worker stops.  ``listeners`` are the
+    worker's listener parts (``config.name``, ``factory.sessions``, ``factory.in_flight``).
     """
 
     def __init__(self, clock: Any, metrics: ReportingMetrics, listeners: Sequence[Any],
                  send: Callable[[bytes], None]) -> None:
+        self._clock = clock
         self._metrics = metrics
         self._listeners = listeners
         self._send = send
         self._last_gauges: Optional[dict] = None
-        self._loop = LoopingCall(self.report)
-        self._loop.clock = clock
-        metrics.full = self.report
+        self._pending: Any = None
+        self._running = False
 
     def start(self) -> None:
-        self._loop.start(REPORT_INTERVAL, now=False)
+        self._running = True
+        self._metrics.changed = self._changed
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        self._running = False
+        self._metrics.changed = lambda now=False: None
         self.report()
+
+    def _changed(self, now: bool = False) -> None:
+        if now:
+            self.report()
+        elif self._pending is None and self._running:
+            self._pending = self._clock.callLater(REPORT_INTERVAL, self.report)
 
     def gauges(self) -> dict:
         return {part.config.name: [len(part.factory.sessions), part.factory.in_flight] for part in self._listeners}
 
     def report(self) -> None:
+        if self._pending is not None:
+            if self._pending.active():
+                self._pending.cancel()
+            self._pending = None
         events = self._metrics.take()
         gauges = self.gauges()
         if not any(events.values()) and gauges == self._last_gauges:
