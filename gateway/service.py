@@ -70,7 +70,8 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
         metrics = options.metrics if options.metrics is not None else GatewayMetrics()
         spool = build_spool(config, reactor)
         auth = build_auth(config.auth, config.state_dir, reactor=reactor, graph_config=config.graph)
-        redis = redis_service(config.redis, reactor)  # before delivery: [cluster] admission shares it
+        # Before delivery: [cluster] admission shares it, and relies on reconnections every ``retry``.
+        redis = redis_service(config.redis, reactor, config.cluster.retry if config.cluster is not None else None)
         delivery = (given_delivery(options.deliverer) if options.deliverer is not None
                     else build_delivery(config, reactor, spool, auth, metrics, redis))
         observers = build_observers(config, reactor, delivery, metrics)

@@ -177,9 +177,9 @@ class DegradedTests(AdmissionTestBase):
                          "half of concurrency 4 while Redis is away")
         lines = [e for e in events if e.get("cluster_state") == DEGRADED]
         self.assertEqual(len(lines), 1, "one 'cluster state degraded' line, not one per message")
-        # Redis comes back (same socket, empty).  The node waits a window (+ retry) so that the
-        # other nodes' solo starts, which Redis never saw, have left the window, and until its
-        # own solo requests have ended; then it shares again.
+        # Redis comes back (same socket, empty).  The node waits a window (+ the time the other
+        # nodes may take to find Redis too) so that their solo starts, which Redis never saw,
+        # have left the window, and until its own solo requests have ended; then it shares again.
         self.server = yield start_redis_server(reactor, self.directory, 0, ())
         self.addCleanup(self.server.stop)
         for _ in range(10):  # each probe waits (up to the timeouts) for txredisapi to reconnect
@@ -189,7 +189,7 @@ class DegradedTests(AdmissionTestBase):
         self.assertEqual(a.state, "rejoining")
         answer = yield a.admit(MAILBOX, "Q9")
         self.assertIsInstance(answer, Later)
-        self.clock.advance(a.window + a.cluster.retry)
+        self.clock.advance(a.window + a.rejoin_lag)
         yield a._tick()
         self.assertEqual(a.state, "rejoining", "solo requests still running")
         for slot in slots[:2]:
@@ -202,3 +202,73 @@ class DegradedTests(AdmissionTestBase):
             answer = yield a.admit(MAILBOX, f"R{i}")
             admitted.append(answer)
         self.assertEqual(sum(isinstance(x, ClusterSlot) for x in admitted), 4, "the whole limit again")
+
+
+class RejoinTests(AdmissionTestBase):
+    """
+    After an outage the nodes find Redis at different times: each reconnects on its own
+    schedule.  A node that shares again through Redis (whose counts start empty) must not
+    overlap, within one window, a node that is still starting alone.
+    """
+
+    @inlineCallbacks
+    def degraded_pair(self):
+        a = self.node("a", concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=2.0)
+        b = self.node("b", concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=2.0)
+        yield self.server.stop()
+        for node in (a, b):
+            yield node.admit(MAILBOX, "Q0")
+            self.assertEqual(node.state, DEGRADED)
+        self.clock.advance(a.window)  # both start alone from now on
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        return a, b
+
+    @inlineCallbacks
+    def find_redis(self, node):
+        for _ in range(10):  # each probe waits (up to the timeouts) for txredisapi to reconnect
+            yield node._tick()
+            if node.state != DEGRADED:
+                return
+        self.fail(f"{node.cluster.node_id} never found Redis again")
+
+    @inlineCallbacks
+    def test_a_node_rejoins_only_after_the_slowest_node_has_stopped_starting_alone(self):
+        a, b = yield self.degraded_pair()
+        yield self.find_redis(a)
+        # b's next reconnection is up to ``retry`` away, then one connection attempt, then its
+        # next probe and that probe's reply: until then it starts alone, as it should.
+        connection = b.redis.config
+        slowest = b.cluster.retry + connection.connect_timeout + b.tick_interval + connection.reply_timeout
+        self.clock.advance(slowest - 0.01)
+        solo = yield b.admit(MAILBOX, "B1")
+        self.assertIsInstance(solo, ClusterSlot)
+        self.assertIsNone(solo.lease, "b is still alone")
+        last_solo_start = self.clock.seconds()
+        solo.release()
+        yield self.find_redis(b)
+        # a shares again through Redis, whose window starts empty: its first start must come a
+        # whole window after b's last solo start, or the two add up past the limit.
+        answer = yield a.admit(MAILBOX, "A1")
+        while isinstance(answer, Later):
+            self.clock.advance(max(0.05, answer.retry_at - self.clock.seconds()))
+            yield a._tick()
+            answer = yield a.admit(MAILBOX, "A1")
+        self.assertIsNotNone(answer.lease, "a shares through Redis again")
+        self.assertGreaterEqual(self.clock.seconds(), last_solo_start + a.window)
+        answer.release()
+
+    @inlineCallbacks
+    def test_a_start_paced_while_alone_does_not_happen_after_redis_is_back(self):
+        a, b = yield self.degraded_pair()
+        first = yield b.admit(MAILBOX, "B1")
+        self.assertIsNone(first.lease)
+        # The next solo start is paced a little later (a Deferred waiting on the clock) ...
+        paced = b.admit(MAILBOX, "B2")
+        self.assertFalse(paced.called)
+        # ... and Redis answers b's probe before that time comes: b no longer starts alone.
+        yield self.find_redis(b)
+        self.clock.advance(b.solo_interval)
+        answer = yield paced
+        self.assertIsInstance(answer, Later, "a solo start after b found Redis again")
+        first.release()

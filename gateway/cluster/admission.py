@@ -22,9 +22,10 @@ When Redis fails (error or timeout) the node says ``cluster state degraded`` onc
 delivering with its share of each limit (``limit / expected_nodes``), asking Redis again every
 ``retry`` seconds.  Switching costs one rate window each way: a node that loses Redis starts
 nothing alone until a window has passed since (the starts Redis counted are unknown to it), and
-a node that finds Redis again starts nothing for a window plus ``retry`` (the other nodes' solo
-starts are not in Redis) and until its own solo requests have ended; then it says ``cluster
-state ok``.  So the cluster never exceeds a limit, even while switching.
+a node that finds Redis again starts nothing for a window plus L{ClusterAdmission.rejoin_lag}
+(how long the other nodes may take to find Redis too: their solo starts are not in Redis) and
+until its own solo requests have ended; then it says ``cluster state ok``.  So the cluster never
+exceeds a limit, even while switching.
 """
 
 from __future__ import annotations
@@ -204,6 +205,18 @@ class ClusterAdmission(Service):
         """Leases are renewed (and shared pauses read) three times per TTL."""
         return min(self.cluster.lease_ttl / 3.0, self.cluster.retry)
 
+    @property
+    def rejoin_lag(self) -> float:
+        """
+        How long after Redis is back the slowest live node may still start alone: until its
+        next reconnection (the connection retries every ``retry`` at most in a cluster), one
+        connection attempt (with Sentinel, discovery first), its next probe and that probe's
+        reply.
+        """
+        connection = self.redis.config
+        attempt = connection.connect_timeout * (2 if connection.sentinels else 1)
+        return self.cluster.retry + attempt + self.tick_interval + connection.reply_timeout
+
     # -- keys ------------------------------------------------------------------------------
 
     def _keys(self, key: Hashable) -> list[str]:
@@ -301,6 +314,10 @@ class ClusterAdmission(Service):
     def _solo_now(self, key: Hashable) -> Any:
         local = self._local(key)
         now = self.clock.seconds()
+        if self.state != DEGRADED:
+            # Redis answered while this start waited its turn: the rejoin wait of every node
+            # counts on solo starts ending there.
+            return Later(now + REJOIN_POLL, "rejoining the cluster")
         if local.in_flight >= self.solo_concurrency:
             return Later(now + self.solo_interval, "mailbox has requests in flight (cluster degraded)")
         return self._started(key, None, solo=True)
@@ -445,13 +462,14 @@ class ClusterAdmission(Service):
         d = self.redis.call(lambda r: r.ping())
 
         def back(_: Any) -> None:
-            # Other nodes may still start alone for up to ``retry`` seconds (until their own
-            # probe), and their solo starts are not in Redis: start nothing for one window
-            # (plus that ``retry``), then share again.
+            # Other nodes may still start alone for up to ``rejoin_lag`` (until they find Redis
+            # too), and their solo starts are not in Redis: start nothing until the last of
+            # them has left the window, then share again.
             self.state = REJOINING
-            self._rejoin_at = self.clock.seconds() + self.window + self.cluster.retry
+            wait = self.window + self.rejoin_lag
+            self._rejoin_at = self.clock.seconds() + wait
             self.log.info("cluster: Redis answers again; node {node} rejoins in {seconds:.1f}s",
-                          node=self.cluster.node_id, seconds=self.window + self.cluster.retry)
+                          node=self.cluster.node_id, seconds=wait)
 
         def done(result: Any) -> None:
             self._probing = False

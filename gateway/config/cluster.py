@@ -29,7 +29,8 @@ class ClusterConfig:
     ``node_id`` names this gateway in logs, leases and the status page (default: the host
     name); ``expected_nodes`` is how many gateways normally run (each takes that share of the
     limits while Redis is down); ``lease_ttl`` how long a slot outlives its last renewal;
-    ``retry`` how often a node without Redis asks again; ``rate_window`` the window
+    ``retry`` how often a node without Redis asks again (its connection also retries at least
+    that often, so the others know when it has stopped starting alone); ``rate_window`` the window
     ``graph.mailbox_rate`` counts in (60 s: Exchange's per-minute limit; tests shrink it).
     """
 

@@ -28,13 +28,18 @@ class RedisConnection(Service):
     ``RedisConnection(config, reactor)``; add it to the application before the SMTP listeners
     so it starts first and stops last.  Policies call L{call} with a function of the
     txredisapi connection handler.
+
+    ``reconnect_within`` caps the wait between two connection attempts (txredisapi's backoff
+    otherwise grows to 10 s, with random jitter).  ``[cluster]`` sets it to ``retry``: a node
+    that rejoins after an outage must know how long the others may still be starting alone.
     """
 
     log = Logger()
 
-    def __init__(self, config: RedisConfig, reactor: Any) -> None:
+    def __init__(self, config: RedisConfig, reactor: Any, reconnect_within: Optional[float] = None) -> None:
         self.config = config
         self._reactor = reactor
+        self.reconnect_within = reconnect_within
         self._factory: Optional[txredisapi.RedisFactory] = None
         self._sentinel: Any = None
         self._stopped = False
@@ -64,6 +69,7 @@ class RedisConnection(Service):
                 username=c.username,
             )
             factory.reconnect = True
+            self._bound_reconnection(factory)
             endpoint: IStreamClientEndpoint
             if c.unix_socket:
                 endpoint = UNIXClientEndpoint(self._reactor, c.unix_socket, timeout=c.connect_timeout)
@@ -88,7 +94,13 @@ class RedisConnection(Service):
             replyTimeout=c.reply_timeout, convertNumbers=False, username=c.username)
         self.log.info("connecting to {where}", where=c.describe())
         self._factory = handler._factory
+        self._bound_reconnection(self._factory)
         return handler
+
+    def _bound_reconnection(self, factory: Any) -> None:
+        if self.reconnect_within is not None:
+            factory.maxDelay = min(factory.maxDelay, self.reconnect_within)
+            factory.jitter = 0  # a bound others rely on: no random overshoot
 
     def startService(self) -> None:
         super().startService()
@@ -120,7 +132,8 @@ class RedisConnection(Service):
         return d
 
 
-def redis_service(redis_config: Optional[RedisConfig], reactor: Any) -> Optional[RedisConnection]:
+def redis_service(redis_config: Optional[RedisConfig], reactor: Any,
+                  reconnect_within: Optional[float] = None) -> Optional[RedisConnection]:
     """
     The Redis service for the ``[redis]`` section (L{gateway.config.GatewayConfig.redis}), or
     None when none is configured.  Pass it as ``redis`` to
@@ -128,7 +141,7 @@ def redis_service(redis_config: Optional[RedisConfig], reactor: Any) -> Optional
     """
     if redis_config is None:
         return None
-    service = RedisConnection(redis_config, reactor)
+    service = RedisConnection(redis_config, reactor, reconnect_within)
     service.setName("redis")
     return service
 

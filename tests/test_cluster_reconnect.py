@@ -1,0 +1,49 @@
+"""
+A node of a cluster finds Redis again within ``[cluster] retry`` of it coming back: the
+rejoin wait of every other node (L{gateway.cluster.admission}) relies on that bound, which
+txredisapi's own backoff (growing to 10 s, with random jitter) does not give.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.config.loader import build_config
+from gateway.config.policy import RedisConfig
+from gateway.policy.redis_connection import RedisConnection
+from gateway.service import build_components
+
+
+class ReconnectScheduleTests(SynchronousTestCase):
+    def factory_of(self, **options):
+        connection = RedisConnection(RedisConfig(unix_socket="/nonexistent/redis.sock"), MemoryReactorClock(),
+                                     **options)
+        connection.startService()
+        return connection._factory
+
+    def test_reconnections_come_within_the_bound(self):
+        factory = self.factory_of(reconnect_within=0.5)
+        self.assertLessEqual(max(factory.retryDelay(attempt) for attempt in range(1, 60)), 0.5)
+        self.assertGreater(factory.retryDelay(1), 0)
+
+    def test_without_a_bound_txredisapi_backs_off_further(self):
+        """Why the bound is needed: the default schedule waits up to 10 s (and more, by jitter)."""
+        factory = self.factory_of()
+        self.assertGreater(max(factory.retryDelay(attempt) for attempt in range(1, 60)), 5.0)
+
+
+class ClusterWiringTests(SynchronousTestCase):
+    def components(self, **sections):
+        data = {"listener": [{"name": "x", "endpoint": "tcp:0"}], "redis": {"unix_socket": "/nonexistent/r.sock"},
+                **sections}
+        config = build_config(data, {}, {}, os.path.abspath(self.mktemp()))
+        return build_components(config, MemoryReactorClock(), listen=False)
+
+    def test_a_cluster_node_reconnects_every_retry(self):
+        self.assertEqual(self.components(cluster={"retry": "0.5s"}).redis.reconnect_within, 0.5)
+
+    def test_redis_without_a_cluster_keeps_txredisapis_backoff(self):
+        self.assertIsNone(self.components().redis.reconnect_within)
