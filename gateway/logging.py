@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import sys
 from typing import IO, Any, Callable, Mapping, Optional
 
@@ -49,7 +50,16 @@ MESSAGE_FIELDS = ("from", "to", "size", "relay", "mailbox", "delay", "attempt", 
 #: Field names that may hold credential material: never written, whatever the event carries.
 _SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "private", "passphrase",
                  "credential", "cookie", "assertion", "bearer")
+#: The same words as one search (a worker relays every event's fields: one C call per key).
+_SECRET_NAME = re.compile("|".join(_SECRET_WORDS), re.IGNORECASE)
+#: Values that are their own JSON form (``float`` is not: NaN).
+_PLAIN = frozenset((str, int, bool, type(None)))
 _JSON_SCALARS = (str, int, float, bool, type(None))
+#: Keys of twisted.python.log's legacy events: bookkeeping, not fields.
+_LEGACY_KEYS = frozenset(("format", "message", "isError", "why", "failure"))
+#: Per-message fields an event's text already shows although its format no longer names them
+#: (a worker's event arrives rendered, L{gateway.workers.log_relay}).
+SHOWN_FIELDS = "log_shown_fields"
 _COLLECTIONS = (list, tuple, set, frozenset)
 
 
@@ -85,15 +95,29 @@ def event_as_json(event: Mapping[str, Any]) -> dict:
     if failure is not None:
         record["error"] = f"{getattr(failure.type, '__name__', 'Error')}: {_safe_text(failure.getErrorMessage())}"
         record["traceback"] = failure.getTraceback()
+    for key, value in own_fields(event).items():
+        record.setdefault(key, value)
+    return record
+
+
+def own_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The event's own fields as JSON values: none of Twisted's ``log_*`` bookkeeping or legacy
+    keys, never a field whose name says it holds a credential, and no value without a faithful
+    JSON form.
+    """
+    fields: dict[str, Any] = {}
+    secret = _SECRET_NAME.search
     for key, value in event.items():
-        if key.startswith("log_") or key in record or key in ("format", "message", "isError", "why", "failure"):
+        if key.startswith("log_") or key in _LEGACY_KEYS or secret(key):
             continue
-        if _secret_name(key):
+        if type(value) in _PLAIN:
+            fields[key] = value
             continue
         value = _jsonable(value)
         if value is not _SKIP:
-            record[key] = value
-    return record
+            fields[key] = value
+    return fields
 
 
 def json_line(event: Mapping[str, Any]) -> str:
@@ -119,9 +143,10 @@ def message_fields_text(event: Mapping[str, Any]) -> str:
     if "queue_id" not in event or "status" not in event:
         return ""
     shown = str(event.get("log_format") or "")
+    also_shown = event.get(SHOWN_FIELDS) or ()
     parts = []
     for name in MESSAGE_FIELDS:
-        if "{" + name in shown:
+        if "{" + name in shown or name in also_shown:
             continue
         value = _message_field(event, name)
         # An empty sender is the null reverse-path and worth showing (``from=<>``); other
@@ -145,17 +170,17 @@ def with_message_fields(observer: ILogObserver) -> ILogObserver:
     @implementer(ILogObserver)
     def render(event: dict) -> None:
         extra = message_fields_text(event)
-        text = _rendered_message(event)
+        text = rendered_message(event)
         if text is not None or extra:
-            shown = _escaped(text) if text is not None else (event.get("log_format") or "")
+            shown = as_format(text) if text is not None else (event.get("log_format") or "")
             event = dict(event)
-            event["log_format"] = shown + ": " + _escaped(extra) if extra else shown
+            event["log_format"] = shown + ": " + as_format(extra) if extra else shown
         observer(event)
 
     return render
 
 
-def _rendered_message(event: Mapping[str, Any]) -> Optional[str]:
+def rendered_message(event: Mapping[str, Any]) -> Optional[str]:
     """
     The event's message as Twisted's ``formatEvent`` renders it, or None when this cannot
     promise the same text.  Without ``()`` in the format, Twisted's formatter (C{string.Formatter}
@@ -170,7 +195,7 @@ def _rendered_message(event: Mapping[str, Any]) -> Optional[str]:
         return None
 
 
-def _escaped(text: str) -> str:
+def as_format(text: str) -> str:
     """``text`` as a format string that renders to itself."""
     return text.replace("{", "{{").replace("}", "}}") if "{" in text or "}" in text else text
 
@@ -287,8 +312,7 @@ def _json_object(mapping: Mapping[str, Any], depth: int) -> dict[str, Any]:
 
 
 def _secret_name(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+    return _SECRET_NAME.search(key) is not None
 
 
 def _render(event: Mapping[str, Any]) -> str:
@@ -313,4 +337,5 @@ def _iso(seconds: float) -> str:
 __all__ = [
     "json_observer", "event_as_json", "json_line", "log_level", "level_filter", "message_fields_text",
     "with_message_fields", "text_observer_for", "twistd_default_observer", "LoggingRoot", "LEVEL_ENV",
+    "own_fields", "rendered_message", "as_format", "MESSAGE_FIELDS", "SHOWN_FIELDS",
 ]

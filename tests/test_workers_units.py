@@ -15,7 +15,6 @@ from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
-from twisted.logger import eventAsJSON, formatEvent
 from twisted.protocols._sni import TLSServerEndpoint
 from twisted.trial.unittest import TestCase
 
@@ -28,7 +27,7 @@ from gateway.spool.interfaces import SpoolError
 from gateway.spool.queueid import new_queue_id
 from gateway.status.metrics import GatewayMetrics
 from gateway.status.worker_intake import WorkerIntake
-from gateway.workers.channel import FIRST_LISTENER_FD, LOCK_FD, NOTIFY_FD, LineSplitter, event_of, queue_id_of
+from gateway.workers.channel import FIRST_LISTENER_FD, LOCK_FD, NOTIFY_FD, LineSplitter, queue_id_of
 from gateway.workers.sockets import AdoptedStreamEndpoint, adopted_endpoint
 from gateway.workers.spool_sweep import minted_at, remove_temp_files, unannounced_since
 from gateway.workers.supervisor import WorkerProcess, WorkerSupervisor, with_workers
@@ -97,15 +96,6 @@ class ChannelTests(TestCase):
         self.assertEqual(queue_id_of(b"1K1EJM9D8ZEEWPZPDBE"), "1K1EJM9D8ZEEWPZPDBE")
         self.assertIsNone(queue_id_of(b"../../etc/passwd"))
         self.assertIsNone(queue_id_of(b"1K1EJM9D8ZEEWPZPDB"))
-
-    def test_a_log_record_renders_as_in_the_worker(self):
-        event = {"log_format": "received {queue_id}", "queue_id": "Q1", "log_time": 1.0}
-        from twisted.logger._flatten import flattenEvent
-
-        flattenEvent(event)
-        decoded = event_of(("\x1e" + eventAsJSON(event)).encode())
-        self.assertEqual(formatEvent(decoded), "received Q1")
-        self.assertIsNone(event_of(b"\x1e{not json"))
 
 
 class SweepTests(TestCase):

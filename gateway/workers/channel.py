@@ -1,7 +1,8 @@
 """
 What a worker tells the main process, and how: the descriptor numbers both sides agree on, the
-commit notices (one queue id per line; intake reports, JSON objects, share the pipe), and the worker's log events (JSON text sequences,
-re-emitted by the main process into its own log with the worker's pid).
+commit notices (one queue id per line; intake reports, JSON objects, share the pipe), and the
+worker's log events (JSON text sequences, L{gateway.workers.log_relay}, re-emitted by the main
+process into its own log with the worker's pid).
 
 A commit notice is written *before* the client gets its 250 (the spool's commit listeners run
 before the protocol's reply), straight into the pipe when it has room — a line is far below
@@ -17,7 +18,6 @@ import re
 from typing import Any, Callable, Optional
 
 from twisted.internet import abstract, fdesc
-from twisted.logger import eventFromJSON
 
 #: Descriptor numbers in a worker (the main process maps its pipes and sockets onto these).
 CONTROL_FD = 0  # the main process's end stays open while it lives: EOF means it is gone
@@ -130,13 +130,5 @@ def queue_id_of(line: bytes) -> Optional[str]:
     return line.decode("ascii") if _QUEUE_ID_LINE.match(line) else None
 
 
-def event_of(record: bytes) -> Optional[dict]:
-    """A worker's log event from one JSON text sequence record, or None when it is garbled."""
-    try:
-        return dict(eventFromJSON(record.decode("utf-8").lstrip("\x1e")))
-    except ValueError:
-        return None
-
-
-__all__ = ["CommitNotifier", "EndOfFileWatch", "LineSplitter", "queue_id_of", "event_of",
+__all__ = ["CommitNotifier", "EndOfFileWatch", "LineSplitter", "queue_id_of",
            "CONTROL_FD", "LOG_FD", "NOTIFY_FD", "LOCK_FD", "FIRST_LISTENER_FD"]

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import attrs
 from twisted.internet.defer import maybeDeferred
-from twisted.logger import FileLogObserver, Logger, globalLogBeginner, jsonFileLogObserver
+from twisted.logger import FileLogObserver, Logger, globalLogBeginner
 
 from gateway.workers.channel import CONTROL_FD, LOCK_FD, LOG_FD, CommitNotifier, EndOfFileWatch
 from gateway.workers.reports import IntakeReporter, ReportingMetrics
@@ -127,9 +127,10 @@ def _report_last(result: Any, reporter: IntakeReporter) -> Any:
 
 def _start_logging() -> None:
     from gateway.logging import level_filter, log_level
+    from gateway.workers.log_relay import relay_observer
 
     stream = os.fdopen(LOG_FD, "w", buffering=1, encoding="utf-8")
-    observer: FileLogObserver = jsonFileLogObserver(stream)
+    observer: FileLogObserver = relay_observer(stream)
     globalLogBeginner.beginLoggingTo([level_filter(observer, log_level(os.environ))],
                                      redirectStandardIO=False, discardBuffer=True)
 

@@ -44,9 +44,9 @@ from gateway.workers.channel import (
     LOG_FD,
     NOTIFY_FD,
     LineSplitter,
-    event_of,
     queue_id_of,
 )
+from gateway.workers.log_relay import relayed_event
 from gateway.workers.reports import apply_report, is_report
 from gateway.workers.sockets import paused_descriptors
 from gateway.workers.spool_sweep import remove_temp_files, unannounced_since
@@ -106,18 +106,9 @@ class WorkerProcess(ProcessProtocol):
         self.supervisor.announce(queue_id)
 
     def _event(self, record: bytes) -> None:
-        event = event_of(record)
-        if event is None:
-            return
-        event["worker_pid"] = self.pid
-        event["worker"] = self.index
-        event["log_format"] = "[worker {worker_pid}] " + str(event.get("log_format") or "")
-        flattened = event.get("log_flattened")
-        if isinstance(flattened, dict):
-            # Rendered from the values flattened in the worker; the pid is one more of them.
-            for key in ("worker_pid!:", "worker_pid!s:", "worker_pid!r:"):
-                flattened[key] = self.pid if key == "worker_pid!:" else (str(self.pid) if "!s" in key else repr(self.pid))
-        self.supervisor.log.observer(event)
+        event = relayed_event(record, self.pid, self.index)
+        if event is not None:
+            self.supervisor.log.observer(event)
 
     def _said(self, line: bytes) -> None:
         self.supervisor.log.warn("[worker {worker_pid}] {line}", worker_pid=self.pid,
