@@ -728,6 +728,38 @@ class SpoolFailureTests(SessionTestCase):
         self.flushLoggedErrors(SpoolError)
 
 
+class CountingFailureTests(SessionTestCase):
+    def test_a_counter_that_raises_after_the_250_changes_nothing_for_the_client(self):
+        """
+        The message is queued and the 250 sent: a broken metrics hook must neither send a
+        second reply (a 451 the client would retry on: a duplicate) nor leave the transaction
+        counted in flight (a graceful stop would wait for it until its timeout).
+        """
+        class BrokenCounter:
+            def message_accepted(self, size):
+                raise RuntimeError("counter broke")
+
+            def reply_refused(self, code):
+                pass
+
+            def in_use_changed(self):
+                pass
+
+        factory = make_factory()
+        factory.intake = BrokenCounter()
+        s = self.session(factory)
+        s.ehlo()
+        s.envelope()
+        s.cmd("DATA")
+        lines = s.send(MESSAGE + b".\r\n")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(b"250 2.0.0 Ok: queued as "), lines)
+        self.assertEqual(factory.in_flight, 0)
+        self.assertTrue(factory.drain().called)
+        self.assertEqual(s.cmd("NOOP"), b"250 2.0.0 Ok")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class DrainTests(SessionTestCase):
 
     def test_drain_waits_for_in_flight_transaction(self):

@@ -63,7 +63,8 @@ class GatewaySMTPFactory(ServerFactory):
         self.add_date = add_date
         # The Received/Date date-time of the clock's current second, formatted once per second.
         self.dates = MessageDates()
-        # Metrics hooks (message_accepted(size), reply_refused(code)); None counts nothing.
+        # Metrics hooks (message_accepted(size), reply_refused(code), in_use_changed()); None
+        # counts nothing.
         self.intake = intake
         # The rule that picks the sending mailbox at intake ([graph] send_as), recorded with
         # each message, and the thread pool large header sections are judged in (None: inline).

@@ -418,7 +418,10 @@ class Transaction:
             **{"from": self.sender, "to": [str(r) for r in self.recipients]},
         )
         session.reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        session.factory.message_accepted(size)
+        try:
+            session.factory.message_accepted(size)  # before end(): a worker's last report counts it
+        except Exception:  # noqa: BLE001 - the message is queued and answered: counting must not undo that
+            session.log.failure("counting accepted message {queue_id} failed", queue_id=queue_id)
         self.end()
 
     def _message_after_disconnect(self, outcome: Any) -> None:
