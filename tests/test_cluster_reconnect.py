@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config.loader import build_config
 from gateway.config.policy import RedisConfig
 from gateway.policy.redis_connection import RedisConnection
 from gateway.service import build_components
+from tests.cluster_rig import free_port
 
 
 class ReconnectScheduleTests(SynchronousTestCase):
@@ -33,6 +35,30 @@ class ReconnectScheduleTests(SynchronousTestCase):
         """Why the bound is needed: the default schedule waits up to 10 s (and more, by jitter)."""
         factory = self.factory_of()
         self.assertGreater(max(factory.retryDelay(attempt) for attempt in range(1, 60)), 5.0)
+
+
+class SentinelScheduleTests(TestCase):
+    """With Sentinel, txredisapi builds the factories itself: the bound must reach each of them."""
+
+    def cancel_discovery_timers(self):
+        """txredisapi leaves a master discovery's timeout armed when its connections close."""
+        for call in reactor.getDelayedCalls():
+            if getattr(call.func, "__qualname__", "").startswith("Sentinel.discover_master"):
+                call.cancel()
+
+    def test_every_connection_through_sentinel_keeps_the_bound(self):
+        config = RedisConfig(sentinels=(("127.0.0.1", free_port()), ("127.0.0.1", free_port())),
+                             sentinel_master="gw", connect_timeout=1.5, reply_timeout=1.0)
+        connection = RedisConnection(config, reactor, reconnect_within=0.5)
+        connection.startService()
+        self.addCleanup(self.cancel_discovery_timers)
+        self.addCleanup(connection.stopService)
+        master, sentinel = connection._factory, connection._sentinel
+        self.assertLessEqual(max(master.retryDelay(attempt) for attempt in range(1, 60)), 0.5)
+        for handler in sentinel.sentinels:
+            self.assertLessEqual(max(handler._factory.retryDelay(attempt) for attempt in range(1, 60)), 0.5)
+        # What the rejoin wait counts for a connection attempt: discovery, then the master.
+        self.assertEqual((sentinel.discovery_timeout, master.maxDelay), (1.5, 1.5))
 
 
 class ClusterWiringTests(SynchronousTestCase):

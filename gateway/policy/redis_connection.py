@@ -32,6 +32,8 @@ class RedisConnection(Service):
     ``reconnect_within`` caps the wait between two connection attempts (txredisapi's backoff
     otherwise grows to 10 s, with random jitter).  ``[cluster]`` sets it to ``retry``: a node
     that rejoins after an outage must know how long the others may still be starting alone.
+    ``generation`` counts the connections made: a change says the connection was lost and made
+    again meanwhile (Redis may have been away).
     """
 
     log = Logger()
@@ -43,6 +45,9 @@ class RedisConnection(Service):
         self._factory: Optional[txredisapi.RedisFactory] = None
         self._sentinel: Any = None
         self._stopped = False
+        self.generation = 0
+        self._started_again_at: Optional[float] = None
+        self._said_started_again_at: Optional[float] = None
 
     def __repr__(self) -> str:
         return f"<RedisConnection {self.config.describe()}>"
@@ -52,6 +57,8 @@ class RedisConnection(Service):
         return self.config.key_prefix
 
     def _handler(self) -> Any:
+        if self._factory is not None and self._factory.stopped and not self._stopped:
+            self._start_again()
         if self._factory is None and self.config.sentinels:
             return self._sentinel_handler()
         if self._factory is None:
@@ -88,19 +95,53 @@ class RedisConnection(Service):
         c = self.config
         self._sentinel = txredisapi.Sentinel(list(c.sentinels), connectTimeout=c.connect_timeout,
                                              replyTimeout=c.reply_timeout)
+        # Asking the sentinels for the master is bounded by connect_timeout too (not 10 s).
+        self._sentinel.discovery_timeout = c.connect_timeout
         handler = self._sentinel.master_for(
             c.sentinel_master, dbid=c.db or None, poolsize=1, charset="utf-8",
             password=c.password.reveal() if c.password is not None else None,
             replyTimeout=c.reply_timeout, convertNumbers=False, username=c.username)
         self.log.info("connecting to {where}", where=c.describe())
         self._factory = handler._factory
+        # txredisapi connects to the master with maxDelay as the timeout: make it connect_timeout.
+        self._factory.maxDelay = c.connect_timeout
         self._bound_reconnection(self._factory)
+        for sentinel in self._sentinel.sentinels:
+            self._bound_reconnection(sentinel._factory, count=False)
         return handler
 
-    def _bound_reconnection(self, factory: Any) -> None:
+    def _bound_reconnection(self, factory: Any, count: bool = True) -> None:
+        # Wrapped on the instance: txredisapi builds the Sentinel path's factory itself.
+        if count:
+            add = factory.addConnection
+
+            def counted(connection: Any) -> Any:
+                self.generation += 1
+                return add(connection)
+
+            factory.addConnection = counted
         if self.reconnect_within is not None:
-            factory.maxDelay = min(factory.maxDelay, self.reconnect_within)
-            factory.jitter = 0  # a bound others rely on: no random overshoot
+            bound, delay = self.reconnect_within, factory.retryDelay
+            factory.retryDelay = lambda attempt: min(bound, delay(attempt))
+
+    def _start_again(self) -> None:
+        """
+        txredisapi stops reconnecting for good when AUTH or SELECT fails on a new connection,
+        a reply timeout while Redis was busy included, and the gateway would then do without
+        Redis until restarted.  Connect again, at most once per ``reconnect_within`` (5 s
+        without), so a wrong password is retried, not hammered; said at most once a minute.
+        """
+        now = self._reactor.seconds()
+        if self._started_again_at is not None and now - self._started_again_at < (self.reconnect_within or 5.0):
+            return
+        self._started_again_at = now
+        if self._said_started_again_at is None or now - self._said_started_again_at >= 60.0:
+            self._said_started_again_at = now
+            self.log.warn("the connection to {where} stopped retrying (a login or database selection failed "
+                          "or went unanswered); connecting again", where=self.config.describe())
+        factory, self._factory = self._factory, None
+        sentinel, self._sentinel = self._sentinel, None
+        self._close(factory, sentinel)
 
     def startService(self) -> None:
         super().startService()
@@ -112,6 +153,9 @@ class RedisConnection(Service):
         self._stopped = True
         factory, self._factory = self._factory, None
         sentinel, self._sentinel = self._sentinel, None
+        return self._close(factory, sentinel)
+
+    def _close(self, factory: Any, sentinel: Any) -> Deferred:
         if factory is None:
             return succeed(None)
         d = factory.disconnect().addErrback(lambda f: self.log.failure("closing the Redis connection failed", f))
