@@ -21,11 +21,13 @@ until the cluster's turn comes, at no cost:
 When Redis fails (error or timeout) the node says ``cluster state degraded`` once and keeps
 delivering with its share of each limit (``limit / expected_nodes``), asking Redis again every
 ``retry`` seconds.  Switching costs one rate window each way: a node that loses Redis starts
-nothing alone until a window has passed since (the starts Redis counted are unknown to it), and
-a node that finds Redis again starts nothing for a window plus L{ClusterAdmission.rejoin_lag}
-(how long the other nodes may take to find Redis too: their solo starts are not in Redis) and
-until its own solo requests have ended; then it says ``cluster state ok``.  So the cluster never
-exceeds a limit, even while switching.
+nothing alone for L{ClusterAdmission.solo_wait} (a window: the starts Redis counted are unknown
+to it); a node that finds Redis again writes its solo requests still running there as leases,
+then starts nothing for a window plus L{ClusterAdmission.rejoin_lag} (how long the other nodes
+may take to find Redis too: their solo starts are not in Redis), watching Redis meanwhile; then
+it says ``cluster state ok``.  So an outage every node sees never takes the cluster over a
+limit; docs/scaling.md lists the failures this does not cover (one node cut off alone, a Redis
+that lost its data unnoticed).
 """
 
 from __future__ import annotations
@@ -176,6 +178,10 @@ class ClusterAdmission(Service):
         self.degraded_count = 0
         self._mailboxes: dict[Hashable, _Local] = {}
         self._leases: dict[str, ClusterSlot] = {}
+        #: Requests started alone and still running (written into Redis when it answers again).
+        self._solo: set[ClusterSlot] = set()
+        #: The Redis connection's generation when this node found Redis again.
+        self._generation: Optional[int] = None
         self._tenants: dict[str, tuple[float, str]] = {}
         self._lease_numbers = itertools.count(1)
         self._ticker: Optional[LoopingCall] = None
@@ -204,6 +210,18 @@ class ClusterAdmission(Service):
     def tick_interval(self) -> float:
         """Leases are renewed (and shared pauses read) three times per TTL."""
         return min(self.cluster.lease_ttl / 3.0, self.cluster.retry)
+
+    @property
+    def solo_wait(self) -> float:
+        """
+        How long after losing Redis a node starts nothing alone: a window (the starts Redis
+        counted are unknown here), and at least until this node would have found a Redis that
+        came back (``rejoin_lag``) after the others' calls could have noticed it was away (their
+        timeouts): a node whose calls merely waited through a short outage never degrades, and
+        shares again at once.
+        """
+        connection = self.redis.config
+        return max(self.window, self.rejoin_lag + connection.connect_timeout + connection.reply_timeout)
 
     @property
     def rejoin_lag(self) -> float:
@@ -288,6 +306,8 @@ class ClusterAdmission(Service):
         slot = ClusterSlot(self, key, lease)
         if lease is not None:
             self._leases[lease] = slot
+        else:
+            self._solo.add(slot)
         return slot
 
     def _forget_old_starts(self, local: _Local, now: float) -> None:
@@ -300,8 +320,9 @@ class ClusterAdmission(Service):
         if local.in_flight >= self.solo_concurrency:
             return succeed(Later(now + self.solo_interval, "mailbox has requests in flight (cluster degraded)"))
         # Starts counted in Redis before it went away are unknown here: a node starts alone only
-        # once a whole window has passed since, so the old and the new counts never add up.
-        start = max(now, local.tat, self.state_since + self.window)
+        # once a whole window has passed since (and later, see solo_wait), so the old and the
+        # new counts never add up.
+        start = max(now, local.tat, self.state_since + self.solo_wait)
         if len(local.starts) >= self.solo_limit:
             start = max(start, local.starts[0] + self.window + 0.0001)
         if start - now > self.max_hold:
@@ -326,12 +347,13 @@ class ClusterAdmission(Service):
         local = self._local(slot.key)
         local.in_flight = max(0, local.in_flight - 1)
         if slot.lease is None:
+            self._solo.discard(slot)
             local.solo_in_flight = max(0, local.solo_in_flight - 1)
             if self.state == REJOINING:
                 self._maybe_rejoined()
             return
         self._leases.pop(slot.lease, None)
-        if self.state == OK:
+        if self.state in (OK, REJOINING):
             leases = self._keys(slot.key)[0]
             self.redis.call(lambda r: r.zrem(leases, slot.lease)).addErrback(self._degrade)
 
@@ -456,18 +478,17 @@ class ClusterAdmission(Service):
         if self._probing:
             return None
         if self.state == REJOINING:
-            self._maybe_rejoined()
-            return None
+            return self._while_rejoining()
         self._probing = True
-        d = self.redis.call(lambda r: r.ping())
+        d = self.redis.call(self._adopt_solo)
 
         def back(_: Any) -> None:
             # Other nodes may still start alone for up to ``rejoin_lag`` (until they find Redis
             # too), and their solo starts are not in Redis: start nothing until the last of
             # them has left the window, then share again.
-            self.state = REJOINING
             wait = self.window + self.rejoin_lag
-            self._rejoin_at = self.clock.seconds() + wait
+            self._generation = self.redis.generation
+            self.state, self._rejoin_at = REJOINING, self.clock.seconds() + wait
             self.log.info("cluster: Redis answers again; node {node} rejoins in {seconds:.1f}s",
                           node=self.cluster.node_id, seconds=wait)
 
@@ -477,6 +498,44 @@ class ClusterAdmission(Service):
         d.addCallbacks(back, lambda f: None)
         d.addBoth(done)
         return d
+
+    def _while_rejoining(self) -> Deferred:
+        """
+        Keep the adopted leases alive and watch Redis while waiting: if it fails, the node is
+        degraded again; if the connection was made anew (Redis went away and came back, and
+        the others may find it only now), the wait starts again.
+        """
+        if self.redis.generation != self._generation:
+            self._generation = self.redis.generation
+            self._rejoin_at = self.clock.seconds() + self.window + self.rejoin_lag
+        d = self._renew_and_read()
+        d.addCallback(lambda _: self._maybe_rejoined())
+        return d
+
+    def _adopt_solo(self, r: Any) -> Deferred:
+        """
+        Redis answers again: this node's solo requests still running become leases there, so
+        a node that shares again (or never stopped) counts them in each mailbox's concurrency.
+        """
+        slots = list(self._solo)
+        if not slots:
+            return r.ping()
+        leases = [f"{self.cluster.node_id}:{next(self._lease_numbers)}:solo" for _ in slots]
+        keys = [self._keys(slot.key)[0] for slot in slots]
+        d = r.eval(scripts.ADOPT, keys, [repr(self.clock.seconds() + self.cluster.lease_ttl)] + leases)
+
+        def adopted(_: Any) -> None:
+            for slot, lease, key in zip(slots, leases, keys, strict=True):
+                if slot.released:  # ended meanwhile: its lease must not hold a slot
+                    self.redis.call(lambda r, k=key, l=lease: r.zrem(k, l)).addErrback(self._degrade)
+                    continue
+                self._solo.discard(slot)
+                slot.lease = lease
+                self._leases[lease] = slot
+                local = self._local(slot.key)
+                local.solo_in_flight = max(0, local.solo_in_flight - 1)
+
+        return d.addCallback(adopted)
 
     def _maybe_rejoined(self) -> None:
         if self.state != REJOINING or self.clock.seconds() < self._rejoin_at:

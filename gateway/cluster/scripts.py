@@ -135,4 +135,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
 return ARGV[2]
 """
 
-__all__ = ["ADMIT", "RENEW", "PAUSE", "TENANT"]
+#: KEYS: the leases set of each lease.  ARGV: expiry, then one lease id per key.  A node that
+#: finds Redis again writes the requests it started alone and that still run, so they count.
+ADOPT = """
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[1], ARGV[i + 1])
+end
+return #KEYS
+"""
+
+__all__ = ["ADMIT", "RENEW", "PAUSE", "TENANT", "ADOPT"]

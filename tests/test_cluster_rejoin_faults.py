@@ -1,0 +1,154 @@
+"""
+Outages that are not one clean "Redis away, Redis back" (found by the review of 8c8e60b; each
+test fails on it): Redis flapping while a node rejoins, solo requests that outlast the rejoin
+wait, and a connection txredisapi gave up on.  Like test_cluster_admission: a real
+redis-server, the admission objects on a L{Clock}, txredisapi reconnecting on the real reactor.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+
+from gateway.cluster.admission import DEGRADED, OK, REJOINING, ClusterSlot, Later
+from gateway.testing.policy import start_redis_server
+from tests.test_cluster_admission import MAILBOX, AdmissionTestBase
+
+
+class FlappingAndLongRequestsTests(AdmissionTestBase):
+    @inlineCallbacks
+    def reconnected(self, node):
+        """Wait (real time) until ``node``'s own connection works again, without telling its admission."""
+        for _ in range(20):
+            try:
+                yield node.redis.call(lambda r: r.ping())
+                return
+            except Exception:  # noqa: BLE001 - still reconnecting
+                continue
+        self.fail(f"{node.cluster.node_id}: txredisapi never reconnected")
+
+    @inlineCallbacks
+    def find_redis(self, node):
+        for _ in range(10):
+            yield node._tick()
+            if node.state != DEGRADED:
+                return
+        self.fail(f"{node.cluster.node_id} never found Redis again")
+
+    @inlineCallbacks
+    def degraded_pair(self, **limits):
+        a = self.node("a", **limits)
+        b = self.node("b", **limits)
+        yield self.server.stop()
+        for node in (a, b):
+            yield node.admit(MAILBOX, "Q0")
+            self.assertEqual(node.state, DEGRADED)
+        self.clock.advance(a.window)  # both may start alone from now on
+        return a, b
+
+    @inlineCallbacks
+    def test_a_rejoined_node_leaves_room_for_the_solo_requests_still_running_elsewhere(self):
+        """
+        b's solo requests (not in Redis) outlast a's rejoin wait (a long upload): a, sharing
+        again through an empty Redis, must not take the whole concurrency meanwhile.
+        """
+        a, b = yield self.degraded_pair(concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=0.0)
+        solo = []
+        for ticket in ("B1", "B2"):
+            slot = yield b.admit(MAILBOX, ticket)
+            self.assertIsInstance(slot, ClusterSlot)
+            self.assertIsNone(slot.lease)
+            solo.append(slot)
+            self.clock.advance(0.5)
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        yield self.find_redis(a)
+        yield self.find_redis(b)
+        self.clock.advance(a.window + a.rejoin_lag)
+        yield a._tick()
+        yield b._tick()
+        self.assertEqual(a.state, OK)
+        admitted = []
+        for i in range(6):
+            self.clock.advance(0.2)
+            answer = yield a.admit(MAILBOX, f"A{i}")
+            if isinstance(answer, ClusterSlot):
+                admitted.append(answer)
+        in_flight = len(admitted) + sum(1 for s in solo if not s.released)
+        self.assertLessEqual(in_flight, 4, f"{len(admitted)} through Redis + 2 solo > mailbox_concurrency 4")
+
+    @inlineCallbacks
+    def test_redis_flapping_while_a_node_rejoins_does_not_overlap_solo_and_shared_starts(self):
+        """
+        Redis comes back (a finds it), goes away again, and comes back 20 s later.  b only ever
+        sees the second return, so b may start alone until rejoin_lag after it; a, which does not
+        talk to Redis while rejoining, still counts its wait from the first return.
+        """
+        a, b = yield self.degraded_pair(concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=2.0)
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        yield self.find_redis(a)
+        self.assertEqual(a.state, REJOINING)
+        yield self.server.stop()  # the flap: b's probes all fail meanwhile
+        self.clock.advance(20.0)
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        # b finds Redis as late as it may: rejoin_lag after it is back.
+        self.clock.advance(b.rejoin_lag - 0.01)
+        solo = yield b.admit(MAILBOX, "B1")
+        self.assertIsInstance(solo, ClusterSlot)
+        self.assertIsNone(solo.lease, "b is still alone")
+        last_solo_start = self.clock.seconds()
+        solo.release()
+        yield self.find_redis(b)
+        yield self.reconnected(a)
+        answer = yield a.admit(MAILBOX, "A1")
+        while isinstance(answer, Later):
+            self.clock.advance(max(0.05, answer.retry_at - self.clock.seconds()))
+            yield a._tick()
+            answer = yield a.admit(MAILBOX, "A1")
+        self.assertIsNotNone(answer.lease, "a shares through Redis again")
+        self.assertGreaterEqual(self.clock.seconds(), last_solo_start + a.window,
+                                "a's first shared start is within one window of b's last solo start")
+        answer.release()
+
+
+class StuckConnectionTests(AdmissionTestBase):
+    """
+    rejoin_lag assumes every live node's connection keeps retrying.  txredisapi gives up for
+    good (factory.stopTrying) when AUTH or SELECT fails on a new connection, a reply timeout
+    included; nothing in RedisConnection starts it again, so the node stays degraded (and
+    starts alone) for as long as it runs, while the others share the whole limit through Redis.
+    """
+
+    server_args = ("--requirepass", "s3cret", "--enable-debug-command", "yes")
+
+    def admission(self, name):
+        from gateway.cluster.admission import ClusterAdmission
+        from gateway.config.cluster import ClusterConfig
+        from gateway.config.secrets import Secret
+
+        redis = self.connect(password=Secret("s3cret"), connect_timeout=1.0, reply_timeout=1.0)
+        redis.reconnect_within = 1.0
+        cluster = ClusterConfig(name="c1", node_id=name, expected_nodes=2, lease_ttl=10.0, retry=1.0,
+                                rate_window=60.0)
+        return ClusterAdmission(redis, cluster, self.clock, concurrency=2, rate=600.0, burst=1, max_hold=0.0)
+
+    @inlineCallbacks
+    def test_a_node_whose_reconnection_auth_timed_out_finds_redis_again(self):
+        from gateway.config.secrets import Secret
+
+        a = self.admission("a")
+        yield a.redis.call(lambda r: r.ping())
+        admin = self.connect(password=Secret("s3cret"), connect_timeout=1.0, reply_timeout=10.0)
+        yield admin.call(lambda r: r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+        # Redis is busy for 3 s (a slow fork, a big key being freed, ...): a's reconnection
+        # (1 s after the kill) gets no answer to its AUTH within reply_timeout.
+        yield admin.call(lambda r: r.execute_command("DEBUG", "SLEEP", "3"))
+        yield admin.call(lambda r: r.ping())  # Redis answers everybody again
+        for _ in range(10):
+            yield a._tick()
+            if a.state != DEGRADED:
+                break
+        self.assertNotEqual(a.state, DEGRADED, f"Redis has answered for a while; a still starts alone"
+                            f" (its txredisapi factory gave up: stopped={a.redis._factory.stopped})")
