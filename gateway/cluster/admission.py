@@ -32,20 +32,26 @@ that lost its data unnoticed).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from collections import deque
 from typing import Any, Hashable, Optional
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from gateway.cluster import scripts
+from gateway.cluster.values import (
+    ClusterSlot,
+    IMailboxAdmission,
+    ITenantPauses,
+    Later,
+    LocalMailbox,
+    mailbox_name,
+    short_digest,
+)
 from gateway.config.cluster import ClusterConfig
 from gateway.delivery.graph.scheduler import THROTTLE_BACKOFF
 
@@ -61,84 +67,6 @@ BOOKING_GRACE = 120.0
 KEEP = 86400
 #: A node rejoining waits this long between checks that its solo requests have ended.
 REJOIN_POLL = 0.25
-
-
-class IMailboxAdmission(Interface):
-    """Who may start a Graph delivery for a mailbox now (what the deliverer asks)."""
-
-    def admit(key: Hashable, ticket: str) -> Deferred:
-        """Fire with a slot (``release()`` exactly once) or a L{Later}; never waits more than ``max_hold``."""
-
-    def pause(key: Hashable, seconds: Optional[float], reason: str) -> float:
-        """Pause the mailbox (a 429); fire-and-forget to the other nodes; the pause's end."""
-
-    def succeeded(key: Hashable) -> None:
-        """A delivery went through: the next throttle starts the backoff afresh."""
-
-    def snapshot() -> tuple:
-        """``(key, in_flight, paused_until, pause_reason, next_slot)`` per mailbox, for the status page."""
-
-
-class ITenantPauses(Interface):
-    """A tenant paused for credential trouble, shared by every node (what ``needs admin`` stops)."""
-
-    def tenant_paused(tenant_key: Hashable) -> Optional[tuple[float, str]]:
-        """``(until, detail)`` while another node (or this one) paused the tenant, else None."""
-
-    def pause_tenant(tenant_key: Hashable, until: float, detail: str) -> None:
-        """Tell every node the tenant is paused until ``until`` (detail: one clean line, no secret)."""
-
-    def resume_tenant(tenant_key: Hashable) -> None:
-        """The tenant's credentials work again."""
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(repr(value).encode("utf-8")).hexdigest()[:16]
-
-
-def mailbox_name(key: Hashable) -> str:
-    """``<tenant digest>:<mailbox>`` for a deliverer key ``(tenant_key, mailbox)``."""
-    if isinstance(key, tuple) and len(key) == 2:
-        return f"{_digest(key[0])}:{key[1]}"
-    return _digest(key)
-
-
-@attrs.frozen
-class Later:
-    """Not now: come back at ``retry_at`` (absolute time, this node's clock)."""
-
-    retry_at: float
-    reason: str
-
-
-@attrs.define(eq=False)
-class ClusterSlot:
-    """One admitted delivery: a Redis lease (``lease`` set) or a solo slot taken while degraded."""
-
-    owner: "ClusterAdmission"
-    key: Hashable
-    lease: Optional[str]
-    released: bool = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.owner._release(self)
-
-
-@attrs.define
-class _Local:
-    """What this node knows of one mailbox."""
-
-    in_flight: int = 0
-    solo_in_flight: int = 0
-    paused_until: float = 0.0
-    pause_reason: str = ""
-    throttles: int = 0
-    tat: float = 0.0
-    starts: deque = attrs.field(factory=deque)
-    started: int = 0
-    max_in_flight: int = 0
 
 
 @implementer(IMailboxAdmission, ITenantPauses)
@@ -176,7 +104,7 @@ class ClusterAdmission(Service):
         self.state_since = clock.seconds()
         self.state_detail = ""
         self.degraded_count = 0
-        self._mailboxes: dict[Hashable, _Local] = {}
+        self._mailboxes: dict[Hashable, LocalMailbox] = {}
         self._leases: dict[str, ClusterSlot] = {}
         #: Requests started alone and still running (written into Redis when it answers again).
         self._solo: set[ClusterSlot] = set()
@@ -241,10 +169,10 @@ class ClusterAdmission(Service):
         base = f"{self.base}:mb:{mailbox_name(key)}"
         return [f"{base}:leases", f"{base}:state", f"{base}:booked", f"{base}:starts", f"{self.base}:tenants"]
 
-    def _local(self, key: Hashable) -> _Local:
+    def _local(self, key: Hashable) -> LocalMailbox:
         local = self._mailboxes.get(key)
         if local is None:
-            local = self._mailboxes[key] = _Local()
+            local = self._mailboxes[key] = LocalMailbox()
         return local
 
     # -- admission -------------------------------------------------------------------------
@@ -266,7 +194,7 @@ class ClusterAdmission(Service):
     def _ask(self, key: Hashable, ticket: str, hold_until: float) -> Deferred:
         now = self.clock.seconds()
         lease = f"{self.cluster.node_id}:{next(self._lease_numbers)}:{ticket}"
-        tenant_field = _digest(key[0]) if isinstance(key, tuple) and len(key) == 2 else ""
+        tenant_field = short_digest(key[0]) if isinstance(key, tuple) and len(key) == 2 else ""
         args = [repr(now), ticket, lease, self.concurrency, repr(self.interval), repr(self.tolerance),
                 repr(self.cluster.lease_ttl), repr(max(0.0, hold_until - now)), repr(self.window), self.limit,
                 STALE_CLAIM, BOOKING_GRACE, tenant_field, KEEP]
@@ -310,11 +238,11 @@ class ClusterAdmission(Service):
             self._solo.add(slot)
         return slot
 
-    def _forget_old_starts(self, local: _Local, now: float) -> None:
+    def _forget_old_starts(self, local: LocalMailbox, now: float) -> None:
         while local.starts and local.starts[0] <= now - self.window + 0.0001:
             local.starts.popleft()
 
-    def _admit_solo(self, key: Hashable, local: _Local, now: float) -> Deferred:
+    def _admit_solo(self, key: Hashable, local: LocalMailbox, now: float) -> Deferred:
         """While Redis is away: this node's share of each limit, counted here alone."""
         self._forget_old_starts(local, now)
         if local.in_flight >= self.solo_concurrency:
@@ -389,13 +317,13 @@ class ClusterAdmission(Service):
     # -- tenants -----------------------------------------------------------------------------
 
     def tenant_paused(self, tenant_key: Hashable) -> Optional[tuple[float, str]]:
-        seen = self._tenants.get(_digest(tenant_key))
+        seen = self._tenants.get(short_digest(tenant_key))
         if seen is not None and seen[0] > self.clock.seconds():
             return seen
         return None
 
     def pause_tenant(self, tenant_key: Hashable, until: float, detail: str) -> None:
-        field = _digest(tenant_key)
+        field = short_digest(tenant_key)
         current = self._tenants.get(field)
         if current is None or current[0] < until:
             self._tenants[field] = (until, detail)
@@ -404,7 +332,7 @@ class ClusterAdmission(Service):
                                              [field, repr(until), detail])).addErrback(self._degrade)
 
     def resume_tenant(self, tenant_key: Hashable) -> None:
-        field = _digest(tenant_key)
+        field = short_digest(tenant_key)
         if self._tenants.pop(field, None) is not None and self.state == OK:
             self.redis.call(lambda r: r.eval(scripts.TENANT, [f"{self.base}:tenants"],
                                              [field, "0", ""])).addErrback(self._degrade)
