@@ -1,7 +1,7 @@
 """
 Outages that are not one clean "Redis away, Redis back" (found by the review of 8c8e60b; each
-test fails on it): Redis flapping while a node rejoins, solo requests that outlast the rejoin
-wait, and a connection txredisapi gave up on.  Like test_cluster_admission: a real
+test fails on it): a Redis restart no node noticed, Redis flapping while a node rejoins, solo
+requests that outlast the rejoin wait, and a connection txredisapi gave up on.  Like test_cluster_admission: a real
 redis-server, the admission objects on a L{Clock}, txredisapi reconnecting on the real reactor.
 """
 
@@ -28,6 +28,12 @@ class FlappingAndLongRequestsTests(AdmissionTestBase):
         self.fail(f"{node.cluster.node_id}: txredisapi never reconnected")
 
     @inlineCallbacks
+    def restart_redis(self):
+        yield self.server.stop()
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+
+    @inlineCallbacks
     def find_redis(self, node):
         for _ in range(10):
             yield node._tick()
@@ -45,6 +51,41 @@ class FlappingAndLongRequestsTests(AdmissionTestBase):
             self.assertEqual(node.state, DEGRADED)
         self.clock.advance(a.window)  # both may start alone from now on
         return a, b
+
+    @inlineCallbacks
+    def test_a_redis_restart_nobody_noticed_does_not_double_the_concurrency(self):
+        """
+        Redis restarts (empty) between two calls of the nodes: no call failed, so nobody
+        degrades, and the leases of the requests in flight are gone.  The next node to ask
+        got a slot the mailbox does not have (the renewal saw the leases gone, but only logged).
+        Now the epoch is gone too: a, which relied on it, writes its requests back and waits.
+        """
+        a = self.node("a", concurrency=2, nodes=2)
+        b = self.node("b", concurrency=2, nodes=2)
+        running = []
+        for ticket in ("A1", "A2"):
+            slot = yield a.admit(MAILBOX, ticket)
+            self.assertIsInstance(slot, ClusterSlot)
+            running.append(slot)
+            self.clock.advance(0.5)
+        yield self.restart_redis()
+        yield self.reconnected(a)
+        yield self.reconnected(b)
+        yield a._tick()  # a renews its leases: Redis has forgotten them
+        answer = yield b.admit(MAILBOX, "B1")
+        self.assertEqual(a.state, REJOINING, "a saw that Redis lost the cluster's state")
+        self.assertIsInstance(answer, Later,
+                              "a's two requests are still in flight: a third exceeds mailbox_concurrency 2")
+
+    @inlineCallbacks
+    def test_a_first_start_on_an_empty_redis_shares_at_once(self):
+        """The epoch a first node writes costs nothing: only a node that knew another one waits."""
+        a, b = self.node("a", concurrency=2, nodes=2), self.node("b", concurrency=2, nodes=2)
+        first = yield a.admit(MAILBOX, "A1")
+        self.clock.advance(0.5)  # the mailbox's pace
+        second = yield b.admit(MAILBOX, "B1")
+        self.assertEqual((type(first), type(second)), (ClusterSlot, ClusterSlot))
+        self.assertEqual((a.state, b.state), (OK, OK))
 
     @inlineCallbacks
     def test_a_rejoined_node_leaves_room_for_the_solo_requests_still_running_elsewhere(self):

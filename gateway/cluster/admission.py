@@ -25,15 +25,17 @@ nothing alone for L{ClusterAdmission.solo_wait} (a window: the starts Redis coun
 to it); a node that finds Redis again writes its solo requests still running there as leases,
 then starts nothing for a window plus L{ClusterAdmission.rejoin_lag} (how long the other nodes
 may take to find Redis too: their solo starts are not in Redis), watching Redis meanwhile; then
-it says ``cluster state ok``.  So an outage every node sees never takes the cluster over a
-limit; docs/scaling.md lists the failures this does not cover (one node cut off alone, a Redis
-that lost its data unnoticed).
+it says ``cluster state ok``.  A Redis that lost its data while no call failed shows by its
+epoch (L{gateway.cluster.scripts}): a node that relied on the old one waits the same way.  So
+an outage every node sees never takes the cluster over a limit; docs/scaling.md lists the
+failures this does not cover (one node cut off from Redis alone, very long requests).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Hashable, Optional
+import secrets
+from typing import Any, Callable, Hashable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -108,6 +110,9 @@ class ClusterAdmission(Service):
         self._leases: dict[str, ClusterSlot] = {}
         #: Requests started alone and still running (written into Redis when it answers again).
         self._solo: set[ClusterSlot] = set()
+        #: The epoch of the Redis state this node relies on ("": none yet, take what Redis has).
+        self._epoch = ""
+        self._epoch_key = f"{self.base}:epoch"
         #: The Redis connection's generation when this node found Redis again.
         self._generation: Optional[int] = None
         self._tenants: dict[str, tuple[float, str]] = {}
@@ -198,7 +203,8 @@ class ClusterAdmission(Service):
         args = [repr(now), ticket, lease, self.concurrency, repr(self.interval), repr(self.tolerance),
                 repr(self.cluster.lease_ttl), repr(max(0.0, hold_until - now)), repr(self.window), self.limit,
                 STALE_CLAIM, BOOKING_GRACE, tenant_field, KEEP]
-        d = self.redis.call(lambda r: r.eval(scripts.ADMIT, self._keys(key), args))
+        keys = [self._epoch_key, *self._keys(key)]
+        d = self.redis.call(lambda r: r.eval(scripts.ADMIT, keys, self._epoch_args() + args))
 
         def answered(reply: Any) -> Any:
             verdict = int(reply[0])
@@ -208,6 +214,10 @@ class ClusterAdmission(Service):
                 at = float(reply[1])
                 return deferLater(self.clock, max(0.0, at - self.clock.seconds()), self._ask_again, key, ticket,
                                   hold_until)
+            if verdict == 3:
+                if self._epoch_seen(str(reply[1])):
+                    return self._ask(key, ticket, hold_until)
+                return Later(self._rejoin_at, "rejoining the cluster (Redis lost its state)")
             return Later(float(reply[1]), str(reply[2]))
 
         def failed(failure: Any) -> Any:
@@ -359,9 +369,13 @@ class ClusterAdmission(Service):
         def work(r: Any) -> Deferred:
             renewed = succeed(None)
             if slots:
-                keys = [self._keys(slot.key)[0] for _, slot in slots]
-                renewed = r.eval(scripts.RENEW, keys, [repr(now + self.cluster.lease_ttl)] + [l for l, _ in slots])
-                renewed.addCallback(self._renewed, slots)
+                keys = [self._epoch_key] + [self._keys(slot.key)[0] for _, slot in slots]
+                values = [repr(now + self.cluster.lease_ttl)] + [l for l, _ in slots]
+
+                def renew() -> Deferred:
+                    return r.eval(scripts.RENEW, keys, self._epoch_args() + values)
+
+                renewed = renew().addCallback(self._renewed, slots, renew)
             renewed.addCallback(lambda _: r.hgetall(f"{self.base}:tenants"))
             return renewed
 
@@ -369,7 +383,11 @@ class ClusterAdmission(Service):
         d.addCallbacks(self._read_tenants, self._degrade)
         return d
 
-    def _renewed(self, reply: Any, slots: list) -> None:
+    def _renewed(self, reply: Any, slots: list, again: Optional[Callable[[], Deferred]]) -> Any:
+        if reply and int(reply[0]) == 3:  # the epoch check, not one 0/1 per lease
+            if self._epoch_seen(str(reply[1])) and again is not None:
+                return again().addCallback(self._renewed, slots, None)
+            return None
         for (lease, slot), kept in zip(slots, reply, strict=False):
             if not int(kept) and not slot.released:
                 self.log.warn("cluster lease {lease} expired before its request ended (was Redis slow?)", lease=lease)
@@ -408,7 +426,7 @@ class ClusterAdmission(Service):
         if self.state == REJOINING:
             return self._while_rejoining()
         self._probing = True
-        d = self.redis.call(self._adopt_solo)
+        d = self.redis.call(self._write_running)
 
         def back(_: Any) -> None:
             # Other nodes may still start alone for up to ``rejoin_lag`` (until they find Redis
@@ -416,6 +434,9 @@ class ClusterAdmission(Service):
             # them has left the window, then share again.
             wait = self.window + self.rejoin_lag
             self._generation = self.redis.generation
+            # Whatever Redis kept or lost, nothing is shared before a whole window has passed:
+            # take its epoch as it is.
+            self._epoch = ""
             self.state, self._rejoin_at = REJOINING, self.clock.seconds() + wait
             self.log.info("cluster: Redis answers again; node {node} rejoins in {seconds:.1f}s",
                           node=self.cluster.node_id, seconds=wait)
@@ -440,20 +461,23 @@ class ClusterAdmission(Service):
         d.addCallback(lambda _: self._maybe_rejoined())
         return d
 
-    def _adopt_solo(self, r: Any) -> Deferred:
+    def _write_running(self, r: Any) -> Deferred:
         """
-        Redis answers again: this node's solo requests still running become leases there, so
-        a node that shares again (or never stopped) counts them in each mailbox's concurrency.
+        Redis answers again, or lost its state: this node's requests still running are written
+        there as leases (those started alone get one), so every node counts them in each
+        mailbox's concurrency.
         """
-        slots = list(self._solo)
-        if not slots:
+        solo = list(self._solo)
+        leased = [slot for slot in self._leases.values() if not slot.released]
+        if not solo and not leased:
             return r.ping()
-        leases = [f"{self.cluster.node_id}:{next(self._lease_numbers)}:solo" for _ in slots]
-        keys = [self._keys(slot.key)[0] for slot in slots]
+        new_leases = [f"{self.cluster.node_id}:{next(self._lease_numbers)}:solo" for _ in solo]
+        leases = [lease for lease, slot in self._leases.items() if not slot.released] + new_leases
+        keys = [self._keys(slot.key)[0] for slot in leased + solo]
         d = r.eval(scripts.ADOPT, keys, [repr(self.clock.seconds() + self.cluster.lease_ttl)] + leases)
 
         def adopted(_: Any) -> None:
-            for slot, lease, key in zip(slots, leases, keys, strict=True):
+            for slot, lease, key in zip(solo, new_leases, keys[len(leased):], strict=True):
                 if slot.released:  # ended meanwhile: its lease must not hold a slot
                     self.redis.call(lambda r, k=key, l=lease: r.zrem(k, l)).addErrback(self._degrade)
                     continue
@@ -464,6 +488,33 @@ class ClusterAdmission(Service):
                 local.solo_in_flight = max(0, local.solo_in_flight - 1)
 
         return d.addCallback(adopted)
+
+    # -- the epoch: a Redis that lost its state -----------------------------------------------
+
+    def _epoch_args(self) -> list[str]:
+        return [self._epoch, f"{self.cluster.node_id}:{self.clock.seconds()!r}:{secrets.token_hex(8)}"]
+
+    def _epoch_seen(self, epoch: str) -> bool:
+        """
+        Redis's epoch is not the one this node relied on.  True: nothing was lost for this node
+        (it had none yet: its first answer, or just after rejoining), ask again.  False: Redis
+        lost the state this node's starts were counted in (emptied, replaced), so the last
+        window's starts are unknown to it: write the running requests back and share again only
+        after a window (+ the others' lag), as after an outage.
+        """
+        known, self._epoch = self._epoch, epoch
+        if not known:
+            return True
+        if self.state == OK:
+            wait = self.window + self.rejoin_lag
+            self._generation = self.redis.generation
+            self.state, self._rejoin_at, self.state_since = REJOINING, self.clock.seconds() + wait, self.clock.seconds()
+            self.state_detail = "Redis lost the cluster's state"
+            self.log.warn("cluster: Redis lost the cluster's state (its data was emptied or replaced); node {node} "
+                          "shares mailbox limits again in {seconds:.1f}s", node=self.cluster.node_id, seconds=wait,
+                          cluster_state=REJOINING)
+            self.redis.call(self._write_running).addErrback(self._degrade)
+        return False
 
     def _maybe_rejoined(self) -> None:
         if self.state != REJOINING or self.clock.seconds() < self._rejoin_at:

@@ -19,15 +19,37 @@ Keys of one mailbox (``<base>`` = ``<prefix>:cluster:<name>:mb:<tenant>:<mailbox
 - ``<base>:starts``  sorted set lease id → start time within the last window: the hard
   "no more than ``mailbox_rate`` in any sliding window" check.
 
-And per cluster: ``<prefix>:cluster:<name>:tenants``, hash tenant → ``"<until>|<detail>"``.
+And per cluster: ``<prefix>:cluster:<name>:tenants``, hash tenant → ``"<until>|<detail>"``, and
+``<prefix>:cluster:<name>:epoch``: a random value written by the first node that finds it
+missing, never expiring.  A Redis that lost its data (a restart without persistence, a
+failover to an empty replica) has no epoch, or another one, even when no node's call failed
+meanwhile: ADMIT and RENEW check it first, so every node learns that the counts it relied on
+are gone.
 """
 
-#: KEYS: leases, state, booked, starts, tenants.
-#: ARGV: now, ticket, lease id, concurrency, interval, tolerance, lease ttl, max hold, window,
-#: limit, stale claim, booking grace, tenant field, keep (key expiry, s).
-#: Returns {1, lease id} (start now), {2, at} (wait until ``at`` then ask again: the slot is
-#: held), or {0, retry_at, reason} (not now).
-ADMIT = """
+#: The start of ADMIT and RENEW.  KEYS[1] the epoch key; ARGV[1] the epoch this node knows
+#: ("" for none yet), ARGV[2] a new one to write if it is missing.  Returns from the script
+#: with {3, epoch, created ("1"/"0")} when the node's epoch is not Redis's.
+_EPOCH_CHECK = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return {3, ARGV[2], '1'}
+end
+if epoch ~= ARGV[1] then
+  return {3, epoch, '0'}
+end
+"""
+
+#: KEYS: epoch, leases, state, booked, starts, tenants.
+#: ARGV: known epoch, new epoch, then now, ticket, lease id, concurrency, interval, tolerance,
+#: lease ttl, max hold, window, limit, stale claim, booking grace, tenant field, keep (key
+#: expiry, s).  Returns {1, lease id} (start now), {2, at} (wait until ``at`` then ask again: the
+#: slot is held), {0, retry_at, reason} (not now), or the epoch check's {3, …}.
+ADMIT = _EPOCH_CHECK + """
+table.remove(KEYS, 1)
+table.remove(ARGV, 1)
+table.remove(ARGV, 1)
 local now = tonumber(ARGV[1])
 local ticket = ARGV[2]
 local window = tonumber(ARGV[9])
@@ -87,9 +109,13 @@ redis.call('EXPIRE', KEYS[4], keep)
 return {1, ARGV[3]}
 """
 
-#: KEYS: the leases set of each lease.  ARGV: new expiry, then one lease id per key.
-#: Returns one 1 (renewed) or 0 (lost: it expired and may be someone else's slot now) per lease.
-RENEW = """
+#: KEYS: epoch, then the leases set of each lease.  ARGV: known epoch, new epoch, new expiry,
+#: then one lease id per leases key.  Returns one 1 (renewed) or 0 (lost: it expired and may be
+#: someone else's slot now) per lease, or the epoch check's {3, …}.
+RENEW = _EPOCH_CHECK + """
+table.remove(KEYS, 1)
+table.remove(ARGV, 1)
+table.remove(ARGV, 1)
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('ZSCORE', key, ARGV[i + 1]) then
