@@ -88,6 +88,24 @@ class FlappingAndLongRequestsTests(AdmissionTestBase):
         self.assertEqual((a.state, b.state), (OK, OK))
 
     @inlineCallbacks
+    def test_a_pause_taken_while_alone_is_shared_once_the_node_rejoins(self):
+        """Graph's Retry-After seen by a node without Redis holds for every node once it shares again."""
+        a, b = yield self.degraded_pair(concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=0.0)
+        a.pause(MAILBOX, 600.0, "Graph throttled this mailbox (429)")
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        yield self.find_redis(a)
+        yield self.find_redis(b)
+        self.clock.advance(a.window + a.rejoin_lag)
+        yield a._tick()
+        yield b._tick()
+        self.assertEqual((a.state, b.state), (OK, OK))
+        yield a.redis.call(lambda r: r.ping())  # a's PAUSE went first
+        answer = yield b.admit(MAILBOX, "B1")
+        self.assertIsInstance(answer, Later)
+        self.assertIn("429", answer.reason)
+
+    @inlineCallbacks
     def test_a_rejoined_node_leaves_room_for_the_solo_requests_still_running_elsewhere(self):
         """
         b's solo requests (not in Redis) outlast a's rejoin wait (a long upload): a, sharing

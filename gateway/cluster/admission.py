@@ -309,10 +309,13 @@ class ClusterAdmission(Service):
             local.paused_until, local.pause_reason = until, reason
         local.tat = max(local.tat, local.paused_until)
         if self.state == OK:
-            keys = self._keys(key)
-            self.redis.call(lambda r: r.eval(scripts.PAUSE, [keys[1], keys[2]],
-                                             [repr(local.paused_until), reason, KEEP])).addErrback(self._degrade)
+            self._share_pause(key, local)
         return local.paused_until
+
+    def _share_pause(self, key: Hashable, local: LocalMailbox) -> None:
+        keys = self._keys(key)
+        self.redis.call(lambda r: r.eval(scripts.PAUSE, [keys[1], keys[2]],
+                                         [repr(local.paused_until), local.pause_reason, KEEP])).addErrback(self._degrade)
 
     def succeeded(self, key: Hashable) -> None:
         local = self._mailboxes.get(key)
@@ -526,6 +529,10 @@ class ClusterAdmission(Service):
         self.log.info("cluster state ok: node {node} shares mailbox limits through Redis again "
                       "(degraded for {seconds:.0f}s)", node=self.cluster.node_id, seconds=self.state_since - was,
                       cluster_state=OK)
+        # Retry-After pauses taken meanwhile were this node's alone: every node honours them now.
+        for key, local in list(self._mailboxes.items()):
+            if local.paused_until > self.state_since:
+                self._share_pause(key, local)
 
     # -- status ------------------------------------------------------------------------------
 
