@@ -29,13 +29,16 @@ from tests.tools import require_tool
 class ThreeNodeTestBase(TestCase):
     timeout = 240
 
-    def logged(self, rig, node, pattern: bytes, timeout: float = 60.0):
-        """Wait for ``pattern`` in ``node``'s log; on timeout fail with every node's log tail."""
+    def logged(self, rig, node, pattern: bytes, timeout: float = 60.0, after: int = 0):
+        """
+        Wait for ``pattern`` in ``node``'s log (from offset ``after`` on: a line of an earlier
+        event must not count); on timeout fail with every node's log tail.
+        """
         def missing(failure):
             logs = "\n".join(f"--- {n.name}\n{n.log[-2500:]}" for n in rig.nodes)
             raise AssertionError(f"{node.name} never logged {pattern!r}\n{logs}")
 
-        return node.daemon.wait_for(pattern).addTimeout(timeout, reactor).addErrback(missing)
+        return node.daemon.wait_for(pattern, after).addTimeout(timeout, reactor).addErrback(missing)
 
     def setUp(self):
         require_tool(self, "redis-server", "redis-server")
@@ -105,13 +108,17 @@ class SharedLimitsTests(ThreeNodeTestBase):
         alone = len(rig.delivered)
         yield rig.delivered_count(alone + 15)  # deliveries go on without Redis
         # Redis is back (empty: it kept nothing): the nodes rejoin without a restart.
+        before = [len(node.daemon.output) for node in rig.nodes]
         yield rig.start_redis()
-        yield gatherResults([self.logged(rig, node, rb"cluster state ok") for node in rig.nodes])
+        yield gatherResults([self.logged(rig, node, rb"cluster state ok", after=at)
+                             for node, at in zip(rig.nodes, before, strict=True)])
         yield rig.delivered_all(accepted + more)
         self.assert_limits(rig)
         self.assert_exactly_once(rig, accepted + more)
         for node in rig.nodes:
             self.assertEqual(node.log.count("cluster state degraded"), 1, "one line per outage, not per message")
+            self.assertEqual(node.log.count("cluster state ok"), 1, "one line per rejoin")
+            self.assertNotIn("lost the cluster's state", node.log, "a new cluster and a rejoin lose nothing")
             self.assertTrue(any(by == [node.name] for by in rig.delivered.values()), f"HAProxy sent {node.name} nothing")
             code, state = yield self.healthz(node)
             self.assertEqual((code, state["cluster"]["state"]), (200, "ok"))

@@ -1,18 +1,21 @@
 """
 Outages that are not one clean "Redis away, Redis back" (found by the review of 8c8e60b; each
-test fails on it): a Redis restart no node noticed, Redis flapping while a node rejoins, solo
-requests that outlast the rejoin wait, and a connection txredisapi gave up on.  Like test_cluster_admission: a real
+test fails on it): a Redis restart no node noticed (emptied, or reloading an older snapshot),
+Redis flapping while a node rejoins, solo requests that outlast the rejoin wait, and a
+connection txredisapi gave up on; and races found by the second review (a burst of first
+asks, a request that ends while its lease is being written back).  Like test_cluster_admission: a real
 redis-server, the admission objects on a L{Clock}, txredisapi reconnecting on the real reactor.
 """
 
 from __future__ import annotations
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 
 from gateway.cluster.admission import DEGRADED, OK, REJOINING, ClusterSlot, Later
+from gateway.testing.logs import LogCapture
 from gateway.testing.policy import start_redis_server
-from tests.test_cluster_admission import MAILBOX, AdmissionTestBase
+from tests.test_cluster_admission import MAILBOX, OTHER, AdmissionTestBase
 
 
 class FlappingAndLongRequestsTests(AdmissionTestBase):
@@ -211,3 +214,115 @@ class StuckConnectionTests(AdmissionTestBase):
                 break
         self.assertNotEqual(a.state, DEGRADED, f"Redis has answered for a while; a still starts alone"
                             f" (its txredisapi factory gave up: stopped={a.redis._factory.stopped})")
+
+
+class EpochRaceTests(AdmissionTestBase):
+    @inlineCallbacks
+    def test_concurrent_first_asks_on_a_new_cluster_all_deliver(self):
+        """
+        A node with no epoch yet (a fresh start, or just after rejoining) sends several ADMITs
+        before the first reply: the first creates the epoch, the others come back {3, E, '0'}
+        when the node already knows E: that is no lost state (no REJOINING, no warning).
+        """
+        events = LogCapture.install(self)
+        a = self.node("a", concurrency=2, nodes=2)
+        answers = yield gatherResults([a.admit(MAILBOX, "A1"), a.admit(OTHER, "A2")])
+        self.assertEqual(a.state, OK, "a new cluster must deliver at once (no false 'Redis lost its state')")
+        self.assertEqual([type(x) for x in answers], [ClusterSlot, ClusterSlot])
+        self.assertEqual([e for e in events if "lost the cluster's state" in str(e.get("log_format", ""))], [])
+
+    @inlineCallbacks
+    def test_a_burst_right_after_rejoining_does_not_rejoin_again(self):
+        """
+        After an outage the node forgets its epoch (back() sets ""): with no lease to renew
+        while rejoining it learns the epoch only from its first ADMITs once OK, and a burst of
+        them sends it back to REJOINING for another window + rejoin_lag.
+        """
+        a = self.node("a", concurrency=4, nodes=2, window=60.0)
+        yield self.server.stop()
+        yield a.admit(MAILBOX, "Q0")
+        self.assertEqual(a.state, DEGRADED)
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        for _ in range(10):
+            yield a._tick()
+            if a.state != DEGRADED:
+                break
+        self.clock.advance(a.window + a.rejoin_lag)
+        yield a._tick()
+        self.assertEqual(a.state, OK)
+        answers = yield gatherResults([a.admit(MAILBOX, "A1"), a.admit(OTHER, "A2")])
+        self.assertEqual(a.state, OK, "the node rejoined a second time after its first burst")
+        self.assertEqual([type(x) for x in answers], [ClusterSlot, ClusterSlot])
+
+
+class PersistedRestartTests(AdmissionTestBase):
+    @inlineCallbacks
+    def reconnected(self, node):
+        for _ in range(20):
+            try:
+                yield node.redis.call(lambda r: r.ping())
+                return
+            except Exception:  # noqa: BLE001 - still reconnecting
+                continue
+        self.fail(f"{node.cluster.node_id}: txredisapi never reconnected")
+
+    @inlineCallbacks
+    def test_a_restart_that_reloads_an_older_snapshot_does_not_double_the_concurrency(self):
+        """
+        Redis restarts with RDB persistence (Debian's default redis.conf saves snapshots) and
+        reloads a snapshot taken before the requests now in flight: their leases are gone, but
+        the epoch, written once when the cluster began, is in the snapshot.  No call failed and
+        the epoch matches; the server's run_id, read again on the new connection, does not.
+        """
+        a = self.node("a", concurrency=2, nodes=2)
+        b = self.node("b", concurrency=2, nodes=2)
+        first = yield a.admit(MAILBOX, "A1")
+        self.assertIsInstance(first, ClusterSlot)
+        yield a.redis.call(lambda r: r.execute_command("SAVE"))  # an hourly snapshot, say
+        self.clock.advance(0.5)
+        second = yield a.admit(MAILBOX, "A2")
+        self.assertIsInstance(second, ClusterSlot)
+        yield self.server.stop()
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())  # reloads dump.rdb
+        self.addCleanup(self.server.stop)
+        yield self.reconnected(a)
+        yield self.reconnected(b)
+        self.clock.advance(0.5)
+        yield a._tick()  # a renews: A2's lease is gone (logged only), A1's came back from the snapshot
+        self.clock.advance(0.5)
+        answer = yield b.admit(MAILBOX, "B1")
+        self.assertIsInstance(answer, Later,
+                              "A1 and A2 are still in flight: a third exceeds mailbox_concurrency 2")
+
+
+class AdoptRaceTests(AdmissionTestBase):
+    @inlineCallbacks
+    def test_a_lease_released_while_its_adopt_is_in_flight_does_not_hold_a_slot(self):
+        """
+        A request admitted through Redis runs on while Redis is away (the node degrades), and
+        ends while the probe's ADOPT is on its way: _release sends no ZREM (the node is still
+        degraded), ADOPT then writes the lease, and nothing removes it: the mailbox has one slot
+        less on every node until the lease expires (lease_ttl, 30 s by default).
+        """
+        a = self.node("a", concurrency=2, nodes=2, lease_ttl=30.0, window=60.0)
+        slot = yield a.admit(MAILBOX, "A1")
+        self.assertIsNotNone(slot.lease)
+        yield self.server.stop()
+        yield a.admit(MAILBOX, "A2")
+        self.assertEqual(a.state, DEGRADED)
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+        for _ in range(20):  # let txredisapi reconnect without telling the admission
+            try:
+                yield a.redis.call(lambda r: r.ping())
+                break
+            except Exception:  # noqa: BLE001 - still reconnecting
+                continue
+        probe = a._tick()  # ADOPT (a's running lease) is sent ...
+        slot.release()  # ... and the request ends before its reply
+        yield probe
+        self.assertEqual(a.state, "rejoining")
+        yield a.redis.call(lambda r: r.ping())
+        leases = yield a.redis.call(lambda r: r.zrange(a._keys(MAILBOX)[0], 0, -1))
+        self.assertEqual(leases, [], "a lease of a request that has ended still holds a slot")

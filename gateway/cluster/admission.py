@@ -34,7 +34,6 @@ failures this does not cover (one node cut off from Redis alone, very long reque
 from __future__ import annotations
 
 import itertools
-import secrets
 from typing import Any, Callable, Hashable, Optional
 
 from twisted.application.service import Service
@@ -45,6 +44,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.cluster import scripts
+from gateway.cluster.continuity import RedisContinuity
 from gateway.cluster.values import (
     ClusterSlot,
     IMailboxAdmission,
@@ -110,11 +110,9 @@ class ClusterAdmission(Service):
         self._leases: dict[str, ClusterSlot] = {}
         #: Requests started alone and still running (written into Redis when it answers again).
         self._solo: set[ClusterSlot] = set()
-        #: The epoch of the Redis state this node relies on ("": none yet, take what Redis has).
-        self._epoch = ""
+        #: Whether Redis still holds the state this node's starts were counted in.
+        self._continuity = RedisContinuity(redis, cluster.node_id, clock)
         self._epoch_key = f"{self.base}:epoch"
-        #: The Redis connection's generation when this node found Redis again.
-        self._generation: Optional[int] = None
         self._tenants: dict[str, tuple[float, str]] = {}
         self._lease_numbers = itertools.count(1)
         self._ticker: Optional[LoopingCall] = None
@@ -194,6 +192,8 @@ class ClusterAdmission(Service):
             return self._admit_solo(key, local, now)
         if self.state == REJOINING:
             return succeed(Later(max(now + REJOIN_POLL, self._rejoin_at), "rejoining the cluster"))
+        if self._continuity.unsure:
+            return self._check_server().addCallback(lambda _: self._ask_again(key, ticket, now + self.max_hold))
         return self._ask(key, ticket, now + self.max_hold)
 
     def _ask(self, key: Hashable, ticket: str, hold_until: float) -> Deferred:
@@ -204,7 +204,7 @@ class ClusterAdmission(Service):
                 repr(self.cluster.lease_ttl), repr(max(0.0, hold_until - now)), repr(self.window), self.limit,
                 STALE_CLAIM, BOOKING_GRACE, tenant_field, KEEP]
         keys = [self._epoch_key, *self._keys(key)]
-        d = self.redis.call(lambda r: r.eval(scripts.ADMIT, keys, self._epoch_args() + args))
+        d = self.redis.call(lambda r: r.eval(scripts.ADMIT, keys, self._continuity.epoch_args() + args))
 
         def answered(reply: Any) -> Any:
             verdict = int(reply[0])
@@ -215,8 +215,9 @@ class ClusterAdmission(Service):
                 return deferLater(self.clock, max(0.0, at - self.clock.seconds()), self._ask_again, key, ticket,
                                   hold_until)
             if verdict == 3:
-                if self._epoch_seen(str(reply[1])):
-                    return self._ask(key, ticket, hold_until)
+                if self._continuity.epoch_seen(str(reply[1])):
+                    return self._ask_again(key, ticket, hold_until)
+                self._state_lost("Redis lost the cluster's state (its epoch changed)")
                 return Later(self._rejoin_at, "rejoining the cluster (Redis lost its state)")
             return Later(float(reply[1]), str(reply[2]))
 
@@ -356,7 +357,12 @@ class ClusterAdmission(Service):
         self._forget_idle(self.clock.seconds())
         if self.state != OK:
             return self._probe()
+        if self._continuity.unsure:  # the connection was made anew since: the same server?
+            return self._check_server().addCallback(lambda _: self._tick_again())
         return self._renew_and_read()
+
+    def _tick_again(self) -> Optional[Deferred]:
+        return self._renew_and_read() if self.state == OK else self._probe()
 
     def _forget_idle(self, now: float) -> None:
         """Mailboxes with nothing in flight, paused or counted here are forgotten (memory stays flat)."""
@@ -376,7 +382,7 @@ class ClusterAdmission(Service):
                 values = [repr(now + self.cluster.lease_ttl)] + [l for l, _ in slots]
 
                 def renew() -> Deferred:
-                    return r.eval(scripts.RENEW, keys, self._epoch_args() + values)
+                    return r.eval(scripts.RENEW, keys, self._continuity.epoch_args() + values)
 
                 renewed = renew().addCallback(self._renewed, slots, renew)
             renewed.addCallback(lambda _: r.hgetall(f"{self.base}:tenants"))
@@ -388,7 +394,9 @@ class ClusterAdmission(Service):
 
     def _renewed(self, reply: Any, slots: list, again: Optional[Callable[[], Deferred]]) -> Any:
         if reply and int(reply[0]) == 3:  # the epoch check, not one 0/1 per lease
-            if self._epoch_seen(str(reply[1])) and again is not None:
+            if not self._continuity.epoch_seen(str(reply[1])):
+                self._state_lost("Redis lost the cluster's state (its epoch changed)")
+            elif again is not None:
                 return again().addCallback(self._renewed, slots, None)
             return None
         for (lease, slot), kept in zip(slots, reply, strict=False):
@@ -436,11 +444,11 @@ class ClusterAdmission(Service):
             # too), and their solo starts are not in Redis: start nothing until the last of
             # them has left the window, then share again.
             wait = self.window + self.rejoin_lag
-            self._generation = self.redis.generation
             # Whatever Redis kept or lost, nothing is shared before a whole window has passed:
-            # take its epoch as it is.
-            self._epoch = ""
+            # take its epoch and server as they are.
+            self._continuity.forget()
             self.state, self._rejoin_at = REJOINING, self.clock.seconds() + wait
+            self.state_detail = "Redis answers again; waiting before sharing"
             self.log.info("cluster: Redis answers again; node {node} rejoins in {seconds:.1f}s",
                           node=self.cluster.node_id, seconds=wait)
 
@@ -457,9 +465,8 @@ class ClusterAdmission(Service):
         degraded again; if the connection was made anew (Redis went away and came back, and
         the others may find it only now), the wait starts again.
         """
-        if self.redis.generation != self._generation:
-            self._generation = self.redis.generation
-            self._rejoin_at = self.clock.seconds() + self.window + self.rejoin_lag
+        if self.redis.generation != self._continuity.generation:
+            self._state_lost("the Redis connection was made anew")
         d = self._renew_and_read()
         d.addCallback(lambda _: self._maybe_rejoined())
         return d
@@ -477,12 +484,14 @@ class ClusterAdmission(Service):
         new_leases = [f"{self.cluster.node_id}:{next(self._lease_numbers)}:solo" for _ in solo]
         leases = [lease for lease, slot in self._leases.items() if not slot.released] + new_leases
         keys = [self._keys(slot.key)[0] for slot in leased + solo]
-        d = r.eval(scripts.ADOPT, keys, [repr(self.clock.seconds() + self.cluster.lease_ttl)] + leases)
+        d = r.eval(scripts.ADOPT, keys, [repr(self.clock.seconds() + self.cluster.lease_ttl), KEEP] + leases)
 
         def adopted(_: Any) -> None:
-            for slot, lease, key in zip(solo, new_leases, keys[len(leased):], strict=True):
+            for slot, lease, key in zip(leased + solo, leases, keys, strict=True):
                 if slot.released:  # ended meanwhile: its lease must not hold a slot
                     self.redis.call(lambda r, k=key, l=lease: r.zrem(k, l)).addErrback(self._degrade)
+            for slot, lease in zip(solo, new_leases, strict=True):
+                if slot.released:
                     continue
                 self._solo.discard(slot)
                 slot.lease = lease
@@ -494,30 +503,32 @@ class ClusterAdmission(Service):
 
     # -- the epoch: a Redis that lost its state -----------------------------------------------
 
-    def _epoch_args(self) -> list[str]:
-        return [self._epoch, f"{self.cluster.node_id}:{self.clock.seconds()!r}:{secrets.token_hex(8)}"]
+    def _check_server(self) -> Deferred:
+        """Before sharing on a connection made anew: is it the server this node relied on?"""
 
-    def _epoch_seen(self, epoch: str) -> bool:
+        def checked(same: bool) -> None:
+            if not same:
+                self._state_lost("another Redis server answers (restarted or failed over)")
+
+        return self.redis.call(self._continuity.same_server).addCallbacks(checked, self._degrade)
+
+    def _state_lost(self, detail: str) -> None:
         """
-        Redis's epoch is not the one this node relied on.  True: nothing was lost for this node
-        (it had none yet: its first answer, or just after rejoining), ask again.  False: Redis
-        lost the state this node's starts were counted in (emptied, replaced), so the last
-        window's starts are unknown to it: write the running requests back and share again only
-        after a window (+ the others' lag), as after an outage.
+        Redis no longer holds the state this node's starts were counted in (L{RedisContinuity}):
+        the last window's starts are unknown to it, so write the running requests back and
+        share again only after a window (+ the others' lag), as after an outage.
         """
-        known, self._epoch = self._epoch, epoch
-        if not known:
-            return True
+        if self.state == DEGRADED:
+            return
+        now = self.clock.seconds()
+        wait = self.window + self.rejoin_lag
+        self._continuity.generation = self.redis.generation
         if self.state == OK:
-            wait = self.window + self.rejoin_lag
-            self._generation = self.redis.generation
-            self.state, self._rejoin_at, self.state_since = REJOINING, self.clock.seconds() + wait, self.clock.seconds()
-            self.state_detail = "Redis lost the cluster's state"
-            self.log.warn("cluster: Redis lost the cluster's state (its data was emptied or replaced); node {node} "
-                          "shares mailbox limits again in {seconds:.1f}s", node=self.cluster.node_id, seconds=wait,
-                          cluster_state=REJOINING)
-            self.redis.call(self._write_running).addErrback(self._degrade)
-        return False
+            self.state_since, self.state_detail = now, detail
+            self.log.warn("cluster: {detail}; node {node} shares mailbox limits again in {seconds:.1f}s",
+                          detail=detail, node=self.cluster.node_id, seconds=wait, cluster_state=REJOINING)
+        self.state, self._rejoin_at = REJOINING, now + wait
+        self.redis.call(self._write_running).addErrback(self._degrade)
 
     def _maybe_rejoined(self) -> None:
         if self.state != REJOINING or self.clock.seconds() < self._rejoin_at:

@@ -161,11 +161,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
 return ARGV[2]
 """
 
-#: KEYS: the leases set of each lease.  ARGV: expiry, then one lease id per key.  A node that
-#: finds Redis again writes the requests it started alone and that still run, so they count.
+#: KEYS: the leases set of each lease.  ARGV: expiry, keep (key expiry, s), then one lease id
+#: per key.  A node that finds Redis again (or finds it lost its state) writes its requests still
+#: running, those it started alone included, so they count.
 ADOPT = """
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, ARGV[1], ARGV[i + 1])
+  redis.call('ZADD', key, ARGV[1], ARGV[i + 2])
+  redis.call('EXPIRE', key, tonumber(ARGV[2]))
 end
 return #KEYS
 """
