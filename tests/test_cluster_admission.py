@@ -29,6 +29,73 @@ class AdmissionTestBase(RedisTestBase):
         values.update(limits)
         return ClusterAdmission(self.connect(), cluster, self.clock, **values)
 
+    @inlineCallbacks
+    def start_redis_again(self):
+        """The same socket, an empty (or snapshot-loaded) Redis."""
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())
+        self.addCleanup(self.server.stop)
+
+    @inlineCallbacks
+    def reconnected(self, node):
+        """Wait (real time) until ``node``'s own connection works again, without telling its admission."""
+        for _ in range(20):
+            try:
+                yield node.redis.call(lambda r: r.ping())
+                return
+            except Exception:  # noqa: BLE001 - still reconnecting
+                continue
+        self.fail(f"{node.cluster.node_id}: txredisapi never reconnected")
+
+    @inlineCallbacks
+    def find_redis(self, node):
+        for _ in range(10):  # each probe waits (up to the timeouts) for txredisapi to reconnect
+            yield node._tick()
+            if node.state != DEGRADED:
+                return
+        self.fail(f"{node.cluster.node_id} never found Redis again")
+
+    @inlineCallbacks
+    def first_shared_start(self, node, ticket):
+        """Ask (the clock following each answer) until ``node`` starts through Redis; the slot."""
+        answer = yield node.admit(MAILBOX, ticket)
+        while isinstance(answer, Later):
+            self.clock.advance(max(0.05, answer.retry_at - self.clock.seconds()))
+            yield node._tick()
+            answer = yield node.admit(MAILBOX, ticket)
+        self.assertIsNotNone(answer.lease, f"{node.cluster.node_id} shares through Redis again")
+        return answer
+
+    @inlineCallbacks
+    def solo_start(self, node, ticket):
+        """One request ``node`` starts alone (and ends at once); when it started."""
+        solo = yield node.admit(MAILBOX, ticket)
+        self.assertIsInstance(solo, ClusterSlot)
+        self.assertIsNone(solo.lease, f"{node.cluster.node_id} is still alone")
+        solo.release()
+        return self.clock.seconds()
+
+    @inlineCallbacks
+    def both_rejoin(self, a, b):
+        """Redis is back: both find it, wait their rejoin, and share again."""
+        yield self.start_redis_again()
+        yield self.find_redis(a)
+        yield self.find_redis(b)
+        self.clock.advance(a.window + a.rejoin_lag)
+        yield a._tick()
+        yield b._tick()
+
+    @inlineCallbacks
+    def degraded_pair(self, **limits):
+        """Two nodes that lost Redis a window ago: both may start alone now (Redis still away)."""
+        a = self.node("a", **limits)
+        b = self.node("b", **limits)
+        yield self.server.stop()
+        for node in (a, b):
+            yield node.admit(MAILBOX, "Q0")
+            self.assertEqual(node.state, DEGRADED)
+        self.clock.advance(a.solo_wait)
+        return a, b
+
 
 class SlotsTests(AdmissionTestBase):
     @inlineCallbacks
@@ -221,55 +288,31 @@ class RejoinTests(AdmissionTestBase):
     """
 
     @inlineCallbacks
-    def degraded_pair(self):
-        a = self.node("a", concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=2.0)
-        b = self.node("b", concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=2.0)
-        yield self.server.stop()
-        for node in (a, b):
-            yield node.admit(MAILBOX, "Q0")
-            self.assertEqual(node.state, DEGRADED)
-        self.clock.advance(a.window)  # both start alone from now on
-        self.server = yield start_redis_server(reactor, self.directory, 0, ())
-        self.addCleanup(self.server.stop)
+    def degraded_pair_redis_back(self):
+        a, b = yield self.degraded_pair(concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=2.0)
+        yield self.start_redis_again()
         return a, b
 
     @inlineCallbacks
-    def find_redis(self, node):
-        for _ in range(10):  # each probe waits (up to the timeouts) for txredisapi to reconnect
-            yield node._tick()
-            if node.state != DEGRADED:
-                return
-        self.fail(f"{node.cluster.node_id} never found Redis again")
-
-    @inlineCallbacks
     def test_a_node_rejoins_only_after_the_slowest_node_has_stopped_starting_alone(self):
-        a, b = yield self.degraded_pair()
+        a, b = yield self.degraded_pair_redis_back()
         yield self.find_redis(a)
         # b's next reconnection is up to ``retry`` away, then one connection attempt, then its
         # next probe and that probe's reply: until then it starts alone, as it should.
         connection = b.redis.config
         slowest = b.cluster.retry + connection.connect_timeout + b.tick_interval + connection.reply_timeout
         self.clock.advance(slowest - 0.01)
-        solo = yield b.admit(MAILBOX, "B1")
-        self.assertIsInstance(solo, ClusterSlot)
-        self.assertIsNone(solo.lease, "b is still alone")
-        last_solo_start = self.clock.seconds()
-        solo.release()
+        last_solo_start = yield self.solo_start(b, "B1")
         yield self.find_redis(b)
         # a shares again through Redis, whose window starts empty: its first start must come a
         # whole window after b's last solo start, or the two add up past the limit.
-        answer = yield a.admit(MAILBOX, "A1")
-        while isinstance(answer, Later):
-            self.clock.advance(max(0.05, answer.retry_at - self.clock.seconds()))
-            yield a._tick()
-            answer = yield a.admit(MAILBOX, "A1")
-        self.assertIsNotNone(answer.lease, "a shares through Redis again")
+        answer = yield self.first_shared_start(a, "A1")
         self.assertGreaterEqual(self.clock.seconds(), last_solo_start + a.window)
         answer.release()
 
     @inlineCallbacks
     def test_a_start_paced_while_alone_does_not_happen_after_redis_is_back(self):
-        a, b = yield self.degraded_pair()
+        a, b = yield self.degraded_pair_redis_back()
         first = yield b.admit(MAILBOX, "B1")
         self.assertIsNone(first.lease)
         # The next solo start is paced a little later (a Deferred waiting on the clock) ...

@@ -20,40 +20,9 @@ from tests.test_cluster_admission import MAILBOX, OTHER, AdmissionTestBase
 
 class FlappingAndLongRequestsTests(AdmissionTestBase):
     @inlineCallbacks
-    def reconnected(self, node):
-        """Wait (real time) until ``node``'s own connection works again, without telling its admission."""
-        for _ in range(20):
-            try:
-                yield node.redis.call(lambda r: r.ping())
-                return
-            except Exception:  # noqa: BLE001 - still reconnecting
-                continue
-        self.fail(f"{node.cluster.node_id}: txredisapi never reconnected")
-
-    @inlineCallbacks
     def restart_redis(self):
         yield self.server.stop()
-        self.server = yield start_redis_server(reactor, self.directory, 0, ())
-        self.addCleanup(self.server.stop)
-
-    @inlineCallbacks
-    def find_redis(self, node):
-        for _ in range(10):
-            yield node._tick()
-            if node.state != DEGRADED:
-                return
-        self.fail(f"{node.cluster.node_id} never found Redis again")
-
-    @inlineCallbacks
-    def degraded_pair(self, **limits):
-        a = self.node("a", **limits)
-        b = self.node("b", **limits)
-        yield self.server.stop()
-        for node in (a, b):
-            yield node.admit(MAILBOX, "Q0")
-            self.assertEqual(node.state, DEGRADED)
-        self.clock.advance(a.window)  # both may start alone from now on
-        return a, b
+        yield self.start_redis_again()
 
     @inlineCallbacks
     def test_a_redis_restart_nobody_noticed_does_not_double_the_concurrency(self):
@@ -95,13 +64,7 @@ class FlappingAndLongRequestsTests(AdmissionTestBase):
         """Graph's Retry-After seen by a node without Redis holds for every node once it shares again."""
         a, b = yield self.degraded_pair(concurrency=4, nodes=2, rate=600.0, window=60.0, max_hold=0.0)
         a.pause(MAILBOX, 600.0, "Graph throttled this mailbox (429)")
-        self.server = yield start_redis_server(reactor, self.directory, 0, ())
-        self.addCleanup(self.server.stop)
-        yield self.find_redis(a)
-        yield self.find_redis(b)
-        self.clock.advance(a.window + a.rejoin_lag)
-        yield a._tick()
-        yield b._tick()
+        yield self.both_rejoin(a, b)
         self.assertEqual((a.state, b.state), (OK, OK))
         yield a.redis.call(lambda r: r.ping())  # a's PAUSE went first
         answer = yield b.admit(MAILBOX, "B1")
@@ -122,13 +85,7 @@ class FlappingAndLongRequestsTests(AdmissionTestBase):
             self.assertIsNone(slot.lease)
             solo.append(slot)
             self.clock.advance(0.5)
-        self.server = yield start_redis_server(reactor, self.directory, 0, ())
-        self.addCleanup(self.server.stop)
-        yield self.find_redis(a)
-        yield self.find_redis(b)
-        self.clock.advance(a.window + a.rejoin_lag)
-        yield a._tick()
-        yield b._tick()
+        yield self.both_rejoin(a, b)
         self.assertEqual(a.state, OK)
         admitted = []
         for i in range(6):
@@ -157,19 +114,10 @@ class FlappingAndLongRequestsTests(AdmissionTestBase):
         self.addCleanup(self.server.stop)
         # b finds Redis as late as it may: rejoin_lag after it is back.
         self.clock.advance(b.rejoin_lag - 0.01)
-        solo = yield b.admit(MAILBOX, "B1")
-        self.assertIsInstance(solo, ClusterSlot)
-        self.assertIsNone(solo.lease, "b is still alone")
-        last_solo_start = self.clock.seconds()
-        solo.release()
+        last_solo_start = yield self.solo_start(b, "B1")
         yield self.find_redis(b)
         yield self.reconnected(a)
-        answer = yield a.admit(MAILBOX, "A1")
-        while isinstance(answer, Later):
-            self.clock.advance(max(0.05, answer.retry_at - self.clock.seconds()))
-            yield a._tick()
-            answer = yield a.admit(MAILBOX, "A1")
-        self.assertIsNotNone(answer.lease, "a shares through Redis again")
+        answer = yield self.first_shared_start(a, "A1")
         self.assertGreaterEqual(self.clock.seconds(), last_solo_start + a.window,
                                 "a's first shared start is within one window of b's last solo start")
         answer.release()
@@ -257,16 +205,6 @@ class EpochRaceTests(AdmissionTestBase):
 
 
 class PersistedRestartTests(AdmissionTestBase):
-    @inlineCallbacks
-    def reconnected(self, node):
-        for _ in range(20):
-            try:
-                yield node.redis.call(lambda r: r.ping())
-                return
-            except Exception:  # noqa: BLE001 - still reconnecting
-                continue
-        self.fail(f"{node.cluster.node_id}: txredisapi never reconnected")
-
     @inlineCallbacks
     def test_a_restart_that_reloads_an_older_snapshot_does_not_double_the_concurrency(self):
         """
