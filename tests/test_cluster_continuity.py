@@ -168,7 +168,8 @@ class PausesTakenAloneTests(ContinuityTestBase):
         self.clock.advance(a.window + a.rejoin_lag)
         yield a._tick()
         self.assertEqual(a.state, OK)
-        yield a.redis.call(lambda r: r.ping())
+        yield a.redis.call(lambda r: r.ping())  # a's TENANT went first
+        yield self.reconnected(b)  # b never asked while Redis was away: it is not degraded
         answer = yield b.admit(MAILBOX, "B1")
         self.assertIsInstance(answer, Later, "b never heard of the tenant pause")
         self.assertIn("admin consent", answer.reason)
