@@ -13,7 +13,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from gateway.cluster.admission import DEGRADED, OK, REJOINING, ClusterSlot, Later
 from gateway.testing.logs import LogCapture
 from gateway.testing.policy import start_redis_server
-from tests.test_cluster_admission import MAILBOX, TENANT, AdmissionTestBase
+from tests.test_cluster_admission import MAILBOX, OTHER, TENANT, AdmissionTestBase
 
 
 class ContinuityTestBase(AdmissionTestBase):
@@ -173,3 +173,34 @@ class PausesTakenAloneTests(ContinuityTestBase):
         answer = yield b.admit(MAILBOX, "B1")
         self.assertIsInstance(answer, Later, "b never heard of the tenant pause")
         self.assertIn("admin consent", answer.reason)
+
+
+class HeldAskTests(ContinuityTestBase):
+    @inlineCallbacks
+    def test_a_held_ask_checks_the_server_of_a_connection_made_meanwhile(self):
+        """
+        ADMIT holds A2's slot ({2, at}: a deferLater, then the script again).  Redis restarts
+        meanwhile and reloads a snapshot older than A1's lease; _ask_again asks the new server
+        straight away, without the run_id check admit() makes: A2 starts beside A1 on a mailbox
+        with mailbox_concurrency 1.
+        """
+        a = self.node("a", concurrency=1, nodes=2, max_hold=2.0)
+        first = yield a.admit(OTHER, "A0")  # the epoch and the server are known
+        first.release()
+        yield a.redis.call(lambda r: r.execute_command("SAVE"))
+        self.clock.advance(1.0)
+        running = yield a.admit(MAILBOX, "A1")
+        self.assertIsInstance(running, ClusterSlot)
+        held = a.admit(MAILBOX, "A2")
+        answers: list = []
+        held.addCallback(lambda answer: answers.append(answer) or answer)
+        yield a.redis.call(lambda r: r.ping())  # A2's ADMIT has been answered: {2, at}
+        self.assertEqual(answers, [], "A2's slot is held")
+        yield self.server.stop()
+        self.server = yield start_redis_server(reactor, self.directory, 0, ())  # reloads dump.rdb
+        self.addCleanup(self.server.stop)
+        yield self.reconnected(a)
+        self.clock.advance(0.5)
+        answer = yield held
+        self.assertIsInstance(answer, Later, "A1 is still in flight: A2 exceeds mailbox_concurrency 1")
+        running.release()
