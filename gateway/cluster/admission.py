@@ -195,9 +195,7 @@ class ClusterAdmission(Service):
             return self._admit_solo(key, local, now)
         if self.state == REJOINING:
             return succeed(Later(max(now + REJOIN_POLL, self._rejoin_at), "rejoining the cluster"))
-        if self._continuity.unsure:
-            return self._check_server().addCallback(lambda _: self._ask_again(key, ticket, now + self.max_hold))
-        return self._ask(key, ticket, now + self.max_hold)
+        return self._ask_again(key, ticket, now + self.max_hold)
 
     def _ask(self, key: Hashable, ticket: str, hold_until: float) -> Deferred:
         now = self.clock.seconds()
@@ -234,6 +232,8 @@ class ClusterAdmission(Service):
     def _ask_again(self, key: Hashable, ticket: str, hold_until: float) -> Any:
         if self.state != OK:
             return self.admit(key, ticket)
+        if self._continuity.unsure:  # the connection was made anew (a held slot too): the same server?
+            return self._check_server().addCallback(lambda _: self._ask_again(key, ticket, hold_until))
         return self._ask(key, ticket, hold_until)
 
     def _started(self, key: Hashable, lease: Optional[str], solo: bool) -> ClusterSlot:
