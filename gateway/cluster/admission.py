@@ -41,6 +41,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.cluster import scripts
@@ -113,6 +114,8 @@ class ClusterAdmission(Service):
         #: Whether Redis still holds the state this node's starts were counted in.
         self._continuity = RedisContinuity(redis, cluster.node_id, clock)
         self._epoch_key = f"{self.base}:epoch"
+        #: The admits and the tick waiting for the one INFO in flight (L{_check_server}).
+        self._server_waiters: list[Deferred] = []
         self._tenants: dict[str, tuple[float, str]] = {}
         self._lease_numbers = itertools.count(1)
         self._ticker: Optional[LoopingCall] = None
@@ -192,9 +195,7 @@ class ClusterAdmission(Service):
             return self._admit_solo(key, local, now)
         if self.state == REJOINING:
             return succeed(Later(max(now + REJOIN_POLL, self._rejoin_at), "rejoining the cluster"))
-        if self._continuity.unsure:
-            return self._check_server().addCallback(lambda _: self._ask_again(key, ticket, now + self.max_hold))
-        return self._ask(key, ticket, now + self.max_hold)
+        return self._ask_again(key, ticket, now + self.max_hold)
 
     def _ask(self, key: Hashable, ticket: str, hold_until: float) -> Deferred:
         now = self.clock.seconds()
@@ -231,6 +232,8 @@ class ClusterAdmission(Service):
     def _ask_again(self, key: Hashable, ticket: str, hold_until: float) -> Any:
         if self.state != OK:
             return self.admit(key, ticket)
+        if self._continuity.unsure:  # the connection was made anew (a held slot too): the same server?
+            return self._check_server().addCallback(lambda _: self._ask_again(key, ticket, hold_until))
         return self._ask(key, ticket, hold_until)
 
     def _started(self, key: Hashable, lease: Optional[str], solo: bool) -> ClusterSlot:
@@ -342,8 +345,11 @@ class ClusterAdmission(Service):
         if current is None or current[0] < until:
             self._tenants[field] = (until, detail)
         if self.state == OK:
-            self.redis.call(lambda r: r.eval(scripts.TENANT, [f"{self.base}:tenants"],
-                                             [field, repr(until), detail])).addErrback(self._degrade)
+            self._share_tenant(field, until, detail)
+
+    def _share_tenant(self, field: str, until: float, detail: str) -> None:
+        self.redis.call(lambda r: r.eval(scripts.TENANT, [f"{self.base}:tenants"],
+                                         [field, repr(until), detail])).addErrback(self._degrade)
 
     def resume_tenant(self, tenant_key: Hashable) -> None:
         field = short_digest(tenant_key)
@@ -417,6 +423,10 @@ class ClusterAdmission(Service):
             if until > now and (known is None or known[0] < until):
                 self.log.warn("cluster: tenant {tenant} paused on every node until {until:.0f} ({detail})",
                               tenant=field, until=until, detail=detail, cluster_tenant_paused=field)
+        if self.state != OK:  # pauses taken alone are not in Redis yet (shared on rejoining)
+            for field, (until, detail) in self._tenants.items():
+                if until > now and fresh.get(field, (0.0, ""))[0] < until:
+                    fresh[field] = (until, detail)
         self._tenants = fresh
 
     def _degrade(self, failure: Any) -> None:
@@ -504,13 +514,28 @@ class ClusterAdmission(Service):
     # -- the epoch: a Redis that lost its state -----------------------------------------------
 
     def _check_server(self) -> Deferred:
-        """Before sharing on a connection made anew: is it the server this node relied on?"""
+        """
+        Before sharing on a connection made anew: is it the server this node relied on?  One
+        INFO at a time: the admits (a backlog asks for every mailbox at once) and the tick that
+        need the answer meanwhile wait for it.
+        """
+        waiter: Deferred = Deferred()
+        self._server_waiters.append(waiter)
+        if len(self._server_waiters) == 1:
+            d = self.redis.call(self._continuity.same_server).addCallbacks(self._server_seen, self._degrade)
+            d.addBoth(self._server_checked)
+        return waiter
 
-        def checked(same: bool) -> None:
-            if not same:
-                self._state_lost("another Redis server answers (restarted or failed over)")
+    def _server_seen(self, same: bool) -> None:
+        if not same:
+            self._state_lost("another Redis server answers (restarted or failed over)")
 
-        return self.redis.call(self._continuity.same_server).addCallbacks(checked, self._degrade)
+    def _server_checked(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("cluster: checking the Redis server failed", result)
+        waiters, self._server_waiters = self._server_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _state_lost(self, detail: str) -> None:
         """
@@ -522,7 +547,10 @@ class ClusterAdmission(Service):
             return
         now = self.clock.seconds()
         wait = self.window + self.rejoin_lag
-        self._continuity.generation = self.redis.generation
+        # The wait covers whatever Redis kept or lost: once it is over, take its epoch and server
+        # as they are then (the old epoch would be taken for a second loss, a server seen before a
+        # flap for another server).
+        self._continuity.forget()
         if self.state == OK:
             self.state_since, self.state_detail = now, detail
             self.log.warn("cluster: {detail}; node {node} shares mailbox limits again in {seconds:.1f}s",
@@ -540,10 +568,13 @@ class ClusterAdmission(Service):
         self.log.info("cluster state ok: node {node} shares mailbox limits through Redis again "
                       "(degraded for {seconds:.0f}s)", node=self.cluster.node_id, seconds=self.state_since - was,
                       cluster_state=OK)
-        # Retry-After pauses taken meanwhile were this node's alone: every node honours them now.
+        # Retry-After and tenant pauses taken meanwhile were this node's alone: every node honours them now.
         for key, local in list(self._mailboxes.items()):
             if local.paused_until > self.state_since:
                 self._share_pause(key, local)
+        for field, (until, detail) in list(self._tenants.items()):
+            if until > self.state_since:
+                self._share_tenant(field, until, detail)
 
     # -- status ------------------------------------------------------------------------------
 

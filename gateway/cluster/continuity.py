@@ -11,7 +11,9 @@ failover, between two calls of a node.  Two signs show it:
   a restarted or another server has another one, even when it reloaded the old epoch.
 
 A node with nothing known yet (its first answer, or just after rejoining, which waited a whole
-window anyway) takes what it finds: nothing it relied on was lost.
+window anyway) takes what it finds: nothing it relied on was lost.  A server that does not tell
+its ``run_id`` (INFO refused: it is in ACL category ``@dangerous``; a proxy) is compared by its
+epoch alone, said once in the log: a restart that reloads an older snapshot goes unnoticed then.
 """
 
 from __future__ import annotations
@@ -19,19 +21,25 @@ from __future__ import annotations
 import secrets
 from typing import Any, Optional
 
+import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 
 class RedisContinuity:
     """``connection`` a L{gateway.policy.redis_connection.RedisConnection} (``generation``)."""
+
+    log = Logger()
 
     def __init__(self, connection: Any, node_id: str, clock: IReactorTime) -> None:
         self.connection = connection
         self.node_id = node_id
         self.clock = clock
         self.epoch = ""
+        #: The run_id relied on: None not read yet, "" the server does not tell.
         self.server_id: Optional[str] = None
+        self._refusal_said = False
         self.generation: int = connection.generation
 
     def epoch_args(self) -> list[str]:
@@ -54,15 +62,24 @@ class RedisContinuity:
 
     def same_server(self, r: Any) -> Deferred:
         """Fires with False when another server answers than the one this node relied on."""
-        generation = self.connection.generation
         d = r.execute_command("INFO", "server")
 
         def seen(info: Any) -> bool:
-            run_id = _run_id(info)
-            known, self.server_id, self.generation = self.server_id, run_id, generation
-            return known is None or run_id is None or known == run_id
+            # The connection that answered is the one now: a command sent before the connection
+            # was made (txredisapi queues it) is answered on the new one.
+            run_id = _run_id(info) or ""
+            known, self.server_id, self.generation = self.server_id, run_id, self.connection.generation
+            return not known or not run_id or known == run_id
 
-        return d.addCallback(seen)
+        def refused(failure: Any) -> bool:
+            failure.trap(txredisapi.ResponseError)
+            if not self._refusal_said:
+                self._refusal_said = True
+                self.log.warn("cluster: Redis refuses INFO ({error}): a restart that reloads an older snapshot "
+                              "goes unnoticed; allow INFO to the gateway's Redis user", error=failure.getErrorMessage())
+            return seen("")
+
+        return d.addCallbacks(seen, refused)
 
 
 def _run_id(info: Any) -> Optional[str]:
