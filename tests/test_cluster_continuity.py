@@ -18,22 +18,10 @@ from tests.test_cluster_admission import MAILBOX, OTHER, TENANT, AdmissionTestBa
 
 class ContinuityTestBase(AdmissionTestBase):
     @inlineCallbacks
-    def reconnected(self, node):
-        """Wait (real time) until ``node``'s own connection works again, without telling its admission."""
-        for _ in range(20):
-            try:
-                yield node.redis.call(lambda r: r.ping())
-                return
-            except Exception:  # noqa: BLE001 - still reconnecting
-                continue
-        self.fail(f"{node.cluster.node_id}: txredisapi never reconnected")
-
-    @inlineCallbacks
     def restart_redis(self):
         """A restart without persistence: the new server has another run_id and no data."""
         yield self.server.stop()
-        self.server = yield start_redis_server(reactor, self.directory, 0, ())
-        self.addCleanup(self.server.stop)
+        yield self.start_redis_again()
 
     def count_server_checks(self, node) -> list:
         calls: list = []
@@ -156,12 +144,8 @@ class PausesTakenAloneTests(ContinuityTestBase):
         self.assertEqual(a.state, DEGRADED)
         until = self.clock.seconds() + 3600.0
         a.pause_tenant(TENANT, until, "admin consent missing")
-        self.server = yield start_redis_server(reactor, self.directory, 0, ())
-        self.addCleanup(self.server.stop)
-        for _ in range(10):
-            yield a._tick()
-            if a.state != DEGRADED:
-                break
+        yield self.start_redis_again()
+        yield self.find_redis(a)
         self.assertEqual(a.state, REJOINING)
         yield a._tick()  # watches Redis while rejoining: reads the tenants' table
         self.assertIsNotNone(a.tenant_paused(TENANT), "a forgot its own tenant pause")
@@ -204,3 +188,22 @@ class HeldAskTests(ContinuityTestBase):
         answer = yield held
         self.assertIsInstance(answer, Later, "A1 is still in flight: A2 exceeds mailbox_concurrency 1")
         running.release()
+
+
+class TimerTests(AdmissionTestBase):
+    def test_a_failing_step_does_not_stop_the_timer(self):
+        """A bug in one step (here: forgetting idle mailboxes) is logged; the next tick still comes."""
+        a = self.node("a")
+        calls = []
+
+        def broken(now):
+            calls.append(now)
+            raise RuntimeError("a bug in a timer step")
+
+        a._forget_idle = broken
+        a.startService()
+        self.addCleanup(a.stopService)
+        self.clock.advance(a.tick_interval)
+        self.assertEqual(len(calls), 2, "the timer ran again after the failing step")
+        self.assertTrue(a._ticker.running)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)

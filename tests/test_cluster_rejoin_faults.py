@@ -190,12 +190,8 @@ class EpochRaceTests(AdmissionTestBase):
         yield self.server.stop()
         yield a.admit(MAILBOX, "Q0")
         self.assertEqual(a.state, DEGRADED)
-        self.server = yield start_redis_server(reactor, self.directory, 0, ())
-        self.addCleanup(self.server.stop)
-        for _ in range(10):
-            yield a._tick()
-            if a.state != DEGRADED:
-                break
+        yield self.start_redis_again()
+        yield self.find_redis(a)
         self.clock.advance(a.window + a.rejoin_lag)
         yield a._tick()
         self.assertEqual(a.state, OK)

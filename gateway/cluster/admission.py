@@ -37,7 +37,7 @@ import itertools
 from typing import Any, Callable, Hashable, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -129,7 +129,7 @@ class ClusterAdmission(Service):
         super().startService()
         self.log.info("cluster {name}: node {node} shares mailbox limits through Redis ({nodes} nodes expected)",
                       name=self.cluster.name, node=self.cluster.node_id, nodes=self.cluster.expected_nodes)
-        self._ticker = LoopingCall(self._tick)
+        self._ticker = LoopingCall(self._tick_safely)
         self._ticker.clock = self.clock
         self._ticker.start(self.tick_interval, now=True).addErrback(
             lambda f: self.log.failure("cluster timer failed", f))
@@ -358,6 +358,11 @@ class ClusterAdmission(Service):
                                              [field, "0", ""])).addErrback(self._degrade)
 
     # -- the timer: renew leases, read shared pauses, probe Redis -----------------------------
+
+    def _tick_safely(self) -> Deferred:
+        """A step that fails (a bug) is logged and the next tick comes: a stopped timer would renew no lease again."""
+        return maybeDeferred(self._tick).addErrback(
+            lambda f: self.log.failure("cluster: a timer step failed; trying again at the next tick", f))
 
     def _tick(self) -> Optional[Deferred]:
         self._forget_idle(self.clock.seconds())
