@@ -556,8 +556,9 @@ class ClusterAdmission(Service):
         # as they are then (the old epoch would be taken for a second loss, a server seen before a
         # flap for another server).
         self._continuity.forget()
+        self.state_detail = detail  # /healthz: why the node waits (again)
         if self.state == OK:
-            self.state_since, self.state_detail = now, detail
+            self.state_since = now
             self.log.warn("cluster: {detail}; node {node} shares mailbox limits again in {seconds:.1f}s",
                           detail=detail, node=self.cluster.node_id, seconds=wait, cluster_state=REJOINING)
         self.state, self._rejoin_at = REJOINING, now + wait
@@ -571,7 +572,7 @@ class ClusterAdmission(Service):
         was = self.state_since
         self.state, self.state_since, self.state_detail = OK, self.clock.seconds(), ""
         self.log.info("cluster state ok: node {node} shares mailbox limits through Redis again "
-                      "(degraded for {seconds:.0f}s)", node=self.cluster.node_id, seconds=self.state_since - was,
+                      "(after {seconds:.0f}s without sharing)", node=self.cluster.node_id, seconds=self.state_since - was,
                       cluster_state=OK)
         # Retry-After and tenant pauses taken meanwhile were this node's alone: every node honours them now.
         for key, local in list(self._mailboxes.items()):
