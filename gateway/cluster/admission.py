@@ -131,8 +131,7 @@ class ClusterAdmission(Service):
                       name=self.cluster.name, node=self.cluster.node_id, nodes=self.cluster.expected_nodes)
         self._ticker = LoopingCall(self._tick_safely)
         self._ticker.clock = self.clock
-        self._ticker.start(self.tick_interval, now=True).addErrback(
-            lambda f: self.log.failure("cluster timer failed", f))
+        self._ticker.start(self.tick_interval, now=True)  # _tick_safely never fails: the timer runs on
 
     def stopService(self) -> Any:
         super().stopService()
@@ -369,11 +368,8 @@ class ClusterAdmission(Service):
         if self.state != OK:
             return self._probe()
         if self._continuity.unsure:  # the connection was made anew since: the same server?
-            return self._check_server().addCallback(lambda _: self._tick_again())
+            return self._check_server().addCallback(lambda _: self._tick())
         return self._renew_and_read()
-
-    def _tick_again(self) -> Optional[Deferred]:
-        return self._renew_and_read() if self.state == OK else self._probe()
 
     def _forget_idle(self, now: float) -> None:
         """Mailboxes with nothing in flight, paused or counted here are forgotten (memory stays flat)."""
@@ -455,15 +451,7 @@ class ClusterAdmission(Service):
         d = self.redis.call(self._write_running)
 
         def back(_: Any) -> None:
-            # Other nodes may still start alone for up to ``rejoin_lag`` (until they find Redis
-            # too), and their solo starts are not in Redis: start nothing until the last of
-            # them has left the window, then share again.
-            wait = self.window + self.rejoin_lag
-            # Whatever Redis kept or lost, nothing is shared before a whole window has passed:
-            # take its epoch and server as they are.
-            self._continuity.forget()
-            self.state, self._rejoin_at = REJOINING, self.clock.seconds() + wait
-            self.state_detail = "Redis answers again; waiting before sharing"
+            wait = self._wait_before_sharing("Redis answers again; waiting before sharing")
             self.log.info("cluster: Redis answers again; node {node} rejoins in {seconds:.1f}s",
                           node=self.cluster.node_id, seconds=wait)
 
@@ -493,11 +481,12 @@ class ClusterAdmission(Service):
         mailbox's concurrency.
         """
         solo = list(self._solo)
-        leased = [slot for slot in self._leases.values() if not slot.released]
-        if not solo and not leased:
+        running = [(lease, slot) for lease, slot in self._leases.items() if not slot.released]
+        if not solo and not running:
             return r.ping()
         new_leases = [f"{self.cluster.node_id}:{next(self._lease_numbers)}:solo" for _ in solo]
-        leases = [lease for lease, slot in self._leases.items() if not slot.released] + new_leases
+        leased = [slot for _, slot in running]
+        leases = [lease for lease, _ in running] + new_leases
         keys = [self._keys(slot.key)[0] for slot in leased + solo]
         d = r.eval(scripts.ADOPT, keys, [repr(self.clock.seconds() + self.cluster.lease_ttl), KEEP] + leases)
 
@@ -550,19 +539,26 @@ class ClusterAdmission(Service):
         """
         if self.state == DEGRADED:
             return
-        now = self.clock.seconds()
-        wait = self.window + self.rejoin_lag
-        # The wait covers whatever Redis kept or lost: once it is over, take its epoch and server
-        # as they are then (the old epoch would be taken for a second loss, a server seen before a
-        # flap for another server).
-        self._continuity.forget()
-        self.state_detail = detail  # /healthz: why the node waits (again)
-        if self.state == OK:
-            self.state_since = now
+        was_sharing = self.state == OK
+        wait = self._wait_before_sharing(detail)
+        if was_sharing:
+            self.state_since = self.clock.seconds()
             self.log.warn("cluster: {detail}; node {node} shares mailbox limits again in {seconds:.1f}s",
                           detail=detail, node=self.cluster.node_id, seconds=wait, cluster_state=REJOINING)
-        self.state, self._rejoin_at = REJOINING, now + wait
         self.redis.call(self._write_running).addErrback(self._degrade)
+
+    def _wait_before_sharing(self, detail: str) -> float:
+        """
+        REJOINING from now for a window + ``rejoin_lag``: the other nodes' solo starts, which
+        Redis never saw, leave the window meanwhile.  The wait covers whatever Redis kept or
+        lost, so once it is over the node takes Redis's epoch and server as they are then (an
+        old epoch would be taken for a second loss, a server seen before a flap for another).
+        """
+        wait = self.window + self.rejoin_lag
+        self._continuity.forget()
+        self.state, self._rejoin_at = REJOINING, self.clock.seconds() + wait
+        self.state_detail = detail  # /healthz: why the node waits (again)
+        return wait
 
     def _maybe_rejoined(self) -> None:
         if self.state != REJOINING or self.clock.seconds() < self._rejoin_at:
