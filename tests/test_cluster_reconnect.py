@@ -10,12 +10,15 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config.loader import build_config
 from gateway.config.policy import RedisConfig
+from gateway.config.secrets import Secret
 from gateway.policy.redis_connection import RedisConnection
 from gateway.service import build_components
+from gateway.testing.logs import LogCapture
 from tests.cluster_rig import free_port
 
 
@@ -35,6 +38,29 @@ class ReconnectScheduleTests(SynchronousTestCase):
         """Why the bound is needed: the default schedule waits up to 10 s (and more, by jitter)."""
         factory = self.factory_of()
         self.assertGreater(max(factory.retryDelay(attempt) for attempt in range(1, 60)), 5.0)
+
+
+class StartAgainTests(SynchronousTestCase):
+    """A connection txredisapi gave up on is started again (the live case: test_cluster_rejoin_faults)."""
+
+    def test_starting_again_is_said_without_the_password_at_most_once_per_bound(self):
+        events = LogCapture.install(self)
+        clock = MemoryReactorClock()
+        connection = RedisConnection(RedisConfig(unix_socket="/nonexistent/redis.sock", password=Secret("s3cr3t-pw")),
+                                     clock, reconnect_within=1.0)
+        connection.startService()
+        self.addCleanup(connection.stopService)
+        given_up = connection._factory
+        given_up.stopTrying()  # what txredisapi does when AUTH fails on a new connection
+        connection._handler()
+        self.assertIsNot(connection._factory, given_up)
+        again = connection._factory
+        again.stopTrying()
+        connection._handler()
+        self.assertIs(connection._factory, again, "not again within reconnect_within")
+        said = [formatEvent(e) for e in events if "stopped retrying" in str(e.get("log_format"))]
+        self.assertEqual(len(said), 1)
+        self.assertFalse(any("s3cr3t-pw" in formatEvent(e) for e in events))
 
 
 class SentinelScheduleTests(TestCase):
