@@ -1,0 +1,125 @@
+"""
+The log's lines made without Twisted's Python formatter (issue 13, CPU per accepted message):
+L{ClassicLines} against Twisted's classic text line and L{JsonLines} against L{json_line}, on
+the same events, with times at every rounding edge of a second; and twistd's own text
+observer really given the fast formatter.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+from twisted.logger import FileLogObserver, LogLevel, formatEventAsClassicLogText, textFileLogObserver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.logging import (
+    ClassicLines,
+    JsonLines,
+    PerSecond,
+    json_line,
+    text_observer_for,
+    twistd_default_observer,
+    with_message_fields,
+)
+from tests.test_logging_prerender import EVENTS, base
+
+#: Around one second: exact, half a microsecond either side of rounding up, just before the next.
+EDGES = [0.0, 0.0000004999, 0.0000005, 0.25, 0.4999995, 0.9999994999, 0.9999995, 0.99999951, 0.9999999999]
+
+
+def times() -> list[Any]:
+    start = 1_700_000_000
+    chosen = [start + second + edge for second in range(3) for edge in EDGES]
+    rng = random.Random(13)
+    chosen += [start + rng.random() * 5 for _ in range(500)]
+    # Not floats, or not after 1970: the slow path, as Twisted writes them.
+    return chosen + [start, -1.5, -0.0000001, None]
+
+
+def twisted_line(event: dict) -> Any:
+    """What twistd's text observer writes for ``event``."""
+    out = io.StringIO()
+    textFileLogObserver(out)(event)
+    return out.getvalue()
+
+
+def fast_line(event: dict) -> Any:
+    out = io.StringIO()
+    FileLogObserver(out, ClassicLines())(event)
+    return out.getvalue()
+
+
+class ClassicLinesTests(SynchronousTestCase):
+    def test_same_line_as_twisted_for_every_kind_of_event(self) -> None:
+        failure = Failure(ValueError("boom"))
+        extra = [
+            base(log_format="in a system {x}", x=1, log_system="vm[127.0.0.1]"),
+            base(log_format="no level", log_level=None),
+            base(log_format="no namespace", log_namespace=None),
+            {"log_format": "nothing else"},
+            base(log_format="", queue_id="Q"),
+            base(log_format="failure {x}", x=1, log_failure=failure),
+            base(log_format="system\nacross lines", log_system="a\nb"),
+        ]
+        for event in EVENTS + extra:
+            for rendered in (dict(event), *self._through_fields(event)):
+                self.assertEqual(fast_line(rendered), twisted_line(rendered), rendered.get("log_format"))
+
+    def test_same_time_as_twisted_at_every_edge_of_a_second(self) -> None:
+        lines = ClassicLines()
+        for when in times():
+            event = base(log_format="at {when}", when=when, log_time=when)
+            self.assertEqual(lines(event), formatEventAsClassicLogText(event), repr(when))
+
+    def test_the_time_is_written_once_per_second(self) -> None:
+        written: list[float] = []
+
+        def second(when: float) -> str:
+            written.append(when)
+            return f"S{int(when)}"
+
+        clock = PerSecond(second, second)
+        texts = [clock(1_700_000_000 + i / 10) for i in range(30)]
+        self.assertEqual(written, [1_700_000_000, 1_700_000_001, 1_700_000_002])
+        self.assertEqual(texts[0], "S1700000000")
+        self.assertEqual(texts[29], "S1700000002")
+
+    def test_twistd_text_observer_gets_the_fast_formatter(self) -> None:
+        """Under ``twistd -n`` (and ``--logfile``) the lines come from L{ClassicLines}."""
+        out = io.StringIO()
+        for options in ({"nodaemon": True, "logfile": "-"}, {"nodaemon": False, "logfile": self.mktemp()}):
+            twistd = twistd_default_observer(dict(options, syslog=False, prefix="graphsmtp"))
+            self.assertIsInstance(twistd, FileLogObserver)
+            text_observer_for(twistd, environ={})
+            self.assertIsInstance(twistd.formatEvent, ClassicLines)
+            close = getattr(twistd._outFile, "close", None)
+            if options["logfile"] != "-" and close is not None:
+                close()
+        observer = FileLogObserver(out, ClassicLines())
+        text_observer_for(observer, environ={})(dict(EVENTS[0]))
+        self.assertEqual(out.getvalue(), twisted_line(self._through_fields(EVENTS[0])[0]))
+
+    def _through_fields(self, event: dict) -> list[dict]:
+        seen: list[dict] = []
+        with_message_fields(seen.append)(dict(event))
+        return seen
+
+
+class JsonLinesTests(SynchronousTestCase):
+    def test_same_json_line_as_before(self) -> None:
+        lines = JsonLines()
+        for event in EVENTS:
+            self.assertEqual(lines(dict(event)), json_line(dict(event)), event.get("log_format"))
+        for when in times():
+            event = base(log_format="at {x}", x=1, log_time=when)
+            self.assertEqual(lines(event), json_line(event), repr(when))
+
+    def test_text_is_rendered_as_twisted_renders_it(self) -> None:
+        self.assertIn('"text":"say {y} }"', JsonLines()(base(log_format="say {x}", x="{y} }")))
+        self.assertIn('"text":"legacy words"', JsonLines()({"message": ("legacy", "words"), "log_format": ""}))
+
+    def test_levels(self) -> None:
+        self.assertIn('"level":"warn"', JsonLines()(base(log_format="w", log_level=LogLevel.warn)))
