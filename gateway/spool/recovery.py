@@ -10,6 +10,7 @@ from the protocols in the L{gateway.spool} package docstring.  Blocking: a spool
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import attrs
 
@@ -36,6 +37,8 @@ class RecoveryReport:
     quarantined: list[Quarantined] = attrs.field(factory=list)
     errors: list[str] = attrs.field(factory=list)
     refused: list[Refused] = attrs.field(factory=list)
+    #: Why the spool's filesystem makes new files slow (L{gateway.spool.filesystem}), if it does.
+    filesystem_warning: Optional[str] = None
 
 
 @attrs.frozen

@@ -213,6 +213,8 @@ class DirectorySpool:
             "spool {directory} recovered: {queued} queued, {removed} unfinished files removed, "
             "{quarantined} quarantined", directory=self.directory, queued=len(report.schedule),
             removed=len(report.removed), quarantined=len(report.quarantined))
+        if report.filesystem_warning:
+            self.log.warn("spool {directory} is {note}", directory=self.directory, note=report.filesystem_warning)
         return report.schedule
 
     def recover(self) -> Deferred:

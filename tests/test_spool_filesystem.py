@@ -1,0 +1,70 @@
+"""
+The spool names the one filesystem it is known to be slow on (ext4 without a journal, where a
+new file costs more the more files were recently deleted) once at start-up, from what Linux's
+sysfs says; any other answer, or none, says nothing.  sysfs is a fake tree here: the real one
+depends on the machine the tests run on.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.spool import disk
+from gateway.spool.filesystem import JOURNAL_LESS_EXT4, slow_creation_warning
+from tests.test_spool_store import SpoolTestMixin
+
+
+class SlowCreationWarningTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.spool = os.path.abspath(self.mktemp())
+        os.makedirs(self.spool)
+        self.sysfs = os.path.abspath(self.mktemp())
+        device = os.stat(self.spool).st_dev
+        block = os.path.join(self.sysfs, "devices", "virtual", "block", "vdz")
+        os.makedirs(block)
+        os.makedirs(os.path.join(self.sysfs, "dev", "block"))
+        os.symlink(block, os.path.join(self.sysfs, "dev", "block", f"{os.major(device)}:{os.minor(device)}"))
+
+    def journal_task(self, text: str) -> None:
+        directory = os.path.join(self.sysfs, "fs", "ext4", "vdz")
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "journal_task"), "w") as f:
+            f.write(text)
+
+    def test_ext4_without_a_journal_is_named(self) -> None:
+        self.journal_task("<none>\n")
+        self.assertEqual(slow_creation_warning(self.spool, self.sysfs), JOURNAL_LESS_EXT4)
+
+    def test_ext4_with_a_journal_is_not(self) -> None:
+        self.journal_task("812\n")
+        self.assertIsNone(slow_creation_warning(self.spool, self.sysfs))
+
+    def test_another_filesystem_is_not(self) -> None:
+        """No ext4 entry for the device (tmpfs, XFS, btrfs): nothing to say."""
+        self.assertIsNone(slow_creation_warning(self.spool, self.sysfs))
+
+    def test_no_sysfs_is_not(self) -> None:
+        self.assertIsNone(slow_creation_warning(self.spool, os.path.join(self.sysfs, "absent")))
+        self.assertIsNone(slow_creation_warning(os.path.join(self.spool, "absent"), self.sysfs))
+
+
+class StartUpLineTests(SpoolTestMixin, SynchronousTestCase):
+    def recovered_lines(self, warning: object) -> list[dict]:
+        self.patch(disk, "slow_creation_warning", lambda path: warning)
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.successResultOf(self.make_spool().recover())
+        return [e for e in events if e.get("log_namespace", "").startswith("gateway.spool")]
+
+    def test_recovery_warns_once_about_a_slow_filesystem(self) -> None:
+        warnings = [e for e in self.recovered_lines(JOURNAL_LESS_EXT4) if e["log_level"] is LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["note"], JOURNAL_LESS_EXT4)
+        self.assertEqual(warnings[0]["directory"], self.directory)
+
+    def test_nothing_is_said_otherwise(self) -> None:
+        self.assertEqual([e for e in self.recovered_lines(None) if e["log_level"] is LogLevel.warn], [])
