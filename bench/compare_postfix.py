@@ -371,6 +371,28 @@ def run_cell(server, cell: Cell, messages: int) -> Result:
     return Result(messages / elapsed, cpu * 1000 / messages)
 
 
+def creation_note(directory: str, files: int = 200) -> str:
+    """
+    What a new file costs in ``directory`` (CPU, median of ``files``): graphsmtp creates two per
+    message, Postfix one, and on ext4 without a journal the cost grows with the files deleted in
+    the last minutes (docs/deployment.md, "The spool's filesystem"), so it is printed with the run.
+    """
+    from gateway.spool.filesystem import slow_creation_warning
+
+    scratch = tempfile.mkdtemp(prefix="creation-", dir=directory)
+    costs = []
+    try:
+        for n in range(files):
+            start = time.process_time()
+            os.close(os.open(os.path.join(scratch, str(n)), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            costs.append(time.process_time() - start)
+    finally:
+        shutil.rmtree(scratch)
+    note = f"a new file here costs {median(costs) * 1e6:.0f} µs of CPU (graphsmtp makes 2 per message, Postfix 1)"
+    warning = slow_creation_warning(directory)
+    return note + (f"; this disk is {warning}" if warning else "")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -460,6 +482,7 @@ def main() -> None:
             graphsmtp.start()
         print(f"work directory {workdir} ({fs}); Postfix on port {postfix.port}, "
               + ", ".join(f"{g.name} on port {g.port}" for g in graphsmtps))
+        print(creation_note(workdir))
         for rep in range(1, options.reps + 1):
             for cell in cells:
                 messages = cell.quick_messages if options.quick else cell.messages
