@@ -8,8 +8,10 @@ observer really given the fast formatter.
 from __future__ import annotations
 
 import io
+import json
+import math
 import random
-from typing import Any
+from typing import Any, Callable
 
 from twisted.logger import FileLogObserver, LogLevel, formatEventAsClassicLogText, textFileLogObserver
 from twisted.python.failure import Failure
@@ -19,6 +21,7 @@ from gateway.logging import (
     ClassicLines,
     JsonLines,
     PerSecond,
+    event_as_json,
     json_line,
     text_observer_for,
     twistd_default_observer,
@@ -37,6 +40,19 @@ def times() -> list[Any]:
     chosen += [start + rng.random() * 5 for _ in range(500)]
     # Not floats, or not after 1970: the slow path, as Twisted writes them.
     return chosen + [start, -1.5, -0.0000001, None]
+
+
+#: Times the per-second text cannot write: before 1970 by less than a second (``int()`` rounds
+#: them up to 1970), not a number, infinite.
+ODD_TIMES = [-0.5, -0.9999, -0.0000006, -1e-300, math.nan, math.inf, -math.inf, 1e300]
+
+
+def outcome(write: Callable[[], Any]) -> Any:
+    """What ``write()`` gives, or the exception it raises (type and message)."""
+    try:
+        return write()
+    except Exception as e:  # noqa: BLE001 - compared, not handled
+        return (type(e), str(e))
 
 
 def twisted_line(event: dict) -> Any:
@@ -73,6 +89,13 @@ class ClassicLinesTests(SynchronousTestCase):
         for when in times():
             event = base(log_format="at {when}", when=when, log_time=when)
             self.assertEqual(lines(event), formatEventAsClassicLogText(event), repr(when))
+
+    def test_same_time_or_error_as_twisted_for_odd_times(self) -> None:
+        lines = ClassicLines()
+        for when in ODD_TIMES:
+            event = base(log_format="at {x}", x=1, log_time=when)
+            self.assertEqual(outcome(lambda e=event: lines(e)), outcome(lambda e=event: formatEventAsClassicLogText(e)),
+                             repr(when))
 
     def test_the_time_is_written_once_per_second(self) -> None:
         written: list[float] = []
@@ -116,6 +139,13 @@ class JsonLinesTests(SynchronousTestCase):
         for when in times():
             event = base(log_format="at {x}", x=1, log_time=when)
             self.assertEqual(lines(event), json_line(event), repr(when))
+
+    def test_same_time_or_error_as_before_for_odd_times(self) -> None:
+        lines = JsonLines()
+        for when in ODD_TIMES:
+            event = base(log_format="at {x}", x=1, log_time=when)
+            self.assertEqual(outcome(lambda e=event: json.loads(lines(e))["time"]),
+                             outcome(lambda e=event: event_as_json(e)["time"]), repr(when))
 
     def test_text_is_rendered_as_twisted_renders_it(self) -> None:
         self.assertIn('"text":"say {y} }"', JsonLines()(base(log_format="say {x}", x="{y} }")))
