@@ -201,10 +201,12 @@ def rendered_message(event: Mapping[str, Any]) -> Optional[str]:
     """
     The event's message as Twisted's ``formatEvent`` renders it, or None when this cannot
     promise the same text.  Without ``()`` in the format, Twisted's formatter (C{string.Formatter}
-    over the event, values wrapped only to allow calls) and C{str.format_map} agree.
+    over the event, values wrapped only to allow calls) and C{str.format_map} agree, except on
+    an attribute the wrapper has itself (``{e.__class__.__name__}`` is ``PotentialCallWrapper``
+    there, ``{e._wrapped}`` the value): all of those start with ``_``, so ``._`` goes to Twisted.
     """
     fmt = event.get("log_format")
-    if type(fmt) is not str or "()" in fmt or "log_flattened" in event:
+    if type(fmt) is not str or "()" in fmt or "._" in fmt or "log_flattened" in event:
         return None
     try:
         return fmt.format_map(event)

@@ -13,7 +13,7 @@ import math
 import random
 from typing import Any, Callable
 
-from twisted.logger import FileLogObserver, LogLevel, formatEventAsClassicLogText, textFileLogObserver
+from twisted.logger import FileLogObserver, LogLevel, formatEvent, formatEventAsClassicLogText, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -53,6 +53,14 @@ def outcome(write: Callable[[], Any]) -> Any:
         return write()
     except Exception as e:  # noqa: BLE001 - compared, not handled
         return (type(e), str(e))
+
+
+def twisted_text(event: dict) -> str:
+    """The JSON line's ``text`` as the JSON observer wrote it with Twisted's formatter."""
+    text = formatEvent(dict(event))
+    if not text and "message" in event:
+        text = " ".join(str(m) for m in event.get("message") or ())
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def twisted_line(event: dict) -> Any:
@@ -96,6 +104,13 @@ class ClassicLinesTests(SynchronousTestCase):
             event = base(log_format="at {x}", x=1, log_time=when)
             self.assertEqual(outcome(lambda e=event: lines(e)), outcome(lambda e=event: formatEventAsClassicLogText(e)),
                              repr(when))
+
+    def test_attributes_of_twisteds_wrapper_render_as_twisted_renders_them(self) -> None:
+        """Twisted looks fields up through a wrapper whose own ``__class__``, ``__doc__``, ``_wrapped``… win."""
+        for fmt in ("error {e.__class__.__name__}", "{e.__doc__}", "{e._wrapped}", "{e.__class__!r}"):
+            event = base(log_format=fmt, e=ValueError("boom"))
+            for rendered in (dict(event), *self._through_fields(event)):
+                self.assertEqual(fast_line(rendered), twisted_line(dict(event)), fmt)
 
     def test_the_time_is_written_once_per_second(self) -> None:
         written: list[float] = []
@@ -146,6 +161,14 @@ class JsonLinesTests(SynchronousTestCase):
             event = base(log_format="at {x}", x=1, log_time=when)
             self.assertEqual(outcome(lambda e=event: json.loads(lines(e))["time"]),
                              outcome(lambda e=event: event_as_json(e)["time"]), repr(when))
+
+    def test_same_text_as_twisteds_formatter_for_every_event(self) -> None:
+        """The ``text`` the JSON observer wrote when it always used Twisted's formatter."""
+        extra = [base(log_format=fmt, e=ValueError("boom"))
+                 for fmt in ("error {e.__class__.__name__}", "{e.__doc__}", "{e._wrapped}")]
+        lines = JsonLines()
+        for event in EVENTS + extra:
+            self.assertEqual(json.loads(lines(dict(event)))["text"], twisted_text(event), event.get("log_format"))
 
     def test_text_is_rendered_as_twisted_renders_it(self) -> None:
         self.assertIn('"text":"say {y} }"', JsonLines()(base(log_format="say {x}", x="{y} }")))
