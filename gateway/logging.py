@@ -201,10 +201,12 @@ def rendered_message(event: Mapping[str, Any]) -> Optional[str]:
     """
     The event's message as Twisted's ``formatEvent`` renders it, or None when this cannot
     promise the same text.  Without ``()`` in the format, Twisted's formatter (C{string.Formatter}
-    over the event, values wrapped only to allow calls) and C{str.format_map} agree.
+    over the event, values wrapped only to allow calls) and C{str.format_map} agree, except on
+    an attribute the wrapper has itself (``{e.__class__.__name__}`` is ``PotentialCallWrapper``
+    there, ``{e._wrapped}`` the value): all of those start with ``_``, so ``._`` goes to Twisted.
     """
     fmt = event.get("log_format")
-    if type(fmt) is not str or "()" in fmt or "log_flattened" in event:
+    if type(fmt) is not str or "()" in fmt or "._" in fmt or "log_flattened" in event:
         return None
     try:
         return fmt.format_map(event)
@@ -237,8 +239,9 @@ class PerSecond:
     line's cost), for every event of a busy second.
 
     ``second(s)`` writes the whole second ``s``; ``tail(microseconds)`` what follows it, if
-    anything.  A time before 1970, or whose microseconds round up into the next second, is
-    written by ``exact``, as C{datetime} would round it.
+    anything.  A time before 1970 (``int()`` would take -0.5 to 1970), not a number or
+    infinite, or whose microseconds round up into the next second, is written by ``exact``,
+    as C{datetime} would round it (or with the error it raises).
     """
 
     def __init__(self, exact: Callable[[float], str], second: Callable[[int], str],
@@ -250,10 +253,12 @@ class PerSecond:
         self._text = ""
 
     def __call__(self, when: float) -> str:
+        if not 0 <= when < _INFINITY:  # also NaN
+            return self._exact(when)
         second = int(when)
         # datetime rounds to the microsecond, half to even: the same rounding as round().
         micro = round((when - second) * 1_000_000)
-        if second < 0 or micro >= 1_000_000:
+        if micro >= 1_000_000:
             return self._exact(when)
         if second != self._second:
             self._text = self._second_text(second)
@@ -438,6 +443,8 @@ def _system(event: Mapping[str, Any]) -> str:
     except Exception:  # noqa: BLE001 - what Twisted writes for a system that will not print
         return "UNFORMATTABLE"
 
+
+_INFINITY = float("inf")
 
 #: One encoder for every line (``json.dumps`` with options builds a new one per call).
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

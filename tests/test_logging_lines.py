@@ -8,10 +8,14 @@ observer really given the fast formatter.
 from __future__ import annotations
 
 import io
+import json
+import math
+import os
 import random
-from typing import Any
+import time
+from typing import Any, Callable
 
-from twisted.logger import FileLogObserver, LogLevel, formatEventAsClassicLogText, textFileLogObserver
+from twisted.logger import FileLogObserver, LogLevel, formatEvent, formatEventAsClassicLogText, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -19,6 +23,7 @@ from gateway.logging import (
     ClassicLines,
     JsonLines,
     PerSecond,
+    event_as_json,
     json_line,
     text_observer_for,
     twistd_default_observer,
@@ -37,6 +42,27 @@ def times() -> list[Any]:
     chosen += [start + rng.random() * 5 for _ in range(500)]
     # Not floats, or not after 1970: the slow path, as Twisted writes them.
     return chosen + [start, -1.5, -0.0000001, None]
+
+
+#: Times the per-second text cannot write: before 1970 by less than a second (``int()`` rounds
+#: them up to 1970), not a number, infinite.
+ODD_TIMES = [-0.5, -0.9999, -0.0000006, -1e-300, math.nan, math.inf, -math.inf, 1e300]
+
+
+def outcome(write: Callable[[], Any]) -> Any:
+    """What ``write()`` gives, or the exception it raises (type and message)."""
+    try:
+        return write()
+    except Exception as e:  # noqa: BLE001 - compared, not handled
+        return (type(e), str(e))
+
+
+def twisted_text(event: dict) -> str:
+    """The JSON line's ``text`` as the JSON observer wrote it with Twisted's formatter."""
+    text = formatEvent(dict(event))
+    if not text and "message" in event:
+        text = " ".join(str(m) for m in event.get("message") or ())
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def twisted_line(event: dict) -> Any:
@@ -73,6 +99,47 @@ class ClassicLinesTests(SynchronousTestCase):
         for when in times():
             event = base(log_format="at {when}", when=when, log_time=when)
             self.assertEqual(lines(event), formatEventAsClassicLogText(event), repr(when))
+
+    def test_same_time_or_error_as_twisted_for_odd_times(self) -> None:
+        lines = ClassicLines()
+        for when in ODD_TIMES:
+            event = base(log_format="at {x}", x=1, log_time=when)
+            self.assertEqual(outcome(lambda e=event: lines(e)), outcome(lambda e=event: formatEventAsClassicLogText(e)),
+                             repr(when))
+
+    def test_same_local_time_as_twisted_across_daylight_saving_changes(self) -> None:
+        """The text line's time is local with its offset: the second before a change keeps the old one."""
+        # A POSIX rule (Central European Time), so no time zone database is needed.
+        self._in_timezone("CET-1CEST,M3.5.0,M10.5.0/3")
+        lines = ClassicLines()
+        # 2023-03-26 01:00 UTC (+0100 -> +0200) and 2023-10-29 01:00 UTC (+0200 -> +0100).
+        for change in (1_679_792_400, 1_698_541_200):
+            for tenth in range(-30, 30):
+                event = base(log_format="x", log_time=change + tenth / 10 + 0.0000004)
+                self.assertEqual(lines(event), formatEventAsClassicLogText(event), repr(event["log_time"]))
+        self.assertIn("+0200", lines(base(log_format="x", log_time=1_698_541_199.9)))
+        self.assertIn("+0100", lines(base(log_format="x", log_time=1_698_541_200.0)))
+
+    def _in_timezone(self, name: str) -> None:
+        before = os.environ.get("TZ")
+
+        def restore() -> None:
+            if before is None:
+                os.environ.pop("TZ", None)
+            else:
+                os.environ["TZ"] = before
+            time.tzset()
+
+        self.addCleanup(restore)
+        os.environ["TZ"] = name
+        time.tzset()
+
+    def test_attributes_of_twisteds_wrapper_render_as_twisted_renders_them(self) -> None:
+        """Twisted looks fields up through a wrapper whose own ``__class__``, ``__doc__``, ``_wrapped``… win."""
+        for fmt in ("error {e.__class__.__name__}", "{e.__doc__}", "{e._wrapped}", "{e.__class__!r}"):
+            event = base(log_format=fmt, e=ValueError("boom"))
+            for rendered in (dict(event), *self._through_fields(event)):
+                self.assertEqual(fast_line(rendered), twisted_line(dict(event)), fmt)
 
     def test_the_time_is_written_once_per_second(self) -> None:
         written: list[float] = []
@@ -116,6 +183,21 @@ class JsonLinesTests(SynchronousTestCase):
         for when in times():
             event = base(log_format="at {x}", x=1, log_time=when)
             self.assertEqual(lines(event), json_line(event), repr(when))
+
+    def test_same_time_or_error_as_before_for_odd_times(self) -> None:
+        lines = JsonLines()
+        for when in ODD_TIMES:
+            event = base(log_format="at {x}", x=1, log_time=when)
+            self.assertEqual(outcome(lambda e=event: json.loads(lines(e))["time"]),
+                             outcome(lambda e=event: event_as_json(e)["time"]), repr(when))
+
+    def test_same_text_as_twisteds_formatter_for_every_event(self) -> None:
+        """The ``text`` the JSON observer wrote when it always used Twisted's formatter."""
+        extra = [base(log_format=fmt, e=ValueError("boom"))
+                 for fmt in ("error {e.__class__.__name__}", "{e.__doc__}", "{e._wrapped}")]
+        lines = JsonLines()
+        for event in EVENTS + extra:
+            self.assertEqual(json.loads(lines(dict(event)))["text"], twisted_text(event), event.get("log_format"))
 
     def test_text_is_rendered_as_twisted_renders_it(self) -> None:
         self.assertIn('"text":"say {y} }"', JsonLines()(base(log_format="say {x}", x="{y} }")))

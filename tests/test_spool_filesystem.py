@@ -46,6 +46,34 @@ class SlowCreationWarningTests(SynchronousTestCase):
         """No ext4 entry for the device (tmpfs, XFS, btrfs): nothing to say."""
         self.assertIsNone(slow_creation_warning(self.spool, self.sysfs))
 
+    def test_a_partition_and_a_mapped_device_are_named_by_their_own_entry(self) -> None:
+        """ext4 names its sysfs entry as the kernel names the device: ``sda1``, ``nvme0n1p2``, ``dm-0``."""
+        device = os.stat(self.spool).st_dev
+        link = os.path.join(self.sysfs, "dev", "block", f"{os.major(device)}:{os.minor(device)}")
+        for target, name in ((os.path.join("pci0000:00", "block", "sda", "sda1"), "sda1"),
+                             (os.path.join("pci0000:00", "nvme", "nvme0", "nvme0n1", "nvme0n1p2"), "nvme0n1p2"),
+                             (os.path.join("virtual", "block", "dm-0"), "dm-0")):
+            os.makedirs(os.path.join(self.sysfs, "devices", target))
+            os.remove(link)
+            os.symlink(os.path.join("..", "..", "devices", target), link)
+            self.assertIsNone(slow_creation_warning(self.spool, self.sysfs), name)
+            os.makedirs(os.path.join(self.sysfs, "fs", "ext4", name))
+            with open(os.path.join(self.sysfs, "fs", "ext4", name, "journal_task"), "w") as f:
+                f.write("<none>\n")
+            self.assertEqual(slow_creation_warning(self.spool, self.sysfs), JOURNAL_LESS_EXT4, name)
+
+    def test_unreadable_answers_say_nothing(self) -> None:
+        """A journal_task that is not text, or a link that loops: no warning, no error."""
+        self.journal_task("\xff\xfe")
+        with open(os.path.join(self.sysfs, "fs", "ext4", "vdz", "journal_task"), "wb") as f:
+            f.write(b"\xff<none>")
+        self.assertIsNone(slow_creation_warning(self.spool, self.sysfs))
+        device = os.stat(self.spool).st_dev
+        link = os.path.join(self.sysfs, "dev", "block", f"{os.major(device)}:{os.minor(device)}")
+        os.remove(link)
+        os.symlink(link, link)
+        self.assertIsNone(slow_creation_warning(self.spool, self.sysfs))
+
     def test_no_sysfs_is_not(self) -> None:
         self.assertIsNone(slow_creation_warning(self.spool, os.path.join(self.sysfs, "absent")))
         self.assertIsNone(slow_creation_warning(os.path.join(self.spool, "absent"), self.sysfs))

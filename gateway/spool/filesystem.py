@@ -1,10 +1,11 @@
 """
 The one filesystem the spool is known to be slow on, named at start-up.
 
-On ext4 without a journal, the kernel does not reuse an inode freed in the last minute or so
-(longer while its inode table block is unwritten): creating a file steps over every such inode
-with a buffer lookup (``recently_deleted()`` in ``fs/ext4/ialloc.c``, checked only when the
-filesystem has no journal).  The spool creates two files per accepted message and deletes two
+On ext4 without a journal, the kernel avoids reusing an inode freed less than a minute ago
+(six while its inode table block is dirty) when the block group has another free one: creating
+a file looks up the inode table block of each free inode it meets and steps over the recently
+freed ones (``recently_deleted()`` in ``fs/ext4/ialloc.c``, checked only when the filesystem
+has no journal loaded).  The spool creates two files per accepted message and deletes two
 per delivered one, so on such a disk every new message costs more the busier the gateway was
 in the last minutes — on the development VM 350–600 µs of kernel CPU per file, against a few
 microseconds on a journaled filesystem.  Nothing in the gateway can change that; an operator
