@@ -220,13 +220,7 @@ def as_format(text: str) -> str:
 
 
 def text_observer_for(base: Any, environ: Optional[Mapping[str, str]] = None) -> ILogObserver:
-    """
-    twistd's own observer ``base`` (text file, stdout or syslog) with fields and level filter.
-    twistd's text file observer (``--logfile``, or stdout under ``-n``) gets L{ClassicLines}
-    as its formatter: the same lines, made for a fraction of the cost.
-    """
-    if isinstance(base, FileLogObserver):
-        base.formatEvent = ClassicLines()
+    """twistd's own observer ``base`` (text file, stdout or syslog) with fields and level filter."""
     if not ILogObserver.providedBy(base):
         base = LegacyLogObserverWrapper(base)
     return level_filter(with_message_fields(base), log_level(environ))
@@ -291,10 +285,18 @@ class ClassicLines:
 
 
 def twistd_default_observer(server_options: Mapping[str, Any]) -> Any:
-    """The observer twistd would pick for these options (``--logfile``, ``--syslog``, ``-n``)."""
+    """
+    The observer twistd would pick for these options (``--logfile``, ``--syslog``, ``-n``).
+    Its text file observer (``--logfile``, or stdout under ``-n``: Twisted's classic lines with
+    the default time format) gets L{ClassicLines} as its formatter: the same lines, made for a
+    fraction of the cost.  Set here, where the observer is known to be that one.
+    """
     from twisted.scripts.twistd import _SomeApplicationRunner
 
-    return _SomeApplicationRunner.loggerFactory(server_options)._getLogObserver()
+    observer = _SomeApplicationRunner.loggerFactory(server_options)._getLogObserver()
+    if isinstance(observer, FileLogObserver):
+        observer.formatEvent = ClassicLines()
+    return observer
 
 
 class LoggingRoot(MultiService):

@@ -160,7 +160,6 @@ class ClassicLinesTests(SynchronousTestCase):
         for options in ({"nodaemon": True, "logfile": "-"}, {"nodaemon": False, "logfile": self.mktemp()}):
             twistd = twistd_default_observer(dict(options, syslog=False, prefix="graphsmtp"))
             self.assertIsInstance(twistd, FileLogObserver)
-            text_observer_for(twistd, environ={})
             self.assertIsInstance(twistd.formatEvent, ClassicLines)
             close = getattr(twistd._outFile, "close", None)
             if options["logfile"] != "-" and close is not None:
@@ -168,6 +167,13 @@ class ClassicLinesTests(SynchronousTestCase):
         observer = FileLogObserver(out, ClassicLines())
         text_observer_for(observer, environ={})(dict(EVENTS[0]))
         self.assertEqual(out.getvalue(), twisted_line(self._through_fields(EVENTS[0])[0]))
+
+    def test_another_file_observer_keeps_its_own_lines(self) -> None:
+        """Only twistd's own text observer is changed: one handed in (say JSON) writes its lines."""
+        out = io.StringIO()
+        observer = FileLogObserver(out, lambda event: "mine\n")
+        text_observer_for(observer, environ={})(dict(EVENTS[0]))
+        self.assertEqual(out.getvalue(), "mine\n")
 
     def _through_fields(self, event: dict) -> list[dict]:
         seen: list[dict] = []
