@@ -202,6 +202,7 @@ class PostfixServer:
                 local_recipient_maps =
                 biff = no
                 maillog_file = {self.base}/maillog
+                maillog_file_prefixes = {self.base}
                 """))
         with open(os.path.join(self.config_dir, "master.cf"), "w") as f:
             f.write(self._master_cf())
