@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import os
-import time
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -17,6 +15,7 @@ from gateway.delivery.graph.client import (
 from gateway.delivery.graph.outcomes import failure_outcome, transport_outcome
 from gateway.delivery.interfaces import Delivered, Permanent, Transient
 from gateway.testing.fake_graph import Fault
+from gateway.testing.timezone import local_time_zone
 from tests.graph_helpers import simple_message, stub_rig
 
 
@@ -106,18 +105,7 @@ NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 
 class RetryAfterDateTests(TestCase):
     def setUp(self):
-        old = os.environ.get("TZ")
-
-        def restore():
-            if old is None:
-                os.environ.pop("TZ", None)
-            else:
-                os.environ["TZ"] = old
-            time.tzset()
-
-        self.addCleanup(restore)
-        os.environ["TZ"] = "America/New_York"
-        time.tzset()
+        local_time_zone(self, "America/New_York")
 
     def test_asctime_form_is_gmt(self):
         self.assertEqual(parse_retry_after([b"Tue Nov 14 22:14:50 2023"], NOW), 90.0)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
-import time
 from typing import Any, Callable
 
 from twisted.logger import FileLogObserver, LogLevel, formatEvent, formatEventAsClassicLogText, textFileLogObserver
@@ -29,6 +27,7 @@ from gateway.logging import (
     twistd_default_observer,
     with_message_fields,
 )
+from gateway.testing.timezone import local_time_zone
 from tests.test_logging_prerender import EVENTS, base
 
 #: Around one second: exact, half a microsecond either side of rounding up, just before the next.
@@ -110,7 +109,7 @@ class ClassicLinesTests(SynchronousTestCase):
     def test_same_local_time_as_twisted_across_daylight_saving_changes(self) -> None:
         """The text line's time is local with its offset: the second before a change keeps the old one."""
         # A POSIX rule (Central European Time), so no time zone database is needed.
-        self._in_timezone("CET-1CEST,M3.5.0,M10.5.0/3")
+        local_time_zone(self, "CET-1CEST,M3.5.0,M10.5.0/3")
         lines = ClassicLines()
         # 2023-03-26 01:00 UTC (+0100 -> +0200) and 2023-10-29 01:00 UTC (+0200 -> +0100).
         for change in (1_679_792_400, 1_698_541_200):
@@ -119,20 +118,6 @@ class ClassicLinesTests(SynchronousTestCase):
                 self.assertEqual(lines(event), formatEventAsClassicLogText(event), repr(event["log_time"]))
         self.assertIn("+0200", lines(base(log_format="x", log_time=1_698_541_199.9)))
         self.assertIn("+0100", lines(base(log_format="x", log_time=1_698_541_200.0)))
-
-    def _in_timezone(self, name: str) -> None:
-        before = os.environ.get("TZ")
-
-        def restore() -> None:
-            if before is None:
-                os.environ.pop("TZ", None)
-            else:
-                os.environ["TZ"] = before
-            time.tzset()
-
-        self.addCleanup(restore)
-        os.environ["TZ"] = name
-        time.tzset()
 
     def test_attributes_of_twisteds_wrapper_render_as_twisted_renders_them(self) -> None:
         """Twisted looks fields up through a wrapper whose own ``__class__``, ``__doc__``, ``_wrapped``… win."""

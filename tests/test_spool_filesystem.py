@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.spool import disk
 from gateway.spool.filesystem import JOURNAL_LESS_EXT4, slow_creation_warning
+from gateway.testing.logs import LogCapture
 from tests.test_spool_store import SpoolTestMixin
 
 
@@ -82,11 +83,9 @@ class SlowCreationWarningTests(SynchronousTestCase):
 class StartUpLineTests(SpoolTestMixin, SynchronousTestCase):
     def recovered_lines(self, warning: object) -> list[dict]:
         self.patch(disk, "slow_creation_warning", lambda path: warning)
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        log = LogCapture.install(self)
         self.successResultOf(self.make_spool().recover())
-        return [e for e in events if e.get("log_namespace", "").startswith("gateway.spool")]
+        return [e for e in log.events if e.get("log_namespace", "").startswith("gateway.spool")]
 
     def test_recovery_warns_once_about_a_slow_filesystem(self) -> None:
         warnings = [e for e in self.recovered_lines(JOURNAL_LESS_EXT4) if e["log_level"] is LogLevel.warn]
