@@ -419,15 +419,19 @@ def _safe_text(text: str) -> str:
 
 def _iso(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime(_ISO_TO_SECOND) + _iso_tail(moment.microsecond)
 
 
 def _iso_second(second: int) -> str:
-    return datetime.datetime.fromtimestamp(second, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    return datetime.datetime.fromtimestamp(second, datetime.timezone.utc).strftime(_ISO_TO_SECOND)
 
 
 def _iso_tail(microseconds: int) -> str:
     return f"{microseconds // 1000:03d}Z"
+
+
+#: The JSON line's time up to the second; L{_iso_tail} writes the milliseconds and the zone.
+_ISO_TO_SECOND = "%Y-%m-%dT%H:%M:%S."
 
 
 def _local_time(seconds: float) -> str:
