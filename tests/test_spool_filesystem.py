@@ -12,7 +12,7 @@ import os
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.spool import disk
+from gateway.spool import store
 from gateway.spool.filesystem import JOURNAL_LESS_EXT4, slow_creation_warning
 from gateway.testing.logs import LogCapture
 from tests.test_spool_store import SpoolTestMixin
@@ -82,7 +82,7 @@ class SlowCreationWarningTests(SynchronousTestCase):
 
 class StartUpLineTests(SpoolTestMixin, SynchronousTestCase):
     def recovered_lines(self, warning: object) -> list[dict]:
-        self.patch(disk, "slow_creation_warning", lambda path: warning)
+        self.patch(store, "slow_creation_warning", lambda path: warning)
         log = LogCapture.install(self)
         self.successResultOf(self.make_spool().recover())
         return [e for e in log.events if e.get("log_namespace", "").startswith("gateway.spool")]

@@ -40,7 +40,6 @@ from gateway.spool.dirsync import DirectorySyncer
 from gateway.spool.entries import RELEASE_NOTE, EntryMissing, EntryQuarantined, StoredEntries
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
-from gateway.spool.filesystem import slow_creation_warning
 from gateway.spool.incoming import (
     ABANDONED_TEMP_AGE,
     ALL,
@@ -252,9 +251,7 @@ class SpoolDisk:
         """
         self.ensure_directories()
         self.acquire_lock(wait=self.lock_wait)
-        report = self._recovery.run()
-        report.filesystem_warning = slow_creation_warning(self.layout.tmp)
-        return report
+        return self._recovery.run()
 
 
 __all__ = [
