@@ -8,6 +8,7 @@ depends on the machine the tests run on.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.spool import store
 from gateway.spool.filesystem import JOURNAL_LESS_EXT4, slow_creation_warning
 from gateway.testing.logs import LogCapture
+from gateway.testing.threads import ManualThreadPool
 from tests.test_spool_store import SpoolTestMixin
 
 
@@ -80,6 +82,22 @@ class SlowCreationWarningTests(SynchronousTestCase):
         self.assertIsNone(slow_creation_warning(os.path.join(self.spool, "absent"), self.sysfs))
 
 
+class JobMarkingPool(ManualThreadPool):
+    """Knows whether the code running now is one of its jobs (not a callback of one)."""
+
+    in_job = False
+
+    def callInThreadWithCallback(self, onResult: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        def job(*a: Any, **kw: Any) -> Any:
+            self.in_job = True
+            try:
+                return f(*a, **kw)
+            finally:
+                self.in_job = False
+
+        super().callInThreadWithCallback(onResult, job, *args, **kwargs)
+
+
 class StartUpLineTests(SpoolTestMixin, SynchronousTestCase):
     def recovered_lines(self, warning: object) -> list[dict]:
         self.patch(store, "slow_creation_warning", lambda path: warning)
@@ -92,6 +110,17 @@ class StartUpLineTests(SpoolTestMixin, SynchronousTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["note"], JOURNAL_LESS_EXT4)
         self.assertEqual(warnings[0]["directory"], self.directory)
+
+    def test_the_check_reads_sysfs_in_a_spool_thread(self) -> None:
+        """Invariant 6: sysfs is a file read, so it is made in the spool's pool, not on the reactor."""
+        asked: list[tuple[str, bool]] = []
+        pool = JobMarkingPool()
+        self.patch(store, "slow_creation_warning", lambda path: asked.append((path, pool.in_job)))
+        d = self.make_spool(pool=pool).recover_schedule()
+        self.assertEqual(asked, [])
+        pool.run_all()
+        self.successResultOf(d)
+        self.assertEqual(asked, [(os.path.join(self.directory, "tmp"), True)])
 
     def test_nothing_is_said_otherwise(self) -> None:
         self.assertEqual([e for e in self.recovered_lines(None) if e["log_level"] is LogLevel.warn], [])
