@@ -37,25 +37,37 @@ class _Sentinel(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason) -> None:
+        # Ended first: whoever the failed start makes stop the server must see it gone.
+        self.ended.callback(None)
         if not self.ready.called:
             self.ready.errback(RuntimeError("redis sentinel exited: " + self.output.decode("utf-8", "replace")[-500:]))
-        self.ended.callback(None)
+
+
+@inlineCallbacks
+def _on_a_free_port(start):
+    """
+    ``start(port)`` on a port that was free a moment ago, again on another one when something
+    took it meanwhile (parallel tests pick ports the same way): fires with (result, port).
+    """
+    for attempt in range(5):
+        port = free_port()
+        try:
+            result = yield start(port)
+        except RuntimeError as e:
+            if "Address already in use" not in str(e) or attempt == 4:
+                raise
+            continue
+        return result, port
 
 
 class SentinelTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def test_admission_through_sentinel(self):
-        executable = require_tool(self, "redis-server", "redis-server")
-        directory = tempfile.mkdtemp(prefix="gss", dir="/tmp")
-        self.addCleanup(shutil.rmtree, directory, True)
-        master_port, sentinel_port = free_port(), free_port()
-        master = yield start_redis_server(reactor, directory, master_port, ())
-        self.addCleanup(master.stop)
+    def _start_sentinel(self, executable, directory, master_port, port):
         conf = os.path.join(directory, "sentinel.conf")
         with open(conf, "w") as f:
-            f.write(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor gw {'127.0.0.1'} {master_port} 1\n")
+            f.write(f"port {port}\nbind 127.0.0.1\nsentinel monitor gw {'127.0.0.1'} {master_port} 1\n")
         sentinel = _Sentinel()
         process = reactor.spawnProcess(sentinel, executable, [executable, conf, "--sentinel"], env={}, path=directory)
 
@@ -64,8 +76,21 @@ class SentinelTests(TestCase):
                 process.signalProcess("TERM")
             return sentinel.ended
 
+        try:
+            yield sentinel.ready.addTimeout(30, reactor)
+        except Exception:
+            yield stop()
+            raise
         self.addCleanup(stop)
-        yield sentinel.ready.addTimeout(30, reactor)
+
+    @inlineCallbacks
+    def test_admission_through_sentinel(self):
+        executable = require_tool(self, "redis-server", "redis-server")
+        directory = tempfile.mkdtemp(prefix="gss", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        master, master_port = yield _on_a_free_port(lambda port: start_redis_server(reactor, directory, port, ()))
+        self.addCleanup(master.stop)
+        _, sentinel_port = yield _on_a_free_port(lambda port: self._start_sentinel(executable, directory, master_port, port))
         config = RedisConfig(sentinels=(("127.0.0.1", sentinel_port),), sentinel_master="gw",
                              connect_timeout=2.0, reply_timeout=2.0, key_prefix="t")
         self.assertIn("sentinel master gw via 127.0.0.1:", config.describe())

@@ -118,9 +118,10 @@ class _RedisProcess(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Any) -> None:
+        # Ended first: whoever the failed start makes stop the server must see it gone.
+        self.ended.callback(None)
         if not self.ready.called:
             self.ready.errback(RuntimeError("redis-server exited: " + self.output.decode("utf-8", "replace")[-500:]))
-        self.ended.callback(None)
 
 
 @attrs.define
