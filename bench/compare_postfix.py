@@ -330,6 +330,46 @@ class GraphsmtpServer:
                 self.process.wait()
 
 
+class PlainTwistedServer:
+    """
+    ``--plain-twisted``: bench/plain_twisted.py, Twisted's own ESMTP with one durable file per
+    message and nothing else.  The floor: how close a Twisted server comes to Postfix here.
+    """
+
+    name = "plain Twisted"
+
+    def __init__(self, workdir: str, python: str) -> None:
+        self.base = os.path.join(workdir, "plain-twisted")
+        self.port = free_port()
+        self.python = python
+        self.process: Optional[subprocess.Popen] = None
+        self.held = os.path.join(self.base, "held")
+
+    def start(self) -> None:
+        os.makedirs(self.base, exist_ok=True)
+        log = open(os.path.join(self.base, "server.log"), "ab")
+        self.process = subprocess.Popen(
+            [self.python, os.path.join(HERE, "plain_twisted.py"), "--port", str(self.port), "--spool", self.base],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, 60, self.name, alive=lambda: self.process.poll() is None)
+
+    def root_pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def queued(self) -> int:
+        return len(os.listdir(self.held))
+
+    def clear(self) -> None:
+        for n in os.listdir(self.held):
+            os.unlink(os.path.join(self.held, n))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
 # -- one run -----------------------------------------------------------------------------------
 
 @dataclass
@@ -442,6 +482,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="graphsmtp's [gateway] workers; several values run one graphsmtp each, "
                              "interleaved with Postfix (e.g. --workers 1 2)")
+    parser.add_argument("--plain-twisted", action="store_true",
+                        help="also run bench/plain_twisted.py (Twisted's own ESMTP, one durable file per message, "
+                             "nothing else), interleaved: the floor a Twisted server reaches here")
     parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
                                            "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()
@@ -474,8 +517,12 @@ def main() -> None:
         baseline = os.path.abspath(options.baseline)
         if not os.path.isdir(os.path.join(baseline, "gateway")):
             parser.error(f"--baseline {baseline}: no gateway/ package there")
-        graphsmtps.append(GraphsmtpServer(workdir, options.python, options.workers[0], root=baseline,
-                                          label="@" + os.path.basename(baseline.rstrip("/"))))
+        baseline_server = GraphsmtpServer(workdir, options.python, options.workers[0], root=baseline,
+                                          label="@" + os.path.basename(baseline.rstrip("/")))
+        graphsmtps.append(baseline_server)
+    plain = PlainTwistedServer(workdir, options.python) if options.plain_twisted else None
+    if plain is not None:
+        graphsmtps.append(plain)
     samples = Samples()
     try:
         postfix.start()
@@ -490,7 +537,7 @@ def main() -> None:
                 for server in (postfix, *graphsmtps):
                     result = run_cell(server, cell, messages)
                     samples.add(server.name, cell.name, result)
-                    print(f"rep {rep} {cell.name:9} {server.name:9} {messages:5} msgs "
+                    print(f"rep {rep} {cell.name:9} {server.name:13} {messages:5} msgs "
                           f"{result.rate:8.1f} msg/s {result.cpu_ms:6.2f} CPU ms/msg", flush=True)
     finally:
         for graphsmtp in graphsmtps:
@@ -505,7 +552,11 @@ def main() -> None:
         print(table(samples, cells, graphsmtp.name))
     if options.baseline:
         print()
-        print(against_baseline(samples, cells, graphsmtps[0].name, graphsmtps[-1].name))
+        print(against_baseline(samples, cells, graphsmtps[0].name, baseline_server.name))
+    if plain is not None:
+        print()
+        print(f"{graphsmtps[0].name} against the floor, {plain.name}:")
+        print(against_baseline(samples, cells, graphsmtps[0].name, plain.name))
 
 
 if __name__ == "__main__":
