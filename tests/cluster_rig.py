@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import tempfile
 from email.message import EmailMessage
 from typing import Any, Optional
@@ -29,17 +28,12 @@ from twisted.internet.threads import deferToThread
 
 from gateway.testing.fake_graph import Fault, start_fake_graph
 from gateway.testing.policy import start_redis_server
+from gateway.testing.ports import unused_port
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway, write_private
 
 HAPROXY_TEMPLATE = os.path.join(ROOT, "etc", "haproxy", "graphsmtp.cfg")
 _SEQ = re.compile(rb"^Subject: cluster-message-(\d+)\r?$", re.M)
 _BY = re.compile(rb"\tby (gw\d+)\.test \(graphsmtp\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def haproxy_config(front_port: int, nodes: list, inter: str = "500ms") -> str:
@@ -81,8 +75,8 @@ class Node:
     def __init__(self, rig: "ClusterRig", index: int) -> None:
         self.rig = rig
         self.name = f"gw{index}"
-        self.smtp_port = free_port()
-        self.status_port = free_port()
+        self.smtp_port = unused_port()
+        self.status_port = unused_port()
         self.directory = os.path.join(rig.directory, self.name)
         os.makedirs(self.directory)
         self.config_path = os.path.join(self.directory, "graphsmtp.toml")
@@ -174,7 +168,7 @@ class ClusterRig:
         self.tenant_backoff = tenant_backoff
         self.directory = tempfile.mkdtemp(prefix="gsc", dir="/tmp")
         self.nodes: list[Node] = []
-        self.front_port = free_port()
+        self.front_port = unused_port()
         self.redis: Any = None
         self.fake: Any = None
         self.haproxy: Optional[_Output] = None
@@ -339,4 +333,4 @@ class ClusterRig:
         return self.fake.max_concurrency.get(mailbox.lower(), 0)
 
 
-__all__ = ["ClusterRig", "Node", "haproxy_config", "free_port"]
+__all__ = ["ClusterRig", "Node", "haproxy_config"]

@@ -19,7 +19,7 @@ from gateway.config.cluster import ClusterConfig
 from gateway.config.policy import RedisConfig
 from gateway.policy.redis_connection import RedisConnection
 from gateway.testing.policy import start_redis_server
-from tests.test_policy_rate_redis import free_port
+from gateway.testing.ports import unused_port
 from tests.tools import require_tool
 
 
@@ -47,10 +47,10 @@ class _Sentinel(ProcessProtocol):
 def _on_a_free_port(start):
     """
     ``start(port)`` on a port that was free a moment ago, again on another one when something
-    took it meanwhile (parallel tests pick ports the same way): fires with (result, port).
+    took it meanwhile (a parallel test's own explicit pick still can): fires with (result, port).
     """
     for attempt in range(5):
-        port = free_port()
+        port = unused_port()
         try:
             result = yield start(port)
         except RuntimeError as e:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 
 from twisted.internet import reactor
@@ -24,15 +23,10 @@ from gateway.policy.rate_limit import build
 from gateway.policy.redis_connection import RedisConnection, redis_service
 from gateway.testing.logs import LogCapture
 from gateway.testing.policy import make_session, run_transaction, start_redis_server
+from gateway.testing.ports import unused_port
 from tests.tools import require_tool
 
 PASSWORD = "s3cret-redis-pass"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisTestBase(TestCase):
@@ -44,7 +38,7 @@ class RedisTestBase(TestCase):
         require_tool(self, "redis-server", "redis-server")
         self.directory = tempfile.mkdtemp(prefix="gsr", dir="/tmp")
         self.addCleanup(shutil.rmtree, self.directory, True)
-        self.port = free_port() if self.tcp else 0
+        self.port = unused_port() if self.tcp else 0
         self.server = yield start_redis_server(reactor, self.directory, self.port, self.server_args)
         self.addCleanup(self.server.stop)
         self.clock = Clock()

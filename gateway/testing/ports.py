@@ -1,0 +1,70 @@
+"""
+Loopback ports for test servers that must be told their port before they start: Redis and
+Sentinel (their configuration names it), the cluster rig's gateways (haproxy's configuration
+names them, and a node restarts on the same port).  Everything else listens on port 0 and
+reads back the port it got.
+
+Why not "bind port 0, read the port, close": the kernel picks every port 0 bind *and* the
+local port of every outgoing connection from one range (``ip_local_port_range``), so between
+the close and the server's own bind, a test running in parallel (``trial --jobs``) can take the
+very port.  The suite failed that way ("Address already in use").  So ports are picked at
+random *below* that range, where the kernel never picks one by itself: only another explicit
+pick can collide, and each pick is checked by binding it before it is handed out.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from typing import Callable
+
+#: Picked ports start here: above the well-known services a test machine may run.
+FIRST_PORT = 20000
+_PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+_ATTEMPTS = 50
+
+
+def ephemeral_start(path: str = _PORT_RANGE_FILE) -> int:
+    """The first port the kernel hands out by itself (32768 when the file cannot be read)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` can be bound right now (no listener, no connection lingering on it)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def kernel_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel picks (port 0): the fallback where no range below its own is left."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def unused_port(host: str = "127.0.0.1", start: Callable[[], int] = ephemeral_start,
+                pick: Callable[[int], int] = secrets.randbelow) -> int:
+    """
+    A port on ``host`` that is free now and that the kernel will not hand to anyone else on
+    its own.  ``pick(n)`` returns a number below ``n`` (random; a test passes its own).
+    """
+    first = FIRST_PORT
+    count = start() - first
+    if count < 100:
+        return kernel_port(host)
+    for _ in range(_ATTEMPTS):
+        port = first + pick(count)
+        if is_free(port, host):
+            return port
+    return kernel_port(host)
+
+
+__all__ = ["FIRST_PORT", "ephemeral_start", "is_free", "kernel_port", "unused_port"]
