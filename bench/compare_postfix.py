@@ -28,6 +28,7 @@ cleanup processes are counted like graphsmtp's threads.
     .venv/bin/python bench/compare_postfix.py --workers 1 2     # graphsmtp with 1 and 2 intake processes
     git worktree add /var/tmp/base <commit>                      # an older graphsmtp, same venv:
     .venv/bin/python bench/compare_postfix.py --quick --baseline /var/tmp/base
+    .venv/bin/python bench/compare_postfix.py --plain-twisted 1 2  # and bench/plain_twisted.py, the floor
 
 Run it as root (Postfix's master must start as root; its queue is chowned to the postfix user).
 The work directory must be on a real disk: tmpfs makes fsync free and the comparison
@@ -132,6 +133,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port`` over IPv4 (state 0A in /proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port)
 
 
 def filesystem_type(path: str) -> str:
@@ -336,10 +344,10 @@ class PlainTwistedServer:
     message and nothing else.  The floor: how close a Twisted server comes to Postfix here.
     """
 
-    name = "plain Twisted"
-
-    def __init__(self, workdir: str, python: str) -> None:
-        self.base = os.path.join(workdir, "plain-twisted")
+    def __init__(self, workdir: str, python: str, processes: int = 1) -> None:
+        self.name = "plain Twisted" + (f" x{processes}" if processes > 1 else "")
+        self.processes = processes
+        self.base = os.path.join(workdir, self.name.replace(" ", "-"))
         self.port = free_port()
         self.python = python
         self.process: Optional[subprocess.Popen] = None
@@ -349,9 +357,15 @@ class PlainTwistedServer:
         os.makedirs(self.base, exist_ok=True)
         log = open(os.path.join(self.base, "server.log"), "ab")
         self.process = subprocess.Popen(
-            [self.python, os.path.join(HERE, "plain_twisted.py"), "--port", str(self.port), "--spool", self.base],
+            [self.python, os.path.join(HERE, "plain_twisted.py"), "--port", str(self.port), "--spool", self.base,
+             "--processes", str(self.processes)],
             stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 60, self.name, alive=lambda: self.process.poll() is None)
+        deadline = time.monotonic() + 60
+        while listening_sockets(self.port) < self.processes:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise SystemExit(f"{self.name}: not all {self.processes} processes listen on port {self.port}")
+            time.sleep(0.1)
 
     def root_pid(self) -> int:
         assert self.process is not None
@@ -482,9 +496,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="graphsmtp's [gateway] workers; several values run one graphsmtp each, "
                              "interleaved with Postfix (e.g. --workers 1 2)")
-    parser.add_argument("--plain-twisted", action="store_true",
+    parser.add_argument("--plain-twisted", type=int, nargs="*", metavar="PROCESSES",
                         help="also run bench/plain_twisted.py (Twisted's own ESMTP, one durable file per message, "
-                             "nothing else), interleaved: the floor a Twisted server reaches here")
+                             "nothing else) with this many processes (default 1; e.g. --plain-twisted 1 2), "
+                             "interleaved: how close a Twisted server comes to Postfix here")
     parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
                                            "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()
@@ -520,10 +535,14 @@ def main() -> None:
         baseline_server = GraphsmtpServer(workdir, options.python, options.workers[0], root=baseline,
                                           label="@" + os.path.basename(baseline.rstrip("/")))
         graphsmtps.append(baseline_server)
-    plain = PlainTwistedServer(workdir, options.python) if options.plain_twisted else None
-    if plain is not None:
-        graphsmtps.append(plain)
+    plains = [PlainTwistedServer(workdir, options.python, n)
+              for n in dict.fromkeys(options.plain_twisted or [1])] if options.plain_twisted is not None else []
+    if any(p.processes < 1 for p in plains):
+        parser.error("--plain-twisted needs at least 1 process")
+    graphsmtps.extend(plains)
     samples = Samples()
+    # A SIGTERM (a killed run) unwinds like Ctrl-C, so the servers below are stopped, not left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         postfix.start()
         for graphsmtp in graphsmtps:
@@ -553,11 +572,14 @@ def main() -> None:
     if options.baseline:
         print()
         print(against_baseline(samples, cells, graphsmtps[0].name, baseline_server.name))
-    if plain is not None:
+    if plains:
         print()
-        print(f"{graphsmtps[0].name} against the floor, {plain.name}:")
-        print(against_baseline(samples, cells, graphsmtps[0].name, plain.name))
+        print(f"{graphsmtps[0].name} against {plains[0].name}:")
+        print(against_baseline(samples, cells, graphsmtps[0].name, plains[0].name))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; the servers were stopped") from None

@@ -12,6 +12,10 @@ is what graphsmtp's features cost; the gap between this server and Postfix is wh
 Python process on Twisted costs.
 
     python bench/plain_twisted.py --port 2525 --spool /var/tmp/plain
+    python bench/plain_twisted.py --port 2525 --spool /var/tmp/plain --processes 2
+
+``--processes N`` starts N-1 more processes listening on the same port (``SO_REUSEPORT``), each
+with its own reactor: what a Twisted server gets out of the machine's cores.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import socket
+import subprocess
+import sys
 from typing import Callable, Iterator
 
 from twisted.internet import reactor, threads
@@ -97,13 +104,32 @@ class PlainFactory(ServerFactory):
         return protocol
 
 
+def listen(port: int) -> socket.socket:
+    """The listening socket; SO_REUSEPORT lets every process have its own, the kernel spreading connections."""
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listening.bind(("127.0.0.1", port))
+    listening.listen(128)
+    listening.setblocking(False)
+    return listening
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--spool", required=True, help="directory for tmp/ and held/")
+    parser.add_argument("--processes", type=int, default=1, help="processes accepting on the port (default 1)")
     options = parser.parse_args()
-    reactor.listenTCP(options.port, PlainFactory(DurableFiles(options.spool)), backlog=128,  # type: ignore[attr-defined]
-                      interface="127.0.0.1")
+    listening = listen(options.port)
+    for _ in range(options.processes - 1):
+        # Started, not forked: this process's reactor already exists, and a fork would share it.
+        child = subprocess.Popen([sys.executable, __file__, "--port", str(options.port), "--spool", options.spool])
+        # The benchmark stops this process; it stops the others.
+        reactor.addSystemEventTrigger("before", "shutdown", child.terminate)  # type: ignore[attr-defined]
+    reactor.adoptStreamPort(listening.fileno(), socket.AF_INET,  # type: ignore[attr-defined]
+                            PlainFactory(DurableFiles(options.spool)))
+    listening.close()
     reactor.run()  # type: ignore[attr-defined]
 
 
