@@ -28,7 +28,7 @@ from twisted.internet.threads import deferToThread
 
 from gateway.testing.fake_graph import Fault, start_fake_graph
 from gateway.testing.policy import start_redis_server
-from gateway.testing.ports import unused_port
+from gateway.testing.ports import PortPicker
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway, write_private
 
 HAPROXY_TEMPLATE = os.path.join(ROOT, "etc", "haproxy", "graphsmtp.cfg")
@@ -75,8 +75,8 @@ class Node:
     def __init__(self, rig: "ClusterRig", index: int) -> None:
         self.rig = rig
         self.name = f"gw{index}"
-        self.smtp_port = unused_port()
-        self.status_port = unused_port()
+        self.smtp_port = rig.ports.port()
+        self.status_port = rig.ports.port()
         self.directory = os.path.join(rig.directory, self.name)
         os.makedirs(self.directory)
         self.config_path = os.path.join(self.directory, "graphsmtp.toml")
@@ -168,7 +168,9 @@ class ClusterRig:
         self.tenant_backoff = tenant_backoff
         self.directory = tempfile.mkdtemp(prefix="gsc", dir="/tmp")
         self.nodes: list[Node] = []
-        self.front_port = unused_port()
+        #: Every port of the rig, picked before any is bound, so none twice.
+        self.ports = PortPicker()
+        self.front_port = self.ports.port()
         self.redis: Any = None
         self.fake: Any = None
         self.haproxy: Optional[_Output] = None

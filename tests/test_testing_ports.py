@@ -1,6 +1,7 @@
 """
 gateway.testing.ports: ports for test servers that must know theirs before they start are
-picked where the kernel never picks one by itself, and only when they can be bound.
+picked where the kernel never picks one by itself, only when they can be bound, and never
+twice by one picker.
 """
 
 from __future__ import annotations
@@ -9,20 +10,30 @@ import socket
 
 from twisted.trial.unittest import TestCase
 
-from gateway.testing.ports import FIRST_PORT, ephemeral_start, is_free, kernel_port, unused_port
+from gateway.testing.ports import FIRST_PORT, PortPicker, ephemeral_start, is_free, unused_port
 
 
-class UnusedPortTests(TestCase):
+def _in_order(*numbers):
+    """A ``pick`` that returns ``numbers`` one after the other."""
+    remaining = list(numbers)
+    return lambda n: remaining.pop(0)
+
+
+class PortPickerTests(TestCase):
     def test_below_the_kernels_own_range(self):
         """
         The old helper bound port 0, so its port came from the range the kernel also gives to
         every other port-0 bind and outgoing connection, where a parallel test could take it.
         """
-        start = ephemeral_start()
+        picker = PortPicker(start=lambda: 30000)
         for _ in range(20):
-            port = unused_port()
-            self.assertGreaterEqual(port, FIRST_PORT)
-            self.assertLess(port, start)
+            self.assertTrue(FIRST_PORT <= picker.port() < 30000)
+
+    def test_below_this_machines_range(self):
+        start = ephemeral_start()
+        port = unused_port()
+        if start - FIRST_PORT >= 100:
+            self.assertTrue(FIRST_PORT <= port < start)
 
     def test_the_port_can_be_bound(self):
         port = unused_port()
@@ -31,16 +42,19 @@ class UnusedPortTests(TestCase):
             s.listen()
 
     def test_a_taken_port_is_passed_over(self):
+        free = unused_port()
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             busy = taken.getsockname()[1]
-            free = kernel_port()
-            # The first pick is the busy port, the second the free one.
-            picks = iter([busy - FIRST_PORT, free - FIRST_PORT])
-            port = unused_port(start=lambda: 65536, pick=lambda n: next(picks))
-        self.assertNotEqual(port, busy)
-        self.assertEqual(port, free)
+            picker = PortPicker(start=lambda: 65536, pick=_in_order(busy - FIRST_PORT, free - FIRST_PORT))
+            self.assertEqual(picker.port(), free)
+
+    def test_one_picker_never_gives_a_port_twice(self):
+        """A rig picks all its ports before any server binds one: each must differ."""
+        same = 12345
+        picker = PortPicker(start=lambda: 65536, pick=_in_order(same, same, same + 1))
+        self.assertEqual([picker.port(), picker.port()], [FIRST_PORT + same, FIRST_PORT + same + 1])
 
     def test_no_room_below_the_range_falls_back_to_the_kernel(self):
         """A machine whose ephemeral range starts low: a port-0 pick, still a usable port."""
@@ -48,8 +62,17 @@ class UnusedPortTests(TestCase):
         def never(n):
             raise AssertionError("nothing to pick from")
 
-        port = unused_port(start=lambda: FIRST_PORT + 10, pick=never)
+        port = PortPicker(start=lambda: FIRST_PORT + 10, pick=never).port()
         self.assertTrue(1 <= port <= 65535)
+
+    def test_ipv6_loopback(self):
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            self.skipTest("no IPv6 loopback on this machine")
+        port = unused_port("::1")
+        self.assertTrue(is_free(port, "::1"))
 
     def test_is_free_sees_a_listener(self):
         with socket.socket() as s:

@@ -9,7 +9,8 @@ local port of every outgoing connection from one range (``ip_local_port_range``)
 the close and the server's own bind, a test running in parallel (``trial --jobs``) can take the
 very port.  The suite failed that way ("Address already in use").  So ports are picked at
 random *below* that range, where the kernel never picks one by itself: only another explicit
-pick can collide, and each pick is checked by binding it before it is handed out.
+pick can collide, each pick is checked by binding it before it is handed out, and one
+L{PortPicker} never hands out the same port twice (a rig picks several before any is bound).
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ def ephemeral_start(path: str = _PORT_RANGE_FILE) -> int:
         return 32768
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether ``host:port`` can be bound right now (no listener, no connection lingering on it)."""
-    with socket.socket() as s:
+    with socket.socket(_family(host)) as s:
         try:
             s.bind((host, port))
         except OSError:
@@ -45,26 +50,44 @@ def is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def kernel_port(host: str = "127.0.0.1") -> int:
     """A port the kernel picks (port 0): the fallback where no range below its own is left."""
-    with socket.socket() as s:
+    with socket.socket(_family(host)) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def unused_port(host: str = "127.0.0.1", start: Callable[[], int] = ephemeral_start,
-                pick: Callable[[int], int] = secrets.randbelow) -> int:
+class PortPicker:
     """
-    A port on ``host`` that is free now and that the kernel will not hand to anyone else on
-    its own.  ``pick(n)`` returns a number below ``n`` (random; a test passes its own).
+    Hands out ports on ``host`` that are free when picked, that the kernel will not hand to
+    anyone else on its own, and that this picker has not handed out before.  ``pick(n)``
+    returns a number below ``n`` (random; a test passes its own); ``start()`` is where the
+    kernel's own range begins.
     """
-    first = FIRST_PORT
-    count = start() - first
-    if count < 100:
-        return kernel_port(host)
-    for _ in range(_ATTEMPTS):
-        port = first + pick(count)
-        if is_free(port, host):
-            return port
-    return kernel_port(host)
+
+    def __init__(self, host: str = "127.0.0.1", start: Callable[[], int] = ephemeral_start,
+                 pick: Callable[[int], int] = secrets.randbelow) -> None:
+        self.host = host
+        self._start = start
+        self._pick = pick
+        self._given: set[int] = set()
+
+    def port(self) -> int:
+        count = self._start() - FIRST_PORT
+        chosen = None
+        if count >= 100:
+            for _ in range(_ATTEMPTS):
+                candidate = FIRST_PORT + self._pick(count)
+                if candidate not in self._given and is_free(candidate, self.host):
+                    chosen = candidate
+                    break
+        while chosen is None or chosen in self._given:
+            chosen = kernel_port(self.host)
+        self._given.add(chosen)
+        return chosen
 
 
-__all__ = ["FIRST_PORT", "ephemeral_start", "is_free", "kernel_port", "unused_port"]
+def unused_port(host: str = "127.0.0.1") -> int:
+    """One port as L{PortPicker} picks them (for a test that needs just one)."""
+    return PortPicker(host).port()
+
+
+__all__ = ["FIRST_PORT", "PortPicker", "ephemeral_start", "is_free", "kernel_port", "unused_port"]
