@@ -129,12 +129,6 @@ def tree_cpu_seconds(root: int) -> float:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def listening_sockets(port: int) -> int:
     """How many sockets listen on ``port`` over IPv4 (state 0A in /proc/net/tcp)."""
     with open("/proc/net/tcp") as f:
@@ -174,12 +168,12 @@ def wait_for_port(port: int, timeout: float, what: str, alive=lambda: True) -> N
 class PostfixServer:
     name = "Postfix"
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, port: int) -> None:
         self.base = os.path.join(workdir, "postfix")
         self.config_dir = os.path.join(self.base, "etc")
         self.queue_dir = os.path.join(self.base, "queue")
         self.data_dir = os.path.join(self.base, "data")
-        self.port = free_port()
+        self.port = port
 
     def start(self) -> None:
         for d in (self.config_dir, self.queue_dir, self.data_dir):
@@ -255,14 +249,15 @@ class PostfixServer:
 class GraphsmtpServer:
     name = "graphsmtp"
 
-    def __init__(self, workdir: str, python: str, workers: int = 1, root: str = ROOT, label: str = "") -> None:
+    def __init__(self, workdir: str, port: int, python: str, workers: int = 1, root: str = ROOT,
+                 label: str = "") -> None:
         #: ``[gateway] workers``: with more than one, the table names the column "graphsmtp wN".
         self.workers = workers
         #: The source tree it runs from (``--baseline``: an older checkout, named by ``label``).
         self.root = root
         self.name = ("graphsmtp" if workers == 1 else f"graphsmtp w{workers}") + label
         self.base = os.path.join(workdir, self.name.replace(" ", "-").replace("@", "-"))
-        self.port = free_port()
+        self.port = port
         self.python = python
         self.process: Optional[subprocess.Popen] = None
         self.spool = os.path.join(self.base, "state", "spool")
@@ -344,11 +339,11 @@ class PlainTwistedServer:
     message and nothing else.  The floor: how close a Twisted server comes to Postfix here.
     """
 
-    def __init__(self, workdir: str, python: str, processes: int = 1) -> None:
+    def __init__(self, workdir: str, port: int, python: str, processes: int = 1) -> None:
         self.name = "plain Twisted" + (f" x{processes}" if processes > 1 else "")
         self.processes = processes
         self.base = os.path.join(workdir, self.name.replace(" ", "-"))
-        self.port = free_port()
+        self.port = port
         self.python = python
         self.process: Optional[subprocess.Popen] = None
         self.held = os.path.join(self.base, "held")
@@ -356,10 +351,11 @@ class PlainTwistedServer:
     def start(self) -> None:
         os.makedirs(self.base, exist_ok=True)
         log = open(os.path.join(self.base, "server.log"), "ab")
+        # Its own process group: stop() ends every process of it, even if the first one is gone.
         self.process = subprocess.Popen(
             [self.python, os.path.join(HERE, "plain_twisted.py"), "--port", str(self.port), "--spool", self.base,
              "--processes", str(self.processes)],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 60, self.name, alive=lambda: self.process.poll() is None)
         deadline = time.monotonic() + 60
         while listening_sockets(self.port) < self.processes:
@@ -379,9 +375,16 @@ class PlainTwistedServer:
             os.unlink(os.path.join(self.held, n))
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -524,18 +527,23 @@ def main() -> None:
         raise SystemExit(f"{workdir} is on {fs}: fsync is free there, so the comparison would be meaningless; "
                          "use --workdir on a real disk")
     os.chmod(workdir, 0o755)
-    postfix = PostfixServer(workdir)
+    # Every server's port is picked below the kernel's own range, none twice (gateway.testing.ports),
+    # so no connection made meanwhile (wait_for_port's) takes one before its server binds it.
+    from gateway.testing.ports import PortPicker
+
+    ports = PortPicker()
+    postfix = PostfixServer(workdir, ports.port())
     if any(n < 1 for n in options.workers):
         parser.error("--workers must be at least 1")
-    graphsmtps = [GraphsmtpServer(workdir, options.python, n) for n in dict.fromkeys(options.workers)]
+    graphsmtps = [GraphsmtpServer(workdir, ports.port(), options.python, n) for n in dict.fromkeys(options.workers)]
     if options.baseline:
         baseline = os.path.abspath(options.baseline)
         if not os.path.isdir(os.path.join(baseline, "gateway")):
             parser.error(f"--baseline {baseline}: no gateway/ package there")
-        baseline_server = GraphsmtpServer(workdir, options.python, options.workers[0], root=baseline,
+        baseline_server = GraphsmtpServer(workdir, ports.port(), options.python, options.workers[0], root=baseline,
                                           label="@" + os.path.basename(baseline.rstrip("/")))
         graphsmtps.append(baseline_server)
-    plains = [PlainTwistedServer(workdir, options.python, n)
+    plains = [PlainTwistedServer(workdir, ports.port(), options.python, n)
               for n in dict.fromkeys(options.plain_twisted or [1])] if options.plain_twisted is not None else []
     if any(p.processes < 1 for p in plains):
         parser.error("--plain-twisted needs at least 1 process")
@@ -556,7 +564,7 @@ def main() -> None:
                 for server in (postfix, *graphsmtps):
                     result = run_cell(server, cell, messages)
                     samples.add(server.name, cell.name, result)
-                    print(f"rep {rep} {cell.name:9} {server.name:13} {messages:5} msgs "
+                    print(f"rep {rep} {cell.name:9} {server.name:16} {messages:5} msgs "
                           f"{result.rate:8.1f} msg/s {result.cpu_ms:6.2f} CPU ms/msg", flush=True)
     finally:
         for graphsmtp in graphsmtps:

@@ -52,7 +52,9 @@ class DurableFiles:
         path = os.path.join(self.tmp, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -62,6 +64,8 @@ class DurableFiles:
 
 @implementer(smtp.IMessage)
 class Message:
+    """One message for one recipient, collected in memory (the 10 KB cells' messages are small)."""
+
     def __init__(self, commit: Callable[[bytes], None]) -> None:
         self._commit = commit
         self._lines: list[bytes] = []
@@ -83,21 +87,24 @@ class Delivery:
     def __init__(self, files: DurableFiles) -> None:
         self._files = files
 
-    def receivedHeader(self, helo, origin, recipients) -> None:
+    def receivedHeader(self, helo: tuple[bytes, bytes], origin: smtp.Address,
+                       recipients: list[smtp.User]) -> None:
         return None
 
-    def validateFrom(self, helo, origin):
+    def validateFrom(self, helo: tuple[bytes, bytes], origin: smtp.Address) -> smtp.Address:
         return origin
 
-    def validateTo(self, user) -> Callable[[], Message]:
+    def validateTo(self, user: smtp.User) -> Callable[[], Message]:
         return lambda: Message(self._files.commit)
 
 
 class PlainFactory(ServerFactory):
+    """Twisted's own ESMTP protocol, as it comes, with the durable delivery above."""
+
     def __init__(self, files: DurableFiles) -> None:
         self._files = files
 
-    def buildProtocol(self, addr) -> smtp.ESMTP:
+    def buildProtocol(self, addr: object) -> smtp.ESMTP:
         protocol = smtp.ESMTP()
         protocol.delivery = Delivery(self._files)
         protocol.factory = self
@@ -116,6 +123,7 @@ def listen(port: int) -> socket.socket:
 
 
 def main() -> None:
+    """Listen, start the other processes, serve until SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--spool", required=True, help="directory for tmp/ and held/")
