@@ -1,20 +1,32 @@
 """
-The spool names the one filesystem it is known to be slow on (ext4 without a journal, where a
-new file costs more the more files were recently deleted) once at start-up, from what Linux's
-sysfs says; any other answer, or none, says nothing.  sysfs is a fake tree here: the real one
-depends on the machine the tests run on.
+The spool names the filesystem it is on once at start-up when that is one it should not be on:
+the one it is known to be slow on (ext4 without a journal, where a new file costs more the more
+files were recently deleted), from what Linux's sysfs says, and those that lose acknowledged
+messages (tmpfs and ramfs at a restart, overlayfs with its container), from the mount table.
+Any other answer, or none, says nothing.  sysfs and the mount table are fakes here: the real
+ones depend on the machine the tests run on.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.spool import store
-from gateway.spool.filesystem import JOURNAL_LESS_EXT4, slow_creation_warning
+from gateway.spool.filesystem import (
+    CONTAINER_LAYER,
+    IN_MEMORY,
+    JOURNAL_LESS_EXT4,
+    filesystem_type,
+    slow_creation_warning,
+    spool_filesystem_warning,
+    volatile_storage_warning,
+)
 from gateway.testing.logs import LogCapture
 from gateway.testing.threads import ManualThreadPool
 from tests.test_spool_store import SpoolTestMixin
@@ -82,6 +94,63 @@ class SlowCreationWarningTests(SynchronousTestCase):
         self.assertIsNone(slow_creation_warning(os.path.join(self.spool, "absent"), self.sysfs))
 
 
+class VolatileStorageWarningTests(SynchronousTestCase):
+    """Before: a spool on tmpfs or in a container's layer started without a word."""
+
+    def setUp(self) -> None:
+        self.spool = os.path.abspath(self.mktemp())
+        os.makedirs(self.spool)
+        device = os.stat(self.spool).st_dev
+        self.device = f"{os.major(device)}:{os.minor(device)}"
+        self.mountinfo = os.path.abspath(self.mktemp())
+
+    def mounts(self, *types: str) -> str:
+        """A mount table whose last line is the spool's device with the last of ``types``."""
+        lines = ["22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+                 "25 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw"]
+        for n, fstype in enumerate(types):
+            lines.append(f"{40 + n} 22 {self.device} / /srv/spool{n} rw,relatime shared:{20 + n} - {fstype} "
+                         f"{fstype} rw,lowerdir=/l:/m,upperdir=/u,workdir=/w")
+        with open(self.mountinfo, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return self.mountinfo
+
+    def test_tmpfs_and_ramfs_are_named(self) -> None:
+        for fstype in ("tmpfs", "ramfs"):
+            warning = volatile_storage_warning(self.spool, self.mounts(fstype))
+            self.assertEqual(warning, IN_MEMORY.format(fstype=fstype))
+            self.assertIn(f"in memory ({fstype})", warning)
+
+    def test_overlayfs_is_named(self) -> None:
+        self.assertEqual(volatile_storage_warning(self.spool, self.mounts("overlay")), CONTAINER_LAYER)
+
+    def test_a_disk_is_not(self) -> None:
+        for fstype in ("ext4", "xfs", "btrfs", "zfs"):
+            self.assertIsNone(volatile_storage_warning(self.spool, self.mounts(fstype)), fstype)
+
+    def test_a_device_not_in_the_table_says_nothing(self) -> None:
+        self.mounts()
+        self.assertIsNone(filesystem_type(self.spool, self.mountinfo))
+        self.assertIsNone(volatile_storage_warning(self.spool, self.mountinfo))
+
+    def test_unreadable_tables_say_nothing(self) -> None:
+        """No table (another OS), a line cut short, bytes that are not text: no warning, no error."""
+        self.assertIsNone(volatile_storage_warning(self.spool, self.mountinfo + ".absent"))
+        self.assertIsNone(volatile_storage_warning(os.path.join(self.spool, "absent"), self.mounts("tmpfs")))
+        with open(self.mountinfo, "wb") as f:
+            f.write(f"40 22 {self.device} / /x rw -\n\xff\xfe 40 22\n".encode("latin-1"))
+        self.assertIsNone(volatile_storage_warning(self.spool, self.mountinfo))
+
+    def test_the_real_table_is_read(self) -> None:
+        """Linux's own mount table names /proc's filesystem, so the parsing matches the kernel's format."""
+        self.assertEqual(filesystem_type("/proc"), "proc")
+
+    def test_the_start_up_check_names_memory_before_speed(self) -> None:
+        self.assertEqual(spool_filesystem_warning(self.spool, os.path.abspath(self.mktemp()), self.mounts("tmpfs")),
+                         IN_MEMORY.format(fstype="tmpfs"))
+        self.assertIsNone(spool_filesystem_warning(self.spool, os.path.abspath(self.mktemp()), self.mounts("ext4")))
+
+
 class JobMarkingPool(ManualThreadPool):
     """Knows whether the code running now is one of its jobs (not a callback of one)."""
 
@@ -100,7 +169,7 @@ class JobMarkingPool(ManualThreadPool):
 
 class StartUpLineTests(SpoolTestMixin, SynchronousTestCase):
     def recovered_lines(self, warning: object) -> list[dict]:
-        self.patch(store, "slow_creation_warning", lambda path: warning)
+        self.patch(store, "spool_filesystem_warning", lambda path: warning)
         log = LogCapture.install(self)
         self.successResultOf(self.make_spool().recover())
         return [e for e in log.events if e.get("log_namespace", "").startswith("gateway.spool")]
@@ -112,15 +181,25 @@ class StartUpLineTests(SpoolTestMixin, SynchronousTestCase):
         self.assertEqual(warnings[0]["directory"], self.directory)
 
     def test_the_check_reads_sysfs_in_a_spool_thread(self) -> None:
-        """Invariant 6: sysfs is a file read, so it is made in the spool's pool, not on the reactor."""
+        """Invariant 6: sysfs and the mount table are file reads, made in the spool's pool, not on the reactor."""
         asked: list[tuple[str, bool]] = []
         pool = JobMarkingPool()
-        self.patch(store, "slow_creation_warning", lambda path: asked.append((path, pool.in_job)))
+        self.patch(store, "spool_filesystem_warning", lambda path: asked.append((path, pool.in_job)))
         d = self.make_spool(pool=pool).recover_schedule()
         self.assertEqual(asked, [])
         pool.run_all()
         self.successResultOf(d)
         self.assertEqual(asked, [(os.path.join(self.directory, "tmp"), True)])
+
+    def test_a_spool_in_memory_is_named_at_start_up(self) -> None:
+        """The real check, on a real tmpfs (/dev/shm, which every Linux has): one warning naming it."""
+        self.assertTrue(os.path.isdir("/dev/shm"), "this test needs Linux's /dev/shm")
+        self.directory = tempfile.mkdtemp(prefix="graphsmtp-spool-", dir="/dev/shm")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        log = LogCapture.install(self)
+        self.successResultOf(self.make_spool().recover())
+        warnings = [e for e in log.events if e["log_level"] is LogLevel.warn and e.get("note")]
+        self.assertEqual([e["note"] for e in warnings], [IN_MEMORY.format(fstype="tmpfs")])
 
     def test_nothing_is_said_otherwise(self) -> None:
         self.assertEqual([e for e in self.recovered_lines(None) if e["log_level"] is LogLevel.warn], [])

@@ -1,5 +1,6 @@
 """
-The one filesystem the spool is known to be slow on, named at start-up.
+The filesystems the spool should not be on, named at start-up: the one it is known to be slow
+on, and those that lose what it holds although every message in it was acknowledged.
 
 On ext4 without a journal, the kernel avoids reusing an inode freed less than a minute ago
 (six while its inode table block is dirty) when the block group has another free one: creating
@@ -13,7 +14,16 @@ can, by moving the spool (docs/deployment.md, "The spool's filesystem").
 
 Linux's sysfs says whether a mounted ext4 has a journal: ``/sys/fs/ext4/<device>/journal_task``
 is ``<none>`` without one.  Any other answer, or none (another filesystem, another OS, an older
-kernel), means nothing is said.  Blocking (reads sysfs): call it where the spool's recovery runs.
+kernel), means nothing is said.
+
+The other warning is about where the spool's files live, not how fast.  "250 means on disk" is
+only as good as the disk: on tmpfs or ramfs the spool is memory, so every acknowledged message
+waiting in it is gone after a restart of the machine; on overlayfs (the writable layer of a
+container) it is gone with the container.  ``/proc/self/mountinfo`` names the filesystem type
+of the mount whose device the spool is on.  A warning, not a refusal: a test rig or a
+throw-away demo may want exactly that, and the operator reads it in the first lines of the log.
+
+Blocking (reads sysfs and procfs): call it where the spool's recovery runs.
 """
 
 from __future__ import annotations
@@ -28,6 +38,51 @@ JOURNAL_LESS_EXT4 = (
 )
 
 
+IN_MEMORY = (
+    "in memory ({fstype}): every message in it, acknowledged or not, is lost when the machine "
+    "restarts; put the spool on a disk (see docs/deployment.md, \"The spool's filesystem\")"
+)
+
+CONTAINER_LAYER = (
+    "on overlayfs, a container's own filesystem: every message in it, acknowledged or not, is "
+    "lost with the container; mount a volume for the spool (see docs/deployment.md, \"The "
+    "spool's filesystem\")"
+)
+
+
+def spool_filesystem_warning(path: str, sysfs: str = "/sys", mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """What the daemon says at start-up about the filesystem ``path`` is on, or None."""
+    return volatile_storage_warning(path, mountinfo) or slow_creation_warning(path, sysfs)
+
+
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """The type of the mounted filesystem ``path`` is on (``ext4``, ``tmpfs``, ``overlay``…), or None."""
+    try:
+        device = os.stat(path).st_dev
+        wanted = f"{os.major(device)}:{os.minor(device)}"
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                # "36 35 0:50 / /mnt rw,relatime shared:1 - overlay overlay rw,...": the device is
+                # the third field, the type the first after the lone "-".
+                mount, _, rest = line.partition(" - ")
+                fields = mount.split()
+                if len(fields) > 2 and fields[2] == wanted and rest.split():
+                    return rest.split()[0]
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def volatile_storage_warning(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """L{IN_MEMORY} or L{CONTAINER_LAYER} when ``path`` is on such a filesystem, else None."""
+    fstype = filesystem_type(path, mountinfo)
+    if fstype in ("tmpfs", "ramfs"):
+        return IN_MEMORY.format(fstype=fstype)
+    if fstype == "overlay":
+        return CONTAINER_LAYER
+    return None
+
+
 def slow_creation_warning(path: str, sysfs: str = "/sys") -> Optional[str]:
     """L{JOURNAL_LESS_EXT4} when ``path`` is on an ext4 filesystem without a journal, else None."""
     try:
@@ -40,4 +95,7 @@ def slow_creation_warning(path: str, sysfs: str = "/sys") -> Optional[str]:
     return JOURNAL_LESS_EXT4 if journal == "<none>" else None
 
 
-__all__ = ["slow_creation_warning", "JOURNAL_LESS_EXT4"]
+__all__ = [
+    "spool_filesystem_warning", "slow_creation_warning", "volatile_storage_warning", "filesystem_type",
+    "JOURNAL_LESS_EXT4", "IN_MEMORY", "CONTAINER_LAYER",
+]

@@ -40,7 +40,7 @@ from gateway.spool.disk import (
 )
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
-from gateway.spool.filesystem import slow_creation_warning
+from gateway.spool.filesystem import spool_filesystem_warning
 from gateway.spool.group_commit import GroupCommitter
 from gateway.spool.interfaces import IDraftJournal, IEntryQuarantine, IQueueSpool, ISpool, SpoolError
 from gateway.spool.queueid import is_queue_id, new_queue_id
@@ -173,9 +173,9 @@ class DirectorySpool:
         return self._in_pool(self._recover_disk).addCallback(self._judge_recovered).addCallback(self._report_recovery)
 
     def _recover_disk(self) -> RecoveryReport:
-        """The disk's recovery, and whether its filesystem makes new files slow (the daemon says so once)."""
+        """The disk's recovery, and whether its filesystem is slow or forgets (the daemon says so once)."""
         report = self.disk.recover()
-        report.filesystem_warning = slow_creation_warning(self.disk.layout.tmp)
+        report.filesystem_warning = spool_filesystem_warning(self.disk.layout.tmp)
         return report
 
     def _judge_recovered(self, report: RecoveryReport) -> Deferred:
