@@ -105,12 +105,18 @@ class VolatileStorageWarningTests(SynchronousTestCase):
         self.mountinfo = os.path.abspath(self.mktemp())
 
     def mounts(self, *types: str) -> str:
-        """A mount table whose last line is the spool's device with the last of ``types``."""
-        lines = ["22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
-                 "25 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw"]
+        """
+        A mount table with a line for the spool's device per type in ``types`` (the first one
+        counts), among others with no optional field, two of them, and a mount point holding
+        " - " (the kernel writes its spaces as \\040).
+        """
+        lines = ["22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw",
+                 "25 22 0:21 / /proc rw,nosuid shared:12 master:3 - proc proc rw",
+                 "26 22 0:22 / /run/a\\040-\\040ext4\\040b rw shared:13 - tmpfs tmpfs rw"]
         for n, fstype in enumerate(types):
-            lines.append(f"{40 + n} 22 {self.device} / /srv/spool{n} rw,relatime shared:{20 + n} - {fstype} "
-                         f"{fstype} rw,lowerdir=/l:/m,upperdir=/u,workdir=/w")
+            optional = " shared:20 master:7" if n % 2 else ""
+            lines.append(f"{40 + n} 22 {self.device} / /srv/mail-spool-{n} rw,relatime{optional} - {fstype} "
+                         f"source-{n} rw,lowerdir=/l:/m,upperdir=/u,workdir=/w")
         with open(self.mountinfo, "w") as f:
             f.write("\n".join(lines) + "\n")
         return self.mountinfo
@@ -123,6 +129,17 @@ class VolatileStorageWarningTests(SynchronousTestCase):
 
     def test_overlayfs_is_named(self) -> None:
         self.assertEqual(volatile_storage_warning(self.spool, self.mounts("overlay")), CONTAINER_LAYER)
+
+    def test_the_type_is_read_after_the_separator_whatever_the_optional_fields(self) -> None:
+        """Zero optional fields, or two: the type is the first field after the lone "-"."""
+        self.assertEqual(filesystem_type(self.spool, self.mounts("tmpfs")), "tmpfs")
+        self.assertEqual(filesystem_type(self.spool, self.mounts("ext4", "tmpfs")), "ext4")
+        with open(self.mountinfo) as f:
+            last = f.read().splitlines()[-1]
+        self.assertIn("master:7 - tmpfs", last)
+        with open(self.mountinfo, "w") as f:
+            f.write(last + "\n")
+        self.assertEqual(filesystem_type(self.spool, self.mountinfo), "tmpfs")
 
     def test_a_disk_is_not(self) -> None:
         for fstype in ("ext4", "xfs", "btrfs", "zfs"):

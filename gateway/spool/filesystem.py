@@ -44,9 +44,9 @@ IN_MEMORY = (
 )
 
 CONTAINER_LAYER = (
-    "on overlayfs, a container's own filesystem: every message in it, acknowledged or not, is "
-    "lost with the container; mount a volume for the spool (see docs/deployment.md, \"The "
-    "spool's filesystem\")"
+    "on overlayfs, usually a container's writable layer: every message in it, acknowledged or "
+    "not, is lost with the container (or with the overlay's upper layer); mount a volume for the "
+    "spool (see docs/deployment.md, \"The spool's filesystem\")"
 )
 
 
