@@ -275,11 +275,11 @@ class ClassicLines:
     def __call__(self, event: dict[str, Any]) -> Optional[str]:
         text = rendered_message(event) if "log_failure" not in event else None
         if text is None:
-            return formatEventAsClassicLogText(event, lambda when: formatTime(when, timeFormatRFC3339))
+            return formatEventAsClassicLogText(event, _local_time)
         if not text:
             return None
         when = event.get("log_time")
-        stamp = self._time(when) if type(when) is float or type(when) is int else formatTime(when)
+        stamp = self._time(when) if type(when) is float or type(when) is int else _local_time(when)
         line = f"{stamp} [{_system(event)}] {text}"
         return (line.replace("\n", "\n\t") if "\n" in line else line) + "\n"
 
@@ -434,7 +434,7 @@ def _iso_tail(microseconds: int) -> str:
 _ISO_TO_SECOND = "%Y-%m-%dT%H:%M:%S."
 
 
-def _local_time(seconds: float) -> str:
+def _local_time(seconds: Optional[float]) -> str:
     return formatTime(seconds, timeFormatRFC3339)
 
 

@@ -19,7 +19,7 @@ from gateway.config.cluster import ClusterConfig
 from gateway.config.policy import RedisConfig
 from gateway.policy.redis_connection import RedisConnection
 from gateway.testing.policy import start_redis_server
-from gateway.testing.ports import unused_port
+from gateway.testing.ports import PortPicker
 from tests.tools import require_tool
 
 
@@ -43,23 +43,6 @@ class _Sentinel(ProcessProtocol):
             self.ready.errback(RuntimeError("redis sentinel exited: " + self.output.decode("utf-8", "replace")[-500:]))
 
 
-@inlineCallbacks
-def _on_a_free_port(start):
-    """
-    ``start(port)`` on a port that was free a moment ago, again on another one when something
-    took it meanwhile (a parallel test's own explicit pick still can): fires with (result, port).
-    """
-    for attempt in range(5):
-        port = unused_port()
-        try:
-            result = yield start(port)
-        except RuntimeError as e:
-            if "Address already in use" not in str(e) or attempt == 4:
-                raise
-            continue
-        return result, port
-
-
 class SentinelTests(TestCase):
     timeout = 60
 
@@ -76,21 +59,19 @@ class SentinelTests(TestCase):
                 process.signalProcess("TERM")
             return sentinel.ended
 
-        try:
-            yield sentinel.ready.addTimeout(30, reactor)
-        except Exception:
-            yield stop()
-            raise
         self.addCleanup(stop)
+        yield sentinel.ready.addTimeout(30, reactor)
 
     @inlineCallbacks
     def test_admission_through_sentinel(self):
         executable = require_tool(self, "redis-server", "redis-server")
         directory = tempfile.mkdtemp(prefix="gss", dir="/tmp")
         self.addCleanup(shutil.rmtree, directory, True)
-        master, master_port = yield _on_a_free_port(lambda port: start_redis_server(reactor, directory, port, ()))
+        ports = PortPicker()
+        master_port, sentinel_port = ports.port(), ports.port()
+        master = yield start_redis_server(reactor, directory, master_port, ())
         self.addCleanup(master.stop)
-        _, sentinel_port = yield _on_a_free_port(lambda port: self._start_sentinel(executable, directory, master_port, port))
+        yield self._start_sentinel(executable, directory, master_port, sentinel_port)
         config = RedisConfig(sentinels=(("127.0.0.1", sentinel_port),), sentinel_master="gw",
                              connect_timeout=2.0, reply_timeout=2.0, key_prefix="t")
         self.assertIn("sentinel master gw via 127.0.0.1:", config.describe())

@@ -65,9 +65,9 @@ def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optio
                 # "36 35 0:50 / /mnt rw,relatime shared:1 - overlay overlay rw,...": the device is
                 # the third field, the type the first after the lone "-".
                 mount, _, rest = line.partition(" - ")
-                fields = mount.split()
-                if len(fields) > 2 and fields[2] == wanted and rest.split():
-                    return rest.split()[0]
+                fields, after = mount.split(), rest.split()
+                if len(fields) > 2 and fields[2] == wanted and after:
+                    return after[0]
     except (OSError, ValueError):
         return None
     return None

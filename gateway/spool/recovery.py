@@ -37,7 +37,8 @@ class RecoveryReport:
     quarantined: list[Quarantined] = attrs.field(factory=list)
     errors: list[str] = attrs.field(factory=list)
     refused: list[Refused] = attrs.field(factory=list)
-    #: Why the spool's filesystem makes new files slow (L{gateway.spool.filesystem}), if it does.
+    #: What is wrong with the spool's filesystem (slow new files, or contents it loses), if anything:
+    #: L{gateway.spool.filesystem.spool_filesystem_warning}.
     filesystem_warning: Optional[str] = None
 
 
