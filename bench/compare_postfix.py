@@ -136,9 +136,9 @@ def listening_sockets(port: int) -> int:
     return sum(1 for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port)
 
 
-def filesystem_type(path: str) -> str:
-    return subprocess.run(["stat", "-f", "-c", "%T", path], check=True, capture_output=True,
-                          text=True).stdout.strip()
+def empty_directory(directory: str) -> None:
+    for name in os.listdir(directory):
+        os.unlink(os.path.join(directory, name))
 
 
 def count_files(directory: str) -> int:
@@ -319,9 +319,7 @@ class GraphsmtpServer:
         return sum(1 for n in names if n.endswith(".msg"))
 
     def clear(self) -> None:
-        held = os.path.join(self.spool, "held")
-        for n in os.listdir(held):
-            os.unlink(os.path.join(held, n))
+        empty_directory(os.path.join(self.spool, "held"))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -371,8 +369,7 @@ class PlainTwistedServer:
         return len(os.listdir(self.held))
 
     def clear(self) -> None:
-        for n in os.listdir(self.held):
-            os.unlink(os.path.join(self.held, n))
+        empty_directory(self.held)
 
     def stop(self) -> None:
         if self.process is None:
@@ -522,7 +519,9 @@ def main() -> None:
         workdir = os.path.abspath(options.workdir)
     else:
         workdir = tempfile.mkdtemp(prefix="compare-postfix-", dir="/var/tmp")
-    fs = filesystem_type(workdir)
+    from gateway.spool.filesystem import filesystem_type
+
+    fs = filesystem_type(workdir) or "a filesystem the mount table does not name"
     if fs in REFUSED_FILESYSTEMS:
         raise SystemExit(f"{workdir} is on {fs}: fsync is free there, so the comparison would be meaningless; "
                          "use --workdir on a real disk")
@@ -535,55 +534,55 @@ def main() -> None:
     postfix = PostfixServer(workdir, ports.port())
     if any(n < 1 for n in options.workers):
         parser.error("--workers must be at least 1")
-    graphsmtps = [GraphsmtpServer(workdir, ports.port(), options.python, n) for n in dict.fromkeys(options.workers)]
+    contenders = [GraphsmtpServer(workdir, ports.port(), options.python, n) for n in dict.fromkeys(options.workers)]
     if options.baseline:
         baseline = os.path.abspath(options.baseline)
         if not os.path.isdir(os.path.join(baseline, "gateway")):
             parser.error(f"--baseline {baseline}: no gateway/ package there")
         baseline_server = GraphsmtpServer(workdir, ports.port(), options.python, options.workers[0], root=baseline,
                                           label="@" + os.path.basename(baseline.rstrip("/")))
-        graphsmtps.append(baseline_server)
+        contenders.append(baseline_server)
     plains = [PlainTwistedServer(workdir, ports.port(), options.python, n)
               for n in dict.fromkeys(options.plain_twisted or [1])] if options.plain_twisted is not None else []
     if any(p.processes < 1 for p in plains):
         parser.error("--plain-twisted needs at least 1 process")
-    graphsmtps.extend(plains)
+    contenders.extend(plains)
     samples = Samples()
     # A SIGTERM (a killed run) unwinds like Ctrl-C, so the servers below are stopped, not left running.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         postfix.start()
-        for graphsmtp in graphsmtps:
-            graphsmtp.start()
+        for contender in contenders:
+            contender.start()
         print(f"work directory {workdir} ({fs}); Postfix on port {postfix.port}, "
-              + ", ".join(f"{g.name} on port {g.port}" for g in graphsmtps))
+              + ", ".join(f"{g.name} on port {g.port}" for g in contenders))
         print(creation_note(workdir))
         for rep in range(1, options.reps + 1):
             for cell in cells:
                 messages = cell.quick_messages if options.quick else cell.messages
-                for server in (postfix, *graphsmtps):
+                for server in (postfix, *contenders):
                     result = run_cell(server, cell, messages)
                     samples.add(server.name, cell.name, result)
                     print(f"rep {rep} {cell.name:9} {server.name:16} {messages:5} msgs "
                           f"{result.rate:8.1f} msg/s {result.cpu_ms:6.2f} CPU ms/msg", flush=True)
     finally:
-        for graphsmtp in graphsmtps:
-            graphsmtp.stop()
+        for contender in contenders:
+            contender.stop()
         postfix.stop()
         if not options.keep and not options.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(f"medians of {options.reps} interleaved reps; every acknowledged message was found in the queue")
-    for graphsmtp in graphsmtps:
+    for contender in contenders:
         print()
-        print(table(samples, cells, graphsmtp.name))
+        print(table(samples, cells, contender.name))
     if options.baseline:
         print()
-        print(against_baseline(samples, cells, graphsmtps[0].name, baseline_server.name))
+        print(against_baseline(samples, cells, contenders[0].name, baseline_server.name))
     if plains:
         print()
-        print(f"{graphsmtps[0].name} against {plains[0].name}:")
-        print(against_baseline(samples, cells, graphsmtps[0].name, plains[0].name))
+        print(f"{contenders[0].name} against {plains[0].name}:")
+        print(against_baseline(samples, cells, contenders[0].name, plains[0].name))
 
 
 if __name__ == "__main__":
