@@ -36,6 +36,16 @@ _MDWE_BOOTSTRAP = (
     f"sys.stderr.write('MDWE state %d\\n' % libc.prctl({PR_GET_MDWE}, 0, 0, 0, 0)); sys.stderr.flush()\n"
     "from twisted.scripts.twistd import run; run()\n"
 )
+#: The same rule by systemd's own means, a seccomp filter (tests/write_execute.py), which every
+#: kernel with seccomp has.
+_SECCOMP_BOOTSTRAP = (
+    "import sys\n"
+    "from tests.write_execute import deny_write_execute\n"
+    "deny_write_execute()\n"
+    "sys.stderr.write('MDWE state 1 (seccomp filter)\\n'); sys.stderr.flush()\n"
+    "from twisted.scripts.twistd import run; run()\n"
+)
+_SANDBOXES = {"prctl": _MDWE_BOOTSTRAP, "seccomp": _SECCOMP_BOOTSTRAP}
 _PLAIN_BOOTSTRAP = "from twisted.scripts.twistd import run; run()"
 
 
@@ -113,15 +123,16 @@ class GatewayDaemon(ProcessProtocol):
             self.transport.signalProcess(signal.SIGKILL)
 
 
-def spawn_gateway(case: Any, config_path: str, *extra: str, mdwe: bool = False,
+def spawn_gateway(case: Any, config_path: str, *extra: str, mdwe: Optional[str] = None,
                   twistd_args: Sequence[str] = ()) -> GatewayDaemon:
     """
     ``twistd -n --pidfile= --logfile=- [twistd_args] graphsmtp --config config_path extra``,
-    optionally under MDWE; stopped and reaped in ``case``'s cleanup.
+    optionally under MDWE (``mdwe``: ``"prctl"``, the kernel's switch, or ``"seccomp"``,
+    systemd's filter); stopped and reaped in ``case``'s cleanup.
     """
     daemon = GatewayDaemon()
     args = [
-        sys.executable, "-c", _MDWE_BOOTSTRAP if mdwe else _PLAIN_BOOTSTRAP,
+        sys.executable, "-c", _SANDBOXES[mdwe] if mdwe else _PLAIN_BOOTSTRAP,
         "-n", "--pidfile=", "--logfile=-", *twistd_args, "graphsmtp", "--config", config_path, *extra,
     ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
