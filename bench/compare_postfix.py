@@ -335,11 +335,13 @@ class PlainTwistedServer:
     """
     ``--plain-twisted``: bench/plain_twisted.py, Twisted's own ESMTP with one durable file per
     message and nothing else.  The floor: how close a Twisted server comes to Postfix here.
+    ``--lean-twisted``: the same files behind a bare Protocol that takes each read whole.
     """
 
-    def __init__(self, workdir: str, port: int, python: str, processes: int = 1) -> None:
-        self.name = "plain Twisted" + (f" x{processes}" if processes > 1 else "")
+    def __init__(self, workdir: str, port: int, python: str, processes: int = 1, lean: bool = False) -> None:
+        self.name = ("lean" if lean else "plain") + " Twisted" + (f" x{processes}" if processes > 1 else "")
         self.processes = processes
+        self.lean = lean
         self.base = os.path.join(workdir, self.name.replace(" ", "-"))
         self.port = port
         self.python = python
@@ -352,7 +354,7 @@ class PlainTwistedServer:
         # Its own process group: stop() ends every process of it, even if the first one is gone.
         self.process = subprocess.Popen(
             [self.python, os.path.join(HERE, "plain_twisted.py"), "--port", str(self.port), "--spool", self.base,
-             "--processes", str(self.processes)],
+             "--processes", str(self.processes)] + (["--lean"] if self.lean else []),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 60, self.name, alive=lambda: self.process.poll() is None)
         deadline = time.monotonic() + 60
@@ -500,6 +502,8 @@ def main() -> None:
                         help="also run bench/plain_twisted.py (Twisted's own ESMTP, one durable file per message, "
                              "nothing else) with this many processes (default 1; e.g. --plain-twisted 1 2), "
                              "interleaved: how close a Twisted server comes to Postfix here")
+    parser.add_argument("--lean-twisted", type=int, nargs="*", metavar="PROCESSES",
+                        help="the same with a bare Protocol taking each read whole (plain_twisted.py --lean)")
     parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
                                            "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()
@@ -542,10 +546,11 @@ def main() -> None:
         baseline_server = GraphsmtpServer(workdir, ports.port(), options.python, options.workers[0], root=baseline,
                                           label="@" + os.path.basename(baseline.rstrip("/")))
         contenders.append(baseline_server)
-    plains = [PlainTwistedServer(workdir, ports.port(), options.python, n)
-              for n in dict.fromkeys(options.plain_twisted or [1])] if options.plain_twisted is not None else []
+    plains = [PlainTwistedServer(workdir, ports.port(), options.python, n, lean)
+              for lean, counts in ((False, options.plain_twisted), (True, options.lean_twisted)) if counts is not None
+              for n in dict.fromkeys(counts or [1])]
     if any(p.processes < 1 for p in plains):
-        parser.error("--plain-twisted needs at least 1 process")
+        parser.error("--plain-twisted and --lean-twisted need at least 1 process")
     contenders.extend(plains)
     samples = Samples()
     # A SIGTERM (a killed run) unwinds like Ctrl-C, so the servers below are stopped, not left running.

@@ -16,6 +16,10 @@ Python process on Twisted costs.
 
 ``--processes N`` starts N-1 more processes listening on the same port (``SO_REUSEPORT``), each
 with its own reactor: what a Twisted server gets out of the machine's cores.
+
+``--lean`` puts the same durable files behind L{LeanSMTP}, a bare Protocol that takes each read
+whole instead of line by line (``compare_postfix.py --lean-twisted``): whether the stock
+server's per-line work or Twisted itself keeps the floor below Postfix.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.mail import smtp
 from zope.interface import implementer
 
@@ -111,6 +115,91 @@ class PlainFactory(ServerFactory):
         return protocol
 
 
+class LeanSMTP(Protocol):
+    """
+    The least SMTP smtp-source needs, on a bare Protocol: ``--lean``.
+
+    Twisted's own server hands every line, of the commands and of the message, to Python one
+    at a time.  This one takes what arrives in one read as one piece: commands split once, the
+    message searched for its end with one ``find`` per read, the dots undone with one
+    ``replace``.  It answers whether the stock server's per-line work, not Twisted's reactor,
+    is what keeps the floor below Postfix.  It checks nothing: a benchmark peer only.
+    """
+
+    def __init__(self, commit: Callable[[bytes], Deferred]) -> None:
+        self._commit = commit
+        self._pending = b""
+        self._message: Optional[bytearray] = None
+        self._searched = 0
+        self._committing = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"220 lean ESMTP\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._message is not None:
+            self._message += data
+        else:
+            self._pending += data
+        self._advance()
+
+    def _advance(self) -> None:
+        while not self._committing:
+            if self._message is not None:
+                if not self._end_of_message():
+                    return
+                continue
+            end = self._pending.find(b"\r\n")
+            if end < 0:
+                return
+            line, self._pending = self._pending[:end], self._pending[end + 2:]
+            self._command(line[:4].upper())
+
+    def _command(self, verb: bytes) -> None:
+        if verb == b"EHLO":
+            self.transport.write(b"250-lean\r\n250 PIPELINING\r\n")
+        elif verb == b"DATA":
+            self.transport.write(b"354 go ahead\r\n")
+            # A leading CRLF lets one search find the end of an empty message too.
+            self._message = bytearray(b"\r\n" + self._pending)
+            self._pending = b""
+            self._searched = 0
+        elif verb == b"QUIT":
+            self.transport.write(b"221 bye\r\n")
+            self.transport.loseConnection()
+        else:
+            self.transport.write(b"250 ok\r\n")
+
+    def _end_of_message(self) -> bool:
+        message = self._message
+        assert message is not None
+        end = message.find(b"\r\n.\r\n", self._searched)
+        if end < 0:
+            self._searched = max(0, len(message) - 4)
+            return False
+        self._pending = bytes(message[end + 5:])
+        self._message = None
+        self._committing = True
+        body = bytes(message[:end + 2]).replace(b"\r\n..", b"\r\n.")[2:]
+        self._commit(body).addCallback(self._committed)
+        return True
+
+    def _committed(self, _: None) -> None:
+        self._committing = False
+        self.transport.write(b"250 2.0.0 queued\r\n")
+        self._advance()
+
+
+class LeanFactory(ServerFactory):
+    """``--lean``: L{LeanSMTP} with the same durable files."""
+
+    def __init__(self, files: DurableFiles) -> None:
+        self._files = files
+
+    def buildProtocol(self, addr: object) -> LeanSMTP:
+        return LeanSMTP(lambda body: threads.deferToThread(self._files.commit, body))
+
+
 def listen(port: int) -> socket.socket:
     """The listening socket; SO_REUSEPORT lets every process have its own, the kernel spreading connections."""
     listening = socket.socket()
@@ -128,15 +217,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--spool", required=True, help="directory for tmp/ and held/")
     parser.add_argument("--processes", type=int, default=1, help="processes accepting on the port (default 1)")
+    parser.add_argument("--lean", action="store_true", help="a bare Protocol instead of Twisted's ESMTP (LeanSMTP)")
     options = parser.parse_args()
     listening = listen(options.port)
     for _ in range(options.processes - 1):
         # Started, not forked: this process's reactor already exists, and a fork would share it.
-        child = subprocess.Popen([sys.executable, __file__, "--port", str(options.port), "--spool", options.spool])
+        child = subprocess.Popen([sys.executable, __file__, "--port", str(options.port), "--spool", options.spool]
+                                 + (["--lean"] if options.lean else []))
         # The benchmark stops this process; it stops the others.
         reactor.addSystemEventTrigger("before", "shutdown", child.terminate)  # type: ignore[attr-defined]
-    reactor.adoptStreamPort(listening.fileno(), socket.AF_INET,  # type: ignore[attr-defined]
-                            PlainFactory(DurableFiles(options.spool)))
+    files = DurableFiles(options.spool)
+    factory = LeanFactory(files) if options.lean else PlainFactory(files)
+    reactor.adoptStreamPort(listening.fileno(), socket.AF_INET, factory)  # type: ignore[attr-defined]
     listening.close()
     reactor.run()  # type: ignore[attr-defined]
 

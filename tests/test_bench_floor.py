@@ -1,0 +1,97 @@
+"""
+The floors ``bench/compare_postfix.py`` sets graphsmtp against (``bench/plain_twisted.py``).
+
+A floor that answered 250 without storing the message whole would make every ratio against it
+a lie, and the benchmark only counts the files.  These tests hold the lean floor to the bytes:
+the message as sent (dots undone), each one committed before its 250, pipelined input in order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "plain_twisted.py")
+
+
+def _load_floor():
+    spec = importlib.util.spec_from_file_location("bench_plain_twisted", _PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+floor = _load_floor()
+
+
+class LeanSMTPTests(TestCase):
+    def setUp(self) -> None:
+        self.bodies: list[bytes] = []
+        self.pending: list[Deferred] = []
+        self.transport = StringTransport()
+
+    def connect(self, commit=None):
+        protocol = floor.LeanSMTP(commit or self.commit_now)
+        protocol.makeConnection(self.transport)
+        return protocol
+
+    def commit_now(self, body: bytes) -> Deferred:
+        self.bodies.append(body)
+        return succeed(None)
+
+    def commit_later(self, body: bytes) -> Deferred:
+        self.bodies.append(body)
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+    def test_message_whole_with_dots_undone(self) -> None:
+        """The stored bytes are the message as the client meant it, the end split across reads."""
+        protocol = self.connect()
+        protocol.dataReceived(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+        protocol.dataReceived(b"..first line\r\nmiddle\r\n..\r\nlast\r")
+        self.assertEqual(self.bodies, [])
+        protocol.dataReceived(b"\n.")
+        self.assertEqual(self.bodies, [])
+        protocol.dataReceived(b"\r\nQUIT\r\n")
+        self.assertEqual(self.bodies, [b".first line\r\nmiddle\r\n.\r\nlast\r\n"])
+        self.assertEqual(self.transport.value(),
+                         b"220 lean ESMTP\r\n250-lean\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n"
+                         b"250 2.0.0 queued\r\n221 bye\r\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_no_250_before_the_commit(self) -> None:
+        """The 250 waits for the durable write, and pipelined commands wait behind it."""
+        protocol = self.connect(self.commit_later)
+        protocol.dataReceived(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+        self.transport.clear()
+        protocol.dataReceived(b"one\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\ntwo\r\n.\r\n")
+        self.assertEqual((self.bodies, self.transport.value()), ([b"one\r\n"], b""))
+        self.pending.pop(0).callback(None)
+        self.assertEqual(self.bodies, [b"one\r\n", b"two\r\n"])
+        self.assertEqual(self.transport.value(), b"250 2.0.0 queued\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n")
+        self.pending.pop(0).callback(None)
+        self.assertTrue(self.transport.value().endswith(b"354 go ahead\r\n250 2.0.0 queued\r\n"))
+
+    def test_empty_message(self) -> None:
+        protocol = self.connect()
+        protocol.dataReceived(b"DATA\r\n.\r\n")
+        self.assertEqual(self.bodies, [b""])
+
+
+class DurableFilesTests(TestCase):
+    def test_commit_leaves_the_message_in_held(self) -> None:
+        """What the benchmark counts: one file per message in held/, with the message's bytes."""
+        spool = self.mktemp()
+        files = floor.DurableFiles(spool)
+        files.commit(b"Subject: x\r\n\r\nbody\r\n")
+        held = os.listdir(os.path.join(spool, "held"))
+        self.assertEqual(len(held), 1)
+        with open(os.path.join(spool, "held", held[0]), "rb") as f:
+            self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual(os.listdir(os.path.join(spool, "tmp")), [])
