@@ -28,7 +28,7 @@ cleanup processes are counted like graphsmtp's threads.
     .venv/bin/python bench/compare_postfix.py --workers 1 2     # graphsmtp with 1 and 2 intake processes
     git worktree add /var/tmp/base <commit>                      # an older graphsmtp, same venv:
     .venv/bin/python bench/compare_postfix.py --quick --baseline /var/tmp/base
-    .venv/bin/python bench/compare_postfix.py --plain-twisted 1 2  # and bench/plain_twisted.py, the floor
+    .venv/bin/python bench/compare_postfix.py --plain-twisted 1 --lean-twisted 1 2  # and the floors (plain_twisted.py)
 
 Run it as root (Postfix's master must start as root; its queue is chowned to the postfix user).
 The work directory must be on a real disk: tmpfs makes fsync free and the comparison
