@@ -334,8 +334,9 @@ class GraphsmtpServer:
 class PlainTwistedServer:
     """
     ``--plain-twisted``: bench/plain_twisted.py, Twisted's own ESMTP with one durable file per
-    message and nothing else.  The floor: how close a Twisted server comes to Postfix here.
-    ``--lean-twisted``: the same files behind a bare Protocol that takes each read whole.
+    message and nothing else: how close Twisted's stock server comes to Postfix here.
+    ``--lean-twisted``: the same files behind a bare Protocol that takes each read whole, which
+    tells the stock server's line-by-line work apart from Twisted's reactor and the write.
     """
 
     def __init__(self, workdir: str, port: int, python: str, processes: int = 1, lean: bool = False) -> None:

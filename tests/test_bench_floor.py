@@ -83,6 +83,51 @@ class LeanSMTPTests(TestCase):
         protocol.dataReceived(b"DATA\r\n.\r\n")
         self.assertEqual(self.bodies, [b""])
 
+    def test_large_message_in_small_reads(self) -> None:
+        """A 1 MB message in 1,448-byte reads (loopback's segments) arrives whole."""
+        lines = b"".join(b"%07d" % n + b"X" * 70 + b"\r\n" for n in range(13_000))
+        protocol = self.connect()
+        stream = b"DATA\r\n" + lines + b".\r\n"
+        for at in range(0, len(stream), 1448):
+            protocol.dataReceived(stream[at:at + 1448])
+        self.assertEqual(self.bodies, [lines])
+
+    def test_nothing_after_quit(self) -> None:
+        """A message pipelined behind QUIT is neither stored nor answered."""
+        protocol = self.connect(self.commit_later)
+        protocol.dataReceived(b"DATA\r\none\r\n.\r\nQUIT\r\nMAIL FROM:<a@b>\r\nDATA\r\ntwo\r\n.\r\n")
+        self.pending.pop(0).callback(None)
+        self.assertEqual(self.bodies, [b"one\r\n"])
+        self.assertTrue(self.transport.value().endswith(b"250 2.0.0 queued\r\n221 bye\r\n"))
+        self.assertEqual(self.pending, [])
+
+    def test_failed_commit_is_no_250(self) -> None:
+        protocol = self.connect(self.commit_later)
+        protocol.dataReceived(b"DATA\r\none\r\n.\r\nNOOP\r\n")
+        self.transport.clear()
+        self.pending.pop(0).errback(OSError("disk full"))
+        self.assertEqual(self.transport.value(), b"451 4.3.0 not stored\r\n250 ok\r\n")
+
+
+class LeanFactoryTests(TestCase):
+    def test_a_session_stores_into_held(self) -> None:
+        """The factory the benchmark runs: the 250 comes after the file is in held/."""
+        spool = self.mktemp()
+        protocol = floor.LeanFactory(floor.DurableFiles(spool)).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        replied: Deferred = Deferred()
+        transport.write = lambda data, write=transport.write: (
+            write(data), replied.callback(None) if b"queued" in data else None)
+        protocol.dataReceived(b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
+
+        def check(_: None) -> None:
+            held = os.listdir(os.path.join(spool, "held"))
+            self.assertEqual(len(held), 1)
+            with open(os.path.join(spool, "held", held[0]), "rb") as f:
+                self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        return replied.addCallback(check)
+
 
 class DurableFilesTests(TestCase):
     def test_commit_leaves_the_message_in_held(self) -> None:
