@@ -335,14 +335,16 @@ class PlainTwistedServer:
     """
     ``--plain-twisted``: bench/plain_twisted.py, Twisted's own ESMTP with one durable file per
     message and nothing else: how close Twisted's stock server comes to Postfix here.
-    ``--lean-twisted``: the same files behind a bare Protocol that takes each read whole, which
-    tells the stock server's line-by-line work apart from Twisted's reactor and the write.
+    ``--lean-twisted``: behind a bare Protocol taking each read whole; ``--lean-spool``: that
+    Protocol into graphsmtp's spool (how graphsmtp's distance splits: spool, SMTP session).
     """
 
-    def __init__(self, workdir: str, port: int, python: str, processes: int = 1, lean: bool = False) -> None:
-        self.name = ("lean" if lean else "plain") + " Twisted" + (f" x{processes}" if processes > 1 else "")
+    def __init__(self, workdir: str, port: int, python: str, processes: int = 1, lean: bool = False,
+                 gateway_spool: bool = False) -> None:
+        self.name = ("lean" if lean else "plain") + " Twisted" + (f" x{processes}" if processes > 1 else "") + (
+            " + spool" if gateway_spool else "")
         self.processes = processes
-        self.lean = lean
+        self.options = (["--lean"] if lean else []) + (["--gateway-spool"] if gateway_spool else [])
         self.base = os.path.join(workdir, self.name.replace(" ", "-"))
         self.port = port
         self.python = python
@@ -355,7 +357,7 @@ class PlainTwistedServer:
         # Its own process group: stop() ends every process of it, even if the first one is gone.
         self.process = subprocess.Popen(
             [self.python, os.path.join(HERE, "plain_twisted.py"), "--port", str(self.port), "--spool", self.base,
-             "--processes", str(self.processes)] + (["--lean"] if self.lean else []),
+             "--processes", str(self.processes)] + self.options,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 60, self.name, alive=lambda: self.process.poll() is None)
         deadline = time.monotonic() + 60
@@ -369,7 +371,7 @@ class PlainTwistedServer:
         return self.process.pid
 
     def queued(self) -> int:
-        return len(os.listdir(self.held))
+        return sum(name.endswith(".msg") for name in os.listdir(self.held))
 
     def clear(self) -> None:
         empty_directory(self.held)
@@ -500,11 +502,11 @@ def main() -> None:
                         help="graphsmtp's [gateway] workers; several values run one graphsmtp each, "
                              "interleaved with Postfix (e.g. --workers 1 2)")
     parser.add_argument("--plain-twisted", type=int, nargs="*", metavar="PROCESSES",
-                        help="also run bench/plain_twisted.py (Twisted's own ESMTP, one durable file per message, "
-                             "nothing else) with this many processes (default 1; e.g. --plain-twisted 1 2), "
-                             "interleaved: how close a Twisted server comes to Postfix here")
+                        help="also bench/plain_twisted.py (Twisted's own ESMTP, one durable file per message, nothing "
+                             "else) in this many processes (default 1; e.g. --plain-twisted 1 2), interleaved")
     parser.add_argument("--lean-twisted", type=int, nargs="*", metavar="PROCESSES",
                         help="the same with a bare Protocol taking each read whole (plain_twisted.py --lean)")
+    parser.add_argument("--lean-spool", action="store_true", help="also that Protocol into graphsmtp's own spool")
     parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
                                            "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()
@@ -531,8 +533,7 @@ def main() -> None:
         raise SystemExit(f"{workdir} is on {fs}: fsync is free there, so the comparison would be meaningless; "
                          "use --workdir on a real disk")
     os.chmod(workdir, 0o755)
-    # Every server's port is picked below the kernel's own range, none twice (gateway.testing.ports),
-    # so no connection made meanwhile (wait_for_port's) takes one before its server binds it.
+    # Ports below the kernel's own range, none twice: no other connection takes one before its server binds it.
     from gateway.testing.ports import PortPicker
 
     ports = PortPicker()
@@ -550,6 +551,7 @@ def main() -> None:
     plains = [PlainTwistedServer(workdir, ports.port(), options.python, n, lean)
               for lean, counts in ((False, options.plain_twisted), (True, options.lean_twisted)) if counts is not None
               for n in dict.fromkeys(counts or [1])]
+    plains += [PlainTwistedServer(workdir, ports.port(), options.python, 1, True, True)] if options.lean_spool else []
     if any(p.processes < 1 for p in plains):
         parser.error("--plain-twisted and --lean-twisted need at least 1 process")
     contenders.extend(plains)

@@ -31,7 +31,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
@@ -201,13 +201,36 @@ class LeanSMTP(Protocol):
 
 
 class LeanFactory(ServerFactory):
-    """``--lean``: L{LeanSMTP} with the same durable files."""
+    """``--lean``: L{LeanSMTP} with the same durable files, or ``commit`` instead."""
 
-    def __init__(self, files: DurableFiles) -> None:
-        self._files = files
+    def __init__(self, files: DurableFiles, commit: Optional[Callable[[bytes], Deferred]] = None) -> None:
+        self._commit = commit or (lambda body: threads.deferToThread(files.commit, body))
 
     def buildProtocol(self, addr: object) -> LeanSMTP:
-        return LeanSMTP(lambda body: threads.deferToThread(self._files.commit, body))
+        return LeanSMTP(self._commit)
+
+
+def gateway_spool_commit(spool_dir: str, pool: Any) -> Callable[[bytes], Deferred]:
+    """
+    ``--gateway-spool``: commit into graphsmtp's own spool (``held/``, as the benchmark's
+    graphsmtp does), with its group commit, record and digest, in ``pool`` (a started
+    L{gateway.threads.ThreadPoolService}, the daemon's default size in L{main}).  Behind L{LeanSMTP} it splits graphsmtp's distance from the lean floor into
+    the spool's part and the SMTP session's part.
+    """
+    from gateway.spool.entry import Envelope, Provenance
+    from gateway.spool.store import DirectorySpool
+
+    spool = DirectorySpool(spool_dir, pool.pool, reactor, hold_new=True)
+    envelope = Envelope("bench@sender.test", ("sink@rcpt.test",))
+    provenance = Provenance("127.0.0.1", "client.test", "bench", tls=False)
+
+    def commit(body: bytes) -> Deferred:
+        def opened(writer: Any) -> Deferred:
+            writer.write(body)
+            return writer.commit(envelope, provenance, sending_mailbox="bench@sender.test")
+        return spool.open_writer().addCallback(opened)
+
+    return commit
 
 
 def listen(port: int) -> socket.socket:
@@ -228,7 +251,11 @@ def main() -> None:
     parser.add_argument("--spool", required=True, help="directory for tmp/ and held/")
     parser.add_argument("--processes", type=int, default=1, help="processes accepting on the port (default 1)")
     parser.add_argument("--lean", action="store_true", help="a bare Protocol instead of Twisted's ESMTP (LeanSMTP)")
+    parser.add_argument("--gateway-spool", action="store_true",
+                        help="with --lean: commit into graphsmtp's spool instead (one process: the spool is locked)")
     options = parser.parse_args()
+    if options.gateway_spool and (not options.lean or options.processes != 1):
+        parser.error("--gateway-spool needs --lean and one process")
     listening = listen(options.port)
     for _ in range(options.processes - 1):
         # Started, not forked: this process's reactor already exists, and a fork would share it.
@@ -237,7 +264,17 @@ def main() -> None:
         # The benchmark stops this process; it stops the others.
         reactor.addSystemEventTrigger("before", "shutdown", child.terminate)  # type: ignore[attr-defined]
     files = DurableFiles(options.spool)
-    factory = LeanFactory(files) if options.lean else PlainFactory(files)
+    if options.gateway_spool:
+        from gateway.threads import ThreadPoolService
+
+        pool = ThreadPoolService("graphsmtp-spool", 1, 4)  # [spool] threads' default
+        pool.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", pool.stopService)  # type: ignore[attr-defined]
+        factory: ServerFactory = LeanFactory(files, gateway_spool_commit(options.spool, pool))
+    elif options.lean:
+        factory = LeanFactory(files)
+    else:
+        factory = PlainFactory(files)
     reactor.adoptStreamPort(listening.fileno(), socket.AF_INET, factory)  # type: ignore[attr-defined]
     listening.close()
     reactor.run()  # type: ignore[attr-defined]

@@ -129,6 +129,30 @@ class LeanFactoryTests(TestCase):
         return replied.addCallback(check)
 
 
+    def test_into_graphsmtps_spool(self) -> None:
+        """``--gateway-spool``: a message and its record in held/, counted once by the benchmark."""
+        from gateway.threads import ThreadPoolService
+
+        pool = ThreadPoolService("test-spool", 1, 2)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        spool = self.mktemp()
+        protocol = floor.LeanFactory(floor.DurableFiles(spool), floor.gateway_spool_commit(spool, pool)).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        replied: Deferred = Deferred()
+        transport.write = lambda data, write=transport.write: (
+            write(data), replied.callback(None) if b"queued" in data else None)
+        protocol.dataReceived(b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
+
+        def check(_: None) -> None:
+            held = sorted(os.listdir(os.path.join(spool, "held")))
+            self.assertEqual([name.rsplit(".", 1)[1] for name in held], ["env", "msg"])
+            with open(os.path.join(spool, "held", held[1]), "rb") as f:
+                self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        return replied.addCallback(check)
+
+
 class DurableFilesTests(TestCase):
     def test_commit_leaves_the_message_in_held(self) -> None:
         """What the benchmark counts: one file per message in held/, with the message's bytes."""
