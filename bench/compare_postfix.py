@@ -346,10 +346,8 @@ class PlainTwistedServer:
         self.processes = processes
         self.options = (["--lean"] if lean else []) + (["--gateway-spool"] if gateway_spool else [])
         self.base = os.path.join(workdir, self.name.replace(" ", "-"))
-        self.port = port
-        self.python = python
+        self.port, self.python, self.held = port, python, os.path.join(self.base, "held")
         self.process: Optional[subprocess.Popen] = None
-        self.held = os.path.join(self.base, "held")
 
     def start(self) -> None:
         os.makedirs(self.base, exist_ok=True)
@@ -358,7 +356,8 @@ class PlainTwistedServer:
         self.process = subprocess.Popen(
             [self.python, os.path.join(HERE, "plain_twisted.py"), "--port", str(self.port), "--spool", self.base,
              "--processes", str(self.processes)] + self.options,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
         wait_for_port(self.port, 60, self.name, alive=lambda: self.process.poll() is None)
         deadline = time.monotonic() + 60
         while listening_sockets(self.port) < self.processes:

@@ -201,36 +201,38 @@ class LeanSMTP(Protocol):
 
 
 class LeanFactory(ServerFactory):
-    """``--lean``: L{LeanSMTP} with the same durable files, or ``commit`` instead."""
+    """``--lean``: L{LeanSMTP} committing with ``commit`` (e.g. L{DurableFiles.commit} in a thread)."""
 
-    def __init__(self, files: DurableFiles, commit: Optional[Callable[[bytes], Deferred]] = None) -> None:
-        self._commit = commit or (lambda body: threads.deferToThread(files.commit, body))
+    def __init__(self, commit: Callable[[bytes], Deferred]) -> None:
+        self._commit = commit
 
     def buildProtocol(self, addr: object) -> LeanSMTP:
         return LeanSMTP(self._commit)
 
 
-def gateway_spool_commit(spool_dir: str, pool: Any) -> Callable[[bytes], Deferred]:
+class GatewaySpoolCommit:
     """
     ``--gateway-spool``: commit into graphsmtp's own spool (``held/``, as the benchmark's
     graphsmtp does), with its group commit, record and digest, in ``pool`` (a started
-    L{gateway.threads.ThreadPoolService}, the daemon's default size in L{main}).  Behind L{LeanSMTP} it splits graphsmtp's distance from the lean floor into
-    the spool's part and the SMTP session's part.
+    L{gateway.threads.ThreadPoolService}; L{main} gives it the daemon's default size).  Behind
+    L{LeanSMTP} it splits graphsmtp's distance from the lean floor into the spool's part and the
+    SMTP session's part.  Not quite the daemon's path: the whole message is handed over at its
+    end (the daemon writes large messages as they arrive), and no Received header is added.
     """
-    from gateway.spool.entry import Envelope, Provenance
-    from gateway.spool.store import DirectorySpool
 
-    spool = DirectorySpool(spool_dir, pool.pool, reactor, hold_new=True)
-    envelope = Envelope("bench@sender.test", ("sink@rcpt.test",))
-    provenance = Provenance("127.0.0.1", "client.test", "bench", tls=False)
+    def __init__(self, spool_dir: str, pool: Any) -> None:
+        from gateway.spool.entry import Envelope, Provenance
+        from gateway.spool.store import DirectorySpool
 
-    def commit(body: bytes) -> Deferred:
+        self.spool = DirectorySpool(spool_dir, pool.pool, reactor, hold_new=True)
+        self._envelope = Envelope("bench@sender.test", ("sink@rcpt.test",))
+        self._provenance = Provenance("127.0.0.1", "client.test", "bench", tls=False)
+
+    def __call__(self, body: bytes) -> Deferred:
         def opened(writer: Any) -> Deferred:
             writer.write(body)
-            return writer.commit(envelope, provenance, sending_mailbox="bench@sender.test")
-        return spool.open_writer().addCallback(opened)
-
-    return commit
+            return writer.commit(self._envelope, self._provenance, sending_mailbox="bench@sender.test")
+        return self.spool.open_writer().addCallback(opened)
 
 
 def listen(port: int) -> socket.socket:
@@ -263,18 +265,18 @@ def main() -> None:
                                  + (["--lean"] if options.lean else []))
         # The benchmark stops this process; it stops the others.
         reactor.addSystemEventTrigger("before", "shutdown", child.terminate)  # type: ignore[attr-defined]
-    files = DurableFiles(options.spool)
     if options.gateway_spool:
         from gateway.threads import ThreadPoolService
 
         pool = ThreadPoolService("graphsmtp-spool", 1, 4)  # [spool] threads' default
         pool.startService()
         reactor.addSystemEventTrigger("before", "shutdown", pool.stopService)  # type: ignore[attr-defined]
-        factory: ServerFactory = LeanFactory(files, gateway_spool_commit(options.spool, pool))
+        factory: ServerFactory = LeanFactory(GatewaySpoolCommit(options.spool, pool))
     elif options.lean:
-        factory = LeanFactory(files)
+        files = DurableFiles(options.spool)
+        factory = LeanFactory(lambda body: threads.deferToThread(files.commit, body))
     else:
-        factory = PlainFactory(files)
+        factory = PlainFactory(DurableFiles(options.spool))
     reactor.adoptStreamPort(listening.fileno(), socket.AF_INET, factory)  # type: ignore[attr-defined]
     listening.close()
     reactor.run()  # type: ignore[attr-defined]

@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "plain_twisted.py")
+_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
-def _load_floor():
-    spec = importlib.util.spec_from_file_location("bench_plain_twisted", _PATH)
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location("bench_" + name, os.path.join(_BENCH, name + ".py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-floor = _load_floor()
+floor = _load("plain_twisted")
 
 
 class LeanSMTPTests(TestCase):
@@ -109,16 +112,21 @@ class LeanSMTPTests(TestCase):
         self.assertEqual(self.transport.value(), b"451 4.3.0 not stored\r\n250 ok\r\n")
 
 
-def _one_message_until_queued(factory) -> Deferred:
-    """Send one message through a session of ``factory``; fires when its 250 has been written."""
+def _one_message_answered(factory) -> Deferred:
+    """Send one message through a session of ``factory``; fires with the reply to its end."""
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    queued: Deferred = Deferred()
-    transport.write = lambda data, write=transport.write: (
-        write(data), queued.callback(None) if b"queued" in data else None)
+    answered: Deferred = Deferred()
+
+    def write(data: bytes, write=transport.write) -> None:
+        write(data)
+        if not answered.called and not data.startswith((b"220", b"354")):
+            answered.callback(data)
+
+    transport.write = write
     protocol.dataReceived(b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
-    return queued
+    return answered
 
 
 class LeanFactoryTests(TestCase):
@@ -135,10 +143,11 @@ class LeanFactoryTests(TestCase):
     def test_a_session_stores_into_held(self) -> None:
         """The factory the benchmark runs: the 250 comes after the file is in held/."""
         spool = self.mktemp()
-        d = _one_message_until_queued(floor.LeanFactory(floor.DurableFiles(spool)))
-        d.addCallback(lambda _: self.assertEqual(
-            (len(os.listdir(os.path.join(spool, "held"))), self.held(spool, ".msg")),
-            (1, [b"Subject: x\r\n\r\nbody\r\n"])))
+        files = floor.DurableFiles(spool)
+        d = _one_message_answered(floor.LeanFactory(lambda body: deferToThread(files.commit, body)))
+        d.addCallback(lambda reply: self.assertEqual(
+            (reply, len(os.listdir(os.path.join(spool, "held"))), self.held(spool, ".msg")),
+            (b"250 2.0.0 queued\r\n", 1, [b"Subject: x\r\n\r\nbody\r\n"])))
         return d
 
     def test_into_graphsmtps_spool(self) -> None:
@@ -148,11 +157,13 @@ class LeanFactoryTests(TestCase):
         pool = ThreadPoolService("test-spool", 1, 2)
         pool.startService()
         self.addCleanup(pool.stopService)
-        spool = self.mktemp()
-        d = _one_message_until_queued(floor.LeanFactory(floor.DurableFiles(spool),
-                                                        floor.gateway_spool_commit(spool, pool)))
+        commit = floor.GatewaySpoolCommit(self.mktemp(), pool)
+        self.addCleanup(commit.spool.close)
+        spool = commit.spool.directory
+        d = _one_message_answered(floor.LeanFactory(commit))
 
-        def check(_: None) -> None:
+        def check(reply: bytes) -> None:
+            self.assertEqual(reply, b"250 2.0.0 queued\r\n")
             self.assertEqual(self.held(spool, ".msg"), [b"Subject: x\r\n\r\nbody\r\n"])
             self.assertEqual(len(self.held(spool, ".env")), 1)
         return d.addCallback(check)
@@ -169,3 +180,15 @@ class DurableFilesTests(TestCase):
         with open(os.path.join(spool, "held", held[0]), "rb") as f:
             self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
         self.assertEqual(os.listdir(os.path.join(spool, "tmp")), [])
+
+
+class FloorCountTests(TestCase):
+    def test_messages_counted_not_files(self) -> None:
+        """compare_postfix's check that every acknowledged message is stored: an entry (message, record) counts once."""
+        compare = _load("compare_postfix")
+        server = compare.PlainTwistedServer(self.mktemp(), 0, "python", 1, True, True)
+        self.assertEqual(server.name, "lean Twisted + spool")
+        os.makedirs(server.held)
+        for name in ("1K.msg", "1K.env", "2K.msg", "2K.env", "123-0.msg"):
+            open(os.path.join(server.held, name), "w").close()
+        self.assertEqual(server.queued(), 3)
