@@ -160,6 +160,7 @@ class LeanFactoryTests(TestCase):
         commit = floor.GatewaySpoolCommit(self.mktemp(), pool)
         self.addCleanup(commit.spool.close)
         spool = commit.spool.directory
+        self.assertEqual(self.held(spool, ""), [])  # there, and empty, before the first message
         d = _one_message_answered(floor.LeanFactory(commit))
 
         def check(reply: bytes) -> None:
