@@ -45,7 +45,22 @@ _SECCOMP_BOOTSTRAP = (
     "sys.stderr.write('MDWE state 1 (seccomp filter)\\n'); sys.stderr.flush()\n"
     "from twisted.scripts.twistd import run; run()\n"
 )
-_SANDBOXES = {"prctl": _MDWE_BOOTSTRAP, "seccomp": _SECCOMP_BOOTSTRAP}
+#: systemd's PrivateTmp= by its own means: the child gets a mount namespace of its own and a
+#: directory bind-mounted over another (``GRAPHSMTP_TEST_BIND``, "source:target"), as systemd
+#: mounts /tmp/systemd-private-<id>-<unit>-<random>/tmp over the service's /tmp.  Needs root.
+_PRIVATE_TMP_BOOTSTRAP = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "source, target = os.environ['GRAPHSMTP_TEST_BIND'].split(':')\n"
+    "def check(result, what):\n"
+    "    if result != 0:\n"
+    "        sys.exit(what + ' failed: ' + os.strerror(ctypes.get_errno()))\n"
+    "check(libc.unshare(0x20000), 'unshare(CLONE_NEWNS)')\n"  # a mount namespace of its own
+    "check(libc.mount(b'none', b'/', None, 0x4000 | 0x40000, None), 'mount(MS_REC|MS_PRIVATE)')\n"
+    "check(libc.mount(source.encode(), target.encode(), None, 0x1000, None), 'mount(MS_BIND)')\n"
+    "from twisted.scripts.twistd import run; run()\n"
+)
+_SANDBOXES = {"prctl": _MDWE_BOOTSTRAP, "seccomp": _SECCOMP_BOOTSTRAP, "private-tmp": _PRIVATE_TMP_BOOTSTRAP}
 _PLAIN_BOOTSTRAP = "from twisted.scripts.twistd import run; run()"
 
 
@@ -124,18 +139,22 @@ class GatewayDaemon(ProcessProtocol):
 
 
 def spawn_gateway(case: Any, config_path: str, *extra: str, mdwe: Optional[str] = None,
-                  twistd_args: Sequence[str] = ()) -> GatewayDaemon:
+                  twistd_args: Sequence[str] = (), private_tmp: Optional[tuple[str, str]] = None) -> GatewayDaemon:
     """
     ``twistd -n --pidfile= --logfile=- [twistd_args] graphsmtp --config config_path extra``,
     optionally under MDWE (``mdwe``: ``"prctl"``, the kernel's switch, or ``"seccomp"``,
-    systemd's filter); stopped and reaped in ``case``'s cleanup.
+    systemd's filter) or with ``private_tmp`` (source, target) bind-mounted in a mount namespace
+    of its own, as systemd's PrivateTmp= does; stopped and reaped in ``case``'s cleanup.
     """
     daemon = GatewayDaemon()
+    sandbox = "private-tmp" if private_tmp else mdwe
     args = [
-        sys.executable, "-c", _SANDBOXES[mdwe] if mdwe else _PLAIN_BOOTSTRAP,
+        sys.executable, "-c", _SANDBOXES[sandbox] if sandbox else _PLAIN_BOOTSTRAP,
         "-n", "--pidfile=", "--logfile=-", *twistd_args, "graphsmtp", "--config", config_path, *extra,
     ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if private_tmp:
+        env["GRAPHSMTP_TEST_BIND"] = ":".join(private_tmp)
     reactor.spawnProcess(daemon, sys.executable, args, env=env, path=ROOT)
     case.addCleanup(daemon.stop)
     return daemon

@@ -2,7 +2,8 @@
 The spool names the filesystem it is on once at start-up when that is one it should not be on:
 the one it is known to be slow on (ext4 without a journal, where a new file costs more the more
 files were recently deleted), from what Linux's sysfs says, and those that lose acknowledged
-messages (tmpfs and ramfs at a restart, overlayfs with its container), from the mount table.
+messages (tmpfs and ramfs at a restart, overlayfs with its container, a systemd service's
+private /tmp when the service stops), from the mount table.
 Any other answer, or none, says nothing.  sysfs and the mount table are fakes here: the real
 ones depend on the machine the tests run on.
 """
@@ -22,7 +23,9 @@ from gateway.spool.filesystem import (
     CONTAINER_LAYER,
     IN_MEMORY,
     JOURNAL_LESS_EXT4,
+    PRIVATE_TMP,
     filesystem_type,
+    private_tmp_warning,
     slow_creation_warning,
     spool_filesystem_warning,
     volatile_storage_warning,
@@ -166,6 +169,69 @@ class VolatileStorageWarningTests(SynchronousTestCase):
         self.assertEqual(spool_filesystem_warning(self.spool, os.path.abspath(self.mktemp()), self.mounts("tmpfs")),
                          IN_MEMORY.format(fstype="tmpfs"))
         self.assertIsNone(spool_filesystem_warning(self.spool, os.path.abspath(self.mktemp()), self.mounts("ext4")))
+
+
+class PrivateTmpWarningTests(SynchronousTestCase):
+    """
+    Before: a spool under the shipped unit's private /tmp (emptied whenever the service stops)
+    started without a word, on ext4 as on tmpfs.
+    """
+
+    PRIVATE = "/tmp/systemd-private-6d0e4b5bc2e14c4f8e1f7d1c3a9b2e10-graphsmtp.service-Qw3rTy/tmp"
+
+    def setUp(self) -> None:
+        # The spool's real path has a space in a directory name, as the kernel escapes it.
+        self.base = os.path.realpath(os.path.abspath(self.mktemp())) + " dir"
+        self.spool = os.path.join(self.base, "state", "spool")
+        os.makedirs(self.spool)
+        device = os.stat(self.spool).st_dev
+        self.device = f"{os.major(device)}:{os.minor(device)}"
+        self.mountinfo = os.path.abspath(self.mktemp())
+
+    def table(self, *lines: str) -> str:
+        with open(self.mountinfo, "w") as f:
+            f.write("\n".join([f"22 1 {self.device} / / rw,relatime - ext4 /dev/sda1 rw",
+                               "25 22 0:21 / /proc rw,nosuid shared:12 master:3 - proc proc rw", *lines]) + "\n")
+        return self.mountinfo
+
+    def mount(self, root: str, point: str, fstype: str = "ext4", optional: str = " shared:5",
+              device: str = "") -> str:
+        escaped = point.replace("\\", "\\134").replace(" ", "\\040")
+        return f"61 22 {device or self.device} {root} {escaped} rw,nosuid,nodev{optional} - {fstype} /dev/sda1 rw"
+
+    def test_the_private_tmp_is_named_on_any_filesystem(self) -> None:
+        for root, fstype in ((self.PRIVATE, "ext4"), (self.PRIVATE[len("/tmp"):], "tmpfs")):
+            table = self.table(self.mount(root, self.base, fstype))
+            self.assertEqual(private_tmp_warning(self.spool, table), PRIVATE_TMP, fstype)
+            self.assertEqual(spool_filesystem_warning(self.spool, os.path.abspath(self.mktemp()), table), PRIVATE_TMP)
+            self.assertIn("lost when the service stops", PRIVATE_TMP)
+
+    def test_the_mount_is_found_by_its_mount_point(self) -> None:
+        """
+        Of the spool's device's mounts, the longest mount point above it counts, the last of equal
+        ones; not a neighbour's, nor a deeper mount of another device (one it covers).
+        """
+        private = self.mount(self.PRIVATE, self.base)
+        below = self.mount("/srv/spool", os.path.join(self.base, "state"), optional="")
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(private, below)))
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(below, private)))
+        covered = self.mount("/srv/spool", os.path.join(self.base, "state"), device="0:99")
+        self.assertEqual(private_tmp_warning(self.spool, self.table(private, covered)), PRIVATE_TMP)
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(private, self.mount("/", self.base))))
+        self.assertEqual(private_tmp_warning(self.spool, self.table(self.mount("/", self.base), private)), PRIVATE_TMP)
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, self.base, device="0:99"))))
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, self.base + "x"))))
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, self.spool + "/x"))))
+
+    def test_a_bind_mount_or_plain_disk_is_not(self) -> None:
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount("/var/lib/graphsmtp", self.base))))
+        self.assertIsNone(private_tmp_warning(self.spool, self.table()))
+
+    def test_unreadable_tables_say_nothing(self) -> None:
+        self.assertIsNone(private_tmp_warning(self.spool, self.mountinfo + ".absent"))
+        with open(self.mountinfo, "wb") as f:
+            f.write(b"61 22 8:1\n\xff\xfe - \n")
+        self.assertIsNone(private_tmp_warning(self.spool, self.mountinfo))
 
 
 class JobMarkingPool(ManualThreadPool):

@@ -23,6 +23,13 @@ container) it is gone with the container.  ``/proc/self/mountinfo`` names the fi
 of the mount whose device the spool is on.  A warning, not a refusal: a test rig or a
 throw-away demo may want exactly that, and the operator reads it in the first lines of the log.
 
+A spool under ``/tmp`` or ``/var/tmp`` of a systemd service with ``PrivateTmp=`` (the shipped
+unit has it) is lost on any filesystem: systemd bind-mounts a directory of its own,
+``…/systemd-private-<id>-<unit>-<random>/tmp``, over them and removes it when the service stops.
+The mount table shows that directory as the root of the mount the spool is under: of the
+mounts of the spool's device (a bind mount has the device of what it binds), the one with the
+longest mount point above the spool.
+
 Blocking (reads sysfs and procfs): call it where the spool's recovery runs.
 """
 
@@ -43,6 +50,12 @@ IN_MEMORY = (
     "restarts; put the spool on a disk (see docs/deployment.md, \"The spool's filesystem\")"
 )
 
+PRIVATE_TMP = (
+    "in the service's private /tmp (systemd PrivateTmp, as in the shipped unit): every message in "
+    "it, acknowledged or not, is lost when the service stops; put the spool outside /tmp and "
+    "/var/tmp, e.g. in /var/lib/graphsmtp (see docs/deployment.md, \"The spool's filesystem\")"
+)
+
 CONTAINER_LAYER = (
     "on overlayfs, usually a container's writable layer: every message in it, acknowledged or "
     "not, is lost with the container (or with the overlay's upper layer); mount a volume for the "
@@ -52,7 +65,8 @@ CONTAINER_LAYER = (
 
 def spool_filesystem_warning(path: str, sysfs: str = "/sys", mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     """What the daemon says at start-up about the filesystem ``path`` is on, or None."""
-    return volatile_storage_warning(path, mountinfo) or slow_creation_warning(path, sysfs)
+    return (private_tmp_warning(path, mountinfo) or volatile_storage_warning(path, mountinfo)
+            or slow_creation_warning(path, sysfs))
 
 
 def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
@@ -71,6 +85,45 @@ def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optio
     except (OSError, ValueError):
         return None
     return None
+
+
+def private_tmp_warning(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """L{PRIVATE_TMP} when ``path`` is under a systemd service's private /tmp or /var/tmp, else None."""
+    root = _mount_root(path, mountinfo)
+    return PRIVATE_TMP if root is not None and "/systemd-private-" in root else None
+
+
+def _mount_root(path: str, mountinfo: str) -> Optional[str]:
+    """
+    The root (which directory of its filesystem is mounted there) of the mount ``path`` is
+    under: among the mounts of its device, the one with the longest mount point above it, the
+    last of equal ones (a later mount covers an earlier one at the same place).  None when the
+    table cannot be read or names none.
+    """
+    found: Optional[tuple[int, str]] = None
+    try:
+        real = os.path.realpath(path)
+        device = os.stat(real).st_dev
+        wanted = f"{os.major(device)}:{os.minor(device)}"
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.partition(" - ")[0].split()
+                if len(fields) < 5 or fields[2] != wanted:
+                    continue
+                point = _unescape(fields[4])
+                inside = real == point or real.startswith(point if point.endswith("/") else point + "/")
+                if inside and (found is None or len(point) >= found[0]):
+                    found = (len(point), _unescape(fields[3]))
+    except (OSError, ValueError):
+        return None
+    return None if found is None else found[1]
+
+
+def _unescape(field: str) -> str:
+    """The kernel writes space, tab, newline and backslash in mount table paths as octal escapes."""
+    for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escaped, char)
+    return field
 
 
 def volatile_storage_warning(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
@@ -96,6 +149,6 @@ def slow_creation_warning(path: str, sysfs: str = "/sys") -> Optional[str]:
 
 
 __all__ = [
-    "spool_filesystem_warning", "slow_creation_warning", "volatile_storage_warning", "filesystem_type",
-    "JOURNAL_LESS_EXT4", "IN_MEMORY", "CONTAINER_LAYER",
+    "spool_filesystem_warning", "slow_creation_warning", "volatile_storage_warning", "private_tmp_warning",
+    "filesystem_type", "JOURNAL_LESS_EXT4", "IN_MEMORY", "CONTAINER_LAYER", "PRIVATE_TMP",
 ]
