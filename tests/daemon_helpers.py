@@ -46,12 +46,12 @@ _SECCOMP_BOOTSTRAP = (
     "from twisted.scripts.twistd import run; run()\n"
 )
 #: systemd's PrivateTmp= by its own means: the child gets a mount namespace of its own and a
-#: directory bind-mounted over another (``GRAPHSMTP_TEST_BIND``, "source:target"), as systemd
+#: directory bind-mounted over another (``GRAPHSMTP_TEST_BIND_SOURCE`` over ``…_TARGET``), as systemd
 #: mounts /tmp/systemd-private-<id>-<unit>-<random>/tmp over the service's /tmp.  Needs root.
 _PRIVATE_TMP_BOOTSTRAP = (
     "import ctypes, os, sys\n"
     "libc = ctypes.CDLL(None, use_errno=True)\n"
-    "source, target = os.environ['GRAPHSMTP_TEST_BIND'].split(':')\n"
+    "source, target = os.environ['GRAPHSMTP_TEST_BIND_SOURCE'], os.environ['GRAPHSMTP_TEST_BIND_TARGET']\n"
     "def check(result, what):\n"
     "    if result != 0:\n"
     "        sys.exit(what + ' failed: ' + os.strerror(ctypes.get_errno()))\n"
@@ -154,7 +154,7 @@ def spawn_gateway(case: Any, config_path: str, *extra: str, mdwe: Optional[str] 
     ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if private_tmp:
-        env["GRAPHSMTP_TEST_BIND"] = ":".join(private_tmp)
+        env["GRAPHSMTP_TEST_BIND_SOURCE"], env["GRAPHSMTP_TEST_BIND_TARGET"] = private_tmp
     reactor.spawnProcess(daemon, sys.executable, args, env=env, path=ROOT)
     case.addCleanup(daemon.stop)
     return daemon

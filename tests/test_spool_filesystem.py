@@ -18,13 +18,14 @@ from typing import Any
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.spool import store
+from gateway.spool import filesystem, store
 from gateway.spool.filesystem import (
     CONTAINER_LAYER,
     IN_MEMORY,
     JOURNAL_LESS_EXT4,
     PRIVATE_TMP,
     filesystem_type,
+    mount_id,
     private_tmp_warning,
     slow_creation_warning,
     spool_filesystem_warning,
@@ -177,7 +178,7 @@ class PrivateTmpWarningTests(SynchronousTestCase):
     started without a word, on ext4 as on tmpfs.
     """
 
-    PRIVATE = "/tmp/systemd-private-6d0e4b5bc2e14c4f8e1f7d1c3a9b2e10-graphsmtp.service-Qw3rTy/tmp"
+    PRIVATE = b"/tmp/systemd-private-6d0e4b5bc2e14c4f8e1f7d1c3a9b2e10-graphsmtp.service-Qw3rTy/tmp"
 
     def setUp(self) -> None:
         # The spool's real path has a space in a directory name, as the kernel escapes it.
@@ -185,53 +186,84 @@ class PrivateTmpWarningTests(SynchronousTestCase):
         self.spool = os.path.join(self.base, "state", "spool")
         os.makedirs(self.spool)
         device = os.stat(self.spool).st_dev
-        self.device = f"{os.major(device)}:{os.minor(device)}"
+        self.device = f"{os.major(device)}:{os.minor(device)}".encode()
         self.mountinfo = os.path.abspath(self.mktemp())
+        self.kernel_id = mount_id(self.spool)
+        self.assertIsNotNone(self.kernel_id, "Linux names the mount of a directory in /proc/self/fdinfo")
+        self.other_ids = iter(range(self.kernel_id + 1000, self.kernel_id + 2000))
 
-    def table(self, *lines: str) -> str:
-        with open(self.mountinfo, "w") as f:
-            f.write("\n".join([f"22 1 {self.device} / / rw,relatime - ext4 /dev/sda1 rw",
-                               "25 22 0:21 / /proc rw,nosuid shared:12 master:3 - proc proc rw", *lines]) + "\n")
+    def table(self, *lines: bytes) -> str:
+        root = b"%d 1 %s / / rw,relatime - ext4 /dev/sda1 rw" % (next(self.other_ids), self.device)
+        proc = b"%d 22 0:21 / /proc rw,nosuid shared:12 master:3 - proc proc rw" % next(self.other_ids)
+        with open(self.mountinfo, "wb") as f:
+            f.write(b"\n".join([root, proc, *lines]) + b"\n")
         return self.mountinfo
 
-    def mount(self, root: str, point: str, fstype: str = "ext4", optional: str = " shared:5",
-              device: str = "") -> str:
-        escaped = point.replace("\\", "\\134").replace(" ", "\\040")
-        return f"61 22 {device or self.device} {root} {escaped} rw,nosuid,nodev{optional} - {fstype} /dev/sda1 rw"
+    def mount(self, root: bytes, point: object, kernels: bool = False, device: bytes = b"",
+              fstype: bytes = b"ext4") -> bytes:
+        """A line mounting ``root`` at ``point``: the spool's own mount (``kernels``) or another one."""
+        escaped = os.fsencode(point).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+        ident = self.kernel_id if kernels else next(self.other_ids)
+        return b"%d 22 %s %s %s rw,nosuid,nodev shared:5 - %s /dev/sda1 rw" % (
+            ident, device or self.device, root, escaped, fstype)
+
+    def without_mount_ids(self) -> None:
+        self.patch(filesystem, "mount_id", lambda path: None)
 
     def test_the_private_tmp_is_named_on_any_filesystem(self) -> None:
-        for root, fstype in ((self.PRIVATE, "ext4"), (self.PRIVATE[len("/tmp"):], "tmpfs")):
-            table = self.table(self.mount(root, self.base, fstype))
+        self.assertIn("lost when the service stops", PRIVATE_TMP)
+        for root, fstype in ((self.PRIVATE, b"ext4"), (self.PRIVATE[len(b"/tmp"):], b"tmpfs")):
+            table = self.table(self.mount(root, self.base, kernels=True, fstype=fstype))
             self.assertEqual(private_tmp_warning(self.spool, table), PRIVATE_TMP, fstype)
             self.assertEqual(spool_filesystem_warning(self.spool, os.path.abspath(self.mktemp()), table), PRIVATE_TMP)
-            self.assertIn("lost when the service stops", PRIVATE_TMP)
 
-    def test_the_mount_is_found_by_its_mount_point(self) -> None:
+    def test_the_kernels_mount_id_decides(self) -> None:
+        """Not the mount points: stacked, moved or covered mounts cannot fool the kernel's id."""
+        deeper_private = self.mount(self.PRIVATE, os.path.join(self.base, "state"))
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(b"/srv", self.base, True),
+                                                                     deeper_private)))
+        self.assertEqual(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, "/elsewhere", True),
+                                                                    self.mount(b"/srv", self.base))), PRIVATE_TMP)
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(b"/var/lib/graphsmtp", self.base,
+                                                                                True))))
+
+    def test_without_a_mount_id_the_mount_point_decides(self) -> None:
         """
-        Of the spool's device's mounts, the longest mount point above it counts, the last of equal
-        ones; not a neighbour's, nor a deeper mount of another device (one it covers).
+        An older kernel: of the spool's device's mounts, the longest mount point above it
+        counts, the last of equal ones; not a neighbour's, nor a deeper one of another device.
         """
+        self.without_mount_ids()
         private = self.mount(self.PRIVATE, self.base)
-        below = self.mount("/srv/spool", os.path.join(self.base, "state"), optional="")
+        below = self.mount(b"/srv/spool", os.path.join(self.base, "state"))
         self.assertIsNone(private_tmp_warning(self.spool, self.table(private, below)))
-        self.assertIsNone(private_tmp_warning(self.spool, self.table(below, private)))
-        covered = self.mount("/srv/spool", os.path.join(self.base, "state"), device="0:99")
+        covered = self.mount(b"/srv/spool", os.path.join(self.base, "state"), device=b"0:99")
         self.assertEqual(private_tmp_warning(self.spool, self.table(private, covered)), PRIVATE_TMP)
-        self.assertIsNone(private_tmp_warning(self.spool, self.table(private, self.mount("/", self.base))))
-        self.assertEqual(private_tmp_warning(self.spool, self.table(self.mount("/", self.base), private)), PRIVATE_TMP)
-        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, self.base, device="0:99"))))
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(private, self.mount(b"/", self.base))))
+        self.assertEqual(private_tmp_warning(self.spool, self.table(self.mount(b"/", self.base), private)), PRIVATE_TMP)
+        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, self.base, device=b"0:99"))))
         self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, self.base + "x"))))
         self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(self.PRIVATE, self.spool + "/x"))))
 
-    def test_a_bind_mount_or_plain_disk_is_not(self) -> None:
-        self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount("/var/lib/graphsmtp", self.base))))
-        self.assertIsNone(private_tmp_warning(self.spool, self.table()))
+    def test_a_path_that_is_not_utf8(self) -> None:
+        """Mount points are bytes: a directory named in Latin-1 is matched as the kernel writes it."""
+        self.without_mount_ids()
+        latin = os.path.join(os.fsencode(self.base), b"caf\xe9")
+        os.makedirs(latin)
+        self.assertEqual(private_tmp_warning(os.fsdecode(latin), self.table(self.mount(self.PRIVATE, latin))),
+                         PRIVATE_TMP)
 
     def test_unreadable_tables_say_nothing(self) -> None:
         self.assertIsNone(private_tmp_warning(self.spool, self.mountinfo + ".absent"))
+        self.assertIsNone(private_tmp_warning(os.path.join(self.spool, "absent"), self.table()))
         with open(self.mountinfo, "wb") as f:
-            f.write(b"61 22 8:1\n\xff\xfe - \n")
+            f.write(b"61 22 8:1\n\xff\xfe - \n%d x" % self.kernel_id)
         self.assertIsNone(private_tmp_warning(self.spool, self.mountinfo))
+
+    def test_the_real_table_names_a_real_mount(self) -> None:
+        """The kernel's own table has a line for the id its fdinfo gives (the format the code reads)."""
+        with open("/proc/self/mountinfo", "rb") as f:
+            self.assertIn(str(self.kernel_id).encode(), [line.split()[0] for line in f])
+        self.assertIsNone(private_tmp_warning(self.spool))
 
 
 class JobMarkingPool(ManualThreadPool):

@@ -26,9 +26,8 @@ throw-away demo may want exactly that, and the operator reads it in the first li
 A spool under ``/tmp`` or ``/var/tmp`` of a systemd service with ``PrivateTmp=`` (the shipped
 unit has it) is lost on any filesystem: systemd bind-mounts a directory of its own,
 ``…/systemd-private-<id>-<unit>-<random>/tmp``, over them and removes it when the service stops.
-The mount table shows that directory as the root of the mount the spool is under: of the
-mounts of the spool's device (a bind mount has the device of what it binds), the one with the
-longest mount point above the spool.
+The mount table shows that directory as the root of the mount the spool is on, the line with
+the mount id the kernel gives for the spool's directory (``/proc/self/fdinfo``).
 
 Blocking (reads sysfs and procfs): call it where the spool's recovery runs.
 """
@@ -90,38 +89,66 @@ def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optio
 def private_tmp_warning(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     """L{PRIVATE_TMP} when ``path`` is under a systemd service's private /tmp or /var/tmp, else None."""
     root = _mount_root(path, mountinfo)
-    return PRIVATE_TMP if root is not None and "/systemd-private-" in root else None
+    return PRIVATE_TMP if root is not None and b"/systemd-private-" in root else None
 
 
-def _mount_root(path: str, mountinfo: str) -> Optional[str]:
-    """
-    The root (which directory of its filesystem is mounted there) of the mount ``path`` is
-    under: among the mounts of its device, the one with the longest mount point above it, the
-    last of equal ones (a later mount covers an earlier one at the same place).  None when the
-    table cannot be read or names none.
-    """
-    found: Optional[tuple[int, str]] = None
+def mount_id(path: str, fdinfo: str = "/proc/self/fdinfo") -> Optional[int]:
+    """The kernel's id of the mount the directory ``path`` is on (``mnt_id`` in fdinfo, Linux ≥ 3.15), or None."""
     try:
-        real = os.path.realpath(path)
-        device = os.stat(real).st_dev
-        wanted = f"{os.major(device)}:{os.minor(device)}"
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        with open(os.path.join(fdinfo, str(fd)), "rb") as f:
             for line in f:
-                fields = line.partition(" - ")[0].split()
-                if len(fields) < 5 or fields[2] != wanted:
-                    continue
-                point = _unescape(fields[4])
-                inside = real == point or real.startswith(point if point.endswith("/") else point + "/")
-                if inside and (found is None or len(point) >= found[0]):
-                    found = (len(point), _unescape(fields[3]))
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def _mount_root(path: str, mountinfo: str) -> Optional[bytes]:
+    """
+    The root (which directory of its filesystem is mounted there) of the mount ``path`` is on:
+    the mount table's line with the kernel's own id for it (L{mount_id}), which no stacking,
+    moving or covering of mounts can fool; without one (an older kernel), L{_root_by_mount_point}.
+    Bytes, compared as bytes: a path need not be UTF-8.  None when the table cannot be read or
+    names none.
+    """
+    try:
+        real = os.fsencode(os.path.realpath(path))
+        device = os.stat(real).st_dev
+        with open(mountinfo, "rb") as f:
+            lines = [fields for fields in (line.partition(b" - ")[0].split() for line in f) if len(fields) >= 5]
     except (OSError, ValueError):
         return None
+    kernel_id = mount_id(path)
+    if kernel_id is not None:
+        for fields in lines:
+            if fields[0] == str(kernel_id).encode():
+                return _unescape(fields[3])
+    return _root_by_mount_point(real, f"{os.major(device)}:{os.minor(device)}".encode(), lines)
+
+
+def _root_by_mount_point(real: bytes, device: bytes, lines: list[list[bytes]]) -> Optional[bytes]:
+    """Of the mounts of ``device``, the root of the one with the longest mount point above ``real``, the last of equal ones."""
+    found: Optional[tuple[int, bytes]] = None
+    for fields in lines:
+        if fields[2] != device:
+            continue
+        point = _unescape(fields[4])
+        inside = real == point or real.startswith(point if point.endswith(b"/") else point + b"/")
+        if inside and (found is None or len(point) >= found[0]):
+            found = (len(point), _unescape(fields[3]))
     return None if found is None else found[1]
 
 
-def _unescape(field: str) -> str:
+def _unescape(field: bytes) -> bytes:
     """The kernel writes space, tab, newline and backslash in mount table paths as octal escapes."""
-    for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+    for escaped, char in ((b"\\040", b" "), (b"\\011", b"\t"), (b"\\012", b"\n"), (b"\\134", b"\\")):
         field = field.replace(escaped, char)
     return field
 
@@ -150,5 +177,5 @@ def slow_creation_warning(path: str, sysfs: str = "/sys") -> Optional[str]:
 
 __all__ = [
     "spool_filesystem_warning", "slow_creation_warning", "volatile_storage_warning", "private_tmp_warning",
-    "filesystem_type", "JOURNAL_LESS_EXT4", "IN_MEMORY", "CONTAINER_LAYER", "PRIVATE_TMP",
+    "filesystem_type", "mount_id", "JOURNAL_LESS_EXT4", "IN_MEMORY", "CONTAINER_LAYER", "PRIVATE_TMP",
 ]
