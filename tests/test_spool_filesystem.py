@@ -99,9 +99,14 @@ class SlowCreationWarningTests(SynchronousTestCase):
 
 
 class VolatileStorageWarningTests(SynchronousTestCase):
-    """Before: a spool on tmpfs or in a container's layer started without a word."""
+    """
+    Before: a spool on tmpfs or in a container's layer started without a word.  These tables
+    are found by the spool's device, as on a kernel without fdinfo's mount id (the kernel's id
+    would pick a line of the machine's own numbering); PrivateTmpWarningTests covers the id.
+    """
 
     def setUp(self) -> None:
+        self.patch(filesystem, "mount_id", lambda path: None)
         self.spool = os.path.abspath(self.mktemp())
         os.makedirs(self.spool)
         device = os.stat(self.spool).st_dev
@@ -164,6 +169,7 @@ class VolatileStorageWarningTests(SynchronousTestCase):
 
     def test_the_real_table_is_read(self) -> None:
         """Linux's own mount table names /proc's filesystem, so the parsing matches the kernel's format."""
+        self.patch(filesystem, "mount_id", mount_id)  # the kernel's id again: the real table has it
         self.assertEqual(filesystem_type("/proc"), "proc")
 
     def test_the_start_up_check_names_memory_before_speed(self) -> None:
@@ -226,6 +232,14 @@ class PrivateTmpWarningTests(SynchronousTestCase):
                                                                     self.mount(b"/srv", self.base))), PRIVATE_TMP)
         self.assertIsNone(private_tmp_warning(self.spool, self.table(self.mount(b"/var/lib/graphsmtp", self.base,
                                                                                 True))))
+
+    def test_the_type_is_the_kernels_mount_too(self) -> None:
+        """The tmpfs/overlay check reads the same line: a device number that is not the table's (btrfs) cannot hide it."""
+        table = self.table(self.mount(b"/", "/elsewhere", kernels=True, device=b"0:99", fstype=b"tmpfs"),
+                           self.mount(b"/", self.base))
+        self.assertEqual(filesystem_type(self.spool, table), "tmpfs")
+        self.assertEqual(spool_filesystem_warning(self.spool, os.path.abspath(self.mktemp()), table),
+                         IN_MEMORY.format(fstype="tmpfs"))
 
     def test_without_a_mount_id_the_mount_point_decides(self) -> None:
         """

@@ -20,7 +20,7 @@ The other warning is about where the spool's files live, not how fast.  "250 mea
 only as good as the disk: on tmpfs or ramfs the spool is memory, so every acknowledged message
 waiting in it is gone after a restart of the machine; on overlayfs (the writable layer of a
 container) it is gone with the container.  ``/proc/self/mountinfo`` names the filesystem type
-of the mount whose device the spool is on.  A warning, not a refusal: a test rig or a
+of the mount the spool is on (L{spool_mount}).  A warning, not a refusal: a test rig or a
 throw-away demo may want exactly that, and the operator reads it in the first lines of the log.
 
 A spool under ``/tmp`` or ``/var/tmp`` of a systemd service with ``PrivateTmp=`` (the shipped
@@ -35,7 +35,7 @@ Blocking (reads sysfs and procfs): call it where the spool's recovery runs.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 JOURNAL_LESS_EXT4 = (
     "on ext4 without a journal: each new spool file costs more the more files were deleted in "
@@ -64,32 +64,66 @@ CONTAINER_LAYER = (
 
 def spool_filesystem_warning(path: str, sysfs: str = "/sys", mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     """What the daemon says at start-up about the filesystem ``path`` is on, or None."""
-    return (private_tmp_warning(path, mountinfo) or volatile_storage_warning(path, mountinfo)
-            or slow_creation_warning(path, sysfs))
+    mount = spool_mount(path, mountinfo)
+    return _private_tmp(mount) or _volatile(mount) or slow_creation_warning(path, sysfs)
 
 
-def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
-    """The type of the mounted filesystem ``path`` is on (``ext4``, ``tmpfs``, ``overlay``…), or None."""
+class Mount(NamedTuple):
+    """One line of the mount table: what of its filesystem is mounted there, and the filesystem's type."""
+
+    root: bytes
+    fstype: str
+
+
+def spool_mount(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[Mount]:
+    """
+    The mount the directory ``path`` is on: the mount table's line with the kernel's own id for
+    it (L{mount_id}), which no stacking, moving or covering of mounts can fool, and which names
+    a btrfs subvolume's mount too (its device number is not the table's).  Without one (an older
+    kernel), the mounts of its device decide (L{_by_device}).  Paths are compared as bytes: they
+    need not be UTF-8.  None when the table cannot be read or names none.
+    """
     try:
-        device = os.stat(path).st_dev
-        wanted = f"{os.major(device)}:{os.minor(device)}"
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                # "36 35 0:50 / /mnt rw,relatime shared:1 - overlay overlay rw,...": the device is
-                # the third field, the type the first after the lone "-".
-                mount, _, rest = line.partition(" - ")
-                fields, after = mount.split(), rest.split()
-                if len(fields) > 2 and fields[2] == wanted and after:
-                    return after[0]
+        real = os.fsencode(os.path.realpath(path))
+        device = os.stat(real).st_dev
+        with open(mountinfo, "rb") as f:
+            table = [line for line in map(_table_line, f) if line is not None]
     except (OSError, ValueError):
         return None
-    return None
+    kernel_id = mount_id(path)
+    if kernel_id is not None:
+        for fields, mount in table:
+            if fields[0] == b"%d" % kernel_id:
+                return mount
+    return _by_device(real, f"{os.major(device)}:{os.minor(device)}".encode(), table)
 
 
-def private_tmp_warning(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
-    """L{PRIVATE_TMP} when ``path`` is under a systemd service's private /tmp or /var/tmp, else None."""
-    root = _mount_root(path, mountinfo)
-    return PRIVATE_TMP if root is not None and b"/systemd-private-" in root else None
+def _table_line(line: bytes) -> Optional[tuple[list[bytes], Mount]]:
+    """
+    "36 35 0:50 /root /mnt rw,relatime shared:1 - overlay overlay rw,...": id, parent, device,
+    root, mount point, options and any number of optional fields, then after the lone "-" the type.
+    """
+    mount, _, rest = line.partition(b" - ")
+    fields, after = mount.split(), rest.split()
+    if len(fields) < 5 or not after:
+        return None
+    return fields, Mount(_unescape(fields[3]), after[0].decode("ascii", "replace"))
+
+
+def _by_device(real: bytes, device: bytes, table: list[tuple[list[bytes], Mount]]) -> Optional[Mount]:
+    """Of the mounts of ``device``, the one with the longest mount point above ``real`` (the last of
+    equal ones), else the first of them."""
+    first: Optional[Mount] = None
+    found: Optional[tuple[int, Mount]] = None
+    for fields, mount in table:
+        if fields[2] != device:
+            continue
+        first = first or mount
+        point = _unescape(fields[4])
+        inside = real == point or real.startswith(point if point.endswith(b"/") else point + b"/")
+        if inside and (found is None or len(point) >= found[0]):
+            found = (len(point), mount)
+    return found[1] if found is not None else first
 
 
 def mount_id(path: str, fdinfo: str = "/proc/self/fdinfo") -> Optional[int]:
@@ -110,42 +144,6 @@ def mount_id(path: str, fdinfo: str = "/proc/self/fdinfo") -> Optional[int]:
     return None
 
 
-def _mount_root(path: str, mountinfo: str) -> Optional[bytes]:
-    """
-    The root (which directory of its filesystem is mounted there) of the mount ``path`` is on:
-    the mount table's line with the kernel's own id for it (L{mount_id}), which no stacking,
-    moving or covering of mounts can fool; without one (an older kernel), L{_root_by_mount_point}.
-    Bytes, compared as bytes: a path need not be UTF-8.  None when the table cannot be read or
-    names none.
-    """
-    try:
-        real = os.fsencode(os.path.realpath(path))
-        device = os.stat(real).st_dev
-        with open(mountinfo, "rb") as f:
-            lines = [fields for fields in (line.partition(b" - ")[0].split() for line in f) if len(fields) >= 5]
-    except (OSError, ValueError):
-        return None
-    kernel_id = mount_id(path)
-    if kernel_id is not None:
-        for fields in lines:
-            if fields[0] == str(kernel_id).encode():
-                return _unescape(fields[3])
-    return _root_by_mount_point(real, f"{os.major(device)}:{os.minor(device)}".encode(), lines)
-
-
-def _root_by_mount_point(real: bytes, device: bytes, lines: list[list[bytes]]) -> Optional[bytes]:
-    """Of the mounts of ``device``, the root of the one with the longest mount point above ``real``, the last of equal ones."""
-    found: Optional[tuple[int, bytes]] = None
-    for fields in lines:
-        if fields[2] != device:
-            continue
-        point = _unescape(fields[4])
-        inside = real == point or real.startswith(point if point.endswith(b"/") else point + b"/")
-        if inside and (found is None or len(point) >= found[0]):
-            found = (len(point), _unescape(fields[3]))
-    return None if found is None else found[1]
-
-
 def _unescape(field: bytes) -> bytes:
     """The kernel writes space, tab, newline and backslash in mount table paths as octal escapes."""
     for escaped, char in ((b"\\040", b" "), (b"\\011", b"\t"), (b"\\012", b"\n"), (b"\\134", b"\\")):
@@ -153,12 +151,30 @@ def _unescape(field: bytes) -> bytes:
     return field
 
 
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """The type of the mounted filesystem ``path`` is on (``ext4``, ``tmpfs``, ``overlay``…), or None."""
+    mount = spool_mount(path, mountinfo)
+    return None if mount is None else mount.fstype
+
+
+def private_tmp_warning(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """L{PRIVATE_TMP} when ``path`` is under a systemd service's private /tmp or /var/tmp, else None."""
+    return _private_tmp(spool_mount(path, mountinfo))
+
+
 def volatile_storage_warning(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     """L{IN_MEMORY} or L{CONTAINER_LAYER} when ``path`` is on such a filesystem, else None."""
-    fstype = filesystem_type(path, mountinfo)
-    if fstype in ("tmpfs", "ramfs"):
-        return IN_MEMORY.format(fstype=fstype)
-    if fstype == "overlay":
+    return _volatile(spool_mount(path, mountinfo))
+
+
+def _private_tmp(mount: Optional[Mount]) -> Optional[str]:
+    return PRIVATE_TMP if mount is not None and b"/systemd-private-" in mount.root else None
+
+
+def _volatile(mount: Optional[Mount]) -> Optional[str]:
+    if mount is not None and mount.fstype in ("tmpfs", "ramfs"):
+        return IN_MEMORY.format(fstype=mount.fstype)
+    if mount is not None and mount.fstype == "overlay":
         return CONTAINER_LAYER
     return None
 
@@ -177,5 +193,5 @@ def slow_creation_warning(path: str, sysfs: str = "/sys") -> Optional[str]:
 
 __all__ = [
     "spool_filesystem_warning", "slow_creation_warning", "volatile_storage_warning", "private_tmp_warning",
-    "filesystem_type", "mount_id", "JOURNAL_LESS_EXT4", "IN_MEMORY", "CONTAINER_LAYER", "PRIVATE_TMP",
+    "filesystem_type", "mount_id", "spool_mount", "Mount", "JOURNAL_LESS_EXT4", "IN_MEMORY", "CONTAINER_LAYER", "PRIVATE_TMP",
 ]
