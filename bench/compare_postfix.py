@@ -141,6 +141,11 @@ def empty_directory(directory: str) -> None:
         os.unlink(os.path.join(directory, name))
 
 
+def count_messages(*directories: str) -> int:
+    """Messages in these directories: one ``.msg`` file each, beside any record (``.env``)."""
+    return sum(name.endswith(".msg") for directory in directories for name in os.listdir(directory))
+
+
 def count_files(directory: str) -> int:
     n = 0
     for _, _, files in os.walk(directory):
@@ -312,11 +317,7 @@ class GraphsmtpServer:
         return self.process.pid
 
     def queued(self) -> int:
-        held = os.path.join(self.spool, "held")
-        queue = os.path.join(self.spool, "queue")
-        names = os.listdir(held) + os.listdir(queue)
-        # One entry per message: count message files (old layout) or single entry files.
-        return sum(1 for n in names if n.endswith(".msg"))
+        return count_messages(os.path.join(self.spool, "held"), os.path.join(self.spool, "queue"))
 
     def clear(self) -> None:
         empty_directory(os.path.join(self.spool, "held"))
@@ -370,7 +371,7 @@ class PlainTwistedServer:
         return self.process.pid
 
     def queued(self) -> int:
-        return sum(name.endswith(".msg") for name in os.listdir(self.held))
+        return count_messages(self.held)
 
     def clear(self) -> None:
         empty_directory(self.held)

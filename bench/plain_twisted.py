@@ -20,7 +20,9 @@ with its own reactor: what a Twisted server gets out of the machine's cores.
 
 ``--lean`` puts the same durable files behind L{LeanSMTP}, a bare Protocol that takes each read
 whole instead of line by line (``compare_postfix.py --lean-twisted``): whether the stock
-server's per-line work or Twisted itself keeps the floor below Postfix.
+server's per-line work or Twisted itself keeps the floor below Postfix.  ``--lean
+--gateway-spool`` puts graphsmtp's own spool behind it instead (L{GatewaySpoolCommit},
+``compare_postfix.py --lean-spool``).
 """
 
 from __future__ import annotations

@@ -129,16 +129,18 @@ def _one_message_answered(factory) -> Deferred:
     return answered
 
 
+def _held(spool: str, suffix: str = "") -> list[bytes]:
+    """The contents of the files in ``spool``/held whose names end with ``suffix``, by name."""
+    held = os.path.join(spool, "held")
+    contents = []
+    for name in sorted(os.listdir(held)):
+        if name.endswith(suffix):
+            with open(os.path.join(held, name), "rb") as f:
+                contents.append(f.read())
+    return contents
+
+
 class LeanFactoryTests(TestCase):
-    def held(self, spool: str, suffix: str) -> list[bytes]:
-        """The contents of the files in ``spool``/held whose names end with ``suffix``."""
-        held = os.path.join(spool, "held")
-        contents = []
-        for name in sorted(os.listdir(held)):
-            if name.endswith(suffix):
-                with open(os.path.join(held, name), "rb") as f:
-                    contents.append(f.read())
-        return contents
 
     def test_a_session_stores_into_held(self) -> None:
         """The factory the benchmark runs: the 250 comes after the file is in held/."""
@@ -146,7 +148,7 @@ class LeanFactoryTests(TestCase):
         files = floor.DurableFiles(spool)
         d = _one_message_answered(floor.LeanFactory(lambda body: deferToThread(files.commit, body)))
         d.addCallback(lambda reply: self.assertEqual(
-            (reply, len(os.listdir(os.path.join(spool, "held"))), self.held(spool, ".msg")),
+            (reply, len(os.listdir(os.path.join(spool, "held"))), _held(spool, ".msg")),
             (b"250 2.0.0 queued\r\n", 1, [b"Subject: x\r\n\r\nbody\r\n"])))
         return d
 
@@ -160,13 +162,13 @@ class LeanFactoryTests(TestCase):
         commit = floor.GatewaySpoolCommit(self.mktemp(), pool)
         self.addCleanup(commit.spool.close)
         spool = commit.spool.directory
-        self.assertEqual(self.held(spool, ""), [])  # there, and empty, before the first message
+        self.assertEqual(_held(spool, ""), [])  # there, and empty, before the first message
         d = _one_message_answered(floor.LeanFactory(commit))
 
         def check(reply: bytes) -> None:
             self.assertEqual(reply, b"250 2.0.0 queued\r\n")
-            self.assertEqual(self.held(spool, ".msg"), [b"Subject: x\r\n\r\nbody\r\n"])
-            self.assertEqual(len(self.held(spool, ".env")), 1)
+            self.assertEqual(_held(spool, ".msg"), [b"Subject: x\r\n\r\nbody\r\n"])
+            self.assertEqual(len(_held(spool, ".env")), 1)
         return d.addCallback(check)
 
 
@@ -176,10 +178,7 @@ class DurableFilesTests(TestCase):
         spool = self.mktemp()
         files = floor.DurableFiles(spool)
         files.commit(b"Subject: x\r\n\r\nbody\r\n")
-        held = os.listdir(os.path.join(spool, "held"))
-        self.assertEqual(len(held), 1)
-        with open(os.path.join(spool, "held", held[0]), "rb") as f:
-            self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual(_held(spool), [b"Subject: x\r\n\r\nbody\r\n"])
         self.assertEqual(os.listdir(os.path.join(spool, "tmp")), [])
 
 
