@@ -7,7 +7,8 @@ The pace of one SMTP conversation, between the session's command reader and its 
   stock ``LineOnlyReceiver`` loop does not ensure (Twisted issue 8126).  The session's idle
   timer is off while it waits for its own answer: that wait is not the client's.  An answer
   that is there already (a fired Deferred: the usual chain, an open spool) is acted on at
-  once, with the same steps in the same order, without a chain of callbacks (issue 13).
+  once, inside the turn that read its command, and one that comes later (the spool's commit)
+  through one callback, not a chain of four (issue 13).
 * **Reading.**  The reader says when the transport must stop reading (much input while held,
   the spool pushing back) and when it may go on; the transport hears of each change once.
 * **Writing.**  The session is its transport's streaming producer.  While the transport's write
@@ -181,36 +182,45 @@ class Conversation:
         that last reply.
         """
         session = self._session
-        self._reader.hold(AWAITING_REPLY)
         if has_value(d):
-            # Answered already (the usual chain, an inline spool step): act on the value now,
-            # as the callbacks below would, without four more callbacks on a fired Deferred.
-            self._answered_now(d.result, on_result, on_gone)
+            if self._pumping:
+                # Answered already, inside the turn that read the command (the usual case): that
+                # turn holds the rest of the input and collects the replies, so holding,
+                # corking and pumping again would change nothing; act on the value now.
+                self._act_now(d.result, on_result, on_gone)
+                return
+            # Answered already, outside a turn: the same steps as a later answer, at once.
+            self._reader.hold(AWAITING_REPLY)
+            self._answered(d.result, on_result, on_failure, on_gone)
             return
-
-        # The reply and those of the pipelined commands it releases go out in one write.
-        d.addBoth(self._cork_through)
-        d.addCallbacks(self._settle, self._settle, callbackArgs=(on_result, on_gone),
-                       errbackArgs=(on_failure or session.internal_error, on_gone))
-        d.addErrback(session.internal_error)
-        d.addBoth(self._unblock)
+        self._reader.hold(AWAITING_REPLY)
+        # One callback, not a chain of four: every accepted message's 250 comes this way.
+        d.addBoth(self._answered, on_result, on_failure or session.internal_error, on_gone)
         if self._reader.is_held(AWAITING_REPLY) and not session.gone:
             # Still pending: the idle timer is off until the answer comes.  Reading goes on
             # into the reader's buffer.
             session.answer_pending()
 
-    def _answered_now(self, value: Any, on_result: Callable[[Any], None],
-                      on_gone: Optional[Callable[[Any], None]]) -> None:
-        """L{wait_for} of a Deferred that has its value already: the same steps, in the same order."""
-        session = self._session
+    def _answered(self, result: Any, on_result: Callable[[Any], None],
+                  on_failure: Optional[Callable[[Failure], None]], on_gone: Optional[Callable[[Any], None]]) -> None:
+        """
+        The answer ``wait_for`` held the input for (a value or a Failure): act on it, then go on
+        with the pipelined input.  The reply and those of the commands it releases go out in
+        one write.
+        """
         self._cork()
         try:
-            try:
-                self._settle(value, on_result, on_gone)
-            except Exception:
-                session.internal_error(Failure())
+            failed = isinstance(result, Failure)
+            self._act_now(result, (on_failure or self._session.internal_error) if failed else on_result, on_gone)
         finally:
             self._unblock()
+
+    def _act_now(self, result: Any, act: Callable[[Any], None], on_gone: Optional[Callable[[Any], None]]) -> None:
+        """L{_settle} an answer that has come; an error acting on it is the session's internal error."""
+        try:
+            self._settle(result, act, on_gone)
+        except Exception:
+            self._session.internal_error(Failure())
 
     def _settle(self, result: Any, act: Callable[[Any], None], on_gone: Optional[Callable[[Any], None]]) -> None:
         """``act(result)`` while the session lives; once it has ended, ``on_gone`` releases ``result``."""
@@ -219,11 +229,7 @@ class Conversation:
         elif on_gone is not None:
             on_gone(result)
 
-    def _cork_through(self, result: Any) -> Any:
-        self._cork()
-        return result
-
-    def _unblock(self, _: Any = None) -> None:
+    def _unblock(self) -> None:
         try:
             session = self._session
             self._reader.release(AWAITING_REPLY)
