@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.policy.interfaces import Continue, TempFail
+from gateway.smtp import commands
 from gateway.smtp.answers import has_value, then
 from tests.smtp_helpers import DeferredPolicy, ScriptedPolicy, Session, make_factory
 from tests.test_smtp_protocol import MESSAGE
@@ -179,6 +180,31 @@ class FiredAnswerSessionTests(SynchronousTestCase):
         self.assertFalse(s.closed)
         factory.clock.advance(2)
         self.assertTrue(s.closed)
+
+    def test_a_pending_wait_begun_by_an_answer_that_was_there_keeps_the_input_held(self):
+        """
+        A handler of an answer that was already there which waits again, for an answer still
+        to come: the commands pipelined behind it wait for that reply, and the idle timer does
+        not count the wait.  (Before, the first answer's own release let the next command
+        through and restarted the idle timer while the second answer was still pending.)
+        """
+        inner: Deferred = Deferred()
+
+        def xnest(session: Any, rest: bytes) -> None:
+            session.wait_for(succeed(None), lambda _: session.wait_for(
+                inner, lambda _: session.reply(250, "2.0.0", "nested")))
+
+        commands.COMMANDS[b"XNEST"] = xnest
+        self.addCleanup(commands.COMMANDS.pop, b"XNEST")
+        factory = make_factory(limits={"idle_timeout": 60})
+        s = Session(factory)
+        self.addCleanup(s.close)
+        s.ehlo()
+        self.assertEqual(s.send(b"XNEST\r\nNOOP\r\n"), [])
+        factory.clock.advance(61)
+        self.assertFalse(s.closed)
+        inner.callback(None)
+        self.assertEqual(s.lines(), [b"250 2.0.0 nested", b"250 2.0.0 Ok"])
 
 
 class SynchronousMessageTests(SynchronousTestCase):

@@ -180,6 +180,11 @@ class Conversation:
         (the client left, or our last reply went out: a 421 when the gateway stops), ``on_gone``
         gets the result (value or Failure) instead, to release what it holds: nothing may follow
         that last reply.
+
+        An answer that is there already, inside the turn that read its command, is acted on
+        without holding the reader: the turn acts on no other input until the handler returns.
+        (Input that a handler fed back in synchronously, which no transport does, would be
+        buffered without the hold's pause and overflow limits; the line limits still apply.)
         """
         session = self._session
         if has_value(d):
