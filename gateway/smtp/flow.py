@@ -187,6 +187,7 @@ class Conversation:
         buffered without the hold's pause and overflow limits; the line limits still apply.)
         """
         session = self._session
+        on_failure = on_failure or session.internal_error
         if has_value(d):
             if self._pumping:
                 # Answered already, inside the turn that read the command (the usual case): that
@@ -200,14 +201,14 @@ class Conversation:
             return
         self._reader.hold(AWAITING_REPLY)
         # One callback, not a chain of four: every accepted message's 250 comes this way.
-        d.addBoth(self._answered, on_result, on_failure or session.internal_error, on_gone)
+        d.addBoth(self._answered, on_result, on_failure, on_gone)
         if self._reader.is_held(AWAITING_REPLY) and not session.gone:
             # Still pending: the idle timer is off until the answer comes.  Reading goes on
             # into the reader's buffer.
             session.answer_pending()
 
-    def _answered(self, result: Any, on_result: Callable[[Any], None],
-                  on_failure: Optional[Callable[[Failure], None]], on_gone: Optional[Callable[[Any], None]]) -> None:
+    def _answered(self, result: Any, on_result: Callable[[Any], None], on_failure: Callable[[Failure], None],
+                  on_gone: Optional[Callable[[Any], None]]) -> None:
         """
         The answer ``wait_for`` held the input for (a value or a Failure): act on it, then go on
         with the pipelined input.  The reply and those of the commands it releases go out in
@@ -215,8 +216,7 @@ class Conversation:
         """
         self._cork()
         try:
-            failed = isinstance(result, Failure)
-            self._act_now(result, (on_failure or self._session.internal_error) if failed else on_result, on_gone)
+            self._act_now(result, on_failure if isinstance(result, Failure) else on_result, on_gone)
         finally:
             self._unblock()
 
