@@ -84,8 +84,6 @@ def spool_mount(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[
     need not be UTF-8.  None when the table cannot be read or names none.
     """
     try:
-        real = os.fsencode(os.path.realpath(path))
-        device = os.stat(real).st_dev
         with open(mountinfo, "rb") as f:
             table = [line for line in map(_table_line, f) if line is not None]
     except (OSError, ValueError):
@@ -95,6 +93,11 @@ def spool_mount(path: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[
         for fields, mount in table:
             if fields[0] == b"%d" % kernel_id:
                 return mount
+    try:
+        real = os.fsencode(os.path.realpath(path))
+        device = os.stat(real).st_dev
+    except (OSError, ValueError):
+        return None
     return _by_device(real, f"{os.major(device)}:{os.minor(device)}".encode(), table)
 
 
