@@ -269,9 +269,10 @@ def main() -> None:
         # The benchmark stops this process; it stops the others.
         reactor.addSystemEventTrigger("before", "shutdown", child.terminate)  # type: ignore[attr-defined]
     if options.gateway_spool:
+        from gateway.config.model import SpoolConfig
         from gateway.threads import ThreadPoolService
 
-        pool = ThreadPoolService("graphsmtp-spool", 1, 4)  # [spool] threads' default
+        pool = ThreadPoolService("graphsmtp-spool", 1, SpoolConfig(options.spool).threads)  # the daemon's default
         pool.startService()
         reactor.addSystemEventTrigger("before", "shutdown", pool.stopService)  # type: ignore[attr-defined]
         factory: ServerFactory = LeanFactory(GatewaySpoolCommit(options.spool, pool))
