@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.policy.interfaces import Continue, TempFail
 from gateway.smtp import commands
 from gateway.smtp.answers import has_value, then
+from gateway.testing.memory_spool import MemorySpool
 from tests.smtp_helpers import DeferredPolicy, ScriptedPolicy, Session, make_factory
 from tests.test_smtp_protocol import MESSAGE
 
@@ -272,3 +273,51 @@ class CommitRaisingSpool:
 
     def open_writer(self) -> Deferred:
         return self.inner.open_writer().addCallback(CommitRaisingWriter)
+
+
+class LaterCommitWriter:
+    """A spool writer whose commit answers when the test says, as the group commit's thread does."""
+
+    def __init__(self, inner: Any, pending: list) -> None:
+        self.inner = inner
+        self.pending = pending
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def commit(self, *args: Any, **kwargs: Any) -> Deferred:
+        later: Deferred = Deferred()
+        self.pending.append((later, lambda: self.inner.commit(*args, **kwargs)))
+        return later
+
+
+class LaterCommitSpool:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pending: list = []
+
+    def open_writer(self) -> Deferred:
+        return self.inner.open_writer().addCallback(LaterCommitWriter, self.pending)
+
+    def commit_now(self) -> None:
+        later, commit = self.pending.pop(0)
+        commit().chainDeferred(later)
+
+
+class AcknowledgedOnlyWhenCommittedTests(SynchronousTestCase):
+    """Invariant 1 in the session: the 250 after DATA, and what was pipelined behind it, wait for the commit."""
+
+    def test_the_250_waits_for_the_commit_and_keeps_its_place(self):
+        spool = LaterCommitSpool(MemorySpool())
+        s = Session(make_factory(spool=spool))
+        self.addCleanup(s.close)
+        s.ehlo()
+        s.envelope()
+        self.assertEqual(s.cmd("DATA")[:3], b"354")
+        self.assertEqual(s.send(MESSAGE + b".\r\nNOOP\r\nQUIT\r\n"), [])
+        self.assertEqual(spool.inner.messages, [])
+        spool.commit_now()
+        lines = s.lines()
+        self.assertEqual([line[:3] for line in lines], [b"250", b"250", b"221"])
+        self.assertIn(b"queued as MEM", lines[0])
+        self.assertEqual(len(spool.inner.messages), 1)
