@@ -46,8 +46,9 @@ class GroupCommitTests(SynchronousTestCase):
     def test_concurrent_commits_share_flushes(self):
         """Five sessions finishing DATA together: the first pays one batch, the four that
         arrive during its flush share the next — two data flushes, two directory fsyncs,
-        instead of ten fdatasyncs and five directory fsyncs."""
-        ops = RecordingFileOps()
+        instead of ten fdatasyncs and five directory fsyncs; with a flush of the whole
+        filesystem, which comes after the renames, no directory fsync at all."""
+        ops = RecordingFileOps(whole_filesystem=True)
         pool = ManualThreadPool()
         spool = self.make_spool(fileops=ops, pool=pool)
         writers = self.open_writers(spool, pool, 5)
@@ -67,20 +68,23 @@ class GroupCommitTests(SynchronousTestCase):
         entries = [first] + [self.successResultOf(d) for d in commits[1:]]
         self.assertEqual(spool.committer.batches, 2)
         self.assertEqual([len(paths) for paths in ops.flushes], [2, 8])  # message + record each
-        self.assertEqual(sum(1 for op, _ in ops.events if op == "fsync-dir"), 2)
+        self.assertEqual(sum(1 for op, _ in ops.events if op == "syncfs"), 2)
+        self.assertEqual(sum(1 for op, _ in ops.events if op == "fsync-dir"), 0)
         for entry in entries:
             self.assertEqual(spool.disk.load(entry.queue_id), entry)
 
-    def test_lone_commit_pays_one_batch(self):
-        ops = RecordingFileOps()
+    def test_lone_commit_pays_one_flush(self):
+        """A lone commit renames, then flushes once: one device flush per message, where it
+        used to pay a second one for the directory."""
+        ops = RecordingFileOps(whole_filesystem=True)
         spool = self.make_spool(fileops=ops)
         writer = self.successResultOf(spool.open_writer())
         del ops.events[:]
         writer.write(MESSAGE)
         entry = self.successResultOf(writer.commit(ENVELOPE, PROVENANCE))
         self.assertEqual(len(ops.flushes), 1)
-        kinds = [op for op, _ in ops.events if op in ("fsync", "rename", "fsync-dir")]
-        self.assertEqual(kinds, ["fsync", "fsync", "rename", "rename", "fsync-dir"])
+        kinds = [op for op, _ in ops.events if op in ("fsync", "rename", "fsync-dir", "syncfs")]
+        self.assertEqual(kinds, ["rename", "rename", "fsync", "fsync", "syncfs"])
         with open(os.path.join(self.directory, "queue", entry.queue_id + ".msg"), "rb") as f:
             self.assertEqual(f.read(), MESSAGE)
 

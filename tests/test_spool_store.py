@@ -81,10 +81,8 @@ class AcceptanceTests(SpoolTestMixin, SynchronousTestCase):
         self.assertEqual(record["auth_identity"], "scanner")
         self.assertEqual(self.successResultOf(spool.load(entry.queue_id)), entry)
 
-    def test_durability_order_before_commit_fires(self):
-        """fsync(message), fsync(record), rename both, fsync(queue dir) — then, and only then,
-        the commit Deferred fires."""
-        ops = RecordingFileOps()
+    def commit_recorded(self, ops):
+        """Commit MESSAGE through ``ops``; the entry and the durability-relevant events, in order."""
         pool = ManualThreadPool()
         spool = self.make_spool(fileops=ops, pool=pool)
         writer = self.open_manual(spool, pool)
@@ -94,24 +92,48 @@ class AcceptanceTests(SpoolTestMixin, SynchronousTestCase):
         self.assertEqual(ops.events, [])
         pool.run_all()
         entry = self.successResultOf(d)
+        kinds = [(op, path) for op, path in ops.events if op in ("fsync", "rename", "fsync-dir", "syncfs")]
+        return entry, kinds
+
+    def test_durability_order_before_commit_fires(self):
+        """With a flush of the whole filesystem: rename the message, then the record, then one
+        flush of both files that covers the renames too — then, and only then, the commit
+        Deferred fires.  No directory fsync: the flush came after the renames."""
+        entry, kinds = self.commit_recorded(RecordingFileOps(whole_filesystem=True))
         queue = os.path.join(self.directory, "queue")
-        msg_final = os.path.join(queue, entry.queue_id + ".msg")
-        env_final = os.path.join(queue, entry.queue_id + ".env")
-        kinds = [(op, path) for op, path in ops.events if op in ("fsync", "rename", "fsync-dir")]
-        self.assertEqual([op for op, _ in kinds], ["fsync", "fsync", "rename", "rename", "fsync-dir"])
-        self.assertTrue(kinds[0][1].endswith(entry.queue_id + ".msg"))
-        self.assertTrue(kinds[1][1].endswith(entry.queue_id + ".env"))
-        self.assertEqual(kinds[2][1], msg_final)
-        self.assertEqual(kinds[3][1], env_final)  # the record arrives last: it marks completeness
-        self.assertEqual(kinds[4][1], queue)
+        self.assertEqual([op for op, _ in kinds], ["rename", "rename", "fsync", "fsync", "syncfs"])
+        self.assertEqual(kinds[0][1], os.path.join(queue, entry.queue_id + ".msg"))
+        self.assertEqual(kinds[1][1], os.path.join(queue, entry.queue_id + ".env"))  # the record marks completeness
+        self.assertTrue(kinds[2][1].endswith(entry.queue_id + ".msg"))
+        self.assertTrue(kinds[3][1].endswith(entry.queue_id + ".env"))
+
+    def test_durability_order_file_by_file(self):
+        """Without it (``[spool] flush = "fdatasync"``, older kernels): the renames, an
+        fdatasync of each file, then the queue directory's fsync, before the commit fires."""
+        entry, kinds = self.commit_recorded(RecordingFileOps(whole_filesystem=False))
+        queue = os.path.join(self.directory, "queue")
+        self.assertEqual(kinds, [("rename", os.path.join(queue, entry.queue_id + ".msg")),
+                                 ("rename", os.path.join(queue, entry.queue_id + ".env")),
+                                 kinds[2], kinds[3], ("fsync-dir", queue)])
+        self.assertTrue(kinds[2][1].endswith(entry.queue_id + ".msg"))
+        self.assertTrue(kinds[3][1].endswith(entry.queue_id + ".env"))
 
     def test_commit_fires_only_after_directory_fsync(self):
-        """A failing directory fsync fails the commit and leaves no entry."""
-        spool = self.make_spool(fileops=FailingFileOps("sync_dir", errno.EIO))
+        """Flushing file by file, a failing directory fsync fails the commit and leaves no entry."""
+        spool = self.make_spool(fileops=FailingFileOps("sync_dir", errno.EIO).flush_per_file())
         writer = self.successResultOf(spool.open_writer())
         writer.write(MESSAGE)
         failure = self.failureResultOf(writer.commit(ENVELOPE, PROVENANCE), SpoolError)
         self.assertFalse(failure.value.out_of_space)
+        self.assertEqual(self.queue_files(), [])
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+
+    def test_commit_fires_only_after_the_flush(self):
+        """A failing flush, which came after the renames, fails the commit and leaves no entry."""
+        spool = self.make_spool(fileops=FailingFileOps("sync_files", errno.EIO))
+        writer = self.successResultOf(spool.open_writer())
+        writer.write(MESSAGE)
+        self.failureResultOf(writer.commit(ENVELOPE, PROVENANCE), SpoolError)
         self.assertEqual(self.queue_files(), [])
         self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
 

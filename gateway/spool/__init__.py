@@ -14,6 +14,7 @@ The modules that carry out these rules::
     disk.py        SpoolDisk: the one façade the daemon, sendmail and the queue command use
     layout.py      where everything lives (SpoolLayout, SpoolFiles) and the spool lock
     accept.py      accepting a message: temp files, group commit, moving a message into queue/
+    inflight.py    the marker of a batch in place but not yet flushed, and its check at start-up
     incoming.py    incoming/: sendmail drop-offs imported into the queue, control requests
     entries.py     accepted entries: load, rewrite, delivered, failed, hold, release, requeue
     recovery.py    start-up: half-written files, interrupted moves, the schedule hints
@@ -27,7 +28,8 @@ Layout (directories 0700, files 0600)::
 
     <spool>/
       lock                 flock()ed by the running daemon; holds its pid
-      tmp/                 the daemon's files being written: <tag>.<id>.msg / .env / ...
+      tmp/                 the daemon's files being written: <tag>.<id>.msg / .env / ...,
+                           and <tag>.<id>.inflight while a batch is renamed but not flushed
       queue/<id>.msg       the message: RFC 5322 bytes with CRLF line ends, exactly as handed
                            to the spool writer (gateway headers included), nothing added
       queue/<id>.env       the envelope/state record (format: L{gateway.spool.record});
@@ -42,17 +44,28 @@ Layout (directories 0700, files 0600)::
       quarantine/          anything unreadable, moved aside with a log line, never deleted
 
 Completeness rule: **the record's presence marks a complete entry.**  Every protocol is
-ordered so that a crash at any instant leaves either no entry or a whole one:
+ordered so that a crash at any instant leaves either no entry or a whole one — with one
+exception, named in "accept": a power loss while a batch is in place but not yet flushed,
+whose entries recovery checks:
 
-- accept (daemon and sendmail): write the message to a temp file and the record to another,
-  make both durable; rename the message into place, then the record; fsync the directory.
+- accept (daemon and sendmail): write the message to a temp file and the record to another;
+  rename the message into place, then the record; make the files and the renames durable.
   Only then is the message acknowledged (250, or exit status 0).  A message file without a
   record was never acknowledged and is deleted at recovery.  The daemon group-commits
   (L{gateway.spool.accept.Acceptor.publish_batch}, L{gateway.spool.group_commit}): every
-  message whose DATA ended while the previous batch was flushing is written, then *one* data
-  flush covers them all (``syncfs`` on Linux ≥ 5.8, else one ``fdatasync`` per file), then all
-  the renames, then one fsync per destination directory — the same order for each message,
-  fewer device flushes.  With ``[queue] hold_new`` the destination is held/ instead of queue/
+  message whose DATA ended while the previous batch was flushing is written and renamed into
+  queue/ (or held/), then *one* flush of the filesystem (``syncfs``, Linux >= 5.8) makes all
+  of it durable, renames included — one device flush per batch, and a lone message pays one.
+  Without ``syncfs`` (``[spool] flush = "fdatasync"``, older kernels) each file is
+  fdatasynced and each destination directory fsynced instead.  While a batch is in place but
+  not yet flushed, an empty marker ``tmp/<tag>.<earliest id>.inflight`` says so: a power loss
+  in that window can leave an entry whose record or message never reached the disk (never
+  acknowledged), and recovery checks the entries at or after a marker and quarantines the
+  incomplete ones (L{gateway.spool.inflight}).  Nothing incomplete is ever sent even without
+  the marker: a record that does not decode is quarantined when loaded, and the deliverer
+  checks the message's digest before sending.  The sendmail command's drop-offs into
+  incoming/, which the daemon scans and imports, are flushed before they are renamed, then
+  incoming/ is fsynced.  With ``[queue] hold_new`` the destination is held/ instead of queue/
   (the record's history notes the hold, as an admin hold would).  The on-disk format is
   unchanged by group commit: entries written by older gateways load and deliver as before.
 - import (sendmail's entries, done by the daemon): write the record into tmp/, rename the

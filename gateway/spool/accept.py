@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional, Union
 
 import attrs
 
+from gateway.spool import inflight
 from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.interfaces import SpoolError
@@ -206,10 +207,9 @@ class Acceptor:
 
     def publish_batch(self, requests: list[CommitRequest]) -> list[CommitResult]:
         """
-        Group commit: accept every L{CommitRequest} in ``requests`` with one data flush and
-        one directory fsync per destination for all of them, in the order of the acceptance
-        protocol (all data and records durable → renames, message before record → directory
-        fsync).  Returns one result per request, in order: the stored L{SpoolEntry}, or the
+        Group commit: accept every L{CommitRequest} in ``requests`` with one flush for all of
+        them, in the order of the acceptance protocol (the package docstring's "accept").
+        Returns one result per request, in order: the stored L{SpoolEntry}, or the
         L{SpoolError} that request failed with (its files are gone).  One bad request (a full
         disk while writing it) fails alone; a failed flush fails the whole batch.
         """
@@ -224,25 +224,64 @@ class Acceptor:
                 results[index] = e
         try:
             if staged:
-                staged = self._flush(staged, results)
-            self._sync_directories(self._rename_all(staged, results), results)
+                self._publish(staged, results)
         finally:
             with self._committing_lock:
                 for request in requests:
                     self._committing.discard(request.entry.queue_id)
         return results
 
-    def _flush(self, staged: list[_Staged], results: list[Any]) -> list[_Staged]:
-        """One data flush for every staged file; on failure the whole batch is undone."""
+    def _publish(self, staged: list[_Staged], results: list[Any]) -> None:
+        """
+        Entries bound for queue/ or held/ are renamed into place *before* the flush, so that
+        one flush of the filesystem (``syncfs``) makes their data, their records and the
+        renames durable together: a lone commit pays one flush instead of two.  The process
+        that commits an entry announces it only after the commit returns, and recovery skips
+        the ids being committed, so an entry visible before it is durable is acted on by
+        nobody; a power loss in the window is what the marker of L{gateway.spool.inflight} is
+        for.  incoming/ is scanned by the daemon, which imports what it finds: sendmail's
+        drop-offs keep the flush-then-rename order.
+        """
+        early = [s for s in staged if s.where != "incoming"]
+        late = [s for s in staged if s.where == "incoming"]
+        marker = inflight.mark(self._files, [s.entry.queue_id for s in early]) if early else None
+        if marker is None:
+            early, late = [], staged  # no marker, no window: flushed before renamed, as incoming/ is
         try:
-            self._files.ops.sync_files([fd for s in staged for fd in s.open_fds()])
+            self._publish_in_order(early, late, results)
+        finally:
+            if marker is not None:
+                inflight.unmark(self._files, marker)
+
+    def _publish_in_order(self, early: list[_Staged], late: list[_Staged], results: list[Any]) -> None:
+        """``early`` renamed, everything flushed, ``late`` renamed; directories fsynced as needed."""
+        by_directory = self._rename_all(early, results)
+        in_place = [s for group in by_directory.values() for s in group]
+        whole_filesystem = self._flush(in_place + late, results)
+        if whole_filesystem is None:
+            return
+        if whole_filesystem:  # it covered the renames too
+            for s in in_place:
+                self._close_staged(s)
+                results[s.index] = s.entry
+            by_directory = {}
+        by_directory.update(self._rename_all(late, results))
+        self._sync_directories(by_directory, results)
+
+    def _flush(self, staged: list[_Staged], results: list[Any]) -> Optional[bool]:
+        """
+        One data flush for every staged file: True when it flushed the whole filesystem
+        (renames done before it included), False when file by file, None when it failed (the
+        whole batch is then undone).
+        """
+        try:
+            return self._files.ops.sync_files([fd for s in staged for fd in s.open_fds()])
         except OSError as e:
             error = spool_error(e, "sync the message to disk")
             for s in staged:
                 self._unstage(s)
                 results[s.index] = error
-            return []
-        return staged
+            return None
 
     def _rename_all(self, staged: list[_Staged], results: list[Any]) -> dict[str, list[_Staged]]:
         """Message then record into place, for each commit; returns them by destination."""
@@ -250,7 +289,6 @@ class Acceptor:
         by_directory: dict[str, list[_Staged]] = {}
         for s in staged:
             try:
-                self._close_staged(s)
                 ops.rename(s.temp.path, s.msg_final)
                 s.renamed.append(s.msg_final)
                 ops.rename(s.env_tmp, s.env_final)
@@ -265,6 +303,8 @@ class Acceptor:
     def _sync_directories(self, by_directory: dict[str, list[_Staged]], results: list[Any]) -> None:
         """One directory fsync per destination; only then is a commit's entry its result."""
         for where, group in by_directory.items():
+            for s in group:
+                self._close_staged(s)
             try:
                 self._files.syncer(where).sync()
             except OSError as e:

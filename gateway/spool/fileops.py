@@ -108,24 +108,27 @@ class FileOps:
         """Make the file's data (and the size needed to read it back) durable."""
         _sync_data(fd)
 
-    def sync_files(self, fds: Sequence[int]) -> None:
+    def sync_files(self, fds: Sequence[int]) -> bool:
         """
         Make the data of all ``fds`` durable, with one flush of their filesystem where the
         kernel offers a trustworthy ``syncfs`` (see L{_load_syncfs}), else one ``fdatasync``
         each.  This is what group commit stands on: ten messages accepted at once cost one
         device flush, not twenty.  All ``fds`` must be on one filesystem (the spool's).
+        True when the whole filesystem was flushed: then every rename made in it before the
+        call is durable too, and no directory fsync is needed for them.
         """
         if not fds:
-            return
+            return False
         if self._syncfs is not None and len(fds) > 1:
             if self._syncfs(fds[0]) == 0:
-                return
+                return True
             err = ctypes.get_errno()
             if err not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter said no
                 raise OSError(err, os.strerror(err))
             self._syncfs = None
         for fd in fds:
             self.sync_file(fd)
+        return False
 
     # A ctypes function is no descriptor: read through the instance it is not bound to it.
     _syncfs = _SYNCFS

@@ -1,7 +1,8 @@
 """
 Start-up recovery: clear this spool's stale temp files, finish sendmail imports and admin
 moves a crash cut short, delete halves that were never acknowledged, quarantine what cannot be
-an entry, and hand the runner the schedule hints of everything queued.
+an entry (and entries a power loss left incomplete, L{gateway.spool.inflight}), and hand the
+runner the schedule hints of everything queued.
 
 What each leftover means — and so whether recovery completes, undoes or deletes it — follows
 from the protocols in the L{gateway.spool} package docstring.  Blocking: a spool thread.
@@ -14,6 +15,7 @@ from typing import Optional
 
 import attrs
 
+from gateway.spool import inflight
 from gateway.spool.accept import Acceptor
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
@@ -67,7 +69,10 @@ class Recovery:
         """Recover the spool (its lock must be held); L{SpoolError} if it cannot be read."""
         report = RecoveryReport()
         try:
+            cut_short = inflight.earliest_marked(self._files.layout.tmp, self._files.tag)
             self._clear_tmp(report)
+            if cut_short is not None:
+                report.quarantined.extend(inflight.quarantine_incomplete(self._files, self._quarantine, cut_short))
             # Requests stay in incoming/ for the runner's first scan, after it has a schedule.
             scan = self._drop_box.scan(take_requests=False)
             report.imported.extend(scan.entries)

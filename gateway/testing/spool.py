@@ -18,13 +18,28 @@ from gateway.spool.fileops import FileOps
 from gateway.testing.threads import ImmediateReactor, ManualThreadPool, SynchronousThreadPool
 
 
+def _sync_everything(fd: int) -> int:
+    """``syncfs``'s stand-in: flushes more than the one filesystem, and never fails."""
+    os.sync()
+    return 0
+
+
 class RecordingFileOps(FileOps):
     """
     Real operations, recorded as ``(operation, path)`` in ``events`` in the order they happen
     (descriptor operations are recorded with the path the descriptor was opened for).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, whole_filesystem: Optional[bool] = None) -> None:
+        """
+        ``whole_filesystem``: True stands in for ``syncfs`` (with ``os.sync``), so a test sees
+        the order the spool keeps where the kernel has it; False flushes file by file (as
+        ``[spool] flush = "fdatasync"``); None: whatever this kernel offers.
+        """
+        if whole_filesystem:
+            self._syncfs = _sync_everything
+        elif whole_filesystem is not None:
+            self.flush_per_file()
         self.events: list[tuple[str, str]] = []
         #: One list of paths per data flush (L{FileOps.sync_files}): group commit shares them.
         self.flushes: list[list[str]] = []
@@ -47,15 +62,19 @@ class RecordingFileOps(FileOps):
             self.flushes.append([self._paths.get(fd, "?")])
             self.events.append(("fsync", self._paths.get(fd, "?")))
 
-    def sync_files(self, fds) -> None:
-        """Recorded as one flush, and as one ``fsync`` event per file it made durable."""
+    def sync_files(self, fds) -> bool:
+        """Recorded as one flush, and as one ``fsync`` event per file it made durable (a
+        flush of the whole filesystem also as one ``syncfs`` event after them)."""
         self._grouped = True
         try:
-            super().sync_files(fds)
+            whole = super().sync_files(fds)
         finally:
             self._grouped = False
         self.flushes.append([self._paths.get(fd, "?") for fd in fds])
         self.events.extend(("fsync", self._paths.get(fd, "?")) for fd in fds)
+        if whole:
+            self.events.append(("syncfs", ""))
+        return whole
 
     def close(self, fd: int) -> None:
         super().close(fd)
