@@ -7,15 +7,23 @@ can: the files as the disk kept them, and the marker beside them.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.spool.entry import Envelope, Provenance
+from gateway.spool import inflight
+from gateway.spool.disk import CommitRequest, SpoolDisk
+from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.spool.fileops import FileOps
 from gateway.spool.inflight import INCOMPLETE, INFLIGHT
+from gateway.spool.interfaces import SpoolError
+from gateway.spool.queueid import new_queue_id
 from gateway.spool.store import DirectorySpool
 from gateway.testing.spool import RecordingFileOps
 from gateway.testing.threads import ImmediateReactor, SynchronousThreadPool
+from gateway.workers import spool_sweep
 
 ENVELOPE = Envelope("app@example.com", ("a@example.com",))
 PROVENANCE = Provenance(client_address="192.0.2.7", client_name="printer.example", listener="default")
@@ -162,3 +170,193 @@ class RecoveryTests(SpoolCase):
         report = self.recover()
         self.assertEqual(report.quarantined, [])
         self.assertEqual(len(report.schedule), 4)
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+class RefusedSyncfs(RecordingFileOps):
+    """A kernel (or seccomp filter) that says no to ``syncfs`` once the spool runs."""
+
+    def __init__(self, error: int) -> None:
+        super().__init__()
+
+        def refusing(fd: int) -> int:
+            ctypes.set_errno(error)
+            return -1
+        self._syncfs = refusing
+
+
+class FailingCloseAfterFlush(RecordingFileOps):
+    """The first ``close`` after the flush reports EIO (the descriptor is gone all the same)."""
+
+    def __init__(self) -> None:
+        super().__init__(whole_filesystem=True)
+        self.flushed = self.failed = False
+
+    def sync_files(self, fds) -> bool:
+        whole = super().sync_files(fds)
+        self.flushed = True
+        return whole
+
+    def close(self, fd: int) -> None:
+        if self.flushed and not self.failed:
+            self.failed = True
+            os.close(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        super().close(fd)
+
+
+class BatchCase(SynchronousTestCase):
+    """Batches straight through L{SpoolDisk.publish_batch}."""
+
+    def disk(self, ops, tag: str = "main0001") -> SpoolDisk:
+        self.directory = getattr(self, "directory", None) or os.path.abspath(self.mktemp())
+        disk = SpoolDisk(self.directory, ops=ops, tag=tag)
+        disk.ensure_directories()
+        self.addCleanup(disk.files.close)
+        return disk
+
+    def requests(self, count: int, where: str = "queue", start: float = 1_700_000_000.0) -> list[CommitRequest]:
+        return [CommitRequest(SpoolEntry(new_queue_id(start + i), ENVELOPE, PROVENANCE, start + i, "", 0), where,
+                              data=MESSAGE) for i in range(count)]
+
+    def kinds(self, ops) -> list[str]:
+        return [op for op, _ in ops.events if op in ("rename", "fsync", "fsync-dir", "syncfs")]
+
+
+class BatchTests(BatchCase):
+    """Batches of several messages, and the failures that end one commit of a batch."""
+
+    def test_syncfs_refused_mid_run_falls_back_with_the_directory_fsync(self):
+        """Refused (ENOSYS, EPERM) after the renames: every file fdatasynced, then queue/ fsynced."""
+        for error in (errno.ENOSYS, errno.EPERM):
+            self.directory = None
+            ops = RefusedSyncfs(error)
+            results = self.disk(ops).publish_batch(self.requests(2))
+            self.assertTrue(all(isinstance(r, SpoolEntry) for r in results), results)
+            self.assertEqual(self.kinds(ops), ["rename"] * 4 + ["fsync"] * 4 + ["fsync-dir"])
+
+    def test_the_marker_names_the_batch_earliest_id(self):
+        self.directory = os.path.abspath(self.mktemp())
+        ops = SeeingFileOps(self.directory, whole_filesystem=True)
+        requests = self.requests(3)[::-1]  # latest first
+        self.disk(ops).publish_batch(requests)
+        seen, = ops.seen
+        earliest = min(r.entry.queue_id for r in requests)
+        self.assertEqual([n for n in seen["tmp"] if n.endswith(INFLIGHT)], [f"main0001.{earliest}{INFLIGHT}"])
+
+    def test_drop_offs_in_a_mixed_batch_are_flushed_before_they_are_renamed(self):
+        ops = RecordingFileOps(whole_filesystem=True)
+        disk = self.disk(ops)
+        results = disk.publish_batch(self.requests(1) + self.requests(1, "incoming", start=1_700_000_100.0))
+        self.assertTrue(all(isinstance(r, SpoolEntry) for r in results), results)
+        incoming = os.path.join(self.directory, "incoming")
+        order = [(op, path) for op, path in ops.events if op in ("rename", "syncfs", "fsync-dir")]
+        self.assertEqual([op for op, _ in order], ["rename", "rename", "syncfs", "rename", "rename", "fsync-dir"])
+        self.assertFalse(order[0][1].startswith(incoming))
+        self.assertTrue(order[3][1].startswith(incoming))
+        self.assertEqual(order[-1], ("fsync-dir", incoming))
+
+    def test_commits_leave_no_descriptor_open(self):
+        disk = self.disk(RecordingFileOps(whole_filesystem=True))
+        before = open_descriptors()
+        disk.publish_batch(self.requests(3))
+        self.assertEqual(open_descriptors() - before, set())
+
+    def test_a_close_error_after_the_flush_fails_that_commit_alone(self):
+        disk = self.disk(FailingCloseAfterFlush())
+        before = open_descriptors()
+        requests = self.requests(3)
+        results = disk.publish_batch(requests)
+        self.assertIsInstance(results[0], SpoolError)
+        self.assertIn("close the message file", str(results[0]))
+        self.assertEqual([type(r) for r in results[1:]], [SpoolEntry, SpoolEntry])
+        self.assertEqual(open_descriptors() - before, set())
+        self.assertEqual(disk.queue_ids(), sorted(r.entry.queue_id for r in requests[1:]))
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+
+
+class KilledInTheWindow(RecordingFileOps):
+    """A process SIGKILLed between its renames and its flush: nothing after the renames runs."""
+
+    class Killed(Exception):
+        pass
+
+    def sync_files(self, fds) -> bool:
+        raise self.Killed()
+
+    def unlink(self, path: str) -> None:
+        if path.endswith(INFLIGHT):
+            raise OSError(errno.EIO, "killed")
+        super().unlink(path)
+
+
+class FlushRecorder(FileOps):
+    """What the intake supervisor's sweep does, and whether its flush works."""
+
+    def __init__(self, events: list, fails: bool = False) -> None:
+        self.events, self.fails = events, fails
+
+    def sync_filesystem(self, fd: int) -> None:
+        if self.fails:
+            raise OSError(errno.EIO, "Input/output error")
+        self.events.append("flush")
+        super().sync_filesystem(fd)
+
+    def unlink(self, path: str) -> None:
+        self.events.append(("unlink", os.path.basename(path)))
+        super().unlink(path)
+
+
+class DeadWorkerTests(BatchCase):
+    """A worker killed in its window, then the supervisor's sweep, then perhaps a power loss."""
+
+    def killed_worker(self) -> str:
+        requests = self.requests(1)
+        try:
+            self.disk(KilledInTheWindow(whole_filesystem=True), tag="w1").publish_batch(requests)
+        except KilledInTheWindow.Killed:
+            pass
+        queue_id = requests[0].entry.queue_id
+        self.assertIn(f"w1.{queue_id}{INFLIGHT}", os.listdir(os.path.join(self.directory, "tmp")))
+        return queue_id
+
+    def power_loss(self, queue_id: str) -> None:
+        with open(os.path.join(self.directory, "queue", queue_id + ".msg"), "r+b") as f:
+            f.truncate(0)
+
+    def test_the_sweep_flushes_before_it_removes_the_marker(self):
+        queue_id = self.killed_worker()
+        events: list = []
+        self.patch(spool_sweep, "FileOps", lambda: FlushRecorder(events))
+        spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "w1")
+        self.assertEqual(events, ["flush", ("unlink", f"w1.{queue_id}{INFLIGHT}")])
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+
+    def test_when_that_flush_fails_the_marker_stays_for_the_next_start(self):
+        queue_id = self.killed_worker()
+        self.patch(spool_sweep, "FileOps", lambda: FlushRecorder([], fails=True))
+        spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "w1")
+        self.power_loss(queue_id)
+        report = self.disk(RecordingFileOps(), tag="main0002").recover()
+        self.assertEqual([(q.name, q.reason) for q in report.quarantined], [(queue_id, INCOMPLETE)])
+
+    def test_a_failed_check_leaves_the_marker_for_the_next_start(self):
+        queue_id = self.killed_worker()
+        self.power_loss(queue_id)
+        real, calls = inflight.quarantine_incomplete, []
+
+        def failing_once(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(*args)
+        self.patch(inflight, "quarantine_incomplete", failing_once)
+        first = self.disk(RecordingFileOps(), tag="main0002")
+        self.assertRaises(SpoolError, first.recover)
+        first.release_lock()
+        report = self.disk(RecordingFileOps(), tag="main0003").recover()
+        self.assertEqual([q.name for q in report.quarantined], [queue_id])
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])

@@ -237,8 +237,12 @@ class Acceptor:
         one flush of the filesystem (``syncfs``) makes their data, their records and the
         renames durable together: a lone commit pays one flush instead of two.  The process
         that commits an entry announces it only after the commit returns, and recovery skips
-        the ids being committed, so an entry visible before it is durable is acted on by
-        nobody; a power loss in the window is what the marker of L{gateway.spool.inflight} is
+        the ids being committed.  Two things can still see an entry in the window: the sweep
+        after another intake worker died (L{gateway.workers.spool_sweep}) and an admin's
+        release of held/.  If the flush then fails, the entry is removed and its client told
+        to try again: at worst a message delivered twice, never one lost — as in the window
+        between the renames and the directory fsync before, which is now longer by the data
+        flush.  A power loss in the window is what the marker of L{gateway.spool.inflight} is
         for.  incoming/ is scanned by the daemon, which imports what it finds: sendmail's
         drop-offs keep the flush-then-rename order.
         """
@@ -262,8 +266,8 @@ class Acceptor:
             return
         if whole_filesystem:  # it covered the renames too
             for s in in_place:
-                self._close_staged(s)
-                results[s.index] = s.entry
+                if self._closed_or_undone(s, results):
+                    results[s.index] = s.entry
             by_directory = {}
         by_directory.update(self._rename_all(late, results))
         self._sync_directories(by_directory, results)
@@ -303,8 +307,7 @@ class Acceptor:
     def _sync_directories(self, by_directory: dict[str, list[_Staged]], results: list[Any]) -> None:
         """One directory fsync per destination; only then is a commit's entry its result."""
         for where, group in by_directory.items():
-            for s in group:
-                self._close_staged(s)
+            group = [s for s in group if self._closed_or_undone(s, results)]
             try:
                 self._files.syncer(where).sync()
             except OSError as e:
@@ -366,6 +369,16 @@ class Acceptor:
         if s.temp.fd is not None:
             fd, s.temp.fd = s.temp.fd, None
             ops.close(fd)
+
+    def _closed_or_undone(self, s: _Staged, results: list[Any]) -> bool:
+        """Close a commit's files; if that fails (a late write error), the commit fails alone."""
+        try:
+            self._close_staged(s)
+        except OSError as e:
+            self._unstage(s)
+            results[s.index] = spool_error(e, "close the message file")
+            return False
+        return True
 
     def _unstage(self, s: _Staged) -> None:
         """Remove every trace of a staged commit (record first: without it nothing counts)."""

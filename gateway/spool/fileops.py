@@ -130,6 +130,20 @@ class FileOps:
             self.sync_file(fd)
         return False
 
+    def sync_filesystem(self, fd: int) -> None:
+        """
+        Flush the whole filesystem ``fd`` is on (``syncfs``; ``sync`` where there is none,
+        which flushes every filesystem and reports no error).  For rare moments — after a
+        process died in a commit's window — so it ignores ``[spool] flush``.
+        """
+        if _SYNCFS is not None:
+            if _SYNCFS(fd) == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.ENOSYS, errno.EPERM):
+                raise OSError(err, os.strerror(err))
+        os.sync()
+
     # A ctypes function is no descriptor: read through the instance it is not bound to it.
     _syncfs = _SYNCFS
 

@@ -18,6 +18,10 @@ the batch has an id at least the marker's.  A filesystem that journals its metad
 power loss every entry that may be incomplete is at or after some marker left in tmp/.
 Recovery checks those entries (record, size, digest) and quarantines the incomplete ones with
 a reason that says what happened; after a clean stop there is no marker and nothing to check.
+A marker is only ever removed by its own batch, after the flush, or after a flush of the whole
+filesystem (L{settle}: recovery once its check is done, the intake supervisor after a worker
+died in its window), so a power loss at any moment finds every possibly incomplete entry at or
+after a marker.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import hashlib
 import os
 from typing import Optional
 
-from gateway.spool.fileops import quietly
+from gateway.spool.fileops import FileOps, quietly
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.quarantine import Quarantine, Quarantined
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
@@ -54,21 +58,41 @@ def unmark(files: SpoolFiles, path: str) -> None:
     quietly(files.ops.unlink, path)
 
 
-def earliest_marked(tmp_dir: str, own_tag: str) -> Optional[str]:
+def markers(tmp_dir: str, own_tag: str) -> list[str]:
     """
-    The earliest queue id a marker in ``tmp_dir`` names, or None: any process's but this one's
-    (whose batches in flight are whole in memory, and finish by themselves).
+    The paths of the markers in ``tmp_dir``: any process's but this one's (whose batches in
+    flight are whole in memory, and finish by themselves).
     """
-    earliest = None
     own = own_tag + "."
     with os.scandir(tmp_dir) as it:
-        for e in it:
-            if not e.name.endswith(INFLIGHT) or e.name.startswith(own):
-                continue
-            queue_id = e.name[: -len(INFLIGHT)].rpartition(".")[2]
-            if len(queue_id) == QUEUE_ID_LENGTH and is_queue_id(queue_id) and (earliest is None or queue_id < earliest):
-                earliest = queue_id
-    return earliest
+        return sorted(e.path for e in it if e.name.endswith(INFLIGHT) and not e.name.startswith(own))
+
+
+def earliest(paths: list[str]) -> Optional[str]:
+    """The earliest queue id the markers at ``paths`` name, or None."""
+    ids = [os.path.basename(path)[: -len(INFLIGHT)].rpartition(".")[2] for path in paths]
+    ids = [queue_id for queue_id in ids if len(queue_id) == QUEUE_ID_LENGTH and is_queue_id(queue_id)]
+    return min(ids) if ids else None
+
+
+def settle(ops: FileOps, tmp_dir: str, paths: list[str]) -> bool:
+    """
+    Flush the spool's filesystem, then remove the markers at ``paths``: whatever their
+    batches left (whole in the page cache, when only their process died) is on disk now, and so
+    is what recovery quarantined.  False when the flush failed: the markers stay, for the next
+    start-up to check again.
+    """
+    try:
+        fd = ops.open_dir(tmp_dir)
+        try:
+            ops.sync_filesystem(fd)
+        finally:
+            ops.close(fd)
+    except OSError:
+        return False
+    for path in paths:
+        quietly(ops.unlink, path)
+    return True
 
 
 def quarantine_incomplete(files: SpoolFiles, quarantine: Quarantine, since: str) -> list[Quarantined]:
@@ -108,4 +132,4 @@ def _complete(directory: str, queue_id: str) -> bool:
     return True
 
 
-__all__ = ["INFLIGHT", "mark", "unmark", "earliest_marked", "quarantine_incomplete"]
+__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "markers", "earliest", "settle", "quarantine_incomplete"]

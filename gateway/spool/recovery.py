@@ -69,10 +69,14 @@ class Recovery:
         """Recover the spool (its lock must be held); L{SpoolError} if it cannot be read."""
         report = RecoveryReport()
         try:
-            cut_short = inflight.earliest_marked(self._files.layout.tmp, self._files.tag)
+            tmp = self._files.layout.tmp
+            markers = inflight.markers(tmp, self._files.tag)
             self._clear_tmp(report)
+            cut_short = inflight.earliest(markers)
             if cut_short is not None:
                 report.quarantined.extend(inflight.quarantine_incomplete(self._files, self._quarantine, cut_short))
+            if markers:
+                inflight.settle(self._files.ops, tmp, markers)
             # Requests stay in incoming/ for the runner's first scan, after it has a schedule.
             scan = self._drop_box.scan(take_requests=False)
             report.imported.extend(scan.entries)
@@ -88,7 +92,8 @@ class Recovery:
     def _clear_tmp(self, report: RecoveryReport) -> None:
         prefix = self._files.tag + "."
         with os.scandir(self._files.layout.tmp) as it:
-            stale = [e.path for e in it if not e.name.startswith(prefix)]
+            # Markers of batches cut short stay until their entries are checked (inflight.settle).
+            stale = [e.path for e in it if not e.name.startswith(prefix) and not e.name.endswith(inflight.INFLIGHT)]
         for path in stale:
             if quietly(self._files.ops.unlink, path) is None:
                 report.removed.append(path)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Collection
 
+from gateway.spool.fileops import FileOps
+from gateway.spool.inflight import INFLIGHT, settle
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -42,17 +44,29 @@ def unannounced_since(queue_dir: str, since: float, announced: Collection[str]) 
 
 
 def remove_temp_files(tmp_dir: str, tag: str) -> int:
-    """Remove ``tmp_dir/<tag>.*`` (a dead worker's unfinished messages); how many were removed."""
+    """
+    Remove ``tmp_dir/<tag>.*`` (a dead worker's unfinished messages); how many were removed.
+    The marker of a batch it died in the window of (L{gateway.spool.inflight}) goes last, after
+    a flush of the filesystem has put that batch on disk whole; if the flush fails it stays, and
+    the next start-up checks the batch.
+    """
     prefix = tag + "."
     removed = 0
+    markers = []
     with os.scandir(tmp_dir) as entries:
         for entry in entries:
-            if entry.name.startswith(prefix):
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+            if not entry.name.startswith(prefix):
+                continue
+            if entry.name.endswith(INFLIGHT):
+                markers.append(entry.path)
+                continue
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    if markers and settle(FileOps(), tmp_dir, markers):
+        removed += len(markers)
     return removed
 
 
