@@ -133,7 +133,9 @@ class RecoveryTests(SpoolCase):
                          sorted([(short.queue_id, INCOMPLETE), (empty_record.queue_id, INCOMPLETE)]))
         self.assertEqual(sorted(queue_id for _, queue_id in report.schedule), sorted([old.queue_id, whole.queue_id]))
         self.assertEqual(self.listing("quarantine"), sorted(
-            f"{e.queue_id}{suffix}" for e in (short, empty_record) for suffix in (".env", ".msg")))
+            f"{e.queue_id}{suffix}" for e in (short, empty_record) for suffix in (".env", ".msg", ".reason")))
+        with open(os.path.join(self.directory, "quarantine", short.queue_id + ".reason")) as f:
+            self.assertIn(f"reason: {INCOMPLETE}", f.read())
         self.assertEqual(self.listing("tmp"), [])  # the marker is gone with the stale temp files
         self.assertIn("never acknowledged", INCOMPLETE)
 
@@ -360,3 +362,20 @@ class DeadWorkerTests(BatchCase):
         report = self.disk(RecordingFileOps(), tag="main0003").recover()
         self.assertEqual([q.name for q in report.quarantined], [queue_id])
         self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+
+
+class CommandCommitTests(BatchCase):
+    def test_a_commands_commit_is_flushed_before_it_is_renamed_and_leaves_no_marker(self):
+        """adopt commits another node's entries, with ids that may be months old: a marker
+        named after one would make the next start-up check everything minted since."""
+        self.directory = os.path.abspath(self.mktemp())
+        ops = SeeingFileOps(self.directory, whole_filesystem=True)
+        disk = self.disk(ops)
+        entry = SpoolEntry(new_queue_id(1_600_000_000.0), ENVELOPE, PROVENANCE, 1_600_000_000.0, "", 0)
+        temp = disk.create_temp(entry.queue_id)
+        disk.append(temp, [MESSAGE])
+        disk.publish(temp, entry)
+        seen, = ops.seen
+        self.assertEqual(seen["queue"], [])
+        self.assertEqual([n for n in seen["tmp"] if n.endswith(INFLIGHT)], [])
+        self.assertEqual(self.kinds(ops), ["fsync", "fsync", "syncfs", "rename", "rename", "fsync-dir"])

@@ -65,7 +65,7 @@ whose entries recovery checks:
   the marker: a record that does not decode is quarantined when loaded, and the deliverer
   checks the message's digest before sending.  The sendmail command's drop-offs into
   incoming/, which the daemon scans and imports, are flushed before they are renamed, then
-  incoming/ is fsynced.  With ``[queue] hold_new`` the destination is held/ instead of queue/
+  incoming/ is fsynced; so is what ``graphsmtp-queue adopt`` commits (old ids, no marker).  With ``[queue] hold_new`` the destination is held/ instead of queue/
   (the record's history notes the hold, as an admin hold would).  The on-disk format is
   unchanged by group commit: entries written by older gateways load and deliver as before.
 - import (sendmail's entries, done by the daemon): write the record into tmp/, rename the

@@ -205,13 +205,16 @@ class Acceptor:
 
     # -- committing ------------------------------------------------------------------------
 
-    def publish_batch(self, requests: list[CommitRequest]) -> list[CommitResult]:
+    def publish_batch(self, requests: list[CommitRequest], rename_first: bool = True) -> list[CommitResult]:
         """
         Group commit: accept every L{CommitRequest} in ``requests`` with one flush for all of
         them, in the order of the acceptance protocol (the package docstring's "accept").
         Returns one result per request, in order: the stored L{SpoolEntry}, or the
         L{SpoolError} that request failed with (its files are gone).  One bad request (a full
         disk while writing it) fails alone; a failed flush fails the whole batch.
+        ``rename_first=False`` flushes before it renames, for commits off the daemon's intake
+        path (adopting another node's entries, whose ids may be months old, would otherwise
+        leave a marker that makes the next start-up check everything minted since).
         """
         results: list[Any] = [None] * len(requests)
         staged: list[_Staged] = []
@@ -224,14 +227,14 @@ class Acceptor:
                 results[index] = e
         try:
             if staged:
-                self._publish(staged, results)
+                self._publish(staged, results, rename_first)
         finally:
             with self._committing_lock:
                 for request in requests:
                     self._committing.discard(request.entry.queue_id)
         return results
 
-    def _publish(self, staged: list[_Staged], results: list[Any]) -> None:
+    def _publish(self, staged: list[_Staged], results: list[Any], rename_first: bool) -> None:
         """
         Entries bound for queue/ or held/ are renamed into place *before* the flush, so that
         one flush of the filesystem (``syncfs``) makes their data, their records and the
@@ -246,8 +249,8 @@ class Acceptor:
         for.  incoming/ is scanned by the daemon, which imports what it finds: sendmail's
         drop-offs keep the flush-then-rename order.
         """
-        early = [s for s in staged if s.where != "incoming"]
-        late = [s for s in staged if s.where == "incoming"]
+        early = [s for s in staged if s.where != "incoming"] if rename_first else []
+        late = [s for s in staged if s.where == "incoming"] if early else staged
         marker = inflight.mark(self._files, [s.entry.queue_id for s in early]) if early else None
         if marker is None:
             early, late = [], staged  # no marker, no window: flushed before renamed, as incoming/ is

@@ -164,12 +164,13 @@ class SpoolDisk:
     def publish(self, temp: TempMessage, entry: SpoolEntry, incoming: bool = False,
                 held: bool = False) -> SpoolEntry:
         """
-        The acceptance protocol for one message.  Returns ``entry`` with its final message
-        path; on any failure removes every trace and raises L{SpoolError}.  ``held`` commits
-        into held/ instead of queue/ (``[queue] hold_new``).
+        The acceptance protocol for one message, for the commands (sendmail, adopt): flushed
+        before it is renamed, as a drop-off must be (see L{Acceptor.publish_batch}).  Returns
+        ``entry`` with its final message path; on any failure removes every trace and raises
+        L{SpoolError}.  ``held`` commits into held/ instead of queue/ (``[queue] hold_new``).
         """
         where = "incoming" if incoming else "held" if held else "queue"
-        result = self._acceptor.publish_batch([CommitRequest(entry, where, temp=temp)])[0]
+        result = self._acceptor.publish_batch([CommitRequest(entry, where, temp=temp)], rename_first=False)[0]
         if not isinstance(result, SpoolEntry):
             raise result
         return result

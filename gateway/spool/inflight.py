@@ -107,7 +107,7 @@ def quarantine_incomplete(files: SpoolFiles, quarantine: Quarantine, since: str)
                    if e.name.endswith(ENV) and e.name[:_TIME_PREFIX] >= since[:_TIME_PREFIX]]
         for queue_id in sorted(ids):
             if is_queue_id(queue_id) and not _complete(directory, queue_id):
-                quarantine.move_entry_files(directory, queue_id)
+                quarantine.set_aside(directory, queue_id, INCOMPLETE)
                 moved.append(Quarantined(queue_id, INCOMPLETE))
     return moved
 

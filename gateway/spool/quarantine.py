@@ -63,6 +63,13 @@ class Quarantine:
             if os.path.exists(path):
                 quietly(self.move_file, path)
 
+    def set_aside(self, directory: str, queue_id: str, reason: str) -> None:
+        """L{move_entry_files}, with ``<id>.reason`` beside them for the admin (best effort)."""
+        self.move_entry_files(directory, queue_id)
+        self._write_reason(queue_id, f"queue id: {queue_id}\n"
+                                     f"quarantined at: {utc_timestamp(self._files.now())}\n"
+                                     f"reason: {one_line(reason)}\n")
+
     def take_out_of_queue(self, entry: SpoolEntry, reason: str) -> str:
         """
         Take a queued entry out of the queue for good, keeping it for an admin: the message,
