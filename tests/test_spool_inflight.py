@@ -11,9 +11,11 @@ import ctypes
 import errno
 import os
 
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.spool import inflight
+from gateway.spool import fileops, inflight
 from gateway.spool.disk import CommitRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.fileops import FileOps
@@ -105,13 +107,16 @@ class MarkerTests(SpoolCase):
 class RecoveryTests(SpoolCase):
     """What a power loss in the window can leave, and what the next start-up makes of it."""
 
-    def crashed_spool(self, hold_new: bool = False):
-        """Four entries; the last three were "in flight" under another process's marker."""
+    def crashed_spool(self, hold_new: bool = False, count: int = 4):
+        """``count`` entries; the second to the fourth were a batch "in flight" under another
+        process's marker."""
         spool = self.spool(hold_new=hold_new)
-        entries = [self.accept(spool) for _ in range(4)]
+        entries = [self.accept(spool) for _ in range(count)]
         spool.close()
         where = os.path.join(self.directory, "held" if hold_new else "queue")
-        open(os.path.join(self.directory, "tmp", f"deadbeef.{entries[1].queue_id}{INFLIGHT}"), "wb").close()
+        self.marker = os.path.join(self.directory, "tmp",
+                                   f"deadbeef.{entries[1].queue_id}.{entries[3].queue_id}{INFLIGHT}")
+        open(self.marker, "wb").close()
         return entries, where
 
     def truncate(self, path: str, size: int) -> None:
@@ -123,15 +128,17 @@ class RecoveryTests(SpoolCase):
         return spool.disk.recover()
 
     def test_incomplete_entries_under_a_marker_are_quarantined(self):
-        entries, queue = self.crashed_spool()
-        old, short, empty_record, whole = entries
-        self.truncate(os.path.join(queue, old.queue_id + ".msg"), 5)  # before the marker: not looked at
+        entries, queue = self.crashed_spool(count=5)
+        old, short, empty_record, whole, later = entries
+        self.truncate(os.path.join(queue, old.queue_id + ".msg"), 5)  # before the marker's batch: not looked at
+        self.truncate(os.path.join(queue, later.queue_id + ".msg"), 5)  # after it: not looked at either
         self.truncate(os.path.join(queue, short.queue_id + ".msg"), 10)
         self.truncate(os.path.join(queue, empty_record.queue_id + ".env"), 0)
         report = self.recover()
         self.assertEqual(sorted((q.name, q.reason) for q in report.quarantined),
                          sorted([(short.queue_id, INCOMPLETE), (empty_record.queue_id, INCOMPLETE)]))
-        self.assertEqual(sorted(queue_id for _, queue_id in report.schedule), sorted([old.queue_id, whole.queue_id]))
+        self.assertEqual(sorted(queue_id for _, queue_id in report.schedule),
+                         sorted([old.queue_id, whole.queue_id, later.queue_id]))
         self.assertEqual(self.listing("quarantine"), sorted(
             f"{e.queue_id}{suffix}" for e in (short, empty_record) for suffix in (".env", ".msg", ".reason")))
         with open(os.path.join(self.directory, "quarantine", short.queue_id + ".reason")) as f:
@@ -167,7 +174,7 @@ class RecoveryTests(SpoolCase):
         """After a clean stop, start-up reads no record: a damaged message is the digest check's
         to find before sending (L{gateway.delivery.graph.integrity})."""
         entries, queue = self.crashed_spool()
-        os.unlink(os.path.join(self.directory, "tmp", f"deadbeef.{entries[1].queue_id}{INFLIGHT}"))
+        os.unlink(self.marker)
         self.truncate(os.path.join(queue, entries[2].queue_id + ".msg"), 3)
         report = self.recover()
         self.assertEqual(report.quarantined, [])
@@ -240,14 +247,14 @@ class BatchTests(BatchCase):
             self.assertTrue(all(isinstance(r, SpoolEntry) for r in results), results)
             self.assertEqual(self.kinds(ops), ["rename"] * 4 + ["fsync"] * 4 + ["fsync-dir"])
 
-    def test_the_marker_names_the_batch_earliest_id(self):
+    def test_the_marker_names_the_batch_first_and_last_id(self):
         self.directory = os.path.abspath(self.mktemp())
         ops = SeeingFileOps(self.directory, whole_filesystem=True)
         requests = self.requests(3)[::-1]  # latest first
         self.disk(ops).publish_batch(requests)
         seen, = ops.seen
-        earliest = min(r.entry.queue_id for r in requests)
-        self.assertEqual([n for n in seen["tmp"] if n.endswith(INFLIGHT)], [f"main0001.{earliest}{INFLIGHT}"])
+        first, last = min(r.entry.queue_id for r in requests), max(r.entry.queue_id for r in requests)
+        self.assertEqual([n for n in seen["tmp"] if n.endswith(INFLIGHT)], [f"main0001.{first}.{last}{INFLIGHT}"])
 
     def test_drop_offs_in_a_mixed_batch_are_flushed_before_they_are_renamed(self):
         ops = RecordingFileOps(whole_filesystem=True)
@@ -322,7 +329,7 @@ class DeadWorkerTests(BatchCase):
         except KilledInTheWindow.Killed:
             pass
         queue_id = requests[0].entry.queue_id
-        self.assertIn(f"w1.{queue_id}{INFLIGHT}", os.listdir(os.path.join(self.directory, "tmp")))
+        self.assertIn(f"w1.{queue_id}.{queue_id}{INFLIGHT}", os.listdir(os.path.join(self.directory, "tmp")))
         return queue_id
 
     def power_loss(self, queue_id: str) -> None:
@@ -334,7 +341,7 @@ class DeadWorkerTests(BatchCase):
         events: list = []
         self.patch(spool_sweep, "FileOps", lambda: FlushRecorder(events))
         spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "w1")
-        self.assertEqual(events, ["flush", ("unlink", f"w1.{queue_id}{INFLIGHT}")])
+        self.assertEqual(events, ["flush", ("unlink", f"w1.{queue_id}.{queue_id}{INFLIGHT}")])
         self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
 
     def test_when_that_flush_fails_the_marker_stays_for_the_next_start(self):
@@ -379,3 +386,94 @@ class CommandCommitTests(BatchCase):
         self.assertEqual(seen["queue"], [])
         self.assertEqual([n for n in seen["tmp"] if n.endswith(INFLIGHT)], [])
         self.assertEqual(self.kinds(ops), ["fsync", "fsync", "syncfs", "rename", "rename", "fsync-dir"])
+
+
+class FailingFlush(RecordingFileOps):
+    """Everything works but the flush of the whole filesystem that settles markers."""
+
+    def sync_filesystem(self, fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+class OrderedFlush(RecordingFileOps):
+    def sync_filesystem(self, fd: int) -> None:
+        self.events.append(("sync_filesystem", ""))
+        super().sync_filesystem(fd)
+
+
+class SettleTests(BatchCase):
+    """How markers go: only after a flush that reported no error, and never this process's own."""
+
+    def committed_with_marker(self, tag: str = "aaaa"):
+        results = self.disk(RecordingFileOps(whole_filesystem=True)).publish_batch(self.requests(1))
+        queue_id = results[0].queue_id
+        marker = os.path.join(self.directory, "tmp", f"{tag}.{queue_id}.{queue_id}{INFLIGHT}")
+        open(marker, "wb").close()
+        return results[0], marker
+
+    def test_recovery_flushes_before_it_removes_a_marker(self):
+        _, marker = self.committed_with_marker()
+        ops = OrderedFlush()
+        self.disk(ops, tag="main0002").recover()
+        self.assertEqual([e for e in ops.events if e[0] == "sync_filesystem" or e == ("unlink", marker)],
+                         [("sync_filesystem", ""), ("unlink", marker)])
+
+    def test_a_failed_flush_keeps_the_marker_and_says_so(self):
+        entry, marker = self.committed_with_marker()
+        spool = DirectorySpool(self.directory, SynchronousThreadPool(), ImmediateReactor(), fileops=FailingFlush())
+        self.addCleanup(spool.close)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        schedule = self.successResultOf(spool.recover_schedule())
+        self.assertEqual([queue_id for _, queue_id in schedule], [entry.queue_id])  # start-up goes on
+        self.assertTrue(os.path.exists(marker))
+        warnings = [formatEvent(e) for e in events if "markers stay" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn(os.path.basename(marker), warnings[0])
+
+    def test_recovery_leaves_this_process_own_marker_alone(self):
+        """Intake may already run while recovery does (its first writer waits for nothing)."""
+        _, marker = self.committed_with_marker(tag="main0002")
+        self.disk(RecordingFileOps(), tag="main0002").recover()
+        self.assertTrue(os.path.exists(marker))
+
+    def test_each_markers_batch_is_checked(self):
+        results = self.disk(RecordingFileOps(whole_filesystem=True)).publish_batch(self.requests(3))
+        tmp = os.path.join(self.directory, "tmp")
+        for tag, entry in (("aaaa", results[0]), ("bbbb", results[2])):
+            open(os.path.join(tmp, f"{tag}.{entry.queue_id}.{entry.queue_id}{INFLIGHT}"), "wb").close()
+        for entry in (results[0], results[1], results[2]):
+            with open(entry.message_path, "r+b") as f:
+                f.truncate(1)
+        report = self.disk(RecordingFileOps(), tag="main0002").recover()
+        self.assertEqual(sorted(q.name for q in report.quarantined), sorted([results[0].queue_id, results[2].queue_id]))
+
+    def test_sync_filesystem_raises_what_syncfs_reports(self):
+        def failing(fd: int) -> int:
+            ctypes.set_errno(errno.EIO)
+            return -1
+        self.patch(fileops, "_SYNCFS", failing)
+        error = self.assertRaises(OSError, FileOps().sync_filesystem, 0)
+        self.assertEqual(error.errno, errno.EIO)
+
+    def test_without_syncfs_nothing_counts_as_flushed_and_the_marker_stays(self):
+        """``sync`` reports no error: it is no flush to remove a marker after."""
+        self.patch(fileops, "_SYNCFS", None)
+        self.patch(os, "sync", lambda: self.fail("sync() reports no error; it must not stand in"))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        marker = os.path.join(directory, f"x.{new_queue_id(1.0)}.{new_queue_id(1.0)}{INFLIGHT}")
+        open(marker, "wb").close()
+        self.assertFalse(inflight.settle(FileOps(), directory, [marker]))
+        self.assertTrue(os.path.exists(marker))
+
+    def test_a_close_error_file_by_file_fails_that_commit_alone(self):
+        ops = FailingCloseAfterFlush()
+        ops.flush_per_file()
+        disk = self.disk(ops)
+        before = open_descriptors()
+        results = disk.publish_batch(self.requests(3))
+        self.assertIsInstance(results[0], SpoolError)
+        self.assertEqual([type(r) for r in results[1:]], [SpoolEntry, SpoolEntry])
+        leaked = {os.readlink(f"/proc/self/fd/{fd}") for fd in open_descriptors() - before
+                  if os.path.exists(f"/proc/self/fd/{fd}")}
+        self.assertTrue(all(os.path.isdir(path) for path in leaked), leaked)  # the directory syncers' own

@@ -117,7 +117,7 @@ class SweepTests(TestCase):
         os.makedirs(tmp)
         for name in ("dead01.A.msg", "dead01.A.env", "alive2.B.msg"):
             open(os.path.join(tmp, name), "w").close()
-        self.assertEqual(remove_temp_files(tmp, "dead01"), 2)
+        self.assertEqual(remove_temp_files(tmp, "dead01").removed, 2)
         self.assertEqual(os.listdir(tmp), ["alive2.B.msg"])
 
 

@@ -29,7 +29,7 @@ Layout (directories 0700, files 0600)::
     <spool>/
       lock                 flock()ed by the running daemon; holds its pid
       tmp/                 the daemon's files being written: <tag>.<id>.msg / .env / ...,
-                           and <tag>.<id>.inflight while a batch is renamed but not flushed
+                           and <tag>.<first>.<last>.inflight while a batch is in place unflushed
       queue/<id>.msg       the message: RFC 5322 bytes with CRLF line ends, exactly as handed
                            to the spool writer (gateway headers included), nothing added
       queue/<id>.env       the envelope/state record (format: L{gateway.spool.record});
@@ -57,17 +57,19 @@ whose entries recovery checks:
   queue/ (or held/), then *one* flush of the filesystem (``syncfs``, Linux >= 5.8) makes all
   of it durable, renames included — one device flush per batch, and a lone message pays one.
   Without ``syncfs`` (``[spool] flush = "fdatasync"``, older kernels) each file is
-  fdatasynced and each destination directory fsynced instead.  While a batch is in place but
-  not yet flushed, an empty marker ``tmp/<tag>.<earliest id>.inflight`` says so: a power loss
-  in that window can leave an entry whose record or message never reached the disk (never
-  acknowledged), and recovery checks the entries at or after a marker and quarantines the
-  incomplete ones (L{gateway.spool.inflight}).  Nothing incomplete is ever sent even without
-  the marker: a record that does not decode is quarantined when loaded, and the deliverer
-  checks the message's digest before sending.  The sendmail command's drop-offs into
-  incoming/, which the daemon scans and imports, are flushed before they are renamed, then
-  incoming/ is fsynced; so is what ``graphsmtp-queue adopt`` commits (old ids, no marker).  With ``[queue] hold_new`` the destination is held/ instead of queue/
-  (the record's history notes the hold, as an admin hold would).  The on-disk format is
-  unchanged by group commit: entries written by older gateways load and deliver as before.
+  fdatasynced first and each destination directory fsynced after the renames, as the
+  commands do.  While a batch is in place but not yet flushed, an empty marker
+  ``tmp/<tag>.<first id>.<last id>.inflight`` says so: a power loss in that window can leave
+  an entry whose record or message never reached the disk (never acknowledged), and recovery
+  checks the entries in a marker's range and quarantines the incomplete ones
+  (L{gateway.spool.inflight}).  Nothing incomplete is ever sent even without the marker: a
+  record that does not decode is quarantined when loaded, and the deliverer checks the
+  message's digest before sending.  The sendmail command's drop-offs into incoming/, which
+  the daemon scans and imports, are flushed before they are renamed, then incoming/ is
+  fsynced; so is what ``graphsmtp-queue adopt`` commits (old ids, no marker).  With
+  ``[queue] hold_new`` the destination is held/ instead of queue/ (the record's history notes
+  the hold, as an admin hold would).  The on-disk format is unchanged by group commit:
+  entries written by older gateways load and deliver as before.
 - import (sendmail's entries, done by the daemon): write the record into tmp/, rename the
   message incoming/ → queue/, rename the record into queue/, fsync queue/, unlink the
   incoming record.  Recovery finishes a half-done import (incoming record + queue message).

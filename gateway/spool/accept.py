@@ -238,7 +238,9 @@ class Acceptor:
         """
         Entries bound for queue/ or held/ are renamed into place *before* the flush, so that
         one flush of the filesystem (``syncfs``) makes their data, their records and the
-        renames durable together: a lone commit pays one flush instead of two.  The process
+        renames durable together: a lone commit pays one flush instead of two.  File by file
+        (no ``syncfs``, or ``[spool] flush = "fdatasync"``) the order gains nothing, and the
+        flush comes first as before.  The process
         that commits an entry announces it only after the commit returns, and recovery skips
         the ids being committed.  Two things can still see an entry in the window: the sweep
         after another intake worker died (L{gateway.workers.spool_sweep}) and an admin's
@@ -249,6 +251,7 @@ class Acceptor:
         for.  incoming/ is scanned by the daemon, which imports what it finds: sendmail's
         drop-offs keep the flush-then-rename order.
         """
+        rename_first = rename_first and self._files.ops.flushes_whole_filesystem
         early = [s for s in staged if s.where != "incoming"] if rename_first else []
         late = [s for s in staged if s.where == "incoming"] if early else staged
         marker = inflight.mark(self._files, [s.entry.queue_id for s in early]) if early else None

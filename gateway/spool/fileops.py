@@ -132,17 +132,21 @@ class FileOps:
 
     def sync_filesystem(self, fd: int) -> None:
         """
-        Flush the whole filesystem ``fd`` is on (``syncfs``; ``sync`` where there is none,
-        which flushes every filesystem and reports no error).  For rare moments — after a
-        process died in a commit's window — so it ignores ``[spool] flush``.
+        Flush the whole filesystem ``fd`` is on, for rare moments (after a process died in a
+        commit's window), so whatever ``[spool] flush`` says.  Only with a trustworthy
+        ``syncfs``: ``sync`` reports no error, so without one this raises ENOSYS and the caller
+        keeps what the flush would have let it remove.
         """
-        if _SYNCFS is not None:
-            if _SYNCFS(fd) == 0:
-                return
+        if _SYNCFS is None:
+            raise OSError(errno.ENOSYS, "no trustworthy syncfs on this kernel")
+        if _SYNCFS(fd) != 0:
             err = ctypes.get_errno()
-            if err not in (errno.ENOSYS, errno.EPERM):
-                raise OSError(err, os.strerror(err))
-        os.sync()
+            raise OSError(err, os.strerror(err))
+
+    @property
+    def flushes_whole_filesystem(self) -> bool:
+        """Whether L{sync_files} flushes with ``syncfs`` (so renames made before it are covered)."""
+        return self._syncfs is not None
 
     # A ctypes function is no descriptor: read through the instance it is not bound to it.
     _syncfs = _SYNCFS

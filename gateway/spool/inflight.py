@@ -11,17 +11,24 @@ can leave one whose record or message never reached the disk: a record that does
 or a message shorter than its record says.  Such an entry was never acknowledged, and it must
 not be delivered as it is.
 
-The marker is an empty file, ``tmp/<tag>.<earliest id>.inflight``, created before the renames
-and removed after the flush.  Queue ids sort by the time they were minted, so every entry of
-the batch has an id at least the marker's.  A filesystem that journals its metadata in order
-(ext4, XFS, btrfs) cannot keep a rename and lose the marker created before it, so after a
-power loss every entry that may be incomplete is at or after some marker left in tmp/.
-Recovery checks those entries (record, size, digest) and quarantines the incomplete ones with
-a reason that says what happened; after a clean stop there is no marker and nothing to check.
-A marker is only ever removed by its own batch, after the flush, or after a flush of the whole
-filesystem (L{settle}: recovery once its check is done, the intake supervisor after a worker
-died in its window), so a power loss at any moment finds every possibly incomplete entry at or
-after a marker.
+The marker is an empty file, ``tmp/<tag>.<first id>.<last id>.inflight``, created before the
+renames and removed once the flush returned (or the batch was undone).  Every entry of the
+batch has an id between the two.  A filesystem that journals its metadata in order (ext4,
+XFS, btrfs) cannot keep a rename and lose the marker created before it, so after a power loss
+every entry that may be incomplete is within the range of some marker left in tmp/.  (ext4
+without a journal gives no such order: there only the digest check below stands between an
+incomplete entry and delivery.)  Recovery checks those entries (record, size, digest) and
+quarantines the incomplete ones with a reason that says what happened; after a clean stop
+there is no marker and nothing to check.  Apart from its own batch, only L{settle} removes a
+marker, after a flush of the whole filesystem that reported no error (``syncfs``; there is no
+trustworthy flush without it, and then the marker stays): recovery once its check is done,
+the intake supervisor after a worker died in its window.
+
+Only where the kernel has a trustworthy ``syncfs`` and ``[spool] flush`` is "auto" does a
+batch rename first: file by file, the flushes cost the same in either order.
+
+Nothing incomplete is sent even without a marker: a record that does not decode is
+quarantined when it is loaded, and the deliverer checks the message's digest before sending.
 """
 
 from __future__ import annotations
@@ -37,14 +44,17 @@ from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
 from gateway.spool.record import RecordError, decode_record
 
 INFLIGHT = ".inflight"
-_TIME_PREFIX = 11  # the minted time's characters at the start of a queue id (gateway.spool.queueid)
 INCOMPLETE = ("incomplete after a crash: its commit was cut short before the flush that precedes the "
               "250, so it was never acknowledged (the client was told nothing and sends it again)")
 
 
 def mark(files: SpoolFiles, queue_ids: list[str]) -> Optional[str]:
-    """Create the marker of a batch of ``queue_ids``; its path, or None if it could not be made."""
-    path = files.tmp_path(min(queue_ids), INFLIGHT)
+    """
+    Create the marker of a batch of ``queue_ids``, named after its first and last id (so a
+    check covers this batch and nothing minted later); its path, or None if it could not be
+    made.
+    """
+    path = files.tmp_path(min(queue_ids), f".{max(queue_ids)}{INFLIGHT}")
     try:
         files.ops.close(files.ops.open_new(path))
     except OSError:
@@ -54,25 +64,29 @@ def mark(files: SpoolFiles, queue_ids: list[str]) -> Optional[str]:
 
 
 def unmark(files: SpoolFiles, path: str) -> None:
-    """The batch is flushed (or undone): its entries need no check any more."""
+    """The batch is flushed, or undone: its entries need no check any more."""
     quietly(files.ops.unlink, path)
 
 
 def markers(tmp_dir: str, own_tag: str) -> list[str]:
     """
-    The paths of the markers in ``tmp_dir``: any process's but this one's (whose batches in
-    flight are whole in memory, and finish by themselves).
+    The paths of the markers in ``tmp_dir``: any process's but this one's (its own batches in
+    flight, if intake already runs, are whole in memory and finish by themselves).
     """
     own = own_tag + "."
     with os.scandir(tmp_dir) as it:
         return sorted(e.path for e in it if e.name.endswith(INFLIGHT) and not e.name.startswith(own))
 
 
-def earliest(paths: list[str]) -> Optional[str]:
-    """The earliest queue id the markers at ``paths`` name, or None."""
-    ids = [os.path.basename(path)[: -len(INFLIGHT)].rpartition(".")[2] for path in paths]
-    ids = [queue_id for queue_id in ids if len(queue_id) == QUEUE_ID_LENGTH and is_queue_id(queue_id)]
-    return min(ids) if ids else None
+def id_ranges(paths: list[str]) -> list[tuple[str, str]]:
+    """The first and last queue id of the batch each marker at ``paths`` names (malformed ones skipped)."""
+    ranges = []
+    for path in paths:
+        parts = os.path.basename(path)[: -len(INFLIGHT)].split(".")
+        ids = parts[1:3]
+        if len(parts) == 3 and all(len(i) == QUEUE_ID_LENGTH and is_queue_id(i) for i in ids):
+            ranges.append((ids[0], ids[1]))
+    return ranges
 
 
 def settle(ops: FileOps, tmp_dir: str, paths: list[str]) -> bool:
@@ -95,18 +109,21 @@ def settle(ops: FileOps, tmp_dir: str, paths: list[str]) -> bool:
     return True
 
 
-def quarantine_incomplete(files: SpoolFiles, quarantine: Quarantine, since: str) -> list[Quarantined]:
+def quarantine_incomplete(files: SpoolFiles, quarantine: Quarantine,
+                          ranges: list[tuple[str, str]]) -> list[Quarantined]:
     """
-    Check every entry in queue/ and held/ minted no earlier than ``since`` and move the
-    incomplete ones (see the module docstring) into quarantine/.  Blocking: start-up recovery.
+    Check every entry in queue/ and held/ whose id is within one of ``ranges`` (a batch's
+    first and last id) and move the incomplete ones (see the module docstring) into
+    quarantine/, with a reason.  Blocking: start-up recovery.
     """
     moved = []
     for directory in (files.layout.queue, files.layout.held):
         with os.scandir(directory) as it:
-            ids = [e.name[: -len(ENV)] for e in it
-                   if e.name.endswith(ENV) and e.name[:_TIME_PREFIX] >= since[:_TIME_PREFIX]]
+            ids = [e.name[: -len(ENV)] for e in it if e.name.endswith(ENV)]
         for queue_id in sorted(ids):
-            if is_queue_id(queue_id) and not _complete(directory, queue_id):
+            if not any(first <= queue_id <= last for first, last in ranges) or not is_queue_id(queue_id):
+                continue
+            if not _complete(directory, queue_id):
                 quarantine.set_aside(directory, queue_id, INCOMPLETE)
                 moved.append(Quarantined(queue_id, INCOMPLETE))
     return moved
@@ -132,4 +149,4 @@ def _complete(directory: str, queue_id: str) -> bool:
     return True
 
 
-__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "markers", "earliest", "settle", "quarantine_incomplete"]
+__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "markers", "id_ranges", "settle", "quarantine_incomplete"]

@@ -39,6 +39,9 @@ class RecoveryReport:
     quarantined: list[Quarantined] = attrs.field(factory=list)
     errors: list[str] = attrs.field(factory=list)
     refused: list[Refused] = attrs.field(factory=list)
+    #: Markers of commits a crash cut short (L{gateway.spool.inflight}) that stay because the
+    #: filesystem could not be flushed after their check: the next start checks them again.
+    kept_markers: list[str] = attrs.field(factory=list)
     #: What is wrong with the spool's filesystem (slow new files, or contents it loses), if anything:
     #: L{gateway.spool.filesystem.spool_filesystem_warning}.
     filesystem_warning: Optional[str] = None
@@ -72,11 +75,11 @@ class Recovery:
             tmp = self._files.layout.tmp
             markers = inflight.markers(tmp, self._files.tag)
             self._clear_tmp(report)
-            cut_short = inflight.earliest(markers)
-            if cut_short is not None:
-                report.quarantined.extend(inflight.quarantine_incomplete(self._files, self._quarantine, cut_short))
-            if markers:
-                inflight.settle(self._files.ops, tmp, markers)
+            ranges = inflight.id_ranges(markers)
+            if ranges:
+                report.quarantined.extend(inflight.quarantine_incomplete(self._files, self._quarantine, ranges))
+            if markers and not inflight.settle(self._files.ops, tmp, markers):
+                report.kept_markers.extend(os.path.basename(path) for path in markers)
             # Requests stay in incoming/ for the runner's first scan, after it has a schedule.
             scan = self._drop_box.scan(take_requests=False)
             report.imported.extend(scan.entries)

@@ -220,6 +220,10 @@ class DirectorySpool:
             "spool {directory} recovered: {queued} queued, {removed} unfinished files removed, "
             "{quarantined} quarantined", directory=self.directory, queued=len(report.schedule),
             removed=len(report.removed), quarantined=len(report.quarantined))
+        if report.kept_markers:
+            self.log.warn("spool {directory}: could not flush its filesystem after checking the commits a crash cut "
+                          "short; their markers stay in tmp/ ({markers}) and the next start checks them again",
+                          directory=self.directory, markers=", ".join(report.kept_markers))
         if report.filesystem_warning:
             self.log.warn("spool {directory} is {note}", directory=self.directory, note=report.filesystem_warning)
         return report.schedule

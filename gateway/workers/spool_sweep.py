@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Collection
 
+import attrs
+
 from gateway.spool.fileops import FileOps
 from gateway.spool.inflight import INFLIGHT, settle
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
@@ -43,12 +45,20 @@ def unannounced_since(queue_dir: str, since: float, announced: Collection[str]) 
     return sorted(found)
 
 
-def remove_temp_files(tmp_dir: str, tag: str) -> int:
+@attrs.frozen
+class TempCleanup:
+    """What L{remove_temp_files} did: files removed, and markers kept because no flush worked."""
+
+    removed: int
+    kept_markers: tuple[str, ...] = ()
+
+
+def remove_temp_files(tmp_dir: str, tag: str) -> TempCleanup:
     """
-    Remove ``tmp_dir/<tag>.*`` (a dead worker's unfinished messages); how many were removed.
-    The marker of a batch it died in the window of (L{gateway.spool.inflight}) goes last, after
-    a flush of the filesystem has put that batch on disk whole; if the flush fails it stays, and
-    the next start-up checks the batch.
+    Remove ``tmp_dir/<tag>.*`` (a dead worker's unfinished messages).  The marker of a batch it
+    died in the window of (L{gateway.spool.inflight}) goes last, after a flush of the filesystem
+    has put that batch on disk whole; if the flush fails it stays, and the next start-up checks
+    the batch.
     """
     prefix = tag + "."
     removed = 0
@@ -65,9 +75,9 @@ def remove_temp_files(tmp_dir: str, tag: str) -> int:
                 removed += 1
             except FileNotFoundError:
                 pass
-    if markers and settle(FileOps(), tmp_dir, markers):
-        removed += len(markers)
-    return removed
+    if markers and not settle(FileOps(), tmp_dir, markers):
+        return TempCleanup(removed, tuple(os.path.basename(path) for path in markers))
+    return TempCleanup(removed + len(markers))
 
 
-__all__ = ["minted_at", "unannounced_since", "remove_temp_files"]
+__all__ = ["minted_at", "unannounced_since", "remove_temp_files", "TempCleanup"]

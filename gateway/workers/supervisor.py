@@ -49,7 +49,7 @@ from gateway.workers.channel import (
 from gateway.workers.log_relay import relayed_event
 from gateway.workers.reports import apply_report, is_report
 from gateway.workers.sockets import paused_descriptors
-from gateway.workers.spool_sweep import remove_temp_files, unannounced_since
+from gateway.workers.spool_sweep import TempCleanup, remove_temp_files, unannounced_since
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
@@ -240,11 +240,17 @@ class WorkerSupervisor(MultiService):
 
         announced = set(worker.announced).union(*(w.announced for w in self.workers.values()))
 
-        def sweep() -> list:
-            remove_temp_files(layout.tmp, worker.tag)
-            return unannounced_since(layout.queue, worker.sweep_from - 1.0, announced)
+        def sweep() -> tuple[list, TempCleanup]:
+            # Listed first: the clean-up may wait for a flush of the whole filesystem.
+            queue_ids = unannounced_since(layout.queue, worker.sweep_from - 1.0, announced)
+            return queue_ids, remove_temp_files(layout.tmp, worker.tag)
 
-        def found(queue_ids: list) -> None:
+        def found(result: tuple[list, TempCleanup]) -> None:
+            queue_ids, cleanup = result
+            if cleanup.kept_markers:
+                self.log.warn("after intake worker {index} ended: could not flush the spool's filesystem; the "
+                              "markers of its commits in flight stay in tmp/ ({markers}) for the next start to "
+                              "check", index=worker.index, markers=", ".join(cleanup.kept_markers))
             if self._stopping or not queue_ids:
                 return  # stopping: the next start's recovery schedules whatever is queued
             # Among these: what the dead worker committed without a notice; the rest (the
