@@ -23,16 +23,9 @@ from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
-from gateway.spool.record import encode_record
+from gateway.spool.record import DIGEST_ALGORITHM, encode_record, file_digest
 
-DIGEST_ALGORITHM = "sha256"
 HOLD_NOTE = "held by admin"
-
-
-def file_digest(path: str) -> str:
-    """``"sha256:<hex>"`` of a whole file, read in blocks (blocking: call it in a thread)."""
-    with open(path, "rb") as f:
-        return f"{DIGEST_ALGORITHM}:{hashlib.file_digest(f, DIGEST_ALGORITHM).hexdigest()}"
 
 
 @attrs.define
@@ -240,9 +233,8 @@ class Acceptor:
         one flush of the filesystem (``syncfs``) makes their data, their records and the
         renames durable together: a lone commit pays one flush instead of two.  File by file
         (no ``syncfs``, or ``[spool] flush = "fdatasync"``) the order gains nothing, and the
-        flush comes first as before.  The process
-        that commits an entry announces it only after the commit returns, and recovery skips
-        the ids being committed.  Two things can still see an entry in the window: the sweep
+        flush comes first as before.  The process that commits an entry announces it only
+        after the commit returns, and recovery skips the ids being committed.  Two things can still see an entry in the window: the sweep
         after another intake worker died (L{gateway.workers.spool_sweep}) and an admin's
         release of held/.  If the flush then fails, the entry is removed and its client told
         to try again: at worst a message delivered twice, never one lost — as in the window
@@ -251,12 +243,13 @@ class Acceptor:
         for.  incoming/ is scanned by the daemon, which imports what it finds: sendmail's
         drop-offs keep the flush-then-rename order.
         """
-        rename_first = rename_first and self._files.ops.flushes_whole_filesystem
-        early = [s for s in staged if s.where != "incoming"] if rename_first else []
-        late = [s for s in staged if s.where == "incoming"] if early else staged
-        marker = inflight.mark(self._files, [s.entry.queue_id for s in early]) if early else None
+        early = [s for s in staged if s.where != "incoming"]
+        marker = None
+        if early and rename_first and self._files.ops.flushes_whole_filesystem:
+            marker = inflight.mark(self._files, [s.entry.queue_id for s in early])
         if marker is None:
-            early, late = [], staged  # no marker, no window: flushed before renamed, as incoming/ is
+            early = []  # no marker, no window: flushed before renamed, as incoming/ is
+        late = [s for s in staged if s.where == "incoming"] if early else staged
         try:
             self._publish_in_order(early, late, results)
         finally:

@@ -27,15 +27,7 @@ import threading
 import time
 from typing import Callable, Iterable, Optional
 
-from gateway.spool.accept import (
-    DIGEST_ALGORITHM,
-    HOLD_NOTE,
-    Acceptor,
-    CommitRequest,
-    CommitResult,
-    TempMessage,
-    file_digest,
-)
+from gateway.spool.accept import HOLD_NOTE, Acceptor, CommitRequest, CommitResult, TempMessage
 from gateway.spool.dirsync import DirectorySyncer
 from gateway.spool.entries import RELEASE_NOTE, EntryMissing, EntryQuarantined, StoredEntries
 from gateway.spool.entry import SpoolEntry
@@ -53,6 +45,7 @@ from gateway.spool.incoming import (
 )
 from gateway.spool.layout import ENV, MSG, REASON, SpoolBusy, SpoolFiles, SpoolLayout, SpoolLock
 from gateway.spool.quarantine import Quarantine, Quarantined
+from gateway.spool.record import DIGEST_ALGORITHM, file_digest
 from gateway.spool.recovery import Recovery, RecoveryReport
 
 

@@ -41,7 +41,7 @@ from gateway.spool.fileops import FileOps, quietly
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.quarantine import Quarantine, Quarantined
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
-from gateway.spool.record import RecordError, decode_record
+from gateway.spool.record import RecordError, decode_record, file_digest
 
 INFLIGHT = ".inflight"
 INCOMPLETE = ("incomplete after a crash: its commit was cut short before the flush that precedes the "
@@ -66,16 +66,6 @@ def mark(files: SpoolFiles, queue_ids: list[str]) -> Optional[str]:
 def unmark(files: SpoolFiles, path: str) -> None:
     """The batch is flushed, or undone: its entries need no check any more."""
     quietly(files.ops.unlink, path)
-
-
-def markers(tmp_dir: str, own_tag: str) -> list[str]:
-    """
-    The paths of the markers in ``tmp_dir``: any process's but this one's (its own batches in
-    flight, if intake already runs, are whole in memory and finish by themselves).
-    """
-    own = own_tag + "."
-    with os.scandir(tmp_dir) as it:
-        return sorted(e.path for e in it if e.name.endswith(INFLIGHT) and not e.name.startswith(own))
 
 
 def id_ranges(paths: list[str]) -> list[tuple[str, str]]:
@@ -123,25 +113,22 @@ def quarantine_incomplete(files: SpoolFiles, quarantine: Quarantine,
         for queue_id in sorted(ids):
             if not any(first <= queue_id <= last for first, last in ranges) or not is_queue_id(queue_id):
                 continue
-            if not _complete(directory, queue_id):
+            if not _complete(files, directory, queue_id):
                 quarantine.set_aside(directory, queue_id, INCOMPLETE)
                 moved.append(Quarantined(queue_id, INCOMPLETE))
     return moved
 
 
-def _complete(directory: str, queue_id: str) -> bool:
+def _complete(files: SpoolFiles, directory: str, queue_id: str) -> bool:
     """The record decodes, and the message has the size and digest it records."""
     message = SpoolLayout.path(directory, queue_id, MSG)
     try:
-        with open(SpoolLayout.path(directory, queue_id, ENV), "rb") as f:
-            entry = decode_record(f.read(), message, queue_id)
+        entry = decode_record(files.ops.read_file(SpoolLayout.path(directory, queue_id, ENV)), message, queue_id)
         if os.stat(message).st_size != entry.size:
             return False
-        if entry.message_digest:
-            algorithm, _, expected = entry.message_digest.partition(":")
-            if algorithm in hashlib.algorithms_guaranteed:
-                with open(message, "rb") as f:
-                    return hashlib.file_digest(f, algorithm).hexdigest() == expected
+        algorithm = (entry.message_digest or "").partition(":")[0]
+        if algorithm in hashlib.algorithms_guaranteed:
+            return file_digest(message, algorithm) == entry.message_digest
     except RecordError:
         return False
     except OSError:
@@ -149,4 +136,4 @@ def _complete(directory: str, queue_id: str) -> bool:
     return True
 
 
-__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "markers", "id_ranges", "settle", "quarantine_incomplete"]
+__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "id_ranges", "settle", "quarantine_incomplete"]

@@ -19,7 +19,7 @@ from typing import Optional
 import attrs
 
 from gateway.mail.lines import MESSAGE_LINE_LIMIT, LineRules
-from gateway.spool.accept import DIGEST_ALGORITHM
+from gateway.spool.record import DIGEST_ALGORITHM
 
 LINE_LIMIT = MESSAGE_LINE_LIMIT
 NUL_IN_MESSAGE = "message contains NUL characters, which RFC 5322 does not allow"

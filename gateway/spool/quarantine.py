@@ -66,9 +66,7 @@ class Quarantine:
     def set_aside(self, directory: str, queue_id: str, reason: str) -> None:
         """L{move_entry_files}, with ``<id>.reason`` beside them for the admin (best effort)."""
         self.move_entry_files(directory, queue_id)
-        self._write_reason(queue_id, f"queue id: {queue_id}\n"
-                                     f"quarantined at: {utc_timestamp(self._files.now())}\n"
-                                     f"reason: {one_line(reason)}\n")
+        self._write_reason(queue_id, self._reason_text(queue_id, reason))
 
     def take_out_of_queue(self, entry: SpoolEntry, reason: str) -> str:
         """
@@ -78,10 +76,7 @@ class Quarantine:
         """
         files, qid = self._files, entry.queue_id
         queue = files.layout.queue
-        text = (f"queue id: {qid}\n"
-                f"quarantined at: {utc_timestamp(files.now())}\n"
-                f"reason: {one_line(reason)}\n"
-                f"digest at intake: {entry.message_digest}\n")
+        text = self._reason_text(qid, reason) + f"digest at intake: {entry.message_digest}\n"
         try:
             self.move_file(SpoolLayout.path(queue, qid, MSG))
         except FileNotFoundError:
@@ -98,6 +93,9 @@ class Quarantine:
         self._write_reason(qid, text)
         quietly(files.queue_sync.sync)
         return files.layout.quarantine
+
+    def _reason_text(self, queue_id: str, reason: str) -> str:
+        return f"queue id: {queue_id}\nquarantined at: {utc_timestamp(self._files.now())}\nreason: {one_line(reason)}\n"
 
     def _write_reason(self, queue_id: str, text: str) -> None:
         # The reason is a courtesy for the admin: failing to write it must not keep the entry queued.

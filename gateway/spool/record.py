@@ -111,6 +111,16 @@ def record_digest(entry: SpoolEntry) -> str:
     return "sha256:" + hashlib.sha256(sealed.encode("ascii")).hexdigest()
 
 
+#: The algorithm of the message digest intake records (``message_digest``).
+DIGEST_ALGORITHM = "sha256"
+
+
+def file_digest(path: str, algorithm: str = DIGEST_ALGORITHM) -> str:
+    """``"<algorithm>:<hex>"`` of a whole file, read in blocks (blocking: call it in a thread)."""
+    with open(path, "rb") as f:
+        return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
+
+
 def _history_item(h: AttemptRecord) -> dict[str, Any]:
     item: dict[str, Any] = {"at": h.at, "reason": h.reason}
     if h.cause is not None:

@@ -72,13 +72,11 @@ class Recovery:
         """Recover the spool (its lock must be held); L{SpoolError} if it cannot be read."""
         report = RecoveryReport()
         try:
-            tmp = self._files.layout.tmp
-            markers = inflight.markers(tmp, self._files.tag)
-            self._clear_tmp(report)
+            markers = self._clear_tmp(report)
             ranges = inflight.id_ranges(markers)
             if ranges:
                 report.quarantined.extend(inflight.quarantine_incomplete(self._files, self._quarantine, ranges))
-            if markers and not inflight.settle(self._files.ops, tmp, markers):
+            if markers and not inflight.settle(self._files.ops, self._files.layout.tmp, markers):
                 report.kept_markers.extend(os.path.basename(path) for path in markers)
             # Requests stay in incoming/ for the runner's first scan, after it has a schedule.
             scan = self._drop_box.scan(take_requests=False)
@@ -92,14 +90,20 @@ class Recovery:
             raise spool_error(e, "recover the spool") from None
         return report
 
-    def _clear_tmp(self, report: RecoveryReport) -> None:
+    def _clear_tmp(self, report: RecoveryReport) -> list[str]:
+        """
+        Remove other processes' temp files; returns their markers of batches cut short, which
+        stay until their entries are checked (L{inflight.settle}).  This process's own files
+        stay: intake may already be writing them.
+        """
         prefix = self._files.tag + "."
         with os.scandir(self._files.layout.tmp) as it:
-            # Markers of batches cut short stay until their entries are checked (inflight.settle).
-            stale = [e.path for e in it if not e.name.startswith(prefix) and not e.name.endswith(inflight.INFLIGHT)]
-        for path in stale:
-            if quietly(self._files.ops.unlink, path) is None:
+            others = sorted(e.path for e in it if not e.name.startswith(prefix))
+        markers = [path for path in others if path.endswith(inflight.INFLIGHT)]
+        for path in others:
+            if not path.endswith(inflight.INFLIGHT) and quietly(self._files.ops.unlink, path) is None:
                 report.removed.append(path)
+        return markers
 
     def _list_queue(self) -> _QueueListing:
         listing = _QueueListing(set(), {}, [])
