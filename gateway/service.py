@@ -78,7 +78,7 @@ def makeService(options: GatewayOptions, reactor: Any) -> "GatewayService":
         queue = build_queue(config, reactor, spool.spool, delivery.deliverer, observers)
         listeners = build_listeners(config, reactor, spool.spool, auth, redis, metrics, listen=options.listen)
         spool.spool.judge_imports_with(listeners.import_judge)
-        services = [spool.pool, *auth.services, *([redis] if redis is not None else []), *delivery.services,
+        services = [*spool.services, *auth.services, *([redis] if redis is not None else []), *delivery.services,
                     observers.service, *queue.services, *listeners.services]  # in start order
         components = Components(
             spool=spool.spool, deliverer=delivery.deliverer, runner=queue.runner, listeners=list(listeners.parts),

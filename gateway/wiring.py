@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from gateway.smtp.factory import GatewaySMTPFactory
     from gateway.smtp.local import DropOffJudge
     from gateway.smtp.tls import TLSContextSource
+    from gateway.spool.commit_process import CommitProcess
     from gateway.spool.store import DirectorySpool
     from gateway.status.interfaces import IHealthSource
     from gateway.status.metrics import GatewayMetrics
@@ -67,10 +68,19 @@ class Plugins:
 
 @attrs.frozen
 class SpoolParts:
-    """The spool and the thread pool its fsyncs run in (started first, stopped last)."""
+    """
+    The spool, the thread pool its fsyncs run in and the process its intake commits run in
+    (started first, stopped last; the process before the pool).
+    """
 
     spool: "DirectorySpool"
     pool: "ThreadPoolService"
+    commits: Optional["CommitProcess"] = None
+
+    @property
+    def services(self) -> list[Any]:
+        """In start order."""
+        return [self.pool] + ([self.commits] if self.commits is not None else [])
 
 
 @attrs.frozen
@@ -178,7 +188,9 @@ def build_spool(config: GatewayConfig, reactor: Any) -> SpoolParts:
     spool = DirectorySpool(config.spool.directory, pool.pool, reactor, archive_delivered=config.spool.archive_delivered,
                            fileops=fileops, hold_new=config.queue.hold_new,
                            node=config.cluster.node_id if config.cluster is not None else config.hostname)
-    return SpoolParts(spool, pool)
+    commits = (spool.commit_in_process(flush_per_file=config.spool.flush == "fdatasync")
+               if config.spool.committer == "process" else None)
+    return SpoolParts(spool, pool, commits)
 
 
 def build_delivery(config: GatewayConfig, reactor: Any, spool: SpoolParts, auth: "Authentication",

@@ -152,6 +152,7 @@ def _parse_spool(sp: TableReader, overrides: Mapping[str, Any], state_dir: str, 
         threads=sp.integer("threads", 4, 1, 64),
         archive_delivered=sp.boolean("archive_delivered", False),
         flush=sp.word("flush", "auto", ("auto", "fdatasync")),
+        committer=sp.word("committer", "process", ("process", "thread")),
     )
     sp.finish()
     return spool

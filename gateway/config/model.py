@@ -107,6 +107,10 @@ class SpoolConfig:
     # filesystem per batch where the kernel reports its errors (Linux >= 5.8), else one
     # fdatasync per file; "fdatasync" = always one per file.
     flush: str = "auto"
+    # Where intake's group commits run: "process" = a child process of their own (the file work
+    # then never waits for the GIL the SMTP sessions hold; gateway.spool.commit_process);
+    # "thread" = the spool's thread pool.
+    committer: str = "process"
 
 
 @attrs.frozen

@@ -134,6 +134,16 @@ class Acceptor:
         with self._committing_lock:
             return queue_id in self._committing
 
+    def committing(self, queue_ids: list[str]) -> None:
+        """``queue_ids`` are being committed elsewhere (L{gateway.spool.commit_process}): recovery leaves them be."""
+        with self._committing_lock:
+            self._committing.update(queue_ids)
+
+    def committed(self, queue_ids: list[str]) -> None:
+        """The commit of ``queue_ids`` announced with L{committing} has returned."""
+        with self._committing_lock:
+            self._committing.difference_update(queue_ids)
+
     # -- writing a message -----------------------------------------------------------------
 
     def create_temp(self, queue_id: str, incoming: bool = False) -> TempMessage:

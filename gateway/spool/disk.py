@@ -168,6 +168,11 @@ class SpoolDisk:
             raise result
         return result
 
+    @property
+    def acceptor(self) -> Acceptor:
+        """Who commits new messages (a commit process runs its own, and tells this one what it commits)."""
+        return self._acceptor
+
     def publish_batch(self, requests: list[CommitRequest]) -> list[CommitResult]:
         """Group commit (see L{Acceptor.publish_batch})."""
         return self._acceptor.publish_batch(requests)

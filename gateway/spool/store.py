@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.spool.commit_process import CommitProcess
 from gateway.spool.conditions import RepeatedErrors
 from gateway.spool.disk import (
     CommitRequest,
@@ -76,7 +77,8 @@ class DirectorySpool:
         self.hold_new = hold_new
         self._pool = threadpool
         self._reactor = reactor
-        self.committer = GroupCommitter(self._in_pool, self.disk.publish_batch)
+        self.committer = GroupCommitter(self._run_commits, self.disk.publish_batch)
+        self._commit_process: Optional[CommitProcess] = None
         self._writer_options = dict(chunk_size=chunk_size, high_water=high_water, low_water=low_water)
         self._commit_listeners: list[Callable[[SpoolEntry], None]] = []
         self._directories_ready = False
@@ -101,6 +103,21 @@ class DirectorySpool:
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def commit_in_process(self, flush_per_file: bool = False) -> CommitProcess:
+        """
+        From now on run group commits in a child process (L{gateway.spool.commit_process}),
+        started and stopped as the service returned; the daemon's choice (``[spool] committer``).
+        """
+        self._commit_process = CommitProcess(self._reactor, self.disk.acceptor, self.disk.files, flush_per_file=flush_per_file)
+        return self._commit_process
+
+    def _run_commits(self, run_batch: Callable[..., Any], requests: list[CommitRequest]) -> Deferred:
+        """A batch of commits: in the commit process if there is one, unless a message is in a temp file of ours."""
+        process = self._commit_process
+        if process is not None and process.usable and all(request.temp is None for request in requests):
+            return process.run_batch(requests)
+        return self._in_pool(run_batch, requests)
 
     def _group_commit(self, request: CommitRequest) -> Deferred:
         """Accept one message durably, sharing the flushes with every commit in flight."""

@@ -1,0 +1,302 @@
+"""
+Group commits in a child process, so that the spool's file work does not wait for the GIL.
+
+A commit is a string of short system calls (create two files, write them, rename them, one
+``syncfs``), each of which gives up the GIL and must take it back.  In the daemon the reactor
+thread holds the GIL for long stretches while it serves other sessions, and a thread that
+only wants it back for a moment waits behind it, call after call (CPython's "convoy effect",
+https://bugs.python.org/issue7946).  Measured with ten connections (issue 13): a batch of about
+five 10 KB commits took 5-7 ms in the spool's thread, 4 ms of it writing the temp files, against
+0.5 ms for the same calls on their own.  In a process of its own the same code needs no GIL
+but its own, and runs on the other core while the reactor serves the sessions.
+
+So the daemon (L{gateway.wiring.build_spool}, ``[spool] committer = "process"``) starts one
+child running L{main}: it reads batches of L{CommitRequest} from its stdin, runs
+L{Acceptor.publish_batch} on them, exactly as the thread would, and writes each batch's results
+to its stdout.  Both directions are pickles framed by a 4-byte length
+(L{twisted.protocols.basic.Int32StringReceiver}); the pipe is private to the two processes.
+The reactor talks to the child directly: no thread hand-off is left on the commit's path.
+
+What stays in the thread pool: a batch holding a message streamed to a temp file (large
+messages: the file is open in this process), and everything that is not intake.
+
+The child ends with its parent (``PR_SET_PDEATHSIG``) and at the end of its stdin.  If it
+ends on its own, the batch it was running fails (``451``: the clients send again; an entry it
+had already committed is found by the periodic queue scan, a duplicate at worst, never a loss),
+and the next batch starts a new child.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from gateway.spool.accept import Acceptor, CommitRequest
+from gateway.spool.fileops import FileOps
+from gateway.spool.interfaces import SpoolError
+from gateway.spool.layout import SpoolFiles
+
+#: Results of a large batch are a few hundred bytes per message; this bounds a broken child.
+MAX_FRAME = 64 * 1024 * 1024
+#: How long a stopping gateway waits for the child to finish its batch and exit.
+STOP_GRACE = 30.0
+#: Children in a row that end before answering anything: then commits stay in the threads.
+GIVE_UP_AFTER = 3
+#: Environment the child keeps: where Python finds its modules, and the locale.
+_KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONHASHSEED")
+_LENGTH = struct.Struct("!I")
+_PR_SET_PDEATHSIG = 1
+
+
+class _Frames(Int32StringReceiver):
+    """The child's stdout, cut into replies."""
+
+    MAX_LENGTH = MAX_FRAME
+
+    def __init__(self, on_reply: Any) -> None:
+        self._on_reply = on_reply
+
+    def stringReceived(self, string: bytes) -> None:
+        self._on_reply(string)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self._on_reply(None)
+
+
+class _Child(ProcessProtocol):
+    """One run of the child: its replies in order, and how it ended."""
+
+    log = Logger()
+    transport: Any  # the IProcessTransport, set by spawnProcess before anything is sent
+
+    def __init__(self, owner: "CommitProcess") -> None:
+        self._owner = owner
+        self._frames = _Frames(self._reply)
+        # Each batch sent and not yet answered, with how many requests it holds.
+        self.waiting: collections.deque[tuple[Deferred, int]] = collections.deque()
+        self.ended: Deferred = Deferred()
+        #: Batches answered (a child that ends before its first answer may not start at all).
+        self.answered = 0
+
+    def send(self, requests: list[CommitRequest]) -> Deferred:
+        d: Deferred = Deferred()
+        self.waiting.append((d, len(requests)))
+        data = pickle.dumps(requests, protocol=pickle.HIGHEST_PROTOCOL)
+        self.transport.write(_LENGTH.pack(len(data)) + data)
+        return d
+
+    def outReceived(self, data: bytes) -> None:
+        self._frames.dataReceived(data)
+
+    def errReceived(self, data: bytes) -> None:
+        # Nothing is written there unless the child breaks: its traceback goes to our log.
+        self.log.error("spool commit process: {text}", text=data.decode("utf-8", "replace").rstrip())
+
+    def _reply(self, data: Optional[bytes]) -> None:
+        if not self.waiting:
+            return
+        d, _ = self.waiting.popleft()
+        self.answered += 1
+        try:
+            if data is None:
+                raise ValueError("reply longer than the frame limit")
+            results = pickle.loads(data)
+        except Exception:
+            d.errback(Failure())
+            self.transport.signalProcess("KILL")
+            return
+        if isinstance(results, Exception):
+            d.errback(Failure(results))
+        else:
+            d.callback(results)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._owner.child_ended(self, reason)  # first: a commit made by an answer below starts another child
+        waiting, self.waiting = self.waiting, collections.deque()
+        for d, size in waiting:
+            d.callback([SpoolError("the spool's commit process ended during the commit")] * size)
+        self.ended.callback(None)
+
+
+class CommitProcess(Service):
+    """
+    The parent's end: L{run_batch} sends a batch to the child and gives a Deferred of its
+    results (one per request, as L{Acceptor.publish_batch} returns them).  Used on the reactor
+    thread only.  ``acceptor`` is this process's (its set of ids being committed is what
+    recovery checks).
+    """
+
+    log = Logger()
+    name: Optional[str] = "graphsmtp-spool-commits"  # type: ignore[assignment]  # Service declares it None
+
+    def __init__(self, reactor: Any, acceptor: Acceptor, files: SpoolFiles, flush_per_file: bool = False,
+                 python: str = sys.executable) -> None:
+        self._reactor = reactor
+        self._acceptor = acceptor
+        self._files = files
+        self._flush_per_file = flush_per_file
+        self._python = python
+        self._child: Optional[_Child] = None
+        self._failed_starts = 0
+        #: Children started so far (tests and the status notes).
+        self.started = 0
+
+    @property
+    def usable(self) -> bool:
+        """False once children keep ending before their first answer: the threads commit instead."""
+        return self._failed_starts < GIVE_UP_AFTER
+
+    @property
+    def pid(self) -> Optional[int]:
+        child = self._child
+        return None if child is None or child.transport is None else child.transport.pid
+
+    def startService(self) -> None:
+        super().startService()
+        self._start_child()
+
+    def _start_child(self) -> _Child:
+        child = _Child(self)
+        # The tag is read now: an intake worker takes its supervisor's after building the spool.
+        args = [self._python, "-m", "gateway.spool.commit_process", self._files.layout.root, self._files.tag,
+                str(os.getpid())] + (["--fdatasync"] if self._flush_per_file else [])
+        env = {k: v for k, v in os.environ.items() if k in _KEPT_ENVIRONMENT}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._reactor.spawnProcess(child, self._python, args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        self._child = child
+        self.started += 1
+        return child
+
+    def run_batch(self, requests: list[CommitRequest]) -> Deferred:
+        """Commit ``requests`` in the child; a child that ended is started again first."""
+        child = self._child
+        if child is None:
+            if not self.running:
+                return succeed([SpoolError("the spool's commit process is stopped")] * len(requests))
+            child = self._start_child()
+        ids = [request.entry.queue_id for request in requests]
+        self._acceptor.committing(ids)
+
+        def done(result: Any) -> Any:
+            self._acceptor.committed(ids)
+            return result
+
+        return child.send(requests).addBoth(done)
+
+    def child_ended(self, child: _Child, reason: Failure) -> None:
+        if child is self._child:
+            self._child = None
+        if not self.running or reason.check(net_error.ProcessDone):
+            return
+        self._failed_starts = 0 if child.answered else self._failed_starts + 1
+        if self.usable:
+            self.log.error("the spool's commit process ended unexpectedly ({reason}); the next commit starts "
+                           "another", reason=reason.getErrorMessage())
+        else:
+            self.log.error("the spool's commit process ended {count} times before committing anything "
+                           "({reason}); intake commits in the spool's threads from now on",
+                           count=self._failed_starts, reason=reason.getErrorMessage())
+
+    def stopService(self) -> Deferred:
+        """Close the child's stdin: it finishes its batch and exits (killed after L{STOP_GRACE})."""
+        super().stopService()
+        child = self._child
+        if child is None or child.transport is None:
+            return succeed(None)
+        child.transport.closeStdin()
+        kill = self._reactor.callLater(STOP_GRACE, _kill, child)
+        return child.ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
+
+
+def _kill(child: _Child) -> None:
+    try:
+        child.transport.signalProcess("KILL")
+    except net_error.ProcessExitedAlready:
+        pass
+
+
+# -- the child ---------------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """
+    Linux: SIGKILL when the parent goes, so no commit outlives the process that will answer it
+    (an intake worker's sweep may be cleaning up after it).  The signals that stop the daemon
+    are the parent's to act on: a ``systemctl stop`` signals every process of the unit, and the
+    child must finish the batch the stopping daemon still waits for; it ends when its stdin does.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # gone before the prctl took effect
+        os._exit(1)
+
+
+def _read_exactly(fd: int, count: int) -> Optional[bytes]:
+    """``count`` bytes from ``fd``, or None at its end."""
+    chunks = []
+    while count:
+        chunk = os.read(fd, count)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def serve(acceptor: Acceptor, read_fd: int = 0, write_fd: int = 1) -> None:
+    """Commit every batch read from ``read_fd`` until its end; each batch's results to ``write_fd``."""
+    while True:
+        header = _read_exactly(read_fd, _LENGTH.size)
+        if header is None:
+            return
+        payload = _read_exactly(read_fd, _LENGTH.unpack(header)[0])
+        if payload is None:
+            return
+        try:
+            results: Any = acceptor.publish_batch(pickle.loads(payload))
+        except Exception as e:  # a bug, not a disk error (those come back per request)
+            results = SpoolError(f"spool commit failed unexpectedly: {e!r}")
+        reply = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+        _write_all(write_fd, _LENGTH.pack(len(reply)) + reply)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m gateway.spool.commit_process ROOT TAG PARENT_PID [--fdatasync]``: started by L{CommitProcess}."""
+    args = sys.argv[1:] if argv is None else argv
+    root, tag, parent = args[0], args[1], int(args[2])
+    _die_with_parent(parent)
+    ops = FileOps().flush_per_file() if "--fdatasync" in args[3:] else FileOps()
+    serve(Acceptor(SpoolFiles(root, ops, tag, time.time)))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["CommitProcess", "serve", "main"]

@@ -1,0 +1,242 @@
+"""
+Group commits in a child process (issue 13): the spool's file work off the GIL the SMTP
+sessions hold.  Real child processes on the real reactor, committing into a temp directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway.config import ConfigError
+from gateway.config.loader import build_config
+from gateway.spool import commit_process
+from gateway.spool.accept import Acceptor, CommitRequest
+from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.spool.interfaces import SpoolError
+from gateway.spool.layout import SpoolFiles
+from gateway.spool.record import decode_record
+from gateway.spool.store import DirectorySpool
+from gateway.testing.spool import RecordingFileOps
+from gateway.threads import ThreadPoolService
+from gateway.wiring import build_spool
+
+ENVELOPE = Envelope("app@example.com", ("a@example.com",))
+PROVENANCE = Provenance(client_address="192.0.2.7", client_name="printer.example", listener="default")
+MESSAGE = b"Subject: test\r\nFrom: app@example.com\r\n\r\n" + b"x" * 10_000 + b"\r\n"
+
+
+class CommitProcessTests(TestCase):
+    """The daemon's path: a DirectorySpool whose commits run in a child."""
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        pool = ThreadPoolService("test-spool", 1, 2)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        self.spool = DirectorySpool(self.directory, pool.pool, reactor)
+        self.spool.disk.ensure_directories()
+        self.process = self.spool.commit_in_process()
+        self.process.startService()
+        self.addCleanup(self.process.stopService)
+        self.in_thread = []
+        run_in_thread = self.spool.committer._run_batch
+
+        def recording(requests):
+            self.in_thread.append([request.entry.queue_id for request in requests])
+            return run_in_thread(requests)
+
+        self.spool.committer._run_batch = recording
+
+    @inlineCallbacks
+    def commit(self, message: bytes = MESSAGE):
+        writer = yield self.spool.open_writer()
+        writer.write(message)
+        entry = yield writer.commit(ENVELOPE, PROVENANCE)
+        return entry
+
+    @inlineCallbacks
+    def test_commit_runs_in_the_child(self):
+        """A small message is committed by the child, not the spool's thread: its record and
+        message are in queue/, whole, and this process ran no batch."""
+        entry = yield self.commit()
+        self.assertEqual(self.in_thread, [])
+        self.assertNotEqual(self.process.pid, os.getpid())
+        queue = os.path.join(self.directory, "queue")
+        with open(os.path.join(queue, entry.queue_id + ".env"), "rb") as f:
+            record = decode_record(f.read(), entry.message_path)
+        self.assertEqual(record.envelope, ENVELOPE)
+        with open(os.path.join(queue, entry.queue_id + ".msg"), "rb") as f:
+            self.assertEqual(f.read(), MESSAGE)
+        self.assertEqual(entry.size, len(MESSAGE))
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+
+    @inlineCallbacks
+    def test_concurrent_commits_share_the_child(self):
+        """Ten commits at once: all committed, in batches, by one child."""
+        entries = yield _gather([self.commit() for _ in range(10)])
+        self.assertEqual(len({entry.queue_id for entry in entries}), 10)
+        self.assertEqual(self.process.started, 1)
+        self.assertLess(self.spool.committer.batches, 10 + 1)
+        self.assertEqual(len(os.listdir(os.path.join(self.directory, "queue"))), 20)
+
+    @inlineCallbacks
+    def test_ids_being_committed_are_known_here(self):
+        """While the child commits, recovery in this process must leave the entry alone."""
+        writer = yield self.spool.open_writer()
+        writer.write(MESSAGE)
+        d = writer.commit(ENVELOPE, PROVENANCE)
+        acceptor = self.spool.disk.acceptor
+        self.assertTrue(acceptor.is_committing(writer.queue_id))
+        yield d
+        self.assertFalse(acceptor.is_committing(writer.queue_id))
+
+    @inlineCallbacks
+    def test_large_message_in_a_temp_file_commits_in_the_thread(self):
+        """A message streamed to a temp file of this process is committed here, by the thread."""
+        entry = yield self.commit(b"Subject: big\r\n\r\n" + b"y" * (3 * 1024 * 1024))
+        self.assertEqual(self.in_thread, [[entry.queue_id]])
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".msg")))
+
+    @inlineCallbacks
+    def test_a_child_that_dies_fails_its_batch_and_another_takes_over(self):
+        """The child is killed holding a batch: that commit fails (451 for its client, nothing
+        acknowledged), and the next commit starts a new child and succeeds."""
+        pid = self.process.pid
+        os.kill(pid, signal.SIGSTOP)  # the batch waits in the pipe, unread
+        writer = yield self.spool.open_writer()
+        writer.write(MESSAGE)
+        d = writer.commit(ENVELOPE, PROVENANCE)
+        os.kill(pid, signal.SIGKILL)
+        error = yield self.assertFailure(d, SpoolError)
+        self.assertIn("commit process ended", str(error))
+        self.assertFalse(os.path.exists(os.path.join(self.directory, "queue", writer.queue_id + ".env")))
+        entry = yield self.commit()
+        self.assertEqual(self.process.started, 2)
+        self.assertNotEqual(self.process.pid, pid)
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_a_child_that_cannot_start_leaves_the_commits_to_the_threads(self):
+        """A child that ends before its first answer, three times in a row: those commits fail
+        (451, nothing acknowledged), the error says what happens next, and later commits are
+        made by the spool's threads."""
+        yield self.process.stopService()
+        self.process = self.spool.commit_in_process()
+        self.process._python = "/bin/false"
+        self.process.startService()
+        self.addCleanup(self.process.stopService)
+        yield self.process._child.ended  # the first child, started with the service, has ended
+        failed = 0
+        while self.process.usable:
+            writer = yield self.spool.open_writer()
+            writer.write(MESSAGE)
+            yield self.assertFailure(writer.commit(ENVELOPE, PROVENANCE), SpoolError)
+            failed += 1
+        self.assertEqual(failed, commit_process.GIVE_UP_AFTER - 1)
+        self.assertEqual(self.process.started, commit_process.GIVE_UP_AFTER)
+        entry = yield self.commit()
+        self.assertEqual(self.in_thread, [[entry.queue_id]])
+        errors = self.flushLoggedErrors()
+        self.assertEqual(errors, [])  # logged as error lines, not failures
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
+
+    @inlineCallbacks
+    def test_stop_ends_the_child(self):
+        """Stopping closes the child's stdin; it exits, and is reaped."""
+        yield self.commit()
+        pid = self.process.pid
+        yield self.process.stopService()
+        self.assertIsNone(self.process.pid)
+        self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+        entry = SpoolEntry(queue_id="0000000000A00000009", envelope=ENVELOPE, provenance=PROVENANCE,
+                           received_at=1_700_000_000.0, message_path="", size=0)
+        results = yield self.process.run_batch([CommitRequest(entry, data=MESSAGE)])  # stopped: no new child
+        self.assertIsInstance(results[0], SpoolError)
+        self.assertIsNone(self.process.pid)
+
+
+def _gather(ds: list) -> Deferred:
+    from twisted.internet.defer import gatherResults
+    return gatherResults(ds, consumeErrors=True)
+
+
+class ServeTests(SynchronousTestCase):
+    """The child's loop, in this process over pipes: the same acceptance as the thread's."""
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        self.ops = RecordingFileOps(whole_filesystem=True)
+        self.files = SpoolFiles(self.directory, self.ops, "t1", lambda: 1_700_000_000.0)
+        self.files.ensure_directories()
+
+    def run_serve(self, *payloads: bytes) -> list:
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        for payload in payloads:
+            os.write(from_parent, commit_process._LENGTH.pack(len(payload)) + payload)
+        os.close(from_parent)
+        commit_process.serve(Acceptor(self.files), to_child, from_child)
+        os.close(to_child)
+        os.close(from_child)
+        replies = []
+        with os.fdopen(to_parent, "rb") as f:
+            data = f.read()
+        while data:
+            (n,) = commit_process._LENGTH.unpack_from(data)
+            replies.append(pickle.loads(data[4:4 + n]))
+            data = data[4 + n:]
+        return replies
+
+    def entry(self, queue_id: str) -> SpoolEntry:
+        return SpoolEntry(queue_id=queue_id, envelope=ENVELOPE, provenance=PROVENANCE, received_at=1_700_000_000.0,
+                          message_path="", size=0)
+
+    def test_batches_are_committed_in_order_with_one_flush_each(self):
+        first = [CommitRequest(self.entry("0000000000A00000001"), "queue", data=MESSAGE)]
+        second = [CommitRequest(self.entry("0000000000A00000002"), "held", data=MESSAGE),
+                  CommitRequest(self.entry("0000000000A00000003"), "queue", data=MESSAGE)]
+        replies = self.run_serve(pickle.dumps(first), pickle.dumps(second))
+        self.assertEqual([[e.queue_id for e in reply] for reply in replies],
+                         [["0000000000A00000001"], ["0000000000A00000002", "0000000000A00000003"]])
+        self.assertEqual(len([e for e in self.ops.events if e[0] == "syncfs"]), 2)
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "held", "0000000000A00000002.msg")))
+
+    def test_a_bad_batch_is_answered_with_an_error_not_an_exit(self):
+        replies = self.run_serve(pickle.dumps("not a batch"),
+                                 pickle.dumps([CommitRequest(self.entry("0000000000A00000004"), data=MESSAGE)]))
+        self.assertIsInstance(replies[0], SpoolError)
+        self.assertIn("unexpectedly", str(replies[0]))
+        self.assertEqual(replies[1][0].queue_id, "0000000000A00000004")
+
+    def test_a_child_whose_parent_is_not_there_exits(self):
+        """Started for a parent that is already gone, the child does not stay."""
+        result = subprocess.run([sys.executable, "-m", "gateway.spool.commit_process", self.directory, "t1", "1"],
+                                stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                                env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        self.assertEqual(result.returncode, 1)
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_the_daemon_commits_in_a_process_unless_told_otherwise(self):
+        state = os.path.abspath(self.mktemp())
+        config = build_config({"gateway": {"state_dir": state}}, {}, {}, state)
+        self.assertEqual(config.spool.committer, "process")
+        parts = build_spool(config, reactor)
+        self.assertIsNotNone(parts.commits)
+        self.assertEqual(parts.services, [parts.pool, parts.commits])  # stopped before the pool
+        config = build_config({"gateway": {"state_dir": state}, "spool": {"committer": "thread"}}, {}, {}, state)
+        self.assertIsNone(build_spool(config, reactor).commits)
+
+    def test_an_unknown_committer_is_refused(self):
+        with self.assertRaises(ConfigError) as caught:
+            build_config({"spool": {"committer": "fork"}}, {}, {}, os.path.abspath(self.mktemp()))
+        self.assertIn("committer", str(caught.exception))
