@@ -5,6 +5,7 @@ sessions hold.  Real child processes on the real reactor, committing into a temp
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import signal
@@ -13,6 +14,7 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config import ConfigError
@@ -80,11 +82,15 @@ class CommitProcessTests(TestCase):
 
     @inlineCallbacks
     def test_concurrent_commits_share_the_child(self):
-        """Ten commits at once: all committed, in batches, by one child."""
-        entries = yield _gather([self.commit() for _ in range(10)])
-        self.assertEqual(len({entry.queue_id for entry in entries}), 10)
+        """Ten commits at once: the first goes alone, the nine that come while it runs share
+        the next batch; all committed by one child."""
+        requests = [CommitRequest(_entry(f"0000000000A000000{n:02d}"), data=MESSAGE) for n in range(10)]
+        before = self.spool.committer.batches
+        results = yield _gather([self.spool.committer.commit(request) for request in requests])
+        self.assertEqual([entry.queue_id for entry in results], [r.entry.queue_id for r in requests])
+        self.assertEqual(self.spool.committer.batches - before, 2)
         self.assertEqual(self.process.started, 1)
-        self.assertLess(self.spool.committer.batches, 10 + 1)
+        self.assertEqual(self.in_thread, [])
         self.assertEqual(len(os.listdir(os.path.join(self.directory, "queue"))), 20)
 
     @inlineCallbacks
@@ -125,13 +131,63 @@ class CommitProcessTests(TestCase):
         self.flushLoggedErrors()
 
     @inlineCallbacks
-    def test_a_child_that_cannot_start_leaves_the_commits_to_the_threads(self):
-        """A child that ends before its first answer, three times in a row: those commits fail
-        (451, nothing acknowledged), the error says what happens next, and later commits are
-        made by the spool's threads."""
+    def test_a_child_that_dies_after_committing_leaves_nothing(self):
+        """The child dies after its batch's renames and flush, before it answers: the client is
+        told to try again (451), so the entry it cannot know about is removed, with the
+        batch's marker; the next child is started for the next commit."""
         yield self.process.stopService()
         self.process = self.spool.commit_in_process()
-        self.process._python = "/bin/false"
+        self.process._module = "tests.commit_child_dies"
+        self.process.startService()
+        self.addCleanup(self.process.stopService)
+        writer = yield self.spool.open_writer()
+        writer.write(MESSAGE)
+        error = yield self.assertFailure(writer.commit(ENVELOPE, PROVENANCE), SpoolError)
+        self.assertIn("commit process ended", str(error))
+        for where in ("queue", "tmp", "held"):
+            self.assertEqual(os.listdir(os.path.join(self.directory, where)), [], where)
+        self.assertFalse(self.spool.disk.acceptor.is_committing(writer.queue_id))
+
+    @inlineCallbacks
+    def test_a_child_that_cannot_be_started_leaves_the_batch_to_the_threads(self):
+        """No file descriptor left to start a child with: the batch is committed in the
+        spool's threads, and the commits after it are not held up."""
+        pid = self.process.pid
+        child = self.process._child
+        os.kill(pid, signal.SIGKILL)
+        yield child.ended
+
+        def no_descriptors():
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        self.process._start_child = no_descriptors
+        first = yield self.commit()
+        second = yield self.commit()
+        self.assertEqual(self.in_thread, [[first.queue_id], [second.queue_id]])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+    @inlineCallbacks
+    def test_stop_answers_the_batch_in_flight(self):
+        """Stopping while a batch is in the child: it is committed and answered, then the child exits."""
+        writer = yield self.spool.open_writer()
+        writer.write(MESSAGE)
+        d = writer.commit(ENVELOPE, PROVENANCE)
+        yield self.process.stopService()
+        entry = yield d
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
+        self.assertIsNone(self.process.pid)
+
+    @inlineCallbacks
+    def test_a_child_that_cannot_start_leaves_the_commits_to_the_threads(self):
+        """A child that ends before its first answer, three times in a row: those commits fail
+        (451, nothing acknowledged), the log says what happens next, and later commits are
+        made by the spool's threads."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.process.stopService()
+        self.process = self.spool.commit_in_process()
+        self.process._module = "tests.no_such_module"
         self.process.startService()
         self.addCleanup(self.process.stopService)
         yield self.process._child.ended  # the first child, started with the service, has ended
@@ -145,8 +201,9 @@ class CommitProcessTests(TestCase):
         self.assertEqual(self.process.started, commit_process.GIVE_UP_AFTER)
         entry = yield self.commit()
         self.assertEqual(self.in_thread, [[entry.queue_id]])
-        errors = self.flushLoggedErrors()
-        self.assertEqual(errors, [])  # logged as error lines, not failures
+        said = [formatEvent(e) for e in events]
+        self.assertTrue(any("intake commits in the spool's threads from now on" in line for line in said), said)
+        self.assertTrue(any("No module named tests.no_such_module" in line for line in said), said)
         self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
 
     @inlineCallbacks
@@ -157,11 +214,13 @@ class CommitProcessTests(TestCase):
         yield self.process.stopService()
         self.assertIsNone(self.process.pid)
         self.assertRaises(ProcessLookupError, os.kill, pid, 0)
-        entry = SpoolEntry(queue_id="0000000000A00000009", envelope=ENVELOPE, provenance=PROVENANCE,
-                           received_at=1_700_000_000.0, message_path="", size=0)
-        results = yield self.process.run_batch([CommitRequest(entry, data=MESSAGE)])  # stopped: no new child
-        self.assertIsInstance(results[0], SpoolError)
-        self.assertIsNone(self.process.pid)
+        self.assertIsNone(self.process.run_batch([CommitRequest(_entry("0000000000A00000009"), data=MESSAGE)]))
+        self.assertIsNone(self.process.pid)  # stopped: no new child; the threads commit
+
+
+def _entry(queue_id: str) -> SpoolEntry:
+    return SpoolEntry(queue_id=queue_id, envelope=ENVELOPE, provenance=PROVENANCE, received_at=1_700_000_000.0,
+                      message_path="", size=0)
 
 
 def _gather(ds: list) -> Deferred:
@@ -197,8 +256,27 @@ class ServeTests(SynchronousTestCase):
         return replies
 
     def entry(self, queue_id: str) -> SpoolEntry:
-        return SpoolEntry(queue_id=queue_id, envelope=ENVELOPE, provenance=PROVENANCE, received_at=1_700_000_000.0,
-                          message_path="", size=0)
+        return _entry(queue_id)
+
+    def test_undo_removes_the_entries_their_temp_files_and_their_marker_only(self):
+        """What a commit cut short left (in place, renamed, marked) goes; another batch's marker
+        and another entry stay."""
+        acceptor = Acceptor(self.files)
+        kept = [CommitRequest(self.entry("0000000000A00000010"), data=MESSAGE)]
+        acceptor.publish_batch(kept)
+        cut_short = [CommitRequest(self.entry("0000000000A00000011"), data=MESSAGE),
+                     CommitRequest(self.entry("0000000000A00000012"), "held", data=MESSAGE)]
+        acceptor.publish_batch(cut_short)
+        tmp = os.path.join(self.directory, "tmp")
+        ours = os.path.join(tmp, "t1.0000000000A00000011.0000000000A00000012.inflight")
+        other = os.path.join(tmp, "t1.0000000000A00000010.0000000000A00000013.inflight")
+        for path in (ours, other, os.path.join(tmp, "t1.0000000000A00000011.env")):
+            open(path, "wb").close()
+        acceptor.undo(cut_short)
+        self.assertEqual(sorted(os.listdir(os.path.join(self.directory, "queue"))),
+                         ["0000000000A00000010.env", "0000000000A00000010.msg"])
+        self.assertEqual(os.listdir(os.path.join(self.directory, "held")), [])
+        self.assertEqual(os.listdir(tmp), [os.path.basename(other)])
 
     def test_batches_are_committed_in_order_with_one_flush_each(self):
         first = [CommitRequest(self.entry("0000000000A00000001"), "queue", data=MESSAGE)]
@@ -219,7 +297,8 @@ class ServeTests(SynchronousTestCase):
 
     def test_a_child_whose_parent_is_not_there_exits(self):
         """Started for a parent that is already gone, the child does not stay."""
-        result = subprocess.run([sys.executable, "-m", "gateway.spool.commit_process", self.directory, "t1", "1"],
+        not_a_pid = "999999999"  # above any pid_max
+        result = subprocess.run([sys.executable, "-m", "gateway.spool.commit_process", self.directory, "t1", not_a_pid],
                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
                                 env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
         self.assertEqual(result.returncode, 1)

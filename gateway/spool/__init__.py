@@ -4,8 +4,10 @@ mean "survives a crash".
 
 This docstring is the one description of the on-disk layout and of every protocol that
 changes it; the modules below point here instead of repeating it.  The daemon runs the
-blocking operations in its spool thread pool (through L{gateway.spool.store}); the sendmail
-and queue commands run them directly.  One implementation (L{gateway.spool.disk.SpoolDisk}
+blocking operations in its spool thread pool (through L{gateway.spool.store}), and intake's
+group commits in a child process of their own (L{gateway.spool.commit_process}: the same
+L{gateway.spool.accept.Acceptor.publish_batch}, off the GIL the SMTP sessions hold); the
+sendmail and queue commands run them directly.  One implementation (L{gateway.spool.disk.SpoolDisk}
 and the modules behind it) is what guarantees that all three agree on the formats and on the
 rules below.
 
@@ -23,6 +25,7 @@ The modules that carry out these rules::
     fileops.py, dirsync.py   the OS calls (replaceable in tests), batched directory fsyncs
     record.py, entry.py      the envelope/state record format and the SpoolEntry value
     store.py, writer.py, group_commit.py   the Deferred-driven spool the daemon runs on
+    commit_process.py        the child process the daemon's group commits run in
 
 Layout (directories 0700, files 0600)::
 

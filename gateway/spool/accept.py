@@ -403,6 +403,33 @@ class Acceptor:
                 quietly(ops.unlink, path)
         s.renamed = []
 
+    def undo(self, requests: list[CommitRequest]) -> None:
+        """
+        Remove whatever a commit of ``requests`` that was cut short left: their entries if they
+        were renamed into place (record first: without it nothing counts), their temp files, and
+        the in-flight markers of their batches.  For commits made elsewhere whose answer never
+        came (L{gateway.spool.commit_process}): their clients are told to send them again.
+        """
+        ops = self._files.ops
+        ids = {request.entry.queue_id for request in requests}
+        for request in requests:
+            queue_id = request.entry.queue_id
+            if request.where == "incoming":
+                dest = self._incoming
+                temps = [os.path.join(dest, f".{queue_id}.env.tmp"), os.path.join(dest, f".{queue_id}.msg.tmp")]
+            else:
+                dest = self._held if request.where == "held" else self._queue
+                temps = [self._files.tmp_path(queue_id, ENV), self._files.tmp_path(queue_id, MSG)]
+            for path in [os.path.join(dest, queue_id + ENV), os.path.join(dest, queue_id + MSG)] + temps:
+                quietly(ops.unlink, path)
+        tmp = self._files.layout.tmp
+        prefix = f"{self._files.tag}."
+        for name in os.listdir(tmp):
+            if name.startswith(prefix) and name.endswith(inflight.INFLIGHT):
+                path = os.path.join(tmp, name)
+                if any(first in ids and last in ids for first, last in inflight.id_ranges([path])):
+                    inflight.unmark(self._files, path)
+
     def _temp_digest(self, temp: TempMessage) -> str:
         if temp.digest_valid:
             return f"{DIGEST_ALGORITHM}:{temp.hasher.hexdigest()}"

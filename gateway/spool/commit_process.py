@@ -21,9 +21,11 @@ What stays in the thread pool: a batch holding a message streamed to a temp file
 messages: the file is open in this process), and everything that is not intake.
 
 The child ends with its parent (``PR_SET_PDEATHSIG``) and at the end of its stdin.  If it
-ends on its own, the batch it was running fails (``451``: the clients send again; an entry it
-had already committed is found by the periodic queue scan, a duplicate at worst, never a loss),
-and the next batch starts a new child.
+ends on its own, the batches it had not answered fail (``451``: the clients send them again),
+and what it may have committed of them is removed first (L{Acceptor.undo}), so a retry is not
+delivered twice; the next batch starts a new child.  A child that cannot be started (or
+written to) leaves its batch to the spool's threads, and after three in a row that end before
+their first answer the threads commit everything.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import signal
 import struct
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet import error as net_error
@@ -87,50 +89,70 @@ class _Child(ProcessProtocol):
     def __init__(self, owner: "CommitProcess") -> None:
         self._owner = owner
         self._frames = _Frames(self._reply)
-        # Each batch sent and not yet answered, with how many requests it holds.
-        self.waiting: collections.deque[tuple[Deferred, int]] = collections.deque()
+        # Each batch sent and not yet answered.
+        self.waiting: collections.deque[tuple[Deferred, list[CommitRequest]]] = collections.deque()
+        # A reply could not be read: nothing more from this child is believed.
+        self._broken = False
         self.ended: Deferred = Deferred()
         #: Batches answered (a child that ends before its first answer may not start at all).
         self.answered = 0
 
     def send(self, requests: list[CommitRequest]) -> Deferred:
-        d: Deferred = Deferred()
-        self.waiting.append((d, len(requests)))
         data = pickle.dumps(requests, protocol=pickle.HIGHEST_PROTOCOL)
+        d: Deferred = Deferred()
+        self.waiting.append((d, requests))
         self.transport.write(_LENGTH.pack(len(data)) + data)
         return d
 
     def outReceived(self, data: bytes) -> None:
-        self._frames.dataReceived(data)
+        if not self._broken:
+            self._frames.dataReceived(data)
 
     def errReceived(self, data: bytes) -> None:
         # Nothing is written there unless the child breaks: its traceback goes to our log.
         self.log.error("spool commit process: {text}", text=data.decode("utf-8", "replace").rstrip())
 
     def _reply(self, data: Optional[bytes]) -> None:
-        if not self.waiting:
+        if not self.waiting or self._broken:
+            return
+        try:
+            if data is None:
+                raise ValueError("a reply longer than the frame limit")
+            results = pickle.loads(data)
+        except Exception:
+            # What the child did with the batch is unknown: it goes, and the batch is undone
+            # with the others it held (processEnded).
+            self._broken = True
+            self.log.failure("unreadable reply from the spool's commit process; it is stopped")
+            _kill(self)
             return
         d, _ = self.waiting.popleft()
         self.answered += 1
-        try:
-            if data is None:
-                raise ValueError("reply longer than the frame limit")
-            results = pickle.loads(data)
-        except Exception:
-            d.errback(Failure())
-            self.transport.signalProcess("KILL")
-            return
         if isinstance(results, Exception):
             d.errback(Failure(results))
         else:
             d.callback(results)
 
     def processEnded(self, reason: Failure) -> None:
+        """
+        Batches still unanswered may be in place already (the child may have died after the
+        renames, even after the flush): their clients are told to try again, so their entries
+        are removed first, as a failed commit in the thread removes its own.
+        """
         self._owner.child_ended(self, reason)  # first: a commit made by an answer below starts another child
-        waiting, self.waiting = self.waiting, collections.deque()
-        for d, size in waiting:
-            d.callback([SpoolError("the spool's commit process ended during the commit")] * size)
-        self.ended.callback(None)
+        waiting, self.waiting = list(self.waiting), collections.deque()
+        if not waiting:
+            self.ended.callback(None)
+            return
+        failed = SpoolError("the spool's commit process ended during the commit")
+
+        def answer(_: Any) -> None:
+            for d, requests in waiting:
+                d.callback([failed] * len(requests))
+
+        undone = self._owner.undo([request for _, requests in waiting for request in requests])
+        undone.addErrback(lambda f: self.log.failure("removing what the spool's commit process left failed", f))
+        undone.addCallback(answer).addBoth(self.ended.callback)
 
 
 class CommitProcess(Service):
@@ -144,13 +166,17 @@ class CommitProcess(Service):
     log = Logger()
     name: Optional[str] = "graphsmtp-spool-commits"  # type: ignore[assignment]  # Service declares it None
 
-    def __init__(self, reactor: Any, acceptor: Acceptor, files: SpoolFiles, flush_per_file: bool = False,
-                 python: str = sys.executable) -> None:
+    def __init__(self, reactor: Any, acceptor: Acceptor, files: SpoolFiles,
+                 undo: Callable[[list[CommitRequest]], Deferred], flush_per_file: bool = False,
+                 python: str = sys.executable, module: str = "gateway.spool.commit_process") -> None:
         self._reactor = reactor
         self._acceptor = acceptor
         self._files = files
+        #: Removes the entries of unanswered requests (in the spool's threads): L{Acceptor.undo}.
+        self.undo = undo
         self._flush_per_file = flush_per_file
         self._python = python
+        self._module = module
         self._child: Optional[_Child] = None
         self._failed_starts = 0
         #: Children started so far (tests and the status notes).
@@ -173,7 +199,7 @@ class CommitProcess(Service):
     def _start_child(self) -> _Child:
         child = _Child(self)
         # The tag is read now: an intake worker takes its supervisor's after building the spool.
-        args = [self._python, "-m", "gateway.spool.commit_process", self._files.layout.root, self._files.tag,
+        args = [self._python, "-m", self._module, self._files.layout.root, self._files.tag,
                 str(os.getpid())] + (["--fdatasync"] if self._flush_per_file else [])
         env = {k: v for k, v in os.environ.items() if k in _KEPT_ENVIRONMENT}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -182,13 +208,21 @@ class CommitProcess(Service):
         self.started += 1
         return child
 
-    def run_batch(self, requests: list[CommitRequest]) -> Deferred:
-        """Commit ``requests`` in the child; a child that ended is started again first."""
-        child = self._child
-        if child is None:
-            if not self.running:
-                return succeed([SpoolError("the spool's commit process is stopped")] * len(requests))
-            child = self._start_child()
+    def run_batch(self, requests: list[CommitRequest]) -> Optional[Deferred]:
+        """
+        Commit ``requests`` in the child (a child that ended is started again first).  None
+        when the child cannot take them — stopped, or it could not be started or written to
+        (no file descriptors left, say): the caller commits them in the spool's threads.
+        """
+        if not self.running or not self.usable:
+            return None
+        try:
+            child = self._child if self._child is not None else self._start_child()
+            d = child.send(requests)
+        except Exception:
+            self._failed_starts += 1
+            self.log.failure("could not hand a batch to the spool's commit process; the spool's threads commit it")
+            return None
         ids = [request.entry.queue_id for request in requests]
         self._acceptor.committing(ids)
 
@@ -196,7 +230,7 @@ class CommitProcess(Service):
             self._acceptor.committed(ids)
             return result
 
-        return child.send(requests).addBoth(done)
+        return d.addBoth(done)
 
     def child_ended(self, child: _Child, reason: Failure) -> None:
         if child is self._child:
@@ -226,7 +260,7 @@ class CommitProcess(Service):
 def _kill(child: _Child) -> None:
     try:
         child.transport.signalProcess("KILL")
-    except net_error.ProcessExitedAlready:
+    except (net_error.ProcessExitedAlready, OSError):
         pass
 
 
@@ -243,10 +277,13 @@ def _die_with_parent(parent: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+        refused = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0
+    except (OSError, AttributeError):  # not Linux: the end of stdin still ends the child
+        refused = False
+    if refused:
+        sys.stderr.write(f"PR_SET_PDEATHSIG refused ({os.strerror(ctypes.get_errno())}): this process ends "
+                         "when its stdin does, not at once with its parent\n")
+        sys.stderr.flush()
     if os.getppid() != parent:  # gone before the prctl took effect
         os._exit(1)
 

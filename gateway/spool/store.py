@@ -109,14 +109,19 @@ class DirectorySpool:
         From now on run group commits in a child process (L{gateway.spool.commit_process}),
         started and stopped as the service returned; the daemon's choice (``[spool] committer``).
         """
-        self._commit_process = CommitProcess(self._reactor, self.disk.acceptor, self.disk.files, flush_per_file=flush_per_file)
+        acceptor = self.disk.acceptor
+        self._commit_process = CommitProcess(self._reactor, acceptor, self.disk.files,
+                                             lambda requests: self._in_pool(acceptor.undo, requests),
+                                             flush_per_file=flush_per_file)
         return self._commit_process
 
     def _run_commits(self, run_batch: Callable[..., Any], requests: list[CommitRequest]) -> Deferred:
         """A batch of commits: in the commit process if there is one, unless a message is in a temp file of ours."""
         process = self._commit_process
-        if process is not None and process.usable and all(request.temp is None for request in requests):
-            return process.run_batch(requests)
+        if process is not None and all(request.temp is None for request in requests):
+            answer = process.run_batch(requests)
+            if answer is not None:
+                return answer
         return self._in_pool(run_batch, requests)
 
     def _group_commit(self, request: CommitRequest) -> Deferred:
