@@ -167,6 +167,30 @@ class CommitProcessTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
 
     @inlineCallbacks
+    def test_a_batch_that_cannot_be_written_to_the_child_is_committed_once_and_kept(self):
+        """Writing the batch to the child fails: the threads commit it, the child (which may
+        have got part of it) is stopped, and its end undoes nothing of that batch; the next
+        commit goes to a new child and is answered."""
+        child = self.process._child
+        real_write = child.transport.write
+
+        def failing_write(data):
+            child.transport.write = real_write
+            raise MemoryError()
+
+        child.transport.write = failing_write
+        first = yield self.commit()
+        yield child.ended
+        self.assertEqual(self.in_thread, [[first.queue_id]])
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", first.queue_id + ".env")))
+        self.assertFalse(self.spool.disk.acceptor.is_committing(first.queue_id))
+        second = yield self.commit()
+        self.assertEqual(self.in_thread, [[first.queue_id]])
+        self.assertEqual(self.process.started, 2)
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", second.queue_id + ".env")))
+        self.flushLoggedErrors(MemoryError)
+
+    @inlineCallbacks
     def test_stop_answers_the_batch_in_flight(self):
         """Stopping while a batch is in the child: it is committed and answered, then the child exits."""
         writer = yield self.spool.open_writer()

@@ -424,11 +424,13 @@ class Acceptor:
                 quietly(ops.unlink, path)
         tmp = self._files.layout.tmp
         prefix = f"{self._files.tag}."
-        for name in os.listdir(tmp):
-            if name.startswith(prefix) and name.endswith(inflight.INFLIGHT):
-                path = os.path.join(tmp, name)
-                if any(first in ids and last in ids for first, last in inflight.id_ranges([path])):
-                    inflight.unmark(self._files, path)
+        markers = [os.path.join(tmp, name) for name in os.listdir(tmp)
+                   if name.startswith(prefix) and name.endswith(inflight.INFLIGHT)]
+        # The removals are flushed before the markers go (and before the clients hear 451): an
+        # entry the child had flushed must not come back after a power loss, unmarked, and be
+        # delivered beside the client's retry.
+        inflight.settle(ops, tmp, [path for path in markers
+                                   if any(first in ids and last in ids for first, last in inflight.id_ranges([path]))])
 
     def _temp_digest(self, temp: TempMessage) -> str:
         if temp.digest_valid:

@@ -98,10 +98,20 @@ class _Child(ProcessProtocol):
         self.answered = 0
 
     def send(self, requests: list[CommitRequest]) -> Deferred:
+        """
+        Send a batch.  If it cannot be written, the child goes (what it got of the batch is
+        unknown) and the error propagates: the caller commits the batch elsewhere, so it is
+        not waited for here, nor undone when this child ends.
+        """
         data = pickle.dumps(requests, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.transport.write(_LENGTH.pack(len(data)) + data)
+        except BaseException:
+            self._broken = True
+            _kill(self)
+            raise
         d: Deferred = Deferred()
         self.waiting.append((d, requests))
-        self.transport.write(_LENGTH.pack(len(data)) + data)
         return d
 
     def outReceived(self, data: bytes) -> None:
@@ -218,9 +228,13 @@ class CommitProcess(Service):
             return None
         try:
             child = self._child if self._child is not None else self._start_child()
-            d = child.send(requests)
         except Exception:
             self._failed_starts += 1
+            self.log.failure("could not start the spool's commit process; the spool's threads commit the batch")
+            return None
+        try:
+            d = child.send(requests)
+        except Exception:
             self.log.failure("could not hand a batch to the spool's commit process; the spool's threads commit it")
             return None
         ids = [request.entry.queue_id for request in requests]
