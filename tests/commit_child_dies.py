@@ -7,12 +7,18 @@ crash (or the OOM killer) between the flush and the reply leaves.  Started by
 import os
 
 from gateway.spool import commit_process
+from gateway.spool.fileops import FileOps
 
 
-def _die_instead_of_answering(fd: int, data: bytes) -> None:
-    os._exit(3)
+class DiesInsteadOfAnswering(FileOps):
+    """The spool's file calls, except that writing the answer (to stdout) ends the process."""
+
+    def write(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            os._exit(3)
+        super().write(fd, data)
 
 
 if __name__ == "__main__":
-    commit_process._write_all = _die_instead_of_answering
+    commit_process.FileOps = DiesInsteadOfAnswering  # type: ignore[misc]
     commit_process.main()

@@ -267,7 +267,7 @@ class ServeTests(SynchronousTestCase):
         for payload in payloads:
             os.write(from_parent, commit_process._LENGTH.pack(len(payload)) + payload)
         os.close(from_parent)
-        commit_process.serve(Acceptor(self.files), to_child, from_child)
+        commit_process.serve(Acceptor(self.files), self.ops, to_child, from_child)
         os.close(to_child)
         os.close(from_child)
         replies = []

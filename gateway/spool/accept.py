@@ -149,8 +149,7 @@ class Acceptor:
     def create_temp(self, queue_id: str, incoming: bool = False) -> TempMessage:
         """Open a new temp message file (tmp/ for the daemon, incoming/ for sendmail)."""
         files = self._files
-        path = (os.path.join(files.layout.incoming, f".{queue_id}.msg.tmp") if incoming
-                else files.tmp_path(queue_id, MSG))
+        path = self._places("incoming" if incoming else "queue", queue_id)[2]
         try:
             fd = files.ops.open_new(path)
         except OSError as e:
@@ -221,20 +220,18 @@ class Acceptor:
         """
         results: list[Any] = [None] * len(requests)
         staged: list[_Staged] = []
-        for index, request in enumerate(requests):
-            with self._committing_lock:
-                self._committing.add(request.entry.queue_id)
-            try:
-                staged.append(self._stage(index, request))
-            except SpoolError as e:
-                results[index] = e
+        ids = [request.entry.queue_id for request in requests]
+        self.committing(ids)
         try:
+            for index, request in enumerate(requests):
+                try:
+                    staged.append(self._stage(index, request))
+                except SpoolError as e:
+                    results[index] = e
             if staged:
                 self._publish(staged, results, rename_first)
         finally:
-            with self._committing_lock:
-                for request in requests:
-                    self._committing.discard(request.entry.queue_id)
+            self.committed(ids)
         return results
 
     def _publish(self, staged: list[_Staged], results: list[Any], rename_first: bool) -> None:
@@ -333,12 +330,7 @@ class Acceptor:
         files = self._files
         where, entry = request.where, request.entry
         queue_id = entry.queue_id
-        if where == "incoming":
-            dest = self._incoming
-            env_tmp = os.path.join(dest, f".{queue_id}.env.tmp")
-        else:
-            dest = self._held if where == "held" else self._queue
-            env_tmp = files.tmp_path(queue_id, ENV)
+        dest, env_tmp, _ = self._places(where, queue_id)
         history = entry.history
         if where == "held":
             # Noted like an admin hold, so a release extends the queue lifetime by the time held.
@@ -360,6 +352,14 @@ class Acceptor:
                 raise
             raise spool_error(e, "write the envelope record") from None
         return staged
+
+    def _places(self, where: str, queue_id: str) -> tuple[str, str, str]:
+        """A commit's destination directory and the temp paths of its record and message."""
+        if where == "incoming":
+            dest = self._incoming
+            return dest, os.path.join(dest, f".{queue_id}.env.tmp"), os.path.join(dest, f".{queue_id}.msg.tmp")
+        dest = self._held if where == "held" else self._queue
+        return dest, self._files.tmp_path(queue_id, ENV), self._files.tmp_path(queue_id, MSG)
 
     def _write_in_memory(self, queue_id: str, data: Optional[bytes]) -> TempMessage:
         temp = self.create_temp(queue_id)
@@ -411,26 +411,16 @@ class Acceptor:
         came (L{gateway.spool.commit_process}): their clients are told to send them again.
         """
         ops = self._files.ops
-        ids = {request.entry.queue_id for request in requests}
         for request in requests:
             queue_id = request.entry.queue_id
-            if request.where == "incoming":
-                dest = self._incoming
-                temps = [os.path.join(dest, f".{queue_id}.env.tmp"), os.path.join(dest, f".{queue_id}.msg.tmp")]
-            else:
-                dest = self._held if request.where == "held" else self._queue
-                temps = [self._files.tmp_path(queue_id, ENV), self._files.tmp_path(queue_id, MSG)]
-            for path in [os.path.join(dest, queue_id + ENV), os.path.join(dest, queue_id + MSG)] + temps:
+            dest, env_tmp, msg_tmp = self._places(request.where, queue_id)
+            for path in (os.path.join(dest, queue_id + ENV), os.path.join(dest, queue_id + MSG), env_tmp, msg_tmp):
                 quietly(ops.unlink, path)
-        tmp = self._files.layout.tmp
-        prefix = f"{self._files.tag}."
-        markers = [os.path.join(tmp, name) for name in os.listdir(tmp)
-                   if name.startswith(prefix) and name.endswith(inflight.INFLIGHT)]
         # The removals are flushed before the markers go (and before the clients hear 451): an
         # entry the child had flushed must not come back after a power loss, unmarked, and be
         # delivered beside the client's retry.
-        inflight.settle(ops, tmp, [path for path in markers
-                                   if any(first in ids and last in ids for first, last in inflight.id_ranges([path]))])
+        ids = {request.entry.queue_id for request in requests}
+        inflight.settle(ops, self._files.layout.tmp, inflight.own_markers_within(self._files, ids))
 
     def _temp_digest(self, temp: TempMessage) -> str:
         if temp.digest_valid:

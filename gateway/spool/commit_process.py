@@ -232,18 +232,19 @@ class CommitProcess(Service):
             self._failed_starts += 1
             self.log.failure("could not start the spool's commit process; the spool's threads commit the batch")
             return None
-        try:
-            d = child.send(requests)
-        except Exception:
-            self.log.failure("could not hand a batch to the spool's commit process; the spool's threads commit it")
-            return None
         ids = [request.entry.queue_id for request in requests]
-        self._acceptor.committing(ids)
+        self._acceptor.committing(ids)  # before the child can see them: recovery here leaves them be
 
         def done(result: Any) -> Any:
             self._acceptor.committed(ids)
             return result
 
+        try:
+            d = child.send(requests)
+        except Exception:
+            done(None)
+            self.log.failure("could not hand a batch to the spool's commit process; the spool's threads commit it")
+            return None
         return d.addBoth(done)
 
     def child_ended(self, child: _Child, reason: Failure) -> None:
@@ -314,14 +315,11 @@ def _read_exactly(fd: int, count: int) -> Optional[bytes]:
     return b"".join(chunks)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def serve(acceptor: Acceptor, read_fd: int = 0, write_fd: int = 1) -> None:
-    """Commit every batch read from ``read_fd`` until its end; each batch's results to ``write_fd``."""
+def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1) -> None:
+    """
+    Commit every batch read from ``read_fd`` until its end; each batch's results to
+    ``write_fd``, written with ``ops`` (the spool's own whole-write loop).
+    """
     while True:
         header = _read_exactly(read_fd, _LENGTH.size)
         if header is None:
@@ -334,7 +332,7 @@ def serve(acceptor: Acceptor, read_fd: int = 0, write_fd: int = 1) -> None:
         except Exception as e:  # a bug, not a disk error (those come back per request)
             results = SpoolError(f"spool commit failed unexpectedly: {e!r}")
         reply = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-        _write_all(write_fd, _LENGTH.pack(len(reply)) + reply)
+        ops.write(write_fd, _LENGTH.pack(len(reply)) + reply)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -343,7 +341,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     root, tag, parent = args[0], args[1], int(args[2])
     _die_with_parent(parent)
     ops = FileOps().flush_per_file() if "--fdatasync" in args[3:] else FileOps()
-    serve(Acceptor(SpoolFiles(root, ops, tag, time.time)))
+    serve(Acceptor(SpoolFiles(root, ops, tag, time.time)), ops)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,14 @@ def unmark(files: SpoolFiles, path: str) -> None:
     quietly(files.ops.unlink, path)
 
 
+def own_markers_within(files: SpoolFiles, queue_ids: set[str]) -> list[str]:
+    """This process's markers (by its tag) of batches that begin and end with ids in ``queue_ids``."""
+    tmp, prefix = files.layout.tmp, f"{files.tag}."
+    paths = [os.path.join(tmp, name) for name in os.listdir(tmp) if name.startswith(prefix) and name.endswith(INFLIGHT)]
+    return [path for path in paths
+            if any(first in queue_ids and last in queue_ids for first, last in id_ranges([path]))]
+
+
 def id_ranges(paths: list[str]) -> list[tuple[str, str]]:
     """The first and last queue id of the batch each marker at ``paths`` names (malformed ones skipped)."""
     ranges = []
