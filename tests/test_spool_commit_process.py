@@ -81,6 +81,23 @@ class CommitProcessTests(TestCase):
         self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
 
     @inlineCallbacks
+    def test_the_child_gets_no_secret_from_the_environment(self):
+        """Invariant 5: the daemon's environment (a client secret passed that way, systemd's
+        credentials directory) stays with the daemon; the child keeps only what Python needs."""
+        yield self.process.stopService()
+        self.patch(os, "environ", dict(os.environ, GRAPHSMTP_CLIENT_SECRET="s3cr3t-value",
+                                       CREDENTIALS_DIRECTORY="/run/credentials/graphsmtp.service"))
+        self.process.startService()
+        with open(f"/proc/{self.process.pid}/environ", "rb") as f:
+            environment = f.read()
+        self.assertNotIn(b"s3cr3t-value", environment)
+        self.assertNotIn(b"CREDENTIALS_DIRECTORY", environment)
+        self.assertIn(b"PYTHONPATH=", environment)
+        entry = yield self.commit()  # and it still commits
+        self.assertEqual(self.in_thread, [])
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
+
+    @inlineCallbacks
     def test_concurrent_commits_share_the_child(self):
         """Ten commits at once: the first goes alone, the nine that come while it runs share
         the next batch; all committed by one child."""
@@ -311,6 +328,13 @@ class ServeTests(SynchronousTestCase):
                          [["0000000000A00000001"], ["0000000000A00000002", "0000000000A00000003"]])
         self.assertEqual(len([e for e in self.ops.events if e[0] == "syncfs"]), 2)
         self.assertTrue(os.path.exists(os.path.join(self.directory, "held", "0000000000A00000002.msg")))
+
+    def test_the_answer_is_written_only_after_the_batch_is_flushed(self):
+        """Invariant 1 in the child: its answer (the parent's 250) follows the flush."""
+        self.run_serve(pickle.dumps([CommitRequest(self.entry("0000000000A00000005"), data=MESSAGE)]))
+        kinds = [kind for kind, path in self.ops.events if kind in ("syncfs", "write")]
+        self.assertEqual(kinds[-2:], ["syncfs", "write"])  # the last write is the answer, on the pipe
+        self.assertEqual(self.ops.events[-1], ("write", "?"))
 
     def test_a_bad_batch_is_answered_with_an_error_not_an_exit(self):
         replies = self.run_serve(pickle.dumps("not a batch"),
