@@ -188,7 +188,7 @@ def build_spool(config: GatewayConfig, reactor: Any) -> SpoolParts:
     spool = DirectorySpool(config.spool.directory, pool.pool, reactor, archive_delivered=config.spool.archive_delivered,
                            fileops=fileops, hold_new=config.queue.hold_new,
                            node=config.cluster.node_id if config.cluster is not None else config.hostname)
-    commits = (spool.commit_in_process(flush_per_file=config.spool.flush == "fdatasync")
+    commits = (spool.commit_in_process(flush_per_file=config.spool.flush == "fdatasync", journal=config.spool.journal)
                if config.spool.committer == "process" else None)
     return SpoolParts(spool, pool, commits)
 

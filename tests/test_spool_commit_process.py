@@ -78,7 +78,8 @@ class CommitProcessTests(TestCase):
         with open(os.path.join(queue, entry.queue_id + ".msg"), "rb") as f:
             self.assertEqual(f.read(), MESSAGE)
         self.assertEqual(entry.size, len(MESSAGE))
-        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+        # Nothing but the child's intake journal is left in tmp/.
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [os.path.basename(self.process.journal)])
 
     @inlineCallbacks
     def test_the_child_gets_no_secret_from_the_environment(self):
@@ -164,6 +165,30 @@ class CommitProcessTests(TestCase):
         for where in ("queue", "tmp", "held"):
             self.assertEqual(os.listdir(os.path.join(self.directory, where)), [], where)
         self.assertFalse(self.spool.disk.acceptor.is_committing(writer.queue_id))
+
+    @inlineCallbacks
+    def test_a_child_killed_between_batches_leaves_its_entries_and_no_journal(self):
+        """What it answered for stays; its journal goes after a flush made that durable in
+        place, so no later power loss can bring back an entry delivered since."""
+        entry = yield self.commit()
+        child, journal = self.process._child, self.process.journal
+        self.assertTrue(os.path.exists(journal))
+        os.kill(self.process.pid, signal.SIGKILL)
+        yield child.ended
+        self.assertFalse(os.path.exists(journal))
+        self.assertTrue(os.path.exists(entry.message_path))
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_without_the_journal_a_batch_waits_for_a_flush_of_the_filesystem(self):
+        yield self.process.stopService()
+        self.process = self.spool.commit_in_process(journal=False)
+        self.process.startService()
+        self.addCleanup(self.process.stopService)
+        entry = yield self.commit()
+        self.assertIsNone(self.process.journal)
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+        self.assertTrue(os.path.exists(entry.message_path))
 
     @inlineCallbacks
     def test_a_child_that_cannot_be_started_leaves_the_batch_to_the_threads(self):
@@ -362,6 +387,16 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(parts.services, [parts.pool, parts.commits])  # stopped before the pool
         config = build_config({"gateway": {"state_dir": state}, "spool": {"committer": "thread"}}, {}, {}, state)
         self.assertIsNone(build_spool(config, reactor).commits)
+
+    def test_the_commit_process_keeps_a_journal_unless_told_otherwise(self):
+        state = os.path.abspath(self.mktemp())
+        config = build_config({"gateway": {"state_dir": state}}, {}, {}, state)
+        self.assertTrue(config.spool.journal)
+        self.assertTrue(build_spool(config, reactor).commits._journal)
+        config = build_config({"gateway": {"state_dir": state}, "spool": {"journal": False}}, {}, {}, state)
+        self.assertFalse(build_spool(config, reactor).commits._journal)
+        config = build_config({"gateway": {"state_dir": state}, "spool": {"flush": "fdatasync"}}, {}, {}, state)
+        self.assertFalse(build_spool(config, reactor).commits._journal)  # nothing to retire it with
 
     def test_an_unknown_committer_is_refused(self):
         with self.assertRaises(ConfigError) as caught:

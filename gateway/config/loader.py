@@ -153,6 +153,7 @@ def _parse_spool(sp: TableReader, overrides: Mapping[str, Any], state_dir: str, 
         archive_delivered=sp.boolean("archive_delivered", False),
         flush=sp.word("flush", "auto", ("auto", "fdatasync")),
         committer=sp.word("committer", "process", ("process", "thread")),
+        journal=sp.boolean("journal", True),
     )
     sp.finish()
     return spool

@@ -111,6 +111,10 @@ class SpoolConfig:
     # then never waits for the GIL the SMTP sessions hold; gateway.spool.commit_process);
     # "thread" = the spool's thread pool.
     committer: str = "process"
+    # Whether the commit process makes a batch durable with one fdatasync of its intake journal
+    # (gateway.spool.journal) instead of a flush of the filesystem.  Only with committer =
+    # "process" and flush = "auto" on Linux; off, every batch waits for a syncfs.
+    journal: bool = True
 
 
 @attrs.frozen

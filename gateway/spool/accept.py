@@ -22,6 +22,7 @@ from gateway.spool import inflight
 from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.interfaces import SpoolError
+from gateway.spool.journal import IntakeJournal, JournalEntry
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.record import DIGEST_ALGORITHM, encode_record, file_digest
 
@@ -82,6 +83,8 @@ class _Staged:
     msg_final: str
     env_final: str
     renamed: list[str] = attrs.field(factory=list)
+    #: The record as written (the journal keeps it too).
+    record: bytes = b""
 
     def open_fds(self) -> list[int]:
         return [fd for fd in (self.temp.fd, self.env_fd) if fd is not None]
@@ -207,7 +210,8 @@ class Acceptor:
 
     # -- committing ------------------------------------------------------------------------
 
-    def publish_batch(self, requests: list[CommitRequest], rename_first: bool = True) -> list[CommitResult]:
+    def publish_batch(self, requests: list[CommitRequest], rename_first: bool = True,
+                      journal: Optional[IntakeJournal] = None) -> list[CommitResult]:
         """
         Group commit: accept every L{CommitRequest} in ``requests`` with one flush for all of
         them, in the order of the acceptance protocol (the package docstring's "accept").
@@ -217,6 +221,9 @@ class Acceptor:
         ``rename_first=False`` flushes before it renames, for commits off the daemon's intake
         path (adopting another node's entries, whose ids may be months old, would otherwise
         leave a marker that makes the next start-up check everything minted since).
+        With a ``journal`` (the commit process's, L{gateway.spool.journal}), a batch of
+        messages in memory bound for queue/ or held/ is made durable by one ``fdatasync`` of
+        the journal instead of a flush of the filesystem.
         """
         results: list[Any] = [None] * len(requests)
         staged: list[_Staged] = []
@@ -228,11 +235,44 @@ class Acceptor:
                     staged.append(self._stage(index, request))
                 except SpoolError as e:
                     results[index] = e
-            if staged:
+            if staged and journal is not None and self._journal_takes(journal, requests, staged):
+                self._publish_journaled(staged, results, journal, requests)
+            elif staged:
                 self._publish(staged, results, rename_first)
         finally:
             self.committed(ids)
         return results
+
+    def _journal_takes(self, journal: IntakeJournal, requests: list[CommitRequest], staged: list[_Staged]) -> bool:
+        """Only messages that were in memory, bound for queue/ or held/, in a journal they fit."""
+        return (self._files.ops.flushes_whole_filesystem
+                and all(requests[s.index].temp is None and s.where in ("queue", "held") for s in staged)
+                and journal.fits(self._journal_entries(staged, requests)))
+
+    @staticmethod
+    def _journal_entries(staged: list[_Staged], requests: list[CommitRequest]) -> list[JournalEntry]:
+        return [JournalEntry(s.entry.queue_id, s.where, s.record, requests[s.index].data or b"") for s in staged]
+
+    def _publish_journaled(self, staged: list[_Staged], results: list[Any], journal: IntakeJournal,
+                           requests: list[CommitRequest]) -> None:
+        """
+        Renamed into place, then made durable by the journal: no marker, for the journal holds
+        every entry whole until the flush that retires it.  If the journal cannot be written,
+        one flush of the filesystem makes the batch durable instead (or it fails, undone).
+        """
+        by_directory = self._rename_all(staged, results)
+        in_place = [s for group in by_directory.values() for s in group]
+        try:
+            journal.append(self._journal_entries(in_place, requests))
+        except OSError:
+            whole_filesystem = self._flush(in_place, results)
+            if not whole_filesystem:  # failed (undone), or flushed file by file: the renames still need theirs
+                if whole_filesystem is not None:
+                    self._sync_directories(by_directory, results)
+                return
+        for s in in_place:
+            if self._closed_or_undone(s, results):
+                results[s.index] = s.entry
 
     def _publish(self, staged: list[_Staged], results: list[Any], rename_first: bool) -> None:
         """
@@ -342,7 +382,8 @@ class Acceptor:
             staged.entry = committed = _committed_entry(
                 entry, history, msg_final, temp.size, entry.message_digest or self._temp_digest(temp))
             env_fd = staged.env_fd = files.ops.open_new(env_tmp)
-            files.ops.write(env_fd, encode_record(committed))
+            staged.record = encode_record(committed)
+            files.ops.write(env_fd, staged.record)
             if committed.next_attempt_at or not self._write_time_is_hint:
                 # The schedule hint (see the package docstring) in the same clock as received_at.
                 files.ops.set_mtime(env_fd, committed.next_attempt_at or committed.received_at)
@@ -403,12 +444,14 @@ class Acceptor:
                 quietly(ops.unlink, path)
         s.renamed = []
 
-    def undo(self, requests: list[CommitRequest]) -> None:
+    def undo(self, requests: list[CommitRequest], journal: Optional[str] = None) -> None:
         """
         Remove whatever a commit of ``requests`` that was cut short left: their entries if they
         were renamed into place (record first: without it nothing counts), their temp files, and
         the in-flight markers of their batches.  For commits made elsewhere whose answer never
-        came (L{gateway.spool.commit_process}): their clients are told to send them again.
+        came (L{gateway.spool.commit_process}): their clients are told to send them again.  The
+        ``journal`` of the process that ended goes too, after the same flush, which makes the
+        entries it answered for durable in place (and it must not bring the undone ones back).
         """
         ops = self._files.ops
         for request in requests:
@@ -420,7 +463,8 @@ class Acceptor:
         # entry the child had flushed must not come back after a power loss, unmarked, and be
         # delivered beside the client's retry.
         ids = {request.entry.queue_id for request in requests}
-        inflight.settle(ops, self._files.layout.tmp, inflight.own_markers_within(self._files, ids))
+        settled = inflight.own_markers_within(self._files, ids) + ([journal] if journal is not None else [])
+        inflight.settle(ops, self._files.layout.tmp, settled)
 
     def _temp_digest(self, temp: TempMessage) -> str:
         if temp.digest_valid:

@@ -34,6 +34,7 @@ import collections
 import ctypes
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
@@ -51,6 +52,7 @@ from twisted.python.failure import Failure
 from gateway.spool.accept import Acceptor, CommitRequest
 from gateway.spool.fileops import FileOps
 from gateway.spool.interfaces import SpoolError
+from gateway.spool.journal import IntakeJournal, boot_id, journal_path
 from gateway.spool.layout import SpoolFiles
 
 #: Results of a large batch are a few hundred bytes per message; this bounds a broken child.
@@ -96,6 +98,8 @@ class _Child(ProcessProtocol):
         self.ended: Deferred = Deferred()
         #: Batches answered (a child that ends before its first answer may not start at all).
         self.answered = 0
+        #: Where its journal is, if it keeps one (L{gateway.spool.journal}).
+        self.journal: Optional[str] = None
 
     def send(self, requests: list[CommitRequest]) -> Deferred:
         """
@@ -151,8 +155,8 @@ class _Child(ProcessProtocol):
         """
         self._owner.child_ended(self, reason)  # first: a commit made by an answer below starts another child
         waiting, self.waiting = list(self.waiting), collections.deque()
-        if not waiting:
-            self.ended.callback(None)
+        if not waiting and (self.journal is None or reason.check(net_error.ProcessDone)):
+            self.ended.callback(None)  # a child that ended cleanly retired and removed its journal
             return
         failed = SpoolError("the spool's commit process ended during the commit")
 
@@ -160,7 +164,7 @@ class _Child(ProcessProtocol):
             for d, requests in waiting:
                 d.callback([failed] * len(requests))
 
-        undone = self._owner.undo([request for _, requests in waiting for request in requests])
+        undone = self._owner.undo([request for _, requests in waiting for request in requests], self.journal)
         undone.addErrback(lambda f: self.log.failure("removing what the spool's commit process left failed", f))
         undone.addCallback(answer).addBoth(self.ended.callback)
 
@@ -177,14 +181,16 @@ class CommitProcess(Service):
     name: Optional[str] = "graphsmtp-spool-commits"  # type: ignore[assignment]  # Service declares it None
 
     def __init__(self, reactor: Any, acceptor: Acceptor, files: SpoolFiles,
-                 undo: Callable[[list[CommitRequest]], Deferred], flush_per_file: bool = False,
-                 python: str = sys.executable, module: str = "gateway.spool.commit_process") -> None:
+                 undo: Callable[[list[CommitRequest], Optional[str]], Deferred], flush_per_file: bool = False,
+                 python: str = sys.executable, module: str = "gateway.spool.commit_process",
+                 journal: bool = True) -> None:
         self._reactor = reactor
         self._acceptor = acceptor
         self._files = files
         #: Removes the entries of unanswered requests (in the spool's threads): L{Acceptor.undo}.
         self.undo = undo
         self._flush_per_file = flush_per_file
+        self._journal = journal and not flush_per_file
         self._python = python
         self._module = module
         self._child: Optional[_Child] = None
@@ -196,6 +202,11 @@ class CommitProcess(Service):
     def usable(self) -> bool:
         """False once children keep ending before their first answer: the threads commit instead."""
         return self._failed_starts < GIVE_UP_AFTER
+
+    @property
+    def journal(self) -> Optional[str]:
+        """The running child's intake journal, if it keeps one."""
+        return None if self._child is None else self._child.journal
 
     @property
     def pid(self) -> Optional[int]:
@@ -210,10 +221,12 @@ class CommitProcess(Service):
         child = _Child(self)
         # The tag is read now: an intake worker takes its supervisor's after building the spool.
         args = [self._python, "-m", self._module, self._files.layout.root, self._files.tag,
-                str(os.getpid())] + (["--fdatasync"] if self._flush_per_file else [])
+                str(os.getpid())] + (["--fdatasync"] if self._flush_per_file else []) + (["--journal"] if self._journal else [])
         env = {k: v for k, v in os.environ.items() if k in _KEPT_ENVIRONMENT}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._reactor.spawnProcess(child, self._python, args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        transport = self._reactor.spawnProcess(child, self._python, args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        if self._journal:
+            child.journal = journal_path(self._files.layout.tmp, self._files.tag, transport.pid)
         self._child = child
         self.started += 1
         return child
@@ -315,33 +328,75 @@ def _read_exactly(fd: int, count: int) -> Optional[bytes]:
     return b"".join(chunks)
 
 
-def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1) -> None:
+def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1,
+          journal: Optional[IntakeJournal] = None) -> None:
     """
     Commit every batch read from ``read_fd`` until its end; each batch's results to
-    ``write_fd``, written with ``ops`` (the spool's own whole-write loop).
+    ``write_fd``, written with ``ops`` (the spool's own whole-write loop).  With a
+    ``journal``, its generations are retired on time between batches, and at the end it is
+    retired and removed.
     """
     while True:
+        _wait_for_input(read_fd, journal)
         header = _read_exactly(read_fd, _LENGTH.size)
-        if header is None:
-            return
-        payload = _read_exactly(read_fd, _LENGTH.unpack(header)[0])
+        payload = None if header is None else _read_exactly(read_fd, _LENGTH.unpack(header)[0])
         if payload is None:
+            if journal is not None:
+                journal.close()
             return
         try:
-            results: Any = acceptor.publish_batch(pickle.loads(payload))
+            results: Any = acceptor.publish_batch(pickle.loads(payload), journal=journal)
         except Exception as e:  # a bug, not a disk error (those come back per request)
             results = SpoolError(f"spool commit failed unexpectedly: {e!r}")
         reply = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
         ops.write(write_fd, _LENGTH.pack(len(reply)) + reply)
+        if journal is not None and journal.retire_in() == 0:
+            _retire(journal)
+
+
+def _wait_for_input(read_fd: int, journal: Optional[IntakeJournal]) -> None:
+    """Until ``read_fd`` has something to read, retire the journal's generation when it is due."""
+    while journal is not None:
+        wait = journal.retire_in()
+        if wait is None or (wait > 0 and select.select([read_fd], [], [], wait)[0]):
+            return
+        _retire(journal)
+
+
+def _retire(journal: IntakeJournal) -> None:
+    try:
+        journal.retire()
+    except OSError as e:
+        # The entries stay safe in the journal; it tries again later.  The parent logs this.
+        sys.stderr.write(f"could not flush the spool to retire the intake journal: {e}\n")
+        sys.stderr.flush()
+
+
+def _open_journal(files: SpoolFiles, ops: FileOps) -> Optional[IntakeJournal]:
+    """This child's journal, or None where it cannot help (no syncfs to retire it, no boot id to read it by)."""
+    boot = boot_id()
+    if boot is None or not ops.flushes_whole_filesystem:
+        return None
+    try:
+        return IntakeJournal(ops, journal_path(files.layout.tmp, files.tag, os.getpid()), boot)
+    except OSError as e:
+        sys.stderr.write(f"no intake journal ({e}); each batch is flushed with the filesystem\n")
+        sys.stderr.flush()
+        return None
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m gateway.spool.commit_process ROOT TAG PARENT_PID [--fdatasync]``: started by L{CommitProcess}."""
+    """
+    ``python -m gateway.spool.commit_process ROOT TAG PARENT_PID [--fdatasync] [--journal]``:
+    started by L{CommitProcess}.
+    """
     args = sys.argv[1:] if argv is None else argv
     root, tag, parent = args[0], args[1], int(args[2])
     _die_with_parent(parent)
     ops = FileOps().flush_per_file() if "--fdatasync" in args[3:] else FileOps()
-    serve(Acceptor(SpoolFiles(root, ops, tag, time.time)), ops)
+    files = SpoolFiles(root, ops, tag, time.time)
+    journal = _open_journal(files, ops) if "--journal" in args[3:] else None
+    serve(Acceptor(files), ops, journal=journal)
 
 
 if __name__ == "__main__":

@@ -121,13 +121,13 @@ def quarantine_incomplete(files: SpoolFiles, quarantine: Quarantine,
         for queue_id in sorted(ids):
             if not any(first <= queue_id <= last for first, last in ranges) or not is_queue_id(queue_id):
                 continue
-            if not _complete(files, directory, queue_id):
+            if not entry_complete(files, directory, queue_id):
                 quarantine.set_aside(directory, queue_id, INCOMPLETE)
                 moved.append(Quarantined(queue_id, INCOMPLETE))
     return moved
 
 
-def _complete(files: SpoolFiles, directory: str, queue_id: str) -> bool:
+def entry_complete(files: SpoolFiles, directory: str, queue_id: str) -> bool:
     """The record decodes, and the message has the size and digest it records."""
     message = SpoolLayout.path(directory, queue_id, MSG)
     try:
@@ -144,4 +144,4 @@ def _complete(files: SpoolFiles, directory: str, queue_id: str) -> bool:
     return True
 
 
-__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "id_ranges", "settle", "quarantine_incomplete"]
+__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "id_ranges", "settle", "quarantine_incomplete", "entry_complete"]

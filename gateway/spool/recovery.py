@@ -20,6 +20,7 @@ from gateway.spool.accept import Acceptor
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.incoming import DropBox, Refused
+from gateway.spool.journal import JOURNAL, JournalError, boot_id, read_journal, restore
 from gateway.spool.layout import ENV, MSG, REASON, SpoolFiles, SpoolLayout
 from gateway.spool.quarantine import Quarantine, Quarantined
 from gateway.spool.queueid import is_queue_id
@@ -42,6 +43,8 @@ class RecoveryReport:
     #: Markers of commits a crash cut short (L{gateway.spool.inflight}) that stay because the
     #: filesystem could not be flushed after their check: the next start checks them again.
     kept_markers: list[str] = attrs.field(factory=list)
+    #: Entries written again from an intake journal after another boot (L{gateway.spool.journal}).
+    restored: list[str] = attrs.field(factory=list)
     #: What is wrong with the spool's filesystem (slow new files, or contents it loses), if anything:
     #: L{gateway.spool.filesystem.spool_filesystem_warning}.
     filesystem_warning: Optional[str] = None
@@ -72,12 +75,14 @@ class Recovery:
         """Recover the spool (its lock must be held); L{SpoolError} if it cannot be read."""
         report = RecoveryReport()
         try:
-            markers = self._clear_tmp(report)
+            markers, journals = self._clear_tmp(report)
+            self._replay_journals(journals, report)
             ranges = inflight.id_ranges(markers)
             if ranges:
                 report.quarantined.extend(inflight.quarantine_incomplete(self._files, self._quarantine, ranges))
-            if markers and not inflight.settle(self._files.ops, self._files.layout.tmp, markers):
-                report.kept_markers.extend(os.path.basename(path) for path in markers)
+            settled = markers + journals
+            if settled and not inflight.settle(self._files.ops, self._files.layout.tmp, settled):
+                report.kept_markers.extend(os.path.basename(path) for path in settled)
             # Requests stay in incoming/ for the runner's first scan, after it has a schedule.
             scan = self._drop_box.scan(take_requests=False)
             report.imported.extend(scan.entries)
@@ -90,20 +95,40 @@ class Recovery:
             raise spool_error(e, "recover the spool") from None
         return report
 
-    def _clear_tmp(self, report: RecoveryReport) -> list[str]:
+    def _clear_tmp(self, report: RecoveryReport) -> tuple[list[str], list[str]]:
         """
-        Remove other processes' temp files; returns their markers of batches cut short, which
-        stay until their entries are checked (L{inflight.settle}).  This process's own files
-        stay: intake may already be writing them.
+        Remove other processes' temp files; returns their markers of batches cut short and
+        their intake journals, which stay until their entries are checked or restored and the
+        filesystem flushed (L{inflight.settle}).  This process's own files stay: intake may
+        already be writing them.
         """
         prefix = self._files.tag + "."
         with os.scandir(self._files.layout.tmp) as it:
             others = sorted(e.path for e in it if not e.name.startswith(prefix))
         markers = [path for path in others if path.endswith(inflight.INFLIGHT)]
+        journals = [path for path in others if path.endswith(JOURNAL)]
         for path in others:
-            if not path.endswith(inflight.INFLIGHT) and quietly(self._files.ops.unlink, path) is None:
+            if path not in markers and path not in journals and quietly(self._files.ops.unlink, path) is None:
                 report.removed.append(path)
-        return markers
+        return markers, journals
+
+    def _replay_journals(self, journals: list[str], report: RecoveryReport) -> None:
+        """
+        After another boot, write again what the journals hold and the disk lost (same boot:
+        the page cache kept it all).  A journal with no readable header is set aside; it can
+        say nothing about which of its frames count.
+        """
+        boot = boot_id()
+        for path in list(journals):
+            try:
+                contents = read_journal(path)
+            except (OSError, JournalError) as e:
+                journals.remove(path)
+                if quietly(self._quarantine.move_file, path) is None:
+                    report.quarantined.append(Quarantined(os.path.basename(path), f"unreadable intake journal: {e}"))
+                continue
+            if contents.boot != boot:
+                report.restored.extend(restore(self._files, contents.entries))
 
     def _list_queue(self) -> _QueueListing:
         listing = _QueueListing(set(), {}, [])

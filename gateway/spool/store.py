@@ -104,15 +104,16 @@ class DirectorySpool:
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
-    def commit_in_process(self, flush_per_file: bool = False) -> CommitProcess:
+    def commit_in_process(self, flush_per_file: bool = False, journal: bool = True) -> CommitProcess:
         """
         From now on run group commits in a child process (L{gateway.spool.commit_process}),
-        started and stopped as the service returned; the daemon's choice (``[spool] committer``).
+        started and stopped as the service returned; the daemon's choice (``[spool] committer``),
+        with its intake journal unless ``[spool] journal`` is off.
         """
         acceptor = self.disk.acceptor
         self._commit_process = CommitProcess(self._reactor, acceptor, self.disk.files,
-                                             lambda requests: self._in_pool(acceptor.undo, requests),
-                                             flush_per_file=flush_per_file)
+                                             lambda requests, journal: self._in_pool(acceptor.undo, requests, journal),
+                                             flush_per_file=flush_per_file, journal=journal)
         return self._commit_process
 
     def _run_commits(self, run_batch: Callable[..., Any], requests: list[CommitRequest]) -> Deferred:
@@ -242,6 +243,10 @@ class DirectorySpool:
             "spool {directory} recovered: {queued} queued, {removed} unfinished files removed, "
             "{quarantined} quarantined", directory=self.directory, queued=len(report.schedule),
             removed=len(report.removed), quarantined=len(report.quarantined))
+        if report.restored:
+            self.log.warn("spool {directory}: {count} acknowledged entries a power loss had cut short were written "
+                          "again from the intake journal: {ids}", directory=self.directory,
+                          count=len(report.restored), ids=", ".join(report.restored))
         if report.kept_markers:
             self.log.warn("spool {directory}: could not flush its filesystem after checking the commits a crash cut "
                           "short; their markers stay in tmp/ ({markers}) and the next start checks them again",

@@ -88,6 +88,18 @@ class RecordingFileOps(FileOps):
         super().unlink(path)
         self.events.append(("unlink", path))
 
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        super().pwrite(fd, data, offset)
+        self.events.append(("pwrite", self._paths.get(fd, "?")))
+
+    def sync_filesystem(self, fd: int) -> None:
+        """Stands in with ``os.sync`` when constructed with ``whole_filesystem=True``."""
+        if self._syncfs is _sync_everything:
+            _sync_everything(fd)
+        else:
+            super().sync_filesystem(fd)
+        self.events.append(("syncfs", ""))
+
     def sync_dir(self, path: str, fd: Optional[int] = None) -> None:
         super().sync_dir(path, fd)
         self.events.append(("fsync-dir", path))

@@ -1,0 +1,376 @@
+"""
+The intake journal (issue 13, L{gateway.spool.journal}): a batch of the commit process made
+durable by one fdatasync of a preallocated journal, retired by a later flush of the
+filesystem, and read at start-up after another boot.  A power loss cannot be had in a test;
+its result can: the files as the disk kept them, the journal beside them, and another boot id.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.spool import commit_process
+from gateway.spool import journal as journal_module
+from gateway.spool.disk import CommitRequest, SpoolDisk
+from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.spool.fileops import FileOps
+from gateway.spool.journal import (
+    DATA_START,
+    JOURNAL,
+    RETIRE_AFTER,
+    IntakeJournal,
+    JournalEntry,
+    JournalError,
+    boot_id,
+    journal_path,
+    read_journal,
+)
+from gateway.spool.layout import ENV, MSG
+from gateway.spool.queueid import new_queue_id
+from gateway.spool.record import decode_record, file_digest
+from gateway.testing.spool import RecordingFileOps
+from gateway.workers import spool_sweep
+
+ENVELOPE = Envelope("app@example.com", ("a@example.com",))
+PROVENANCE = Provenance(client_address="192.0.2.7", client_name="printer.example", listener="default")
+MESSAGE = b"Subject: test\r\nFrom: app@example.com\r\n\r\n" + b"x" * 10_000 + b"\r\n"
+BOOT = "0" * 8 + "-1111-2222-3333-" + "4" * 12
+OTHER_BOOT = "9" * 8 + "-1111-2222-3333-" + "4" * 12
+SMALL = 64 * 1024
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class JournalFileTests(SynchronousTestCase):
+    """The journal file: frames, generations, the two header slots, retirement."""
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "t1.1" + JOURNAL)
+        self.ops = RecordingFileOps(whole_filesystem=True)
+        self.clock = Clock()
+
+    def journal(self, size: int = SMALL) -> IntakeJournal:
+        return IntakeJournal(self.ops, self.path, BOOT, size=size, clock=self.clock)
+
+    def entries(self, *ids: str) -> list[JournalEntry]:
+        return [JournalEntry(queue_id, "held" if n % 2 else "queue", b'{"record": %d}' % n, MESSAGE + bytes([n]))
+                for n, queue_id in enumerate(ids)]
+
+    def test_what_is_appended_is_read_back(self):
+        journal = self.journal()
+        first, second = self.entries("A1", "A2"), self.entries("A3")
+        journal.append(first)
+        journal.append(second)
+        contents = read_journal(self.path)
+        self.assertEqual((contents.generation, contents.boot), (1, BOOT))
+        self.assertEqual(list(contents.entries), first + second)
+
+    def test_one_write_and_one_data_flush_per_batch(self):
+        journal = self.journal()
+        del self.ops.events[:]
+        journal.append(self.entries("A1", "A2", "A3"))
+        self.assertEqual(self.ops.events, [("pwrite", self.path), ("fsync", self.path)])
+
+    def test_a_torn_or_stale_tail_ends_the_journal(self):
+        """A frame cut short by a power loss (never acknowledged) and whatever follows it are not read."""
+        journal = self.journal()
+        journal.append(self.entries("A1"))
+        end = DATA_START + len(journal_module.encode_frames(1, self.entries("A1")))
+        journal.append(self.entries("A2"))
+        with open(self.path, "r+b") as f:
+            f.seek(end + 20)
+            f.write(b"\xff")  # inside the second frame's body
+        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["A1"])
+
+    def test_retirement_flushes_the_filesystem_and_ends_the_generation(self):
+        journal = self.journal()
+        journal.append(self.entries("A1", "A2"))
+        del self.ops.events[:]
+        journal.retire()
+        self.assertEqual(self.ops.events[0], ("syncfs", ""))
+        contents = read_journal(self.path)
+        self.assertEqual((contents.generation, contents.entries), (2, ()))
+        journal.append(self.entries("A3"))
+        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["A3"])
+
+    def test_a_torn_header_leaves_the_other_slot(self):
+        """The header of generation 2 goes to the other slot: if its write is torn, generation 1 counts."""
+        journal = self.journal()
+        journal.append(self.entries("A1"))
+        journal.retire()
+        with open(self.path, "r+b") as f:
+            f.write(b"\0" * 16)  # slot 0: generation 2's header
+        self.assertEqual(read_journal(self.path).generation, 1)
+        with open(self.path, "r+b") as f:
+            f.seek(512)
+            f.write(b"\0" * 16)
+        self.assertRaises(JournalError, read_journal, self.path)
+
+    def test_retirement_is_due_a_while_after_the_first_unretired_batch(self):
+        journal = self.journal()
+        self.assertIsNone(journal.retire_in())
+        journal.append(self.entries("A1"))
+        self.assertAlmostEqual(journal.retire_in(), RETIRE_AFTER)
+        self.clock.now += RETIRE_AFTER / 2
+        journal.append(self.entries("A2"))  # does not move the deadline
+        self.assertAlmostEqual(journal.retire_in(), RETIRE_AFTER / 2)
+        self.clock.now += RETIRE_AFTER
+        self.assertEqual(journal.retire_in(), 0)
+        journal.retire()
+        self.assertIsNone(journal.retire_in())
+
+    def test_a_failed_retirement_keeps_the_entries_and_waits_before_trying_again(self):
+        journal = self.journal()
+        journal.append(self.entries("A1"))
+        self.clock.now += RETIRE_AFTER
+
+        def no_flush(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(self.ops, "sync_filesystem", no_flush)
+        self.assertRaises(OSError, journal.retire)
+        self.assertAlmostEqual(journal.retire_in(), RETIRE_AFTER)
+        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["A1"])
+
+    def test_a_full_journal_is_retired_before_the_batch(self):
+        journal = self.journal(size=DATA_START + 3 * len(journal_module.encode_frames(1, self.entries("A1"))))
+        for queue_id in ("A1", "A2", "A3"):
+            journal.append(self.entries(queue_id))
+        del self.ops.events[:]
+        journal.append(self.entries("A4"))
+        self.assertEqual(self.ops.events[0], ("syncfs", ""))
+        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["A4"])
+
+    def test_a_batch_larger_than_the_journal_does_not_fit(self):
+        journal = self.journal(size=DATA_START + 1000)
+        self.assertFalse(journal.fits(self.entries("A1")))
+
+    def test_closing_retires_and_removes_it(self):
+        journal = self.journal()
+        journal.append(self.entries("A1"))
+        del self.ops.events[:]
+        journal.close()
+        self.assertEqual([kind for kind, _ in self.ops.events][0], "syncfs")
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_the_space_is_written_when_it_is_made(self):
+        """Zero-filled, not fallocated: a later write into it changes no metadata."""
+        self.journal()
+        self.assertEqual(os.stat(self.path).st_size, SMALL)
+        self.assertGreaterEqual(os.stat(self.path).st_blocks * 512, SMALL)
+
+    def test_this_boot_has_an_id(self):
+        self.assertEqual(len(boot_id() or ""), 36)
+
+
+class BatchCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+
+    def disk(self, ops: FileOps, tag: str = "main0001") -> SpoolDisk:
+        disk = SpoolDisk(self.directory, ops=ops, tag=tag)
+        disk.ensure_directories()
+        self.addCleanup(disk.files.close)
+        return disk
+
+    def journal(self, disk: SpoolDisk, pid: int = 4242) -> IntakeJournal:
+        return IntakeJournal(disk.files.ops, journal_path(disk.layout.tmp, disk.files.tag, pid), BOOT, size=SMALL * 4)
+
+    def requests(self, count: int, where: str = "queue", start: float = 1_700_000_000.0) -> list[CommitRequest]:
+        return [CommitRequest(SpoolEntry(new_queue_id(start + i), ENVELOPE, PROVENANCE, start + i, "", 0), where,
+                              data=MESSAGE) for i in range(count)]
+
+    def listing(self, sub: str) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.directory, sub)))
+
+
+class JournaledBatchTests(BatchCase):
+    """L{Acceptor.publish_batch} with the commit process's journal."""
+
+    def test_a_batch_is_renamed_into_place_then_made_durable_by_the_journal_alone(self):
+        ops = RecordingFileOps(whole_filesystem=True)
+        disk = self.disk(ops)
+        journal = self.journal(disk)
+        del ops.events[:]
+        requests = self.requests(2) + self.requests(1, "held", start=1_700_000_100.0)
+        results = disk.acceptor.publish_batch(requests, journal=journal)
+        self.assertEqual([r.queue_id for r in results], [r.entry.queue_id for r in requests])
+        kinds = [kind for kind, path in ops.events if kind in ("rename", "fsync", "syncfs", "pwrite")]
+        self.assertEqual(kinds, ["rename"] * 6 + ["pwrite", "fsync"])  # no syncfs, no marker
+        self.assertFalse([name for name in self.listing("tmp") if name.endswith(".inflight")])
+        kept = read_journal(journal.path).entries
+        self.assertEqual([(e.queue_id, e.where, e.message) for e in kept],
+                         [(r.entry.queue_id, r.where, MESSAGE) for r in requests])
+        for entry, result in zip(kept, results, strict=True):
+            where = os.path.dirname(result.message_path)
+            with open(os.path.join(where, entry.queue_id + ENV), "rb") as f:
+                self.assertEqual(f.read(), entry.record)  # the record as written, hold note included
+
+    def test_if_the_journal_cannot_be_written_the_filesystem_is_flushed_instead(self):
+        ops = RecordingFileOps(whole_filesystem=True)
+        disk = self.disk(ops)
+        journal = self.journal(disk)
+
+        def broken(entries):
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(journal, "append", broken)
+        results = disk.acceptor.publish_batch(self.requests(2), journal=journal)
+        self.assertTrue(all(isinstance(r, SpoolEntry) for r in results))
+        self.assertIn(("syncfs", ""), ops.events)
+
+    def test_a_message_in_a_temp_file_is_not_journaled(self):
+        ops = RecordingFileOps(whole_filesystem=True)
+        disk = self.disk(ops)
+        journal = self.journal(disk)
+        (request,) = self.requests(1)
+        temp = disk.acceptor.create_temp(request.entry.queue_id)
+        disk.acceptor.append(temp, [MESSAGE])
+        request = CommitRequest(request.entry, "queue", temp=temp)
+        disk.acceptor.publish_batch([request], journal=journal)
+        self.assertEqual(read_journal(journal.path).entries, ())
+        self.assertIn(("syncfs", ""), ops.events)
+
+
+class ReplayTests(BatchCase):
+    """Start-up recovery reads the journals other processes left."""
+
+    def committed(self, count: int = 4):
+        disk = self.disk(RecordingFileOps(whole_filesystem=True), tag="dead0001")
+        journal = self.journal(disk)
+        results = disk.acceptor.publish_batch(self.requests(count - 1) + self.requests(1, "held", 1_700_000_100.0),
+                                              journal=journal)
+        return journal.path, results
+
+    def recover(self, boot: str):
+        self.patch(journal_module, "boot_id", lambda: boot)
+        import gateway.spool.recovery as recovery_module
+        self.patch(recovery_module, "boot_id", lambda: boot)
+        return self.disk(RecordingFileOps(whole_filesystem=True), tag="next0001").recover()
+
+    def test_after_another_boot_what_the_disk_lost_is_written_again(self):
+        path, (lost, torn, moved_on, held) = self.committed()
+        os.unlink(lost.message_path[:-len(MSG)] + ENV)
+        os.unlink(lost.message_path)
+        with open(torn.message_path, "r+b") as f:
+            f.truncate(100)  # its data never reached the disk
+        os.unlink(held.message_path)
+        os.unlink(held.message_path[:-len(MSG)] + ENV)
+        failed = os.path.join(self.directory, "failed")
+        for suffix in (MSG, ENV):  # failed since, by a protocol with its own flush
+            os.rename(os.path.join(self.directory, "queue", moved_on.queue_id + suffix),
+                      os.path.join(failed, moved_on.queue_id + suffix))
+        report = self.recover(OTHER_BOOT)
+        self.assertEqual(sorted(report.restored), sorted([lost.queue_id, torn.queue_id, held.queue_id]))
+        for entry in (lost, torn, held):
+            with open(entry.message_path[:-len(MSG)] + ENV, "rb") as f:
+                self.assertEqual(decode_record(f.read(), entry.message_path, entry.queue_id), entry)
+            self.assertEqual(file_digest(entry.message_path), entry.message_digest)
+        self.assertNotIn(moved_on.queue_id + MSG, self.listing("queue"))
+        self.assertIn(held.queue_id + ENV, self.listing("held"))
+        self.assertEqual(self.listing("tmp"), [])  # the journal is gone once its work is flushed
+        scheduled = {queue_id for _, queue_id in report.schedule}
+        self.assertLessEqual({lost.queue_id, torn.queue_id}, scheduled)
+
+    def test_after_the_same_boot_nothing_is_replayed(self):
+        """The page cache outlived the process: an entry gone since (delivered) stays gone."""
+        path, (delivered, *_rest) = self.committed()
+        os.unlink(delivered.message_path[:-len(MSG)] + ENV)
+        os.unlink(delivered.message_path)
+        report = self.recover(BOOT)
+        self.assertEqual(report.restored, [])
+        self.assertNotIn(delivered.queue_id + ENV, self.listing("queue"))
+        self.assertFalse(os.path.exists(path))
+
+    def test_a_journal_without_a_header_is_set_aside(self):
+        path, _ = self.committed()
+        with open(path, "r+b") as f:
+            f.write(b"\0" * 1024)
+        report = self.recover(OTHER_BOOT)
+        self.assertEqual([q.name for q in report.quarantined], [os.path.basename(path)])
+        self.assertIn(os.path.basename(path), self.listing("quarantine"))
+
+    def test_a_dead_workers_journal_goes_only_after_a_flush(self):
+        path, _ = self.committed()
+        flushed = []
+        self.patch(FileOps, "sync_filesystem", lambda ops, fd: flushed.append(os.path.exists(path)))
+        cleanup = spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001")
+        self.assertEqual(flushed, [True])
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(cleanup.kept_markers, ())
+
+
+class ChildTests(BatchCase):
+    """The child's loop with a journal: answers after the journal's flush, retires while it waits."""
+
+    def run_serve(self, disk: SpoolDisk, journal: IntakeJournal, *batches: list) -> list:
+        import pickle
+
+        to_child, from_parent = os.pipe()
+        from_child, to_parent = os.pipe()
+        with os.fdopen(from_parent, "wb") as f:
+            for batch in batches:
+                data = pickle.dumps(batch)
+                f.write(commit_process._LENGTH.pack(len(data)) + data)
+        commit_process.serve(disk.acceptor, disk.files.ops, to_child, to_parent, journal=journal)
+        os.close(to_child)
+        os.close(to_parent)
+        with os.fdopen(from_child, "rb") as f:
+            data = f.read()
+        replies = []
+        while data:
+            (n,) = commit_process._LENGTH.unpack_from(data)
+            replies.append(pickle.loads(data[4:4 + n]))
+            data = data[4 + n:]
+        return replies
+
+    def test_the_answer_follows_the_journal_flush_and_the_end_retires_it(self):
+        """Invariant 1 with the journal: the 250's answer is written after its fdatasync; at the
+        end of its input the child flushes the filesystem and removes the journal."""
+        ops = RecordingFileOps(whole_filesystem=True)
+        disk = self.disk(ops)
+        journal = self.journal(disk)
+        del ops.events[:]
+        (reply,) = self.run_serve(disk, journal, self.requests(2))
+        self.assertTrue(all(isinstance(r, SpoolEntry) for r in reply))
+        kinds = [(kind, path == journal.path) for kind, path in ops.events if kind in ("fsync", "write", "syncfs")]
+        answer = kinds.index(("write", False), kinds.index(("fsync", True)))
+        self.assertNotIn(("syncfs", False), kinds[:answer])  # no flush of the filesystem before the answer
+        self.assertIn(("syncfs", False), kinds[answer:])  # the retirement at the end
+        self.assertFalse(os.path.exists(journal.path))
+
+    def test_waiting_for_input_it_retires_when_due(self):
+        ops = RecordingFileOps(whole_filesystem=True)
+        disk = self.disk(ops)
+        clock = Clock()
+        journal = IntakeJournal(ops, journal_path(disk.layout.tmp, "main0001", 1), BOOT, size=SMALL, clock=clock)
+        journal.append([JournalEntry("A1", "queue", b"{}", MESSAGE)])
+        read_fd, write_fd = os.pipe()
+        self.addCleanup(os.close, read_fd)
+        self.addCleanup(os.close, write_fd)
+        waits = []
+
+        def no_input(r, w, x, timeout):
+            waits.append(timeout)
+            clock.now += timeout
+            return [], [], []
+
+        self.patch(select, "select", no_input)
+        del ops.events[:]
+        commit_process._wait_for_input(read_fd, journal)
+        self.assertEqual(len(waits), 1)
+        self.assertAlmostEqual(waits[0], RETIRE_AFTER)
+        self.assertEqual(ops.events[0], ("syncfs", ""))
+        self.assertIsNone(journal.retire_in())
