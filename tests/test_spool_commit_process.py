@@ -22,6 +22,7 @@ from gateway.config.loader import build_config
 from gateway.spool import commit_process
 from gateway.spool.accept import Acceptor, CommitRequest
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
+from gateway.spool.fileops import FileOps
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.layout import SpoolFiles
 from gateway.spool.record import decode_record
@@ -173,8 +174,17 @@ class CommitProcessTests(TestCase):
         entry = yield self.commit()
         child, journal = self.process._child, self.process.journal
         self.assertTrue(os.path.exists(journal))
+        flushes = []
+        real = FileOps.sync_filesystem
+
+        def watched(ops, fd):
+            flushes.append(os.path.exists(journal))
+            real(ops, fd)
+
+        self.patch(FileOps, "sync_filesystem", watched)
         os.kill(self.process.pid, signal.SIGKILL)
         yield child.ended
+        self.assertEqual(flushes, [True])  # flushed while the journal was still there
         self.assertFalse(os.path.exists(journal))
         self.assertTrue(os.path.exists(entry.message_path))
         self.flushLoggedErrors()

@@ -131,7 +131,10 @@ class JournalFileTests(SynchronousTestCase):
         journal.retire()
         self.assertIsNone(journal.retire_in())
 
-    def test_a_failed_retirement_keeps_the_entries_and_waits_before_trying_again(self):
+    def test_a_failed_retirement_keeps_the_journal_for_start_up_and_takes_no_more_batches(self):
+        """The kernel reports a failed write once: a later flush that succeeds proves nothing
+        about the pages that failed.  So the generation is never retired, the header says to
+        replay it whatever the boot, and closing the journal keeps it."""
         journal = self.journal()
         journal.append(self.entries("A1"))
         self.clock.now += RETIRE_AFTER
@@ -141,8 +144,49 @@ class JournalFileTests(SynchronousTestCase):
 
         self.patch(self.ops, "sync_filesystem", no_flush)
         self.assertRaises(OSError, journal.retire)
+        self.assertFalse(journal.usable)
+        self.assertIsNone(journal.retire_in())  # no retry loop
+        self.assertFalse(journal.fits(self.entries("A2")))
+        journal.retire()  # a later call does nothing
+        journal.close()
+        contents = read_journal(self.path)
+        self.assertTrue(contents.replay)
+        self.assertEqual((contents.generation, [e.queue_id for e in contents.entries]), (1, ["A1"]))
+        self.assertTrue(journal_module.needs_replay(self.path))
+
+    def test_a_header_that_cannot_be_written_stops_the_journal_without_a_retry_loop(self):
+        journal = self.journal()
+        journal.append(self.entries("A1"))
+        real = self.ops.pwrite
+
+        def failing_header(fd, data, offset):
+            if offset < DATA_START:
+                raise OSError(errno.EIO, "Input/output error")
+            real(fd, data, offset)
+
+        self.patch(self.ops, "pwrite", failing_header)
+        self.assertRaises(OSError, journal.retire)
+        self.assertEqual(journal.generation, 1)  # what the disk still says
+        self.assertIsNone(journal.retire_in())
+        self.assertFalse(journal.usable)
+
+    def test_frames_of_a_failed_append_are_retired_like_the_others(self):
+        """A batch whose flush failed went the other way (a flush of the filesystem, or 451):
+        its frames must not outlive their generation, nor be written over by the next batch."""
+        journal = self.journal()
+        real = self.ops.sync_file
+
+        def failing_flush(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(self.ops, "sync_file", failing_flush)
+        self.assertRaises(OSError, journal.append, self.entries("B1", "B2"))
+        self.patch(self.ops, "sync_file", real)
         self.assertAlmostEqual(journal.retire_in(), RETIRE_AFTER)
-        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["A1"])
+        journal.append(self.entries("C1"))
+        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["B1", "B2", "C1"])
+        journal.retire()
+        self.assertEqual(read_journal(self.path).entries, ())
 
     def test_a_full_journal_is_retired_before_the_batch(self):
         journal = self.journal(size=DATA_START + 3 * len(journal_module.encode_frames(1, self.entries("A1"))))
@@ -199,7 +243,7 @@ class BatchCase(SynchronousTestCase):
 class JournaledBatchTests(BatchCase):
     """L{Acceptor.publish_batch} with the commit process's journal."""
 
-    def test_a_batch_is_renamed_into_place_then_made_durable_by_the_journal_alone(self):
+    def test_a_batch_is_made_durable_by_the_journal_alone_then_renamed_into_place(self):
         ops = RecordingFileOps(whole_filesystem=True)
         disk = self.disk(ops)
         journal = self.journal(disk)
@@ -208,7 +252,7 @@ class JournaledBatchTests(BatchCase):
         results = disk.acceptor.publish_batch(requests, journal=journal)
         self.assertEqual([r.queue_id for r in results], [r.entry.queue_id for r in requests])
         kinds = [kind for kind, path in ops.events if kind in ("rename", "fsync", "syncfs", "pwrite")]
-        self.assertEqual(kinds, ["rename"] * 6 + ["pwrite", "fsync"])  # no syncfs, no marker
+        self.assertEqual(kinds, ["pwrite", "fsync"] + ["rename"] * 6)  # durable before in place; no syncfs
         self.assertFalse([name for name in self.listing("tmp") if name.endswith(".inflight")])
         kept = read_journal(journal.path).entries
         self.assertEqual([(e.queue_id, e.where, e.message) for e in kept],
@@ -230,6 +274,7 @@ class JournaledBatchTests(BatchCase):
         results = disk.acceptor.publish_batch(self.requests(2), journal=journal)
         self.assertTrue(all(isinstance(r, SpoolEntry) for r in results))
         self.assertIn(("syncfs", ""), ops.events)
+        self.assertTrue(any(path.endswith(".inflight") for kind, path in ops.events if kind == "open"))
 
     def test_a_message_in_a_temp_file_is_not_journaled(self):
         ops = RecordingFileOps(whole_filesystem=True)
@@ -269,20 +314,55 @@ class ReplayTests(BatchCase):
         os.unlink(held.message_path)
         os.unlink(held.message_path[:-len(MSG)] + ENV)
         failed = os.path.join(self.directory, "failed")
-        for suffix in (MSG, ENV):  # failed since, by a protocol with its own flush
+        for suffix in (MSG, ENV):  # failed since: renamed, its message's data flushed only by the retirement
             os.rename(os.path.join(self.directory, "queue", moved_on.queue_id + suffix),
                       os.path.join(failed, moved_on.queue_id + suffix))
+        with open(os.path.join(failed, moved_on.queue_id + MSG), "r+b") as f:
+            f.truncate(0)
         report = self.recover(OTHER_BOOT)
-        self.assertEqual(sorted(report.restored), sorted([lost.queue_id, torn.queue_id, held.queue_id]))
+        self.assertEqual(sorted(report.restored), sorted(e.queue_id for e in (lost, torn, moved_on, held)))
         for entry in (lost, torn, held):
             with open(entry.message_path[:-len(MSG)] + ENV, "rb") as f:
                 self.assertEqual(decode_record(f.read(), entry.message_path, entry.queue_id), entry)
             self.assertEqual(file_digest(entry.message_path), entry.message_digest)
-        self.assertNotIn(moved_on.queue_id + MSG, self.listing("queue"))
+        self.assertNotIn(moved_on.queue_id + MSG, self.listing("queue"))  # mended where it is, not brought back
+        with open(os.path.join(failed, moved_on.queue_id + MSG), "rb") as f:
+            self.assertEqual(f.read(), MESSAGE)
         self.assertIn(held.queue_id + ENV, self.listing("held"))
         self.assertEqual(self.listing("tmp"), [])  # the journal is gone once its work is flushed
         scheduled = {queue_id for _, queue_id in report.schedule}
         self.assertLessEqual({lost.queue_id, torn.queue_id}, scheduled)
+
+    def test_a_record_the_disk_lost_is_written_again(self):
+        path, (entry, *_rest) = self.committed()
+        record = entry.message_path[:-len(MSG)] + ENV
+        with open(record, "r+b") as f:
+            f.truncate(0)
+        report = self.recover(OTHER_BOOT)
+        self.assertEqual(report.restored, [entry.queue_id])
+        with open(record, "rb") as f:
+            self.assertEqual(decode_record(f.read(), entry.message_path, entry.queue_id), entry)
+
+    def test_a_journal_whose_retirement_failed_is_replayed_on_the_same_boot(self):
+        path, (lost, *_rest) = self.committed()
+        with open(path, "r+b") as f:  # what IntakeJournal._break writes
+            f.seek(0)
+            f.write(journal_module._header(1, BOOT, journal_module._REPLAY))
+        os.unlink(lost.message_path[:-len(MSG)] + ENV)
+        os.unlink(lost.message_path)
+        report = self.recover(BOOT)
+        self.assertEqual(report.restored, [lost.queue_id])
+        self.assertFalse(os.path.exists(path))
+
+    def test_a_flagged_journal_is_left_to_start_up_by_undo_and_by_the_sweep(self):
+        path, (entry, *_rest) = self.committed()
+        with open(path, "r+b") as f:
+            f.write(journal_module._header(1, BOOT, journal_module._REPLAY))
+        disk = self.disk(RecordingFileOps(whole_filesystem=True), tag="dead0001")
+        disk.acceptor.undo([], path)
+        self.assertTrue(os.path.exists(path))
+        spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001")
+        self.assertTrue(os.path.exists(path))
 
     def test_after_the_same_boot_nothing_is_replayed(self):
         """The page cache outlived the process: an entry gone since (delivered) stays gone."""

@@ -33,7 +33,7 @@ Layout (directories 0700, files 0600)::
       lock                 flock()ed by the running daemon; holds its pid
       tmp/                 the daemon's files being written: <tag>.<id>.msg / .env / ...,
                            and <tag>.<first>.<last>.inflight while a batch is in place unflushed,
-                           and <tag>.<pid>.journal: the commit process's intake journal
+                           and <tag>.<n>.journal: the commit process's intake journal
       queue/<id>.msg       the message: RFC 5322 bytes with CRLF line ends, exactly as handed
                            to the spool writer (gateway headers included), nothing added
       queue/<id>.env       the envelope/state record (format: L{gateway.spool.record});
@@ -67,10 +67,10 @@ whose entries recovery checks:
   an entry whose record or message never reached the disk (never acknowledged), and recovery
   checks the entries in a marker's range and quarantines the incomplete ones
   (L{gateway.spool.inflight}).  In the commit process the flush is instead one ``fdatasync``
-  of its intake journal, which holds the batch's records and messages whole (no marker: the
-  journal is the batch's copy until a flush of the filesystem, within 0.1 s, retires it);
-  after another boot, recovery writes again from the journal what the disk lost
-  (L{gateway.spool.journal}).  Nothing incomplete is ever sent even without the marker: a
+  of its intake journal, which holds the batch's records and messages whole, *before* the
+  renames (no marker: the journal is the batch's copy until a flush of the filesystem, within
+  0.1 s, retires it); after another boot, recovery writes again from the journal what the disk
+  lost (L{gateway.spool.journal}).  Nothing incomplete is ever sent even without the marker: a
   record that does not decode is quarantined when loaded, and the deliverer checks the
   message's digest before sending.  The sendmail command's drop-offs into incoming/, which
   the daemon scans and imports, are flushed before they are renamed, then incoming/ is

@@ -22,7 +22,7 @@ from gateway.spool import inflight
 from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.interfaces import SpoolError
-from gateway.spool.journal import IntakeJournal, JournalEntry
+from gateway.spool.journal import IntakeJournal, JournalEntry, needs_replay
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.record import DIGEST_ALGORITHM, encode_record, file_digest
 
@@ -235,17 +235,18 @@ class Acceptor:
                     staged.append(self._stage(index, request))
                 except SpoolError as e:
                     results[index] = e
-            if staged and journal is not None and self._journal_takes(journal, requests, staged):
-                self._publish_journaled(staged, results, journal, requests)
+            if staged and journal is not None and self._journal_takes(journal, requests, staged, rename_first):
+                self._publish_journaled(staged, results, journal, requests, rename_first)
             elif staged:
                 self._publish(staged, results, rename_first)
         finally:
             self.committed(ids)
         return results
 
-    def _journal_takes(self, journal: IntakeJournal, requests: list[CommitRequest], staged: list[_Staged]) -> bool:
+    def _journal_takes(self, journal: IntakeJournal, requests: list[CommitRequest], staged: list[_Staged],
+                       rename_first: bool) -> bool:
         """Only messages that were in memory, bound for queue/ or held/, in a journal they fit."""
-        return (self._files.ops.flushes_whole_filesystem
+        return (rename_first and self._files.ops.flushes_whole_filesystem
                 and all(requests[s.index].temp is None and s.where in ("queue", "held") for s in staged)
                 and journal.fits(self._journal_entries(staged, requests)))
 
@@ -254,25 +255,22 @@ class Acceptor:
         return [JournalEntry(s.entry.queue_id, s.where, s.record, requests[s.index].data or b"") for s in staged]
 
     def _publish_journaled(self, staged: list[_Staged], results: list[Any], journal: IntakeJournal,
-                           requests: list[CommitRequest]) -> None:
+                           requests: list[CommitRequest], rename_first: bool) -> None:
         """
-        Renamed into place, then made durable by the journal: no marker, for the journal holds
-        every entry whole until the flush that retires it.  If the journal cannot be written,
-        one flush of the filesystem makes the batch durable instead (or it fails, undone).
+        Made durable by the journal first, then renamed into place: a power loss before the
+        journal's flush leaves only temp files (nothing acknowledged, nothing to check), one after
+        it leaves the journal, which holds every entry whole until the flush that retires it.  If
+        the journal cannot be written, the batch is committed as without one.
         """
-        by_directory = self._rename_all(staged, results)
-        in_place = [s for group in by_directory.values() for s in group]
         try:
-            journal.append(self._journal_entries(in_place, requests))
+            journal.append(self._journal_entries(staged, requests))
         except OSError:
-            whole_filesystem = self._flush(in_place, results)
-            if not whole_filesystem:  # failed (undone), or flushed file by file: the renames still need theirs
-                if whole_filesystem is not None:
-                    self._sync_directories(by_directory, results)
-                return
-        for s in in_place:
-            if self._closed_or_undone(s, results):
-                results[s.index] = s.entry
+            self._publish(staged, results, rename_first)
+            return
+        for group in self._rename_all(staged, results).values():
+            for s in group:
+                if self._closed_or_undone(s, results):
+                    results[s.index] = s.entry
 
     def _publish(self, staged: list[_Staged], results: list[Any], rename_first: bool) -> None:
         """
@@ -463,7 +461,10 @@ class Acceptor:
         # entry the child had flushed must not come back after a power loss, unmarked, and be
         # delivered beside the client's retry.
         ids = {request.entry.queue_id for request in requests}
-        settled = inflight.own_markers_within(self._files, ids) + ([journal] if journal is not None else [])
+        # A journal flagged by a failed retirement stays for start-up, which checks what it holds.
+        settled = inflight.own_markers_within(self._files, ids)
+        if journal is not None and not needs_replay(journal):
+            settled.append(journal)
         inflight.settle(ops, self._files.layout.tmp, settled)
 
     def _temp_digest(self, temp: TempMessage) -> str:

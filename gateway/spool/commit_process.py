@@ -221,12 +221,13 @@ class CommitProcess(Service):
         child = _Child(self)
         # The tag is read now: an intake worker takes its supervisor's after building the spool.
         args = [self._python, "-m", self._module, self._files.layout.root, self._files.tag,
-                str(os.getpid())] + (["--fdatasync"] if self._flush_per_file else []) + (["--journal"] if self._journal else [])
+                str(os.getpid())] + (["--fdatasync"] if self._flush_per_file else [])
+        if self._journal:
+            child.journal = journal_path(self._files.layout.tmp, self._files.tag, self.started + 1)
+            args.append("--journal=" + os.path.basename(child.journal))
         env = {k: v for k, v in os.environ.items() if k in _KEPT_ENVIRONMENT}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        transport = self._reactor.spawnProcess(child, self._python, args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
-        if self._journal:
-            child.journal = journal_path(self._files.layout.tmp, self._files.tag, transport.pid)
+        self._reactor.spawnProcess(child, self._python, args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
         self._child = child
         self.started += 1
         return child
@@ -345,7 +346,8 @@ def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1,
                 journal.close()
             return
         try:
-            results: Any = acceptor.publish_batch(pickle.loads(payload), journal=journal)
+            results: Any = acceptor.publish_batch(pickle.loads(payload),
+                                                  journal=journal if journal is not None and journal.usable else None)
         except Exception as e:  # a bug, not a disk error (those come back per request)
             results = SpoolError(f"spool commit failed unexpectedly: {e!r}")
         reply = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
@@ -367,18 +369,20 @@ def _retire(journal: IntakeJournal) -> None:
     try:
         journal.retire()
     except OSError as e:
-        # The entries stay safe in the journal; it tries again later.  The parent logs this.
-        sys.stderr.write(f"could not flush the spool to retire the intake journal: {e}\n")
+        # Written to stderr, which the parent logs.
+        sys.stderr.write(f"could not retire the intake journal {journal.path} ({e}): it is kept for the next "
+                         "start-up to check the entries it holds, and batches are flushed with the filesystem "
+                         "from now on\n")
         sys.stderr.flush()
 
 
-def _open_journal(files: SpoolFiles, ops: FileOps) -> Optional[IntakeJournal]:
+def _open_journal(files: SpoolFiles, ops: FileOps, name: str) -> Optional[IntakeJournal]:
     """This child's journal, or None where it cannot help (no syncfs to retire it, no boot id to read it by)."""
     boot = boot_id()
     if boot is None or not ops.flushes_whole_filesystem:
         return None
     try:
-        return IntakeJournal(ops, journal_path(files.layout.tmp, files.tag, os.getpid()), boot)
+        return IntakeJournal(ops, os.path.join(files.layout.tmp, os.path.basename(name)), boot)
     except OSError as e:
         sys.stderr.write(f"no intake journal ({e}); each batch is flushed with the filesystem\n")
         sys.stderr.flush()
@@ -387,7 +391,7 @@ def _open_journal(files: SpoolFiles, ops: FileOps) -> Optional[IntakeJournal]:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """
-    ``python -m gateway.spool.commit_process ROOT TAG PARENT_PID [--fdatasync] [--journal]``:
+    ``python -m gateway.spool.commit_process ROOT TAG PARENT_PID [--fdatasync] [--journal=NAME]``:
     started by L{CommitProcess}.
     """
     args = sys.argv[1:] if argv is None else argv
@@ -395,7 +399,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     _die_with_parent(parent)
     ops = FileOps().flush_per_file() if "--fdatasync" in args[3:] else FileOps()
     files = SpoolFiles(root, ops, tag, time.time)
-    journal = _open_journal(files, ops) if "--journal" in args[3:] else None
+    names = [arg.partition("=")[2] for arg in args[3:] if arg.startswith("--journal=")]
+    journal = _open_journal(files, ops, names[0]) if names else None
     serve(Acceptor(files), ops, journal=journal)
 
 

@@ -3,38 +3,47 @@ The intake journal: how the commit process makes a batch durable with one flush 
 no metadata.
 
 Why: a batch made durable by ``syncfs`` makes the filesystem commit its own journal (two new
-files and two renames per message), and on the journaled test disk that costs 0.67-0.80 ms for
-a lone 10 KB message, where Postfix's one ``fsync`` of one file costs 0.25-0.33 ms.  Blocks
-that are already allocated and written change no metadata when they are written again, so an
-``fdatasync`` of them writes the blocks and flushes the device: 0.10-0.14 ms
-(``bench/commit_costs.py`` measures all three).
+files and two renames per message), and on the journaled test disk that costs 0.9-1.0 ms for a
+lone 10 KB commit, where Postfix's one ``fsync`` of one new file costs 0.3 ms.  Blocks that are
+already allocated and written change no metadata when they are written again, so an
+``fdatasync`` of them is the data and one device flush (``bench/commit_costs.py`` measures the
+three).
 
 So the commit process (L{gateway.spool.commit_process}) keeps a journal,
-``tmp/<tag>.<pid>.journal``, allocated and zero-filled when it starts.  A batch is written and
-renamed into place as before (L{gateway.spool.accept.Acceptor.publish_batch}); then each
-entry's record and message are appended to the journal in one write, and one ``fdatasync`` of
-the journal makes the batch durable: the 250s go out after it.  At most L{RETIRE_AFTER}
-seconds later (sooner when it is full) the child flushes the filesystem (``syncfs``): the
-entries are then durable in place, and the journal starts a new generation.  Frames of older
-generations are never read again.
+``tmp/<tag>.<n>.journal`` (its parent's tag, the how-manieth child), allocated and zero-filled
+when it starts.  A batch's temp files are written as before
+(L{gateway.spool.accept.Acceptor.publish_batch}); then every entry's record and message are
+appended to the journal in one write, one ``fdatasync`` of the journal makes the batch durable,
+the entries are renamed into place (no marker: until it is retired, the journal holds each of
+them whole), and the 250s go out.  At most L{RETIRE_AFTER} seconds later (sooner when it is
+full) the child flushes the filesystem (``syncfs``): the entries are then durable in place, and
+the journal starts a new generation.  Frames of older generations are never read again.  When
+the child stops it retires the journal and removes it.
 
 After a crash the journal is read at start-up (L{gateway.spool.recovery}) before anything else:
 
 - **Same boot** (a process died, the kernel did not): the page cache kept every write, so
   every entry is whole wherever it has moved since.  Nothing is replayed.
-- **Another boot** (power loss, kernel crash): every entry of the current generation that is
-  in none of queue/, held/, failed/ and archive/, or is incomplete where it was committed, is
-  written again from the journal.  An entry that moved on (held, failed, archived) moved by a
-  protocol with its own flush.
+- **Another boot** (power loss, kernel crash), or a journal whose retirement failed: for each
+  entry of the current generation, a message file in queue/, held/, failed/ or archive/ that
+  does not hold the journal's bytes is written again (a move made since by hold, fail or
+  archive renames the file, and its data was flushed only by the retirement); a record at
+  home that does not decode is written again; an entry in none of those places is written
+  again whole at home (L{restore}).
 
 Then the filesystem is flushed and the journal removed.  The one case replay cannot tell from
-a lost entry: one delivered (removed) before its frame was retired, followed by a power loss.
-It is sent again: a second delivery, never a lost one, and only in the L{RETIRE_AFTER} after
-its acceptance.
+a lost entry: one delivered (removed) after its acceptance but before its frame was retired,
+then a power loss.  It is sent again: a second delivery, never a lost one, in the
+L{RETIRE_AFTER} after its acceptance.  A retirement that fails (the flush reported an error)
+leaves the window open: the journal then stops taking batches, is flagged in its header and
+kept (the kernel reports a write error once, so a later flush that succeeds proves nothing
+about the pages that failed); the next start-up writes again from it whatever is not whole,
+same boot or not, and that may also bring back entries delivered since.
 
 Format.  Two header slots of 512 bytes at offsets 0 and 512, written alternately (a torn
-header write leaves the other): L{_HEADER} (magic, generation, crc32 of the rest) and the boot
-id.  The valid slot with the higher generation counts.  Frames from L{DATA_START}: length and
+header write leaves the other): L{_HEADER} (magic, generation, flags, crc32) and the boot id.
+The valid slot with the higher generation counts; the flag L{_REPLAY} (a failed retirement) is
+written into the other slot with the same generation.  Frames from L{DATA_START}: length and
 crc32 of the body (L{_FRAME}); the body is L{_BODY} (generation, destination, id length,
 record length), the queue id, the record, the message.  Reading stops at the first frame whose
 length is zero or too large, whose crc does not match or whose generation is not the header's.
@@ -50,9 +59,9 @@ from typing import Callable, Optional
 
 import attrs
 
-from gateway.spool import inflight
 from gateway.spool.fileops import FileOps
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
+from gateway.spool.record import RecordError, decode_record
 
 JOURNAL = ".journal"
 #: Space allocated per commit process; a batch that does not fit commits without the journal.
@@ -62,7 +71,9 @@ RETIRE_AFTER = 0.1
 DATA_START = 4096
 _SLOT = 512
 _MAGIC = b"GSJ1"
-_HEADER = struct.Struct("!4sQI")  # magic, generation, crc32(magic + generation + boot id)
+_HEADER = struct.Struct("!4sQBI")  # magic, generation, flags, crc32 (of the slot with the crc 0)
+#: Header flag: a retirement failed; start-up writes again from this journal whatever is not whole.
+_REPLAY = 1
 _BOOT_ID_LENGTH = 36
 _FRAME = struct.Struct("!II")  # body length, crc32(body)
 _BODY = struct.Struct("!QBBI")  # generation, destination, id length, record length
@@ -98,23 +109,26 @@ class JournalContents:
     generation: int
     boot: str
     entries: tuple[JournalEntry, ...]
+    #: A retirement failed (see the module docstring): replay whatever the boot.
+    replay: bool = False
 
 
-def _header(generation: int, boot: str) -> bytes:
+def _header(generation: int, boot: str, flags: int = 0) -> bytes:
     boot_bytes = boot.encode("ascii")
-    crc = zlib.crc32(_MAGIC + generation.to_bytes(8, "big") + boot_bytes)
-    return _HEADER.pack(_MAGIC, generation, crc) + boot_bytes
+    crc = zlib.crc32(_HEADER.pack(_MAGIC, generation, flags, 0) + boot_bytes)
+    return _HEADER.pack(_MAGIC, generation, flags, crc) + boot_bytes
 
 
-def _read_slot(data: bytes) -> Optional[tuple[int, str]]:
+def _read_slot(data: bytes) -> Optional[tuple[int, str, int]]:
+    """(generation, boot id, flags) of a valid header slot, else None."""
     if len(data) < _HEADER.size + _BOOT_ID_LENGTH:
         return None
-    magic, generation, crc = _HEADER.unpack_from(data)
+    magic, generation, flags, crc = _HEADER.unpack_from(data)
     boot_bytes = data[_HEADER.size:_HEADER.size + _BOOT_ID_LENGTH]
-    if magic != _MAGIC or crc != zlib.crc32(_MAGIC + generation.to_bytes(8, "big") + boot_bytes):
+    if magic != _MAGIC or crc != zlib.crc32(_HEADER.pack(_MAGIC, generation, flags, 0) + boot_bytes):
         return None
     try:
-        return generation, boot_bytes.decode("ascii")
+        return generation, boot_bytes.decode("ascii"), flags
     except UnicodeDecodeError:
         return None
 
@@ -130,14 +144,20 @@ def encode_frames(generation: int, entries: list[JournalEntry]) -> bytes:
     return b"".join(parts)
 
 
+def _read_header(path: str, data: bytes) -> tuple[int, str, bool]:
+    """(generation, boot id, replay flag) from the first two slots of ``data``."""
+    slots = [slot for slot in (_read_slot(data[0:_SLOT]), _read_slot(data[_SLOT:2 * _SLOT])) if slot is not None]
+    if not slots:
+        raise JournalError(f"{path}: no valid journal header")
+    generation, boot, _ = max(slots)
+    return generation, boot, any(flags & _REPLAY for g, _, flags in slots if g == generation)
+
+
 def read_journal(path: str) -> JournalContents:
     """The current generation's entries of the journal at ``path``; L{JournalError} if no header is valid."""
     with open(path, "rb") as f:
         data = f.read()
-    slots = [slot for slot in (_read_slot(data[0:_SLOT]), _read_slot(data[_SLOT:2 * _SLOT])) if slot is not None]
-    if not slots:
-        raise JournalError(f"{path}: no valid journal header")
-    generation, boot = max(slots)
+    generation, boot, replay = _read_header(path, data)
     entries = []
     offset = DATA_START
     while offset + _FRAME.size <= len(data):
@@ -153,35 +173,78 @@ def read_journal(path: str) -> JournalContents:
         record = body[start + id_length:start + id_length + record_length]
         entries.append(JournalEntry(queue_id, _PLACES[place], record, body[start + id_length + record_length:]))
         offset += _FRAME.size + length
-    return JournalContents(generation, boot, tuple(entries))
+    return JournalContents(generation, boot, tuple(entries), replay)
 
 
-def journal_path(tmp_dir: str, tag: str, pid: int) -> str:
-    """The journal of the commit process ``pid`` of the process tagged ``tag``."""
-    return os.path.join(tmp_dir, f"{tag}.{pid}{JOURNAL}")
+def journal_path(tmp_dir: str, tag: str, serial: int) -> str:
+    """The journal of the ``serial``-th commit process of the process tagged ``tag`` (never reused)."""
+    return os.path.join(tmp_dir, f"{tag}.{serial}{JOURNAL}")
+
+
+def needs_replay(path: str) -> bool:
+    """
+    Whether the journal at ``path`` must be read by the next start-up whatever its boot: its
+    retirement failed, or it cannot be read.  Then nothing but start-up recovery removes it.
+    """
+    try:
+        with open(path, "rb") as f:
+            return _read_header(path, f.read(2 * _SLOT))[2]
+    except FileNotFoundError:
+        return False
+    except (OSError, JournalError):
+        return True
 
 
 def restore(files: SpoolFiles, entries: tuple[JournalEntry, ...]) -> list[str]:
     """
-    Write again every entry of ``entries`` that is in none of queue/, held/, failed/ and
-    archive/, or incomplete where it was committed (recovery after another boot; the module
-    docstring says why the others are whole).  Unflushed: the caller flushes before the
-    journal goes.  Returns the queue ids written.
+    Write again what the disk lost of ``entries`` (see the module docstring); unflushed: the
+    caller flushes before the journal goes.  Returns the queue ids it wrote anything for.
     """
+    return [entry.queue_id for entry in entries if _restore_entry(files, entry)]
+
+
+def _restore_entry(files: SpoolFiles, entry: JournalEntry) -> bool:
     layout = files.layout
-    restored = []
-    for entry in entries:
-        home = layout.held if entry.where == "held" else layout.queue
-        found = next((d for d in (layout.queue, layout.held, layout.failed, layout.archive)
-                      if os.path.exists(SpoolLayout.path(d, entry.queue_id, ENV))), None)
-        if found is not None and (found != home or inflight.entry_complete(files, found, entry.queue_id)):
-            continue
-        message = files.write_temp_file(entry.queue_id, MSG, entry.message, durable=False)
-        record = files.write_temp_file(entry.queue_id, ENV, entry.record, durable=False)
-        files.ops.rename(message, SpoolLayout.path(home, entry.queue_id, MSG))
-        files.ops.rename(record, SpoolLayout.path(home, entry.queue_id, ENV))
-        restored.append(entry.queue_id)
-    return restored
+    places = (layout.queue, layout.held, layout.failed, layout.archive)
+    queue_id = entry.queue_id
+    home = layout.held if entry.where == "held" else layout.queue
+    messages = [SpoolLayout.path(place, queue_id, MSG) for place in places]
+    mended = [path for path in messages if os.path.exists(path) and not _holds(path, entry.message)]
+    for path in mended:
+        _write_again(files, queue_id, MSG, entry.message, path)
+    records = [place for place in places if os.path.exists(SpoolLayout.path(place, queue_id, ENV))]
+    record = SpoolLayout.path(home, queue_id, ENV)
+    if not records:
+        if not any(os.path.exists(path) for path in messages):
+            _write_again(files, queue_id, MSG, entry.message, SpoolLayout.path(home, queue_id, MSG))
+        _write_again(files, queue_id, ENV, entry.record, record)
+        return True
+    if home in records and not _decodes(record, queue_id):
+        _write_again(files, queue_id, ENV, entry.record, record)
+        return True
+    return bool(mended)
+
+
+def _holds(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _decodes(path: str, queue_id: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            decode_record(f.read(), path[:-len(ENV)] + MSG, queue_id)
+    except (OSError, RecordError):
+        return False
+    return True
+
+
+def _write_again(files: SpoolFiles, queue_id: str, suffix: str, data: bytes, path: str) -> None:
+    """``data`` into ``path`` whole or not at all: a temp file renamed over it."""
+    files.ops.rename(files.write_temp_file(queue_id, suffix, data, durable=False), path)
 
 
 class IntakeJournal:
@@ -201,38 +264,48 @@ class IntakeJournal:
         self._offset = DATA_START
         #: When the oldest frame not yet retired was written (None: nothing to retire).
         self._unretired_since: Optional[float] = None
+        #: A retirement failed: no more batches, no more retirements, and the file stays.
+        self.broken = False
         self._fd = ops.open_new(path)
         try:
             # Written, not fallocated: the first write into an unwritten extent changes metadata.
             zeros = bytes(1 << 20)
             for offset in range(0, size, len(zeros)):
                 ops.pwrite(self._fd, zeros[:min(len(zeros), size - offset)], offset)
-            self._write_header()
+            self._write_header(self.generation)
         except OSError:
             ops.close(self._fd)
             ops.unlink(path)
             raise
 
-    def _write_header(self) -> None:
-        self._ops.pwrite(self._fd, _header(self.generation, self._boot), (self.generation % 2) * _SLOT)
+    def _write_header(self, generation: int, flags: int = 0, slot: Optional[int] = None) -> None:
+        slot = generation % 2 if slot is None else slot
+        self._ops.pwrite(self._fd, _header(generation, self._boot, flags), slot * _SLOT)
         self._ops.sync_file(self._fd)
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken
 
     def fits(self, entries: list[JournalEntry]) -> bool:
         """Whether a batch of ``entries`` can be journaled at all (after a retirement if need be)."""
         need = sum(_FRAME.size + _BODY.size + len(e.queue_id) + len(e.record) + len(e.message) for e in entries)
-        return DATA_START + need <= self._size
+        return not self.broken and DATA_START + need <= self._size
 
     def append(self, entries: list[JournalEntry]) -> None:
-        """Make ``entries`` durable: one write and one ``fdatasync``.  OSError if that failed."""
+        """
+        Make ``entries`` durable: one write and one ``fdatasync``.  OSError if that failed; the
+        frames it may have left are retired like any others, so none outlives its generation.
+        """
         data = encode_frames(self.generation, entries)
         if self._offset + len(data) > self._size:
             self.retire()
             data = encode_frames(self.generation, entries)
-        self._ops.pwrite(self._fd, data, self._offset)
-        self._ops.sync_file(self._fd)
-        self._offset += len(data)
         if self._unretired_since is None:
             self._unretired_since = self._clock()
+        self._ops.pwrite(self._fd, data, self._offset)
+        self._offset += len(data)  # also on a failed flush: the next batch does not write over its frames
+        self._ops.sync_file(self._fd)
 
     def retire_in(self) -> Optional[float]:
         """Seconds until the next retirement is due (0: now); None when nothing waits for one."""
@@ -241,27 +314,47 @@ class IntakeJournal:
         return max(0.0, self._unretired_since + RETIRE_AFTER - self._clock())
 
     def retire(self) -> None:
-        """Flush the filesystem (every journaled entry is then durable in place) and start a new generation."""
-        if self._unretired_since is None and self._offset == DATA_START:
+        """
+        Flush the filesystem (every journaled entry is then durable in place) and start a new
+        generation.  If the flush fails, the journal is flagged and kept for the next start-up
+        (the module docstring says why) and takes no more batches; if the new header cannot be
+        written, the entries are durable, but the journal takes no more batches either.
+        """
+        if self.broken or (self._unretired_since is None and self._offset == DATA_START):
             return
         try:
             self._ops.sync_filesystem(self._fd)
         except OSError:
-            self._unretired_since = self._clock()  # not again at once: after another RETIRE_AFTER
+            self._break(flag=True)
+            raise
+        try:
+            self._write_header(self.generation + 1)
+        except OSError:
+            self._break(flag=False)
             raise
         self.generation += 1
-        self._write_header()
         self._offset = DATA_START
         self._unretired_since = None
 
+    def _break(self, flag: bool) -> None:
+        self.broken = True
+        self._unretired_since = None
+        if flag:
+            # Into the other slot, with the same generation: the current header is not written over.
+            try:
+                self._write_header(self.generation, _REPLAY, slot=(self.generation + 1) % 2)
+            except OSError:
+                pass  # start-up finds it all the same, and a same-boot start-up then trusts the page cache
+
     def close(self) -> None:
-        """Retire what is left and remove the journal (a clean stop: nothing for recovery to read)."""
+        """Retire what is left and remove the journal (a clean stop); a broken one stays for start-up."""
         try:
             self.retire()
         finally:
             self._ops.close(self._fd)
-        self._ops.unlink(self.path)
+        if not self.broken:
+            self._ops.unlink(self.path)
 
 
 __all__ = ["JOURNAL", "JOURNAL_SIZE", "RETIRE_AFTER", "IntakeJournal", "JournalContents", "JournalEntry",
-           "JournalError", "boot_id", "journal_path", "read_journal", "restore"]
+           "JournalError", "boot_id", "journal_path", "needs_replay", "read_journal", "restore"]

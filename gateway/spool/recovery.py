@@ -114,8 +114,8 @@ class Recovery:
 
     def _replay_journals(self, journals: list[str], report: RecoveryReport) -> None:
         """
-        After another boot, write again what the journals hold and the disk lost (same boot:
-        the page cache kept it all).  A journal with no readable header is set aside; it can
+        After another boot, or a failed retirement, write again what the journals hold and the
+        disk lost (same boot: the page cache kept it all).  A journal with no readable header is set aside; it can
         say nothing about which of its frames count.
         """
         boot = boot_id()
@@ -127,7 +127,7 @@ class Recovery:
                 if quietly(self._quarantine.move_file, path) is None:
                     report.quarantined.append(Quarantined(os.path.basename(path), f"unreadable intake journal: {e}"))
                 continue
-            if contents.boot != boot:
+            if contents.boot != boot or contents.replay:
                 report.restored.extend(restore(self._files, contents.entries))
 
     def _list_queue(self) -> _QueueListing:

@@ -18,7 +18,7 @@ import attrs
 
 from gateway.spool.fileops import FileOps
 from gateway.spool.inflight import INFLIGHT, settle
-from gateway.spool.journal import JOURNAL
+from gateway.spool.journal import JOURNAL, needs_replay
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -68,6 +68,8 @@ def remove_temp_files(tmp_dir: str, tag: str) -> TempCleanup:
         for entry in entries:
             if not entry.name.startswith(prefix):
                 continue
+            if entry.name.endswith(JOURNAL) and needs_replay(entry.path):
+                continue  # a failed retirement: start-up checks what it holds
             if entry.name.endswith(INFLIGHT) or entry.name.endswith(JOURNAL):
                 # Its intake journal too: the entries it answered for are durable only once flushed.
                 markers.append(entry.path)
