@@ -184,7 +184,7 @@ class CommitProcessTests(TestCase):
         self.patch(FileOps, "sync_filesystem", watched)
         os.kill(self.process.pid, signal.SIGKILL)
         yield child.ended
-        self.assertEqual(flushes, [True])  # flushed while the journal was still there
+        self.assertTrue(flushes and all(flushes))  # flushed while the journal was still there
         self.assertFalse(os.path.exists(journal))
         self.assertTrue(os.path.exists(entry.message_path))
         self.flushLoggedErrors()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -29,7 +30,7 @@ from gateway.spool.journal import (
     journal_path,
     read_journal,
 )
-from gateway.spool.layout import ENV, MSG
+from gateway.spool.layout import ENV, MSG, SpoolFiles
 from gateway.spool.queueid import new_queue_id
 from gateway.spool.record import decode_record, file_digest
 from gateway.testing.spool import RecordingFileOps
@@ -56,13 +57,15 @@ class JournalFileTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
-        self.path = os.path.join(self.directory, "t1.1" + JOURNAL)
         self.ops = RecordingFileOps(whole_filesystem=True)
+        self.files = SpoolFiles(self.directory, self.ops, "t1", time.time)
+        self.files.ensure_directories()
+        self.addCleanup(self.files.close)
+        self.path = os.path.join(self.directory, "tmp", "t1.1" + JOURNAL)
         self.clock = Clock()
 
     def journal(self, size: int = SMALL) -> IntakeJournal:
-        return IntakeJournal(self.ops, self.path, BOOT, size=size, clock=self.clock)
+        return IntakeJournal(self.files, self.path, BOOT, size=size, clock=self.clock)
 
     def entries(self, *ids: str) -> list[JournalEntry]:
         return [JournalEntry(queue_id, "held" if n % 2 else "queue", b'{"record": %d}' % n, MESSAGE + bytes([n]))
@@ -131,28 +134,58 @@ class JournalFileTests(SynchronousTestCase):
         journal.retire()
         self.assertIsNone(journal.retire_in())
 
-    def test_a_failed_retirement_keeps_the_journal_for_start_up_and_takes_no_more_batches(self):
-        """The kernel reports a failed write once: a later flush that succeeds proves nothing
-        about the pages that failed.  So the generation is never retired, the header says to
-        replay it whatever the boot, and closing the journal keeps it."""
+    def flushes_failing(self, times: int) -> list:
+        """The next ``times`` flushes of the filesystem fail with EIO; the list records every flush."""
+        flushes = []
+        real = self.ops.sync_filesystem
+
+        def flaky(fd):
+            flushes.append(len(flushes) < times)
+            if flushes[-1]:
+                raise OSError(errno.EIO, "Input/output error")
+            real(fd)
+
+        self.patch(self.ops, "sync_filesystem", flaky)
+        return flushes
+
+    def test_a_failed_flush_is_not_trusted_to_have_failed_only_once(self):
+        """The kernel reports a failed write once and leaves its pages clean in memory: before
+        the generation counts as retired, its files are written again from the journal and
+        flushed again."""
+        journal = self.journal()
+        for name in ("queue/A1.msg", "queue/A1.env"):
+            with open(os.path.join(self.directory, name), "wb") as f:
+                f.write(MESSAGE if name.endswith(MSG) else b"{}")
+        journal.append([JournalEntry("A1", "queue", b"{}", MESSAGE)])
+        flushes = self.flushes_failing(1)
+        del self.ops.events[:]
+        journal.retire()
+        self.assertEqual(flushes, [True, False])
+        renamed = [path for kind, path in self.ops.events if kind == "rename"]
+        self.assertEqual(sorted(os.path.relpath(p, self.directory) for p in renamed), ["queue/A1.env", "queue/A1.msg"])
+        self.assertEqual((read_journal(self.path).generation, journal.usable), (2, True))
+
+    def test_a_retirement_that_fails_twice_stops_the_journal_which_stays_if_it_cannot_be_settled(self):
         journal = self.journal()
         journal.append(self.entries("A1"))
         self.clock.now += RETIRE_AFTER
-
-        def no_flush(fd):
-            raise OSError(errno.EIO, "Input/output error")
-
-        self.patch(self.ops, "sync_filesystem", no_flush)
+        self.flushes_failing(3)
         self.assertRaises(OSError, journal.retire)
         self.assertFalse(journal.usable)
         self.assertIsNone(journal.retire_in())  # no retry loop
         self.assertFalse(journal.fits(self.entries("A2")))
-        journal.retire()  # a later call does nothing
+        self.assertRaises(OSError, journal.close)  # its settling flush fails too
+        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["A1"])
+
+    def test_a_stopped_journal_is_settled_when_the_child_stops(self):
+        journal = self.journal()
+        journal.append(self.entries("A1"))
+        self.flushes_failing(2)
+        self.assertRaises(OSError, journal.retire)
+        del self.ops.events[:]
         journal.close()
-        contents = read_journal(self.path)
-        self.assertTrue(contents.replay)
-        self.assertEqual((contents.generation, [e.queue_id for e in contents.entries]), (1, ["A1"]))
-        self.assertTrue(journal_module.needs_replay(self.path))
+        self.assertIn(("syncfs", ""), self.ops.events)
+        self.assertFalse(os.path.exists(self.path))
 
     def test_a_header_that_cannot_be_written_stops_the_journal_without_a_retry_loop(self):
         journal = self.journal()
@@ -170,23 +203,22 @@ class JournalFileTests(SynchronousTestCase):
         self.assertIsNone(journal.retire_in())
         self.assertFalse(journal.usable)
 
-    def test_frames_of_a_failed_append_are_retired_like_the_others(self):
-        """A batch whose flush failed went the other way (a flush of the filesystem, or 451):
-        its frames must not outlive their generation, nor be written over by the next batch."""
+    def test_a_failed_append_stops_the_journal(self):
+        """A batch whose flush failed goes the other way (a flush of the filesystem, or 451); a
+        frame written after its frames could not be read back past them, so none is."""
         journal = self.journal()
-        real = self.ops.sync_file
+        journal.append(self.entries("A1"))
 
         def failing_flush(fd):
             raise OSError(errno.EIO, "Input/output error")
 
+        real = self.ops.sync_file
         self.patch(self.ops, "sync_file", failing_flush)
         self.assertRaises(OSError, journal.append, self.entries("B1", "B2"))
         self.patch(self.ops, "sync_file", real)
-        self.assertAlmostEqual(journal.retire_in(), RETIRE_AFTER)
-        journal.append(self.entries("C1"))
-        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["B1", "B2", "C1"])
-        journal.retire()
-        self.assertEqual(read_journal(self.path).entries, ())
+        self.assertFalse(journal.fits(self.entries("C1")))
+        journal.close()  # settled: written again, flushed, removed
+        self.assertFalse(os.path.exists(self.path))
 
     def test_a_full_journal_is_retired_before_the_batch(self):
         journal = self.journal(size=DATA_START + 3 * len(journal_module.encode_frames(1, self.entries("A1"))))
@@ -230,7 +262,7 @@ class BatchCase(SynchronousTestCase):
         return disk
 
     def journal(self, disk: SpoolDisk, pid: int = 4242) -> IntakeJournal:
-        return IntakeJournal(disk.files.ops, journal_path(disk.layout.tmp, disk.files.tag, pid), BOOT, size=SMALL * 4)
+        return IntakeJournal(disk.files, journal_path(disk.layout.tmp, disk.files.tag, pid), BOOT, size=SMALL * 4)
 
     def requests(self, count: int, where: str = "queue", start: float = 1_700_000_000.0) -> list[CommitRequest]:
         return [CommitRequest(SpoolEntry(new_queue_id(start + i), ENVELOPE, PROVENANCE, start + i, "", 0), where,
@@ -292,10 +324,12 @@ class JournaledBatchTests(BatchCase):
 class ReplayTests(BatchCase):
     """Start-up recovery reads the journals other processes left."""
 
-    def committed(self, count: int = 4):
+    def committed(self, count: int = 4, start: float = 1_700_000_000.0):
+        """A dead child's leftovers: ``count`` entries (the last held) and its journal, still open."""
         disk = self.disk(RecordingFileOps(whole_filesystem=True), tag="dead0001")
-        journal = self.journal(disk)
-        results = disk.acceptor.publish_batch(self.requests(count - 1) + self.requests(1, "held", 1_700_000_100.0),
+        journal = self.journal(disk, pid=int(start))
+        self.addCleanup(os.close, journal._fd)
+        results = disk.acceptor.publish_batch(self.requests(count - 1, start=start) + self.requests(1, "held", start + 100),
                                               journal=journal)
         return journal.path, results
 
@@ -303,7 +337,8 @@ class ReplayTests(BatchCase):
         self.patch(journal_module, "boot_id", lambda: boot)
         import gateway.spool.recovery as recovery_module
         self.patch(recovery_module, "boot_id", lambda: boot)
-        return self.disk(RecordingFileOps(whole_filesystem=True), tag="next0001").recover()
+        self.recovery_ops = RecordingFileOps(whole_filesystem=True)
+        return self.disk(self.recovery_ops, tag="next0001").recover()
 
     def test_after_another_boot_what_the_disk_lost_is_written_again(self):
         path, (lost, torn, moved_on, held) = self.committed()
@@ -343,36 +378,59 @@ class ReplayTests(BatchCase):
         with open(record, "rb") as f:
             self.assertEqual(decode_record(f.read(), entry.message_path, entry.queue_id), entry)
 
-    def test_a_journal_whose_retirement_failed_is_replayed_on_the_same_boot(self):
-        path, (lost, *_rest) = self.committed()
-        with open(path, "r+b") as f:  # what IntakeJournal._break writes
-            f.seek(0)
-            f.write(journal_module._header(1, BOOT, journal_module._REPLAY))
-        os.unlink(lost.message_path[:-len(MSG)] + ENV)
-        os.unlink(lost.message_path)
-        report = self.recover(BOOT)
-        self.assertEqual(report.restored, [lost.queue_id])
-        self.assertFalse(os.path.exists(path))
-
-    def test_a_flagged_journal_is_left_to_start_up_by_undo_and_by_the_sweep(self):
-        path, (entry, *_rest) = self.committed()
-        with open(path, "r+b") as f:
-            f.write(journal_module._header(1, BOOT, journal_module._REPLAY))
-        disk = self.disk(RecordingFileOps(whole_filesystem=True), tag="dead0001")
-        disk.acceptor.undo([], path)
-        self.assertTrue(os.path.exists(path))
-        spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001")
-        self.assertTrue(os.path.exists(path))
-
-    def test_after_the_same_boot_nothing_is_replayed(self):
-        """The page cache outlived the process: an entry gone since (delivered) stays gone."""
-        path, (delivered, *_rest) = self.committed()
+    def test_after_the_same_boot_every_file_still_there_is_written_again_and_nothing_comes_back(self):
+        """The page cache outlived the process, but a write it failed to put on disk would be
+        in it too, unreported to this process: every file the entries still have is written
+        again from the journal.  An entry gone since (delivered) stays gone."""
+        path, (delivered, kept, moved_on, held) = self.committed()
         os.unlink(delivered.message_path[:-len(MSG)] + ENV)
         os.unlink(delivered.message_path)
+        failed = os.path.join(self.directory, "failed")
+        for suffix in (MSG, ENV):
+            os.rename(os.path.join(self.directory, "queue", moved_on.queue_id + suffix),
+                      os.path.join(failed, moved_on.queue_id + suffix))
         report = self.recover(BOOT)
-        self.assertEqual(report.restored, [])
+        self.assertEqual(report.restored, [])  # nothing the disk lost: not reported as such
         self.assertNotIn(delivered.queue_id + ENV, self.listing("queue"))
         self.assertFalse(os.path.exists(path))
+        written = {os.path.relpath(p, self.directory) for kind, p in self.recovery_ops.events if kind == "rename"}
+        self.assertLessEqual({f"queue/{kept.queue_id}.msg", f"queue/{kept.queue_id}.env", f"failed/{moved_on.queue_id}.msg",
+                              f"held/{held.queue_id}.msg", f"held/{held.queue_id}.env"}, written)
+        self.assertNotIn(f"failed/{moved_on.queue_id}.env", written)  # a later record than the journal's
+
+    def settled_after_a_flush(self, settle) -> None:
+        """``settle()`` removes the dead child's journal, and only after a flush of the filesystem."""
+        path, (entry, *_rest) = self.committed()
+        flushed = []
+        real = FileOps.sync_filesystem
+
+        def watched(ops, fd):
+            flushed.append(os.path.exists(path))
+            real(ops, fd)
+
+        self.patch(FileOps, "sync_filesystem", watched)
+        settle()
+        self.assertIn(True, flushed)  # flushed while the journal was still there
+        self.assertFalse(os.path.exists(path))
+        self.assertTrue(os.path.exists(entry.message_path))
+
+    def test_a_dead_childs_journal_is_settled_by_undo(self):
+        self.settled_after_a_flush(lambda: self.disk(FileOps(), tag="dead0001").acceptor.undo(
+            [], journal_path(os.path.join(self.directory, "tmp"), "dead0001", 1_700_000_000)))
+
+    def test_a_dead_workers_journal_is_settled_by_the_sweep(self):
+        self.settled_after_a_flush(lambda: spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001"))
+
+    def test_a_journal_that_cannot_be_settled_stays_for_start_up(self):
+        path, _ = self.committed()
+
+        def no_flush(ops, fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(FileOps, "sync_filesystem", no_flush)
+        cleanup = spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001")
+        self.assertTrue(os.path.exists(path))
+        self.assertEqual(cleanup.kept_markers, (os.path.basename(path),))
 
     def test_a_journal_without_a_header_is_set_aside(self):
         path, _ = self.committed()
@@ -381,15 +439,6 @@ class ReplayTests(BatchCase):
         report = self.recover(OTHER_BOOT)
         self.assertEqual([q.name for q in report.quarantined], [os.path.basename(path)])
         self.assertIn(os.path.basename(path), self.listing("quarantine"))
-
-    def test_a_dead_workers_journal_goes_only_after_a_flush(self):
-        path, _ = self.committed()
-        flushed = []
-        self.patch(FileOps, "sync_filesystem", lambda ops, fd: flushed.append(os.path.exists(path)))
-        cleanup = spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001")
-        self.assertEqual(flushed, [True])
-        self.assertFalse(os.path.exists(path))
-        self.assertEqual(cleanup.kept_markers, ())
 
 
 class ChildTests(BatchCase):
@@ -435,7 +484,7 @@ class ChildTests(BatchCase):
         ops = RecordingFileOps(whole_filesystem=True)
         disk = self.disk(ops)
         clock = Clock()
-        journal = IntakeJournal(ops, journal_path(disk.layout.tmp, "main0001", 1), BOOT, size=SMALL, clock=clock)
+        journal = IntakeJournal(disk.files, journal_path(disk.layout.tmp, "main0001", 1), BOOT, size=SMALL, clock=clock)
         journal.append([JournalEntry("A1", "queue", b"{}", MESSAGE)])
         read_fd, write_fd = os.pipe()
         self.addCleanup(os.close, read_fd)

@@ -22,7 +22,7 @@ from gateway.spool import inflight
 from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.interfaces import SpoolError
-from gateway.spool.journal import IntakeJournal, JournalEntry, needs_replay
+from gateway.spool.journal import IntakeJournal, JournalEntry, settle_journal
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.record import DIGEST_ALGORITHM, encode_record, file_digest
 
@@ -271,6 +271,12 @@ class Acceptor:
             for s in group:
                 if self._closed_or_undone(s, results):
                     results[s.index] = s.entry
+        if any(results[s.index] is not s.entry for s in staged):
+            # Undone after all (their clients hear 451): their frames must not bring them back.
+            try:
+                journal.retire()
+            except OSError:
+                pass  # the journal is broken now, and settled when the child stops
 
     def _publish(self, staged: list[_Staged], results: list[Any], rename_first: bool) -> None:
         """
@@ -461,11 +467,9 @@ class Acceptor:
         # entry the child had flushed must not come back after a power loss, unmarked, and be
         # delivered beside the client's retry.
         ids = {request.entry.queue_id for request in requests}
-        # A journal flagged by a failed retirement stays for start-up, which checks what it holds.
-        settled = inflight.own_markers_within(self._files, ids)
-        if journal is not None and not needs_replay(journal):
-            settled.append(journal)
-        inflight.settle(ops, self._files.layout.tmp, settled)
+        inflight.settle(ops, self._files.layout.tmp, inflight.own_markers_within(self._files, ids))
+        if journal is not None:
+            settle_journal(self._files, journal)  # if that fails, it stays for start-up
 
     def _temp_digest(self, temp: TempMessage) -> str:
         if temp.digest_valid:

@@ -343,7 +343,7 @@ def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1,
         payload = None if header is None else _read_exactly(read_fd, _LENGTH.unpack(header)[0])
         if payload is None:
             if journal is not None:
-                journal.close()
+                _close(journal)
             return
         try:
             results: Any = acceptor.publish_batch(pickle.loads(payload),
@@ -369,11 +369,21 @@ def _retire(journal: IntakeJournal) -> None:
     try:
         journal.retire()
     except OSError as e:
-        # Written to stderr, which the parent logs.
-        sys.stderr.write(f"could not retire the intake journal {journal.path} ({e}): it is kept for the next "
-                         "start-up to check the entries it holds, and batches are flushed with the filesystem "
-                         "from now on\n")
-        sys.stderr.flush()
+        _tell(f"could not retire the intake journal {journal.path} ({e}): batches are flushed with the "
+              "filesystem from now on, and the journal is settled when this process stops")
+
+
+def _close(journal: IntakeJournal) -> None:
+    try:
+        journal.close()
+    except OSError as e:
+        _tell(str(e))
+
+
+def _tell(text: str) -> None:
+    """To stderr, which the parent logs."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _open_journal(files: SpoolFiles, ops: FileOps, name: str) -> Optional[IntakeJournal]:
@@ -382,10 +392,9 @@ def _open_journal(files: SpoolFiles, ops: FileOps, name: str) -> Optional[Intake
     if boot is None or not ops.flushes_whole_filesystem:
         return None
     try:
-        return IntakeJournal(ops, os.path.join(files.layout.tmp, os.path.basename(name)), boot)
+        return IntakeJournal(files, os.path.join(files.layout.tmp, os.path.basename(name)), boot)
     except OSError as e:
-        sys.stderr.write(f"no intake journal ({e}); each batch is flushed with the filesystem\n")
-        sys.stderr.flush()
+        _tell(f"no intake journal ({e}); each batch is flushed with the filesystem")
         return None
 
 

@@ -20,30 +20,32 @@ full) the child flushes the filesystem (``syncfs``): the entries are then durabl
 the journal starts a new generation.  Frames of older generations are never read again.  When
 the child stops it retires the journal and removes it.
 
-After a crash the journal is read at start-up (L{gateway.spool.recovery}) before anything else:
+After a crash the journal is read at start-up (L{gateway.spool.recovery}) before anything else
+(L{mend}):
 
-- **Same boot** (a process died, the kernel did not): the page cache kept every write, so
-  every entry is whole wherever it has moved since.  Nothing is replayed.
-- **Another boot** (power loss, kernel crash), or a journal whose retirement failed: for each
-  entry of the current generation, a message file in queue/, held/, failed/ or archive/ that
-  does not hold the journal's bytes is written again (a move made since by hold, fail or
-  archive renames the file, and its data was flushed only by the retirement); a record at
-  home that does not decode is written again; an entry in none of those places is written
-  again whole at home (L{restore}).
+- **Same boot** (a process died, the kernel did not): the page cache kept every write, but a
+  write the kernel failed to put on disk is in it too, marked clean, and a flush by a process
+  that opened the filesystem later is not told of it.  So every message file of the journal's
+  entries, wherever it has moved (queue/, held/, failed/, archive/: hold, fail and archive
+  rename it), and the home record while it holds the journal's bytes, is written again from
+  the journal, and flushed.  An entry in none of those places was removed on purpose
+  (delivered, or undone with a 451) and stays gone.
+- **Another boot** (power loss, kernel crash): a message file that does not hold the journal's
+  bytes and a home record that does not decode are written again, and an entry in none of
+  those places is written again whole at home.
 
-Then the filesystem is flushed and the journal removed.  The one case replay cannot tell from
-a lost entry: one delivered (removed) after its acceptance but before its frame was retired,
-then a power loss.  It is sent again: a second delivery, never a lost one, in the
-L{RETIRE_AFTER} after its acceptance.  A retirement that fails (the flush reported an error)
-leaves the window open: the journal then stops taking batches, is flagged in its header and
-kept (the kernel reports a write error once, so a later flush that succeeds proves nothing
-about the pages that failed); the next start-up writes again from it whatever is not whole,
-same boot or not, and that may also bring back entries delivered since.
+Then the filesystem is flushed and the journal removed; the parent does the same (as for the
+same boot) with the journal of a child that died, and the intake supervisor with a dead
+worker's.  The one case replay cannot tell from a lost entry: one delivered (removed) after its
+acceptance but before its frame was retired, then a power loss.  It is sent again: a second
+delivery, never a lost one, in the L{RETIRE_AFTER} after its acceptance.  A retirement whose
+flush fails writes the generation's files again from the journal and flushes once more; if
+that fails too, or the journal itself cannot be written, the journal takes no more batches
+and stays until the child stops (then the same again) or, failing that, the next start-up.
 
 Format.  Two header slots of 512 bytes at offsets 0 and 512, written alternately (a torn
-header write leaves the other): L{_HEADER} (magic, generation, flags, crc32) and the boot id.
-The valid slot with the higher generation counts; the flag L{_REPLAY} (a failed retirement) is
-written into the other slot with the same generation.  Frames from L{DATA_START}: length and
+header write leaves the other): L{_HEADER} (magic, generation, flags (none yet), crc32) and the
+boot id.  The valid slot with the higher generation counts.  Frames from L{DATA_START}: length and
 crc32 of the body (L{_FRAME}); the body is L{_BODY} (generation, destination, id length,
 record length), the queue id, the record, the message.  Reading stops at the first frame whose
 length is zero or too large, whose crc does not match or whose generation is not the header's.
@@ -59,7 +61,6 @@ from typing import Callable, Optional
 
 import attrs
 
-from gateway.spool.fileops import FileOps
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.record import RecordError, decode_record
 
@@ -72,8 +73,6 @@ DATA_START = 4096
 _SLOT = 512
 _MAGIC = b"GSJ1"
 _HEADER = struct.Struct("!4sQBI")  # magic, generation, flags, crc32 (of the slot with the crc 0)
-#: Header flag: a retirement failed; start-up writes again from this journal whatever is not whole.
-_REPLAY = 1
 _BOOT_ID_LENGTH = 36
 _FRAME = struct.Struct("!II")  # body length, crc32(body)
 _BODY = struct.Struct("!QBBI")  # generation, destination, id length, record length
@@ -109,8 +108,6 @@ class JournalContents:
     generation: int
     boot: str
     entries: tuple[JournalEntry, ...]
-    #: A retirement failed (see the module docstring): replay whatever the boot.
-    replay: bool = False
 
 
 def _header(generation: int, boot: str, flags: int = 0) -> bytes:
@@ -144,20 +141,20 @@ def encode_frames(generation: int, entries: list[JournalEntry]) -> bytes:
     return b"".join(parts)
 
 
-def _read_header(path: str, data: bytes) -> tuple[int, str, bool]:
-    """(generation, boot id, replay flag) from the first two slots of ``data``."""
+def _read_header(path: str, data: bytes) -> tuple[int, str]:
+    """(generation, boot id) from the first two slots of ``data``."""
     slots = [slot for slot in (_read_slot(data[0:_SLOT]), _read_slot(data[_SLOT:2 * _SLOT])) if slot is not None]
     if not slots:
         raise JournalError(f"{path}: no valid journal header")
     generation, boot, _ = max(slots)
-    return generation, boot, any(flags & _REPLAY for g, _, flags in slots if g == generation)
+    return generation, boot
 
 
 def read_journal(path: str) -> JournalContents:
     """The current generation's entries of the journal at ``path``; L{JournalError} if no header is valid."""
     with open(path, "rb") as f:
         data = f.read()
-    generation, boot, replay = _read_header(path, data)
+    generation, boot = _read_header(path, data)
     entries = []
     offset = DATA_START
     while offset + _FRAME.size <= len(data):
@@ -173,7 +170,7 @@ def read_journal(path: str) -> JournalContents:
         record = body[start + id_length:start + id_length + record_length]
         entries.append(JournalEntry(queue_id, _PLACES[place], record, body[start + id_length + record_length:]))
         offset += _FRAME.size + length
-    return JournalContents(generation, boot, tuple(entries), replay)
+    return JournalContents(generation, boot, tuple(entries))
 
 
 def journal_path(tmp_dir: str, tag: str, serial: int) -> str:
@@ -181,48 +178,70 @@ def journal_path(tmp_dir: str, tag: str, serial: int) -> str:
     return os.path.join(tmp_dir, f"{tag}.{serial}{JOURNAL}")
 
 
-def needs_replay(path: str) -> bool:
+def settle_journal(files: SpoolFiles, path: str) -> bool:
     """
-    Whether the journal at ``path`` must be read by the next start-up whatever its boot: its
-    retirement failed, or it cannot be read.  Then nothing but start-up recovery removes it.
+    Done with the journal at ``path`` on this boot (its child died or stopped): write its
+    entries' files again (L{mend}), flush the filesystem, remove it.  False (and it stays, for
+    start-up) when it cannot be read or the flush fails.
     """
     try:
-        with open(path, "rb") as f:
-            return _read_header(path, f.read(2 * _SLOT))[2]
+        contents = read_journal(path)
     except FileNotFoundError:
-        return False
-    except (OSError, JournalError):
         return True
+    except (OSError, JournalError):
+        return False
+    try:
+        mend(files, contents.entries, same_boot=True)
+        fd = files.ops.open_dir(files.layout.tmp)
+        try:
+            files.ops.sync_filesystem(fd)
+        finally:
+            files.ops.close(fd)
+        files.ops.unlink(path)
+    except OSError:
+        return False
+    return True
 
 
-def restore(files: SpoolFiles, entries: tuple[JournalEntry, ...]) -> list[str]:
+def mend(files: SpoolFiles, entries: tuple[JournalEntry, ...], same_boot: bool) -> list[str]:
     """
-    Write again what the disk lost of ``entries`` (see the module docstring); unflushed: the
-    caller flushes before the journal goes.  Returns the queue ids it wrote anything for.
+    Write again from the journal what its entries may have lost (see the module docstring);
+    unflushed: the caller flushes before the journal goes.  Returns the queue ids it wrote
+    anything for.
     """
-    return [entry.queue_id for entry in entries if _restore_entry(files, entry)]
+    return [entry.queue_id for entry in entries if _mend_entry(files, entry, same_boot)]
 
 
-def _restore_entry(files: SpoolFiles, entry: JournalEntry) -> bool:
+def _mend_entry(files: SpoolFiles, entry: JournalEntry, same_boot: bool) -> bool:
     layout = files.layout
     places = (layout.queue, layout.held, layout.failed, layout.archive)
     queue_id = entry.queue_id
-    home = layout.held if entry.where == "held" else layout.queue
     messages = [SpoolLayout.path(place, queue_id, MSG) for place in places]
-    mended = [path for path in messages if os.path.exists(path) and not _holds(path, entry.message)]
+    mended = [path for path in messages
+              if os.path.exists(path) and (same_boot or not _holds(path, entry.message))]
     for path in mended:
         _write_again(files, queue_id, MSG, entry.message, path)
-    records = [place for place in places if os.path.exists(SpoolLayout.path(place, queue_id, ENV))]
-    record = SpoolLayout.path(home, queue_id, ENV)
-    if not records:
-        if not any(os.path.exists(path) for path in messages):
-            _write_again(files, queue_id, MSG, entry.message, SpoolLayout.path(home, queue_id, MSG))
-        _write_again(files, queue_id, ENV, entry.record, record)
+    if any(os.path.exists(SpoolLayout.path(place, queue_id, ENV)) for place in places):
+        return _mend_home_record(files, entry, same_boot) or bool(mended)
+    if same_boot:
+        return bool(mended)  # in no place: removed on purpose
+    home = layout.held if entry.where == "held" else layout.queue
+    if not any(os.path.exists(path) for path in messages):
+        _write_again(files, queue_id, MSG, entry.message, SpoolLayout.path(home, queue_id, MSG))
+    _write_again(files, queue_id, ENV, entry.record, SpoolLayout.path(home, queue_id, ENV))
+    return True
+
+
+def _mend_home_record(files: SpoolFiles, entry: JournalEntry, same_boot: bool) -> bool:
+    """The record at home, if it is there and still the journal's (same boot) or does not decode."""
+    home = files.layout.held if entry.where == "held" else files.layout.queue
+    record = SpoolLayout.path(home, entry.queue_id, ENV)
+    if not os.path.exists(record):
+        return False
+    if (same_boot and _holds(record, entry.record)) or not _decodes(record, entry.queue_id):
+        _write_again(files, entry.queue_id, ENV, entry.record, record)
         return True
-    if home in records and not _decodes(record, queue_id):
-        _write_again(files, queue_id, ENV, entry.record, record)
-        return True
-    return bool(mended)
+    return False
 
 
 def _holds(path: str, data: bytes) -> bool:
@@ -249,13 +268,14 @@ def _write_again(files: SpoolFiles, queue_id: str, suffix: str, data: bytes, pat
 
 class IntakeJournal:
     """
-    The commit process's journal (see the module docstring).  Blocking; one thread.  ``ops``
-    is the spool's (its ``sync_filesystem`` retires a generation); ``clock`` is monotonic.
+    The commit process's journal (see the module docstring).  Blocking; one thread.  ``files``
+    is the spool's (its ops' ``sync_filesystem`` retires a generation); ``clock`` is monotonic.
     """
 
-    def __init__(self, ops: FileOps, path: str, boot: str, size: int = JOURNAL_SIZE,
+    def __init__(self, files: SpoolFiles, path: str, boot: str, size: int = JOURNAL_SIZE,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._ops = ops
+        self._files = files
+        self._ops = ops = files.ops
         self.path = path
         self._boot = boot
         self._size = size
@@ -264,24 +284,22 @@ class IntakeJournal:
         self._offset = DATA_START
         #: When the oldest frame not yet retired was written (None: nothing to retire).
         self._unretired_since: Optional[float] = None
-        #: A retirement failed: no more batches, no more retirements, and the file stays.
+        #: It could not be written or retired: it takes no more batches (see L{close}).
         self.broken = False
         self._fd = ops.open_new(path)
         try:
-            # Written, not fallocated: the first write into an unwritten extent changes metadata.
+            # The header first (a child killed while it fills the space leaves a readable,
+            # empty journal); the space written, not fallocated: the first write into an
+            # unwritten extent changes metadata.
+            ops.pwrite(self._fd, _header(self.generation, boot), (self.generation % 2) * _SLOT)
             zeros = bytes(1 << 20)
-            for offset in range(0, size, len(zeros)):
+            for offset in range(DATA_START, size, len(zeros)):
                 ops.pwrite(self._fd, zeros[:min(len(zeros), size - offset)], offset)
-            self._write_header(self.generation)
+            ops.sync_file(self._fd)
         except OSError:
             ops.close(self._fd)
             ops.unlink(path)
             raise
-
-    def _write_header(self, generation: int, flags: int = 0, slot: Optional[int] = None) -> None:
-        slot = generation % 2 if slot is None else slot
-        self._ops.pwrite(self._fd, _header(generation, self._boot, flags), slot * _SLOT)
-        self._ops.sync_file(self._fd)
 
     @property
     def usable(self) -> bool:
@@ -294,8 +312,9 @@ class IntakeJournal:
 
     def append(self, entries: list[JournalEntry]) -> None:
         """
-        Make ``entries`` durable: one write and one ``fdatasync``.  OSError if that failed; the
-        frames it may have left are retired like any others, so none outlives its generation.
+        Make ``entries`` durable: one write and one ``fdatasync``.  OSError if that failed: the
+        journal then takes no more batches (a frame after the failed ones could not be read
+        back), and its frames so far are settled when the child stops.
         """
         data = encode_frames(self.generation, entries)
         if self._offset + len(data) > self._size:
@@ -303,9 +322,13 @@ class IntakeJournal:
             data = encode_frames(self.generation, entries)
         if self._unretired_since is None:
             self._unretired_since = self._clock()
-        self._ops.pwrite(self._fd, data, self._offset)
-        self._offset += len(data)  # also on a failed flush: the next batch does not write over its frames
-        self._ops.sync_file(self._fd)
+        try:
+            self._ops.pwrite(self._fd, data, self._offset)
+            self._ops.sync_file(self._fd)
+        except OSError:
+            self._break()
+            raise
+        self._offset += len(data)
 
     def retire_in(self) -> Optional[float]:
         """Seconds until the next retirement is due (0: now); None when nothing waits for one."""
@@ -316,45 +339,52 @@ class IntakeJournal:
     def retire(self) -> None:
         """
         Flush the filesystem (every journaled entry is then durable in place) and start a new
-        generation.  If the flush fails, the journal is flagged and kept for the next start-up
-        (the module docstring says why) and takes no more batches; if the new header cannot be
-        written, the entries are durable, but the journal takes no more batches either.
+        generation.  A flush that fails is told once, and the pages it failed on are then
+        clean in memory: so the generation's files are written again from the journal and
+        flushed again before it counts as retired.  If that fails too, or the new header cannot
+        be written, the journal takes no more batches; OSError.
         """
         if self.broken or (self._unretired_since is None and self._offset == DATA_START):
             return
         try:
-            self._ops.sync_filesystem(self._fd)
-        except OSError:
-            self._break(flag=True)
-            raise
-        try:
-            self._write_header(self.generation + 1)
-        except OSError:
-            self._break(flag=False)
-            raise
+            try:
+                self._flush_filesystem()
+            except OSError:
+                mend(self._files, read_journal(self.path).entries, same_boot=True)
+                self._flush_filesystem()
+            self._ops.pwrite(self._fd, _header(self.generation + 1, self._boot), ((self.generation + 1) % 2) * _SLOT)
+            self._ops.sync_file(self._fd)
+        except (OSError, JournalError) as e:
+            self._break()
+            raise e if isinstance(e, OSError) else OSError(str(e)) from None
         self.generation += 1
         self._offset = DATA_START
         self._unretired_since = None
 
-    def _break(self, flag: bool) -> None:
+    def _flush_filesystem(self) -> None:
+        self._ops.sync_filesystem(self._fd)
+
+    def _break(self) -> None:
         self.broken = True
-        self._unretired_since = None
-        if flag:
-            # Into the other slot, with the same generation: the current header is not written over.
-            try:
-                self._write_header(self.generation, _REPLAY, slot=(self.generation + 1) % 2)
-            except OSError:
-                pass  # start-up finds it all the same, and a same-boot start-up then trusts the page cache
+        self._unretired_since = None  # no retirement loop: close settles it
 
     def close(self) -> None:
-        """Retire what is left and remove the journal (a clean stop); a broken one stays for start-up."""
+        """
+        The child stops: retire what is left and remove the journal.  A broken one is settled
+        (L{settle_journal}: its entries' files written again and flushed), and stays for
+        start-up if even that fails.
+        """
         try:
             self.retire()
+        except OSError:
+            pass  # broken now: settled below
         finally:
             self._ops.close(self._fd)
         if not self.broken:
             self._ops.unlink(self.path)
+        elif not settle_journal(self._files, self.path):
+            raise OSError(f"the intake journal {self.path} stays for the next start-up to check")
 
 
 __all__ = ["JOURNAL", "JOURNAL_SIZE", "RETIRE_AFTER", "IntakeJournal", "JournalContents", "JournalEntry",
-           "JournalError", "boot_id", "journal_path", "needs_replay", "read_journal", "restore"]
+           "JournalError", "boot_id", "journal_path", "mend", "read_journal", "settle_journal"]

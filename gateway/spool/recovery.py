@@ -20,7 +20,7 @@ from gateway.spool.accept import Acceptor
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.incoming import DropBox, Refused
-from gateway.spool.journal import JOURNAL, JournalError, boot_id, read_journal, restore
+from gateway.spool.journal import JOURNAL, JournalError, boot_id, mend, read_journal
 from gateway.spool.layout import ENV, MSG, REASON, SpoolFiles, SpoolLayout
 from gateway.spool.quarantine import Quarantine, Quarantined
 from gateway.spool.queueid import is_queue_id
@@ -114,8 +114,8 @@ class Recovery:
 
     def _replay_journals(self, journals: list[str], report: RecoveryReport) -> None:
         """
-        After another boot, or a failed retirement, write again what the journals hold and the
-        disk lost (same boot: the page cache kept it all).  A journal with no readable header is set aside; it can
+        Write again what the journals' entries may have lost (L{gateway.spool.journal.mend}):
+        after another boot what the disk lost, on the same boot every file they still have.  A journal with no readable header is set aside; it can
         say nothing about which of its frames count.
         """
         boot = boot_id()
@@ -127,8 +127,9 @@ class Recovery:
                 if quietly(self._quarantine.move_file, path) is None:
                     report.quarantined.append(Quarantined(os.path.basename(path), f"unreadable intake journal: {e}"))
                 continue
-            if contents.boot != boot or contents.replay:
-                report.restored.extend(restore(self._files, contents.entries))
+            written = mend(self._files, contents.entries, same_boot=contents.boot == boot)
+            if contents.boot != boot:
+                report.restored.extend(written)
 
     def _list_queue(self) -> _QueueListing:
         listing = _QueueListing(set(), {}, [])

@@ -12,13 +12,15 @@ runner already knows only reschedules it at its recorded time).
 from __future__ import annotations
 
 import os
+import time
 from typing import Collection
 
 import attrs
 
 from gateway.spool.fileops import FileOps
 from gateway.spool.inflight import INFLIGHT, settle
-from gateway.spool.journal import JOURNAL, needs_replay
+from gateway.spool.journal import JOURNAL, settle_journal
+from gateway.spool.layout import SpoolFiles
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -59,29 +61,38 @@ def remove_temp_files(tmp_dir: str, tag: str) -> TempCleanup:
     Remove ``tmp_dir/<tag>.*`` (a dead worker's unfinished messages).  The marker of a batch it
     died in the window of (L{gateway.spool.inflight}) goes last, after a flush of the filesystem
     has put that batch on disk whole; if the flush fails it stays, and the next start-up checks
-    the batch.
+    the batch.  Its commit process's intake journal is settled
+    (L{gateway.spool.journal.settle_journal}: the entries it answered for are durable in place
+    only once written again and flushed); if that fails it stays for start-up too.
     """
     prefix = tag + "."
     removed = 0
-    markers = []
+    markers: list[str] = []
+    journals: list[str] = []
     with os.scandir(tmp_dir) as entries:
         for entry in entries:
             if not entry.name.startswith(prefix):
                 continue
-            if entry.name.endswith(JOURNAL) and needs_replay(entry.path):
-                continue  # a failed retirement: start-up checks what it holds
             if entry.name.endswith(INFLIGHT) or entry.name.endswith(JOURNAL):
-                # Its intake journal too: the entries it answered for are durable only once flushed.
-                markers.append(entry.path)
+                (journals if entry.name.endswith(JOURNAL) else markers).append(entry.path)
                 continue
             try:
                 os.unlink(entry.path)
                 removed += 1
             except FileNotFoundError:
                 pass
+    kept = [path for path in journals if not _settle_journal(tmp_dir, tag, path)]
     if markers and not settle(FileOps(), tmp_dir, markers):
-        return TempCleanup(removed, tuple(os.path.basename(path) for path in markers))
-    return TempCleanup(removed + len(markers))
+        kept += markers
+    return TempCleanup(removed + len(markers) + len(journals) - len(kept), tuple(os.path.basename(p) for p in kept))
+
+
+def _settle_journal(tmp_dir: str, tag: str, path: str) -> bool:
+    files = SpoolFiles(os.path.dirname(tmp_dir), FileOps(), tag, time.time)
+    try:
+        return settle_journal(files, path)
+    finally:
+        files.close()
 
 
 __all__ = ["minted_at", "unannounced_since", "remove_temp_files", "TempCleanup"]
