@@ -65,7 +65,7 @@ class JournalFileTests(SynchronousTestCase):
         self.clock = Clock()
 
     def journal(self, size: int = SMALL) -> IntakeJournal:
-        return IntakeJournal(self.files, self.path, BOOT, size=size, clock=self.clock)
+        return IntakeJournal(self.ops, self.path, BOOT, size=size, clock=self.clock)
 
     def entries(self, *ids: str) -> list[JournalEntry]:
         return [JournalEntry(queue_id, "held" if n % 2 else "queue", b'{"record": %d}' % n, MESSAGE + bytes([n]))
@@ -148,44 +148,23 @@ class JournalFileTests(SynchronousTestCase):
         self.patch(self.ops, "sync_filesystem", flaky)
         return flushes
 
-    def test_a_failed_flush_is_not_trusted_to_have_failed_only_once(self):
-        """The kernel reports a failed write once and leaves its pages clean in memory: before
-        the generation counts as retired, its files are written again from the journal and
-        flushed again."""
-        journal = self.journal()
-        for name in ("queue/A1.msg", "queue/A1.env"):
-            with open(os.path.join(self.directory, name), "wb") as f:
-                f.write(MESSAGE if name.endswith(MSG) else b"{}")
-        journal.append([JournalEntry("A1", "queue", b"{}", MESSAGE)])
-        flushes = self.flushes_failing(1)
-        del self.ops.events[:]
-        journal.retire()
-        self.assertEqual(flushes, [True, False])
-        renamed = [path for kind, path in self.ops.events if kind == "rename"]
-        self.assertEqual(sorted(os.path.relpath(p, self.directory) for p in renamed), ["queue/A1.env", "queue/A1.msg"])
-        self.assertEqual((read_journal(self.path).generation, journal.usable), (2, True))
-
-    def test_a_retirement_that_fails_twice_stops_the_journal_which_stays_if_it_cannot_be_settled(self):
+    def test_a_failed_retirement_stops_the_journal_which_stays_for_start_up(self):
+        """The kernel reports a failed write once and leaves its pages clean in memory, so no
+        later flush can vouch for them: the generation is never retired, the journal takes no
+        more batches, and closing it leaves it for start-up (which writes the files again)."""
         journal = self.journal()
         journal.append(self.entries("A1"))
         self.clock.now += RETIRE_AFTER
-        self.flushes_failing(3)
+        flushes = self.flushes_failing(1)
         self.assertRaises(OSError, journal.retire)
         self.assertFalse(journal.usable)
         self.assertIsNone(journal.retire_in())  # no retry loop
         self.assertFalse(journal.fits(self.entries("A2")))
-        self.assertRaises(OSError, journal.close)  # its settling flush fails too
-        self.assertEqual([e.queue_id for e in read_journal(self.path).entries], ["A1"])
-
-    def test_a_stopped_journal_is_settled_when_the_child_stops(self):
-        journal = self.journal()
-        journal.append(self.entries("A1"))
-        self.flushes_failing(2)
-        self.assertRaises(OSError, journal.retire)
-        del self.ops.events[:]
+        journal.retire()  # a later call does nothing
         journal.close()
-        self.assertIn(("syncfs", ""), self.ops.events)
-        self.assertFalse(os.path.exists(self.path))
+        self.assertEqual(flushes, [True])
+        contents = read_journal(self.path)
+        self.assertEqual((contents.generation, [e.queue_id for e in contents.entries]), (1, ["A1"]))
 
     def test_a_header_that_cannot_be_written_stops_the_journal_without_a_retry_loop(self):
         journal = self.journal()
@@ -217,8 +196,8 @@ class JournalFileTests(SynchronousTestCase):
         self.assertRaises(OSError, journal.append, self.entries("B1", "B2"))
         self.patch(self.ops, "sync_file", real)
         self.assertFalse(journal.fits(self.entries("C1")))
-        journal.close()  # settled: written again, flushed, removed
-        self.assertFalse(os.path.exists(self.path))
+        journal.close()
+        self.assertEqual([e.queue_id for e in read_journal(self.path).entries][:1], ["A1"])  # kept for start-up
 
     def test_a_full_journal_is_retired_before_the_batch(self):
         journal = self.journal(size=DATA_START + 3 * len(journal_module.encode_frames(1, self.entries("A1"))))
@@ -262,7 +241,7 @@ class BatchCase(SynchronousTestCase):
         return disk
 
     def journal(self, disk: SpoolDisk, pid: int = 4242) -> IntakeJournal:
-        return IntakeJournal(disk.files, journal_path(disk.layout.tmp, disk.files.tag, pid), BOOT, size=SMALL * 4)
+        return IntakeJournal(disk.files.ops, journal_path(disk.layout.tmp, disk.files.tag, pid), BOOT, size=SMALL * 4)
 
     def requests(self, count: int, where: str = "queue", start: float = 1_700_000_000.0) -> list[CommitRequest]:
         return [CommitRequest(SpoolEntry(new_queue_id(start + i), ENVELOPE, PROVENANCE, start + i, "", 0), where,
@@ -398,36 +377,54 @@ class ReplayTests(BatchCase):
                               f"held/{held.queue_id}.msg", f"held/{held.queue_id}.env"}, written)
         self.assertNotIn(f"failed/{moved_on.queue_id}.env", written)  # a later record than the journal's
 
+    def watch(self) -> int:
+        """A descriptor of the spool's filesystem, as the parent opens one before a child starts."""
+        fd = os.open(os.path.join(self.directory, "tmp"), os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, fd)
+        return fd
+
     def settled_after_a_flush(self, settle) -> None:
-        """``settle()`` removes the dead child's journal, and only after a flush of the filesystem."""
+        """``settle(watch)`` removes the dead child's journal, only after a flush through ``watch``."""
         path, (entry, *_rest) = self.committed()
+        watch = self.watch()
         flushed = []
         real = FileOps.sync_filesystem
 
         def watched(ops, fd):
-            flushed.append(os.path.exists(path))
+            flushed.append((fd == watch, os.path.exists(path)))
             real(ops, fd)
 
         self.patch(FileOps, "sync_filesystem", watched)
-        settle()
-        self.assertIn(True, flushed)  # flushed while the journal was still there
+        settle(watch)
+        self.assertIn((True, True), flushed)  # through the old descriptor, while the journal was there
         self.assertFalse(os.path.exists(path))
         self.assertTrue(os.path.exists(entry.message_path))
 
     def test_a_dead_childs_journal_is_settled_by_undo(self):
-        self.settled_after_a_flush(lambda: self.disk(FileOps(), tag="dead0001").acceptor.undo(
-            [], journal_path(os.path.join(self.directory, "tmp"), "dead0001", 1_700_000_000)))
+        self.settled_after_a_flush(lambda watch: self.disk(FileOps(), tag="dead0001").acceptor.undo(
+            [], journal_path(os.path.join(self.directory, "tmp"), "dead0001", 1_700_000_000), watch))
 
     def test_a_dead_workers_journal_is_settled_by_the_sweep(self):
-        self.settled_after_a_flush(lambda: spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001"))
+        self.settled_after_a_flush(
+            lambda watch: spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001", watch))
 
-    def test_a_journal_that_cannot_be_settled_stays_for_start_up(self):
+    def test_a_journal_whose_flush_reports_an_error_stays_for_start_up(self):
+        """A write the kernel failed since the worker started is reported to the descriptor
+        opened before it: the journal is then the only sure copy, and stays."""
         path, _ = self.committed()
 
-        def no_flush(ops, fd):
+        def failed_write_reported(ops, fd):
             raise OSError(errno.EIO, "Input/output error")
 
-        self.patch(FileOps, "sync_filesystem", no_flush)
+        self.patch(FileOps, "sync_filesystem", failed_write_reported)
+        cleanup = spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001", self.watch())
+        self.assertTrue(os.path.exists(path))
+        self.assertEqual(cleanup.kept_markers, (os.path.basename(path),))
+        self.disk(FileOps(), tag="dead0001").acceptor.undo([], path, self.watch())
+        self.assertTrue(os.path.exists(path))
+
+    def test_without_a_descriptor_from_before_the_sweep_leaves_the_journal_to_start_up(self):
+        path, _ = self.committed()
         cleanup = spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001")
         self.assertTrue(os.path.exists(path))
         self.assertEqual(cleanup.kept_markers, (os.path.basename(path),))
@@ -484,7 +481,7 @@ class ChildTests(BatchCase):
         ops = RecordingFileOps(whole_filesystem=True)
         disk = self.disk(ops)
         clock = Clock()
-        journal = IntakeJournal(disk.files, journal_path(disk.layout.tmp, "main0001", 1), BOOT, size=SMALL, clock=clock)
+        journal = IntakeJournal(ops, journal_path(disk.layout.tmp, "main0001", 1), BOOT, size=SMALL, clock=clock)
         journal.append([JournalEntry("A1", "queue", b"{}", MESSAGE)])
         read_fd, write_fd = os.pipe()
         self.addCleanup(os.close, read_fd)

@@ -22,7 +22,7 @@ from gateway.spool import inflight
 from gateway.spool.entry import AttemptRecord, SpoolEntry
 from gateway.spool.fileops import quietly, spool_error
 from gateway.spool.interfaces import SpoolError
-from gateway.spool.journal import IntakeJournal, JournalEntry, settle_journal
+from gateway.spool.journal import IntakeJournal, JournalEntry
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.record import DIGEST_ALGORITHM, encode_record, file_digest
 
@@ -448,14 +448,15 @@ class Acceptor:
                 quietly(ops.unlink, path)
         s.renamed = []
 
-    def undo(self, requests: list[CommitRequest], journal: Optional[str] = None) -> None:
+    def undo(self, requests: list[CommitRequest], journal: Optional[str] = None, watch: Optional[int] = None) -> None:
         """
         Remove whatever a commit of ``requests`` that was cut short left: their entries if they
         were renamed into place (record first: without it nothing counts), their temp files, and
         the in-flight markers of their batches.  For commits made elsewhere whose answer never
         came (L{gateway.spool.commit_process}): their clients are told to send them again.  The
         ``journal`` of the process that ended goes too, after the same flush, which makes the
-        entries it answered for durable in place (and it must not bring the undone ones back).
+        entries it answered for durable in place (and it must not bring the undone ones back);
+        ``watch`` is a descriptor opened before that process started (L{inflight.settle}).
         """
         ops = self._files.ops
         for request in requests:
@@ -467,9 +468,9 @@ class Acceptor:
         # entry the child had flushed must not come back after a power loss, unmarked, and be
         # delivered beside the client's retry.
         ids = {request.entry.queue_id for request in requests}
-        inflight.settle(ops, self._files.layout.tmp, inflight.own_markers_within(self._files, ids))
-        if journal is not None:
-            settle_journal(self._files, journal)  # if that fails, it stays for start-up
+        # Without a descriptor from before the process started, its journal waits for start-up.
+        settled = inflight.own_markers_within(self._files, ids) + ([journal] if journal and watch is not None else [])
+        inflight.settle(ops, self._files.layout.tmp, settled, watch)  # if the flush fails, they stay for start-up
 
     def _temp_digest(self, temp: TempMessage) -> str:
         if temp.digest_valid:

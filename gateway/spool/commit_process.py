@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 
 from gateway.spool.accept import Acceptor, CommitRequest
 from gateway.spool.fileops import FileOps
+from gateway.spool.inflight import watch_descriptor
 from gateway.spool.interfaces import SpoolError
 from gateway.spool.journal import IntakeJournal, boot_id, journal_path
 from gateway.spool.layout import SpoolFiles
@@ -98,8 +99,11 @@ class _Child(ProcessProtocol):
         self.ended: Deferred = Deferred()
         #: Batches answered (a child that ends before its first answer may not start at all).
         self.answered = 0
-        #: Where its journal is, if it keeps one (L{gateway.spool.journal}).
+        #: Where its journal is, if it keeps one (L{gateway.spool.journal}), and a descriptor
+        #: of the spool's filesystem opened before it started: a flush through it reports any
+        #: write the kernel failed since (L{gateway.spool.inflight.settle}).
         self.journal: Optional[str] = None
+        self.watch: Optional[int] = None
 
     def send(self, requests: list[CommitRequest]) -> Deferred:
         """
@@ -156,7 +160,8 @@ class _Child(ProcessProtocol):
         self._owner.child_ended(self, reason)  # first: a commit made by an answer below starts another child
         waiting, self.waiting = list(self.waiting), collections.deque()
         if not waiting and (self.journal is None or reason.check(net_error.ProcessDone)):
-            self.ended.callback(None)  # a child that ended cleanly retired and removed its journal
+            self._close_watch()
+            self.ended.callback(None)  # a child that ended cleanly retired its journal (or left it for start-up)
             return
         failed = SpoolError("the spool's commit process ended during the commit")
 
@@ -164,9 +169,19 @@ class _Child(ProcessProtocol):
             for d, requests in waiting:
                 d.callback([failed] * len(requests))
 
-        undone = self._owner.undo([request for _, requests in waiting for request in requests], self.journal)
+        undone = self._owner.undo([request for _, requests in waiting for request in requests], self.journal,
+                                  self.watch)
         undone.addErrback(lambda f: self.log.failure("removing what the spool's commit process left failed", f))
-        undone.addCallback(answer).addBoth(self.ended.callback)
+        undone.addCallback(answer).addBoth(self._watched).addBoth(self.ended.callback)
+
+    def _watched(self, result: Any) -> Any:
+        self._close_watch()
+        return result
+
+    def _close_watch(self) -> None:
+        if self.watch is not None:
+            fd, self.watch = self.watch, None
+            os.close(fd)
 
 
 class CommitProcess(Service):
@@ -181,7 +196,8 @@ class CommitProcess(Service):
     name: Optional[str] = "graphsmtp-spool-commits"  # type: ignore[assignment]  # Service declares it None
 
     def __init__(self, reactor: Any, acceptor: Acceptor, files: SpoolFiles,
-                 undo: Callable[[list[CommitRequest], Optional[str]], Deferred], flush_per_file: bool = False,
+                 undo: Callable[[list[CommitRequest], Optional[str], Optional[int]], Deferred],
+                 flush_per_file: bool = False,
                  python: str = sys.executable, module: str = "gateway.spool.commit_process",
                  journal: bool = True) -> None:
         self._reactor = reactor
@@ -225,9 +241,14 @@ class CommitProcess(Service):
         if self._journal:
             child.journal = journal_path(self._files.layout.tmp, self._files.tag, self.started + 1)
             args.append("--journal=" + os.path.basename(child.journal))
+            child.watch = watch_descriptor(self._files.layout.tmp)
         env = {k: v for k, v in os.environ.items() if k in _KEPT_ENVIRONMENT}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._reactor.spawnProcess(child, self._python, args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        try:
+            self._reactor.spawnProcess(child, self._python, args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        except BaseException:
+            child._close_watch()
+            raise
         self._child = child
         self.started += 1
         return child
@@ -370,14 +391,14 @@ def _retire(journal: IntakeJournal) -> None:
         journal.retire()
     except OSError as e:
         _tell(f"could not retire the intake journal {journal.path} ({e}): batches are flushed with the "
-              "filesystem from now on, and the journal is settled when this process stops")
+              "filesystem from now on, and the journal stays for the next start-up to check")
 
 
 def _close(journal: IntakeJournal) -> None:
     try:
         journal.close()
     except OSError as e:
-        _tell(str(e))
+        _tell(f"could not retire the intake journal {journal.path} ({e}): it stays for the next start-up to check")
 
 
 def _tell(text: str) -> None:
@@ -392,7 +413,7 @@ def _open_journal(files: SpoolFiles, ops: FileOps, name: str) -> Optional[Intake
     if boot is None or not ops.flushes_whole_filesystem:
         return None
     try:
-        return IntakeJournal(files, os.path.join(files.layout.tmp, os.path.basename(name)), boot)
+        return IntakeJournal(ops, os.path.join(files.layout.tmp, os.path.basename(name)), boot)
     except OSError as e:
         _tell(f"no intake journal ({e}); each batch is flushed with the filesystem")
         return None

@@ -87,19 +87,36 @@ def id_ranges(paths: list[str]) -> list[tuple[str, str]]:
     return ranges
 
 
-def settle(ops: FileOps, tmp_dir: str, paths: list[str]) -> bool:
+def watch_descriptor(tmp_dir: str) -> Optional[int]:
     """
-    Flush the spool's filesystem, then remove the markers at ``paths``: whatever their
-    batches left (whole in the page cache, when only their process died) is on disk now, and so
-    is what recovery quarantined.  False when the flush failed: the markers stay, for the next
-    start-up to check again.
+    A descriptor of the spool's filesystem to flush through (L{settle}) after a process that
+    is about to start has ended; None if it cannot be opened (that process's journal then
+    waits for start-up).
     """
     try:
-        fd = ops.open_dir(tmp_dir)
-        try:
+        return os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def settle(ops: FileOps, tmp_dir: str, paths: list[str], fd: Optional[int] = None) -> bool:
+    """
+    Flush the spool's filesystem, then remove the markers (or intake journals) at ``paths``:
+    whatever their batches left (whole in the page cache, when only their process died) is on
+    disk now, and so is what recovery quarantined.  False when the flush failed: they stay, for
+    the next start-up to check again.  ``fd``: flush through this descriptor of the filesystem,
+    opened before the process whose writes are settled started, so that a write the kernel
+    failed since then is reported (to a descriptor opened later it is not).
+    """
+    try:
+        if fd is not None:
             ops.sync_filesystem(fd)
-        finally:
-            ops.close(fd)
+        else:
+            own = ops.open_dir(tmp_dir)
+            try:
+                ops.sync_filesystem(own)
+            finally:
+                ops.close(own)
     except OSError:
         return False
     for path in paths:
@@ -144,4 +161,5 @@ def entry_complete(files: SpoolFiles, directory: str, queue_id: str) -> bool:
     return True
 
 
-__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "id_ranges", "settle", "quarantine_incomplete", "entry_complete"]
+__all__ = ["INFLIGHT", "INCOMPLETE", "mark", "unmark", "id_ranges", "settle", "quarantine_incomplete", "entry_complete",
+           "watch_descriptor"]

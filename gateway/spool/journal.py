@@ -34,14 +34,17 @@ After a crash the journal is read at start-up (L{gateway.spool.recovery}) before
   bytes and a home record that does not decode are written again, and an entry in none of
   those places is written again whole at home.
 
-Then the filesystem is flushed and the journal removed; the parent does the same (as for the
-same boot) with the journal of a child that died, and the intake supervisor with a dead
-worker's.  The one case replay cannot tell from a lost entry: one delivered (removed) after its
-acceptance but before its frame was retired, then a power loss.  It is sent again: a second
-delivery, never a lost one, in the L{RETIRE_AFTER} after its acceptance.  A retirement whose
-flush fails writes the generation's files again from the journal and flushes once more; if
-that fails too, or the journal itself cannot be written, the journal takes no more batches
-and stays until the child stops (then the same again) or, failing that, the next start-up.
+Then the filesystem is flushed and the journal removed.  The one case replay cannot tell from
+a lost entry: one delivered (removed) after its acceptance but before its frame was retired,
+then a power loss.  It is sent again: a second delivery, never a lost one, in the
+L{RETIRE_AFTER} after its acceptance.
+
+While the daemon runs, nothing writes the entries' files again (the queue runner may be acting
+on them).  A journal whose child died is removed by the parent (L{gateway.spool.accept.Acceptor.undo}),
+and a dead worker's by the intake supervisor, after a flush of the filesystem through a
+descriptor opened *before* that child or worker started: a write the kernel failed since then
+is reported to it, and the journal then stays for start-up.  A retirement or an append that
+fails stops the journal the same way: no more batches, and it stays for start-up.
 
 Format.  Two header slots of 512 bytes at offsets 0 and 512, written alternately (a torn
 header write leaves the other): L{_HEADER} (magic, generation, flags (none yet), crc32) and the
@@ -61,6 +64,7 @@ from typing import Callable, Optional
 
 import attrs
 
+from gateway.spool.fileops import FileOps
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.record import RecordError, decode_record
 
@@ -178,31 +182,6 @@ def journal_path(tmp_dir: str, tag: str, serial: int) -> str:
     return os.path.join(tmp_dir, f"{tag}.{serial}{JOURNAL}")
 
 
-def settle_journal(files: SpoolFiles, path: str) -> bool:
-    """
-    Done with the journal at ``path`` on this boot (its child died or stopped): write its
-    entries' files again (L{mend}), flush the filesystem, remove it.  False (and it stays, for
-    start-up) when it cannot be read or the flush fails.
-    """
-    try:
-        contents = read_journal(path)
-    except FileNotFoundError:
-        return True
-    except (OSError, JournalError):
-        return False
-    try:
-        mend(files, contents.entries, same_boot=True)
-        fd = files.ops.open_dir(files.layout.tmp)
-        try:
-            files.ops.sync_filesystem(fd)
-        finally:
-            files.ops.close(fd)
-        files.ops.unlink(path)
-    except OSError:
-        return False
-    return True
-
-
 def mend(files: SpoolFiles, entries: tuple[JournalEntry, ...], same_boot: bool) -> list[str]:
     """
     Write again from the journal what its entries may have lost (see the module docstring);
@@ -268,14 +247,13 @@ def _write_again(files: SpoolFiles, queue_id: str, suffix: str, data: bytes, pat
 
 class IntakeJournal:
     """
-    The commit process's journal (see the module docstring).  Blocking; one thread.  ``files``
-    is the spool's (its ops' ``sync_filesystem`` retires a generation); ``clock`` is monotonic.
+    The commit process's journal (see the module docstring).  Blocking; one thread.  ``ops``
+    is the spool's (its ``sync_filesystem`` retires a generation); ``clock`` is monotonic.
     """
 
-    def __init__(self, files: SpoolFiles, path: str, boot: str, size: int = JOURNAL_SIZE,
+    def __init__(self, ops: FileOps, path: str, boot: str, size: int = JOURNAL_SIZE,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._files = files
-        self._ops = ops = files.ops
+        self._ops = ops
         self.path = path
         self._boot = boot
         self._size = size
@@ -284,7 +262,7 @@ class IntakeJournal:
         self._offset = DATA_START
         #: When the oldest frame not yet retired was written (None: nothing to retire).
         self._unretired_since: Optional[float] = None
-        #: It could not be written or retired: it takes no more batches (see L{close}).
+        #: It could not be written or retired: it takes no more batches, and stays for start-up.
         self.broken = False
         self._fd = ops.open_new(path)
         try:
@@ -314,7 +292,7 @@ class IntakeJournal:
         """
         Make ``entries`` durable: one write and one ``fdatasync``.  OSError if that failed: the
         journal then takes no more batches (a frame after the failed ones could not be read
-        back), and its frames so far are settled when the child stops.
+        back past them), and stays for start-up.
         """
         data = encode_frames(self.generation, entries)
         if self._offset + len(data) > self._size:
@@ -339,52 +317,36 @@ class IntakeJournal:
     def retire(self) -> None:
         """
         Flush the filesystem (every journaled entry is then durable in place) and start a new
-        generation.  A flush that fails is told once, and the pages it failed on are then
-        clean in memory: so the generation's files are written again from the journal and
-        flushed again before it counts as retired.  If that fails too, or the new header cannot
-        be written, the journal takes no more batches; OSError.
+        generation.  If the flush fails (the kernel reports a failed write once, and leaves its
+        pages clean in memory, so no later flush can vouch for them) or the new header cannot be
+        written, the journal takes no more batches and stays for start-up; OSError.
         """
         if self.broken or (self._unretired_since is None and self._offset == DATA_START):
             return
         try:
-            try:
-                self._flush_filesystem()
-            except OSError:
-                mend(self._files, read_journal(self.path).entries, same_boot=True)
-                self._flush_filesystem()
+            self._ops.sync_filesystem(self._fd)
             self._ops.pwrite(self._fd, _header(self.generation + 1, self._boot), ((self.generation + 1) % 2) * _SLOT)
             self._ops.sync_file(self._fd)
-        except (OSError, JournalError) as e:
+        except OSError:
             self._break()
-            raise e if isinstance(e, OSError) else OSError(str(e)) from None
+            raise
         self.generation += 1
         self._offset = DATA_START
         self._unretired_since = None
 
-    def _flush_filesystem(self) -> None:
-        self._ops.sync_filesystem(self._fd)
-
     def _break(self) -> None:
         self.broken = True
-        self._unretired_since = None  # no retirement loop: close settles it
+        self._unretired_since = None  # no retirement loop
 
     def close(self) -> None:
-        """
-        The child stops: retire what is left and remove the journal.  A broken one is settled
-        (L{settle_journal}: its entries' files written again and flushed), and stays for
-        start-up if even that fails.
-        """
+        """The child stops: retire what is left and remove the journal; a broken one stays for start-up."""
         try:
             self.retire()
-        except OSError:
-            pass  # broken now: settled below
         finally:
             self._ops.close(self._fd)
         if not self.broken:
             self._ops.unlink(self.path)
-        elif not settle_journal(self._files, self.path):
-            raise OSError(f"the intake journal {self.path} stays for the next start-up to check")
 
 
 __all__ = ["JOURNAL", "JOURNAL_SIZE", "RETIRE_AFTER", "IntakeJournal", "JournalContents", "JournalEntry",
-           "JournalError", "boot_id", "journal_path", "mend", "read_journal", "settle_journal"]
+           "JournalError", "boot_id", "journal_path", "mend", "read_journal"]

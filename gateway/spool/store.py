@@ -112,7 +112,8 @@ class DirectorySpool:
         """
         acceptor = self.disk.acceptor
         self._commit_process = CommitProcess(self._reactor, acceptor, self.disk.files,
-                                             lambda requests, journal: self._in_pool(acceptor.undo, requests, journal),
+                                             lambda requests, journal, watch: self._in_pool(acceptor.undo, requests,
+                                                                                             journal, watch),
                                              flush_per_file=flush_per_file, journal=journal)
         return self._commit_process
 

@@ -12,15 +12,13 @@ runner already knows only reschedules it at its recorded time).
 from __future__ import annotations
 
 import os
-import time
-from typing import Collection
+from typing import Collection, Optional
 
 import attrs
 
 from gateway.spool.fileops import FileOps
-from gateway.spool.inflight import INFLIGHT, settle
-from gateway.spool.journal import JOURNAL, settle_journal
-from gateway.spool.layout import SpoolFiles
+from gateway.spool.inflight import INFLIGHT, settle, watch_descriptor
+from gateway.spool.journal import JOURNAL
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -56,14 +54,14 @@ class TempCleanup:
     kept_markers: tuple[str, ...] = ()
 
 
-def remove_temp_files(tmp_dir: str, tag: str) -> TempCleanup:
+def remove_temp_files(tmp_dir: str, tag: str, watch: Optional[int] = None) -> TempCleanup:
     """
     Remove ``tmp_dir/<tag>.*`` (a dead worker's unfinished messages).  The marker of a batch it
     died in the window of (L{gateway.spool.inflight}) goes last, after a flush of the filesystem
     has put that batch on disk whole; if the flush fails it stays, and the next start-up checks
-    the batch.  Its commit process's intake journal is settled
-    (L{gateway.spool.journal.settle_journal}: the entries it answered for are durable in place
-    only once written again and flushed); if that fails it stays for start-up too.
+    the batch.  So does its commit process's intake journal (L{gateway.spool.journal}), flushed
+    through ``watch``, a descriptor opened before the worker started (without one it stays for
+    start-up): a write the kernel failed since then is reported to it, not to a new one.
     """
     prefix = tag + "."
     removed = 0
@@ -81,18 +79,12 @@ def remove_temp_files(tmp_dir: str, tag: str) -> TempCleanup:
                 removed += 1
             except FileNotFoundError:
                 pass
-    kept = [path for path in journals if not _settle_journal(tmp_dir, tag, path)]
-    if markers and not settle(FileOps(), tmp_dir, markers):
-        kept += markers
-    return TempCleanup(removed + len(markers) + len(journals) - len(kept), tuple(os.path.basename(p) for p in kept))
+    settled = markers + (journals if watch is not None else [])
+    kept = [path for path in journals if path not in settled]
+    if settled and not settle(FileOps(), tmp_dir, settled, watch):
+        kept += settled
+        settled = []
+    return TempCleanup(removed + len(settled), tuple(os.path.basename(path) for path in kept))
 
 
-def _settle_journal(tmp_dir: str, tag: str, path: str) -> bool:
-    files = SpoolFiles(os.path.dirname(tmp_dir), FileOps(), tag, time.time)
-    try:
-        return settle_journal(files, path)
-    finally:
-        files.close()
-
-
-__all__ = ["minted_at", "unannounced_since", "remove_temp_files", "TempCleanup"]
+__all__ = ["minted_at", "unannounced_since", "remove_temp_files", "watch_descriptor", "TempCleanup"]

@@ -49,7 +49,7 @@ from gateway.workers.channel import (
 from gateway.workers.log_relay import relayed_event
 from gateway.workers.reports import apply_report, is_report
 from gateway.workers.sockets import paused_descriptors
-from gateway.workers.spool_sweep import TempCleanup, remove_temp_files, unannounced_since
+from gateway.workers.spool_sweep import TempCleanup, remove_temp_files, unannounced_since, watch_descriptor
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
@@ -75,6 +75,9 @@ class WorkerProcess(ProcessProtocol):
         #: Queue ids minted before this time are not swept when the worker dies.
         self.sweep_from = self.started_at
         self.announced: set[str] = set()
+        #: A descriptor of the spool's filesystem opened before the worker started: the sweep
+        #: after its death flushes through it (L{gateway.workers.spool_sweep.remove_temp_files}).
+        self.watch: Optional[int] = None
         self.ended: Deferred = Deferred()
         self._log = LineSplitter(self._event)
         self._notices = LineSplitter(self._notice)
@@ -193,7 +196,13 @@ class WorkerSupervisor(MultiService):
             args += ["--listener", f"{name}={FIRST_LISTENER_FD + n}"]
         env = {k: v for k, v in os.environ.items() if k not in SOCKET_ACTIVATION}  # the sockets come as fds
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=child_fds)
+        worker.watch = watch_descriptor(self.gateway.components.spool.disk.layout.tmp)
+        try:
+            self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=child_fds)
+        except BaseException:
+            if worker.watch is not None:
+                os.close(worker.watch)
+            raise
         self.workers[index] = worker
         self.log.info("intake worker {index} started (pid {pid})", index=index, pid=worker.pid)
 
@@ -240,17 +249,23 @@ class WorkerSupervisor(MultiService):
 
         announced = set(worker.announced).union(*(w.announced for w in self.workers.values()))
 
+        watch, worker.watch = worker.watch, None
+
         def sweep() -> tuple[list, TempCleanup]:
-            # Listed first: the clean-up may wait for a flush of the whole filesystem.
-            queue_ids = unannounced_since(layout.queue, worker.sweep_from - 1.0, announced)
-            return queue_ids, remove_temp_files(layout.tmp, worker.tag)
+            try:
+                # Listed first: the clean-up may wait for a flush of the whole filesystem.
+                queue_ids = unannounced_since(layout.queue, worker.sweep_from - 1.0, announced)
+                return queue_ids, remove_temp_files(layout.tmp, worker.tag, watch)
+            finally:
+                if watch is not None:
+                    os.close(watch)
 
         def found(result: tuple[list, TempCleanup]) -> None:
             queue_ids, cleanup = result
             if cleanup.kept_markers:
                 self.log.warn("after intake worker {index} ended: could not flush the spool's filesystem; the "
-                              "markers of its commits in flight stay in tmp/ ({markers}) for the next start to "
-                              "check", index=worker.index, markers=", ".join(cleanup.kept_markers))
+                              "markers and the intake journal of its commits stay in tmp/ ({markers}) for the next "
+                              "start to check", index=worker.index, markers=", ".join(cleanup.kept_markers))
             if self._stopping or not queue_ids:
                 return  # stopping: the next start's recovery schedules whatever is queued
             # Among these: what the dead worker committed without a notice; the rest (the
