@@ -90,12 +90,12 @@ class CommitProcessTests(TestCase):
         self.patch(os, "environ", dict(os.environ, GRAPHSMTP_CLIENT_SECRET="s3cr3t-value",
                                        CREDENTIALS_DIRECTORY="/run/credentials/graphsmtp.service"))
         self.process.startService()
+        entry = yield self.commit()  # it commits; and it has surely finished its exec (its environ is read below)
         with open(f"/proc/{self.process.pid}/environ", "rb") as f:
             environment = f.read()
         self.assertNotIn(b"s3cr3t-value", environment)
         self.assertNotIn(b"CREDENTIALS_DIRECTORY", environment)
         self.assertIn(b"PYTHONPATH=", environment)
-        entry = yield self.commit()  # and it still commits
         self.assertEqual(self.in_thread, [])
         self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
 

@@ -14,7 +14,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.spool import commit_process
+from gateway.spool import commit_process, inflight
 from gateway.spool import journal as journal_module
 from gateway.spool.disk import CommitRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -219,6 +219,10 @@ class JournalFileTests(SynchronousTestCase):
         journal.close()
         self.assertEqual([kind for kind, _ in self.ops.events][0], "syncfs")
         self.assertFalse(os.path.exists(self.path))
+
+    def test_its_name_is_made_durable_before_its_first_batch(self):
+        self.journal()
+        self.assertIn(("fsync-dir", os.path.dirname(self.path)), self.ops.events)
 
     def test_the_space_is_written_when_it_is_made(self):
         """Zero-filled, not fallocated: a later write into it changes no metadata."""
@@ -428,6 +432,45 @@ class ReplayTests(BatchCase):
         cleanup = spool_sweep.remove_temp_files(os.path.join(self.directory, "tmp"), "dead0001")
         self.assertTrue(os.path.exists(path))
         self.assertEqual(cleanup.kept_markers, (os.path.basename(path),))
+
+    def test_a_journal_that_cannot_be_worked_through_stays_and_recovery_goes_on(self):
+        """A full disk at start-up: the journal stays for the next start; the queue is still recovered."""
+        path, (lost, *rest) = self.committed()
+        os.unlink(lost.message_path[:-len(MSG)] + ENV)
+        os.unlink(lost.message_path)
+        self.patch(journal_module, "_write_again", lambda *args: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        report = self.recover(OTHER_BOOT)
+        self.assertTrue(os.path.exists(path))
+        self.assertIn(os.path.basename(path), report.kept_markers)
+        self.assertTrue(any("kept for the next start" in error for error in report.errors))
+        self.assertEqual({queue_id for _, queue_id in report.schedule}, {e.queue_id for e in rest[:-1]})
+
+    def test_an_entry_set_aside_since_is_not_brought_back(self):
+        path, (quarantined, *_rest) = self.committed()
+        quarantine = os.path.join(self.directory, "quarantine")
+        for suffix in (MSG, ENV):
+            os.rename(quarantined.message_path[:-len(MSG)] + suffix, os.path.join(quarantine, quarantined.queue_id + suffix))
+        report = self.recover(OTHER_BOOT)
+        self.assertNotIn(quarantined.queue_id, report.restored)
+        self.assertNotIn(quarantined.queue_id + ENV, self.listing("queue"))
+
+    def test_the_flush_that_lets_the_journals_go_is_through_a_descriptor_opened_before_the_rewrites(self):
+        self.committed()
+        order = []
+        real_watch, real_mend, real_flush = inflight.watch_descriptor, journal_module.mend, RecordingFileOps.sync_filesystem
+        import gateway.spool.recovery as recovery_module
+
+        def watch(tmp):
+            fd = real_watch(tmp)
+            order.append(("watch", fd))
+            return fd
+
+        self.patch(inflight, "watch_descriptor", watch)
+        self.patch(recovery_module, "mend", lambda *a, **k: order.append(("mend", None)) or real_mend(*a, **k))
+        self.patch(RecordingFileOps, "sync_filesystem", lambda ops, fd: order.append(("flush", fd)) or real_flush(ops, fd))
+        self.recover(BOOT)
+        self.assertEqual([kind for kind, _ in order], ["watch", "mend", "flush"])
+        self.assertEqual(order[0][1], order[2][1])  # the flush is through the descriptor opened first
 
     def test_a_journal_without_a_header_is_set_aside(self):
         path, _ = self.committed()

@@ -39,6 +39,11 @@ a lost entry: one delivered (removed) after its acceptance but before its frame 
 then a power loss.  It is sent again: a second delivery, never a lost one, in the
 L{RETIRE_AFTER} after its acceptance.
 
+A journal kept for start-up (below) widens that window: if the next start-up is on another
+boot, the entries of its last generation (at most L{RETIRE_AFTER} of intake, or one full journal)
+that were delivered or deleted since are written again and sent a second time; none is lost.
+Entries set aside in quarantine/ since are not brought back.
+
 While the daemon runs, nothing writes the entries' files again (the queue runner may be acting
 on them).  A journal whose child died is removed by the parent (L{gateway.spool.accept.Acceptor.undo}),
 and a dead worker's by the intake supervisor, after a flush of the filesystem through a
@@ -64,7 +69,7 @@ from typing import Callable, Optional
 
 import attrs
 
-from gateway.spool.fileops import FileOps
+from gateway.spool.fileops import FileOps, quietly
 from gateway.spool.layout import ENV, MSG, SpoolFiles, SpoolLayout
 from gateway.spool.record import RecordError, decode_record
 
@@ -202,8 +207,8 @@ def _mend_entry(files: SpoolFiles, entry: JournalEntry, same_boot: bool) -> bool
         _write_again(files, queue_id, MSG, entry.message, path)
     if any(os.path.exists(SpoolLayout.path(place, queue_id, ENV)) for place in places):
         return _mend_home_record(files, entry, same_boot) or bool(mended)
-    if same_boot:
-        return bool(mended)  # in no place: removed on purpose
+    if same_boot or _quarantined(files, queue_id):
+        return bool(mended)  # in no place: removed (or set aside) on purpose
     home = layout.held if entry.where == "held" else layout.queue
     if not any(os.path.exists(path) for path in messages):
         _write_again(files, queue_id, MSG, entry.message, SpoolLayout.path(home, queue_id, MSG))
@@ -240,9 +245,22 @@ def _decodes(path: str, queue_id: str) -> bool:
     return True
 
 
+def _quarantined(files: SpoolFiles, queue_id: str) -> bool:
+    """Whether quarantine/ holds a file of ``queue_id`` (set aside since: not to be brought back)."""
+    try:
+        return any(name.startswith(queue_id) for name in os.listdir(files.layout.quarantine))
+    except FileNotFoundError:
+        return False
+
+
 def _write_again(files: SpoolFiles, queue_id: str, suffix: str, data: bytes, path: str) -> None:
     """``data`` into ``path`` whole or not at all: a temp file renamed over it."""
-    files.ops.rename(files.write_temp_file(queue_id, suffix, data, durable=False), path)
+    temp = files.write_temp_file(queue_id, suffix, data, durable=False)
+    try:
+        files.ops.rename(temp, path)
+    except OSError:
+        quietly(files.ops.unlink, temp)
+        raise
 
 
 class IntakeJournal:
@@ -274,6 +292,7 @@ class IntakeJournal:
             for offset in range(DATA_START, size, len(zeros)):
                 ops.pwrite(self._fd, zeros[:min(len(zeros), size - offset)], offset)
             ops.sync_file(self._fd)
+            ops.sync_dir(os.path.dirname(path))  # its name too: its first batch is answered before any syncfs
         except OSError:
             ops.close(self._fd)
             ops.unlink(path)

@@ -74,6 +74,9 @@ class Recovery:
     def run(self) -> RecoveryReport:
         """Recover the spool (its lock must be held); L{SpoolError} if it cannot be read."""
         report = RecoveryReport()
+        # Opened before anything is written again: a write of this recovery's that the kernel
+        # fails is reported to the flush through it (L{inflight.settle}).
+        watch = inflight.watch_descriptor(self._files.layout.tmp)
         try:
             markers, journals = self._clear_tmp(report)
             self._replay_journals(journals, report)
@@ -81,7 +84,7 @@ class Recovery:
             if ranges:
                 report.quarantined.extend(inflight.quarantine_incomplete(self._files, self._quarantine, ranges))
             settled = markers + journals
-            if settled and not inflight.settle(self._files.ops, self._files.layout.tmp, settled):
+            if settled and not inflight.settle(self._files.ops, self._files.layout.tmp, settled, watch):
                 report.kept_markers.extend(os.path.basename(path) for path in settled)
             # Requests stay in incoming/ for the runner's first scan, after it has a schedule.
             scan = self._drop_box.scan(take_requests=False)
@@ -93,6 +96,9 @@ class Recovery:
             self._recover_failed(report)
         except OSError as e:
             raise spool_error(e, "recover the spool") from None
+        finally:
+            if watch is not None:
+                os.close(watch)
         return report
 
     def _clear_tmp(self, report: RecoveryReport) -> tuple[list[str], list[str]]:
@@ -115,8 +121,10 @@ class Recovery:
     def _replay_journals(self, journals: list[str], report: RecoveryReport) -> None:
         """
         Write again what the journals' entries may have lost (L{gateway.spool.journal.mend}):
-        after another boot what the disk lost, on the same boot every file they still have.  A journal with no readable header is set aside; it can
-        say nothing about which of its frames count.
+        after another boot what the disk lost, on the same boot every file they still have.  A
+        journal with no readable header is set aside (it can say nothing about which of its
+        frames count); one that cannot be worked through (a full disk) stays for the next start,
+        and the rest of recovery goes on.
         """
         boot = boot_id()
         for path in list(journals):
@@ -127,7 +135,13 @@ class Recovery:
                 if quietly(self._quarantine.move_file, path) is None:
                     report.quarantined.append(Quarantined(os.path.basename(path), f"unreadable intake journal: {e}"))
                 continue
-            written = mend(self._files, contents.entries, same_boot=contents.boot == boot)
+            try:
+                written = mend(self._files, contents.entries, same_boot=contents.boot == boot)
+            except OSError as e:
+                journals.remove(path)
+                report.kept_markers.append(os.path.basename(path))
+                report.errors.append(f"intake journal {os.path.basename(path)} kept for the next start: {e}")
+                continue
             if contents.boot != boot:
                 report.restored.extend(written)
 
