@@ -94,7 +94,7 @@ def main() -> None:
         boot = boot_id()
         if boot is None or not ops.flushes_whole_filesystem:
             sys.exit("needs Linux 5.8 or later (syncfs) and a boot id: the journal is not used elsewhere")
-        journal = IntakeJournal(files, journal_path(files.layout.tmp, files.tag, os.getpid()), boot)
+        journal = IntakeJournal(ops, journal_path(files.layout.tmp, files.tag, os.getpid()), boot)
         plain = os.path.join(base, "postfix-like")
         os.mkdir(plain)
         ways = {
