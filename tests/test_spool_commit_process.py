@@ -359,7 +359,9 @@ class ServeTests(SynchronousTestCase):
         second = [CommitRequest(self.entry("0000000000A00000002"), "held", data=MESSAGE),
                   CommitRequest(self.entry("0000000000A00000003"), "queue", data=MESSAGE)]
         replies = self.run_serve(pickle.dumps(first), pickle.dumps(second))
-        self.assertEqual([[e.queue_id for e in reply] for reply in replies],
+        acceptor = Acceptor(self.files)
+        results = [commit_process._results(acceptor, batch, reply) for batch, reply in zip((first, second), replies, strict=True)]
+        self.assertEqual([[e.queue_id for e in batch] for batch in results],
                          [["0000000000A00000001"], ["0000000000A00000002", "0000000000A00000003"]])
         self.assertEqual(len([e for e in self.ops.events if e[0] == "syncfs"]), 2)
         self.assertTrue(os.path.exists(os.path.join(self.directory, "held", "0000000000A00000002.msg")))
@@ -372,11 +374,33 @@ class ServeTests(SynchronousTestCase):
         self.assertEqual(self.ops.events[-1], ("write", "?"))
 
     def test_a_bad_batch_is_answered_with_an_error_not_an_exit(self):
-        replies = self.run_serve(pickle.dumps("not a batch"),
-                                 pickle.dumps([CommitRequest(self.entry("0000000000A00000004"), data=MESSAGE)]))
+        request = CommitRequest(self.entry("0000000000A00000004"), data=MESSAGE)
+        replies = self.run_serve(pickle.dumps("not a batch"), pickle.dumps([request]))
         self.assertIsInstance(replies[0], SpoolError)
         self.assertIn("unexpectedly", str(replies[0]))
-        self.assertEqual(replies[1][0].queue_id, "0000000000A00000004")
+        self.assertEqual(commit_process._results(Acceptor(self.files), [request], replies[1])[0].queue_id,
+                         "0000000000A00000004")
+
+    def test_the_parent_builds_the_entries_the_child_stored(self):
+        """The child answers a size and digest per message, not the entry: what the parent
+        builds from its requests is exactly what the records on disk say, held/ included."""
+        batch = [CommitRequest(self.entry("0000000000A00000006"), "queue", data=MESSAGE),
+                 CommitRequest(self.entry("0000000000A00000007"), "held", data=MESSAGE + b"more\r\n")]
+        (reply,) = self.run_serve(pickle.dumps(batch))
+        self.assertNotIsInstance(reply[0], SpoolEntry)  # the cheap answer, not a pickled entry
+        built = commit_process._results(Acceptor(self.files), batch, reply)
+        for entry, where in zip(built, ("queue", "held"), strict=True):
+            path = os.path.join(self.directory, where, entry.queue_id)
+            with open(path + ".env", "rb") as f:
+                self.assertEqual(entry, decode_record(f.read(), path + ".msg", entry.queue_id))
+
+    def test_a_reply_that_does_not_fit_its_batch_is_unreadable(self):
+        batch = [CommitRequest(self.entry("0000000000A00000008"), data=MESSAGE)]
+        for reply in ([], [(1, "x"), (1, "y")], "nonsense"):
+            self.assertRaises(ValueError, commit_process._results, Acceptor(self.files), batch, reply)
+        error = SpoolError("disk full")
+        self.assertIs(commit_process._results(Acceptor(self.files), batch, error), error)
+        self.assertEqual(commit_process._results(Acceptor(self.files), batch, [error]), [error])
 
     def test_a_child_whose_parent_is_not_there_exits(self):
         """Started for a parent that is already gone, the child does not stay."""

@@ -512,8 +512,9 @@ class ChildTests(BatchCase):
         disk = self.disk(ops)
         journal = self.journal(disk)
         del ops.events[:]
-        (reply,) = self.run_serve(disk, journal, self.requests(2))
-        self.assertTrue(all(isinstance(r, SpoolEntry) for r in reply))
+        requests = self.requests(2)
+        (reply,) = self.run_serve(disk, journal, requests)
+        self.assertTrue(all(isinstance(r, SpoolEntry) for r in commit_process._results(disk.acceptor, requests, reply)))
         kinds = [(kind, path == journal.path) for kind, path in ops.events if kind in ("fsync", "write", "syncfs")]
         answer = kinds.index(("write", False), kinds.index(("fsync", True)))
         self.assertNotIn(("syncfs", False), kinds[:answer])  # no flush of the filesystem before the answer

@@ -375,16 +375,12 @@ class Acceptor:
         where, entry = request.where, request.entry
         queue_id = entry.queue_id
         dest, env_tmp, _ = self._places(where, queue_id)
-        history = entry.history
-        if where == "held":
-            # Noted like an admin hold, so a release extends the queue lifetime by the time held.
-            history = history + (AttemptRecord(entry.received_at, HOLD_NOTE),)
         temp = request.temp if request.temp is not None else self._write_in_memory(queue_id, request.data)
         msg_final = os.path.join(dest, queue_id + MSG)
         staged = _Staged(index, where, temp, env_tmp, None, entry, msg_final, os.path.join(dest, queue_id + ENV))
         try:
-            staged.entry = committed = _committed_entry(
-                entry, history, msg_final, temp.size, entry.message_digest or self._temp_digest(temp))
+            staged.entry = committed = self.committed_entry(
+                request, temp.size, entry.message_digest or self._temp_digest(temp))
             env_fd = staged.env_fd = files.ops.open_new(env_tmp)
             staged.record = encode_record(committed)
             files.ops.write(env_fd, staged.record)
@@ -397,6 +393,20 @@ class Acceptor:
                 raise
             raise spool_error(e, "write the envelope record") from None
         return staged
+
+    def committed_entry(self, request: CommitRequest, size: int, message_digest: str) -> SpoolEntry:
+        """
+        ``request``'s entry as its commit stores it, from the two things only the commit learns
+        (the message's size and digest): the commit process answers with those, and its parent
+        builds the entry here instead of unpickling one per message.
+        """
+        entry = request.entry
+        history = entry.history
+        if request.where == "held":
+            # Noted like an admin hold, so a release extends the queue lifetime by the time held.
+            history = history + (AttemptRecord(entry.received_at, HOLD_NOTE),)
+        dest = self._places(request.where, entry.queue_id)[0]
+        return _committed_entry(entry, history, os.path.join(dest, entry.queue_id + MSG), size, message_digest)
 
     def _places(self, where: str, queue_id: str) -> tuple[str, str, str]:
         """A commit's destination directory and the temp paths of its record and message."""

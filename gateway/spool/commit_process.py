@@ -49,7 +49,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from gateway.spool.accept import Acceptor, CommitRequest
+from gateway.spool.accept import Acceptor, CommitRequest, CommitResult
+from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
 from gateway.spool.inflight import watch_descriptor
 from gateway.spool.interfaces import SpoolError
@@ -133,10 +134,11 @@ class _Child(ProcessProtocol):
     def _reply(self, data: Optional[bytes]) -> None:
         if not self.waiting or self._broken:
             return
+        _, requests = self.waiting[0]
         try:
             if data is None:
                 raise ValueError("a reply longer than the frame limit")
-            results = pickle.loads(data)
+            results = _results(self._owner.acceptor, requests, pickle.loads(data))
         except Exception:
             # What the child did with the batch is unknown: it goes, and the batch is undone
             # with the others it held (processEnded).
@@ -201,7 +203,8 @@ class CommitProcess(Service):
                  python: str = sys.executable, module: str = "gateway.spool.commit_process",
                  journal: bool = True) -> None:
         self._reactor = reactor
-        self._acceptor = acceptor
+        #: This process's (its set of ids being committed is what recovery checks).
+        self.acceptor = acceptor
         self._files = files
         #: Removes the entries of unanswered requests (in the spool's threads): L{Acceptor.undo}.
         self.undo = undo
@@ -268,10 +271,10 @@ class CommitProcess(Service):
             self.log.failure("could not start the spool's commit process; the spool's threads commit the batch")
             return None
         ids = [request.entry.queue_id for request in requests]
-        self._acceptor.committing(ids)  # before the child can see them: recovery here leaves them be
+        self.acceptor.committing(ids)  # before the child can see them: recovery here leaves them be
 
         def done(result: Any) -> Any:
-            self._acceptor.committed(ids)
+            self.acceptor.committed(ids)
             return result
 
         try:
@@ -305,6 +308,25 @@ class CommitProcess(Service):
         child.transport.closeStdin()
         kill = self._reactor.callLater(STOP_GRACE, _kill, child)
         return child.ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
+
+
+def _results(acceptor: Acceptor, requests: list[CommitRequest], answers: Any) -> Any:
+    """
+    The results of ``requests``, as L{Acceptor.publish_batch} gives them, from the child's
+    ``answers`` (L{_answers}); a batch-wide L{SpoolError} stays one.  A reply that does not fit
+    its batch raises, and is treated as unreadable.
+    """
+    if isinstance(answers, SpoolError):
+        return answers
+    if not isinstance(answers, list) or len(answers) != len(requests):
+        raise ValueError("a reply that does not match its batch")
+    return [answer if isinstance(answer, SpoolError) else acceptor.committed_entry(request, *answer)
+            for request, answer in zip(requests, answers, strict=True)]
+
+
+def _answers(results: list[CommitResult]) -> list[Any]:
+    """What the child sends back for each result: its size and digest, or its error."""
+    return [(result.size, result.message_digest) if isinstance(result, SpoolEntry) else result for result in results]
 
 
 def _kill(child: _Child) -> None:
@@ -367,8 +389,8 @@ def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1,
                 _close(journal)
             return
         try:
-            results: Any = acceptor.publish_batch(pickle.loads(payload),
-                                                  journal=journal if journal is not None and journal.usable else None)
+            results: Any = _answers(acceptor.publish_batch(
+                pickle.loads(payload), journal=journal if journal is not None and journal.usable else None))
         except Exception as e:  # a bug, not a disk error (those come back per request)
             results = SpoolError(f"spool commit failed unexpectedly: {e!r}")
         reply = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
