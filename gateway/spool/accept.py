@@ -125,8 +125,7 @@ class Acceptor:
         self._files = files
         self._committing: set[str] = set()
         self._committing_lock = threading.Lock()
-        layout = files.layout
-        self._queue, self._held, self._incoming = layout.queue, layout.held, layout.incoming
+        self._destinations = {where: files.layout.destination(where) for where in ("queue", "held", "incoming")}
         # A new record due now needs no set_mtime: its write already stamped it with the wall
         # clock's now, a time that has passed for any later start-up, so it reads as "due now"
         # like received_at would.  Only when the spool's clock *is* the wall clock (the
@@ -235,27 +234,29 @@ class Acceptor:
                     staged.append(self._stage(index, request))
                 except SpoolError as e:
                     results[index] = e
-            if staged and journal is not None and self._journal_takes(journal, requests, staged, rename_first):
-                self._publish_journaled(staged, results, journal, requests, rename_first)
+            entries = self._journal_entries(journal, requests, staged, rename_first) if staged else None
+            if journal is not None and entries is not None:
+                self._publish_journaled(staged, results, journal, entries, rename_first)
             elif staged:
                 self._publish(staged, results, rename_first)
         finally:
             self.committed(ids)
         return results
 
-    def _journal_takes(self, journal: IntakeJournal, requests: list[CommitRequest], staged: list[_Staged],
-                       rename_first: bool) -> bool:
-        """Only messages that were in memory, bound for queue/ or held/, in a journal they fit."""
-        return (rename_first and self._files.ops.flushes_whole_filesystem
-                and all(requests[s.index].temp is None and s.where in ("queue", "held") for s in staged)
-                and journal.fits(self._journal_entries(staged, requests)))
-
-    @staticmethod
-    def _journal_entries(staged: list[_Staged], requests: list[CommitRequest]) -> list[JournalEntry]:
-        return [JournalEntry(s.entry.queue_id, s.where, s.record, requests[s.index].data or b"") for s in staged]
+    def _journal_entries(self, journal: Optional[IntakeJournal], requests: list[CommitRequest],
+                         staged: list[_Staged], rename_first: bool) -> Optional[list[JournalEntry]]:
+        """
+        What ``journal`` is to keep of the batch, or None when it does not take it: it takes
+        only messages that were in memory, bound for queue/ or held/, in a batch that fits.
+        """
+        if (journal is None or not rename_first or not self._files.ops.flushes_whole_filesystem
+                or not all(requests[s.index].temp is None and s.where in ("queue", "held") for s in staged)):
+            return None
+        entries = [JournalEntry(s.entry.queue_id, s.where, s.record, requests[s.index].data or b"") for s in staged]
+        return entries if journal.fits(entries) else None
 
     def _publish_journaled(self, staged: list[_Staged], results: list[Any], journal: IntakeJournal,
-                           requests: list[CommitRequest], rename_first: bool) -> None:
+                           entries: list[JournalEntry], rename_first: bool) -> None:
         """
         Made durable by the journal first, then renamed into place: a power loss before the
         journal's flush leaves only temp files (nothing acknowledged, nothing to check), one after
@@ -263,7 +264,7 @@ class Acceptor:
         the journal cannot be written, the batch is committed as without one.
         """
         try:
-            journal.append(self._journal_entries(staged, requests))
+            journal.append(entries)
         except OSError:
             self._publish(staged, results, rename_first)
             return
@@ -276,7 +277,7 @@ class Acceptor:
             try:
                 journal.retire()
             except OSError:
-                pass  # the journal is broken now, and settled when the child stops
+                pass  # the journal is broken now: it takes no more batches, and stays for start-up
 
     def _publish(self, staged: list[_Staged], results: list[Any], rename_first: bool) -> None:
         """
@@ -405,15 +406,14 @@ class Acceptor:
         if request.where == "held":
             # Noted like an admin hold, so a release extends the queue lifetime by the time held.
             history = history + (AttemptRecord(entry.received_at, HOLD_NOTE),)
-        dest = self._places(request.where, entry.queue_id)[0]
+        dest = self._destinations[request.where]
         return _committed_entry(entry, history, os.path.join(dest, entry.queue_id + MSG), size, message_digest)
 
     def _places(self, where: str, queue_id: str) -> tuple[str, str, str]:
         """A commit's destination directory and the temp paths of its record and message."""
+        dest = self._destinations[where]
         if where == "incoming":
-            dest = self._incoming
             return dest, os.path.join(dest, f".{queue_id}.env.tmp"), os.path.join(dest, f".{queue_id}.msg.tmp")
-        dest = self._held if where == "held" else self._queue
         return dest, self._files.tmp_path(queue_id, ENV), self._files.tmp_path(queue_id, MSG)
 
     def _write_in_memory(self, queue_id: str, data: Optional[bytes]) -> TempMessage:

@@ -119,10 +119,13 @@ class JournalContents:
     entries: tuple[JournalEntry, ...]
 
 
+def _header_crc(generation: int, flags: int, boot_bytes: bytes) -> int:
+    return zlib.crc32(_HEADER.pack(_MAGIC, generation, flags, 0) + boot_bytes)
+
+
 def _header(generation: int, boot: str, flags: int = 0) -> bytes:
     boot_bytes = boot.encode("ascii")
-    crc = zlib.crc32(_HEADER.pack(_MAGIC, generation, flags, 0) + boot_bytes)
-    return _HEADER.pack(_MAGIC, generation, flags, crc) + boot_bytes
+    return _HEADER.pack(_MAGIC, generation, flags, _header_crc(generation, flags, boot_bytes)) + boot_bytes
 
 
 def _read_slot(data: bytes) -> Optional[tuple[int, str, int]]:
@@ -131,7 +134,7 @@ def _read_slot(data: bytes) -> Optional[tuple[int, str, int]]:
         return None
     magic, generation, flags, crc = _HEADER.unpack_from(data)
     boot_bytes = data[_HEADER.size:_HEADER.size + _BOOT_ID_LENGTH]
-    if magic != _MAGIC or crc != zlib.crc32(_HEADER.pack(_MAGIC, generation, flags, 0) + boot_bytes):
+    if magic != _MAGIC or crc != _header_crc(generation, flags, boot_bytes):
         return None
     try:
         return generation, boot_bytes.decode("ascii"), flags
@@ -193,10 +196,11 @@ def mend(files: SpoolFiles, entries: tuple[JournalEntry, ...], same_boot: bool) 
     unflushed: the caller flushes before the journal goes.  Returns the queue ids it wrote
     anything for.
     """
-    return [entry.queue_id for entry in entries if _mend_entry(files, entry, same_boot)]
+    set_aside = set() if same_boot else _quarantined_ids(files)
+    return [entry.queue_id for entry in entries if _mend_entry(files, entry, same_boot, set_aside)]
 
 
-def _mend_entry(files: SpoolFiles, entry: JournalEntry, same_boot: bool) -> bool:
+def _mend_entry(files: SpoolFiles, entry: JournalEntry, same_boot: bool, set_aside: set[str]) -> bool:
     layout = files.layout
     places = (layout.queue, layout.held, layout.failed, layout.archive)
     queue_id = entry.queue_id
@@ -207,9 +211,9 @@ def _mend_entry(files: SpoolFiles, entry: JournalEntry, same_boot: bool) -> bool
         _write_again(files, queue_id, MSG, entry.message, path)
     if any(os.path.exists(SpoolLayout.path(place, queue_id, ENV)) for place in places):
         return _mend_home_record(files, entry, same_boot) or bool(mended)
-    if same_boot or _quarantined(files, queue_id):
+    if same_boot or queue_id in set_aside:
         return bool(mended)  # in no place: removed (or set aside) on purpose
-    home = layout.held if entry.where == "held" else layout.queue
+    home = layout.destination(entry.where)
     if not any(os.path.exists(path) for path in messages):
         _write_again(files, queue_id, MSG, entry.message, SpoolLayout.path(home, queue_id, MSG))
     _write_again(files, queue_id, ENV, entry.record, SpoolLayout.path(home, queue_id, ENV))
@@ -218,11 +222,10 @@ def _mend_entry(files: SpoolFiles, entry: JournalEntry, same_boot: bool) -> bool
 
 def _mend_home_record(files: SpoolFiles, entry: JournalEntry, same_boot: bool) -> bool:
     """The record at home, if it is there and still the journal's (same boot) or does not decode."""
-    home = files.layout.held if entry.where == "held" else files.layout.queue
-    record = SpoolLayout.path(home, entry.queue_id, ENV)
+    record = SpoolLayout.path(files.layout.destination(entry.where), entry.queue_id, ENV)
     if not os.path.exists(record):
         return False
-    if (same_boot and _holds(record, entry.record)) or not _decodes(record, entry.queue_id):
+    if (same_boot and _holds(record, entry.record)) or not _decodes(files, record, entry.queue_id):
         _write_again(files, entry.queue_id, ENV, entry.record, record)
         return True
     return False
@@ -236,21 +239,20 @@ def _holds(path: str, data: bytes) -> bool:
         return False
 
 
-def _decodes(path: str, queue_id: str) -> bool:
+def _decodes(files: SpoolFiles, path: str, queue_id: str) -> bool:
     try:
-        with open(path, "rb") as f:
-            decode_record(f.read(), path[:-len(ENV)] + MSG, queue_id)
+        decode_record(files.ops.read_file(path), path[:-len(ENV)] + MSG, queue_id)
     except (OSError, RecordError):
         return False
     return True
 
 
-def _quarantined(files: SpoolFiles, queue_id: str) -> bool:
-    """Whether quarantine/ holds a file of ``queue_id`` (set aside since: not to be brought back)."""
+def _quarantined_ids(files: SpoolFiles) -> set[str]:
+    """The queue ids quarantine/ holds a file of (set aside since: not to be brought back), listed once."""
     try:
-        return any(name.startswith(queue_id) for name in os.listdir(files.layout.quarantine))
+        return {name.partition(".")[0] for name in os.listdir(files.layout.quarantine)}
     except FileNotFoundError:
-        return False
+        return set()
 
 
 def _write_again(files: SpoolFiles, queue_id: str, suffix: str, data: bytes, path: str) -> None:

@@ -77,6 +77,10 @@ class SpoolLayout:
     def directories(self) -> tuple[str, ...]:
         return (self.tmp, self.queue, self.incoming, self.failed, self.archive, self.quarantine, self.held)
 
+    def destination(self, where: str) -> str:
+        """The directory a commit bound for ``where`` ("queue", "held" or "incoming") lands in."""
+        return {"queue": self.queue, "held": self.held, "incoming": self.incoming}[where]
+
     @staticmethod
     def path(directory: str, queue_id: str, suffix: str) -> str:
         return os.path.join(directory, queue_id + suffix)

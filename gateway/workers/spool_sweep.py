@@ -17,7 +17,7 @@ from typing import Collection, Optional
 import attrs
 
 from gateway.spool.fileops import FileOps
-from gateway.spool.inflight import INFLIGHT, settle, watch_descriptor
+from gateway.spool.inflight import INFLIGHT, settle
 from gateway.spool.journal import JOURNAL
 from gateway.spool.queueid import QUEUE_ID_LENGTH, is_queue_id
 
@@ -71,8 +71,11 @@ def remove_temp_files(tmp_dir: str, tag: str, watch: Optional[int] = None) -> Te
         for entry in entries:
             if not entry.name.startswith(prefix):
                 continue
-            if entry.name.endswith(INFLIGHT) or entry.name.endswith(JOURNAL):
-                (journals if entry.name.endswith(JOURNAL) else markers).append(entry.path)
+            if entry.name.endswith(INFLIGHT):
+                markers.append(entry.path)
+                continue
+            if entry.name.endswith(JOURNAL):
+                journals.append(entry.path)
                 continue
             try:
                 os.unlink(entry.path)
@@ -87,4 +90,4 @@ def remove_temp_files(tmp_dir: str, tag: str, watch: Optional[int] = None) -> Te
     return TempCleanup(removed + len(settled), tuple(os.path.basename(path) for path in kept))
 
 
-__all__ = ["minted_at", "unannounced_since", "remove_temp_files", "watch_descriptor", "TempCleanup"]
+__all__ = ["minted_at", "unannounced_since", "remove_temp_files", "TempCleanup"]

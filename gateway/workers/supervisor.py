@@ -38,6 +38,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.spool.inflight import watch_descriptor
 from gateway.workers.channel import (
     FIRST_LISTENER_FD,
     LOCK_FD,
@@ -49,7 +50,7 @@ from gateway.workers.channel import (
 from gateway.workers.log_relay import relayed_event
 from gateway.workers.reports import apply_report, is_report
 from gateway.workers.sockets import paused_descriptors
-from gateway.workers.spool_sweep import TempCleanup, remove_temp_files, unannounced_since, watch_descriptor
+from gateway.workers.spool_sweep import TempCleanup, remove_temp_files, unannounced_since
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
