@@ -98,6 +98,9 @@ class SigkillTests(TestCase):
         yield daemon.ended
 
         self.assertEqual(daemon.delivered, set())
+        # The 250s were made durable by the commit child's intake journal, left behind by the kill.
+        tmp = os.path.join(state_dir, "spool", "tmp")
+        self.assertTrue([name for name in os.listdir(tmp) if name.endswith(".journal")])
 
         outbox = os.path.join(state_dir, "outbox")
         again = start_daemon(state_dir, "--outbox", outbox)
@@ -112,3 +115,5 @@ class SigkillTests(TestCase):
         subjects = {m["Subject"] for m in read_outbox(outbox)}
         self.assertEqual(subjects, {f"durable {i}" for i in range(10)})
         self.assertIn(b"graphsmtp stopped", again.output)
+        # Start-up worked the journal through and removed it; the second daemon removed its own.
+        self.assertEqual([name for name in os.listdir(tmp) if name.endswith(".journal")], [])
