@@ -21,6 +21,7 @@ from gateway.config import ConfigError
 from gateway.config.loader import build_config
 from gateway.spool import commit_process
 from gateway.spool.accept import Acceptor, CommitRequest
+from gateway.spool.commit_wire import encode_batch
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.fileops import FileOps
 from gateway.spool.interfaces import SpoolError
@@ -358,7 +359,7 @@ class ServeTests(SynchronousTestCase):
         first = [CommitRequest(self.entry("0000000000A00000001"), "queue", data=MESSAGE)]
         second = [CommitRequest(self.entry("0000000000A00000002"), "held", data=MESSAGE),
                   CommitRequest(self.entry("0000000000A00000003"), "queue", data=MESSAGE)]
-        replies = self.run_serve(pickle.dumps(first), pickle.dumps(second))
+        replies = self.run_serve(encode_batch(first), encode_batch(second))
         acceptor = Acceptor(self.files)
         results = [commit_process._results(acceptor, batch, reply) for batch, reply in zip((first, second), replies, strict=True)]
         self.assertEqual([[e.queue_id for e in batch] for batch in results],
@@ -368,16 +369,16 @@ class ServeTests(SynchronousTestCase):
 
     def test_the_answer_is_written_only_after_the_batch_is_flushed(self):
         """Invariant 1 in the child: its answer (the parent's 250) follows the flush."""
-        self.run_serve(pickle.dumps([CommitRequest(self.entry("0000000000A00000005"), data=MESSAGE)]))
+        self.run_serve(encode_batch([CommitRequest(self.entry("0000000000A00000005"), data=MESSAGE)]))
         kinds = [kind for kind, path in self.ops.events if kind in ("syncfs", "write")]
         self.assertEqual(kinds[-2:], ["syncfs", "write"])  # the last write is the answer, on the pipe
         self.assertEqual(self.ops.events[-1], ("write", "?"))
 
     def test_a_bad_batch_is_answered_with_an_error_not_an_exit(self):
         request = CommitRequest(self.entry("0000000000A00000004"), data=MESSAGE)
-        replies = self.run_serve(pickle.dumps("not a batch"), pickle.dumps([request]))
+        replies = self.run_serve(pickle.dumps("not a batch"), encode_batch([request]))
         self.assertIsInstance(replies[0], SpoolError)
-        self.assertIn("unexpectedly", str(replies[0]))
+        self.assertIn("not a commit batch", str(replies[0]))
         self.assertEqual(commit_process._results(Acceptor(self.files), [request], replies[1])[0].queue_id,
                          "0000000000A00000004")
 
@@ -386,7 +387,7 @@ class ServeTests(SynchronousTestCase):
         builds from its requests is exactly what the records on disk say, held/ included."""
         batch = [CommitRequest(self.entry("0000000000A00000006"), "queue", data=MESSAGE),
                  CommitRequest(self.entry("0000000000A00000007"), "held", data=MESSAGE + b"more\r\n")]
-        (reply,) = self.run_serve(pickle.dumps(batch))
+        (reply,) = self.run_serve(encode_batch(batch))
         self.assertNotIsInstance(reply[0], SpoolEntry)  # the cheap answer, not a pickled entry
         built = commit_process._results(Acceptor(self.files), batch, reply)
         for entry, where in zip(built, ("queue", "held"), strict=True):

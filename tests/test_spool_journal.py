@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.spool import commit_process, inflight
 from gateway.spool import journal as journal_module
+from gateway.spool.commit_wire import encode_batch
 from gateway.spool.disk import CommitRequest, SpoolDisk
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
 from gateway.spool.fileops import FileOps
@@ -491,7 +492,7 @@ class ChildTests(BatchCase):
         from_child, to_parent = os.pipe()
         with os.fdopen(from_parent, "wb") as f:
             for batch in batches:
-                data = pickle.dumps(batch)
+                data = encode_batch(batch)
                 f.write(commit_process._LENGTH.pack(len(data)) + data)
         commit_process.serve(disk.acceptor, disk.files.ops, to_child, to_parent, journal=journal)
         os.close(to_child)

@@ -13,8 +13,9 @@ but its own, and runs on the other core while the reactor serves the sessions.
 So the daemon (L{gateway.wiring.build_spool}, ``[spool] committer = "process"``) starts one
 child running L{main}: it reads batches of L{CommitRequest} from its stdin, runs
 L{Acceptor.publish_batch} on them, exactly as the thread would, and writes each batch's results
-to its stdout.  Both directions are pickles framed by a 4-byte length
-(L{twisted.protocols.basic.Int32StringReceiver}); the pipe is private to the two processes.
+to its stdout.  Both directions are framed by a 4-byte length
+(L{twisted.protocols.basic.Int32StringReceiver}): batches as plain values
+(L{gateway.spool.commit_wire}), answers as small pickles; the pipe is private to the two processes.
 The reactor talks to the child directly: no thread hand-off is left on the commit's path.
 
 What stays in the thread pool: a batch holding a message streamed to a temp file (large
@@ -50,6 +51,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from gateway.spool.accept import Acceptor, CommitRequest, CommitResult
+from gateway.spool.commit_wire import WireError, decode_batch, encode_batch
 from gateway.spool.entry import SpoolEntry
 from gateway.spool.fileops import FileOps
 from gateway.spool.inflight import watch_descriptor
@@ -112,7 +114,7 @@ class _Child(ProcessProtocol):
         unknown) and the error propagates: the caller commits the batch elsewhere, so it is
         not waited for here, nor undone when this child ends.
         """
-        data = pickle.dumps(requests, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode_batch(requests)
         try:
             self.transport.write(_LENGTH.pack(len(data)) + data)
         except BaseException:
@@ -390,7 +392,9 @@ def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1,
             return
         try:
             results: Any = _answers(acceptor.publish_batch(
-                pickle.loads(payload), journal=journal if journal is not None and journal.usable else None))
+                decode_batch(payload), journal=journal if journal is not None and journal.usable else None))
+        except WireError as e:
+            results = SpoolError(f"spool commit failed: {e}")
         except Exception as e:  # a bug, not a disk error (those come back per request)
             results = SpoolError(f"spool commit failed unexpectedly: {e!r}")
         reply = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
