@@ -321,3 +321,55 @@ class AcknowledgedOnlyWhenCommittedTests(SynchronousTestCase):
         self.assertEqual([line[:3] for line in lines], [b"250", b"250", b"221"])
         self.assertIn(b"queued as MEM", lines[0])
         self.assertEqual(len(spool.inner.messages), 1)
+
+
+class ReplyBeforeLogLineTests(SynchronousTestCase):
+    """The 250 goes out before the "received" line is logged (issue 13): the client's next
+    command travels while the line is rendered and written, instead of after it."""
+
+    def test_the_250_is_on_the_wire_when_the_received_line_is_logged(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        spool = LaterCommitSpool(MemorySpool())  # answered later, as the commit process answers
+        s = Session(make_factory(spool=spool))
+        self.addCleanup(s.close)
+        sent_when_logged: list[bytes] = []
+
+        def observe(event: dict) -> None:
+            if (formatEvent(event) or "").startswith("received "):
+                sent_when_logged.append(s.transport.value())
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        s.ehlo()
+        s.envelope()
+        s.cmd("DATA")
+        self.assertEqual(s.send(MESSAGE + b".\r\n"), [])
+        spool.commit_now()
+        self.assertEqual(s.lines()[0][:3], b"250")
+        self.assertEqual(len(sent_when_logged), 1)
+        self.assertIn(b"250 2.0.0 Ok: queued as MEM", sent_when_logged[0])
+
+    def test_with_commands_pipelined_behind_it_the_250_shares_their_write(self):
+        """The turn's one write stays for a pipelining client: its next commands' replies join the 250."""
+        from twisted.internet.testing import StringTransport
+
+        class CountingTransport(StringTransport):
+            writes = 0
+
+            def write(self, data: bytes) -> None:
+                self.writes += 1
+                super().write(data)
+
+        spool = LaterCommitSpool(MemorySpool())
+        transport = CountingTransport()
+        s = Session(make_factory(spool=spool), transport=transport)
+        self.addCleanup(s.close)
+        s.ehlo()
+        s.envelope()
+        s.cmd("DATA")
+        self.assertEqual(s.send(MESSAGE + b".\r\nRSET\r\nNOOP\r\n"), [])
+        before = transport.writes
+        spool.commit_now()
+        self.assertEqual([line[:3] for line in s.lines()], [b"250", b"250", b"250"])
+        self.assertEqual(transport.writes - before, 1)

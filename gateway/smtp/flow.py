@@ -119,6 +119,16 @@ class Conversation:
             self._out = []
             write_now(self._session.transport, data)
 
+    def flush_unless_pipelined(self) -> None:
+        """
+        Write the replies so far now, unless commands the client pipelined wait behind them
+        (their replies then share the write at the end of the turn).  For a reply that work
+        follows on this turn: the 250 after DATA goes out before the "received" line is
+        logged, and the client's next command travels meanwhile (issue 13).
+        """
+        if not self._reader.has_input:
+            self.flush()
+
     def discard_output(self) -> None:
         """Forget unsent replies (the connection is being aborted)."""
         self._out = []

@@ -297,6 +297,9 @@ class GatewayESMTP(Protocol, TimeoutMixin):
     def sendLine(self, line: bytes) -> None:
         self._flow.send(line)
 
+    def flush_replies(self) -> None:
+        self._flow.flush_unless_pipelined()
+
     def internal_error(self, reason: Failure) -> None:
         self.log.failure("internal error in SMTP session with {client}", reason, client=self.client_label())
         if self.state is not SessionState.GONE:

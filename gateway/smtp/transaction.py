@@ -411,13 +411,15 @@ class Transaction:
         session.messages += 1
         queue_id = getattr(outcome, "queue_id", None) or self.writer.queue_id
         size = getattr(outcome, "size", self.writer.bytes_written)
+        # The 250 on the wire first: the client's next command is on its way while the line is logged.
+        session.reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        session.flush_replies()
         session.log.info(
             "received {queue_id} from {client} size {size} nrcpt {nrcpt}",
             queue_id=queue_id, client=session.client_label(), size=size,
             nrcpt=len(self.recipients), tls=session.secure(), listener=session.listener.name,
             **{"from": self.sender, "to": [str(r) for r in self.recipients]},
         )
-        session.reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         try:
             session.factory.message_accepted(size)  # before end(): a worker's last report counts it
         except Exception:  # noqa: BLE001 - the message is queued and answered: counting must not undo that
