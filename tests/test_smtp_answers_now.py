@@ -328,9 +328,15 @@ class ReplyBeforeLogLineTests(SynchronousTestCase):
     command travels while the line is rendered and written, instead of after it."""
 
     def test_the_250_is_on_the_wire_when_the_received_line_is_logged(self):
+        self.check_250_before_the_line(later=True)  # answered later, as the commit process answers
+
+    def test_also_when_the_commit_answers_at_once(self):
+        self.check_250_before_the_line(later=False)
+
+    def check_250_before_the_line(self, later: bool) -> None:
         from twisted.logger import formatEvent, globalLogPublisher
 
-        spool = LaterCommitSpool(MemorySpool())  # answered later, as the commit process answers
+        spool: Any = LaterCommitSpool(MemorySpool()) if later else MemorySpool()
         s = Session(make_factory(spool=spool))
         self.addCleanup(s.close)
         sent_when_logged: list[bytes] = []
@@ -344,9 +350,12 @@ class ReplyBeforeLogLineTests(SynchronousTestCase):
         s.ehlo()
         s.envelope()
         s.cmd("DATA")
-        self.assertEqual(s.send(MESSAGE + b".\r\n"), [])
-        spool.commit_now()
-        self.assertEqual(s.lines()[0][:3], b"250")
+        replies = s.send(MESSAGE + b".\r\n")
+        if later:
+            self.assertEqual(replies, [])
+            spool.commit_now()
+            replies = s.lines()
+        self.assertEqual(replies[0][:3], b"250")
         self.assertEqual(len(sent_when_logged), 1)
         self.assertIn(b"250 2.0.0 Ok: queued as MEM", sent_when_logged[0])
 

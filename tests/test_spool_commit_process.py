@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config import ConfigError
 from gateway.config.loader import build_config
-from gateway.spool import commit_process
+from gateway.spool import commit_process, commit_wire
 from gateway.spool.accept import Acceptor, CommitRequest
 from gateway.spool.commit_wire import encode_batch
 from gateway.spool.entry import Envelope, Provenance, SpoolEntry
@@ -284,6 +284,35 @@ class CommitProcessTests(TestCase):
         self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
 
     @inlineCallbacks
+    def test_a_child_that_reads_another_format_leaves_the_commits_to_the_threads(self):
+        """The package changed under the running daemon, and a new child reads batches in another
+        format: it commits none of them, the log says to restart, those commits fail (451),
+        and after three such children the spool's threads commit with the daemon's own code."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.process.stopService()
+        self.process = self.spool.commit_in_process()
+        self.process._module = "tests.commit_child_other_format"
+        self.process.startService()
+        self.addCleanup(self.process.stopService)
+        failed = []
+        while self.process.usable:
+            writer = yield self.spool.open_writer()
+            writer.write(MESSAGE)
+            yield self.assertFailure(writer.commit(ENVELOPE, PROVENANCE), SpoolError)
+            failed.append(writer.queue_id)
+        self.assertEqual(len(failed), commit_process.GIVE_UP_AFTER)
+        for queue_id in failed:
+            self.assertFalse(os.path.exists(os.path.join(self.directory, "queue", queue_id + ".env")))
+        entry = yield self.commit()
+        self.assertEqual(self.in_thread, [[entry.queue_id]])
+        said = [formatEvent(e) for e in events]
+        self.assertTrue(any("restart the daemon" in line for line in said), said)
+        self.assertTrue(any("intake commits in the spool's threads from now on" in line for line in said), said)
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])  # no journal left behind
+
+    @inlineCallbacks
     def test_stop_ends_the_child(self):
         """Stopping closes the child's stdin; it exits, and is reaped."""
         yield self.commit()
@@ -374,13 +403,24 @@ class ServeTests(SynchronousTestCase):
         self.assertEqual(kinds[-2:], ["syncfs", "write"])  # the last write is the answer, on the pipe
         self.assertEqual(self.ops.events[-1], ("write", "?"))
 
-    def test_a_bad_batch_is_answered_with_an_error_not_an_exit(self):
+    def test_a_batch_that_fails_unexpectedly_is_answered_with_an_error_not_an_exit(self):
+        broken = CommitRequest(self.entry("0000000000A00000009"), "nowhere", data=MESSAGE)  # a bug's batch
         request = CommitRequest(self.entry("0000000000A00000004"), data=MESSAGE)
-        replies = self.run_serve(pickle.dumps("not a batch"), encode_batch([request]))
+        replies = self.run_serve(encode_batch([broken]), encode_batch([request]))
         self.assertIsInstance(replies[0], SpoolError)
-        self.assertIn("not a commit batch", str(replies[0]))
+        self.assertIn("unexpectedly", str(replies[0]))
         self.assertEqual(commit_process._results(Acceptor(self.files), [request], replies[1])[0].queue_id,
                          "0000000000A00000004")
+
+    def test_a_batch_it_cannot_read_ends_it_without_an_answer(self):
+        """Answering an error would fail every later batch alike (a parent running other code):
+        the child ends with its own status, nothing of the batch committed, nothing answered."""
+        request = CommitRequest(self.entry("0000000000A0000000A"), data=MESSAGE)
+        for unreadable in (pickle.dumps([request]), b"not a pickle", pickle.dumps((commit_wire.FORMAT + 1, []))):
+            with self.subTest(unreadable=unreadable[:16]):
+                e = self.assertRaises(SystemExit, self.run_serve, unreadable, encode_batch([request]))
+                self.assertEqual(e.code, commit_process.EXIT_UNREADABLE_BATCH)
+                self.assertEqual(os.listdir(os.path.join(self.directory, "queue")), [])
 
     def test_the_parent_builds_the_entries_the_child_stored(self):
         """The child answers a size and digest per message, not the entry: what the parent

@@ -54,6 +54,12 @@ class RoundTripTests(SynchronousTestCase):
             "AttemptRecord": ["at", "reason", "cause"],
         }, "fields changed: update gateway.spool.commit_wire (and bump its FORMAT) and this list")
 
+    def test_one_value_per_field(self) -> None:
+        """A field added anywhere changes the count, so the codec cannot leave it behind silently."""
+        leaves = (len(attrs.fields(CommitRequest)) - 2  # the entry's values stand in for it; temp never travels
+                  + len(attrs.fields(SpoolEntry)) - 2 + len(attrs.fields(Envelope)) + len(attrs.fields(Provenance)))
+        self.assertEqual(len(commit_wire._request_values(_full_request())), leaves)
+
     def test_plain_values_only(self) -> None:
         """What makes it cheap: no class of ours is named in the bytes, so none runs to read them."""
         encoded = commit_wire.encode_batch([_full_request()])
@@ -67,9 +73,11 @@ class RefusalTests(SynchronousTestCase):
         self.assertRaises(commit_wire.WireError, commit_wire.encode_batch, [request])
 
     def test_another_format_names_the_cause(self) -> None:
-        data = pickle.dumps((commit_wire.FORMAT + 1, []))
-        e = self.assertRaises(commit_wire.WireError, commit_wire.decode_batch, data)
-        self.assertIn("restart the daemon", str(e))
+        for data in (pickle.dumps((commit_wire.FORMAT + 1, [])),
+                     pickle.dumps([_full_request(), _full_request()])):  # attrs objects, as before FORMAT 1
+            with self.subTest(data=data[:20]):
+                e = self.assertRaises(commit_wire.WireError, commit_wire.decode_batch, data)
+                self.assertIn("restart the daemon", str(e))
 
     def test_what_is_not_a_batch_is_refused(self) -> None:
         good = commit_wire.encode_batch([_full_request()])
@@ -78,3 +86,13 @@ class RefusalTests(SynchronousTestCase):
             with self.subTest(data=data[:20]):
                 e = self.assertRaises(commit_wire.WireError, commit_wire.decode_batch, data)
                 self.assertIn("not a commit batch", str(e))
+
+    def test_the_error_shows_nothing_of_the_batch(self) -> None:
+        """The error is logged, and a batch holds messages: none of its values is in the text."""
+        request = _full_request()
+        for data in (pickle.dumps([request, request]), pickle.dumps((request, request)),
+                     pickle.dumps((commit_wire.FORMAT, [(request.data,)]))):
+            with self.subTest(data=data[:20]):
+                e = self.assertRaises(commit_wire.WireError, commit_wire.decode_batch, data)
+                for value in ("printer", "bounce@example.com", "Subject", "1K1GJAXF4MPJKFWYCAD"):
+                    self.assertNotIn(value, str(e))

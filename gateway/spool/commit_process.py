@@ -40,7 +40,7 @@ import signal
 import struct
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from twisted.application.service import Service
 from twisted.internet import error as net_error
@@ -65,6 +65,8 @@ MAX_FRAME = 64 * 1024 * 1024
 STOP_GRACE = 30.0
 #: Children in a row that end before answering anything: then commits stay in the threads.
 GIVE_UP_AFTER = 3
+#: The child's exit status when it cannot read a batch (L{_refuse}).
+EXIT_UNREADABLE_BATCH = 3
 #: Environment the child keeps: where Python finds its modules, and the locale.
 _KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONHASHSEED")
 _LENGTH = struct.Struct("!I")
@@ -391,16 +393,32 @@ def serve(acceptor: Acceptor, ops: FileOps, read_fd: int = 0, write_fd: int = 1,
                 _close(journal)
             return
         try:
-            results: Any = _answers(acceptor.publish_batch(
-                decode_batch(payload), journal=journal if journal is not None and journal.usable else None))
+            requests = decode_batch(payload)
         except WireError as e:
-            results = SpoolError(f"spool commit failed: {e}")
+            _refuse(e, journal)
+        try:
+            results: Any = _answers(acceptor.publish_batch(
+                requests, journal=journal if journal is not None and journal.usable else None))
         except Exception as e:  # a bug, not a disk error (those come back per request)
             results = SpoolError(f"spool commit failed unexpectedly: {e!r}")
         reply = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
         ops.write(write_fd, _LENGTH.pack(len(reply)) + reply)
         if journal is not None and journal.retire_in() == 0:
             _retire(journal)
+
+
+def _refuse(error: WireError, journal: Optional[IntakeJournal]) -> NoReturn:
+    """
+    A batch this child cannot read (most likely one from a parent running other code: the
+    package was changed while the daemon ran): nothing of it is committed, and the child ends
+    without an answer.  Answering an error instead would fail every later batch the same way;
+    ending makes the parent fail this batch (451), start another child, and after
+    L{GIVE_UP_AFTER} that end before their first answer, commit in its own threads.
+    """
+    _tell(f"spool commit process: {error}")
+    if journal is not None:
+        _close(journal)
+    raise SystemExit(EXIT_UNREADABLE_BATCH)
 
 
 def _wait_for_input(read_fd: int, journal: Optional[IntakeJournal]) -> None:

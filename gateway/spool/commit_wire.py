@@ -12,10 +12,11 @@ it before it can start the commit.
 
 The layout is spelt out field by field, so a field added to L{SpoolEntry}, L{Provenance},
 L{Envelope}, L{AttemptRecord} or L{CommitRequest} must be added here too: a test checks the
-field lists and that a request with every field set comes back equal.  A batch carries
-L{FORMAT}, so a child started from code newer or older than its parent's (the package was
-upgraded while the daemon ran) refuses the batch with an error that says so, instead of
-storing something else.
+field lists, that the tuple has one value per field, and that a request with every field set
+comes back equal.  A batch carries L{FORMAT}, so a child started from code newer or older than
+its parent's (the package was upgraded while the daemon ran, and the child was started again)
+refuses the batch instead of storing something else: it says why and exits, and the parent,
+after a few such children, commits in its own threads (L{gateway.spool.commit_process}).
 """
 
 from __future__ import annotations
@@ -42,16 +43,22 @@ def encode_batch(requests: list[CommitRequest]) -> bytes:
 
 def decode_batch(data: bytes) -> list[CommitRequest]:
     """The requests L{encode_batch} wrote; L{WireError} for anything else."""
+    # The errors name no value from the bytes: they may hold a message, and they are logged.
     try:
-        version, batch = pickle.loads(data)
-        if version != FORMAT:
-            raise WireError(f"a commit batch in format {version!r}, and this process reads format {FORMAT}: "
-                            "the package was changed while the daemon ran; restart the daemon")
-        return [_request(values) for values in batch]
-    except WireError:
-        raise
+        decoded = pickle.loads(data)
     except Exception as e:  # noqa: BLE001 - whatever the bytes were, they are not a batch
-        raise WireError(f"not a commit batch: {e!r}") from e
+        raise WireError(f"not a commit batch (unreadable: {type(e).__name__})") from None
+    if not (type(decoded) is tuple and len(decoded) == 2 and type(decoded[0]) is int and type(decoded[1]) is list):
+        raise WireError(f"not a commit batch in any format of this gateway's (a {type(decoded).__name__}): the "
+                        "package was changed while the daemon ran; restart the daemon")
+    version, batch = decoded
+    if version != FORMAT:
+        raise WireError(f"a commit batch in format {version}, and this process reads format {FORMAT}: the package "
+                        "was changed while the daemon ran; restart the daemon")
+    try:
+        return [_request(values) for values in batch]
+    except Exception as e:  # noqa: BLE001 - a batch of something else
+        raise WireError(f"not a commit batch (malformed: {type(e).__name__})") from None
 
 
 def _request_values(request: CommitRequest) -> tuple[Any, ...]:
