@@ -101,16 +101,6 @@ class CommitProcessTests(TestCase):
         self.assertTrue(os.path.exists(os.path.join(self.directory, "queue", entry.queue_id + ".env")))
 
     @inlineCallbacks
-    def test_the_batch_is_in_the_pipe_before_the_reactor_turns(self):
-        """Nothing goes through the transport's buffer, which is written only on the next turn."""
-        child = self.process._child
-        buffered = []
-        real_write = child.transport.write
-        child.transport.write = lambda data: (buffered.append(data), real_write(data))
-        yield self.commit()
-        self.assertEqual(buffered, [])
-
-    @inlineCallbacks
     def test_concurrent_commits_share_the_child(self):
         """Ten commits at once: the first goes alone, the nine that come while it runs share
         the next batch; all committed by one child."""
@@ -235,14 +225,13 @@ class CommitProcessTests(TestCase):
         have got part of it) is stopped, and its end undoes nothing of that batch; the next
         commit goes to a new child and is answered."""
         child = self.process._child
-        pipe = child.transport.pipes[0]  # the batch is written straight into it (write_to_stdin)
-        real_write = pipe.writeSomeData
+        real_write = child.transport.write
 
         def failing_write(data):
-            pipe.writeSomeData = real_write
+            child.transport.write = real_write
             raise MemoryError()
 
-        pipe.writeSomeData = failing_write
+        child.transport.write = failing_write
         first = yield self.commit()
         yield child.ended
         self.assertEqual(self.in_thread, [[first.queue_id]])
@@ -343,66 +332,6 @@ def _entry(queue_id: str) -> SpoolEntry:
 def _gather(ds: list) -> Deferred:
     from twisted.internet.defer import gatherResults
     return gatherResults(ds, consumeErrors=True)
-
-
-class _Pipe:
-    """A process transport's stdin writer: takes ``room`` bytes, or answers ``error``."""
-
-    connected = True
-    disconnecting = False
-
-    def __init__(self, room: int = 1 << 20, buffered: bytes = b"", error: object = None) -> None:
-        self.room, self.dataBuffer, self._tempDataBuffer, self.error = room, buffered, [], error
-        self.written = b""
-
-    def writeSomeData(self, data: bytes) -> object:  # noqa: N802 - Twisted's name
-        if self.error is not None:
-            return self.error
-        self.written += data[:self.room]
-        return min(len(data), self.room)
-
-
-class _Transport:
-    def __init__(self, pipe: object = None) -> None:
-        if pipe is not None:
-            self.pipes = {0: pipe}
-        self.buffered = b""
-
-    def write(self, data: bytes) -> None:
-        self.buffered += data
-
-
-class WriteToStdinTests(SynchronousTestCase):
-    """A batch goes into the child's stdin at once, not on the reactor's next turn (issue 13),
-    and never ahead of bytes written before it."""
-
-    def test_into_the_pipe_now(self):
-        transport = _Transport(pipe := _Pipe())
-        commit_process.write_to_stdin(transport, b"batch")
-        self.assertEqual((pipe.written, transport.buffered), (b"batch", b""))
-
-    def test_what_the_pipe_does_not_take_follows_through_the_transport(self):
-        transport = _Transport(pipe := _Pipe(room=3))
-        commit_process.write_to_stdin(transport, b"batch")
-        self.assertEqual((pipe.written, transport.buffered), (b"bat", b"ch"))
-
-    def test_behind_bytes_still_buffered_it_waits_its_turn(self):
-        for pipe in (_Pipe(buffered=b"earlier"), _Pipe()):
-            if not pipe.dataBuffer:
-                pipe._tempDataBuffer = [b"earlier"]
-            transport = _Transport(pipe)
-            commit_process.write_to_stdin(transport, b"batch")
-            self.assertEqual((pipe.written, transport.buffered), (b"", b"batch"))
-
-    def test_an_error_is_left_to_the_transport_to_report(self):
-        transport = _Transport(_Pipe(error=ConnectionError("gone")))
-        commit_process.write_to_stdin(transport, b"batch")
-        self.assertEqual(transport.buffered, b"batch")
-
-    def test_a_transport_without_pipes_is_written_as_ever(self):
-        transport = _Transport()
-        commit_process.write_to_stdin(transport, b"batch")
-        self.assertEqual(transport.buffered, b"batch")
 
 
 class ServeTests(SynchronousTestCase):

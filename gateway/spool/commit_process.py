@@ -118,7 +118,7 @@ class _Child(ProcessProtocol):
         """
         data = encode_batch(requests)
         try:
-            write_to_stdin(self.transport, _LENGTH.pack(len(data)) + data)
+            self.transport.write(_LENGTH.pack(len(data)) + data)
         except BaseException:
             self._broken = True
             _kill(self)
@@ -331,25 +331,6 @@ def _results(acceptor: Acceptor, requests: list[CommitRequest], answers: Any) ->
 def _answers(results: list[CommitResult]) -> list[Any]:
     """What the child sends back for each result: its size and digest, or its error."""
     return [(result.size, result.message_digest) if isinstance(result, SpoolEntry) else result for result in results]
-
-
-def write_to_stdin(transport: Any, data: bytes) -> None:
-    """
-    Write ``data`` into the child's stdin now, when nothing written earlier still waits: the
-    process transport's ``write`` only buffers it, and the pipe is written on the reactor's next
-    turn, after the rest of this one, with four ``epoll_ctl`` calls around it (stop watching the
-    pipe for its close, watch it for writing, then the reverse).  What the pipe does not take
-    (a batch larger than it, or an error) goes through ``write``, which buffers it, writes it in
-    order and reports a closed pipe as it always does.
-    """
-    pipe = getattr(transport, "pipes", {}).get(0)
-    if (pipe is not None and pipe.connected and not pipe.disconnecting and not pipe.dataBuffer
-            and not getattr(pipe, "_tempDataBuffer", True)):
-        sent = pipe.writeSomeData(data)
-        if isinstance(sent, int):
-            data = data[sent:]
-    if data:
-        transport.write(data)
 
 
 def _kill(child: _Child) -> None:
