@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from html.parser import HTMLParser
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import treq
 from twisted.internet import reactor
@@ -28,10 +28,17 @@ def message(sender: str, to: str, subject: str) -> bytes:
 
 
 @inlineCallbacks
-def start_status_gateway(case: Any, status: Optional[dict] = None, extra: Optional[dict] = None) -> Any:
-    """A Graph gateway with ``[status]`` on loopback; returns ``(gateway, fake_graph, base_url)``."""
+def start_status_gateway(case: Any, status: Optional[dict] = None, extra: Optional[dict] = None,
+                         before: Optional[Callable[[Any], None]] = None) -> Any:
+    """
+    A Graph gateway with ``[status]`` on loopback; returns ``(gateway, fake_graph, base_url)``.
+    ``before(fake)`` runs before the gateway starts: a fault of the token endpoint must be in
+    place by then, or the gateway's start-up token probe may get a token ahead of it.
+    """
     fake = yield start_fake_graph(reactor, os.path.abspath(case.mktemp()))
     case.addCleanup(fake.stop)
+    if before is not None:
+        before(fake)
     data = {
         "graph": {
             "tenant_id": fake.tenant_id, "client_id": fake.client_id, "client_secret": fake.client_secret,

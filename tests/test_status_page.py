@@ -237,8 +237,8 @@ class NeedsAdminTests(TestCase):
     def test_refused_credentials_show_needs_admin_with_action(self):
         from gateway.testing.fake_graph import Fault
 
-        gw, fake, base = yield start_status_gateway(self)
-        fake.inject(Fault.invalid_client(), operation="token", times=None)
+        gw, fake, base = yield start_status_gateway(
+            self, before=lambda fake: fake.inject(Fault.invalid_client(), operation="token", times=None))
         yield send_message(gw.port("local"), DELIVERED_FROM, ["alice@corp.example"],
                            message(DELIVERED_FROM, "alice@corp.example", "held"))
         yield gw.outcomes(1, ("deferred",))
