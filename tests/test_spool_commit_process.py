@@ -60,6 +60,21 @@ class CommitProcessTests(TestCase):
         self.spool.committer._run_batch = recording
 
     @inlineCallbacks
+    def child_from(self, module: str):
+        """From now on the children run ``module`` instead of the commit process's."""
+        yield self.process.stopService()
+        self.process = self.spool.commit_in_process()
+        self.process._module = module
+        self.process.startService()
+        self.addCleanup(self.process.stopService)
+
+    def capture_log(self) -> list:
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    @inlineCallbacks
     def commit(self, message: bytes = MESSAGE):
         writer = yield self.spool.open_writer()
         writer.write(message)
@@ -155,11 +170,7 @@ class CommitProcessTests(TestCase):
         """The child dies after its batch's renames and flush, before it answers: the client is
         told to try again (451), so the entry it cannot know about is removed, with the
         batch's marker; the next child is started for the next commit."""
-        yield self.process.stopService()
-        self.process = self.spool.commit_in_process()
-        self.process._module = "tests.commit_child_dies"
-        self.process.startService()
-        self.addCleanup(self.process.stopService)
+        yield self.child_from("tests.commit_child_dies")
         writer = yield self.spool.open_writer()
         writer.write(MESSAGE)
         error = yield self.assertFailure(writer.commit(ENVELOPE, PROVENANCE), SpoolError)
@@ -259,14 +270,8 @@ class CommitProcessTests(TestCase):
         """A child that ends before its first answer, three times in a row: those commits fail
         (451, nothing acknowledged), the log says what happens next, and later commits are
         made by the spool's threads."""
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        yield self.process.stopService()
-        self.process = self.spool.commit_in_process()
-        self.process._module = "tests.no_such_module"
-        self.process.startService()
-        self.addCleanup(self.process.stopService)
+        events = self.capture_log()
+        yield self.child_from("tests.no_such_module")
         yield self.process._child.ended  # the first child, started with the service, has ended
         failed = 0
         while self.process.usable:
@@ -288,14 +293,8 @@ class CommitProcessTests(TestCase):
         """The package changed under the running daemon, and a new child reads batches in another
         format: it commits none of them, the log says to restart, those commits fail (451),
         and after three such children the spool's threads commit with the daemon's own code."""
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        yield self.process.stopService()
-        self.process = self.spool.commit_in_process()
-        self.process._module = "tests.commit_child_other_format"
-        self.process.startService()
-        self.addCleanup(self.process.stopService)
+        events = self.capture_log()
+        yield self.child_from("tests.commit_child_other_format")
         failed = []
         while self.process.usable:
             writer = yield self.spool.open_writer()

@@ -114,7 +114,7 @@ class Recovery:
         markers = [path for path in others if path.endswith(inflight.INFLIGHT)]
         journals = [path for path in others if path.endswith(JOURNAL)]
         for path in others:
-            if path not in markers and path not in journals and quietly(self._files.ops.unlink, path) is None:
+            if not path.endswith((inflight.INFLIGHT, JOURNAL)) and quietly(self._files.ops.unlink, path) is None:
                 report.removed.append(path)
         return markers, journals
 

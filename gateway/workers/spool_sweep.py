@@ -82,8 +82,8 @@ def remove_temp_files(tmp_dir: str, tag: str, watch: Optional[int] = None) -> Te
                 removed += 1
             except FileNotFoundError:
                 pass
-    settled = markers + (journals if watch is not None else [])
-    kept = [path for path in journals if path not in settled]
+    # Without a descriptor from before the worker started, its journal waits for start-up.
+    settled, kept = (markers + journals, []) if watch is not None else (markers, journals)
     if settled and not settle(FileOps(), tmp_dir, settled, watch):
         kept += settled
         settled = []
