@@ -162,6 +162,21 @@ class MetricsRegistryTests(SynchronousTestCase):
         other = {f.name: f for f in text_string_to_metric_families(exposition(two.registry).decode())}
         self.assertEqual([s for s in other["graphsmtp_smtp_messages_accepted"].samples], [])
 
+    def test_a_listeners_counters_count_in_its_own_series(self):
+        """Each listener's series is looked up once and kept (issue 13); the listeners still count apart."""
+        metrics = GatewayMetrics(process=False)
+        mx, submission = metrics.intake_for("mx"), metrics.intake_for("submission")
+        mx.message_accepted(100)
+        mx.message_accepted(300)
+        submission.message_accepted(5000)
+        registry = metrics.registry
+        self.assertEqual(
+            [registry.get_sample_value(name, {"listener": listener})
+             for listener in ("mx", "submission")
+             for name in ("graphsmtp_smtp_messages_accepted_total", "graphsmtp_message_size_bytes_count",
+                          "graphsmtp_message_size_bytes_sum")],
+            [2.0, 2.0, 400.0, 1.0, 1.0, 5000.0])
+
 
 class BucketTests(SynchronousTestCase):
     def test_qshape_buckets_double(self):

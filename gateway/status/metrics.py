@@ -87,12 +87,20 @@ class GatewayMetrics:
         self.queue_delay = Histogram(
             "graphsmtp_queue_delay_seconds", "Time from acceptance to delivery of delivered messages.",
             buckets=QUEUE_DELAY_BUCKETS, registry=self.registry)
+        #: Per listener: its series of smtp_accepted and message_size (L{message_accepted}).
+        self._accepted_series: dict[str, tuple[Any, Any]] = {}
 
     # -- hooks (called where things happen) ------------------------------------------------
 
     def message_accepted(self, listener: str, size: int) -> None:
-        self.smtp_accepted.labels(listener).inc()
-        self.message_size.labels(listener).observe(size)
+        # A listener's two series are looked up once: labels() validates and locks on every
+        # call, three times the cost of counting, once per accepted message (issue 13).
+        series = self._accepted_series.get(listener)
+        if series is None:
+            series = self._accepted_series[listener] = (self.smtp_accepted.labels(listener),
+                                                        self.message_size.labels(listener))
+        series[0].inc()
+        series[1].observe(size)
 
     def reply_refused(self, listener: str, code: int) -> None:
         self.smtp_refused.labels(listener, reply_class(code)).inc()
