@@ -255,9 +255,11 @@ class GraphsmtpServer:
     name = "graphsmtp"
 
     def __init__(self, workdir: str, port: int, python: str, workers: int = 1, root: str = ROOT,
-                 label: str = "") -> None:
+                 label: str = "", prelude: str = "") -> None:
         #: ``[gateway] workers``: with more than one, the table names the column "graphsmtp wN".
         self.workers = workers
+        #: Python run in the daemon before twistd (bench/reactor_steps.py installs its probe).
+        self.prelude = prelude
         #: The source tree it runs from (``--baseline``: an older checkout, named by ``label``).
         self.root = root
         self.name = ("graphsmtp" if workers == 1 else f"graphsmtp w{workers}") + label
@@ -295,7 +297,7 @@ class GraphsmtpServer:
         log = open(os.path.join(self.base, "twistd.log"), "ab")
         env = dict(os.environ, PYTHONPATH=self.root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.process = subprocess.Popen(
-            [self.python, "-c", "from twisted.scripts.twistd import run; run()",
+            [self.python, "-c", self.prelude + "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "--logfile=-", "graphsmtp", "--config", config],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env)
         wait_for_port(self.port, 60, "graphsmtp", alive=lambda: self.process.poll() is None)

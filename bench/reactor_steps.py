@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""
+Where the reactor thread's CPU goes, step by step, in the real daemon under smtp-source
+(issue 13): the accept and greeting, each command, the message up to its hand-off to the
+spool, the commit's answer (the 250, the log line, the counters), the close, and the
+reactor's own loop (everything else: epoll, timers, the Deferreds between the steps).
+
+bench/step_latency.py measures the same steps from the client's side; this one measures the
+server's side, where the remaining gap to Postfix is: Python run once per message among
+everything else, "cold", costs several times its figure in a warm loop
+(bench/bench_session_calls.py).  The daemon runs with bench/reactor_probe.py installed; its
+counts are read over the measured run only, after a warm-up.  One intake process
+(``[gateway] workers = 1``): the probe is in the main process.
+
+    python bench/reactor_steps.py --workdir /mnt/spool-disk/bench    # as root; a real disk, not tmpfs
+    python bench/reactor_steps.py --workdir /mnt/spool-disk/bench --cells 10k-1 10k-10 1m-10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from compare_postfix import CELLS, HERE, REFUSED_FILESYSTEMS, ROOT, GraphsmtpServer, run_cell  # noqa: E402
+
+STEPS = ("accept", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "message", "commit answer", "QUIT", "close")
+PRELUDE = f"import sys; sys.path.append({HERE!r}); import reactor_probe; reactor_probe.install(); "
+
+
+def read_counts(server: GraphsmtpServer, out: str) -> dict:
+    """SIGUSR2 to the daemon, then its counts since the last one (the probe writes them whole)."""
+    if os.path.exists(out):
+        os.unlink(out)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(out):
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            raise SystemExit(f"the daemon wrote no counts to {out}; see its twistd.log")
+        time.sleep(0.05)
+    with open(out) as f:
+        return json.load(f)
+
+
+def table(counts: dict, messages: int) -> str:
+    steps, total = counts["steps"], counts["reactor_cpu_ns"]
+    rows = ["| step | calls per message | reactor CPU µs per message | share |", "|---|---|---|---|"]
+    named = 0
+    for step in STEPS + tuple(sorted(set(steps) - set(STEPS))):
+        calls, cpu = steps.get(step, (0, 0))
+        named += cpu
+        if calls / messages >= 0.01:  # not the odd connection of a cell with many messages per connection
+            rows.append(f"| {step} | {calls / messages:.2f} | {cpu / messages / 1e3:.0f} | {cpu * 100 / total:.0f} % |")
+    rest = total - named
+    rows.append(f"| the reactor's own loop and the rest | | {rest / messages / 1e3:.0f} | {rest * 100 / total:.0f} % |")
+    rows.append(f"| **reactor thread, all** | | **{total / messages / 1e3:.0f}** | |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="work directory on a real disk")
+    parser.add_argument("--cells", nargs="*", default=["10k-1", "10k-10"],
+                        help="cells of compare_postfix.py: " + ", ".join(c.name for c in CELLS))
+    parser.add_argument("--warmup", type=int, default=300, help="messages sent before the counts start")
+    parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    options = parser.parse_args()
+    cells = [c for c in CELLS if c.name in options.cells]
+    unknown = set(options.cells) - {c.name for c in CELLS}
+    if unknown:
+        parser.error(f"unknown cell(s): {', '.join(sorted(unknown))}")
+    if shutil.which("smtp-source") is None:
+        raise SystemExit("smtp-source not found: install Debian's postfix package")
+    os.makedirs(options.workdir, exist_ok=True)
+    workdir = os.path.abspath(options.workdir)
+    from gateway.spool.filesystem import filesystem_type
+    from gateway.testing.ports import PortPicker
+
+    if filesystem_type(workdir) in REFUSED_FILESYSTEMS:
+        raise SystemExit(f"{workdir} is on tmpfs: fsync is free there; use --workdir on a real disk")
+    out = os.path.join(workdir, "reactor-steps.json")
+    os.environ["GRAPHSMTP_PROBE_OUT"] = out
+    server = GraphsmtpServer(workdir, PortPicker().port(), options.python, prelude=PRELUDE)
+    server.start()
+    try:
+        for cell in cells:
+            run_cell(server, cell, options.warmup)
+            read_counts(server, out)  # from here on
+            result = run_cell(server, cell, cell.messages)
+            counts = read_counts(server, out)
+            print(f"\n{cell.label()}: {cell.messages} messages, {result.rate:.0f} msg/s, "
+                  f"{result.cpu_ms:.2f} ms CPU per message (the whole daemon)\n")
+            print(table(counts, cell.messages), flush=True)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
