@@ -165,6 +165,16 @@ class MetricsRegistryTests(SynchronousTestCase):
     def test_a_listeners_counters_count_in_its_own_series(self):
         """Each listener's series is looked up once and kept (issue 13); the listeners still count apart."""
         metrics = GatewayMetrics(process=False)
+        looked_up = []
+
+        def counted(real):
+            def labels(*values):
+                looked_up.append(values)
+                return real(*values)
+            return labels
+
+        for metric in (metrics.smtp_accepted, metrics.message_size):
+            metric.labels = counted(metric.labels)
         mx, submission = metrics.intake_for("mx"), metrics.intake_for("submission")
         mx.message_accepted(100)
         mx.message_accepted(300)
@@ -176,6 +186,7 @@ class MetricsRegistryTests(SynchronousTestCase):
              for name in ("graphsmtp_smtp_messages_accepted_total", "graphsmtp_message_size_bytes_count",
                           "graphsmtp_message_size_bytes_sum")],
             [2.0, 2.0, 400.0, 1.0, 1.0, 5000.0])
+        self.assertEqual(sorted(looked_up), [("mx",), ("mx",), ("submission",), ("submission",)])
 
 
 class BucketTests(SynchronousTestCase):
