@@ -1,18 +1,20 @@
 #!/usr/bin/env python
 """
 Where the reactor thread's CPU goes, step by step, in the real daemon under smtp-source
-(issue 13): the accept and greeting, each command, the message up to its hand-off to the
-spool, the commit's answer (the 250, the log line, the counters), the close, and the
-reactor's own loop (everything else: epoll, timers, the Deferreds between the steps).
+(issue 13): the accept and greeting, each command (its read and what the session did with
+it), the message up to its hand-off to the spool, the batch's write into the commit child,
+the commit's answer (the 250, the log line, the counters), the close, and the rest (the
+reactor's loop: epoll and timers; the spool threads' answers to a streamed message's writes).
 
 bench/step_latency.py measures the same steps from the client's side; this one measures the
 server's side, where the remaining gap to Postfix is: Python run once per message among
 everything else, "cold", costs several times its figure in a warm loop
 (bench/bench_session_calls.py).  The daemon runs with bench/reactor_probe.py installed; its
-counts are read over the measured run only, after a warm-up.  One intake process
-(``[gateway] workers = 1``): the probe is in the main process.
+counts are read over the measured run only, after a warm-up.  The commit child's CPU (user +
+system, from /proc) is given beside it.  One intake process (``[gateway] workers = 1``): the
+probe is in the main process.
 
-    python bench/reactor_steps.py --workdir /mnt/spool-disk/bench    # as root; a real disk, not tmpfs
+    python bench/reactor_steps.py --workdir /mnt/spool-disk/bench    # a real disk, not tmpfs
     python bench/reactor_steps.py --workdir /mnt/spool-disk/bench --cells 10k-1 10k-10 1m-10
 """
 
@@ -28,9 +30,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare_postfix import CELLS, HERE, REFUSED_FILESYSTEMS, ROOT, GraphsmtpServer, run_cell  # noqa: E402
+from compare_postfix import (  # noqa: E402
+    CELLS,
+    CLOCK_TICKS,
+    HERE,
+    REFUSED_FILESYSTEMS,
+    ROOT,
+    GraphsmtpServer,
+    _children,
+    _stat_fields,
+    run_cell,
+)
 
-STEPS = ("accept", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "message", "commit answer", "QUIT", "close")
+STEPS = ("accept", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "message", "batch to the commit child", "commit answer",
+         "QUIT", "socket write", "read", "close")
 PRELUDE = f"import sys; sys.path.append({HERE!r}); import reactor_probe; reactor_probe.install(); "
 
 
@@ -54,14 +67,31 @@ def table(counts: dict, messages: int) -> str:
     rows = ["| step | calls per message | reactor CPU µs per message | share |", "|---|---|---|---|"]
     named = 0
     for step in STEPS + tuple(sorted(set(steps) - set(STEPS))):
-        calls, cpu = steps.get(step, (0, 0))
-        named += cpu
-        if calls / messages >= 0.01:  # not the odd connection of a cell with many messages per connection
-            rows.append(f"| {step} | {calls / messages:.2f} | {cpu / messages / 1e3:.0f} | {cpu * 100 / total:.0f} % |")
+        if step in steps:
+            calls, cpu = steps[step]
+            named += cpu
+            rows.append(f"| {step} | {calls / messages:.3f} | {cpu / messages / 1e3:.0f} | {cpu * 100 / total:.0f} % |")
     rest = total - named
-    rows.append(f"| the reactor's own loop and the rest | | {rest / messages / 1e3:.0f} | {rest * 100 / total:.0f} % |")
+    rows.append(f"| the rest (the reactor's loop, other callbacks) | | {rest / messages / 1e3:.0f} | "
+                f"{rest * 100 / total:.0f} % |")
     rows.append(f"| **reactor thread, all** | | **{total / messages / 1e3:.0f}** | |")
     return "\n".join(rows)
+
+
+def commit_child_cpu(server: GraphsmtpServer) -> float:
+    """Seconds of CPU (user + system) the daemon's commit child has used so far."""
+    assert server.process is not None
+    for pid in _children(server.process.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"gateway.spool.commit_process" not in f.read():
+                    continue
+        except OSError:
+            continue
+        fields = _stat_fields(pid)
+        if fields is not None:
+            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return 0.0
 
 
 def main() -> None:
@@ -93,10 +123,13 @@ def main() -> None:
         for cell in cells:
             run_cell(server, cell, options.warmup)
             read_counts(server, out)  # from here on
+            child = commit_child_cpu(server)
             result = run_cell(server, cell, cell.messages)
+            child = commit_child_cpu(server) - child
             counts = read_counts(server, out)
             print(f"\n{cell.label()}: {cell.messages} messages, {result.rate:.0f} msg/s, "
-                  f"{result.cpu_ms:.2f} ms CPU per message (the whole daemon)\n")
+                  f"{result.cpu_ms:.2f} ms CPU per message (the whole daemon), of which the commit child "
+                  f"{child * 1e6 / cell.messages:.0f} µs\n")
             print(table(counts, cell.messages), flush=True)
     finally:
         server.stop()
