@@ -28,7 +28,7 @@ _VERBS = {b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT", b"RSET", b"NOOP"
 
 
 class Probe:
-    """The counts: step name -> [calls, CPU ns]; ``active`` is the step being counted."""
+    """The counts: step name -> [calls, CPU ns]; ``active`` while a step is being counted."""
 
     def __init__(self, out: str) -> None:
         self.out = out
@@ -65,7 +65,6 @@ class Probe:
         os.replace(self.out + ".tmp", self.out)  # whole, for the bench that waits for it
         self.counts = {}
         self.since = now
-
 
     def label(self, owner: Any, attribute: str) -> None:
         """Name the TCP read under way after what ``attribute`` of ``owner`` got (not timed itself)."""
