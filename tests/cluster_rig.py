@@ -170,6 +170,7 @@ class ClusterRig:
         self.nodes: list[Node] = []
         #: Every port of the rig, picked before any is bound, so none twice.
         self.ports = PortPicker()
+        case.addCleanup(self.ports.close)
         self.front_port = self.ports.port()
         self.redis: Any = None
         self.fake: Any = None

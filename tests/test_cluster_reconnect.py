@@ -74,6 +74,7 @@ class SentinelScheduleTests(TestCase):
 
     def test_every_connection_through_sentinel_keeps_the_bound(self):
         ports = PortPicker()
+        self.addCleanup(ports.close)
         config = RedisConfig(sentinels=(("127.0.0.1", ports.port()), ("127.0.0.1", ports.port())),
                              sentinel_master="gw", connect_timeout=1.5, reply_timeout=1.0)
         connection = RedisConnection(config, reactor, reconnect_within=0.5)

@@ -68,6 +68,7 @@ class SentinelTests(TestCase):
         directory = tempfile.mkdtemp(prefix="gss", dir="/tmp")
         self.addCleanup(shutil.rmtree, directory, True)
         ports = PortPicker()
+        self.addCleanup(ports.close)
         master_port, sentinel_port = ports.port(), ports.port()
         master = yield start_redis_server(reactor, directory, master_port, ())
         self.addCleanup(master.stop)

@@ -10,7 +10,7 @@ import socket
 
 from twisted.trial.unittest import TestCase
 
-from gateway.testing.ports import FIRST_PORT, PortPicker, ephemeral_start, is_free, unused_port
+from gateway.testing.ports import FIRST_PORT, PortPicker, claim, ephemeral_start, is_free, unused_port
 
 
 def _in_order(*numbers):
@@ -55,6 +55,37 @@ class PortPickerTests(TestCase):
         same = 12345
         picker = PortPicker(start=lambda: 65536, pick=_in_order(same, same, same + 1))
         self.assertEqual([picker.port(), picker.port()], [FIRST_PORT + same, FIRST_PORT + same + 1])
+
+    def test_a_port_another_picker_handed_out_is_passed_over(self):
+        """
+        Two pickers (the two workers of ``trial --jobs``) could hand out the same port while its
+        first server had not bound it yet, and the second server could bind it first: a cluster
+        test's gateway then failed with "Address already in use".
+        """
+        both = PortPicker()
+        same, other = both.port() - FIRST_PORT, both.port() - FIRST_PORT
+        both.close()
+        first = PortPicker(start=lambda: 65536, pick=_in_order(same))
+        self.addCleanup(first.close)
+        second = PortPicker(start=lambda: 65536, pick=_in_order(same, other))
+        self.addCleanup(second.close)
+        self.assertEqual([first.port(), second.port()], [FIRST_PORT + same, FIRST_PORT + other])
+
+    def test_close_ends_the_claims(self):
+        port = unused_port()
+        picker = PortPicker(start=lambda: 65536, pick=_in_order(port - FIRST_PORT))
+        self.assertEqual(picker.port(), port)
+        self.assertIsNone(claim(port))
+        picker.close()
+        held = claim(port)
+        self.assertIsNotNone(held)
+        held.close()
+
+    def test_unused_port_leaves_no_claim_behind(self):
+        """Its test binds the port at once; a claim kept until the process ends would only pile up."""
+        held = claim(unused_port())
+        self.assertIsNotNone(held)
+        held.close()
 
     def test_no_room_below_the_range_falls_back_to_the_kernel(self):
         """A machine whose ephemeral range starts low: a port-0 pick, still a usable port."""

@@ -11,13 +11,22 @@ very port.  The suite failed that way ("Address already in use").  So ports are 
 random *below* that range, where the kernel never picks one by itself: only another explicit
 pick can collide, each pick is checked by binding it before it is handed out, and one
 L{PortPicker} never hands out the same port twice (a rig picks several before any is bound).
+
+Pickers in other processes (the other ``trial --jobs`` worker) are kept off a port too: a port
+handed out stays *claimed* until its picker is closed, by a socket bound to a name of its own in
+Linux's abstract socket namespace (one name per port; a name is bound once in a network
+namespace, and freed when its socket closes, also when its process dies), and a port another
+picker has claimed is passed over.  Without that, the other worker could pick a port this one
+had handed out and not yet bound, and bind it first: a cluster test's gateway failed to start
+that way ("Address already in use") in a fresh clone's CI run.  Off Linux there is no claim.
 """
 
 from __future__ import annotations
 
 import secrets
 import socket
-from typing import Callable
+import sys
+from typing import Callable, Optional
 
 #: Picked ports start here: above the well-known services a test machine may run.
 FIRST_PORT = 20000
@@ -48,6 +57,23 @@ def is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def claim(port: int) -> Optional[socket.socket]:
+    """
+    A claim on ``port`` against every other picker on this machine's network namespace (a
+    socket; closing it ends the claim), or None when another holds one.  Off Linux, an
+    unbound socket: it claims nothing.
+    """
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if not sys.platform.startswith("linux"):
+        return holder
+    try:
+        holder.bind(f"\0graphsmtp-test-port-{port}")
+    except OSError:
+        holder.close()
+        return None
+    return holder
+
+
 def kernel_port(host: str = "127.0.0.1") -> int:
     """A port the kernel picks (port 0): the fallback where no range below its own is left."""
     with socket.socket(_family(host)) as s:
@@ -58,9 +84,10 @@ def kernel_port(host: str = "127.0.0.1") -> int:
 class PortPicker:
     """
     Hands out ports on ``host`` that are free when picked, that the kernel will not hand to
-    anyone else on its own, and that this picker has not handed out before.  ``pick(n)``
-    returns a number below ``n`` (random; a test passes its own); ``start()`` is where the
-    kernel's own range begins.
+    anyone else on its own, that this picker has not handed out before, and that no other
+    picker has claimed; each stays claimed until L{close} (a test: ``addCleanup(picker.close)``).
+    ``pick(n)`` returns a number below ``n`` (random; a test passes its own); ``start()`` is
+    where the kernel's own range begins.
     """
 
     def __init__(self, host: str = "127.0.0.1", start: Callable[[], int] = ephemeral_start,
@@ -69,6 +96,7 @@ class PortPicker:
         self._start = start
         self._pick = pick
         self._given: set[int] = set()
+        self._claims: list[socket.socket] = []
 
     def port(self) -> int:
         count = self._start() - FIRST_PORT
@@ -76,18 +104,38 @@ class PortPicker:
         if count >= 100:
             for _ in range(_ATTEMPTS):
                 candidate = FIRST_PORT + self._pick(count)
-                if candidate not in self._given and is_free(candidate, self.host):
+                if candidate in self._given:
+                    continue
+                held = claim(candidate)
+                if held is None:
+                    continue  # another picker's, perhaps not bound yet
+                if is_free(candidate, self.host):
+                    self._claims.append(held)
                     chosen = candidate
                     break
+                held.close()
         while chosen is None or chosen in self._given:
             chosen = kernel_port(self.host)
         self._given.add(chosen)
         return chosen
 
+    def close(self) -> None:
+        """End the claims on the ports handed out (their servers have bound them, or are gone)."""
+        claims, self._claims = self._claims, []
+        for held in claims:
+            held.close()
+
 
 def unused_port(host: str = "127.0.0.1") -> int:
-    """One port as L{PortPicker} picks them (for a test that needs just one)."""
-    return PortPicker(host).port()
+    """
+    One port as L{PortPicker} picks them, for a test that binds it at once: its claim ends
+    here.  A test that binds it later keeps a L{PortPicker} until then.
+    """
+    picker = PortPicker(host)
+    try:
+        return picker.port()
+    finally:
+        picker.close()
 
 
-__all__ = ["FIRST_PORT", "PortPicker", "ephemeral_start", "is_free", "kernel_port", "unused_port"]
+__all__ = ["FIRST_PORT", "PortPicker", "claim", "ephemeral_start", "is_free", "kernel_port", "unused_port"]
