@@ -111,10 +111,14 @@ class Recovery:
         prefix = self._files.tag + "."
         with os.scandir(self._files.layout.tmp) as it:
             others = sorted(e.path for e in it if not e.name.startswith(prefix))
-        markers = [path for path in others if path.endswith(inflight.INFLIGHT)]
-        journals = [path for path in others if path.endswith(JOURNAL)]
+        markers: list[str] = []
+        journals: list[str] = []
         for path in others:
-            if not path.endswith((inflight.INFLIGHT, JOURNAL)) and quietly(self._files.ops.unlink, path) is None:
+            if path.endswith(inflight.INFLIGHT):
+                markers.append(path)
+            elif path.endswith(JOURNAL):
+                journals.append(path)
+            elif quietly(self._files.ops.unlink, path) is None:
                 report.removed.append(path)
         return markers, journals
 
