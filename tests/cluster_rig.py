@@ -28,7 +28,7 @@ from twisted.internet.threads import deferToThread
 
 from gateway.testing.fake_graph import Fault, start_fake_graph
 from gateway.testing.policy import start_redis_server
-from gateway.testing.ports import PortPicker
+from gateway.testing.ports import ports_for
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway, write_private
 
 HAPROXY_TEMPLATE = os.path.join(ROOT, "etc", "haproxy", "graphsmtp.cfg")
@@ -169,8 +169,7 @@ class ClusterRig:
         self.directory = tempfile.mkdtemp(prefix="gsc", dir="/tmp")
         self.nodes: list[Node] = []
         #: Every port of the rig, picked before any is bound, so none twice.
-        self.ports = PortPicker()
-        case.addCleanup(self.ports.close)
+        self.ports = ports_for(case)
         self.front_port = self.ports.port()
         self.redis: Any = None
         self.fake: Any = None

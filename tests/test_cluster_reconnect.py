@@ -19,7 +19,7 @@ from gateway.config.secrets import Secret
 from gateway.policy.redis_connection import RedisConnection
 from gateway.service import build_components
 from gateway.testing.logs import LogCapture
-from gateway.testing.ports import PortPicker
+from gateway.testing.ports import ports_for
 
 
 class ReconnectScheduleTests(SynchronousTestCase):
@@ -73,8 +73,7 @@ class SentinelScheduleTests(TestCase):
                 call.cancel()
 
     def test_every_connection_through_sentinel_keeps_the_bound(self):
-        ports = PortPicker()
-        self.addCleanup(ports.close)
+        ports = ports_for(self)
         config = RedisConfig(sentinels=(("127.0.0.1", ports.port()), ("127.0.0.1", ports.port())),
                              sentinel_master="gw", connect_timeout=1.5, reply_timeout=1.0)
         connection = RedisConnection(config, reactor, reconnect_within=0.5)

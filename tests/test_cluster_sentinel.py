@@ -19,7 +19,7 @@ from gateway.config.cluster import ClusterConfig
 from gateway.config.policy import RedisConfig
 from gateway.policy.redis_connection import RedisConnection
 from gateway.testing.policy import start_redis_server
-from gateway.testing.ports import PortPicker
+from gateway.testing.ports import ports_for
 from tests.tools import require_tool
 
 
@@ -67,8 +67,7 @@ class SentinelTests(TestCase):
         executable = require_tool(self, "redis-server", "redis-server")
         directory = tempfile.mkdtemp(prefix="gss", dir="/tmp")
         self.addCleanup(shutil.rmtree, directory, True)
-        ports = PortPicker()
-        self.addCleanup(ports.close)
+        ports = ports_for(self)
         master_port, sentinel_port = ports.port(), ports.port()
         master = yield start_redis_server(reactor, directory, master_port, ())
         self.addCleanup(master.stop)

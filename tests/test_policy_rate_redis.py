@@ -23,7 +23,7 @@ from gateway.policy.rate_limit import build
 from gateway.policy.redis_connection import RedisConnection, redis_service
 from gateway.testing.logs import LogCapture
 from gateway.testing.policy import make_session, run_transaction, start_redis_server
-from gateway.testing.ports import PortPicker
+from gateway.testing.ports import ports_for
 from tests.tools import require_tool
 
 PASSWORD = "s3cret-redis-pass"
@@ -38,9 +38,7 @@ class RedisTestBase(TestCase):
         require_tool(self, "redis-server", "redis-server")
         self.directory = tempfile.mkdtemp(prefix="gsr", dir="/tmp")
         self.addCleanup(shutil.rmtree, self.directory, True)
-        ports = PortPicker()  # claimed until the test ends: redis-server binds it later
-        self.addCleanup(ports.close)
-        self.port = ports.port() if self.tcp else 0
+        self.port = ports_for(self).port() if self.tcp else 0  # claimed until the test ends
         self.server = yield start_redis_server(reactor, self.directory, self.port, self.server_args)
         self.addCleanup(self.server.stop)
         self.clock = Clock()

@@ -10,7 +10,7 @@ import socket
 
 from twisted.trial.unittest import TestCase
 
-from gateway.testing.ports import FIRST_PORT, PortPicker, claim, ephemeral_start, is_free, unused_port
+from gateway.testing.ports import FIRST_PORT, PortPicker, claim, ephemeral_start, is_free, ports_for, unused_port
 
 
 def _in_order(*numbers):
@@ -77,6 +77,22 @@ class PortPickerTests(TestCase):
         self.assertEqual(picker.port(), port)
         self.assertIsNone(claim(port))
         picker.close()
+        held = claim(port)
+        self.assertIsNotNone(held)
+        held.close()
+
+    def test_ports_for_a_test_stay_claimed_until_its_cleanup(self):
+        class Case:
+            cleanups: list = []
+
+            def addCleanup(self, f, *args):  # noqa: N802 - trial's name
+                self.cleanups.append((f, args))
+
+        case = Case()
+        port = ports_for(case).port()
+        self.assertIsNone(claim(port))
+        for f, args in case.cleanups:
+            f(*args)
         held = claim(port)
         self.assertIsNotNone(held)
         held.close()

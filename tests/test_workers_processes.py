@@ -27,7 +27,7 @@ from twisted.trial.unittest import TestCase
 from gateway.spool.disk import SpoolDisk
 from gateway.testing.fake_graph import start_fake_graph
 from gateway.testing.harness import send_message
-from gateway.testing.ports import PortPicker
+from gateway.testing.ports import ports_for
 from tests.daemon_helpers import ROOT, GatewayDaemon, spawn_gateway, write_private
 
 MESSAGE = b"From: app@corp.example\r\nTo: bob@corp.example\r\nSubject: workers\r\n\r\nbody\r\n"
@@ -145,9 +145,7 @@ class WorkerProcessTests(_WorkerRig, TestCase):
 
     @inlineCallbacks
     def test_metrics_count_what_every_worker_accepted_and_the_sessions_they_hold(self):
-        ports = PortPicker()  # claimed until the test ends: the daemon binds it later
-        self.addCleanup(ports.close)
-        status_port = ports.port()
+        status_port = ports_for(self).port()  # claimed until the test ends: the daemon binds it later
         yield self.start(extra=f'[status]\nendpoint = "tcp:{status_port}:interface=127.0.0.1"\n')
         first, first_pid = yield self.send()
         self.stand_aside(first_pid)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import secrets
 import socket
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 #: Picked ports start here: above the well-known services a test machine may run.
 FIRST_PORT = 20000
@@ -85,7 +85,7 @@ class PortPicker:
     """
     Hands out ports on ``host`` that are free when picked, that the kernel will not hand to
     anyone else on its own, that this picker has not handed out before, and that no other
-    picker has claimed; each stays claimed until L{close} (a test: ``addCleanup(picker.close)``).
+    picker has claimed; each stays claimed until L{close} (a test: L{ports_for}).
     ``pick(n)`` returns a number below ``n`` (random; a test passes its own); ``start()`` is
     where the kernel's own range begins.
     """
@@ -126,6 +126,13 @@ class PortPicker:
             held.close()
 
 
+def ports_for(case: Any, host: str = "127.0.0.1") -> PortPicker:
+    """A L{PortPicker} whose claims last until ``case``'s cleanup (its servers bind them later)."""
+    picker = PortPicker(host)
+    case.addCleanup(picker.close)
+    return picker
+
+
 def unused_port(host: str = "127.0.0.1") -> int:
     """
     One port as L{PortPicker} picks them, for a test that binds it at once: its claim ends
@@ -138,4 +145,5 @@ def unused_port(host: str = "127.0.0.1") -> int:
         picker.close()
 
 
-__all__ = ["FIRST_PORT", "PortPicker", "claim", "ephemeral_start", "is_free", "kernel_port", "unused_port"]
+__all__ = ["FIRST_PORT", "PortPicker", "claim", "ephemeral_start", "is_free", "kernel_port", "ports_for",
+           "unused_port"]
