@@ -46,6 +46,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -56,6 +57,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REFUSED_FILESYSTEMS = {"tmpfs", "ramfs"}
+sys.path.append(ROOT)
+
+from gateway.testing.processes import children  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -94,17 +98,6 @@ def _stat_fields(pid: int) -> Optional[list[str]]:
     return text[text.rindex(")") + 2:].split()
 
 
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.extend(int(k) for k in f.read().split())
-    except OSError:
-        pass
-    return kids
-
-
 def tree_cpu_seconds(root: int) -> float:
     """
     CPU seconds used by ``root`` and everything it started: for each live process of the tree
@@ -123,7 +116,7 @@ def tree_cpu_seconds(root: int) -> float:
             continue
         # After the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
         total += sum(int(fields[i]) for i in (11, 12, 13, 14))
-        todo.extend(_children(pid))
+        todo.extend(children(pid))
     return total / CLOCK_TICKS
 
 

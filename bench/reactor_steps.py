@@ -37,10 +37,11 @@ from compare_postfix import (  # noqa: E402
     REFUSED_FILESYSTEMS,
     ROOT,
     GraphsmtpServer,
-    _children,
     _stat_fields,
     run_cell,
 )
+
+from gateway.testing.processes import commit_child  # noqa: E402
 
 STEPS = ("accept", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "message", "batch to the commit child", "commit answer",
          "QUIT", "socket write", "read", "close")
@@ -81,17 +82,9 @@ def table(counts: dict, messages: int) -> str:
 def commit_child_cpu(server: GraphsmtpServer) -> float:
     """Seconds of CPU (user + system) the daemon's commit child has used so far."""
     assert server.process is not None
-    for pid in _children(server.process.pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"gateway.spool.commit_process" not in f.read():
-                    continue
-        except OSError:
-            continue
-        fields = _stat_fields(pid)
-        if fields is not None:
-            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return 0.0
+    child = commit_child(server.process.pid)
+    fields = None if child is None else _stat_fields(child)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from gateway.testing.harness import read_outbox, send_message
+from gateway.testing.processes import commit_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTENING = re.compile(rb"accepting SMTP on 127\.0\.0\.1 port (\d+)")
@@ -74,17 +75,6 @@ def start_daemon(state_dir: str, *extra: str) -> DaemonProcess:
     return proto
 
 
-def commit_child_of(pid: int) -> int:
-    """The pid of the spool's commit process the daemon ``pid`` started."""
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            for child in f.read().split():
-                with open(f"/proc/{child}/cmdline", "rb") as cmdline:
-                    if b"gateway.spool.commit_process" in cmdline.read():
-                        return int(child)
-    raise AssertionError(f"process {pid} has no commit child")
-
-
 class SigkillTests(TestCase):
     timeout = 90
 
@@ -110,7 +100,8 @@ class SigkillTests(TestCase):
         # its own SIGKILL (PR_SET_PDEATHSIG comes after the daemon's descriptors are closed), and
         # may retire and remove its journal meanwhile (safe: the entries are flushed in place
         # first), which left this test's journal check to chance on a busy machine.
-        child = commit_child_of(daemon.transport.pid)
+        child = commit_child(daemon.transport.pid)
+        self.assertIsNotNone(child)
         os.kill(child, signal.SIGSTOP)
         daemon.transport.signalProcess(signal.SIGKILL)
         yield daemon.ended

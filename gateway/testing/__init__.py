@@ -16,6 +16,7 @@ Test support for the gateway and for plugin authors (public; imported by tests o
 - L{gateway.testing.certs}: the test CA.
 - L{gateway.testing.timezone}: the local time zone for one test (log times, HTTP dates).
 - L{gateway.testing.ports}: loopback ports for servers that must be told theirs before they start.
+- L{gateway.testing.processes}: a started daemon's children and its spool commit process (/proc).
 
 Older import paths kept as re-exports: C{gateway.policy.testing}, C{gateway.spool.testing}.
 """
