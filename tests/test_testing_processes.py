@@ -16,9 +16,15 @@ from gateway.testing.processes import COMMIT_PROCESS_MODULE, children, commit_ch
 
 class ProcessesTests(SynchronousTestCase):
     def spawn(self, *argv: str) -> subprocess.Popen:
-        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", *argv], stdin=subprocess.PIPE)
+        """A child with ``argv`` on its command line, running (until the test ends) when this returns."""
+        child = subprocess.Popen([sys.executable, "-c", "print('up', flush=True); import sys; sys.stdin.read()", *argv],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.addCleanup(child.wait)
+        self.addCleanup(child.stdout.close)
         self.addCleanup(child.stdin.close)
+        # Popen returns once the exec has begun, and /proc shows an empty command line until
+        # the kernel has set up the new program's arguments: wait for the child to say it runs.
+        self.assertEqual(child.stdout.readline(), b"up\n")
         return child
 
     def test_the_commit_process_is_told_from_other_children(self):

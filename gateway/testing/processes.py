@@ -26,7 +26,11 @@ def children(pid: int) -> list[int]:
 
 
 def commit_child(pid: int) -> Optional[int]:
-    """The pid of the spool's commit process the daemon ``pid`` runs, or None."""
+    """
+    The pid of the spool's commit process the daemon ``pid`` runs, or None.  (A process in the
+    middle of its exec shows an empty command line; the daemon starts its commit process at
+    start-up, long before a test or bench looks for it.)
+    """
     for child in children(pid):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
