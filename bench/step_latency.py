@@ -80,6 +80,8 @@ def main() -> None:
     options = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: a private Postfix instance must be started by root")
+    if options.workdir:
+        os.makedirs(options.workdir, exist_ok=True)  # as compare_postfix.py and reactor_steps.py do
     workdir = tempfile.mkdtemp(prefix="step-latency-", dir=options.workdir or "/var/tmp")
     os.chmod(workdir, 0o755)
     ports = PortPicker()
