@@ -61,6 +61,9 @@ sys.path.append(ROOT)
 
 from gateway.testing.processes import children  # noqa: E402
 
+sys.path.insert(0, HERE)
+from idle import idle_note  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -560,6 +563,7 @@ def main() -> None:
         print(f"work directory {workdir} ({fs}); Postfix on port {postfix.port}, "
               + ", ".join(f"{g.name} on port {g.port}" for g in contenders))
         print(creation_note(workdir))
+        print(idle_note())
         for rep in range(1, options.reps + 1):
             for cell in cells:
                 messages = cell.quick_messages if options.quick else cell.messages

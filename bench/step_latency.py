@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from compare_postfix import ROOT, GraphsmtpServer, PostfixServer  # noqa: E402
+from idle import idle_note  # noqa: E402
 
 from gateway.testing.ports import PortPicker  # noqa: E402
 
@@ -100,7 +101,7 @@ def main() -> None:
                 server.clear()
         names = [s.name for s in servers]
         print(f"median µs per step, {options.sessions} sessions × {options.rounds} interleaved rounds, "
-              f"{len(MESSAGE)}-byte messages\n")
+              f"{len(MESSAGE)}-byte messages; {idle_note()}\n")
         print("| step | " + " | ".join(names) + " | difference |")
         print("|---|" + "---|" * (len(names) + 1))
         totals = [0.0] * len(names)
