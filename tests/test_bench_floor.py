@@ -8,28 +8,16 @@ the message as sent (dots undone), each one committed before its 250, pipelined 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+from tests.bench_modules import load_bench
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location("bench_" + name, os.path.join(_BENCH, name + ".py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-floor = _load("plain_twisted")
+floor = load_bench("plain_twisted")
 
 
 class LeanSMTPTests(TestCase):
@@ -185,7 +173,7 @@ class DurableFilesTests(TestCase):
 class FloorCountTests(TestCase):
     def test_messages_counted_not_files(self) -> None:
         """compare_postfix's check that every acknowledged message is stored: an entry (message, record) counts once."""
-        compare = _load("compare_postfix")
+        compare = load_bench("compare_postfix")
         server = compare.PlainTwistedServer(self.mktemp(), 0, "python", 1, True, True)
         self.assertEqual(server.name, "lean Twisted + spool")
         os.makedirs(server.held)

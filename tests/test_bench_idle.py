@@ -6,18 +6,13 @@ setting").  Read from a fake ``/sys``, so each case is the one named.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 from twisted.trial.unittest import TestCase
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "idle.py")
-_SPEC = importlib.util.spec_from_file_location("bench_idle", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-idle = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = idle
-_SPEC.loader.exec_module(idle)
+from tests.bench_modules import load_bench
+
+idle = load_bench("idle")
 
 
 class IdleNoteTests(TestCase):
