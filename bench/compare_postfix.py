@@ -61,7 +61,7 @@ sys.path.append(ROOT)
 
 from gateway.testing.processes import children  # noqa: E402
 
-sys.path.insert(0, HERE)
+sys.path.insert(0, HERE)  # bench/ itself, also when a test loads this file from elsewhere
 from idle import idle_note  # noqa: E402
 
 

@@ -26,16 +26,16 @@ def _read(path: str) -> str | None:
 
 def idle_note(root: str = "/") -> str:
     """One line: the cpuidle driver and governor, and for ``haltpoll`` how long it polls."""
-    driver = _read(os.path.join(root, CPUIDLE.lstrip("/"), "current_driver"))
-    governor = _read(os.path.join(root, CPUIDLE.lstrip("/"), "current_governor")) or _read(
-        os.path.join(root, CPUIDLE.lstrip("/"), "current_governor_ro"))
+    cpuidle = os.path.join(root, CPUIDLE.lstrip("/"))
+    driver = _read(os.path.join(cpuidle, "current_driver"))
     if not driver or driver == "none":
         return "idle CPUs: no cpuidle driver (the kernel's default idle loop)"
+    governor = _read(os.path.join(cpuidle, "current_governor"))
     note = f"idle CPUs: cpuidle driver {driver}" + (f", governor {governor}" if governor else "")
-    if driver == "haltpoll":
-        poll = _read(os.path.join(root, HALTPOLL.lstrip("/")))
-        if poll is not None and poll.isdigit():
-            note += (", no polling before a halt (guest_halt_poll_ns=0: a virtual CPU halts at once, "
-                     "which slows the one-connection cells)" if int(poll) == 0
-                     else f", polling up to {int(poll) // 1000} µs before a halt")
+    poll = _read(os.path.join(root, HALTPOLL.lstrip("/"))) if driver == "haltpoll" else None
+    if poll == "0":
+        note += (", no polling before a halt (guest_halt_poll_ns=0: a virtual CPU halts at once, "
+                 "which slows the one-connection cells)")
+    elif poll is not None and poll.isdigit():
+        note += f", polling up to {int(poll) // 1000} µs before a halt"
     return note
