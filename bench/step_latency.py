@@ -9,6 +9,7 @@ the sum of these steps.  The step that differs most is where to look (a profile 
 bench/commit_costs.py for its flush).
 
     python bench/step_latency.py --workdir /mnt/spool-disk/bench    # as root; a real disk, not tmpfs
+    python bench/step_latency.py --lean-twisted --workdir ...       # and the floor, between the two
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from compare_postfix import ROOT, GraphsmtpServer, PostfixServer  # noqa: E402
+from compare_postfix import ROOT, GraphsmtpServer, PlainTwistedServer, PostfixServer  # noqa: E402
 from idle import idle_note  # noqa: E402
 
 from gateway.testing.ports import PortPicker  # noqa: E402
@@ -78,6 +79,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000, help="sessions per server and round (default 1000)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    parser.add_argument("--lean-twisted", action="store_true",
+                        help="also the floor of compare_postfix.py --lean-twisted: which steps cost any Twisted "
+                             "server on this machine, and which only graphsmtp")
     options = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: a private Postfix instance must be started by root")
@@ -87,6 +91,8 @@ def main() -> None:
     os.chmod(workdir, 0o755)
     ports = PortPicker()
     servers = [PostfixServer(workdir, ports.port()), GraphsmtpServer(workdir, ports.port(), options.python)]
+    if options.lean_twisted:
+        servers.insert(1, PlainTwistedServer(workdir, ports.port(), options.python, lean=True))
     try:
         for server in servers:
             server.start()
@@ -102,7 +108,7 @@ def main() -> None:
         names = [s.name for s in servers]
         print(f"median µs per step, {options.sessions} sessions × {options.rounds} interleaved rounds, "
               f"{len(MESSAGE)}-byte messages; {idle_note()}\n")
-        print("| step | " + " | ".join(names) + " | difference |")
+        print("| step | " + " | ".join(names) + " | graphsmtp − Postfix |")
         print("|---|" + "---|" * (len(names) + 1))
         totals = [0.0] * len(names)
         for step in STEPS:
