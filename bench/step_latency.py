@@ -2,14 +2,15 @@
 """
 Where one client's time goes (issue 13): the latency of each step of an SMTP session with one
 connection per message — connect and banner, EHLO, MAIL, RCPT, DATA, the message up to its 250,
-QUIT, the close — for graphsmtp and for Postfix, interleaved, from the same Python client.
+QUIT, the close — for graphsmtp and for Postfix (and, with --lean-twisted, the lean floor of
+compare_postfix.py), interleaved, from the same Python client.
 
 With one connection nothing overlaps: the cell "10 KB, 1 connection" of compare_postfix.py is
 the sum of these steps.  The step that differs most is where to look (a profile of that path, or
 bench/commit_costs.py for its flush).
 
     python bench/step_latency.py --workdir /mnt/spool-disk/bench    # as root; a real disk, not tmpfs
-    python bench/step_latency.py --lean-twisted --workdir ...       # and the floor, between the two
+    python bench/step_latency.py --lean-twisted --workdir ...       # and the lean Twisted floor
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     parser.add_argument("--lean-twisted", action="store_true",
-                        help="also the floor of compare_postfix.py --lean-twisted: which steps cost any Twisted "
-                             "server on this machine, and which only graphsmtp")
+                        help="also time the floor of compare_postfix.py --lean-twisted (a flag here: one process), "
+                             "to tell what any Twisted server pays on this machine from what only graphsmtp does")
     options = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: a private Postfix instance must be started by root")
@@ -97,8 +98,10 @@ def main() -> None:
         for server in servers:
             server.start()
         medians: dict[str, dict[str, list[float]]] = {s.name: {step: [] for step in STEPS} for s in servers}
-        for _ in range(options.rounds):
-            for server in servers:
+        for round_number in range(options.rounds):
+            # Each round starts with the next server: what one leaves for the disk to finish
+            # (graphsmtp's journal is retired after its 250s) does not always fall on the same one.
+            for server in servers[round_number % len(servers):] + servers[:round_number % len(servers)]:
                 steps: dict[str, list[float]] = {step: [] for step in STEPS}
                 for _ in range(options.sessions):
                     session(server.port, steps)
@@ -108,14 +111,19 @@ def main() -> None:
         names = [s.name for s in servers]
         print(f"median µs per step, {options.sessions} sessions × {options.rounds} interleaved rounds, "
               f"{len(MESSAGE)}-byte messages; {idle_note()}\n")
-        print("| step | " + " | ".join(names) + " | graphsmtp − Postfix |")
-        print("|---|" + "---|" * (len(names) + 1))
-        totals = [0.0] * len(names)
+        others = [name for name in names if name != "graphsmtp"]
+        print("| step | " + " | ".join(names) + " | " + " | ".join(f"graphsmtp − {name}" for name in others) + " |")
+        print("|---|" + "---|" * (len(names) + len(others)))
+        totals = dict.fromkeys(names, 0.0)
         for step in STEPS:
-            values = [statistics.median(medians[name][step]) * 1e6 for name in names]
-            totals = [t + v for t, v in zip(totals, values, strict=True)]
-            print(f"| {step} | " + " | ".join(f"{v:.0f}" for v in values) + f" | {values[-1] - values[0]:+.0f} |")
-        print("| **sum** | " + " | ".join(f"**{t:.0f}**" for t in totals) + f" | **{totals[-1] - totals[0]:+.0f}** |")
+            values = {name: statistics.median(medians[name][step]) * 1e6 for name in names}
+            for name in names:
+                totals[name] += values[name]
+            print(f"| {step} | " + " | ".join(f"{values[name]:.0f}" for name in names) + " | "
+                  + " | ".join(f"{values['graphsmtp'] - values[name]:+.0f}" for name in others) + " |")
+        print("| **sum** | " + " | ".join(f"**{totals[name]:.0f}**" for name in names) + " | "
+              + " | ".join(f"**{totals['graphsmtp'] - totals[name]:+.0f}**" for name in others) + " |")
+        print("\n(differences and sums are of the unrounded medians)")
     finally:
         for server in servers:
             server.stop()
