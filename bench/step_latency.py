@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from compare_postfix import ROOT, GraphsmtpServer, PlainTwistedServer, PostfixServer  # noqa: E402
+from compare_postfix import ROOT, GraphsmtpServer, PlainTwistedServer, PostfixServer, settle_disk  # noqa: E402
 from idle import idle_note  # noqa: E402
 
 from gateway.testing.ports import PortPicker  # noqa: E402
@@ -99,8 +99,7 @@ def main() -> None:
             server.start()
         medians: dict[str, dict[str, list[float]]] = {s.name: {step: [] for step in STEPS} for s in servers}
         for round_number in range(options.rounds):
-            # Each round starts with the next server: what one leaves for the disk to finish
-            # (graphsmtp's journal is retired after its 250s) does not always fall on the same one.
+            # Each round starts with the next server, so no server always follows the same one.
             for server in servers[round_number % len(servers):] + servers[:round_number % len(servers)]:
                 steps: dict[str, list[float]] = {step: [] for step in STEPS}
                 for _ in range(options.sessions):
@@ -108,6 +107,7 @@ def main() -> None:
                 for step in STEPS:
                     medians[server.name][step].append(statistics.median(steps[step]))
                 server.clear()
+                settle_disk()
         names = [s.name for s in servers]
         print(f"median µs per step, {options.sessions} sessions × {options.rounds} interleaved rounds, "
               f"{len(MESSAGE)}-byte messages; {idle_note()}\n")
