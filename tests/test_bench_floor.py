@@ -180,3 +180,22 @@ class FloorCountTests(TestCase):
         for name in ("1K.msg", "1K.env", "2K.msg", "2K.env", "123-0.msg"):
             open(os.path.join(server.held, name), "w").close()
         self.assertEqual(server.queued(), 3)
+
+
+class SideBySideTableTests(TestCase):
+    def test_the_table_counts_the_reps_at_or_above_postfix(self) -> None:
+        """
+        compare_postfix's verdict per cell rests on the reps' pairs as well as on the ratio of the
+        two medians (which can come from different reps): 1.01× by medians here, yet one rep of
+        three at 1.0 or more.
+        """
+        compare = load_bench("compare_postfix")
+        samples = compare.Samples()
+        cell = compare.CELLS[0]
+        for postfix, graphsmtp in ((100.0, 99.0), (101.0, 150.0), (300.0, 102.0)):
+            samples.add("Postfix", cell.name, compare.Result(postfix, 1.0))
+            samples.add("graphsmtp", cell.name, compare.Result(graphsmtp, 1.0))
+        row = compare.table(samples, [cell]).splitlines()[2]
+        self.assertIn("| **1.01** |", row)  # 102 / 101: the medians
+        self.assertIn("| 0.99 1.49 0.34 |", row)
+        self.assertIn("| 1 of 3 |", row)
