@@ -438,10 +438,27 @@ def settle_disk() -> None:
     """
     Write out what is pending for the disk, so that no server's run pays for another's: at the
     end of a run (timed with it) what the server had not yet flushed, and after its queue is
-    emptied the files that deleted.  Otherwise the next server's first flushes would commit them,
-    and the fixed order of the servers would decide who pays.
+    emptied the deletions.  Otherwise the next server's first flushes would commit them, and the
+    fixed order of the servers would decide who pays.
     """
     os.sync()
+
+
+def on_a_real_disk(workdir: str) -> tuple[str, str]:
+    """
+    ``workdir`` (made if missing) as an absolute path, and its filesystem's type; exits when it
+    is on one where fsync is free (tmpfs), since a durable commit would then cost nothing and
+    the figures mean nothing.
+    """
+    from gateway.spool.filesystem import filesystem_type
+
+    os.makedirs(workdir, exist_ok=True)
+    workdir = os.path.abspath(workdir)
+    fs = filesystem_type(workdir) or "a filesystem the mount table does not name"
+    if fs in REFUSED_FILESYSTEMS:
+        raise SystemExit(f"{workdir} is on {fs}: fsync is free there, so the comparison would be meaningless; "
+                         "use --workdir on a real disk")
+    return workdir, fs
 
 
 def creation_note(directory: str, files: int = 200) -> str:
@@ -540,17 +557,7 @@ def main() -> None:
     for tool in ("smtp-source", "postfix", "postsuper"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install Debian's postfix package")
-    if options.workdir:
-        os.makedirs(options.workdir, exist_ok=True)
-        workdir = os.path.abspath(options.workdir)
-    else:
-        workdir = tempfile.mkdtemp(prefix="compare-postfix-", dir="/var/tmp")
-    from gateway.spool.filesystem import filesystem_type
-
-    fs = filesystem_type(workdir) or "a filesystem the mount table does not name"
-    if fs in REFUSED_FILESYSTEMS:
-        raise SystemExit(f"{workdir} is on {fs}: fsync is free there, so the comparison would be meaningless; "
-                         "use --workdir on a real disk")
+    workdir, fs = on_a_real_disk(options.workdir or tempfile.mkdtemp(prefix="compare-postfix-", dir="/var/tmp"))
     os.chmod(workdir, 0o755)
     # Ports below the kernel's own range, none twice: no other connection takes one before its server binds it.
     from gateway.testing.ports import PortPicker

@@ -34,10 +34,10 @@ from compare_postfix import (  # noqa: E402
     CELLS,
     CLOCK_TICKS,
     HERE,
-    REFUSED_FILESYSTEMS,
     ROOT,
     GraphsmtpServer,
     _stat_fields,
+    on_a_real_disk,
     run_cell,
 )
 
@@ -101,13 +101,9 @@ def main() -> None:
         parser.error(f"unknown cell(s): {', '.join(sorted(unknown))}")
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source not found: install Debian's postfix package")
-    os.makedirs(options.workdir, exist_ok=True)
-    workdir = os.path.abspath(options.workdir)
-    from gateway.spool.filesystem import filesystem_type
+    workdir, _ = on_a_real_disk(options.workdir)
     from gateway.testing.ports import PortPicker
 
-    if filesystem_type(workdir) in REFUSED_FILESYSTEMS:
-        raise SystemExit(f"{workdir} is on tmpfs: fsync is free there; use --workdir on a real disk")
     out = os.path.join(workdir, "reactor-steps.json")
     os.environ["GRAPHSMTP_PROBE_OUT"] = out
     server = GraphsmtpServer(workdir, PortPicker().port(), options.python, prelude=PRELUDE)
