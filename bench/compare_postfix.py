@@ -14,8 +14,8 @@ Both servers run on this machine under the same load from Postfix's own load gen
   spool's ``held/`` directory (same durability as the queue) and the runner never sees it.
 
 The cells (message size x concurrent connections) are run **interleaved**: rep 1 of every
-cell for Postfix then graphsmtp, then rep 2, ... so drift in the machine's load hits both
-alike.  After every run the queue is counted: every message ``smtp-source`` got a 250 for
+cell for Postfix and graphsmtp, then rep 2, ... so drift in the machine's load hits both
+alike; each cell's runs start one server later than the previous cell's (L{run_order}).  After every run the queue is counted: every message ``smtp-source`` got a 250 for
 must be in ``queue/hold`` (Postfix) or ``held/`` (graphsmtp), or the run is reported as a
 failure.  Server CPU is the whole process tree of each server (user + system time of the root,
 of its reaped children and of every live descendant, from /proc), so Postfix's smtpd and
@@ -434,6 +434,17 @@ def run_cell(server, cell: Cell, messages: int) -> Result:
     return Result(messages / elapsed, cpu * 1000 / messages)
 
 
+def run_order(servers: list, turn: int) -> list:
+    """
+    The servers in the order of run ``turn`` (0, 1, ...): each turn starts one server later, so
+    that no server always runs first in a cell (right after the previous cell's runs, or at the
+    start of a rep) and none always last.  The VM's speed drifts within minutes, and a fixed
+    order would hand the same position, and whatever it costs or gains, to the same server.
+    """
+    start = turn % len(servers)
+    return servers[start:] + servers[:start]
+
+
 def settle_disk() -> None:
     """
     Write out what is pending for the disk, so that no server's run pays for another's: at the
@@ -593,9 +604,9 @@ def main() -> None:
         print(creation_note(workdir))
         print(idle_note())
         for rep in range(1, options.reps + 1):
-            for cell in cells:
+            for index, cell in enumerate(cells):
                 messages = cell.quick_messages if options.quick else cell.messages
-                for server in (postfix, *contenders):
+                for server in run_order([postfix, *contenders], rep - 1 + index):
                     result = run_cell(server, cell, messages)
                     samples.add(server.name, cell.name, result)
                     print(f"rep {rep} {cell.name:9} {server.name:16} {messages:5} msgs "

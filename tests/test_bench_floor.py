@@ -199,3 +199,20 @@ class SideBySideTableTests(TestCase):
         self.assertIn("| **1.01** |", row)  # 102 / 101: the medians
         self.assertIn("| 0.99 1.49 0.34 |", row)
         self.assertIn("| 1 of 3 |", row)
+
+
+class RunOrderTests(TestCase):
+    def test_each_server_starts_a_turn(self) -> None:
+        """
+        compare_postfix rotates the servers' order from one cell's runs to the next, so none always
+        runs first or last (a fixed order gave one position's drift to one server every rep).
+        """
+        compare = load_bench("compare_postfix")
+        servers = ["Postfix", "graphsmtp", "graphsmtp w2"]
+        orders = [compare.run_order(servers, turn) for turn in range(4)]
+        self.assertEqual(orders[0], servers)
+        self.assertEqual([order[0] for order in orders], ["Postfix", "graphsmtp", "graphsmtp w2", "Postfix"])
+        self.assertEqual([order[-1] for order in orders[:3]], ["graphsmtp w2", "Postfix", "graphsmtp"])
+        for order in orders:
+            self.assertEqual(sorted(order), sorted(servers))
+        self.assertEqual(servers, ["Postfix", "graphsmtp", "graphsmtp w2"])  # the caller's list is left alone
