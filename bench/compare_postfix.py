@@ -553,7 +553,7 @@ def main() -> None:
                              "else) in this many processes (default 1; e.g. --plain-twisted 1 2), interleaved")
     parser.add_argument("--lean-twisted", type=int, nargs="*", metavar="PROCESSES",
                         help="the same with a bare Protocol taking each read whole (plain_twisted.py --lean)")
-    parser.add_argument("--lean-spool", action="store_true", help="also that Protocol into graphsmtp's own spool")
+    parser.add_argument("--lean-spool", action="store_true", help="also that Protocol into graphsmtp's own spool, committed as the daemon commits (its commit child)")
     parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
                                            "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()

@@ -218,16 +218,21 @@ class GatewaySpoolCommit:
     graphsmtp does), with its group commit, record and digest, in ``pool`` (a started
     L{gateway.threads.ThreadPoolService}; L{main} gives it the daemon's default size).  Behind
     L{LeanSMTP} it splits graphsmtp's distance from the lean floor into the spool's part and the
-    SMTP session's part.  Not quite the daemon's path: the whole message is handed over at its
-    end (the daemon writes large messages as they arrive), and no Received header is added.
+    SMTP session's part.  ``in_process``: the daemon's commits, as ``[spool]`` configures them
+    by default (L{gateway.wiring.build_spool}): in the commit child, with its intake journal;
+    L{commits} is that child's service, for the caller to start and stop.  Without it the
+    spool's threads commit every batch.  Not quite the daemon's path: the whole message is
+    handed over at its end (the daemon writes large messages as they arrive), and no Received
+    header is added.
     """
 
-    def __init__(self, spool_dir: str, pool: Any) -> None:
+    def __init__(self, spool_dir: str, pool: Any, in_process: bool = False) -> None:
         from gateway.spool.entry import Envelope, Provenance
         from gateway.spool.store import DirectorySpool
 
         self.spool = DirectorySpool(spool_dir, pool.pool, reactor, hold_new=True)
         self.spool.disk.ensure_directories()  # the benchmark counts held/ before the first message
+        self.commits = self.spool.commit_in_process() if in_process else None
         self._envelope = Envelope("bench@sender.test", ("sink@rcpt.test",))
         self._provenance = Provenance("127.0.0.1", "client.test", "bench", tls=False)
 
@@ -275,7 +280,11 @@ def main() -> None:
         pool = ThreadPoolService("graphsmtp-spool", 1, SpoolConfig(options.spool).threads)  # the daemon's default
         pool.startService()
         reactor.addSystemEventTrigger("before", "shutdown", pool.stopService)  # type: ignore[attr-defined]
-        factory: ServerFactory = LeanFactory(GatewaySpoolCommit(options.spool, pool))
+        commit = GatewaySpoolCommit(options.spool, pool, in_process=True)
+        assert commit.commits is not None
+        commit.commits.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", commit.commits.stopService)  # type: ignore[attr-defined]
+        factory: ServerFactory = LeanFactory(commit)
     elif options.lean:
         files = DurableFiles(options.spool)
         factory = LeanFactory(lambda body: threads.deferToThread(files.commit, body))

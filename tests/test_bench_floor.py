@@ -160,6 +160,34 @@ class LeanFactoryTests(TestCase):
         return d.addCallback(check)
 
 
+    def test_into_graphsmtps_spool_through_the_commit_child(self) -> None:
+        """
+        ``--gateway-spool`` as compare_postfix runs it: the daemon's commit child and its intake
+        journal made the message durable (the spool's threads did not), so the floor "lean
+        Twisted + spool" measures the daemon's spool.
+        """
+        from gateway.threads import ThreadPoolService
+
+        pool = ThreadPoolService("test-spool", 1, 2)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        commit = floor.GatewaySpoolCommit(self.mktemp(), pool, in_process=True)
+        self.addCleanup(commit.spool.close)
+        assert commit.commits is not None
+        commit.commits.startService()
+        self.addCleanup(commit.commits.stopService)
+        spool = commit.spool.directory
+        d = _one_message_answered(floor.LeanFactory(commit))
+
+        def check(reply: bytes) -> None:
+            self.assertEqual(reply, b"250 2.0.0 queued\r\n")
+            self.assertEqual(_held(spool, ".msg"), [b"Subject: x\r\n\r\nbody\r\n"])
+            self.assertEqual(commit.commits.started, 1)
+            journal = commit.commits.journal
+            self.assertTrue(journal is not None and os.path.exists(journal))
+        return d.addCallback(check)
+
+
 class DurableFilesTests(TestCase):
     def test_commit_leaves_the_message_in_held(self) -> None:
         """What the benchmark counts: one file per message in held/, with the message's bytes."""
