@@ -63,6 +63,7 @@ from gateway.testing.processes import children  # noqa: E402
 
 sys.path.insert(0, HERE)  # bench/ itself, also when a test loads this file from elsewhere
 from idle import idle_note  # noqa: E402
+from interpreter import interpreter_note  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -603,6 +604,7 @@ def main() -> None:
               + ", ".join(f"{g.name} on port {g.port}" for g in contenders))
         print(creation_note(workdir))
         print(idle_note())
+        print(interpreter_note(options.python))
         for rep in range(1, options.reps + 1):
             for index, cell in enumerate(cells):
                 messages = cell.quick_messages if options.quick else cell.messages
