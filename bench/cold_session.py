@@ -14,9 +14,10 @@ each step 575-735 µs (the medians of a round), and the lean protocol's 14-15 an
 (Debian's Python 3.11, the development VM, 2026-12-01).  Those 500-650 µs are much of the
 one-connection cell's distance from the floors (``compare_postfix.py --lean-spool``: the
 daemon's own spool behind the lean protocol is well above Postfix there).  The cold figure
-follows how much code and data a session touches, not only how many calls it makes; its rounds
-spread by about ±12 %, the daemon's msg/s by up to a third between runs, so it is a figure to
-watch when slimming the session for that cell.
+follows how much code and data a session touches, not only how many calls it makes.  It needs
+no network, disk or second process, but the VM's speed moves it too: within a run its rounds
+spread by about ±12 %, between runs minutes apart it moved by up to 40 % (graphsmtp's cold
+session 575-910 µs).  Compare trees in one run each, alternated, several times.
 
     python bench/cold_session.py                  # 16 MB between steps, 400 sessions, 3 rounds
     python bench/cold_session.py --flush-mb 64    # the whole L3 of this VM and more
