@@ -5,8 +5,9 @@ session of L{bench_session_calls} (a L{GatewaySMTPFactory} over a StringTranspor
 in-memory spool), one connection per message, with ``--flush-mb`` megabytes written before each
 of the client's steps, so that what the session touches has left the CPU's caches, as it has
 in the daemon while it sleeps between two commands and the client, the commit child and the
-kernel run.  The lean floor's protocol (``bench/plain_twisted.py --lean``) is timed the same
-way, for the part that is any Twisted server's.
+kernel run (the connection, its greeting and EHLO are the first step; the close the last).
+The lean floor's protocol (``bench/plain_twisted.py --lean``) is timed the same way, for the
+part that is any Twisted server's.
 
 Why: with one connection every step waits for the one before, and in the daemon each step
 starts cold.  Warm, graphsmtp's session took 170-180 µs of CPU; with 16 MB written before
@@ -16,8 +17,9 @@ one-connection cell's distance from the floors (``compare_postfix.py --lean-spoo
 daemon's own spool behind the lean protocol is well above Postfix there).  The cold figure
 follows how much code and data a session touches, not only how many calls it makes.  It needs
 no network, disk or second process, but the VM's speed moves it too: within a run its rounds
-spread by about ±12 %, between runs minutes apart it moved by up to 40 % (graphsmtp's cold
-session 575-910 µs).  Compare trees in one run each, alternated, several times.
+spread by about ±12 %, between runs minutes or an hour apart it moved by up to a factor of two
+(graphsmtp's cold session 575-1,260 µs, the lean protocol's 56-161).  Compare trees in one run
+each, alternated, several times.
 
     python bench/cold_session.py                  # 16 MB between steps, 400 sessions, 3 rounds
     python bench/cold_session.py --flush-mb 64    # the whole L3 of this VM and more
@@ -33,7 +35,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 # Appended, not prepended: PYTHONPATH may point at another tree to compare with.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,6 +62,17 @@ class CacheFlusher:
         self._memory[::64] = self._zeros
 
 
+def client_steps(proto: Any, flush: Callable[[], None]) -> float:
+    """The client's steps after EHLO (MAIL, RCPT, DATA, the message, QUIT), each after a flush: their CPU seconds."""
+    cpu = 0.0
+    for data in ENVELOPE + (QUIT,):
+        flush()
+        start = time.thread_time()
+        proto.dataReceived(data)
+        cpu += time.thread_time() - start
+    return cpu
+
+
 def graphsmtp_session(flush: Callable[[], None], f: Optional[GatewaySMTPFactory] = None) -> Callable[[], float]:
     """
     One connection's session with graphsmtp's factory (``f``, else L{factory}'s); returns its
@@ -72,12 +85,7 @@ def graphsmtp_session(flush: Callable[[], None], f: Optional[GatewaySMTPFactory]
         flush()
         start = time.thread_time()
         proto, transport = connect(f)  # the greeting and EHLO
-        cpu += time.thread_time() - start
-        for data in ENVELOPE + (QUIT,):
-            flush()
-            start = time.thread_time()
-            proto.dataReceived(data)
-            cpu += time.thread_time() - start
+        cpu += time.thread_time() - start + client_steps(proto, flush)
         flush()
         start = time.thread_time()
         proto.connectionLost(None)
@@ -100,13 +108,7 @@ def lean_session(flush: Callable[[], None],
         proto = f.buildProtocol(None)
         proto.makeConnection(StringTransport())
         proto.dataReceived(b"EHLO client.test\r\n")
-        cpu += time.thread_time() - start
-        for data in ENVELOPE + (QUIT,):
-            flush()
-            start = time.thread_time()
-            proto.dataReceived(data)
-            cpu += time.thread_time() - start
-        return cpu
+        return cpu + time.thread_time() - start + client_steps(proto, flush)
 
     return session
 
