@@ -15,9 +15,10 @@ Both servers run on this machine under the same load from Postfix's own load gen
 
 The cells (message size x concurrent connections) are run **interleaved**: rep 1 of every
 cell for Postfix and graphsmtp, then rep 2, ... so drift in the machine's load hits both
-alike; each cell's runs start one server later than the previous cell's (L{run_order}).  After every run the queue is counted: every message ``smtp-source`` got a 250 for
-must be in ``queue/hold`` (Postfix) or ``held/`` (graphsmtp), or the run is reported as a
-failure.  Server CPU is the whole process tree of each server (user + system time of the root,
+alike; each cell's runs start one server later than the previous cell's, and every other
+round of starts runs the servers backwards (L{run_order}).  After every run the queue is
+counted: every message ``smtp-source`` got a 250 for must be in ``queue/hold`` (Postfix) or
+``held/`` (graphsmtp), or the run is reported as a failure.  Server CPU is the whole process tree of each server (user + system time of the root,
 of its reaped children and of every live descendant, from /proc), so Postfix's smtpd and
 cleanup processes are counted like graphsmtp's threads.
 
@@ -437,13 +438,15 @@ def run_cell(server, cell: Cell, messages: int) -> Result:
 
 def run_order(servers: list, turn: int) -> list:
     """
-    The servers in the order of run ``turn`` (0, 1, ...): each turn starts one server later, so
-    that no server always runs first in a cell (right after the previous cell's runs, or at the
-    start of a rep) and none always last.  The VM's speed drifts within minutes, and a fixed
-    order would hand the same position, and whatever it costs or gains, to the same server.
+    The servers in the order of run ``turn`` (0, 1, ...): each turn starts one server later, and
+    every other pass through the list runs it backwards, so that no server always runs first or
+    last in a cell, nor always right after the same server.  The VM's speed drifts within
+    minutes, and a fixed order would hand the same position, and what the run before leaves
+    behind, to the same server every time.
     """
     start = turn % len(servers)
-    return servers[start:] + servers[:start]
+    order = servers[start:] + servers[:start]
+    return order if (turn // len(servers)) % 2 == 0 else order[::-1]
 
 
 def settle_disk() -> None:

@@ -218,21 +218,22 @@ class GatewaySpoolCommit:
     graphsmtp does), with its group commit, record and digest, in ``pool`` (a started
     L{gateway.threads.ThreadPoolService}; L{main} gives it the daemon's default size).  Behind
     L{LeanSMTP} it splits graphsmtp's distance from the lean floor into the spool's part and the
-    SMTP session's part.  ``in_process``: the daemon's commits, as ``[spool]`` configures them
-    by default (L{gateway.wiring.build_spool}): in the commit child, with its intake journal;
+    SMTP session's part.  ``in_commit_child``: the daemon's commits, as ``[spool]`` configures
+    them by default (L{gateway.wiring.build_spool}): in the commit child, with its intake
+    journal (and, as in the daemon, in the spool's threads when the child cannot take a batch);
     L{commits} is that child's service, for the caller to start and stop.  Without it the
     spool's threads commit every batch.  Not quite the daemon's path: the whole message is
     handed over at its end (the daemon writes large messages as they arrive), and no Received
     header is added.
     """
 
-    def __init__(self, spool_dir: str, pool: Any, in_process: bool = False) -> None:
+    def __init__(self, spool_dir: str, pool: Any, in_commit_child: bool = False) -> None:
         from gateway.spool.entry import Envelope, Provenance
         from gateway.spool.store import DirectorySpool
 
         self.spool = DirectorySpool(spool_dir, pool.pool, reactor, hold_new=True)
         self.spool.disk.ensure_directories()  # the benchmark counts held/ before the first message
-        self.commits = self.spool.commit_in_process() if in_process else None
+        self.commits = self.spool.commit_in_process() if in_commit_child else None
         self._envelope = Envelope("bench@sender.test", ("sink@rcpt.test",))
         self._provenance = Provenance("127.0.0.1", "client.test", "bench", tls=False)
 
@@ -279,11 +280,12 @@ def main() -> None:
 
         pool = ThreadPoolService("graphsmtp-spool", 1, SpoolConfig(options.spool).threads)  # the daemon's default
         pool.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", pool.stopService)  # type: ignore[attr-defined]
-        commit = GatewaySpoolCommit(options.spool, pool, in_process=True)
+        commit = GatewaySpoolCommit(options.spool, pool, in_commit_child=True)
         assert commit.commits is not None
         commit.commits.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", commit.commits.stopService)  # type: ignore[attr-defined]
+        # The child first (it may hand an undo to the pool as it ends), then the pool.
+        reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            "before", "shutdown", lambda: commit.commits.stopService().addBoth(lambda _: pool.stopService()))
         factory: ServerFactory = LeanFactory(commit)
     elif options.lean:
         files = DurableFiles(options.spool)

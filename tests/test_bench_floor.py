@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from gateway.spool.journal import DATA_START
 from tests.bench_modules import load_bench
 
 floor = load_bench("plain_twisted")
@@ -159,7 +160,6 @@ class LeanFactoryTests(TestCase):
             self.assertEqual(len(_held(spool, ".env")), 1)
         return d.addCallback(check)
 
-
     def test_into_graphsmtps_spool_through_the_commit_child(self) -> None:
         """
         ``--gateway-spool`` as compare_postfix runs it: the daemon's commit child and its intake
@@ -171,7 +171,7 @@ class LeanFactoryTests(TestCase):
         pool = ThreadPoolService("test-spool", 1, 2)
         pool.startService()
         self.addCleanup(pool.stopService)
-        commit = floor.GatewaySpoolCommit(self.mktemp(), pool, in_process=True)
+        commit = floor.GatewaySpoolCommit(self.mktemp(), pool, in_commit_child=True)
         self.addCleanup(commit.spool.close)
         assert commit.commits is not None
         commit.commits.startService()
@@ -184,7 +184,11 @@ class LeanFactoryTests(TestCase):
             self.assertEqual(_held(spool, ".msg"), [b"Subject: x\r\n\r\nbody\r\n"])
             self.assertEqual(commit.commits.started, 1)
             journal = commit.commits.journal
-            self.assertTrue(journal is not None and os.path.exists(journal))
+            assert journal is not None
+            with open(journal, "rb") as f:
+                f.seek(DATA_START)
+                frame = f.read(4096)
+            self.assertNotEqual(frame, bytes(len(frame)))  # the batch was appended to it: the child committed it
         return d.addCallback(check)
 
 
@@ -230,17 +234,20 @@ class SideBySideTableTests(TestCase):
 
 
 class RunOrderTests(TestCase):
-    def test_each_server_starts_a_turn(self) -> None:
+    def test_each_server_starts_a_turn_and_follows_another_server_later(self) -> None:
         """
-        compare_postfix rotates the servers' order from one cell's runs to the next, so none always
-        runs first or last (a fixed order gave one position's drift to one server every rep).
+        compare_postfix rotates the servers' order from one cell's runs to the next, and runs every
+        other round of rotations backwards: none always runs first or last, nor always right after
+        the same server (a fixed order gave one position's drift to one server every rep).
         """
         compare = load_bench("compare_postfix")
         servers = ["Postfix", "graphsmtp", "graphsmtp w2"]
-        orders = [compare.run_order(servers, turn) for turn in range(4)]
-        self.assertEqual(orders[0], servers)
-        self.assertEqual([order[0] for order in orders], ["Postfix", "graphsmtp", "graphsmtp w2", "Postfix"])
-        self.assertEqual([order[-1] for order in orders[:3]], ["graphsmtp w2", "Postfix", "graphsmtp"])
+        orders = [compare.run_order(servers, turn) for turn in range(6)]
+        self.assertEqual(orders[:3], [servers, ["graphsmtp", "graphsmtp w2", "Postfix"],
+                                      ["graphsmtp w2", "Postfix", "graphsmtp"]])
+        self.assertEqual(orders[3:], [list(reversed(order)) for order in orders[:3]])
         for order in orders:
             self.assertEqual(sorted(order), sorted(servers))
+        before_graphsmtp = {order[order.index("graphsmtp") - 1] for order in orders if order[0] != "graphsmtp"}
+        self.assertEqual(before_graphsmtp, {"Postfix", "graphsmtp w2"})
         self.assertEqual(servers, ["Postfix", "graphsmtp", "graphsmtp w2"])  # the caller's list is left alone
