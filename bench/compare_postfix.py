@@ -18,9 +18,10 @@ cell for Postfix and graphsmtp, then rep 2, ... so drift in the machine's load h
 alike; each cell's runs start one server later than the previous cell's, and every other
 round of starts runs the servers backwards (L{run_order}).  After every run the queue is
 counted: every message ``smtp-source`` got a 250 for must be in ``queue/hold`` (Postfix) or
-``held/`` (graphsmtp), or the run is reported as a failure.  Server CPU is the whole process tree of each server (user + system time of the root,
-of its reaped children and of every live descendant, from /proc), so Postfix's smtpd and
-cleanup processes are counted like graphsmtp's threads.
+``held/`` (graphsmtp), or the run is reported as a failure.  Server CPU is the whole process
+tree of each server (user + system time of the root, of its reaped children and of every live
+descendant, from /proc), so Postfix's smtpd and cleanup processes are counted like graphsmtp's
+threads.
 
     .venv/bin/python bench/compare_postfix.py                 # 3 reps, every cell
     .venv/bin/python bench/compare_postfix.py --quick         # fewer messages, 3 reps
@@ -557,7 +558,9 @@ def main() -> None:
                              "else) in this many processes (default 1; e.g. --plain-twisted 1 2), interleaved")
     parser.add_argument("--lean-twisted", type=int, nargs="*", metavar="PROCESSES",
                         help="the same with a bare Protocol taking each read whole (plain_twisted.py --lean)")
-    parser.add_argument("--lean-spool", action="store_true", help="also that Protocol into graphsmtp's own spool, committed as the daemon commits (its commit child)")
+    parser.add_argument("--lean-spool", action="store_true",
+                        help="also that Protocol into graphsmtp's own spool, committed as the daemon commits "
+                             "(its commit child)")
     parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
                                            "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()
