@@ -40,6 +40,7 @@ from compare_postfix import (  # noqa: E402
     on_a_real_disk,
     run_cell,
 )
+from interpreter import interpreter_note  # noqa: E402
 
 from gateway.testing.processes import commit_child  # noqa: E402
 
@@ -106,6 +107,7 @@ def main() -> None:
 
     out = os.path.join(workdir, "reactor-steps.json")
     os.environ["GRAPHSMTP_PROBE_OUT"] = out
+    print(interpreter_note(options.python))
     server = GraphsmtpServer(workdir, PortPicker().port(), options.python, prelude=PRELUDE)
     server.start()
     try:

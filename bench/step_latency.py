@@ -29,6 +29,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from compare_postfix import ROOT, GraphsmtpServer, PlainTwistedServer, PostfixServer, settle_disk  # noqa: E402
 from idle import idle_note  # noqa: E402
+from interpreter import interpreter_note  # noqa: E402
 
 from gateway.testing.ports import PortPicker  # noqa: E402
 
@@ -110,7 +111,7 @@ def main() -> None:
                 settle_disk()
         names = [s.name for s in servers]
         print(f"median µs per step, {options.sessions} sessions × {options.rounds} interleaved rounds, "
-              f"{len(MESSAGE)}-byte messages; {idle_note()}\n")
+              f"{len(MESSAGE)}-byte messages; {idle_note()}; {interpreter_note(options.python)}\n")
         others = [name for name in names if name != "graphsmtp"]
         print("| step | " + " | ".join(names) + " | " + " | ".join(f"graphsmtp − {name}" for name in others) + " |")
         print("|---|" + "---|" * (len(names) + len(others)))
