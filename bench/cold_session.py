@@ -46,8 +46,10 @@ from twisted.internet.testing import StringTransport  # noqa: E402
 from gateway.smtp.factory import GatewaySMTPFactory  # noqa: E402
 
 QUIT = b"QUIT\r\n"
-#: The client's steps after EHLO, named as ``--by-step`` prints them.
+#: A session's steps, named as ``--by-step`` prints them: the first, the client's after EHLO, the last.
+OPEN = "connection, greeting and EHLO"
 CLIENT_STEPS = ("MAIL", "RCPT", "DATA", "the message", "QUIT")
+CLOSE = "close"
 
 
 class CacheFlusher:
@@ -100,9 +102,9 @@ def graphsmtp_session(steps: Steps, f: Optional[GatewaySMTPFactory] = None) -> C
 
     def session() -> float:
         opened: list[Any] = []
-        cpu = steps.run("connection, greeting and EHLO", lambda: opened.extend(connect(f)))
+        cpu = steps.run(OPEN, lambda: opened.extend(connect(f)))
         proto, transport = opened
-        cpu += steps.client(proto) + steps.run("close", lambda: proto.connectionLost(None))
+        cpu += steps.client(proto) + steps.run(CLOSE, lambda: proto.connectionLost(None))
         transport.clear()
         return cpu
 
@@ -121,8 +123,8 @@ def lean_session(steps: Steps,
             proto.makeConnection(StringTransport())
             proto.dataReceived(b"EHLO client.test\r\n")
 
-        cpu = steps.run("connection, greeting and EHLO", open_and_greet)
-        return cpu + steps.client(proto) + steps.run("close", lambda: proto.connectionLost(None))
+        cpu = steps.run(OPEN, open_and_greet)
+        return cpu + steps.client(proto) + steps.run(CLOSE, lambda: proto.connectionLost(None))
 
     return session
 
@@ -160,7 +162,7 @@ def main() -> None:
             print(f"{who}: " + ", ".join(
                 f"{name} {statistics.median(steps[(who, 'warm')].by_step[name]) * 1e6:.0f}"
                 f"/{statistics.median(steps[(who, cold)].by_step[name]) * 1e6:.0f}"
-                for name in ("connection, greeting and EHLO",) + CLIENT_STEPS + ("close",)))
+                for name in (OPEN, *CLIENT_STEPS, CLOSE)))
 
 
 if __name__ == "__main__":

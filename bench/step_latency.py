@@ -27,7 +27,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from compare_postfix import ROOT, GraphsmtpServer, PlainTwistedServer, PostfixServer, settle_disk  # noqa: E402
+from compare_postfix import (  # noqa: E402
+    ROOT,
+    GraphsmtpServer,
+    PlainTwistedServer,
+    PostfixServer,
+    run_order,
+    settle_disk,
+)
 from idle import idle_note  # noqa: E402
 from interpreter import interpreter_note  # noqa: E402
 
@@ -100,8 +107,8 @@ def main() -> None:
             server.start()
         medians: dict[str, dict[str, list[float]]] = {s.name: {step: [] for step in STEPS} for s in servers}
         for round_number in range(options.rounds):
-            # Each round starts with the next server, so no server always follows the same one.
-            for server in servers[round_number % len(servers):] + servers[:round_number % len(servers)]:
+            # Each round starts with the next server (compare_postfix's order of runs).
+            for server in run_order(servers, round_number):
                 steps: dict[str, list[float]] = {step: [] for step in STEPS}
                 for _ in range(options.sessions):
                     session(server.port, steps)
