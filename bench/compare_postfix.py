@@ -338,15 +338,17 @@ class PlainTwistedServer:
     ``--plain-twisted``: bench/plain_twisted.py, Twisted's own ESMTP with one durable file per
     message and nothing else: how close Twisted's stock server comes to Postfix here.
     ``--lean-twisted``: behind a bare Protocol taking each read whole; ``--lean-spool``: that
-    Protocol into graphsmtp's spool (how graphsmtp's distance splits: spool, SMTP session).
+    Protocol into graphsmtp's spool (how graphsmtp's distance splits: spool, SMTP session);
+    ``--lean-checks``: and graphsmtp's checks of each message (the session's checks, its machinery).
     """
 
     def __init__(self, workdir: str, port: int, python: str, processes: int = 1, lean: bool = False,
-                 gateway_spool: bool = False) -> None:
+                 gateway_spool: bool = False, checks: bool = False) -> None:
         self.name = ("lean" if lean else "plain") + " Twisted" + (f" x{processes}" if processes > 1 else "") + (
-            " + spool" if gateway_spool else "")
+            " + checks" if checks else " + spool" if gateway_spool else "")
         self.processes = processes
-        self.options = (["--lean"] if lean else []) + (["--gateway-spool"] if gateway_spool else [])
+        self.options = (["--lean"] if lean else []) + (["--gateway-spool"] if gateway_spool or checks else []) + (
+            ["--checks"] if checks else [])
         self.base = os.path.join(workdir, self.name.replace(" ", "-"))
         self.port, self.python, self.held = port, python, os.path.join(self.base, "held")
         self.process: Optional[subprocess.Popen] = None
@@ -561,6 +563,9 @@ def main() -> None:
     parser.add_argument("--lean-spool", action="store_true",
                         help="also that Protocol into graphsmtp's own spool, committed as the daemon commits "
                              "(its commit child)")
+    parser.add_argument("--lean-checks", action="store_true",
+                        help="also that Protocol on graphsmtp's spool doing graphsmtp's checks of each message "
+                             "(addresses, guard, framing, Received line, mail grammar, log line), without its session")
     parser.add_argument("--baseline", help="also run the graphsmtp of this source tree (an older checkout, "
                                            "e.g. a git worktree), interleaved, with the first --workers value")
     options = parser.parse_args()
@@ -596,6 +601,7 @@ def main() -> None:
               for lean, counts in ((False, options.plain_twisted), (True, options.lean_twisted)) if counts is not None
               for n in dict.fromkeys(counts or [1])]
     plains += [PlainTwistedServer(workdir, ports.port(), options.python, 1, True, True)] if options.lean_spool else []
+    plains += [PlainTwistedServer(workdir, ports.port(), options.python, 1, True, checks=True)] if options.lean_checks else []
     if any(p.processes < 1 for p in plains):
         parser.error("--plain-twisted and --lean-twisted need at least 1 process")
     contenders.extend(plains)
