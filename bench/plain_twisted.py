@@ -23,7 +23,7 @@ whole instead of line by line (``compare_postfix.py --lean-twisted``): whether t
 server's per-line work or Twisted itself keeps the floor below Postfix.  ``--lean
 --gateway-spool`` puts graphsmtp's own spool behind it instead (L{GatewaySpoolCommit},
 ``compare_postfix.py --lean-spool``), and ``--checks`` adds graphsmtp's checks of each message
-(L{CheckedSMTP}, ``compare_postfix.py --lean-checks``).
+(``bench/checked_floor.py``, ``compare_postfix.py --lean-checks``).
 """
 
 from __future__ import annotations
@@ -213,186 +213,6 @@ class LeanFactory(ServerFactory):
         return LeanSMTP(self._commit)
 
 
-class CheckedSMTP(LeanSMTP):
-    """
-    ``--checks``: L{LeanSMTP} doing graphsmtp's own work for each message and none of the
-    session around it.  With it, graphsmtp's distance from the lean floor on its spool splits
-    again: into what its checks cost and what its session machinery costs (docs/benchmarks.md,
-    "What one connection's gap is made of").
-
-    The work, with graphsmtp's own code: the HELO name and the MAIL and RCPT paths parsed
-    (L{gateway.smtp.addresses}); the relay guard asked at MAIL, RCPT and the end of the data
-    (a L{PolicyChain} of the guard alone, as graphsmtp's usual chain); the data through
-    L{MessageIntake} (the framing checks, the header section, the ``Received:`` line, a missing
-    Message-ID and Date) into a spool writer; the header section judged by the mail grammar;
-    the sending mailbox chosen; the commit with the envelope and provenance; the log line.
-    Not done: the state machine, ordered replies and back-pressure, timers, limits, counters.
-    Refusals are answered (and the message not stored) but not in graphsmtp's words: a
-    benchmark peer only.
-    """
-
-    def __init__(self, factory: "CheckedFactory") -> None:
-        super().__init__(lambda body: Deferred())  # never called: the spool writer commits
-        self._factory = factory
-        self._intake: Any = None
-        self._writer: Any = None
-        self._name: Optional[str] = None
-        self._sender: Optional[str] = None
-        self._recipients: list[str] = []
-        self._view: Any = None
-
-    def connectionMade(self) -> None:
-        from gateway.policy.interfaces import SessionView
-        from gateway.smtp.peers import peer_address
-
-        address, port = peer_address(self.transport.getPeer())
-        self._view = SessionView(listener="bench", client_address=address, client_port=port, client_name=None,
-                                 tls=False, identity=None, trusted_network=True)
-        super().connectionMade()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._intake is None:
-            super().dataReceived(data)
-            return
-        rest = self._intake.feed(data)
-        if self._intake.line_too_long:
-            self._quit = True
-            self.transport.write(b"500 5.5.2 Line too long\r\n")
-            self.transport.loseConnection()
-        elif rest is not None:
-            self._pending = bytearray(rest)
-            self._end_of_data()
-
-    def _command(self, verb: bytes, line: bytes) -> None:
-        from gateway.smtp.addresses import parse_helo, parse_mail_from, parse_rcpt_to
-
-        argument = line[5:]
-        if verb in (b"HELO", b"EHLO"):
-            self._name = parse_helo(argument)
-            if self._name is None:
-                self.transport.write(b"501 5.5.4 Invalid domain name\r\n")
-            else:
-                super()._command(verb, line)
-        elif verb in (b"MAIL", b"RCPT"):
-            path, problem = (parse_mail_from if verb == b"MAIL" else parse_rcpt_to)(argument)
-            if problem is not None:
-                self.transport.write(f"{problem.code} {problem.status} {problem.text}\r\n".encode("ascii"))
-            elif verb == b"MAIL":
-                self._sender, self._recipients = path.address, []
-                refusal = self._refusal(lambda chain, view: chain.on_mail_from(view, path.address))
-                self.transport.write(refusal or b"250 2.1.0 Sender ok\r\n")
-            else:
-                refusal = self._refusal(lambda chain, view: chain.on_rcpt_to(view, path.address))
-                if refusal is None:
-                    self._recipients.append(path.address)
-                self.transport.write(refusal or b"250 2.1.5 Recipient ok\r\n")
-        elif verb == b"DATA":
-            self._committing = True  # nothing more is read as a command until the writer is open
-            self._factory.spool.open_writer().addCallbacks(self._data, lambda _: self._answered(b"451 4.3.0 no spool\r\n"))
-        else:
-            super()._command(verb, line)
-
-    def _refusal(self, step: Callable[[Any, Any], Deferred]) -> Optional[bytes]:
-        """
-        The reply refusing a guard step, or None when the guard lets it go on.  The guard answers
-        at once (it always has, graphsmtp's session too relies on that being the usual case); an
-        answer still pending counts as a refusal here.
-        """
-        from gateway.smtp.replies import verdict_refusal
-        from gateway.smtp.transaction import with_envelope
-
-        view = with_envelope(self._view, self._sender, tuple(self._recipients))
-        results: list = []
-        step(self._factory.chain, view).addBoth(results.append)
-        if not results:
-            return b"451 4.3.0 The guard did not answer at once\r\n"
-        refusal = verdict_refusal(results[0])
-        return None if refusal is None else f"{refusal.code} {refusal.status} {refusal.text}\r\n".encode("ascii")
-
-    def _data(self, writer: Any) -> None:
-        from gateway.smtp.headers import missing_headers, received_header
-        from gateway.smtp.intake import MessageIntake
-
-        factory, self._writer = self._factory, writer
-
-        def prefix(names: set) -> tuple[bytes, bytes]:
-            now = reactor.seconds()  # type: ignore[attr-defined]
-            return (received_header(self._name, self._view.client_address, factory.hostname, writer.queue_id,
-                                    False, False, now, factory.dates),
-                    missing_headers(names, factory.hostname, writer.queue_id, now, True, True, factory.dates))
-
-        self._intake = MessageIntake(writer, factory.limits, prefix)
-        self._committing = False
-        self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-        if self._pending:
-            data, self._pending = bytes(self._pending), bytearray()
-            self.dataReceived(data)
-
-    def _end_of_data(self) -> None:
-        from gateway.mail.errors import MailRefusal
-        from gateway.mail.message import choose_sending_mailbox
-        from gateway.policy.interfaces import MessageView
-        from gateway.smtp.intake import judge_header_section
-        from gateway.spool.entry import Envelope, Provenance
-
-        intake, writer, self._intake = self._intake, self._writer, None
-        self._committing = True
-        if intake.refusal is not None:
-            writer.abort()
-            self._answered(f"{intake.refusal.code} {intake.refusal.status} {intake.refusal.text}\r\n".encode("ascii"))
-            return
-        try:
-            judged = judge_header_section(intake.header_section, intake.stopped_at)
-        except MailRefusal as refused:
-            writer.abort()
-            self._answered(f"550 5.6.0 {refused}\r\n".encode("utf-8", "replace"))
-            return
-        message = MessageView(headers=None, header_bytes=intake.header_section, size=writer.bytes_written,
-                              open_body=None, mail=judged)
-        refusal = self._refusal(lambda chain, view: chain.on_message(view, message))
-        if refusal is not None:
-            writer.abort()
-            self._answered(refusal)
-            return
-        mailbox = choose_sending_mailbox(judged, self._sender or "", "header-from")
-        provenance = Provenance(client_address=self._view.client_address, client_name=self._name or "",
-                                listener="bench", tls=False)
-        writer.commit(Envelope(self._sender, tuple(self._recipients)), provenance, None,
-                      sending_mailbox=mailbox).addCallbacks(self._stored, self._not_committed)
-
-    def _stored(self, entry: Any) -> None:
-        self._answered(f"250 2.0.0 Ok: queued as {entry.queue_id}\r\n".encode("ascii"))
-        self._factory.log.info(
-            "received {queue_id} from {client} size {size} nrcpt {nrcpt}",
-            queue_id=entry.queue_id, client=f"{self._name}[{self._view.client_address}]", size=entry.size,
-            nrcpt=len(self._recipients), tls=False, listener="bench",
-            **{"from": self._sender, "to": list(self._recipients)})
-
-
-class CheckedFactory(ServerFactory):
-    """``--checks``: L{CheckedSMTP} sessions on the spool of ``commit`` (a L{GatewaySpoolCommit})."""
-
-    def __init__(self, commit: "GatewaySpoolCommit") -> None:
-        from twisted.logger import Logger
-
-        from gateway.auth.relay import RelayAccessPolicy
-        from gateway.config.model import LOOPBACK_NETWORKS, Limits, ListenerConfig
-        from gateway.policy.chain import PolicyChain
-        from gateway.smtp.headers import MessageDates
-
-        self.spool = commit.spool
-        self.hostname = "bench.localdomain"
-        self.limits = Limits()
-        self.dates = MessageDates()
-        listener = ListenerConfig(name="bench", endpoint="tcp:0", trusted_networks=LOOPBACK_NETWORKS)
-        self.chain = PolicyChain((), guard=RelayAccessPolicy(listener))
-        # The namespace of graphsmtp's own line, so the same observers treat it the same way.
-        self.log = Logger(namespace="gateway.smtp.protocol.GatewayESMTP")
-
-    def buildProtocol(self, addr: object) -> CheckedSMTP:
-        return CheckedSMTP(self)
-
-
 class GatewaySpoolCommit:
     """
     ``--gateway-spool``: commit into graphsmtp's own spool (``held/``, as the benchmark's
@@ -436,16 +256,6 @@ def listen(port: int) -> socket.socket:
     return listening
 
 
-def log_like_the_daemon() -> None:
-    """``--checks``: the log line goes to stdout through the observers ``twistd -n graphsmtp`` has."""
-    from twisted.logger import FileLogObserver, globalLogBeginner
-
-    from gateway.logging import ClassicLines, text_observer_for
-
-    globalLogBeginner.beginLoggingTo([text_observer_for(FileLogObserver(sys.stdout, ClassicLines()))],
-                                     redirectStandardIO=False)
-
-
 def main() -> None:
     """Listen, start the other processes, serve until SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
@@ -483,6 +293,8 @@ def main() -> None:
             "before", "shutdown", lambda: commit.commits.stopService().addBoth(lambda _: pool.stopService()))
         factory: ServerFactory = LeanFactory(commit)
         if options.checks:
+            from checked_floor import CheckedFactory, log_like_the_daemon
+
             log_like_the_daemon()
             factory = CheckedFactory(commit)
     elif options.lean:

@@ -9,9 +9,7 @@ the message as sent (dots undone), each one committed before its 250, pipelined 
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
@@ -192,76 +190,6 @@ class LeanFactoryTests(TestCase):
                 frame = f.read(4096)
             self.assertNotEqual(frame, bytes(len(frame)))  # the batch was appended to it: the child committed it
         return d.addCallback(check)
-
-
-class CheckedSMTPTests(TestCase):
-    """
-    ``--checks`` (``compare_postfix.py --lean-checks``): the floor that does graphsmtp's checks
-    of each message without its session.  Its figure only means that if the checks really run:
-    what graphsmtp refuses, it refuses, and what it stores carries graphsmtp's Received line.
-    """
-
-    def setUp(self) -> None:
-        from twisted.logger import globalLogPublisher
-
-        from gateway.testing.memory_spool import MemorySpool
-
-        self.spool = MemorySpool()
-        self.factory = floor.CheckedFactory(SimpleNamespace(spool=self.spool))
-        self.logged: list[dict] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
-
-    def session(self, data: bytes, client: str = "127.0.0.1") -> bytes:
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
-        protocol.makeConnection(transport)
-        protocol.dataReceived(data)
-        return transport.value()
-
-    def test_stores_with_graphsmtps_received_line_and_logs_it(self) -> None:
-        """The message is stored after its Received line, dots undone, the envelope as sent; one log line."""
-        replies = self.session(b"HELO client.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<r@rcpt.test>\r\nDATA\r\n"
-                               b"From: a@sender.test\r\nMessage-ID: <1@x>\r\nDate: Tue, 1 Dec 2026 05:00:00 +0000\r\n"
-                               b"\r\n..dot\r\n.\r\nQUIT\r\n")
-        [(entry, data)] = self.spool.messages
-        self.assertEqual(replies.split(b"\r\n")[:6], [
-            b"220 lean ESMTP", b"250 ok", b"250 2.1.0 Sender ok", b"250 2.1.5 Recipient ok",
-            b"354 End data with <CR><LF>.<CR><LF>", b"250 2.0.0 Ok: queued as " + entry.queue_id.encode()])
-        self.assertTrue(replies.endswith(b"221 bye\r\n"))
-        self.assertTrue(data.startswith(b"Received: from client.test ([127.0.0.1])\r\n\tby bench.localdomain (graphsmtp)"))
-        self.assertTrue(data.endswith(b"\r\nFrom: a@sender.test\r\nMessage-ID: <1@x>\r\n"
-                                      b"Date: Tue, 1 Dec 2026 05:00:00 +0000\r\n\r\n.dot\r\n"))
-        self.assertEqual((entry.envelope.sender, entry.envelope.recipients, entry.sending_mailbox),
-                         ("a@sender.test", ("r@rcpt.test",), "a@sender.test"))
-        [line] = [e for e in self.logged if e.get("log_format", "").startswith("received ")]
-        self.assertEqual((line["queue_id"], line["from"], line["to"]), (entry.queue_id, "a@sender.test", ["r@rcpt.test"]))
-
-    def test_the_mail_grammar_refuses(self) -> None:
-        """Two From fields: refused after the final dot as graphsmtp refuses them, nothing stored."""
-        replies = self.session(b"HELO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<r@rcpt.test>\r\nDATA\r\n"
-                               b"From: a@sender.test\r\nFrom: b@sender.test\r\n\r\nbody\r\n.\r\n")
-        self.assertTrue(replies.endswith(b"550 5.6.0 more than one From header field\r\n"), replies)
-        self.assertEqual(self.spool.messages, [])
-        self.assertTrue(self.spool.writers[0].aborted)
-
-    def test_the_framing_checks_refuse(self) -> None:
-        """A bare LF in the data: 550, nothing stored."""
-        replies = self.session(b"HELO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<r@rcpt.test>\r\nDATA\r\n"
-                               b"From: a@sender.test\r\n\r\nbare\nlf\r\n.\r\n")
-        self.assertIn(b"550 5.6.0 Message contains bare CR or LF characters", replies)
-        self.assertEqual(self.spool.messages, [])
-
-    def test_addresses_are_parsed(self) -> None:
-        """A path graphsmtp refuses is refused; a bad HELO name too."""
-        replies = self.session(b"HELO bad name\r\nHELO c.test\r\nMAIL FROM:<no-domain>\r\n")
-        self.assertEqual(replies.split(b"\r\n")[1:4], [
-            b"501 5.5.4 Invalid domain name", b"250 ok", b"501 5.1.7 Address must be local-part@domain"])
-
-    def test_the_relay_guard_is_asked(self) -> None:
-        """A client outside the trusted networks is refused at MAIL by graphsmtp's relay guard."""
-        replies = self.session(b"HELO c.test\r\nMAIL FROM:<a@sender.test>\r\n", client="192.0.2.10")
-        self.assertTrue(replies.endswith(b"554 5.7.1 Relay access denied\r\n"), replies)
 
 
 class DurableFilesTests(TestCase):
