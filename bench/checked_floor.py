@@ -50,7 +50,7 @@ from gateway.smtp.addresses import parse_helo, parse_mail_from, parse_rcpt_to, r
 from gateway.smtp.headers import MessageDates, missing_headers, received_header  # noqa: E402
 from gateway.smtp.intake import MessageIntake, judge_header_section  # noqa: E402
 from gateway.smtp.peers import peer_address  # noqa: E402
-from gateway.smtp.replies import clean_text, verdict_refusal  # noqa: E402
+from gateway.smtp.replies import clean_text, spool_refusal, verdict_refusal  # noqa: E402
 from gateway.smtp.transaction import mail_parameter_problem, with_envelope  # noqa: E402
 from gateway.spool.entry import Envelope, Provenance  # noqa: E402
 
@@ -62,6 +62,11 @@ _HANDLERS = MappingProxyType({b"HELO": "_helo", b"EHLO": "_helo", b"MAIL": "_mai
 
 def reply_line(code: int, status: str, text: str) -> bytes:
     return f"{code} {status} {clean_text(text)}\r\n".encode("ascii")
+
+
+def refusal_line(refusal: Any) -> bytes:
+    """The reply for anything with graphsmtp's ``code``, ``status`` and ``text`` (a refusal, an address problem)."""
+    return reply_line(refusal.code, refusal.status, refusal.text)
 
 
 class CheckedFactory(ServerFactory):
@@ -93,7 +98,6 @@ class CheckedSMTP(LeanSMTP):
         self._keys: set[str] = set()
         self._writer: Any = None  # the open spool writer, from 354 until the commit takes it
         self._intake: Optional[MessageIntake] = None
-        self._mailbox: Optional[str] = None  # the message's sending mailbox, once judged
         self._gone = False
 
     @staticmethod
@@ -174,7 +178,7 @@ class CheckedSMTP(LeanSMTP):
         """The MAIL or RCPT argument as graphsmtp parses it, or None when refused (the reply is sent)."""
         path, problem = parse(line[5:])
         if problem is not None:
-            self.transport.write(reply_line(problem.code, problem.status, problem.text))
+            self.transport.write(refusal_line(problem))
             return None
         return path
 
@@ -189,7 +193,7 @@ class CheckedSMTP(LeanSMTP):
         if not results:
             return reply_line(451, "4.3.0", "The guard did not answer at once")
         refusal = verdict_refusal(results[0])
-        return None if refusal is None else reply_line(refusal.code, refusal.status, refusal.text)
+        return None if refusal is None else refusal_line(refusal)
 
     def _data(self, verb: bytes, line: bytes) -> None:
         if self._sender is None:
@@ -199,7 +203,7 @@ class CheckedSMTP(LeanSMTP):
             self.transport.write(reply_line(554, "5.5.1", "No valid recipients"))
             return
         self._committing = True  # no more commands until the writer is open: what follows is data
-        self._factory.spool.open_writer().addCallbacks(self._writer_opened, self._writer_failed)
+        self._factory.spool.open_writer().addCallbacks(self._writer_opened, self._spool_failed)
 
     def _writer_opened(self, writer: Any) -> None:
         if self._gone:
@@ -212,10 +216,6 @@ class CheckedSMTP(LeanSMTP):
         if self._pending:
             data, self._pending = bytes(self._pending), bytearray()
             self.dataReceived(data)
-
-    def _writer_failed(self, failure: Failure) -> None:
-        self._end_transaction()
-        self._answered(reply_line(451, "4.3.0", "Local error in processing, try again later"))
 
     def _prefix(self, names: set) -> tuple[bytes, bytes]:
         """graphsmtp's Received line and the Message-ID and Date a message lacks."""
@@ -247,7 +247,7 @@ class CheckedSMTP(LeanSMTP):
         """The checks after the final dot, then the commit; any refusal discards the message."""
         self._intake = None
         self._committing = True
-        refusal = self._message_refusal(intake)
+        refusal, mailbox = self._judge_message(intake)
         if refusal is not None:
             self._abort()
             self._end_transaction()
@@ -259,28 +259,28 @@ class CheckedSMTP(LeanSMTP):
         provenance = Provenance(client_address=self._view.client_address, client_name=self._name or "",
                                 listener="bench", tls=False)
         # The spool writer discards its own temporary file when the commit fails.
-        writer.commit(envelope, provenance, None, sending_mailbox=self._mailbox).addCallbacks(
-            self._stored, self._not_committed, callbackArgs=(envelope,))
+        writer.commit(envelope, provenance, None, sending_mailbox=mailbox).addCallbacks(
+            self._stored, self._spool_failed, callbackArgs=(envelope,))
 
-    def _message_refusal(self, intake: MessageIntake) -> Optional[bytes]:
-        """What graphsmtp would refuse the message with, or None (``_mailbox`` is then set)."""
+    def _judge_message(self, intake: MessageIntake) -> tuple[Optional[bytes], Optional[str]]:
+        """What graphsmtp would refuse the message with, else None and the mailbox it sends as."""
         if intake.refusal is not None:
-            return reply_line(intake.refusal.code, intake.refusal.status, intake.refusal.text)
+            return refusal_line(intake.refusal), None
         assert intake.header_section is not None
         try:
             judged = judge_header_section(intake.header_section, intake.stopped_at)
         except MailRefusal as refused:
-            return reply_line(refused.code, refused.status, f"Message refused: {refused.text}")
+            return reply_line(refused.code, refused.status, f"Message refused: {refused.text}"), None
         message = MessageView(headers=None, header_bytes=intake.header_section, size=self._writer.bytes_written,
                               open_body=None, mail=judged)
         refusal = self._guard(lambda chain, view: chain.on_message(view, message), self._sender or "")
         if refusal is not None:
-            return refusal
-        self._mailbox = choose_sending_mailbox(judged, self._sender or "", "header-from")
-        if self._mailbox is None:
+            return refusal, None
+        mailbox = choose_sending_mailbox(judged, self._sender or "", "header-from")
+        if mailbox is None:
             return reply_line(550, "5.6.0", "Message refused: no From header and a null reverse-path, "
-                                            "so no mailbox to send as")
-        return None
+                                            "so no mailbox to send as"), None
+        return None, mailbox
 
     def _stored(self, entry: Any, envelope: Envelope) -> None:
         """Logged before the 250: the answer lets the next pipelined transaction begin."""
@@ -293,9 +293,10 @@ class CheckedSMTP(LeanSMTP):
         self._end_transaction()
         self._answered(reply_line(250, "2.0.0", f"Ok: queued as {entry.queue_id}"))
 
-    def _not_committed(self, failure: Failure) -> None:
+    def _spool_failed(self, failure: Failure) -> None:
+        """The writer could not be opened or the commit failed: graphsmtp's answer to spool trouble."""
         self._end_transaction()
-        self._answered(reply_line(451, "4.3.0", "Local error in processing, try again later"))
+        self._answered(refusal_line(spool_refusal(failure)))
 
     def _abort(self) -> None:
         """Discard the message being received, if any."""

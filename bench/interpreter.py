@@ -8,7 +8,7 @@ comparison measures.  On the development VM, ``python3`` is a pyenv build (``--e
 no profile-guided or link-time optimisation); Debian's ``/usr/bin/python3.11`` is the one a
 Debian deployment runs (``python3 -m venv /opt/graphsmtp``, etc/systemd).  The daemon of the
 same commit, on the two in turn (10 KB messages, interleaved runs, 2026-12-01): 7-10 % more
-messages a second and 7-12 % less CPU per message on Debian's, with one connection and with
+messages a second and 7-14 % less CPU per message on Debian's, with one connection and with
 ten.  The note lets a reader see which one a run used.
 """
 
@@ -17,9 +17,8 @@ from __future__ import annotations
 import subprocess
 
 # Run in the measured interpreter: its version, the installation it comes from (a venv's base:
-# ``/usr`` for Debian's), and the best of seven
-# timings of a loop that makes a small object, a dict and a few calls per round (what the
-# session code does most).
+# ``/usr`` for Debian's), and the best of seven timings of a loop that makes a small object, a
+# dict and a few calls per round (what the session code does most).
 _PROBE = r"""
 import sys, time
 class Box:

@@ -291,12 +291,13 @@ def main() -> None:
         # The child first (it may hand an undo to the pool as it ends), then the pool.
         reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
             "before", "shutdown", lambda: commit.commits.stopService().addBoth(lambda _: pool.stopService()))
-        factory: ServerFactory = LeanFactory(commit)
         if options.checks:
             from checked_floor import CheckedFactory, log_like_the_daemon
 
             log_like_the_daemon()
-            factory = CheckedFactory(commit)
+            factory: ServerFactory = CheckedFactory(commit)
+        else:
+            factory = LeanFactory(commit)
     elif options.lean:
         files = DurableFiles(options.spool)
         factory = LeanFactory(lambda body: threads.deferToThread(files.commit, body))
