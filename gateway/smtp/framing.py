@@ -87,10 +87,11 @@ def has_bare_newline(block: bytes) -> bool:
 
     With every CRLF taken out (``replace`` finds them all: two CRLFs cannot overlap), any CR
     or LF left is a bare one, and ``memchr`` finds it.  ``splitlines`` did the same in one
-    pass but made a bytes object per line (about 800 per 64 KB read of ordinary mail); in the
-    daemon, with 1 MB messages, the one copy here cost the reactor thread about 0.7 ms less
-    per message and took 10 % more messages a second (issue 13; docs/benchmarks.md).  The
-    copy is at most as large as ``block``, whatever its size.
+    pass but made a bytes object per line (about 800 per 64 KB read of ordinary mail); with
+    1 MB messages the daemon then took 9-14 % more messages a second in four of five
+    interleaved runs, with 0.15-1.05 ms less CPU per message in all five, though in a loop
+    that does nothing else the two cost the same (issue 13; docs/benchmarks.md).  The copy is
+    at most as large as ``block``, whatever its size.
     """
     rest = block.replace(b"\r\n", b"")
     return b"\r" in rest or b"\n" in rest
