@@ -3,10 +3,10 @@ L{gateway.smtp.framing.DataFraming} against the same rules written the slow, obv
 line at a time in Python), on random streams cut at random places.
 
 The framing takes shortcuts to stay cheap per octet (``memchr`` hops over dots, one
-``replace`` of CRLF for bare CR / LF, the end marker found from the first dot-line); each shortcut
-is a way to get the end of data, the unstuffing or a flag wrong at some cut point.  Here every
-call's ``(content, rest)`` and every flag after every call must equal the line-by-line model's,
-for streams with dots at line starts and elsewhere, more dots than the hops take, bare CR and
+``replace`` of CRLF for bare CR / LF, the end marker found from the first dot-line); each
+shortcut is a way to get the end of data, the unstuffing or a flag wrong at some cut point.
+Here every call's ``(content, rest)`` and every flag after every call must equal the
+line-by-line model's, for streams with dots at line starts and elsewhere, more dots than the hops take, bare CR and
 LF, the fake end markers of SMTP smuggling, NUL, lines around 998 octets and around the
 transport bound, and the end marker wherever a chunk boundary falls.
 """

@@ -86,12 +86,10 @@ def has_bare_newline(block: bytes) -> bool:
     Whether ``block`` holds a CR or LF other than in a CRLF.
 
     With every CRLF taken out (``replace`` finds them all: two CRLFs cannot overlap), any CR
-    or LF left is a bare one, and ``memchr`` finds it.  ``splitlines`` did the same in one
-    pass but made a bytes object per line (about 800 per 64 KB read of ordinary mail); with
-    1 MB messages the daemon then took 9-14 % more messages a second in four of five
-    interleaved runs, with 0.15-1.05 ms less CPU per message in all five, though in a loop
-    that does nothing else the two cost the same (issue 13; docs/benchmarks.md).  The copy is
-    at most as large as ``block``, whatever its size.
+    or LF left is a bare one, and ``memchr`` finds it.  Not ``splitlines``: it made a bytes
+    object per line (about 800 per 64 KB read), which cost the daemon far more with large
+    messages than a loop alone shows (issue 13; the figures are in docs/benchmarks.md).  The
+    copy is at most as large as ``block``, whatever its size.
     """
     rest = block.replace(b"\r\n", b"")
     return b"\r" in rest or b"\n" in rest
